@@ -1,0 +1,40 @@
+//! Typed errors. Every error reaches the user as one line that names what failed
+//! (a file, a tensor, a config field).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `config.json` field is missing or invalid.
+    #[error("config {path}: field `{field}`: {msg}")]
+    Config { path: PathBuf, field: String, msg: String },
+
+    /// A checkpoint file is missing, truncated or malformed.
+    #[error("checkpoint file {path}: {msg} (the download may be incomplete)")]
+    CheckpointFile { path: PathBuf, msg: String },
+
+    /// A tensor is missing or has the wrong dtype or shape.
+    #[error("checkpoint tensor `{name}`: {msg} (the download may be incomplete)")]
+    CheckpointTensor { name: String, msg: String },
+
+    #[error("{context}: {source}")]
+    Io { context: String, #[source] source: std::io::Error },
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// A device backend (CUDA, HIP) call failed.
+    #[error("{backend}: {msg}")]
+    Backend { backend: &'static str, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { context: context.into(), source }
+    }
+}

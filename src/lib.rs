@@ -1,0 +1,15 @@
+//! dsv3: a kernel-centric library that serves DeepSeek-V3-family models.
+//!
+//! Layout (see `DESIGN.md`-style notes in `docs/`):
+//! - [`model`]: config parsing, checkpoint loading, weights, and the CPU reference forward pass;
+//! - [`ops`]: one module per op family, each with its CPU reference (the numerical oracle);
+//! - [`tensor`]: the host tensor the CPU backend computes on;
+//! - [`error`]: the crate's typed errors.
+
+pub mod error;
+pub mod model;
+pub mod ops;
+pub mod tensor;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;

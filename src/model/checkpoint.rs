@@ -1,0 +1,1 @@
+//! safetensors checkpoints: one file or sharded with `model.safetensors.index.json`, mmapped.
