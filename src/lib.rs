@@ -10,6 +10,7 @@ pub mod error;
 pub mod model;
 pub mod ops;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use tensor::Tensor;

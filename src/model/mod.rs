@@ -1,4 +1,9 @@
 //! The model: config, checkpoint loading, weights and the CPU reference forward pass.
 
+pub mod cache;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
+pub mod embedded;
+pub mod generate;
+pub mod weights;

@@ -1,0 +1,158 @@
+//! Greedy generation from a DeepSeek-V3-architecture checkpoint.
+//!
+//! cargo run --release --example generate -- --model-path DIR --prompt-token-ids 0,17,923 \
+//!     --max-new-tokens 12 --device cpu --dump-logits OUT.safetensors --output-json OUT.json
+//!
+//! Without `--model-path` it runs the embedded tiny model.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, ValueEnum};
+use dsv3::model::cpu::{AttentionPath, CpuModel, CpuOptions};
+use dsv3::model::embedded;
+use dsv3::model::generate::{greedy_generate, CausalLm, Generation};
+use dsv3::tokenizer::TextTokenizer;
+use dsv3::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(about = "Greedy generation with dsv3 (DeepSeek-V3 architecture)")]
+struct Args {
+    /// Checkpoint directory (config.json + safetensors). Default: the embedded tiny model.
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// Prompt as comma-separated token ids, e.g. 0,17,923.
+    #[arg(long, value_delimiter = ',', conflicts_with = "prompt")]
+    prompt_token_ids: Option<Vec<u32>>,
+    /// Prompt as text (needs the checkpoint's tokenizer.json).
+    #[arg(long)]
+    prompt: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
+    /// cpu (more devices come with the GPU backends).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Write the logits at every prompt position ([prompt_len, vocab] f32, tensor `logits`).
+    #[arg(long)]
+    dump_logits: Option<PathBuf>,
+    /// Write {"prompt_token_ids": [...], "output_token_ids": [...]}.
+    #[arg(long)]
+    output_json: Option<PathBuf>,
+    /// Keep generating after an end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Emulate the GPU's FP8 per-token-group activation quantization on the CPU.
+    #[arg(long)]
+    emulate_fp8_activations: bool,
+    /// MLA formulation on the CPU: auto (naive prefill, absorbed decode), naive or absorbed.
+    #[arg(long, value_enum, default_value_t = Attention::Auto)]
+    attention: Attention,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Attention {
+    Auto,
+    Naive,
+    Absorbed,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let dir = match &args.model_path {
+        Some(p) => p.clone(),
+        None => embedded::materialize()?,
+    };
+    if args.device != "cpu" {
+        return Err(Error::InvalidArgument(format!(
+            "--device {}: this build runs on `cpu` only",
+            args.device
+        )));
+    }
+    let opts = CpuOptions {
+        emulate_fp8_activations: args.emulate_fp8_activations,
+        attention: match args.attention {
+            Attention::Auto => AttentionPath::Auto,
+            Attention::Naive => AttentionPath::Naive,
+            Attention::Absorbed => AttentionPath::Absorbed,
+        },
+    };
+    let t0 = Instant::now();
+    let model = CpuModel::load(&dir, opts)?;
+    tracing::info!("loaded {} in {:.2?}", dir.display(), t0.elapsed());
+    let tokenizer = TextTokenizer::load(&dir, model.config().bos_token_id)?;
+    let prompt = match (&args.prompt_token_ids, &args.prompt) {
+        (Some(ids), _) => ids.clone(),
+        (None, Some(text)) => match &tokenizer {
+            Some(tok) => tok.encode(text)?,
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "--prompt needs {}/tokenizer.json; pass --prompt-token-ids instead",
+                    dir.display()
+                )))
+            }
+        },
+        (None, None) => match &tokenizer {
+            Some(tok) => tok.encode("The capital of France is")?,
+            None => vec![model.config().bos_token_id.unwrap_or(0)],
+        },
+    };
+    if prompt.is_empty() {
+        return Err(Error::InvalidArgument("the prompt is empty".into()));
+    }
+    let t1 = Instant::now();
+    let gen = greedy_generate(&model, &prompt, args.max_new_tokens, !args.ignore_eos)?;
+    tracing::info!(
+        "{} prompt + {} generated tokens in {:.2?}",
+        prompt.len(),
+        gen.output_token_ids.len(),
+        t1.elapsed()
+    );
+    report(&args, &prompt, &gen, tokenizer.as_ref())
+}
+
+fn report(args: &Args, prompt: &[u32], gen: &Generation, tok: Option<&TextTokenizer>) -> Result<()> {
+    if let Some(path) = &args.dump_logits {
+        write_logits(path, gen)?;
+    }
+    let json = serde_json::json!({
+        "prompt_token_ids": prompt,
+        "output_token_ids": gen.output_token_ids,
+    });
+    if let Some(path) = &args.output_json {
+        std::fs::write(path, json.to_string())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    }
+    println!("{json}");
+    if let Some(tok) = tok {
+        println!("{}{}", tok.decode(prompt)?, tok.decode(&gen.output_token_ids)?);
+    }
+    Ok(())
+}
+
+fn write_logits(path: &Path, gen: &Generation) -> Result<()> {
+    let bytes: Vec<u8> = gen.prompt_logits.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        gen.prompt_logits.shape().to_vec(),
+        &bytes,
+    )
+    .map_err(|e| Error::InvalidArgument(format!("logits tensor: {e}")))?;
+    safetensors::tensor::serialize_to_file([("logits", view)], None, path)
+        .map_err(|e| Error::InvalidArgument(format!("writing {}: {e}", path.display())))
+}

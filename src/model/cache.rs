@@ -1,0 +1,44 @@
+//! The latent KV cache of one sequence on the CPU: per layer, one row of `kv_lora + rope` values
+//! per position, [c_kv (normalized) | k_pe (rotated)] — 576 values per token per layer for V3.
+
+#[derive(Clone, Debug)]
+pub struct LatentCache {
+    width: usize,
+    layers: Vec<Vec<f32>>,
+}
+
+impl LatentCache {
+    pub fn new(num_layers: usize, kv_lora: usize, rope: usize) -> Self {
+        LatentCache { width: kv_lora + rope, layers: vec![Vec::new(); num_layers] }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.len() / self.width)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn layer(&self, i: usize) -> &[f32] {
+        &self.layers[i]
+    }
+
+    /// Appends rows for new positions to layer `i`.
+    pub fn append(&mut self, i: usize, rows: &[f32]) {
+        debug_assert_eq!(rows.len() % self.width, 0);
+        self.layers[i].extend_from_slice(rows);
+    }
+
+    /// Drops every position from `len` on (the engine's rollback / preemption).
+    pub fn truncate(&mut self, len: usize) {
+        for l in &mut self.layers {
+            l.truncate(len * self.width);
+        }
+    }
+}
