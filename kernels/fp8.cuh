@@ -1,0 +1,38 @@
+// FP8 (e4m3fn / e4m3fnuz) quantization and dequantization.
+//   per_token_group_quant: q[r, c] = sat(x[r, c] / s[r, g]), s[r, g] = max(amax(group), eps) / QMAX,
+//     groups of GROUP consecutive channels (the last one may be partial); scales [rows, ceil(cols/GROUP)].
+//     One block of GROUP threads per (group, row).
+//   block_dequant: out[n, k] = q[n, k] * scale_inv[n / B, k / B], scale_inv [ceil(N/B), ceil(K/B)].
+#pragma once
+#include "dsv3/dsv3.h"
+
+namespace dsv3 {
+
+template <class T, class F8, int GROUP>
+DSV3_DEV void per_token_group_quant(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const T* DSV3_RESTRICT x,
+                                    u32 rows, u32 cols, float eps) {
+  __shared__ float scratch[32];
+  const u32 g = blockIdx.x, r = blockIdx.y;
+  const u32 ngroups = ceil_div(cols, GROUP);
+  if (r >= rows || g >= ngroups) return;
+  const u32 c = g * GROUP + tid();
+  const bool in = tid() < GROUP && c < cols;
+  const float v = in ? to_float(x[(u64)r * cols + c]) : 0.0f;
+  const float amax = block_max(fabsf(v), scratch);
+  const float s = fmaxf(amax, eps) / Fp8Traits<F8>::QMAX;
+  if (in) q[(u64)r * cols + c] = from_float<F8>(v / s);
+  if (tid() == 0) scales[(u64)r * ngroups + g] = s;
+}
+
+template <class F8, class TO, int B>
+DSV3_DEV void block_dequant(TO* DSV3_RESTRICT out, const F8* DSV3_RESTRICT q, const float* DSV3_RESTRICT scale_inv,
+                            u32 n, u32 k) {
+  const u32 sk = ceil_div(k, B);
+  const u64 total = (u64)n * k;
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (u64)gridDim.x * blockDim.x) {
+    const u32 r = (u32)(i / k), c = (u32)(i % k);
+    out[i] = from_float<TO>(to_float(q[i]) * scale_inv[(u64)(r / B) * sk + c / B]);
+  }
+}
+
+}  // namespace dsv3

@@ -1,0 +1,6 @@
+// Umbrella header of the dsv3 portability layer. Kernel sources include only this.
+#pragma once
+#include "platform.h"
+#include "types.h"
+#include "warp.h"
+#include "memory.h"

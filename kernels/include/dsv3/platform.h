@@ -1,0 +1,75 @@
+// dsv3 portability layer: platform detection, qualifiers, integer types, basic math.
+//
+// Everything vendor-specific in dsv3's kernels lives in this directory. Kernel bodies
+// (kernels/*.cuh) are written once against it and compile unchanged with nvcc, NVRTC,
+// hipcc (ROCm clang) and clang -x hip.
+#pragma once
+
+#if defined(__HIP_PLATFORM_AMD__) || defined(__HIP__) || defined(__HIPCC_RTC__)
+#define DSV3_HIP 1
+#if !defined(__HIPCC_RTC__)
+#include <hip/hip_runtime.h>
+#endif
+#elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define DSV3_CUDA 1
+#else
+#error "dsv3 kernels are compiled by nvcc, NVRTC, hipcc, hiprtc or clang -x hip"
+#endif
+
+#define DSV3_DEV __device__ __forceinline__
+#define DSV3_RESTRICT __restrict__
+
+namespace dsv3 {
+
+// No <stdint.h>: NVRTC and hiprtc do not ship it.
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef int i32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+// Threads per warp (NVIDIA) or wavefront (AMD CDNA: gfx90a, gfx942 run wave64).
+#if defined(DSV3_HIP)
+constexpr int WARP_SIZE = 64;
+#else
+constexpr int WARP_SIZE = 32;
+#endif
+
+DSV3_DEV float f32_inf() { return __uint_as_float(0x7f800000u); }
+DSV3_DEV float f32_nan() { return __uint_as_float(0x7fc00000u); }
+DSV3_DEV bool is_nan(float x) { return x != x; }
+
+// Math through compiler builtins / intrinsics available on both vendors without headers.
+DSV3_DEV float fexp(float x) { return expf(x); }
+DSV3_DEV float flog(float x) { return logf(x); }
+DSV3_DEV float fsqrt(float x) { return sqrtf(x); }
+DSV3_DEV float frsqrt(float x) { return rsqrtf(x); }
+DSV3_DEV float fabs_(float x) { return fabsf(x); }
+DSV3_DEV float fmax_(float a, float b) { return fmaxf(a, b); }
+DSV3_DEV float fmin_(float a, float b) { return fminf(a, b); }
+DSV3_DEV float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+DSV3_DEV u32 ceil_div(u32 a, u32 b) { return (a + b - 1) / b; }
+
+// Flat thread index helpers (1-D blocks unless said otherwise).
+DSV3_DEV u32 tid() { return threadIdx.x; }
+DSV3_DEV u32 nthreads() { return blockDim.x; }
+DSV3_DEV u32 lane() { return threadIdx.x % WARP_SIZE; }
+DSV3_DEV u32 warp_id() { return threadIdx.x / WARP_SIZE; }
+DSV3_DEV u32 nwarps() { return (blockDim.x + WARP_SIZE - 1) / WARP_SIZE; }
+
+// Counter-based random numbers (splitmix64 finaliser): same stream on every vendor.
+DSV3_DEV u64 mix64(u64 z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+// Uniform in (0, 1): 24 random bits, never 0 or 1.
+DSV3_DEV float uniform01(u64 seed, u64 counter) {
+  u64 r = mix64(seed ^ mix64(counter));
+  return ((float)(u32)(r >> 40) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+}  // namespace dsv3
