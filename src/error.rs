@@ -9,6 +9,10 @@ pub enum Error {
     #[error("config {path}: field `{field}`: {msg}")]
     Config { path: PathBuf, field: String, msg: String },
 
+    /// A `config.json` that cannot be read or is not a JSON object.
+    #[error("config {path}: {msg}")]
+    ConfigFile { path: PathBuf, msg: String },
+
     /// A checkpoint file is missing, truncated or malformed.
     #[error("checkpoint file {path}: {msg} (the download may be incomplete)")]
     CheckpointFile { path: PathBuf, msg: String },
