@@ -6,9 +6,13 @@
 //! - [`tensor`]: the host tensor the CPU backend computes on;
 //! - [`error`]: the crate's typed errors.
 
+pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod model;
 pub mod ops;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;
 

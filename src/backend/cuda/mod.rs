@@ -1,0 +1,301 @@
+//! CUDA backend: cudarc 0.19 with dynamic loading (a binary built with `--features cuda` runs on
+//! a machine without CUDA and reports "no CUDA driver" when a CUDA device is asked for).
+//!
+//! A [`CudaStream`] owns a non-blocking stream on a device's primary context, a caching
+//! allocator, the kernel modules it loaded (one per family, in the [`CodeVariant`] it was opened
+//! with) and a cuBLAS handle for bf16 GEMMs. Every driver call and launch is checked.
+
+mod nvrtc;
+
+use super::memory::{CachingAllocator, RawAllocator};
+use super::registry::{KERNELS, MODULES};
+use super::stream::GpuStream;
+use super::types::*;
+use super::{backend_err, Device};
+use crate::error::Result;
+use cudarc::driver::{result, sys, CudaContext};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, Mutex};
+
+const B: &str = "cuda";
+
+fn derr(what: impl std::fmt::Display, e: result::DriverError) -> crate::Error {
+    let name = e.error_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let msg = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    backend_err(B, format!("{what}: {name} ({msg})"))
+}
+
+/// Whether the CUDA driver library (libcuda) can be loaded on this machine.
+pub fn driver_present() -> bool {
+    unsafe { sys::is_culib_present() }
+}
+
+/// Number of CUDA devices; an error says why there are none.
+pub fn device_count() -> Result<usize> {
+    if !driver_present() {
+        return Err(backend_err(B, "no CUDA driver: libcuda.so could not be loaded on this machine"));
+    }
+    result::init().map_err(|e| derr("cuInit", e))?;
+    let n = result::device::get_count().map_err(|e| derr("cuDeviceGetCount", e))?;
+    Ok(n as usize)
+}
+
+struct CudaRaw {
+    ctx: Arc<CudaContext>,
+}
+
+impl RawAllocator for CudaRaw {
+    fn backend(&self) -> &'static str {
+        B
+    }
+    fn raw_alloc(&self, bytes: usize) -> Result<u64> {
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        unsafe { result::malloc_sync(bytes) }.map_err(|e| derr(format!("cuMemAlloc({bytes} bytes)"), e))
+    }
+    unsafe fn raw_free(&self, ptr: u64) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        result::free_sync(ptr).map_err(|e| derr("cuMemFree", e))
+    }
+}
+
+struct Loaded {
+    modules: HashMap<usize, sys::CUmodule>,
+    functions: HashMap<usize, sys::CUfunction>,
+}
+
+pub struct CudaStream {
+    ctx: Arc<CudaContext>,
+    stream: sys::CUstream,
+    ordinal: usize,
+    cc: (i32, i32),
+    variant: CodeVariant,
+    loaded: Mutex<Loaded>,
+    alloc: Arc<CachingAllocator>,
+    blas: Mutex<Option<cudarc::cublas::sys::cublasHandle_t>>,
+}
+
+// The raw handles are used behind the mutexes / by the driver, which is thread-safe.
+unsafe impl Send for CudaStream {}
+unsafe impl Sync for CudaStream {}
+
+impl CudaStream {
+    /// A stream on device `ordinal`, loading kernels in [`CodeVariant::Auto`].
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_variant(ordinal, CodeVariant::Auto)
+    }
+
+    pub fn with_variant(ordinal: usize, variant: CodeVariant) -> Result<Self> {
+        let n = device_count()?;
+        if n == 0 {
+            return Err(backend_err(B, "no CUDA device: the driver reports 0 devices"));
+        }
+        if ordinal >= n {
+            return Err(backend_err(B, format!("no CUDA device {ordinal}: {n} device(s) present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| derr(format!("context on device {ordinal}"), e))?;
+        ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        let cc = ctx.compute_capability().map_err(|e| derr("compute capability", e))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| derr("cuStreamCreate", e))?;
+        let alloc = CachingAllocator::new(Box::new(CudaRaw { ctx: ctx.clone() }));
+        Ok(CudaStream {
+            ctx,
+            stream,
+            ordinal,
+            cc,
+            variant,
+            loaded: Mutex::new(Loaded { modules: HashMap::new(), functions: HashMap::new() }),
+            alloc,
+            blas: Mutex::new(None),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream
+    }
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.cc
+    }
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_default()
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))
+    }
+
+    /// The image bytes (NUL-padded, 8-byte aligned) this stream loads for module `m`.
+    fn module_image(&self, m: usize) -> Result<Vec<u64>> {
+        let info = &MODULES[m];
+        let pick = |arch: &str, kind: ImageKind| {
+            info.image(Vendor::Cuda, arch, kind).ok_or_else(|| {
+                let have: Vec<String> = info.images.iter().filter(|i| i.vendor == Vendor::Cuda).map(|i| format!("{} {:?}", i.arch, i.kind)).collect();
+                backend_err(B, format!("module {}: no {kind:?} for {arch} embedded (this build has: {have:?}; see DSV3_CUDA_ARCHS)", info.family))
+            })
+        };
+        let bytes: Vec<u8> = match &self.variant {
+            CodeVariant::Auto => match info.image(Vendor::Cuda, "all", ImageKind::Fatbin) {
+                Some(i) => i.bytes.to_vec(),
+                None => nvrtc::compile(info, self.cc)?,
+            },
+            CodeVariant::Cubin(a) => pick(a, ImageKind::Cubin)?.bytes.to_vec(),
+            CodeVariant::Ptx(a) => pick(a, ImageKind::Ptx)?.bytes.to_vec(),
+            CodeVariant::Nvrtc => nvrtc::compile(info, self.cc)?,
+            CodeVariant::CodeObject(_) => return Err(backend_err(B, "code objects are AMD images; use Auto, Cubin, Ptx or Nvrtc")),
+        };
+        let mut words = vec![0u64; bytes.len() / 8 + 2];
+        // SAFETY: words has room for bytes plus at least 8 zero bytes (PTX needs a NUL).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr() as *mut u8, bytes.len()) };
+        Ok(words)
+    }
+
+    /// The function of registry kernel `k` (loading its module on first use).
+    pub fn function(&self, kernel: &'static KernelInfo) -> Result<sys::CUfunction> {
+        let k = KERNELS.iter().position(|x| std::ptr::eq(x, kernel)).ok_or_else(|| backend_err(B, format!("{} is not a registry kernel", kernel.name)))?;
+        let mut l = self.loaded.lock().unwrap();
+        if let Some(f) = l.functions.get(&k) {
+            return Ok(*f);
+        }
+        self.bind()?;
+        let module = match l.modules.get(&kernel.module) {
+            Some(m) => *m,
+            None => {
+                let img = self.module_image(kernel.module)?;
+                let m = unsafe { result::module::load_data(img.as_ptr() as *const c_void) }.map_err(|e| {
+                    derr(format!("loading module {} ({}) on {} (sm_{}{})", MODULES[kernel.module].family, self.variant, self.name(), self.cc.0, self.cc.1), e)
+                })?;
+                l.modules.insert(kernel.module, m);
+                m
+            }
+        };
+        let sym = CString::new(kernel.symbol).unwrap();
+        let f = unsafe { result::module::get_function(module, sym) }.map_err(|e| derr(format!("function {}", kernel.symbol), e))?;
+        l.functions.insert(k, f);
+        Ok(f)
+    }
+
+    fn blas_handle(&self) -> Result<cudarc::cublas::sys::cublasHandle_t> {
+        let mut h = self.blas.lock().unwrap();
+        if let Some(h) = *h {
+            return Ok(h);
+        }
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            return Err(backend_err(B, "cuBLAS library (libcublas) not found"));
+        }
+        self.bind()?;
+        let handle = cudarc::cublas::result::create_handle().map_err(|e| backend_err(B, format!("cublasCreate: {e:?}")))?;
+        unsafe { cudarc::cublas::result::set_stream(handle, self.stream as _) }.map_err(|e| backend_err(B, format!("cublasSetStream: {e:?}")))?;
+        *h = Some(handle);
+        Ok(handle)
+    }
+}
+
+impl Drop for CudaStream {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            if let Some(h) = self.blas.lock().unwrap().take() {
+                let _ = cudarc::cublas::result::destroy_handle(h);
+            }
+            for (_, m) in self.loaded.lock().unwrap().modules.drain() {
+                let _ = result::module::unload(m);
+            }
+            let _ = self.alloc.empty_cache();
+            let _ = result::stream::destroy(self.stream);
+        }
+    }
+}
+
+impl Launcher for CudaStream {
+    fn vendor(&self) -> Vendor {
+        Vendor::Cuda
+    }
+    unsafe fn launch(&self, kernel: &'static KernelInfo, cfg: LaunchCfg, params: &mut [*mut c_void]) -> Result<()> {
+        check_launch(kernel, &cfg, params.len())?;
+        let f = self.function(kernel)?;
+        self.bind()?;
+        if cfg.shared_mem > 48 * 1024 {
+            result::function::set_function_attribute(
+                f,
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem as i32,
+            )
+            .map_err(|e| derr(format!("{}: dynamic shared memory {} bytes", kernel.name, cfg.shared_mem), e))?;
+        }
+        result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_mem, self.stream, params)
+            .map_err(|e| derr(format!("launch {} grid {:?} block {:?} smem {}", kernel.name, cfg.grid, cfg.block, cfg.shared_mem), e))
+    }
+}
+
+impl GpuStream for CudaStream {
+    fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+    fn arch(&self) -> String {
+        format!("sm_{}{}", self.cc.0, self.cc.1)
+    }
+    fn variant(&self) -> CodeVariant {
+        self.variant.clone()
+    }
+    fn allocator(&self) -> &Arc<CachingAllocator> {
+        &self.alloc
+    }
+    unsafe fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        result::memcpy_htod_async(dst, src, self.stream).map_err(|e| derr("cuMemcpyHtoDAsync", e))?;
+        self.synchronize()
+    }
+    unsafe fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
+        self.bind()?;
+        result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()
+    }
+    unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        result::memcpy_dtod_async(dst, src, bytes, self.stream).map_err(|e| derr("cuMemcpyDtoDAsync", e))
+    }
+    unsafe fn memset_u8(&self, dst: u64, value: u8, bytes: usize) -> Result<()> {
+        self.bind()?;
+        result::memset_d8_async(dst, value, bytes, self.stream).map_err(|e| derr("cuMemsetD8Async", e))
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        unsafe { result::stream::synchronize(self.stream) }.map_err(|e| derr("cuStreamSynchronize (an earlier launch may have failed)", e))
+    }
+    fn has_blas(&self) -> bool {
+        unsafe { cudarc::cublas::sys::is_culib_present() }
+    }
+    unsafe fn blas_gemm_bf16(&self, y: u64, x: u64, w: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
+        use cudarc::cublas::sys as cb;
+        let h = self.blas_handle()?;
+        self.bind()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major y[T,N] = x[T,K]·W[N,K]ᵀ is column-major yᵀ[N,T] = op(W)·xᵀ with op = transpose.
+        cudarc::cublas::result::gemm_ex(
+            h,
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            t as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            w as *const c_void,
+            cb::cudaDataType::CUDA_R_16BF,
+            k as i32,
+            x as *const c_void,
+            cb::cudaDataType::CUDA_R_16BF,
+            k as i32,
+            &beta as *const f32 as *const c_void,
+            y as *mut c_void,
+            if out_f32 { cb::cudaDataType::CUDA_R_32F } else { cb::cudaDataType::CUDA_R_16BF },
+            n as i32,
+            cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+        .map_err(|e| backend_err(B, format!("cublasGemmEx bf16 [{t}x{k}]·[{n}x{k}]ᵀ: {e:?}")))
+    }
+}

@@ -1,0 +1,467 @@
+//! Shape-checked launches of every kernel family on any [`GpuStream`]: the instance is chosen
+//! from the tensors' dtypes, arguments are checked against the registry's argument list, and
+//! the launch configuration is computed here (one place per family).
+
+use super::memory::DeviceTensor;
+use super::registry::{self, KERNELS};
+use super::stream::GpuStream;
+use super::types::*;
+use crate::error::{Error, Result};
+use std::ffi::c_void;
+
+/// A kernel argument for [`launch_by_name`].
+pub enum KArg<'a> {
+    /// A tensor the kernel reads.
+    In(&'a DeviceTensor),
+    /// A tensor the kernel writes.
+    Out(&'a DeviceTensor),
+    /// A tensor address plus an element offset (views into a tensor).
+    InAt(&'a DeviceTensor, usize),
+    OutAt(&'a DeviceTensor, usize),
+    /// A null pointer (optional inputs, e.g. float8 scales of a bf16 GEMM).
+    Null,
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    U64(u64),
+}
+
+fn bad(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+/// Launches registry kernel `name` with `args`, checked against its argument list (count,
+/// pointer vs scalar, element types).
+pub fn launch_by_name(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+    let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    launch_checked(s, k, cfg, args)
+}
+
+pub fn launch_checked(s: &dyn GpuStream, k: &'static KernelInfo, cfg: LaunchCfg, args: &[KArg]) -> Result<()> {
+    if args.len() != k.args.len() {
+        return Err(bad(format!("{}: {} arguments given, {} expected", k.name, args.len(), k.args.len())));
+    }
+    // Values live here while the launch reads them.
+    let mut vals: Vec<u64> = Vec::with_capacity(args.len());
+    for (a, info) in args.iter().zip(k.args) {
+        let mismatch = || bad(format!("{}: argument `{}` expects {:?}", k.name, info.name, info.ty));
+        let v: u64 = match (a, info.ty) {
+            (KArg::In(t), ArgType::Ptr(d)) | (KArg::Out(t), ArgType::PtrMut(d)) => {
+                t.check_dtype(d).map_err(|e| bad(format!("{}: argument `{}`: {e}", k.name, info.name)))?;
+                t.raw()
+            }
+            (KArg::InAt(t, off), ArgType::Ptr(d)) | (KArg::OutAt(t, off), ArgType::PtrMut(d)) => {
+                t.check_dtype(d).map_err(|e| bad(format!("{}: argument `{}`: {e}", k.name, info.name)))?;
+                if *off > t.numel() {
+                    return Err(bad(format!("{}: argument `{}`: offset {off} past {} elements", k.name, info.name, t.numel())));
+                }
+                t.raw() + (*off * d.size()) as u64
+            }
+            (KArg::Null, ArgType::Ptr(_)) => 0,
+            (KArg::U32(x), ArgType::Scalar(DType::U32)) => *x as u64,
+            (KArg::I32(x), ArgType::Scalar(DType::I32)) => *x as u32 as u64,
+            (KArg::F32(x), ArgType::Scalar(DType::F32)) => x.to_bits() as u64,
+            (KArg::U64(x), ArgType::Scalar(DType::U64)) => *x,
+            _ => return Err(mismatch()),
+        };
+        vals.push(v);
+    }
+    // Little-endian: the low 4 bytes of each u64 hold a 4-byte scalar.
+    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+    unsafe { s.launch(k, cfg, &mut params) }
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
+}
+
+fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
+    let cols = *t.shape().last().unwrap_or(&1);
+    (if cols == 0 { 0 } else { t.numel() / cols }, cols)
+}
+
+fn same_shape(a: &DeviceTensor, b: &DeviceTensor, what: &str) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(bad(format!("{what}: shapes {:?} and {:?} differ", a.shape(), b.shape())));
+    }
+    Ok(())
+}
+
+fn grid_stride_blocks(n: usize) -> u32 {
+    n.div_ceil(256).clamp(1, 65535 * 8) as u32
+}
+
+/// out[t, :] = table[ids[t], :].
+pub fn embedding(s: &dyn GpuStream, out: &DeviceTensor, table: &DeviceTensor, ids: &DeviceTensor) -> Result<()> {
+    let (vocab, hidden) = rows_cols(table);
+    let tokens = ids.numel();
+    if out.numel() != tokens * hidden {
+        return Err(bad(format!("embedding: out {:?} for {tokens} tokens of {hidden}", out.shape())));
+    }
+    let name = format!("embedding_{}_{}", table.dtype(), out.dtype());
+    launch_by_name(
+        s,
+        &name,
+        LaunchCfg::linear(u32_of(tokens, "tokens")?, 256),
+        &[KArg::Out(out), KArg::In(table), KArg::In(ids), KArg::U32(tokens as u32), KArg::U32(u32_of(hidden, "hidden")?), KArg::U32(u32_of(vocab, "vocab")?)],
+    )
+}
+
+/// Row-wise RMSNorm over the last dimension.
+pub fn rms_norm(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor, w: &DeviceTensor, eps: f32) -> Result<()> {
+    same_shape(out, x, "rms_norm")?;
+    let (rows, cols) = rows_cols(x);
+    if w.numel() != cols {
+        return Err(bad(format!("rms_norm: weight of {} for rows of {cols}", w.numel())));
+    }
+    launch_by_name(
+        s,
+        &format!("rms_norm_{}", x.dtype()),
+        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
+        &[KArg::Out(out), KArg::In(x), KArg::In(w), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
+    )
+}
+
+/// residual += x; out = rms_norm(residual).
+pub fn add_rms_norm(s: &dyn GpuStream, out: &DeviceTensor, residual: &DeviceTensor, x: &DeviceTensor, w: &DeviceTensor, eps: f32) -> Result<()> {
+    same_shape(out, x, "add_rms_norm")?;
+    same_shape(residual, x, "add_rms_norm")?;
+    let (rows, cols) = rows_cols(x);
+    if w.numel() != cols {
+        return Err(bad(format!("add_rms_norm: weight of {} for rows of {cols}", w.numel())));
+    }
+    launch_by_name(
+        s,
+        &format!("add_rms_norm_{}", x.dtype()),
+        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
+        &[KArg::Out(out), KArg::Out(residual), KArg::In(x), KArg::In(w), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
+    )
+}
+
+/// Where the rope part of each head sits in a tensor of `tokens` rows.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeLayout {
+    pub heads: usize,
+    pub token_stride: usize,
+    pub head_stride: usize,
+    pub offset: usize,
+    pub rope_dim: usize,
+}
+
+/// In-place interleaved rotary embedding; `cos`/`sin` are [max_pos, rope_dim/2] f32, `pos` [tokens] i32.
+pub fn rope(s: &dyn GpuStream, x: &DeviceTensor, cos: &DeviceTensor, sin: &DeviceTensor, pos: &DeviceTensor, l: RopeLayout) -> Result<()> {
+    let tokens = pos.numel();
+    if l.rope_dim % 2 != 0 || l.heads == 0 || (l.heads > 1 && l.offset + l.rope_dim > l.head_stride) {
+        return Err(bad(format!("rope: bad layout {l:?}")));
+    }
+    if tokens > 0 && (tokens - 1) * l.token_stride + (l.heads - 1) * l.head_stride + l.offset + l.rope_dim > x.numel() {
+        return Err(bad(format!("rope: layout {l:?} for {tokens} tokens overruns {:?}", x.shape())));
+    }
+    if cos.numel() != sin.numel() || cos.numel() % (l.rope_dim / 2) != 0 {
+        return Err(bad("rope: cos/sin tables must both be [max_pos, rope_dim/2]".into()));
+    }
+    launch_by_name(
+        s,
+        &format!("rope_{}", x.dtype()),
+        LaunchCfg::linear(u32_of(tokens.max(1), "tokens")?, 256),
+        &[
+            KArg::Out(x),
+            KArg::In(cos),
+            KArg::In(sin),
+            KArg::In(pos),
+            KArg::U32(tokens as u32),
+            KArg::U32(l.heads as u32),
+            KArg::U32(u32_of(l.token_stride, "token_stride")?),
+            KArg::U32(l.head_stride as u32),
+            KArg::U32(l.offset as u32),
+            KArg::U32(l.rope_dim as u32),
+        ],
+    )
+}
+
+/// out[r, :] = silu(gate_up[r, :I]) * gate_up[r, I:], gate_up [rows, 2I], out [rows, I].
+pub fn silu_mul(s: &dyn GpuStream, out: &DeviceTensor, gate_up: &DeviceTensor) -> Result<()> {
+    let (rows, cols2) = rows_cols(gate_up);
+    let (orows, i) = rows_cols(out);
+    if cols2 != 2 * i || rows != orows {
+        return Err(bad(format!("silu_mul: gate_up {:?} for out {:?}", gate_up.shape(), out.shape())));
+    }
+    launch_by_name(
+        s,
+        &format!("silu_mul_{}", out.dtype()),
+        LaunchCfg::linear(grid_stride_blocks(rows * i), 256),
+        &[KArg::Out(out), KArg::In(gate_up), KArg::InAt(gate_up, i), KArg::U32(u32_of(rows, "rows")?), KArg::U32(u32_of(i, "cols")?), KArg::U32(u32_of(cols2, "stride")?)],
+    )
+}
+
+/// Element-wise dtype conversion.
+pub fn cast(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor) -> Result<()> {
+    if out.numel() != x.numel() {
+        return Err(bad(format!("cast: {:?} into {:?}", x.shape(), out.shape())));
+    }
+    let n = x.numel();
+    launch_by_name(s, &format!("cast_{}_{}", x.dtype(), out.dtype()), LaunchCfg::linear(grid_stride_blocks(n), 256), &[KArg::Out(out), KArg::In(x), KArg::U32(u32_of(n, "n")?)])
+}
+
+/// Per-token-group (128) FP8 quantization: q [rows, cols] (e4m3fn or e4m3fnuz), scales [rows, ceil(cols/128)].
+pub fn fp8_quant_group128(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, x: &DeviceTensor, eps: f32) -> Result<()> {
+    let (rows, cols) = rows_cols(x);
+    let g = cols.div_ceil(128);
+    if q.numel() != x.numel() || scales.numel() != rows * g {
+        return Err(bad(format!("fp8_quant: q {:?} scales {:?} for x {:?}", q.shape(), scales.shape(), x.shape())));
+    }
+    launch_by_name(
+        s,
+        &format!("fp8_quant_group128_{}_{}", x.dtype(), q.dtype()),
+        LaunchCfg::new((u32_of(g.max(1), "groups")?, u32_of(rows.max(1), "rows")?, 1), (128, 1, 1), 0),
+        &[KArg::Out(q), KArg::Out(scales), KArg::In(x), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
+    )
+}
+
+/// out [N, K] = q [N, K] * scale_inv [ceil(N/128), ceil(K/128)].
+pub fn fp8_dequant_block128(s: &dyn GpuStream, out: &DeviceTensor, q: &DeviceTensor, scale_inv: &DeviceTensor) -> Result<()> {
+    let (n, k) = rows_cols(q);
+    if out.numel() != q.numel() || scale_inv.numel() != n.div_ceil(128) * k.div_ceil(128) {
+        return Err(bad(format!("fp8_dequant: out {:?} scale_inv {:?} for q {:?}", out.shape(), scale_inv.shape(), q.shape())));
+    }
+    launch_by_name(
+        s,
+        &format!("fp8_dequant_block128_{}_{}", q.dtype(), out.dtype()),
+        LaunchCfg::linear(grid_stride_blocks(n * k), 256),
+        &[KArg::Out(out), KArg::In(q), KArg::In(scale_inv), KArg::U32(u32_of(n, "n")?), KArg::U32(u32_of(k, "k")?)],
+    )
+}
+
+/// c[M, N] = alpha · a[M, K] · b[N, K]ᵀ + beta · c with the generated tiled kernel; `b_scale`
+/// gives float8 `b`'s block scales.
+pub fn gemm_kernel(s: &dyn GpuStream, c: &DeviceTensor, a: &DeviceTensor, b: &DeviceTensor, b_scale: Option<&DeviceTensor>, alpha: f32, beta: f32) -> Result<()> {
+    let (m, k) = rows_cols(a);
+    let (n, kb) = rows_cols(b);
+    if k != kb || c.numel() != m * n {
+        return Err(bad(format!("gemm: a {:?} b {:?} c {:?}", a.shape(), b.shape(), c.shape())));
+    }
+    let fp8 = matches!(b.dtype(), DType::E4m3fn | DType::E4m3fnuz);
+    let scale = match (fp8, b_scale) {
+        (true, Some(sc)) if sc.numel() == n.div_ceil(128) * k.div_ceil(128) => KArg::In(sc),
+        (true, _) => return Err(bad("gemm: float8 b needs block scales [ceil(N/128), ceil(K/128)]".into())),
+        (false, _) => KArg::Null,
+    };
+    launch_by_name(
+        s,
+        &format!("gemm_nt_{}_{}_{}", a.dtype(), b.dtype(), c.dtype()),
+        LaunchCfg::new((u32_of(n.div_ceil(64).max(1), "n")?, u32_of(m.div_ceil(64).max(1), "m")?, 1), (256, 1, 1), 0),
+        &[KArg::Out(c), KArg::In(a), KArg::In(b), scale, KArg::U32(m as u32), KArg::U32(n as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(n as u32), KArg::F32(alpha), KArg::F32(beta)],
+    )
+}
+
+/// Dense linear y[T, N] = x[T, K] · W[N, K]ᵀ: cuBLAS for bf16·bf16 where the stream has it,
+/// the generated kernel otherwise.
+pub fn linear(s: &dyn GpuStream, y: &DeviceTensor, x: &DeviceTensor, w: &DeviceTensor, w_scale: Option<&DeviceTensor>) -> Result<()> {
+    let (t, k) = rows_cols(x);
+    let (n, kw) = rows_cols(w);
+    if x.dtype() == DType::Bf16 && w.dtype() == DType::Bf16 && matches!(y.dtype(), DType::F32 | DType::Bf16) && s.has_blas() && k == kw && y.numel() == t * n {
+        return unsafe { s.blas_gemm_bf16(y.raw(), x.raw(), w.raw(), t, n, k, y.dtype() == DType::F32) };
+    }
+    gemm_kernel(s, y, x, w, w_scale, 1.0, 0.0)
+}
+
+/// Routing parameters of `route_noaux_tc`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteParams {
+    pub n_group: usize,
+    pub topk_group: usize,
+    pub top_k: usize,
+    pub scaling: f32,
+    pub renormalize: bool,
+}
+
+/// ids [T, top_k] i32, weights [T, top_k] f32 from logits [T, E] f32 and bias [E] f32.
+pub fn route_noaux_tc(s: &dyn GpuStream, ids: &DeviceTensor, weights: &DeviceTensor, logits: &DeviceTensor, bias: &DeviceTensor, p: RouteParams) -> Result<()> {
+    let (t, e) = rows_cols(logits);
+    if bias.numel() != e || ids.numel() != t * p.top_k || weights.numel() != t * p.top_k || p.n_group == 0 || e % p.n_group != 0 || p.topk_group > p.n_group {
+        return Err(bad(format!("route_noaux_tc: logits {:?} bias {:?} ids {:?} {p:?}", logits.shape(), bias.shape(), ids.shape())));
+    }
+    let smem = ((2 * e + p.n_group) * 4) as u32;
+    launch_by_name(
+        s,
+        "route_noaux_tc",
+        LaunchCfg::linear(u32_of(t.max(1), "tokens")?, 256).with_shared(smem),
+        &[
+            KArg::Out(ids),
+            KArg::Out(weights),
+            KArg::In(logits),
+            KArg::In(bias),
+            KArg::U32(t as u32),
+            KArg::U32(e as u32),
+            KArg::U32(p.n_group as u32),
+            KArg::U32(p.topk_group as u32),
+            KArg::U32(p.top_k as u32),
+            KArg::F32(p.scaling),
+            KArg::U32(p.renormalize as u32),
+        ],
+    )
+}
+
+/// Sorting of (token, k) pairs by expert, see `kernels/moe.cuh`.
+pub fn moe_align(s: &dyn GpuStream, expert_offsets: &DeviceTensor, sorted_pairs: &DeviceTensor, pair_to_row: &DeviceTensor, topk_ids: &DeviceTensor, num_experts: usize) -> Result<()> {
+    let p = topk_ids.numel();
+    if expert_offsets.numel() != num_experts + 1 || sorted_pairs.numel() != p || pair_to_row.numel() != p {
+        return Err(bad("moe_align: offsets [E+1], sorted_pairs [P], pair_to_row [P]".into()));
+    }
+    launch_by_name(
+        s,
+        "moe_align",
+        LaunchCfg::linear(1, 1024),
+        &[KArg::Out(expert_offsets), KArg::Out(sorted_pairs), KArg::Out(pair_to_row), KArg::In(topk_ids), KArg::U32(u32_of(p, "pairs")?), KArg::U32(u32_of(num_experts, "experts")?)],
+    )
+}
+
+pub fn moe_gather(s: &dyn GpuStream, rows: &DeviceTensor, x: &DeviceTensor, sorted_pairs: &DeviceTensor, expert_offsets: &DeviceTensor, topk: usize) -> Result<()> {
+    let (_, hidden) = rows_cols(x);
+    let p = sorted_pairs.numel();
+    if rows.numel() != p * hidden {
+        return Err(bad("moe_gather: rows [P, hidden]".into()));
+    }
+    launch_by_name(
+        s,
+        &format!("moe_gather_{}", x.dtype()),
+        LaunchCfg::linear(u32_of(p.max(1), "pairs")?, 256),
+        &[KArg::Out(rows), KArg::In(x), KArg::In(sorted_pairs), KArg::In(expert_offsets), KArg::U32(p as u32), KArg::U32((expert_offsets.numel() - 1) as u32), KArg::U32(topk as u32), KArg::U32(hidden as u32)],
+    )
+}
+
+/// c[r, :] = a[r, :] · w[e]ᵀ for the rows of each expert e; w [E, N, K].
+pub fn moe_gemm(s: &dyn GpuStream, c: &DeviceTensor, a: &DeviceTensor, w: &DeviceTensor, w_scale: Option<&DeviceTensor>, expert_offsets: &DeviceTensor) -> Result<()> {
+    let (p, k) = rows_cols(a);
+    let e = expert_offsets.numel() - 1;
+    let sh = w.shape();
+    if sh.len() != 3 || sh[0] != e || sh[2] != k || c.numel() != p * sh[1] {
+        return Err(bad(format!("moe_gemm: a {:?} w {:?} c {:?} experts {e}", a.shape(), w.shape(), c.shape())));
+    }
+    let n = sh[1];
+    let fp8 = matches!(w.dtype(), DType::E4m3fn | DType::E4m3fnuz);
+    let scale = match (fp8, w_scale) {
+        (true, Some(sc)) if sc.numel() == e * n.div_ceil(128) * k.div_ceil(128) => KArg::In(sc),
+        (true, _) => return Err(bad("moe_gemm: float8 w needs scales [E, ceil(N/128), ceil(K/128)]".into())),
+        (false, _) => KArg::Null,
+    };
+    launch_by_name(
+        s,
+        &format!("moe_gemm_{}_{}_{}", a.dtype(), w.dtype(), c.dtype()),
+        LaunchCfg::new((u32_of(n.div_ceil(64), "n")?, u32_of(p.div_ceil(64).max(1), "rows")?, u32_of(e, "experts")?), (256, 1, 1), 0),
+        &[KArg::Out(c), KArg::In(a), KArg::In(w), scale, KArg::In(expert_offsets), KArg::U32(e as u32), KArg::U32(n as u32), KArg::U32(k as u32)],
+    )
+}
+
+/// out[t, :] = beta · out[t, :] + Σ_k w[t, k] · y[pair_to_row[t·K + k], :].
+pub fn moe_combine(s: &dyn GpuStream, out: &DeviceTensor, y: &DeviceTensor, topk_weights: &DeviceTensor, pair_to_row: &DeviceTensor, topk: usize, beta: f32) -> Result<()> {
+    let (t, hidden) = rows_cols(out);
+    if topk_weights.numel() != t * topk || pair_to_row.numel() != t * topk || y.numel() != t * topk * hidden {
+        return Err(bad("moe_combine: out [T, H], y [T·K, H], weights and pair_to_row [T·K]".into()));
+    }
+    launch_by_name(
+        s,
+        &format!("moe_combine_{}_{}", y.dtype(), out.dtype()),
+        LaunchCfg::linear(u32_of(t.max(1), "tokens")?, 256),
+        &[KArg::Out(out), KArg::In(y), KArg::In(topk_weights), KArg::In(pair_to_row), KArg::U32(t as u32), KArg::U32(topk as u32), KArg::U32(hidden as u32), KArg::F32(beta)],
+    )
+}
+
+/// Paged cache addressing shared by attention and the cache write.
+pub struct PagedCache<'a> {
+    /// [pages, page_size, dk]
+    pub cache: &'a DeviceTensor,
+    /// [B, max_pages] i32
+    pub block_table: &'a DeviceTensor,
+    /// [B] i32
+    pub seq_lens: &'a DeviceTensor,
+}
+
+/// MLA absorbed attention: out [T, H, dv] f32 from q [T, H, dk].
+pub fn mla_paged_attention(s: &dyn GpuStream, out: &DeviceTensor, q: &DeviceTensor, c: &PagedCache, token_seq: &DeviceTensor, token_pos: &DeviceTensor, dv: usize, scale: f32) -> Result<()> {
+    let sh = q.shape();
+    let cs = c.cache.shape();
+    if sh.len() != 3 || cs.len() != 3 || cs[2] != sh[2] || dv > cs[2] || dv > 1024 || out.numel() != sh[0] * sh[1] * dv {
+        return Err(bad(format!("mla_paged_attention: q {:?} cache {:?} out {:?} dv {dv}", sh, cs, out.shape())));
+    }
+    let (t, h, dk) = (sh[0], sh[1], sh[2]);
+    let bsh = c.block_table.shape();
+    let max_pages = *bsh.last().unwrap_or(&0);
+    if token_seq.numel() != t || token_pos.numel() != t {
+        return Err(bad("mla_paged_attention: token_seq and token_pos need one entry per token".into()));
+    }
+    launch_by_name(
+        s,
+        &format!("mla_paged_attention_{}_{}", q.dtype(), c.cache.dtype()),
+        LaunchCfg::new((u32_of(t.max(1), "tokens")?, u32_of(h, "heads")?, 1), (256, 1, 1), ((dk + 64) * 4) as u32),
+        &[
+            KArg::Out(out),
+            KArg::In(q),
+            KArg::In(c.cache),
+            KArg::In(c.block_table),
+            KArg::In(c.seq_lens),
+            KArg::In(token_seq),
+            KArg::In(token_pos),
+            KArg::U32(t as u32),
+            KArg::U32(h as u32),
+            KArg::U32(dk as u32),
+            KArg::U32(dv as u32),
+            KArg::U32(cs[1] as u32),
+            KArg::U32(max_pages as u32),
+            KArg::F32(scale),
+        ],
+    )
+}
+
+/// Writes kv [T, kv_stride] rows (first dk values) into the cache slots of (token_seq, token_pos).
+pub fn paged_kv_write(s: &dyn GpuStream, c: &PagedCache, kv: &DeviceTensor, token_seq: &DeviceTensor, token_pos: &DeviceTensor) -> Result<()> {
+    let cs = c.cache.shape();
+    let (t, stride) = rows_cols(kv);
+    if cs.len() != 3 || stride < cs[2] || token_seq.numel() != t || token_pos.numel() != t {
+        return Err(bad(format!("paged_kv_write: kv {:?} cache {:?}", kv.shape(), cs)));
+    }
+    let max_pages = *c.block_table.shape().last().unwrap_or(&0);
+    launch_by_name(
+        s,
+        &format!("paged_kv_write_{}_{}", kv.dtype(), c.cache.dtype()),
+        LaunchCfg::linear(u32_of(t.max(1), "tokens")?, 256),
+        &[KArg::Out(c.cache), KArg::In(kv), KArg::In(c.block_table), KArg::In(token_seq), KArg::In(token_pos), KArg::U32(t as u32), KArg::U32(cs[2] as u32), KArg::U32(stride as u32), KArg::U32(cs[1] as u32), KArg::U32(max_pages as u32)],
+    )
+}
+
+/// out [rows] i32 = argmax of each row of x [rows, cols].
+pub fn argmax(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor) -> Result<()> {
+    let (rows, cols) = rows_cols(x);
+    if out.numel() != rows {
+        return Err(bad("argmax: out needs one entry per row".into()));
+    }
+    launch_by_name(s, &format!("argmax_{}", x.dtype()), LaunchCfg::linear(u32_of(rows.max(1), "rows")?, 256), &[KArg::Out(out), KArg::In(x), KArg::U32(rows as u32), KArg::U32(u32_of(cols, "cols")?)])
+}
+
+/// Per-row sampling parameters as device tensors: temperature f32, top_k i32, top_p f32, seed u64 (each [rows]).
+pub struct SamplingParams<'a> {
+    pub temperature: &'a DeviceTensor,
+    pub top_k: &'a DeviceTensor,
+    pub top_p: &'a DeviceTensor,
+    pub seeds: &'a DeviceTensor,
+}
+
+pub fn sample(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor, p: &SamplingParams) -> Result<()> {
+    let (rows, cols) = rows_cols(x);
+    for (t, n) in [(out, "out"), (p.temperature, "temperature"), (p.top_k, "top_k"), (p.top_p, "top_p"), (p.seeds, "seeds")] {
+        if t.numel() != rows {
+            return Err(bad(format!("sample: {n} needs one entry per row")));
+        }
+    }
+    launch_by_name(
+        s,
+        &format!("sample_{}", x.dtype()),
+        LaunchCfg::linear(u32_of(rows.max(1), "rows")?, 256),
+        &[KArg::Out(out), KArg::In(x), KArg::In(p.temperature), KArg::In(p.top_k), KArg::In(p.top_p), KArg::In(p.seeds), KArg::U32(rows as u32), KArg::U32(u32_of(cols, "cols")?)],
+    )
+}
+
+/// Every kernel instance of the registry, for tests and benches to iterate.
+pub fn all_kernels() -> &'static [KernelInfo] {
+    KERNELS
+}

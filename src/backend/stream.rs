@@ -1,0 +1,53 @@
+//! What every GPU backend's stream offers: kernel launches (through [`Launcher`]), memory from
+//! a caching allocator, copies, and dense GEMMs.
+
+use super::memory::{CachingAllocator, DeviceBuffer};
+use super::types::*;
+use super::Device;
+use crate::error::Result;
+use std::sync::Arc;
+
+pub trait GpuStream: Launcher {
+    fn device(&self) -> Device;
+    /// The device's architecture: `sm_90`, `gfx90a`, ...
+    fn arch(&self) -> String;
+    /// Which compiled form of the kernels this stream loads.
+    fn variant(&self) -> CodeVariant;
+    fn allocator(&self) -> &Arc<CachingAllocator>;
+    fn alloc(&self, bytes: usize) -> Result<DeviceBuffer> {
+        self.allocator().alloc(bytes)
+    }
+    /// Copies host bytes to the device; returns when the copy is done.
+    ///
+    /// # Safety
+    /// `dst` must be a live device allocation of at least `src.len()` bytes.
+    unsafe fn copy_htod(&self, dst: u64, src: &[u8]) -> Result<()>;
+    /// Copies device bytes to the host after all work queued on the stream; returns when done.
+    ///
+    /// # Safety
+    /// `src` must be a live device allocation of at least `dst.len()` bytes.
+    unsafe fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    /// Stream-ordered device-to-device copy.
+    ///
+    /// # Safety
+    /// Both ranges must be live device allocations.
+    unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()>;
+    /// Stream-ordered byte fill.
+    ///
+    /// # Safety
+    /// The range must be a live device allocation.
+    unsafe fn memset_u8(&self, dst: u64, value: u8, bytes: usize) -> Result<()>;
+    fn synchronize(&self) -> Result<()>;
+    /// Whether a vendor BLAS (cuBLAS) backs [`GpuStream::blas_gemm_bf16`].
+    fn has_blas(&self) -> bool {
+        false
+    }
+    /// y[T, N] = x[T, K] · W[N, K]ᵀ with bf16 x and W, f32 accumulation, `out_f32` choosing the
+    /// output type (f32 or bf16), through the vendor BLAS.
+    ///
+    /// # Safety
+    /// Pointers must be live device allocations of the sizes given.
+    unsafe fn blas_gemm_bf16(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize, _out_f32: bool) -> Result<()> {
+        Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
+    }
+}
