@@ -1,0 +1,263 @@
+//! An OpenAI-compatible server for DeepSeek-V3-architecture checkpoints, with SGLang's launch flags.
+//!
+//! cargo run --release --example serve                       # the embedded tiny model, port 30000
+//! curl -s localhost:30000/v1/chat/completions -H 'content-type: application/json' \
+//!     -d '{"model":"dsv3-tiny-random","messages":[{"role":"user","content":"Hello"}],"max_tokens":16}'
+//!
+//! See docs/SERVING.md for every flag, endpoint and metric.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use dsv3::engine::{EngineConfig, KvCacheSize};
+use dsv3::model::embedded;
+use dsv3::server::launch::{self, LaunchFlags};
+use dsv3::server::reasoning::ReasoningParserKind;
+use dsv3::server::{build_cpu_state, serve, ServerConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "OpenAI-compatible server for DeepSeek-V3-architecture models (SGLang's launch flags)")]
+struct Args {
+    /// Checkpoint directory (config.json, safetensors, tokenizer.json). Default: the embedded
+    /// tiny random DeepSeek-V3-architecture model.
+    #[arg(long, alias = "model")]
+    model_path: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 30000)]
+    port: u16,
+    /// Name clients pass as `model` (default: the model path, or dsv3-tiny-random).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Device: cpu (cuda[:N] and hip[:N] come with the GPU step models).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Tensor-parallel size. Values > 1 need the multi-GPU build.
+    #[arg(long, alias = "tp-size", alias = "tensor-parallel-size", default_value_t = 1)]
+    tp: usize,
+    /// Data-parallel size. Values > 1 need the multi-GPU build.
+    #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
+    dp: usize,
+    /// Data-parallel attention for DeepSeek models (multi-GPU build).
+    #[arg(long)]
+    enable_dp_attention: bool,
+    /// host:port of node 0 for multi-node serving (multi-GPU build).
+    #[arg(long)]
+    dist_init_addr: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// Weight quantization: fp8 (block FP8 checkpoints are also detected from config.json).
+    #[arg(long)]
+    quantization: Option<String>,
+    /// Latent cache element type: auto (f32 on the CPU).
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: String,
+    /// Fraction of memory for the KV cache. On the CPU: of MemAvailable after loading the
+    /// weights (default 0.5), capped at what --max-running-requests full-context requests use.
+    #[arg(long)]
+    mem_fraction_static: Option<f32>,
+    /// CPU only: KV cache size in MiB (overrides --mem-fraction-static).
+    #[arg(long)]
+    cpu_kv_cache_mb: Option<usize>,
+    /// KV cache size in token positions (overrides both of the above).
+    #[arg(long)]
+    max_total_tokens: Option<usize>,
+    /// Positions per KV page.
+    #[arg(long, default_value_t = 64)]
+    page_size: usize,
+    /// Most tokens computed in one step (decode tokens included); longer prompts are prefilled
+    /// in chunks. -1: no limit.
+    #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
+    chunked_prefill_size: i64,
+    /// Most requests running at once.
+    #[arg(long, default_value_t = 128)]
+    max_running_requests: usize,
+    /// Most requests waiting for admission; more get 503.
+    #[arg(long, default_value_t = 4096)]
+    max_queued_requests: usize,
+    /// Turn off prefix caching.
+    #[arg(long)]
+    disable_radix_cache: bool,
+    /// Largest decode batch captured in a CUDA graph (GPU step models; the CPU ignores it).
+    #[arg(long)]
+    cuda_graph_max_bs: Option<usize>,
+    /// Accepted for SGLang compatibility: an alias of CUDA-graph capture (GPU only).
+    #[arg(long)]
+    enable_torch_compile: bool,
+    /// Accepted for SGLang compatibility: an alias of --cuda-graph-max-bs.
+    #[arg(long)]
+    torch_compile_max_bs: Option<usize>,
+    /// Accepted and ignored: no code from the checkpoint is ever run.
+    #[arg(long)]
+    trust_remote_code: bool,
+    /// Split <think>…</think> into reasoning_content: deepseek-r1.
+    #[arg(long)]
+    reasoning_parser: Option<String>,
+    /// Longest prompt + completion (default: max_position_embeddings of config.json).
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// A Jinja chat template file replacing the checkpoint's.
+    #[arg(long)]
+    chat_template: Option<PathBuf>,
+    /// Seed for requests that bring none.
+    #[arg(long, default_value_t = 0)]
+    random_seed: u64,
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Log filter (RUST_LOG syntax), e.g. info or dsv3=debug.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let flags = LaunchFlags {
+        device: args.device.clone(),
+        tp: args.tp,
+        dp: args.dp,
+        enable_dp_attention: args.enable_dp_attention,
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        dist_init_addr: args.dist_init_addr.clone(),
+        quantization: args.quantization.clone(),
+        kv_cache_dtype: args.kv_cache_dtype.clone(),
+    };
+    launch::check(&flags)?;
+    let reasoning_parser = args
+        .reasoning_parser
+        .as_deref()
+        .map(|s| s.parse::<ReasoningParserKind>().map_err(|e| format!("--reasoning-parser: {e}")))
+        .transpose()?;
+    if args.cuda_graph_max_bs.is_some() || args.enable_torch_compile || args.torch_compile_max_bs.is_some() {
+        tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: no effect on the CPU backend");
+    }
+    let kv_cache = match (args.max_total_tokens, args.cpu_kv_cache_mb, args.mem_fraction_static) {
+        (Some(t), _, _) => KvCacheSize::Tokens(t),
+        (None, Some(mb), _) => KvCacheSize::Bytes(mb << 20),
+        (None, None, f) => KvCacheSize::MemFraction(f.unwrap_or(0.5)),
+    };
+    let chunked_prefill_size = match args.chunked_prefill_size {
+        c if c < 0 => None,
+        c => Some(c as usize),
+    };
+    let engine_cfg = EngineConfig {
+        page_size: args.page_size,
+        max_running_requests: args.max_running_requests,
+        chunked_prefill_size,
+        kv_cache,
+        context_length: args.context_length,
+        max_queued_requests: args.max_queued_requests,
+        enable_prefix_caching: !args.disable_radix_cache,
+        random_seed: args.random_seed,
+    };
+    let (dir, default_name) = match &args.model_path {
+        Some(p) => (p.clone(), p.display().to_string()),
+        None => (embedded::materialize().map_err(|e| e.to_string())?, embedded::EMBEDDED_MODEL_NAME.to_string()),
+    };
+    let server_cfg = ServerConfig {
+        served_model_name: args.served_model_name.clone().unwrap_or_else(|| default_name.clone()),
+        model_path: default_name,
+        reasoning_parser,
+        max_body_bytes: args.max_body_bytes,
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            (args.host.as_str(), args.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or(())
+        })
+        .map_err(|_| format!("--host {}: not an address this machine can listen on", args.host))?;
+    let t0 = std::time::Instant::now();
+    let state = build_cpu_state(&dir, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?;
+    let info = state.engine.info().clone();
+    tracing::info!(
+        "loaded {} in {:.1?} on {}: context {}, KV cache {} pages × {} = {} positions ({:.1} MiB), \
+         max running {}, chunked prefill {}, prefix cache {}",
+        dir.display(),
+        t0.elapsed(),
+        info.device,
+        info.context_length,
+        info.num_pages,
+        info.page_size,
+        info.max_total_tokens,
+        info.kv_bytes as f64 / (1 << 20) as f64,
+        info.max_running_requests,
+        info.step_token_budget,
+        if info.prefix_caching { "on" } else { "off" },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the async runtime: {e}"))?;
+    let engine = state.engine.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("serving `{}` on http://{local}", state.cfg.served_model_name);
+        let drain_engine = engine.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: draining running requests");
+            drain_engine.stop_accepting();
+        };
+        serve(listener, state, shutdown).await.map_err(|e| format!("server: {e}"))?;
+        let engine2 = Arc::clone(&engine);
+        tokio::task::spawn_blocking(move || engine2.shutdown(true))
+            .await
+            .map_err(|e| format!("engine shutdown: {e}"))?;
+        tracing::info!("bye");
+        Ok::<(), String>(())
+    })
+}
+
+/// Ctrl-C, or SIGTERM on Unix.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,472 @@
+//! The engine proper, single-threaded and synchronous: requests in, one batched model step at a
+//! time, events out. [`crate::engine::handle::EngineHandle`] runs it on its own thread; tests can
+//! drive it step by step.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::config::{EngineConfig, ResolvedConfig};
+use crate::engine::detok::{Detokenize, IncrementalDecoder, StopMatcher};
+use crate::engine::metrics::EngineMetrics;
+use crate::engine::model::{ModelSpec, SeqStep, StepModel};
+use crate::engine::request::{EngineEvent, FinishReason, GenerateRequest, RequestId, TokenOutput, Usage};
+use crate::engine::sampling::Sampler;
+use crate::engine::scheduler::{Scheduler, SchedulerConfig};
+use crate::engine::sequence::Sequence;
+use crate::error::Result;
+
+/// Why a request was refused before it reached the queue.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// A parameter is out of range or malformed (HTTP 400).
+    #[error("{message}")]
+    InvalidParam { param: &'static str, message: String },
+    /// The prompt (plus `max_tokens`) does not fit the context (HTTP 400).
+    #[error("{0}")]
+    ContextLength(String),
+    /// Too many requests waiting (HTTP 503).
+    #[error("the engine is overloaded: {0} requests are waiting; retry later")]
+    Overloaded(usize),
+    /// The server is draining for shutdown (HTTP 503).
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// The engine thread is gone (HTTP 503).
+    #[error("the engine stopped: {0}")]
+    EngineGone(String),
+}
+
+/// Static facts about a running engine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EngineInfo {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub page_size: usize,
+    pub num_pages: usize,
+    pub max_total_tokens: usize,
+    pub max_running_requests: usize,
+    pub step_token_budget: usize,
+    pub max_queued_requests: usize,
+    pub prefix_caching: bool,
+    pub kv_bytes: usize,
+    pub device: String,
+    pub cuda_graph_max_bs: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl EngineInfo {
+    /// Checks a request against the model and the context; returns the number of tokens it may
+    /// generate.
+    pub fn check(&self, req: &GenerateRequest) -> std::result::Result<usize, SubmitError> {
+        if req.prompt.is_empty() {
+            return Err(SubmitError::InvalidParam { param: "prompt", message: "the prompt is empty".into() });
+        }
+        if let Some(&t) = req.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(SubmitError::InvalidParam {
+                param: "prompt",
+                message: format!("token id {t} is out of the vocabulary (size {})", self.vocab_size),
+            });
+        }
+        req.params
+            .validate()
+            .map_err(|e| SubmitError::InvalidParam { param: e.param, message: e.message })?;
+        let (p, ctx) = (req.prompt.len(), self.context_length);
+        if p >= ctx {
+            return Err(SubmitError::ContextLength(format!(
+                "This model's maximum context length is {ctx} tokens. However, the prompt has {p} tokens, \
+                 which leaves no room for a generated token. Please shorten the prompt."
+            )));
+        }
+        match req.params.max_tokens {
+            Some(m) if p + m > ctx => Err(SubmitError::ContextLength(format!(
+                "This model's maximum context length is {ctx} tokens. However, you requested {} tokens \
+                 ({p} in the prompt, {m} for the completion). Please reduce the prompt or max_tokens.",
+                p + m
+            ))),
+            Some(m) => Ok(m),
+            None => Ok(ctx - p),
+        }
+    }
+}
+
+pub struct Engine {
+    model: Box<dyn StepModel>,
+    spec: ModelSpec,
+    cfg: ResolvedConfig,
+    info: EngineInfo,
+    sched: Scheduler,
+    detok: Option<Arc<dyn Detokenize>>,
+    metrics: Arc<EngineMetrics>,
+}
+
+/// What one step did (for tests and logs).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepStats {
+    pub sequences: usize,
+    pub tokens: usize,
+    pub sampled: usize,
+    pub finished: usize,
+}
+
+impl Engine {
+    pub fn new(mut model: Box<dyn StepModel>, cfg: &EngineConfig, detok: Option<Arc<dyn Detokenize>>) -> Result<Engine> {
+        let spec = model.spec();
+        let rc = cfg.resolve(&spec)?;
+        model.allocate_cache(rc.num_pages, rc.page_size)?;
+        let info = EngineInfo {
+            context_length: rc.context_length,
+            vocab_size: spec.vocab_size,
+            page_size: rc.page_size,
+            num_pages: rc.num_pages,
+            max_total_tokens: rc.max_total_tokens(),
+            max_running_requests: rc.max_running_requests,
+            step_token_budget: rc.step_token_budget,
+            max_queued_requests: rc.max_queued_requests,
+            prefix_caching: rc.enable_prefix_caching,
+            kv_bytes: rc.kv_bytes,
+            device: model.device(),
+            cuda_graph_max_bs: model.cuda_graph_max_bs(),
+            eos_token_ids: spec.eos_token_ids.clone(),
+        };
+        let sched = Scheduler::new(
+            SchedulerConfig {
+                page_size: rc.page_size,
+                max_running: rc.max_running_requests,
+                step_token_budget: rc.step_token_budget,
+            },
+            rc.num_pages,
+            rc.enable_prefix_caching,
+        );
+        let metrics = Arc::new(EngineMetrics::default());
+        metrics.kv_pages_total.store(rc.num_pages, Relaxed);
+        metrics.page_size.store(rc.page_size, Relaxed);
+        Ok(Engine { model, spec, cfg: rc, info, sched, detok, metrics })
+    }
+
+    pub fn info(&self) -> &EngineInfo {
+        &self.info
+    }
+
+    pub fn metrics(&self) -> Arc<EngineMetrics> {
+        self.metrics.clone()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.sched.is_idle()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.sched.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.sched.waiting.len()
+    }
+
+    /// Pages held by requests (not counting those only the prefix cache holds).
+    pub fn pages_in_use(&self) -> usize {
+        self.sched.alloc.num_used() - self.sched.cached_only_pages()
+    }
+
+    pub fn free_pages(&self) -> usize {
+        self.sched.alloc.num_free()
+    }
+
+    pub fn preemptions(&self) -> u64 {
+        self.sched.preemptions
+    }
+
+    /// Queues a request; its events go to `tx`.
+    pub fn add_request(
+        &mut self,
+        id: RequestId,
+        req: GenerateRequest,
+        tx: UnboundedSender<EngineEvent>,
+    ) -> std::result::Result<(), SubmitError> {
+        let max_new = self.info.check(&req)?;
+        let seed = splitmix(self.cfg.random_seed ^ id.wrapping_mul(0x9e3779b97f4a7c15));
+        let decoder = self
+            .detok
+            .as_deref()
+            .map(|d| IncrementalDecoder::new(&req.prompt, req.params.skip_special_tokens, d));
+        let stop = StopMatcher::new(&req.params.stop);
+        let sampler = Sampler::new(req.params, &req.prompt, seed);
+        self.metrics.prompt_tokens.fetch_add(req.prompt.len() as u64, Relaxed);
+        let seq = Sequence {
+            id,
+            prompt_len: req.prompt.len(),
+            tokens: req.prompt,
+            max_new_tokens: max_new,
+            block_table: Vec::new(),
+            cached_len: 0,
+            radix_pages: 0,
+            sampler,
+            decoder,
+            stop,
+            tx,
+            arrival: Instant::now(),
+            last_token_at: None,
+            usage: Usage::default(),
+            admitted_before: false,
+        };
+        self.sched.waiting.push_back(seq);
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Cancels a request wherever it is; it gets a final `Abort` event if still listening.
+    pub fn abort(&mut self, id: RequestId) {
+        if let Some(i) = self.sched.waiting.iter().position(|s| s.id == id) {
+            if let Some(mut s) = self.sched.waiting.remove(i) {
+                self.end(&mut s, FinishReason::Abort, String::new());
+            }
+        } else if let Some(i) = self.sched.running.iter().position(|s| s.id == id) {
+            let mut s = self.sched.running.remove(i);
+            self.sched.free_sequence(&mut s);
+            self.end(&mut s, FinishReason::Abort, String::new());
+        }
+        self.update_gauges();
+    }
+
+    /// Cancels every request (shutdown without draining).
+    pub fn abort_all(&mut self) {
+        let ids: Vec<RequestId> =
+            self.sched.running.iter().map(|s| s.id).chain(self.sched.waiting.iter().map(|s| s.id)).collect();
+        for id in ids {
+            self.abort(id);
+        }
+    }
+
+    /// Drops requests whose clients are gone, freeing their cache.
+    fn reap_cancelled(&mut self) {
+        let gone: Vec<RequestId> = self
+            .sched
+            .running
+            .iter()
+            .chain(self.sched.waiting.iter())
+            .filter(|s| s.is_cancelled())
+            .map(|s| s.id)
+            .collect();
+        for id in gone {
+            tracing::debug!("request {id}: client gone, cancelling");
+            self.abort(id);
+        }
+    }
+
+    /// Runs one step: schedule, one model call, sample, emit.
+    pub fn step(&mut self) -> StepStats {
+        let t0 = Instant::now();
+        self.reap_cancelled();
+        let plan = self.sched.schedule();
+        let mut stats = StepStats { sequences: plan.len(), ..Default::default() };
+        if plan.is_empty() {
+            self.update_gauges();
+            return stats;
+        }
+        let batch: Vec<SeqStep<'_>> = plan
+            .iter()
+            .map(|p| {
+                let s = &self.sched.running[p.index];
+                SeqStep {
+                    tokens: &s.tokens[s.cached_len..s.cached_len + p.n_tokens],
+                    start: s.cached_len,
+                    block_table: &s.block_table,
+                    want_logits: p.samples,
+                }
+            })
+            .collect();
+        stats.tokens = plan.iter().map(|p| p.n_tokens).sum();
+        let tm0 = Instant::now();
+        let model = &mut self.model;
+        let result = catch_unwind(AssertUnwindSafe(|| model.step(&batch)));
+        let model_time = tm0.elapsed();
+        drop(batch);
+        let result = match result {
+            Ok(Ok(r)) if r.len() == plan.len() => Ok(r),
+            Ok(Ok(r)) => Err(format!("the model returned {} results for {} sequences", r.len(), plan.len())),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(panic) => Err(panic_message(&panic)),
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(msg) => {
+                tracing::error!("model step failed: {msg}");
+                self.fail_planned(&plan, &msg);
+                return stats;
+            }
+        };
+        let now = Instant::now();
+        let mut finished: Vec<(usize, Outcome)> = Vec::new();
+        for (p, l) in plan.iter().zip(logits) {
+            let mut seq_done = None;
+            {
+                let s = &mut self.sched.running[p.index];
+                s.cached_len += p.n_tokens;
+                if p.samples {
+                    match l {
+                        Some(l) if l.len() == self.spec.vocab_size => {
+                            stats.sampled += 1;
+                            seq_done = emit_token(s, &l, &self.info, self.detok.as_deref(), &self.metrics, now);
+                        }
+                        _ => seq_done = Some(Outcome::Fail("the model returned no logits".to_string())),
+                    }
+                }
+            }
+            self.sched.cache_prefix_running(p.index);
+            if let Some(outcome) = seq_done {
+                finished.push((p.index, outcome));
+            }
+        }
+        stats.finished = finished.len();
+        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        for (i, outcome) in finished {
+            let mut s = self.sched.running.remove(i);
+            self.sched.free_sequence(&mut s);
+            match outcome {
+                Outcome::Finish(reason, text) => self.end(&mut s, reason, text),
+                Outcome::Fail(msg) => {
+                    let _ = s.tx.send(EngineEvent::Failed(msg));
+                    self.metrics.requests_failed.fetch_add(1, Relaxed);
+                }
+            }
+        }
+        self.metrics.steps.fetch_add(1, Relaxed);
+        self.metrics.record_step_tokens(now, stats.sampled);
+        self.update_gauges();
+        self.metrics.observe_host(t0.elapsed().saturating_sub(model_time));
+        stats
+    }
+
+    /// Steps until no request is left (tests, draining).
+    pub fn run_to_completion(&mut self) {
+        while self.has_work() {
+            self.step();
+        }
+    }
+
+    fn fail_planned(&mut self, plan: &[crate::engine::scheduler::Planned], msg: &str) {
+        let mut idx: Vec<usize> = plan.iter().map(|p| p.index).collect();
+        idx.sort_unstable_by(|a, b| b.cmp(a));
+        for i in idx {
+            let mut s = self.sched.running.remove(i);
+            self.sched.free_sequence(&mut s);
+            let _ = s.tx.send(EngineEvent::Failed(format!("model step failed: {msg}")));
+            self.metrics.requests_failed.fetch_add(1, Relaxed);
+        }
+        self.update_gauges();
+    }
+
+    /// Sends the final event of a sequence (its pages are already freed).
+    fn end(&self, s: &mut Sequence, reason: FinishReason, text: String) {
+        s.usage.prompt_tokens = s.prompt_len;
+        s.usage.completion_tokens = s.output_len();
+        if reason == FinishReason::Abort {
+            self.metrics.requests_aborted.fetch_add(1, Relaxed);
+        } else {
+            self.metrics.requests_finished.fetch_add(1, Relaxed);
+            self.metrics.observe_e2e(s.arrival.elapsed());
+        }
+        let _ = s.tx.send(EngineEvent::Finished { reason, text, usage: s.usage.clone() });
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.num_running.store(self.sched.running.len(), Relaxed);
+        m.num_waiting.store(self.sched.waiting.len(), Relaxed);
+        let cached = self.sched.cached_only_pages();
+        m.kv_pages_cached.store(cached, Relaxed);
+        m.kv_pages_used.store(self.sched.alloc.num_used() - cached, Relaxed);
+        m.preemptions.store(self.sched.preemptions, Relaxed);
+        m.prefix_query_tokens.store(self.sched.prefix_query_tokens, Relaxed);
+        m.prefix_hit_tokens.store(self.sched.prefix_hit_tokens, Relaxed);
+    }
+}
+
+/// How a request ends after a step.
+enum Outcome {
+    /// Done (or its client is gone: `Abort`), with the text held back until now.
+    Finish(FinishReason, String),
+    /// The model failed it.
+    Fail(String),
+}
+
+/// Samples a token for `s`, updates its text, and sends the token event. Returns the outcome when
+/// the request is done.
+fn emit_token(
+    s: &mut Sequence,
+    logits: &[f32],
+    info: &EngineInfo,
+    detok: Option<&dyn Detokenize>,
+    metrics: &EngineMetrics,
+    now: Instant,
+) -> Option<Outcome> {
+    let (token, logprobs) = s.sampler.sample(logits);
+    s.tokens.push(token);
+    metrics.generation_tokens.fetch_add(1, Relaxed);
+    match s.last_token_at {
+        None => metrics.observe_ttft(now.duration_since(s.arrival)),
+        Some(t) => metrics.observe_itl(now.duration_since(t)),
+    }
+    s.last_token_at = Some(now);
+    let params = s.sampler.params();
+    let is_eos = !params.ignore_eos && info.eos_token_ids.contains(&token);
+    let is_stop_id = params.stop_token_ids.contains(&token);
+    let mut reason = if is_eos || is_stop_id {
+        Some(FinishReason::StopToken(token))
+    } else if s.output_len() >= s.max_new_tokens || s.tokens.len() >= info.context_length {
+        Some(FinishReason::Length)
+    } else {
+        None
+    };
+    // Text: a stop token's own text is left out.
+    let mut text = String::new();
+    if let (Some(dec), Some(d)) = (s.decoder.as_mut(), detok) {
+        let delta = dec.push(token, d).unwrap_or_default();
+        if !(is_eos || is_stop_id) {
+            let (out, matched) = s.stop.push(&delta);
+            text = out;
+            if let Some(m) = matched {
+                reason = Some(FinishReason::StopString(m));
+            }
+        }
+    }
+    let ok = s.tx.send(EngineEvent::Token(TokenOutput { token_id: token, text, logprobs })).is_ok();
+    if !ok {
+        return Some(Outcome::Finish(FinishReason::Abort, String::new()));
+    }
+    let reason = reason?;
+    // Release what was held back, unless a stop string cut it.
+    let mut tail = String::new();
+    if !matches!(reason, FinishReason::StopString(_)) {
+        if let (Some(dec), Some(d)) = (s.decoder.as_mut(), detok) {
+            let rest = if is_eos || is_stop_id { String::new() } else { dec.flush(d).unwrap_or_default() };
+            let (out, matched) = s.stop.push(&rest);
+            tail = out;
+            match matched {
+                Some(m) => return Some(Outcome::Finish(FinishReason::StopString(m), tail)),
+                None => tail.push_str(&s.stop.finish()),
+            }
+        }
+    }
+    Some(Outcome::Finish(reason, tail))
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e3779b97f4a7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("panic: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("panic: {s}")
+    } else {
+        "panic".to_string()
+    }
+}

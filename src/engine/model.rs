@@ -1,0 +1,126 @@
+//! The engine's view of a model: one batched step over several sequences, each with its new
+//! tokens and its block table into the paged latent cache that the backend owns.
+//!
+//! The CPU implementation ([`CpuStepModel`]) runs the sequences of a batch one after another
+//! through [`CpuModel::forward_tokens`] over a [`HostLatentPool`]. GPU backends implement the same
+//! trait with real batching, their cache in device memory, and CUDA graphs for decode batches up
+//! to `cuda_graph_max_bs` (which the CPU ignores).
+
+use crate::engine::block_manager::PageId;
+use crate::engine::kv_cache::HostLatentPool;
+use crate::error::{Error, Result};
+use crate::model::cpu::CpuModel;
+use crate::model::generate::CausalLm;
+
+/// What the engine needs to know about a model to size its cache and check requests.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelSpec {
+    pub num_layers: usize,
+    /// Values per cached position per layer (`kv_lora_rank + qk_rope_head_dim`).
+    pub latent_width: usize,
+    /// Bytes per cached value in the backend's pool (4 for the CPU's f32).
+    pub bytes_per_value: usize,
+    pub vocab_size: usize,
+    /// Longest sequence the model accepts (`max_position_embeddings`).
+    pub max_positions: usize,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl ModelSpec {
+    pub fn bytes_per_page(&self, page_size: usize) -> usize {
+        self.num_layers * self.latent_width * page_size * self.bytes_per_value
+    }
+}
+
+/// One sequence of a batch step.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqStep<'a> {
+    /// Tokens to compute after the cached ones.
+    pub tokens: &'a [u32],
+    /// Positions already cached (`tokens[0]` sits at position `start`).
+    pub start: usize,
+    /// Pages covering positions `0..start + tokens.len()`.
+    pub block_table: &'a [PageId],
+    /// Whether the logits of the last new position are needed (false for the inner chunks of a
+    /// chunked prefill).
+    pub want_logits: bool,
+}
+
+/// A model the engine can step.
+pub trait StepModel: Send {
+    fn spec(&self) -> ModelSpec;
+    /// Allocates (or re-allocates) the latent pool: `num_pages` pages of `page_size` positions.
+    fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()>;
+    /// Computes one step: appends every sequence's new latent rows to its pages and returns, per
+    /// sequence, the logits [vocab] of its last new position when `want_logits`.
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>>;
+    /// Largest decode batch captured as a CUDA graph (0: none, as on the CPU).
+    fn cuda_graph_max_bs(&self) -> usize {
+        0
+    }
+    /// A short name for logs and `/v1/models` (e.g. "cpu").
+    fn device(&self) -> String;
+}
+
+/// [`CpuModel`] over a host pool.
+pub struct CpuStepModel {
+    model: CpuModel,
+    pool: Option<HostLatentPool>,
+}
+
+impl CpuStepModel {
+    pub fn new(model: CpuModel) -> CpuStepModel {
+        CpuStepModel { model, pool: None }
+    }
+
+    pub fn model(&self) -> &CpuModel {
+        &self.model
+    }
+}
+
+impl StepModel for CpuStepModel {
+    fn spec(&self) -> ModelSpec {
+        let c = self.model.config();
+        ModelSpec {
+            num_layers: c.num_hidden_layers,
+            latent_width: c.kv_lora_rank + c.qk_rope_head_dim,
+            bytes_per_value: std::mem::size_of::<f32>(),
+            vocab_size: c.vocab_size,
+            max_positions: c.max_position_embeddings,
+            eos_token_ids: c.eos_token_ids.clone(),
+        }
+    }
+
+    fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()> {
+        let s = self.spec();
+        self.pool = None;
+        self.pool = Some(HostLatentPool::new(s.num_layers, s.latent_width, num_pages, page_size));
+        Ok(())
+    }
+
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let pool = self
+            .pool
+            .as_mut()
+            .ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
+        let mut out = Vec::with_capacity(batch.len());
+        for s in batch {
+            let need = (s.start + s.tokens.len()).div_ceil(pool.page_size());
+            if s.block_table.len() < need {
+                return Err(Error::InvalidArgument(format!(
+                    "block table of {} pages cannot hold {} positions",
+                    s.block_table.len(),
+                    s.start + s.tokens.len()
+                )));
+            }
+            let mut view = pool.seq(s.block_table, s.start);
+            let logits = self.model.forward_tokens(s.tokens, &mut view)?;
+            out.push(s.want_logits.then(|| logits.row(s.tokens.len() - 1).to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn device(&self) -> String {
+        "cpu".into()
+    }
+}

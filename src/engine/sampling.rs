@@ -1,0 +1,259 @@
+//! Per-request token sampling on the CPU: penalties, temperature, top-k, top-p, min-p, a seeded
+//! random stream, and log-probabilities. Greedy (temperature 0 or top_k 1) is
+//! [`crate::ops::sampling::argmax`] over the penalized logits.
+//!
+//! Order (as vLLM and SGLang): repetition penalty (prompt and output tokens), frequency and
+//! presence penalties (output tokens); then greedy, or temperature → softmax → top-k → top-p →
+//! min-p → draw. Log-probabilities come from the raw logits (log-softmax before any of this).
+
+use std::collections::HashMap;
+
+use crate::engine::request::{SampledLogprobs, SamplingParams, TokenLogprob};
+use crate::ops::sampling::argmax;
+
+/// xoshiro256** seeded through SplitMix64: small, fast, reproducible across platforms.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e3779b97f4a7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            z ^ (z >> 31)
+        };
+        Rng { s: [next(), next(), next(), next()] }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+}
+
+/// A request's sampler: its parameters, random stream and token counts for the penalties.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Occurrences of each token in the output so far (frequency / presence penalties).
+    output_counts: HashMap<u32, u32>,
+    /// Tokens seen in the prompt or the output (repetition penalty).
+    seen: HashMap<u32, ()>,
+}
+
+impl Sampler {
+    /// `seed` is used when the parameters carry none.
+    pub fn new(params: SamplingParams, prompt: &[u32], seed: u64) -> Sampler {
+        let rng = Rng::new(params.seed.unwrap_or(seed));
+        let mut seen = HashMap::new();
+        if params.repetition_penalty != 1.0 {
+            for &t in prompt {
+                seen.insert(t, ());
+            }
+        }
+        Sampler { params, rng, output_counts: HashMap::new(), seen }
+    }
+
+    pub fn params(&self) -> &SamplingParams {
+        &self.params
+    }
+
+    /// Picks the next token from one row of logits and records it for the penalties.
+    pub fn sample(&mut self, logits: &[f32]) -> (u32, Option<SampledLogprobs>) {
+        let mut work = logits.to_vec();
+        self.apply_penalties(&mut work);
+        let token = if self.params.is_greedy() {
+            argmax(&work) as u32
+        } else {
+            self.draw(&mut work)
+        };
+        let logprobs = self.params.logprobs.then(|| logprobs_of(logits, token, self.params.top_logprobs));
+        *self.output_counts.entry(token).or_insert(0) += 1;
+        if self.params.repetition_penalty != 1.0 {
+            self.seen.insert(token, ());
+        }
+        (token, logprobs)
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            for &t in self.seen.keys() {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            for (&t, &n) in &self.output_counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * n as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    /// Temperature, softmax, top-k, top-p, min-p, then one draw from what is left.
+    fn draw(&mut self, logits: &mut [f32]) -> u32 {
+        let p = &self.params;
+        let inv_t = 1.0 / p.temperature;
+        // Candidates sorted by logit, descending (NaN last: they never win).
+        let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
+        if idx.is_empty() {
+            return 0;
+        }
+        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        if p.top_k > 0 && p.top_k < idx.len() {
+            idx.truncate(p.top_k);
+        }
+        let max = logits[idx[0] as usize] as f64 * inv_t as f64;
+        let mut probs: Vec<f64> = idx.iter().map(|&i| (logits[i as usize] as f64 * inv_t as f64 - max).exp()).collect();
+        let sum: f64 = probs.iter().sum();
+        for q in &mut probs {
+            *q /= sum;
+        }
+        // top-p: the smallest prefix whose mass reaches top_p (always at least one token).
+        if p.top_p < 1.0 {
+            let mut acc = 0.0;
+            let mut keep = probs.len();
+            for (i, &q) in probs.iter().enumerate() {
+                acc += q;
+                if acc >= p.top_p as f64 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            probs.truncate(keep);
+            idx.truncate(keep);
+        }
+        // min-p: relative to the most likely token.
+        if p.min_p > 0.0 {
+            let floor = probs[0] * p.min_p as f64;
+            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
+            probs.truncate(keep);
+            idx.truncate(keep);
+        }
+        let total: f64 = probs.iter().sum();
+        let mut u = self.rng.next_f64() * total;
+        for (i, &q) in probs.iter().enumerate() {
+            if u < q {
+                return idx[i];
+            }
+            u -= q;
+        }
+        idx[probs.len() - 1]
+    }
+}
+
+/// Log-softmax of `logits` at `token`, and the `top` most likely tokens.
+pub fn logprobs_of(logits: &[f32], token: u32, top: usize) -> SampledLogprobs {
+    let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64 + logits.iter().map(|&v| ((v - max) as f64).exp()).filter(|v| !v.is_nan()).sum::<f64>().ln();
+    let lp = |i: u32| (logits[i as usize] as f64 - lse) as f32;
+    let mut top_list = Vec::new();
+    if top > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
+        let k = top.min(idx.len());
+        if k > 0 {
+            idx.select_nth_unstable_by(k - 1, |&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+            idx.truncate(k);
+            idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        }
+        top_list = idx.into_iter().map(|i| TokenLogprob { token_id: i, logprob: lp(i) }).collect();
+    }
+    SampledLogprobs { logprob: lp(token), top: top_list }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![0.5, 2.0, -1.0, 1.9, 0.0, 3.0, -0.5, 1.0]
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut s = Sampler::new(SamplingParams::greedy(4), &[], 1);
+        assert_eq!(s.sample(&logits()).0, 5);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_at_any_temperature() {
+        for seed in 0..20 {
+            let p = SamplingParams { temperature: 1.7, top_k: 1, seed: Some(seed), ..Default::default() };
+            let mut s = Sampler::new(p, &[], 0);
+            assert_eq!(s.sample(&logits()).0, 5);
+        }
+    }
+
+    #[test]
+    fn seeds_reproduce_and_differ() {
+        let p = |seed| SamplingParams { temperature: 1.0, seed: Some(seed), ..Default::default() };
+        let run = |seed| {
+            let mut s = Sampler::new(p(seed), &[], 0);
+            (0..32).map(|_| s.sample(&logits()).0).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_p_and_min_p_restrict_the_support() {
+        // top_p tiny keeps only the best token.
+        let p = SamplingParams { temperature: 1.0, top_p: 0.01, seed: Some(3), ..Default::default() };
+        let mut s = Sampler::new(p, &[], 0);
+        assert!((0..50).all(|_| s.sample(&logits()).0 == 5));
+        // min_p 0.3: p(1)/p(5) = e^-1 ≈ 0.37 and p(3)/p(5) ≈ 0.33 survive, nothing else does.
+        let p = SamplingParams { temperature: 1.0, min_p: 0.3, seed: Some(4), ..Default::default() };
+        let mut s = Sampler::new(p, &[], 0);
+        assert!((0..200).all(|_| matches!(s.sample(&logits()).0, 1 | 3 | 5)));
+    }
+
+    #[test]
+    fn penalties_move_greedy_choice() {
+        // Presence penalty 2 after token 5 was produced makes token 1 (2.0 > 3.0 - 2.0) win.
+        let p = SamplingParams { presence_penalty: 2.0, ..SamplingParams::greedy(8) };
+        let mut s = Sampler::new(p, &[], 0);
+        assert_eq!(s.sample(&logits()).0, 5);
+        assert_eq!(s.sample(&logits()).0, 1);
+        // Frequency penalty accumulates: 5, then 5 again (3.0 - 0.5 = 2.5 > 2.0), then 1.
+        let p = SamplingParams { frequency_penalty: 0.5, ..SamplingParams::greedy(8) };
+        let mut s = Sampler::new(p, &[], 0);
+        let got: Vec<u32> = (0..3).map(|_| s.sample(&logits()).0).collect();
+        assert_eq!(got, vec![5, 5, 1]);
+        // Repetition penalty covers the prompt: 5 in the prompt, 3.0 / 2 = 1.5 < 2.0.
+        let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy(8) };
+        let mut s = Sampler::new(p, &[5], 0);
+        assert_eq!(s.sample(&logits()).0, 1);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax() {
+        let l = logits();
+        let lp = logprobs_of(&l, 5, 3);
+        let z: f64 = l.iter().map(|&v| (v as f64).exp()).sum();
+        assert!((lp.logprob as f64 - (3.0 - z.ln())).abs() < 1e-5);
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.token_id).collect();
+        assert_eq!(ids, vec![5, 1, 3]);
+    }
+}

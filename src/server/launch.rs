@@ -1,0 +1,102 @@
+//! SGLang launch flags that this build accepts but cannot honour yet: each gives a one-line
+//! error that says what is missing, instead of being silently ignored.
+
+/// The flags of `launch_server` that select hardware, parallelism and number formats.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LaunchFlags {
+    pub device: String,
+    pub tp: usize,
+    pub dp: usize,
+    pub enable_dp_attention: bool,
+    pub nnodes: usize,
+    pub node_rank: usize,
+    pub dist_init_addr: Option<String>,
+    pub quantization: Option<String>,
+    pub kv_cache_dtype: String,
+}
+
+impl Default for LaunchFlags {
+    fn default() -> Self {
+        LaunchFlags {
+            device: "cpu".into(),
+            tp: 1,
+            dp: 1,
+            enable_dp_attention: false,
+            nnodes: 1,
+            node_rank: 0,
+            dist_init_addr: None,
+            quantization: None,
+            kv_cache_dtype: "auto".into(),
+        }
+    }
+}
+
+/// Quantization methods the loader reads (`quantization_config.quant_method`).
+pub const SUPPORTED_QUANTIZATION: &[&str] = &["fp8"];
+
+/// `Ok` when this build can serve with these flags; otherwise the reason, one line.
+pub fn check(f: &LaunchFlags) -> Result<(), String> {
+    match f.device.as_str() {
+        "cpu" => {}
+        d if d == "cuda" || d.starts_with("cuda:") || d == "hip" || d.starts_with("hip:") || d == "rocm" => {
+            return Err(format!(
+                "--device {d}: the serving engine runs on the CPU backend only in this build; \
+                 GPU step models (batched MLA, CUDA graphs) come with the GPU backend. Use --device cpu"
+            ))
+        }
+        d => return Err(format!("--device {d}: unknown device (expected cpu, cuda[:N] or hip[:N])")),
+    }
+    if f.tp == 0 || f.dp == 0 || f.nnodes == 0 {
+        return Err("--tp, --dp and --nnodes must be at least 1".into());
+    }
+    if f.tp > 1 {
+        return Err(format!(
+            "--tp {}: tensor parallelism needs the multi-GPU build, which is not available yet; this build serves with --tp 1",
+            f.tp
+        ));
+    }
+    if f.dp > 1 || f.enable_dp_attention {
+        return Err("--dp / --enable-dp-attention: data-parallel attention needs the multi-GPU build, which is not available yet".into());
+    }
+    if f.node_rank >= f.nnodes {
+        return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
+    }
+    if f.nnodes > 1 || f.dist_init_addr.is_some() {
+        return Err("--nnodes / --dist-init-addr / --node-rank: multi-node serving needs the multi-GPU build, which is not available yet".into());
+    }
+    if let Some(q) = &f.quantization {
+        if !SUPPORTED_QUANTIZATION.contains(&q.as_str()) {
+            return Err(format!(
+                "--quantization {q}: not supported by this build (supported: {}; FP8 checkpoints are detected from config.json without the flag)",
+                SUPPORTED_QUANTIZATION.join(", ")
+            ));
+        }
+    }
+    match f.kv_cache_dtype.as_str() {
+        "auto" | "f32" | "float32" => {}
+        other => {
+            return Err(format!(
+                "--kv-cache-dtype {other}: the CPU backend's latent cache stores f32 (use auto); \
+                 bf16/fp8 caches come with the GPU backends"
+            ))
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass_and_unsupported_flags_say_why() {
+        assert_eq!(check(&LaunchFlags::default()), Ok(()));
+        let err = |f: LaunchFlags| check(&f).err().unwrap_or_default();
+        assert!(err(LaunchFlags { tp: 8, ..Default::default() }).contains("multi-GPU build"));
+        assert!(err(LaunchFlags { device: "cuda:0".into(), ..Default::default() }).contains("--device cuda:0"));
+        assert!(err(LaunchFlags { quantization: Some("moe_wna16".into()), ..Default::default() }).contains("moe_wna16"));
+        assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("f32"));
+        assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node"));
+        assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("data-parallel"));
+    }
+}
