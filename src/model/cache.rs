@@ -1,6 +1,19 @@
 //! The latent KV cache of one sequence on the CPU: per layer, one row of `kv_lora + rope` values
 //! per position, [c_kv (normalized) | k_pe (rotated)] — 576 values per token per layer for V3.
 
+use std::borrow::Cow;
+
+/// Where the CPU forward pass keeps a sequence's latent rows: a contiguous [`LatentCache`] here,
+/// or a view over the engine's paged cache.
+pub trait LatentStore {
+    /// Number of positions cached before the current step.
+    fn cached_len(&self) -> usize;
+    /// Appends the rows of the positions being computed to layer `layer`.
+    fn append(&mut self, layer: usize, rows: &[f32]);
+    /// Every row of layer `layer` (cached and appended), contiguous, [positions, width].
+    fn rows(&self, layer: usize) -> Cow<'_, [f32]>;
+}
+
 #[derive(Clone, Debug)]
 pub struct LatentCache {
     width: usize,
@@ -40,5 +53,19 @@ impl LatentCache {
         for l in &mut self.layers {
             l.truncate(len * self.width);
         }
+    }
+}
+
+impl LatentStore for LatentCache {
+    fn cached_len(&self) -> usize {
+        self.len()
+    }
+
+    fn append(&mut self, layer: usize, rows: &[f32]) {
+        LatentCache::append(self, layer, rows)
+    }
+
+    fn rows(&self, layer: usize) -> Cow<'_, [f32]> {
+        Cow::Borrowed(self.layer(layer))
     }
 }

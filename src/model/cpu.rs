@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::cache::LatentCache;
+use crate::model::cache::{LatentCache, LatentStore};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
@@ -69,11 +69,11 @@ impl CpuModel {
 
     /// Runs `tokens` after what `cache` holds, appends them to the cache and returns the logits
     /// at every new position, [tokens.len(), vocab].
-    pub fn forward_tokens(&self, tokens: &[u32], cache: &mut LatentCache) -> Result<Tensor> {
+    pub fn forward_tokens<C: LatentStore>(&self, tokens: &[u32], cache: &mut C) -> Result<Tensor> {
         if tokens.is_empty() {
             return Err(Error::InvalidArgument("forward needs at least one token".into()));
         }
-        let start = cache.len();
+        let start = cache.cached_len();
         if start + tokens.len() > self.cfg.max_position_embeddings {
             return Err(Error::InvalidArgument(format!(
                 "sequence of {} tokens exceeds max_position_embeddings {}",
@@ -102,7 +102,7 @@ impl CpuModel {
 
     /// MLA for the new rows `x` [T, hidden] at positions `start..start+T`; appends their latent
     /// rows to layer `layer` of the cache.
-    fn attention(&self, w: &AttentionWeights, x: &[f32], cache: &mut LatentCache, layer: usize, start: usize) -> Vec<f32> {
+    fn attention<C: LatentStore>(&self, w: &AttentionWeights, x: &[f32], cache: &mut C, layer: usize, start: usize) -> Vec<f32> {
         let d = self.dims();
         let fp8 = self.opts.emulate_fp8_activations;
         let eps = self.cfg.rms_norm_eps;
@@ -134,7 +134,7 @@ impl CpuModel {
             AttentionPath::Absorbed => true,
         };
         let mla = if absorbed { mla_absorbed } else { mla_naive };
-        let o = mla(&q, cache.layer(layer), w.kv_b.data(), &d, start, scale);
+        let o = mla(&q, &cache.rows(layer), w.kv_b.data(), &d, start, scale);
         linear_act(&o, &w.o, fp8)
     }
 
