@@ -28,6 +28,7 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// Port to listen on (0: any free port).
     #[arg(long, default_value_t = 30000)]
     port: u16,
     /// Name clients pass as `model` (default: the model path, or dsv3-tiny-random).
@@ -48,8 +49,10 @@ struct Args {
     /// host:port of node 0 for multi-node serving (multi-GPU build).
     #[arg(long)]
     dist_init_addr: Option<String>,
+    /// Number of nodes (multi-node serving needs the multi-GPU build).
     #[arg(long, default_value_t = 1)]
     nnodes: usize,
+    /// This node's rank among --nnodes.
     #[arg(long, default_value_t = 0)]
     node_rank: usize,
     /// Weight quantization: fp8 (block FP8 checkpoints are also detected from config.json).
