@@ -101,6 +101,7 @@ async fn model_info(State(st): State<AppState>) -> Json<Json_> {
         "is_generation": true,
         "device": i.device,
         "context_length": i.context_length,
+        "vocab_size": i.vocab_size,
         "max_total_tokens": i.max_total_tokens,
         "page_size": i.page_size,
         "max_running_requests": i.max_running_requests,
