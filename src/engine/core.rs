@@ -470,3 +470,138 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         "panic".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::sync::mpsc::unbounded_channel;
+
+    use super::*;
+    use crate::engine::config::KvCacheSize;
+    use crate::engine::request::SamplingParams;
+
+    /// Records each step's (start, n_tokens, want_logits) per sequence; always predicts token 7.
+    struct Recorder {
+        steps: Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>,
+    }
+
+    impl StepModel for Recorder {
+        fn spec(&self) -> ModelSpec {
+            ModelSpec { num_layers: 1, latent_width: 4, bytes_per_value: 4, vocab_size: 16, max_positions: 512, eos_token_ids: vec![1] }
+        }
+        fn allocate_cache(&mut self, _: usize, _: usize) -> Result<()> {
+            Ok(())
+        }
+        fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+            let mut rec = Vec::new();
+            let mut out = Vec::new();
+            for s in batch {
+                assert!(s.block_table.len() * 4 >= s.start + s.tokens.len(), "block table too short");
+                rec.push((s.start, s.tokens.len(), s.want_logits));
+                let mut l = vec![0f32; 16];
+                l[7] = 1.0;
+                out.push(s.want_logits.then_some(l));
+            }
+            self.steps.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
+            Ok(out)
+        }
+        fn device(&self) -> String {
+            "mock".into()
+        }
+    }
+
+    fn engine(cfg: EngineConfig) -> (Engine, Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>) {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let e = Engine::new(Box::new(Recorder { steps: steps.clone() }), &cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        (e, steps)
+    }
+
+    fn cfg(chunk: usize, max_running: usize, tokens: usize) -> EngineConfig {
+        EngineConfig {
+            page_size: 4,
+            max_running_requests: max_running,
+            chunked_prefill_size: Some(chunk),
+            kv_cache: KvCacheSize::Tokens(tokens),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decodes_and_prefill_chunks_share_a_step() {
+        let (mut e, steps) = engine(cfg(8, 8, 1024));
+        let (tx, _rx1) = unbounded_channel();
+        e.add_request(1, GenerateRequest { prompt: vec![0; 5], params: SamplingParams::greedy(10) }, tx).unwrap_or(());
+        e.step(); // prefill of request 1 (5 tokens)
+        let (tx, _rx2) = unbounded_channel();
+        // A different first page: no prefix-cache hit.
+        e.add_request(2, GenerateRequest { prompt: vec![3; 20], params: SamplingParams::greedy(10) }, tx).unwrap_or(());
+        e.step(); // decode of 1 + first 7-token chunk of 2
+        e.step(); // decode of 1 + next 7-token chunk of 2
+        e.step(); // decode of 1 + last 6 tokens of 2 (samples)
+        e.step(); // two decodes
+        let s = steps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(s[0], vec![(0, 5, true)]);
+        assert_eq!(s[1], vec![(5, 1, true), (0, 7, false)]);
+        assert_eq!(s[2], vec![(6, 1, true), (7, 7, false)]);
+        assert_eq!(s[3], vec![(7, 1, true), (14, 6, true)]);
+        assert_eq!(s[4], vec![(8, 1, true), (20, 1, true)]);
+        // Every step stays within the budget of 8 tokens.
+        assert!(s.iter().all(|st| st.iter().map(|x| x.1).sum::<usize>() <= 8));
+    }
+
+    #[test]
+    fn max_running_requests_caps_the_batch() {
+        let (mut e, steps) = engine(cfg(64, 2, 1024));
+        let mut rxs = Vec::new();
+        for id in 0..5 {
+            let (tx, rx) = unbounded_channel();
+            e.add_request(id, GenerateRequest { prompt: vec![0; 3], params: SamplingParams::greedy(4) }, tx).unwrap_or(());
+            rxs.push(rx);
+        }
+        e.run_to_completion();
+        let s = steps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(s.iter().all(|st| st.len() <= 2));
+        assert_eq!(e.metrics().requests_finished.load(Relaxed), 5);
+        assert_eq!(e.pages_in_use(), 0);
+    }
+
+    #[test]
+    fn preempted_request_resumes_with_its_tokens() {
+        // 4 pages of 4 positions: two requests of 3 + 9 positions cannot both hold 3 pages.
+        // Without prefix caching the preempted request recomputes everything it had.
+        let (mut e, steps) = engine(EngineConfig { enable_prefix_caching: false, ..cfg(64, 8, 16) });
+        let mut rxs = Vec::new();
+        for id in 0..2 {
+            let (tx, rx) = unbounded_channel();
+            let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(9) };
+            e.add_request(id, GenerateRequest { prompt: vec![0, 2, 3], params }, tx).unwrap_or(());
+            rxs.push(rx);
+        }
+        e.run_to_completion();
+        assert!(e.preemptions() > 0);
+        for rx in &mut rxs {
+            let mut n = 0;
+            let mut finished = false;
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    EngineEvent::Token(t) => {
+                        assert_eq!(t.token_id, 7);
+                        n += 1;
+                    }
+                    EngineEvent::Finished { reason, usage, .. } => {
+                        assert_eq!(reason, FinishReason::Length);
+                        assert_eq!(usage.completion_tokens, 9);
+                        finished = true;
+                    }
+                    EngineEvent::Failed(m) => panic!("{m}"),
+                }
+            }
+            assert!(finished);
+            assert_eq!(n, 9);
+        }
+        // The recompute after preemption covered prompt + generated tokens in one chunk.
+        let s = steps.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(s.iter().flatten().any(|&(start, n, _)| n > 3 && start + n > 3), "{s:?}");
+    }
+}
