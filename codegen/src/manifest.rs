@@ -123,7 +123,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "cast",
         source: "cast.cuh",
-        doc: "Element-wise dtype conversion.",
+        doc: "Element-wise dtype conversion and strided copies.",
         kernels: &[KernelSpec {
             name: "cast_{TI}_{TO}",
             template: "dsv3::cast<{TI}, {TO}>",
@@ -133,6 +133,23 @@ pub static FAMILIES: &[Family] = &[
             max_threads: 1024,
             archs: Archs::ALL,
             doc: "Grid-stride over n.",
+        },
+        KernelSpec {
+            name: "copy_2d_{T}",
+            template: "dsv3::copy_2d<{T}>",
+            grid: &[FLOAT],
+            points: &[],
+            args: &[
+                ptr_mut("out", "{T}"),
+                ptr("x", "{T}"),
+                scalar("rows", "u32"),
+                scalar("cols", "u32"),
+                scalar("out_stride", "u32"),
+                scalar("x_stride", "u32"),
+            ],
+            max_threads: 1024,
+            archs: Archs::ALL,
+            doc: "Strided 2-D copy (slices of rows: heads, the c_kv / k_pe parts); grid-stride over rows * cols.",
         }],
     },
     Family {

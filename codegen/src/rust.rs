@@ -33,7 +33,7 @@ impl ImageKind {
             ImageKind::Cubin => "cubin",
             ImageKind::Ptx => "ptx",
             ImageKind::Fatbin => "fatbin",
-            ImageKind::CodeObject => "code object",
+            ImageKind::CodeObject => "code_object",
         }
     }
 }

@@ -1,0 +1,844 @@
+//! Every generated kernel against the CPU reference (`dsv3::ops::*`), on every NVIDIA code
+//! variant this build embedded: the sm_90a cubin, the compute_80 and compute_89 PTX (JIT-compiled
+//! by the driver, so the A100 / L40S paths are exercised on an H200), the fatbin (`Auto`) and
+//! NVRTC.
+//!
+//! These tests are ignored in the CPU suite (`cargo test` lists them as ignored); the GPU runner
+//! passes `--include-ignored`. Run without a CUDA device they panic ("no CUDA device"): they
+//! never pass silently. Shapes are drawn by proptest, values are fresh random numbers from a
+//! proptest-drawn seed, outputs are poisoned (NaN) before each launch, and errors are relative
+//! Frobenius norms (DESIGN §4): NaN never passes.
+//!
+//! `DSV3_TEST_NVRTC=0` skips the NVRTC variant (machines without libnvrtc).
+
+use dsv3::backend::cuda::{device_count, CudaStream};
+use dsv3::backend::dispatch::{self, KArg, PagedCache, RopeLayout, RouteParams, SamplingParams};
+use dsv3::backend::registry::{self, MODULES};
+use dsv3::backend::{CodeVariant, DType, DeviceTensor, GpuStream, ImageKind, LaunchCfg, Vendor};
+use dsv3::ops;
+use dsv3::tensor::{rel_error, Tensor};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const GPU: &str = "GPU test: run on the GPU machine with --include-ignored";
+
+fn variants() -> Vec<CodeVariant> {
+    let m = &MODULES[0];
+    let mut v = Vec::new();
+    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
+        v.push(CodeVariant::Cubin("sm_90a".into()));
+    }
+    for a in ["compute_80", "compute_89"] {
+        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
+            v.push(CodeVariant::Ptx(a.into()));
+        }
+    }
+    v.push(CodeVariant::Auto);
+    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
+        v.push(CodeVariant::Nvrtc);
+    }
+    v
+}
+
+/// One stream per code variant on device 0; panics loudly when there is no CUDA device.
+fn streams() -> Vec<(String, CudaStream)> {
+    match device_count() {
+        Err(e) => panic!("no CUDA device: {e}"),
+        Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
+        Ok(_) => {}
+    }
+    variants()
+        .into_iter()
+        .map(|v| {
+            let s = CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"));
+            (v.to_string(), s)
+        })
+        .collect()
+}
+
+thread_local! {
+    static STREAMS: Vec<(String, CudaStream)> = streams();
+}
+
+/// Runs `f` on every variant's stream.
+fn on_each(mut f: impl FnMut(&dyn GpuStream, &str)) {
+    STREAMS.with(|ss| {
+        for (name, s) in ss {
+            f(s, name);
+        }
+    });
+}
+
+fn cfg(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+fn rand_vec(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-1.0f32..1.0) * scale).collect()
+}
+
+/// The values a tensor of `dtype` really holds.
+fn rounded(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::Bf16 => v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect(),
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+fn up(s: &dyn GpuStream, shape: &[usize], v: &[f32], dtype: DType) -> DeviceTensor {
+    DeviceTensor::from_f32(s, shape, v, dtype).unwrap()
+}
+
+fn up_i32(s: &dyn GpuStream, shape: &[usize], v: &[i32]) -> DeviceTensor {
+    DeviceTensor::from_slice(s, shape, v).unwrap()
+}
+
+fn poisoned(s: &dyn GpuStream, dtype: DType, shape: &[usize]) -> DeviceTensor {
+    DeviceTensor::poisoned(s, dtype, shape).unwrap()
+}
+
+fn down(s: &dyn GpuStream, t: &DeviceTensor) -> Vec<f32> {
+    s.synchronize().unwrap();
+    t.to_f32(s).unwrap()
+}
+
+/// Tolerance on the relative Frobenius error for an output / operand dtype.
+fn tol(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-5,
+        _ => 1e-2,
+    }
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|x| x.is_nan()) {
+        panic!("{what}: NaN at {i} (of {})", got.len());
+    }
+    let e = rel_error(got, want);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+const FLOATS: [DType; 2] = [DType::F32, DType::Bf16];
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn registry_modules_load_on_every_variant() {
+    // Every kernel's function resolves in every variant (catches missing symbols / bad images).
+    let _ = GPU;
+    STREAMS.with(|ss| {
+        for (name, s) in ss {
+            for k in registry::KERNELS {
+                s.function(k).unwrap_or_else(|e| panic!("{name}: {}: {e}", k.name));
+            }
+        }
+    });
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn no_device_is_reported_cleanly() {
+    // On the GPU machine: a device ordinal past the last one gives a typed error, not a panic.
+    let n = device_count().expect("no CUDA device");
+    let e = CudaStream::new(n + 7).err().expect("an error").to_string();
+    assert!(e.contains("no CUDA device"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(cfg(6))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn embedding(seed: u64, vocab in 1usize..300, hidden in 1usize..700, tokens in 1usize..40) {
+        let mut r = rng(seed);
+        let table = rand_vec(&mut r, vocab * hidden, 2.0);
+        let ids: Vec<u32> = (0..tokens).map(|_| r.gen_range(0..vocab as u32)).collect();
+        on_each(|s, v| {
+            for (tt, to) in [(DType::Bf16, DType::F32), (DType::Bf16, DType::Bf16), (DType::F32, DType::F32)] {
+                let tr = rounded(&table, tt);
+                let want = ops::embedding::embed(&Tensor::new(vec![vocab, hidden], tr).unwrap(), &ids).unwrap();
+                let dt = up(s, &[vocab, hidden], &table, tt);
+                let di = DeviceTensor::from_slice(s, &[tokens], &ids).unwrap();
+                let out = poisoned(s, to, &[tokens, hidden]);
+                dispatch::embedding(s, &out, &dt, &di).unwrap();
+                assert_close(&format!("{v} embedding {tt}->{to}"), &down(s, &out), &rounded(want.data(), to), 1e-7);
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn rms_norm_and_add(seed: u64, rows in 1usize..20, cols in 1usize..3000) {
+        let mut r = rng(seed);
+        let x = rand_vec(&mut r, rows * cols, 3.0);
+        let res = rand_vec(&mut r, rows * cols, 3.0);
+        let w = rand_vec(&mut r, cols, 1.5);
+        let eps = 1e-6;
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let (xr, wr, rr) = (rounded(&x, dt), rounded(&w, dt), rounded(&res, dt));
+                let mut want = vec![0f32; rows * cols];
+                ops::norm::rms_norm(&xr, &wr, eps, &mut want);
+                let (dx, dw) = (up(s, &[rows, cols], &x, dt), up(s, &[cols], &w, dt));
+                let out = poisoned(s, dt, &[rows, cols]);
+                dispatch::rms_norm(s, &out, &dx, &dw, eps).unwrap();
+                assert_close(&format!("{v} rms_norm {dt}"), &down(s, &out), &want, tol(dt));
+
+                let mut want_res = rr.clone();
+                let mut want2 = vec![0f32; rows * cols];
+                ops::norm::add_rms_norm(&mut want_res, &xr, &wr, eps, &mut want2);
+                let dres = up(s, &[rows, cols], &res, dt);
+                let out2 = poisoned(s, dt, &[rows, cols]);
+                dispatch::add_rms_norm(s, &out2, &dres, &dx, &dw, eps).unwrap();
+                assert_close(&format!("{v} add_rms_norm {dt} out"), &down(s, &out2), &want2, tol(dt));
+                assert_close(&format!("{v} add_rms_norm {dt} residual"), &down(s, &dres), &want_res, if dt == DType::F32 { 1e-7 } else { 5e-3 });
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn rope_yarn(seed: u64, tokens in 1usize..24, heads in 1usize..9, yarn: bool) {
+        let mut r = rng(seed);
+        let (nope, rope_dim, max_pos) = (128usize, 64usize, 5000usize);
+        let scaling = ops::rope::YarnRope::with_params(
+            rope_dim,
+            10000.0,
+            if yarn {
+                Some(dsv3::model::config::YarnScaling { factor: 40.0, original_max_position_embeddings: 4096, beta_fast: 32.0, beta_slow: 1.0, mscale: 1.0, mscale_all_dim: 1.0 })
+            } else {
+                None
+            }
+            .as_ref(),
+        );
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for p in 0..max_pos {
+            let (c, s) = scaling.cos_sin(p);
+            cos.extend(c);
+            sin.extend(s);
+        }
+        let pos: Vec<i32> = (0..tokens).map(|_| r.gen_range(0..max_pos as i32)).collect();
+        let width = nope + rope_dim;
+        let q = rand_vec(&mut r, tokens * heads * width, 2.0);
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let mut want = rounded(&q, dt);
+                for t in 0..tokens {
+                    let p = pos[t] as usize;
+                    let (c, sn) = (&cos[p * 32..(p + 1) * 32], &sin[p * 32..(p + 1) * 32]);
+                    for h in 0..heads {
+                        let base = (t * heads + h) * width + nope;
+                        ops::rope::apply_cos_sin(&mut want[base..base + rope_dim], c, sn);
+                    }
+                }
+                let dq = up(s, &[tokens, heads, width], &q, dt);
+                let (dc, ds) = (up(s, &[max_pos, 32], &cos, DType::F32), up(s, &[max_pos, 32], &sin, DType::F32));
+                let dp = up_i32(s, &[tokens], &pos);
+                let l = RopeLayout { heads, token_stride: heads * width, head_stride: width, offset: nope, rope_dim };
+                dispatch::rope(s, &dq, &dc, &ds, &dp, l).unwrap();
+                assert_close(&format!("{v} rope {dt}"), &down(s, &dq), &want, tol(dt));
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn silu_mul_and_cast(seed: u64, rows in 1usize..30, inter in 1usize..2100) {
+        let mut r = rng(seed);
+        let gu = rand_vec(&mut r, rows * 2 * inter, 4.0);
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let g = rounded(&gu, dt);
+                let mut want = vec![0f32; rows * inter];
+                for i in 0..rows {
+                    let row = &g[i * 2 * inter..(i + 1) * 2 * inter];
+                    ops::activation::silu_mul(&row[..inter], &row[inter..], &mut want[i * inter..(i + 1) * inter]);
+                }
+                let dg = up(s, &[rows, 2 * inter], &gu, dt);
+                let out = poisoned(s, dt, &[rows, inter]);
+                dispatch::silu_mul(s, &out, &dg).unwrap();
+                assert_close(&format!("{v} silu_mul {dt}"), &down(s, &out), &want, tol(dt));
+            }
+            for (ti, to) in [(DType::F32, DType::Bf16), (DType::Bf16, DType::F32), (DType::F32, DType::F16), (DType::F16, DType::F32)] {
+                let x = up(s, &[gu.len()], &gu, ti);
+                let out = poisoned(s, to, &[gu.len()]);
+                dispatch::cast(s, &out, &x).unwrap();
+                assert_close(&format!("{v} cast {ti}->{to}"), &down(s, &out), &rounded(&rounded(&gu, ti), to), 0.0);
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn fp8_quant_group128(seed: u64, rows in 1usize..24, cols in 1usize..1200) {
+        let mut r = rng(seed);
+        let mut x = rand_vec(&mut r, rows * cols, 5.0);
+        if cols > 3 { x[2] = 0.0; x[3] = -0.0; }
+        let (want_q, want_s) = ops::fp8::quantize_act_per_token_group(&x, rows, cols, 128);
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let xr = rounded(&x, dt);
+                let (wq, ws) = ops::fp8::quantize_act_per_token_group(&xr, rows, cols, 128);
+                let dx = up(s, &[rows, cols], &x, dt);
+                for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
+                    let q = poisoned(s, f8, &[rows, cols]);
+                    let sc = poisoned(s, DType::F32, &[rows, cols.div_ceil(128)]);
+                    dispatch::fp8_quant_group128(s, &q, &sc, &dx, 1e-10).unwrap();
+                    s.synchronize().unwrap();
+                    let qv: Vec<u8> = match f8 {
+                        DType::E4m3fn => q.to_vec::<dsv3::backend::Fp8E4m3fn>(s).unwrap().into_iter().map(|b| b.0).collect(),
+                        _ => q.to_vec::<dsv3::backend::Fp8E4m3fnuz>(s).unwrap().into_iter().map(|b| b.0).collect(),
+                    };
+                    let sv = sc.to_f32(s).unwrap();
+                    // e4m3fnuz: same codes (but no -0), scales twice e4m3fn's.
+                    let (expect_q, factor): (Vec<u8>, f32) = match f8 {
+                        DType::E4m3fn => (wq.clone(), 1.0),
+                        _ => (wq.iter().map(|&c| if c == 0x80 { 0 } else { c }).collect(), 2.0),
+                    };
+                    let want_sc: Vec<f32> = ws.iter().map(|x| x * factor).collect();
+                    assert_close(&format!("{v} fp8 quant {dt}->{f8} scales"), &sv, &want_sc, 1e-7);
+                    let bad = qv.iter().zip(&expect_q).filter(|(a, b)| a != b).count();
+                    assert_eq!(bad, 0, "{v} fp8 quant {dt}->{f8}: {bad} of {} codes differ", qv.len());
+                }
+            }
+            // Sanity: the f32 path matches the reference computed on the exact input.
+            let _ = (&want_q, &want_s);
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn fp8_dequant_block128(seed: u64, n in 1usize..300, k in 1usize..300) {
+        let mut r = rng(seed);
+        // Codes that are finite in both e4m3fn and e4m3fnuz.
+        let codes: Vec<u8> = (0..n * k).map(|_| loop { let c: u8 = r.gen(); if c != 0x7f && c != 0xff && c != 0x80 { break c; } }).collect();
+        let si: Vec<f32> = (0..n.div_ceil(128) * k.div_ceil(128)).map(|_| r.gen_range(1e-3f32..1.0)).collect();
+        let want = ops::fp8::dequant_block_weight(&codes, n, k, &si, (128, 128));
+        on_each(|s, v| {
+            for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
+                let q = match f8 {
+                    DType::E4m3fn => DeviceTensor::from_slice(s, &[n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fn(c)).collect::<Vec<_>>()).unwrap(),
+                    _ => DeviceTensor::from_slice(s, &[n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fnuz(c)).collect::<Vec<_>>()).unwrap(),
+                };
+                let half_if_fnuz = if f8 == DType::E4m3fnuz { 0.5 } else { 1.0 };
+                let w: Vec<f32> = want.iter().map(|x| x * half_if_fnuz).collect();
+                let dsi = up(s, &[n.div_ceil(128), k.div_ceil(128)], &si, DType::F32);
+                for to in [DType::Bf16, DType::F32] {
+                    let out = poisoned(s, to, &[n, k]);
+                    dispatch::fp8_dequant_block128(s, &out, &q, &dsi).unwrap();
+                    assert_close(&format!("{v} fp8 dequant {f8}->{to}"), &down(s, &out), &rounded(&w, to), 1e-7);
+                }
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn gemm_every_instance(seed: u64, m in 1usize..150, n in 1usize..200, k in 1usize..400) {
+        let mut r = rng(seed);
+        let a = rand_vec(&mut r, m * k, 1.0);
+        let b = rand_vec(&mut r, n * k, 1.0);
+        let c0 = rand_vec(&mut r, m * n, 1.0);
+        // Float8 weights: random codes and block scales.
+        let codes: Vec<u8> = (0..n * k).map(|_| loop { let c: u8 = r.gen(); if c & 0x7f != 0x7f && c != 0x80 { break c; } }).collect();
+        let si: Vec<f32> = (0..n.div_ceil(128) * k.div_ceil(128)).map(|_| r.gen_range(1e-3f32..1e-2)).collect();
+        let b_fp8 = ops::fp8::dequant_block_weight(&codes, n, k, &si, (128, 128));
+        on_each(|s, v| {
+            for kinfo in registry::KERNELS.iter().filter(|x| x.family == "gemm") {
+                let ta = dtype_of(kinfo.param("TA").unwrap());
+                let tb = dtype_of(kinfo.param("TB").unwrap());
+                let to = dtype_of(kinfo.param("TO").unwrap());
+                let ar = rounded(&a, ta);
+                let (db, bref, dsc) = match tb {
+                    DType::E4m3fn | DType::E4m3fnuz => {
+                        let q = if tb == DType::E4m3fn {
+                            DeviceTensor::from_slice(s, &[n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fn(c)).collect::<Vec<_>>()).unwrap()
+                        } else {
+                            DeviceTensor::from_slice(s, &[n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fnuz(c)).collect::<Vec<_>>()).unwrap()
+                        };
+                        let f = if tb == DType::E4m3fnuz { 0.5 } else { 1.0 };
+                        (q, b_fp8.iter().map(|x| x * f).collect::<Vec<_>>(), Some(up(s, &[n.div_ceil(128), k.div_ceil(128)], &si, DType::F32)))
+                    }
+                    _ => (up(s, &[n, k], &b, tb), rounded(&b, tb), None),
+                };
+                let want = ops::linear::linear(&Tensor::new(vec![m, k], ar.clone()).unwrap(), &Tensor::new(vec![n, k], bref.clone()).unwrap());
+                let da = up(s, &[m, k], &a, ta);
+                let c = poisoned(s, to, &[m, n]);
+                dispatch::gemm_kernel(s, &c, &da, &db, dsc.as_ref(), 1.0, 0.0).unwrap();
+                assert_close(&format!("{v} {}", kinfo.name), &down(s, &c), &rounded(want.data(), to), tol(to));
+                // alpha / beta: C = 0.5·A·Bᵀ + 2·C0.
+                let c = up(s, &[m, n], &c0, to);
+                let c0r = rounded(&c0, to);
+                dispatch::gemm_kernel(s, &c, &da, &db, dsc.as_ref(), 0.5, 2.0).unwrap();
+                let want2: Vec<f32> = want.data().iter().zip(&c0r).map(|(x, y)| 0.5 * x + 2.0 * y).collect();
+                assert_close(&format!("{v} {} alpha/beta", kinfo.name), &down(s, &c), &rounded(&want2, to), tol(to));
+            }
+            // cuBLAS bf16 GEMM (dense linears on CUDA).
+            if s.has_blas() {
+                let (ar, br) = (rounded(&a, DType::Bf16), rounded(&b, DType::Bf16));
+                let want = ops::linear::linear(&Tensor::new(vec![m, k], ar).unwrap(), &Tensor::new(vec![n, k], br).unwrap());
+                let (da, db) = (up(s, &[m, k], &a, DType::Bf16), up(s, &[n, k], &b, DType::Bf16));
+                for to in FLOATS {
+                    let y = poisoned(s, to, &[m, n]);
+                    dispatch::linear(s, &y, &da, &db, None).unwrap();
+                    assert_close(&format!("{v} cublas bf16 -> {to}"), &down(s, &y), &rounded(want.data(), to), if to == DType::F32 { 1e-4 } else { 1e-2 });
+                }
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn route_noaux_tc(seed: u64, tokens in 1usize..40, shape in prop::sample::select(vec![(16usize, 4usize, 2usize, 4usize), (64, 8, 4, 8), (256, 8, 4, 8), (32, 1, 1, 6)]), renorm: bool) {
+        let (e, n_group, topk_group, top_k) = shape;
+        let mut r = rng(seed);
+        let logits = rand_vec(&mut r, tokens * e, 4.0);
+        let bias = rand_vec(&mut r, e, 0.5);
+        let p = ops::routing::RoutingParams { n_experts: e, n_group, topk_group, top_k, norm_topk_prob: renorm, routed_scaling_factor: 2.5 };
+        let (mut want_ids, mut want_w) = (Vec::new(), Vec::new());
+        for t in 0..tokens {
+            let (ids, w) = ops::routing::route_noaux_tc(&logits[t * e..(t + 1) * e], &bias, &p);
+            want_ids.extend(ids.iter().map(|&i| i as f32));
+            want_w.extend(w);
+        }
+        on_each(|s, v| {
+            let dl = up(s, &[tokens, e], &logits, DType::F32);
+            let db = up(s, &[e], &bias, DType::F32);
+            let ids = poisoned(s, DType::I32, &[tokens, top_k]);
+            let w = poisoned(s, DType::F32, &[tokens, top_k]);
+            dispatch::route_noaux_tc(s, &ids, &w, &dl, &db, RouteParams { n_group, topk_group, top_k, scaling: 2.5, renormalize: renorm }).unwrap();
+            assert_eq!(down(s, &ids), want_ids, "{v} routing ids");
+            assert_close(&format!("{v} routing weights"), &down(s, &w), &want_w, 1e-6);
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn moe_expert_path(seed: u64, tokens in 1usize..24, experts in 1usize..9, topk in 1usize..4, hidden in 1usize..200, inter in 1usize..160) {
+        let topk = topk.min(experts);
+        let mut r = rng(seed);
+        let x = rand_vec(&mut r, tokens * hidden, 1.0);
+        let wgu = rand_vec(&mut r, experts * 2 * inter * hidden, 0.3);
+        let wd = rand_vec(&mut r, experts * hidden * inter, 0.3);
+        let mut ids = Vec::new();
+        for _ in 0..tokens {
+            let mut chosen: Vec<i32> = Vec::new();
+            while chosen.len() < topk {
+                let e = r.gen_range(0..experts as i32);
+                if !chosen.contains(&e) { chosen.push(e); }
+            }
+            ids.extend(chosen);
+        }
+        let tw: Vec<f32> = (0..tokens * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let (xr, gur, dr) = (rounded(&x, dt), rounded(&wgu, dt), rounded(&wd, dt));
+                // CPU reference: Σ_k w · W_down[e] (silu(W_gate[e] x) ⊙ W_up[e] x).
+                let mut want = vec![0f32; tokens * hidden];
+                for t in 0..tokens {
+                    for j in 0..topk {
+                        let e = ids[t * topk + j] as usize;
+                        let xt = &xr[t * hidden..(t + 1) * hidden];
+                        let gu_w = &gur[e * 2 * inter * hidden..(e + 1) * 2 * inter * hidden];
+                        let mut gu = vec![0f32; 2 * inter];
+                        ops::linear::linear_into(xt, gu_w, hidden, &mut gu);
+                        let gu = rounded(&gu, dt);
+                        let mut act = vec![0f32; inter];
+                        ops::activation::silu_mul(&gu[..inter], &gu[inter..], &mut act);
+                        let act = rounded(&act, dt);
+                        let mut y = vec![0f32; hidden];
+                        ops::linear::linear_into(&act, &dr[e * hidden * inter..(e + 1) * hidden * inter], inter, &mut y);
+                        for (o, yy) in want[t * hidden..(t + 1) * hidden].iter_mut().zip(rounded(&y, dt)) {
+                            *o += tw[t * topk + j] * yy;
+                        }
+                    }
+                }
+                let p = tokens * topk;
+                let d_ids = up_i32(s, &[tokens, topk], &ids);
+                let offs = poisoned(s, DType::I32, &[experts + 1]);
+                let sorted = poisoned(s, DType::I32, &[p]);
+                let p2r = poisoned(s, DType::I32, &[p]);
+                dispatch::moe_align(s, &offs, &sorted, &p2r, &d_ids, experts).unwrap();
+                let offv = down(s, &offs);
+                assert_eq!(offv[0], 0.0);
+                assert_eq!(offv[experts] as usize, p);
+                for e in 0..experts {
+                    let cnt = ids.iter().filter(|&&i| i as usize == e).count();
+                    assert_eq!((offv[e + 1] - offv[e]) as usize, cnt, "{} expert {} count", v, e);
+                }
+                let dx = up(s, &[tokens, hidden], &x, dt);
+                let rows = poisoned(s, dt, &[p, hidden]);
+                dispatch::moe_gather(s, &rows, &dx, &sorted, &offs, topk).unwrap();
+                let dgu = up(s, &[experts, 2 * inter, hidden], &wgu, dt);
+                let gu = poisoned(s, dt, &[p, 2 * inter]);
+                dispatch::moe_gemm(s, &gu, &rows, &dgu, None, &offs).unwrap();
+                let act = poisoned(s, dt, &[p, inter]);
+                dispatch::silu_mul(s, &act, &gu).unwrap();
+                let dd = up(s, &[experts, hidden, inter], &wd, dt);
+                let y = poisoned(s, dt, &[p, hidden]);
+                dispatch::moe_gemm(s, &y, &act, &dd, None, &offs).unwrap();
+                let dtw = up(s, &[tokens, topk], &tw, DType::F32);
+                let out = poisoned(s, dt, &[tokens, hidden]);
+                dispatch::moe_combine(s, &out, &y, &dtw, &p2r, topk, 0.0).unwrap();
+                assert_close(&format!("{v} moe {dt}"), &down(s, &out), &rounded(&want, dt), if dt == DType::F32 { 1e-5 } else { 2e-2 });
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn mla_paged_attention(seed: u64, nseq in 1usize..5, heads in 1usize..6, page_size in prop::sample::select(vec![1usize, 16, 64]), real_dims: bool, decode: bool) {
+        let (kv_lora, rope) = if real_dims { (512usize, 64usize) } else { (48, 16) };
+        let dk = kv_lora + rope;
+        let mut r = rng(seed);
+        // Sequences: length and the chunk of query tokens at its end (1 for decode).
+        let mut seqs = Vec::new();
+        for _ in 0..nseq {
+            let len = r.gen_range(1usize..300);
+            let nq = if decode { 1 } else { r.gen_range(1..=len.min(20)) };
+            seqs.push((len, nq));
+        }
+        let max_pages = seqs.iter().map(|(l, _)| l.div_ceil(page_size)).max().unwrap();
+        let total_pages = nseq * max_pages + 3;
+        // Pages handed out in a shuffled order.
+        let mut pages: Vec<i32> = (0..total_pages as i32).collect();
+        for i in (1..pages.len()).rev() { let j = r.gen_range(0..=i); pages.swap(i, j); }
+        let mut block_table = vec![0i32; nseq * max_pages];
+        for b in 0..nseq { for p in 0..max_pages { block_table[b * max_pages + p] = pages[b * max_pages + p]; } }
+        let kv: Vec<Vec<f32>> = seqs.iter().map(|(l, _)| rand_vec(&mut r, l * dk, 1.0)).collect();
+        let scale = 1.0 / (dk as f32).sqrt();
+        let (mut q, mut token_seq, mut token_pos, mut want_plan) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (b, (len, nq)) in seqs.iter().enumerate() {
+            let qb = rand_vec(&mut r, nq * heads * dk, 1.0);
+            q.extend_from_slice(&qb);
+            for t in 0..*nq { token_seq.push(b as i32); token_pos.push((len - nq + t) as i32); }
+            want_plan.push((b, len - nq, qb));
+        }
+        let t_total = token_seq.len();
+        // kv rows for the cache write: [sum(len), dk] with their (seq, pos).
+        let (mut kv_rows, mut kv_seq, mut kv_pos) = (Vec::new(), Vec::new(), Vec::new());
+        for (b, (len, _)) in seqs.iter().enumerate() {
+            kv_rows.extend_from_slice(&kv[b]);
+            for p in 0..*len { kv_seq.push(b as i32); kv_pos.push(p as i32); }
+        }
+        on_each(|s, v| {
+            for (tq, tkv) in [(DType::F32, DType::F32), (DType::F32, DType::Bf16), (DType::Bf16, DType::Bf16)] {
+                // CPU reference per sequence: q_lat = first kv_lora of q, q_pe the rest (nope = 0).
+                let d = ops::attention::MlaDims { heads, nope: 0, rope, v: kv_lora, kv_lora };
+                let mut want = Vec::new();
+                for (b, start, qb) in &want_plan {
+                    let qb = rounded(qb, tq);
+                    let nq = qb.len() / (heads * dk);
+                    let q_lat: Vec<f32> = qb.chunks(dk).flat_map(|c| c[..kv_lora].to_vec()).collect();
+                    let q_pe: Vec<f32> = qb.chunks(dk).flat_map(|c| c[kv_lora..].to_vec()).collect();
+                    let cache = rounded(&kv[*b][..(start + nq) * dk], tkv);
+                    let (o, _) = ops::attention::mla_latent_attention(&q_lat, &q_pe, &cache, &d, *start, scale);
+                    want.extend(o);
+                }
+                let cache = poisoned(s, tkv, &[total_pages, page_size, dk]);
+                let bt = up_i32(s, &[nseq, max_pages], &block_table);
+                let lens: Vec<i32> = seqs.iter().map(|(l, _)| *l as i32).collect();
+                let sl = up_i32(s, &[nseq], &lens);
+                let pc = PagedCache { cache: &cache, block_table: &bt, seq_lens: &sl };
+                let dkv = up(s, &[kv_pos.len(), dk], &kv_rows, tkv);
+                dispatch::paged_kv_write(s, &pc, &dkv, &up_i32(s, &[kv_seq.len()], &kv_seq), &up_i32(s, &[kv_pos.len()], &kv_pos)).unwrap();
+                let dq = up(s, &[t_total, heads, dk], &q, tq);
+                let out = poisoned(s, DType::F32, &[t_total, heads, kv_lora]);
+                dispatch::mla_paged_attention(s, &out, &dq, &pc, &up_i32(s, &[t_total], &token_seq), &up_i32(s, &[t_total], &token_pos), kv_lora, scale).unwrap();
+                assert_close(&format!("{v} mla {tq}/{tkv} page {page_size}"), &down(s, &out), &want, if tq == DType::F32 && tkv == DType::F32 { 1e-5 } else { 1e-4 });
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn argmax_rows(seed: u64, rows in 1usize..20, cols in 1usize..140_000, ties: bool) {
+        let mut r = rng(seed);
+        let mut x = rand_vec(&mut r, rows * cols, 10.0);
+        if ties {
+            for row in x.chunks_mut(cols) {
+                let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let j = r.gen_range(0..cols);
+                row[j] = m; // a tie with the existing maximum: the first index must win
+            }
+        }
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let xr = rounded(&x, dt);
+                let want: Vec<f32> = xr.chunks(cols).map(|row| ops::sampling::argmax(row) as f32).collect();
+                let dx = up(s, &[rows, cols], &x, dt);
+                let out = poisoned(s, DType::I32, &[rows]);
+                dispatch::argmax(s, &out, &dx).unwrap();
+                assert_eq!(down(s, &out), want, "{v} argmax {dt}");
+            }
+        });
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn sampling_properties(seed: u64, rows in 1usize..16, cols in 2usize..5000, top_k in 0i32..50, top_p in 0.05f32..1.0, temp in 0.3f32..2.0) {
+        let mut r = rng(seed);
+        let x = rand_vec(&mut r, rows * cols, 3.0);
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let xr = rounded(&x, dt);
+                let dx = up(s, &[rows, cols], &x, dt);
+                let run = |temps: &[f32], ks: &[i32], ps: &[f32], seeds: &[u64]| -> Vec<i32> {
+                    let p = SamplingParams {
+                        temperature: &up(s, &[rows], temps, DType::F32),
+                        top_k: &up_i32(s, &[rows], ks),
+                        top_p: &up(s, &[rows], ps, DType::F32),
+                        seeds: &DeviceTensor::from_slice(s, &[rows], seeds).unwrap(),
+                    };
+                    let out = poisoned(s, DType::I32, &[rows]);
+                    dispatch::sample(s, &out, &dx, &p).unwrap();
+                    s.synchronize().unwrap();
+                    out.to_vec::<i32>(s).unwrap()
+                };
+                let seeds: Vec<u64> = (0..rows).map(|_| r.gen()).collect();
+                let greedy: Vec<i32> = xr.chunks(cols).map(|row| ops::sampling::argmax(row) as i32).collect();
+                // temperature 0 and top_k 1 are greedy.
+                assert_eq!(run(&vec![0.0; rows], &vec![0; rows], &vec![1.0; rows], &seeds), greedy, "{v} {dt} temperature 0");
+                assert_eq!(run(&vec![temp; rows], &vec![1; rows], &vec![1.0; rows], &seeds), greedy, "{v} {dt} top_k 1");
+                // Deterministic for a seed; inside the top-k and top-p sets.
+                let a = run(&vec![temp; rows], &vec![top_k; rows], &vec![top_p; rows], &seeds);
+                let b = run(&vec![temp; rows], &vec![top_k; rows], &vec![top_p; rows], &seeds);
+                assert_eq!(&a, &b, "{v} {dt} same seed, same tokens");
+                for (i, row) in xr.chunks(cols).enumerate() {
+                    let tok = a[i];
+                    assert!(tok >= 0 && (tok as usize) < cols, "{v} {dt}: token {tok} out of range");
+                    let mut sorted: Vec<f32> = row.to_vec();
+                    sorted.sort_by(|p, q| q.total_cmp(p));
+                    let val = row[tok as usize];
+                    if top_k > 0 && (top_k as usize) < cols {
+                        assert!(val >= sorted[top_k as usize - 1], "{v} {dt}: token outside the top {top_k}");
+                    }
+                    // Nucleus on the CPU: smallest top set with mass >= top_p (in the kept top-k).
+                    let kk = if top_k > 0 { (top_k as usize).min(cols) } else { cols };
+                    let m = sorted[0];
+                    let probs: Vec<f64> = sorted[..kk].iter().map(|&z| (((z - m) / temp) as f64).exp()).collect();
+                    let total: f64 = probs.iter().sum();
+                    let mut acc = 0.0;
+                    let mut edge = sorted[kk - 1];
+                    for (j, p) in probs.iter().enumerate() {
+                        acc += p;
+                        if acc >= top_p as f64 * total * (1.0 - 1e-5) { edge = sorted[j]; break; }
+                    }
+                    assert!(val >= edge, "{v} {dt}: token value {val} below the top-p edge {edge}");
+                }
+            }
+        });
+    }
+}
+
+fn dtype_of(s: &str) -> DType {
+    match s {
+        "f32" => DType::F32,
+        "bf16" => DType::Bf16,
+        "f16" => DType::F16,
+        "e4m3fn" => DType::E4m3fn,
+        "e4m3fnuz" => DType::E4m3fnuz,
+        other => panic!("dtype {other}"),
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn sampling_matches_softmax_distribution() {
+    // 8 tokens, 20000 rows with the same logits and different seeds: frequencies ≈ softmax(x/T).
+    on_each(|s, v| {
+        let logits = [1.0f32, 0.5, 2.0, -1.0, 0.0, 1.5, -0.5, 0.25];
+        let (rows, cols, temp) = (20000usize, 8usize, 0.8f32);
+        let x: Vec<f32> = (0..rows).flat_map(|_| logits).collect();
+        let dx = up(s, &[rows, cols], &x, DType::F32);
+        let seeds: Vec<u64> = (0..rows as u64).map(|i| i * 7919 + 17).collect();
+        let p = SamplingParams {
+            temperature: &up(s, &[rows], &vec![temp; rows], DType::F32),
+            top_k: &up_i32(s, &[rows], &vec![0; rows]),
+            top_p: &up(s, &[rows], &vec![1.0; rows], DType::F32),
+            seeds: &DeviceTensor::from_slice(s, &[rows], &seeds).unwrap(),
+        };
+        let out = poisoned(s, DType::I32, &[rows]);
+        dispatch::sample(s, &out, &dx, &p).unwrap();
+        s.synchronize().unwrap();
+        let toks = out.to_vec::<i32>(s).unwrap();
+        let z: Vec<f64> = logits.iter().map(|&l| ((l / temp) as f64).exp()).collect();
+        let sum: f64 = z.iter().sum();
+        for (i, zi) in z.iter().enumerate() {
+            let f = toks.iter().filter(|&&t| t == i as i32).count() as f64 / rows as f64;
+            assert!((f - zi / sum).abs() < 0.015, "{v}: token {i} frequency {f:.4} vs {:.4}", zi / sum);
+        }
+    });
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn typed_wrapper_and_checked_launch() {
+    // The generated typed wrapper and the registry-checked launch agree; bad arguments are errors.
+    on_each(|s, v| {
+        let (rows, cols) = (3usize, 300usize);
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let w: Vec<f32> = (0..cols).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+        let mut want = vec![0f32; rows * cols];
+        ops::norm::rms_norm(&x, &w, 1e-6, &mut want);
+        let (dx, dw) = (up(s, &[rows, cols], &x, DType::F32), up(s, &[cols], &w, DType::F32));
+        let mut out = poisoned(s, DType::F32, &[rows, cols]);
+        unsafe {
+            registry::launch::rms_norm_f32(
+                s,
+                LaunchCfg::linear(rows as u32, 256),
+                out.ptr_mut::<f32>().unwrap(),
+                dx.ptr::<f32>().unwrap(),
+                dw.ptr::<f32>().unwrap(),
+                rows as u32,
+                cols as u32,
+                1e-6,
+            )
+            .unwrap();
+        }
+        assert_close(&format!("{v} typed rms_norm_f32"), &down(s, &out), &want, 1e-5);
+        let e = dispatch::launch_by_name(s, "rms_norm_f32", LaunchCfg::linear(1, 256), &[KArg::Out(&out), KArg::In(&dx)]).unwrap_err().to_string();
+        assert!(e.contains("2 arguments given, 6 expected"), "{e}");
+        let wrong = up(s, &[rows, cols], &x, DType::Bf16);
+        let e = dispatch::rms_norm(s, &out, &wrong, &dw, 1e-6).unwrap_err().to_string();
+        assert!(e.contains("expected bf16") || e.contains("is f32"), "{e}");
+        let e = dispatch::launch_by_name(s, "rms_norm_f32", LaunchCfg::linear(1, 2048), &[KArg::Out(&out), KArg::In(&dx), KArg::In(&dw), KArg::U32(1), KArg::U32(1), KArg::F32(1e-6)]).unwrap_err().to_string();
+        assert!(e.contains("threads"), "{e}");
+    });
+}
+
+proptest! {
+    #![proptest_config(cfg(6))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn copy_2d_strided(seed: u64, rows in 1usize..40, cols in 1usize..300, pad_in in 0usize..9, pad_out in 0usize..9) {
+        let mut r = rng(seed);
+        let (xs, os) = (cols + pad_in, cols + pad_out);
+        let x = rand_vec(&mut r, rows * xs, 2.0);
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let xr = rounded(&x, dt);
+                let dx = up(s, &[rows, xs], &x, dt);
+                let out = poisoned(s, dt, &[rows, os]);
+                dispatch::launch_by_name(
+                    s,
+                    &format!("copy_2d_{dt}"),
+                    LaunchCfg::linear(((rows * cols).div_ceil(256)) as u32, 256),
+                    &[KArg::Out(&out), KArg::In(&dx), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::U32(os as u32), KArg::U32(xs as u32)],
+                ).unwrap();
+                let got = down(s, &out);
+                let g: Vec<f32> = (0..rows).flat_map(|i| got[i * os..i * os + cols].to_vec()).collect();
+                let w: Vec<f32> = (0..rows).flat_map(|i| xr[i * xs..i * xs + cols].to_vec()).collect();
+                assert_close(&format!("{v} copy_2d {dt}"), &g, &w, 0.0);
+                if pad_out > 0 {
+                    // Padding is left untouched (still the poison).
+                    assert!(got[cols].is_nan(), "{v} copy_2d {dt}: wrote past cols");
+                }
+            }
+        });
+    }
+}
+
+/// Runs in the CPU suite too: every registry kernel belongs to a family this file tests, so a
+/// new kernel without a GPU test fails here.
+#[test]
+fn every_registry_kernel_is_covered() {
+    let tested = [
+        "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_", "fp8_quant_group128_",
+        "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align", "moe_gather_", "moe_gemm_", "moe_combine_",
+        "mla_paged_attention_", "paged_kv_write_", "argmax_", "sample_",
+    ];
+    for k in registry::KERNELS {
+        assert!(tested.iter().any(|p| k.name.starts_with(p)), "kernel {} has no GPU test in tests/gpu_kernels.rs", k.name);
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(5))]
+
+    /// Every moe_gemm instance (including float8 weights) and every moe_combine instance.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn moe_gemm_and_combine_every_instance(seed: u64, experts in 1usize..6, n in 1usize..150, k in 1usize..300) {
+        let mut r = rng(seed);
+        let counts: Vec<usize> = (0..experts).map(|_| r.gen_range(0..70)).collect();
+        let p: usize = counts.iter().sum::<usize>().max(1);
+        let mut offs = vec![0i32];
+        for c in &counts { offs.push(offs.last().unwrap() + *c as i32); }
+        let a = rand_vec(&mut r, p * k, 1.0);
+        let w = rand_vec(&mut r, experts * n * k, 0.5);
+        let codes: Vec<u8> = (0..experts * n * k).map(|_| loop { let c: u8 = r.gen(); if c & 0x7f != 0x7f && c != 0x80 { break c; } }).collect();
+        let sn = n.div_ceil(128) * k.div_ceil(128);
+        let si: Vec<f32> = (0..experts * sn).map(|_| r.gen_range(1e-3f32..1e-2)).collect();
+        on_each(|s, v| {
+            let d_offs = up_i32(s, &[experts + 1], &offs);
+            for kinfo in registry::KERNELS.iter().filter(|x| x.family == "moe" && x.name.starts_with("moe_gemm_")) {
+                let (ta, tb, to) = (dtype_of(kinfo.param("TA").unwrap()), dtype_of(kinfo.param("TB").unwrap()), dtype_of(kinfo.param("TO").unwrap()));
+                let fp8 = matches!(tb, DType::E4m3fn | DType::E4m3fnuz);
+                let (dw, wref, dsc): (DeviceTensor, Vec<f32>, Option<DeviceTensor>) = if fp8 {
+                    let f = if tb == DType::E4m3fnuz { 0.5 } else { 1.0 };
+                    let mut wref = Vec::new();
+                    for e in 0..experts {
+                        let we = ops::fp8::dequant_block_weight(&codes[e * n * k..(e + 1) * n * k], n, k, &si[e * sn..(e + 1) * sn], (128, 128));
+                        wref.extend(we.into_iter().map(|x| x * f));
+                    }
+                    let q = if tb == DType::E4m3fn {
+                        DeviceTensor::from_slice(s, &[experts, n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fn(c)).collect::<Vec<_>>()).unwrap()
+                    } else {
+                        DeviceTensor::from_slice(s, &[experts, n, k], &codes.iter().map(|&c| dsv3::backend::Fp8E4m3fnuz(c)).collect::<Vec<_>>()).unwrap()
+                    };
+                    (q, wref, Some(up(s, &[experts, n.div_ceil(128), k.div_ceil(128)], &si, DType::F32)))
+                } else {
+                    (up(s, &[experts, n, k], &w, tb), rounded(&w, tb), None)
+                };
+                let ar = rounded(&a, ta);
+                let mut want = vec![0f32; p * n];
+                for e in 0..experts {
+                    for row in offs[e] as usize..offs[e + 1] as usize {
+                        ops::linear::linear_into(&ar[row * k..(row + 1) * k], &wref[e * n * k..(e + 1) * n * k], k, &mut want[row * n..(row + 1) * n]);
+                    }
+                }
+                let da = up(s, &[p, k], &a, ta);
+                let c = poisoned(s, to, &[p, n]);
+                dispatch::moe_gemm(s, &c, &da, &dw, dsc.as_ref(), &d_offs).unwrap();
+                let valid = offs[experts] as usize * n;
+                assert_close(&format!("{v} {}", kinfo.name), &down(s, &c)[..valid], &rounded(&want, to)[..valid], tol(to));
+            }
+            // moe_combine: tokens = p / topk rows of y with a random pair_to_row permutation.
+            let topk = 2usize;
+            let tokens = (p / topk).max(1);
+            let hidden = n;
+            let mut perm: Vec<i32> = (0..(tokens * topk) as i32).collect();
+            for i in (1..perm.len()).rev() { let j = (i * 7 + 3) % (i + 1); perm.swap(i, j); }
+            let yv = rand_vec(&mut StdRng::seed_from_u64(seed ^ 2), tokens * topk * hidden, 1.0);
+            let y = &yv[..];
+            let tw: Vec<f32> = (0..tokens * topk).map(|i| 0.1 + (i % 5) as f32 * 0.2).collect();
+            let base = rand_vec(&mut StdRng::seed_from_u64(seed ^ 1), tokens * hidden, 1.0);
+            for kinfo in registry::KERNELS.iter().filter(|x| x.name.starts_with("moe_combine_")) {
+                let (ty, to) = (dtype_of(kinfo.param("T").unwrap()), dtype_of(kinfo.param("TO").unwrap()));
+                let yr = rounded(y, ty);
+                let br = rounded(&base, to);
+                let mut want = vec![0f32; tokens * hidden];
+                for t in 0..tokens {
+                    for j in 0..topk {
+                        let row = perm[t * topk + j] as usize;
+                        for d in 0..hidden { want[t * hidden + d] += tw[t * topk + j] * yr[row * hidden + d]; }
+                    }
+                    for d in 0..hidden { want[t * hidden + d] += br[t * hidden + d]; }
+                }
+                let dy = up(s, &[tokens * topk, hidden], y, ty);
+                let out = up(s, &[tokens, hidden], &base, to);
+                dispatch::moe_combine(s, &out, &dy, &up(s, &[tokens * topk], &tw, DType::F32), &up_i32(s, &[tokens * topk], &perm), topk, 1.0).unwrap();
+                assert_close(&format!("{v} {}", kinfo.name), &down(s, &out), &rounded(&want, to), tol(to));
+            }
+        });
+    }
+}
