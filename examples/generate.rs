@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
+use dsv3::backend::Device;
 use dsv3::model::cpu::{AttentionPath, CpuModel, CpuOptions};
+use dsv3::model::gpu::GpuModel;
 use dsv3::model::embedded;
 use dsv3::model::generate::{greedy_generate, CausalLm, Generation};
 use dsv3::tokenizer::TextTokenizer;
@@ -30,9 +32,9 @@ struct Args {
     prompt: Option<String>,
     #[arg(long, default_value_t = 16)]
     max_new_tokens: usize,
-    /// cpu (more devices come with the GPU backends).
+    /// cpu, cuda:N (build with --features cuda) or hip:N (--features hip).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: Device,
     /// Write the logits at every prompt position ([prompt_len, vocab] f32, tensor `logits`).
     #[arg(long)]
     dump_logits: Option<PathBuf>,
@@ -78,24 +80,30 @@ fn run(args: Args) -> Result<()> {
         Some(p) => p.clone(),
         None => embedded::materialize()?,
     };
-    if args.device != "cpu" {
-        return Err(Error::InvalidArgument(format!(
-            "--device {}: this build runs on `cpu` only",
-            args.device
-        )));
-    }
-    let opts = CpuOptions {
-        emulate_fp8_activations: args.emulate_fp8_activations,
-        attention: match args.attention {
-            Attention::Auto => AttentionPath::Auto,
-            Attention::Naive => AttentionPath::Naive,
-            Attention::Absorbed => AttentionPath::Absorbed,
-        },
-    };
     let t0 = Instant::now();
-    let model = CpuModel::load(&dir, opts)?;
-    tracing::info!("loaded {} in {:.2?}", dir.display(), t0.elapsed());
-    let tokenizer = TextTokenizer::load(&dir, model.config().bos_token_id)?;
+    match args.device {
+        Device::Cpu => {
+            let opts = CpuOptions {
+                emulate_fp8_activations: args.emulate_fp8_activations,
+                attention: match args.attention {
+                    Attention::Auto => AttentionPath::Auto,
+                    Attention::Naive => AttentionPath::Naive,
+                    Attention::Absorbed => AttentionPath::Absorbed,
+                },
+            };
+            let model = CpuModel::load(&dir, opts)?;
+            generate(&args, &dir, &model, t0)
+        }
+        device => {
+            let model = GpuModel::load(&dir, device)?;
+            generate(&args, &dir, &model, t0)
+        }
+    }
+}
+
+fn generate<M: CausalLm>(args: &Args, dir: &Path, model: &M, t0: Instant) -> Result<()> {
+    tracing::info!("loaded {} on {} in {:.2?}", dir.display(), args.device, t0.elapsed());
+    let tokenizer = TextTokenizer::load(dir, model.config().bos_token_id)?;
     let prompt = match (&args.prompt_token_ids, &args.prompt) {
         (Some(ids), _) => ids.clone(),
         (None, Some(text)) => match &tokenizer {
@@ -116,14 +124,14 @@ fn run(args: Args) -> Result<()> {
         return Err(Error::InvalidArgument("the prompt is empty".into()));
     }
     let t1 = Instant::now();
-    let gen = greedy_generate(&model, &prompt, args.max_new_tokens, !args.ignore_eos)?;
+    let gen = greedy_generate(model, &prompt, args.max_new_tokens, !args.ignore_eos)?;
     tracing::info!(
         "{} prompt + {} generated tokens in {:.2?}",
         prompt.len(),
         gen.output_token_ids.len(),
         t1.elapsed()
     );
-    report(&args, &prompt, &gen, tokenizer.as_ref())
+    report(args, &prompt, &gen, tokenizer.as_ref())
 }
 
 fn report(args: &Args, prompt: &[u32], gen: &Generation, tok: Option<&TextTokenizer>) -> Result<()> {

@@ -203,6 +203,52 @@ pub fn cast(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor) -> Result<(
     launch_by_name(s, &format!("cast_{}_{}", x.dtype(), out.dtype()), LaunchCfg::linear(grid_stride_blocks(n), 256), &[KArg::Out(out), KArg::In(x), KArg::U32(u32_of(n, "n")?)])
 }
 
+/// A view of `rows` rows of `cols` elements: element offset of the first and distance between rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Strided<'a> {
+    pub t: &'a DeviceTensor,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    /// The whole tensor as contiguous rows of its last dimension.
+    pub fn rows(t: &'a DeviceTensor) -> Self {
+        Strided { t, offset: 0, stride: rows_cols(t).1 }
+    }
+    pub fn at(t: &'a DeviceTensor, offset: usize, stride: usize) -> Self {
+        Strided { t, offset, stride }
+    }
+    fn check(&self, rows: usize, cols: usize, what: &str) -> Result<()> {
+        if cols > self.stride || (rows > 0 && self.offset + (rows - 1) * self.stride + cols > self.t.numel()) {
+            return Err(bad(format!("copy_2d: {what} view (offset {}, stride {}) of {:?} cannot hold {rows}×{cols}", self.offset, self.stride, self.t.shape())));
+        }
+        Ok(())
+    }
+}
+
+/// Strided 2-D copy of `rows` × `cols` elements between views of the same dtype.
+pub fn copy_2d(s: &dyn GpuStream, out: Strided, x: Strided, rows: usize, cols: usize) -> Result<()> {
+    out.check(rows, cols, "out")?;
+    x.check(rows, cols, "x")?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    launch_by_name(
+        s,
+        &format!("copy_2d_{}", x.t.dtype()),
+        LaunchCfg::linear(grid_stride_blocks(rows * cols), 256),
+        &[
+            KArg::OutAt(out.t, out.offset),
+            KArg::InAt(x.t, x.offset),
+            KArg::U32(u32_of(rows, "rows")?),
+            KArg::U32(u32_of(cols, "cols")?),
+            KArg::U32(u32_of(out.stride, "out_stride")?),
+            KArg::U32(u32_of(x.stride, "x_stride")?),
+        ],
+    )
+}
+
 /// Per-token-group (128) FP8 quantization: q [rows, cols] (e4m3fn or e4m3fnuz), scales [rows, ceil(cols/128)].
 pub fn fp8_quant_group128(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, x: &DeviceTensor, eps: f32) -> Result<()> {
     let (rows, cols) = rows_cols(x);

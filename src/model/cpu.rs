@@ -154,8 +154,8 @@ impl CausalLm for CpuModel {
         &self.cfg
     }
 
-    fn new_cache(&self) -> LatentCache {
-        LatentCache::new(self.cfg.num_hidden_layers, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim)
+    fn new_cache(&self) -> Result<LatentCache> {
+        Ok(LatentCache::new(self.cfg.num_hidden_layers, self.cfg.kv_lora_rank, self.cfg.qk_rope_head_dim))
     }
 
     fn forward(&self, tokens: &[u32], cache: &mut LatentCache) -> Result<Tensor> {

@@ -9,7 +9,7 @@ use crate::tensor::Tensor;
 pub trait CausalLm {
     type Cache;
     fn config(&self) -> &ModelConfig;
-    fn new_cache(&self) -> Self::Cache;
+    fn new_cache(&self) -> Result<Self::Cache>;
     /// Runs `tokens` after the cached ones, appends them to `cache`, returns [tokens.len(), vocab] logits.
     fn forward(&self, tokens: &[u32], cache: &mut Self::Cache) -> Result<Tensor>;
 }
@@ -28,7 +28,7 @@ pub fn greedy_generate<M: CausalLm>(
     max_new_tokens: usize,
     stop_at_eos: bool,
 ) -> Result<Generation> {
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache()?;
     let prompt_logits = model.forward(prompt, &mut cache)?;
     let vocab = model.config().vocab_size;
     let mut next = argmax(prompt_logits.row(prompt.len() - 1)) as u32;

@@ -6,4 +6,5 @@ pub mod config;
 pub mod cpu;
 pub mod embedded;
 pub mod generate;
+pub mod gpu;
 pub mod weights;
