@@ -68,8 +68,15 @@ impl EngineHandle {
         let thread = std::thread::Builder::new()
             .name("dsv3-engine".into())
             .spawn(move || {
+                // Cleared however the loop ends, a panic included.
+                struct Alive(Arc<AtomicBool>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.store(false, SeqCst);
+                    }
+                }
+                let _alive = Alive(alive2);
                 run_loop(engine, rx);
-                alive2.store(false, SeqCst);
             })
             .map_err(|e| Error::io("starting the engine thread", e))?;
         Ok(EngineHandle {

@@ -59,7 +59,8 @@ impl ChatTemplate {
         t
     }
 
-    /// The template of `dir/tokenizer_config.json`, or DeepSeek-V3's when there is none.
+    /// The template of `dir/chat_template.jinja` or `dir/tokenizer_config.json`, or DeepSeek-V3's
+    /// when there is none.
     pub fn from_checkpoint(dir: &Path) -> Result<ChatTemplate, TemplateError> {
         let path = dir.join("tokenizer_config.json");
         let Ok(text) = std::fs::read_to_string(&path) else { return Ok(ChatTemplate::deepseek_v3()) };
@@ -73,7 +74,10 @@ impl ChatTemplate {
             }
         };
         let (bos, eos) = (token("bos_token", DEEPSEEK_BOS), token("eos_token", DEEPSEEK_EOS));
+        // transformers >= 4.43 may save the template beside the config as chat_template.jinja.
+        let jinja = std::fs::read_to_string(dir.join("chat_template.jinja")).ok();
         let source = match json.get("chat_template") {
+            _ if jinja.is_some() => jinja,
             Some(Json::String(s)) => Some(s.clone()),
             // A list of named templates: take "default".
             Some(Json::Array(list)) => list
