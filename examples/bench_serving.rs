@@ -97,7 +97,7 @@ fn run(args: Args) -> Result<(), String> {
         "inf" => f64::INFINITY,
         r => r.parse().map_err(|_| format!("--request-rate {r}: a number or inf"))?,
     };
-    if !(rate > 0.0) {
+    if rate.is_nan() || rate <= 0.0 {
         return Err("--request-rate must be > 0".into());
     }
     let a = addr(&args)?;

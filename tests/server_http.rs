@@ -172,8 +172,7 @@ fn parse_response(raw: &[u8]) -> Resp {
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
+    while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
         let size_str = String::from_utf8_lossy(&data[..eol]);
         let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("0").trim(), 16).expect("chunk size");
         data = &data[eol + 2..];
@@ -269,7 +268,7 @@ fn chat_completions_stream_and_not() {
     let content = choice["message"]["content"].as_str().expect("content").to_string();
     let usage = &v["usage"];
     let completion = usage["completion_tokens"].as_u64().expect("usage");
-    assert!(completion >= 1 && completion <= 12);
+    assert!((1..=12).contains(&completion));
     assert!(usage["prompt_tokens"].as_u64().expect("prompt_tokens") > 5);
     assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap_or(0) + completion);
     let fr = choice["finish_reason"].as_str().expect("finish_reason");

@@ -321,7 +321,7 @@ impl Engine {
             }
         }
         stats.finished = finished.len();
-        finished.sort_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_by_key(|f| std::cmp::Reverse(f.0));
         for (i, outcome) in finished {
             let mut s = self.sched.running.remove(i);
             self.sched.free_sequence(&mut s);
@@ -481,9 +481,12 @@ mod tests {
     use crate::engine::config::KvCacheSize;
     use crate::engine::request::SamplingParams;
 
-    /// Records each step's (start, n_tokens, want_logits) per sequence; always predicts token 7.
+    /// Per step, per sequence: (start, n_tokens, want_logits).
+    type Log = Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>;
+
+    /// Records each step's sequences; always predicts token 7.
     struct Recorder {
-        steps: Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>,
+        steps: Log,
     }
 
     impl StepModel for Recorder {
@@ -511,7 +514,7 @@ mod tests {
         }
     }
 
-    fn engine(cfg: EngineConfig) -> (Engine, Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>) {
+    fn engine(cfg: EngineConfig) -> (Engine, Log) {
         let steps = Arc::new(Mutex::new(Vec::new()));
         let e = Engine::new(Box::new(Recorder { steps: steps.clone() }), &cfg, None).unwrap_or_else(|e| panic!("{e}"));
         (e, steps)

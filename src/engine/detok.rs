@@ -104,7 +104,7 @@ impl StopMatcher {
         let mut best: Option<(usize, &String)> = None;
         for s in &self.stops {
             if let Some(i) = self.pending.find(s.as_str()) {
-                if best.map_or(true, |(b, _)| i < b) {
+                if !matches!(best, Some((b, _)) if b <= i) {
                     best = Some((i, s));
                 }
             }

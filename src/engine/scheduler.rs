@@ -131,6 +131,8 @@ impl Scheduler {
             };
             let need = self.pages_for(cached + n).saturating_sub(self.running[i].block_table.len());
             let mut ok = true;
+            // Preempt from the least important end until the pages fit (or this one went).
+            #[allow(clippy::while_immutable_condition)] // the body breaks or preempts
             while need > 0 {
                 if let Some(pages) = self.alloc_pages(need) {
                     self.running[i].block_table.extend(pages);
