@@ -3,7 +3,7 @@
 //! kernels of later issues are measured against. Each iteration launches and synchronizes.
 //!
 //! Build here, run on the GPU machine (docs/GPU_WORKFLOW.md):
-//!   /work/shared/tools/gpu-bundle --filter '^gpu_kernels'   then   bash .gpu/run.sh gpu_kernels
+//!   /work/shared/tools/gpu-bundle --filter '^kernels-'   then   bash .gpu/run.sh '^kernels-'
 //! Without a CUDA device it panics ("no CUDA device").
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
