@@ -57,17 +57,19 @@ fn streams() -> Vec<(String, CudaStream)> {
         .collect()
 }
 
-thread_local! {
-    static STREAMS: Vec<(String, CudaStream)> = streams();
+/// Shared by the test threads (a stream orders each test's own work; the allocator and the
+/// module table are thread-safe), so each variant's modules are loaded / JIT-compiled once.
+static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
+
+fn all_streams() -> &'static [(String, CudaStream)] {
+    STREAMS.get_or_init(streams)
 }
 
 /// Runs `f` on every variant's stream.
 fn on_each(mut f: impl FnMut(&dyn GpuStream, &str)) {
-    STREAMS.with(|ss| {
-        for (name, s) in ss {
-            f(s, name);
-        }
-    });
+    for (name, s) in all_streams() {
+        f(s, name);
+    }
 }
 
 fn cfg(cases: u32) -> ProptestConfig {
@@ -133,13 +135,11 @@ const FLOATS: [DType; 2] = [DType::F32, DType::Bf16];
 fn registry_modules_load_on_every_variant() {
     // Every kernel's function resolves in every variant (catches missing symbols / bad images).
     let _ = GPU;
-    STREAMS.with(|ss| {
-        for (name, s) in ss {
-            for k in registry::KERNELS {
-                s.function(k).unwrap_or_else(|e| panic!("{name}: {}: {e}", k.name));
-            }
+    for (name, s) in all_streams() {
+        for k in registry::KERNELS {
+            s.function(k).unwrap_or_else(|e| panic!("{name}: {}: {e}", k.name));
         }
-    });
+    }
 }
 
 #[test]
