@@ -112,55 +112,84 @@ impl Sampler {
         }
     }
 
-    /// Temperature, softmax, top-k, top-p, min-p, then one draw from what is left.
+    /// Temperature, softmax, top-k, top-p, min-p, then one draw from what is left. Sorting is
+    /// limited to what the filters need: none without top-k / top-p, the k best with top-k, and
+    /// for top-p the best few hundred unless their mass falls short (a 129K vocabulary costs
+    /// O(V), not O(V log V), per token).
     fn draw(&mut self, logits: &mut [f32]) -> u32 {
         let p = &self.params;
-        let inv_t = 1.0 / p.temperature;
-        // Candidates sorted by logit, descending (NaN last: they never win).
-        let mut idx: Vec<u32> = (0..logits.len() as u32).filter(|&i| !logits[i as usize].is_nan()).collect();
-        if idx.is_empty() {
-            return 0;
+        let inv_t = 1.0 / p.temperature as f64;
+        let max = logits.iter().copied().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            return argmax(logits) as u32;
         }
-        idx.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        // Unnormalized probabilities; NaN and -inf get 0 and never win.
+        let w: Vec<f64> = logits
+            .iter()
+            .map(|&l| if l.is_nan() { 0.0 } else { ((l as f64 - max as f64) * inv_t).exp() })
+            .collect();
+        let desc = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
+        let mut idx: Vec<u32> = (0..w.len() as u32).filter(|&i| w[i as usize] > 0.0).collect();
+        let mut sorted = false;
         if p.top_k > 0 && p.top_k < idx.len() {
+            idx.select_nth_unstable_by(p.top_k - 1, desc);
             idx.truncate(p.top_k);
         }
-        let max = logits[idx[0] as usize] as f64 * inv_t as f64;
-        let mut probs: Vec<f64> = idx.iter().map(|&i| (logits[i as usize] as f64 * inv_t as f64 - max).exp()).collect();
-        let sum: f64 = probs.iter().sum();
-        for q in &mut probs {
-            *q /= sum;
-        }
-        // top-p: the smallest prefix whose mass reaches top_p (always at least one token).
         if p.top_p < 1.0 {
+            let total: f64 = idx.iter().map(|&i| w[i as usize]).sum();
+            let target = p.top_p as f64 * total;
+            // Try the best few first; sort everything only if they do not reach the target.
+            let head = 512.min(idx.len());
+            if head < idx.len() {
+                idx.select_nth_unstable_by(head - 1, desc);
+            }
+            idx[..head].sort_by(desc);
+            let mut keep = None;
             let mut acc = 0.0;
-            let mut keep = probs.len();
-            for (i, &q) in probs.iter().enumerate() {
-                acc += q;
-                if acc >= p.top_p as f64 {
-                    keep = i + 1;
+            for (n, &i) in idx[..head].iter().enumerate() {
+                acc += w[i as usize];
+                if acc >= target {
+                    keep = Some(n + 1);
                     break;
                 }
             }
-            probs.truncate(keep);
-            idx.truncate(keep);
+            let keep = match keep {
+                Some(k) => k,
+                None => {
+                    idx.sort_by(desc);
+                    let mut acc = 0.0;
+                    idx.iter().position(|&i| {
+                        acc += w[i as usize];
+                        acc >= target
+                    })
+                    .map_or(idx.len(), |n| n + 1)
+                }
+            };
+            idx.truncate(keep.max(1));
+            sorted = true;
         }
-        // min-p: relative to the most likely token.
+        // min-p: relative to the most likely token (whose weight is 1), so order-free.
         if p.min_p > 0.0 {
-            let floor = probs[0] * p.min_p as f64;
-            let keep = probs.iter().take_while(|&&q| q >= floor).count().max(1);
-            probs.truncate(keep);
-            idx.truncate(keep);
+            let floor = p.min_p as f64;
+            idx.retain(|&i| w[i as usize] >= floor);
         }
-        let total: f64 = probs.iter().sum();
+        if idx.is_empty() {
+            return argmax(logits) as u32;
+        }
+        if !sorted {
+            // A fixed order, so that a seed gives the same token whatever the filters' internals.
+            idx.sort_unstable();
+        }
+        let total: f64 = idx.iter().map(|&i| w[i as usize]).sum();
         let mut u = self.rng.next_f64() * total;
-        for (i, &q) in probs.iter().enumerate() {
+        for &i in &idx {
+            let q = w[i as usize];
             if u < q {
-                return idx[i];
+                return i;
             }
             u -= q;
         }
-        idx[probs.len() - 1]
+        idx[idx.len() - 1]
     }
 }
 
@@ -245,6 +274,32 @@ mod tests {
         let p = SamplingParams { repetition_penalty: 2.0, ..SamplingParams::greedy(8) };
         let mut s = Sampler::new(p, &[5], 0);
         assert_eq!(s.sample(&logits()).0, 1);
+    }
+
+    #[test]
+    fn top_p_over_a_flat_large_vocabulary() {
+        // 2000 equal logits: the best 512 hold a quarter of the mass, so top_p = 0.5 needs the
+        // full sort; ties break by id, so exactly ids 0..1000 remain.
+        let flat = vec![0.25f32; 2000];
+        let p = SamplingParams { temperature: 1.0, top_p: 0.5, seed: Some(9), ..Default::default() };
+        let mut s = Sampler::new(p, &[], 0);
+        let draws: Vec<u32> = (0..400).map(|_| s.sample(&flat).0).collect();
+        assert!(draws.iter().all(|&t| t < 1000), "{draws:?}");
+        assert!(draws.iter().any(|&t| t >= 512), "the fallback past the first 512 was not used");
+    }
+
+    #[test]
+    fn frequencies_follow_the_softmax() {
+        let l = [0.0f32, (2.0f32).ln(), (3.0f32).ln()]; // probabilities 1/6, 2/6, 3/6
+        let p = SamplingParams { temperature: 1.0, seed: Some(5), ..Default::default() };
+        let mut s = Sampler::new(p, &[], 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..6000 {
+            counts[s.sample(&l).0 as usize] += 1;
+        }
+        for (c, want) in counts.iter().zip([1000.0, 2000.0, 3000.0]) {
+            assert!((*c as f64 - want).abs() < 200.0, "{counts:?}");
+        }
     }
 
     #[test]
