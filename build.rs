@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+type Job<'a, T> = Box<dyn FnOnce() -> T + Send + 'a>;
+/// (family, arch, ptx, cubin) of one CUDA compile.
+type CudaPart = (String, String, PathBuf, PathBuf);
+
 fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -163,7 +167,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<String, String> {
 }
 
 /// Runs `jobs` closures on `n` threads; returns every result in order.
-fn parallel<T: Send>(n: usize, work: Vec<Box<dyn FnOnce() -> T + Send + '_>>) -> Vec<T> {
+fn parallel<T: Send>(n: usize, work: Vec<Job<'_, T>>) -> Vec<T> {
     let queue = Mutex::new(work.into_iter().enumerate().collect::<Vec<_>>());
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
@@ -203,7 +207,7 @@ fn compile_cuda(nvcc: &Path, kernels: &Path, out: &Path, tus: &[TranslationUnit]
     let cuda_tus: Vec<&TranslationUnit> = tus.iter().filter(|t| t.vendor == Vendor::Cuda).collect();
 
     // One job per (family, arch): nvcc -ptx for the virtual arch, then ptxas for the real one.
-    let mut work: Vec<Box<dyn FnOnce() -> Result<(String, String, PathBuf, PathBuf), String> + Send + '_>> = Vec::new();
+    let mut work: Vec<Job<'_, Result<CudaPart, String>>> = Vec::new();
     for tu in &cuda_tus {
         for arch in archs {
             let (tu, arch, dir) = (*tu, arch.clone(), dir.clone());
@@ -243,6 +247,7 @@ fn compile_cuda(nvcc: &Path, kernels: &Path, out: &Path, tus: &[TranslationUnit]
     let results = parallel(jobs, work);
     let mut errors = Vec::new();
     let mut images = Vec::new();
+    #[allow(clippy::type_complexity)]
     let mut per_family: Vec<(String, Vec<(String, PathBuf, PathBuf)>)> = Vec::new();
     for r in results {
         match r {
@@ -340,7 +345,7 @@ fn compile_hip(
     } else {
         None
     };
-    let mut work: Vec<Box<dyn FnOnce() -> Result<Image, String> + Send + '_>> = Vec::new();
+    let mut work: Vec<Job<'_, Result<Image, String>>> = Vec::new();
     for tu in tus.iter().filter(|t| t.vendor == Vendor::Hip) {
         for arch in archs {
             let (arch, dir, libs) = (arch.clone(), dir.clone(), libs.clone());

@@ -47,6 +47,7 @@ pub trait GpuStream: Launcher {
     ///
     /// # Safety
     /// Pointers must be live device allocations of the sizes given.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn blas_gemm_bf16(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize, _out_f32: bool) -> Result<()> {
         Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
     }

@@ -148,7 +148,7 @@ impl<T> DevPtr<T> {
         DevPtr { raw, _t: PhantomData }
     }
     /// The address `n` elements further.
-    pub fn add(self, n: usize) -> Self {
+    pub fn offset(self, n: usize) -> Self {
         DevPtr::from_raw(self.raw + (n * std::mem::size_of::<T>()) as u64)
     }
 }
@@ -156,7 +156,7 @@ impl<T> DevPtrMut<T> {
     pub fn from_raw(raw: u64) -> Self {
         DevPtrMut { raw, _t: PhantomData }
     }
-    pub fn add(self, n: usize) -> Self {
+    pub fn offset(self, n: usize) -> Self {
         DevPtrMut::from_raw(self.raw + (n * std::mem::size_of::<T>()) as u64)
     }
     pub fn as_const(self) -> DevPtr<T> {
