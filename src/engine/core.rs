@@ -100,7 +100,12 @@ pub struct Engine {
     sched: Scheduler,
     detok: Option<Arc<dyn Detokenize>>,
     metrics: Arc<EngineMetrics>,
+    /// When the KV-use gauges were last computed.
+    gauges_at: Instant,
 }
+
+/// Least time between two computations of the KV-use gauges while the engine is busy.
+const GAUGE_PERIOD: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What one step did (for tests and logs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -143,7 +148,7 @@ impl Engine {
         let metrics = Arc::new(EngineMetrics::default());
         metrics.kv_pages_total.store(rc.num_pages, Relaxed);
         metrics.page_size.store(rc.page_size, Relaxed);
-        Ok(Engine { model, spec, cfg: rc, info, sched, detok, metrics })
+        Ok(Engine { model, spec, cfg: rc, info, sched, detok, metrics, gauges_at: Instant::now() })
     }
 
     pub fn info(&self) -> &EngineInfo {
@@ -360,7 +365,7 @@ impl Engine {
     }
 
     /// Sends the final event of a sequence (its pages are already freed).
-    fn end(&self, s: &mut Sequence, reason: FinishReason, text: String) {
+    fn end(&mut self, s: &mut Sequence, reason: FinishReason, text: String) {
         s.usage.prompt_tokens = s.prompt_len;
         s.usage.completion_tokens = s.output_len();
         if reason == FinishReason::Abort {
@@ -372,13 +377,19 @@ impl Engine {
         let _ = s.tx.send(EngineEvent::Finished { reason, text, usage: s.usage.clone() });
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
         let m = &self.metrics;
         m.num_running.store(self.sched.running.len(), Relaxed);
         m.num_waiting.store(self.sched.waiting.len(), Relaxed);
-        let cached = self.sched.cached_only_pages();
-        m.kv_pages_cached.store(cached, Relaxed);
-        m.kv_pages_used.store(self.sched.alloc.num_used() - cached, Relaxed);
+        // Splitting used pages into request-held and cache-only walks the prefix tree: at most
+        // every GAUGE_PERIOD while busy, always when idle (so an idle engine reports exactly).
+        let now = Instant::now();
+        if !self.has_work() || now.duration_since(self.gauges_at) >= GAUGE_PERIOD {
+            self.gauges_at = now;
+            let cached = self.sched.cached_only_pages();
+            m.kv_pages_cached.store(cached, Relaxed);
+            m.kv_pages_used.store(self.sched.alloc.num_used() - cached, Relaxed);
+        }
         m.preemptions.store(self.sched.preemptions, Relaxed);
         m.prefix_query_tokens.store(self.sched.prefix_query_tokens, Relaxed);
         m.prefix_hit_tokens.store(self.sched.prefix_hit_tokens, Relaxed);

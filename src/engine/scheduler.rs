@@ -168,7 +168,10 @@ impl Scheduler {
             let need = self.pages_for(hit + n) - matched.len();
             // Keep a page of headroom per running sequence for its next decode steps.
             let reserve = self.running.len();
-            let fits = need + reserve <= self.available_pages() || self.running.is_empty();
+            // The free list first: counting reclaimable prefix pages walks the tree.
+            let fits = self.running.is_empty()
+                || need + reserve <= self.alloc.num_free()
+                || need + reserve <= self.available_pages();
             let pages = if fits { self.alloc_pages(need) } else { None };
             let Some(pages) = pages else {
                 self.alloc.release_all(&matched);
