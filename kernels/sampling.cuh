@@ -65,7 +65,7 @@ DSV3_DEV void sample_rows(i32* DSV3_RESTRICT out, const T* DSV3_RESTRICT x, cons
     // Largest key t with count(key >= t) >= k.
     u32 lo = 0, hi = 0xffffffffu;
     while (lo < hi) {
-      const u32 mid = lo + (hi - lo + 1) / 2;
+      const u32 mid = (u32)(((u64)lo + hi + 1) / 2);  // in 64 bits: hi - lo + 1 wraps to 0 at the full range
       float cnt = 0.0f;
       for (u32 i = tid(); i < cols; i += nthreads()) {
         const float y = to_float(row[i]);
@@ -87,7 +87,7 @@ DSV3_DEV void sample_rows(i32* DSV3_RESTRICT out, const T* DSV3_RESTRICT x, cons
     total = block_sum(total, scratch);
     u32 lo = kmin, hi = 0xffffffffu;
     while (lo < hi) {
-      const u32 mid = lo + (hi - lo + 1) / 2;
+      const u32 mid = (u32)(((u64)lo + hi + 1) / 2);  // in 64 bits: hi - lo + 1 wraps to 0 at the full range
       float mass = 0.0f;
       for (u32 i = tid(); i < cols; i += nthreads()) {
         const float y = to_float(row[i]);

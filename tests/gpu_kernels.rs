@@ -606,7 +606,11 @@ proptest! {
                 let greedy: Vec<i32> = xr.chunks(cols).map(|row| ops::sampling::argmax(row) as i32).collect();
                 // temperature 0 and top_k 1 are greedy.
                 assert_eq!(run(&vec![0.0; rows], &vec![0; rows], &vec![1.0; rows], &seeds), greedy, "{v} {dt} temperature 0");
-                assert_eq!(run(&vec![temp; rows], &vec![1; rows], &vec![1.0; rows], &seeds), greedy, "{v} {dt} top_k 1");
+                // top_k 1 keeps every token tied with the maximum (ties are common in bf16).
+                let top1 = run(&vec![temp; rows], &vec![1; rows], &vec![1.0; rows], &seeds);
+                for (i, row) in xr.chunks(cols).enumerate() {
+                    assert_eq!(row[top1[i] as usize], row[greedy[i] as usize], "{v} {dt} top_k 1, row {i}");
+                }
                 // Deterministic for a seed; inside the top-k and top-p sets.
                 let a = run(&vec![temp; rows], &vec![top_k; rows], &vec![top_p; rows], &seeds);
                 let b = run(&vec![temp; rows], &vec![top_k; rows], &vec![top_p; rows], &seeds);
@@ -621,6 +625,9 @@ proptest! {
                         assert!(val >= sorted[top_k as usize - 1], "{v} {dt}: token outside the top {top_k}");
                     }
                     // Nucleus on the CPU: smallest top set with mass >= top_p (in the kept top-k).
+                    // The kernel sums exp in f32 in another order, so a set whose mass is within
+                    // 1e-4 (relative) of the threshold may fall on either side: take the most
+                    // inclusive edge the rounding allows.
                     let kk = if top_k > 0 { (top_k as usize).min(cols) } else { cols };
                     let m = sorted[0];
                     let probs: Vec<f64> = sorted[..kk].iter().map(|&z| (((z - m) / temp) as f64).exp()).collect();
@@ -629,7 +636,7 @@ proptest! {
                     let mut edge = sorted[kk - 1];
                     for (j, p) in probs.iter().enumerate() {
                         acc += p;
-                        if acc >= top_p as f64 * total * (1.0 - 1e-5) { edge = sorted[j]; break; }
+                        if acc >= top_p as f64 * total * (1.0 + 1e-4) { edge = sorted[j]; break; }
                     }
                     assert!(val >= edge, "{v} {dt}: token value {val} below the top-p edge {edge}");
                 }

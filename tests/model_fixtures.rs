@@ -102,7 +102,7 @@ fn fp8_activation_emulation_quantizes_linear_inputs_per_token_group() {
 /// quantization on every FP8 linear: the emulation must reproduce them.
 #[test]
 fn fp8_emulation_matches_the_quantized_activation_reference() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-fp8-sharded");
+    let dir = common::fixtures_root().join("tiny-fp8-sharded");
     let r = reference(&dir);
     let (expected, shape) = common::reference_tensor(&dir, "logits_fp8_act");
     let model = CpuModel::load(&dir, CpuOptions { emulate_fp8_activations: true, ..Default::default() }).unwrap();

@@ -11,9 +11,16 @@ pub struct Reference {
     pub logits_shape: Vec<usize>,
 }
 
+/// tests/fixtures of the checkout: `$CARGO_MANIFEST_DIR` at run time (set by `cargo test` and by
+/// the GPU runner, whose checkout lives elsewhere than the build's), else the build's.
+pub fn fixtures_root() -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    root.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR"))).join("tests/fixtures")
+}
+
 /// Every fixture directory with a `reference.json`.
 pub fn fixtures() -> Vec<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = fixtures_root();
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("tests/fixtures exists")
         .filter_map(|e| e.ok().map(|e| e.path()))
