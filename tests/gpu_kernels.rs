@@ -628,7 +628,12 @@ proptest! {
                     // The kernel sums exp in f32 in another order, so a set whose mass is within
                     // 1e-4 (relative) of the threshold may fall on either side: take the most
                     // inclusive edge the rounding allows.
-                    let kk = if top_k > 0 { (top_k as usize).min(cols) } else { cols };
+                    // The top-k set includes every token tied with the k-th largest value.
+                    let kk = if top_k > 0 && (top_k as usize) < cols {
+                        sorted.iter().filter(|&&z| z >= sorted[top_k as usize - 1]).count()
+                    } else {
+                        cols
+                    };
                     let m = sorted[0];
                     let probs: Vec<f64> = sorted[..kk].iter().map(|&z| (((z - m) / temp) as f64).exp()).collect();
                     let total: f64 = probs.iter().sum();
