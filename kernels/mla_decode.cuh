@@ -1,0 +1,464 @@
+// MLA decode (absorbed form) over a paged bf16 latent cache: split-KV across SMs, tensor cores
+// (mma.sync m16n8k16 bf16, cp.async double buffering), combine kernel, and the tiny scheduler
+// kernel that computes the split metadata once per decode step.
+//
+// Shapes (V3: DK = 576 = 512 latent + 64 rope, DV = 512, page = 64 tokens):
+//   q           [B, s_q, H, DK] bf16       (q_nope already absorbed: [q_lat | q_pe])
+//   cache       [pages, 64, DK] bf16       each token's [c_kv | k_pe]
+//   block_table [B, max_pages] i32, seq_lens [B] i32 (keys in the cache, the s_q new ones included)
+//   out         [B, s_q, H, DV] (bf16 or f32), lse [B, s_q, H] f32 (natural log of Σ exp(scale·s))
+// Query j of a sequence of length L sees keys 0 .. L - s_q + j (causal inside the query block).
+//
+// Rows: the s_q·H query rows of a sequence are packed into the MMA M dimension, BM = 16·MW rows
+// per block (MW = 1, 2, 4); more rows take more row blocks (grid.y). A tile is one 64-key page.
+//
+// Scheduling (FlashMLA-style): the tiles of all sequences are laid end to end (cum[b] = tiles
+// before sequence b) and cut into num_parts equal ranges of T tiles (grid.x = num_parts, sized
+// to fill the GPU once). A block walks its range; a sequence wholly inside one range is written
+// straight to out / lse; a sequence cut across ranges writes normalized partials (o, lse) to a
+// workspace slot (2·part for the range's first segment, 2·part + 1 for its last) and the combine
+// kernel merges them. The metadata depends only on seq_lens and num_parts, so one fixed-size
+// buffer serves every step of a CUDA graph (mla_decode_metadata runs inside it).
+//
+// meta (i32): [0] total tiles, [1] T, [2] num_parts, [3] batch, [4 + b] cum[b] for b in 0..=B.
+//
+// Block of the split kernel: 8 warps. Warp w owns m-tile w % MW and key group g = w / MW of the
+// NG = 8 / MW groups: S = Q·Kᵀ for its 16 rows × 8·MW keys (K of 576 in 36 k-steps), softmax
+// statistics exchanged through shared memory, P (bf16) through shared memory, then O += P·V for
+// its 16 rows × 64·MW of the 512 output columns (V = the first 512 columns of the same K tile,
+// read with ldmatrix.trans). Shared memory: Q [BM][576], K [2][64][576] (rows XOR-swizzled in
+// 16-byte chunks: conflict-free ldmatrix), P [BM][64], reductions: 16·MW·1152 + 147456 +
+// 16·MW·128 + 512 bytes (MW = 4: 229888, fits the H200's 227 KiB; sm_80 / sm_89 PTX runs on it).
+//
+// HIP: the same contract and scheduling with a plain per-row path (no matrix cores yet).
+#pragma once
+#include "dsv3/dsv3.h"
+#include "dsv3/mma_sm80.h"
+
+namespace dsv3 {
+namespace mla {
+
+constexpr u32 DK = 576, DV = 512, NT = 64, CHUNKS = DK / 8, ROW_BYTES = DK * 2;
+constexpr u32 THREADS = 256, WARPS = THREADS / 32;
+constexpr u32 META_HDR = 4;
+
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][576] bf16 tile (XOR swizzle of
+// the chunk's low 3 bits by the row: 8 consecutive rows at one chunk hit 8 distinct bank groups).
+DSV3_DEV u32 swz(u32 row, u32 chunk) { return row * ROW_BYTES + ((chunk ^ (row & 7u)) << 4); }
+// Same for the [rows][64] bf16 P tile (8 chunks per row).
+DSV3_DEV u32 pswz(u32 row, u32 chunk) { return row * (NT * 2) + ((chunk ^ (row & 7u)) << 4); }
+
+DSV3_DEV void store2(float* p, float a, float b) {
+  p[0] = a;
+  p[1] = b;
+}
+DSV3_DEV void store2(bf16* p, float a, float b) {
+  p[0] = f32_to_bf16(a);
+  p[1] = f32_to_bf16(b);
+}
+
+// The sequence whose tiles hold global tile g: the largest b < batch with cum[b] <= g.
+DSV3_DEV u32 find_batch(const i32* cum, u32 batch, u32 g) {
+  u32 lo = 0, hi = batch;
+  while (hi - lo > 1) {
+    const u32 mid = (lo + hi) / 2;
+    if ((u32)cum[mid] <= g) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
+}  // namespace mla
+
+// Scheduler metadata: one block (any size up to 1024, a multiple of the warp size).
+DSV3_DEV void mla_decode_metadata(i32* DSV3_RESTRICT meta, const i32* DSV3_RESTRICT seq_lens, u32 batch, u32 num_parts) {
+  __shared__ i32 buf[1024];
+  __shared__ i32 carry;
+  const u32 n_thr = nthreads(), t = tid();
+  if (t == 0) {
+    carry = 0;
+    meta[mla::META_HDR] = 0;
+  }
+  __syncthreads();
+  for (u32 base = 0; base < batch; base += n_thr) {
+    const u32 b = base + t;
+    const i32 len = b < batch ? seq_lens[b] : 0;
+    buf[t] = len > 0 ? (len + (i32)mla::NT - 1) / (i32)mla::NT : 0;
+    __syncthreads();
+    for (u32 off = 1; off < n_thr; off <<= 1) {  // inclusive scan (Hillis-Steele)
+      const i32 v = t >= off ? buf[t - off] : 0;
+      __syncthreads();
+      buf[t] += v;
+      __syncthreads();
+    }
+    const i32 c = carry;
+    if (b < batch) meta[mla::META_HDR + b + 1] = c + buf[t];
+    __syncthreads();
+    if (t == n_thr - 1) carry = c + buf[t];
+    __syncthreads();
+  }
+  if (t == 0) {
+    const u32 total = (u32)carry;
+    const u32 parts = num_parts > 0 ? num_parts : 1u;
+    u32 per = (total + parts - 1) / parts;
+    meta[0] = (i32)total;
+    meta[1] = (i32)(per > 0 ? per : 1u);
+    meta[2] = (i32)parts;
+    meta[3] = (i32)batch;
+  }
+}
+
+#if defined(DSV3_CUDA)
+template <class TO, int MW>
+DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
+                                   float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                                   const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
+                                   const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
+                                   u32 s_q, u32 heads, u32 max_pages, float scale) {
+  using namespace mla;
+  constexpr u32 BM = 16 * MW, NG = WARPS / MW, KW = NT / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
+  static_assert(NK >= 1 && NO % 2 == 0, "tile split");
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* sq = smem;
+  unsigned char* sk = smem + BM * ROW_BYTES;
+  unsigned char* sp = sk + 2 * NT * ROW_BYTES;
+  float* red = reinterpret_cast<float*>(sp + BM * NT * 2);
+
+  const u32 part = blockIdx.x, rb = blockIdx.y;
+  const u32 rows_total = s_q * heads;
+  const u32 total = (u32)meta[0], T = (u32)meta[1];
+  const i32* cum = meta + META_HDR;
+  u32 g0 = part * T;
+  if (g0 >= total || rb * BM >= rows_total) return;
+  const u32 g1 = min(g0 + T, total);
+  u32 b = find_batch(cum, batch, g0);
+
+  const u32 t_id = tid(), warp = warp_id(), ln = lane();
+  const u32 mt = warp % MW, grp = warp / MW;
+  const u32 r0 = mt * 16 + ln / 4, r1 = r0 + 8;
+  const u32 gr0 = rb * BM + r0, gr1 = rb * BM + r1;
+  const float sl2 = scale * 1.4426950408889634f;
+  const u32 q_base = smem_u32(sq), k_base0 = smem_u32(sk), p_base = smem_u32(sp);
+  bool first = true;
+
+  while (g0 < g1) {
+    const u32 cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
+    const u32 seg_end = min(g1, cb1);
+    const u32 t_begin = g0 - cb0, t_end = seg_end - cb0;
+    const bool full = (g0 == cb0) && (seg_end == cb1);
+    const u32 slot = 2 * part + (first ? 0u : 1u);
+    const i32 len = seq_lens[b];
+    const i32 vis0 = len - (i32)s_q + (i32)(gr0 / heads) + 1;
+    const i32 vis1 = len - (i32)s_q + (i32)(gr1 / heads) + 1;
+    const i32* bt = block_table + (u64)b * max_pages;
+
+    // Q rows of this row block (zeros past the last row) and the first K tile: one group.
+    {
+      const bf16* qb = q + ((u64)b * rows_total + rb * BM) * DK;
+      for (u32 idx = t_id; idx < BM * CHUNKS; idx += THREADS) {
+        const u32 row = idx / CHUNKS, c = idx % CHUNKS;
+        const bool ok = rb * BM + row < rows_total;
+        cp_async_16(q_base + swz(row, c), ok ? (const void*)(qb + (u64)row * DK + c * 8) : (const void*)q, ok);
+      }
+    }
+    auto load_k = [&](u32 t, u32 buf) {
+      const bf16* src = cache + (u64)bt[t] * (NT * DK);
+      const u32 dst = k_base0 + buf * (NT * ROW_BYTES);
+#pragma unroll
+      for (u32 i = 0; i < NT * CHUNKS / THREADS; ++i) {
+        const u32 idx = t_id + i * THREADS;
+        const u32 row = idx / CHUNKS, c = idx % CHUNKS;
+        const bool ok = (i32)(t * NT + row) < len;
+        cp_async_16(dst + swz(row, c), src + row * DK + c * 8, ok);
+      }
+    };
+    load_k(t_begin, 0);
+    cp_async_commit();
+
+    float o[NO][4];
+#pragma unroll
+    for (u32 j = 0; j < NO; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float m0 = -f32_inf(), m1 = -f32_inf(), l0 = 0.0f, l1 = 0.0f;
+
+    for (u32 t = t_begin; t < t_end; ++t) {
+      const u32 buf = (t - t_begin) & 1u;
+      cp_async_wait<0>();
+      __syncthreads();
+      if (t + 1 < t_end) load_k(t + 1, buf ^ 1u);
+      cp_async_commit();
+      const u32 kb = k_base0 + buf * (NT * ROW_BYTES);
+
+      // S = Q·Kᵀ for rows mt·16.. and keys grp·KW..
+      float s[NK][4];
+#pragma unroll
+      for (u32 n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll 6
+      for (u32 ks = 0; ks < DK / 16; ks += 2) {
+        u32 a0[4], a1[4];
+        ldmatrix_x4(a0, q_base + swz(mt * 16 + (ln & 15), 2 * ks + (ln >> 4)));
+        ldmatrix_x4(a1, q_base + swz(mt * 16 + (ln & 15), 2 * ks + 2 + (ln >> 4)));
+#pragma unroll
+        for (u32 n = 0; n < NK; ++n) {
+          u32 bb[4];
+          ldmatrix_x4(bb, kb + swz(grp * KW + n * 8 + (ln & 7), 2 * ks + (ln >> 3)));
+          mma_bf16_16816(s[n], a0, bb[0], bb[1]);
+          mma_bf16_16816(s[n], a1, bb[2], bb[3]);
+        }
+      }
+
+      // Online softmax (log2 domain), masked by the causal limit of each row.
+      const i32 key0 = (i32)(t * NT + grp * KW + (ln & 3) * 2);
+      float mx0 = -f32_inf(), mx1 = -f32_inf();
+#pragma unroll
+      for (u32 n = 0; n < NK; ++n) {
+#pragma unroll
+        for (u32 e = 0; e < 2; ++e) {
+          const i32 key = key0 + (i32)(n * 8 + e);
+          s[n][e] = key < vis0 ? s[n][e] * sl2 : -f32_inf();
+          s[n][2 + e] = key < vis1 ? s[n][2 + e] * sl2 : -f32_inf();
+          mx0 = fmaxf(mx0, s[n][e]);
+          mx1 = fmaxf(mx1, s[n][2 + e]);
+        }
+      }
+      mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
+      mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
+      mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
+      mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
+      if ((ln & 3) == 0) {
+        red[grp * BM + r0] = mx0;
+        red[grp * BM + r1] = mx1;
+      }
+      __syncthreads();
+      float tm0 = -f32_inf(), tm1 = -f32_inf();
+#pragma unroll
+      for (u32 gg = 0; gg < NG; ++gg) {
+        tm0 = fmaxf(tm0, red[gg * BM + r0]);
+        tm1 = fmaxf(tm1, red[gg * BM + r1]);
+      }
+      const float mn0 = fmaxf(m0, tm0), mn1 = fmaxf(m1, tm1);
+      const float ms0 = mn0 == -f32_inf() ? 0.0f : mn0, ms1 = mn1 == -f32_inf() ? 0.0f : mn1;
+      const float c0 = fexp2(m0 - ms0), c1 = fexp2(m1 - ms1);
+      m0 = mn0;
+      m1 = mn1;
+      float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+      for (u32 n = 0; n < NK; ++n) {
+        const float p00 = fexp2(s[n][0] - ms0), p01 = fexp2(s[n][1] - ms0);
+        const float p10 = fexp2(s[n][2] - ms1), p11 = fexp2(s[n][3] - ms1);
+        ps0 += p00 + p01;
+        ps1 += p10 + p11;
+        const u32 col = grp * KW + n * 8 + (ln & 3) * 2;
+        *reinterpret_cast<u32*>(sp + pswz(r0, col / 8) + (col % 8) * 2) = pack_bf16x2(p00, p01);
+        *reinterpret_cast<u32*>(sp + pswz(r1, col / 8) + (col % 8) * 2) = pack_bf16x2(p10, p11);
+      }
+      l0 = l0 * c0 + ps0;
+      l1 = l1 * c1 + ps1;
+#pragma unroll
+      for (u32 j = 0; j < NO; ++j) {
+        o[j][0] *= c0;
+        o[j][1] *= c0;
+        o[j][2] *= c1;
+        o[j][3] *= c1;
+      }
+      __syncthreads();
+
+      // O += P·V, V = the first 512 columns of the K tile.
+#pragma unroll
+      for (u32 ks = 0; ks < NT / 16; ++ks) {
+        u32 a[4];
+        ldmatrix_x4(a, p_base + pswz(mt * 16 + (ln & 15), 2 * ks + (ln >> 4)));
+#pragma unroll
+        for (u32 j = 0; j < NO / 2; ++j) {
+          u32 bb[4];
+          ldmatrix_x4_trans(bb, kb + swz(ks * 16 + ((ln >> 3) & 1) * 8 + (ln & 7), (grp * CW + j * 16) / 8 + (ln >> 4)));
+          mma_bf16_16816(o[2 * j], a, bb[0], bb[1]);
+          mma_bf16_16816(o[2 * j + 1], a, bb[2], bb[3]);
+        }
+      }
+    }
+
+    // Row sums across the quad and the key groups.
+    l0 += shfl_xor(l0, 1);
+    l0 += shfl_xor(l0, 2);
+    l1 += shfl_xor(l1, 1);
+    l1 += shfl_xor(l1, 2);
+    __syncthreads();  // every warp is past its reads of red (max) and of the tiles
+    if ((ln & 3) == 0) {
+      red[grp * BM + r0] = l0;
+      red[grp * BM + r1] = l1;
+    }
+    __syncthreads();
+    float L0 = 0.0f, L1 = 0.0f;
+#pragma unroll
+    for (u32 gg = 0; gg < NG; ++gg) {
+      L0 += red[gg * BM + r0];
+      L1 += red[gg * BM + r1];
+    }
+    const float inv0 = L0 > 0.0f ? 1.0f / L0 : 0.0f, inv1 = L1 > 0.0f ? 1.0f / L1 : 0.0f;
+    const float lse0 = L0 > 0.0f ? (m0 + __log2f(L0)) * 0.6931471805599453f : -f32_inf();
+    const float lse1 = L1 > 0.0f ? (m1 + __log2f(L1)) * 0.6931471805599453f : -f32_inf();
+    const u32 col0 = grp * CW + (ln & 3) * 2;
+    if (full) {
+      TO* o0 = out + ((u64)b * rows_total + gr0) * DV + col0;
+      TO* o1 = out + ((u64)b * rows_total + gr1) * DV + col0;
+#pragma unroll
+      for (u32 j = 0; j < NO; ++j) {
+        if (gr0 < rows_total) mla::store2(o0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
+        if (gr1 < rows_total) mla::store2(o1 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
+      }
+      if (grp == 0 && (ln & 3) == 0) {
+        if (gr0 < rows_total) lse[(u64)b * rows_total + gr0] = lse0;
+        if (gr1 < rows_total) lse[(u64)b * rows_total + gr1] = lse1;
+      }
+    } else {
+      float* o0 = o_ws + ((u64)slot * rows_total + gr0) * DV + col0;
+      float* o1 = o_ws + ((u64)slot * rows_total + gr1) * DV + col0;
+#pragma unroll
+      for (u32 j = 0; j < NO; ++j) {
+        if (gr0 < rows_total) mla::store2(o0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
+        if (gr1 < rows_total) mla::store2(o1 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
+      }
+      if (grp == 0 && (ln & 3) == 0) {
+        if (gr0 < rows_total) lse_ws[(u64)slot * rows_total + gr0] = lse0;
+        if (gr1 < rows_total) lse_ws[(u64)slot * rows_total + gr1] = lse1;
+      }
+    }
+    __syncthreads();  // red, Q and K buffers are reused by the next segment
+
+    g0 = seg_end;
+    first = false;
+    if (g0 < g1) {
+      ++b;
+      while ((u32)cum[b + 1] <= g0) ++b;
+    }
+  }
+}
+#endif
+
+#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
+// Plain path (HIP, and a reference inside CUDA builds when DSV3_MLA_SIMPLE is defined): same
+// scheduling and outputs; one wave per query row, online softmax in f32.
+template <class TO, int MW>
+DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
+                                      float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                                      const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
+                                      const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
+                                      u32 s_q, u32 heads, u32 max_pages, float scale) {
+  using namespace mla;
+  constexpr u32 BM = 16 * MW, PER = DV / WARP_SIZE;
+  const u32 part = blockIdx.x, rb = blockIdx.y;
+  const u32 rows_total = s_q * heads;
+  const u32 total = (u32)meta[0], T = (u32)meta[1];
+  const i32* cum = meta + META_HDR;
+  u32 g0 = part * T;
+  if (g0 >= total || rb * BM >= rows_total) return;
+  const u32 g1 = min(g0 + T, total);
+  u32 b = find_batch(cum, batch, g0);
+  bool first = true;
+  while (g0 < g1) {
+    const u32 cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
+    const u32 seg_end = min(g1, cb1);
+    const bool full = (g0 == cb0) && (seg_end == cb1);
+    const u32 slot = 2 * part + (first ? 0u : 1u);
+    const i32 len = seq_lens[b];
+    const i32* bt = block_table + (u64)b * max_pages;
+    for (u32 r = warp_id(); r < BM; r += nwarps()) {
+      const u32 gr = rb * BM + r;
+      if (gr >= rows_total) continue;
+      const i32 vis = len - (i32)s_q + (i32)(gr / heads) + 1;
+      const bf16* qr = q + ((u64)b * rows_total + gr) * DK;
+      i32 k_end = (i32)((seg_end - cb0) * NT);
+      if (k_end > vis) k_end = vis;
+      float m = -f32_inf(), l = 0.0f, acc[PER];
+      for (u32 i = 0; i < PER; ++i) acc[i] = 0.0f;
+      for (i32 k = (i32)((g0 - cb0) * NT); k < k_end; ++k) {
+        const bf16* kr = cache + ((u64)bt[k / (i32)NT] * NT + (u32)k % NT) * DK;
+        float d = 0.0f;
+        for (u32 c = lane(); c < DK; c += WARP_SIZE) d += to_float(qr[c]) * to_float(kr[c]);
+        d = warp_sum(d) * scale;
+        const float mn = fmaxf(m, d), corr = fexp(m - mn), p = fexp(d - mn);
+        l = l * corr + p;
+        for (u32 i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * to_float(kr[lane() + i * WARP_SIZE]);
+        m = mn;
+      }
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      const float ls = l > 0.0f ? m + flog(l) : -f32_inf();
+      if (full) {
+        TO* o = out + ((u64)b * rows_total + gr) * DV;
+        for (u32 i = 0; i < PER; ++i) o[lane() + i * WARP_SIZE] = from_float<TO>(acc[i] * inv);
+        if (lane() == 0) lse[(u64)b * rows_total + gr] = ls;
+      } else {
+        float* o = o_ws + ((u64)slot * rows_total + gr) * DV;
+        for (u32 i = 0; i < PER; ++i) o[lane() + i * WARP_SIZE] = acc[i] * inv;
+        if (lane() == 0) lse_ws[(u64)slot * rows_total + gr] = ls;
+      }
+    }
+    g0 = seg_end;
+    first = false;
+    if (g0 < g1) {
+      ++b;
+      while ((u32)cum[b + 1] <= g0) ++b;
+    }
+  }
+}
+#endif
+
+template <class TO, int MW>
+DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
+                               float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q, const bf16* DSV3_RESTRICT cache,
+                               const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
+                               const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale) {
+#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
+  mla_decode_split_simple<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#else
+  mla_decode_split_mma<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#endif
+}
+
+// Merges the split partials of each (sequence, row); grid (B, s_q·H), block 128 (4 columns per
+// thread). Sequences written directly by the split kernel are left alone; empty ones get zeros
+// and lse = -inf.
+template <class TO>
+DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
+                                 const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
+                                 u32 rows_total) {
+  using namespace mla;
+  const u32 b = blockIdx.x, row = blockIdx.y;
+  if (b >= batch || row >= rows_total) return;
+  const u32 T = (u32)meta[1];
+  const u32 cb0 = (u32)meta[META_HDR + b], cb1 = (u32)meta[META_HDR + b + 1];
+  TO* o = out + ((u64)b * rows_total + row) * DV;
+  if (cb1 == cb0) {
+    for (u32 c = tid(); c < DV; c += nthreads()) o[c] = from_float<TO>(0.0f);
+    if (tid() == 0) lse[(u64)b * rows_total + row] = -f32_inf();
+    return;
+  }
+  const u32 pf = cb0 / T, pl = (cb1 - 1) / T;
+  if (pf == pl) return;
+  float M = -f32_inf();
+  for (u32 p = pf; p <= pl; ++p) {
+    const u32 slot = 2 * p + ((p == pf && p * T < cb0) ? 1u : 0u);
+    M = fmaxf(M, lse_ws[(u64)slot * rows_total + row]);
+  }
+  float sum = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const u32 c0 = tid() * 4;
+  for (u32 p = pf; p <= pl; ++p) {
+    const u32 slot = 2 * p + ((p == pf && p * T < cb0) ? 1u : 0u);
+    const float li = lse_ws[(u64)slot * rows_total + row];
+    const float w = M == -f32_inf() ? 0.0f : fexp(li - M);
+    sum += w;
+    if (c0 < DV && w > 0.0f) {
+      const float* src = o_ws + ((u64)slot * rows_total + row) * DV + c0;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += w * src[i];
+    }
+  }
+  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+  if (c0 < DV) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[c0 + i] = from_float<TO>(acc[i] * inv);
+  }
+  if (tid() == 0) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(sum);
+}
+
+}  // namespace dsv3
