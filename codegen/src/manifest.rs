@@ -669,4 +669,56 @@ const AR_ARGS: &[Arg] = &[
     scalar("rank", "u32"),
     scalar("world", "u32"),
     scalar("n", "u32"),
+    Family {
+        name: "allreduce",
+        source: "allreduce.cuh",
+        doc: "Custom all-reduce (sum) over peer memory: one-shot and two-shot, flag barriers with system-scope release/acquire.",
+        kernels: &[
+            KernelSpec {
+                name: "allreduce_oneshot_{T}",
+                template: "dsv3::allreduce_oneshot<{T}>",
+                grid: &[FLOAT],
+                points: &[],
+                args: AR_ARGS,
+                max_threads: 512,
+                archs: Archs::ALL,
+                doc: "out = sum over ranks of in_r (f32, rank order); in0..in7 / sig0..sig7: every rank's input and signal buffer (same list on every rank); grid <= 128 blocks of 512, the same on every rank; out must not alias an input.",
+            },
+            KernelSpec {
+                name: "allreduce_twoshot_{T}",
+                template: "dsv3::allreduce_twoshot<{T}>",
+                grid: &[FLOAT],
+                points: &[],
+                args: AR_ARGS,
+                max_threads: 512,
+                archs: Archs::ALL,
+                doc: "reduce-scatter into each rank's scratch (after its signal header) + all-gather; in place allowed; grid <= 128 blocks of 512, the same on every rank.",
+            },
+        ],
+    },
+];
+
+/// Arguments of the all-reduce kernels: the output, every rank's input and signal buffer (unused
+/// slots 0), this rank, the world size and the element count.
+const AR_ARGS: &[Arg] = &[
+    ptr_mut("out", "{T}"),
+    scalar("in0", "u64"),
+    scalar("in1", "u64"),
+    scalar("in2", "u64"),
+    scalar("in3", "u64"),
+    scalar("in4", "u64"),
+    scalar("in5", "u64"),
+    scalar("in6", "u64"),
+    scalar("in7", "u64"),
+    scalar("sig0", "u64"),
+    scalar("sig1", "u64"),
+    scalar("sig2", "u64"),
+    scalar("sig3", "u64"),
+    scalar("sig4", "u64"),
+    scalar("sig5", "u64"),
+    scalar("sig6", "u64"),
+    scalar("sig7", "u64"),
+    scalar("rank", "u32"),
+    scalar("world", "u32"),
+    scalar("n", "u32"),
 ];

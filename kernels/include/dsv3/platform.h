@@ -73,3 +73,25 @@ DSV3_DEV float uniform01(u64 seed, u64 counter) {
 }
 
 }  // namespace dsv3
+
+// ---- timers and traps (the all-reduce barriers' watchdog) ----------------------------------
+namespace dsv3 {
+// A nanosecond clock that runs at a constant rate on every SM of the device.
+DSV3_DEV u64 timer_ns() {
+#if defined(DSV3_HIP)
+  return __builtin_amdgcn_s_memrealtime() * 10ull;  // gfx9: 100 MHz real-time counter
+#else
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+#endif
+}
+// Aborts the kernel (the launch fails with an error the host sees at its next sync).
+DSV3_DEV void trap() {
+#if defined(DSV3_HIP)
+  __builtin_trap();
+#else
+  asm volatile("trap;");
+#endif
+}
+}  // namespace dsv3
