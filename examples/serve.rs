@@ -16,7 +16,8 @@ use dsv3::engine::{EngineConfig, KvCacheSize};
 use dsv3::model::embedded;
 use dsv3::server::launch::{self, LaunchFlags};
 use dsv3::server::reasoning::ReasoningParserKind;
-use dsv3::server::{build_cpu_state, serve, ServerConfig};
+use dsv3::backend::Device;
+use dsv3::server::{build_state, serve, ServerConfig};
 
 #[derive(Parser, Debug)]
 #[command(about = "OpenAI-compatible server for DeepSeek-V3-architecture models (SGLang's launch flags)")]
@@ -34,7 +35,8 @@ struct Args {
     /// Name clients pass as `model` (default: the model path, or dsv3-tiny-random).
     #[arg(long)]
     served_model_name: Option<String>,
-    /// Device: cpu (cuda[:N] and hip[:N] come with the GPU step models).
+    /// Device: cpu, cuda[:N] (a build with --features cuda) or hip[:N] (--features hip). On a GPU
+    /// every engine step is one batched forward over a device page pool.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Tensor-parallel size. Values > 1 need the multi-GPU build.
@@ -61,8 +63,9 @@ struct Args {
     /// Latent cache element type: auto (f32 on the CPU).
     #[arg(long, default_value = "auto")]
     kv_cache_dtype: String,
-    /// Fraction of memory for the KV cache. On the CPU: of MemAvailable after loading the
-    /// weights (default 0.5), capped at what --max-running-requests full-context requests use.
+    /// Fraction of memory for the KV cache, of what is left after loading the weights: free
+    /// device memory on a GPU (default 0.85), MemAvailable on the CPU (default 0.5); capped at what
+    /// --max-running-requests full-context requests use.
     #[arg(long)]
     mem_fraction_static: Option<f32>,
     /// CPU only: KV cache size in MiB (overrides --mem-fraction-static).
@@ -87,7 +90,8 @@ struct Args {
     /// Turn off prefix caching.
     #[arg(long)]
     disable_radix_cache: bool,
-    /// Largest decode batch captured in a CUDA graph (GPU step models; the CPU ignores it).
+    /// Largest decode batch captured in a CUDA graph. Accepted; graphs are not captured yet
+    /// (decode steps run eagerly on the GPU, the CPU ignores it).
     #[arg(long)]
     cuda_graph_max_bs: Option<usize>,
     /// Accepted for SGLang compatibility: an alias of CUDA-graph capture (GPU only).
@@ -155,13 +159,19 @@ fn run(args: Args) -> Result<(), String> {
         .as_deref()
         .map(|s| s.parse::<ReasoningParserKind>().map_err(|e| format!("--reasoning-parser: {e}")))
         .transpose()?;
+    let device: Device = args.device.replace("rocm", "hip").parse().map_err(|e| format!("--device: {e}"))?;
     if args.cuda_graph_max_bs.is_some() || args.enable_torch_compile || args.torch_compile_max_bs.is_some() {
-        tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: no effect on the CPU backend");
+        match device {
+            Device::Cpu => tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: no effect on the CPU backend"),
+            _ => tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: CUDA graphs are not captured yet; decode steps run eagerly"),
+        }
     }
+    let default_fraction = if device == Device::Cpu { 0.5 } else { 0.85 };
     let kv_cache = match (args.max_total_tokens, args.cpu_kv_cache_mb, args.mem_fraction_static) {
         (Some(t), _, _) => KvCacheSize::Tokens(t),
-        (None, Some(mb), _) => KvCacheSize::Bytes(mb << 20),
-        (None, None, f) => KvCacheSize::MemFraction(f.unwrap_or(0.5)),
+        (None, Some(mb), _) if device == Device::Cpu => KvCacheSize::Bytes(mb << 20),
+        (None, Some(_), _) => return Err("--cpu-kv-cache-mb: CPU only; on a GPU use --mem-fraction-static or --max-total-tokens".into()),
+        (None, None, f) => KvCacheSize::MemFraction(f.unwrap_or(default_fraction)),
     };
     let chunked_prefill_size = match args.chunked_prefill_size {
         c if c < 0 => None,
@@ -199,7 +209,7 @@ fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|_| format!("--host {}: not an address this machine can listen on", args.host))?;
     let t0 = std::time::Instant::now();
-    let state = build_cpu_state(&dir, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?;
+    let state = build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?;
     let info = state.engine.info().clone();
     tracing::info!(
         "loaded {} in {:.1?} on {}: context {}, KV cache {} pages × {} = {} positions ({:.1} MiB), \

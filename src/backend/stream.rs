@@ -38,6 +38,10 @@ pub trait GpuStream: Launcher {
     /// The range must be a live device allocation.
     unsafe fn memset_u8(&self, dst: u64, value: u8, bytes: usize) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// (free, total) bytes of device memory, as the driver reports them (`cuMemGetInfo`).
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        Err(super::backend_err("gpu", "this stream cannot report device memory"))
+    }
     /// Whether a vendor BLAS (cuBLAS) backs [`GpuStream::blas_gemm_bf16`].
     fn has_blas(&self) -> bool {
         false

@@ -10,9 +10,10 @@ pub enum KvCacheSize {
     Tokens(usize),
     /// This many bytes (`--cpu-kv-cache-mb` on the CPU).
     Bytes(usize),
-    /// `mem_fraction` of the host's available memory (`MemAvailable`, read after the weights are
-    /// loaded), but never more than what `max_running_requests` requests of the full context
-    /// length can use (`--mem-fraction-static` on the CPU).
+    /// `mem_fraction` of the memory left after the weights are loaded (the host's `MemAvailable`
+    /// on the CPU, free device memory on a GPU: [`ModelSpec::memory_bytes`]), but never more than
+    /// what `max_running_requests` requests of the full context length can use
+    /// (`--mem-fraction-static`).
     MemFraction(f32),
 }
 
@@ -99,7 +100,7 @@ impl EngineConfig {
                 if !(*f > 0.0 && *f <= 1.0) {
                     return Err(Error::InvalidArgument(format!("--mem-fraction-static must be in (0, 1], got {f}")));
                 }
-                let avail = available_memory_bytes().unwrap_or(4 << 30);
+                let avail = spec.memory_bytes.or_else(available_memory_bytes).unwrap_or(4 << 30);
                 let budget_pages = (avail as f64 * *f as f64) as usize / page_bytes;
                 let useful = (self.max_running_requests * context_length).div_ceil(self.page_size);
                 budget_pages.min(useful)

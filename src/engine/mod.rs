@@ -5,6 +5,7 @@
 //!   ([`EngineEvent`]);
 //! - [`config`]: the scheduler's launch settings and how the KV pool is sized;
 //! - [`model`]: the [`StepModel`] trait a backend implements (the CPU one: [`CpuStepModel`]);
+//! - [`gpu`]: the GPU one ([`GpuStepModel`]): batched forwards over a device page pool;
 //! - [`kv_cache`]: the host paged latent pool and a sequence's view of it;
 //! - [`block_manager`]: page allocation and reference counts;
 //! - [`radix`]: the prefix cache;
@@ -17,6 +18,7 @@ pub mod block_manager;
 pub mod config;
 pub mod core;
 pub mod detok;
+pub mod gpu;
 pub mod handle;
 pub mod kv_cache;
 pub mod metrics;
@@ -28,6 +30,7 @@ pub mod scheduler;
 pub mod sequence;
 
 pub use config::{EngineConfig, KvCacheSize};
+pub use gpu::GpuStepModel;
 pub use core::{Engine, EngineInfo, StepStats, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
 pub use model::{CpuStepModel, ModelSpec, SeqStep, StepModel};

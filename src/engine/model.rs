@@ -2,9 +2,9 @@
 //! tokens and its block table into the paged latent cache that the backend owns.
 //!
 //! The CPU implementation ([`CpuStepModel`]) runs the sequences of a batch one after another
-//! through [`CpuModel::forward_tokens`] over a [`HostLatentPool`]. GPU backends implement the same
-//! trait with real batching, their cache in device memory, and CUDA graphs for decode batches up
-//! to `cuda_graph_max_bs` (which the CPU ignores).
+//! through [`CpuModel::forward_tokens`] over a [`HostLatentPool`]. The GPU implementation
+//! ([`crate::engine::gpu::GpuStepModel`]) runs a whole batch in one forward over a device page
+//! pool.
 
 use crate::engine::block_manager::PageId;
 use crate::engine::kv_cache::HostLatentPool;
@@ -24,6 +24,9 @@ pub struct ModelSpec {
     /// Longest sequence the model accepts (`max_position_embeddings`).
     pub max_positions: usize,
     pub eos_token_ids: Vec<u32>,
+    /// Memory the KV pool may take a fraction of (`--mem-fraction-static`), measured after the
+    /// weights are loaded: free device memory on a GPU; `None`: the host's `MemAvailable`.
+    pub memory_bytes: Option<usize>,
 }
 
 impl ModelSpec {
@@ -88,6 +91,7 @@ impl StepModel for CpuStepModel {
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings,
             eos_token_ids: c.eos_token_ids.clone(),
+            memory_bytes: None,
         }
     }
 

@@ -1,10 +1,19 @@
 //! DeepSeek-V3 forward pass on a GPU stream (CUDA or HIP), assembled from the generated kernels
 //! in their first, simple form (`backend::dispatch`). Activations are f32; weights stay in their
 //! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales),
-//! f16 and f32 weights are used as f32. The latent KV cache is paged ([pages, 64, kv_lora + rope]).
+//! f16 and f32 weights are used as f32. The latent KV cache is paged: per layer
+//! [pages, page_size, kv_lora + rope] f32 ([`PagePool`]).
+//!
+//! One forward ([`GpuModel::forward_batch`]) runs a batch of sequences: the new tokens of every
+//! sequence concatenated, each token tagged with its sequence and position, each sequence with
+//! its block table into a page pool that the caller owns (the serving engine's, or a
+//! [`GpuCache`]'s for the single-sequence [`CausalLm`] path, which is the batched path with one
+//! sequence). Logits are computed only for the rows asked for.
 //!
 //! MLA runs in the absorbed form for prefill and decode alike: W_uk is folded into the query per
-//! head, attention runs over the latent cache, W_uv is applied to the latent output.
+//! head, attention runs over the latent cache, W_uv is applied to the latent output. The
+//! attention and GEMM launches sit in small methods ([`GpuModel::linear`], `absorb_q`,
+//! `kv_write`, `mla_attend`, `unabsorb_o`) so that faster kernels can be plugged in one place.
 
 use std::path::Path;
 
@@ -84,10 +93,69 @@ pub struct GpuModel {
     max_positions: usize,
 }
 
-/// The paged latent cache of one sequence: per layer [pages, PAGE_SIZE, kv_lora + rope] f32.
-pub struct GpuCache {
+// SAFETY: every GpuStream implementation (CudaStream, HipStream) is Send + Sync (their raw
+// handles are used behind mutexes or by the thread-safe driver, and each call binds the device's
+// context first); the trait object just does not say so. The model moves to the engine thread.
+unsafe impl Send for GpuModel {}
+
+/// A paged latent pool: per layer [num_pages, page_size, kv_lora + rope] f32 on the device.
+/// Sequences address it through block tables of page ids.
+pub struct PagePool {
     layers: Vec<DeviceTensor>,
-    block_table: DeviceTensor,
+    page_size: usize,
+    num_pages: usize,
+}
+
+impl PagePool {
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+    pub fn num_pages(&self) -> usize {
+        self.num_pages
+    }
+    /// Device bytes the pool holds.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes()).sum()
+    }
+}
+
+/// Which logits rows of a sequence a batched forward returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitRows {
+    /// None (inner chunks of a chunked prefill).
+    None,
+    /// The last new token's (decode, last prefill chunk).
+    Last,
+    /// Every new token's (prompt logprobs, the single-sequence `forward`).
+    All,
+}
+
+impl LogitRows {
+    fn count(self, tokens: usize) -> usize {
+        match self {
+            LogitRows::None => 0,
+            LogitRows::Last => 1,
+            LogitRows::All => tokens,
+        }
+    }
+}
+
+/// One sequence of a batched forward.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchSeq<'a> {
+    /// New tokens, computed after the `start` cached positions.
+    pub tokens: &'a [u32],
+    /// Positions of this sequence already in the pool.
+    pub start: usize,
+    /// Pages of the pool holding positions `0..start + tokens.len()` (longer is fine).
+    pub block_table: &'a [u32],
+    pub logits: LogitRows,
+}
+
+/// The paged latent cache of one sequence: a pool of its own and the block table over it.
+pub struct GpuCache {
+    pool: PagePool,
+    table: Vec<u32>,
     len: usize,
 }
 
@@ -264,12 +332,12 @@ impl GpuModel {
         Ok(out)
     }
 
-    /// MLA for `x` [T, hidden] at positions `start..start+T`; writes the new latent rows to the cache.
-    fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, cache: &GpuCache, step: &StepTensors) -> Result<DeviceTensor> {
+    /// MLA for `x` [T, hidden] of the batch's tokens; writes their latent rows to the pool.
+    fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
         let (t, heads) = (x.shape()[0], c.num_attention_heads);
-        let (nope, rope, v, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
+        let (nope, rope, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let qk = nope + rope;
         let latent = lora + rope;
         let q = match &layer.q {
@@ -291,70 +359,136 @@ impl GpuModel {
         let pe = |heads, token_stride, head_stride, offset| RopeLayout { heads, token_stride, head_stride, offset, rope_dim: rope };
         dispatch::rope(s, &kv, &self.cos, &self.sin, &step.pos, pe(1, latent, latent, lora))?;
         dispatch::rope(s, &q, &self.cos, &self.sin, &step.pos, pe(heads, heads * qk, qk, nope))?;
-        let paged = PagedCache { cache: &cache.layers[li], block_table: &cache.block_table, seq_lens: &step.seq_lens };
-        dispatch::paged_kv_write(s, &paged, &kv, &step.seq, &step.pos)?;
-        // Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head, then q_pe.
-        let q_abs = self.empty(&[t, heads, latent])?;
-        let q_nope = self.empty(&[t, nope])?;
-        for h in 0..heads {
-            dispatch::copy_2d(s, Strided::rows(&q_nope), Strided::at(&q, h * qk, heads * qk), t, nope)?;
-            let q_lat = self.empty(&[t, lora])?;
-            dispatch::linear(s, &q_lat, &q_nope, &layer.w_uk_t[h], None)?;
-            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent, heads * latent), Strided::rows(&q_lat), t, lora)?;
-            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent + lora, heads * latent), Strided::at(&q, h * qk + nope, heads * qk), t, rope)?;
-        }
-        let o_lat = self.empty(&[t, heads, lora])?;
-        dispatch::mla_paged_attention(s, &o_lat, &q_abs, &paged, &step.seq, &step.pos, lora, c.softmax_scale())?;
-        // o = o_lat · W_uvᵀ per head, gathered into [T, H·v] for o_proj.
-        let o_cat = self.empty(&[t, heads * v])?;
-        let o_lat_h = self.empty(&[t, lora])?;
-        for h in 0..heads {
-            dispatch::copy_2d(s, Strided::rows(&o_lat_h), Strided::at(&o_lat, h * lora, heads * lora), t, lora)?;
-            let o_h = self.empty(&[t, v])?;
-            dispatch::linear(s, &o_h, &o_lat_h, &layer.w_uv[h], None)?;
-            dispatch::copy_2d(s, Strided::at(&o_cat, h * v, heads * v), Strided::rows(&o_h), t, v)?;
-        }
+        let paged = PagedCache { cache: &pool.layers[li], block_table: &step.block_table, seq_lens: &step.seq_lens };
+        self.kv_write(&paged, &kv, step)?;
+        let q_abs = self.absorb_q(layer, &q, t)?;
+        let o_lat = self.mla_attend(&q_abs, &paged, step)?;
+        let o_cat = self.unabsorb_o(layer, &o_lat, t)?;
         self.linear(&o_cat, &layer.o)
     }
 
-    pub fn new_gpu_cache(&self) -> Result<GpuCache> {
+    /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages.
+    fn kv_write(&self, paged: &PagedCache, kv: &DeviceTensor, step: &StepTensors) -> Result<()> {
+        dispatch::paged_kv_write(self.s(), paged, kv, &step.seq, &step.pos)
+    }
+
+    /// Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head, then q_pe (already rotated).
+    fn absorb_q(&self, layer: &Layer, q: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let s = self.s();
-        let pages = self.max_positions / PAGE_SIZE;
-        let width = self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim;
+        let c = &self.cfg;
+        let (heads, nope, rope, lora) = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        let (qk, latent) = (nope + rope, lora + rope);
+        let q_abs = self.empty(&[t, heads, latent])?;
+        let q_nope = self.empty(&[t, nope])?;
+        let q_lat = self.empty(&[t, lora])?;
+        for h in 0..heads {
+            dispatch::copy_2d(s, Strided::rows(&q_nope), Strided::at(q, h * qk, heads * qk), t, nope)?;
+            dispatch::linear(s, &q_lat, &q_nope, &layer.w_uk_t[h], None)?;
+            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent, heads * latent), Strided::rows(&q_lat), t, lora)?;
+            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent + lora, heads * latent), Strided::at(q, h * qk + nope, heads * qk), t, rope)?;
+        }
+        Ok(q_abs)
+    }
+
+    /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal.
+    fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
+        let c = &self.cfg;
+        let (t, heads) = (q_abs.shape()[0], c.num_attention_heads);
+        let o_lat = self.empty(&[t, heads, c.kv_lora_rank])?;
+        dispatch::mla_paged_attention(self.s(), &o_lat, q_abs, paged, &step.seq, &step.pos, c.kv_lora_rank, c.softmax_scale())?;
+        Ok(o_lat)
+    }
+
+    /// o = o_lat · W_uvᵀ per head, gathered into [T, H·v] for o_proj.
+    fn unabsorb_o(&self, layer: &Layer, o_lat: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
+        let s = self.s();
+        let c = &self.cfg;
+        let (heads, v, lora) = (c.num_attention_heads, c.v_head_dim, c.kv_lora_rank);
+        let o_cat = self.empty(&[t, heads * v])?;
+        let o_lat_h = self.empty(&[t, lora])?;
+        let o_h = self.empty(&[t, v])?;
+        for h in 0..heads {
+            dispatch::copy_2d(s, Strided::rows(&o_lat_h), Strided::at(o_lat, h * lora, heads * lora), t, lora)?;
+            dispatch::linear(s, &o_h, &o_lat_h, &layer.w_uv[h], None)?;
+            dispatch::copy_2d(s, Strided::at(&o_cat, h * v, heads * v), Strided::rows(&o_h), t, v)?;
+        }
+        Ok(o_cat)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.s().device()
+    }
+
+    /// The stream the model runs on.
+    pub fn stream(&self) -> &dyn GpuStream {
+        self.s()
+    }
+
+    /// Longest sequence the model runs (its RoPE tables' length, a whole number of pages of 64).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// (free, total) device memory in bytes, as the driver reports it.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.s().mem_info()
+    }
+
+    /// Values per cached position per layer (`kv_lora_rank + qk_rope_head_dim`).
+    pub fn latent_width(&self) -> usize {
+        self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim
+    }
+
+    /// A page pool of `num_pages` pages of `page_size` positions per layer, poisoned (NaN) so that
+    /// a read of a row never written shows.
+    pub fn new_page_pool(&self, num_pages: usize, page_size: usize) -> Result<PagePool> {
+        if num_pages == 0 || page_size == 0 {
+            return Err(Error::InvalidArgument(format!("page pool of {num_pages} pages of {page_size} positions")));
+        }
+        let s = self.s();
+        let width = self.latent_width();
         let layers = (0..self.cfg.num_hidden_layers)
-            .map(|_| DeviceTensor::poisoned(s, DevDType::F32, &[pages, PAGE_SIZE, width]))
+            .map(|_| DeviceTensor::poisoned(s, DevDType::F32, &[num_pages, page_size, width]))
             .collect::<Result<Vec<_>>>()?;
+        Ok(PagePool { layers, page_size, num_pages })
+    }
+
+    pub fn new_gpu_cache(&self) -> Result<GpuCache> {
+        let pages = self.max_positions / PAGE_SIZE;
+        let pool = self.new_page_pool(pages, PAGE_SIZE)?;
         // One sequence owning every page, in a shuffled order so that paging is exercised.
-        let table: Vec<i32> = (0..pages as i32).rev().collect();
-        let block_table = DeviceTensor::from_slice(s, &[1, pages], &table)?;
-        Ok(GpuCache { layers, block_table, len: 0 })
+        let table: Vec<u32> = (0..pages as u32).rev().collect();
+        Ok(GpuCache { pool, table, len: 0 })
     }
 
     pub fn forward_gpu(&self, tokens: &[u32], cache: &mut GpuCache) -> Result<Tensor> {
+        let seq = BatchSeq { tokens, start: cache.len, block_table: &cache.table, logits: LogitRows::All };
+        let mut out = self.forward_batch(&mut cache.pool, &[seq])?;
+        cache.len += tokens.len();
+        let logits = out.pop().unwrap_or_default();
+        Tensor::new(vec![tokens.len(), self.cfg.vocab_size], logits)
+    }
+
+    /// One forward over a batch of sequences sharing `pool`: appends every sequence's new latent
+    /// rows to its pages and returns, per sequence, the logits rows it asked for (row-major
+    /// [rows, vocab]; empty for [`LogitRows::None`]). One host synchronization: the logits copy.
+    pub fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
         let s = self.s();
         let c = &self.cfg;
-        let t = tokens.len();
-        if t == 0 {
-            return Err(Error::InvalidArgument("forward needs at least one token".into()));
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
-        }
-        if cache.len + t > self.max_positions {
-            return Err(Error::InvalidArgument(format!(
-                "sequence of {} tokens exceeds the GPU cache capacity of {} positions",
-                cache.len + t,
-                self.max_positions
-            )));
-        }
-        let step = StepTensors::new(s, cache.len, t)?;
-        let ids = DeviceTensor::from_slice(s, &[t], tokens)?;
+        let step = StepTensors::new(self, pool, seqs)?;
+        let t = step.tokens;
         let x = self.empty(&[t, c.hidden_size])?;
-        dispatch::embedding(s, &x, &self.embed, &ids)?;
+        dispatch::embedding(s, &x, &self.embed, &step.ids)?;
         let normed = self.empty(&[t, c.hidden_size])?;
         dispatch::rms_norm(s, &normed, &x, &self.layers[0].input_norm, c.rms_norm_eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn = self.attention(layer, i, &normed, cache, &step)?;
+            let attn = self.attention(layer, i, &normed, pool, &step)?;
             dispatch::add_rms_norm(s, &normed, &x, &attn, &layer.post_attn_norm, c.rms_norm_eps)?;
             let ffn = match &layer.ffn {
                 Ffn::Dense(m) => self.mlp(&normed, m)?,
@@ -363,28 +497,138 @@ impl GpuModel {
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             dispatch::add_rms_norm(s, &normed, &x, &ffn, next_norm, c.rms_norm_eps)?;
         }
-        let logits = self.linear(&normed, &self.lm_head)?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
+        let rows: usize = counts.iter().sum();
+        if rows == 0 {
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        let logits = match &step.logit_rows {
+            // Every row: no gather.
+            None => self.linear(&normed, &self.lm_head)?,
+            Some(idx) => {
+                // The embedding gather doubles as a row gather: out[r] = normed[idx[r]].
+                let picked = self.empty(&[rows, c.hidden_size])?;
+                dispatch::embedding(s, &picked, &normed, idx)?;
+                self.linear(&picked, &self.lm_head)?
+            }
+        };
         let host = logits.to_f32(s)?;
-        cache.len += t;
-        Tensor::new(vec![t, c.vocab_size], host)
+        let v = c.vocab_size;
+        let mut out = Vec::with_capacity(seqs.len());
+        let mut at = 0;
+        for n in counts {
+            out.push(host[at * v..(at + n) * v].to_vec());
+            at += n;
+        }
+        Ok(out)
     }
 }
 
-/// Per-step index tensors: every token belongs to sequence 0 at consecutive positions.
+/// Per-step index tensors of a batch, uploaded in one host-to-device copy.
 struct StepTensors {
+    tokens: usize,
+    /// [T] u32 token ids.
+    ids: DeviceTensor,
+    /// [T] i32: the sequence of each token.
     seq: DeviceTensor,
+    /// [T] i32: the position of each token.
     pos: DeviceTensor,
+    /// [B] i32: positions of each sequence after the step.
     seq_lens: DeviceTensor,
+    /// [B, max_pages] i32.
+    block_table: DeviceTensor,
+    /// [R] u32 token rows whose logits are wanted; `None` when all are.
+    logit_rows: Option<DeviceTensor>,
 }
 
 impl StepTensors {
-    fn new(s: &dyn GpuStream, start: usize, t: usize) -> Result<Self> {
-        let pos: Vec<i32> = (start..start + t).map(|p| p as i32).collect();
-        Ok(StepTensors {
-            seq: DeviceTensor::from_slice(s, &[t], &vec![0i32; t])?,
-            pos: DeviceTensor::from_slice(s, &[t], &pos)?,
-            seq_lens: DeviceTensor::from_slice(s, &[1], &[(start + t) as i32])?,
-        })
+    fn new(m: &GpuModel, pool: &PagePool, seqs: &[BatchSeq<'_>]) -> Result<Self> {
+        let s = m.s();
+        let c = &m.cfg;
+        if seqs.is_empty() {
+            return Err(Error::InvalidArgument("forward needs at least one sequence".into()));
+        }
+        let ps = pool.page_size;
+        let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+        let b = seqs.len();
+        let mut max_pages = 1;
+        for (i, q) in seqs.iter().enumerate() {
+            let end = q.start + q.tokens.len();
+            if q.tokens.is_empty() {
+                return Err(Error::InvalidArgument(format!("sequence {i} of the batch has no token to compute")));
+            }
+            if let Some(&bad) = q.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+                return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
+            }
+            if end > m.max_positions {
+                return Err(Error::InvalidArgument(format!(
+                    "sequence of {end} tokens exceeds the GPU model's {} positions",
+                    m.max_positions
+                )));
+            }
+            let need = end.div_ceil(ps);
+            if q.block_table.len() < need {
+                return Err(Error::InvalidArgument(format!(
+                    "block table of {} pages cannot hold {end} positions (pages of {ps})",
+                    q.block_table.len()
+                )));
+            }
+            if let Some(&p) = q.block_table[..need].iter().find(|&&p| p as usize >= pool.num_pages) {
+                return Err(Error::InvalidArgument(format!("page {p} is outside the pool of {} pages", pool.num_pages)));
+            }
+            max_pages = max_pages.max(need);
+        }
+        let all_rows = seqs.iter().all(|q| q.logits == LogitRows::All);
+        let rows: usize = seqs.iter().map(|q| q.logits.count(q.tokens.len())).sum();
+        let gather = !all_rows && rows > 0;
+        // Packed: ids [T] | seq [T] | pos [T] | seq_lens [B] | block_table [B·max_pages] | rows [R].
+        let mut packed: Vec<u32> = Vec::with_capacity(3 * t + b * (1 + max_pages) + rows);
+        for q in seqs {
+            packed.extend_from_slice(q.tokens);
+        }
+        for (i, q) in seqs.iter().enumerate() {
+            packed.extend(std::iter::repeat_n(i as u32, q.tokens.len()));
+        }
+        for q in seqs {
+            packed.extend((q.start..q.start + q.tokens.len()).map(|p| p as u32));
+        }
+        packed.extend(seqs.iter().map(|q| (q.start + q.tokens.len()) as u32));
+        for q in seqs {
+            let need = (q.start + q.tokens.len()).div_ceil(ps);
+            packed.extend_from_slice(&q.block_table[..need]);
+            packed.extend(std::iter::repeat_n(0u32, max_pages - need));
+        }
+        if gather {
+            let mut at = 0u32;
+            for q in seqs {
+                let n = q.tokens.len() as u32;
+                match q.logits {
+                    LogitRows::None => {}
+                    LogitRows::Last => packed.push(at + n - 1),
+                    LogitRows::All => packed.extend(at..at + n),
+                }
+                at += n;
+            }
+        }
+        let all = DeviceTensor::from_slice(s, &[packed.len()], &packed)?;
+        let mut off = 0;
+        let mut part = |dtype: DevDType, shape: &[usize]| -> Result<DeviceTensor> {
+            let out = DeviceTensor::empty(s, dtype, shape)?;
+            let n = out.numel();
+            if n > 0 {
+                // SAFETY: both ranges lie inside live allocations (`all` holds `packed`).
+                unsafe { s.copy_dtod(out.raw(), all.raw() + (off * 4) as u64, n * 4)? };
+            }
+            off += n;
+            Ok(out)
+        };
+        let ids = part(DevDType::U32, &[t])?;
+        let seq = part(DevDType::I32, &[t])?;
+        let pos = part(DevDType::I32, &[t])?;
+        let seq_lens = part(DevDType::I32, &[b])?;
+        let block_table = part(DevDType::I32, &[b, max_pages])?;
+        let logit_rows = if gather { Some(part(DevDType::U32, &[rows])?) } else { None };
+        Ok(StepTensors { tokens: t, ids, seq, pos, seq_lens, block_table, logit_rows })
     }
 }
 

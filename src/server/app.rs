@@ -1,11 +1,12 @@
-//! Assembling a server from a checkpoint directory: the CPU model, the engine thread, the
-//! tokenizer and the chat template.
+//! Assembling a server from a checkpoint directory: the model (on the CPU or a GPU), the engine
+//! thread, the tokenizer and the chat template.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::backend::Device;
 use crate::engine::detok::Detokenize;
-use crate::engine::{CpuStepModel, EngineConfig, EngineHandle};
+use crate::engine::{CpuStepModel, EngineConfig, EngineHandle, GpuStepModel, StepModel};
 use crate::error::{Error, Result};
 use crate::model::cpu::{CpuModel, CpuOptions};
 use crate::model::generate::CausalLm;
@@ -21,8 +22,31 @@ pub fn build_cpu_state(
     server_cfg: ServerConfig,
     chat_template: Option<&Path>,
 ) -> Result<AppState> {
-    let model = CpuModel::load(dir, CpuOptions::default())?;
-    let tokenizer = TextTokenizer::load(dir, model.config().bos_token_id)?.map(Arc::new);
+    build_state(dir, Device::Cpu, engine_cfg, server_cfg, chat_template)
+}
+
+/// Loads `dir` on `device` (the CPU reference, or [`GpuStepModel`] on `cuda:N` / `hip:N`) and
+/// starts the engine.
+pub fn build_state(
+    dir: &Path,
+    device: Device,
+    engine_cfg: &EngineConfig,
+    server_cfg: ServerConfig,
+    chat_template: Option<&Path>,
+) -> Result<AppState> {
+    let (model, bos): (Box<dyn StepModel>, Option<u32>) = match device {
+        Device::Cpu => {
+            let model = CpuModel::load(dir, CpuOptions::default())?;
+            let bos = model.config().bos_token_id;
+            (Box::new(CpuStepModel::new(model)), bos)
+        }
+        gpu => {
+            let model = GpuStepModel::load(dir, gpu)?;
+            let bos = model.model().config().bos_token_id;
+            (Box::new(model), bos)
+        }
+    };
+    let tokenizer = TextTokenizer::load(dir, bos)?.map(Arc::new);
     let template = match (&tokenizer, chat_template) {
         (None, _) => None,
         (Some(_), Some(path)) => {
@@ -42,6 +66,6 @@ pub fn build_cpu_state(
         }
     }
     let detok: Option<Arc<dyn Detokenize>> = tokenizer.clone().map(|t| t as Arc<dyn Detokenize>);
-    let engine = EngineHandle::start(Box::new(CpuStepModel::new(model)), engine_cfg, detok)?;
+    let engine = EngineHandle::start(model, engine_cfg, detok)?;
     Ok(ServerState::new(Arc::new(engine), tokenizer, template, server_cfg))
 }

@@ -1,5 +1,6 @@
 //! SGLang launch flags that this build accepts but cannot honour yet: each gives a one-line
-//! error that says what is missing, instead of being silently ignored.
+//! error that says what is missing, instead of being silently ignored. `--device cuda[:N]` /
+//! `hip[:N]` pass where the build has that backend.
 
 /// The flags of `launch_server` that select hardware, parallelism and number formats.
 #[derive(Clone, Debug, PartialEq)]
@@ -36,15 +37,21 @@ pub const SUPPORTED_QUANTIZATION: &[&str] = &["fp8"];
 
 /// `Ok` when this build can serve with these flags; otherwise the reason, one line.
 pub fn check(f: &LaunchFlags) -> Result<(), String> {
-    match f.device.as_str() {
-        "cpu" => {}
-        d if d == "cuda" || d.starts_with("cuda:") || d == "hip" || d.starts_with("hip:") || d == "rocm" => {
-            return Err(format!(
-                "--device {d}: the serving engine runs on the CPU backend only in this build; \
-                 GPU step models (batched MLA, CUDA graphs) come with the GPU backend. Use --device cpu"
-            ))
+    let device = f.device.as_str();
+    let gpu_device = |prefix: &str| device == prefix || device.starts_with(&format!("{prefix}:"));
+    if device == "cpu" {
+    } else if gpu_device("cuda") {
+        if !cfg!(feature = "cuda") {
+            return Err(format!("--device {device}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)"));
         }
-        d => return Err(format!("--device {d}: unknown device (expected cpu, cuda[:N] or hip[:N])")),
+        device.parse::<crate::backend::Device>().map_err(|e| format!("--device {device}: {e}"))?;
+    } else if gpu_device("hip") || gpu_device("rocm") {
+        if !cfg!(feature = "hip") {
+            return Err(format!("--device {device}: this build of dsv3 has no HIP backend (rebuild with --features hip)"));
+        }
+        device.replace("rocm", "hip").parse::<crate::backend::Device>().map_err(|e| format!("--device {device}: {e}"))?;
+    } else {
+        return Err(format!("--device {device}: unknown device (expected cpu, cuda[:N] or hip[:N])"));
     }
     if f.tp == 0 || f.dp == 0 || f.nnodes == 0 {
         return Err("--tp, --dp and --nnodes must be at least 1".into());
@@ -76,8 +83,8 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
         "auto" | "f32" | "float32" => {}
         other => {
             return Err(format!(
-                "--kv-cache-dtype {other}: the CPU backend's latent cache stores f32 (use auto); \
-                 bf16/fp8 caches come with the GPU backends"
+                "--kv-cache-dtype {other}: the latent cache stores f32 on every backend in this build (use auto); \
+                 bf16/fp8 caches are not available yet"
             ))
         }
     }
@@ -93,7 +100,13 @@ mod tests {
         assert_eq!(check(&LaunchFlags::default()), Ok(()));
         let err = |f: LaunchFlags| check(&f).err().unwrap_or_default();
         assert!(err(LaunchFlags { tp: 8, ..Default::default() }).contains("multi-GPU build"));
-        assert!(err(LaunchFlags { device: "cuda:0".into(), ..Default::default() }).contains("--device cuda:0"));
+        let cuda = check(&LaunchFlags { device: "cuda:0".into(), ..Default::default() });
+        if cfg!(feature = "cuda") {
+            assert_eq!(cuda, Ok(()));
+        } else {
+            assert!(cuda.unwrap_err().contains("--features cuda"));
+        }
+        assert!(err(LaunchFlags { device: "tpu".into(), ..Default::default() }).contains("unknown device"));
         assert!(err(LaunchFlags { quantization: Some("moe_wna16".into()), ..Default::default() }).contains("moe_wna16"));
         assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("f32"));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node"));

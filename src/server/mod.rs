@@ -18,6 +18,6 @@ pub mod reasoning;
 pub mod routes;
 pub mod state;
 
-pub use app::build_cpu_state;
+pub use app::{build_cpu_state, build_state};
 pub use routes::{router, serve};
 pub use state::{AppState, ServerConfig, ServerState};

@@ -266,6 +266,10 @@ impl GpuStream for CudaStream {
         self.bind()?;
         unsafe { result::stream::synchronize(self.stream) }.map_err(|e| derr("cuStreamSynchronize (an earlier launch may have failed)", e))
     }
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        result::mem_get_info().map_err(|e| derr("cuMemGetInfo", e))
+    }
     fn has_blas(&self) -> bool {
         unsafe { cudarc::cublas::sys::is_culib_present() }
     }

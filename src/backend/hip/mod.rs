@@ -228,4 +228,10 @@ impl GpuStream for HipStream {
         self.set()?;
         unsafe { check("hipStreamSynchronize (an earlier launch may have failed)", h::hipStreamSynchronize(self.stream)) }
     }
+    fn mem_info(&self) -> Result<(usize, usize)> {
+        self.set()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        unsafe { check("hipMemGetInfo", h::hipMemGetInfo(&mut free, &mut total))? };
+        Ok((free, total))
+    }
 }

@@ -1,0 +1,295 @@
+//! The serving engine on the GPU ([`GpuStepModel`], batched forwards over a device page pool) on
+//! every fixture: batched logits equal per-sequence logits, concurrent requests give the greedy
+//! tokens of the references (transformers' and the CPU model's, over the steps whose margin is
+//! clear), and a page pool too small for the load preempts and still completes every request.
+//!
+//! GPU tests: ignored in the CPU suite, run on the GPU machine with `--include-ignored`; without
+//! a CUDA device they fail loudly.
+
+mod common;
+
+use std::path::Path;
+
+use common::{check_greedy, fixtures, reference};
+use dsv3::backend::Device;
+use dsv3::engine::{
+    Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuStepModel, KvCacheSize,
+    SamplingParams, StepModel,
+};
+use dsv3::model::cpu::{CpuModel, CpuOptions};
+use dsv3::model::generate::{greedy_generate, CausalLm};
+use dsv3::model::gpu::{BatchSeq, GpuModel, LogitRows};
+use dsv3::tensor::rel_error;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+fn gpu_model(dir: &Path) -> GpuModel {
+    GpuModel::load(dir, Device::Cuda(0)).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// Deterministic pseudo-random prompts (ids 2..vocab, BOS first).
+fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut p = vec![0u32];
+    for _ in 1..len {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        p.push(2 + ((x >> 33) % (vocab as u64 - 2)) as u32);
+    }
+    p
+}
+
+/// Greedy tokens of the CPU reference with each step's margin (top-1 minus top-2 logit).
+fn cpu_greedy(cpu: &CpuModel, p: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
+    let mut cache = cpu.new_cache().unwrap();
+    let mut logits = cpu.forward(p, &mut cache).unwrap();
+    let mut row = logits.row(p.len() - 1).to_vec();
+    let (mut ids, mut margins) = (Vec::new(), Vec::new());
+    loop {
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        ids.push(idx[0] as u32);
+        margins.push(row[idx[0]] - row[idx[1]]);
+        if ids.len() == n {
+            return (ids, margins);
+        }
+        logits = cpu.forward(&[idx[0] as u32], &mut cache).unwrap();
+        row = logits.row(0).to_vec();
+    }
+}
+
+/// Asserts `ours` equals the CPU greedy tokens up to the first near-tie; returns how many agreed.
+fn check_against_cpu(what: &str, ours: &[u32], cpu: &(Vec<u32>, Vec<f32>)) -> usize {
+    let mut n = 0;
+    for (i, (&a, &b)) in ours.iter().zip(&cpu.0).enumerate() {
+        if cpu.1[i] <= 1e-3 {
+            break;
+        }
+        assert_eq!(a, b, "{what}: greedy token {i} differs from the CPU reference ({ours:?} vs {:?})", cpu.0);
+        n += 1;
+    }
+    n
+}
+
+/// Reads a finished request's events: (token ids, finish reason, completion tokens).
+fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<u32>, FinishReason, usize) {
+    let mut ids = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(EngineEvent::Token(t)) => ids.push(t.token_id),
+            Ok(EngineEvent::Finished { reason, usage, .. }) => return (ids, reason, usage.completion_tokens),
+            Ok(EngineEvent::Failed(m)) => panic!("request failed: {m}"),
+            Err(e) => panic!("request did not finish: {e:?}"),
+        }
+    }
+}
+
+fn greedy(n: usize) -> SamplingParams {
+    SamplingParams { ignore_eos: true, ..SamplingParams::greedy(n) }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn batched_logits_equal_per_sequence_logits() {
+    for dir in fixtures() {
+        let gpu = gpu_model(&dir);
+        let vocab = gpu.config().vocab_size;
+        let r = reference(&dir);
+        // Four sequences: the reference prompt and three random ones, each with one more token.
+        let seqs: Vec<Vec<u32>> = vec![
+            [r.prompt.clone(), vec![r.output[0]]].concat(),
+            prompt(1, 37, vocab),
+            prompt(2, 5, vocab),
+            prompt(3, 21, vocab),
+        ];
+        // Per sequence, alone, every row: the single-sequence path.
+        let alone: Vec<Vec<f32>> = seqs
+            .iter()
+            .map(|s| gpu.forward(s, &mut gpu.new_cache().unwrap()).unwrap().into_data())
+            .collect();
+        // One pool of 16-position pages shared by all, pages interleaved across sequences.
+        let ps = 16;
+        let mut pool = gpu.new_page_pool(64, ps).unwrap();
+        let tables: Vec<Vec<u32>> = (0..seqs.len() as u32).map(|i| (0..8).map(|k| 63 - (k * 4 + i)).collect()).collect();
+        // Step 1: sequence 0's prompt (all rows), the first half of 1 (no rows), all of 2 but its
+        // last token (last row), 3 whole (all rows).
+        let cut = [seqs[0].len() - 1, seqs[1].len() / 2, seqs[2].len() - 1, seqs[3].len()];
+        let wants1 = [LogitRows::All, LogitRows::None, LogitRows::Last, LogitRows::All];
+        let step1: Vec<BatchSeq> = (0..4)
+            .map(|i| BatchSeq { tokens: &seqs[i][..cut[i]], start: 0, block_table: &tables[i], logits: wants1[i] })
+            .collect();
+        let out1 = gpu.forward_batch(&mut pool, &step1).unwrap();
+        // Step 2: decode of 0 and 2, the rest of 1 (all rows); 3 sits out.
+        let step2: Vec<BatchSeq> = (0..3)
+            .map(|i| BatchSeq { tokens: &seqs[i][cut[i]..], start: cut[i], block_table: &tables[i], logits: LogitRows::All })
+            .collect();
+        let out2 = gpu.forward_batch(&mut pool, &step2).unwrap();
+        let rows = |i: usize, from: usize, to: usize| &alone[i][from * vocab..to * vocab];
+        let checks: Vec<(&str, &[f32], &[f32])> = vec![
+            ("seq 0 prefill", &out1[0], rows(0, 0, cut[0])),
+            ("seq 1 inner chunk", &out1[1], &[]),
+            ("seq 2 prefill last row", &out1[2], rows(2, cut[2] - 1, cut[2])),
+            ("seq 3 prefill", &out1[3], rows(3, 0, cut[3])),
+            ("seq 0 decode", &out2[0], rows(0, cut[0], seqs[0].len())),
+            ("seq 1 second chunk", &out2[1], rows(1, cut[1], seqs[1].len())),
+            ("seq 2 decode", &out2[2], rows(2, cut[2], seqs[2].len())),
+        ];
+        for (what, got, want) in checks {
+            assert_eq!(got.len(), want.len(), "{}: {what}: {} values, expected {}", dir.display(), got.len(), want.len());
+            if want.is_empty() {
+                continue;
+            }
+            assert!(got.iter().all(|x| x.is_finite()), "{}: {what}: non-finite logits", dir.display());
+            let err = rel_error(got, want);
+            println!("{}: {what}: batched vs alone rel error {err:.2e}", dir.display());
+            assert!(err <= 1e-5, "{}: {what}: batched logits differ from per-sequence logits by {err:.3e}", dir.display());
+        }
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn gpu_engine_concurrent_requests_match_the_references() {
+    for dir in fixtures() {
+        let r = reference(&dir);
+        let cpu = CpuModel::load(&dir, CpuOptions::default()).unwrap();
+        let gpu = gpu_model(&dir);
+        let vocab = gpu.config().vocab_size;
+        let n_ref = r.output.len();
+        let max_new = 24;
+        let prompts: Vec<Vec<u32>> = (0..8).map(|i| prompt(10 + i, 3 + (i as usize * 11) % 50, vocab)).collect();
+        // The GPU's own single-sequence greedy path (same kernels, one sequence per forward).
+        let alone: Vec<Vec<u32>> =
+            prompts.iter().map(|p| greedy_generate(&gpu, p, max_new, false).unwrap().output_token_ids).collect();
+        let cpu_ref: Vec<(Vec<u32>, Vec<f32>)> = prompts.iter().map(|p| cpu_greedy(&cpu, p, max_new)).collect();
+        drop(gpu);
+        // Small pages and prefill chunks: steps mix decodes with chunks of several prompts.
+        let cfg = EngineConfig {
+            page_size: 16,
+            chunked_prefill_size: Some(40),
+            kv_cache: KvCacheSize::Tokens(4096),
+            ..Default::default()
+        };
+        let model = GpuStepModel::load(&dir, Device::Cuda(0)).unwrap();
+        let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
+        assert!(engine.info().device.starts_with("cuda"), "{}", engine.info().device);
+        let mut rxs = Vec::new();
+        // The reference prompt twice (the second hits the prefix cache where a page is whole).
+        for id in 0..2u64 {
+            let (tx, rx) = unbounded_channel();
+            engine.add_request(id, GenerateRequest { prompt: r.prompt.clone(), params: greedy(n_ref) }, tx).unwrap();
+            rxs.push(rx);
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            let (tx, rx) = unbounded_channel();
+            engine.add_request(100 + i as u64, GenerateRequest { prompt: p.clone(), params: greedy(max_new) }, tx).unwrap();
+            rxs.push(rx);
+        }
+        let mut steps = 0;
+        let mut widest = 0;
+        while engine.has_work() {
+            let st = engine.step();
+            widest = widest.max(st.sequences);
+            steps += 1;
+            assert!(steps < 10_000, "the engine does not make progress");
+        }
+        assert!(widest >= 4, "{}: requests were not batched (widest step {widest})", dir.display());
+        for rx in &mut rxs[..2] {
+            let (ids, reason, n) = collect(rx);
+            assert_eq!((reason, n), (FinishReason::Length, n_ref));
+            let agreed = check_greedy(&dir, &ids, &r);
+            println!("{}: reference prompt: {agreed}/{n_ref} tokens agree with transformers", dir.display());
+        }
+        for (i, rx) in rxs[2..].iter_mut().enumerate() {
+            let (ids, reason, n) = collect(rx);
+            assert_eq!((reason, n), (FinishReason::Length, max_new));
+            let what = format!("{}: prompt {i} ({} tokens)", dir.display(), prompts[i].len());
+            let agreed = check_against_cpu(&what, &ids, &cpu_ref[i]);
+            // The batched engine and the single-sequence GPU path run the same kernels row by
+            // row: the same tokens up to the CPU's first near-tie at least.
+            let same = ids.iter().zip(&alone[i]).take_while(|(a, b)| a == b).count();
+            assert!(same >= agreed, "{what}: engine {ids:?} vs single-sequence GPU {:?}", alone[i]);
+            println!("{what}: {agreed}/{max_new} agree with the CPU, {same}/{max_new} with the GPU alone");
+        }
+        assert_eq!(engine.pages_in_use(), 0);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tiny_gpu_page_pool_preempts_and_completes_every_request() {
+    for dir in fixtures() {
+        let cpu = CpuModel::load(&dir, CpuOptions::default()).unwrap();
+        let vocab = cpu.config().vocab_size;
+        // 12 pages of 8 positions; six requests of up to 59 positions each: they cannot all fit.
+        let cfg = EngineConfig {
+            page_size: 8,
+            chunked_prefill_size: Some(24),
+            kv_cache: KvCacheSize::Tokens(96),
+            ..Default::default()
+        };
+        let mut engine = Engine::new(Box::new(GpuStepModel::load(&dir, Device::Cuda(0)).unwrap()), &cfg, None).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(100 + i, 10 + 5 * i as usize, vocab)).collect();
+        let max_new = 24;
+        let mut rxs = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let (tx, rx) = unbounded_channel();
+            engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params: greedy(max_new) }, tx).unwrap();
+            rxs.push(rx);
+        }
+        let mut steps = 0;
+        while engine.has_work() {
+            engine.step();
+            steps += 1;
+            assert!(steps < 10_000, "the engine does not make progress");
+            assert!(engine.pages_in_use() <= 12);
+        }
+        assert!(engine.preemptions() > 0, "{}: a 12-page pool should have forced preemption", dir.display());
+        for (i, (p, rx)) in prompts.iter().zip(&mut rxs).enumerate() {
+            let (ids, reason, n) = collect(rx);
+            assert_eq!((reason, n, ids.len()), (FinishReason::Length, max_new, max_new), "{}: request {i}", dir.display());
+            let what = format!("{}: preempted run, prompt {i}", dir.display());
+            let agreed = check_against_cpu(&what, &ids, &cpu_greedy(&cpu, p, max_new));
+            println!("{what}: {agreed}/{max_new} agree with the CPU");
+        }
+        println!("{}: {} preemptions in {steps} steps", dir.display(), engine.preemptions());
+        assert_eq!(engine.pages_in_use(), 0);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn engine_thread_serves_from_the_gpu_and_sizes_the_pool_from_device_memory() {
+    let dir = fixtures().into_iter().find(|d| d.ends_with("tiny-real-mla")).unwrap_or_else(|| fixtures()[0].clone());
+    let model = GpuStepModel::load(&dir, Device::Cuda(0)).unwrap();
+    let free = model.spec().memory_bytes.expect("cuMemGetInfo after the weights");
+    assert!(free > 1 << 30, "free device memory {free}");
+    let cfg = EngineConfig {
+        kv_cache: KvCacheSize::MemFraction(0.05),
+        max_running_requests: 16,
+        ..Default::default()
+    };
+    let handle = EngineHandle::start(Box::new(model), &cfg, None).unwrap();
+    let info = handle.info().clone();
+    println!("{}: {info:?}", dir.display());
+    assert!(info.kv_bytes as f64 <= 0.05 * free as f64 + 1.0);
+    let vocab = info.vocab_size;
+    let mut streams: Vec<_> = (0..16)
+        .map(|i| handle.submit(GenerateRequest { prompt: prompt(200 + i, 4 + i as usize * 3, vocab), params: greedy(16) }).unwrap())
+        .collect();
+    for s in &mut streams {
+        let mut n = 0;
+        loop {
+            match s.blocking_recv().expect("event") {
+                EngineEvent::Token(_) => n += 1,
+                EngineEvent::Finished { usage, .. } => {
+                    assert_eq!(usage.completion_tokens, 16);
+                    break;
+                }
+                EngineEvent::Failed(m) => panic!("{m}"),
+            }
+        }
+        assert_eq!(n, 16);
+    }
+    let steps = handle.metrics().steps.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(steps < 16 * 16, "requests were not batched ({steps} steps)");
+    handle.shutdown(true);
+}
