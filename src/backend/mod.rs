@@ -11,6 +11,7 @@
 
 pub mod dispatch;
 pub mod memory;
+pub mod mla;
 pub mod registry;
 pub mod stream;
 pub mod types;

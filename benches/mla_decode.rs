@@ -1,0 +1,266 @@
+//! MLA decode benchmark on cuda:0: the split-KV tensor-core kernel (`dsv3::backend::mla`) at
+//! DeepSeek-V3 shapes (page 64, bf16 latent cache, 576 / 512), against the ceilings measured in
+//! the same process (device-to-device copy) and the simple kernel (`mla_paged_attention`).
+//!
+//! Default (the device runner): prints ONE table. Each row: B, h, s_k, s_q; median µs of one
+//! decode (split + combine) over 30 launches timed one by one with CUDA events after 10 warm-up
+//! launches; GB/s with bytes = q + kv + out; TFLOPS with FLOPs = 2·h·s_q·s_k·(576+512)·B; the
+//! ratio of that bandwidth to the copy's; the simple kernel's µs where it is affordable. Caches
+//! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
+//! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes.
+//!
+//! Build here, run on the GPU machine:
+//!   /work/shared/tools/gpu-bundle --filter '^(gpu_mla|mla_decode)'
+//!   bash .gpu/run.sh '^mla_decode-'
+//! Without a CUDA device it panics ("no CUDA device").
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use dsv3::backend::cuda::CudaStream;
+use dsv3::backend::dispatch::{self, PagedCache};
+use dsv3::backend::mla::{self, cuda_util, MlaDecodeMeta, MlaDecodePlan, DK, DV, PAGE};
+use dsv3::backend::{DType, DeviceTensor, GpuStream};
+
+fn stream() -> CudaStream {
+    CudaStream::new(0).unwrap_or_else(|e| panic!("no CUDA device: {e}"))
+}
+
+/// A bf16 tensor of `n` pseudo-random values in [-1, 1) (never zeros): a random 32 MiB block
+/// uploaded once and copied on the device.
+fn random_bf16(s: &dyn GpuStream, shape: &[usize], seed: u64) -> DeviceTensor {
+    let n: usize = shape.iter().product();
+    let t = DeviceTensor::empty(s, DType::Bf16, shape).unwrap();
+    let block = n.min(16 << 20);
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let v: Vec<half::bf16> = (0..block)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            half::bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
+        })
+        .collect();
+    let src = DeviceTensor::from_slice(s, &[block], &v).unwrap();
+    let mut off = 0;
+    while off < n {
+        let k = block.min(n - off);
+        unsafe { s.copy_dtod(t.raw() + (off * 2) as u64, src.raw(), k * 2).unwrap() };
+        off += k;
+    }
+    s.synchronize().unwrap();
+    t
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Device-to-device copy bandwidth (read + write bytes per second) of a `bytes` buffer.
+fn copy_bandwidth(s: &CudaStream, bytes: usize) -> f64 {
+    let a = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    let b = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    unsafe { s.memset_u8(a.raw(), 0x3c, bytes).unwrap() };
+    let t = cuda_util::EventTimer::new(s).unwrap();
+    for _ in 0..3 {
+        unsafe { s.copy_dtod(b.raw(), a.raw(), bytes).unwrap() };
+    }
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        t.start().unwrap();
+        unsafe { s.copy_dtod(b.raw(), a.raw(), bytes).unwrap() };
+        times.push(t.stop_ms().unwrap());
+    }
+    2.0 * bytes as f64 / (median(times) as f64 * 1e-3)
+}
+
+/// One decode shape with its device buffers (several cache copies when small).
+struct Shape {
+    b: usize,
+    h: usize,
+    s_k: usize,
+    s_q: usize,
+    copies: usize,
+    cache: DeviceTensor,
+    tables: Vec<DeviceTensor>,
+    q: Vec<DeviceTensor>,
+    lens: DeviceTensor,
+    out: DeviceTensor,
+    lse: DeviceTensor,
+    meta: MlaDecodeMeta,
+}
+
+impl Shape {
+    fn new(s: &CudaStream, sms: usize, b: usize, h: usize, s_k: usize, s_q: usize) -> Shape {
+        let pages = s_k.div_ceil(PAGE);
+        let bytes = b * pages * PAGE * DK * 2;
+        let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
+        let cache = random_bf16(s, &[copies * b * pages, PAGE, DK], 1);
+        // Each copy's pages in a shuffled order (paged, not contiguous).
+        let mut x = 0x2545f4914f6cdd1du64;
+        let tables = (0..copies)
+            .map(|c| {
+                let mut t: Vec<i32> = (0..(b * pages) as i32).map(|p| p + (c * b * pages) as i32).collect();
+                for i in (1..t.len()).rev() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    t.swap(i, (x % (i as u64 + 1)) as usize);
+                }
+                DeviceTensor::from_slice(s, &[b, pages], &t).unwrap()
+            })
+            .collect();
+        let q = (0..copies).map(|c| random_bf16(s, &[b, s_q, h, DK], 7 + c as u64)).collect();
+        let lens = DeviceTensor::from_slice(s, &[b], &vec![s_k as i32; b]).unwrap();
+        let out = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DV]).unwrap();
+        let lse = DeviceTensor::empty(s, DType::F32, &[b, s_q, h]).unwrap();
+        let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap()).unwrap();
+        mla::mla_decode_metadata(s, &meta, &lens).unwrap();
+        Shape { b, h, s_k, s_q, copies, cache, tables, q, lens, out, lse, meta }
+    }
+    fn launch(&self, s: &CudaStream, i: usize) {
+        let c = i % self.copies;
+        mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, &self.meta, 0.0722).unwrap();
+    }
+    fn bytes(&self) -> f64 {
+        (self.b * (self.s_q * self.h * DK * 2 + self.s_k * DK * 2 + self.s_q * self.h * DV * 2)) as f64
+    }
+    fn flops(&self) -> f64 {
+        2.0 * (self.b * self.h * self.s_q * self.s_k * (DK + DV)) as f64
+    }
+    /// Median µs of one decode.
+    fn time_us(&self, s: &CudaStream) -> f32 {
+        let t = cuda_util::EventTimer::new(s).unwrap();
+        for i in 0..10 {
+            self.launch(s, i);
+        }
+        let mut v = Vec::new();
+        for i in 0..30 {
+            t.start().unwrap();
+            self.launch(s, i);
+            v.push(t.stop_ms().unwrap() * 1e3);
+        }
+        median(v)
+    }
+    /// Median µs of the metadata kernel (once per decode step, not per layer).
+    fn meta_us(&self, s: &CudaStream) -> f32 {
+        let t = cuda_util::EventTimer::new(s).unwrap();
+        let mut v = Vec::new();
+        for _ in 0..20 {
+            t.start().unwrap();
+            mla::mla_decode_metadata(s, &self.meta, &self.lens).unwrap();
+            v.push(t.stop_ms().unwrap() * 1e3);
+        }
+        median(v)
+    }
+    /// Median µs of the simple kernel (s_q = 1 only), f32 output.
+    fn simple_us(&self, s: &CudaStream) -> Option<f32> {
+        if self.s_q != 1 {
+            return None;
+        }
+        let out = DeviceTensor::empty(s, DType::F32, &[self.b, self.h, DV]).unwrap();
+        let seq: Vec<i32> = (0..self.b as i32).collect();
+        let seq = DeviceTensor::from_slice(s, &[self.b], &seq).unwrap();
+        let pos = DeviceTensor::from_slice(s, &[self.b], &vec![self.s_k as i32 - 1; self.b]).unwrap();
+        let q = self.q[0].clone_shape(s, &[self.b, self.h, DK]);
+        let t = cuda_util::EventTimer::new(s).unwrap();
+        let mut v = Vec::new();
+        for i in 0..7 {
+            let pc = PagedCache { cache: &self.cache, block_table: &self.tables[i % self.copies], seq_lens: &self.lens };
+            t.start().unwrap();
+            dispatch::mla_paged_attention(s, &out, &q, &pc, &seq, &pos, DV, 0.0722).unwrap();
+            let ms = t.stop_ms().unwrap();
+            if i >= 2 {
+                v.push(ms * 1e3);
+            }
+        }
+        Some(median(v))
+    }
+}
+
+trait CloneShape {
+    fn clone_shape(&self, s: &dyn GpuStream, shape: &[usize]) -> DeviceTensor;
+}
+impl CloneShape for DeviceTensor {
+    /// A copy of the tensor viewed with another shape of the same size.
+    fn clone_shape(&self, s: &dyn GpuStream, shape: &[usize]) -> DeviceTensor {
+        let t = DeviceTensor::empty(s, self.dtype(), shape).unwrap();
+        assert_eq!(t.numel(), self.numel());
+        unsafe { s.copy_dtod(t.raw(), self.raw(), self.bytes()).unwrap() };
+        t
+    }
+}
+
+fn table(s: &CudaStream) {
+    let sms = cuda_util::sm_count(s).unwrap();
+    let copy = copy_bandwidth(s, 2usize << 30);
+    eprintln!("device-to-device copy (2 GiB, read + write): {:.0} GB/s; {} SMs", copy / 1e9, sms);
+    let mut shapes = Vec::new();
+    for h in [16usize, 32, 64, 128] {
+        for s_k in [1024usize, 4096, 16384] {
+            for s_q in [1usize, 2] {
+                shapes.push((128usize, h, s_k, s_q));
+            }
+        }
+    }
+    for b in [1usize, 8] {
+        for h in [16usize, 128] {
+            for s_q in [1usize, 2] {
+                shapes.push((b, h, 4096, s_q));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for (b, h, s_k, s_q) in shapes {
+        let sh = Shape::new(s, sms, b, h, s_k, s_q);
+        let us = sh.time_us(s);
+        let meta_us = sh.meta_us(s);
+        let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
+        let gbs = sh.bytes() / (us as f64 * 1e-6) / 1e9;
+        let tf = sh.flops() / (us as f64 * 1e-6) / 1e12;
+        eprintln!("B={b} h={h} s_k={s_k} s_q={s_q}: {us:.1} us, {gbs:.0} GB/s, {tf:.1} TFLOPS");
+        rows.push((b, h, s_k, s_q, us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
+        drop(sh);
+        s.allocator().empty_cache().unwrap();
+    }
+    println!();
+    println!("MLA decode, bf16 cache, page 64, {sms} SMs; copy {:.0} GB/s (2 GiB D2D, read+write); median of 30 launches", copy / 1e9);
+    println!("| B | h | s_k | s_q | µs | GB/s | TFLOPS | BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s_k, s_q, us, gbs, tf, ratio, meta_us, simple, p) in rows {
+        let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        println!(
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {meta_us:.1} | {simple} | {}, {}, {} |",
+            ratio * 100.0,
+            p.mw,
+            p.row_blocks,
+            p.num_parts
+        );
+    }
+}
+
+fn criterion_benches(s: &CudaStream) {
+    let sms = cuda_util::sm_count(s).unwrap();
+    let mut c = Criterion::default().sample_size(20);
+    let mut g = c.benchmark_group("mla_decode_bf16_page64");
+    for (b, h, s_k, s_q) in [(128usize, 16usize, 4096usize, 1usize), (128, 128, 4096, 1), (1, 16, 4096, 1), (8, 16, 4096, 1)] {
+        let sh = Shape::new(s, sms, b, h, s_k, s_q);
+        g.throughput(Throughput::Bytes(sh.bytes() as u64));
+        let mut i = 0;
+        g.bench_with_input(BenchmarkId::new("split_mma", format!("b{b}_h{h}_s{s_k}_q{s_q}")), &(), |bn, _| {
+            bn.iter(|| {
+                sh.launch(s, i);
+                i += 1;
+                s.synchronize().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+fn main() {
+    let s = stream();
+    table(&s);
+    if std::env::var("DSV3_MLA_CRITERION").map(|v| v == "1").unwrap_or(false) {
+        criterion_benches(&s);
+    }
+}

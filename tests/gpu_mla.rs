@@ -1,0 +1,336 @@
+//! The MLA decode kernels (`mla_decode` family: split-KV tensor-core kernel, combine, scheduler
+//! metadata) against the CPU reference `ops::attention::mla_latent_attention` and a float64
+//! reference, on every NVIDIA code variant this build embedded (sm_90a cubin, compute_80 and
+//! compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC).
+//!
+//! Inputs: random permuted block tables (pages handed out shuffled, spare pages in between),
+//! the whole cache poisoned with NaN except the used slots, varlen batches, s_q ∈ {1, 2} with
+//! the causal mask inside the query block, H ∈ {16, 128} (and odd head counts), several split
+//! counts (one part, a few parts: sequences cut across parts and parts spanning sequences, one
+//! part per SM). Outputs and LSE are poisoned before each launch.
+//!
+//! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. Without a CUDA
+//! device they panic ("no CUDA device"). `DSV3_TEST_NVRTC=0` skips the NVRTC variant.
+
+use dsv3::backend::cuda::{device_count, CudaStream};
+use dsv3::backend::mla::{self, cuda_util, MlaDecodeMeta, MlaDecodePlan, DK, DV, PAGE};
+use dsv3::backend::registry::MODULES;
+use dsv3::backend::{CodeVariant, DType, DeviceTensor, GpuStream, ImageKind, Vendor};
+use dsv3::ops::attention::{mla_latent_attention, MlaDims};
+use dsv3::tensor::rel_error;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn variants() -> Vec<CodeVariant> {
+    let m = MODULES.iter().find(|m| m.family == "mla_decode").expect("mla_decode module");
+    let mut v = Vec::new();
+    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
+        v.push(CodeVariant::Cubin("sm_90a".into()));
+    }
+    for a in ["compute_80", "compute_89"] {
+        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
+            v.push(CodeVariant::Ptx(a.into()));
+        }
+    }
+    v.push(CodeVariant::Auto);
+    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
+        v.push(CodeVariant::Nvrtc);
+    }
+    v
+}
+
+static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
+
+fn all_streams() -> &'static [(String, CudaStream)] {
+    STREAMS.get_or_init(|| {
+        match device_count() {
+            Err(e) => panic!("no CUDA device: {e}"),
+            Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
+            Ok(_) => {}
+        }
+        variants()
+            .into_iter()
+            .map(|v| (v.to_string(), CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"))))
+            .collect()
+    })
+}
+
+fn bf(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// One decode batch on the host: bf16-rounded values as f32, the paged layout, NaN in unused slots.
+struct Case {
+    b: usize,
+    s_q: usize,
+    h: usize,
+    lens: Vec<i32>,
+    max_pages: usize,
+    total_pages: usize,
+    block_table: Vec<i32>,
+    /// [total_pages, 64, 576], NaN where no sequence writes.
+    cache: Vec<f32>,
+    /// per sequence, its rows [len, 576] in order (the reference's contiguous view)
+    seq_rows: Vec<Vec<f32>>,
+    /// [B, s_q, H, 576]
+    q: Vec<f32>,
+    scale: f32,
+}
+
+fn make_case(seed: u64, lens: Vec<i32>, s_q: usize, h: usize) -> Case {
+    let mut r = StdRng::seed_from_u64(seed);
+    let b = lens.len();
+    let max_pages = lens.iter().map(|&l| (l.max(0) as usize).div_ceil(PAGE)).max().unwrap().max(1);
+    let total_pages = b * max_pages + 5;
+    let mut pages: Vec<i32> = (0..total_pages as i32).collect();
+    for i in (1..pages.len()).rev() {
+        let j = r.gen_range(0..=i);
+        pages.swap(i, j);
+    }
+    // Unused table entries point at random pages too (the kernel must not read past seq_len).
+    let block_table: Vec<i32> = (0..b * max_pages).map(|i| pages[i]).collect();
+    let mut cache = vec![f32::NAN; total_pages * PAGE * DK];
+    let mut seq_rows = Vec::new();
+    for (s, &l) in lens.iter().enumerate() {
+        let mut rows = Vec::with_capacity(l.max(0) as usize * DK);
+        for t in 0..l.max(0) as usize {
+            let page = block_table[s * max_pages + t / PAGE] as usize;
+            let base = (page * PAGE + t % PAGE) * DK;
+            for d in 0..DK {
+                let v = bf(r.gen_range(-1.0f32..1.0));
+                cache[base + d] = v;
+                rows.push(v);
+            }
+        }
+        seq_rows.push(rows);
+    }
+    // Queries scaled so that softmax is neither flat nor one-hot.
+    let q: Vec<f32> = (0..b * s_q * h * DK).map(|_| bf(r.gen_range(-1.0f32..1.0) * 2.0)).collect();
+    Case { b, s_q, h, lens, max_pages, total_pages, block_table, cache, seq_rows, q, scale: 1.0 / (192f32).sqrt() }
+}
+
+/// CPU reference (f32, the crate's op): o_lat [B, s_q, H, 512], lse [B, s_q, H].
+fn reference(c: &Case) -> (Vec<f32>, Vec<f32>) {
+    let d = MlaDims { heads: c.h, nope: 0, rope: DK - DV, v: DV, kv_lora: DV };
+    let (mut o, mut lse) = (Vec::new(), Vec::new());
+    for s in 0..c.b {
+        let qb = &c.q[s * c.s_q * c.h * DK..(s + 1) * c.s_q * c.h * DK];
+        let len = c.lens[s].max(0) as usize;
+        if len < c.s_q {
+            o.extend(std::iter::repeat(0.0).take(c.s_q * c.h * DV));
+            lse.extend(std::iter::repeat(f32::NEG_INFINITY).take(c.s_q * c.h));
+            continue;
+        }
+        let q_lat: Vec<f32> = qb.chunks(DK).flat_map(|r| r[..DV].to_vec()).collect();
+        let q_pe: Vec<f32> = qb.chunks(DK).flat_map(|r| r[DV..].to_vec()).collect();
+        let (os, ls) = mla_latent_attention(&q_lat, &q_pe, &c.seq_rows[s], &d, len - c.s_q, c.scale);
+        o.extend(os);
+        lse.extend(ls);
+    }
+    (o, lse)
+}
+
+/// Float64 reference of one (sequence, query, head) row: (o_lat, lse).
+fn reference_f64(c: &Case, s: usize, j: usize, hh: usize) -> (Vec<f64>, f64) {
+    let q = &c.q[((s * c.s_q + j) * c.h + hh) * DK..][..DK];
+    let vis = c.lens[s] as usize - c.s_q + j + 1;
+    let rows = &c.seq_rows[s];
+    let sc: Vec<f64> = (0..vis)
+        .map(|t| q.iter().zip(&rows[t * DK..(t + 1) * DK]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * c.scale as f64)
+        .collect();
+    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let w: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+    let sum: f64 = w.iter().sum();
+    let mut o = vec![0f64; DV];
+    for (t, wt) in w.iter().enumerate() {
+        for (d, od) in o.iter_mut().enumerate() {
+            *od += wt / sum * rows[t * DK + d] as f64;
+        }
+    }
+    (o, m + sum.ln())
+}
+
+struct Got {
+    o: Vec<f32>,
+    lse: Vec<f32>,
+    meta: Vec<i32>,
+}
+
+fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>) -> Got {
+    let sms = cuda_util::sm_count(s).unwrap();
+    let mut plan = MlaDecodePlan::new(c.b + 3, c.s_q, c.h, sms).unwrap();
+    if let Some(p) = parts {
+        plan = plan.with_parts(p);
+    }
+    let meta = MlaDecodeMeta::new(s, plan).unwrap();
+    // Poison the metadata and workspaces too: everything the kernels read must be written first.
+    meta.meta.poison(s).unwrap();
+    meta.o_ws.poison(s).unwrap();
+    meta.lse_ws.poison(s).unwrap();
+    let q = DeviceTensor::from_f32(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16).unwrap();
+    let cache = DeviceTensor::from_f32(s, &[c.total_pages, PAGE, DK], &c.cache, DType::Bf16).unwrap();
+    let bt = DeviceTensor::from_slice(s, &[c.b, c.max_pages], &c.block_table).unwrap();
+    let sl = DeviceTensor::from_slice(s, &[c.b], &c.lens).unwrap();
+    let out = DeviceTensor::poisoned(s, out_dtype, &[c.b, c.s_q, c.h, DV]).unwrap();
+    let lse = DeviceTensor::poisoned(s, DType::F32, &[c.b, c.s_q, c.h]).unwrap();
+    mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+    mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale).unwrap();
+    s.synchronize().unwrap();
+    let m = meta.meta.to_vec::<i32>(s).unwrap();
+    Got { o: out.to_f32(s).unwrap(), lse: lse.to_f32(s).unwrap(), meta: m[..4 + c.b + 1].to_vec() }
+}
+
+#[track_caller]
+fn check(what: &str, c: &Case, g: &Got, want_o: &[f32], want_lse: &[f32], parts: usize) {
+    assert_eq!(g.meta, mla::host_metadata(&c.lens, parts), "{what}: metadata");
+    if let Some(i) = g.o.iter().position(|x| !x.is_finite()) {
+        panic!("{what}: non-finite output {} at {i} (of {})", g.o[i], g.o.len());
+    }
+    let e = rel_error(&g.o, want_o);
+    assert!(e <= 1e-2, "{what}: output relative error {e:e} > 1e-2");
+    for (i, (a, b)) in g.lse.iter().zip(want_lse).enumerate() {
+        let ok = if b.is_infinite() { a == b } else { (a - b).abs() <= 1e-3 };
+        assert!(ok, "{what}: lse[{i}] = {a}, want {b}");
+    }
+}
+
+fn lens_strategy(max_b: usize, max_len: i32) -> impl Strategy<Value = Vec<i32>> {
+    prop::collection::vec(2i32..max_len, 1..=max_b)
+}
+
+fn run_all(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize) {
+    let c = make_case(seed, lens, s_q, h);
+    let (want_o, want_lse) = reference(&c);
+    // The f32 CPU reference itself against float64 on a few rows.
+    let mut r = StdRng::seed_from_u64(seed ^ 0x5eed);
+    for _ in 0..f64_rows {
+        let (sq, j, hh) = (r.gen_range(0..c.b), r.gen_range(0..s_q), r.gen_range(0..h));
+        if (c.lens[sq] as usize) < s_q {
+            continue;
+        }
+        let (o64, l64) = reference_f64(&c, sq, j, hh);
+        let row = (sq * s_q + j) * h + hh;
+        let o32: Vec<f32> = want_o[row * DV..(row + 1) * DV].to_vec();
+        let o64f: Vec<f32> = o64.iter().map(|&x| x as f32).collect();
+        assert!(rel_error(&o32, &o64f) < 1e-4, "f32 reference vs f64: {}", rel_error(&o32, &o64f));
+        assert!((want_lse[row] as f64 - l64).abs() < 1e-4);
+    }
+    for (name, s) in all_streams() {
+        let sms = cuda_util::sm_count(s).unwrap();
+        let auto = MlaDecodePlan::new(c.b + 3, s_q, h, sms).unwrap().num_parts;
+        for (parts, tag) in [(None, "auto"), (Some(1), "1 part"), (Some(3), "3 parts"), (Some(7), "7 parts")] {
+            for od in [DType::Bf16, DType::F32] {
+                let g = run_gpu(s, &c, od, parts);
+                let what = format!("{name} B={} s_q={s_q} H={h} lens={:?} {tag} out {od}", c.b, c.lens);
+                check(&what, &c, &g, &want_o, &want_lse, parts.unwrap_or(auto));
+                // And against float64 directly on a few rows.
+                for _ in 0..f64_rows.min(4) {
+                    let (sq, j, hh) = (r.gen_range(0..c.b), r.gen_range(0..s_q), r.gen_range(0..h));
+                    if (c.lens[sq] as usize) < s_q {
+                        continue;
+                    }
+                    let (o64, l64) = reference_f64(&c, sq, j, hh);
+                    let row = (sq * s_q + j) * h + hh;
+                    let o64f: Vec<f32> = o64.iter().map(|&x| x as f32).collect();
+                    let e = rel_error(&g.o[row * DV..(row + 1) * DV], &o64f);
+                    assert!(e <= 1e-2, "{what}: row {row} vs float64: {e:e}");
+                    assert!((g.lse[row] as f64 - l64).abs() <= 1e-3, "{what}: row {row} lse {} vs float64 {l64}", g.lse[row]);
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// H = 16: one m-tile (s_q = 1) or two (s_q = 2); lengths across page boundaries.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn mla_decode_h16(seed: u64, lens in lens_strategy(9, 700), s_q in 1usize..=2) {
+        run_all(seed, lens, s_q, 16, 6);
+    }
+
+    /// H = 128: four m-tiles per block, two or four row blocks.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn mla_decode_h128(seed: u64, lens in lens_strategy(4, 400), s_q in 1usize..=2) {
+        run_all(seed, lens, s_q, 128, 2);
+    }
+
+    /// Odd head counts (rows padded inside an m-tile; a partial last row block).
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn mla_decode_odd_heads(seed: u64, lens in lens_strategy(5, 300), s_q in 1usize..=2, h in prop::sample::select(vec![1usize, 5, 20, 40, 72])) {
+        run_all(seed, lens, s_q, h, 2);
+    }
+}
+
+/// Fixed shapes that exercise the edges: exactly one page, one key past a page, s_q = 2 with
+/// two keys (the first query sees one key), long sequences beside short ones, an empty sequence.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_edges() {
+    for (i, (lens, s_q, h)) in [
+        (vec![64], 1usize, 16usize),
+        (vec![65, 1, 128], 1, 16),
+        (vec![2, 3, 64, 65], 2, 16),
+        (vec![3000, 7, 129], 2, 16),
+        (vec![1500, 64], 1, 128),
+        (vec![2, 2], 2, 128),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        run_all(1000 + i as u64, lens, s_q, h, 3);
+    }
+    // An empty sequence between two others: zeros and lse = -inf for it.
+    let c = make_case(7, vec![100, 0, 70], 1, 16);
+    let (want_o, want_lse) = reference(&c);
+    for (name, s) in all_streams() {
+        for parts in [1usize, 2, 5] {
+            let g = run_gpu(s, &c, DType::F32, Some(parts));
+            check(&format!("{name} empty sequence, {parts} parts"), &c, &g, &want_o, &want_lse, parts);
+        }
+    }
+}
+
+/// The scheduler kernel alone against the host mirror, up to batches past one block of threads.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_metadata_matches_host() {
+    let mut r = StdRng::seed_from_u64(3);
+    for (name, s) in all_streams() {
+        for b in [1usize, 7, 128, 1023, 1024, 1025, 3000] {
+            for parts in [1usize, 33, 132] {
+                let lens: Vec<i32> = (0..b).map(|_| if r.gen_bool(0.1) { 0 } else { r.gen_range(1..20000) }).collect();
+                let plan = MlaDecodePlan::new(b, 1, 16, 132).unwrap().with_parts(parts);
+                let meta = MlaDecodeMeta::new(s, plan).unwrap();
+                meta.meta.poison(s).unwrap();
+                let sl = DeviceTensor::from_slice(s, &[b], &lens).unwrap();
+                mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+                s.synchronize().unwrap();
+                let got = meta.meta.to_vec::<i32>(s).unwrap();
+                assert_eq!(got, mla::host_metadata(&lens, parts), "{name}: B={b} parts={parts}");
+            }
+        }
+    }
+}
+
+/// Wrong shapes are refused before any launch.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_checks_shapes() {
+    let (_, s) = &all_streams()[0];
+    let plan = MlaDecodePlan::new(4, 1, 16, 132).unwrap();
+    let meta = MlaDecodeMeta::new(s, plan).unwrap();
+    let q = DeviceTensor::empty(s, DType::Bf16, &[2, 1, 16, DK]).unwrap();
+    let cache = DeviceTensor::empty(s, DType::Bf16, &[4, 32, DK]).unwrap();
+    let bt = DeviceTensor::empty(s, DType::I32, &[2, 2]).unwrap();
+    let sl = DeviceTensor::empty(s, DType::I32, &[2]).unwrap();
+    let out = DeviceTensor::empty(s, DType::Bf16, &[2, 1, 16, DV]).unwrap();
+    let lse = DeviceTensor::empty(s, DType::F32, &[2, 1, 16]).unwrap();
+    let e = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, 0.1).unwrap_err().to_string();
+    assert!(e.contains("cache must be [pages, 64, 576]"), "{e}");
+}
