@@ -189,9 +189,15 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
       const u32 kb = k_base0 + buf * (NT * ROW_BYTES);
 
       // S = Q·Kᵀ for rows mt·16.. and keys grp·KW..
-      float s[NK][4];
+      // With few n-tiles per warp (MW <= 2) the even and odd k-steps accumulate separately: two
+      // independent MMA chains of 18 instead of one of 36 (the chain's latency bounds this loop).
+      constexpr bool TWO_ACC = NK <= 2;
+      float s[NK][4], s2[NK][4];
 #pragma unroll
-      for (u32 n = 0; n < NK; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+      for (u32 n = 0; n < NK; ++n) {
+        s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
+      }
 #pragma unroll 6
       for (u32 ks = 0; ks < DK / 16; ks += 2) {
         u32 a0[4], a1[4];
@@ -202,7 +208,17 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
           u32 bb[4];
           ldmatrix_x4(bb, kb + swz(grp * KW + n * 8 + (ln & 7), 2 * ks + (ln >> 3)));
           mma_bf16_16816(s[n], a0, bb[0], bb[1]);
-          mma_bf16_16816(s[n], a1, bb[2], bb[3]);
+          if constexpr (TWO_ACC) mma_bf16_16816(s2[n], a1, bb[2], bb[3]);
+          else mma_bf16_16816(s[n], a1, bb[2], bb[3]);
+        }
+      }
+      if constexpr (TWO_ACC) {
+#pragma unroll
+        for (u32 n = 0; n < NK; ++n) {
+          s[n][0] += s2[n][0];
+          s[n][1] += s2[n][1];
+          s[n][2] += s2[n][2];
+          s[n][3] += s2[n][3];
         }
       }
 
