@@ -10,6 +10,7 @@
 //! - [`dispatch`]: shape-checked launches of every kernel family on any [`GpuStream`].
 
 pub mod dispatch;
+pub mod fp8_gemm;
 pub mod memory;
 pub mod mla;
 pub mod registry;

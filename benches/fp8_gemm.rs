@@ -1,0 +1,234 @@
+//! FP8 block-scaled GEMM and fused MoE benchmark on cuda:0 (src/backend/fp8_gemm.rs).
+//!
+//! Default (the device runner): prints ONE table.
+//! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
+//!   4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096}: the plan (tile, split), µs, TFLOPS
+//!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
+//!   in the same process (bytes read + written, 1 GiB).
+//! - MoE rows: one layer, hidden 7168, top-8, at 1, 16, 64, 128, 512, 4096 tokens for the TP-8
+//!   shard (256 experts, inter 256) and the EP-8 shard (32 experts, inter 2048); topk ids drawn
+//!   uniformly (distinct per token) among the shard's experts; µs of the whole fused_moe (6
+//!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
+//! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
+//! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
+//! and the launches rotate among the copies, so no run reads its weights from L2.
+//! `DSV3_FP8_CRITERION=1` also runs criterion on two shapes.
+//!
+//! Build here, run on the GPU machine:
+//!   /work/shared/tools/gpu-bundle --filter '^(gpu_fp8_gemm|fp8_gemm)'
+//!   bash .gpu/run.sh '^fp8_gemm-'
+//! Without a CUDA device it panics ("no CUDA device").
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use dsv3::backend::cuda::CudaStream;
+use dsv3::backend::fp8_gemm::{self as fg, FusedMoeWorkspace, Fp8Workspace, MoeFp8Weights};
+use dsv3::backend::mla::cuda_util;
+use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
+
+const HIDDEN: usize = 7168;
+const TOPK: usize = 8;
+
+fn stream() -> CudaStream {
+    CudaStream::new(0).unwrap_or_else(|e| panic!("no CUDA device: {e}"))
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Random finite e4m3fn codes (no NaN patterns, few zeros): a 16 MiB random block uploaded once,
+/// tiled on the device.
+fn random_fp8(s: &dyn GpuStream, shape: &[usize], seed: u64) -> DeviceTensor {
+    let n: usize = shape.iter().product();
+    let t = DeviceTensor::empty(s, DType::E4m3fn, shape).unwrap();
+    let block = n.min(16 << 20);
+    let mut r = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    let v: Vec<Fp8E4m3fn> = (0..block).map(|_| Fp8E4m3fn(((r.next() >> 33) % 0x7e) as u8 | if r.next() & 1 == 1 { 0x80 } else { 0 })).collect();
+    let src = DeviceTensor::from_slice(s, &[block], &v).unwrap();
+    let mut off = 0;
+    while off < n {
+        let len = block.min(n - off);
+        unsafe { s.copy_dtod(t.raw() + off as u64, src.raw(), len).unwrap() };
+        off += len;
+    }
+    s.synchronize().unwrap();
+    t
+}
+
+fn random_f32(s: &dyn GpuStream, shape: &[usize], lo: f32, hi: f32, seed: u64) -> DeviceTensor {
+    let n: usize = shape.iter().product();
+    let mut r = Rng(seed.wrapping_mul(0x2545f4914f6cdd1d) | 1);
+    let v: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * r.unit()).collect();
+    DeviceTensor::from_slice(s, shape, &v).unwrap()
+}
+
+fn random_bf16(s: &dyn GpuStream, shape: &[usize], seed: u64) -> DeviceTensor {
+    let n: usize = shape.iter().product();
+    let mut r = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    let v: Vec<f32> = (0..n).map(|_| r.unit() * 2.0 - 1.0).collect();
+    DeviceTensor::from_f32(s, shape, &v, DType::Bf16).unwrap()
+}
+
+/// Median over 7 batches of the per-launch mean of 20 back-to-back launches, in µs.
+fn time_us(s: &CudaStream, mut launch: impl FnMut(usize)) -> f64 {
+    for i in 0..5 {
+        launch(i);
+    }
+    s.synchronize().unwrap();
+    let timer = cuda_util::EventTimer::new(s).unwrap();
+    let mut v = Vec::new();
+    let mut i = 0;
+    for _ in 0..7 {
+        timer.start().unwrap();
+        for _ in 0..20 {
+            launch(i);
+            i += 1;
+        }
+        v.push(timer.stop_ms().unwrap() as f64 * 1000.0 / 20.0);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Device-to-device copy bandwidth (read + write bytes), GB/s.
+fn copy_gbs(s: &CudaStream) -> f64 {
+    let bytes = 1usize << 30;
+    let a = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    let b = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    unsafe { s.memset_u8(a.raw(), 1, bytes).unwrap() };
+    let us = time_us(s, |_| unsafe { s.copy_dtod(b.raw(), a.raw(), bytes).unwrap() });
+    2.0 * bytes as f64 / (us * 1e3)
+}
+
+struct Dense {
+    copies: Vec<(DeviceTensor, DeviceTensor)>,
+    a: DeviceTensor,
+    asc: DeviceTensor,
+    out: DeviceTensor,
+}
+
+fn dense_setup(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> Dense {
+    let wbytes = n * k;
+    let ncopies = (256usize << 20).div_ceil(wbytes).clamp(1, 16);
+    let copies = (0..ncopies)
+        .map(|c| (random_fp8(s, &[n, k], 100 + c as u64), random_f32(s, &[n.div_ceil(128), k.div_ceil(128)], 1e-4, 3e-4, 200 + c as u64)))
+        .collect();
+    Dense {
+        copies,
+        a: random_fp8(s, &[m, k], 7),
+        asc: random_f32(s, &[m, k.div_ceil(128)], 1e-3, 1e-2, 8),
+        out: DeviceTensor::empty(s, DType::Bf16, &[m, n]).unwrap(),
+    }
+}
+
+fn moe_ids(t: usize, e: usize, seed: u64) -> (Vec<i32>, usize) {
+    let mut r = Rng(seed | 1);
+    let mut ids = Vec::with_capacity(t * TOPK);
+    let mut hit = vec![false; e];
+    for _ in 0..t {
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for k in 0..TOPK.min(e) {
+            let j = k + (r.next() as usize) % (e - k);
+            pool.swap(k, j);
+            ids.push(pool[k]);
+            hit[pool[k] as usize] = true;
+        }
+    }
+    (ids, hit.iter().filter(|&&h| h).count())
+}
+
+fn main() {
+    let s = stream();
+    let sms = cuda_util::sm_count(&s).unwrap_or(fg::DEFAULT_SMS);
+    let copy = copy_gbs(&s);
+    println!("device: {} ({} SMs); device copy {:.0} GB/s (read + write)", s.name(), sms, copy);
+    println!(
+        "{:<6} {:<22} {:>6} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "kind", "shape", "M/tok", "plan", "us", "TFLOPS", "W GB/s", "W/copy"
+    );
+    let mut ws = Fp8Workspace::new();
+    for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
+        for m in [1usize, 64, 128, 4096] {
+            let d = dense_setup(&s, m, n, k);
+            let plan = fg::plan_dense(m, n, k, fg::DEFAULT_SMS);
+            let nc = d.copies.len();
+            let us = time_us(&s, |i| {
+                let (b, bs) = &d.copies[i % nc];
+                fg::fp8_gemm_ws(&s, &mut ws, &d.out, &d.a, &d.asc, b, bs).unwrap();
+            });
+            let tf = 2.0 * (m * n * k) as f64 / (us * 1e6);
+            let gbs = (n * k) as f64 / (us * 1e3);
+            println!(
+                "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+                "dense",
+                format!("{n}x{k}"),
+                m,
+                format!("bm{}/s{}", plan.tile.bm(), plan.splits),
+                us,
+                tf,
+                gbs,
+                gbs / copy
+            );
+        }
+    }
+    for (label, e, inter) in [("TP8 E256 I256", 256usize, 256usize), ("EP8 E32 I2048", 32, 2048)] {
+        let w13 = random_fp8(&s, &[e, 2 * inter, HIDDEN], 31);
+        let w13s = random_f32(&s, &[e, 2 * inter / 128, HIDDEN / 128], 1e-4, 3e-4, 32);
+        let w2 = random_fp8(&s, &[e, HIDDEN, inter], 33);
+        let w2s = random_f32(&s, &[e, HIDDEN / 128, inter / 128], 1e-4, 3e-4, 34);
+        let w = MoeFp8Weights { w13: &w13, w13_scale: &w13s, w2: &w2, w2_scale: &w2s };
+        let mut wsp = FusedMoeWorkspace::new();
+        for t in [1usize, 16, 64, 128, 512, 4096] {
+            let (ids, hit) = moe_ids(t, e, 1000 + t as u64);
+            let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
+            let tw = random_f32(&s, &[t, TOPK], 0.05, 0.3, 41);
+            let x = random_bf16(&s, &[t, HIDDEN], 42);
+            let out = random_bf16(&s, &[t, HIDDEN], 43);
+            let (tile, _, gu, dn) = fg::plan_moe(t * TOPK, e, HIDDEN, inter, fg::DEFAULT_SMS);
+            let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
+            let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
+            let bytes = (hit * 3 * inter * HIDDEN) as f64;
+            let gbs = bytes / (us * 1e3);
+            println!(
+                "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+                "moe",
+                label,
+                t,
+                format!("bm{}/s{}/{}", tile.bm(), gu.splits, dn.splits),
+                us,
+                flops / (us * 1e6),
+                gbs,
+                gbs / copy
+            );
+        }
+    }
+    if std::env::var("DSV3_FP8_CRITERION").map(|v| v == "1").unwrap_or(false) {
+        let mut c = Criterion::default().configure_from_args();
+        let mut g = c.benchmark_group("fp8_gemm");
+        for (m, n, k) in [(64usize, 2112usize, 7168usize), (4096, 4096, 7168)] {
+            let d = dense_setup(&s, m, n, k);
+            g.throughput(Throughput::Bytes((n * k) as u64));
+            let nc = d.copies.len();
+            let mut i = 0;
+            g.bench_with_input(BenchmarkId::new(format!("{n}x{k}"), m), &m, |b, _| {
+                b.iter(|| {
+                    let (w, wsc) = &d.copies[i % nc];
+                    i += 1;
+                    fg::fp8_gemm_ws(&s, &mut ws, &d.out, &d.a, &d.asc, w, wsc).unwrap();
+                    s.synchronize().unwrap();
+                })
+            });
+        }
+        g.finish();
+        c.final_summary();
+    }
+}

@@ -1,0 +1,501 @@
+//! FP8 block-scaled GEMM and fused MoE on any [`GpuStream`] (kernels/fp8_gemm.cuh,
+//! kernels/fused_moe.cuh).
+//!
+//! Dense: `out[M, N] (bf16) = Σ_kb s_a[m, kb]·s_b[n/128, kb]·(a[m, kb-block] · b[n, kb-block])` with
+//! `a` e4m3 [M, K] and its per-token-group scales [M, ⌈K/128⌉] (from [`act_quant`]), `b` an e4m3
+//! Linear weight [N, K] with `weight_scale_inv` [⌈N/128⌉, ⌈K/128⌉]. Any M ≥ 1; N, K need not be
+//! multiples of 128 but K must be a multiple of 16 (16-byte rows). The tile (BM ∈ {16, 64, 128},
+//! BN = 128) and the split-K factor are chosen from the shape by [`plan_dense`]; small M splits K
+//! so the weights stream from every SM at once.
+//!
+//! Split-K adds partial tiles into an f32 workspace that the kernel leaves zeroed; keep one
+//! [`Fp8Workspace`] per stream and pass it to [`fp8_gemm_ws`] (no allocation and no memset per
+//! call). [`fp8_gemm`] is the convenience form that allocates (and zeroes) one per call.
+//!
+//! Fused MoE ([`fused_moe`]): `out[t] = beta·out[t] + Σ_k w[t,k]·E_{id[t,k]}(x[t])`,
+//! `E(x) = W_down(silu(W_gate x) ⊙ W_up x)` with FP8 block-scaled expert weights, in six launches:
+//! tile-aligned sort by expert → per-token-group quant of x → grouped GEMM gate_up (rows gathered
+//! from the quantized x, no copy) → SiLU·mul + quant → grouped GEMM down → weighted combine. Experts
+//! without tokens get no tile. Ids outside `[0, E)` (experts of other ranks) are skipped, so an
+//! expert-parallel rank passes local ids and `-1` (or any id ≥ E) for the rest.
+#![allow(clippy::too_many_arguments)]
+
+use super::memory::DeviceTensor;
+use super::registry;
+use super::stream::GpuStream;
+use super::types::*;
+use crate::error::{Error, Result};
+use std::ffi::c_void;
+
+/// Streaming multiprocessors assumed when sizing split-K (H200: 132).
+pub const DEFAULT_SMS: usize = 132;
+
+fn bad(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
+}
+
+fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
+    let cols = *t.shape().last().unwrap_or(&1);
+    (if cols == 0 { 0 } else { t.numel() / cols }, cols)
+}
+
+fn is_fp8(d: DType) -> bool {
+    matches!(d, DType::E4m3fn | DType::E4m3fnuz)
+}
+
+/// M-tile rows of the GEMM kernel (BN is always 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Fp8Tile {
+    Bm16,
+    Bm64,
+    Bm128,
+}
+
+impl Fp8Tile {
+    pub const ALL: [Fp8Tile; 3] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128];
+    pub fn bm(self) -> usize {
+        match self {
+            Fp8Tile::Bm16 => 16,
+            Fp8Tile::Bm64 => 64,
+            Fp8Tile::Bm128 => 128,
+        }
+    }
+    /// Dynamic shared memory of one CTA on `vendor` (mirrors `Fp8GemmSmem` in the kernel).
+    pub fn smem_bytes(self, vendor: Vendor) -> u32 {
+        let stage = (self.bm() + 128) * 128;
+        let stages = match (vendor, self) {
+            (Vendor::Hip, _) => 1,
+            (Vendor::Cuda, Fp8Tile::Bm128) => 3,
+            (Vendor::Cuda, _) => 4,
+        };
+        (stage * stages) as u32
+    }
+}
+
+/// Tile and split-K factor of one GEMM launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fp8Plan {
+    pub tile: Fp8Tile,
+    pub splits: usize,
+}
+
+/// Split-K factor that gives about two CTAs per SM, keeping at least two 128-wide K tiles per split.
+fn splits_for(ctas: usize, k_tiles: usize, sms: usize) -> usize {
+    if ctas == 0 || ctas >= sms {
+        return 1;
+    }
+    let want = (2 * sms).div_ceil(ctas);
+    want.min((k_tiles / 2).max(1)).max(1)
+}
+
+/// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs.
+pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
+    let tile = if m <= 16 {
+        Fp8Tile::Bm16
+    } else if m <= 64 {
+        Fp8Tile::Bm64
+    } else {
+        Fp8Tile::Bm128
+    };
+    let ctas = m.div_ceil(tile.bm()) * n.div_ceil(128);
+    let splits = if m <= 256 { splits_for(ctas, k.div_ceil(128), sms) } else { 1 };
+    Fp8Plan { tile, splits }
+}
+
+/// Split-K workspace: f32 partial sums and per-tile arrival counters, kept zero by the kernel
+/// between launches (zeroed here only when (re)allocated). One per stream; not for concurrent
+/// launches on several streams.
+#[derive(Default)]
+pub struct Fp8Workspace {
+    ws: Option<DeviceTensor>,
+    counters: Option<DeviceTensor>,
+}
+
+impl Fp8Workspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn ensure(&mut self, s: &dyn GpuStream, ws_elems: usize, counter_elems: usize) -> Result<(u64, u64)> {
+        if self.ws.as_ref().map(|t| t.numel() < ws_elems).unwrap_or(true) {
+            let t = DeviceTensor::empty(s, DType::F32, &[ws_elems.max(1)])?;
+            unsafe { s.memset_u8(t.raw(), 0, t.bytes())? };
+            self.ws = Some(t);
+        }
+        if self.counters.as_ref().map(|t| t.numel() < counter_elems).unwrap_or(true) {
+            let t = DeviceTensor::empty(s, DType::U32, &[counter_elems.max(1)])?;
+            unsafe { s.memset_u8(t.raw(), 0, t.bytes())? };
+            self.counters = Some(t);
+        }
+        Ok((self.ws.as_ref().unwrap().raw(), self.counters.as_ref().unwrap().raw()))
+    }
+}
+
+/// Launch with raw argument values (pointers and scalars widened to u64; little-endian, so a
+/// 4-byte scalar sits in the low half), checked against the registry's argument count.
+fn launch_raw(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, vals: &mut [u64]) -> Result<()> {
+    let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    if k.args.len() != vals.len() {
+        return Err(bad(format!("{name}: {} arguments given, {} expected", vals.len(), k.args.len())));
+    }
+    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+    unsafe { s.launch(k, cfg, &mut params) }
+}
+
+/// Rows of a grouped GEMM: tile `t < *num_tiles` belongs to expert `tile_expert[t]`; row `r` reads
+/// a-row `row_ids[r] / a_row_div` (−1 = padding) or row `r` itself when `row_ids` is `None`.
+pub struct GroupedRows<'a> {
+    pub row_ids: Option<&'a DeviceTensor>,
+    pub a_row_div: usize,
+    pub tile_expert: &'a DeviceTensor,
+    pub num_tiles: &'a DeviceTensor,
+    /// Upper bound of `*num_tiles` (the grid's y).
+    pub max_tiles: usize,
+}
+
+struct Operands {
+    out: u64,
+    a: u64,
+    a_scales: u64,
+    b: u64,
+    b_scale: u64,
+    row_ids: u64,
+    tile_expert: u64,
+    num_tiles: u64,
+    m: usize,
+    n: usize,
+    k: usize,
+    a_row_div: usize,
+    m_tiles: usize,
+    ws_rows: usize,
+}
+
+fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Plan, o: Operands) -> Result<()> {
+    if o.k % 16 != 0 {
+        return Err(bad(format!("fp8_gemm: K = {} must be a multiple of 16 (16-byte rows)", o.k)));
+    }
+    let n_tiles = o.n.div_ceil(128);
+    if o.m_tiles == 0 || n_tiles == 0 || o.k == 0 {
+        return Ok(());
+    }
+    let k_tiles = o.k.div_ceil(128);
+    let splits = plan.splits.clamp(1, k_tiles);
+    // Every split must own at least one K tile: ceil-divided ranges may leave the last ones empty.
+    let per = k_tiles.div_ceil(splits);
+    let splits = k_tiles.div_ceil(per);
+    let (wsp, cnt) = if splits > 1 { ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)? } else { (0, 0) };
+    let name = format!("fp8_gemm_{}_bm{}", f8, plan.tile.bm());
+    let cfg = LaunchCfg::new(
+        (u32_of(n_tiles, "n tiles")?, u32_of(o.m_tiles, "m tiles")?, u32_of(splits, "splits")?),
+        (256, 1, 1),
+        plan.tile.smem_bytes(s.vendor()),
+    );
+    if o.m_tiles > 65535 {
+        return Err(bad(format!("fp8_gemm: {} M tiles exceed the grid's 65535", o.m_tiles)));
+    }
+    let mut vals = [
+        o.out,
+        o.a,
+        o.a_scales,
+        o.b,
+        o.b_scale,
+        wsp,
+        cnt,
+        o.row_ids,
+        o.tile_expert,
+        o.num_tiles,
+        u32_of(o.m, "m")? as u64,
+        u32_of(o.n, "n")? as u64,
+        u32_of(o.k, "k")? as u64,
+        u32_of(o.a_row_div.max(1), "a_row_div")? as u64,
+        splits as u64,
+    ];
+    launch_raw(s, &name, cfg, &mut vals)
+}
+
+fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<(usize, usize, usize)> {
+    let (m, k) = rows_cols(a);
+    let (n, kb) = rows_cols(b);
+    if !is_fp8(a.dtype()) || b.dtype() != a.dtype() {
+        return Err(bad(format!("fp8_gemm: a {} and b {} must be the same float8 type", a.dtype(), b.dtype())));
+    }
+    out.check_dtype(DType::Bf16)?;
+    a_scales.check_dtype(DType::F32)?;
+    b_scale_inv.check_dtype(DType::F32)?;
+    if k != kb || out.numel() != m * n {
+        return Err(bad(format!("fp8_gemm: a {:?} b {:?} out {:?}", a.shape(), b.shape(), out.shape())));
+    }
+    if a_scales.numel() != m * k.div_ceil(128) || b_scale_inv.numel() != n.div_ceil(128) * k.div_ceil(128) {
+        return Err(bad(format!(
+            "fp8_gemm: scales a {:?} (want [{m}, {}]) b {:?} (want [{}, {}])",
+            a_scales.shape(),
+            k.div_ceil(128),
+            b_scale_inv.shape(),
+            n.div_ceil(128),
+            k.div_ceil(128)
+        )));
+    }
+    Ok((m, n, k))
+}
+
+/// Dense FP8 GEMM with an explicit plan (tests run every tile and split).
+pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
+    let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
+    let m_tiles = m.div_ceil(plan.tile.bm());
+    launch_gemm(
+        s,
+        ws,
+        a.dtype(),
+        plan,
+        Operands { out: out.raw(), a: a.raw(), a_scales: a_scales.raw(), b: b.raw(), b_scale: b_scale_inv.raw(), row_ids: 0, tile_expert: 0, num_tiles: 0, m, n, k, a_row_div: 1, m_tiles, ws_rows: m },
+    )
+}
+
+/// Dense FP8 GEMM, plan chosen by shape, split-K workspace from `ws`.
+pub fn fp8_gemm_ws(s: &dyn GpuStream, ws: &mut Fp8Workspace, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
+    let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
+    fp8_gemm_with(s, ws, plan_dense(m, n, k, DEFAULT_SMS), out, a, a_scales, b, b_scale_inv)
+}
+
+/// Dense FP8 GEMM `out_bf16 [M, N] = a_fp8 [M, K] (scales [M, ⌈K/128⌉]) · b_fp8 [N, K]ᵀ (block
+/// scales [⌈N/128⌉, ⌈K/128⌉])`. Allocates a zeroed split-K workspace per call when split-K is
+/// chosen; hot paths should hold an [`Fp8Workspace`] and call [`fp8_gemm_ws`].
+pub fn fp8_gemm(s: &dyn GpuStream, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
+    let mut ws = Fp8Workspace::new();
+    fp8_gemm_ws(s, &mut ws, out, a, a_scales, b, b_scale_inv)
+}
+
+/// Per-token-group (128) FP8 quantization of bf16 rows: q [rows, cols], scales [rows, ⌈cols/128⌉]
+/// (the activation operand of [`fp8_gemm`]).
+pub fn act_quant(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, x: &DeviceTensor) -> Result<()> {
+    let (rows, cols) = rows_cols(x);
+    x.check_dtype(DType::Bf16)?;
+    if !is_fp8(q.dtype()) || q.numel() != rows * cols || scales.numel() != rows * cols.div_ceil(128) {
+        return Err(bad(format!("act_quant: q {:?} {} scales {:?} for x {:?}", q.shape(), q.dtype(), scales.shape(), x.shape())));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let mut vals = [q.raw(), scales.raw(), x.raw(), rows as u64, u32_of(cols, "cols")? as u64, cols as u64, 0, 1, 1e-10f32.to_bits() as u64];
+    launch_raw(s, &format!("act_quant_group128_{}", q.dtype()), LaunchCfg::linear(u32_of(rows, "rows")?, 256), &mut vals)
+}
+
+/// Fused SiLU·mul + per-token-group quant: gate_up bf16 [rows, 2I] → q [rows, I], scales [rows, ⌈I/128⌉].
+pub fn silu_mul_quant(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, gate_up: &DeviceTensor) -> Result<()> {
+    let (rows, c2) = rows_cols(gate_up);
+    gate_up.check_dtype(DType::Bf16)?;
+    let i = c2 / 2;
+    if c2 % 2 != 0 || !is_fp8(q.dtype()) || q.numel() != rows * i || scales.numel() != rows * i.div_ceil(128) {
+        return Err(bad(format!("silu_mul_quant: q {:?} scales {:?} for gate_up {:?}", q.shape(), scales.shape(), gate_up.shape())));
+    }
+    if rows == 0 || i == 0 {
+        return Ok(());
+    }
+    let mut vals = [q.raw(), scales.raw(), gate_up.raw(), rows as u64, u32_of(i, "cols")? as u64, c2 as u64, 0, 1, 1e-10f32.to_bits() as u64];
+    launch_raw(s, &format!("silu_mul_quant_group128_{}", q.dtype()), LaunchCfg::linear(u32_of(rows, "rows")?, 256), &mut vals)
+}
+
+/// FP8 expert weights of one MoE layer (all local experts stacked): `w13` = per expert
+/// concat(gate, up) along the output dim [E, 2I, H] with scales [E, 2I/128, ⌈H/128⌉]; `w2` [E, H, I]
+/// with scales [E, ⌈H/128⌉, ⌈I/128⌉]. I must be a multiple of 128 (so gate and up blocks do not share
+/// a scale block; DeepSeek-V3: 2048, or 256 per TP-8 shard).
+pub struct MoeFp8Weights<'a> {
+    pub w13: &'a DeviceTensor,
+    pub w13_scale: &'a DeviceTensor,
+    pub w2: &'a DeviceTensor,
+    pub w2_scale: &'a DeviceTensor,
+}
+
+impl MoeFp8Weights<'_> {
+    /// (experts, hidden, intermediate).
+    pub fn dims(&self) -> Result<(usize, usize, usize)> {
+        let s13 = self.w13.shape();
+        let s2 = self.w2.shape();
+        if s13.len() != 3 || s2.len() != 3 || s13[1] % 2 != 0 {
+            return Err(bad(format!("fused_moe: w13 {s13:?} w2 {s2:?} must be [E, 2I, H] and [E, H, I]")));
+        }
+        let (e, i, h) = (s13[0], s13[1] / 2, s13[2]);
+        if s2 != [e, h, i] || !is_fp8(self.w13.dtype()) || self.w2.dtype() != self.w13.dtype() {
+            return Err(bad(format!("fused_moe: w13 {s13:?} {} w2 {s2:?} {}", self.w13.dtype(), self.w2.dtype())));
+        }
+        if i % 128 != 0 {
+            return Err(bad(format!("fused_moe: intermediate {i} must be a multiple of 128")));
+        }
+        if self.w13_scale.numel() != e * (2 * i / 128) * h.div_ceil(128) || self.w2_scale.numel() != e * h.div_ceil(128) * i.div_ceil(128) {
+            return Err(bad(format!("fused_moe: scales w13 {:?} w2 {:?}", self.w13_scale.shape(), self.w2_scale.shape())));
+        }
+        Ok((e, h, i))
+    }
+}
+
+/// Scratch of [`fused_moe`], grown on demand and reused across calls on one stream.
+#[derive(Default)]
+pub struct FusedMoeWorkspace {
+    pub gemm: Fp8Workspace,
+    bufs: Vec<Option<DeviceTensor>>,
+}
+
+impl FusedMoeWorkspace {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn buf(&mut self, s: &dyn GpuStream, slot: usize, dtype: DType, n: usize) -> Result<u64> {
+        if self.bufs.len() <= slot {
+            self.bufs.resize_with(slot + 1, || None);
+        }
+        let fits = self.bufs[slot].as_ref().map(|t| t.dtype() == dtype && t.numel() >= n).unwrap_or(false);
+        if !fits {
+            self.bufs[slot] = Some(DeviceTensor::empty(s, dtype, &[n.max(1)])?);
+        }
+        Ok(self.bufs[slot].as_ref().unwrap().raw())
+    }
+}
+
+/// Plans of the fused MoE's two grouped GEMMs for `pairs` (token, expert) pairs over `experts`.
+pub fn plan_moe(pairs: usize, experts: usize, hidden: usize, inter: usize, sms: usize) -> (Fp8Tile, usize, Fp8Plan, Fp8Plan) {
+    let active = experts.min(pairs).max(1);
+    let per_expert = pairs.div_ceil(active);
+    let tile = if per_expert <= 16 {
+        Fp8Tile::Bm16
+    } else if per_expert <= 64 {
+        Fp8Tile::Bm64
+    } else {
+        Fp8Tile::Bm128
+    };
+    let bm = tile.bm();
+    let max_tiles = pairs.div_ceil(bm) + experts.min(pairs);
+    let est_tiles = pairs.div_ceil(bm).max(active).min(max_tiles);
+    let gu = Fp8Plan { tile, splits: splits_for(est_tiles * (2 * inter).div_ceil(128), hidden.div_ceil(128), sms) };
+    let dn = Fp8Plan { tile, splits: splits_for(est_tiles * hidden.div_ceil(128), inter.div_ceil(128), sms) };
+    (tile, max_tiles, gu, dn)
+}
+
+/// Routed experts of one MoE layer, FP8: `out [T, H] bf16 = beta·out + Σ_k topk_weights[t, k] ·
+/// E_{topk_ids[t, k]}(x[t])`. `x` bf16 [T, H]; `topk_ids` i32 [T, topk] (ids outside [0, E) are
+/// skipped); `topk_weights` f32 [T, topk]. `beta = 1` adds into `out` (the residual, or the
+/// shared expert's output).
+pub fn fused_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTensor, x: &DeviceTensor, topk_ids: &DeviceTensor, topk_weights: &DeviceTensor, w: &MoeFp8Weights, beta: f32) -> Result<()> {
+    let (e, h, inter) = w.dims()?;
+    let (t, hx) = rows_cols(x);
+    let (ti, topk) = rows_cols(topk_ids);
+    x.check_dtype(DType::Bf16)?;
+    out.check_dtype(DType::Bf16)?;
+    topk_ids.check_dtype(DType::I32)?;
+    topk_weights.check_dtype(DType::F32)?;
+    if hx != h || ti != t || topk_weights.numel() != t * topk || out.numel() != t * h {
+        return Err(bad(format!("fused_moe: x {:?} out {:?} ids {:?} weights {:?} for hidden {h}", x.shape(), out.shape(), topk_ids.shape(), topk_weights.shape())));
+    }
+    if h % 16 != 0 {
+        return Err(bad(format!("fused_moe: hidden {h} must be a multiple of 16")));
+    }
+    if t == 0 {
+        return Ok(());
+    }
+    let f8 = w.w13.dtype();
+    let p = t * topk;
+    let (tile, max_tiles, gu_plan, dn_plan) = plan_moe(p, e, h, inter, DEFAULT_SMS);
+    let bm = tile.bm();
+    let max_rows = max_tiles * bm;
+    let (hg, ig) = (h.div_ceil(128), inter.div_ceil(128));
+    let sorted = wsp.buf(s, 0, DType::I32, max_rows)?;
+    let tile_expert = wsp.buf(s, 1, DType::I32, max_tiles)?;
+    let num_tiles = wsp.buf(s, 2, DType::I32, 1)?;
+    let p2r = wsp.buf(s, 3, DType::I32, p)?;
+    let xq = wsp.buf(s, 4, f8, t * h)?;
+    let xs = wsp.buf(s, 5, DType::F32, t * hg)?;
+    let gate_up = wsp.buf(s, 6, DType::Bf16, max_rows * 2 * inter)?;
+    let hq = wsp.buf(s, 7, f8, max_rows * inter)?;
+    let hs = wsp.buf(s, 8, DType::F32, max_rows * ig)?;
+    let y = wsp.buf(s, 9, DType::Bf16, max_rows * h)?;
+
+    // 1. sort pairs by expert, padded to the tile.
+    let mut v = [sorted, tile_expert, num_tiles, p2r, topk_ids.raw(), u32_of(p, "pairs")? as u64, u32_of(e, "experts")? as u64, bm as u64];
+    launch_raw(s, "moe_align_tiles", LaunchCfg::linear(1, 1024).with_shared((2 * e * 4) as u32), &mut v)?;
+    // 2. quantize x per token group.
+    let mut v = [xq, xs, x.raw(), t as u64, h as u64, h as u64, 0, 1, 1e-10f32.to_bits() as u64];
+    launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)?;
+    // 3. gate_up = x[row_ids / topk] · w13[e]ᵀ.
+    launch_gemm(
+        s,
+        &mut wsp.gemm,
+        f8,
+        gu_plan,
+        Operands { out: gate_up, a: xq, a_scales: xs, b: w.w13.raw(), b_scale: w.w13_scale.raw(), row_ids: sorted, tile_expert, num_tiles, m: max_rows, n: 2 * inter, k: h, a_row_div: topk, m_tiles: max_tiles, ws_rows: max_rows },
+    )?;
+    // 4. silu(gate) · up → FP8 (rows of real tiles only).
+    let mut v = [hq, hs, gate_up, max_rows as u64, inter as u64, (2 * inter) as u64, num_tiles, bm as u64, 1e-10f32.to_bits() as u64];
+    launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::linear(u32_of(max_rows, "rows")?, 256), &mut v)?;
+    // 5. y = h · w2[e]ᵀ.
+    launch_gemm(
+        s,
+        &mut wsp.gemm,
+        f8,
+        dn_plan,
+        Operands { out: y, a: hq, a_scales: hs, b: w.w2.raw(), b_scale: w.w2_scale.raw(), row_ids: 0, tile_expert, num_tiles, m: max_rows, n: h, k: inter, a_row_div: 1, m_tiles: max_tiles, ws_rows: max_rows },
+    )?;
+    // 6. out = beta · out + Σ_k w · y[pair_to_row].
+    let mut v = [out.raw(), y, topk_weights.raw(), p2r, t as u64, topk as u64, h as u64, beta.to_bits() as u64];
+    launch_raw(s, "moe_combine_rows_bf16", LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)
+}
+
+/// Grouped FP8 GEMM over expert-sorted rows (the building block of [`fused_moe`]): `out` has
+/// `rows.max_tiles · bm` rows of N; `w` [E, N, K], `w_scale` [E, ⌈N/128⌉, ⌈K/128⌉].
+pub fn fp8_grouped_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, w: &DeviceTensor, w_scale: &DeviceTensor, rows: &GroupedRows) -> Result<()> {
+    let sh = w.shape();
+    if sh.len() != 3 || !is_fp8(w.dtype()) || a.dtype() != w.dtype() {
+        return Err(bad(format!("fp8_grouped_gemm: w {:?} {} a {}", sh, w.dtype(), a.dtype())));
+    }
+    let (e, n, k) = (sh[0], sh[1], sh[2]);
+    let (_, ka) = rows_cols(a);
+    let max_rows = rows.max_tiles * plan.tile.bm();
+    if ka != k || out.numel() < max_rows * n || w_scale.numel() != e * n.div_ceil(128) * k.div_ceil(128) || rows.tile_expert.numel() < rows.max_tiles {
+        return Err(bad(format!("fp8_grouped_gemm: a {:?} w {:?} out {:?} scales {:?}", a.shape(), sh, out.shape(), w_scale.shape())));
+    }
+    out.check_dtype(DType::Bf16)?;
+    launch_gemm(
+        s,
+        ws,
+        w.dtype(),
+        plan,
+        Operands {
+            out: out.raw(),
+            a: a.raw(),
+            a_scales: a_scales.raw(),
+            b: w.raw(),
+            b_scale: w_scale.raw(),
+            row_ids: rows.row_ids.map(|t| t.raw()).unwrap_or(0),
+            tile_expert: rows.tile_expert.raw(),
+            num_tiles: rows.num_tiles.raw(),
+            m: max_rows,
+            n,
+            k,
+            a_row_div: rows.a_row_div,
+            m_tiles: rows.max_tiles,
+            ws_rows: max_rows,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let p = plan_dense(1, 2112, 7168, 132);
+        assert_eq!(p.tile, Fp8Tile::Bm16);
+        assert!(p.splits > 1 && p.splits <= 28, "{p:?}");
+        assert_eq!(plan_dense(4096, 7168, 2048, 132), Fp8Plan { tile: Fp8Tile::Bm128, splits: 1 });
+        assert_eq!(plan_dense(64, 32768, 512, 132).splits, 1);
+        assert_eq!(Fp8Tile::Bm128.smem_bytes(Vendor::Cuda), 98304);
+        let (tile, max_tiles, gu, _) = plan_moe(8, 256, 7168, 256, 132);
+        assert_eq!((tile, max_tiles), (Fp8Tile::Bm16, 9));
+        assert!(gu.splits > 1);
+        let (tile, _, gu, dn) = plan_moe(4096 * 8, 32, 7168, 2048, 132);
+        assert_eq!((tile, gu.splits, dn.splits), (Fp8Tile::Bm128, 1, 1));
+    }
+}

@@ -1,0 +1,347 @@
+//! FP8 block-scaled GEMM and fused MoE (src/backend/fp8_gemm.rs) against the CPU reference with
+//! activation-quantization emulation, on every NVIDIA code variant this build embedded (sm_90a
+//! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
+//! (BM 16 / 64 / 128) and split-K on and off.
+//!
+//! Reference: activations quantized per token group with `ops::fp8::quantize_act_per_token_group`
+//! and dequantized; weights quantized with `ops::fp8::quantize_block_weight` and dequantized with
+//! `ops::fp8::dequant_block_weight`; products in f64; the intermediate tensors the GPU stores in
+//! bf16 (gate_up, expert outputs) are rounded to bf16 in the reference too. Outputs are poisoned
+//! (NaN) before each launch; fresh random data per proptest case; relative Frobenius error.
+//!
+//! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
+//! skips the NVRTC variant.
+
+use dsv3::backend::cuda::{device_count, CudaStream};
+use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
+use dsv3::backend::registry::MODULES;
+use dsv3::backend::{CodeVariant, DType, DeviceTensor, Fp8E4m3fn, Fp8E4m3fnuz, GpuStream, ImageKind, Vendor};
+use dsv3::ops::fp8::{dequant_block_weight, e4m3fn_to_f32, quantize_act_per_token_group, quantize_block_weight};
+use dsv3::tensor::rel_error;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn variants() -> Vec<CodeVariant> {
+    let m = &MODULES[0];
+    let mut v = Vec::new();
+    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
+        v.push(CodeVariant::Cubin("sm_90a".into()));
+    }
+    for a in ["compute_80", "compute_89"] {
+        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
+            v.push(CodeVariant::Ptx(a.into()));
+        }
+    }
+    v.push(CodeVariant::Auto);
+    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
+        v.push(CodeVariant::Nvrtc);
+    }
+    v
+}
+
+static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
+
+fn all_streams() -> &'static [(String, CudaStream)] {
+    STREAMS.get_or_init(|| {
+        match device_count() {
+            Err(e) => panic!("no CUDA device: {e}"),
+            Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
+            Ok(_) => {}
+        }
+        variants()
+            .into_iter()
+            .map(|v| {
+                let s = CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"));
+                (v.to_string(), s)
+            })
+            .collect()
+    })
+}
+
+fn cfg(cases: u32) -> ProptestConfig {
+    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+fn rand_vec(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| r.gen_range(-1.0f32..1.0) * scale).collect()
+}
+
+fn bf16r(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+#[track_caller]
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|x| x.is_nan()) {
+        panic!("{what}: NaN at {i} of {} (unwritten output?)", got.len());
+    }
+    let e = rel_error(got, want);
+    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
+}
+
+/// A quantized activation: codes, scales, and the values they stand for.
+struct QAct {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    deq: Vec<f32>,
+}
+
+fn quant_act(x: &[f32], rows: usize, cols: usize) -> QAct {
+    let (codes, scales) = quantize_act_per_token_group(x, rows, cols, 128);
+    let ng = cols.div_ceil(128);
+    let deq = (0..rows * cols).map(|i| e4m3fn_to_f32(codes[i]) * scales[(i / cols) * ng + (i % cols) / 128]).collect();
+    QAct { codes, scales, deq }
+}
+
+/// A block-quantized weight [n, k]: codes, scale_inv, dequantized values.
+struct QW {
+    codes: Vec<u8>,
+    scales: Vec<f32>,
+    deq: Vec<f32>,
+}
+
+fn quant_weight(r: &mut StdRng, n: usize, k: usize) -> QW {
+    // Per-block magnitudes vary, as in real checkpoints.
+    let mut w = rand_vec(r, n * k, 1.0);
+    let sk = k.div_ceil(128);
+    let mags: Vec<f32> = (0..n.div_ceil(128) * sk).map(|_| r.gen_range(0.01f32..0.2)).collect();
+    for (i, v) in w.iter_mut().enumerate() {
+        *v *= mags[(i / k / 128) * sk + (i % k) / 128];
+    }
+    let (codes, scales) = quantize_block_weight(&w, n, k, (128, 128));
+    let deq = dequant_block_weight(&codes, n, k, &scales, (128, 128));
+    QW { codes, scales, deq }
+}
+
+/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
+fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let ar = &a[i * k..(i + 1) * k];
+        for j in 0..n {
+            let br = &b[j * k..(j + 1) * k];
+            out[i * n + j] = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+fn up_fp8(s: &dyn GpuStream, shape: &[usize], codes: &[u8], dtype: DType) -> DeviceTensor {
+    match dtype {
+        DType::E4m3fn => DeviceTensor::from_slice(s, shape, &codes.iter().map(|&c| Fp8E4m3fn(c)).collect::<Vec<_>>()).unwrap(),
+        // Same bits = half the value in e4m3fnuz (the caller doubles the scales); 0x80 (-0) is NaN there.
+        DType::E4m3fnuz => DeviceTensor::from_slice(s, shape, &codes.iter().map(|&c| Fp8E4m3fnuz(if c == 0x80 { 0 } else { c })).collect::<Vec<_>>()).unwrap(),
+        d => panic!("not a float8 type: {d}"),
+    }
+}
+
+fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32], mul: f32) -> DeviceTensor {
+    DeviceTensor::from_slice(s, shape, &v.iter().map(|x| x * mul).collect::<Vec<_>>()).unwrap()
+}
+
+fn down(s: &dyn GpuStream, t: &DeviceTensor) -> Vec<f32> {
+    s.synchronize().unwrap();
+    t.to_f32(s).unwrap()
+}
+
+/// Runs every tile × {no split, split} (× both float8 types) of one dense shape on every variant.
+fn check_dense(seed: u64, m: usize, n: usize, k: usize) {
+    let mut r = StdRng::seed_from_u64(seed);
+    let x = rand_vec(&mut r, m * k, 3.0);
+    let qa = quant_act(&x, m, k);
+    let qw = quant_weight(&mut r, n, k);
+    let want: Vec<f32> = matmul_nt(&qa.deq, &qw.deq, m, n, k).into_iter().map(bf16r).collect();
+    let kt = k.div_ceil(128);
+    for (v, s) in all_streams() {
+        let s: &dyn GpuStream = s;
+        let mut ws = Fp8Workspace::new();
+        for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
+            let mul = if f8 == DType::E4m3fnuz { 2.0 } else { 1.0 };
+            let a = up_fp8(s, &[m, k], &qa.codes, f8);
+            let asc = up_f32(s, &[m, kt], &qa.scales, mul);
+            let b = up_fp8(s, &[n, k], &qw.codes, f8);
+            let bsc = up_f32(s, &[n.div_ceil(128), kt], &qw.scales, mul);
+            for tile in Fp8Tile::ALL {
+                // e4m3fnuz runs the generic path on NVIDIA: one tile is enough.
+                if f8 == DType::E4m3fnuz && tile != Fp8Tile::Bm64 {
+                    continue;
+                }
+                for splits in [1, 3.min(kt).max(1)] {
+                    // Twice with the same workspace: the kernel must leave it zeroed.
+                    for rep in 0..2 {
+                        let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
+                        fg::fp8_gemm_with(s, &mut ws, Fp8Plan { tile, splits }, &out, &a, &asc, &b, &bsc).unwrap();
+                        assert_close(&format!("{v} {f8} m{m} n{n} k{k} bm{} split{splits} rep{rep}", tile.bm()), &down(s, &out), &want, 1e-2);
+                    }
+                }
+            }
+            // The shape-chosen plan through the convenience entry.
+            let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
+            fg::fp8_gemm(s, &out, &a, &asc, &b, &bsc).unwrap();
+            assert_close(&format!("{v} {f8} auto plan m{m} n{n} k{k}"), &down(s, &out), &want, 1e-2);
+        }
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dense_v3_shapes_decode() {
+    // M = 1 and small M on real V3 widths (split-K chosen by the plan), partial N block (2112, 576).
+    check_dense(1, 1, 2112, 7168);
+    check_dense(2, 7, 576, 1536);
+    check_dense(3, 64, 384, 2048);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dense_prefill_shape() {
+    check_dense(4, 300, 256, 512);
+}
+
+proptest! {
+    #![proptest_config(cfg(8))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn dense_random_shapes(seed: u64, m in 1usize..200, n in 1usize..300, k16 in 1usize..40) {
+        check_dense(seed, m, n, k16 * 16);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn act_quant_and_silu_mul_quant(seed: u64, rows in 1usize..40, cols in 1usize..700) {
+        let mut r = StdRng::seed_from_u64(seed);
+        let x: Vec<f32> = rand_vec(&mut r, rows * 2 * cols, 4.0).into_iter().map(bf16r).collect();
+        // act_quant of the first `cols` of each row viewed as [rows, 2·cols].
+        let q1 = quant_act(&x, rows, 2 * cols);
+        let h: Vec<f32> = (0..rows * cols).map(|i| {
+            let (row, c) = (i / cols, i % cols);
+            let g = x[row * 2 * cols + c];
+            let u = x[row * 2 * cols + cols + c];
+            g / (1.0 + (-g).exp()) * u
+        }).collect();
+        let q2 = quant_act(&h, rows, cols);
+        for (v, s) in all_streams() {
+            let s: &dyn GpuStream = s;
+            let dx = DeviceTensor::from_f32(s, &[rows, 2 * cols], &x, DType::Bf16).unwrap();
+            let q = DeviceTensor::poisoned(s, DType::E4m3fn, &[rows, 2 * cols]).unwrap();
+            let sc = DeviceTensor::poisoned(s, DType::F32, &[rows, (2 * cols).div_ceil(128)]).unwrap();
+            fg::act_quant(s, &q, &sc, &dx).unwrap();
+            s.synchronize().unwrap();
+            let codes: Vec<u8> = q.to_vec::<Fp8E4m3fn>(s).unwrap().into_iter().map(|c| c.0).collect();
+            assert_close(&format!("{v} act_quant scales"), &sc.to_f32(s).unwrap(), &q1.scales, 1e-7);
+            let bad = codes.iter().zip(&q1.codes).filter(|(a, b)| a != b).count();
+            prop_assert_eq!(bad, 0, "{} act_quant: {} codes differ", v, bad);
+
+            let q = DeviceTensor::poisoned(s, DType::E4m3fn, &[rows, cols]).unwrap();
+            let sc = DeviceTensor::poisoned(s, DType::F32, &[rows, cols.div_ceil(128)]).unwrap();
+            fg::silu_mul_quant(s, &q, &sc, &dx).unwrap();
+            s.synchronize().unwrap();
+            let codes: Vec<u8> = q.to_vec::<Fp8E4m3fn>(s).unwrap().into_iter().map(|c| c.0).collect();
+            let scv = sc.to_f32(s).unwrap();
+            let ng = cols.div_ceil(128);
+            let deq: Vec<f32> = (0..rows * cols).map(|i| e4m3fn_to_f32(codes[i]) * scv[(i / cols) * ng + (i % cols) / 128]).collect();
+            assert_close(&format!("{v} silu_mul_quant scales"), &scv, &q2.scales, 1e-5);
+            assert_close(&format!("{v} silu_mul_quant values"), &deq, &q2.deq, 1e-2);
+        }
+    }
+}
+
+/// One fused-MoE case: `ids` [t, topk] (entries outside [0, e) are other ranks' experts).
+fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
+    let mut r = StdRng::seed_from_u64(seed);
+    let x: Vec<f32> = rand_vec(&mut r, t * h, 2.0).into_iter().map(bf16r).collect();
+    let tw: Vec<f32> = (0..t * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
+    let out0: Vec<f32> = rand_vec(&mut r, t * h, 1.0).into_iter().map(bf16r).collect();
+    let w13: Vec<QW> = (0..e).map(|_| quant_weight(&mut r, 2 * inter, h)).collect();
+    let w2: Vec<QW> = (0..e).map(|_| quant_weight(&mut r, h, inter)).collect();
+    let qx = quant_act(&x, t, h);
+    // Reference.
+    let mut want = out0.clone();
+    for tok in 0..t {
+        for k in 0..topk {
+            let id = ids[tok * topk + k];
+            if id < 0 || id as usize >= e {
+                continue;
+            }
+            let ex = id as usize;
+            let xr = &qx.deq[tok * h..(tok + 1) * h];
+            let gu: Vec<f32> = matmul_nt(xr, &w13[ex].deq, 1, 2 * inter, h).into_iter().map(bf16r).collect();
+            let hv: Vec<f32> = (0..inter).map(|c| gu[c] / (1.0 + (-gu[c]).exp()) * gu[inter + c]).collect();
+            let qh = quant_act(&hv, 1, inter);
+            let y: Vec<f32> = matmul_nt(&qh.deq, &w2[ex].deq, 1, h, inter).into_iter().map(bf16r).collect();
+            for c in 0..h {
+                want[tok * h + c] += tw[tok * topk + k] * y[c];
+            }
+        }
+    }
+    let want: Vec<f32> = want.into_iter().map(bf16r).collect();
+    let cat = |ws: &[QW], f: fn(&QW) -> &Vec<u8>| ws.iter().flat_map(|q| f(q).iter().copied()).collect::<Vec<u8>>();
+    let cats = |ws: &[QW]| ws.iter().flat_map(|q| q.scales.iter().copied()).collect::<Vec<f32>>();
+    for (v, s) in all_streams() {
+        let s: &dyn GpuStream = s;
+        let d13 = up_fp8(s, &[e, 2 * inter, h], &cat(&w13, |q| &q.codes), DType::E4m3fn);
+        let d13s = up_f32(s, &[e, 2 * inter / 128, h.div_ceil(128)], &cats(&w13), 1.0);
+        let d2 = up_fp8(s, &[e, h, inter], &cat(&w2, |q| &q.codes), DType::E4m3fn);
+        let d2s = up_f32(s, &[e, h.div_ceil(128), inter.div_ceil(128)], &cats(&w2), 1.0);
+        let w = MoeFp8Weights { w13: &d13, w13_scale: &d13s, w2: &d2, w2_scale: &d2s };
+        let dx = DeviceTensor::from_f32(s, &[t, h], &x, DType::Bf16).unwrap();
+        let dids = DeviceTensor::from_slice(s, &[t, topk], ids).unwrap();
+        let dtw = DeviceTensor::from_slice(s, &[t, topk], &tw).unwrap();
+        let mut wsp = FusedMoeWorkspace::new();
+        for rep in 0..2 {
+            let out = DeviceTensor::from_f32(s, &[t, h], &out0, DType::Bf16).unwrap();
+            fg::fused_moe(s, &mut wsp, &out, &dx, &dids, &dtw, &w, 1.0).unwrap();
+            assert_close(&format!("{v} fused_moe t{t} e{e} topk{topk} h{h} i{inter} rep{rep}"), &down(s, &out), &want, 2e-2);
+        }
+    }
+}
+
+fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(t * topk);
+    for _ in 0..t {
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for k in 0..topk {
+            let j = r.gen_range(k..e);
+            pool.swap(k, j);
+            ids.push(pool[k]);
+        }
+    }
+    ids
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn moe_decode_split_k() {
+    // One token, 8 of 64 experts, hidden 1024: the gate_up GEMM splits K; most experts idle.
+    let mut r = StdRng::seed_from_u64(11);
+    let ids = distinct_ids(&mut r, 1, 64, 8);
+    check_moe(11, 1, 64, 8, 1024, 128, &ids);
+    // A few tokens, some pairs on other ranks' experts (-1 and >= E).
+    let mut ids = distinct_ids(&mut r, 5, 16, 4);
+    ids[1] = -1;
+    ids[6] = 99;
+    check_moe(12, 5, 16, 4, 512, 256, &ids);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn moe_all_tokens_on_one_expert() {
+    // 150 tokens all routed to expert 2 (topk 1): BM-128 tiles of one expert, the others empty.
+    check_moe(13, 150, 6, 1, 256, 128, &vec![2i32; 150]);
+}
+
+proptest! {
+    #![proptest_config(cfg(6))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn moe_random(seed: u64, t in 1usize..48, e in 1usize..10, topk in 1usize..4, h16 in 1usize..24, i128 in 1usize..3) {
+        let topk = topk.min(e);
+        let mut r = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let ids = distinct_ids(&mut r, t, e, topk);
+        check_moe(seed, t, e, topk, h16 * 16, i128 * 128, &ids);
+    }
+}
