@@ -7,6 +7,7 @@
 //! - [`error`]: the crate's typed errors.
 
 pub mod backend;
+pub mod dist;
 pub mod engine;
 pub mod error;
 pub mod model;

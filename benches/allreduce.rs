@@ -1,0 +1,219 @@
+//! All-reduce latency on the GPUs of one machine (2+; `DSV3_BENCH_GPUS=N` takes the first N):
+//! bf16, 4 KB to 64 MB, the custom one-shot and two-shot kernels, the dispatcher
+//! (`dsv3::dist::AllReduce`, default policy) and NCCL, each eagerly (back-to-back launches from
+//! the host) and inside CUDA graphs (G calls captured per graph). Prints ONE table: µs per call
+//! (CUDA events around back-to-back calls, the slowest rank, median of 11 runs) and the bus
+//! bandwidth of the dispatcher and NCCL (size · 2(n−1)/n / time).
+//!
+//! Run on the GPU machine: `gpu-bundle --filter '^allreduce-'`, then
+//! `NCCL_NVLS_ENABLE=0 bash .gpu/run.sh '^allreduce-'`. Without 2 CUDA devices it panics.
+
+use cudarc::driver::{result, sys};
+use dsv3::backend::cuda::device_count;
+use dsv3::backend::{DType, DeviceBuffer, GpuStream};
+use dsv3::dist::allreduce::CustomAllReduce;
+use dsv3::dist::comm::Communicator;
+use dsv3::dist::nccl::Nccl;
+use dsv3::dist::{Algo, AllReduce, Policy};
+use std::sync::Arc;
+
+const REPS: usize = 11;
+/// Calls per captured graph.
+const G: usize = 20;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Method {
+    OneShot,
+    TwoShot,
+    Dispatch,
+    Nccl,
+}
+
+struct Bench {
+    comm: Arc<Communicator>,
+    custom: CustomAllReduce,
+    dispatch: AllReduce,
+    ins: Vec<u64>,
+    outs: Vec<u64>,
+    _keep: Vec<DeviceBuffer>,
+}
+
+impl Bench {
+    unsafe fn call(&self, m: Method, n: usize) -> dsv3::Result<()> {
+        let d = DType::Bf16;
+        match m {
+            Method::OneShot => self.custom.all_reduce(Algo::OneShot, d, n, &self.ins, &self.outs),
+            Method::TwoShot => self.custom.all_reduce(Algo::TwoShot, d, n, &self.ins, &self.outs),
+            Method::Dispatch => self.dispatch.all_reduce(d, n, &self.ins, &self.outs).map(|_| ()),
+            Method::Nccl => self.dispatch.nccl().expect("NCCL").all_reduce(d, n, &self.ins, &self.outs),
+        }
+    }
+
+    /// Microseconds per call: events on every rank around `iters` calls made by `body`, the
+    /// slowest rank, median over REPS runs.
+    fn time(&self, iters: usize, mut body: impl FnMut() -> dsv3::Result<()>) -> dsv3::Result<f64> {
+        let w = self.comm.local_size();
+        let mut evs = Vec::new();
+        for r in 0..w {
+            self.comm.stream(r).context().bind_to_thread().unwrap();
+            let a = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).unwrap();
+            let b = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).unwrap();
+            evs.push((a, b));
+        }
+        let mut samples = Vec::new();
+        for _ in 0..REPS {
+            for r in 0..w {
+                self.comm.stream(r).context().bind_to_thread().unwrap();
+                unsafe { result::event::record(evs[r].0, self.comm.stream(r).cu_stream()) }.unwrap();
+            }
+            for _ in 0..iters {
+                body()?;
+            }
+            for r in 0..w {
+                self.comm.stream(r).context().bind_to_thread().unwrap();
+                unsafe { result::event::record(evs[r].1, self.comm.stream(r).cu_stream()) }.unwrap();
+            }
+            self.comm.synchronize()?;
+            let mut worst = 0f64;
+            for r in 0..w {
+                self.comm.stream(r).context().bind_to_thread().unwrap();
+                let ms = unsafe { result::event::elapsed(evs[r].0, evs[r].1) }.unwrap() as f64;
+                worst = worst.max(ms);
+            }
+            samples.push(worst * 1000.0 / iters as f64);
+        }
+        for (r, (a, b)) in evs.into_iter().enumerate() {
+            self.comm.stream(r).context().bind_to_thread().unwrap();
+            unsafe {
+                let _ = result::event::destroy(a);
+                let _ = result::event::destroy(b);
+            }
+        }
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        Ok(samples[samples.len() / 2])
+    }
+
+    fn eager(&self, m: Method, n: usize, iters: usize) -> dsv3::Result<f64> {
+        for _ in 0..10 {
+            unsafe { self.call(m, n)? };
+        }
+        self.comm.synchronize()?;
+        self.time(iters, || unsafe { self.call(m, n) })
+    }
+
+    fn graphed(&self, m: Method, n: usize, iters: usize) -> dsv3::Result<f64> {
+        unsafe { self.call(m, n)? };
+        self.comm.synchronize()?;
+        let g = self.comm.capture(|| {
+            for _ in 0..G {
+                unsafe { self.call(m, n)? };
+            }
+            Ok(())
+        })?;
+        for _ in 0..3 {
+            g.launch()?;
+        }
+        self.comm.synchronize()?;
+        let launches = iters.div_ceil(G).max(1);
+        Ok(self.time(launches, || g.launch())? / G as f64)
+    }
+}
+
+fn fmt_us(r: &dsv3::Result<f64>) -> String {
+    match r {
+        Ok(v) => format!("{v:.1}"),
+        Err(_) => "err".into(),
+    }
+}
+
+fn main() {
+    if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
+        std::env::set_var("NCCL_NVLS_ENABLE", "0");
+    }
+    let n = match device_count() {
+        Ok(n) => n,
+        Err(e) => panic!("no CUDA device: {e}"),
+    };
+    let want = std::env::var("DSV3_BENCH_GPUS").ok().and_then(|v| v.parse().ok()).unwrap_or(n);
+    let w = want.min(n);
+    assert!(w >= 2, "the all-reduce benchmark needs at least 2 CUDA devices; the driver reports {n}");
+    let comm = Arc::new(Communicator::new(&(0..w).collect::<Vec<_>>()).expect("communicator"));
+    let max_bytes = 64usize << 20;
+    let custom = CustomAllReduce::new(comm.clone(), max_bytes).expect("custom all-reduce");
+    let nccl = Nccl::single_node(comm.clone()).expect("NCCL");
+    let (nccl_ver, nccl_path) = (nccl.version(), nccl.library_path().to_string());
+    let policy = Policy::default();
+    let dispatch = AllReduce::new(comm.clone(), policy, Some(nccl)).expect("dispatcher");
+    let mut keep = Vec::new();
+    let (mut ins, mut outs) = (Vec::new(), Vec::new());
+    for r in 0..w {
+        let s = comm.stream(r);
+        let a = s.alloc(max_bytes).unwrap();
+        let b = s.alloc(max_bytes).unwrap();
+        // Finite inputs (0x3f80 = 1.0 in bf16); outputs are overwritten each call.
+        let ones: Vec<u8> = [0x80u8, 0x3f].repeat(max_bytes / 2);
+        unsafe { s.copy_htod(a.ptr(), &ones).unwrap() };
+        ins.push(a.ptr());
+        outs.push(b.ptr());
+        keep.push(a);
+        keep.push(b);
+    }
+    let bench = Bench { comm: comm.clone(), custom, dispatch, ins, outs, _keep: keep };
+
+    let name = comm.stream(0).name();
+    println!(
+        "all-reduce (sum), bf16, {w} x {name}, peer access {}, NCCL {nccl_ver} ({nccl_path}), NCCL_NVLS_ENABLE={}",
+        if comm.peer_access() { "yes" } else { "no" },
+        std::env::var("NCCL_NVLS_ENABLE").unwrap_or_default()
+    );
+    println!(
+        "µs per call: CUDA events around back-to-back calls, slowest rank, median of {REPS} runs; graph = {G} calls captured per CUDA graph; busbw = bytes·2(n−1)/n / time (GB/s); dispatch policy: one-shot ≤ {} KB, two-shot ≤ {} KB, NCCL above",
+        policy.one_shot_max >> 10,
+        policy.two_shot_max >> 10
+    );
+    println!(
+        "| size | one-shot | two-shot | dispatch | NCCL | one-shot graph | two-shot graph | dispatch graph | NCCL graph | dispatch busbw | NCCL busbw | dispatch graph busbw | NCCL graph busbw | NCCL/dispatch eager | NCCL/dispatch graph |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut bytes = 4usize << 10;
+    while bytes <= max_bytes {
+        let n = bytes / 2;
+        let iters = (((256usize << 20) / bytes).clamp(20, 500)).max(G);
+        let methods = [Method::OneShot, Method::TwoShot, Method::Dispatch, Method::Nccl];
+        let eager: Vec<dsv3::Result<f64>> = methods.iter().map(|m| bench.eager(*m, n, iters)).collect();
+        let graph: Vec<dsv3::Result<f64>> = methods.iter().map(|m| bench.graphed(*m, n, iters)).collect();
+        for (i, r) in eager.iter().chain(graph.iter()).enumerate() {
+            if let Err(e) = r {
+                eprintln!("{bytes} B, column {i}: {e}");
+            }
+        }
+        let bw = |r: &dsv3::Result<f64>| match r {
+            Ok(us) => format!("{:.1}", bytes as f64 * 2.0 * (w as f64 - 1.0) / w as f64 / (us * 1e-6) / 1e9),
+            Err(_) => "-".into(),
+        };
+        let ratio = |a: &dsv3::Result<f64>, b: &dsv3::Result<f64>| match (a, b) {
+            (Ok(a), Ok(b)) => format!("{:.2}x", a / b),
+            _ => "-".into(),
+        };
+        let size = if bytes >= 1 << 20 { format!("{} MB", bytes >> 20) } else { format!("{} KB", bytes >> 10) };
+        let algo = bench.dispatch.algo(DType::Bf16, n).name();
+        println!(
+            "| {size} | {} | {} | {} ({algo}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            fmt_us(&eager[0]),
+            fmt_us(&eager[1]),
+            fmt_us(&eager[2]),
+            fmt_us(&eager[3]),
+            fmt_us(&graph[0]),
+            fmt_us(&graph[1]),
+            fmt_us(&graph[2]),
+            fmt_us(&graph[3]),
+            bw(&eager[2]),
+            bw(&eager[3]),
+            bw(&graph[2]),
+            bw(&graph[3]),
+            ratio(&eager[3], &eager[2]),
+            ratio(&graph[3], &graph[2]),
+        );
+        bytes *= 2;
+    }
+}

@@ -1,0 +1,92 @@
+//! Which all-reduce algorithm a message takes. Pure data, so it is tested on the CPU and the
+//! thresholds can be tuned from the benchmark's table (`benches/allreduce.rs`).
+
+/// An all-reduce algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// Every rank reads every peer's whole input and sums it (latency-bound sizes).
+    OneShot,
+    /// Reduce-scatter into each rank's scratch + all-gather (mid sizes: each byte crosses the
+    /// links twice instead of world-1 times).
+    TwoShot,
+    /// NCCL (large messages, several nodes, GPUs without peer access).
+    Nccl,
+}
+
+impl Algo {
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::OneShot => "one-shot",
+            Algo::TwoShot => "two-shot",
+            Algo::Nccl => "nccl",
+        }
+    }
+}
+
+/// Size thresholds of the dispatch (bytes of one rank's message).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// One-shot up to this size (world 2); for larger worlds it shrinks (each rank reads
+    /// world-1 peers).
+    pub one_shot_max: usize,
+    /// Two-shot up to this size; NCCL above.
+    pub two_shot_max: usize,
+    /// Bytes of the registered buffers (the custom kernels' largest message).
+    pub buffer_bytes: usize,
+}
+
+impl Default for Policy {
+    /// vLLM / SGLang's measured crossovers on NVLink machines: one-shot up to 512 KB at world
+    /// 2 (256 KB at 4, 128 KB at 8), two-shot up to 8 MB, NCCL above (it reaches the link
+    /// bandwidth with its pipelined rings). `DSV3_AR_ONE_SHOT_MAX` / `DSV3_AR_TWO_SHOT_MAX`
+    /// (bytes) override them.
+    fn default() -> Self {
+        let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        Policy {
+            one_shot_max: env("DSV3_AR_ONE_SHOT_MAX", 512 << 10),
+            two_shot_max: env("DSV3_AR_TWO_SHOT_MAX", 8 << 20),
+            buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// The algorithm for a message of `bytes` over `world` ranks spread on `nnodes` nodes, where
+/// `peer_access` says whether every pair of local GPUs can read each other's memory.
+pub fn choose(policy: &Policy, bytes: usize, world: usize, nnodes: usize, peer_access: bool) -> Algo {
+    if world <= 1 {
+        // Nothing to reduce; the one-shot path degenerates to a copy (the caller skips it).
+        return Algo::OneShot;
+    }
+    if nnodes > 1 || !peer_access || world > 8 || bytes > policy.buffer_bytes {
+        return Algo::Nccl;
+    }
+    let one = (policy.one_shot_max * 2 / world).max(16 << 10);
+    if bytes <= one {
+        Algo::OneShot
+    } else if bytes <= policy.two_shot_max {
+        Algo::TwoShot
+    } else {
+        Algo::Nccl
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dispatch_by_size_world_and_topology() {
+        let p = Policy { one_shot_max: 512 << 10, two_shot_max: 8 << 20, buffer_bytes: 8 << 20 };
+        assert_eq!(choose(&p, 4096, 2, 1, true), Algo::OneShot);
+        assert_eq!(choose(&p, 512 << 10, 2, 1, true), Algo::OneShot);
+        assert_eq!(choose(&p, (512 << 10) + 2, 2, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 256 << 10, 8, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 8 << 20, 2, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, (8 << 20) + 2, 2, 1, true), Algo::Nccl);
+        assert_eq!(choose(&p, 4096, 2, 2, true), Algo::Nccl, "across nodes");
+        assert_eq!(choose(&p, 4096, 2, 1, false), Algo::Nccl, "no peer access");
+        assert_eq!(choose(&p, 4096, 16, 1, true), Algo::Nccl, "more ranks than the kernels take");
+        let small = Policy { buffer_bytes: 1 << 20, ..p };
+        assert_eq!(choose(&small, 2 << 20, 2, 1, true), Algo::Nccl, "larger than the registered buffer");
+    }
+}

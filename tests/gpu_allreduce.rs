@@ -1,0 +1,428 @@
+//! All-reduce on 2+ GPUs of one machine against a CPU sum: the custom one-shot and two-shot
+//! kernels (bit-identical to the CPU's f32 rank-order sum, on every rank), NCCL, and the
+//! dispatcher; f32 and bf16; 16 B to 64 MB including odd sizes and misaligned pointers; in and
+//! out of place; many back-to-back iterations (stale flags would deadlock — the watchdog turns
+//! that into an error — or race); inside CUDA graphs replayed many times.
+//!
+//! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. With fewer than
+//! two CUDA devices every test panics loudly. The tests share one communicator behind a mutex:
+//! collectives from two test threads would interleave their launches across the ranks.
+
+use dsv3::backend::cuda::device_count;
+use dsv3::backend::{DType, DeviceBuffer, GpuStream};
+use dsv3::dist::allreduce::CustomAllReduce;
+use dsv3::dist::nccl::Nccl;
+use dsv3::dist::{Algo, AllReduce, Communicator, Policy};
+use half::bf16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+const GPU: &str = "GPU test: run on the GPU machine with --include-ignored";
+/// Registered buffers big enough for the largest message (64 MB).
+const BUF: usize = 64 << 20;
+
+struct Ctx {
+    comm: Arc<Communicator>,
+    custom: CustomAllReduce,
+    nccl: Result<Nccl, String>,
+}
+
+fn init() -> Ctx {
+    // NVLink multicast stays off on the shared machines.
+    std::env::set_var("NCCL_NVLS_ENABLE", "0");
+    let n = match device_count() {
+        Err(e) => panic!("no CUDA device: {e}"),
+        Ok(n) => n,
+    };
+    assert!(n >= 2, "the all-reduce tests need at least 2 CUDA devices; the driver reports {n}");
+    let comm = Arc::new(Communicator::new(&[0, 1]).unwrap_or_else(|e| panic!("communicator over cuda:0, cuda:1: {e}")));
+    assert!(comm.peer_access(), "cuda:0 and cuda:1 have no peer access: the custom all-reduce cannot run here");
+    let custom = CustomAllReduce::new(comm.clone(), BUF).unwrap_or_else(|e| panic!("custom all-reduce: {e}"));
+    let nccl = Nccl::single_node(comm.clone()).map_err(|e| e.to_string());
+    if let Ok(n) = &nccl {
+        eprintln!("NCCL {} from {}", n.version(), n.library_path());
+    }
+    Ctx { comm, custom, nccl }
+}
+
+fn ctx() -> MutexGuard<'static, Ctx> {
+    static CTX: OnceLock<Mutex<Ctx>> = OnceLock::new();
+    CTX.get_or_init(|| Mutex::new(init())).lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One rank's host data: the bytes to upload and the values as f32.
+fn random(dtype: DType, n: usize, rng: &mut StdRng) -> (Vec<u8>, Vec<f32>) {
+    let vals: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    match dtype {
+        DType::F32 => (vals.iter().flat_map(|v| v.to_le_bytes()).collect(), vals),
+        DType::Bf16 => {
+            let b: Vec<bf16> = vals.iter().map(|v| bf16::from_f32(*v)).collect();
+            (b.iter().flat_map(|v| v.to_bits().to_le_bytes()).collect(), b.iter().map(|v| v.to_f32()).collect())
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// The CPU reference: f32 sum in rank order, rounded once to `dtype` (what the kernels do).
+fn cpu_sum(dtype: DType, per_rank: &[Vec<f32>]) -> Vec<u8> {
+    let n = per_rank[0].len();
+    let mut out = Vec::with_capacity(n * dtype.size());
+    for i in 0..n {
+        let mut acc = per_rank[0][i];
+        for r in &per_rank[1..] {
+            acc += r[i];
+        }
+        match dtype {
+            DType::F32 => out.extend_from_slice(&acc.to_le_bytes()),
+            _ => out.extend_from_slice(&bf16::from_f32(acc).to_bits().to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn to_f32(dtype: DType, b: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+        _ => b.chunks_exact(2).map(|c| bf16::from_bits(u16::from_le_bytes(c.try_into().unwrap())).to_f32()).collect(),
+    }
+}
+
+fn first_diff(dtype: DType, got: &[u8], want: &[u8]) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let (g, w) = (to_f32(dtype, got), to_f32(dtype, want));
+    let i = (0..g.len()).find(|&i| g[i].to_bits() != w[i].to_bits()).unwrap_or(0);
+    let bad = (0..g.len()).filter(|&i| g[i].to_bits() != w[i].to_bits()).count();
+    Some(format!("{bad} of {} elements differ; first at {i}: got {} want {}", g.len(), g[i], w[i]))
+}
+
+fn rel_err(dtype: DType, got: &[u8], want: &[u8]) -> f64 {
+    let (g, w) = (to_f32(dtype, got), to_f32(dtype, want));
+    let (mut num, mut den) = (0f64, 0f64);
+    for (a, b) in g.iter().zip(&w) {
+        if a.is_nan() {
+            return f64::NAN;
+        }
+        num += ((a - b) as f64).powi(2);
+        den += (*b as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// Per-rank device buffers of `count` elements at an element offset `skew` (misalignment).
+struct Bufs {
+    _keep: Vec<DeviceBuffer>,
+    ptrs: Vec<u64>,
+}
+
+fn alloc(comm: &Communicator, dtype: DType, count: usize, skew: usize) -> Bufs {
+    let mut keep = Vec::new();
+    let mut ptrs = Vec::new();
+    for r in 0..comm.local_size() {
+        let b = comm.stream(r).alloc((count + skew) * dtype.size() + 64).unwrap();
+        ptrs.push(b.ptr() + (skew * dtype.size()) as u64);
+        keep.push(b);
+    }
+    Bufs { _keep: keep, ptrs }
+}
+
+fn upload(comm: &Communicator, ptrs: &[u64], data: &[Vec<u8>]) {
+    for r in 0..comm.local_size() {
+        unsafe { comm.stream(r).copy_htod(ptrs[r], &data[r]).unwrap() };
+    }
+}
+
+fn poison(comm: &Communicator, ptrs: &[u64], bytes: usize) {
+    for r in 0..comm.local_size() {
+        unsafe { comm.stream(r).memset_u8(ptrs[r], 0xff, bytes).unwrap() };
+    }
+}
+
+fn download(comm: &Communicator, ptrs: &[u64], bytes: usize) -> Vec<Vec<u8>> {
+    (0..comm.local_size())
+        .map(|r| {
+            let mut h = vec![0u8; bytes];
+            unsafe { comm.stream(r).copy_dtoh(&mut h, ptrs[r]).unwrap() };
+            h
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Custom(Algo),
+    Nccl,
+}
+
+/// One all-reduce of `count` elements checked against the CPU. Custom paths must match the CPU
+/// bit for bit; NCCL within a relative error; every rank must agree bit for bit.
+fn case(c: &Ctx, path: Path, dtype: DType, count: usize, in_place: bool, skew: usize, seed: u64) -> Result<(), String> {
+    let comm = &c.comm;
+    let w = comm.local_size();
+    let bytes = count * dtype.size();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..w).map(|_| random(dtype, count, &mut rng)).unzip();
+    let want = cpu_sum(dtype, &vals);
+    let ins = alloc(comm, dtype, count, skew);
+    let outs = if in_place { None } else { Some(alloc(comm, dtype, count, skew)) };
+    let out_ptrs = outs.as_ref().map(|o| o.ptrs.clone()).unwrap_or_else(|| ins.ptrs.clone());
+    upload(comm, &ins.ptrs, &host);
+    if !in_place {
+        poison(comm, &out_ptrs, bytes);
+    }
+    comm.synchronize().unwrap();
+    let r = unsafe {
+        match path {
+            Path::Custom(a) => c.custom.all_reduce(a, dtype, count, &ins.ptrs, &out_ptrs),
+            Path::Nccl => c.nccl.as_ref().unwrap_or_else(|e| panic!("NCCL unavailable: {e}")).all_reduce(dtype, count, &ins.ptrs, &out_ptrs),
+        }
+    };
+    r.map_err(|e| format!("launch: {e}"))?;
+    comm.synchronize().map_err(|e| format!("sync: {e}"))?;
+    let got = download(comm, &out_ptrs, bytes);
+    let what = format!("{path:?} {dtype} n={count} ({bytes} B) in_place={in_place} skew={skew}");
+    for r in 1..w {
+        if let Some(d) = first_diff(dtype, &got[r], &got[0]) {
+            return Err(format!("{what}: rank {r} differs from rank 0: {d}"));
+        }
+    }
+    match path {
+        Path::Custom(_) => {
+            if let Some(d) = first_diff(dtype, &got[0], &want) {
+                return Err(format!("{what}: differs from the CPU sum: {d}"));
+            }
+        }
+        Path::Nccl => {
+            let e = rel_err(dtype, &got[0], &want);
+            let tol = if dtype == DType::F32 { 1e-6 } else { 8e-3 };
+            if !(e <= tol) {
+                return Err(format!("{what}: relative error {e:e} > {tol:e}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Element counts from 16 B to 64 MB, including odd ones.
+fn counts(dtype: DType) -> Vec<usize> {
+    let s = dtype.size();
+    let mut v: Vec<usize> = [16usize, 4096, 65536, 1 << 20, 8 << 20, 64 << 20].iter().map(|b| b / s).collect();
+    v.extend([1usize, 3, 7, 9, 31, 255, 1023, 4097, 12_345, 65_537, 333_333, 1_000_003]);
+    if dtype == DType::Bf16 {
+        v.push((16 << 20) / 2 + 5);
+    } else {
+        v.push((16 << 20) / 4 - 3);
+    }
+    v
+}
+
+fn run_all(path: Path) {
+    let c = ctx();
+    let mut fails = Vec::new();
+    let mut seed = 1000u64;
+    for dtype in [DType::F32, DType::Bf16] {
+        for n in counts(dtype) {
+            for (in_place, skew) in [(false, 0), (true, 0), (false, 1)] {
+                if skew > 0 && n > (1 << 20) {
+                    continue;
+                }
+                seed += 1;
+                if let Err(e) = case(&c, path, dtype, n, in_place, skew, seed) {
+                    fails.push(e);
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} failure(s):\n{}", fails.len(), fails.join("\n"));
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn one_shot_equals_the_cpu_sum_on_every_rank() {
+    let _ = GPU;
+    run_all(Path::Custom(Algo::OneShot));
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_shot_equals_the_cpu_sum_on_every_rank() {
+    run_all(Path::Custom(Algo::TwoShot));
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn nccl_matches_the_cpu_sum() {
+    {
+        let c = ctx();
+        if let Err(e) = &c.nccl {
+            panic!("NCCL could not be set up: {e}");
+        }
+    }
+    run_all(Path::Nccl);
+}
+
+/// Thousands of back-to-back calls with no host sync in between (flags must never be stale;
+/// a barrier bug shows up as a wrong sum or a watchdog trap), sizes varying so that different
+/// block counts interleave, checked in batches.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn many_iterations_never_see_stale_flags() {
+    let c = ctx();
+    let comm = &c.comm;
+    let dtype = DType::F32;
+    let sizes = [1000usize, 100_000, 1_000_000, 7];
+    let mut rng = StdRng::seed_from_u64(7);
+    // Three input sets and their expected sums for each size prefix.
+    let max = *sizes.iter().max().unwrap();
+    let sets: Vec<(Bufs, Vec<Vec<f32>>)> = (0..3)
+        .map(|_| {
+            let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..comm.local_size()).map(|_| random(dtype, max, &mut rng)).unzip();
+            let b = alloc(comm, dtype, max, 0);
+            upload(comm, &b.ptrs, &host);
+            (b, vals)
+        })
+        .collect();
+    let outs: Vec<Bufs> = (0..4).map(|_| alloc(comm, dtype, max, 0)).collect();
+    let expect = |set: usize, n: usize| {
+        let v: Vec<Vec<f32>> = sets[set].1.iter().map(|r| r[..n].to_vec()).collect();
+        cpu_sum(dtype, &v)
+    };
+    let total = 3000usize;
+    for i in 0..total {
+        let algo = if i % 3 == 0 { Algo::TwoShot } else { Algo::OneShot };
+        let n = sizes[(i / 4) % sizes.len()];
+        let set = i % 3;
+        unsafe { c.custom.all_reduce(algo, dtype, n, &sets[set].0.ptrs, &outs[i % 4].ptrs) }.unwrap();
+        // Check every 4th batch (and the last one): the 4 outputs of this batch.
+        if i % 4 == 3 && (i % 64 == 63 || i + 1 == total) {
+            comm.synchronize().unwrap_or_else(|e| panic!("iteration {i}: {e}"));
+            for j in i - 3..=i {
+                let n = sizes[(j / 4) % sizes.len()];
+                let got = download(comm, &outs[j % 4].ptrs, n * 4);
+                let want = expect(j % 3, n);
+                for (r, g) in got.iter().enumerate() {
+                    if let Some(d) = first_diff(dtype, g, &want) {
+                        panic!("iteration {j} (n={n}) rank {r}: {d}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The custom all-reduce (one-shot out of place, one-shot in place through the registered
+/// buffer, two-shot in place) captured into one CUDA graph per rank, replayed many times with
+/// fresh inputs written into the same fixed addresses.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn custom_all_reduce_inside_cuda_graphs() {
+    let c = ctx();
+    let comm = &c.comm;
+    for dtype in [DType::Bf16, DType::F32] {
+        for (algo, in_place, n) in [(Algo::OneShot, false, 3000usize), (Algo::OneShot, true, 40_001), (Algo::TwoShot, true, 1_000_001), (Algo::TwoShot, false, 77)] {
+            let bytes = n * dtype.size();
+            let ins = alloc(comm, dtype, n, 0);
+            let outs = alloc(comm, dtype, n, 0);
+            let out_ptrs = if in_place { ins.ptrs.clone() } else { outs.ptrs.clone() };
+            // Warm-up outside the graph (loads the modules).
+            unsafe { c.custom.all_reduce(algo, dtype, n, &ins.ptrs, &out_ptrs) }.unwrap();
+            comm.synchronize().unwrap();
+            let graph = comm
+                .capture(|| unsafe { c.custom.all_reduce(algo, dtype, n, &ins.ptrs, &out_ptrs) })
+                .unwrap_or_else(|e| panic!("capture {algo:?} {dtype}: {e}"));
+            let mut rng = StdRng::seed_from_u64(99);
+            for rep in 0..60 {
+                let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..comm.local_size()).map(|_| random(dtype, n, &mut rng)).unzip();
+                upload(comm, &ins.ptrs, &host);
+                if !in_place {
+                    poison(comm, &out_ptrs, bytes);
+                }
+                comm.synchronize().unwrap();
+                // Replay several times back to back on the same inputs (out of place: same
+                // result each time), once for in place (it would sum the sum).
+                let times = if in_place { 1 } else { 1 + rep % 5 };
+                for _ in 0..times {
+                    graph.launch().unwrap();
+                }
+                comm.synchronize().unwrap_or_else(|e| panic!("replay {rep} {algo:?} {dtype}: {e}"));
+                let want = cpu_sum(dtype, &vals);
+                for (r, g) in download(comm, &out_ptrs, bytes).iter().enumerate() {
+                    if let Some(d) = first_diff(dtype, g, &want) {
+                        panic!("graph {algo:?} {dtype} n={n} in_place={in_place} replay {rep} rank {r}: {d}");
+                    }
+                }
+            }
+            // Many replays without a sync, then the graphs must still be in step.
+            if !in_place {
+                for _ in 0..500 {
+                    graph.launch().unwrap();
+                }
+                comm.synchronize().unwrap_or_else(|e| panic!("500 replays {algo:?} {dtype}: {e}"));
+            }
+        }
+    }
+}
+
+/// NCCL calls captured into graphs too (the benchmark's graph column relies on it).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn nccl_inside_cuda_graphs() {
+    let c = ctx();
+    let nccl = c.nccl.as_ref().unwrap_or_else(|e| panic!("NCCL could not be set up: {e}"));
+    let comm = &c.comm;
+    let (dtype, n) = (DType::Bf16, 100_003usize);
+    let ins = alloc(comm, dtype, n, 0);
+    let outs = alloc(comm, dtype, n, 0);
+    unsafe { nccl.all_reduce(dtype, n, &ins.ptrs, &outs.ptrs) }.unwrap();
+    comm.synchronize().unwrap();
+    let graph = comm.capture(|| unsafe { nccl.all_reduce(dtype, n, &ins.ptrs, &outs.ptrs) }).unwrap_or_else(|e| panic!("capture NCCL: {e}"));
+    let mut rng = StdRng::seed_from_u64(5);
+    for rep in 0..10 {
+        let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..comm.local_size()).map(|_| random(dtype, n, &mut rng)).unzip();
+        upload(comm, &ins.ptrs, &host);
+        poison(comm, &outs.ptrs, n * 2);
+        comm.synchronize().unwrap();
+        graph.launch().unwrap();
+        comm.synchronize().unwrap();
+        let got = download(comm, &outs.ptrs, n * 2);
+        let want = cpu_sum(dtype, &vals);
+        assert!(first_diff(dtype, &got[1], &got[0]).is_none(), "replay {rep}: ranks differ");
+        let e = rel_err(dtype, &got[0], &want);
+        assert!(e <= 8e-3, "replay {rep}: relative error {e}");
+    }
+}
+
+/// The dispatcher picks one-shot / two-shot / NCCL by size and each answer is right.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dispatch_picks_by_size_and_is_right() {
+    let c = ctx(); // held: no other test's collectives meanwhile
+    let comm = c.comm.clone();
+    let policy = Policy::default();
+    let nccl = Nccl::single_node(comm.clone()).unwrap_or_else(|e| panic!("NCCL: {e}"));
+    let ar = AllReduce::new(comm.clone(), policy, Some(nccl)).unwrap();
+    let dtype = DType::Bf16;
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, bytes) in [4096usize, 256 << 10, (512 << 10) + 2, 4 << 20, 32 << 20].into_iter().enumerate() {
+        let n = bytes / 2;
+        let mut rng = StdRng::seed_from_u64(300 + i as u64);
+        let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..comm.local_size()).map(|_| random(dtype, n, &mut rng)).unzip();
+        let ins = alloc(&comm, dtype, n, 0);
+        let outs = alloc(&comm, dtype, n, 0);
+        upload(&comm, &ins.ptrs, &host);
+        poison(&comm, &outs.ptrs, bytes);
+        comm.synchronize().unwrap();
+        let algo = unsafe { ar.all_reduce(dtype, n, &ins.ptrs, &outs.ptrs) }.unwrap();
+        comm.synchronize().unwrap();
+        assert_eq!(algo, ar.algo(dtype, n));
+        seen.insert(algo.name());
+        let got = download(&comm, &outs.ptrs, bytes);
+        let want = cpu_sum(dtype, &vals);
+        assert!(first_diff(dtype, &got[1], &got[0]).is_none(), "{bytes} B via {algo:?}: ranks differ");
+        let e = rel_err(dtype, &got[0], &want);
+        assert!(e <= 8e-3, "{bytes} B via {algo:?}: relative error {e}");
+    }
+    assert_eq!(seen.len(), 3, "one-shot, two-shot and NCCL all taken: {seen:?}");
+}
