@@ -34,6 +34,7 @@ pub use comm::Communicator;
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
 
+#[cfg(feature = "cuda")]
 pub(crate) fn dist_err(what: &'static str, msg: impl Into<String>) -> crate::Error {
     crate::Error::Backend { backend: what, msg: msg.into() }
 }
