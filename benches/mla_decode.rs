@@ -2,9 +2,9 @@
 //! DeepSeek-V3 shapes (page 64, bf16 latent cache, 576 / 512), against the ceilings measured in
 //! the same process (device-to-device copy) and the simple kernel (`mla_paged_attention`).
 //!
-//! Default (the device runner): prints ONE table. Each row: B, h, s_k, s_q; median µs of one
-//! decode (split + combine) over 30 launches timed one by one with CUDA events after 10 warm-up
-//! launches; GB/s with bytes = q + kv + out; TFLOPS with FLOPs = 2·h·s_q·s_k·(576+512)·B; the
+//! Default (the device runner): prints ONE table. Each row: B, h, s_k, s_q; µs of one decode
+//! (split + combine): a CUDA graph of 20 decodes replayed 7 times after warm-up, median (and the
+//! same from events around 20 back-to-back stream launches, host overhead included); GB/s with bytes = q + kv + out; TFLOPS with FLOPs = 2·h·s_q·s_k·(576+512)·B; the
 //! ratio of that bandwidth to the copy's; the simple kernel's µs where it is affordable. Caches
 //! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
 //! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes.
@@ -127,19 +127,53 @@ impl Shape {
     fn flops(&self) -> f64 {
         2.0 * (self.b * self.h * self.s_q * self.s_k * (DK + DV)) as f64
     }
-    /// Median µs of one decode.
-    fn time_us(&self, s: &CudaStream) -> f32 {
+    /// Median µs of one decode: events around 20 back-to-back launches (after 10 warm-up
+    /// launches), 7 repetitions, median of the per-launch means. Includes host launch overhead
+    /// where the host enqueues slower than the GPU runs.
+    fn time_stream_us(&self, s: &CudaStream) -> f32 {
         let t = cuda_util::EventTimer::new(s).unwrap();
         for i in 0..10 {
             self.launch(s, i);
         }
         let mut v = Vec::new();
-        for i in 0..30 {
+        for r in 0..7 {
             t.start().unwrap();
-            self.launch(s, i);
-            v.push(t.stop_ms().unwrap() * 1e3);
+            for i in 0..20 {
+                self.launch(s, r * 20 + i);
+            }
+            v.push(t.stop_ms().unwrap() * 1e3 / 20.0);
         }
         median(v)
+    }
+    /// Median µs of one decode from a CUDA graph of 20 decodes (rotating inputs), 7 timed
+    /// replays after 2 warm-up replays. None when capture fails (reported).
+    fn time_graph_us(&self, s: &CudaStream) -> Option<f32> {
+        self.launch(s, 0);
+        s.synchronize().unwrap();
+        let g = match cuda_util::Graph::capture(s, || {
+            for i in 0..20 {
+                let c = i % self.copies;
+                mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, &self.meta, 0.0722)?;
+            }
+            Ok(())
+        }) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("graph capture failed: {e}");
+                return None;
+            }
+        };
+        let t = cuda_util::EventTimer::new(s).unwrap();
+        for _ in 0..2 {
+            g.launch().unwrap();
+        }
+        let mut v = Vec::new();
+        for _ in 0..7 {
+            t.start().unwrap();
+            g.launch().unwrap();
+            v.push(t.stop_ms().unwrap() * 1e3 / 20.0);
+        }
+        Some(median(v))
     }
     /// Median µs of the metadata kernel (once per decode step, not per layer).
     fn meta_us(&self, s: &CudaStream) -> f32 {
@@ -212,24 +246,30 @@ fn table(s: &CudaStream) {
     let mut rows = Vec::new();
     for (b, h, s_k, s_q) in shapes {
         let sh = Shape::new(s, sms, b, h, s_k, s_q);
-        let us = sh.time_us(s);
+        let stream_us = sh.time_stream_us(s);
+        let graph_us = sh.time_graph_us(s);
+        let us = graph_us.unwrap_or(stream_us);
         let meta_us = sh.meta_us(s);
         let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
         let gbs = sh.bytes() / (us as f64 * 1e-6) / 1e9;
         let tf = sh.flops() / (us as f64 * 1e-6) / 1e12;
         eprintln!("B={b} h={h} s_k={s_k} s_q={s_q}: {us:.1} us, {gbs:.0} GB/s, {tf:.1} TFLOPS");
-        rows.push((b, h, s_k, s_q, us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
+        rows.push((b, h, s_k, s_q, us, stream_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
         drop(sh);
         s.allocator().empty_cache().unwrap();
     }
     println!();
-    println!("MLA decode, bf16 cache, page 64, {sms} SMs; copy {:.0} GB/s (2 GiB D2D, read+write); median of 30 launches", copy / 1e9);
-    println!("| B | h | s_k | s_q | µs | GB/s | TFLOPS | BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for (b, h, s_k, s_q, us, gbs, tf, ratio, meta_us, simple, p) in rows {
+    println!(
+        "MLA decode (split + combine), bf16 cache, page 64, bf16 out, {sms} SMs; copy {:.0} GB/s (2 GiB D2D, read+write). \
+         µs: CUDA graph of 20 decodes, median of 7 replays (stream: events around 20 back-to-back launches)",
+        copy / 1e9
+    );
+    println!("| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s_k, s_q, us, stream_us, gbs, tf, ratio, meta_us, simple, p) in rows {
         let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         println!(
-            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {meta_us:.1} | {simple} | {}, {}, {} |",
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {meta_us:.1} | {simple} | {}, {}, {} |",
             ratio * 100.0,
             p.mw,
             p.row_blocks,

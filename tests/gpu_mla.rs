@@ -334,3 +334,71 @@ fn mla_decode_checks_shapes() {
     let e = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, 0.1).unwrap_err().to_string();
     assert!(e.contains("cache must be [pages, 64, 576]"), "{e}");
 }
+
+/// The step captured once in a CUDA graph (metadata + decode) and replayed with new sequence
+/// lengths, block tables and queries written into the same buffers: the fixed-size metadata
+/// makes the graph reusable across steps.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_graph_replay_with_new_lengths() {
+    for (name, s) in all_streams() {
+        let (b, s_q, h, max_pages) = (4usize, 2usize, 16usize, 12usize);
+        let sms = cuda_util::sm_count(s).unwrap();
+        let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap()).unwrap();
+        let total_pages = b * max_pages + 5;
+        let q = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DK]).unwrap();
+        let cache = DeviceTensor::empty(s, DType::Bf16, &[total_pages, PAGE, DK]).unwrap();
+        let bt = DeviceTensor::empty(s, DType::I32, &[b, max_pages]).unwrap();
+        let sl = DeviceTensor::empty(s, DType::I32, &[b]).unwrap();
+        let out = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DV]).unwrap();
+        let lse = DeviceTensor::empty(s, DType::F32, &[b, s_q, h]).unwrap();
+        let upload = |c: &Case| unsafe {
+            let bytes = |v: &[f32]| v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect::<Vec<u8>>();
+            let ints = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+            assert_eq!(c.total_pages, total_pages);
+            // The case's table has its own max_pages: re-lay it out with this test's width.
+            let mut wide = vec![0i32; b * max_pages];
+            for sq in 0..b {
+                for p in 0..c.max_pages {
+                    wide[sq * max_pages + p] = c.block_table[sq * c.max_pages + p];
+                }
+            }
+            s.copy_htod(q.raw(), &bytes(&c.q)).unwrap();
+            s.copy_htod(cache.raw(), &bytes(&c.cache)).unwrap();
+            s.copy_htod(bt.raw(), &ints(&wide)).unwrap();
+            s.copy_htod(sl.raw(), &ints(&c.lens)).unwrap();
+        };
+        // Pages: make_case sizes total_pages from the longest sequence, so fix it at max_pages.
+        let case = |seed: u64, lens: Vec<i32>| {
+            let mut c = make_case(seed, lens, s_q, h);
+            if c.total_pages != total_pages {
+                // Pad the page pool (extra pages stay NaN) to the graph's fixed size.
+                let extra = total_pages - c.total_pages;
+                c.cache.extend(std::iter::repeat(f32::NAN).take(extra * PAGE * DK));
+                c.total_pages = total_pages;
+            }
+            c
+        };
+        let c1 = case(11, vec![700, 65, 2, 300]);
+        upload(&c1);
+        mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+        mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale).unwrap();
+        s.synchronize().unwrap();
+        let g = cuda_util::Graph::capture(s, || {
+            mla::mla_decode_metadata(s, &meta, &sl)?;
+            mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale)
+        })
+        .unwrap_or_else(|e| panic!("{name}: capture: {e}"));
+        for (i, lens) in [vec![700, 65, 2, 300], vec![3, 760, 128, 129], vec![64, 64, 64, 64]].into_iter().enumerate() {
+            let c = case(20 + i as u64, lens);
+            upload(&c);
+            out.poison(s).unwrap();
+            lse.poison(s).unwrap();
+            g.launch().unwrap();
+            s.synchronize().unwrap();
+            let (want_o, want_lse) = reference(&c);
+            let got = Got { o: out.to_f32(s).unwrap(), lse: lse.to_f32(s).unwrap(), meta: meta.meta.to_vec::<i32>(s).unwrap()[..4 + b + 1].to_vec() };
+            check(&format!("{name} graph replay {i}"), &c, &got, &want_o, &want_lse, meta.plan.num_parts);
+        }
+    }
+}

@@ -279,6 +279,50 @@ pub mod cuda_util {
         }
     }
 
+    /// A CUDA graph captured from the work `f` enqueues on the stream (thread-local capture),
+    /// replayed with [`Graph::launch`]. `f` must not allocate or synchronize (warm it up first:
+    /// modules load on first use).
+    pub struct Graph {
+        graph: sys::CUgraph,
+        exec: sys::CUgraphExec,
+        stream: sys::CUstream,
+    }
+
+    impl Graph {
+        pub fn capture(s: &CudaStream, f: impl FnOnce() -> Result<()>) -> Result<Self> {
+            s.context().bind_to_thread().map_err(|x| e("bind context", x))?;
+            let stream = s.cu_stream();
+            unsafe { result::stream::begin_capture(stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL) }
+                .map_err(|x| e("cuStreamBeginCapture", x))?;
+            let r = f();
+            let g = unsafe { result::stream::end_capture(stream) };
+            r?;
+            let graph = g.map_err(|x| e("cuStreamEndCapture", x))?;
+            let exec = match unsafe { result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0)) } {
+                Ok(x) => x,
+                Err(x) => {
+                    unsafe {
+                        let _ = result::graph::destroy(graph);
+                    }
+                    return Err(e("cuGraphInstantiate", x));
+                }
+            };
+            Ok(Graph { graph, exec, stream })
+        }
+        pub fn launch(&self) -> Result<()> {
+            unsafe { result::graph::launch(self.exec, self.stream) }.map_err(|x| e("cuGraphLaunch", x))
+        }
+    }
+
+    impl Drop for Graph {
+        fn drop(&mut self) {
+            unsafe {
+                let _ = result::graph::exec_destroy(self.exec);
+                let _ = result::graph::destroy(self.graph);
+            }
+        }
+    }
+
     impl Drop for EventTimer {
         fn drop(&mut self) {
             unsafe {
