@@ -7,6 +7,31 @@ use crate::model::*;
 const FLOAT: Axis = Axis { name: "T", values: &["f32", "bf16"] };
 const FP8: Axis = Axis { name: "F8", values: &["e4m3fn", "e4m3fnuz"] };
 
+/// Arguments of the all-reduce kernels: the output, every rank's input and signal buffer (unused
+/// slots 0), this rank, the world size and the element count.
+const AR_ARGS: &[Arg] = &[
+    ptr_mut("out", "{T}"),
+    scalar("in0", "u64"),
+    scalar("in1", "u64"),
+    scalar("in2", "u64"),
+    scalar("in3", "u64"),
+    scalar("in4", "u64"),
+    scalar("in5", "u64"),
+    scalar("in6", "u64"),
+    scalar("in7", "u64"),
+    scalar("sig0", "u64"),
+    scalar("sig1", "u64"),
+    scalar("sig2", "u64"),
+    scalar("sig3", "u64"),
+    scalar("sig4", "u64"),
+    scalar("sig5", "u64"),
+    scalar("sig6", "u64"),
+    scalar("sig7", "u64"),
+    scalar("rank", "u32"),
+    scalar("world", "u32"),
+    scalar("n", "u32"),
+];
+
 pub static FAMILIES: &[Family] = &[
     Family {
         name: "embedding",
@@ -644,29 +669,4 @@ pub static FAMILIES: &[Family] = &[
             },
         ],
     },
-];
-
-/// Arguments of the all-reduce kernels: the output, every rank's input and signal buffer (unused
-/// slots 0), this rank, the world size and the element count.
-const AR_ARGS: &[Arg] = &[
-    ptr_mut("out", "{T}"),
-    scalar("in0", "u64"),
-    scalar("in1", "u64"),
-    scalar("in2", "u64"),
-    scalar("in3", "u64"),
-    scalar("in4", "u64"),
-    scalar("in5", "u64"),
-    scalar("in6", "u64"),
-    scalar("in7", "u64"),
-    scalar("sig0", "u64"),
-    scalar("sig1", "u64"),
-    scalar("sig2", "u64"),
-    scalar("sig3", "u64"),
-    scalar("sig4", "u64"),
-    scalar("sig5", "u64"),
-    scalar("sig6", "u64"),
-    scalar("sig7", "u64"),
-    scalar("rank", "u32"),
-    scalar("world", "u32"),
-    scalar("n", "u32"),
 ];
