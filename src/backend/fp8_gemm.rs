@@ -64,6 +64,13 @@ impl Fp8Tile {
             Fp8Tile::Bm128 => 128,
         }
     }
+    /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
+    pub fn occupancy(self) -> usize {
+        match self {
+            Fp8Tile::Bm16 => 2,
+            _ => 1,
+        }
+    }
     /// Dynamic shared memory of one CTA on `vendor` (mirrors `Fp8GemmSmem` in the kernel).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
         let stage = (self.bm() + 128) * 128;
@@ -83,13 +90,14 @@ pub struct Fp8Plan {
     pub splits: usize,
 }
 
-/// Split-K factor that gives about two CTAs per SM, keeping at least two 128-wide K tiles per split.
-fn splits_for(ctas: usize, k_tiles: usize, sms: usize) -> usize {
-    if ctas == 0 || ctas >= sms {
+/// Split-K factor that fills one wave (CTAs resident at once: `occupancy` per SM) without a
+/// ragged tail, keeping at least two 128-wide K tiles per split.
+fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usize) -> usize {
+    let slots = sms * occupancy;
+    if ctas == 0 || ctas >= slots {
         return 1;
     }
-    let want = (2 * sms).div_ceil(ctas);
-    want.min((k_tiles / 2).max(1)).max(1)
+    (slots / ctas).min((k_tiles / 2).max(1)).max(1)
 }
 
 /// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs.
@@ -102,7 +110,7 @@ pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
         Fp8Tile::Bm128
     };
     let ctas = m.div_ceil(tile.bm()) * n.div_ceil(128);
-    let splits = if m <= 256 { splits_for(ctas, k.div_ceil(128), sms) } else { 1 };
+    let splits = if m <= 256 { splits_for(ctas, k.div_ceil(128), sms, tile.occupancy()) } else { 1 };
     Fp8Plan { tile, splits }
 }
 
@@ -369,8 +377,8 @@ pub fn plan_moe(pairs: usize, experts: usize, hidden: usize, inter: usize, sms: 
     let bm = tile.bm();
     let max_tiles = pairs.div_ceil(bm) + experts.min(pairs);
     let est_tiles = pairs.div_ceil(bm).max(active).min(max_tiles);
-    let gu = Fp8Plan { tile, splits: splits_for(est_tiles * (2 * inter).div_ceil(128), hidden.div_ceil(128), sms) };
-    let dn = Fp8Plan { tile, splits: splits_for(est_tiles * hidden.div_ceil(128), inter.div_ceil(128), sms) };
+    let gu = Fp8Plan { tile, splits: splits_for(est_tiles * (2 * inter).div_ceil(128), hidden.div_ceil(128), sms, tile.occupancy()) };
+    let dn = Fp8Plan { tile, splits: splits_for(est_tiles * hidden.div_ceil(128), inter.div_ceil(128), sms, tile.occupancy()) };
     (tile, max_tiles, gu, dn)
 }
 
