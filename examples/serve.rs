@@ -90,14 +90,14 @@ struct Args {
     /// Turn off prefix caching.
     #[arg(long)]
     disable_radix_cache: bool,
-    /// Largest decode batch captured in a CUDA graph. Accepted; graphs are not captured yet
-    /// (decode steps run eagerly on the GPU, the CPU ignores it).
+    /// Largest decode batch replayed as a captured CUDA graph on the GPU (default: none; captured
+    /// on first use of each batch size 1, 2, 4, 8, 16, 24, …). The CPU ignores it.
     #[arg(long)]
     cuda_graph_max_bs: Option<usize>,
-    /// Accepted for SGLang compatibility: an alias of CUDA-graph capture (GPU only).
+    /// SGLang compatibility: turns CUDA-graph capture on (up to --torch-compile-max-bs, default 32).
     #[arg(long)]
     enable_torch_compile: bool,
-    /// Accepted for SGLang compatibility: an alias of --cuda-graph-max-bs.
+    /// SGLang compatibility: an alias of --cuda-graph-max-bs.
     #[arg(long)]
     torch_compile_max_bs: Option<usize>,
     /// Accepted and ignored: no code from the checkpoint is ever run.
@@ -160,11 +160,13 @@ fn run(args: Args) -> Result<(), String> {
         .map(|s| s.parse::<ReasoningParserKind>().map_err(|e| format!("--reasoning-parser: {e}")))
         .transpose()?;
     let device: Device = args.device.replace("rocm", "hip").parse().map_err(|e| format!("--device: {e}"))?;
-    if args.cuda_graph_max_bs.is_some() || args.enable_torch_compile || args.torch_compile_max_bs.is_some() {
-        match device {
-            Device::Cpu => tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: no effect on the CPU backend"),
-            _ => tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: CUDA graphs are not captured yet; decode steps run eagerly"),
-        }
+    // CUDA graphs: --cuda-graph-max-bs, or its SGLang aliases (--enable-torch-compile alone: 32).
+    let cuda_graph_max_bs = args
+        .cuda_graph_max_bs
+        .or(args.torch_compile_max_bs)
+        .unwrap_or(if args.enable_torch_compile { 32 } else { 0 });
+    if cuda_graph_max_bs > 0 && device == Device::Cpu {
+        tracing::info!("--cuda-graph-max-bs / --enable-torch-compile: no effect on the CPU backend");
     }
     let default_fraction = if device == Device::Cpu { 0.5 } else { 0.85 };
     let kv_cache = match (args.max_total_tokens, args.cpu_kv_cache_mb, args.mem_fraction_static) {
@@ -186,6 +188,7 @@ fn run(args: Args) -> Result<(), String> {
         max_queued_requests: args.max_queued_requests,
         enable_prefix_caching: !args.disable_radix_cache,
         random_seed: args.random_seed,
+        cuda_graph_max_bs: if device == Device::Cpu { 0 } else { cuda_graph_max_bs },
     };
     let (dir, default_name) = match &args.model_path {
         Some(p) => (p.clone(), p.display().to_string()),

@@ -1,7 +1,8 @@
 //! The serving engine on the GPU ([`GpuStepModel`], batched forwards over a device page pool) on
 //! every fixture: batched logits equal per-sequence logits, concurrent requests give the greedy
 //! tokens of the references (transformers' and the CPU model's, over the steps whose margin is
-//! clear), and a page pool too small for the load preempts and still completes every request.
+//! clear), a page pool too small for the load preempts and still completes every request, and
+//! decode steps replayed from captured CUDA graphs give the eager steps' logits and tokens.
 //!
 //! GPU tests: ignored in the CPU suite, run on the GPU machine with `--include-ignored`; without
 //! a CUDA device they fail loudly.
@@ -14,7 +15,7 @@ use common::{check_greedy, fixtures, reference};
 use dsv3::backend::Device;
 use dsv3::engine::{
     Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuStepModel, KvCacheSize,
-    SamplingParams, StepModel,
+    SamplingParams, SeqStep, StepModel,
 };
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::model::generate::{greedy_generate, CausalLm};
@@ -149,6 +150,26 @@ fn batched_logits_equal_per_sequence_logits() {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn gpu_engine_concurrent_requests_match_the_references() {
     for dir in fixtures() {
+        concurrent_requests(&dir, 0);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn gpu_engine_with_cuda_graphs_matches_the_references() {
+    for dir in fixtures() {
+        let eager = concurrent_requests(&dir, 0);
+        let graphs = concurrent_requests(&dir, 8);
+        assert_eq!(eager, graphs, "{}: tokens with CUDA graphs differ from eager steps", dir.display());
+    }
+}
+
+/// Ten concurrent greedy requests on the GPU engine (decode steps replayed from graphs up to
+/// `graph_max_bs`); checks them against the references and returns every request's tokens.
+fn concurrent_requests(dir: &Path, graph_max_bs: usize) -> Vec<Vec<u32>> {
+    let dir = dir.to_path_buf();
+    let mut all_ids = Vec::new();
+    {
         let r = reference(&dir);
         let cpu = CpuModel::load(&dir, CpuOptions::default()).unwrap();
         let gpu = gpu_model(&dir);
@@ -168,9 +189,10 @@ fn gpu_engine_concurrent_requests_match_the_references() {
             kv_cache: KvCacheSize::Tokens(4096),
             ..Default::default()
         };
-        let model = GpuStepModel::load(&dir, Device::Cuda(0)).unwrap();
+        let model = GpuStepModel::load(&dir, Device::Cuda(0)).unwrap().with_cuda_graphs(graph_max_bs);
         let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
         assert!(engine.info().device.starts_with("cuda"), "{}", engine.info().device);
+        assert_eq!(engine.info().cuda_graph_max_bs, graph_max_bs);
         let mut rxs = Vec::new();
         // The reference prompt twice (the second hits the prefix cache where a page is whole).
         for id in 0..2u64 {
@@ -197,6 +219,7 @@ fn gpu_engine_concurrent_requests_match_the_references() {
             assert_eq!((reason, n), (FinishReason::Length, n_ref));
             let agreed = check_greedy(&dir, &ids, &r);
             println!("{}: reference prompt: {agreed}/{n_ref} tokens agree with transformers", dir.display());
+            all_ids.push(ids);
         }
         for (i, rx) in rxs[2..].iter_mut().enumerate() {
             let (ids, reason, n) = collect(rx);
@@ -208,8 +231,73 @@ fn gpu_engine_concurrent_requests_match_the_references() {
             let same = ids.iter().zip(&alone[i]).take_while(|(a, b)| a == b).count();
             assert!(same >= agreed, "{what}: engine {ids:?} vs single-sequence GPU {:?}", alone[i]);
             println!("{what}: {agreed}/{max_new} agree with the CPU, {same}/{max_new} with the GPU alone");
+            all_ids.push(ids);
         }
         assert_eq!(engine.pages_in_use(), 0);
+    }
+    all_ids
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn decode_graphs_give_the_eager_logits() {
+    for dir in fixtures() {
+        let gpu = gpu_model(&dir);
+        let vocab = gpu.config().vocab_size;
+        let ps = 16;
+        // Pool A for eager steps, pool B (one more page: the graphs' padding page) for graphs.
+        let mut pool_a = gpu.new_page_pool(64, ps).unwrap();
+        let mut pool_b = gpu.new_page_pool(65, ps).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..8).map(|i| prompt(300 + i, 3 + 5 * i as usize, vocab)).collect();
+        let tables: Vec<Vec<u32>> = (0..8u32).map(|i| (0..8).map(|k| 63 - (k * 8 + i)).collect()).collect();
+        let prefill: Vec<BatchSeq> = (0..8)
+            .map(|i| BatchSeq { tokens: &prompts[i], start: 0, block_table: &tables[i], logits: LogitRows::Last })
+            .collect();
+        let la = gpu.forward_batch(&mut pool_a, &prefill).unwrap();
+        let lb = gpu.forward_batch(&mut pool_b, &prefill).unwrap();
+        for (a, b) in la.iter().zip(&lb) {
+            assert!(rel_error(a, b) <= 1e-6, "{}: the same prefill in two pools differs", dir.display());
+        }
+        let argmax = |l: &[f32]| (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b])).unwrap() as u32;
+        let mut next: Vec<u32> = la.iter().map(|l| argmax(l)).collect();
+        let mut len: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+        // Batches of 1, 3 (graph of 4, one padding row) and 8 sequences, three decode steps each.
+        for b in [1usize, 3, 8] {
+            let bs = GpuStepModel::graph_batch_size(b);
+            let graph = gpu.capture_decode_graph(&mut pool_b, bs, 64).unwrap();
+            assert_eq!(graph.batch_size(), bs);
+            for step in 0..3 {
+                let toks: Vec<[u32; 1]> = (0..b).map(|i| [next[i]]).collect();
+                let seqs: Vec<BatchSeq> = (0..b)
+                    .map(|i| BatchSeq { tokens: &toks[i], start: len[i], block_table: &tables[i], logits: LogitRows::Last })
+                    .collect();
+                let eager = gpu.forward_batch(&mut pool_a, &seqs).unwrap();
+                let replay = gpu.forward_decode_graph(&graph, &mut pool_b, &seqs).unwrap();
+                for i in 0..b {
+                    assert_eq!(replay[i].len(), vocab);
+                    let err = rel_error(&replay[i], &eager[i]);
+                    assert!(err <= 1e-6, "{}: batch {b} step {step} sequence {i}: graph vs eager rel error {err:.3e}", dir.display());
+                    next[i] = argmax(&eager[i]);
+                    len[i] += 1;
+                }
+            }
+            println!("{}: decode graph of batch size {bs} (for {b}) replays the eager logits", dir.display());
+        }
+        // Through the step model: batches of 5 decodes replay the graph of 8.
+        let mut sm = GpuStepModel::new(gpu_model(&dir)).with_cuda_graphs(8);
+        sm.allocate_cache(64, ps).unwrap();
+        let mut steps: Vec<SeqStep> = (0..5)
+            .map(|i| SeqStep { tokens: &prompts[i], start: 0, block_table: &tables[i], want_logits: true })
+            .collect();
+        let first = sm.step(&steps).unwrap();
+        assert!(sm.captured_graphs().is_empty(), "prefill steps run eagerly");
+        let toks: Vec<[u32; 1]> = first.iter().map(|l| [argmax(l.as_deref().unwrap())]).collect();
+        for (i, s) in steps.iter_mut().enumerate() {
+            *s = SeqStep { tokens: &toks[i], start: prompts[i].len(), block_table: &tables[i], want_logits: true };
+        }
+        let out = sm.step(&steps).unwrap();
+        assert_eq!(sm.captured_graphs(), vec![8]);
+        assert!(out.iter().all(|l| l.as_ref().is_some_and(|l| l.len() == vocab && l.iter().all(|x| x.is_finite()))));
     }
 }
 

@@ -42,6 +42,15 @@ pub trait GpuStream: Launcher {
     fn mem_info(&self) -> Result<(usize, usize)> {
         Err(super::backend_err("gpu", "this stream cannot report device memory"))
     }
+    /// Starts capturing the work queued on this stream into a graph (relaxed capture mode)
+    /// instead of running it. Nothing may synchronize until [`GpuStream::end_capture`].
+    fn begin_capture(&self) -> Result<()> {
+        Err(super::backend_err("gpu", "this stream cannot capture graphs"))
+    }
+    /// Ends a capture and instantiates the graph; [`StreamGraph::replay`] runs it on this stream.
+    fn end_capture(&self) -> Result<Box<dyn StreamGraph>> {
+        Err(super::backend_err("gpu", "this stream cannot capture graphs"))
+    }
     /// Whether a vendor BLAS (cuBLAS) backs [`GpuStream::blas_gemm_bf16`].
     fn has_blas(&self) -> bool {
         false
@@ -55,4 +64,12 @@ pub trait GpuStream: Launcher {
     unsafe fn blas_gemm_bf16(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize, _out_f32: bool) -> Result<()> {
         Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
     }
+}
+
+/// An instantiated graph captured from a stream. It reads and writes the device addresses that
+/// the captured work used: every buffer it touches must stay allocated while it can be replayed,
+/// and it must be dropped before its stream.
+pub trait StreamGraph: Send {
+    /// Launches the graph on the stream it was captured from (stream-ordered, asynchronous).
+    fn replay(&self) -> Result<()>;
 }

@@ -35,6 +35,9 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Seed of the random streams of requests that bring none (`--random-seed`).
     pub random_seed: u64,
+    /// Largest decode batch a GPU step model replays as a captured graph (`--cuda-graph-max-bs`;
+    /// 0: none). Read by the code that builds the step model; the CPU ignores it.
+    pub cuda_graph_max_bs: usize,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +51,7 @@ impl Default for EngineConfig {
             max_queued_requests: 4096,
             enable_prefix_caching: true,
             random_seed: 0,
+            cuda_graph_max_bs: 0,
         }
     }
 }

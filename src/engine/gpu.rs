@@ -11,21 +11,31 @@
 //! The pool is sized by the engine from [`ModelSpec::memory_bytes`] = free device memory after the
 //! weights (`cuMemGetInfo`), times `--mem-fraction-static`.
 //!
-//! CUDA graphs (`--cuda-graph-max-bs`) are not captured yet: decode steps run eagerly
-//! ([`StepModel::cuda_graph_max_bs`] reports 0).
+//! CUDA graphs ([`GpuStepModel::with_cuda_graphs`], `--cuda-graph-max-bs N`): a step in which
+//! every sequence decodes one token, with at most N sequences, replays a graph captured for the
+//! next batch size of 1, 2, 4, 8, then multiples of 8 (padding rows compute on a page reserved
+//! for them, one page beyond those the engine hands out). Graphs are captured on first use of
+//! their size; if capture fails, graphs are turned off (logged) and steps run eagerly. Prefill
+//! and mixed steps always run eagerly.
 
 use std::path::Path;
 
 use crate::backend::Device;
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
 use crate::error::{Error, Result};
-use crate::model::gpu::{BatchSeq, GpuModel, LogitRows, PagePool};
+use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, LogitRows, PagePool};
 
 pub struct GpuStepModel {
-    model: GpuModel,
+    /// Captured decode graphs, by batch size (dropped before the pool and the model).
+    graphs: Vec<DecodeGraph>,
     pool: Option<PagePool>,
+    model: GpuModel,
     /// Free device memory after the weights, when the driver reported it.
     free_after_weights: Option<usize>,
+    /// Largest decode batch replayed as a graph (0: none).
+    graph_max_bs: usize,
+    /// The page reserved for padding rows of graphs (the pool's last).
+    pad_page: Option<u32>,
 }
 
 impl GpuStepModel {
@@ -46,12 +56,56 @@ impl GpuStepModel {
                 None
             }
         };
-        GpuStepModel { model, pool: None, free_after_weights }
+        GpuStepModel { graphs: Vec::new(), pool: None, model, free_after_weights, graph_max_bs: 0, pad_page: None }
     }
 
     /// Loads `dir` onto `device` (`cuda:N` or `hip:N`).
     pub fn load(dir: &Path, device: Device) -> Result<GpuStepModel> {
         Ok(GpuStepModel::new(GpuModel::load(dir, device)?))
+    }
+
+    /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never). Call
+    /// before the engine allocates the pool (it reserves the padding page).
+    pub fn with_cuda_graphs(mut self, max_bs: usize) -> GpuStepModel {
+        self.graph_max_bs = max_bs;
+        self
+    }
+
+    /// The graph batch size a decode batch of `b` sequences runs with.
+    pub fn graph_batch_size(b: usize) -> usize {
+        match b {
+            0..=1 => 1,
+            2 => 2,
+            3..=4 => 4,
+            _ => b.div_ceil(8) * 8,
+        }
+    }
+
+    /// Batch sizes of the graphs captured so far.
+    pub fn captured_graphs(&self) -> Vec<usize> {
+        self.graphs.iter().map(|g| g.batch_size()).collect()
+    }
+
+    /// The graph for `bs`, captured now if needed; `None` (and graphs off) when capture fails.
+    fn graph(&mut self, bs: usize) -> Option<usize> {
+        if let Some(i) = self.graphs.iter().position(|g| g.batch_size() == bs) {
+            return Some(i);
+        }
+        let (pool, pad) = (self.pool.as_mut()?, self.pad_page?);
+        let t0 = std::time::Instant::now();
+        match self.model.capture_decode_graph(pool, bs, pad) {
+            Ok(g) => {
+                tracing::info!("{}: captured the decode graph of batch size {bs} in {:.1?}", self.model.device(), t0.elapsed());
+                self.graphs.push(g);
+                Some(self.graphs.len() - 1)
+            }
+            Err(e) => {
+                tracing::warn!("{}: capturing the decode graph of batch size {bs} failed ({e}); CUDA graphs off, decode steps run eagerly", self.model.device());
+                self.graph_max_bs = 0;
+                self.graphs.clear();
+                None
+            }
+        }
     }
 
     pub fn model(&self) -> &GpuModel {
@@ -78,21 +132,28 @@ impl StepModel for GpuStepModel {
     }
 
     fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()> {
-        // Free the old pool first: the new one may need its memory.
+        // Free the old pool (and the graphs that address it) first: the new one may need its memory.
+        self.graphs.clear();
         self.pool = None;
-        let pool = self.model.new_page_pool(num_pages, page_size)?;
+        // Graphs get one more page, beyond the engine's, for their padding rows.
+        let extra = usize::from(self.graph_max_bs > 0);
+        let pool = self.model.new_page_pool(num_pages + extra, page_size)?;
         self.model.stream().synchronize()?;
+        self.pad_page = (extra > 0).then_some(num_pages as u32);
         tracing::info!(
-            "{}: KV page pool of {num_pages} pages × {page_size} positions ({:.1} MiB)",
+            "{}: KV page pool of {num_pages} pages × {page_size} positions ({:.1} MiB){}",
             self.model.device(),
-            pool.bytes() as f64 / (1 << 20) as f64
+            pool.bytes() as f64 / (1 << 20) as f64,
+            if extra > 0 { format!(", CUDA graphs for decode batches up to {}", self.graph_max_bs) } else { String::new() }
         );
         self.pool = Some(pool);
         Ok(())
     }
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-        let pool = self.pool.as_mut().ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
+        if self.pool.is_none() {
+            return Err(Error::InvalidArgument("step before allocate_cache".into()));
+        }
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -105,8 +166,18 @@ impl StepModel for GpuStepModel {
                 logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
             })
             .collect();
-        let out = self.model.forward_batch(pool, &seqs)?;
+        let decode = batch.len() <= self.graph_max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
+        let graph = if decode { self.graph(Self::graph_batch_size(batch.len())) } else { None };
+        let pool = self.pool.as_mut().ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
+        let out = match graph {
+            Some(i) => self.model.forward_decode_graph(&self.graphs[i], pool, &seqs)?,
+            None => self.model.forward_batch(pool, &seqs)?,
+        };
         Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
+    }
+
+    fn cuda_graph_max_bs(&self) -> usize {
+        self.graph_max_bs
     }
 
     fn device(&self) -> String {

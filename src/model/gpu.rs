@@ -18,6 +18,7 @@
 use std::path::Path;
 
 use crate::backend::dispatch::{self, PagedCache, RopeLayout, RouteParams, Strided};
+use crate::backend::stream::StreamGraph;
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, Fp8E4m3fn, GpuStream};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType};
@@ -479,16 +480,30 @@ impl GpuModel {
     /// rows to its pages and returns, per sequence, the logits rows it asked for (row-major
     /// [rows, vocab]; empty for [`LogitRows::None`]). One host synchronization: the logits copy.
     pub fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        let (packed, layout) = pack_step(self, pool, seqs, None)?;
+        let step = StepTensors::alloc(self.s(), &layout)?;
+        step.upload(self.s(), &packed)?;
+        let logits = self.run(pool, &step)?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
+        match logits {
+            None => Ok(vec![Vec::new(); seqs.len()]),
+            Some(l) => Ok(split_rows(&l.to_f32(self.s())?, &counts, self.cfg.vocab_size)),
+        }
+    }
+
+    /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits
+    /// [R, vocab] of the rows asked for (`None` when none is), without synchronizing (so that
+    /// it can be captured in a graph).
+    fn run(&self, pool: &PagePool, step: &StepTensors) -> Result<Option<DeviceTensor>> {
         let s = self.s();
         let c = &self.cfg;
-        let step = StepTensors::new(self, pool, seqs)?;
         let t = step.tokens;
         let x = self.empty(&[t, c.hidden_size])?;
         dispatch::embedding(s, &x, &self.embed, &step.ids)?;
         let normed = self.empty(&[t, c.hidden_size])?;
         dispatch::rms_norm(s, &normed, &x, &self.layers[0].input_norm, c.rms_norm_eps)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            let attn = self.attention(layer, i, &normed, pool, &step)?;
+            let attn = self.attention(layer, i, &normed, pool, step)?;
             dispatch::add_rms_norm(s, &normed, &x, &attn, &layer.post_attn_norm, c.rms_norm_eps)?;
             let ffn = match &layer.ffn {
                 Ffn::Dense(m) => self.mlp(&normed, m)?,
@@ -497,36 +512,193 @@ impl GpuModel {
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             dispatch::add_rms_norm(s, &normed, &x, &ffn, next_norm, c.rms_norm_eps)?;
         }
-        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
-        let rows: usize = counts.iter().sum();
-        if rows == 0 {
-            return Ok(vec![Vec::new(); seqs.len()]);
-        }
-        let logits = match &step.logit_rows {
+        Ok(match (&step.logit_rows, step.rows) {
+            (_, 0) => None,
             // Every row: no gather.
-            None => self.linear(&normed, &self.lm_head)?,
-            Some(idx) => {
+            (None, _) => Some(self.linear(&normed, &self.lm_head)?),
+            (Some(idx), rows) => {
                 // The embedding gather doubles as a row gather: out[r] = normed[idx[r]].
                 let picked = self.empty(&[rows, c.hidden_size])?;
                 dispatch::embedding(s, &picked, &normed, idx)?;
-                self.linear(&picked, &self.lm_head)?
+                Some(self.linear(&picked, &self.lm_head)?)
             }
-        };
-        let host = logits.to_f32(s)?;
-        let v = c.vocab_size;
+        })
+    }
+
+    /// Captures the decode step of `bs` sequences (one token each, every logits row) as a graph
+    /// over fixed input, output and pool addresses. `pad_page`: a page of `pool` that no
+    /// sequence uses, written and read by the padding rows of batches smaller than `bs`.
+    /// Runs the step once eagerly first (loads every kernel, warms the allocator), then captures.
+    pub fn capture_decode_graph(&self, pool: &mut PagePool, bs: usize, pad_page: u32) -> Result<DecodeGraph> {
+        let s = self.s();
+        if bs == 0 || pad_page as usize >= pool.num_pages {
+            return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences, pad page {pad_page} of {}", pool.num_pages)));
+        }
+        let max_pages = self.max_positions.div_ceil(pool.page_size);
+        let pad = [0u32];
+        let pad_table = [pad_page];
+        let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
+        let (packed, layout) = pack_step(self, pool, &seqs, Some(max_pages))?;
+        let inputs = StepTensors::alloc(s, &layout)?;
+        inputs.upload(s, &packed)?;
+        drop(self.run(pool, &inputs)?);
+        s.synchronize()?;
+        s.begin_capture()?;
+        let run = self.run(pool, &inputs);
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = s.end_capture();
+        let logits = run?.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?;
+        let graph = graph?;
+        Ok(DecodeGraph { graph, bs, max_pages, pad_page, inputs, logits })
+    }
+
+    /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
+    /// the inputs (padded with rows on the pad page), replays, copies back the real rows' logits.
+    pub fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        if seqs.len() > g.bs || seqs.iter().any(|q| q.tokens.len() != 1) {
+            return Err(Error::InvalidArgument(format!("decode graph of {} sequences for a batch of {}", g.bs, seqs.len())));
+        }
+        let pad = [0u32];
+        let pad_table = [g.pad_page];
+        let mut all: Vec<BatchSeq<'_>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
+        all.resize(g.bs, BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last });
+        let (packed, layout) = pack_step(self, pool, &all, Some(g.max_pages))?;
+        if layout != g.inputs.layout() {
+            return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs.layout())));
+        }
+        g.inputs.upload(self.s(), &packed)?;
+        g.graph.replay()?;
+        let v = self.cfg.vocab_size;
+        let host = g.logits.to_f32(self.s())?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(1)).collect();
         let mut out = Vec::with_capacity(seqs.len());
-        let mut at = 0;
-        for n in counts {
-            out.push(host[at * v..(at + n) * v].to_vec());
-            at += n;
+        for (i, n) in counts.into_iter().enumerate() {
+            out.push(if n == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() });
         }
         Ok(out)
     }
 }
 
-/// Per-step index tensors of a batch, uploaded in one host-to-device copy.
+/// A captured decode step of `bs` sequences: its graph and the fixed-address buffers it reads
+/// (inputs) and writes (logits). The graph is declared first so that it is dropped first.
+pub struct DecodeGraph {
+    graph: Box<dyn StreamGraph>,
+    bs: usize,
+    max_pages: usize,
+    pad_page: u32,
+    inputs: StepTensors,
+    logits: DeviceTensor,
+}
+
+impl DecodeGraph {
+    /// The batch size it was captured for (smaller batches are padded).
+    pub fn batch_size(&self) -> usize {
+        self.bs
+    }
+}
+
+fn split_rows(host: &[f32], counts: &[usize], v: usize) -> Vec<Vec<f32>> {
+    let mut out = Vec::with_capacity(counts.len());
+    let mut at = 0;
+    for &n in counts {
+        out.push(host[at * v..(at + n) * v].to_vec());
+        at += n;
+    }
+    out
+}
+
+/// Sizes of a step's index tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct StepLayout {
+    tokens: usize,
+    seqs: usize,
+    max_pages: usize,
+    /// Logits rows wanted.
+    rows: usize,
+    /// Whether those rows are gathered (not every token's).
+    gather: bool,
+}
+
+/// Checks a batch against the pool and the model and packs its index data:
+/// ids [T] | seq [T] | pos [T] | seq_lens [B] | block_table [B·max_pages] | rows [R] (when gathered).
+/// `fixed_pages`: the block-table width (graphs); otherwise the widest sequence's page count.
+fn pack_step(m: &GpuModel, pool: &PagePool, seqs: &[BatchSeq<'_>], fixed_pages: Option<usize>) -> Result<(Vec<u32>, StepLayout)> {
+    let c = &m.cfg;
+    if seqs.is_empty() {
+        return Err(Error::InvalidArgument("forward needs at least one sequence".into()));
+    }
+    let ps = pool.page_size;
+    let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    let b = seqs.len();
+    let mut max_pages = 1;
+    for (i, q) in seqs.iter().enumerate() {
+        let end = q.start + q.tokens.len();
+        if q.tokens.is_empty() {
+            return Err(Error::InvalidArgument(format!("sequence {i} of the batch has no token to compute")));
+        }
+        if let Some(&bad) = q.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
+        }
+        if end > m.max_positions {
+            return Err(Error::InvalidArgument(format!("sequence of {end} tokens exceeds the GPU model's {} positions", m.max_positions)));
+        }
+        let need = end.div_ceil(ps);
+        if q.block_table.len() < need {
+            return Err(Error::InvalidArgument(format!(
+                "block table of {} pages cannot hold {end} positions (pages of {ps})",
+                q.block_table.len()
+            )));
+        }
+        if let Some(&p) = q.block_table[..need].iter().find(|&&p| p as usize >= pool.num_pages) {
+            return Err(Error::InvalidArgument(format!("page {p} is outside the pool of {} pages", pool.num_pages)));
+        }
+        max_pages = max_pages.max(need);
+    }
+    if let Some(f) = fixed_pages {
+        if max_pages > f {
+            return Err(Error::InvalidArgument(format!("a sequence needs {max_pages} pages, more than the {f} of the step's block table")));
+        }
+        max_pages = f;
+    }
+    let counts = seqs.iter().map(|q| q.logits.count(q.tokens.len()));
+    let rows: usize = counts.clone().sum();
+    let all_rows = seqs.iter().zip(counts).all(|(q, n)| n == q.tokens.len());
+    let gather = !all_rows && rows > 0;
+    let mut packed: Vec<u32> = Vec::with_capacity(3 * t + b * (1 + max_pages) + rows);
+    for q in seqs {
+        packed.extend_from_slice(q.tokens);
+    }
+    for (i, q) in seqs.iter().enumerate() {
+        packed.extend(std::iter::repeat_n(i as u32, q.tokens.len()));
+    }
+    for q in seqs {
+        packed.extend((q.start..q.start + q.tokens.len()).map(|p| p as u32));
+    }
+    packed.extend(seqs.iter().map(|q| (q.start + q.tokens.len()) as u32));
+    for q in seqs {
+        let need = (q.start + q.tokens.len()).div_ceil(ps);
+        packed.extend_from_slice(&q.block_table[..need]);
+        packed.extend(std::iter::repeat_n(q.block_table[0], max_pages - need));
+    }
+    if gather {
+        let mut at = 0u32;
+        for q in seqs {
+            let n = q.tokens.len() as u32;
+            match q.logits {
+                LogitRows::None => {}
+                LogitRows::Last => packed.push(at + n - 1),
+                LogitRows::All => packed.extend(at..at + n),
+            }
+            at += n;
+        }
+    }
+    Ok((packed, StepLayout { tokens: t, seqs: b, max_pages, rows, gather }))
+}
+
+/// Per-step index tensors of a batch (see [`pack_step`]).
 struct StepTensors {
     tokens: usize,
+    rows: usize,
     /// [T] u32 token ids.
     ids: DeviceTensor,
     /// [T] i32: the sequence of each token.
@@ -542,93 +714,43 @@ struct StepTensors {
 }
 
 impl StepTensors {
-    fn new(m: &GpuModel, pool: &PagePool, seqs: &[BatchSeq<'_>]) -> Result<Self> {
-        let s = m.s();
-        let c = &m.cfg;
-        if seqs.is_empty() {
-            return Err(Error::InvalidArgument("forward needs at least one sequence".into()));
+    fn alloc(s: &dyn GpuStream, l: &StepLayout) -> Result<Self> {
+        let e = |dtype: DevDType, shape: &[usize]| DeviceTensor::empty(s, dtype, shape);
+        Ok(StepTensors {
+            tokens: l.tokens,
+            rows: l.rows,
+            ids: e(DevDType::U32, &[l.tokens])?,
+            seq: e(DevDType::I32, &[l.tokens])?,
+            pos: e(DevDType::I32, &[l.tokens])?,
+            seq_lens: e(DevDType::I32, &[l.seqs])?,
+            block_table: e(DevDType::I32, &[l.seqs, l.max_pages])?,
+            logit_rows: if l.gather { Some(e(DevDType::U32, &[l.rows])?) } else { None },
+        })
+    }
+
+    fn layout(&self) -> StepLayout {
+        let bt = self.block_table.shape();
+        StepLayout { tokens: self.tokens, seqs: bt[0], max_pages: bt[1], rows: self.rows, gather: self.logit_rows.is_some() }
+    }
+
+    /// One host-to-device copy of `packed`, then device copies into each tensor (stream-ordered).
+    fn upload(&self, s: &dyn GpuStream, packed: &[u32]) -> Result<()> {
+        let parts = [Some(&self.ids), Some(&self.seq), Some(&self.pos), Some(&self.seq_lens), Some(&self.block_table), self.logit_rows.as_ref()];
+        let total: usize = parts.iter().flatten().map(|t| t.numel()).sum();
+        if total != packed.len() {
+            return Err(Error::InvalidArgument(format!("step upload of {} values for tensors of {total}", packed.len())));
         }
-        let ps = pool.page_size;
-        let t: usize = seqs.iter().map(|q| q.tokens.len()).sum();
-        let b = seqs.len();
-        let mut max_pages = 1;
-        for (i, q) in seqs.iter().enumerate() {
-            let end = q.start + q.tokens.len();
-            if q.tokens.is_empty() {
-                return Err(Error::InvalidArgument(format!("sequence {i} of the batch has no token to compute")));
-            }
-            if let Some(&bad) = q.tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
-            }
-            if end > m.max_positions {
-                return Err(Error::InvalidArgument(format!(
-                    "sequence of {end} tokens exceeds the GPU model's {} positions",
-                    m.max_positions
-                )));
-            }
-            let need = end.div_ceil(ps);
-            if q.block_table.len() < need {
-                return Err(Error::InvalidArgument(format!(
-                    "block table of {} pages cannot hold {end} positions (pages of {ps})",
-                    q.block_table.len()
-                )));
-            }
-            if let Some(&p) = q.block_table[..need].iter().find(|&&p| p as usize >= pool.num_pages) {
-                return Err(Error::InvalidArgument(format!("page {p} is outside the pool of {} pages", pool.num_pages)));
-            }
-            max_pages = max_pages.max(need);
-        }
-        let all_rows = seqs.iter().all(|q| q.logits == LogitRows::All);
-        let rows: usize = seqs.iter().map(|q| q.logits.count(q.tokens.len())).sum();
-        let gather = !all_rows && rows > 0;
-        // Packed: ids [T] | seq [T] | pos [T] | seq_lens [B] | block_table [B·max_pages] | rows [R].
-        let mut packed: Vec<u32> = Vec::with_capacity(3 * t + b * (1 + max_pages) + rows);
-        for q in seqs {
-            packed.extend_from_slice(q.tokens);
-        }
-        for (i, q) in seqs.iter().enumerate() {
-            packed.extend(std::iter::repeat_n(i as u32, q.tokens.len()));
-        }
-        for q in seqs {
-            packed.extend((q.start..q.start + q.tokens.len()).map(|p| p as u32));
-        }
-        packed.extend(seqs.iter().map(|q| (q.start + q.tokens.len()) as u32));
-        for q in seqs {
-            let need = (q.start + q.tokens.len()).div_ceil(ps);
-            packed.extend_from_slice(&q.block_table[..need]);
-            packed.extend(std::iter::repeat_n(0u32, max_pages - need));
-        }
-        if gather {
-            let mut at = 0u32;
-            for q in seqs {
-                let n = q.tokens.len() as u32;
-                match q.logits {
-                    LogitRows::None => {}
-                    LogitRows::Last => packed.push(at + n - 1),
-                    LogitRows::All => packed.extend(at..at + n),
-                }
-                at += n;
-            }
-        }
-        let all = DeviceTensor::from_slice(s, &[packed.len()], &packed)?;
+        let all = DeviceTensor::from_slice(s, &[packed.len()], packed)?;
         let mut off = 0;
-        let mut part = |dtype: DevDType, shape: &[usize]| -> Result<DeviceTensor> {
-            let out = DeviceTensor::empty(s, dtype, shape)?;
-            let n = out.numel();
+        for t in parts.into_iter().flatten() {
+            let n = t.numel();
             if n > 0 {
                 // SAFETY: both ranges lie inside live allocations (`all` holds `packed`).
-                unsafe { s.copy_dtod(out.raw(), all.raw() + (off * 4) as u64, n * 4)? };
+                unsafe { s.copy_dtod(t.raw(), all.raw() + (off * 4) as u64, n * 4)? };
             }
             off += n;
-            Ok(out)
-        };
-        let ids = part(DevDType::U32, &[t])?;
-        let seq = part(DevDType::I32, &[t])?;
-        let pos = part(DevDType::I32, &[t])?;
-        let seq_lens = part(DevDType::I32, &[b])?;
-        let block_table = part(DevDType::I32, &[b, max_pages])?;
-        let logit_rows = if gather { Some(part(DevDType::U32, &[rows])?) } else { None };
-        Ok(StepTensors { tokens: t, ids, seq, pos, seq_lens, block_table, logit_rows })
+        }
+        Ok(())
     }
 }
 

@@ -210,6 +210,34 @@ impl Drop for CudaStream {
     }
 }
 
+/// A graph captured from a [`CudaStream`], replayed on it.
+struct CudaGraph {
+    ctx: Arc<CudaContext>,
+    stream: sys::CUstream,
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+// The raw handles are only used through the thread-safe driver.
+unsafe impl Send for CudaGraph {}
+
+impl super::stream::StreamGraph for CudaGraph {
+    fn replay(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        unsafe { sys::cuGraphLaunch(self.exec, self.stream) }.result().map_err(|e| derr("cuGraphLaunch", e))
+    }
+}
+
+impl Drop for CudaGraph {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        unsafe {
+            let _ = sys::cuGraphExecDestroy(self.exec);
+            let _ = sys::cuGraphDestroy(self.graph);
+        }
+    }
+}
+
 impl Launcher for CudaStream {
     fn vendor(&self) -> Vendor {
         Vendor::Cuda
@@ -269,6 +297,25 @@ impl GpuStream for CudaStream {
     fn mem_info(&self) -> Result<(usize, usize)> {
         self.bind()?;
         result::mem_get_info().map_err(|e| derr("cuMemGetInfo", e))
+    }
+    fn begin_capture(&self) -> Result<()> {
+        self.bind()?;
+        unsafe { sys::cuStreamBeginCapture_v2(self.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) }
+            .result()
+            .map_err(|e| derr("cuStreamBeginCapture", e))
+    }
+    fn end_capture(&self) -> Result<Box<dyn super::stream::StreamGraph>> {
+        self.bind()?;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        unsafe { sys::cuStreamEndCapture(self.stream, &mut graph) }.result().map_err(|e| derr("cuStreamEndCapture", e))?;
+        let mut exec: sys::CUgraphExec = std::ptr::null_mut();
+        if let Err(e) = unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0) }.result() {
+            unsafe {
+                let _ = sys::cuGraphDestroy(graph);
+            }
+            return Err(derr("cuGraphInstantiateWithFlags", e));
+        }
+        Ok(Box::new(CudaGraph { ctx: self.ctx.clone(), stream: self.stream, graph, exec }))
     }
     fn has_blas(&self) -> bool {
         unsafe { cudarc::cublas::sys::is_culib_present() }
