@@ -31,7 +31,7 @@ enum Method {
 
 struct Bench {
     comm: Arc<Communicator>,
-    custom: CustomAllReduce,
+    custom: Option<CustomAllReduce>,
     dispatch: AllReduce,
     ins: Vec<u64>,
     outs: Vec<u64>,
@@ -42,8 +42,13 @@ impl Bench {
     unsafe fn call(&self, m: Method, n: usize) -> dsv3::Result<()> {
         let d = DType::Bf16;
         match m {
-            Method::OneShot => self.custom.all_reduce(Algo::OneShot, d, n, &self.ins, &self.outs),
-            Method::TwoShot => self.custom.all_reduce(Algo::TwoShot, d, n, &self.ins, &self.outs),
+            Method::OneShot | Method::TwoShot => {
+                let a = if m == Method::OneShot { Algo::OneShot } else { Algo::TwoShot };
+                match &self.custom {
+                    Some(c) => c.all_reduce(a, d, n, &self.ins, &self.outs),
+                    None => Err(dsv3::Error::InvalidArgument("no custom all-reduce (no peer access)".into())),
+                }
+            }
             Method::Dispatch => self.dispatch.all_reduce(d, n, &self.ins, &self.outs).map(|_| ()),
             Method::Nccl => self.dispatch.nccl().expect("NCCL").all_reduce(d, n, &self.ins, &self.outs),
         }
@@ -139,7 +144,13 @@ fn main() {
     assert!(w >= 2, "the all-reduce benchmark needs at least 2 CUDA devices; the driver reports {n}");
     let comm = Arc::new(Communicator::new(&(0..w).collect::<Vec<_>>()).expect("communicator"));
     let max_bytes = 64usize << 20;
-    let custom = CustomAllReduce::new(comm.clone(), max_bytes).expect("custom all-reduce");
+    let custom = match CustomAllReduce::new(comm.clone(), max_bytes) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!("custom all-reduce unavailable (its columns print err): {e}");
+            None
+        }
+    };
     let nccl = Nccl::single_node(comm.clone()).expect("NCCL");
     let (nccl_ver, nccl_path) = (nccl.version(), nccl.library_path().to_string());
     let policy = Policy::default();
@@ -175,6 +186,8 @@ fn main() {
         "| size | one-shot | two-shot | dispatch | NCCL | one-shot graph | two-shot graph | dispatch graph | NCCL graph | dispatch busbw | NCCL busbw | dispatch graph busbw | NCCL graph busbw | NCCL/dispatch eager | NCCL/dispatch graph |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut one_shot_ok: [Option<usize>; 2] = [None, None];
+    let mut custom_ok: [Option<usize>; 2] = [None, None];
     let mut bytes = 4usize << 10;
     while bytes <= max_bytes {
         let n = bytes / 2;
@@ -214,6 +227,23 @@ fn main() {
             ratio(&eager[3], &eager[2]),
             ratio(&graph[3], &graph[2]),
         );
+        let best = |a: &dsv3::Result<f64>| a.as_ref().copied().unwrap_or(f64::INFINITY);
+        for (k, v) in [(0usize, &eager), (1, &graph)] {
+            let (o, t, c) = (best(&v[0]), best(&v[1]), best(&v[3]));
+            if o <= t.min(c) {
+                one_shot_ok[k] = Some(bytes);
+            }
+            if o.min(t) <= c {
+                custom_ok[k] = Some(bytes);
+            }
+        }
         bytes *= 2;
+    }
+    for (k, name) in [(0usize, "eager"), (1, "graph")] {
+        println!(
+            "suggested policy ({name}): one-shot up to {}, custom up to {} (largest sizes where one-shot is fastest / a custom kernel is at least as fast as NCCL; set DSV3_AR_ONE_SHOT_MAX / DSV3_AR_TWO_SHOT_MAX)",
+            one_shot_ok[k].map(|b| b.to_string()).unwrap_or("-".into()),
+            custom_ok[k].map(|b| b.to_string()).unwrap_or("-".into())
+        );
     }
 }

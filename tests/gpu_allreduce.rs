@@ -426,3 +426,81 @@ fn dispatch_picks_by_size_and_is_right() {
     }
     assert_eq!(seen.len(), 3, "one-shot, two-shot and NCCL all taken: {seen:?}");
 }
+
+/// Two "nodes" as two processes over loopback, one GPU each (`--nnodes 2`): the TCP rendezvous
+/// hands node 0's NCCL unique id to node 1, each process builds its one-GPU communicator from
+/// the rendezvous, and the dispatcher (several nodes → NCCL) sums across the processes.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_as_two_processes() {
+    let n = device_count().unwrap_or_else(|e| panic!("no CUDA device: {e}"));
+    assert!(n >= 2, "needs 2 CUDA devices; the driver reports {n}");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args(["--include-ignored", "--exact", "two_nodes_child", "--nocapture", "--test-threads", "1"])
+                .env("DSV3_AR_CHILD_RANK", rank.to_string())
+                .env("DSV3_AR_CHILD_ADDR", format!("127.0.0.1:{port}"))
+                .env("CUDA_VISIBLE_DEVICES", rank.to_string())
+                .env("NCCL_NVLS_ENABLE", "0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut report = String::new();
+    let mut ok = true;
+    for (rank, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ok &= out.status.success() && text.contains("TWO-NODE CHILD OK");
+        report.push_str(&format!("--- node {rank} ({})\n{text}\n", out.status));
+    }
+    assert!(ok, "two-process all-reduce failed:\n{report}");
+}
+
+/// The body of one node of `two_nodes_as_two_processes` (does nothing unless started by it).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_child() {
+    let Ok(rank) = std::env::var("DSV3_AR_CHILD_RANK") else { return };
+    let rank: usize = rank.parse().unwrap();
+    let addr = std::env::var("DSV3_AR_CHILD_ADDR").unwrap();
+    use dsv3::dist::rendezvous::{rendezvous, RendezvousConfig};
+    let id = if rank == 0 { dsv3::dist::nccl::unique_id().unwrap() } else { Vec::new() };
+    let cfg = RendezvousConfig::new(addr, rank, 2, 1).with_world_size(2).with_timeout(std::time::Duration::from_secs(60));
+    let info = rendezvous(&cfg, &id).unwrap();
+    assert_eq!((info.world_size, info.rank_offset), (2, rank));
+    let comm = Arc::new(Communicator::from_rendezvous(&[0], &info).unwrap());
+    let nccl = Nccl::new(comm.clone(), &info.payload).unwrap();
+    let ar = AllReduce::new(comm.clone(), Policy::default(), Some(nccl)).unwrap();
+    for (dtype, count) in [(DType::F32, 1000usize), (DType::Bf16, 12_345), (DType::F32, 3 << 20)] {
+        assert_eq!(ar.algo(dtype, count), Algo::Nccl, "across nodes the dispatcher takes NCCL");
+        // Node r holds (i % 61) * (r + 1) / 8: small multiples of 1/8, exact in bf16 and f32, and
+        // so is their sum (at most 180/8).
+        let vals = |r: usize| -> Vec<f32> { (0..count).map(|i| ((i % 61) as f32) * (r + 1) as f32 / 8.0).collect() };
+        let mine = vals(rank);
+        let bytes: Vec<u8> = match dtype {
+            DType::F32 => mine.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            _ => mine.iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+        };
+        let b = comm.stream(0).alloc(bytes.len()).unwrap();
+        unsafe { comm.stream(0).copy_htod(b.ptr(), &bytes).unwrap() };
+        let algo = unsafe { ar.all_reduce(dtype, count, &[b.ptr()], &[b.ptr()]) }.unwrap();
+        assert_eq!(algo, Algo::Nccl);
+        comm.synchronize().unwrap();
+        let mut got = vec![0u8; bytes.len()];
+        unsafe { comm.stream(0).copy_dtoh(&mut got, b.ptr()).unwrap() };
+        let want = cpu_sum(dtype, &[vals(0), vals(1)]);
+        if let Some(d) = first_diff(dtype, &got, &want) {
+            panic!("node {rank}: {dtype} x {count}: {d}");
+        }
+    }
+    println!("TWO-NODE CHILD OK (node {rank})");
+}
