@@ -93,7 +93,8 @@ constexpr float FP8G_MMA_FIX = 1.0f;
 constexpr float FP8G_MMA_FIX = 65536.0f;
 // Two e4m3fn codes (bytes lo, hi of x selected by `sel`) → f16x2 of value · 2^-8.
 DSV3_DEV u32 e4m3x2_to_f16x2_scaled(u32 x, u32 sel) {
-  const u32 p = __byte_perm(x, 0u, sel);  // [b_lo, 0, b_hi, 0]
+  u32 p;  // [b_lo, 0, b_hi, 0]
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p) : "r"(x), "r"(0u), "r"(sel));
   return ((p & 0x007f007fu) << 7) | ((p & 0x00800080u) << 8);
 }
 DSV3_DEV void mma_f16_16816(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -125,7 +126,11 @@ DSV3_DEV void mma_e4m3_16832(float c[4], const u32 a[4], const u32 b[2]) {
 #endif
 }
 
-DSV3_DEV float ld_cg_f32(const float* p) { return __ldcg(p); }
+DSV3_DEV float ld_cg_f32(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  return v;
+}
 #endif  // DSV3_CUDA
 
 // Resolves the M tile: expert, first row, row bound. Returns false when the tile does not run.
