@@ -32,6 +32,8 @@ pub struct AllocStats {
 pub struct CachingAllocator {
     raw: Box<dyn RawAllocator>,
     state: Mutex<(HashMap<usize, Vec<u64>>, AllocStats)>,
+    /// While retaining ([`CachingAllocator::begin_retain`]): blocks freed since, kept out of the cache.
+    retained: Mutex<Option<Vec<(u64, usize)>>>,
 }
 
 /// Size classes: powers of two from 512 B to 64 MiB, then multiples of 2 MiB.
@@ -46,7 +48,11 @@ pub fn round_size(bytes: usize) -> usize {
 
 impl CachingAllocator {
     pub fn new(raw: Box<dyn RawAllocator>) -> Arc<Self> {
-        Arc::new(CachingAllocator { raw, state: Mutex::new((HashMap::new(), AllocStats::default())) })
+        Arc::new(CachingAllocator {
+            raw,
+            state: Mutex::new((HashMap::new(), AllocStats::default())),
+            retained: Mutex::new(None),
+        })
     }
 
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
@@ -84,10 +90,27 @@ impl CachingAllocator {
     }
 
     fn give_back(&self, ptr: u64, size: usize) {
+        if let Some(kept) = self.retained.lock().unwrap().as_mut() {
+            kept.push((ptr, size));
+            return;
+        }
         let mut st = self.state.lock().unwrap();
         st.0.entry(size).or_default().push(ptr);
         st.1.in_use -= size;
         st.1.cached += size;
+    }
+
+    /// From now until [`CachingAllocator::end_retain`], freed blocks are not reused: a graph
+    /// captured meanwhile owns every block its work touched, however the cache is used later.
+    pub fn begin_retain(&self) {
+        *self.retained.lock().unwrap() = Some(Vec::new());
+    }
+
+    /// Ends retaining; the blocks freed since `begin_retain` return to the cache when the result
+    /// is dropped (with the graph that uses them).
+    pub fn end_retain(self: &Arc<Self>) -> RetainedBlocks {
+        let blocks = self.retained.lock().unwrap().take().unwrap_or_default();
+        RetainedBlocks { blocks, pool: self.clone() }
     }
 
     /// Frees every cached block.
@@ -111,6 +134,27 @@ impl CachingAllocator {
 impl Drop for CachingAllocator {
     fn drop(&mut self) {
         let _ = self.empty_cache();
+    }
+}
+
+/// Blocks kept out of the cache by [`CachingAllocator::begin_retain`]; back to it on drop.
+pub struct RetainedBlocks {
+    blocks: Vec<(u64, usize)>,
+    pool: Arc<CachingAllocator>,
+}
+
+impl RetainedBlocks {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.blocks.iter().map(|b| b.1).sum()
+    }
+}
+
+impl Drop for RetainedBlocks {
+    fn drop(&mut self) {
+        for (ptr, size) in self.blocks.drain(..) {
+            self.pool.give_back(ptr, size);
+        }
     }
 }
 
@@ -299,6 +343,21 @@ mod tests {
         a.empty_cache().unwrap();
         assert_eq!(a.stats().cached, 0);
         assert_eq!(round_size(100 << 20), 100 << 20);
+        // Retained blocks are not reused until released.
+        a.begin_retain();
+        let r1 = a.alloc(1000).unwrap();
+        let p = r1.ptr();
+        drop(r1);
+        let r2 = a.alloc(1000).unwrap();
+        assert_ne!(r2.ptr(), p, "a retained block is not handed out again");
+        let kept = a.end_retain();
+        assert_eq!(kept.bytes(), 1024);
+        drop(r2);
+        let r3 = a.alloc(1000).unwrap();
+        assert_ne!(r3.ptr(), p);
+        drop(kept);
+        let r4 = a.alloc(1000).unwrap();
+        assert_eq!(r4.ptr(), p, "released with its holder, the block is reused");
         assert_eq!(round_size(1), 512);
     }
 }

@@ -18,6 +18,7 @@
 use std::path::Path;
 
 use crate::backend::dispatch::{self, PagedCache, RopeLayout, RouteParams, Strided};
+use crate::backend::memory::RetainedBlocks;
 use crate::backend::stream::StreamGraph;
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, Fp8E4m3fn, GpuStream};
 use crate::error::{Error, Result};
@@ -543,13 +544,20 @@ impl GpuModel {
         inputs.upload(s, &packed)?;
         drop(self.run(pool, &inputs)?);
         s.synchronize()?;
-        s.begin_capture()?;
+        // The graph owns every block its temporaries use: none is handed out again while it lives.
+        let alloc = s.allocator();
+        alloc.begin_retain();
+        if let Err(e) = s.begin_capture() {
+            drop(alloc.end_retain());
+            return Err(e);
+        }
         let run = self.run(pool, &inputs);
         // End the capture whatever happened, so that the stream is usable again.
         let graph = s.end_capture();
+        let memory = alloc.end_retain();
         let logits = run?.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?;
         let graph = graph?;
-        Ok(DecodeGraph { graph, bs, max_pages, pad_page, inputs, logits })
+        Ok(DecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, logits })
     }
 
     /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
@@ -580,9 +588,13 @@ impl GpuModel {
 }
 
 /// A captured decode step of `bs` sequences: its graph and the fixed-address buffers it reads
-/// (inputs) and writes (logits). The graph is declared first so that it is dropped first.
+/// (inputs), writes (logits) and uses in between (its temporaries' blocks, which the stream's
+/// allocator does not hand out again while the graph lives). The graph is declared first so
+/// that it is dropped first.
 pub struct DecodeGraph {
     graph: Box<dyn StreamGraph>,
+    /// The blocks of the temporaries it captured (freed during capture, kept out of the cache).
+    _memory: RetainedBlocks,
     bs: usize,
     max_pages: usize,
     pad_page: u32,
