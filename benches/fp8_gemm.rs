@@ -21,7 +21,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::cuda::CudaStream;
-use dsv3::backend::fp8_gemm::{self as fg, FusedMoeWorkspace, Fp8Workspace, MoeFp8Weights};
+use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
 use dsv3::backend::mla::cuda_util;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
 
@@ -159,25 +159,32 @@ fn main() {
     for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
         for m in [1usize, 64, 128, 4096] {
             let d = dense_setup(&s, m, n, k);
-            let plan = fg::plan_dense(m, n, k, fg::DEFAULT_SMS);
+            let base = fg::with_wgmma(&s, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
             let nc = d.copies.len();
-            let us = time_us(&s, |i| {
-                let (b, bs) = &d.copies[i % nc];
-                fg::fp8_gemm_ws(&s, &mut ws, &d.out, &d.a, &d.asc, b, bs).unwrap();
-            });
-            let tf = 2.0 * (m * n * k) as f64 / (us * 1e6);
-            let gbs = (n * k) as f64 / (us * 1e3);
-            println!(
-                "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
-                "dense",
-                format!("{n}x{k}"),
-                m,
-                format!("bm{}/s{}", plan.tile.bm(), plan.splits),
-                us,
-                tf,
-                gbs,
-                gbs / copy
-            );
+            // The default plan, plus the sm_90a wgmma kernel where the plan has BM 128.
+            let mut plans = vec![("dense", base)];
+            if base.tile == Fp8Tile::Bm128 {
+                plans.push(("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base }));
+            }
+            for (kind, plan) in plans {
+                let us = time_us(&s, |i| {
+                    let (b, bs) = &d.copies[i % nc];
+                    fg::fp8_gemm_with(&s, &mut ws, plan, &d.out, &d.a, &d.asc, b, bs).unwrap();
+                });
+                let tf = 2.0 * (m * n * k) as f64 / (us * 1e6);
+                let gbs = (n * k) as f64 / (us * 1e3);
+                println!(
+                    "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+                    kind,
+                    format!("{n}x{k}"),
+                    m,
+                    format!("{}/s{}", plan.tile.label(), plan.splits),
+                    us,
+                    tf,
+                    gbs,
+                    gbs / copy
+                );
+            }
         }
     }
     for (label, e, inter) in [("TP8 E256 I256", 256usize, 256usize), ("EP8 E32 I2048", 32, 2048)] {
@@ -194,21 +201,29 @@ fn main() {
             let x = random_bf16(&s, &[t, HIDDEN], 42);
             let out = random_bf16(&s, &[t, HIDDEN], 43);
             let (tile, _, gu, dn) = fg::plan_moe(t * TOPK, e, HIDDEN, inter, fg::DEFAULT_SMS);
-            let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
-            let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
-            let bytes = (hit * 3 * inter * HIDDEN) as f64;
-            let gbs = bytes / (us * 1e3);
-            println!(
-                "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
-                "moe",
-                label,
-                t,
-                format!("bm{}/s{}/{}", tile.bm(), gu.splits, dn.splits),
-                us,
-                flops / (us * 1e6),
-                gbs,
-                gbs / copy
-            );
+            let mut runs = vec![("moe", None)];
+            if tile == Fp8Tile::Bm128 {
+                runs.push(("moe-wg", Some(Fp8Tile::Wg128)));
+            }
+            for (kind, force) in runs {
+                wsp.force_tile = force;
+                let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
+                let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
+                let bytes = (hit * 3 * inter * HIDDEN) as f64;
+                let gbs = bytes / (us * 1e3);
+                println!(
+                    "{:<6} {:<22} {:>6} {:>10} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+                    kind,
+                    label,
+                    t,
+                    format!("{}/s{}/{}", force.unwrap_or(tile).label(), gu.splits, dn.splits),
+                    us,
+                    flops / (us * 1e6),
+                    gbs,
+                    gbs / copy
+                );
+            }
+            wsp.force_tile = None;
         }
     }
     if std::env::var("DSV3_FP8_CRITERION").map(|v| v == "1").unwrap_or(false) {

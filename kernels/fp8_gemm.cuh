@@ -198,7 +198,7 @@ DSV3_DEV void fp8_gemm_mma(const Fp8GemmArgs& g) {
   constexpr int MT = WM / 16, NT = WN / 8;
   static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0, "warp tile");
   constexpr int A_BYTES = BM * BK, STAGE = (BM + BN) * BK;
-  extern __shared__ __attribute__((aligned(128))) u8 fp8g_smem[];
+  extern __shared__ __attribute__((aligned(1024))) u8 fp8g_smem[];
 
   const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
   u32 expert, m_end;
@@ -401,7 +401,7 @@ DSV3_DEV void fp8_gemm_generic(const Fp8GemmArgs& g) {
   constexpr int THREADS = 256;
   constexpr int PER = BM * BN / THREADS;
   static_assert(PER * THREADS == BM * BN, "tile / threads");
-  extern __shared__ __attribute__((aligned(128))) u8 fp8g_smem[];
+  extern __shared__ __attribute__((aligned(1024))) u8 fp8g_smem[];
   u8* As = fp8g_smem;
   u8* Bs = fp8g_smem + BM * BK;
 

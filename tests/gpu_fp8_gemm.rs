@@ -291,10 +291,13 @@ fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize,
         let dids = DeviceTensor::from_slice(s, &[t, topk], ids).unwrap();
         let dtw = DeviceTensor::from_slice(s, &[t, topk], &tw).unwrap();
         let mut wsp = FusedMoeWorkspace::new();
-        for rep in 0..2 {
+        // The size-chosen tile (twice: the split-K workspace must stay zeroed), then each tile forced.
+        let runs = [None, None, Some(Fp8Tile::Bm16), Some(Fp8Tile::Bm64), Some(Fp8Tile::Bm128), Some(Fp8Tile::Wg128)];
+        for (rep, force) in runs.into_iter().enumerate() {
+            wsp.force_tile = force;
             let out = DeviceTensor::from_f32(s, &[t, h], &out0, DType::Bf16).unwrap();
             fg::fused_moe(s, &mut wsp, &out, &dx, &dids, &dtw, &w, 1.0).unwrap();
-            assert_close(&format!("{v} fused_moe t{t} e{e} topk{topk} h{h} i{inter} rep{rep}"), &down(s, &out), &want, 2e-2);
+            assert_close(&format!("{v} fused_moe t{t} e{e} topk{topk} h{h} i{inter} run{rep} tile {force:?}"), &down(s, &out), &want, 2e-2);
         }
     }
 }

@@ -468,7 +468,8 @@ pub static FAMILIES: &[Family] = &[
     },
     Family {
         name: "fp8_gemm",
-        source: "fp8_gemm.cuh",
+        // Includes fp8_gemm.cuh (the mma.sync / generic kernels) and adds the sm_90a wgmma entry.
+        source: "fp8_gemm_wgmma.cuh",
         doc: "FP8 block-scaled GEMM (1x128 activation / 128x128 weight scales, bf16 out), dense and grouped by expert, split-K.",
         kernels: &[KernelSpec {
             name: "fp8_gemm_{F8}_bm{BM}",
@@ -495,6 +496,32 @@ pub static FAMILIES: &[Family] = &[
             max_threads: 256,
             archs: Archs::ALL,
             doc: "grid (ceil(n/128), m tiles, splits), block 256, dynamic smem (BM+128)*128*stages; see kernels/fp8_gemm.cuh.",
+        },
+        KernelSpec {
+            name: "fp8_gemm_wgmma_{F8}",
+            template: "dsv3::fp8_gemm_wgmma<{F8}>",
+            grid: &[FP8],
+            points: &[],
+            args: &[
+                ptr_mut("out", "bf16"),
+                ptr("a", "{F8}"),
+                ptr("a_scales", "f32"),
+                ptr("b", "{F8}"),
+                ptr("b_scale", "f32"),
+                ptr_mut("ws", "f32"),
+                ptr_mut("counters", "u32"),
+                ptr("row_ids", "i32"),
+                ptr("tile_expert", "i32"),
+                ptr("num_tiles", "i32"),
+                scalar("m", "u32"),
+                scalar("n", "u32"),
+                scalar("k", "u32"),
+                scalar("a_row_div", "u32"),
+                scalar("splits", "u32"),
+            ],
+            max_threads: 256,
+            archs: Archs::ALL,
+            doc: "sm_90a: wgmma m64n128k32 e4m3, BM 128; elsewhere the BM-128 kernel. Block 256, dynamic smem 4*256*128+1024.",
         }],
     },
     Family {

@@ -53,15 +53,34 @@ pub enum Fp8Tile {
     Bm16,
     Bm64,
     Bm128,
+    /// BM 128 through the sm_90a wgmma entry (`fp8_gemm_wgmma_*`); on other code variants that
+    /// entry runs the mma.sync BM-128 kernel.
+    Wg128,
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 3] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128];
+    pub const ALL: [Fp8Tile; 4] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128];
     pub fn bm(self) -> usize {
         match self {
             Fp8Tile::Bm16 => 16,
             Fp8Tile::Bm64 => 64,
-            Fp8Tile::Bm128 => 128,
+            Fp8Tile::Bm128 | Fp8Tile::Wg128 => 128,
+        }
+    }
+    /// The registry kernel of this tile for float8 type `f8`.
+    pub fn kernel_name(self, f8: DType) -> String {
+        match self {
+            Fp8Tile::Wg128 => format!("fp8_gemm_wgmma_{f8}"),
+            t => format!("fp8_gemm_{f8}_bm{}", t.bm()),
+        }
+    }
+    /// Short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Fp8Tile::Bm16 => "bm16",
+            Fp8Tile::Bm64 => "bm64",
+            Fp8Tile::Bm128 => "bm128",
+            Fp8Tile::Wg128 => "wg128",
         }
     }
     /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
@@ -73,10 +92,14 @@ impl Fp8Tile {
     }
     /// Dynamic shared memory of one CTA on `vendor` (mirrors `Fp8GemmSmem` in the kernel).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
+        if self == Fp8Tile::Wg128 && vendor == Vendor::Cuda {
+            // FP8G_WG_SMEM: 4 stages + 1 KB to align the stages to 1024 bytes.
+            return (4 * 256 * 128 + 1024) as u32;
+        }
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
             (Vendor::Hip, _) => 1,
-            (Vendor::Cuda, Fp8Tile::Bm128) => 3,
+            (Vendor::Cuda, Fp8Tile::Bm128 | Fp8Tile::Wg128) => 3,
             (Vendor::Cuda, _) => 4,
         };
         (stage * stages) as u32
@@ -98,6 +121,29 @@ fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usize) -> usiz
         return 1;
     }
     (slots / ctas).min((k_tiles / 2).max(1)).max(1)
+}
+
+/// Whether the default plans use the sm_90a wgmma kernel on this stream: a CUDA sm_90 device whose
+/// stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`), and `DSV3_FP8_WGMMA=1` (off by
+/// default until the kernel has been validated on the GPU).
+pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
+    let on = std::env::var("DSV3_FP8_WGMMA").map(|v| v == "1").unwrap_or(false);
+    on && s.vendor() == Vendor::Cuda
+        && s.arch() == "sm_90"
+        && match s.variant() {
+            CodeVariant::Auto => true,
+            CodeVariant::Cubin(a) => a == "sm_90a",
+            _ => false,
+        }
+}
+
+/// `plan` with the BM-128 tile moved to wgmma where [`wgmma_enabled`].
+pub fn with_wgmma(s: &dyn GpuStream, plan: Fp8Plan) -> Fp8Plan {
+    if plan.tile == Fp8Tile::Bm128 && wgmma_enabled(s) {
+        Fp8Plan { tile: Fp8Tile::Wg128, ..plan }
+    } else {
+        plan
+    }
 }
 
 /// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs.
@@ -196,7 +242,7 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     let per = k_tiles.div_ceil(splits);
     let splits = k_tiles.div_ceil(per);
     let (wsp, cnt) = if splits > 1 { ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)? } else { (0, 0) };
-    let name = format!("fp8_gemm_{}_bm{}", f8, plan.tile.bm());
+    let name = plan.tile.kernel_name(f8);
     let cfg = LaunchCfg::new(
         (u32_of(n_tiles, "n tiles")?, u32_of(o.m_tiles, "m tiles")?, u32_of(splits, "splits")?),
         (256, 1, 1),
@@ -266,7 +312,7 @@ pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, ou
 /// Dense FP8 GEMM, plan chosen by shape, split-K workspace from `ws`.
 pub fn fp8_gemm_ws(s: &dyn GpuStream, ws: &mut Fp8Workspace, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
     let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
-    fp8_gemm_with(s, ws, plan_dense(m, n, k, DEFAULT_SMS), out, a, a_scales, b, b_scale_inv)
+    fp8_gemm_with(s, ws, with_wgmma(s, plan_dense(m, n, k, DEFAULT_SMS)), out, a, a_scales, b, b_scale_inv)
 }
 
 /// Dense FP8 GEMM `out_bf16 [M, N] = a_fp8 [M, K] (scales [M, ⌈K/128⌉]) · b_fp8 [N, K]ᵀ (block
@@ -344,6 +390,8 @@ impl MoeFp8Weights<'_> {
 #[derive(Default)]
 pub struct FusedMoeWorkspace {
     pub gemm: Fp8Workspace,
+    /// Forces the grouped GEMMs' tile (benchmarks); `None`: chosen by size.
+    pub force_tile: Option<Fp8Tile>,
     bufs: Vec<Option<DeviceTensor>>,
 }
 
@@ -405,7 +453,19 @@ pub fn fused_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTen
     }
     let f8 = w.w13.dtype();
     let p = t * topk;
-    let (tile, max_tiles, gu_plan, dn_plan) = plan_moe(p, e, h, inter, DEFAULT_SMS);
+    let (mut tile, mut max_tiles, mut gu_plan, mut dn_plan) = plan_moe(p, e, h, inter, DEFAULT_SMS);
+    if let Some(ft) = wsp.force_tile {
+        if ft.bm() != tile.bm() {
+            max_tiles = p.div_ceil(ft.bm()) + e.min(p);
+        }
+        tile = ft;
+        gu_plan.tile = ft;
+        dn_plan.tile = ft;
+    } else {
+        gu_plan = with_wgmma(s, gu_plan);
+        dn_plan = with_wgmma(s, dn_plan);
+        tile = gu_plan.tile;
+    }
     let bm = tile.bm();
     let max_rows = max_tiles * bm;
     let (hg, ig) = (h.div_ceil(128), inter.div_ceil(128));
