@@ -87,6 +87,8 @@ struct Shape {
     out: DeviceTensor,
     lse: DeviceTensor,
     meta: MlaDecodeMeta,
+    /// The 32-key-tile kernel's plan where it applies (h·s_q <= 32).
+    meta_small: Option<MlaDecodeMeta>,
 }
 
 impl Shape {
@@ -113,9 +115,14 @@ impl Shape {
         let lens = DeviceTensor::from_slice(s, &[b], &vec![s_k as i32; b]).unwrap();
         let out = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DV]).unwrap();
         let lse = DeviceTensor::empty(s, DType::F32, &[b, s_q, h]).unwrap();
-        let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap()).unwrap();
+        let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(false)).unwrap();
+        let small = MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(true);
+        let meta_small = if small.small_tiles { Some(MlaDecodeMeta::new(s, small).unwrap()) } else { None };
+        if let Some(m) = &meta_small {
+            mla::mla_decode_metadata(s, m, &lens).unwrap();
+        }
         mla::mla_decode_metadata(s, &meta, &lens).unwrap();
-        Shape { b, h, s_k, s_q, copies, cache, tables, q, lens, out, lse, meta }
+        Shape { b, h, s_k, s_q, copies, cache, tables, q, lens, out, lse, meta, meta_small }
     }
     fn launch(&self, s: &CudaStream, i: usize) {
         let c = i % self.copies;
@@ -147,13 +154,13 @@ impl Shape {
     }
     /// Median µs of one decode from a CUDA graph of 20 decodes (rotating inputs), 7 timed
     /// replays after 2 warm-up replays. None when capture fails (reported).
-    fn time_graph_us(&self, s: &CudaStream) -> Option<f32> {
-        self.launch(s, 0);
+    fn time_graph_us(&self, s: &CudaStream, meta: &MlaDecodeMeta) -> Option<f32> {
+        mla::mla_decode(s, &self.out, &self.lse, &self.q[0], &self.cache, &self.tables[0], &self.lens, meta, 0.0722).unwrap();
         s.synchronize().unwrap();
         let g = match cuda_util::Graph::capture(s, || {
             for i in 0..20 {
                 let c = i % self.copies;
-                mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, &self.meta, 0.0722)?;
+                mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, meta, 0.0722)?;
             }
             Ok(())
         }) {
@@ -247,14 +254,15 @@ fn table(s: &CudaStream) {
     for (b, h, s_k, s_q) in shapes {
         let sh = Shape::new(s, sms, b, h, s_k, s_q);
         let stream_us = sh.time_stream_us(s);
-        let graph_us = sh.time_graph_us(s);
+        let graph_us = sh.time_graph_us(s, &sh.meta);
+        let small_us = sh.meta_small.as_ref().and_then(|m| sh.time_graph_us(s, m));
         let us = graph_us.unwrap_or(stream_us);
         let meta_us = sh.meta_us(s);
         let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
         let gbs = sh.bytes() / (us as f64 * 1e-6) / 1e9;
         let tf = sh.flops() / (us as f64 * 1e-6) / 1e12;
         eprintln!("B={b} h={h} s_k={s_k} s_q={s_q}: {us:.1} us, {gbs:.0} GB/s, {tf:.1} TFLOPS");
-        rows.push((b, h, s_k, s_q, us, stream_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
+        rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
         drop(sh);
         s.allocator().empty_cache().unwrap();
     }
@@ -264,12 +272,15 @@ fn table(s: &CudaStream) {
          µs: CUDA graph of 20 decodes, median of 7 replays (stream: events around 20 back-to-back launches)",
         copy / 1e9
     );
-    println!("| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (b, h, s_k, s_q, us, stream_us, gbs, tf, ratio, meta_us, simple, p) in rows {
+    println!(
+        "| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | 32-key tiles: µs (graph), BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p) in rows {
         let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        let small = small_us.map(|v| format!("{v:.1}, {:.1}%", ratio * us as f64 / v as f64 * 100.0)).unwrap_or_else(|| "-".into());
         println!(
-            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {meta_us:.1} | {simple} | {}, {}, {} |",
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} |",
             ratio * 100.0,
             p.mw,
             p.row_blocks,

@@ -45,8 +45,12 @@ constexpr u32 META_HDR = 4;
 // Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][576] bf16 tile (XOR swizzle of
 // the chunk's low 3 bits by the row: 8 consecutive rows at one chunk hit 8 distinct bank groups).
 DSV3_DEV u32 swz(u32 row, u32 chunk) { return row * ROW_BYTES + ((chunk ^ (row & 7u)) << 4); }
-// Same for the [rows][64] bf16 P tile (8 chunks per row).
-DSV3_DEV u32 pswz(u32 row, u32 chunk) { return row * (NT * 2) + ((chunk ^ (row & 7u)) << 4); }
+// Same for the [rows][TN] bf16 P tile (TN / 8 chunks per row): 64 keys XOR the row's low 3 bits;
+// 32 keys (4 chunks, two rows per 128 bytes) XOR bits 1..2 of the row.
+template <u32 TN> DSV3_DEV u32 pswz(u32 row, u32 chunk) {
+  if constexpr (TN == 64) return row * (TN * 2) + ((chunk ^ (row & 7u)) << 4);
+  else return row * (TN * 2) + ((chunk ^ ((row >> 1) & 3u)) << 4);
+}
 
 DSV3_DEV void store2(float* p, float a, float b) {
   p[0] = a;
@@ -109,20 +113,23 @@ DSV3_DEV void mla_decode_metadata(i32* DSV3_RESTRICT meta, const i32* DSV3_RESTR
 }
 
 #if defined(DSV3_CUDA)
-template <class TO, int MW>
+// TN keys per tile (64: one page; 32: half a page, for blocks small enough to run two per SM),
+// NWARPS warps per block.
+template <class TO, int MW, int TN, int NWARPS>
 DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                    const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
                                    const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
                                    u32 s_q, u32 heads, u32 max_pages, float scale) {
   using namespace mla;
-  constexpr u32 BM = 16 * MW, NG = WARPS / MW, KW = NT / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
-  static_assert(NK >= 1 && NO % 2 == 0, "tile split");
+  constexpr u32 THR = 32 * NWARPS, BM = 16 * MW, NG = NWARPS / MW, KW = TN / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
+  constexpr u32 SUB = NT / TN;  // tiles per page
+  static_assert(NG >= 1 && KW % 8 == 0 && NK >= 1 && NO % 2 == 0 && (TN * CHUNKS) % THR == 0 && NT % TN == 0, "tile split");
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* sq = smem;
   unsigned char* sk = smem + BM * ROW_BYTES;
-  unsigned char* sp = sk + 2 * NT * ROW_BYTES;
-  float* red = reinterpret_cast<float*>(sp + BM * NT * 2);
+  unsigned char* sp = sk + 2 * TN * ROW_BYTES;
+  float* red = reinterpret_cast<float*>(sp + BM * TN * 2);
 
   const u32 part = blockIdx.x, rb = blockIdx.y;
   const u32 rows_total = s_q * heads;
@@ -155,24 +162,27 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     // Q rows of this row block (zeros past the last row) and the first K tile: one group.
     {
       const bf16* qb = q + ((u64)b * rows_total + rb * BM) * DK;
-      for (u32 idx = t_id; idx < BM * CHUNKS; idx += THREADS) {
+      for (u32 idx = t_id; idx < BM * CHUNKS; idx += THR) {
         const u32 row = idx / CHUNKS, c = idx % CHUNKS;
         const bool ok = rb * BM + row < rows_total;
         cp_async_16(q_base + swz(row, c), ok ? (const void*)(qb + (u64)row * DK + c * 8) : (const void*)q, ok);
       }
     }
-    auto load_k = [&](u32 t, u32 buf) {
-      const bf16* src = cache + (u64)bt[t] * (NT * DK);
-      const u32 dst = k_base0 + buf * (NT * ROW_BYTES);
+    // Tile u: keys u·TN .. u·TN + TN - 1 (page u / SUB).
+    auto load_k = [&](u32 u, u32 buf) {
+      const bf16* src = cache + ((u64)bt[u / SUB] * NT + (u % SUB) * TN) * DK;
+      const u32 dst = k_base0 + buf * (TN * ROW_BYTES);
 #pragma unroll
-      for (u32 i = 0; i < NT * CHUNKS / THREADS; ++i) {
-        const u32 idx = t_id + i * THREADS;
+      for (u32 i = 0; i < TN * CHUNKS / THR; ++i) {
+        const u32 idx = t_id + i * THR;
         const u32 row = idx / CHUNKS, c = idx % CHUNKS;
-        const bool ok = (i32)(t * NT + row) < len;
+        const bool ok = (i32)(u * TN + row) < len;
         cp_async_16(dst + swz(row, c), src + row * DK + c * 8, ok);
       }
     };
-    load_k(t_begin, 0);
+    const u32 u_begin = t_begin * SUB;
+    const u32 u_end = min(t_end * SUB, ((u32)len + TN - 1) / TN);
+    load_k(u_begin, 0);
     cp_async_commit();
 
     float o[NO][4];
@@ -180,13 +190,13 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     for (u32 j = 0; j < NO; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
     float m0 = -f32_inf(), m1 = -f32_inf(), l0 = 0.0f, l1 = 0.0f;
 
-    for (u32 t = t_begin; t < t_end; ++t) {
-      const u32 buf = (t - t_begin) & 1u;
+    for (u32 t = u_begin; t < u_end; ++t) {
+      const u32 buf = (t - u_begin) & 1u;
       cp_async_wait<0>();
       __syncthreads();
-      if (t + 1 < t_end) load_k(t + 1, buf ^ 1u);
+      if (t + 1 < u_end) load_k(t + 1, buf ^ 1u);
       cp_async_commit();
-      const u32 kb = k_base0 + buf * (NT * ROW_BYTES);
+      const u32 kb = k_base0 + buf * (TN * ROW_BYTES);
 
       // S = Q·Kᵀ for rows mt·16.. and keys grp·KW..
       // With few n-tiles per warp (MW <= 2) the even and odd k-steps accumulate separately: two
@@ -223,7 +233,7 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
       }
 
       // Online softmax (log2 domain), masked by the causal limit of each row.
-      const i32 key0 = (i32)(t * NT + grp * KW + (ln & 3) * 2);
+      const i32 key0 = (i32)(t * TN + grp * KW + (ln & 3) * 2);
       float mx0 = -f32_inf(), mx1 = -f32_inf();
 #pragma unroll
       for (u32 n = 0; n < NK; ++n) {
@@ -264,8 +274,8 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
         ps0 += p00 + p01;
         ps1 += p10 + p11;
         const u32 col = grp * KW + n * 8 + (ln & 3) * 2;
-        *reinterpret_cast<u32*>(sp + pswz(r0, col / 8) + (col % 8) * 2) = pack_bf16x2(p00, p01);
-        *reinterpret_cast<u32*>(sp + pswz(r1, col / 8) + (col % 8) * 2) = pack_bf16x2(p10, p11);
+        *reinterpret_cast<u32*>(sp + pswz<TN>(r0, col / 8) + (col % 8) * 2) = pack_bf16x2(p00, p01);
+        *reinterpret_cast<u32*>(sp + pswz<TN>(r1, col / 8) + (col % 8) * 2) = pack_bf16x2(p10, p11);
       }
       l0 = l0 * c0 + ps0;
       l1 = l1 * c1 + ps1;
@@ -280,9 +290,9 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
 
       // O += P·V, V = the first 512 columns of the K tile.
 #pragma unroll
-      for (u32 ks = 0; ks < NT / 16; ++ks) {
+      for (u32 ks = 0; ks < TN / 16; ++ks) {
         u32 a[4];
-        ldmatrix_x4(a, p_base + pswz(mt * 16 + (ln & 15), 2 * ks + (ln >> 4)));
+        ldmatrix_x4(a, p_base + pswz<TN>(mt * 16 + (ln & 15), 2 * ks + (ln >> 4)));
 #pragma unroll
         for (u32 j = 0; j < NO / 2; ++j) {
           u32 bb[4];
@@ -427,7 +437,22 @@ DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, 
 #if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
   mla_decode_split_simple<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
-  mla_decode_split_mma<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_split_mma<TO, MW, 64, 8>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#endif
+}
+
+// The same with 32-key tiles and 4 warps (MW = 1, 2): about half the shared memory, so two
+// blocks run per SM (four half-page tiles in flight, their barriers interleaved).
+template <class TO, int MW>
+DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
+                                   float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                                   const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
+                                   const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q,
+                                   u32 heads, u32 max_pages, float scale) {
+#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
+  mla_decode_split_simple<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#else
+  mla_decode_split_mma<TO, MW, 32, 4>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
 }
 

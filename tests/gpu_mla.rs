@@ -118,8 +118,8 @@ fn reference(c: &Case) -> (Vec<f32>, Vec<f32>) {
         let qb = &c.q[s * c.s_q * c.h * DK..(s + 1) * c.s_q * c.h * DK];
         let len = c.lens[s].max(0) as usize;
         if len < c.s_q {
-            o.extend(std::iter::repeat(0.0).take(c.s_q * c.h * DV));
-            lse.extend(std::iter::repeat(f32::NEG_INFINITY).take(c.s_q * c.h));
+            o.resize(o.len() + c.s_q * c.h * DV, 0.0);
+            lse.resize(lse.len() + c.s_q * c.h, f32::NEG_INFINITY);
             continue;
         }
         let q_lat: Vec<f32> = qb.chunks(DK).flat_map(|r| r[..DV].to_vec()).collect();
@@ -157,12 +157,18 @@ struct Got {
     meta: Vec<i32>,
 }
 
-fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>) -> Got {
+/// The plan of a test run: page tiles or 32-key tiles (where mw <= 2), parts as given or automatic.
+fn plan_for(s: &CudaStream, c: &Case, small: bool, parts: Option<usize>) -> MlaDecodePlan {
     let sms = cuda_util::sm_count(s).unwrap();
-    let mut plan = MlaDecodePlan::new(c.b + 3, c.s_q, c.h, sms).unwrap();
-    if let Some(p) = parts {
-        plan = plan.with_parts(p);
+    let plan = MlaDecodePlan::new(c.b + 3, c.s_q, c.h, sms).unwrap().with_small_tiles(small);
+    match parts {
+        Some(p) => plan.with_parts(p),
+        None => plan,
     }
+}
+
+fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, small: bool) -> Got {
+    let plan = plan_for(s, c, small, parts);
     let meta = MlaDecodeMeta::new(s, plan).unwrap();
     // Poison the metadata and workspaces too: everything the kernels read must be written first.
     meta.meta.poison(s).unwrap();
@@ -217,25 +223,30 @@ fn run_all(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize) {
         assert!((want_lse[row] as f64 - l64).abs() < 1e-4);
     }
     for (name, s) in all_streams() {
-        let sms = cuda_util::sm_count(s).unwrap();
-        let auto = MlaDecodePlan::new(c.b + 3, s_q, h, sms).unwrap().num_parts;
-        for (parts, tag) in [(None, "auto"), (Some(1), "1 part"), (Some(3), "3 parts"), (Some(7), "7 parts")] {
-            for od in [DType::Bf16, DType::F32] {
-                let g = run_gpu(s, &c, od, parts);
-                let what = format!("{name} B={} s_q={s_q} H={h} lens={:?} {tag} out {od}", c.b, c.lens);
-                check(&what, &c, &g, &want_o, &want_lse, parts.unwrap_or(auto));
-                // And against float64 directly on a few rows.
-                for _ in 0..f64_rows.min(4) {
-                    let (sq, j, hh) = (r.gen_range(0..c.b), r.gen_range(0..s_q), r.gen_range(0..h));
-                    if (c.lens[sq] as usize) < s_q {
-                        continue;
+        for small in [false, true] {
+            let p0 = plan_for(s, &c, small, None);
+            if small && !p0.small_tiles {
+                continue;
+            }
+            let auto = p0.num_parts;
+            for (parts, tag) in [(None, "auto"), (Some(1), "1 part"), (Some(3), "3 parts"), (Some(7), "7 parts")] {
+                for od in [DType::Bf16, DType::F32] {
+                    let g = run_gpu(s, &c, od, parts, small);
+                    let what = format!("{name} {} B={} s_q={s_q} H={h} lens={:?} {tag} out {od}", p0.kernel_name(od), c.b, c.lens);
+                    check(&what, &c, &g, &want_o, &want_lse, parts.unwrap_or(auto));
+                    // And against float64 directly on a few rows.
+                    for _ in 0..f64_rows.min(4) {
+                        let (sq, j, hh) = (r.gen_range(0..c.b), r.gen_range(0..s_q), r.gen_range(0..h));
+                        if (c.lens[sq] as usize) < s_q {
+                            continue;
+                        }
+                        let (o64, l64) = reference_f64(&c, sq, j, hh);
+                        let row = (sq * s_q + j) * h + hh;
+                        let o64f: Vec<f32> = o64.iter().map(|&x| x as f32).collect();
+                        let e = rel_error(&g.o[row * DV..(row + 1) * DV], &o64f);
+                        assert!(e <= 1e-2, "{what}: row {row} vs float64: {e:e}");
+                        assert!((g.lse[row] as f64 - l64).abs() <= 1e-3, "{what}: row {row} lse {} vs float64 {l64}", g.lse[row]);
                     }
-                    let (o64, l64) = reference_f64(&c, sq, j, hh);
-                    let row = (sq * s_q + j) * h + hh;
-                    let o64f: Vec<f32> = o64.iter().map(|&x| x as f32).collect();
-                    let e = rel_error(&g.o[row * DV..(row + 1) * DV], &o64f);
-                    assert!(e <= 1e-2, "{what}: row {row} vs float64: {e:e}");
-                    assert!((g.lse[row] as f64 - l64).abs() <= 1e-3, "{what}: row {row} lse {} vs float64 {l64}", g.lse[row]);
                 }
             }
         }
@@ -290,8 +301,10 @@ fn mla_decode_edges() {
     let (want_o, want_lse) = reference(&c);
     for (name, s) in all_streams() {
         for parts in [1usize, 2, 5] {
-            let g = run_gpu(s, &c, DType::F32, Some(parts));
-            check(&format!("{name} empty sequence, {parts} parts"), &c, &g, &want_o, &want_lse, parts);
+            for small in [false, true] {
+                let g = run_gpu(s, &c, DType::F32, Some(parts), small);
+                check(&format!("{name} empty sequence, {parts} parts, small tiles {small}"), &c, &g, &want_o, &want_lse, parts);
+            }
         }
     }
 }
@@ -344,61 +357,74 @@ fn mla_decode_graph_replay_with_new_lengths() {
     for (name, s) in all_streams() {
         let (b, s_q, h, max_pages) = (4usize, 2usize, 16usize, 12usize);
         let sms = cuda_util::sm_count(s).unwrap();
-        let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap()).unwrap();
-        let total_pages = b * max_pages + 5;
-        let q = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DK]).unwrap();
-        let cache = DeviceTensor::empty(s, DType::Bf16, &[total_pages, PAGE, DK]).unwrap();
-        let bt = DeviceTensor::empty(s, DType::I32, &[b, max_pages]).unwrap();
-        let sl = DeviceTensor::empty(s, DType::I32, &[b]).unwrap();
-        let out = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DV]).unwrap();
-        let lse = DeviceTensor::empty(s, DType::F32, &[b, s_q, h]).unwrap();
-        let upload = |c: &Case| unsafe {
-            let bytes = |v: &[f32]| v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect::<Vec<u8>>();
-            let ints = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            assert_eq!(c.total_pages, total_pages);
-            // The case's table has its own max_pages: re-lay it out with this test's width.
-            let mut wide = vec![0i32; b * max_pages];
-            for sq in 0..b {
-                for p in 0..c.max_pages {
-                    wide[sq * max_pages + p] = c.block_table[sq * c.max_pages + p];
+        for small in [false, true] {
+            let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(small)).unwrap();
+            let total_pages = b * max_pages + 5;
+            let q = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DK]).unwrap();
+            let cache = DeviceTensor::empty(s, DType::Bf16, &[total_pages, PAGE, DK]).unwrap();
+            let bt = DeviceTensor::empty(s, DType::I32, &[b, max_pages]).unwrap();
+            let sl = DeviceTensor::empty(s, DType::I32, &[b]).unwrap();
+            let out = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DV]).unwrap();
+            let lse = DeviceTensor::empty(s, DType::F32, &[b, s_q, h]).unwrap();
+            let upload = |c: &Case| unsafe {
+                let bytes = |v: &[f32]| v.iter().flat_map(|x| half::bf16::from_f32(*x).to_bits().to_le_bytes()).collect::<Vec<u8>>();
+                let ints = |v: &[i32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+                assert_eq!(c.total_pages, total_pages);
+                // The case's table has its own max_pages: re-lay it out with this test's width.
+                let mut wide = vec![0i32; b * max_pages];
+                for sq in 0..b {
+                    for p in 0..c.max_pages {
+                        wide[sq * max_pages + p] = c.block_table[sq * c.max_pages + p];
+                    }
                 }
-            }
-            s.copy_htod(q.raw(), &bytes(&c.q)).unwrap();
-            s.copy_htod(cache.raw(), &bytes(&c.cache)).unwrap();
-            s.copy_htod(bt.raw(), &ints(&wide)).unwrap();
-            s.copy_htod(sl.raw(), &ints(&c.lens)).unwrap();
-        };
-        // Pages: make_case sizes total_pages from the longest sequence, so fix it at max_pages.
-        let case = |seed: u64, lens: Vec<i32>| {
-            let mut c = make_case(seed, lens, s_q, h);
-            if c.total_pages != total_pages {
-                // Pad the page pool (extra pages stay NaN) to the graph's fixed size.
-                let extra = total_pages - c.total_pages;
-                c.cache.extend(std::iter::repeat(f32::NAN).take(extra * PAGE * DK));
-                c.total_pages = total_pages;
-            }
-            c
-        };
-        let c1 = case(11, vec![700, 65, 2, 300]);
-        upload(&c1);
-        mla::mla_decode_metadata(s, &meta, &sl).unwrap();
-        mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale).unwrap();
-        s.synchronize().unwrap();
-        let g = cuda_util::Graph::capture(s, || {
-            mla::mla_decode_metadata(s, &meta, &sl)?;
-            mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale)
-        })
-        .unwrap_or_else(|e| panic!("{name}: capture: {e}"));
-        for (i, lens) in [vec![700, 65, 2, 300], vec![3, 760, 128, 129], vec![64, 64, 64, 64]].into_iter().enumerate() {
-            let c = case(20 + i as u64, lens);
-            upload(&c);
-            out.poison(s).unwrap();
-            lse.poison(s).unwrap();
-            g.launch().unwrap();
+                s.copy_htod(q.raw(), &bytes(&c.q)).unwrap();
+                s.copy_htod(cache.raw(), &bytes(&c.cache)).unwrap();
+                s.copy_htod(bt.raw(), &ints(&wide)).unwrap();
+                s.copy_htod(sl.raw(), &ints(&c.lens)).unwrap();
+            };
+            // Pages: make_case sizes total_pages from the longest sequence, so fix it at max_pages.
+            let case = |seed: u64, lens: Vec<i32>| {
+                let mut c = make_case(seed, lens, s_q, h);
+                if c.total_pages != total_pages {
+                    // Pad the page pool (extra pages stay NaN) to the graph's fixed size.
+                    let extra = total_pages - c.total_pages;
+                    c.cache.resize(c.cache.len() + extra * PAGE * DK, f32::NAN);
+                    c.total_pages = total_pages;
+                }
+                c
+            };
+            let c1 = case(11, vec![700, 65, 2, 300]);
+            upload(&c1);
+            mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+            mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale).unwrap();
             s.synchronize().unwrap();
-            let (want_o, want_lse) = reference(&c);
-            let got = Got { o: out.to_f32(s).unwrap(), lse: lse.to_f32(s).unwrap(), meta: meta.meta.to_vec::<i32>(s).unwrap()[..4 + b + 1].to_vec() };
-            check(&format!("{name} graph replay {i}"), &c, &got, &want_o, &want_lse, meta.plan.num_parts);
+            let g = cuda_util::Graph::capture(s, || {
+                mla::mla_decode_metadata(s, &meta, &sl)?;
+                mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c1.scale)
+            })
+            .unwrap_or_else(|e| panic!("{name}: capture: {e}"));
+            for (i, lens) in [vec![700, 65, 2, 300], vec![3, 760, 128, 129], vec![64, 64, 64, 64]].into_iter().enumerate() {
+                let c = case(20 + i as u64, lens);
+                upload(&c);
+                out.poison(s).unwrap();
+                lse.poison(s).unwrap();
+                g.launch().unwrap();
+                s.synchronize().unwrap();
+                let (want_o, want_lse) = reference(&c);
+                let got = Got {
+                    o: out.to_f32(s).unwrap(),
+                    lse: lse.to_f32(s).unwrap(),
+                    meta: meta.meta.to_vec::<i32>(s).unwrap()[..4 + b + 1].to_vec(),
+                };
+                check(
+                    &format!("{name} {} graph replay {i}", meta.plan.kernel_name(DType::Bf16)),
+                    &c,
+                    &got,
+                    &want_o,
+                    &want_lse,
+                    meta.plan.num_parts,
+                );
+            }
         }
     }
 }

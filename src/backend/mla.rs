@@ -54,6 +54,11 @@ pub struct MlaDecodePlan {
     pub row_blocks: usize,
     /// KV ranges the tiles are split into: grid.x.
     pub num_parts: usize,
+    /// 32-key tiles with 4-warp blocks, two blocks per SM (`mla_decode_t32_*`; mw <= 2 only),
+    /// instead of 64-key (one page) tiles with 8-warp blocks, one per SM.
+    pub small_tiles: bool,
+    /// Multiprocessors the plan was made for.
+    pub sm_count: usize,
 }
 
 impl MlaDecodePlan {
@@ -71,7 +76,19 @@ impl MlaDecodePlan {
         };
         let row_blocks = rows.div_ceil(16 * mw);
         let num_parts = (sm_count / row_blocks).max(1);
-        Ok(MlaDecodePlan { max_batch, s_q, heads, mw, row_blocks, num_parts })
+        let plan = MlaDecodePlan { max_batch, s_q, heads, mw, row_blocks, num_parts, small_tiles: false, sm_count };
+        // Until measured, the page-tile kernel is the default; DSV3_MLA_SMALL_TILES=1 selects the
+        // 32-key-tile kernel where it applies.
+        let small = std::env::var("DSV3_MLA_SMALL_TILES").map(|v| v == "1").unwrap_or(false);
+        Ok(plan.with_small_tiles(small))
+    }
+    /// Selects the 32-key-tile kernel (two blocks per SM, twice the parts) when `on` and mw <= 2;
+    /// otherwise the page-tile kernel.
+    pub fn with_small_tiles(mut self, on: bool) -> Self {
+        self.small_tiles = on && self.mw <= 2;
+        let per_sm = if self.small_tiles { 2 } else { 1 };
+        self.num_parts = (per_sm * self.sm_count / self.row_blocks).max(1);
+        self
     }
     /// The same plan with an explicit number of parts (tuning, tests of the scheduler).
     pub fn with_parts(mut self, num_parts: usize) -> Self {
@@ -84,7 +101,33 @@ impl MlaDecodePlan {
     /// Dynamic shared memory of the split kernel (bytes).
     pub fn smem_bytes(&self) -> u32 {
         let bm = 16 * self.mw;
-        (bm * DK * 2 + 2 * PAGE * DK * 2 + bm * PAGE * 2 + 512) as u32
+        let tile = self.tile_keys();
+        let warps = self.threads() / 32;
+        (bm * DK * 2 + 2 * tile * DK * 2 + bm * tile * 2 + (warps / self.mw) * bm * 4) as u32
+    }
+    /// Keys per tile of the split kernel.
+    pub fn tile_keys(&self) -> usize {
+        if self.small_tiles {
+            32
+        } else {
+            PAGE
+        }
+    }
+    /// Threads per block of the split kernel.
+    pub fn threads(&self) -> usize {
+        if self.small_tiles {
+            128
+        } else {
+            256
+        }
+    }
+    /// Registry name of the split kernel for output dtype `out`.
+    pub fn kernel_name(&self, out: DType) -> String {
+        if self.small_tiles {
+            format!("mla_decode_t32_bf16_{out}_m{}", self.mw)
+        } else {
+            format!("mla_decode_bf16_{out}_m{}", self.mw)
+        }
     }
     /// i32 entries of the metadata buffer.
     pub fn meta_len(&self) -> usize {
@@ -154,7 +197,13 @@ pub fn mla_decode(
     let cs = cache.shape();
     let bts = block_table.shape();
     let b = seq_lens.numel();
-    let err = |m: &str| bad(format!("mla_decode: {m} (q {qs:?}, cache {cs:?}, block_table {bts:?}, out {:?}, lse {:?}, plan {p:?})", out.shape(), lse.shape()));
+    let err = |m: &str| {
+        bad(format!(
+            "mla_decode: {m} (q {qs:?}, cache {cs:?}, block_table {bts:?}, out {:?}, lse {:?}, plan {p:?})",
+            out.shape(),
+            lse.shape()
+        ))
+    };
     if qs.len() != 4 || qs[0] != b || qs[1] != p.s_q || qs[2] != p.heads || qs[3] != DK {
         return Err(err("q must be [B, s_q, H, 576] with the plan's s_q and H and B = seq_lens.len()"));
     }
@@ -170,7 +219,13 @@ pub fn mla_decode(
     if out.numel() != b * p.rows() * DV || lse.numel() != b * p.rows() {
         return Err(err("out must be [B, s_q, H, 512] and lse [B, s_q, H]"));
     }
-    for (t, n, d) in [(q, "q", DType::Bf16), (cache, "cache", DType::Bf16), (block_table, "block_table", DType::I32), (seq_lens, "seq_lens", DType::I32), (lse, "lse", DType::F32)] {
+    for (t, n, d) in [
+        (q, "q", DType::Bf16),
+        (cache, "cache", DType::Bf16),
+        (block_table, "block_table", DType::I32),
+        (seq_lens, "seq_lens", DType::I32),
+        (lse, "lse", DType::F32),
+    ] {
         t.check_dtype(d).map_err(|e| bad(format!("mla_decode: {n}: {e}")))?;
     }
     let to = out.dtype();
@@ -180,8 +235,8 @@ pub fn mla_decode(
     let max_pages = bts[1];
     launch_by_name(
         s,
-        &format!("mla_decode_bf16_{to}_m{}", p.mw),
-        LaunchCfg::new((p.num_parts as u32, p.row_blocks as u32, 1), (256, 1, 1), p.smem_bytes()),
+        &p.kernel_name(to),
+        LaunchCfg::new((p.num_parts as u32, p.row_blocks as u32, 1), (p.threads() as u32, 1, 1), p.smem_bytes()),
         &[
             KArg::Out(out),
             KArg::Out(lse),
@@ -350,6 +405,17 @@ mod tests {
         assert!(p.smem_bytes() <= 227 * 1024);
         let p = MlaDecodePlan::new(8, 1, 5, 132).unwrap();
         assert_eq!((p.mw, p.row_blocks), (1, 1));
+        let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(false);
+        assert_eq!(p.smem_bytes(), 168_448);
+        let p = MlaDecodePlan::new(128, 1, 128, 132).unwrap().with_small_tiles(false);
+        assert_eq!(p.smem_bytes(), 229_888);
+        let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(true);
+        assert_eq!((p.small_tiles, p.num_parts, p.smem_bytes(), p.threads()), (true, 264, 93_440, 128));
+        let p = MlaDecodePlan::new(128, 2, 16, 132).unwrap().with_small_tiles(true);
+        assert_eq!((p.small_tiles, p.smem_bytes()), (true, 112_896));
+        assert_eq!(p.kernel_name(DType::Bf16), "mla_decode_t32_bf16_bf16_m2");
+        let p = MlaDecodePlan::new(128, 1, 128, 132).unwrap().with_small_tiles(true);
+        assert!(!p.small_tiles, "mw = 4 has no small-tile kernel");
     }
 
     #[test]
