@@ -8,6 +8,8 @@
 //! Run on the GPU machine: `gpu-bundle --filter '^allreduce-'`, then
 //! `NCCL_NVLS_ENABLE=0 bash .gpu/run.sh '^allreduce-'`. Without 2 CUDA devices it panics.
 
+#![allow(clippy::needless_range_loop)]
+
 use cudarc::driver::{result, sys};
 use dsv3::backend::cuda::device_count;
 use dsv3::backend::{DType, DeviceBuffer, GpuStream};

@@ -175,20 +175,20 @@ impl CustomAllReduce {
             Algo::Nccl => return Err(dist_err(B, "the custom all-reduce does not run NCCL; use AllReduce")),
         };
         let mut ins = [0u64; MAX_RANKS];
-        for r in 0..world {
-            ins[r] = inputs[r];
+        for (r, slot) in ins.iter_mut().enumerate().take(world) {
+            *slot = inputs[r];
             if algo == Algo::OneShot && overlaps(inputs[r], outputs[r], bytes) {
                 let stg = self.staging[r].ptr();
                 if overlaps(stg, outputs[r], bytes) {
                     return Err(dist_err(B, "one-shot: the output aliases the registered input buffer; use two-shot or another output"));
                 }
                 self.comm.stream(r).copy_dtod(stg, inputs[r], bytes)?;
-                ins[r] = stg;
+                *slot = stg;
             }
         }
         let mut sigs = [0u64; MAX_RANKS];
-        for r in 0..world {
-            sigs[r] = self.sigs[r].ptr();
+        for (slot, sig) in sigs.iter_mut().zip(&self.sigs) {
+            *slot = sig.ptr();
         }
         let cfg = LaunchCfg::linear(self.blocks(algo, dtype, count), THREADS);
         let (w, n) = (world as u32, count as u32);

@@ -89,7 +89,7 @@ impl RendezvousConfig {
 /// Parses `--dist-timeout` (seconds, fractions allowed).
 pub fn parse_timeout(s: &str) -> Result<Duration> {
     let v: f64 = s.trim().parse().map_err(|_| err(format!("--dist-timeout `{s}`: expected seconds")))?;
-    if !(v > 0.0) || !v.is_finite() {
+    if v.is_nan() || v <= 0.0 || v.is_infinite() {
         return Err(err(format!("--dist-timeout `{s}`: must be a positive number of seconds")));
     }
     Ok(Duration::from_secs_f64(v))
