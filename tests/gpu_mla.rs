@@ -354,7 +354,14 @@ fn mla_decode_checks_shapes() {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn mla_decode_graph_replay_with_new_lengths() {
-    for (name, s) in all_streams() {
+    // Streams of its own: a capture must not see the other test threads' work (they share
+    // all_streams()).
+    let _ = all_streams(); // the device check
+    let own: Vec<(String, CudaStream)> = variants()
+        .into_iter()
+        .map(|v| (v.to_string(), CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))))
+        .collect();
+    for (name, s) in &own {
         let (b, s_q, h, max_pages) = (4usize, 2usize, 16usize, 12usize);
         let sms = cuda_util::sm_count(s).unwrap();
         for small in [false, true] {
