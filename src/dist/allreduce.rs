@@ -192,8 +192,8 @@ impl CustomAllReduce {
         }
         let cfg = LaunchCfg::linear(self.blocks(algo, dtype, count), THREADS);
         let (w, n) = (world as u32, count as u32);
-        for r in 0..world {
-            let mut out = outputs[r];
+        for (r, &out_ptr) in outputs.iter().enumerate() {
+            let mut out = out_ptr;
             let mut rank = r as u32;
             let (mut world_v, mut n_v) = (w, n);
             let mut ins_v = ins;
