@@ -71,7 +71,15 @@ struct Fp8GemmArgs {
 
 #if defined(DSV3_CUDA)
 // ---- PTX helpers (NVIDIA) -------------------------------------------------------------------
+#if defined(__CUDACC_RTC__)
+DSV3_DEV u32 smem_u32(const void* p) {  // NVRTC: no reliance on the intrinsic's declaration
+  u64 a;
+  asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+  return (u32)a;
+}
+#else
 DSV3_DEV u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+#endif
 
 DSV3_DEV void cp_async16(u32 dst, const void* src, bool pred) {
   const int n = pred ? 16 : 0;  // 0: zero-fill the 16 bytes
