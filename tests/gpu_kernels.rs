@@ -767,6 +767,8 @@ fn every_registry_kernel_is_covered() {
         "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_", "fp8_quant_group128_",
         "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align", "moe_gather_", "moe_gemm_", "moe_combine_",
         "mla_paged_attention_", "paged_kv_write_", "argmax_", "sample_",
+        // Multi-GPU: tested in tests/gpu_allreduce.rs (needs 2 GPUs).
+        "allreduce_",
     ];
     for k in registry::KERNELS {
         assert!(tested.iter().any(|p| k.name.starts_with(p)), "kernel {} has no GPU test in tests/gpu_kernels.rs", k.name);
