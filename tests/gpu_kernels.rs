@@ -759,19 +759,31 @@ proptest! {
     }
 }
 
-/// Runs in the CPU suite too: every registry kernel belongs to a family this file tests, so a
-/// new kernel without a GPU test fails here.
+/// Runs in the CPU suite too: every registry kernel belongs to a family some GPU test file
+/// tests, so a new kernel without a GPU test fails here.
 #[test]
 fn every_registry_kernel_is_covered() {
-    let tested = [
-        "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_", "fp8_quant_group128_",
-        "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align", "moe_gather_", "moe_gemm_", "moe_combine_",
-        "mla_paged_attention_", "paged_kv_write_", "argmax_", "sample_",
-        // Multi-GPU: tested in tests/gpu_allreduce.rs (needs 2 GPUs).
-        "allreduce_",
+    let tested: &[(&str, &[&str])] = &[
+        (
+            "tests/gpu_kernels.rs",
+            &[
+                "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_",
+                "fp8_quant_group128_", "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align",
+                "moe_gather_", "moe_gemm_", "moe_combine_", "mla_paged_attention_", "paged_kv_write_", "argmax_",
+                "sample_",
+            ],
+        ),
+        (
+            "tests/gpu_fp8_gemm.rs",
+            &["fp8_gemm_", "moe_align_tiles", "act_quant_group128_", "silu_mul_quant_group128_", "moe_combine_rows_"],
+        ),
+        ("tests/gpu_mla.rs", &["mla_decode_"]),
+        // Needs 2 GPUs.
+        ("tests/gpu_allreduce.rs", &["allreduce_"]),
     ];
     for k in registry::KERNELS {
-        assert!(tested.iter().any(|p| k.name.starts_with(p)), "kernel {} has no GPU test in tests/gpu_kernels.rs", k.name);
+        let covered = tested.iter().any(|(_, prefixes)| prefixes.iter().any(|p| k.name.starts_with(p)));
+        assert!(covered, "kernel {} (family {}) has no GPU test", k.name, k.family);
     }
 }
 
@@ -836,7 +848,7 @@ proptest! {
             let y = &yv[..];
             let tw: Vec<f32> = (0..tokens * topk).map(|i| 0.1 + (i % 5) as f32 * 0.2).collect();
             let base = rand_vec(&mut StdRng::seed_from_u64(seed ^ 1), tokens * hidden, 1.0);
-            for kinfo in registry::KERNELS.iter().filter(|x| x.name.starts_with("moe_combine_")) {
+            for kinfo in registry::KERNELS.iter().filter(|x| x.family == "moe" && x.name.starts_with("moe_combine_")) {
                 let (ty, to) = (dtype_of(kinfo.param("T").unwrap()), dtype_of(kinfo.param("TO").unwrap()));
                 let yr = rounded(y, ty);
                 let br = rounded(&base, to);
