@@ -159,7 +159,7 @@ fn main() {
     for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
         for m in [1usize, 64, 128, 4096] {
             let d = dense_setup(&s, m, n, k);
-            let base = fg::with_wgmma(&s, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
+            let base = fg::plan_for_stream(&s, DType::E4m3fn, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
             let nc = d.copies.len();
             // The default plan, plus the sm_90a wgmma kernel where the plan has BM 128.
             let mut plans = vec![("dense", base)];

@@ -446,6 +446,7 @@ DSV3_DEV void fp8_gemm_generic(const Fp8GemmArgs& g) {
       const u32 idx = t + o * THREADS;
       const u32 r = idx / BN, c = idx % BN;
       float s = 0.0f;
+#pragma unroll 4
       for (int k = 0; k < BK; ++k) {
         F8 x, y;
         x.bits = As[r * BK + k];

@@ -475,7 +475,8 @@ pub static FAMILIES: &[Family] = &[
             name: "fp8_gemm_{F8}_bm{BM}",
             template: "dsv3::fp8_gemm<{F8}, {BM}>",
             grid: &[FP8, Axis { name: "BM", values: &["128", "64", "16"] }],
-            points: &[],
+            // e4m3fnuz runs the generic path (HIP, or NVIDIA for tests): one tile, BM 64.
+            points: &[&["e4m3fn", "128"], &["e4m3fn", "64"], &["e4m3fn", "16"], &["e4m3fnuz", "64"]],
             args: &[
                 ptr_mut("out", "bf16"),
                 ptr("a", "{F8}"),
@@ -501,7 +502,7 @@ pub static FAMILIES: &[Family] = &[
             name: "fp8_gemm_wgmma_{F8}",
             template: "dsv3::fp8_gemm_wgmma<{F8}>",
             grid: &[FP8],
-            points: &[],
+            points: &[&["e4m3fn"]],
             args: &[
                 ptr_mut("out", "bf16"),
                 ptr("a", "{F8}"),

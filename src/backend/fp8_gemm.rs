@@ -146,6 +146,21 @@ pub fn with_wgmma(s: &dyn GpuStream, plan: Fp8Plan) -> Fp8Plan {
     }
 }
 
+/// e4m3fnuz (any vendor) and every HIP launch run the generic path, built for BM 64 only.
+fn generic_only(s: &dyn GpuStream, f8: DType) -> bool {
+    f8 == DType::E4m3fnuz || s.vendor() == Vendor::Hip
+}
+
+/// `plan` adapted to the stream and float8 type: BM 64 where only the generic kernel exists, the
+/// wgmma kernel where [`wgmma_enabled`].
+pub fn plan_for_stream(s: &dyn GpuStream, f8: DType, plan: Fp8Plan) -> Fp8Plan {
+    if generic_only(s, f8) {
+        Fp8Plan { tile: Fp8Tile::Bm64, ..plan }
+    } else {
+        with_wgmma(s, plan)
+    }
+}
+
 /// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs.
 pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
     let tile = if m <= 16 {
@@ -242,6 +257,9 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     let per = k_tiles.div_ceil(splits);
     let splits = k_tiles.div_ceil(per);
     let (wsp, cnt) = if splits > 1 { ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)? } else { (0, 0) };
+    if generic_only(s, f8) && plan.tile != Fp8Tile::Bm64 {
+        return Err(bad(format!("fp8_gemm: {f8} on {} runs the generic kernel, built for BM 64 only (plan_for_stream picks it)", s.vendor())));
+    }
     let name = plan.tile.kernel_name(f8);
     let cfg = LaunchCfg::new(
         (u32_of(n_tiles, "n tiles")?, u32_of(o.m_tiles, "m tiles")?, u32_of(splits, "splits")?),
@@ -312,7 +330,7 @@ pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, ou
 /// Dense FP8 GEMM, plan chosen by shape, split-K workspace from `ws`.
 pub fn fp8_gemm_ws(s: &dyn GpuStream, ws: &mut Fp8Workspace, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
     let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
-    fp8_gemm_with(s, ws, with_wgmma(s, plan_dense(m, n, k, DEFAULT_SMS)), out, a, a_scales, b, b_scale_inv)
+    fp8_gemm_with(s, ws, plan_for_stream(s, a.dtype(), plan_dense(m, n, k, DEFAULT_SMS)), out, a, a_scales, b, b_scale_inv)
 }
 
 /// Dense FP8 GEMM `out_bf16 [M, N] = a_fp8 [M, K] (scales [M, ⌈K/128⌉]) · b_fp8 [N, K]ᵀ (block
@@ -454,7 +472,8 @@ pub fn fused_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTen
     let f8 = w.w13.dtype();
     let p = t * topk;
     let (mut tile, mut max_tiles, mut gu_plan, mut dn_plan) = plan_moe(p, e, h, inter, DEFAULT_SMS);
-    if let Some(ft) = wsp.force_tile {
+    let force = wsp.force_tile.or_else(|| generic_only(s, w.w13.dtype()).then_some(Fp8Tile::Bm64));
+    if let Some(ft) = force {
         if ft.bm() != tile.bm() {
             max_tiles = p.div_ceil(ft.bm()) + e.min(p);
         }
