@@ -9,6 +9,7 @@
 //!   shard (256 experts, inter 256) and the EP-8 shard (32 experts, inter 2048); topk ids drawn
 //!   uniformly (distinct per token) among the shard's experts; µs of the whole fused_moe (6
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
+//!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
 //! and the launches rotate among the copies, so no run reads its weights from L2.

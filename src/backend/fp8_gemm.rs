@@ -18,7 +18,7 @@
 //! from the quantized x, no copy) → SiLU·mul + quant → grouped GEMM down → weighted combine. Experts
 //! without tokens get no tile. Ids outside `[0, E)` (experts of other ranks) are skipped, so an
 //! expert-parallel rank passes local ids and `-1` (or any id ≥ E) for the rest.
-#![allow(clippy::too_many_arguments)]
+#![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of, clippy::manual_checked_ops)]
 
 use super::memory::DeviceTensor;
 use super::registry;
