@@ -146,8 +146,16 @@ fn down(s: &dyn GpuStream, t: &DeviceTensor) -> Vec<f32> {
     t.to_f32(s).unwrap()
 }
 
-/// Runs every tile × {no split, split} (× both float8 types) of one dense shape on every variant.
-fn check_dense(seed: u64, m: usize, n: usize, k: usize) {
+/// The mma.sync / generic tiles. The sm_90a wgmma tile runs only in the tests named `wgmma_*`, so
+/// that a fault there (a sticky CUDA error poisons the process's context) cannot hide the others'
+/// results: run them in a separate process (`--skip wgmma`, then `wgmma`).
+const MMA_TILES: [Fp8Tile; 3] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128];
+const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
+
+/// Runs each of `tiles` × {no split, split} of one dense shape on every variant; with the mma
+/// tiles also e4m3fnuz (generic path) and the shape-chosen plan.
+fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
+    let mma = tiles.contains(&Fp8Tile::Bm64);
     let mut r = StdRng::seed_from_u64(seed);
     let x = rand_vec(&mut r, m * k, 3.0);
     let qa = quant_act(&x, m, k);
@@ -158,12 +166,15 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize) {
         let s: &dyn GpuStream = s;
         let mut ws = Fp8Workspace::new();
         for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
+            if f8 == DType::E4m3fnuz && !mma {
+                continue;
+            }
             let mul = if f8 == DType::E4m3fnuz { 2.0 } else { 1.0 };
             let a = up_fp8(s, &[m, k], &qa.codes, f8);
             let asc = up_f32(s, &[m, kt], &qa.scales, mul);
             let b = up_fp8(s, &[n, k], &qw.codes, f8);
             let bsc = up_f32(s, &[n.div_ceil(128), kt], &qw.scales, mul);
-            for tile in Fp8Tile::ALL {
+            for &tile in tiles {
                 // e4m3fnuz runs the generic path on NVIDIA: one tile is enough.
                 if f8 == DType::E4m3fnuz && tile != Fp8Tile::Bm64 {
                     continue;
@@ -177,6 +188,9 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize) {
                     }
                 }
             }
+            if !mma {
+                continue;
+            }
             // The shape-chosen plan through the convenience entry.
             let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
             fg::fp8_gemm(s, &out, &a, &asc, &b, &bsc).unwrap();
@@ -189,15 +203,24 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize) {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn dense_v3_shapes_decode() {
     // M = 1 and small M on real V3 widths (split-K chosen by the plan), partial N block (2112, 576).
-    check_dense(1, 1, 2112, 7168);
-    check_dense(2, 7, 576, 1536);
-    check_dense(3, 64, 384, 2048);
+    check_dense(1, 1, 2112, 7168, &MMA_TILES);
+    check_dense(2, 7, 576, 1536, &MMA_TILES);
+    check_dense(3, 64, 384, 2048, &MMA_TILES);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wgmma_dense() {
+    check_dense(21, 1, 2112, 7168, &WGMMA_TILES);
+    check_dense(22, 300, 256, 512, &WGMMA_TILES);
+    check_dense(23, 130, 576, 1536, &WGMMA_TILES);
+    check_dense(24, 257, 300, 208, &WGMMA_TILES);
 }
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn dense_prefill_shape() {
-    check_dense(4, 300, 256, 512);
+    check_dense(4, 300, 256, 512, &MMA_TILES);
 }
 
 proptest! {
@@ -206,7 +229,7 @@ proptest! {
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn dense_random_shapes(seed: u64, m in 1usize..200, n in 1usize..300, k16 in 1usize..40) {
-        check_dense(seed, m, n, k16 * 16);
+        check_dense(seed, m, n, k16 * 16, &MMA_TILES);
     }
 
     #[test]
@@ -250,7 +273,17 @@ proptest! {
 }
 
 /// One fused-MoE case: `ids` [t, topk] (entries outside [0, e) are other ranks' experts).
+/// Tiles forced in the fused MoE runs: the size-chosen one twice (the split-K workspace must stay
+/// zeroed), then each mma tile.
+const MOE_MMA_RUNS: [Option<Fp8Tile>; 5] = [None, None, Some(Fp8Tile::Bm16), Some(Fp8Tile::Bm64), Some(Fp8Tile::Bm128)];
+const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile::Wg128)];
+
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
+    check_moe_runs(seed, t, e, topk, h, inter, ids, &MOE_MMA_RUNS)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_moe_runs(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32], runs: &[Option<Fp8Tile>]) {
     let mut r = StdRng::seed_from_u64(seed);
     let x: Vec<f32> = rand_vec(&mut r, t * h, 2.0).into_iter().map(bf16r).collect();
     let tw: Vec<f32> = (0..t * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
@@ -291,9 +324,7 @@ fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize,
         let dids = DeviceTensor::from_slice(s, &[t, topk], ids).unwrap();
         let dtw = DeviceTensor::from_slice(s, &[t, topk], &tw).unwrap();
         let mut wsp = FusedMoeWorkspace::new();
-        // The size-chosen tile (twice: the split-K workspace must stay zeroed), then each tile forced.
-        let runs = [None, None, Some(Fp8Tile::Bm16), Some(Fp8Tile::Bm64), Some(Fp8Tile::Bm128), Some(Fp8Tile::Wg128)];
-        for (rep, force) in runs.into_iter().enumerate() {
+        for (rep, &force) in runs.iter().enumerate() {
             wsp.force_tile = force;
             let out = DeviceTensor::from_f32(s, &[t, h], &out0, DType::Bf16).unwrap();
             fg::fused_moe(s, &mut wsp, &out, &dx, &dids, &dtw, &w, 1.0).unwrap();
@@ -347,4 +378,15 @@ proptest! {
         let ids = distinct_ids(&mut r, t, e, topk);
         check_moe(seed, t, e, topk, h16 * 16, i128 * 128, &ids);
     }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wgmma_moe() {
+    let mut r = StdRng::seed_from_u64(31);
+    let ids = distinct_ids(&mut r, 40, 8, 4);
+    check_moe_runs(31, 40, 8, 4, 512, 256, &ids, &MOE_WGMMA_RUNS);
+    check_moe_runs(32, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WGMMA_RUNS);
+    let ids = distinct_ids(&mut r, 1, 64, 8);
+    check_moe_runs(33, 1, 64, 8, 1024, 128, &ids, &MOE_WGMMA_RUNS);
 }
