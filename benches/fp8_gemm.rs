@@ -2,7 +2,8 @@
 //!
 //! Default (the device runner): prints ONE table.
 //! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
-//!   4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096}: the plan (tile, split), µs, TFLOPS
+//!   4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096} (`dense-alt`: the same with half / no
+//!   split-K, for tuning; `dense-wg`: the sm_90a wgmma kernel): the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
 //! - MoE rows: one layer, hidden 7168, top-8, at 1, 16, 64, 128, 512, 4096 tokens for the TP-8
@@ -171,6 +172,16 @@ fn main() {
                 let d = dense_setup(&s, m, n, k);
                 let nc = d.copies.len();
                 let plans = match pass {
+                    // Decode sizes: the plan's split-K, and half / no split for tuning.
+                    0 if base.splits > 1 => {
+                        let mut v = vec![("dense", base)];
+                        for sp in [base.splits / 2, 1] {
+                            if sp >= 1 && !v.iter().any(|(_, p)| p.splits == sp) {
+                                v.push(("dense-alt", Fp8Plan { splits: sp, ..base }));
+                            }
+                        }
+                        v
+                    }
                     0 => vec![("dense", base)],
                     _ if base.tile == Fp8Tile::Bm128 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
                     _ => vec![],
