@@ -7,14 +7,14 @@
 //! cargo run --release --example bench_serving -- --num-prompts 200 --random-input-len 128 \
 //!     --random-output-len 64 --request-rate inf --max-concurrency 32 --output-file bench.jsonl
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use dsv3::server::client::{connect, get_json, get_text, host_overhead, model_name, resolve, stats, stream_completion, StreamOutcome as Outcome};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -60,17 +60,6 @@ struct Args {
     disable_tqdm: bool,
 }
 
-#[derive(Clone, Debug, Default)]
-struct Outcome {
-    ok: bool,
-    error: String,
-    input_len: usize,
-    output_len: usize,
-    ttft: f64,
-    itl: Vec<f64>,
-    e2e: f64,
-}
-
 fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,14 +68,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn addr(args: &Args) -> Result<SocketAddr, String> {
-    (args.host.as_str(), args.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("{}:{}: {e}", args.host, args.port))?
-        .next()
-        .ok_or_else(|| format!("{}:{}: no address", args.host, args.port))
 }
 
 fn run(args: Args) -> Result<(), String> {
@@ -100,14 +81,12 @@ fn run(args: Args) -> Result<(), String> {
     if rate.is_nan() || rate <= 0.0 {
         return Err("--request-rate must be > 0".into());
     }
-    let a = addr(&args)?;
+    let a = resolve(&args.host, args.port)?;
+    drop(connect(a)?);
     let info = get_json(a, "/get_model_info").unwrap_or(Value::Null);
     let vocab = info["vocab_size"].as_u64().unwrap_or(32000) as u32;
     let ctx = info["context_length"].as_u64().unwrap_or(4096) as usize;
-    let model = match &args.model {
-        Some(m) => m.clone(),
-        None => get_json(a, "/v1/models")?["data"][0]["id"].as_str().unwrap_or("default").to_string(),
-    };
+    let model = model_name(a, args.model.as_deref())?;
     let before = get_text(a, "/metrics").unwrap_or_default();
 
     // The requests: (arrival offset, prompt ids, max_tokens).
@@ -157,7 +136,7 @@ fn run(args: Args) -> Result<(), String> {
         let (slots, pb, model) = (slots.clone(), pb.clone(), model.clone());
         handles.push(std::thread::spawn(move || {
             acquire(&slots);
-            let out = one_request(a, &model, &prompt, out_len);
+            let out = stream_completion(a, &model, &prompt, out_len, false);
             release(&slots);
             pb.inc(1);
             out
@@ -181,109 +160,6 @@ fn acquire(slots: &(Mutex<usize>, Condvar)) {
 fn release(slots: &(Mutex<usize>, Condvar)) {
     *slots.0.lock().unwrap_or_else(|e| e.into_inner()) += 1;
     slots.1.notify_one();
-}
-
-fn one_request(a: SocketAddr, model: &str, prompt: &[u32], out_len: usize) -> Outcome {
-    let mut o = Outcome { input_len: prompt.len(), ..Default::default() };
-    let body = json!({
-        "model": model, "prompt": prompt, "max_tokens": out_len, "ignore_eos": true, "temperature": 0,
-        "stream": true, "stream_options": {"include_usage": true},
-    })
-    .to_string();
-    let t0 = Instant::now();
-    let result = (|| -> Result<(), String> {
-        let mut s = TcpStream::connect(a).map_err(|e| e.to_string())?;
-        let _ = s.set_read_timeout(Some(Duration::from_secs(600)));
-        let head = format!(
-            "POST /v1/completions HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).and_then(|_| s.write_all(body.as_bytes())).map_err(|e| e.to_string())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| e.to_string())?;
-        if !line.contains(" 200 ") {
-            let mut rest = String::new();
-            let _ = r.read_to_string(&mut rest);
-            return Err(format!("{} {}", line.trim(), rest.lines().last().unwrap_or("")));
-        }
-        loop {
-            line.clear();
-            r.read_line(&mut line).map_err(|e| e.to_string())?;
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-        }
-        // Chunked transfer encoding carrying SSE events.
-        let mut pending = String::new();
-        let mut last = t0;
-        loop {
-            line.clear();
-            if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
-                break;
-            }
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).map_err(|e| e.to_string())?;
-            if size == 0 {
-                break;
-            }
-            let mut buf = vec![0u8; size + 2];
-            r.read_exact(&mut buf).map_err(|e| e.to_string())?;
-            pending.push_str(&String::from_utf8_lossy(&buf[..size]));
-            while let Some(end) = pending.find("\n\n") {
-                let event: String = pending.drain(..end + 2).collect();
-                let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else { continue };
-                if data == "[DONE]" {
-                    return Ok(());
-                }
-                let v: Value = serde_json::from_str(data).map_err(|e| e.to_string())?;
-                if let Some(err) = v.get("error") {
-                    return Err(err.to_string());
-                }
-                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                    o.output_len = n as usize;
-                }
-                if v["choices"][0]["text"].as_str().is_some() {
-                    let now = Instant::now();
-                    if o.ttft == 0.0 {
-                        o.ttft = now.duration_since(t0).as_secs_f64();
-                    } else {
-                        o.itl.push(now.duration_since(last).as_secs_f64());
-                    }
-                    last = now;
-                }
-            }
-        }
-        Err("stream ended without [DONE]".into())
-    })();
-    o.e2e = t0.elapsed().as_secs_f64();
-    match result {
-        Ok(()) => o.ok = true,
-        Err(e) => o.error = e,
-    }
-    o
-}
-
-fn stats(v: &mut [f64]) -> (f64, f64, f64) {
-    if v.is_empty() {
-        return (0.0, 0.0, 0.0);
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let mean = v.iter().sum::<f64>() / v.len() as f64;
-    let pct = |p: f64| v[((p * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
-    (mean, pct(0.5), pct(0.99))
-}
-
-/// `dsv3:step_host_overhead_seconds` (sum, count) from a /metrics text.
-fn host_overhead(metrics: &str) -> (f64, f64) {
-    let get = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (get("dsv3:step_host_overhead_seconds_sum"), get("dsv3:step_host_overhead_seconds_count"))
 }
 
 fn report(args: &Args, model: &str, outs: &[Outcome], duration: f64, before: &str, after: &str) -> Result<(), String> {
@@ -347,35 +223,4 @@ fn report(args: &Args, model: &str, outs: &[Outcome], duration: f64, before: &st
         return Err("no request succeeded".into());
     }
     Ok(())
-}
-
-fn get_text(a: SocketAddr, path: &str) -> Result<String, String> {
-    let mut s = TcpStream::connect(a).map_err(|e| format!("connecting to {a}: {e} (is the server running?)"))?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")));
-    }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        let mut out = String::new();
-        let mut rest = body;
-        while let Some((size, tail)) = rest.split_once("\r\n") {
-            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-            if n == 0 || tail.len() < n {
-                break;
-            }
-            out.push_str(&tail[..n]);
-            rest = tail.get(n + 2..).unwrap_or("");
-        }
-        return Ok(out);
-    }
-    Ok(body.to_string())
-}
-
-fn get_json(a: SocketAddr, path: &str) -> Result<Value, String> {
-    serde_json::from_str(&get_text(a, path)?).map_err(|e| format!("GET {path}: {e}"))
 }

@@ -7,10 +7,12 @@
 //! - [`chat_template`]: `tokenizer_config.json` chat templates via minijinja;
 //! - [`reasoning`]: `--reasoning-parser deepseek-r1`;
 //! - [`launch`]: checks of SGLang launch flags this build cannot honour yet;
-//! - [`state`]: what the handlers share.
+//! - [`state`]: what the handlers share;
+//! - [`client`]: the blocking HTTP/SSE client of the benchmark examples.
 
 pub mod app;
 pub mod chat_template;
+pub mod client;
 pub mod error;
 pub mod launch;
 pub mod openai;
