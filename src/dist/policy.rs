@@ -36,16 +36,18 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// vLLM / SGLang's measured crossovers on NVLink machines: one-shot up to 512 KB at world
-    /// 2 (256 KB at 4, 128 KB at 8), two-shot up to 8 MB, NCCL above (it reaches the link
-    /// bandwidth with its pipelined rings). `DSV3_AR_ONE_SHOT_MAX` / `DSV3_AR_TWO_SHOT_MAX`
-    /// (bytes) override them.
+    /// Crossovers measured on H200s over NVLink (docs/perf/results/2026-11-28-h200x2: 2 and 4
+    /// GPUs, bf16): at world 4 one-shot and two-shot tie up to 256 KB and two-shot wins above,
+    /// and the custom kernels stay ahead of NCCL up to 32 MB (1.8–2.4× at ≤ 256 KB, 1.05× at
+    /// 32 MB, slower at 64 MB); one-shot shrinks with the world (each rank reads world-1 peers).
+    /// `DSV3_AR_ONE_SHOT_MAX` / `DSV3_AR_TWO_SHOT_MAX` (bytes) override them.
     fn default() -> Self {
         let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+        let two_shot_max = env("DSV3_AR_TWO_SHOT_MAX", 32 << 20);
         Policy {
             one_shot_max: env("DSV3_AR_ONE_SHOT_MAX", 512 << 10),
-            two_shot_max: env("DSV3_AR_TWO_SHOT_MAX", 8 << 20),
-            buffer_bytes: 8 << 20,
+            two_shot_max,
+            buffer_bytes: two_shot_max.max(1 << 20),
         }
     }
 }
@@ -60,7 +62,10 @@ pub fn choose(policy: &Policy, bytes: usize, world: usize, nnodes: usize, peer_a
     if nnodes > 1 || !peer_access || world > 8 || bytes > policy.buffer_bytes {
         return Algo::Nccl;
     }
-    let one = (policy.one_shot_max * 2 / world).max(16 << 10);
+    // At world 2 one-shot moves the same bytes as two-shot (each rank reads its one peer's
+    // buffer) with one barrier less: measured fastest at every size up to 64 MB on 2 × H200, it
+    // takes the whole custom range.
+    let one = if world == 2 { policy.two_shot_max } else { (policy.one_shot_max * 2 / world).max(16 << 10) };
     if bytes <= one {
         Algo::OneShot
     } else if bytes <= policy.two_shot_max {
@@ -78,15 +83,26 @@ mod tests {
     fn dispatch_by_size_world_and_topology() {
         let p = Policy { one_shot_max: 512 << 10, two_shot_max: 8 << 20, buffer_bytes: 8 << 20 };
         assert_eq!(choose(&p, 4096, 2, 1, true), Algo::OneShot);
-        assert_eq!(choose(&p, 512 << 10, 2, 1, true), Algo::OneShot);
-        assert_eq!(choose(&p, (512 << 10) + 2, 2, 1, true), Algo::TwoShot);
-        assert_eq!(choose(&p, 256 << 10, 8, 1, true), Algo::TwoShot);
-        assert_eq!(choose(&p, 8 << 20, 2, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 8 << 20, 2, 1, true), Algo::OneShot, "world 2: one-shot over the whole custom range");
         assert_eq!(choose(&p, (8 << 20) + 2, 2, 1, true), Algo::Nccl);
+        assert_eq!(choose(&p, 256 << 10, 4, 1, true), Algo::OneShot);
+        assert_eq!(choose(&p, (256 << 10) + 2, 4, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 256 << 10, 8, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 8 << 20, 4, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, (8 << 20) + 2, 4, 1, true), Algo::Nccl);
         assert_eq!(choose(&p, 4096, 2, 2, true), Algo::Nccl, "across nodes");
         assert_eq!(choose(&p, 4096, 2, 1, false), Algo::Nccl, "no peer access");
         assert_eq!(choose(&p, 4096, 16, 1, true), Algo::Nccl, "more ranks than the kernels take");
         let small = Policy { buffer_bytes: 1 << 20, ..p };
         assert_eq!(choose(&small, 2 << 20, 2, 1, true), Algo::Nccl, "larger than the registered buffer");
+    }
+
+    #[test]
+    fn default_policy_follows_the_measured_crossovers() {
+        let p = Policy::default();
+        assert!(p.buffer_bytes >= p.two_shot_max, "the custom range fits the registered buffer");
+        assert_eq!(choose(&p, 16 << 20, 2, 1, true), Algo::OneShot);
+        assert_eq!(choose(&p, 1 << 20, 4, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 64 << 20, 4, 1, true), Algo::Nccl);
     }
 }
