@@ -8,18 +8,21 @@
 //! absorbed form for one-token steps, so tests that re-chunk (preemption, prefix hits, small
 //! chunks) pin `AttentionPath::Naive` for the engine and the reference alike.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{collect, step_to_completion};
 use dsv3::engine::detok::Detokenize;
 use dsv3::engine::{
     CpuStepModel, Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, KvCacheSize,
-    SamplingParams, SubmitError, Usage,
+    SamplingParams, SubmitError,
 };
 use dsv3::model::cpu::{AttentionPath, CpuModel, CpuOptions};
 use dsv3::model::embedded;
 use dsv3::model::generate::greedy_generate;
 use dsv3::tokenizer::TextTokenizer;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::mpsc::unbounded_channel;
 
 fn model(path: AttentionPath) -> CpuModel {
     let dir = embedded::materialize().expect("embedded model");
@@ -34,13 +37,7 @@ fn tokenizer() -> Arc<dyn Detokenize> {
 
 /// Deterministic pseudo-random prompts (ids 2..512, BOS first).
 fn prompt(seed: u64, len: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut p = vec![0u32];
-    for _ in 1..len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        p.push(2 + ((x >> 33) % 510) as u32);
-    }
-    p
+    common::prompt(seed, len, 512)
 }
 
 fn config(tokens: usize, page: usize, chunk: Option<usize>) -> EngineConfig {
@@ -49,25 +46,6 @@ fn config(tokens: usize, page: usize, chunk: Option<usize>) -> EngineConfig {
         kv_cache: KvCacheSize::Tokens(tokens),
         chunked_prefill_size: chunk,
         ..Default::default()
-    }
-}
-
-/// Reads a finished request's events: (token ids, text, finish reason, usage).
-fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<u32>, String, FinishReason, Usage) {
-    let (mut ids, mut text) = (Vec::new(), String::new());
-    loop {
-        match rx.try_recv() {
-            Ok(EngineEvent::Token(t)) => {
-                ids.push(t.token_id);
-                text.push_str(&t.text);
-            }
-            Ok(EngineEvent::Finished { reason, text: tail, usage }) => {
-                text.push_str(&tail);
-                return (ids, text, reason, usage);
-            }
-            Ok(EngineEvent::Failed(m)) => panic!("request failed: {m}"),
-            Err(e) => panic!("request did not finish: {e:?}"),
-        }
     }
 }
 
@@ -124,13 +102,7 @@ fn tiny_cache_preempts_and_still_matches() {
         engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).expect("add");
         rxs.push(rx);
     }
-    let mut steps = 0;
-    while engine.has_work() {
-        engine.step();
-        steps += 1;
-        assert!(steps < 10_000, "the engine does not make progress");
-        assert!(engine.pages_in_use() <= 12);
-    }
+    step_to_completion(&mut engine, 12);
     assert!(engine.preemptions() > 0, "a 12-page cache should have forced preemption");
     for (p, rx) in prompts.iter().zip(&mut rxs) {
         let (ids, _, reason, usage) = collect(rx);

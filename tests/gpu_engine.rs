@@ -11,32 +11,18 @@ mod common;
 
 use std::path::Path;
 
-use common::{check_greedy, fixtures, reference};
+use common::gpu::gpu_model;
+use common::{check_greedy, collect, fixtures, prompt, reference, step_to_completion};
 use dsv3::backend::Device;
 use dsv3::engine::{
     Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuStepModel, KvCacheSize,
-    SamplingParams, SeqStep, StepModel,
+    SamplingParams, SeqStep, StepModel, Usage,
 };
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::model::generate::{greedy_generate, CausalLm};
-use dsv3::model::gpu::{BatchSeq, GpuModel, LogitRows};
+use dsv3::model::gpu::{BatchSeq, LogitRows};
 use dsv3::tensor::rel_error;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-
-fn gpu_model(dir: &Path) -> GpuModel {
-    GpuModel::load(dir, Device::Cuda(0)).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
-
-/// Deterministic pseudo-random prompts (ids 2..vocab, BOS first).
-fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    let mut p = vec![0u32];
-    for _ in 1..len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        p.push(2 + ((x >> 33) % (vocab as u64 - 2)) as u32);
-    }
-    p
-}
+use tokio::sync::mpsc::unbounded_channel;
 
 /// Greedy tokens of the CPU reference with each step's margin (top-1 minus top-2 logit).
 fn cpu_greedy(cpu: &CpuModel, p: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
@@ -68,19 +54,6 @@ fn check_against_cpu(what: &str, ours: &[u32], cpu: &(Vec<u32>, Vec<f32>)) -> us
         n += 1;
     }
     n
-}
-
-/// Reads a finished request's events: (token ids, finish reason, completion tokens).
-fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<u32>, FinishReason, usize) {
-    let mut ids = Vec::new();
-    loop {
-        match rx.try_recv() {
-            Ok(EngineEvent::Token(t)) => ids.push(t.token_id),
-            Ok(EngineEvent::Finished { reason, usage, .. }) => return (ids, reason, usage.completion_tokens),
-            Ok(EngineEvent::Failed(m)) => panic!("request failed: {m}"),
-            Err(e) => panic!("request did not finish: {e:?}"),
-        }
-    }
 }
 
 fn greedy(n: usize) -> SamplingParams {
@@ -215,14 +188,14 @@ fn concurrent_requests(dir: &Path, graph_max_bs: usize) -> Vec<Vec<u32>> {
         }
         assert!(widest >= 4, "{}: requests were not batched (widest step {widest})", dir.display());
         for rx in &mut rxs[..2] {
-            let (ids, reason, n) = collect(rx);
+            let (ids, _, reason, Usage { completion_tokens: n, .. }) = collect(rx);
             assert_eq!((reason, n), (FinishReason::Length, n_ref));
             let agreed = check_greedy(&dir, &ids, &r);
             println!("{}: reference prompt: {agreed}/{n_ref} tokens agree with transformers", dir.display());
             all_ids.push(ids);
         }
         for (i, rx) in rxs[2..].iter_mut().enumerate() {
-            let (ids, reason, n) = collect(rx);
+            let (ids, _, reason, Usage { completion_tokens: n, .. }) = collect(rx);
             assert_eq!((reason, n), (FinishReason::Length, max_new));
             let what = format!("{}: prompt {i} ({} tokens)", dir.display(), prompts[i].len());
             let agreed = check_against_cpu(&what, &ids, &cpu_ref[i]);
@@ -323,16 +296,10 @@ fn tiny_gpu_page_pool_preempts_and_completes_every_request() {
             engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params: greedy(max_new) }, tx).unwrap();
             rxs.push(rx);
         }
-        let mut steps = 0;
-        while engine.has_work() {
-            engine.step();
-            steps += 1;
-            assert!(steps < 10_000, "the engine does not make progress");
-            assert!(engine.pages_in_use() <= 12);
-        }
+        let steps = step_to_completion(&mut engine, 12);
         assert!(engine.preemptions() > 0, "{}: a 12-page pool should have forced preemption", dir.display());
         for (i, (p, rx)) in prompts.iter().zip(&mut rxs).enumerate() {
-            let (ids, reason, n) = collect(rx);
+            let (ids, _, reason, Usage { completion_tokens: n, .. }) = collect(rx);
             assert_eq!((reason, n, ids.len()), (FinishReason::Length, max_new, max_new), "{}: request {i}", dir.display());
             let what = format!("{}: preempted run, prompt {i}", dir.display());
             let agreed = check_against_cpu(&what, &ids, &cpu_greedy(&cpu, p, max_new));

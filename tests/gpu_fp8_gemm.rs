@@ -12,74 +12,15 @@
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
 //! skips the NVRTC variant.
 
-use dsv3::backend::cuda::{device_count, CudaStream};
+mod common;
+
+use common::gpu::*;
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
-use dsv3::backend::registry::MODULES;
-use dsv3::backend::{CodeVariant, DType, DeviceTensor, Fp8E4m3fn, Fp8E4m3fnuz, GpuStream, ImageKind, Vendor};
+use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, Fp8E4m3fnuz, GpuStream};
 use dsv3::ops::fp8::{dequant_block_weight, e4m3fn_to_f32, quantize_act_per_token_group, quantize_block_weight};
-use dsv3::tensor::rel_error;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
-fn variants() -> Vec<CodeVariant> {
-    let m = &MODULES[0];
-    let mut v = Vec::new();
-    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
-        v.push(CodeVariant::Cubin("sm_90a".into()));
-    }
-    for a in ["compute_80", "compute_89"] {
-        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
-            v.push(CodeVariant::Ptx(a.into()));
-        }
-    }
-    v.push(CodeVariant::Auto);
-    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
-        v.push(CodeVariant::Nvrtc);
-    }
-    v
-}
-
-static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
-
-fn all_streams() -> &'static [(String, CudaStream)] {
-    STREAMS.get_or_init(|| {
-        match device_count() {
-            Err(e) => panic!("no CUDA device: {e}"),
-            Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
-            Ok(_) => {}
-        }
-        variants()
-            .into_iter()
-            .map(|v| {
-                let s = CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"));
-                (v.to_string(), s)
-            })
-            .collect()
-    })
-}
-
-fn cfg(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
-
-fn rand_vec(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| r.gen_range(-1.0f32..1.0) * scale).collect()
-}
-
-fn bf16r(x: f32) -> f32 {
-    half::bf16::from_f32(x).to_f32()
-}
-
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|x| x.is_nan()) {
-        panic!("{what}: NaN at {i} of {} (unwritten output?)", got.len());
-    }
-    let e = rel_error(got, want);
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
-}
+use rand::Rng;
 
 /// A quantized activation: codes, scales, and the values they stand for.
 struct QAct {
@@ -141,11 +82,6 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32], mul: f32) -> DeviceTens
     DeviceTensor::from_slice(s, shape, &v.iter().map(|x| x * mul).collect::<Vec<_>>()).unwrap()
 }
 
-fn down(s: &dyn GpuStream, t: &DeviceTensor) -> Vec<f32> {
-    s.synchronize().unwrap();
-    t.to_f32(s).unwrap()
-}
-
 /// The mma.sync / generic tiles. The sm_90a wgmma tile runs only in the tests named `wgmma_*`, so
 /// that a fault there (a sticky CUDA error poisons the process's context) cannot hide the others'
 /// results: run them in a separate process (`--skip wgmma`, then `wgmma`).
@@ -156,7 +92,7 @@ const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
 /// tiles also e4m3fnuz (generic path) and the shape-chosen plan.
 fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
     let mma = tiles.contains(&Fp8Tile::Bm64);
-    let mut r = StdRng::seed_from_u64(seed);
+    let mut r = rng(seed);
     let x = rand_vec(&mut r, m * k, 3.0);
     let qa = quant_act(&x, m, k);
     let qw = quant_weight(&mut r, n, k);
@@ -235,7 +171,7 @@ proptest! {
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn act_quant_and_silu_mul_quant(seed: u64, rows in 1usize..40, cols in 1usize..700) {
-        let mut r = StdRng::seed_from_u64(seed);
+        let mut r = rng(seed);
         let x: Vec<f32> = rand_vec(&mut r, rows * 2 * cols, 4.0).into_iter().map(bf16r).collect();
         // act_quant of the first `cols` of each row viewed as [rows, 2·cols].
         let q1 = quant_act(&x, rows, 2 * cols);
@@ -284,7 +220,7 @@ fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize,
 
 #[allow(clippy::too_many_arguments)]
 fn check_moe_runs(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32], runs: &[Option<Fp8Tile>]) {
-    let mut r = StdRng::seed_from_u64(seed);
+    let mut r = rng(seed);
     let x: Vec<f32> = rand_vec(&mut r, t * h, 2.0).into_iter().map(bf16r).collect();
     let tw: Vec<f32> = (0..t * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
     let out0: Vec<f32> = rand_vec(&mut r, t * h, 1.0).into_iter().map(bf16r).collect();
@@ -350,7 +286,7 @@ fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn moe_decode_split_k() {
     // One token, 8 of 64 experts, hidden 1024: the gate_up GEMM splits K; most experts idle.
-    let mut r = StdRng::seed_from_u64(11);
+    let mut r = rng(11);
     let ids = distinct_ids(&mut r, 1, 64, 8);
     check_moe(11, 1, 64, 8, 1024, 128, &ids);
     // A few tokens, some pairs on other ranks' experts (-1 and >= E).
@@ -374,7 +310,7 @@ proptest! {
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn moe_random(seed: u64, t in 1usize..48, e in 1usize..10, topk in 1usize..4, h16 in 1usize..24, i128 in 1usize..3) {
         let topk = topk.min(e);
-        let mut r = StdRng::seed_from_u64(seed ^ 0x5eed);
+        let mut r = rng(seed ^ 0x5eed);
         let ids = distinct_ids(&mut r, t, e, topk);
         check_moe(seed, t, e, topk, h16 * 16, i128 * 128, &ids);
     }
@@ -383,7 +319,7 @@ proptest! {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wgmma_moe() {
-    let mut r = StdRng::seed_from_u64(31);
+    let mut r = rng(31);
     let ids = distinct_ids(&mut r, 40, 8, 4);
     check_moe_runs(31, 40, 8, 4, 512, 256, &ids, &MOE_WGMMA_RUNS);
     check_moe_runs(32, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WGMMA_RUNS);

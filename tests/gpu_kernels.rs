@@ -11,78 +11,19 @@
 //!
 //! `DSV3_TEST_NVRTC=0` skips the NVRTC variant (machines without libnvrtc).
 
+mod common;
+
+use common::gpu::*;
 use dsv3::backend::cuda::{device_count, CudaStream};
 use dsv3::backend::dispatch::{self, KArg, PagedCache, RopeLayout, RouteParams, SamplingParams};
-use dsv3::backend::registry::{self, MODULES};
-use dsv3::backend::{CodeVariant, DType, DeviceTensor, GpuStream, ImageKind, LaunchCfg, Vendor};
+use dsv3::backend::registry;
+use dsv3::backend::{DType, DeviceTensor, LaunchCfg};
 use dsv3::ops;
-use dsv3::tensor::{rel_error, Tensor};
+use dsv3::tensor::Tensor;
 use proptest::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
 const GPU: &str = "GPU test: run on the GPU machine with --include-ignored";
-
-fn variants() -> Vec<CodeVariant> {
-    let m = &MODULES[0];
-    let mut v = Vec::new();
-    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
-        v.push(CodeVariant::Cubin("sm_90a".into()));
-    }
-    for a in ["compute_80", "compute_89"] {
-        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
-            v.push(CodeVariant::Ptx(a.into()));
-        }
-    }
-    v.push(CodeVariant::Auto);
-    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
-        v.push(CodeVariant::Nvrtc);
-    }
-    v
-}
-
-/// One stream per code variant on device 0; panics loudly when there is no CUDA device.
-fn streams() -> Vec<(String, CudaStream)> {
-    match device_count() {
-        Err(e) => panic!("no CUDA device: {e}"),
-        Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
-        Ok(_) => {}
-    }
-    variants()
-        .into_iter()
-        .map(|v| {
-            let s = CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"));
-            (v.to_string(), s)
-        })
-        .collect()
-}
-
-/// Shared by the test threads (a stream orders each test's own work; the allocator and the
-/// module table are thread-safe), so each variant's modules are loaded / JIT-compiled once.
-static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
-
-fn all_streams() -> &'static [(String, CudaStream)] {
-    STREAMS.get_or_init(streams)
-}
-
-/// Runs `f` on every variant's stream.
-fn on_each(mut f: impl FnMut(&dyn GpuStream, &str)) {
-    for (name, s) in all_streams() {
-        f(s, name);
-    }
-}
-
-fn cfg(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
-}
-
-fn rng(seed: u64) -> StdRng {
-    StdRng::seed_from_u64(seed)
-}
-
-fn rand_vec(r: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| r.gen_range(-1.0f32..1.0) * scale).collect()
-}
 
 /// The values a tensor of `dtype` really holds.
 fn rounded(v: &[f32], dtype: DType) -> Vec<f32> {
@@ -93,39 +34,12 @@ fn rounded(v: &[f32], dtype: DType) -> Vec<f32> {
     }
 }
 
-fn up(s: &dyn GpuStream, shape: &[usize], v: &[f32], dtype: DType) -> DeviceTensor {
-    DeviceTensor::from_f32(s, shape, v, dtype).unwrap()
-}
-
-fn up_i32(s: &dyn GpuStream, shape: &[usize], v: &[i32]) -> DeviceTensor {
-    DeviceTensor::from_slice(s, shape, v).unwrap()
-}
-
-fn poisoned(s: &dyn GpuStream, dtype: DType, shape: &[usize]) -> DeviceTensor {
-    DeviceTensor::poisoned(s, dtype, shape).unwrap()
-}
-
-fn down(s: &dyn GpuStream, t: &DeviceTensor) -> Vec<f32> {
-    s.synchronize().unwrap();
-    t.to_f32(s).unwrap()
-}
-
 /// Tolerance on the relative Frobenius error for an output / operand dtype.
 fn tol(dtype: DType) -> f64 {
     match dtype {
         DType::F32 => 1e-5,
         _ => 1e-2,
     }
-}
-
-#[track_caller]
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|x| x.is_nan()) {
-        panic!("{what}: NaN at {i} (of {})", got.len());
-    }
-    let e = rel_error(got, want);
-    assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
 const FLOATS: [DType; 2] = [DType::F32, DType::Bf16];
@@ -844,10 +758,10 @@ proptest! {
             let hidden = n;
             let mut perm: Vec<i32> = (0..(tokens * topk) as i32).collect();
             for i in (1..perm.len()).rev() { let j = (i * 7 + 3) % (i + 1); perm.swap(i, j); }
-            let yv = rand_vec(&mut StdRng::seed_from_u64(seed ^ 2), tokens * topk * hidden, 1.0);
+            let yv = rand_vec(&mut rng(seed ^ 2), tokens * topk * hidden, 1.0);
             let y = &yv[..];
             let tw: Vec<f32> = (0..tokens * topk).map(|i| 0.1 + (i % 5) as f32 * 0.2).collect();
-            let base = rand_vec(&mut StdRng::seed_from_u64(seed ^ 1), tokens * hidden, 1.0);
+            let base = rand_vec(&mut rng(seed ^ 1), tokens * hidden, 1.0);
             for kinfo in registry::KERNELS.iter().filter(|x| x.family == "moe" && x.name.starts_with("moe_combine_")) {
                 let (ty, to) = (dtype_of(kinfo.param("T").unwrap()), dtype_of(kinfo.param("TO").unwrap()));
                 let yr = rounded(y, ty);

@@ -12,52 +12,20 @@
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. Without a CUDA
 //! device they panic ("no CUDA device"). `DSV3_TEST_NVRTC=0` skips the NVRTC variant.
 
-use dsv3::backend::cuda::{device_count, CudaStream};
+mod common;
+
+use common::gpu::*;
+use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::mla::{self, cuda_util, MlaDecodeMeta, MlaDecodePlan, DK, DV, PAGE};
-use dsv3::backend::registry::MODULES;
-use dsv3::backend::{CodeVariant, DType, DeviceTensor, GpuStream, ImageKind, Vendor};
+use dsv3::backend::{DType, DeviceTensor, GpuStream};
 use dsv3::ops::attention::{mla_latent_attention, MlaDims};
 use dsv3::tensor::rel_error;
 use proptest::prelude::*;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 
-fn variants() -> Vec<CodeVariant> {
-    let m = MODULES.iter().find(|m| m.family == "mla_decode").expect("mla_decode module");
-    let mut v = Vec::new();
-    if m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some() {
-        v.push(CodeVariant::Cubin("sm_90a".into()));
-    }
-    for a in ["compute_80", "compute_89"] {
-        if m.image(Vendor::Cuda, a, ImageKind::Ptx).is_some() {
-            v.push(CodeVariant::Ptx(a.into()));
-        }
-    }
-    v.push(CodeVariant::Auto);
-    if std::env::var("DSV3_TEST_NVRTC").map(|s| s != "0").unwrap_or(true) {
-        v.push(CodeVariant::Nvrtc);
-    }
-    v
-}
-
-static STREAMS: std::sync::OnceLock<Vec<(String, CudaStream)>> = std::sync::OnceLock::new();
-
-fn all_streams() -> &'static [(String, CudaStream)] {
-    STREAMS.get_or_init(|| {
-        match device_count() {
-            Err(e) => panic!("no CUDA device: {e}"),
-            Ok(0) => panic!("no CUDA device: the driver reports 0 devices"),
-            Ok(_) => {}
-        }
-        variants()
-            .into_iter()
-            .map(|v| (v.to_string(), CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("opening cuda:0 ({v}): {e}"))))
-            .collect()
-    })
-}
-
-fn bf(x: f32) -> f32 {
-    half::bf16::from_f32(x).to_f32()
+/// The streams of every code variant of the `mla_decode` module.
+fn mla_streams() -> &'static [(String, CudaStream)] {
+    variant_streams(Some("mla_decode"))
 }
 
 /// One decode batch on the host: bf16-rounded values as f32, the paged layout, NaN in unused slots.
@@ -79,7 +47,7 @@ struct Case {
 }
 
 fn make_case(seed: u64, lens: Vec<i32>, s_q: usize, h: usize) -> Case {
-    let mut r = StdRng::seed_from_u64(seed);
+    let mut r = rng(seed);
     let b = lens.len();
     let max_pages = lens.iter().map(|&l| (l.max(0) as usize).div_ceil(PAGE)).max().unwrap().max(1);
     let total_pages = b * max_pages + 5;
@@ -98,7 +66,7 @@ fn make_case(seed: u64, lens: Vec<i32>, s_q: usize, h: usize) -> Case {
             let page = block_table[s * max_pages + t / PAGE] as usize;
             let base = (page * PAGE + t % PAGE) * DK;
             for d in 0..DK {
-                let v = bf(r.gen_range(-1.0f32..1.0));
+                let v = bf16r(r.gen_range(-1.0f32..1.0));
                 cache[base + d] = v;
                 rows.push(v);
             }
@@ -106,7 +74,7 @@ fn make_case(seed: u64, lens: Vec<i32>, s_q: usize, h: usize) -> Case {
         seq_rows.push(rows);
     }
     // Queries scaled so that softmax is neither flat nor one-hot.
-    let q: Vec<f32> = (0..b * s_q * h * DK).map(|_| bf(r.gen_range(-1.0f32..1.0) * 2.0)).collect();
+    let q: Vec<f32> = (0..b * s_q * h * DK).map(|_| bf16r(r.gen_range(-1.0f32..1.0) * 2.0)).collect();
     Case { b, s_q, h, lens, max_pages, total_pages, block_table, cache, seq_rows, q, scale: 1.0 / (192f32).sqrt() }
 }
 
@@ -174,12 +142,12 @@ fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, sma
     meta.meta.poison(s).unwrap();
     meta.o_ws.poison(s).unwrap();
     meta.lse_ws.poison(s).unwrap();
-    let q = DeviceTensor::from_f32(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16).unwrap();
-    let cache = DeviceTensor::from_f32(s, &[c.total_pages, PAGE, DK], &c.cache, DType::Bf16).unwrap();
-    let bt = DeviceTensor::from_slice(s, &[c.b, c.max_pages], &c.block_table).unwrap();
-    let sl = DeviceTensor::from_slice(s, &[c.b], &c.lens).unwrap();
-    let out = DeviceTensor::poisoned(s, out_dtype, &[c.b, c.s_q, c.h, DV]).unwrap();
-    let lse = DeviceTensor::poisoned(s, DType::F32, &[c.b, c.s_q, c.h]).unwrap();
+    let q = up(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16);
+    let cache = up(s, &[c.total_pages, PAGE, DK], &c.cache, DType::Bf16);
+    let bt = up_i32(s, &[c.b, c.max_pages], &c.block_table);
+    let sl = up_i32(s, &[c.b], &c.lens);
+    let out = poisoned(s, out_dtype, &[c.b, c.s_q, c.h, DV]);
+    let lse = poisoned(s, DType::F32, &[c.b, c.s_q, c.h]);
     mla::mla_decode_metadata(s, &meta, &sl).unwrap();
     mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale).unwrap();
     s.synchronize().unwrap();
@@ -209,7 +177,7 @@ fn run_all(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize) {
     let c = make_case(seed, lens, s_q, h);
     let (want_o, want_lse) = reference(&c);
     // The f32 CPU reference itself against float64 on a few rows.
-    let mut r = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut r = rng(seed ^ 0x5eed);
     for _ in 0..f64_rows {
         let (sq, j, hh) = (r.gen_range(0..c.b), r.gen_range(0..s_q), r.gen_range(0..h));
         if (c.lens[sq] as usize) < s_q {
@@ -222,7 +190,7 @@ fn run_all(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize) {
         assert!(rel_error(&o32, &o64f) < 1e-4, "f32 reference vs f64: {}", rel_error(&o32, &o64f));
         assert!((want_lse[row] as f64 - l64).abs() < 1e-4);
     }
-    for (name, s) in all_streams() {
+    for (name, s) in mla_streams() {
         for small in [false, true] {
             let p0 = plan_for(s, &c, small, None);
             if small && !p0.small_tiles {
@@ -254,7 +222,7 @@ fn run_all(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(cfg(6))]
 
     /// H = 16: one m-tile (s_q = 1) or two (s_q = 2); lengths across page boundaries.
     #[test]
@@ -299,7 +267,7 @@ fn mla_decode_edges() {
     // An empty sequence between two others: zeros and lse = -inf for it.
     let c = make_case(7, vec![100, 0, 70], 1, 16);
     let (want_o, want_lse) = reference(&c);
-    for (name, s) in all_streams() {
+    for (name, s) in mla_streams() {
         for parts in [1usize, 2, 5] {
             for small in [false, true] {
                 let g = run_gpu(s, &c, DType::F32, Some(parts), small);
@@ -313,15 +281,15 @@ fn mla_decode_edges() {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn mla_decode_metadata_matches_host() {
-    let mut r = StdRng::seed_from_u64(3);
-    for (name, s) in all_streams() {
+    let mut r = rng(3);
+    for (name, s) in mla_streams() {
         for b in [1usize, 7, 128, 1023, 1024, 1025, 3000] {
             for parts in [1usize, 33, 132] {
                 let lens: Vec<i32> = (0..b).map(|_| if r.gen_bool(0.1) { 0 } else { r.gen_range(1..20000) }).collect();
                 let plan = MlaDecodePlan::new(b, 1, 16, 132).unwrap().with_parts(parts);
                 let meta = MlaDecodeMeta::new(s, plan).unwrap();
                 meta.meta.poison(s).unwrap();
-                let sl = DeviceTensor::from_slice(s, &[b], &lens).unwrap();
+                let sl = up_i32(s, &[b], &lens);
                 mla::mla_decode_metadata(s, &meta, &sl).unwrap();
                 s.synchronize().unwrap();
                 let got = meta.meta.to_vec::<i32>(s).unwrap();
@@ -335,7 +303,7 @@ fn mla_decode_metadata_matches_host() {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn mla_decode_checks_shapes() {
-    let (_, s) = &all_streams()[0];
+    let (_, s) = &mla_streams()[0];
     let plan = MlaDecodePlan::new(4, 1, 16, 132).unwrap();
     let meta = MlaDecodeMeta::new(s, plan).unwrap();
     let q = DeviceTensor::empty(s, DType::Bf16, &[2, 1, 16, DK]).unwrap();
@@ -355,9 +323,9 @@ fn mla_decode_checks_shapes() {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn mla_decode_graph_replay_with_new_lengths() {
     // Streams of its own: a capture must not see the other test threads' work (they share
-    // all_streams()).
-    let _ = all_streams(); // the device check
-    let own: Vec<(String, CudaStream)> = variants()
+    // mla_streams()).
+    let _ = mla_streams(); // the device check
+    let own: Vec<(String, CudaStream)> = variants(Some("mla_decode"))
         .into_iter()
         .map(|v| (v.to_string(), CudaStream::with_variant(0, v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))))
         .collect();

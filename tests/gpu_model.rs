@@ -5,16 +5,11 @@
 
 mod common;
 
+use common::gpu::gpu_model;
 use common::{check_greedy, fixtures, reference};
-use dsv3::backend::Device;
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::model::generate::{greedy_generate, CausalLm};
-use dsv3::model::gpu::GpuModel;
 use dsv3::tensor::rel_error;
-
-fn gpu_model(dir: &std::path::Path) -> GpuModel {
-    GpuModel::load(dir, Device::Cuda(0)).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-}
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]

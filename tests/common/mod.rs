@@ -1,7 +1,14 @@
-//! Reading the fixtures in tests/fixtures and their transformers references.
+//! Reading the fixtures in tests/fixtures and their transformers references; helpers of the
+//! engine tests; with the `cuda` feature, the GPU tests' helpers in [`gpu`].
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+use dsv3::engine::{Engine, EngineEvent, FinishReason, Usage};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+#[cfg(feature = "cuda")]
+pub mod gpu;
 
 pub struct Reference {
     pub prompt: Vec<u32>,
@@ -65,4 +72,47 @@ pub fn check_greedy(dir: &Path, ours: &[u32], r: &Reference) -> usize {
     }
     assert!(compared > 0, "{}: no greedy token had a clear margin", dir.display());
     compared
+}
+
+/// Deterministic pseudo-random prompts (ids 2..vocab, BOS first).
+pub fn prompt(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut p = vec![0u32];
+    for _ in 1..len {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        p.push(2 + ((x >> 33) % (vocab as u64 - 2)) as u32);
+    }
+    p
+}
+
+/// Reads a finished request's events: (token ids, text, finish reason, usage).
+pub fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<u32>, String, FinishReason, Usage) {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        match rx.try_recv() {
+            Ok(EngineEvent::Token(t)) => {
+                ids.push(t.token_id);
+                text.push_str(&t.text);
+            }
+            Ok(EngineEvent::Finished { reason, text: tail, usage }) => {
+                text.push_str(&tail);
+                return (ids, text, reason, usage);
+            }
+            Ok(EngineEvent::Failed(m)) => panic!("request failed: {m}"),
+            Err(e) => panic!("request did not finish: {e:?}"),
+        }
+    }
+}
+
+/// Steps `engine` until it has no work, asserting that it makes progress and never holds more
+/// than `max_pages` pages; returns the number of steps.
+pub fn step_to_completion(engine: &mut Engine, max_pages: usize) -> usize {
+    let mut steps = 0;
+    while engine.has_work() {
+        engine.step();
+        steps += 1;
+        assert!(steps < 10_000, "the engine does not make progress");
+        assert!(engine.pages_in_use() <= max_pages);
+    }
+    steps
 }
