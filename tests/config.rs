@@ -132,12 +132,12 @@ fn accepted_variants_and_defaults() {
     v["eos_token_id"] = json!([1, 2]);
     v["bos_token_id"] = Value::Null;
     v["some_future_key"] = json!({"a": [1, 2, 3]});
-    v["quantization_config"] = json!({"quant_method": "awq", "bits": 4, "group_size": 128});
+    v["quantization_config"] = json!({"quant_method": "gptq", "bits": 4, "group_size": 128});
     let c = parse(&v).expect("variants");
     assert_eq!(c.q_lora_rank, None);
     assert_eq!(c.eos_token_ids, vec![1, 2]);
     assert_eq!(c.bos_token_id, None);
-    assert_eq!(c.quantization, Some(Quantization::Unsupported("awq".into())));
+    assert_eq!(c.quantization, Some(Quantization::Unsupported("gptq".into())));
     assert_eq!(c.fp8_block(), None);
 
     // Per-tensor fp8 (no weight_block_size) is not the block format.

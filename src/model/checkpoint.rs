@@ -159,6 +159,12 @@ pub enum WeightFormat {
     F32,
     /// float8_e4m3fn with `weight_scale_inv` per `[block_n, block_k]` block.
     Fp8Block { block_n: usize, block_k: usize },
+    /// int8 with `weight_scale_inv` f32 per `[block_n, block_k]` block.
+    Int8Block { block_n: usize, block_k: usize },
+    /// int8 with `weight_scale` f32 `[N, 1]`.
+    Int8Channel,
+    /// AWQ 4-bit: `qweight` / `qzeros` int32, `scales` per `group_size` input channels.
+    Awq { group_size: usize },
     /// Anything else (int8, packed int32, ...): loaders for those decide.
     Other(DType),
 }
@@ -185,6 +191,9 @@ pub struct Checkpoint {
     /// FP8 block size: set from the config by `check_against`/`set_fp8_block`, else inferred per
     /// tensor from its scale's shape.
     fp8_block: RwLock<Option<(usize, usize)>>,
+    /// The config's `quantization_config`, set by `check_against`: INT8 block size, AWQ group
+    /// size and `modules_to_not_convert`, and which format the tensors must be in.
+    quant: RwLock<Option<Quantization>>,
 }
 
 impl fmt::Debug for Checkpoint {
@@ -432,7 +441,7 @@ impl Checkpoint {
         }
 
         let total_bytes = tensors.values().map(|e| (e.end - e.start) as u64).sum();
-        Ok(Checkpoint { dir: dir.to_path_buf(), shards, tensors, total_bytes, fp8_block: RwLock::new(None) })
+        Ok(Checkpoint { dir: dir.to_path_buf(), shards, tensors, total_bytes, fp8_block: RwLock::new(None), quant: RwLock::new(None) })
     }
 
     /// The directory this checkpoint was opened from.
@@ -496,7 +505,19 @@ impl Checkpoint {
     /// `{name}_scale_inv` (blocks from the config via [`Self::check_against`] /
     /// [`Self::set_fp8_block`], else inferred from the scale's shape). The shape must equal
     /// `expected_shape`.
+    ///
+    /// int8 `[N, K]` is dequantized with `{name}_scale_inv` (block INT8) or `{name}_scale`
+    /// `[N, 1]` (channel INT8). A `{base}.weight` that is absent while `{base}.qweight` exists is
+    /// the AWQ layer `{base}` and comes back dequantized as the `[N, K]` Linear weight.
     pub fn load_f32(&self, name: &str, expected_shape: &[usize]) -> Result<Tensor> {
+        if !self.contains(name) {
+            if let Some(base) = name.strip_suffix(".weight") {
+                if self.contains(&format!("{base}.qweight")) {
+                    let data = self.dequant_awq(base, expected_shape)?;
+                    return Tensor::new(expected_shape.to_vec(), data).map_err(|e| tensor_err(name, e.to_string()));
+                }
+            }
+        }
         let raw = self.raw(name)?;
         if raw.shape != expected_shape {
             return Err(tensor_err(name, format!("expected shape {expected_shape:?}, found {:?}", raw.shape)));
@@ -505,6 +526,7 @@ impl Checkpoint {
             d if d.is_plain_float() => convert_to_f32(d, raw.bytes)
                 .ok_or_else(|| tensor_err(name, format!("cannot convert dtype {d}")))?,
             DType::F8E4M3 => self.dequant_fp8(name, &raw)?,
+            DType::I8 => self.dequant_int8(name, &raw)?,
             d => {
                 return Err(tensor_err(
                     name,
@@ -571,6 +593,168 @@ impl Checkpoint {
             .map_err(|e| tensor_err(name, e.to_string()))
     }
 
+    /// The `quantization_config` set by [`Self::check_against`] / [`Self::set_quantization`].
+    pub fn quantization(&self) -> Option<Quantization> {
+        self.quant.read().map(|g| g.clone()).unwrap_or(None)
+    }
+
+    /// Sets the declared quantization used by [`Self::load_f32`] for INT8 / AWQ weights (block
+    /// size, group size, `modules_to_not_convert`, and the format the tensors must have).
+    pub fn set_quantization(&self, q: Option<Quantization>) {
+        if let Ok(mut g) = self.quant.write() {
+            *g = q;
+        }
+    }
+
+    /// How an int8 `[n, k]` weight is scaled: `(scale name, Some(block))` for block INT8,
+    /// `(scale name, None)` for channel INT8; checked against the declared quantization.
+    fn int8_layout(&self, name: &str, shape: &[usize]) -> Result<(String, Option<(usize, usize)>)> {
+        let &[n, k] = shape else {
+            return Err(tensor_err(name, format!("int8 tensor of shape {shape:?}; only 2-D quantized weights are supported")));
+        };
+        let declared = self.quantization();
+        let block_name = format!("{name}_scale_inv");
+        let chan_name = format!("{name}_scale");
+        match (self.info(&block_name), self.info(&chan_name)) {
+            (Some(_), Some(_)) => Err(tensor_err(
+                name,
+                format!("int8 weight has both `{block_name}` (block INT8) and `{chan_name}` (channel INT8)"),
+            )),
+            (None, None) => Err(tensor_err(
+                name,
+                format!("int8 weight without its scale (`{block_name}` for block INT8 or `{chan_name}` for channel INT8)"),
+            )),
+            (Some(sinfo), None) => {
+                match &declared {
+                    None | Some(Quantization::Int8Block { .. }) | Some(Quantization::Unsupported(_)) => {}
+                    Some(q) => {
+                        return Err(tensor_err(
+                            name,
+                            format!("block INT8 weight (has `{block_name}`), but config.json declares {}", describe(q)),
+                        ))
+                    }
+                }
+                let &[sn, sk] = sinfo.shape.as_slice() else {
+                    return Err(tensor_err(&block_name, format!("scale of weight [{n}, {k}] must be 2-D, found shape {:?}", sinfo.shape)));
+                };
+                if !sinfo.dtype.is_plain_float() {
+                    return Err(tensor_err(&block_name, format!("scale has dtype {}; expected F32", sinfo.dtype)));
+                }
+                let block = match &declared {
+                    Some(Quantization::Int8Block { block_n, block_k }) => (*block_n, *block_k),
+                    _ => match (infer_block_dim(n, sn), infer_block_dim(k, sk)) {
+                        (Some(bn), Some(bk)) => (bn, bk),
+                        _ => {
+                            return Err(tensor_err(
+                                &block_name,
+                                format!("shape [{sn}, {sk}] does not tile weight [{n}, {k}] in [128, 128] or exact blocks"),
+                            ))
+                        }
+                    },
+                };
+                let want = [n.div_ceil(block.0), k.div_ceil(block.1)];
+                if [sn, sk] != want {
+                    return Err(tensor_err(
+                        &block_name,
+                        format!("expected shape {want:?} for weight [{n}, {k}] in [{}, {}] blocks, found [{sn}, {sk}]", block.0, block.1),
+                    ));
+                }
+                Ok((block_name, Some(block)))
+            }
+            (None, Some(sinfo)) => {
+                match &declared {
+                    None | Some(Quantization::Int8Channel) | Some(Quantization::Unsupported(_)) => {}
+                    Some(q) => {
+                        return Err(tensor_err(
+                            name,
+                            format!("channel INT8 weight (has `{chan_name}`), but config.json declares {}", describe(q)),
+                        ))
+                    }
+                }
+                if !(sinfo.shape == [n, 1] || sinfo.shape == [n]) {
+                    return Err(tensor_err(&chan_name, format!("expected shape [{n}, 1] for weight [{n}, {k}], found {:?}", sinfo.shape)));
+                }
+                if !sinfo.dtype.is_plain_float() {
+                    return Err(tensor_err(&chan_name, format!("scale has dtype {}; expected F32", sinfo.dtype)));
+                }
+                Ok((chan_name, None))
+            }
+        }
+    }
+
+    fn dequant_int8(&self, name: &str, raw: &RawTensor<'_>) -> Result<Vec<f32>> {
+        let (scale_name, block) = self.int8_layout(name, &raw.shape)?;
+        let scale = self.raw(&scale_name)?;
+        let s = scale
+            .to_f32_vec()
+            .ok_or_else(|| tensor_err(&scale_name, format!("scale has dtype {}; expected F32", scale.dtype)))?;
+        let (n, k) = (raw.shape[0], raw.shape[1]);
+        Ok(match block {
+            Some(b) => dequant_int8_block(raw.bytes, n, k, &s, b),
+            None => dequant_int8_channel(raw.bytes, n, k, &s),
+        })
+    }
+
+    /// Checks the AWQ layer `base` (`qweight` [K, N/8], `qzeros` [K/G, N/8], `scales` [K/G, N])
+    /// for a Linear weight `[n, k]`; returns G.
+    fn awq_layout(&self, base: &str, n: usize, k: usize) -> Result<usize> {
+        let qw_name = format!("{base}.qweight");
+        let qz_name = format!("{base}.qzeros");
+        let sc_name = format!("{base}.scales");
+        let declared = self.quantization();
+        let group = match &declared {
+            Some(Quantization::Awq { group_size, modules_to_not_convert, .. }) => {
+                if let Some(m) = modules_to_not_convert.iter().find(|m| base.contains(m.as_str())) {
+                    return Err(tensor_err(
+                        &qw_name,
+                        format!("AWQ-quantized, but config.json lists `{m}` in modules_to_not_convert"),
+                    ));
+                }
+                Some(*group_size)
+            }
+            None | Some(Quantization::Unsupported(_)) => None,
+            Some(q) => return Err(tensor_err(&qw_name, format!("AWQ weight, but config.json declares {}", describe(q)))),
+        };
+        let info = |nm: &str| self.info(nm).ok_or_else(|| tensor_err(nm, format!("missing (AWQ layer `{base}` has `{qw_name}`)")));
+        let (qw, qz, sc) = (info(&qw_name)?, info(&qz_name)?, info(&sc_name)?);
+        if qw.dtype != DType::I32 && qw.dtype != DType::U32 {
+            return Err(tensor_err(&qw_name, format!("dtype {}; expected I32", qw.dtype)));
+        }
+        if qz.dtype != DType::I32 && qz.dtype != DType::U32 {
+            return Err(tensor_err(&qz_name, format!("dtype {}; expected I32", qz.dtype)));
+        }
+        if !sc.dtype.is_plain_float() {
+            return Err(tensor_err(&sc_name, format!("dtype {}; expected F16", sc.dtype)));
+        }
+        if n % 8 != 0 || qw.shape != [k, n / 8] {
+            return Err(tensor_err(&qw_name, format!("expected shape [{k}, {}] for Linear weight [{n}, {k}], found {:?}", n / 8, qw.shape)));
+        }
+        let groups = match sc.shape.as_slice() {
+            &[g, sn] if sn == n && g > 0 => g,
+            _ => return Err(tensor_err(&sc_name, format!("expected shape [K/G, {n}] for Linear weight [{n}, {k}], found {:?}", sc.shape))),
+        };
+        let g = group.unwrap_or(k / groups);
+        if g == 0 || k.div_ceil(g) != groups {
+            return Err(tensor_err(&sc_name, format!("expected shape [{}, {n}] for K = {k} in groups of {g}, found {:?}", k.div_ceil(g.max(1)), sc.shape)));
+        }
+        if qz.shape != [groups, n / 8] {
+            return Err(tensor_err(&qz_name, format!("expected shape [{groups}, {}], found {:?}", n / 8, qz.shape)));
+        }
+        Ok(g)
+    }
+
+    fn dequant_awq(&self, base: &str, expected_shape: &[usize]) -> Result<Vec<f32>> {
+        let &[n, k] = expected_shape else {
+            return Err(tensor_err(&format!("{base}.qweight"), format!("AWQ layer where a tensor of shape {expected_shape:?} is needed")));
+        };
+        let g = self.awq_layout(base, n, k)?;
+        let qw = self.raw(&format!("{base}.qweight"))?;
+        let qz = self.raw(&format!("{base}.qzeros"))?;
+        let sc = self.raw(&format!("{base}.scales"))?;
+        let s = sc.to_f32_vec().ok_or_else(|| tensor_err(&format!("{base}.scales"), "cannot convert"))?;
+        Ok(dequant_awq(&words(qw.bytes), &words(qz.bytes), &s, n, k, g))
+    }
+
     /// The format of the linear (`*_proj.weight`) weights, without any logging. The fp8 block
     /// size is the one set by [`Self::set_fp8_block`], else inferred from a scale's shape.
     pub fn weight_format(&self) -> WeightFormat {
@@ -605,6 +789,22 @@ impl Checkpoint {
                 .unwrap_or((128, 128));
             return WeightFormat::Fp8Block { block_n: block.0, block_k: block.1 };
         }
+        if let Some(g) = self.awq_group_hint() {
+            return WeightFormat::Awq { group_size: g };
+        }
+        if let Some((name, info)) = linear.iter().find(|(_, i)| i.dtype == DType::I8) {
+            if let Some(scale) = self.info(&format!("{name}_scale_inv")) {
+                let block = match (info.shape.as_slice(), scale.shape.as_slice()) {
+                    (&[n, k], &[sn, sk]) => infer_block_dim(n, sn).zip(infer_block_dim(k, sk)),
+                    _ => None,
+                };
+                let (block_n, block_k) = self.quantization().as_ref().and_then(int8_block_of).or(block).unwrap_or((128, 128));
+                return WeightFormat::Int8Block { block_n, block_k };
+            }
+            if self.contains(&format!("{name}_scale")) {
+                return WeightFormat::Int8Channel;
+            }
+        }
         let mut counts: BTreeMap<&'static str, (usize, DType)> = BTreeMap::new();
         for (_, info) in &linear {
             counts.entry(info.dtype.name()).or_insert((0, info.dtype)).0 += 1;
@@ -627,7 +827,55 @@ impl Checkpoint {
     ///   [`Self::load_f32`]; every fp8 weight's `_scale_inv` is checked now (presence, dtype,
     ///   shape), so a bad checkpoint fails before loading starts.
     pub fn check_against(&self, cfg: &ModelConfig) -> Result<WeightFormat> {
+        let declared_q = match &cfg.quantization {
+            Some(q @ (Quantization::Int8Block { .. } | Quantization::Int8Channel | Quantization::Awq { .. })) => {
+                Some(q.clone())
+            }
+            _ => None,
+        };
+        self.set_quantization(declared_q.clone());
         let fmt = self.detect_format(cfg.fp8_block().or(self.fp8_block()));
+        if matches!(fmt, WeightFormat::Int8Block { .. } | WeightFormat::Int8Channel | WeightFormat::Awq { .. }) {
+            if declared_q.is_none() {
+                let declared = match &cfg.quantization {
+                    Some(q) => format!("declares {}", describe(q)),
+                    None => "has no quantization_config".to_string(),
+                };
+                if cfg.fp8_block().is_some() {
+                    let first = self.tensors.iter().find(|(n, e)| e.info.dtype == DType::I8 || n.ends_with(".qweight"));
+                    let name = first.map(|(n, _)| n.as_str()).unwrap_or("?");
+                    return Err(tensor_err(name, format!("weights are {fmt:?}, but config.json {declared}")));
+                }
+                tracing::warn!("checkpoint {}: weights are {fmt:?} but config.json {declared}; loading them as stored", self.dir.display());
+            }
+            // Every int8 / AWQ tensor's layout now, so a bad checkpoint fails before loading.
+            for (name, e) in &self.tensors {
+                if e.info.dtype == DType::I8 {
+                    self.int8_layout(name, &e.info.shape)?;
+                } else if let Some(base) = name.strip_suffix(".qweight") {
+                    let (k, n8) = match e.info.shape.as_slice() {
+                        &[k, n8] => (k, n8),
+                        s => return Err(tensor_err(name, format!("expected a 2-D [K, N/8] tensor, found shape {s:?}"))),
+                    };
+                    self.awq_layout(base, n8 * 8, k)?;
+                } else if e.info.dtype == DType::F8E4M3 {
+                    return Err(tensor_err(name, format!("float8_e4m3fn in a {fmt:?} checkpoint")));
+                }
+            }
+            return Ok(fmt);
+        }
+        if let (Some(q), WeightFormat::Fp8Block { .. }) = (&declared_q, fmt) {
+            let name = self.tensors.iter().find(|(_, e)| e.info.dtype == DType::F8E4M3).map(|(n, _)| n.as_str()).unwrap_or("?");
+            return Err(tensor_err(name, format!("float8_e4m3fn weight, but config.json declares {}", describe(q))));
+        }
+        if let Some(q) = &declared_q {
+            tracing::warn!(
+                "checkpoint {}: config.json declares {}, but the weights are {fmt:?}; loading them as stored",
+                self.dir.display(),
+                describe(q)
+            );
+            return Ok(fmt);
+        }
         let WeightFormat::Fp8Block { block_n, block_k } = fmt else {
             if cfg.fp8_block().is_some() {
                 let stored = match fmt {
@@ -636,6 +884,8 @@ impl Checkpoint {
                     WeightFormat::F32 => "F32",
                     WeightFormat::Other(d) => d.name(),
                     WeightFormat::Fp8Block { .. } => "FP8",
+                    WeightFormat::Int8Block { .. } | WeightFormat::Int8Channel => "INT8",
+                    WeightFormat::Awq { .. } => "AWQ",
                 };
                 tracing::warn!(
                     "checkpoint {}: config.json declares an fp8 quantization_config, but the weights are {stored}; \
@@ -676,6 +926,101 @@ impl Checkpoint {
             }
         }
     }
+}
+
+impl Checkpoint {
+    /// The AWQ group size when the checkpoint has `*.qweight` tensors: the declared one, else
+    /// inferred from the first layer's shapes.
+    fn awq_group_hint(&self) -> Option<usize> {
+        let (name, e) = self.tensors.iter().find(|(n, _)| n.ends_with(".qweight"))?;
+        if let Some(Quantization::Awq { group_size, .. }) = self.quantization() {
+            return Some(group_size);
+        }
+        let base = name.strip_suffix(".qweight")?;
+        let groups = *self.info(&format!("{base}.scales"))?.shape.first()?;
+        let k = *e.info.shape.first()?;
+        (groups > 0).then(|| k / groups)
+    }
+}
+
+fn int8_block_of(q: &Quantization) -> Option<(usize, usize)> {
+    match q {
+        Quantization::Int8Block { block_n, block_k } => Some((*block_n, *block_k)),
+        _ => None,
+    }
+}
+
+/// A quantization_config in words, for error messages.
+fn describe(q: &Quantization) -> String {
+    match q {
+        Quantization::Fp8Block { block_n, block_k } => format!("fp8 with [{block_n}, {block_k}] blocks"),
+        Quantization::Int8Block { block_n, block_k } => format!("block INT8 with [{block_n}, {block_k}] blocks"),
+        Quantization::Int8Channel => "channel INT8 (w8a8_int8 without weight_block_size)".to_string(),
+        Quantization::Awq { bits, group_size, .. } => format!("AWQ {bits}-bit with group size {group_size}"),
+        Quantization::Unsupported(m) => format!("quantization `{m}`"),
+    }
+}
+
+/// Little-endian 32-bit words.
+fn words(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// Where column `j` (0..8) of a packed group of 8 sits: nibble `AWQ_REVERSE_ORDER[j]`.
+pub const AWQ_REVERSE_ORDER: [u32; 8] = [0, 4, 1, 5, 2, 6, 3, 7];
+
+/// Packs `vals` (each 0..16, length a multiple of 8) along their row into AWQ words.
+pub fn awq_pack(vals: &[u8]) -> Vec<u32> {
+    vals.chunks_exact(8)
+        .map(|c| c.iter().enumerate().fold(0u32, |w, (j, &v)| w | (u32::from(v & 0xF) << (4 * AWQ_REVERSE_ORDER[j]))))
+        .collect()
+}
+
+/// Unpacks AWQ words into 8 values each, in column order.
+pub fn awq_unpack(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|&w| AWQ_REVERSE_ORDER.map(|sh| ((w >> (4 * sh)) & 0xF) as u8)).collect()
+}
+
+/// Block INT8 `[n, k]` with scales `[ceil(n/bn), ceil(k/bk)]` → f32 `[n, k]`, W = q · s.
+pub fn dequant_int8_block(q: &[u8], n: usize, k: usize, s: &[f32], (bn, bk): (usize, usize)) -> Vec<f32> {
+    let sk = k.div_ceil(bk);
+    let mut out = vec![0f32; n * k];
+    out.par_chunks_mut(k.max(1)).enumerate().for_each(|(r, row)| {
+        let srow = &s[(r / bn) * sk..(r / bn + 1) * sk];
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = f32::from(q[r * k + c] as i8) * srow[c / bk];
+        }
+    });
+    out
+}
+
+/// Channel INT8 `[n, k]` with scales `[n]` (stored `[n, 1]`) → f32 `[n, k]`, W = q · s per row.
+pub fn dequant_int8_channel(q: &[u8], n: usize, k: usize, s: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; n * k];
+    out.par_chunks_mut(k.max(1)).enumerate().for_each(|(r, row)| {
+        for (c, x) in row.iter_mut().enumerate() {
+            *x = f32::from(q[r * k + c] as i8) * s[r];
+        }
+    });
+    let _ = n;
+    out
+}
+
+/// AWQ: `qweight` [k, n/8], `qzeros` [ceil(k/g), n/8] (words), `scales` [ceil(k/g), n] →
+/// the Linear weight f32 `[n, k]` with W[nn, kk] = (q[kk, nn] − z[kk/g, nn]) · s[kk/g, nn].
+pub fn dequant_awq(qweight: &[u32], qzeros: &[u32], scales: &[f32], n: usize, k: usize, g: usize) -> Vec<f32> {
+    let n8 = n / 8;
+    let nib = |w: &[u32], row: usize, col: usize| -> f32 {
+        f32::from(((w[row * n8 + col / 8] >> (4 * AWQ_REVERSE_ORDER[col % 8])) & 0xF) as u8)
+    };
+    let mut out = vec![0f32; n * k];
+    out.par_chunks_mut(k.max(1)).enumerate().for_each(|(nn, row)| {
+        for (kk, x) in row.iter_mut().enumerate() {
+            let gi = kk / g;
+            *x = (nib(qweight, kk, nn) - nib(qzeros, gi, nn)) * scales[gi * n + nn];
+        }
+    });
+    out
 }
 
 fn shards_path(paths: &[PathBuf], i: usize) -> &Path {

@@ -25,6 +25,16 @@ pub enum Quantization {
     /// float8_e4m3fn weights with `weight_scale_inv` per `[block_n, block_k]` block, dynamic
     /// per-token-group activation quantization.
     Fp8Block { block_n: usize, block_k: usize },
+    /// int8 weights with `weight_scale_inv` f32 per `[block_n, block_k]` block (Meituan's block
+    /// INT8: `w8a8_int8` / `blockwise_int8` with `weight_block_size`).
+    Int8Block { block_n: usize, block_k: usize },
+    /// int8 weights with `weight_scale` f32 `[N, 1]` per output channel (`w8a8_int8` without
+    /// `weight_block_size`).
+    Int8Channel,
+    /// AWQ (`awq` / `moe_wna16`): `qweight` / `qzeros` int32 packed along the output dim, `scales`
+    /// f16 per `group_size` input channels; modules whose name contains one of
+    /// `modules_to_not_convert` stay unquantized.
+    Awq { bits: usize, group_size: usize, modules_to_not_convert: Vec<String> },
     /// A method this crate does not load yet; carries the `quant_method` string.
     Unsupported(String),
 }
@@ -606,7 +616,9 @@ impl ModelConfig {
                 return Err(err("rope_scaling.factor", format!("must be positive, found {}", y.factor)));
             }
         }
-        if let Some(Quantization::Fp8Block { block_n, block_k }) = &self.quantization {
+        if let Some(Quantization::Fp8Block { block_n, block_k } | Quantization::Int8Block { block_n, block_k }) =
+            &self.quantization
+        {
             if *block_n == 0 || *block_k == 0 {
                 return Err(err(
                     "quantization_config.weight_block_size",
@@ -625,6 +637,14 @@ impl ModelConfig {
         }
     }
 
+    /// The INT8 weight block `(block_n, block_k)` declared by `quantization_config`, if any.
+    pub fn int8_block(&self) -> Option<(usize, usize)> {
+        match &self.quantization {
+            Some(Quantization::Int8Block { block_n, block_k }) => Some((*block_n, *block_k)),
+            _ => None,
+        }
+    }
+
     /// Number of decoder layers that use the MoE.
     pub fn num_moe_layers(&self) -> usize {
         (0..self.num_hidden_layers).filter(|&i| self.is_moe_layer(i)).count()
@@ -636,8 +656,42 @@ fn parse_quantization(q: &Obj<'_>) -> Result<Quantization> {
         Some(m) => m,
         None => return Err(q.err("quant_method", "missing (required in quantization_config)")),
     };
-    if method != "fp8" {
-        return Ok(Quantization::Unsupported(method.to_string()));
+    match method {
+        "fp8" => {}
+        "w8a8_int8" | "blockwise_int8" | "int8" => {
+            return Ok(match q.get("weight_block_size") {
+                None | Some(Value::Null) => Quantization::Int8Channel,
+                Some(v) => {
+                    let (block_n, block_k) = parse_block(q, v)?;
+                    Quantization::Int8Block { block_n, block_k }
+                }
+            })
+        }
+        "awq" | "moe_wna16" => {
+            let bits = q.usize_opt("bits")?.or(q.usize_opt("w_bit")?).unwrap_or(4);
+            if bits != 4 {
+                return Err(q.err("bits", format!("{bits}-bit AWQ is not supported; only 4")));
+            }
+            let group_size = match q.get("group_size").or(q.get("q_group_size")) {
+                Some(v) => v.as_u64().filter(|&g| g > 0).and_then(|g| usize::try_from(g).ok()).ok_or_else(|| {
+                    q.err("group_size", format!("expected a positive integer (64 or 128), found {}", short(v)))
+                })?,
+                None => return Err(q.err("group_size", "missing (required for AWQ)")),
+            };
+            let modules_to_not_convert = match q.get("modules_to_not_convert") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| q.err("modules_to_not_convert", "expected a list of module names"))?,
+                Some(v) => {
+                    return Err(q.err("modules_to_not_convert", format!("expected a list of module names, found {}", short(v))))
+                }
+            };
+            return Ok(Quantization::Awq { bits, group_size, modules_to_not_convert });
+        }
+        _ => return Ok(Quantization::Unsupported(method.to_string())),
     }
     if let Some(fmt) = q.str_opt("fmt")? {
         if fmt != "e4m3" {
@@ -653,6 +707,11 @@ fn parse_quantization(q: &Obj<'_>) -> Result<Quantization> {
         // Per-tensor FP8 (no blocks): not a format this crate loads.
         return Ok(Quantization::Unsupported("fp8 (per-tensor, no weight_block_size)".to_string()));
     };
+    let (block_n, block_k) = parse_block(q, v)?;
+    Ok(Quantization::Fp8Block { block_n, block_k })
+}
+
+fn parse_block(q: &Obj<'_>, v: &Value) -> Result<(usize, usize)> {
     let bad = || {
         q.err(
             "weight_block_size",
@@ -666,5 +725,5 @@ fn parse_quantization(q: &Obj<'_>) -> Result<Quantization> {
     let n = items[0].as_u64().filter(|&x| x > 0).ok_or_else(bad)?;
     let k = items[1].as_u64().filter(|&x| x > 0).ok_or_else(bad)?;
     let (Ok(block_n), Ok(block_k)) = (usize::try_from(n), usize::try_from(k)) else { return Err(bad()) };
-    Ok(Quantization::Fp8Block { block_n, block_k })
+    Ok((block_n, block_k))
 }

@@ -176,11 +176,16 @@ fn upload_f32(s: &dyn GpuStream, t: &Tensor) -> Result<DeviceTensor> {
 
 /// Loads linear weights in the form the GEMM reads: one tensor, or several stacked along a
 /// leading expert dimension. float8 weights keep their bits and block scales; bf16 keeps its
-/// bits; anything else is converted to f32.
+/// bits; anything else (int8 block / channel, AWQ) is dequantized to f32 by `Checkpoint::load_f32`.
 fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String], n: usize, k: usize) -> Result<Linear> {
     let dtypes: Vec<DType> = names
         .iter()
-        .map(|name| ckpt.info(name).map(|i| i.dtype).ok_or_else(|| missing(name)))
+        .map(|name| {
+            // An AWQ layer has `{base}.qweight` instead of `{base}.weight`: it goes through
+            // `load_f32` (dequantized) like int8 and the other non-bf16 / non-fp8 dtypes.
+            let awq = || name.strip_suffix(".weight").filter(|b| ckpt.contains(&format!("{b}.qweight"))).map(|_| DType::I32);
+            ckpt.info(name).map(|i| i.dtype).or_else(awq).ok_or_else(|| missing(name))
+        })
         .collect::<Result<_>>()?;
     let stacked = |shape: &[usize]| -> Vec<usize> {
         if names.len() == 1 { shape.to_vec() } else { [&[names.len()][..], shape].concat() }
