@@ -610,7 +610,7 @@ impl Checkpoint {
     /// `(scale name, None)` for channel INT8; checked against the declared quantization.
     fn int8_layout(&self, name: &str, shape: &[usize]) -> Result<(String, Option<(usize, usize)>)> {
         let &[n, k] = shape else {
-            return Err(tensor_err(name, format!("int8 tensor of shape {shape:?}; only 2-D quantized weights are supported")));
+            return Err(tensor_err(name, format!("dtype I8 with shape {shape:?}; only 2-D int8 weights with a scale are supported")));
         };
         let declared = self.quantization();
         let block_name = format!("{name}_scale_inv");
