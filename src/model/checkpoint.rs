@@ -697,6 +697,7 @@ impl Checkpoint {
 
     /// Checks the AWQ layer `base` (`qweight` [K, N/8], `qzeros` [K/G, N/8], `scales` [K/G, N])
     /// for a Linear weight `[n, k]`; returns G.
+    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
     fn awq_layout(&self, base: &str, n: usize, k: usize) -> Result<usize> {
         let qw_name = format!("{base}.qweight");
         let qz_name = format!("{base}.qzeros");
