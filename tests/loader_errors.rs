@@ -2,68 +2,20 @@
 //! one test per way a download can be broken, each checking that the error names the file or
 //! tensor in one line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dsv3::model::checkpoint::{Checkpoint, DType, WeightFormat, INDEX_FILE};
 use dsv3::model::config::ModelConfig;
 use dsv3::ops::fp8::{dequant_block_weight, quantize_block_weight};
 use dsv3::Error;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::json;
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+use common::files::{t, write_file, TempDir, T};
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "dsv3-loader-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// One tensor to write: name, dtype, shape, little-endian bytes.
-struct T {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-fn t(name: &str, dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> T {
-    T { name: name.to_string(), dtype, shape: shape.to_vec(), bytes }
-}
-
-fn write_file(path: &Path, tensors: &[T]) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|x| (x.name.clone(), TensorView::new(x.dtype, x.shape.clone(), &x.bytes).expect("view")))
-        .collect();
-    let buf = safetensors::serialize(views, None).expect("serialize");
-    std::fs::write(path, buf).expect("write");
-}
 
 /// Writes shards `model-0000{i}-of-0000{n}.safetensors` and their index.
 fn write_sharded(dir: &Path, shards: &[Vec<T>]) {

@@ -2,60 +2,23 @@
 //! exact dequantization through `Checkpoint::load_f32`, `quantization_config` parsing, and the
 //! one-line errors when the config and the tensors disagree.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use std::path::Path;
 
 use dsv3::model::checkpoint::{
     awq_pack, awq_unpack, dequant_awq, dequant_int8_block, dequant_int8_channel, Checkpoint, WeightFormat,
 };
 use dsv3::model::config::{ModelConfig, Quantization};
 use proptest::prelude::*;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use serde_json::json;
 
-struct TempDir(PathBuf);
+use common::files::{t, write_file, TempDir, T};
 
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let p = std::env::temp_dir().join(format!(
-            "dsv3-quant-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct T {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
-}
-
-fn t(name: &str, dtype: Dtype, shape: &[usize], bytes: Vec<u8>) -> T {
-    T { name: name.to_string(), dtype, shape: shape.to_vec(), bytes }
-}
-
+/// Writes `tensors` as the single-file checkpoint of `dir`.
 fn write_ckpt(dir: &Path, tensors: &[T]) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|x| (x.name.clone(), TensorView::new(x.dtype, x.shape.clone(), &x.bytes).expect("view")))
-        .collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).expect("serialize")).expect("write");
+    write_file(&dir.join("model.safetensors"), tensors);
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {
