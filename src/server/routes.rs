@@ -238,12 +238,27 @@ fn usage_json(prompt_tokens: usize, completion_tokens: usize, cached: usize) -> 
     })
 }
 
-/// Usage over choices: each distinct prompt counted once (`n` copies share it).
-fn total_usage(choices: &[ChoiceOut], n: usize) -> Json_ {
-    let prompt: usize = choices.iter().step_by(n.max(1)).map(|c| c.usage.prompt_tokens).sum();
-    let completion: usize = choices.iter().map(|c| c.usage.completion_tokens).sum();
-    let cached: usize = choices.iter().step_by(n.max(1)).map(|c| c.usage.cached_tokens).sum();
+/// Usage over the choices of a request, `n` per prompt: each distinct prompt counted once (its
+/// `n` copies share it), every completion counted.
+fn usage_over<'a>(usages: impl Iterator<Item = &'a Usage> + Clone, n: usize) -> Json_ {
+    let prompt: usize = usages.clone().step_by(n.max(1)).map(|u| u.prompt_tokens).sum();
+    let cached: usize = usages.clone().step_by(n.max(1)).map(|u| u.cached_tokens).sum();
+    let completion: usize = usages.map(|u| u.completion_tokens).sum();
     usage_json(prompt, completion, cached)
+}
+
+fn total_usage(choices: &[ChoiceOut], n: usize) -> Json_ {
+    usage_over(choices.iter().map(|c| &c.usage), n)
+}
+
+/// One SSE chunk of a streamed response: the OpenAI envelope around `choices` (and `usage`, in
+/// the last chunk when the client asked for it).
+fn stream_chunk(id: &str, object: &str, created: u64, model: &str, choices: Json_, usage: Option<Json_>) -> String {
+    let mut chunk = json!({ "id": id, "object": object, "created": created, "model": model, "choices": choices });
+    if let Some(u) = usage {
+        chunk["usage"] = u;
+    }
+    chunk.to_string()
 }
 
 fn matched_stop(r: &FinishReason) -> Json_ {
@@ -397,14 +412,7 @@ impl ChatStream {
         if let Some(f) = finish {
             choice["matched_stop"] = matched_stop(f);
         }
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.st.cfg.served_model_name,
-            "choices": [choice],
-        })
-        .to_string()
+        stream_chunk(&self.id, "chat.completion.chunk", self.created, &self.st.cfg.served_model_name, json!([choice]), None)
     }
 
     fn text_delta(&mut self, index: usize, text: &str, finishing: bool) -> Option<Json_> {
@@ -467,20 +475,10 @@ impl StreamFormat for ChatStream {
 
     fn end(&mut self, out: &mut Vec<String>) {
         if self.include_usage {
-            let p = self.usage.first().map_or(0, |u| u.prompt_tokens);
-            let cached = self.usage.first().map_or(0, |u| u.cached_tokens);
-            let c: usize = self.usage.iter().map(|u| u.completion_tokens).sum();
-            out.push(
-                json!({
-                    "id": self.id,
-                    "object": "chat.completion.chunk",
-                    "created": self.created,
-                    "model": self.st.cfg.served_model_name,
-                    "choices": [],
-                    "usage": usage_json(p, c, cached),
-                })
-                .to_string(),
-            );
+            // Every choice of a chat request shares its one prompt.
+            let usage = usage_over(self.usage.iter(), self.usage.len());
+            let model = &self.st.cfg.served_model_name;
+            out.push(stream_chunk(&self.id, "chat.completion.chunk", self.created, model, json!([]), Some(usage)));
         }
     }
 }
@@ -646,14 +644,7 @@ impl CompletionStream {
         if let Some(f) = finish {
             choice["matched_stop"] = matched_stop(f);
         }
-        json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.st.cfg.served_model_name,
-            "choices": [choice],
-        })
-        .to_string()
+        stream_chunk(&self.id, "text_completion", self.created, &self.st.cfg.served_model_name, json!([choice]), None)
     }
 }
 
@@ -685,20 +676,9 @@ impl StreamFormat for CompletionStream {
 
     fn end(&mut self, out: &mut Vec<String>) {
         if self.include_usage {
-            let p: usize = self.usage.iter().step_by(self.n.max(1)).map(|u| u.prompt_tokens).sum();
-            let cached: usize = self.usage.iter().step_by(self.n.max(1)).map(|u| u.cached_tokens).sum();
-            let c: usize = self.usage.iter().map(|u| u.completion_tokens).sum();
-            out.push(
-                json!({
-                    "id": self.id,
-                    "object": "text_completion",
-                    "created": self.created,
-                    "model": self.st.cfg.served_model_name,
-                    "choices": [],
-                    "usage": usage_json(p, c, cached),
-                })
-                .to_string(),
-            );
+            let usage = usage_over(self.usage.iter(), self.n);
+            let model = &self.st.cfg.served_model_name;
+            out.push(stream_chunk(&self.id, "text_completion", self.created, model, json!([]), Some(usage)));
         }
     }
 }
