@@ -1,0 +1,95 @@
+//! MLA in the absorbed form: projections, RoPE, the latent cache write, attention over the
+//! latent cache and the value up-projection, each step in its own method.
+
+use super::step::StepTensors;
+use super::weights::{Layer, QProj};
+use super::{GpuModel, PagePool};
+use crate::backend::dispatch::{self, PagedCache, RopeLayout, Strided};
+use crate::backend::DeviceTensor;
+use crate::error::Result;
+
+impl GpuModel {
+    /// MLA for `x` [T, hidden] of the batch's tokens; writes their latent rows to the pool.
+    pub(super) fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
+        let s = self.s();
+        let c = &self.cfg;
+        let (t, heads) = (x.shape()[0], c.num_attention_heads);
+        let (nope, rope, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        let qk = nope + rope;
+        let latent = lora + rope;
+        let q = match &layer.q {
+            QProj::LowRank { q_a, q_a_norm, q_b } => {
+                let c_q = self.linear(x, q_a)?;
+                let c_q_n = self.empty(c_q.shape())?;
+                dispatch::rms_norm(s, &c_q_n, &c_q, q_a_norm, c.rms_norm_eps)?;
+                self.linear(&c_q_n, q_b)?
+            }
+            QProj::Direct(w) => self.linear(x, w)?,
+        };
+        let kv = self.linear(x, &layer.kv_a)?;
+        // RMSNorm of the c_kv part: copy it out, normalize, copy back.
+        let c_kv = self.empty(&[t, lora])?;
+        dispatch::copy_2d(s, Strided::rows(&c_kv), Strided::at(&kv, 0, latent), t, lora)?;
+        let c_kv_n = self.empty(&[t, lora])?;
+        dispatch::rms_norm(s, &c_kv_n, &c_kv, &layer.kv_a_norm, c.rms_norm_eps)?;
+        dispatch::copy_2d(s, Strided::at(&kv, 0, latent), Strided::rows(&c_kv_n), t, lora)?;
+        let pe = |heads, token_stride, head_stride, offset| RopeLayout { heads, token_stride, head_stride, offset, rope_dim: rope };
+        dispatch::rope(s, &kv, &self.cos, &self.sin, &step.pos, pe(1, latent, latent, lora))?;
+        dispatch::rope(s, &q, &self.cos, &self.sin, &step.pos, pe(heads, heads * qk, qk, nope))?;
+        let paged = PagedCache { cache: &pool.layers[li], block_table: &step.block_table, seq_lens: &step.seq_lens };
+        self.kv_write(&paged, &kv, step)?;
+        let q_abs = self.absorb_q(layer, &q, t)?;
+        let o_lat = self.mla_attend(&q_abs, &paged, step)?;
+        let o_cat = self.unabsorb_o(layer, &o_lat, t)?;
+        self.linear(&o_cat, &layer.o)
+    }
+
+    /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages.
+    pub(super) fn kv_write(&self, paged: &PagedCache, kv: &DeviceTensor, step: &StepTensors) -> Result<()> {
+        dispatch::paged_kv_write(self.s(), paged, kv, &step.seq, &step.pos)
+    }
+
+    /// Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head, then q_pe (already rotated).
+    pub(super) fn absorb_q(&self, layer: &Layer, q: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
+        let s = self.s();
+        let c = &self.cfg;
+        let (heads, nope, rope, lora) = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        let (qk, latent) = (nope + rope, lora + rope);
+        let q_abs = self.empty(&[t, heads, latent])?;
+        let q_nope = self.empty(&[t, nope])?;
+        let q_lat = self.empty(&[t, lora])?;
+        for h in 0..heads {
+            dispatch::copy_2d(s, Strided::rows(&q_nope), Strided::at(q, h * qk, heads * qk), t, nope)?;
+            dispatch::linear(s, &q_lat, &q_nope, &layer.w_uk_t[h], None)?;
+            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent, heads * latent), Strided::rows(&q_lat), t, lora)?;
+            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent + lora, heads * latent), Strided::at(q, h * qk + nope, heads * qk), t, rope)?;
+        }
+        Ok(q_abs)
+    }
+
+    /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal.
+    pub(super) fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
+        let c = &self.cfg;
+        let (t, heads) = (q_abs.shape()[0], c.num_attention_heads);
+        let o_lat = self.empty(&[t, heads, c.kv_lora_rank])?;
+        dispatch::mla_paged_attention(self.s(), &o_lat, q_abs, paged, &step.seq, &step.pos, c.kv_lora_rank, c.softmax_scale())?;
+        Ok(o_lat)
+    }
+
+    /// o = o_lat · W_uvᵀ per head, gathered into [T, H·v] for o_proj.
+    pub(super) fn unabsorb_o(&self, layer: &Layer, o_lat: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
+        let s = self.s();
+        let c = &self.cfg;
+        let (heads, v, lora) = (c.num_attention_heads, c.v_head_dim, c.kv_lora_rank);
+        let o_cat = self.empty(&[t, heads * v])?;
+        let o_lat_h = self.empty(&[t, lora])?;
+        let o_h = self.empty(&[t, v])?;
+        for h in 0..heads {
+            dispatch::copy_2d(s, Strided::rows(&o_lat_h), Strided::at(o_lat, h * lora, heads * lora), t, lora)?;
+            dispatch::linear(s, &o_h, &o_lat_h, &layer.w_uv[h], None)?;
+            dispatch::copy_2d(s, Strided::at(&o_cat, h * v, heads * v), Strided::rows(&o_h), t, v)?;
+        }
+        Ok(o_cat)
+    }
+
+}

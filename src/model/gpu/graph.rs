@@ -1,0 +1,93 @@
+//! Decode steps captured as CUDA graphs over fixed input, output and pool addresses.
+
+use super::step::{pack_step, StepTensors};
+use super::{BatchSeq, GpuModel, LogitRows, PagePool};
+use crate::backend::memory::RetainedBlocks;
+use crate::backend::stream::StreamGraph;
+use crate::backend::DeviceTensor;
+use crate::error::{Error, Result};
+
+impl GpuModel {
+    /// Captures the decode step of `bs` sequences (one token each, every logits row) as a graph
+    /// over fixed input, output and pool addresses. `pad_page`: a page of `pool` that no
+    /// sequence uses, written and read by the padding rows of batches smaller than `bs`.
+    /// Runs the step once eagerly first (loads every kernel, warms the allocator), then captures.
+    pub fn capture_decode_graph(&self, pool: &mut PagePool, bs: usize, pad_page: u32) -> Result<DecodeGraph> {
+        let s = self.s();
+        if bs == 0 || pad_page as usize >= pool.num_pages {
+            return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences, pad page {pad_page} of {}", pool.num_pages)));
+        }
+        let max_pages = self.max_positions.div_ceil(pool.page_size);
+        let pad = [0u32];
+        let pad_table = [pad_page];
+        let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
+        let (packed, layout) = pack_step(self, pool, &seqs, Some(max_pages))?;
+        let inputs = StepTensors::alloc(s, &layout)?;
+        inputs.upload(s, &packed)?;
+        drop(self.run(pool, &inputs)?);
+        s.synchronize()?;
+        // The graph owns every block its temporaries use: none is handed out again while it lives.
+        let alloc = s.allocator();
+        alloc.begin_retain();
+        if let Err(e) = s.begin_capture() {
+            drop(alloc.end_retain());
+            return Err(e);
+        }
+        let run = self.run(pool, &inputs);
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = s.end_capture();
+        let memory = alloc.end_retain();
+        let logits = run?.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?;
+        let graph = graph?;
+        Ok(DecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, logits })
+    }
+
+    /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
+    /// the inputs (padded with rows on the pad page), replays, copies back the real rows' logits.
+    pub fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        if seqs.len() > g.bs || seqs.iter().any(|q| q.tokens.len() != 1) {
+            return Err(Error::InvalidArgument(format!("decode graph of {} sequences for a batch of {}", g.bs, seqs.len())));
+        }
+        let pad = [0u32];
+        let pad_table = [g.pad_page];
+        let mut all: Vec<BatchSeq<'_>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
+        all.resize(g.bs, BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last });
+        let (packed, layout) = pack_step(self, pool, &all, Some(g.max_pages))?;
+        if layout != g.inputs.layout() {
+            return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs.layout())));
+        }
+        g.inputs.upload(self.s(), &packed)?;
+        g.graph.replay()?;
+        let v = self.cfg.vocab_size;
+        let host = g.logits.to_f32(self.s())?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(1)).collect();
+        let mut out = Vec::with_capacity(seqs.len());
+        for (i, n) in counts.into_iter().enumerate() {
+            out.push(if n == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() });
+        }
+        Ok(out)
+    }
+}
+
+
+/// A captured decode step of `bs` sequences: its graph and the fixed-address buffers it reads
+/// (inputs), writes (logits) and uses in between (its temporaries' blocks, which the stream's
+/// allocator does not hand out again while the graph lives). The graph is declared first so
+/// that it is dropped first.
+pub struct DecodeGraph {
+    pub(super) graph: Box<dyn StreamGraph>,
+    /// The blocks of the temporaries it captured (freed during capture, kept out of the cache).
+    pub(super) _memory: RetainedBlocks,
+    pub(super) bs: usize,
+    pub(super) max_pages: usize,
+    pub(super) pad_page: u32,
+    pub(super) inputs: StepTensors,
+    pub(super) logits: DeviceTensor,
+}
+
+impl DecodeGraph {
+    /// The batch size it was captured for (smaller batches are padded).
+    pub fn batch_size(&self) -> usize {
+        self.bs
+    }
+}

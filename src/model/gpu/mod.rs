@@ -1,0 +1,209 @@
+//! DeepSeek-V3 forward pass on a GPU stream (CUDA or HIP), assembled from the generated kernels
+//! in their first, simple form (`backend::dispatch`). Activations are f32; weights stay in their
+//! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales),
+//! f16 and f32 weights are used as f32. The latent KV cache is paged: per layer
+//! [pages, page_size, kv_lora + rope] f32 ([`PagePool`]).
+//!
+//! One forward ([`GpuModel::forward_batch`]) runs a batch of sequences: the new tokens of every
+//! sequence concatenated, each token tagged with its sequence and position, each sequence with
+//! its block table into a page pool that the caller owns (the serving engine's, or a
+//! [`GpuCache`]'s for the single-sequence [`CausalLm`] path, which is the batched path with one
+//! sequence). Logits are computed only for the rows asked for.
+//!
+//! MLA runs in the absorbed form for prefill and decode alike: W_uk is folded into the query per
+//! head, attention runs over the latent cache, W_uv is applied to the latent output. The
+//! attention and GEMM launches sit in small methods ([`GpuModel::linear`], `absorb_q`,
+//! `kv_write`, `mla_attend`, `unabsorb_o`) so that faster kernels can be plugged in one place.
+
+use std::path::Path;
+
+mod attention;
+mod ffn;
+mod graph;
+mod pool;
+mod step;
+mod weights;
+
+pub use graph::DecodeGraph;
+pub use pool::{GpuCache, PagePool};
+pub use step::{BatchSeq, LogitRows};
+
+use crate::backend::dispatch;
+use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, GpuStream};
+use crate::error::Result;
+use crate::model::checkpoint::{Checkpoint, DType};
+use crate::model::config::ModelConfig;
+use crate::model::generate::CausalLm;
+use crate::ops::rope::YarnRope;
+use crate::tensor::Tensor;
+use step::{pack_step, split_rows, StepTensors};
+use weights::{load_layer, load_linear, upload_f32, Ffn, Layer, Linear};
+
+/// Positions per cache page.
+pub const PAGE_SIZE: usize = 64;
+
+pub struct GpuModel {
+    cfg: ModelConfig,
+    stream: Box<dyn GpuStream>,
+    embed: DeviceTensor,
+    layers: Vec<Layer>,
+    norm: DeviceTensor,
+    lm_head: Linear,
+    cos: DeviceTensor,
+    sin: DeviceTensor,
+    /// Cache capacity of one sequence, in positions (a whole number of pages).
+    max_positions: usize,
+}
+
+// SAFETY: every GpuStream implementation (CudaStream, HipStream) is Send + Sync (their raw
+// handles are used behind mutexes or by the thread-safe driver, and each call binds the device's
+// context first); the trait object just does not say so. The model moves to the engine thread.
+unsafe impl Send for GpuModel {}
+
+impl GpuModel {
+    /// Loads config.json and the checkpoint in `dir` onto `device` (`cuda:N` or `hip:N`).
+    pub fn load(dir: &Path, device: Device) -> Result<GpuModel> {
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let ckpt = Checkpoint::open(dir)?;
+        ckpt.check_against(&cfg)?;
+        let stream = open_stream(device)?;
+        let s = stream.as_ref();
+        let h = cfg.hidden_size;
+        let embed_name = "model.embed_tokens.weight";
+        let embed = match ckpt.info(embed_name).map(|i| i.dtype) {
+            Some(DType::BF16) => load_linear(s, &ckpt, &[embed_name.to_string()], cfg.vocab_size, h)?.w,
+            _ => upload_f32(s, &ckpt.load_f32(embed_name, &[cfg.vocab_size, h])?)?,
+        };
+        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, i)).collect::<Result<Vec<_>>>()?;
+        let norm = upload_f32(s, &ckpt.load_f32("model.norm.weight", &[h])?)?;
+        let lm_name = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") { embed_name } else { "lm_head.weight" };
+        let lm_head = load_linear(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h)?;
+        // cos/sin tables for every position the cache can hold.
+        let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        let rope = YarnRope::new(&cfg);
+        let half = cfg.qk_rope_head_dim / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(max_positions * half), Vec::with_capacity(max_positions * half));
+        for pos in 0..max_positions {
+            let (c, sn) = rope.cos_sin(pos);
+            cos.extend(c);
+            sin.extend(sn);
+        }
+        let cos = DeviceTensor::from_f32(s, &[max_positions, half], &cos, DevDType::F32)?;
+        let sin = DeviceTensor::from_f32(s, &[max_positions, half], &sin, DevDType::F32)?;
+        s.synchronize()?;
+        Ok(GpuModel { cfg, embed, layers, norm, lm_head, cos, sin, max_positions, stream })
+    }
+
+    fn s(&self) -> &dyn GpuStream {
+        self.stream.as_ref()
+    }
+
+    fn empty(&self, shape: &[usize]) -> Result<DeviceTensor> {
+        DeviceTensor::empty(self.s(), DevDType::F32, shape)
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.s().device()
+    }
+
+    /// The stream the model runs on.
+    pub fn stream(&self) -> &dyn GpuStream {
+        self.s()
+    }
+
+    /// Longest sequence the model runs (its RoPE tables' length, a whole number of pages of 64).
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// (free, total) device memory in bytes, as the driver reports it.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.s().mem_info()
+    }
+
+    /// Values per cached position per layer (`kv_lora_rank + qk_rope_head_dim`).
+    pub fn latent_width(&self) -> usize {
+        self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim
+    }
+
+
+    pub fn forward_gpu(&self, tokens: &[u32], cache: &mut GpuCache) -> Result<Tensor> {
+        let seq = BatchSeq { tokens, start: cache.len, block_table: &cache.table, logits: LogitRows::All };
+        let mut out = self.forward_batch(&mut cache.pool, &[seq])?;
+        cache.len += tokens.len();
+        let logits = out.pop().unwrap_or_default();
+        Tensor::new(vec![tokens.len(), self.cfg.vocab_size], logits)
+    }
+
+    /// One forward over a batch of sequences sharing `pool`: appends every sequence's new latent
+    /// rows to its pages and returns, per sequence, the logits rows it asked for (row-major
+    /// [rows, vocab]; empty for [`LogitRows::None`]). One host synchronization: the logits copy.
+    pub fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        let (packed, layout) = pack_step(self, pool, seqs, None)?;
+        let step = StepTensors::alloc(self.s(), &layout)?;
+        step.upload(self.s(), &packed)?;
+        let logits = self.run(pool, &step)?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
+        match logits {
+            None => Ok(vec![Vec::new(); seqs.len()]),
+            Some(l) => Ok(split_rows(&l.to_f32(self.s())?, &counts, self.cfg.vocab_size)),
+        }
+    }
+
+    /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits
+    /// [R, vocab] of the rows asked for (`None` when none is), without synchronizing (so that
+    /// it can be captured in a graph).
+    fn run(&self, pool: &PagePool, step: &StepTensors) -> Result<Option<DeviceTensor>> {
+        let s = self.s();
+        let c = &self.cfg;
+        let t = step.tokens;
+        let x = self.empty(&[t, c.hidden_size])?;
+        dispatch::embedding(s, &x, &self.embed, &step.ids)?;
+        let normed = self.empty(&[t, c.hidden_size])?;
+        dispatch::rms_norm(s, &normed, &x, &self.layers[0].input_norm, c.rms_norm_eps)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attn = self.attention(layer, i, &normed, pool, step)?;
+            dispatch::add_rms_norm(s, &normed, &x, &attn, &layer.post_attn_norm, c.rms_norm_eps)?;
+            let ffn = match &layer.ffn {
+                Ffn::Dense(m) => self.mlp(&normed, m)?,
+                Ffn::Moe(m) => self.moe(&normed, m)?,
+            };
+            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
+            dispatch::add_rms_norm(s, &normed, &x, &ffn, next_norm, c.rms_norm_eps)?;
+        }
+        Ok(match (&step.logit_rows, step.rows) {
+            (_, 0) => None,
+            // Every row: no gather.
+            (None, _) => Some(self.linear(&normed, &self.lm_head)?),
+            (Some(idx), rows) => {
+                // The embedding gather doubles as a row gather: out[r] = normed[idx[r]].
+                let picked = self.empty(&[rows, c.hidden_size])?;
+                dispatch::embedding(s, &picked, &normed, idx)?;
+                Some(self.linear(&picked, &self.lm_head)?)
+            }
+        })
+    }
+
+}
+
+impl CausalLm for GpuModel {
+    type Cache = GpuCache;
+
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    fn new_cache(&self) -> Result<GpuCache> {
+        self.new_gpu_cache()
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut GpuCache) -> Result<Tensor> {
+        self.forward_gpu(tokens, cache)
+    }
+}
