@@ -38,7 +38,7 @@ pub(super) struct Moe {
 
 pub(super) enum Ffn {
     Dense(Mlp),
-    Moe(Moe),
+    Moe(Box<Moe>),
 }
 
 pub(super) enum QProj {
@@ -161,7 +161,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let e = cfg.n_routed_experts;
         let inter = cfg.moe_intermediate_size;
         let experts = |proj: &str| -> Vec<String> { (0..e).map(|x| format!("{p}.mlp.experts.{x}.{proj}.weight")).collect() };
-        Ffn::Moe(Moe {
+        Ffn::Moe(Box::new(Moe {
             router: load_linear_f32(s, ckpt, &format!("{p}.mlp.gate.weight"), e, h)?,
             bias: vec("mlp.gate.e_score_correction_bias", e)?,
             gate: load_linear(s, ckpt, &experts("gate_proj"), inter, h)?,
@@ -180,7 +180,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
             },
             n_experts: e,
             inter,
-        })
+        }))
     } else {
         Ffn::Dense(load_mlp(s, ckpt, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
     };
