@@ -36,9 +36,11 @@ pub(super) struct Moe {
     pub(super) inter: usize,
 }
 
+// One per layer, built once: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Ffn {
     Dense(Mlp),
-    Moe(Box<Moe>),
+    Moe(Moe),
 }
 
 pub(super) enum QProj {
@@ -161,7 +163,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let e = cfg.n_routed_experts;
         let inter = cfg.moe_intermediate_size;
         let experts = |proj: &str| -> Vec<String> { (0..e).map(|x| format!("{p}.mlp.experts.{x}.{proj}.weight")).collect() };
-        Ffn::Moe(Box::new(Moe {
+        Ffn::Moe(Moe {
             router: load_linear_f32(s, ckpt, &format!("{p}.mlp.gate.weight"), e, h)?,
             bias: vec("mlp.gate.e_score_correction_bias", e)?,
             gate: load_linear(s, ckpt, &experts("gate_proj"), inter, h)?,
@@ -180,7 +182,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
             },
             n_experts: e,
             inter,
-        }))
+        })
     } else {
         Ffn::Dense(load_mlp(s, ckpt, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
     };
