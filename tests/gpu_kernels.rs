@@ -144,8 +144,8 @@ proptest! {
         on_each(|s, v| {
             for dt in FLOATS {
                 let mut want = rounded(&q, dt);
-                for t in 0..tokens {
-                    let p = pos[t] as usize;
+                for (t, &p) in pos.iter().enumerate().take(tokens) {
+                    let p = p as usize;
                     let (c, sn) = (&cos[p * 32..(p + 1) * 32], &sin[p * 32..(p + 1) * 32]);
                     for h in 0..heads {
                         let base = (t * heads + h) * width + nope;

@@ -188,11 +188,11 @@ fn yarn_frequencies_of_deepseek_v3() {
     assert_eq!(f.len(), 32);
     // Correction range for beta_fast 32 / beta_slow 1 over 4096 positions, d = 64, θ = 10⁴:
     // low = floor(10.47) = 10, high = ceil(22.50) = 23.
-    for i in 0..32 {
+    for (i, &fi) in f.iter().enumerate() {
         let base = 10000f64.powf(-(2.0 * i as f64) / 64.0);
         let ramp = ((i as f64 - 10.0) / 13.0).clamp(0.0, 1.0);
         let expected = base / 40.0 * ramp + base * (1.0 - ramp);
-        assert!(((f[i] as f64) - expected).abs() <= 1e-6 * expected, "freq {i}: {} vs {expected}", f[i]);
+        assert!(((fi as f64) - expected).abs() <= 1e-6 * expected, "freq {i}: {fi} vs {expected}");
     }
     // mscale == mscale_all_dim: cos and sin are not scaled.
     assert_eq!(rope.attention_factor(), 1.0);

@@ -52,7 +52,8 @@ pub fn streams(family: Option<&str>) -> Vec<(String, CudaStream)> {
 
 /// Shared by the test threads (a stream orders each test's own work; the allocator and the
 /// module table are thread-safe), so each variant's modules are loaded / JIT-compiled once.
-static STREAMS: std::sync::OnceLock<(Option<&'static str>, Vec<(String, CudaStream)>)> = std::sync::OnceLock::new();
+type VariantStreams = (Option<&'static str>, Vec<(String, CudaStream)>);
+static STREAMS: std::sync::OnceLock<VariantStreams> = std::sync::OnceLock::new();
 
 /// The streams of [`streams`]`(family)`, opened once per test binary (which asks for one family).
 pub fn variant_streams(family: Option<&'static str>) -> &'static [(String, CudaStream)] {
