@@ -76,13 +76,17 @@ DSV3_DEV void gemm_tile(TO* C, const TA* DSV3_RESTRICT A, const TB* DSV3_RESTRIC
   }
 }
 
-// grid: (ceil(N / 64), ceil(M / 64)), block: 256.
+// grid: (ceil(N / 64), ceil(M / 64), batch), block: 256. Batch z reads A + z·stride_a, B + z·stride_b
+// and writes C + z·stride_c (elements): MLA's per-head products (q_nope·W_uk, o_lat·W_uvᵀ) are one
+// launch over the heads. float8 B is not batched (its block scales have no batch stride).
 template <class TA, class TB, class TO, int BM, int BN, int BK>
 DSV3_DEV void gemm_nt(TO* C, const TA* A, const TB* B, const float* b_scale, u32 M, u32 N, u32 K, u32 lda,
-                      u32 ldb, u32 ldc, float alpha, float beta) {
+                      u32 ldb, u32 ldc, u64 stride_a, u64 stride_b, u64 stride_c, float alpha, float beta) {
   const u32 m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   if (m0 >= M) return;
-  gemm_tile<TA, TB, TO, BM, BN, BK>(C, A, B, b_scale, m0, M, n0, N, K, lda, ldb, ldc, alpha, beta);
+  const u64 z = blockIdx.z;
+  gemm_tile<TA, TB, TO, BM, BN, BK>(C + z * stride_c, A + z * stride_a, B + z * stride_b, b_scale, m0, M, n0, N, K,
+                                    lda, ldb, ldc, alpha, beta);
 }
 
 }  // namespace dsv3

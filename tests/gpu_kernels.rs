@@ -15,7 +15,7 @@ mod common;
 
 use common::gpu::*;
 use dsv3::backend::cuda::{device_count, CudaStream};
-use dsv3::backend::dispatch::{self, KArg, PagedCache, RopeLayout, RouteParams, SamplingParams};
+use dsv3::backend::dispatch::{self, Batched, KArg, PagedCache, RopeLayout, RouteParams, SamplingParams, Strided};
 use dsv3::backend::registry;
 use dsv3::backend::{DType, DeviceTensor, LaunchCfg};
 use dsv3::ops;
@@ -303,6 +303,41 @@ proptest! {
                     let y = poisoned(s, to, &[m, n]);
                     dispatch::linear(s, &y, &da, &db, None).unwrap();
                     assert_close(&format!("{v} cublas bf16 -> {to}"), &down(s, &y), &rounded(want.data(), to), if to == DType::F32 { 1e-4 } else { 1e-2 });
+                }
+            }
+        });
+    }
+
+    /// MLA's per-head products as one batched launch: a_z is head z's slice of interleaved
+    /// [M, heads·lda_part] rows, b_z a contiguous [N, K] block, c_z a slice of [M, heads·ldc_part].
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn gemm_batched_strided_heads(seed: u64, m in 1usize..70, n in 1usize..140, k in 1usize..150, heads in 1usize..6, pad in 0usize..9) {
+        let mut r = rng(seed);
+        let (a_part, c_part) = (k + pad, n + 2 * pad);
+        let a = rand_vec(&mut r, m * heads * a_part, 1.0);
+        let b = rand_vec(&mut r, heads * n * k, 1.0);
+        on_each(|s, v| {
+            for (ta, tb, to) in [(DType::F32, DType::F32, DType::F32), (DType::F32, DType::Bf16, DType::F32), (DType::Bf16, DType::Bf16, DType::Bf16)] {
+                let (ar, br) = (rounded(&a, ta), rounded(&b, tb));
+                let da = up(s, &[m, heads * a_part], &a, ta);
+                let db = up(s, &[heads, n, k], &b, tb);
+                let c = poisoned(s, to, &[m, heads * c_part]);
+                dispatch::gemm_batched(
+                    s,
+                    Batched { view: Strided::at(&c, pad, heads * c_part), batch_stride: c_part },
+                    Batched { view: Strided::at(&da, pad, heads * a_part), batch_stride: a_part },
+                    Batched { view: Strided::rows(&db), batch_stride: n * k },
+                    m, n, k - pad.min(k - 1), heads,
+                ).unwrap();
+                let kk = k - pad.min(k - 1);
+                let got = down(s, &c);
+                for z in 0..heads {
+                    let az: Vec<f32> = (0..m).flat_map(|i| ar[i * heads * a_part + z * a_part + pad..][..kk].to_vec()).collect();
+                    let bz: Vec<f32> = (0..n).flat_map(|j| br[(z * n + j) * k..][..kk].to_vec()).collect();
+                    let want = ops::linear::linear(&Tensor::new(vec![m, kk], az).unwrap(), &Tensor::new(vec![n, kk], bz).unwrap());
+                    let gz: Vec<f32> = (0..m).flat_map(|i| got[i * heads * c_part + z * c_part + pad..][..n].to_vec()).collect();
+                    assert_close(&format!("{v} batched {ta}·{tb}->{to} head {z}"), &gz, &rounded(want.data(), to), tol(to));
                 }
             }
         });

@@ -297,7 +297,68 @@ pub fn gemm_kernel(s: &dyn GpuStream, c: &DeviceTensor, a: &DeviceTensor, b: &De
         s,
         &format!("gemm_nt_{}_{}_{}", a.dtype(), b.dtype(), c.dtype()),
         LaunchCfg::new((u32_of(n.div_ceil(64).max(1), "n")?, u32_of(m.div_ceil(64).max(1), "m")?, 1), (256, 1, 1), 0),
-        &[KArg::Out(c), KArg::In(a), KArg::In(b), scale, KArg::U32(m as u32), KArg::U32(n as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(n as u32), KArg::F32(alpha), KArg::F32(beta)],
+        &[KArg::Out(c), KArg::In(a), KArg::In(b), scale, KArg::U32(m as u32), KArg::U32(n as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(k as u32), KArg::U32(n as u32), KArg::U64(0), KArg::U64(0), KArg::U64(0), KArg::F32(alpha), KArg::F32(beta)],
+    )
+}
+
+/// One operand of [`gemm_batched`]: matrix z of the batch starts at element
+/// `view.offset + z · batch_stride`, its rows `view.stride` apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Batched<'a> {
+    pub view: Strided<'a>,
+    pub batch_stride: usize,
+}
+
+impl Batched<'_> {
+    fn check(&self, batch: usize, rows: usize, cols: usize, what: &str) -> Result<()> {
+        let v = &self.view;
+        let last = v.offset + (batch - 1) * self.batch_stride + (rows - 1) * v.stride + cols;
+        if cols > v.stride || last > v.t.numel() {
+            return Err(bad(format!(
+                "gemm_batched: {what} (offset {}, row stride {}, batch stride {}) of {:?} cannot hold {batch} × {rows}×{cols}",
+                v.offset,
+                v.stride,
+                self.batch_stride,
+                v.t.shape()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `batch` products c_z[M, N] = a_z[M, K] · b_z[N, K]ᵀ in one launch of the generated GEMM (MLA's
+/// per-head W_uk / W_uv products over strided views of the activations). b is f32 or bf16.
+pub fn gemm_batched(s: &dyn GpuStream, c: Batched, a: Batched, b: Batched, m: usize, n: usize, k: usize, batch: usize) -> Result<()> {
+    if m * n * batch == 0 {
+        return Ok(());
+    }
+    if matches!(b.view.t.dtype(), DType::E4m3fn | DType::E4m3fnuz) {
+        return Err(bad("gemm_batched: float8 b is not batched (its block scales have no batch stride)".into()));
+    }
+    c.check(batch, m, n, "c")?;
+    a.check(batch, m, k.max(1), "a")?;
+    b.check(batch, n, k.max(1), "b")?;
+    launch_by_name(
+        s,
+        &format!("gemm_nt_{}_{}_{}", a.view.t.dtype(), b.view.t.dtype(), c.view.t.dtype()),
+        LaunchCfg::new((u32_of(n.div_ceil(64), "n")?, u32_of(m.div_ceil(64), "m")?, u32_of(batch, "batch")?), (256, 1, 1), 0),
+        &[
+            KArg::OutAt(c.view.t, c.view.offset),
+            KArg::InAt(a.view.t, a.view.offset),
+            KArg::InAt(b.view.t, b.view.offset),
+            KArg::Null,
+            KArg::U32(u32_of(m, "m")?),
+            KArg::U32(u32_of(n, "n")?),
+            KArg::U32(u32_of(k, "k")?),
+            KArg::U32(u32_of(a.view.stride, "lda")?),
+            KArg::U32(u32_of(b.view.stride, "ldb")?),
+            KArg::U32(u32_of(c.view.stride, "ldc")?),
+            KArg::U64(a.batch_stride as u64),
+            KArg::U64(b.batch_stride as u64),
+            KArg::U64(c.batch_stride as u64),
+            KArg::F32(1.0),
+            KArg::F32(0.0),
+        ],
     )
 }
 

@@ -4,7 +4,7 @@
 use super::step::StepTensors;
 use super::weights::{Layer, QProj};
 use super::{GpuModel, PagePool};
-use crate::backend::dispatch::{self, PagedCache, RopeLayout, Strided};
+use crate::backend::dispatch::{self, Batched, PagedCache, RopeLayout, Strided};
 use crate::backend::DeviceTensor;
 use crate::error::Result;
 
@@ -49,21 +49,25 @@ impl GpuModel {
         dispatch::paged_kv_write(self.s(), paged, kv, &step.seq, &step.pos)
     }
 
-    /// Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head, then q_pe (already rotated).
+    /// Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head (one batched GEMM over the
+    /// heads), then q_pe (already rotated).
     pub(super) fn absorb_q(&self, layer: &Layer, q: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
         let (heads, nope, rope, lora) = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let (qk, latent) = (nope + rope, lora + rope);
         let q_abs = self.empty(&[t, heads, latent])?;
-        let q_nope = self.empty(&[t, nope])?;
-        let q_lat = self.empty(&[t, lora])?;
-        for h in 0..heads {
-            dispatch::copy_2d(s, Strided::rows(&q_nope), Strided::at(q, h * qk, heads * qk), t, nope)?;
-            dispatch::linear(s, &q_lat, &q_nope, &layer.w_uk_t[h], None)?;
-            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent, heads * latent), Strided::rows(&q_lat), t, lora)?;
-            dispatch::copy_2d(s, Strided::at(&q_abs, h * latent + lora, heads * latent), Strided::at(q, h * qk + nope, heads * qk), t, rope)?;
-        }
+        dispatch::gemm_batched(
+            s,
+            Batched { view: Strided::at(&q_abs, 0, heads * latent), batch_stride: latent },
+            Batched { view: Strided::at(q, 0, heads * qk), batch_stride: qk },
+            Batched { view: Strided::rows(&layer.w_uk_t), batch_stride: lora * nope },
+            t,
+            lora,
+            nope,
+            heads,
+        )?;
+        dispatch::copy_2d(s, Strided::at(&q_abs, lora, latent), Strided::at(q, nope, qk), t * heads, rope)?;
         Ok(q_abs)
     }
 
@@ -76,20 +80,21 @@ impl GpuModel {
         Ok(o_lat)
     }
 
-    /// o = o_lat · W_uvᵀ per head, gathered into [T, H·v] for o_proj.
+    /// o = o_lat · W_uvᵀ per head (one batched GEMM over the heads), as [T, H·v] for o_proj.
     pub(super) fn unabsorb_o(&self, layer: &Layer, o_lat: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
-        let s = self.s();
         let c = &self.cfg;
         let (heads, v, lora) = (c.num_attention_heads, c.v_head_dim, c.kv_lora_rank);
         let o_cat = self.empty(&[t, heads * v])?;
-        let o_lat_h = self.empty(&[t, lora])?;
-        let o_h = self.empty(&[t, v])?;
-        for h in 0..heads {
-            dispatch::copy_2d(s, Strided::rows(&o_lat_h), Strided::at(o_lat, h * lora, heads * lora), t, lora)?;
-            dispatch::linear(s, &o_h, &o_lat_h, &layer.w_uv[h], None)?;
-            dispatch::copy_2d(s, Strided::at(&o_cat, h * v, heads * v), Strided::rows(&o_h), t, v)?;
-        }
-        Ok(o_cat)
+        dispatch::gemm_batched(
+            self.s(),
+            Batched { view: Strided::at(&o_cat, 0, heads * v), batch_stride: v },
+            Batched { view: Strided::at(o_lat, 0, heads * lora), batch_stride: lora },
+            Batched { view: Strided::rows(&layer.w_uv), batch_stride: v * lora },
+            t,
+            v,
+            lora,
+            heads,
+        )
+        .map(|()| o_cat)
     }
-
 }

@@ -54,10 +54,10 @@ pub(super) struct Layer {
     pub(super) q: QProj,
     pub(super) kv_a: Linear,
     pub(super) kv_a_norm: DeviceTensor,
-    /// Per head W_ukᵀ [kv_lora, nope]: q_lat = q_nope · W_uk as a linear layer.
-    pub(super) w_uk_t: Vec<DeviceTensor>,
-    /// Per head W_uv [v, kv_lora].
-    pub(super) w_uv: Vec<DeviceTensor>,
+    /// W_ukᵀ of every head [H, kv_lora, nope]: q_lat = q_nope · W_uk as a linear layer per head.
+    pub(super) w_uk_t: DeviceTensor,
+    /// W_uv of every head [H, v, kv_lora].
+    pub(super) w_uv: DeviceTensor,
     pub(super) o: Linear,
     pub(super) ffn: Ffn,
 }
@@ -145,20 +145,17 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
     };
     // W_uk and W_uv per head, from kv_b_proj [H·(nope + v), kv_lora] (dequantized on the host).
     let kv_b = ckpt.load_f32(&format!("{p}.self_attn.kv_b_proj.weight"), &[heads * (nope + v), lora])?;
-    let (mut w_uk_t, mut w_uv) = (Vec::with_capacity(heads), Vec::with_capacity(heads));
+    let (mut w_uk_t, mut w_uv) = (Vec::with_capacity(heads * lora * nope), Vec::with_capacity(heads * v * lora));
     for hd in 0..heads {
         let base = hd * (nope + v) * lora;
         let uk = &kv_b.data()[base..base + nope * lora];
-        let mut uk_t = vec![0f32; lora * nope];
-        for r in 0..nope {
-            for col in 0..lora {
-                uk_t[col * nope + r] = uk[r * lora + col];
-            }
+        for col in 0..lora {
+            w_uk_t.extend((0..nope).map(|r| uk[r * lora + col]));
         }
-        w_uk_t.push(DeviceTensor::from_f32(s, &[lora, nope], &uk_t, DevDType::F32)?);
-        let uv = &kv_b.data()[base + nope * lora..base + (nope + v) * lora];
-        w_uv.push(DeviceTensor::from_f32(s, &[v, lora], uv, DevDType::F32)?);
+        w_uv.extend_from_slice(&kv_b.data()[base + nope * lora..base + (nope + v) * lora]);
     }
+    let w_uk_t = DeviceTensor::from_f32(s, &[heads, lora, nope], &w_uk_t, DevDType::F32)?;
+    let w_uv = DeviceTensor::from_f32(s, &[heads, v, lora], &w_uv, DevDType::F32)?;
     let ffn = if cfg.is_moe_layer(i) {
         let e = cfg.n_routed_experts;
         let inter = cfg.moe_intermediate_size;
