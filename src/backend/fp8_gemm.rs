@@ -182,6 +182,8 @@ pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
 pub struct Fp8Workspace {
     ws: Option<DeviceTensor>,
     counters: Option<DeviceTensor>,
+    /// Buffers replaced by bigger ones: kept, because a captured graph may still address them.
+    retired: Vec<DeviceTensor>,
 }
 
 impl Fp8Workspace {
@@ -193,12 +195,12 @@ impl Fp8Workspace {
         if self.ws.as_ref().map(|t| t.numel() < ws_elems).unwrap_or(true) {
             let t = DeviceTensor::empty(s, DType::F32, &[ws_elems.max(1)])?;
             unsafe { s.memset_u8(t.raw(), 0, t.bytes())? };
-            self.ws = Some(t);
+            self.retired.extend(self.ws.replace(t));
         }
         if self.counters.as_ref().map(|t| t.numel() < counter_elems).unwrap_or(true) {
             let t = DeviceTensor::empty(s, DType::U32, &[counter_elems.max(1)])?;
             unsafe { s.memset_u8(t.raw(), 0, t.bytes())? };
-            self.counters = Some(t);
+            self.retired.extend(self.counters.replace(t));
         }
         Ok((self.ws.as_ref().unwrap().raw(), self.counters.as_ref().unwrap().raw()))
     }
@@ -411,6 +413,8 @@ pub struct FusedMoeWorkspace {
     /// Forces the grouped GEMMs' tile (benchmarks); `None`: chosen by size.
     pub force_tile: Option<Fp8Tile>,
     bufs: Vec<Option<DeviceTensor>>,
+    /// Buffers replaced by bigger ones: kept, because a captured graph may still address them.
+    retired: Vec<DeviceTensor>,
 }
 
 impl FusedMoeWorkspace {
@@ -423,7 +427,8 @@ impl FusedMoeWorkspace {
         }
         let fits = self.bufs[slot].as_ref().map(|t| t.dtype() == dtype && t.numel() >= n).unwrap_or(false);
         if !fits {
-            self.bufs[slot] = Some(DeviceTensor::empty(s, dtype, &[n.max(1)])?);
+            let fresh = DeviceTensor::empty(s, dtype, &[n.max(1)])?;
+            self.retired.extend(self.bufs[slot].replace(fresh));
         }
         Ok(self.bufs[slot].as_ref().unwrap().raw())
     }

@@ -300,10 +300,7 @@ pub mod cuda_util {
 
     /// Multiprocessors of the stream's device.
     pub fn sm_count(s: &CudaStream) -> Result<usize> {
-        s.context()
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map(|n| n as usize)
-            .map_err(|x| e("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)", x))
+        crate::backend::GpuStream::sm_count(s)
     }
 
     /// A pair of events on the stream: `start()`, enqueue work, `stop_ms()` (waits for the work).

@@ -51,6 +51,10 @@ pub trait GpuStream: Launcher {
     fn end_capture(&self) -> Result<Box<dyn StreamGraph>> {
         Err(super::backend_err("gpu", "this stream cannot capture graphs"))
     }
+    /// Multiprocessors (CUDA SMs, AMD CUs) of the device: sizes split-K and split-KV grids.
+    fn sm_count(&self) -> Result<usize> {
+        Err(super::backend_err("gpu", "this stream cannot report its multiprocessor count"))
+    }
     /// Whether a vendor BLAS (cuBLAS) backs [`GpuStream::blas_gemm_bf16`].
     fn has_blas(&self) -> bool {
         false

@@ -317,6 +317,12 @@ impl GpuStream for CudaStream {
         }
         Ok(Box::new(CudaGraph { ctx: self.ctx.clone(), stream: self.stream, graph, exec }))
     }
+    fn sm_count(&self) -> Result<usize> {
+        self.ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map(|n| n as usize)
+            .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT): {e:?}")))
+    }
     fn has_blas(&self) -> bool {
         unsafe { cudarc::cublas::sys::is_culib_present() }
     }

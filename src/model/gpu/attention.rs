@@ -5,7 +5,8 @@ use super::step::StepTensors;
 use super::weights::{Layer, QProj};
 use super::{GpuModel, PagePool};
 use crate::backend::dispatch::{self, Batched, PagedCache, RopeLayout, Strided};
-use crate::backend::DeviceTensor;
+use crate::backend::mla::mla_decode;
+use crate::backend::{DType as DevDType, DeviceTensor};
 use crate::error::Result;
 
 impl GpuModel {
@@ -71,10 +72,19 @@ impl GpuModel {
         Ok(q_abs)
     }
 
-    /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal.
+    /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal: the
+    /// split-KV MLA decode kernel where the step planned it, the paged attention kernel otherwise.
     pub(super) fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
         let c = &self.cfg;
         let (t, heads) = (q_abs.shape()[0], c.num_attention_heads);
+        if let Some(meta) = &step.mla_decode {
+            let q = self.empty_as(DevDType::Bf16, &[t, 1, heads, c.kv_lora_rank + c.qk_rope_head_dim])?;
+            dispatch::cast(self.s(), &q, q_abs)?;
+            let o_lat = self.empty(&[t, 1, heads, c.kv_lora_rank])?;
+            let lse = self.empty(&[t, 1, heads])?;
+            mla_decode(self.s(), &o_lat, &lse, &q, paged.cache, paged.block_table, paged.seq_lens, meta, c.softmax_scale())?;
+            return Ok(o_lat);
+        }
         let o_lat = self.empty(&[t, heads, c.kv_lora_rank])?;
         dispatch::mla_paged_attention(self.s(), &o_lat, q_abs, paged, &step.seq, &step.pos, c.kv_lora_rank, c.softmax_scale())?;
         Ok(o_lat)

@@ -1,16 +1,37 @@
 //! Linear layers, the dense MLP and the routed MoE.
 
-use super::weights::{Linear, Mlp, Moe};
+use std::sync::{Mutex, MutexGuard};
+
+use super::weights::{Experts, Linear, Mlp, Moe};
 use super::GpuModel;
 use crate::backend::dispatch::{self, Strided};
+use crate::backend::fp8_gemm::{fp8_gemm_ws, fused_moe, MoeFp8Weights};
 use crate::backend::{DType as DevDType, DeviceTensor};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::ops::fp8::ACT_AMAX_EPS;
 
 impl GpuModel {
+    /// y [rows, N] f32 = x [rows, K] f32 · Wᵀ. With [`super::GpuOptions::fp8_kernels`], float8
+    /// weights run the FP8 tensor-core GEMM on x quantized per token and 128-channel group, and
+    /// bf16 weights the vendor BLAS on x in bf16; otherwise the simple GEMM on f32 x.
     pub(super) fn linear(&self, x: &DeviceTensor, w: &Linear) -> Result<DeviceTensor> {
-        let rows = x.numel() / x.shape().last().copied().unwrap_or(1);
+        let s = self.s();
+        let (rows, k) = (x.numel() / x.shape().last().copied().unwrap_or(1), x.shape().last().copied().unwrap_or(1));
         let y = self.empty(&[rows, w.n])?;
-        dispatch::linear(self.s(), &y, x, &w.w, w.scale.as_ref())?;
+        match (&w.scale, w.w.dtype()) {
+            (Some(scale), DevDType::E4m3fn) if self.opts.fp8_kernels && k % 16 == 0 => {
+                let q = self.empty_as(DevDType::E4m3fn, &[rows, k])?;
+                let q_scales = self.empty(&[rows, k.div_ceil(128)])?;
+                dispatch::fp8_quant_group128(s, &q, &q_scales, x, ACT_AMAX_EPS)?;
+                let yb = self.empty_as(DevDType::Bf16, &[rows, w.n])?;
+                fp8_gemm_ws(s, &mut *lock(&self.fp8_ws)?, &yb, &q, &q_scales, &w.w, scale)?;
+                dispatch::cast(s, &y, &yb)?;
+            }
+            (None, DevDType::Bf16) if self.opts.fp8_kernels && s.has_blas() => {
+                dispatch::linear(s, &y, &self.cast_to(x, DevDType::Bf16)?, &w.w, None)?;
+            }
+            _ => dispatch::linear(s, &y, x, &w.w, w.scale.as_ref())?,
+        }
         Ok(y)
     }
 
@@ -40,6 +61,18 @@ impl GpuModel {
         let ids = DeviceTensor::empty(s, DevDType::I32, &[t, k])?;
         let weights = self.empty(&[t, k])?;
         dispatch::route_noaux_tc(s, &ids, &weights, &logits, &m.bias, m.params)?;
+        let out = match &m.shared {
+            Some(shared) => self.mlp(x, shared)?,
+            None => {
+                let z = self.empty(&[t, self.cfg.hidden_size])?;
+                unsafe { s.memset_u8(z.raw(), 0, z.bytes())? };
+                z
+            }
+        };
+        let (gate, up, down) = match &m.experts {
+            Experts::Split { gate, up, down } => (gate, up, down),
+            Experts::Fused { w13, down } => return self.fused_moe(x, &out, &ids, &weights, w13, down),
+        };
         let offsets = DeviceTensor::empty(s, DevDType::I32, &[m.n_experts + 1])?;
         let sorted_pairs = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
         let pair_to_row = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
@@ -51,21 +84,30 @@ impl GpuModel {
             dispatch::moe_gemm(s, &c, a, &w.w, w.scale.as_ref(), &offsets)?;
             Ok(c)
         };
-        let gate = grouped(&rows, &m.gate)?;
-        let up = grouped(&rows, &m.up)?;
+        let gate = grouped(&rows, gate)?;
+        let up = grouped(&rows, up)?;
         debug_assert_eq!(gate.shape()[1], m.inter);
         let h = self.silu_mul(&gate, &up)?;
-        let y = grouped(&h, &m.down)?;
-        let out = match &m.shared {
-            Some(shared) => self.mlp(x, shared)?,
-            None => {
-                let z = self.empty(&[t, self.cfg.hidden_size])?;
-                unsafe { s.memset_u8(z.raw(), 0, z.bytes())? };
-                z
-            }
-        };
+        let y = grouped(&h, down)?;
         dispatch::moe_combine(s, &out, &y, &weights, &pair_to_row, k, 1.0)?;
         Ok(out)
     }
 
+    /// The routed experts through the fused FP8 MoE, added to `shared` (the shared experts'
+    /// output, or zeros): bf16 in and out around it.
+    fn fused_moe(&self, x: &DeviceTensor, shared: &DeviceTensor, ids: &DeviceTensor, weights: &DeviceTensor, w13: &Linear, down: &Linear) -> Result<DeviceTensor> {
+        let s = self.s();
+        let (Some(w13_scale), Some(w2_scale)) = (&w13.scale, &down.scale) else {
+            return Err(Error::InvalidArgument("fused MoE: float8 experts without block scales".into()));
+        };
+        let w = MoeFp8Weights { w13: &w13.w, w13_scale, w2: &down.w, w2_scale };
+        let out = self.cast_to(shared, DevDType::Bf16)?;
+        fused_moe(s, &mut *lock(&self.moe_ws)?, &out, &self.cast_to(x, DevDType::Bf16)?, ids, weights, &w, 1.0)?;
+        self.cast_to(&out, DevDType::F32)
+    }
+}
+
+/// A workspace of the model's stream (one forward at a time uses it).
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock().map_err(|_| Error::InvalidArgument("a forward on this model panicked while holding its GEMM workspace".into()))
 }

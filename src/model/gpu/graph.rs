@@ -22,7 +22,7 @@ impl GpuModel {
         let pad_table = [pad_page];
         let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
         let (packed, layout) = pack_step(self, pool, &seqs, Some(max_pages))?;
-        let inputs = StepTensors::alloc(s, &layout)?;
+        let inputs = StepTensors::alloc(s, &layout, self.mla_decode_plan(pool, &layout))?;
         inputs.upload(s, &packed)?;
         drop(self.run(pool, &inputs)?);
         s.synchronize()?;

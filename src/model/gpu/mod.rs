@@ -16,6 +16,7 @@
 //! `kv_write`, `mla_attend`, `unabsorb_o`) so that faster kernels can be plugged in one place.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 mod attention;
 mod ffn;
@@ -30,21 +31,54 @@ pub use step::{BatchSeq, LogitRows};
 
 use crate::backend::dispatch;
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, GpuStream};
-use crate::error::Result;
+use crate::backend::fp8_gemm::{Fp8Workspace, FusedMoeWorkspace};
+use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType};
 use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
 use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
-use step::{pack_step, split_rows, StepTensors};
+use crate::backend::mla::{self, MlaDecodePlan};
+use step::{pack_step, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, upload_f32, Ffn, Layer, Linear};
 
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
 
+/// How the forward computes. [`GpuOptions::reference`] matches the CPU reference to f32
+/// rounding; [`GpuOptions::fast`] is DeepSeek's inference recipe on the fast kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Element type of the latent cache: f32, or bf16 (which the MLA decode kernels read).
+    pub kv_cache: DevDType,
+    /// float8 weights through the FP8 tensor-core GEMMs and the fused MoE, activations quantized
+    /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS.
+    /// Off: the simple GEMM on f32 activations and the float8 weights' exact values.
+    pub fp8_kernels: bool,
+}
+
+impl GpuOptions {
+    pub fn reference() -> Self {
+        GpuOptions { kv_cache: DevDType::F32, fp8_kernels: false }
+    }
+    pub fn fast() -> Self {
+        GpuOptions { kv_cache: DevDType::Bf16, fp8_kernels: true }
+    }
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        Self::reference()
+    }
+}
+
 pub struct GpuModel {
     cfg: ModelConfig,
+    opts: GpuOptions,
     stream: Box<dyn GpuStream>,
+    /// Split-K scratch of the FP8 GEMMs and the fused MoE on this model's stream.
+    fp8_ws: Mutex<Fp8Workspace>,
+    moe_ws: Mutex<FusedMoeWorkspace>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
@@ -61,8 +95,17 @@ pub struct GpuModel {
 unsafe impl Send for GpuModel {}
 
 impl GpuModel {
-    /// Loads config.json and the checkpoint in `dir` onto `device` (`cuda:N` or `hip:N`).
+    /// Loads config.json and the checkpoint in `dir` onto `device` (`cuda:N` or `hip:N`) with
+    /// the reference options.
     pub fn load(dir: &Path, device: Device) -> Result<GpuModel> {
+        Self::load_with(dir, device, GpuOptions::reference())
+    }
+
+    /// Loads `dir` onto `device` to compute as `opts` says.
+    pub fn load_with(dir: &Path, device: Device, opts: GpuOptions) -> Result<GpuModel> {
+        if !matches!(opts.kv_cache, DevDType::F32 | DevDType::Bf16) {
+            return Err(Error::InvalidArgument(format!("latent cache of {}: f32 or bf16", opts.kv_cache)));
+        }
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
         ckpt.check_against(&cfg)?;
@@ -74,7 +117,7 @@ impl GpuModel {
             Some(DType::BF16) => load_linear(s, &ckpt, &[embed_name.to_string()], cfg.vocab_size, h)?.w,
             _ => upload_f32(s, &ckpt.load_f32(embed_name, &[cfg.vocab_size, h])?)?,
         };
-        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, &opts, i)).collect::<Result<Vec<_>>>()?;
         let norm = upload_f32(s, &ckpt.load_f32("model.norm.weight", &[h])?)?;
         let lm_name = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") { embed_name } else { "lm_head.weight" };
         let lm_head = load_linear(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h)?;
@@ -91,7 +134,20 @@ impl GpuModel {
         let cos = DeviceTensor::from_f32(s, &[max_positions, half], &cos, DevDType::F32)?;
         let sin = DeviceTensor::from_f32(s, &[max_positions, half], &sin, DevDType::F32)?;
         s.synchronize()?;
-        Ok(GpuModel { cfg, embed, layers, norm, lm_head, cos, sin, max_positions, stream })
+        Ok(GpuModel {
+            cfg,
+            opts,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            max_positions,
+            stream,
+            fp8_ws: Mutex::new(Fp8Workspace::new()),
+            moe_ws: Mutex::new(FusedMoeWorkspace::new()),
+        })
     }
 
     fn s(&self) -> &dyn GpuStream {
@@ -100,6 +156,22 @@ impl GpuModel {
 
     fn empty(&self, shape: &[usize]) -> Result<DeviceTensor> {
         DeviceTensor::empty(self.s(), DevDType::F32, shape)
+    }
+
+    fn empty_as(&self, dtype: DevDType, shape: &[usize]) -> Result<DeviceTensor> {
+        DeviceTensor::empty(self.s(), dtype, shape)
+    }
+
+    /// `x` converted to `dtype` (a new tensor of the same shape).
+    fn cast_to(&self, x: &DeviceTensor, dtype: DevDType) -> Result<DeviceTensor> {
+        let y = self.empty_as(dtype, x.shape())?;
+        dispatch::cast(self.s(), &y, x)?;
+        Ok(y)
+    }
+
+    /// How this model computes.
+    pub fn options(&self) -> GpuOptions {
+        self.opts
     }
 
     /// The model's configuration.
@@ -146,7 +218,7 @@ impl GpuModel {
     /// [rows, vocab]; empty for [`LogitRows::None`]). One host synchronization: the logits copy.
     pub fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
         let (packed, layout) = pack_step(self, pool, seqs, None)?;
-        let step = StepTensors::alloc(self.s(), &layout)?;
+        let step = StepTensors::alloc(self.s(), &layout, self.mla_decode_plan(pool, &layout))?;
         step.upload(self.s(), &packed)?;
         let logits = self.run(pool, &step)?;
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
@@ -156,6 +228,23 @@ impl GpuModel {
         }
     }
 
+    /// The MLA decode kernel's plan for a step of `layout` over `pool`, when the step runs it:
+    /// every sequence decodes one token, over a bf16 cache of 64-position pages, with DeepSeek's
+    /// 512 + 64 latent (the kernel's fixed widths). Other steps take the paged attention kernel.
+    fn mla_decode_plan(&self, pool: &PagePool, layout: &StepLayout) -> Option<MlaDecodePlan> {
+        let c = &self.cfg;
+        let fits = self.opts.kv_cache == DevDType::Bf16
+            && pool.page_size == mla::PAGE
+            && c.kv_lora_rank == mla::DV
+            && c.kv_lora_rank + c.qk_rope_head_dim == mla::DK
+            && layout.tokens == layout.seqs;
+        if !fits {
+            return None;
+        }
+        let sms = self.s().sm_count().ok()?;
+        MlaDecodePlan::new(layout.seqs, 1, c.num_attention_heads, sms).ok()
+    }
+
     /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits
     /// [R, vocab] of the rows asked for (`None` when none is), without synchronizing (so that
     /// it can be captured in a graph).
@@ -163,6 +252,9 @@ impl GpuModel {
         let s = self.s();
         let c = &self.cfg;
         let t = step.tokens;
+        if let Some(meta) = &step.mla_decode {
+            mla::mla_decode_metadata(s, meta, &step.seq_lens)?;
+        }
         let x = self.empty(&[t, c.hidden_size])?;
         dispatch::embedding(s, &x, &self.embed, &step.ids)?;
         let normed = self.empty(&[t, c.hidden_size])?;

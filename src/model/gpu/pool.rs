@@ -2,10 +2,11 @@
 //! of the [`crate::model::generate::CausalLm`] path.
 
 use super::{GpuModel, PAGE_SIZE};
-use crate::backend::{DType as DevDType, DeviceTensor};
+use crate::backend::DeviceTensor;
 use crate::error::{Error, Result};
 
-/// A paged latent pool: per layer [num_pages, page_size, kv_lora + rope] f32 on the device.
+/// A paged latent pool: per layer [num_pages, page_size, kv_lora + rope] on the device, f32 or
+/// bf16 ([`super::GpuOptions::kv_cache`]).
 /// Sequences address it through block tables of page ids.
 pub struct PagePool {
     pub(super) layers: Vec<DeviceTensor>,
@@ -52,7 +53,7 @@ impl GpuModel {
         let s = self.s();
         let width = self.latent_width();
         let layers = (0..self.cfg.num_hidden_layers)
-            .map(|_| DeviceTensor::poisoned(s, DevDType::F32, &[num_pages, page_size, width]))
+            .map(|_| DeviceTensor::poisoned(s, self.opts.kv_cache, &[num_pages, page_size, width]))
             .collect::<Result<Vec<_>>>()?;
         Ok(PagePool { layers, page_size, num_pages })
     }

@@ -2,6 +2,7 @@
 //! model and the pool, and the index tensors the kernels read ([`StepTensors`]).
 
 use super::{GpuModel, PagePool};
+use crate::backend::mla::{MlaDecodeMeta, MlaDecodePlan};
 use crate::backend::{DType as DevDType, DeviceTensor, GpuStream};
 use crate::error::{Error, Result};
 
@@ -152,10 +153,13 @@ pub(super) struct StepTensors {
     pub(super) block_table: DeviceTensor,
     /// [R] u32 token rows whose logits are wanted; `None` when all are.
     pub(super) logit_rows: Option<DeviceTensor>,
+    /// Split-KV schedule of the MLA decode kernel, when the step runs it (every sequence decodes
+    /// one token over a bf16 cache): computed on the device once per step, read by every layer.
+    pub(super) mla_decode: Option<MlaDecodeMeta>,
 }
 
 impl StepTensors {
-    pub(super) fn alloc(s: &dyn GpuStream, l: &StepLayout) -> Result<Self> {
+    pub(super) fn alloc(s: &dyn GpuStream, l: &StepLayout, mla_decode: Option<MlaDecodePlan>) -> Result<Self> {
         let e = |dtype: DevDType, shape: &[usize]| DeviceTensor::empty(s, dtype, shape);
         Ok(StepTensors {
             tokens: l.tokens,
@@ -166,6 +170,7 @@ impl StepTensors {
             seq_lens: e(DevDType::I32, &[l.seqs])?,
             block_table: e(DevDType::I32, &[l.seqs, l.max_pages])?,
             logit_rows: if l.gather { Some(e(DevDType::U32, &[l.rows])?) } else { None },
+            mla_decode: mla_decode.map(|plan| MlaDecodeMeta::new(s, plan)).transpose()?,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The model's weights on the device, in the form the kernels read them, and their loading from
 //! a checkpoint.
 
+use super::GpuOptions;
 use crate::backend::dispatch::RouteParams;
 use crate::backend::{DType as DevDType, DeviceTensor, Fp8E4m3fn, GpuStream};
 use crate::error::{Error, Result};
@@ -26,14 +27,20 @@ pub(super) struct Mlp {
 pub(super) struct Moe {
     pub(super) router: Linear,
     pub(super) bias: DeviceTensor,
-    /// Expert weights stacked along a leading expert dimension: [E, N, K].
-    pub(super) gate: Linear,
-    pub(super) up: Linear,
-    pub(super) down: Linear,
+    pub(super) experts: Experts,
     pub(super) shared: Option<Mlp>,
     pub(super) params: RouteParams,
     pub(super) n_experts: usize,
     pub(super) inter: usize,
+}
+
+/// Routed expert weights, stacked along a leading expert dimension.
+pub(super) enum Experts {
+    /// gate, up [E, I, H] and down [E, H, I]: the reference grouped GEMM.
+    Split { gate: Linear, up: Linear, down: Linear },
+    /// float8 concat(gate, up) of each expert [E, 2I, H] and down [E, H, I], I a multiple of 128
+    /// (gate and up then share no scale block): the fused FP8 MoE.
+    Fused { w13: Linear, down: Linear },
 }
 
 // One per layer, built once: the size difference between the variants does not matter.
@@ -128,7 +135,7 @@ pub(super) fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Re
     Ok(())
 }
 
-pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, i: usize) -> Result<Layer> {
+pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, opts: &GpuOptions, i: usize) -> Result<Layer> {
     let p = format!("model.layers.{i}");
     let h = cfg.hidden_size;
     let heads = cfg.num_attention_heads;
@@ -154,18 +161,37 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         }
         w_uv.extend_from_slice(&kv_b.data()[base + nope * lora..base + (nope + v) * lora]);
     }
-    let w_uk_t = DeviceTensor::from_f32(s, &[heads, lora, nope], &w_uk_t, DevDType::F32)?;
-    let w_uv = DeviceTensor::from_f32(s, &[heads, v, lora], &w_uv, DevDType::F32)?;
+    // bf16 next to a bf16 cache (whose attention rounds to bf16 anyway), f32 for the reference.
+    let absorb = opts.kv_cache;
+    let w_uk_t = DeviceTensor::from_f32(s, &[heads, lora, nope], &w_uk_t, absorb)?;
+    let w_uv = DeviceTensor::from_f32(s, &[heads, v, lora], &w_uv, absorb)?;
     let ffn = if cfg.is_moe_layer(i) {
         let e = cfg.n_routed_experts;
         let inter = cfg.moe_intermediate_size;
-        let experts = |proj: &str| -> Vec<String> { (0..e).map(|x| format!("{p}.mlp.experts.{x}.{proj}.weight")).collect() };
+        let name = |x: usize, proj: &str| format!("{p}.mlp.experts.{x}.{proj}.weight");
+        let experts = |proj: &str| -> Vec<String> { (0..e).map(|x| name(x, proj)).collect() };
+        let all_fp8 = (0..e).all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
+        let experts = if opts.fp8_kernels && all_fp8 && inter % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128)) {
+            // [gate_0, up_0, gate_1, ...] stacked as [2E, I, H] is [E, 2I, H] (scales likewise).
+            let gate_up: Vec<String> = (0..e).flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
+            let w13 = load_linear(s, ckpt, &gate_up, inter, h)?;
+            let w13 = Linear {
+                w: w13.w.reshape(&[e, 2 * inter, h])?,
+                scale: w13.scale.map(|sc| sc.reshape(&[e, 2 * inter / 128, h.div_ceil(128)])).transpose()?,
+                n: 2 * inter,
+            };
+            Experts::Fused { w13, down: load_linear(s, ckpt, &experts("down_proj"), h, inter)? }
+        } else {
+            Experts::Split {
+                gate: load_linear(s, ckpt, &experts("gate_proj"), inter, h)?,
+                up: load_linear(s, ckpt, &experts("up_proj"), inter, h)?,
+                down: load_linear(s, ckpt, &experts("down_proj"), h, inter)?,
+            }
+        };
         Ffn::Moe(Moe {
             router: load_linear_f32(s, ckpt, &format!("{p}.mlp.gate.weight"), e, h)?,
             bias: vec("mlp.gate.e_score_correction_bias", e)?,
-            gate: load_linear(s, ckpt, &experts("gate_proj"), inter, h)?,
-            up: load_linear(s, ckpt, &experts("up_proj"), inter, h)?,
-            down: load_linear(s, ckpt, &experts("down_proj"), h, inter)?,
+            experts,
             shared: match cfg.n_shared_experts {
                 0 => None,
                 n => Some(load_mlp(s, ckpt, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
