@@ -343,6 +343,29 @@ proptest! {
         });
     }
 
+    /// Random tensors made on the device equal the CPU mirror element by element (f32 exactly,
+    /// bf16 / e4m3fn after the same round-to-nearest-even conversion).
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn fill_uniform_matches_cpu_mirror(seed: u64, n in 1usize..5000, lo in -3.0f32..0.0, span in 0.0f32..440.0) {
+        let hi = lo + span;
+        let want: Vec<f32> = (0..n as u64).map(|i| ops::random::uniform(seed, i, lo, hi)).collect();
+        on_each(|s, v| {
+            for dt in [DType::F32, DType::Bf16] {
+                let t = poisoned(s, dt, &[n]);
+                dispatch::fill_uniform(s, &t, seed, lo, hi).unwrap();
+                let got = down(s, &t);
+                let exp = rounded(&want, dt);
+                assert!(got.iter().zip(&exp).all(|(a, b)| a.to_bits() == b.to_bits()), "{v} fill_uniform {dt}");
+            }
+            let t = DeviceTensor::empty(s, DType::E4m3fn, &[n]).unwrap();
+            dispatch::fill_uniform(s, &t, seed, lo, hi).unwrap();
+            let got: Vec<u8> = t.to_vec::<dsv3::backend::Fp8E4m3fn>(s).unwrap().into_iter().map(|c| c.0).collect();
+            let exp: Vec<u8> = want.iter().map(|&x| ops::fp8::f32_to_e4m3fn(x)).collect();
+            assert_eq!(got, exp, "{v} fill_uniform e4m3fn");
+        });
+    }
+
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn route_noaux_tc(seed: u64, tokens in 1usize..40, shape in prop::sample::select(vec![(16usize, 4usize, 2usize, 4usize), (64, 8, 4, 8), (256, 8, 4, 8), (32, 1, 1, 6)]), renorm: bool) {
@@ -719,7 +742,7 @@ fn every_registry_kernel_is_covered() {
                 "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_",
                 "fp8_quant_group128_", "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align",
                 "moe_gather_", "moe_gemm_", "moe_combine_", "mla_paged_attention_", "paged_kv_write_", "argmax_",
-                "sample_",
+                "sample_", "fill_uniform_",
             ],
         ),
         (

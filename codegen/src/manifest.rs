@@ -725,4 +725,19 @@ pub static FAMILIES: &[Family] = &[
             },
         ],
     },
+    Family {
+        name: "random",
+        source: "random.cuh",
+        doc: "Uniform random tensors made on the device (random-weight models for benchmarks).",
+        kernels: &[KernelSpec {
+            name: "fill_uniform_{T}",
+            template: "dsv3::fill_uniform<{T}>",
+            grid: &[Axis { name: "T", values: &["f32", "bf16", "e4m3fn"] }],
+            points: &[],
+            args: &[ptr_mut("out", "{T}"), scalar("n", "u64"), scalar("seed", "u64"), scalar("lo", "f32"), scalar("hi", "f32")],
+            max_threads: 1024,
+            archs: Archs::ALL,
+            doc: "Grid-stride over n: out[i] = lo + (hi - lo) * uniform01(seed, i).",
+        }],
+    },
 ];

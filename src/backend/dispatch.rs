@@ -373,6 +373,21 @@ pub fn linear(s: &dyn GpuStream, y: &DeviceTensor, x: &DeviceTensor, w: &DeviceT
     gemm_kernel(s, y, x, w, w_scale, 1.0, 0.0)
 }
 
+/// out[i] = lo + (hi - lo) · u(seed, i) rounded to out's type (f32, bf16 or float8 e4m3fn);
+/// `ops::random` is the CPU mirror.
+pub fn fill_uniform(s: &dyn GpuStream, out: &DeviceTensor, seed: u64, lo: f32, hi: f32) -> Result<()> {
+    let n = out.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    launch_by_name(
+        s,
+        &format!("fill_uniform_{}", out.dtype()),
+        LaunchCfg::linear(grid_stride_blocks(n), 256),
+        &[KArg::Out(out), KArg::U64(n as u64), KArg::U64(seed), KArg::F32(lo), KArg::F32(hi)],
+    )
+}
+
 /// Routing parameters of `route_noaux_tc`.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteParams {

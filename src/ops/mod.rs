@@ -8,6 +8,7 @@ pub mod fp8;
 pub mod linear;
 pub mod moe;
 pub mod norm;
+pub mod random;
 pub mod rope;
 pub mod routing;
 pub mod sampling;
