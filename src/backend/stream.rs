@@ -51,6 +51,11 @@ pub trait GpuStream: Launcher {
     fn end_capture(&self) -> Result<Box<dyn StreamGraph>> {
         Err(super::backend_err("gpu", "this stream cannot capture graphs"))
     }
+    /// Records a timing event on the stream (stream-ordered): the device time between two of
+    /// them is [`StreamEvent::ms_since`] (per-kernel breakdowns of a forward).
+    fn record_event(&self) -> Result<Box<dyn StreamEvent>> {
+        Err(super::backend_err("gpu", "this stream cannot record timing events"))
+    }
     /// Multiprocessors (CUDA SMs, AMD CUs) of the device: sizes split-K and split-KV grids.
     fn sm_count(&self) -> Result<usize> {
         Err(super::backend_err("gpu", "this stream cannot report its multiprocessor count"))
@@ -68,6 +73,15 @@ pub trait GpuStream: Launcher {
     unsafe fn blas_gemm_bf16(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize, _out_f32: bool) -> Result<()> {
         Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
     }
+}
+
+/// A timing event recorded on a stream.
+pub trait StreamEvent: Send {
+    /// Milliseconds of device time from `earlier` (recorded on the same stream) to this event;
+    /// waits until this event has happened.
+    fn ms_since(&self, earlier: &dyn StreamEvent) -> Result<f32>;
+    /// The vendor's event handle (what `ms_since` of the same backend reads).
+    fn handle(&self) -> usize;
 }
 
 /// An instantiated graph captured from a stream. It reads and writes the device addresses that

@@ -317,6 +317,13 @@ impl GpuStream for CudaStream {
         }
         Ok(Box::new(CudaGraph { ctx: self.ctx.clone(), stream: self.stream, graph, exec }))
     }
+    fn record_event(&self) -> Result<Box<dyn super::stream::StreamEvent>> {
+        self.bind()?;
+        let ev = cudarc::driver::result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| derr("cuEventCreate", e))?;
+        let event = CudaEvent { ev, ctx: self.ctx.clone() };
+        unsafe { cudarc::driver::result::event::record(ev, self.stream) }.map_err(|e| derr("cuEventRecord", e))?;
+        Ok(Box::new(event))
+    }
     fn sm_count(&self) -> Result<usize> {
         self.ctx
             .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -354,5 +361,34 @@ impl GpuStream for CudaStream {
             cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
         )
         .map_err(|e| backend_err(B, format!("cublasGemmEx bf16 [{t}x{k}]·[{n}x{k}]ᵀ: {e:?}")))
+    }
+}
+
+/// A CUDA timing event (destroyed with its context bound).
+struct CudaEvent {
+    ev: sys::CUevent,
+    ctx: Arc<CudaContext>,
+}
+
+// The handle is only used through the driver, which is thread-safe.
+unsafe impl Send for CudaEvent {}
+
+impl super::stream::StreamEvent for CudaEvent {
+    fn ms_since(&self, earlier: &dyn super::stream::StreamEvent) -> Result<f32> {
+        self.ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
+        unsafe { cudarc::driver::result::event::synchronize(self.ev) }.map_err(|e| derr("cuEventSynchronize", e))?;
+        unsafe { cudarc::driver::result::event::elapsed(earlier.handle() as sys::CUevent, self.ev) }.map_err(|e| derr("cuEventElapsedTime", e))
+    }
+    fn handle(&self) -> usize {
+        self.ev as usize
+    }
+}
+
+impl Drop for CudaEvent {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        unsafe {
+            let _ = cudarc::driver::result::event::destroy(self.ev);
+        }
     }
 }

@@ -61,6 +61,9 @@ impl GpuModel {
         let ids = DeviceTensor::empty(s, DevDType::I32, &[t, k])?;
         let weights = self.empty(&[t, k])?;
         dispatch::route_noaux_tc(s, &ids, &weights, &logits, &m.bias, m.params)?;
+        if let Some(probe) = lock(&self.routing_probe)?.as_mut() {
+            probe.push(ids.to_vec::<i32>(s)?);
+        }
         let out = match &m.shared {
             Some(shared) => self.mlp(x, shared)?,
             None => {

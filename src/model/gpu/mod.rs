@@ -22,10 +22,12 @@ mod attention;
 mod ffn;
 mod graph;
 mod pool;
+mod random;
 mod step;
 mod weights;
 
 pub use graph::DecodeGraph;
+pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
 pub use step::{BatchSeq, LogitRows};
 
@@ -40,7 +42,7 @@ use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaDecodePlan};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
-use weights::{load_layer, load_linear, upload_f32, Ffn, Layer, Linear};
+use weights::{load_layer, load_linear, upload_f32, Ffn, Layer, Linear, Weights};
 
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
@@ -79,6 +81,9 @@ pub struct GpuModel {
     /// Split-K scratch of the FP8 GEMMs and the fused MoE on this model's stream.
     fp8_ws: Mutex<Fp8Workspace>,
     moe_ws: Mutex<FusedMoeWorkspace>,
+    /// When set, every MoE layer of an eager forward appends its expert ids [T·top_k] here
+    /// (routing statistics; see `random::balance_routing`).
+    routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
@@ -121,6 +126,12 @@ impl GpuModel {
         let norm = upload_f32(s, &ckpt.load_f32("model.norm.weight", &[h])?)?;
         let lm_name = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") { embed_name } else { "lm_head.weight" };
         let lm_head = load_linear(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h)?;
+        Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head })
+    }
+
+    /// The model over weights already on `stream`'s device: adds the RoPE tables.
+    fn assemble(cfg: ModelConfig, opts: GpuOptions, stream: Box<dyn GpuStream>, w: Weights) -> Result<GpuModel> {
+        let s = stream.as_ref();
         // cos/sin tables for every position the cache can hold.
         let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let rope = YarnRope::new(&cfg);
@@ -137,16 +148,17 @@ impl GpuModel {
         Ok(GpuModel {
             cfg,
             opts,
-            embed,
-            layers,
-            norm,
-            lm_head,
+            embed: w.embed,
+            layers: w.layers,
+            norm: w.norm,
+            lm_head: w.lm_head,
             cos,
             sin,
             max_positions,
             stream,
             fp8_ws: Mutex::new(Fp8Workspace::new()),
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
+            routing_probe: Mutex::new(None),
         })
     }
 

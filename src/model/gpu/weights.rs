@@ -69,6 +69,14 @@ pub(super) struct Layer {
     pub(super) ffn: Ffn,
 }
 
+/// Every weight of a model, on its device.
+pub(super) struct Weights {
+    pub(super) embed: DeviceTensor,
+    pub(super) layers: Vec<Layer>,
+    pub(super) norm: DeviceTensor,
+    pub(super) lm_head: Linear,
+}
+
 pub(super) fn upload_f32(s: &dyn GpuStream, t: &Tensor) -> Result<DeviceTensor> {
     DeviceTensor::from_f32(s, t.shape(), t.data(), DevDType::F32)
 }
