@@ -492,7 +492,7 @@ fn a_corrupted_input_is_a_one_line_error_naming_it() {
 
     // A NaN code (0x7f) inside an fp8 weight: the error names the tensor.
     let (n, _) = safetensors::SafeTensors::read_metadata(&good).unwrap();
-    let meta = serde_json::to_value(&_meta_of(&good)).unwrap();
+    let meta = header_of(&good);
     let name = meta
         .as_object()
         .unwrap()
@@ -514,7 +514,7 @@ fn a_corrupted_input_is_a_one_line_error_naming_it() {
 }
 
 /// The header of a safetensors file as JSON (name → {dtype, shape, data_offsets}).
-fn _meta_of(bytes: &[u8]) -> serde_json::Value {
+fn header_of(bytes: &[u8]) -> serde_json::Value {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     serde_json::from_slice(&bytes[8..8 + n]).unwrap()
 }

@@ -65,9 +65,7 @@ fn header(slots: &[Slot]) -> Vec<u8> {
         off = end;
     }
     let mut h = Value::Object(map).to_string().into_bytes();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
+    h.resize(h.len().div_ceil(8) * 8, b' ');
     h
 }
 
