@@ -15,6 +15,7 @@ use dsv3::model::cpu::{AttentionPath, CpuModel, CpuOptions};
 use dsv3::model::gpu::GpuModel;
 use dsv3::model::embedded;
 use dsv3::model::generate::{greedy_generate, CausalLm, Generation};
+use dsv3::model::quant_method;
 use dsv3::tokenizer::TextTokenizer;
 use dsv3::{Error, Result};
 
@@ -50,6 +51,10 @@ struct Args {
     /// MLA formulation on the CPU: auto (naive prefill, absorbed decode), naive or absorbed.
     #[arg(long, value_enum, default_value_t = Attention::Auto)]
     attention: Attention,
+    /// Expected weight format (fp8, w8a8_int8, blockwise_int8, moe_wna16, awq): an error when the
+    /// checkpoint holds another. Without it the format is detected from the checkpoint.
+    #[arg(long)]
+    quantization: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -80,6 +85,9 @@ fn run(args: Args) -> Result<()> {
         Some(p) => p.clone(),
         None => embedded::materialize()?,
     };
+    if let Some(q) = &args.quantization {
+        quant_method::check_flag_for_dir(q, &dir)?;
+    }
     let t0 = Instant::now();
     match args.device {
         Device::Cpu => {

@@ -57,7 +57,8 @@ struct Args {
     /// This node's rank among --nnodes.
     #[arg(long, default_value_t = 0)]
     node_rank: usize,
-    /// Weight quantization: fp8 (block FP8 checkpoints are also detected from config.json).
+    /// Expected weight format: fp8, w8a8_int8, blockwise_int8, moe_wna16 or awq. The format is
+    /// detected from the checkpoint; the flag must agree with it (one-line error otherwise).
     #[arg(long)]
     quantization: Option<String>,
     /// Latent cache element type: auto (f32 on the CPU).
@@ -211,6 +212,7 @@ fn run(args: Args) -> Result<(), String> {
                 .ok_or(())
         })
         .map_err(|_| format!("--host {}: not an address this machine can listen on", args.host))?;
+    launch::check_quantization(&flags, &dir)?;
     let t0 = std::time::Instant::now();
     let state = build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?;
     let info = state.engine.info().clone();

@@ -30,6 +30,18 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// A file the converter writes (or re-reads to verify) is wrong or cannot be written.
+    #[error("output {path}: {msg}")]
+    OutputFile { path: PathBuf, msg: String },
+
+    /// A converted tensor does not match its source within the target format's error bound.
+    #[error("verify {path}: tensor `{name}`: {msg}")]
+    Verify { path: PathBuf, name: String, msg: String },
+
+    /// `--quantization` names a format other than the one the checkpoint holds.
+    #[error("--quantization {flag} but {dir} holds {found} ({declared}){hint}")]
+    QuantizationMismatch { flag: String, dir: PathBuf, found: String, declared: String, hint: String },
+
     /// A device backend (CUDA, HIP) call failed.
     #[error("{backend}: {msg}")]
     Backend { backend: &'static str, msg: String },

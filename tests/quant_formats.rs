@@ -338,3 +338,43 @@ fn quantization_config_parsing() {
     assert!(bad(json!({"quant_method": "awq", "bits": 4})).contains("group_size"));
     assert!(bad(json!({"quant_method": "w8a8_int8", "weight_block_size": [128]})).contains("weight_block_size"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// --quantization against the committed fixtures
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn quantization_flag_must_name_the_checkpoints_format() {
+    use dsv3::model::quant_method::{check_flag_for_dir, QUANT_METHODS};
+    use dsv3::server::launch::{check_quantization, LaunchFlags};
+    // fixture → (flags it accepts, what the mismatch message says it holds, its quant_method).
+    let cases: [(&str, &[&str], &str, &str); 5] = [
+        ("tiny-fp8-sharded", &["fp8"], "a block-FP8 checkpoint", "quantization_config.quant_method = fp8"),
+        // Its config says `w8a8_int8` + weight_block_size (read as block INT8): both names fit.
+        ("tiny-int8-block", &["blockwise_int8", "w8a8_int8"], "a block-INT8 checkpoint", "quantization_config.quant_method = w8a8_int8"),
+        ("tiny-int8-channel", &["w8a8_int8"], "a channel-INT8 checkpoint", "quantization_config.quant_method = w8a8_int8"),
+        ("tiny-awq", &["awq", "moe_wna16"], "an AWQ 4-bit checkpoint", "quantization_config.quant_method = awq"),
+        ("tiny-bf16", &[], "an unquantized BF16 checkpoint", "config.json has no quantization_config"),
+    ];
+    for (name, accepted, holds, declared) in cases {
+        let dir = common::fixtures_root().join(name);
+        for &flag in QUANT_METHODS {
+            let launch = LaunchFlags { quantization: Some(flag.to_string()), ..Default::default() };
+            if accepted.contains(&flag) {
+                check_flag_for_dir(flag, &dir).unwrap_or_else(|e| panic!("{name} --quantization {flag}: {e}"));
+                assert_eq!(check_quantization(&launch, &dir), Ok(()), "{name} {flag}");
+                continue;
+            }
+            let e = one_line_err(check_flag_for_dir(flag, &dir));
+            let want = format!("--quantization {flag} but {} holds {holds}", dir.display());
+            assert!(e.starts_with(&want) && e.contains(declared), "{name} {flag}: {e}");
+            assert_eq!(check_quantization(&launch, &dir), Err(e), "{name} {flag}");
+        }
+        // No flag: nothing to check.
+        assert_eq!(check_quantization(&LaunchFlags::default(), &dir), Ok(()), "{name}");
+    }
+    let e = one_line_err(check_flag_for_dir("fp8", &common::fixtures_root().join("tiny-bf16")));
+    assert!(e.contains("online quantization is not supported"), "{e}");
+    let e = one_line_err(check_flag_for_dir("gptq", &common::fixtures_root().join("tiny-bf16")));
+    assert!(e.contains("--quantization gptq") && e.contains("moe_wna16"), "{e}");
+}

@@ -7,4 +7,5 @@ pub mod cpu;
 pub mod embedded;
 pub mod generate;
 pub mod gpu;
+pub mod quant_method;
 pub mod weights;

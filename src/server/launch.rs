@@ -1,6 +1,10 @@
 //! SGLang launch flags that this build accepts but cannot honour yet: each gives a one-line
 //! error that says what is missing, instead of being silently ignored. `--device cuda[:N]` /
-//! `hip[:N]` pass where the build has that backend.
+//! `hip[:N]` pass where the build has that backend. `--quantization` is checked here by name;
+//! whether it agrees with the checkpoint is [`check_quantization`]'s job, once the model
+//! directory is known.
+
+use crate::model::quant_method::{check_flag_for_dir, QuantMethod, QUANT_METHODS};
 
 /// The flags of `launch_server` that select hardware, parallelism and number formats.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,8 +36,17 @@ impl Default for LaunchFlags {
     }
 }
 
-/// Quantization methods the loader reads (`quantization_config.quant_method`).
-pub const SUPPORTED_QUANTIZATION: &[&str] = &["fp8"];
+/// `--quantization` values this build reads (each must match the checkpoint's format).
+pub const SUPPORTED_QUANTIZATION: &[&str] = QUANT_METHODS;
+
+/// `--quantization` against the checkpoint in `dir`: `Ok` without the flag or when the flag
+/// names the format the checkpoint holds; otherwise one line naming both.
+pub fn check_quantization(f: &LaunchFlags, dir: &std::path::Path) -> Result<(), String> {
+    match &f.quantization {
+        None => Ok(()),
+        Some(q) => check_flag_for_dir(q, dir).map(|_| ()).map_err(|e| e.to_string()),
+    }
+}
 
 /// `Ok` when this build can serve with these flags; otherwise the reason, one line.
 pub fn check(f: &LaunchFlags) -> Result<(), String> {
@@ -72,12 +85,7 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
         return Err("--nnodes / --dist-init-addr / --node-rank: multi-node serving needs the multi-GPU build, which is not available yet".into());
     }
     if let Some(q) = &f.quantization {
-        if !SUPPORTED_QUANTIZATION.contains(&q.as_str()) {
-            return Err(format!(
-                "--quantization {q}: not supported by this build (supported: {}; FP8 checkpoints are detected from config.json without the flag)",
-                SUPPORTED_QUANTIZATION.join(", ")
-            ));
-        }
+        q.parse::<QuantMethod>()?;
     }
     match f.kv_cache_dtype.as_str() {
         "auto" | "f32" | "float32" => {}
@@ -107,7 +115,13 @@ mod tests {
             assert!(cuda.unwrap_err().contains("--features cuda"));
         }
         assert!(err(LaunchFlags { device: "tpu".into(), ..Default::default() }).contains("unknown device"));
-        assert!(err(LaunchFlags { quantization: Some("moe_wna16".into()), ..Default::default() }).contains("moe_wna16"));
+        // Every quantization name the loader reads passes by name (the checkpoint decides later);
+        // others are refused, naming the flag.
+        for q in SUPPORTED_QUANTIZATION {
+            assert_eq!(check(&LaunchFlags { quantization: Some(q.to_string()), ..Default::default() }), Ok(()), "{q}");
+        }
+        assert!(err(LaunchFlags { quantization: Some("gptq".into()), ..Default::default() }).contains("--quantization gptq"));
+        assert!(err(LaunchFlags { quantization: Some("w8a8_fp8".into()), ..Default::default() }).contains("per-channel FP8"));
         assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("f32"));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node"));
         assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("data-parallel"));
