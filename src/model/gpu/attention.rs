@@ -27,6 +27,7 @@ impl GpuModel {
             }
             QProj::Direct(w) => self.linear(x, w)?,
         };
+        self.mark("attn.q_proj")?;
         let kv = self.linear(x, &layer.kv_a)?;
         // RMSNorm of the c_kv part: copy it out, normalize, copy back.
         let c_kv = self.empty(&[t, lora])?;
@@ -39,10 +40,16 @@ impl GpuModel {
         dispatch::rope(s, &q, &self.cos, &self.sin, &step.pos, pe(heads, heads * qk, qk, nope))?;
         let paged = PagedCache { cache: &pool.layers[li], block_table: &step.block_table, seq_lens: &step.seq_lens };
         self.kv_write(&paged, &kv, step)?;
+        self.mark("attn.kv_a_norm_rope_write")?;
         let q_abs = self.absorb_q(layer, &q, t)?;
+        self.mark("attn.absorb_q")?;
         let o_lat = self.mla_attend(&q_abs, &paged, step)?;
+        self.mark("attn.mla")?;
         let o_cat = self.unabsorb_o(layer, &o_lat, t)?;
-        self.linear(&o_cat, &layer.o)
+        self.mark("attn.unabsorb_o")?;
+        let o = self.linear(&o_cat, &layer.o)?;
+        self.mark("attn.o_proj")?;
+        Ok(o)
     }
 
     /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages.

@@ -64,6 +64,7 @@ impl GpuModel {
         if let Some(probe) = lock(&self.routing_probe)?.as_mut() {
             probe.push(ids.to_vec::<i32>(s)?);
         }
+        self.mark("moe.router")?;
         let out = match &m.shared {
             Some(shared) => self.mlp(x, shared)?,
             None => {
@@ -72,9 +73,14 @@ impl GpuModel {
                 z
             }
         };
+        self.mark("moe.shared")?;
         let (gate, up, down) = match &m.experts {
             Experts::Split { gate, up, down } => (gate, up, down),
-            Experts::Fused { w13, down } => return self.fused_moe(x, &out, &ids, &weights, w13, down),
+            Experts::Fused { w13, down } => {
+                let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
+                self.mark("moe.experts")?;
+                return Ok(y);
+            }
         };
         let offsets = DeviceTensor::empty(s, DevDType::I32, &[m.n_experts + 1])?;
         let sorted_pairs = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
@@ -93,6 +99,7 @@ impl GpuModel {
         let h = self.silu_mul(&gate, &up)?;
         let y = grouped(&h, down)?;
         dispatch::moe_combine(s, &out, &y, &weights, &pair_to_row, k, 1.0)?;
+        self.mark("moe.experts")?;
         Ok(out)
     }
 

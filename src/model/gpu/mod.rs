@@ -32,6 +32,7 @@ pub use pool::{GpuCache, PagePool};
 pub use step::{BatchSeq, LogitRows};
 
 use crate::backend::dispatch;
+use crate::backend::stream::StreamEvent;
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, GpuStream};
 use crate::backend::fp8_gemm::{Fp8Workspace, FusedMoeWorkspace};
 use crate::error::{Error, Result};
@@ -84,6 +85,8 @@ pub struct GpuModel {
     /// When set, every MoE layer of an eager forward appends its expert ids [T·top_k] here
     /// (routing statistics; see `random::balance_routing`).
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
+    /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
+    profile: Mutex<Option<Vec<(&'static str, Box<dyn StreamEvent>)>>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
@@ -159,6 +162,7 @@ impl GpuModel {
             fp8_ws: Mutex::new(Fp8Workspace::new()),
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
             routing_probe: Mutex::new(None),
+            profile: Mutex::new(None),
         })
     }
 
@@ -240,6 +244,40 @@ impl GpuModel {
         }
     }
 
+    /// Ends the forward step `label` when profiling ([`GpuModel::profile_batch`]): records an
+    /// event; the step's device time is the time since the previous one.
+    fn mark(&self, label: &'static str) -> Result<()> {
+        let mut p = self.profile.lock().map_err(|_| Error::InvalidArgument("profiler lock poisoned".into()))?;
+        if let Some(events) = p.as_mut() {
+            events.push((label, self.s().record_event()?));
+        }
+        Ok(())
+    }
+
+    /// [`GpuModel::forward_batch`] with a timing event after every step of the forward: returns
+    /// the device milliseconds per step label (summed over the layers), in forward order, with
+    /// the total. Eager only; the events add a little time of their own.
+    pub fn profile_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<(String, f64)>> {
+        let lock = || self.profile.lock().map_err(|_| Error::InvalidArgument("profiler lock poisoned".into()));
+        self.s().synchronize()?;
+        *lock()? = Some(vec![("start", self.s().record_event()?)]);
+        let run = self.forward_batch(pool, seqs);
+        let events = lock()?.take().unwrap_or_default();
+        run?;
+        let mut out: Vec<(String, f64)> = Vec::new();
+        for w in events.windows(2) {
+            let ms = w[1].1.ms_since(w[0].1.as_ref())? as f64;
+            match out.iter_mut().find(|(l, _)| l == w[1].0) {
+                Some((_, sum)) => *sum += ms,
+                None => out.push((w[1].0.to_string(), ms)),
+            }
+        }
+        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+            out.push(("total".into(), last.1.ms_since(first.1.as_ref())? as f64));
+        }
+        Ok(out)
+    }
+
     /// The MLA decode kernel's plan for a step of `layout` over `pool`, when the step runs it:
     /// every sequence decodes one token, over a bf16 cache of 64-position pages, with DeepSeek's
     /// 512 + 64 latent (the kernel's fixed widths). Other steps take the paged attention kernel.
@@ -271,17 +309,24 @@ impl GpuModel {
         dispatch::embedding(s, &x, &self.embed, &step.ids)?;
         let normed = self.empty(&[t, c.hidden_size])?;
         dispatch::rms_norm(s, &normed, &x, &self.layers[0].input_norm, c.rms_norm_eps)?;
+        self.mark("embed")?;
         for (i, layer) in self.layers.iter().enumerate() {
             let attn = self.attention(layer, i, &normed, pool, step)?;
             dispatch::add_rms_norm(s, &normed, &x, &attn, &layer.post_attn_norm, c.rms_norm_eps)?;
+            self.mark("add_norm")?;
             let ffn = match &layer.ffn {
-                Ffn::Dense(m) => self.mlp(&normed, m)?,
+                Ffn::Dense(m) => {
+                    let y = self.mlp(&normed, m)?;
+                    self.mark("dense_mlp")?;
+                    y
+                }
                 Ffn::Moe(m) => self.moe(&normed, m)?,
             };
             let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
             dispatch::add_rms_norm(s, &normed, &x, &ffn, next_norm, c.rms_norm_eps)?;
+            self.mark("add_norm")?;
         }
-        Ok(match (&step.logit_rows, step.rows) {
+        let logits = match (&step.logit_rows, step.rows) {
             (_, 0) => None,
             // Every row: no gather.
             (None, _) => Some(self.linear(&normed, &self.lm_head)?),
@@ -291,7 +336,9 @@ impl GpuModel {
                 dispatch::embedding(s, &picked, &normed, idx)?;
                 Some(self.linear(&picked, &self.lm_head)?)
             }
-        })
+        };
+        self.mark("lm_head")?;
+        Ok(logits)
     }
 
 }
