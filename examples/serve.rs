@@ -61,7 +61,8 @@ struct Args {
     /// detected from the checkpoint; the flag must agree with it (one-line error otherwise).
     #[arg(long)]
     quantization: Option<String>,
-    /// Latent cache element type: auto (f32 on the CPU).
+    /// Latent cache element type on a GPU: auto / bf16 (with the fast kernels: split-KV MLA
+    /// decode, FP8 GEMMs and fused MoE) or f32 (the reference path). The CPU always uses f32.
     #[arg(long, default_value = "auto")]
     kv_cache_dtype: String,
     /// Fraction of memory for the KV cache, of what is left after loading the weights: free
@@ -190,6 +191,7 @@ fn run(args: Args) -> Result<(), String> {
         enable_prefix_caching: !args.disable_radix_cache,
         random_seed: args.random_seed,
         cuda_graph_max_bs: if device == Device::Cpu { 0 } else { cuda_graph_max_bs },
+        gpu_options: launch::gpu_options(&flags)?,
     };
     let (dir, default_name) = match &args.model_path {
         Some(p) => (p.clone(), p.display().to_string()),

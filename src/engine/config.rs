@@ -1,5 +1,6 @@
 //! Engine settings (the scheduler's part of SGLang's launch flags) and how the KV pool is sized.
 
+use crate::model::gpu::GpuOptions;
 use crate::engine::model::ModelSpec;
 use crate::error::{Error, Result};
 
@@ -38,6 +39,9 @@ pub struct EngineConfig {
     /// Largest decode batch a GPU step model replays as a captured graph (`--cuda-graph-max-bs`;
     /// 0: none). Read by the code that builds the step model; the CPU ignores it.
     pub cuda_graph_max_bs: usize,
+    /// How a GPU step model computes (`--kv-cache-dtype`: bf16 with the fast kernels, or f32 for
+    /// the reference path). The CPU ignores it.
+    pub gpu_options: GpuOptions,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +56,7 @@ impl Default for EngineConfig {
             enable_prefix_caching: true,
             random_seed: 0,
             cuda_graph_max_bs: 0,
+            gpu_options: GpuOptions::reference(),
         }
     }
 }

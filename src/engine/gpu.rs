@@ -23,7 +23,7 @@ use std::path::Path;
 use crate::backend::Device;
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
 use crate::error::{Error, Result};
-use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, LogitRows, PagePool};
+use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, GpuOptions, LogitRows, PagePool};
 
 pub struct GpuStepModel {
     /// Captured decode graphs, by batch size (dropped before the pool and the model).
@@ -59,9 +59,14 @@ impl GpuStepModel {
         GpuStepModel { graphs: Vec::new(), pool: None, model, free_after_weights, graph_max_bs: 0, pad_page: None }
     }
 
-    /// Loads `dir` onto `device` (`cuda:N` or `hip:N`).
+    /// Loads `dir` onto `device` (`cuda:N` or `hip:N`) with the reference options.
     pub fn load(dir: &Path, device: Device) -> Result<GpuStepModel> {
-        Ok(GpuStepModel::new(GpuModel::load(dir, device)?))
+        Self::load_with(dir, device, GpuOptions::reference())
+    }
+
+    /// Loads `dir` onto `device` to compute as `opts` says.
+    pub fn load_with(dir: &Path, device: Device, opts: GpuOptions) -> Result<GpuStepModel> {
+        Ok(GpuStepModel::new(GpuModel::load_with(dir, device, opts)?))
     }
 
     /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never). Call

@@ -41,7 +41,7 @@ pub fn build_state(
             (Box::new(CpuStepModel::new(model)), bos)
         }
         gpu => {
-            let model = GpuStepModel::load(dir, gpu)?.with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
+            let model = GpuStepModel::load_with(dir, gpu, engine_cfg.gpu_options)?.with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
             let bos = model.model().config().bos_token_id;
             (Box::new(model), bos)
         }

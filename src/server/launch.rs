@@ -6,6 +6,8 @@
 
 use crate::model::quant_method::{check_flag_for_dir, QuantMethod, QUANT_METHODS};
 
+use crate::model::gpu::GpuOptions;
+
 /// The flags of `launch_server` that select hardware, parallelism and number formats.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LaunchFlags {
@@ -87,16 +89,20 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     if let Some(q) = &f.quantization {
         q.parse::<QuantMethod>()?;
     }
-    match f.kv_cache_dtype.as_str() {
-        "auto" | "f32" | "float32" => {}
-        other => {
-            return Err(format!(
-                "--kv-cache-dtype {other}: the latent cache stores f32 on every backend in this build (use auto); \
-                 bf16/fp8 caches are not available yet"
-            ))
-        }
-    }
+    gpu_options(f)?;
     Ok(())
+}
+
+/// What `--kv-cache-dtype` selects on a GPU: `auto` / `bf16` the bf16 latent cache with the fast
+/// kernels (split-KV MLA decode, FP8 GEMMs and fused MoE on quantized activations), `f32` the
+/// reference path (f32 cache and activations, the CPU's numbers to f32 rounding). The CPU
+/// always computes in f32.
+pub fn gpu_options(f: &LaunchFlags) -> Result<GpuOptions, String> {
+    match f.kv_cache_dtype.as_str() {
+        "auto" | "bf16" | "bfloat16" => Ok(GpuOptions::fast()),
+        "f32" | "float32" => Ok(GpuOptions::reference()),
+        other => Err(format!("--kv-cache-dtype {other}: auto, bf16 or f32 (an fp8_e4m3 cache is not available yet)")),
+    }
 }
 
 #[cfg(test)]
@@ -122,7 +128,9 @@ mod tests {
         }
         assert!(err(LaunchFlags { quantization: Some("gptq".into()), ..Default::default() }).contains("--quantization gptq"));
         assert!(err(LaunchFlags { quantization: Some("w8a8_fp8".into()), ..Default::default() }).contains("per-channel FP8"));
-        assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("f32"));
+        assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("fp8_e4m3"));
+        assert_eq!(gpu_options(&LaunchFlags::default()), Ok(GpuOptions::fast()));
+        assert_eq!(gpu_options(&LaunchFlags { kv_cache_dtype: "f32".into(), ..Default::default() }), Ok(GpuOptions::reference()));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node"));
         assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("data-parallel"));
     }

@@ -74,14 +74,11 @@ impl GpuModel {
             }
         };
         self.mark("moe.shared")?;
-        let (gate, up, down) = match &m.experts {
-            Experts::Split { gate, up, down } => (gate, up, down),
-            Experts::Fused { w13, down } => {
-                let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
-                self.mark("moe.experts")?;
-                return Ok(y);
-            }
-        };
+        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.fp8_kernels) {
+            let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
+            self.mark("moe.experts")?;
+            return Ok(y);
+        }
         let offsets = DeviceTensor::empty(s, DevDType::I32, &[m.n_experts + 1])?;
         let sorted_pairs = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
         let pair_to_row = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
@@ -93,10 +90,15 @@ impl GpuModel {
             dispatch::moe_gemm(s, &c, a, &w.w, w.scale.as_ref(), &offsets)?;
             Ok(c)
         };
-        let gate = grouped(&rows, gate)?;
-        let up = grouped(&rows, up)?;
-        debug_assert_eq!(gate.shape()[1], m.inter);
-        let h = self.silu_mul(&gate, &up)?;
+        let (h, down) = match &m.experts {
+            Experts::Split { gate, up, down } => (self.silu_mul(&grouped(&rows, gate)?, &grouped(&rows, up)?)?, down),
+            Experts::Fused { w13, down } => {
+                let gate_up = grouped(&rows, w13)?;
+                let h = self.empty(&[t * k, m.inter])?;
+                dispatch::silu_mul(s, &h, &gate_up)?;
+                (h, down)
+            }
+        };
         let y = grouped(&h, down)?;
         dispatch::moe_combine(s, &out, &y, &weights, &pair_to_row, k, 1.0)?;
         self.mark("moe.experts")?;

@@ -58,6 +58,15 @@ impl GpuModel {
         Ok(PagePool { layers, page_size, num_pages })
     }
 
+    /// Fills every page of `pool` with random latent values (uniform in [-1, 1)): a cache that
+    /// holds "some context" for decode benchmarks without prefilling it.
+    pub fn fill_pool_random(&self, pool: &PagePool, seed: u64) -> Result<()> {
+        for (i, layer) in pool.layers.iter().enumerate() {
+            crate::backend::dispatch::fill_uniform(self.s(), layer, seed ^ (i as u64).wrapping_mul(0x9e37_79b9), -1.0, 1.0)?;
+        }
+        Ok(())
+    }
+
     pub fn new_gpu_cache(&self) -> Result<GpuCache> {
         let pages = self.max_positions / PAGE_SIZE;
         let pool = self.new_page_pool(pages, PAGE_SIZE)?;

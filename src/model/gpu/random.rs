@@ -97,7 +97,9 @@ impl Filler<'_> {
         };
         let ffn = if cfg.is_moe_layer(i) {
             let (e, inter) = (cfg.n_routed_experts, cfg.moe_intermediate_size);
-            let experts = if opts.fp8_kernels && inter % 128 == 0 {
+            // Fused whenever the shape allows, whatever the options: the same draws then serve
+            // the reference and the fast forward (which the tests compare).
+            let experts = if inter % 128 == 0 {
                 let w13 = self.fp8_linear(Some(e), 2 * inter, h)?;
                 Experts::Fused { w13, down: self.fp8_linear(Some(e), h, inter)? }
             } else {
@@ -218,6 +220,26 @@ impl GpuModel {
             report.idle_after = idle;
         }
         Ok(report)
+    }
+}
+
+impl GpuModel {
+    /// Distinct experts each MoE layer's routing picks in one forward of `seqs` (which runs,
+    /// writing its latent rows as any forward does).
+    pub fn experts_hit(&self, pool: &mut super::PagePool, seqs: &[super::BatchSeq<'_>]) -> Result<Vec<usize>> {
+        *self.routing_probe.lock().map_err(|_| poisoned())? = Some(Vec::new());
+        let run = self.forward_batch(pool, seqs);
+        let probes = self.routing_probe.lock().map_err(|_| poisoned())?.take().unwrap_or_default();
+        run?;
+        Ok(probes
+            .iter()
+            .map(|ids| {
+                let mut seen: Vec<i32> = ids.iter().copied().filter(|&e| e >= 0).collect();
+                seen.sort_unstable();
+                seen.dedup();
+                seen.len()
+            })
+            .collect())
     }
 }
 

@@ -39,7 +39,8 @@ pub(super) enum Experts {
     /// gate, up [E, I, H] and down [E, H, I]: the reference grouped GEMM.
     Split { gate: Linear, up: Linear, down: Linear },
     /// float8 concat(gate, up) of each expert [E, 2I, H] and down [E, H, I], I a multiple of 128
-    /// (gate and up then share no scale block): the fused FP8 MoE.
+    /// (gate and up then share no scale block): the fused FP8 MoE, or one reference grouped
+    /// GEMM for gate and up.
     Fused { w13: Linear, down: Linear },
 }
 

@@ -13,6 +13,10 @@
 //!
 //! cargo run --release --example serve &
 //! cargo run --release --example bench_one_batch -- --batch-size 8 --input-len 256 --output-len 32
+//!
+//! `--offline` (a `--features cuda` build) runs the model in this process instead, by default a
+//! DeepSeek-V3 slice with random FP8 weights: decode step time against its roofline, with a
+//! per-kernel-group breakdown, and prefill throughput (offline.rs).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -54,6 +58,36 @@ struct Args {
     output_file: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Offline mode (a --features cuda build): run the model in this process, no server; see
+    /// offline.rs. Decode points over --batch-sizes × --contexts, prefill over --prefill-lens.
+    #[arg(long)]
+    offline: bool,
+    /// Offline: a checkpoint directory (default: a DeepSeek-V3 slice with random FP8 weights).
+    #[arg(long)]
+    model_path: Option<PathBuf>,
+    /// Offline, random model: decoder layers of the DeepSeek-V3 slice.
+    #[arg(long, default_value_t = 4)]
+    num_layers: usize,
+    /// Offline, random model: how many of them are dense (the rest MoE).
+    #[arg(long, default_value_t = 1)]
+    dense_layers: usize,
+    #[arg(long, default_value = "cuda:0")]
+    device: String,
+    /// Offline: latent cache element type, bf16 or f32.
+    #[arg(long, default_value = "bf16")]
+    kv_cache_dtype: String,
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128,256")]
+    batch_sizes: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+    contexts: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096,16384")]
+    prefill_lens: Vec<usize>,
+    /// Offline: timed decode steps per point (after 2 warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Offline: eager, graph or both.
+    #[arg(long, default_value = "both")]
+    graphs: String,
 }
 
 /// One run's figures (seconds, tokens/s).
@@ -69,14 +103,49 @@ struct RunResult {
     output_tokens: usize,
 }
 
+#[cfg(feature = "cuda")]
+mod offline;
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    let result = if args.offline { run_offline(&args) } else { run(args) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn run_offline(a: &Args) -> Result<(), String> {
+    let (eager, graphs) = match a.graphs.as_str() {
+        "both" => (true, true),
+        "eager" => (true, false),
+        "graph" => (false, true),
+        other => return Err(format!("--graphs {other}: eager, graph or both")),
+    };
+    offline::run(&offline::OfflineArgs {
+        model_path: a.model_path.clone(),
+        num_layers: a.num_layers,
+        dense_layers: a.dense_layers,
+        device: a.device.clone(),
+        kv_cache_dtype: a.kv_cache_dtype.clone(),
+        batch_sizes: a.batch_sizes.clone(),
+        contexts: a.contexts.clone(),
+        prefill_lens: a.prefill_lens.clone(),
+        steps: a.steps.max(1),
+        graphs,
+        eager,
+        seed: a.seed,
+        output_file: a.output_file.clone(),
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_offline(_: &Args) -> Result<(), String> {
+    Err("--offline runs the model in this process: rebuild with --features cuda".into())
 }
 
 fn run(args: Args) -> Result<(), String> {
