@@ -64,7 +64,8 @@ pub fn quantize_row_into(row: &[f32], out: &mut [u8]) -> Result<()> {
         out[SCALES_AT + 4 * g..SCALES_AT + 4 * g + 4].copy_from_slice(&s.to_le_bytes());
     }
     for (i, &v) in row[LATENT..].iter().enumerate() {
-        out[ROPE_AT + 2 * i..ROPE_AT + 2 * i + 2].copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
+        out[ROPE_AT + 2 * i..ROPE_AT + 2 * i + 2]
+            .copy_from_slice(&half::bf16::from_f32(v).to_bits().to_le_bytes());
     }
     Ok(())
 }
@@ -94,12 +95,19 @@ pub fn dequantize_row_into(bytes: &[u8], out: &mut [f32]) -> Result<()> {
     }
     for g in 0..GROUPS {
         let s = row_scale(bytes, g);
-        for (o, &b) in out[g * GROUP..(g + 1) * GROUP].iter_mut().zip(&bytes[g * GROUP..(g + 1) * GROUP]) {
+        for (o, &b) in out[g * GROUP..(g + 1) * GROUP]
+            .iter_mut()
+            .zip(&bytes[g * GROUP..(g + 1) * GROUP])
+        {
             *o = e4m3fn_to_f32(b) * s;
         }
     }
     for (i, o) in out[LATENT..].iter_mut().enumerate() {
-        *o = half::bf16::from_bits(u16::from_le_bytes([bytes[ROPE_AT + 2 * i], bytes[ROPE_AT + 2 * i + 1]])).to_f32();
+        *o = half::bf16::from_bits(u16::from_le_bytes([
+            bytes[ROPE_AT + 2 * i],
+            bytes[ROPE_AT + 2 * i + 1],
+        ]))
+        .to_f32();
     }
     Ok(())
 }
@@ -128,7 +136,9 @@ mod tests {
     fn random_row(r: &mut rand::rngs::StdRng) -> Vec<f32> {
         // Groups of very different magnitudes (one scale each), some tiny values (subnormals).
         let mags = [1e-3f32, 0.5, 30.0, 7e3];
-        let mut row: Vec<f32> = (0..LATENT).map(|i| r.gen_range(-1.0f32..1.0) * mags[(i / GROUP + r.gen_range(0..2)) % 4]).collect();
+        let mut row: Vec<f32> = (0..LATENT)
+            .map(|i| r.gen_range(-1.0f32..1.0) * mags[(i / GROUP + r.gen_range(0..2)) % 4])
+            .collect();
         row.extend((0..ROPE).map(|_| r.gen_range(-4.0f32..4.0)));
         row
     }
@@ -158,8 +168,14 @@ mod tests {
                 for (j, &v) in x.iter().enumerate() {
                     let d = dq[g * GROUP + j];
                     let bound = half_ulp(v / s) * s * (1.0 + 1e-6) + v.abs() * 1e-6;
-                    assert!((d - v).abs() <= bound, "group {g} value {j}: {v} -> {d} (scale {s}, bound {bound})");
-                    assert!(q[g * GROUP + j] & 0x7f != 0x7f, "no NaN byte from a finite value");
+                    assert!(
+                        (d - v).abs() <= bound,
+                        "group {g} value {j}: {v} -> {d} (scale {s}, bound {bound})"
+                    );
+                    assert!(
+                        q[g * GROUP + j] & 0x7f != 0x7f,
+                        "no NaN byte from a finite value"
+                    );
                 }
             }
             for (i, &v) in row[LATENT..].iter().enumerate() {
@@ -185,7 +201,11 @@ mod tests {
                         da.partial_cmp(&db).unwrap().then((a & 1).cmp(&(b & 1)))
                     })
                     .unwrap();
-                assert_eq!(e4m3fn_to_f32(q[i]), e4m3fn_to_f32(best), "value {i}: {v} / {s} = {y}");
+                assert_eq!(
+                    e4m3fn_to_f32(q[i]),
+                    e4m3fn_to_f32(best),
+                    "value {i}: {v} / {s} = {y}"
+                );
             }
         }
     }
@@ -200,7 +220,9 @@ mod tests {
         }
         assert!(dequantize_row(&q).unwrap().iter().all(|&v| v == 0.0));
         // One zero group beside non-zero ones keeps its own (floor) scale and zero bytes.
-        let mut row: Vec<f32> = (0..LATENT + ROPE).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut row: Vec<f32> = (0..LATENT + ROPE)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
         row[GROUP..2 * GROUP].iter_mut().for_each(|v| *v = 0.0);
         let q = quantize_row(&row).unwrap();
         assert!(q[GROUP..2 * GROUP].iter().all(|&b| b == 0));
