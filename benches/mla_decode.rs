@@ -1,11 +1,14 @@
 //! MLA decode benchmark on cuda:0: the split-KV tensor-core kernel (`dsv3::backend::mla`) at
 //! DeepSeek-V3 shapes (page 64, bf16 latent cache, 576 / 512), against the ceilings measured in
-//! the same process (device-to-device copy) and the simple kernel (`mla_paged_attention`).
+//! the same process (device-to-device copy) and the simple kernel (`mla_paged_attention`), and
+//! the same kernels over the fp8 e4m3 cache (656-byte rows, `mla_decode_fp8_*`) beside them.
 //!
 //! Default (the device runner): prints ONE table. Each row: B, h, s_k, s_q; µs of one decode
 //! (split + combine): a CUDA graph of 20 decodes replayed 7 times after warm-up, median (and the
 //! same from events around 20 back-to-back stream launches, host overhead included); GB/s with bytes = q + kv + out; TFLOPS with FLOPs = 2·h·s_q·s_k·(576+512)·B; the
-//! ratio of that bandwidth to the copy's; the simple kernel's µs where it is affordable. Caches
+//! ratio of that bandwidth to the copy's; the simple kernel's µs where it is affordable; the fp8
+//! cache's µs (graph), GB/s with bytes = q + s_k·656 + out, its ratio to the copy and its speedup
+//! over the bf16 cache (page tiles; and the 32-key-tile fp8 kernel where it applies). Caches
 //! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
 //! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes.
 //!
@@ -17,7 +20,7 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch::{self, PagedCache};
-use dsv3::backend::mla::{self, cuda_util, MlaDecodeMeta, MlaDecodePlan, DK, DV, PAGE};
+use dsv3::backend::mla::{self, cuda_util, MlaCacheDtype, MlaDecodeMeta, MlaDecodePlan, DK, DV, FP8_ROW_BYTES, PAGE};
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
 
 fn stream() -> CudaStream {
@@ -44,6 +47,36 @@ fn random_bf16(s: &dyn GpuStream, shape: &[usize], seed: u64) -> DeviceTensor {
     while off < n {
         let k = block.min(n - off);
         unsafe { s.copy_dtod(t.raw() + (off * 2) as u64, src.raw(), k * 2).unwrap() };
+        off += k;
+    }
+    s.synchronize().unwrap();
+    t
+}
+
+/// An fp8 cache [pages, 64, 656] u8 of valid quantized rows (the CPU quantizer over
+/// pseudo-random latent rows, never NaN): a block of up to 4096 rows uploaded once and copied.
+fn random_fp8_cache(s: &dyn GpuStream, pages: usize, seed: u64) -> DeviceTensor {
+    let rows = pages * PAGE;
+    let t = DeviceTensor::empty(s, DType::U8, &[pages, PAGE, FP8_ROW_BYTES]).unwrap();
+    let block_rows = rows.min(4096);
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let mut host = Vec::with_capacity(block_rows * FP8_ROW_BYTES);
+    for _ in 0..block_rows {
+        let row: Vec<f32> = (0..DK)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect();
+        host.extend(dsv3::ops::mla_fp8::quantize_row(&row).unwrap());
+    }
+    let src = DeviceTensor::from_slice(s, &[host.len()], &host).unwrap();
+    let mut off = 0;
+    while off < rows {
+        let k = block_rows.min(rows - off);
+        unsafe { s.copy_dtod(t.raw() + (off * FP8_ROW_BYTES) as u64, src.raw(), k * FP8_ROW_BYTES).unwrap() };
         off += k;
     }
     s.synchronize().unwrap();
@@ -81,6 +114,8 @@ struct Shape {
     s_q: usize,
     copies: usize,
     cache: DeviceTensor,
+    /// The same page layout as an fp8 cache (656-byte rows).
+    cache_fp8: DeviceTensor,
     tables: Vec<DeviceTensor>,
     q: Vec<DeviceTensor>,
     lens: DeviceTensor,
@@ -89,6 +124,9 @@ struct Shape {
     meta: MlaDecodeMeta,
     /// The 32-key-tile kernel's plan where it applies (h·s_q <= 32).
     meta_small: Option<MlaDecodeMeta>,
+    /// The fp8-cache plans: page tiles, and 32-key tiles where they apply.
+    meta_fp8: MlaDecodeMeta,
+    meta_fp8_small: Option<MlaDecodeMeta>,
 }
 
 impl Shape {
@@ -97,6 +135,7 @@ impl Shape {
         let bytes = b * pages * PAGE * DK * 2;
         let copies = (256usize << 20).div_ceil(bytes).clamp(1, 64);
         let cache = random_bf16(s, &[copies * b * pages, PAGE, DK], 1);
+        let cache_fp8 = random_fp8_cache(s, copies * b * pages, 1);
         // Each copy's pages in a shuffled order (paged, not contiguous).
         let mut x = 0x2545f4914f6cdd1du64;
         let tables = (0..copies)
@@ -118,18 +157,32 @@ impl Shape {
         let meta = MlaDecodeMeta::new(s, MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(false)).unwrap();
         let small = MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(true);
         let meta_small = if small.small_tiles { Some(MlaDecodeMeta::new(s, small).unwrap()) } else { None };
-        if let Some(m) = &meta_small {
+        let fp8 = MlaCacheDtype::Fp8E4m3;
+        let meta_fp8 = MlaDecodeMeta::new(s, meta.plan.with_cache_dtype(fp8)).unwrap();
+        let meta_fp8_small = meta_small.as_ref().map(|m| MlaDecodeMeta::new(s, m.plan.with_cache_dtype(fp8)).unwrap());
+        for m in [Some(&meta), meta_small.as_ref(), Some(&meta_fp8), meta_fp8_small.as_ref()].into_iter().flatten() {
             mla::mla_decode_metadata(s, m, &lens).unwrap();
         }
-        mla::mla_decode_metadata(s, &meta, &lens).unwrap();
-        Shape { b, h, s_k, s_q, copies, cache, tables, q, lens, out, lse, meta, meta_small }
+        Shape { b, h, s_k, s_q, copies, cache, cache_fp8, tables, q, lens, out, lse, meta, meta_small, meta_fp8, meta_fp8_small }
     }
     fn launch(&self, s: &CudaStream, i: usize) {
         let c = i % self.copies;
         mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, &self.meta, 0.0722).unwrap();
     }
+    /// The cache tensor a plan reads.
+    fn cache_for(&self, meta: &MlaDecodeMeta) -> &DeviceTensor {
+        match meta.plan.cache {
+            MlaCacheDtype::Bf16 => &self.cache,
+            MlaCacheDtype::Fp8E4m3 => &self.cache_fp8,
+        }
+    }
+    /// q + kv + out bytes with the bf16 cache (1152-byte rows).
     fn bytes(&self) -> f64 {
-        (self.b * (self.s_q * self.h * DK * 2 + self.s_k * DK * 2 + self.s_q * self.h * DV * 2)) as f64
+        self.bytes_with(DK * 2)
+    }
+    /// q + kv + out bytes with cache rows of `row_bytes` (fp8: 656).
+    fn bytes_with(&self, row_bytes: usize) -> f64 {
+        (self.b * (self.s_q * self.h * DK * 2 + self.s_k * row_bytes + self.s_q * self.h * DV * 2)) as f64
     }
     fn flops(&self) -> f64 {
         2.0 * (self.b * self.h * self.s_q * self.s_k * (DK + DV)) as f64
@@ -155,12 +208,13 @@ impl Shape {
     /// Median µs of one decode from a CUDA graph of 20 decodes (rotating inputs), 7 timed
     /// replays after 2 warm-up replays. None when capture fails (reported).
     fn time_graph_us(&self, s: &CudaStream, meta: &MlaDecodeMeta) -> Option<f32> {
-        mla::mla_decode(s, &self.out, &self.lse, &self.q[0], &self.cache, &self.tables[0], &self.lens, meta, 0.0722).unwrap();
+        let cache = self.cache_for(meta);
+        mla::mla_decode(s, &self.out, &self.lse, &self.q[0], cache, &self.tables[0], &self.lens, meta, 0.0722).unwrap();
         s.synchronize().unwrap();
         let g = match cuda_util::Graph::capture(s, || {
             for i in 0..20 {
                 let c = i % self.copies;
-                mla::mla_decode(s, &self.out, &self.lse, &self.q[c], &self.cache, &self.tables[c], &self.lens, meta, 0.0722)?;
+                mla::mla_decode(s, &self.out, &self.lse, &self.q[c], cache, &self.tables[c], &self.lens, meta, 0.0722)?;
             }
             Ok(())
         }) {
@@ -231,6 +285,14 @@ impl CloneShape for DeviceTensor {
     }
 }
 
+/// The fp8-cache columns of one row of the table.
+struct Fp8Cols {
+    us: Option<f32>,
+    small_us: Option<f32>,
+    /// q + s_k·656 + out.
+    bytes: f64,
+}
+
 fn table(s: &CudaStream) {
     let sms = cuda_util::sm_count(s).unwrap();
     let copy = copy_bandwidth(s, 2usize << 30);
@@ -256,31 +318,45 @@ fn table(s: &CudaStream) {
         let stream_us = sh.time_stream_us(s);
         let graph_us = sh.time_graph_us(s, &sh.meta);
         let small_us = sh.meta_small.as_ref().and_then(|m| sh.time_graph_us(s, m));
+        let fp8_us = sh.time_graph_us(s, &sh.meta_fp8);
+        let fp8_small_us = sh.meta_fp8_small.as_ref().and_then(|m| sh.time_graph_us(s, m));
+        let fp8_bytes = sh.bytes_with(FP8_ROW_BYTES);
         let us = graph_us.unwrap_or(stream_us);
         let meta_us = sh.meta_us(s);
         let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
         let gbs = sh.bytes() / (us as f64 * 1e-6) / 1e9;
         let tf = sh.flops() / (us as f64 * 1e-6) / 1e12;
         eprintln!("B={b} h={h} s_k={s_k} s_q={s_q}: {us:.1} us, {gbs:.0} GB/s, {tf:.1} TFLOPS");
-        rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan));
+        if let Some(f) = fp8_us {
+            eprintln!("  fp8 cache: {f:.1} us, {:.0} GB/s (656-byte rows), {:.2}x the bf16 cache", fp8_bytes / (f as f64 * 1e-6) / 1e9, us / f);
+        }
+        let fp8 = Fp8Cols { us: fp8_us, small_us: fp8_small_us, bytes: fp8_bytes };
+        rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan, fp8));
         drop(sh);
         s.allocator().empty_cache().unwrap();
     }
     println!();
     println!(
-        "MLA decode (split + combine), bf16 cache, page 64, bf16 out, {sms} SMs; copy {:.0} GB/s (2 GiB D2D, read+write). \
+        "MLA decode (split + combine), bf16 cache (and fp8 e4m3 cache, 656-byte rows), page 64, bf16 out, {sms} SMs; copy {:.0} GB/s (2 GiB D2D, read+write). \
          µs: CUDA graph of 20 decodes, median of 7 replays (stream: events around 20 back-to-back launches)",
         copy / 1e9
     );
     println!(
-        "| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | 32-key tiles: µs (graph), BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) |"
+        "| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | 32-key tiles: µs (graph), BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) \
+         | fp8 cache: µs (graph) | fp8 GB/s (656-B rows) | fp8 BW / copy | fp8 speedup vs bf16 | fp8 32-key tiles: µs, BW / copy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p) in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p, fp8) in rows {
         let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let small = small_us.map(|v| format!("{v:.1}, {:.1}%", ratio * us as f64 / v as f64 * 100.0)).unwrap_or_else(|| "-".into());
+        let bw = |bytes: f64, us: f32| bytes / (us as f64 * 1e-6);
+        let (f_us, f_gbs, f_ratio, f_x) = match fp8.us {
+            Some(f) => (format!("{f:.1}"), format!("{:.0}", bw(fp8.bytes, f) / 1e9), format!("{:.1}%", bw(fp8.bytes, f) / copy * 100.0), format!("{:.2}x", us / f)),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        let f_small = fp8.small_us.map(|v| format!("{v:.1}, {:.1}%", bw(fp8.bytes, v) / copy * 100.0)).unwrap_or_else(|| "-".into());
         println!(
-            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} |",
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} | {f_us} | {f_gbs} | {f_ratio} | {f_x} | {f_small} |",
             ratio * 100.0,
             p.mw,
             p.row_blocks,

@@ -31,6 +31,20 @@
 // 16·MW·128 + 512 bytes (MW = 4: 229888, fits the H200's 227 KiB; sm_80 / sm_89 PTX runs on it).
 //
 // HIP: the same contract and scheduling with a plain per-row path (no matrix cores yet).
+//
+// FP8 latent cache (`--kv-cache-dtype fp8_e4m3`, FlashMLA's layout): cache [pages, 64, 656] u8,
+// each token row 656 bytes:
+//   bytes [0, 512)    the 512 latent values c_kv as e4m3fn, group g = values 128g .. 128g + 127
+//   bytes [512, 528)  4 f32 scales, one per group: s_g = max(amax_g, 1e-10) / 448
+//                     (dequant: c_kv[i] = e4m3(byte i) * s_{i / 128})
+//   bytes [528, 656)  the 64 rope values k_pe as bf16 (not quantized)
+// Quantize on write (mla_cache_write_fp8): byte = e4m3fn(x / s_g), round to nearest even,
+// saturating to +-448 (the same rule as ops::mla_fp8 on the CPU, bit for bit).
+// The fp8 decode kernels (mla_decode_fp8_*, mla_decode_t32_fp8_*) are the same template with the
+// cache row type TC = e4m3fn: a 656-byte-row tile goes to a raw staging buffer with cp.async,
+// is dequantized into the one bf16 [TN][576] tile (bf16(e4m3 * s), rope copied) that the shared
+// mma.sync code reads, and the next tile's raw load overlaps this tile's MMAs. Shared memory:
+// 16*MW*1152 + TN*1152 + TN*656 + 16*MW*TN*2 + NG*16*MW*4 bytes.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
@@ -41,6 +55,35 @@ namespace mla {
 constexpr u32 DK = 576, DV = 512, NT = 64, CHUNKS = DK / 8, ROW_BYTES = DK * 2;
 constexpr u32 THREADS = 256, WARPS = THREADS / 32;
 constexpr u32 META_HDR = 4;
+
+// FP8 cache rows (see the top of this file).
+constexpr u32 F8_ROW = 656, F8_SCALES = 512, F8_ROPE = 528, F8_GROUP = 128, F8_CHUNKS = F8_ROW / 16;
+constexpr float F8_QMAX = 448.0f, F8_AMAX_EPS = 1e-10f;
+
+// The cache row formats: TC = bf16 (576 bf16 values) or e4m3fn (the 656-byte fp8 row). `elem` is
+// the pointer type of the cache argument.
+template <class TC> struct CacheRow;
+template <> struct CacheRow<bf16> {
+  using elem = bf16;
+  static constexpr bool FP8 = false;
+};
+template <> struct CacheRow<e4m3fn> {
+  using elem = u8;
+  static constexpr bool FP8 = true;
+};
+
+// Element d (0 .. 575) of a cache row as f32 (the plain path's loads).
+DSV3_DEV float key_at(const bf16* row, u32 d) { return to_float(row[d]); }
+DSV3_DEV float key_at(const u8* row, u32 d) {
+  if (d < DV) {
+    e4m3fn b;
+    b.bits = row[d];
+    return to_float(b) * reinterpret_cast<const float*>(row + F8_SCALES)[d / F8_GROUP];
+  }
+  return to_float(reinterpret_cast<const bf16*>(row + F8_ROPE)[d - DV]);
+}
+DSV3_DEV u64 row_elems(const bf16*) { return DK; }
+DSV3_DEV u64 row_elems(const u8*) { return F8_ROW; }
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a [rows][576] bf16 tile (XOR swizzle of
 // the chunk's low 3 bits by the row: 8 consecutive rows at one chunk hit 8 distinct bank groups).
@@ -115,20 +158,28 @@ DSV3_DEV void mla_decode_metadata(i32* DSV3_RESTRICT meta, const i32* DSV3_RESTR
 #if defined(DSV3_CUDA)
 // TN keys per tile (64: one page; 32: half a page, for blocks small enough to run two per SM),
 // NWARPS warps per block.
-template <class TO, int MW, int TN, int NWARPS>
+// TC: the cache row type (bf16, or e4m3fn for the 656-byte fp8 rows); only the K-tile loads
+// differ, everything from the bf16 tile in shared memory on is shared.
+template <class TO, int MW, int TN, int NWARPS, class TC>
 DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
-                                   const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
-                                   const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
-                                   u32 s_q, u32 heads, u32 max_pages, float scale) {
+                                   const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
+                                   const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
+                                   const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                   float scale) {
   using namespace mla;
   constexpr u32 THR = 32 * NWARPS, BM = 16 * MW, NG = NWARPS / MW, KW = TN / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
   constexpr u32 SUB = NT / TN;  // tiles per page
+  constexpr bool F8 = CacheRow<TC>::FP8;
+  // bf16 cache: two bf16 K tiles (double buffer). fp8 cache: one bf16 K tile + one raw tile.
+  constexpr u32 KBUF = F8 ? 1 : 2, RAW = F8 ? TN * F8_ROW : 0;
   static_assert(NG >= 1 && KW % 8 == 0 && NK >= 1 && NO % 2 == 0 && (TN * CHUNKS) % THR == 0 && NT % TN == 0, "tile split");
+  static_assert((TN * (DV / 8)) % THR == 0 && (TN * ((DK - DV) / 8)) % THR == 0, "fp8 dequant split");
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* sq = smem;
   unsigned char* sk = smem + BM * ROW_BYTES;
-  unsigned char* sp = sk + 2 * TN * ROW_BYTES;
+  unsigned char* sraw = sk + KBUF * TN * ROW_BYTES;
+  unsigned char* sp = sraw + RAW;
   float* red = reinterpret_cast<float*>(sp + BM * TN * 2);
 
   const u32 part = blockIdx.x, rb = blockIdx.y;
@@ -168,16 +219,62 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
         cp_async_16(q_base + swz(row, c), ok ? (const void*)(qb + (u64)row * DK + c * 8) : (const void*)q, ok);
       }
     }
-    // Tile u: keys u·TN .. u·TN + TN - 1 (page u / SUB).
+    // Tile u: keys u·TN .. u·TN + TN - 1 (page u / SUB). Rows past the sequence end are zero
+    // filled (never read: the unused slots of a page may hold anything, NaN included); for the
+    // fp8 rows that zeroes the scales too, so they dequantize to 0.
     auto load_k = [&](u32 u, u32 buf) {
-      const bf16* src = cache + ((u64)bt[u / SUB] * NT + (u % SUB) * TN) * DK;
-      const u32 dst = k_base0 + buf * (TN * ROW_BYTES);
+      const auto* src = cache + ((u64)bt[u / SUB] * NT + (u % SUB) * TN) * row_elems(cache);
+      if constexpr (F8) {
+        // The raw 656-byte rows, contiguous (TN·41 chunks of 16 bytes).
+        constexpr u32 N = TN * F8_CHUNKS;
+        const u32 dst = smem_u32(sraw);
 #pragma unroll
-      for (u32 i = 0; i < TN * CHUNKS / THR; ++i) {
-        const u32 idx = t_id + i * THR;
-        const u32 row = idx / CHUNKS, c = idx % CHUNKS;
-        const bool ok = (i32)(u * TN + row) < len;
-        cp_async_16(dst + swz(row, c), src + row * DK + c * 8, ok);
+        for (u32 i = 0; i < (N + THR - 1) / THR; ++i) {
+          const u32 idx = t_id + i * THR;
+          if (N % THR == 0 || idx < N) {
+            const bool ok = (i32)(u * TN + idx / F8_CHUNKS) < len;
+            cp_async_16(dst + idx * 16, src + idx * 16, ok);
+          }
+        }
+      } else {
+        const u32 dst = k_base0 + buf * (TN * ROW_BYTES);
+#pragma unroll
+        for (u32 i = 0; i < TN * CHUNKS / THR; ++i) {
+          const u32 idx = t_id + i * THR;
+          const u32 row = idx / CHUNKS, c = idx % CHUNKS;
+          const bool ok = (i32)(u * TN + row) < len;
+          cp_async_16(dst + swz(row, c), src + row * DK + c * 8, ok);
+        }
+      }
+    };
+    // fp8: the raw tile -> the bf16 K tile (swizzled as the bf16 loads place it): latent chunks of
+    // 8 values = 8 e4m3 bytes times their group's scale, rounded to bf16; rope chunks copied.
+    auto dequant_k = [&]() {
+      if constexpr (F8) {
+#pragma unroll 4
+        for (u32 i = 0; i < TN * (DV / 8) / THR; ++i) {
+          const u32 idx = t_id + i * THR;
+          const u32 row = idx / (DV / 8), c = idx % (DV / 8);
+          const unsigned char* r = sraw + row * F8_ROW;
+          const Vec<u32, 2> b = *reinterpret_cast<const Vec<u32, 2>*>(r + c * 8);
+          const float sc = reinterpret_cast<const float*>(r + F8_SCALES)[c / (F8_GROUP / 8)];
+          float f[4], g[4];
+          e4m3fn_x4_to_f32(b.v[0], f);
+          e4m3fn_x4_to_f32(b.v[1], g);
+          Vec<u32, 4> v;
+          v.v[0] = pack_bf16x2(f[0] * sc, f[1] * sc);
+          v.v[1] = pack_bf16x2(f[2] * sc, f[3] * sc);
+          v.v[2] = pack_bf16x2(g[0] * sc, g[1] * sc);
+          v.v[3] = pack_bf16x2(g[2] * sc, g[3] * sc);
+          *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, c)) = v;
+        }
+#pragma unroll
+        for (u32 i = 0; i < TN * ((DK - DV) / 8) / THR; ++i) {
+          const u32 idx = t_id + i * THR;
+          const u32 row = idx / ((DK - DV) / 8), c = idx % ((DK - DV) / 8);
+          *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, DV / 8 + c)) =
+              *reinterpret_cast<const Vec<u32, 4>*>(sraw + row * F8_ROW + F8_ROPE + c * 16);
+        }
       }
     };
     const u32 u_begin = t_begin * SUB;
@@ -191,9 +288,13 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     float m0 = -f32_inf(), m1 = -f32_inf(), l0 = 0.0f, l1 = 0.0f;
 
     for (u32 t = u_begin; t < u_end; ++t) {
-      const u32 buf = (t - u_begin) & 1u;
+      const u32 buf = F8 ? 0u : (t - u_begin) & 1u;
       cp_async_wait<0>();
-      __syncthreads();
+      __syncthreads();  // tile t landed; every warp is past its reads of the tile before
+      if constexpr (F8) {
+        dequant_k();
+        __syncthreads();  // the bf16 tile is ready and the raw buffer free
+      }
       if (t + 1 < u_end) load_k(t + 1, buf ^ 1u);
       cp_async_commit();
       const u32 kb = k_base0 + buf * (TN * ROW_BYTES);
@@ -364,12 +465,13 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
 #if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
 // Plain path (HIP, and a reference inside CUDA builds when DSV3_MLA_SIMPLE is defined): same
 // scheduling and outputs; one wave per query row, online softmax in f32.
-template <class TO, int MW>
+template <class TO, int MW, class TC>
 DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                       float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
-                                      const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
-                                      const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
-                                      u32 s_q, u32 heads, u32 max_pages, float scale) {
+                                      const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
+                                      const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
+                                      const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                      float scale) {
   using namespace mla;
   constexpr u32 BM = 16 * MW, PER = DV / WARP_SIZE;
   const u32 part = blockIdx.x, rb = blockIdx.y;
@@ -398,13 +500,13 @@ DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRIC
       float m = -f32_inf(), l = 0.0f, acc[PER];
       for (u32 i = 0; i < PER; ++i) acc[i] = 0.0f;
       for (i32 k = (i32)((g0 - cb0) * NT); k < k_end; ++k) {
-        const bf16* kr = cache + ((u64)bt[k / (i32)NT] * NT + (u32)k % NT) * DK;
+        const auto* kr = cache + ((u64)bt[k / (i32)NT] * NT + (u32)k % NT) * row_elems(cache);
         float d = 0.0f;
-        for (u32 c = lane(); c < DK; c += WARP_SIZE) d += to_float(qr[c]) * to_float(kr[c]);
+        for (u32 c = lane(); c < DK; c += WARP_SIZE) d += to_float(qr[c]) * key_at(kr, c);
         d = warp_sum(d) * scale;
         const float mn = fmaxf(m, d), corr = fexp(m - mn), p = fexp(d - mn);
         l = l * corr + p;
-        for (u32 i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * to_float(kr[lane() + i * WARP_SIZE]);
+        for (u32 i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * key_at(kr, lane() + i * WARP_SIZE);
         m = mn;
       }
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
@@ -429,31 +531,74 @@ DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRIC
 }
 #endif
 
-template <class TO, int MW>
+// TC: the cache row type, bf16 (default: [pages, 64, 576] bf16) or e4m3fn ([pages, 64, 656] u8).
+template <class TO, int MW, class TC = bf16>
 DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
-                               float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q, const bf16* DSV3_RESTRICT cache,
+                               float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                               const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
                                const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale) {
 #if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
-  mla_decode_split_simple<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_split_simple<TO, MW, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
-  mla_decode_split_mma<TO, MW, 64, 8>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_split_mma<TO, MW, 64, 8, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
 }
 
 // The same with 32-key tiles and 4 warps (MW = 1, 2): about half the shared memory, so two
 // blocks run per SM (four half-page tiles in flight, their barriers interleaved).
-template <class TO, int MW>
+template <class TO, int MW, class TC = bf16>
 DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
-                                   const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
-                                   const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q,
-                                   u32 heads, u32 max_pages, float scale) {
+                                   const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
+                                   const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
+                                   const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                   float scale) {
 #if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
-  mla_decode_split_simple<TO, MW>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_split_simple<TO, MW, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
-  mla_decode_split_mma<TO, MW, 32, 4>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_split_mma<TO, MW, 32, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
+}
+
+// Quantize on write into the fp8 cache: kv [tokens, kv_stride] rows (the first 576 values:
+// c_kv | k_pe, f32 or bf16) -> the 656-byte row of slot (token_seq[t], token_pos[t]) through the
+// block table (page size 64). grid (tokens), block 128 exactly: thread i quantizes latent values
+// 4i .. 4i + 3 (group i / 32) and, for i < 64, copies rope value i.
+template <class T>
+DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRICT kv, const i32* DSV3_RESTRICT block_table,
+                                  const i32* DSV3_RESTRICT token_seq, const i32* DSV3_RESTRICT token_pos, u32 tokens,
+                                  u32 kv_stride, u32 max_pages) {
+  using namespace mla;
+  __shared__ float part[128];
+  __shared__ float gscale[DV / F8_GROUP];
+  const u32 t = blockIdx.x, i = tid();
+  if (t >= tokens || nthreads() != 128) return;
+  const u32 b = (u32)token_seq[t], p = (u32)token_pos[t];
+  const u64 slot = (u64)block_table[(u64)b * max_pages + p / NT] * NT + p % NT;
+  u8* row = cache + slot * F8_ROW;
+  const T* x = kv + (u64)t * kv_stride;
+  float v[4], a = 0.0f;
+#pragma unroll
+  for (u32 k = 0; k < 4; ++k) {
+    v[k] = to_float(x[4 * i + k]);
+    a = fmaxf(a, fabsf(v[k]));
+  }
+  part[i] = a;
+  __syncthreads();
+  if (i < DV / F8_GROUP) {
+    float m = 0.0f;
+    for (u32 j = 0; j < F8_GROUP / 4; ++j) m = fmaxf(m, part[i * (F8_GROUP / 4) + j]);
+    gscale[i] = fmaxf(m, F8_AMAX_EPS) / F8_QMAX;
+  }
+  __syncthreads();
+  const float sc = gscale[(4 * i) / F8_GROUP];
+  u32 w = 0;
+#pragma unroll
+  for (u32 k = 0; k < 4; ++k) w |= (u32)f32_to_e4m3fn(v[k] / sc).bits << (8 * k);
+  reinterpret_cast<u32*>(row)[i] = w;
+  if (i < DV / F8_GROUP) reinterpret_cast<float*>(row + F8_SCALES)[i] = gscale[i];
+  if (i < DK - DV) reinterpret_cast<bf16*>(row + F8_ROPE)[i] = f32_to_bf16(to_float(x[DV + i]));
 }
 
 // Merges the split partials of each (sequence, row); grid (B, s_q·H), block 128 (4 columns per

@@ -749,7 +749,7 @@ fn every_registry_kernel_is_covered() {
             "tests/gpu_fp8_gemm.rs",
             &["fp8_gemm_", "moe_align_tiles", "act_quant_group128_", "silu_mul_quant_group128_", "moe_combine_rows_"],
         ),
-        ("tests/gpu_mla.rs", &["mla_decode_"]),
+        ("tests/gpu_mla.rs", &["mla_decode_", "mla_cache_write_"]),
         // Needs 2 GPUs.
         ("tests/gpu_allreduce.rs", &["allreduce_"]),
     ];

@@ -20,6 +20,23 @@
 //! - The metadata (and the workspaces) live in fixed-size device buffers that depend only on the
 //!   plan, and the metadata kernel reads `seq_lens` on the device: the whole step can be captured
 //!   in a CUDA graph and replayed with new lengths and block tables.
+//!
+//! # FP8 latent cache (`--kv-cache-dtype fp8_e4m3`)
+//!
+//! The plan carries the cache type ([`MlaCacheDtype`], [`MlaDecodePlan::with_cache_dtype`]) and
+//! [`mla_decode`] checks the cache tensor against it. The fp8 cache is FlashMLA's layout:
+//! `cache` [pages, 64, 656] **u8**, one 656-byte row per token:
+//!
+//! ```text
+//! bytes [0, 512)    c_kv, 512 values as e4m3fn; group g = values 128g .. 128g + 127
+//! bytes [512, 528)  4 f32 scales s_g = max(amax_g, 1e-10) / 448   (c_kv[i] = e4m3(byte i) · s_{i/128})
+//! bytes [528, 656)  k_pe, 64 values as bf16
+//! ```
+//!
+//! Rows are written by [`mla_cache_write`] (quantize on write: byte = e4m3fn(x / s_g), round to
+//! nearest even, saturating; bit-identical to the CPU's [`crate::ops::mla_fp8::quantize_row`]).
+//! The decode kernels dequantize each tile to bf16 (`bf16(e4m3 · s_g)`) in shared memory and run
+//! the same tensor-core code as the bf16 cache; q, out, lse, combine and metadata are unchanged.
 
 use super::dispatch::{launch_by_name, KArg};
 use super::memory::DeviceTensor;
@@ -35,6 +52,71 @@ pub const DV: usize = 512;
 pub const PAGE: usize = 64;
 /// Header ints of the metadata buffer before the per-sequence prefix sums.
 const META_HDR: usize = 4;
+/// Bytes of one token row of the fp8 cache (512 e4m3 + 4 f32 scales + 64 bf16).
+pub const FP8_ROW_BYTES: usize = crate::ops::mla_fp8::ROW_BYTES;
+
+/// The latent cache's element type (`--kv-cache-dtype`: `auto` / `bf16` → [`Bf16`](Self::Bf16),
+/// `fp8_e4m3` → [`Fp8E4m3`](Self::Fp8E4m3)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MlaCacheDtype {
+    /// [pages, 64, 576] bf16.
+    #[default]
+    Bf16,
+    /// [pages, 64, 656] u8: FlashMLA's fp8 rows (512 e4m3fn, 4 f32 group scales, 64 bf16 rope).
+    Fp8E4m3,
+}
+
+impl MlaCacheDtype {
+    /// Parses a `--kv-cache-dtype` value.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" | "bf16" | "bfloat16" => Ok(MlaCacheDtype::Bf16),
+            "fp8_e4m3" | "fp8" => Ok(MlaCacheDtype::Fp8E4m3),
+            _ => Err(bad(format!("kv cache dtype `{s}`: expected auto, bf16 or fp8_e4m3"))),
+        }
+    }
+    /// Element type of the cache tensor.
+    pub fn tensor_dtype(self) -> DType {
+        match self {
+            MlaCacheDtype::Bf16 => DType::Bf16,
+            MlaCacheDtype::Fp8E4m3 => DType::U8,
+        }
+    }
+    /// Last dimension of the cache tensor (elements of one token row).
+    pub fn row_len(self) -> usize {
+        match self {
+            MlaCacheDtype::Bf16 => DK,
+            MlaCacheDtype::Fp8E4m3 => FP8_ROW_BYTES,
+        }
+    }
+    /// Bytes of one token row.
+    pub fn row_bytes(self) -> usize {
+        self.row_len() * self.tensor_dtype().size()
+    }
+    /// The cache part of the kernel names (`mla_decode_{bf16,fp8}_...`).
+    pub fn kernel_tag(self) -> &'static str {
+        match self {
+            MlaCacheDtype::Bf16 => "bf16",
+            MlaCacheDtype::Fp8E4m3 => "fp8",
+        }
+    }
+}
+
+impl std::fmt::Display for MlaCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MlaCacheDtype::Bf16 => "bf16",
+            MlaCacheDtype::Fp8E4m3 => "fp8_e4m3",
+        })
+    }
+}
+
+impl std::str::FromStr for MlaCacheDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        MlaCacheDtype::parse(s)
+    }
+}
 
 fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -59,6 +141,8 @@ pub struct MlaDecodePlan {
     pub small_tiles: bool,
     /// Multiprocessors the plan was made for.
     pub sm_count: usize,
+    /// The latent cache's element type (bf16 by default; [`Self::with_cache_dtype`]).
+    pub cache: MlaCacheDtype,
 }
 
 impl MlaDecodePlan {
@@ -76,7 +160,17 @@ impl MlaDecodePlan {
         };
         let row_blocks = rows.div_ceil(16 * mw);
         let num_parts = (sm_count / row_blocks).max(1);
-        let plan = MlaDecodePlan { max_batch, s_q, heads, mw, row_blocks, num_parts, small_tiles: false, sm_count };
+        let plan = MlaDecodePlan {
+            max_batch,
+            s_q,
+            heads,
+            mw,
+            row_blocks,
+            num_parts,
+            small_tiles: false,
+            sm_count,
+            cache: MlaCacheDtype::Bf16,
+        };
         // Until measured, the page-tile kernel is the default; DSV3_MLA_SMALL_TILES=1 selects the
         // 32-key-tile kernel where it applies.
         let small = std::env::var("DSV3_MLA_SMALL_TILES").map(|v| v == "1").unwrap_or(false);
@@ -90,6 +184,11 @@ impl MlaDecodePlan {
         self.num_parts = (per_sm * self.sm_count / self.row_blocks).max(1);
         self
     }
+    /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change).
+    pub fn with_cache_dtype(mut self, cache: MlaCacheDtype) -> Self {
+        self.cache = cache;
+        self
+    }
     /// The same plan with an explicit number of parts (tuning, tests of the scheduler).
     pub fn with_parts(mut self, num_parts: usize) -> Self {
         self.num_parts = num_parts.max(1);
@@ -98,12 +197,17 @@ impl MlaDecodePlan {
     pub fn rows(&self) -> usize {
         self.s_q * self.heads
     }
-    /// Dynamic shared memory of the split kernel (bytes).
+    /// Dynamic shared memory of the split kernel (bytes): Q, the K tiles (bf16 cache: two bf16
+    /// tiles; fp8 cache: one bf16 tile and one raw 656-byte-row tile), P and the reductions.
     pub fn smem_bytes(&self) -> u32 {
         let bm = 16 * self.mw;
         let tile = self.tile_keys();
         let warps = self.threads() / 32;
-        (bm * DK * 2 + 2 * tile * DK * 2 + bm * tile * 2 + (warps / self.mw) * bm * 4) as u32
+        let k_tiles = match self.cache {
+            MlaCacheDtype::Bf16 => 2 * tile * DK * 2,
+            MlaCacheDtype::Fp8E4m3 => tile * DK * 2 + tile * FP8_ROW_BYTES,
+        };
+        (bm * DK * 2 + k_tiles + bm * tile * 2 + (warps / self.mw) * bm * 4) as u32
     }
     /// Keys per tile of the split kernel.
     pub fn tile_keys(&self) -> usize {
@@ -121,13 +225,18 @@ impl MlaDecodePlan {
             256
         }
     }
-    /// Registry name of the split kernel for output dtype `out`.
+    /// Registry name of the split kernel for output dtype `out` (and the plan's cache type).
     pub fn kernel_name(&self, out: DType) -> String {
+        let c = self.cache.kernel_tag();
         if self.small_tiles {
-            format!("mla_decode_t32_bf16_{out}_m{}", self.mw)
+            format!("mla_decode_t32_{c}_{out}_m{}", self.mw)
         } else {
-            format!("mla_decode_bf16_{out}_m{}", self.mw)
+            format!("mla_decode_{c}_{out}_m{}", self.mw)
         }
+    }
+    /// Cache bytes per token row (bandwidth accounting).
+    pub fn cache_row_bytes(&self) -> usize {
+        self.cache.row_bytes()
     }
     /// i32 entries of the metadata buffer.
     pub fn meta_len(&self) -> usize {
@@ -177,9 +286,11 @@ pub fn mla_decode_metadata(s: &dyn GpuStream, meta: &MlaDecodeMeta, seq_lens: &D
 }
 
 /// MLA decode attention: `out` [B, s_q, H, 512] (bf16 or f32) and `lse` [B, s_q, H] f32 from `q`
-/// [B, s_q, H, 576] bf16 over the paged bf16 cache [pages, 64, 576]. `meta` must have been
-/// computed by [`mla_decode_metadata`] from the same `seq_lens` (same step). Two launches: the
-/// split kernel and the combine (which returns at once for sequences that were not split).
+/// [B, s_q, H, 576] bf16 over the paged cache of the plan's type: [pages, 64, 576] bf16, or
+/// [pages, 64, 656] u8 for [`MlaCacheDtype::Fp8E4m3`] (a cache that does not match the plan is an
+/// `InvalidArgument` error). `meta` must have been computed by [`mla_decode_metadata`] from the
+/// same `seq_lens` (same step). Two launches: the split kernel and the combine (which returns at
+/// once for sequences that were not split).
 #[allow(clippy::too_many_arguments)]
 pub fn mla_decode(
     s: &dyn GpuStream,
@@ -210,8 +321,18 @@ pub fn mla_decode(
     if b == 0 || b > p.max_batch {
         return Err(err("batch must be 1..=max_batch"));
     }
-    if cs.len() != 3 || cs[1] != PAGE || cs[2] != DK {
-        return Err(err("cache must be [pages, 64, 576]"));
+    let row = p.cache.row_len();
+    if cs.len() != 3 || cs[1] != PAGE || cs[2] != row {
+        return Err(err(match p.cache {
+            MlaCacheDtype::Bf16 => "cache must be [pages, 64, 576] (bf16 cache plan)",
+            MlaCacheDtype::Fp8E4m3 => "cache must be [pages, 64, 656] (fp8_e4m3 cache plan: 656-byte rows)",
+        }));
+    }
+    if cache.dtype() != p.cache.tensor_dtype() {
+        return Err(err(match p.cache {
+            MlaCacheDtype::Bf16 => "cache must be bf16 for a bf16 cache plan",
+            MlaCacheDtype::Fp8E4m3 => "cache must be u8 (656-byte fp8 rows) for an fp8_e4m3 cache plan",
+        }));
     }
     if bts.len() != 2 || bts[0] != b {
         return Err(err("block_table must be [B, max_pages]"));
@@ -221,7 +342,6 @@ pub fn mla_decode(
     }
     for (t, n, d) in [
         (q, "q", DType::Bf16),
-        (cache, "cache", DType::Bf16),
         (block_table, "block_table", DType::I32),
         (seq_lens, "seq_lens", DType::I32),
         (lse, "lse", DType::F32),
@@ -268,6 +388,88 @@ pub fn mla_decode(
             KArg::U32(p.rows() as u32),
         ],
     )
+}
+
+/// Writes kv [T, kv_stride] rows (their first 576 values, `[c_kv | k_pe]`, f32 or bf16) into the
+/// paged cache slots of (`token_seq[t]`, `token_pos[t]`) through `block_table` [B, max_pages]
+/// (page size 64), in the cache's format `dtype`: bf16 rows (the `paged_kv_write` kernel), or
+/// fp8 rows quantized on write (`mla_cache_write_fp8_*`: per 128-value group s = max(amax,
+/// 1e-10) / 448, bytes e4m3fn(x / s) rounded to nearest even and saturated, rope as bf16;
+/// bit-identical to [`crate::ops::mla_fp8::quantize_row`]). The slots are not checked on the
+/// host (device data): they must lie inside the cache.
+pub fn mla_cache_write(
+    s: &dyn GpuStream,
+    dtype: MlaCacheDtype,
+    cache: &DeviceTensor,
+    kv: &DeviceTensor,
+    block_table: &DeviceTensor,
+    token_seq: &DeviceTensor,
+    token_pos: &DeviceTensor,
+) -> Result<()> {
+    let cs = cache.shape();
+    let ks = kv.shape();
+    let bts = block_table.shape();
+    let err = |m: &str| bad(format!("mla_cache_write ({dtype}): {m} (cache {cs:?} {}, kv {ks:?} {}, block_table {bts:?})", cache.dtype(), kv.dtype()));
+    if cs.len() != 3 || cs[1] != PAGE || cs[2] != dtype.row_len() || cache.dtype() != dtype.tensor_dtype() {
+        return Err(err(match dtype {
+            MlaCacheDtype::Bf16 => "cache must be [pages, 64, 576] bf16",
+            MlaCacheDtype::Fp8E4m3 => "cache must be [pages, 64, 656] u8",
+        }));
+    }
+    if ks.len() != 2 || ks[1] < DK {
+        return Err(err("kv must be [T, kv_stride] with kv_stride >= 576"));
+    }
+    let t = ks[0];
+    if bts.len() != 2 || bts[1] == 0 {
+        return Err(err("block_table must be [B, max_pages]"));
+    }
+    if token_seq.numel() != t || token_pos.numel() != t {
+        return Err(err("token_seq and token_pos need one entry per kv row"));
+    }
+    for (x, n) in [(block_table, "block_table"), (token_seq, "token_seq"), (token_pos, "token_pos")] {
+        x.check_dtype(DType::I32).map_err(|e| bad(format!("mla_cache_write: {n}: {e}")))?;
+    }
+    if kv.dtype() != DType::F32 && kv.dtype() != DType::Bf16 {
+        return Err(err("kv must be f32 or bf16"));
+    }
+    if t == 0 {
+        return Ok(());
+    }
+    let tokens = u32::try_from(t).map_err(|_| err("too many rows"))?;
+    match dtype {
+        MlaCacheDtype::Bf16 => launch_by_name(
+            s,
+            &format!("paged_kv_write_{}_bf16", kv.dtype()),
+            LaunchCfg::linear(tokens, 256),
+            &[
+                KArg::Out(cache),
+                KArg::In(kv),
+                KArg::In(block_table),
+                KArg::In(token_seq),
+                KArg::In(token_pos),
+                KArg::U32(tokens),
+                KArg::U32(DK as u32),
+                KArg::U32(ks[1] as u32),
+                KArg::U32(PAGE as u32),
+                KArg::U32(bts[1] as u32),
+            ],
+        ),
+        MlaCacheDtype::Fp8E4m3 => launch_by_name(
+            s,
+            &format!("mla_cache_write_fp8_{}", kv.dtype()),
+            LaunchCfg::linear(tokens, 128),
+            &[
+                KArg::Out(cache),
+                KArg::In(kv),
+                KArg::In(block_table),
+                KArg::In(token_seq),
+                KArg::In(token_pos),
+                KArg::U32(tokens),
+                KArg::U32(ks[1] as u32),
+                KArg::U32(bts[1] as u32),
+            ],
+        ),
+    }
 }
 
 /// The host mirror of the metadata kernel (tests of the schedule, and hosts that prefer to
@@ -413,6 +615,35 @@ mod tests {
         assert_eq!(p.kernel_name(DType::Bf16), "mla_decode_t32_bf16_bf16_m2");
         let p = MlaDecodePlan::new(128, 1, 128, 132).unwrap().with_small_tiles(true);
         assert!(!p.small_tiles, "mw = 4 has no small-tile kernel");
+    }
+
+    #[test]
+    fn fp8_cache_plans() {
+        let fp8 = MlaCacheDtype::Fp8E4m3;
+        assert_eq!((fp8.row_len(), fp8.row_bytes(), fp8.tensor_dtype()), (656, 656, DType::U8));
+        assert_eq!((MlaCacheDtype::Bf16.row_len(), MlaCacheDtype::Bf16.row_bytes()), (576, 1152));
+        assert_eq!(MlaCacheDtype::parse("fp8_e4m3").unwrap(), fp8);
+        assert_eq!("auto".parse::<MlaCacheDtype>().unwrap(), MlaCacheDtype::Bf16);
+        assert!(MlaCacheDtype::parse("fp8_e5m2").is_err());
+        assert_eq!(fp8.to_string(), "fp8_e4m3");
+        // Q + one bf16 K tile + one raw tile + P + reductions.
+        for (h, s_q, small, smem, name) in [
+            (16, 1, false, 136_704, "mla_decode_fp8_bf16_m1"),
+            (16, 2, false, 157_184, "mla_decode_fp8_bf16_m2"),
+            (128, 1, false, 198_144, "mla_decode_fp8_bf16_m4"),
+            (16, 1, true, 77_568, "mla_decode_t32_fp8_bf16_m1"),
+            (16, 2, true, 97_024, "mla_decode_t32_fp8_bf16_m2"),
+        ] {
+            let p = MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_small_tiles(small).with_cache_dtype(fp8);
+            assert_eq!((p.smem_bytes(), p.kernel_name(DType::Bf16).as_str()), (smem, name));
+            assert!(p.smem_bytes() <= 227 * 1024);
+            // The cache type changes nothing else.
+            let b = MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_small_tiles(small);
+            assert_eq!((p.num_parts, p.row_blocks, p.mw, p.threads()), (b.num_parts, b.row_blocks, b.mw, b.threads()));
+        }
+        let p = MlaDecodePlan::new(8, 1, 16, 132).unwrap().with_cache_dtype(fp8);
+        assert_eq!(p.kernel_name(DType::F32), "mla_decode_fp8_f32_m1");
+        assert_eq!(p.cache_row_bytes(), 656);
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod embedding;
 pub mod fp8;
 pub mod linear;
+pub mod mla_fp8;
 pub mod moe;
 pub mod norm;
 pub mod random;

@@ -75,6 +75,28 @@ DSV3_DEV float to_float(e4m3fnuz x) {
   return e4m3_decode_bias(x.bits, 8);
 }
 
+// Four e4m3fn values packed in a u32 (byte i = value i, little-endian) to f32, exactly (0x7f /
+// 0xff -> NaN). sm_89+ (Ada, Hopper: compute_89, sm_90a, NVRTC on those) converts two at a time
+// in hardware (cvt.rn.f16x2.e4m3x2: every e4m3fn value is an f16, so f16 -> f32 is exact too);
+// sm_80 and HIP decode in software. Both give the same floats.
+DSV3_DEV void e4m3fn_x4_to_f32(u32 w, float (&f)[4]) {
+#if defined(DSV3_CUDA) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 890)
+  u32 h01, h23;
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h01) : "h"((u16)(w & 0xffffu)));
+  asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h23) : "h"((u16)(w >> 16)));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f[0]) : "h"((u16)(h01 & 0xffffu)));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f[1]) : "h"((u16)(h01 >> 16)));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f[2]) : "h"((u16)(h23 & 0xffffu)));
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f[3]) : "h"((u16)(h23 >> 16)));
+#else
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const u32 b = (w >> (8 * i)) & 0xffu;
+    f[i] = (b & 0x7fu) == 0x7fu ? f32_nan() : e4m3_decode_bias(b, 7);
+  }
+#endif
+}
+
 // Encode |a| (finite, < 2^(9-bias) * 1.875 after saturation) into the 7 magnitude bits of an
 // e4m3 with bias `bias`, rounding to nearest even.
 DSV3_DEV u32 e4m3_encode_mag(float a, int bias) {
