@@ -6,5 +6,6 @@ pub mod config;
 pub mod cpu;
 pub mod embedded;
 pub mod generate;
+pub mod shard;
 pub mod gpu;
 pub mod weights;
