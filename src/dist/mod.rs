@@ -13,6 +13,8 @@
 //!   to NCCL.
 //! - `nccl` (feature `cuda`): NCCL loaded at run time (cudarc's `nccl` types; the library is
 //!   opened under `libnccl.so.2` too), one communicator per local GPU, group calls.
+//! - `rank_stream` (feature `cuda`): [`RankStream`], a rank's communicator stream as the
+//!   `GpuStream` a model shard runs on.
 
 pub mod policy;
 pub mod rendezvous;
@@ -23,6 +25,8 @@ pub mod allreduce;
 pub mod comm;
 #[cfg(feature = "cuda")]
 pub mod nccl;
+#[cfg(feature = "cuda")]
+pub mod rank_stream;
 
 pub use policy::{choose, Algo, Policy};
 pub use rendezvous::{rendezvous, RendezvousConfig, RendezvousInfo, RendezvousServer};
@@ -33,6 +37,8 @@ pub use allreduce::{AllReduce, CustomAllReduce};
 pub use comm::Communicator;
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
+#[cfg(feature = "cuda")]
+pub use rank_stream::RankStream;
 
 #[cfg(feature = "cuda")]
 pub(crate) fn dist_err(what: &'static str, msg: impl Into<String>) -> crate::Error {

@@ -13,7 +13,7 @@ impl GpuModel {
     pub(super) fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
-        let (t, heads) = (x.shape()[0], c.num_attention_heads);
+        let (t, heads) = (x.shape()[0], self.heads);
         let (nope, rope, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let qk = nope + rope;
         let latent = lora + rope;
@@ -53,7 +53,7 @@ impl GpuModel {
     pub(super) fn absorb_q(&self, layer: &Layer, q: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
-        let (heads, nope, rope, lora) = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        let (heads, nope, rope, lora) = (self.heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let (qk, latent) = (nope + rope, lora + rope);
         let q_abs = self.empty(&[t, heads, latent])?;
         let q_nope = self.empty(&[t, nope])?;
@@ -70,7 +70,7 @@ impl GpuModel {
     /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal.
     pub(super) fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
         let c = &self.cfg;
-        let (t, heads) = (q_abs.shape()[0], c.num_attention_heads);
+        let (t, heads) = (q_abs.shape()[0], self.heads);
         let o_lat = self.empty(&[t, heads, c.kv_lora_rank])?;
         dispatch::mla_paged_attention(self.s(), &o_lat, q_abs, paged, &step.seq, &step.pos, c.kv_lora_rank, c.softmax_scale())?;
         Ok(o_lat)
@@ -80,7 +80,7 @@ impl GpuModel {
     pub(super) fn unabsorb_o(&self, layer: &Layer, o_lat: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
-        let (heads, v, lora) = (c.num_attention_heads, c.v_head_dim, c.kv_lora_rank);
+        let (heads, v, lora) = (self.heads, c.v_head_dim, c.kv_lora_rank);
         let o_cat = self.empty(&[t, heads * v])?;
         let o_lat_h = self.empty(&[t, lora])?;
         let o_h = self.empty(&[t, v])?;
