@@ -13,6 +13,8 @@
 //!   to NCCL.
 //! - `nccl` (feature `cuda`): NCCL loaded at run time (cudarc's `nccl` types; the library is
 //!   opened under `libnccl.so.2` too), one communicator per local GPU, group calls.
+//! - `group` (feature `cuda`): [`open_group`], this node's communicator and all-reduce from the
+//!   launch flags (rendezvous + NCCL across nodes).
 //! - `rank_stream` (feature `cuda`): [`RankStream`], a rank's communicator stream as the
 //!   `GpuStream` a model shard runs on.
 
@@ -23,6 +25,8 @@ pub mod rendezvous;
 pub mod allreduce;
 #[cfg(feature = "cuda")]
 pub mod comm;
+#[cfg(feature = "cuda")]
+pub mod group;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 #[cfg(feature = "cuda")]
@@ -35,6 +39,8 @@ pub use rendezvous::{rendezvous, RendezvousConfig, RendezvousInfo, RendezvousSer
 pub use allreduce::{AllReduce, CustomAllReduce};
 #[cfg(feature = "cuda")]
 pub use comm::Communicator;
+#[cfg(feature = "cuda")]
+pub use group::{open_group, GroupConfig};
 #[cfg(feature = "cuda")]
 pub use nccl::Nccl;
 #[cfg(feature = "cuda")]
