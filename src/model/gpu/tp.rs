@@ -33,13 +33,14 @@ use crate::tensor::Tensor;
 
 pub struct TpModel {
     models: Vec<GpuModel>,
-    ar: AllReduce,
+    ar: Arc<AllReduce>,
     comm: Arc<Communicator>,
 }
 
 impl TpModel {
-    /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator.
-    pub fn load(dir: &Path, ar: AllReduce, moe: MoeSplit) -> Result<TpModel> {
+    /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator (the group
+    /// may serve several models one after another).
+    pub fn load(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit) -> Result<TpModel> {
         let comm = ar.communicator().clone();
         let world = comm.world_size();
         let models = (0..comm.local_size())
