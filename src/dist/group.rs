@@ -31,6 +31,7 @@ impl GroupConfig {
     }
 
     /// GPUs this node drives: `tp / nnodes` (every node brings as many).
+    #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
     pub fn local_gpus(&self) -> Result<usize> {
         if self.tp == 0 || self.nnodes == 0 || self.tp % self.nnodes != 0 {
             return Err(dist_err("dist", format!("--tp {} must be a positive multiple of --nnodes {} (each node drives tp/nnodes GPUs)", self.tp, self.nnodes)));

@@ -118,12 +118,12 @@ mod tests {
         let cuda = check(&LaunchFlags { device: "cuda:0".into(), ..Default::default() });
         if cfg!(feature = "cuda") {
             assert_eq!((cuda, tp, ep), (Ok(()), Ok(()), Ok(())));
+            assert!(err(LaunchFlags { tp: 4, ep_size: 2, device: "cuda".into(), ..Default::default() }).contains("--ep-size 2"));
         } else {
             for r in [cuda, tp, ep] {
                 assert!(r.unwrap_err().contains("--features cuda"));
             }
         }
-        assert!(err(LaunchFlags { tp: 4, ep_size: 2, device: "cuda".into(), ..Default::default() }).contains("--ep-size 2"));
         assert!(err(LaunchFlags { device: "tpu".into(), ..Default::default() }).contains("unknown device"));
         assert!(err(LaunchFlags { quantization: Some("moe_wna16".into()), ..Default::default() }).contains("moe_wna16"));
         assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("f32"));

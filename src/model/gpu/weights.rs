@@ -86,6 +86,7 @@ fn cut<'a, T: Copy>(t: &'a [T], k: usize, part: &TensorSlice) -> impl Iterator<I
 }
 
 /// Whether a split `r` of `0..len` keeps whole 128-wide scale blocks.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 fn block_aligned(r: &Range<usize>, len: usize) -> bool {
     r.start % 128 == 0 && (r.end % 128 == 0 || r.end == len)
 }
