@@ -1,7 +1,7 @@
 //! Tensor and expert parallelism over two GPUs of one process ([`TpModel`]) against the
 //! single-GPU model ([`GpuModel`], TP=1) on every fixture: batched prefill + decode logits,
-//! greedy tokens, decode CUDA graphs, and two "nodes" as two processes (`--nnodes 2`, one GPU
-//! each, rendezvous over loopback, NCCL).
+//! greedy tokens, decode CUDA graphs, the serving engine over the group (`TpStepModel`), and two
+//! "nodes" as two processes (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL).
 //!
 //! GPU tests: ignored in the CPU suite; run on a 2-GPU machine with `--include-ignored
 //! --test-threads 1`. With fewer than two CUDA devices every test panics (fails), never passes.
@@ -212,6 +212,78 @@ fn tp2_decode_graphs_match_eager() {
             b.lens.iter_mut().for_each(|l| *l += 1);
         }
         println!("{}: TP=2 decode graphs match eager TP=2 and TP=1", dir.display());
+    }
+}
+
+/// Greedy tokens of TP=1 (single-sequence path) and, per step, whether its margin is clear at
+/// `tol` (as in `check_step`).
+fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
+    let vocab = m.config().vocab_size;
+    let mut cache = m.new_gpu_cache().unwrap();
+    let mut row = m.forward_gpu(p, &mut cache).unwrap().row(p.len() - 1).to_vec();
+    let mut out = Vec::new();
+    loop {
+        let rms = (row.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
+        let tok = argmax(&row) as u32;
+        out.push((tok, (top2_margin(&row) as f64) > 10.0 * tol * rms));
+        if out.len() == n {
+            return out;
+        }
+        row = m.forward_gpu(&[tok], &mut cache).unwrap().row(0).to_vec();
+    }
+}
+
+/// The serving engine over the TP group (`TpStepModel`, what `serve --tp 2` runs), with decode
+/// graphs, small pages and chunked prefill: concurrent greedy requests give TP=1's tokens up to
+/// TP=1's first near-tie.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tp2_engine_serves_the_tokens_of_tp1() {
+    use dsv3::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, KvCacheSize, SamplingParams, TpStepModel};
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let vocab = single.config().vocab_size;
+        let tol = tolerance(&dir);
+        let max_new = 16;
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(40 + i, 3 + (i as usize * 13) % 45, vocab)).collect();
+        let want: Vec<Vec<(u32, bool)>> = prompts.iter().map(|p| tp1_greedy(&single, p, max_new, tol)).collect();
+        drop(single);
+        for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+            let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
+            let model = TpStepModel::new(tp_model(&dir, moe)).with_cuda_graphs(8);
+            let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
+            let mut rxs = Vec::new();
+            for (i, p) in prompts.iter().enumerate() {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_new) };
+                engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).unwrap();
+                rxs.push(rx);
+            }
+            let mut steps = 0;
+            while engine.has_work() {
+                engine.step();
+                steps += 1;
+                assert!(steps < 10_000, "the engine does not make progress");
+            }
+            for (i, rx) in rxs.iter_mut().enumerate() {
+                let mut ids = Vec::new();
+                while let Ok(ev) = rx.try_recv() {
+                    match ev {
+                        EngineEvent::Token(t) => ids.push(t.token_id),
+                        EngineEvent::Failed(m) => panic!("{}: {moe:?}: request {i} failed: {m}", dir.display()),
+                        _ => {}
+                    }
+                }
+                assert_eq!(ids.len(), max_new, "{}: {moe:?}: request {i}", dir.display());
+                let clear = want[i].iter().take_while(|(_, c)| *c).count();
+                let tp1: Vec<u32> = want[i].iter().map(|(t, _)| *t).collect();
+                // Token j is chosen at step j: equal while TP=1's margins are clear.
+                let n = clear;
+                assert_eq!(ids[..n], tp1[..n], "{}: {moe:?}: request {i}: engine over TP=2 vs TP=1", dir.display());
+            }
+            println!("{}: {moe:?}: the TP=2 engine gives TP=1's tokens", dir.display());
+        }
     }
 }
 
