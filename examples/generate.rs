@@ -138,8 +138,12 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<(
     use dsv3::dist::{open_group, GroupConfig};
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::MoeSplit;
-    if !matches!(device, Device::Cuda(_)) {
-        return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.tp)));
+    match device {
+        Device::Cuda(n) if n == 0 || n == args.base_gpu_id => {}
+        Device::Cuda(n) => {
+            return Err(Error::InvalidArgument(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp)))
+        }
+        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.tp))),
     }
     if args.ep_size != 1 && args.ep_size != args.tp {
         return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.ep_size, args.tp)));

@@ -280,6 +280,11 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::MoeSplit;
     let _ = dsv3::dist::rendezvous::parse_timeout(&args.dist_timeout).map_err(|e| e.to_string())?;
+    if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
+        if n != 0 && n != args.base_gpu_id {
+            return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp));
+        }
+    }
     let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.tp, args.base_gpu_id)).map_err(|e| e.to_string())?);
     let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
     let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
