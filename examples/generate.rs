@@ -4,6 +4,12 @@
 //!     --max-new-tokens 12 --device cpu --dump-logits OUT.safetensors --output-json OUT.json
 //!
 //! Without `--model-path` it runs the embedded tiny model.
+//!
+//! Tensor parallelism (a build with --features cuda): `--device cuda --tp 2` drives GPUs 0..2
+//! (`--base-gpu-id` shifts them) from this one process; `--enable-ep-moe` (or `--ep-size 2`)
+//! splits the routed experts whole over the ranks. Several nodes: run it on each with
+//! `--nnodes M --node-rank R --dist-init-addr HOST:PORT` (node 0's address); each node drives
+//! `tp / nnodes` GPUs and all of them print the same tokens.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -55,6 +61,30 @@ struct Args {
     /// checkpoint holds another. Without it the format is detected from the checkpoint.
     #[arg(long)]
     quantization: Option<String>,
+    /// Tensor-parallel size over all nodes (CUDA).
+    #[arg(long, alias = "tp-size", alias = "tensor-parallel-size", default_value_t = 1)]
+    tp: usize,
+    /// First GPU ordinal this node drives.
+    #[arg(long, default_value_t = 0)]
+    base_gpu_id: usize,
+    /// Routed experts split whole over the TP ranks (expert parallelism).
+    #[arg(long)]
+    enable_ep_moe: bool,
+    /// Expert-parallel size: 1 or the TP size (> 1 turns expert parallelism on).
+    #[arg(long, default_value_t = 1)]
+    ep_size: usize,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 1)]
+    nnodes: usize,
+    /// This node's rank among --nnodes.
+    #[arg(long, default_value_t = 0)]
+    node_rank: usize,
+    /// host:port of node 0 (the rendezvous), with --nnodes > 1.
+    #[arg(long)]
+    dist_init_addr: Option<String>,
+    /// Seconds to wait for every node at the rendezvous.
+    #[arg(long, default_value = "300")]
+    dist_timeout: String,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -102,11 +132,48 @@ fn run(args: Args) -> Result<()> {
             let model = CpuModel::load(&dir, opts)?;
             generate(&args, &dir, &model, t0)
         }
+        device if args.tp > 1 || args.nnodes > 1 => generate_tp(&args, &dir, device, t0),
         device => {
             let model = GpuModel::load(&dir, device)?;
             generate(&args, &dir, &model, t0)
         }
     }
+}
+
+/// `--tp N` (and several nodes): one process drives this node's GPUs of the group.
+#[cfg(feature = "cuda")]
+fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<()> {
+    use dsv3::dist::{open_group, GroupConfig};
+    use dsv3::model::gpu::TpModel;
+    use dsv3::model::shard::MoeSplit;
+    match device {
+        Device::Cuda(n) if n == 0 || n == args.base_gpu_id => {}
+        Device::Cuda(n) => {
+            return Err(Error::InvalidArgument(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp)))
+        }
+        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.tp))),
+    }
+    if args.ep_size != 1 && args.ep_size != args.tp {
+        return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.ep_size, args.tp)));
+    }
+    let group = GroupConfig {
+        tp: args.tp,
+        base_gpu_id: args.base_gpu_id,
+        nnodes: args.nnodes,
+        node_rank: args.node_rank,
+        dist_init_addr: args.dist_init_addr.clone(),
+        timeout: dsv3::dist::rendezvous::parse_timeout(&args.dist_timeout)?,
+    };
+    let ar = std::sync::Arc::new(open_group(&group)?);
+    let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
+    let model = TpModel::load(dir, ar, moe)?;
+    tracing::info!("{} ({moe:?} MoE split)", model.describe());
+    generate(args, dir, &model, t0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn generate_tp(args: &Args, _dir: &Path, _device: Device, _t0: Instant) -> Result<()> {
+    Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.tp, args.nnodes)))
 }
 
 fn generate<M: CausalLm>(args: &Args, dir: &Path, model: &M, t0: Instant) -> Result<()> {

@@ -39,19 +39,31 @@ struct Args {
     /// every engine step is one batched forward over a device page pool.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Tensor-parallel size. Values > 1 need the multi-GPU build.
+    /// Tensor-parallel size: one process drives GPUs --base-gpu-id.. of this node (CUDA).
     #[arg(long, alias = "tp-size", alias = "tensor-parallel-size", default_value_t = 1)]
     tp: usize,
-    /// Data-parallel size. Values > 1 need the multi-GPU build.
+    /// First GPU ordinal of the TP group.
+    #[arg(long, default_value_t = 0)]
+    base_gpu_id: usize,
+    /// Routed experts split whole over the TP ranks (expert parallelism).
+    #[arg(long)]
+    enable_ep_moe: bool,
+    /// Expert-parallel size: 1 or the TP size (> 1 turns expert parallelism on).
+    #[arg(long, default_value_t = 1)]
+    ep_size: usize,
+    /// Seconds to wait for every node at the rendezvous (multi-node).
+    #[arg(long, default_value = "300")]
+    dist_timeout: String,
+    /// Data-parallel size (not implemented yet: values > 1 are refused).
     #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
     dp: usize,
-    /// Data-parallel attention for DeepSeek models (multi-GPU build).
+    /// Data-parallel attention for DeepSeek models (not implemented yet).
     #[arg(long)]
     enable_dp_attention: bool,
-    /// host:port of node 0 for multi-node serving (multi-GPU build).
+    /// host:port of node 0 for multi-node serving (not implemented yet for serve).
     #[arg(long)]
     dist_init_addr: Option<String>,
-    /// Number of nodes (multi-node serving needs the multi-GPU build).
+    /// Number of nodes (multi-node serving is not implemented yet; generate runs multi-node).
     #[arg(long, default_value_t = 1)]
     nnodes: usize,
     /// This node's rank among --nnodes.
@@ -149,6 +161,8 @@ fn run(args: Args) -> Result<(), String> {
         tp: args.tp,
         dp: args.dp,
         enable_dp_attention: args.enable_dp_attention,
+        enable_ep_moe: args.enable_ep_moe,
+        ep_size: args.ep_size,
         nnodes: args.nnodes,
         node_rank: args.node_rank,
         dist_init_addr: args.dist_init_addr.clone(),
@@ -216,7 +230,11 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|_| format!("--host {}: not an address this machine can listen on", args.host))?;
     launch::check_quantization(&flags, &dir)?;
     let t0 = std::time::Instant::now();
-    let state = build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?;
+    let state = if args.tp > 1 {
+        build_tp_state(&args, &dir, &engine_cfg, server_cfg)?
+    } else {
+        build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?
+    };
     let info = state.engine.info().clone();
     tracing::info!(
         "loaded {} in {:.1?} on {}: context {}, KV cache {} pages × {} = {} positions ({:.1} MiB), \
@@ -256,6 +274,32 @@ fn run(args: Args) -> Result<(), String> {
         tracing::info!("bye");
         Ok::<(), String>(())
     })
+}
+
+/// `--tp N` on one node: the group over GPUs --base-gpu-id.., one engine over it.
+#[cfg(feature = "cuda")]
+fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<dsv3::server::AppState, String> {
+    use dsv3::dist::{open_group, GroupConfig};
+    use dsv3::engine::TpStepModel;
+    use dsv3::model::gpu::TpModel;
+    use dsv3::model::shard::MoeSplit;
+    let _ = dsv3::dist::rendezvous::parse_timeout(&args.dist_timeout).map_err(|e| e.to_string())?;
+    if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
+        if n != 0 && n != args.base_gpu_id {
+            return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp));
+        }
+    }
+    let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.tp, args.base_gpu_id)).map_err(|e| e.to_string())?);
+    let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
+    let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
+    let bos = model.config().bos_token_id;
+    let step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
+    dsv3::server::build_state_for(Box::new(step), bos, dir, engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn build_tp_state(args: &Args, _dir: &std::path::Path, _engine_cfg: &EngineConfig, _server_cfg: ServerConfig) -> Result<dsv3::server::AppState, String> {
+    Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.tp))
 }
 
 /// Ctrl-C, or SIGTERM on Unix.

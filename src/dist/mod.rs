@@ -13,6 +13,10 @@
 //!   to NCCL.
 //! - `nccl` (feature `cuda`): NCCL loaded at run time (cudarc's `nccl` types; the library is
 //!   opened under `libnccl.so.2` too), one communicator per local GPU, group calls.
+//! - `group` (feature `cuda`): [`open_group`], this node's communicator and all-reduce from the
+//!   launch flags (rendezvous + NCCL across nodes).
+//! - `rank_stream` (feature `cuda`): [`RankStream`], a rank's communicator stream as the
+//!   `GpuStream` a model shard runs on.
 
 pub mod policy;
 pub mod rendezvous;
@@ -22,7 +26,11 @@ pub mod allreduce;
 #[cfg(feature = "cuda")]
 pub mod comm;
 #[cfg(feature = "cuda")]
+pub mod group;
+#[cfg(feature = "cuda")]
 pub mod nccl;
+#[cfg(feature = "cuda")]
+pub mod rank_stream;
 
 pub use policy::{choose, Algo, Policy};
 pub use rendezvous::{rendezvous, RendezvousConfig, RendezvousInfo, RendezvousServer};
@@ -32,7 +40,11 @@ pub use allreduce::{AllReduce, CustomAllReduce};
 #[cfg(feature = "cuda")]
 pub use comm::Communicator;
 #[cfg(feature = "cuda")]
+pub use group::{open_group, GroupConfig};
+#[cfg(feature = "cuda")]
 pub use nccl::Nccl;
+#[cfg(feature = "cuda")]
+pub use rank_stream::RankStream;
 
 #[cfg(feature = "cuda")]
 pub(crate) fn dist_err(what: &'static str, msg: impl Into<String>) -> crate::Error {

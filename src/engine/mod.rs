@@ -28,9 +28,13 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
+#[cfg(feature = "cuda")]
+pub mod tp;
 
 pub use config::{EngineConfig, KvCacheSize};
 pub use gpu::GpuStepModel;
+#[cfg(feature = "cuda")]
+pub use tp::TpStepModel;
 pub use core::{Engine, EngineInfo, StepStats, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
 pub use model::{CpuStepModel, ModelSpec, SeqStep, StepModel};

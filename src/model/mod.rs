@@ -6,6 +6,7 @@ pub mod config;
 pub mod cpu;
 pub mod embedded;
 pub mod generate;
+pub mod shard;
 pub mod gpu;
 pub mod quant_method;
 pub mod weights;

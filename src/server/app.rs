@@ -46,6 +46,19 @@ pub fn build_state(
             (Box::new(model), bos)
         }
     };
+    build_state_for(model, bos, dir, engine_cfg, server_cfg, chat_template)
+}
+
+/// Starts the engine over an already loaded `model` (e.g. a tensor-parallel group), with the
+/// tokenizer and chat template of `dir`. `bos`: the model config's BOS token id.
+pub fn build_state_for(
+    model: Box<dyn StepModel>,
+    bos: Option<u32>,
+    dir: &Path,
+    engine_cfg: &EngineConfig,
+    server_cfg: ServerConfig,
+    chat_template: Option<&Path>,
+) -> Result<AppState> {
     let tokenizer = TextTokenizer::load(dir, bos)?.map(Arc::new);
     let template = match (&tokenizer, chat_template) {
         (None, _) => None,

@@ -1,12 +1,12 @@
 //! SGLang launch flags that this build accepts but cannot honour yet: each gives a one-line
 //! error that says what is missing, instead of being silently ignored. `--device cuda[:N]` /
-//! `hip[:N]` pass where the build has that backend. `--quantization` is checked here by name;
-//! whether it agrees with the checkpoint is [`check_quantization`]'s job, once the model
-//! directory is known.
-
-use crate::model::quant_method::{check_flag_for_dir, QuantMethod, QUANT_METHODS};
+//! `hip[:N]` pass where the build has that backend; `--tp N` (and `--enable-ep-moe` /
+//! `--ep-size N`) pass on CUDA, one node: one process drives GPUs `base..base+N`.
+//! `--quantization` is checked here by name; whether it agrees with the checkpoint is
+//! [`check_quantization`]'s job, once the model directory is known.
 
 use crate::model::gpu::GpuOptions;
+use crate::model::quant_method::{check_flag_for_dir, QuantMethod, QUANT_METHODS};
 
 /// The flags of `launch_server` that select hardware, parallelism and number formats.
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +15,10 @@ pub struct LaunchFlags {
     pub tp: usize,
     pub dp: usize,
     pub enable_dp_attention: bool,
+    /// `--enable-ep-moe`: routed experts split whole over the TP ranks.
+    pub enable_ep_moe: bool,
+    /// `--ep-size`: 1, or the TP size (experts over every rank).
+    pub ep_size: usize,
     pub nnodes: usize,
     pub node_rank: usize,
     pub dist_init_addr: Option<String>,
@@ -29,6 +33,8 @@ impl Default for LaunchFlags {
             tp: 1,
             dp: 1,
             enable_dp_attention: false,
+            enable_ep_moe: false,
+            ep_size: 1,
             nnodes: 1,
             node_rank: 0,
             dist_init_addr: None,
@@ -68,23 +74,28 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     } else {
         return Err(format!("--device {device}: unknown device (expected cpu, cuda[:N] or hip[:N])"));
     }
-    if f.tp == 0 || f.dp == 0 || f.nnodes == 0 {
-        return Err("--tp, --dp and --nnodes must be at least 1".into());
+    if f.tp == 0 || f.dp == 0 || f.nnodes == 0 || f.ep_size == 0 {
+        return Err("--tp, --dp, --ep-size and --nnodes must be at least 1".into());
     }
     if f.tp > 1 {
-        return Err(format!(
-            "--tp {}: tensor parallelism needs the multi-GPU build, which is not available yet; this build serves with --tp 1",
-            f.tp
-        ));
+        if !gpu_device("cuda") {
+            return Err(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda, a build with --features cuda); not on {device}", f.tp));
+        }
+        if !cfg!(feature = "cuda") {
+            return Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", f.tp));
+        }
+    }
+    if f.ep_size != 1 && f.ep_size != f.tp {
+        return Err(format!("--ep-size {}: expert parallelism spans the whole TP group in this build (--ep-size 1 or {})", f.ep_size, f.tp));
     }
     if f.dp > 1 || f.enable_dp_attention {
-        return Err("--dp / --enable-dp-attention: data-parallel attention needs the multi-GPU build, which is not available yet".into());
+        return Err("--dp / --enable-dp-attention: data-parallel attention is not implemented yet (use --tp)".into());
     }
     if f.node_rank >= f.nnodes {
         return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
     }
-    if f.nnodes > 1 || f.dist_init_addr.is_some() {
-        return Err("--nnodes / --dist-init-addr / --node-rank: multi-node serving needs the multi-GPU build, which is not available yet".into());
+    if f.nnodes > 1 || f.node_rank > 0 {
+        return Err("--nnodes > 1: multi-node serving is not implemented yet (examples/generate runs over several nodes)".into());
     }
     if let Some(q) = &f.quantization {
         q.parse::<QuantMethod>()?;
@@ -113,17 +124,21 @@ mod tests {
     fn defaults_pass_and_unsupported_flags_say_why() {
         assert_eq!(check(&LaunchFlags::default()), Ok(()));
         let err = |f: LaunchFlags| check(&f).err().unwrap_or_default();
-        assert!(err(LaunchFlags { tp: 8, ..Default::default() }).contains("multi-GPU build"));
+        // --tp needs a CUDA device, and a CUDA build.
+        assert!(err(LaunchFlags { tp: 8, ..Default::default() }).contains("--device cuda"));
+        let tp = check(&LaunchFlags { tp: 2, device: "cuda".into(), ..Default::default() });
+        let ep = check(&LaunchFlags { tp: 2, ep_size: 2, enable_ep_moe: true, device: "cuda:0".into(), ..Default::default() });
         let cuda = check(&LaunchFlags { device: "cuda:0".into(), ..Default::default() });
         if cfg!(feature = "cuda") {
-            assert_eq!(cuda, Ok(()));
+            assert_eq!((cuda, tp, ep), (Ok(()), Ok(()), Ok(())));
+            assert!(err(LaunchFlags { tp: 4, ep_size: 2, device: "cuda".into(), ..Default::default() }).contains("--ep-size 2"));
         } else {
-            assert!(cuda.unwrap_err().contains("--features cuda"));
+            for r in [cuda, tp, ep] {
+                assert!(r.unwrap_err().contains("--features cuda"));
+            }
         }
         assert!(err(LaunchFlags { device: "tpu".into(), ..Default::default() }).contains("unknown device"));
-        // Every quantization name the loader reads passes by name (the checkpoint decides later);
-        // others are refused, naming the flag.
-        for q in SUPPORTED_QUANTIZATION {
+        for q in QUANT_METHODS {
             assert_eq!(check(&LaunchFlags { quantization: Some(q.to_string()), ..Default::default() }), Ok(()), "{q}");
         }
         assert!(err(LaunchFlags { quantization: Some("gptq".into()), ..Default::default() }).contains("--quantization gptq"));
@@ -131,7 +146,8 @@ mod tests {
         assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("fp8_e4m3"));
         assert_eq!(gpu_options(&LaunchFlags::default()), Ok(GpuOptions::fast()));
         assert_eq!(gpu_options(&LaunchFlags { kv_cache_dtype: "f32".into(), ..Default::default() }), Ok(GpuOptions::reference()));
-        assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node"));
-        assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("data-parallel"));
+        assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node serving is not implemented"));
+        assert!(err(LaunchFlags { nnodes: 2, node_rank: 2, ..Default::default() }).contains("--node-rank 2"));
+        assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("not implemented yet"));
     }
 }

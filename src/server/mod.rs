@@ -20,6 +20,6 @@ pub mod reasoning;
 pub mod routes;
 pub mod state;
 
-pub use app::{build_cpu_state, build_state};
+pub use app::{build_cpu_state, build_state, build_state_for};
 pub use routes::{router, serve};
 pub use state::{AppState, ServerConfig, ServerState};

@@ -14,7 +14,7 @@ impl GpuModel {
     pub(super) fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
-        let (t, heads) = (x.shape()[0], c.num_attention_heads);
+        let (t, heads) = (x.shape()[0], self.heads);
         let (nope, rope, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let qk = nope + rope;
         let latent = lora + rope;
@@ -62,7 +62,7 @@ impl GpuModel {
     pub(super) fn absorb_q(&self, layer: &Layer, q: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
-        let (heads, nope, rope, lora) = (c.num_attention_heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
+        let (heads, nope, rope, lora) = (self.heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let (qk, latent) = (nope + rope, lora + rope);
         let q_abs = self.empty(&[t, heads, latent])?;
         dispatch::gemm_batched(
@@ -83,7 +83,7 @@ impl GpuModel {
     /// split-KV MLA decode kernel where the step planned it, the paged attention kernel otherwise.
     pub(super) fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
         let c = &self.cfg;
-        let (t, heads) = (q_abs.shape()[0], c.num_attention_heads);
+        let (t, heads) = (q_abs.shape()[0], self.heads);
         if let Some(meta) = &step.mla_decode {
             let q = self.empty_as(DevDType::Bf16, &[t, 1, heads, c.kv_lora_rank + c.qk_rope_head_dim])?;
             dispatch::cast(self.s(), &q, q_abs)?;
@@ -100,7 +100,7 @@ impl GpuModel {
     /// o = o_lat · W_uvᵀ per head (one batched GEMM over the heads), as [T, H·v] for o_proj.
     pub(super) fn unabsorb_o(&self, layer: &Layer, o_lat: &DeviceTensor, t: usize) -> Result<DeviceTensor> {
         let c = &self.cfg;
-        let (heads, v, lora) = (c.num_attention_heads, c.v_head_dim, c.kv_lora_rank);
+        let (heads, v, lora) = (self.heads, c.v_head_dim, c.kv_lora_rank);
         let o_cat = self.empty(&[t, heads * v])?;
         dispatch::gemm_batched(
             self.s(),

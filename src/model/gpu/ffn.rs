@@ -74,7 +74,9 @@ impl GpuModel {
             }
         };
         self.mark("moe.shared")?;
-        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.fp8_kernels) {
+        // The fused MoE indexes its weights by global expert id: every expert must be local.
+        let all_local = m.local_experts.len() == m.n_experts;
+        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.fp8_kernels && all_local) {
             let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
             self.mark("moe.experts")?;
             return Ok(y);
@@ -83,10 +85,15 @@ impl GpuModel {
         let sorted_pairs = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
         let pair_to_row = DeviceTensor::empty(s, DevDType::I32, &[t * k])?;
         dispatch::moe_align(s, &offsets, &sorted_pairs, &pair_to_row, &ids, m.n_experts)?;
+        let (offsets, ep) = self.local_expert_offsets(m, offsets)?;
         let rows = self.empty(&[t * k, self.cfg.hidden_size])?;
         dispatch::moe_gather(s, &rows, x, &sorted_pairs, &offsets, k)?;
         let grouped = |a: &DeviceTensor, w: &Linear| -> Result<DeviceTensor> {
             let c = self.empty(&[t * k, w.n])?;
+            if ep {
+                // Rows of other ranks' experts are not computed: they must add nothing.
+                unsafe { s.memset_u8(c.raw(), 0, c.bytes())? };
+            }
             dispatch::moe_gemm(s, &c, a, &w.w, w.scale.as_ref(), &offsets)?;
             Ok(c)
         };

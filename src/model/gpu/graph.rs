@@ -58,7 +58,7 @@ impl GpuModel {
         }
         g.inputs.upload(self.s(), &packed)?;
         g.graph.replay()?;
-        let v = self.cfg.vocab_size;
+        let v = self.lm_head.n;
         let host = g.logits.to_f32(self.s())?;
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(1)).collect();
         let mut out = Vec::with_capacity(seqs.len());

@@ -19,17 +19,23 @@ use std::path::Path;
 use std::sync::Mutex;
 
 mod attention;
+mod ep;
 mod ffn;
+mod forward;
 mod graph;
 mod pool;
 mod random;
 mod step;
+#[cfg(feature = "cuda")]
+mod tp;
 mod weights;
 
 pub use graph::DecodeGraph;
 pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
 pub use step::{BatchSeq, LogitRows};
+#[cfg(feature = "cuda")]
+pub use tp::{TpCache, TpDecodeGraph, TpModel};
 
 use crate::backend::dispatch;
 use crate::backend::stream::StreamEvent;
@@ -39,11 +45,13 @@ use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType};
 use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
+use crate::model::shard::{Shard, ShardPlan, TensorSlice};
 use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaDecodePlan};
+use forward::{run_ranks, RankStep};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
-use weights::{load_layer, load_linear, upload_f32, Ffn, Layer, Linear, Weights};
+use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
 
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
@@ -95,6 +103,10 @@ pub struct GpuModel {
     sin: DeviceTensor,
     /// Cache capacity of one sequence, in positions (a whole number of pages).
     max_positions: usize,
+    /// Attention heads of this rank (all of them on one GPU).
+    heads: usize,
+    /// What this rank holds ([`Shard::single`] for the whole model).
+    plan: ShardPlan,
 }
 
 // SAFETY: every GpuStream implementation (CudaStream, HipStream) is Send + Sync (their raw
@@ -111,13 +123,19 @@ impl GpuModel {
 
     /// Loads `dir` onto `device` to compute as `opts` says.
     pub fn load_with(dir: &Path, device: Device, opts: GpuOptions) -> Result<GpuModel> {
+        Self::load_shard(dir, open_stream(device)?, Shard::single(), opts)
+    }
+
+    /// Loads only `shard`'s slice of the checkpoint in `dir` (see [`crate::model::shard`]) and
+    /// runs on `stream` (for a TP group: its rank's stream of the communicator).
+    pub fn load_shard(dir: &Path, stream: Box<dyn GpuStream>, shard: Shard, opts: GpuOptions) -> Result<GpuModel> {
         if !matches!(opts.kv_cache, DevDType::F32 | DevDType::Bf16) {
             return Err(Error::InvalidArgument(format!("latent cache of {}: f32 or bf16", opts.kv_cache)));
         }
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
         ckpt.check_against(&cfg)?;
-        let stream = open_stream(device)?;
+        let plan = ShardPlan::new(&cfg, shard)?;
         let s = stream.as_ref();
         let h = cfg.hidden_size;
         let embed_name = "model.embed_tokens.weight";
@@ -125,15 +143,17 @@ impl GpuModel {
             Some(DType::BF16) => load_linear(s, &ckpt, &[embed_name.to_string()], cfg.vocab_size, h)?.w,
             _ => upload_f32(s, &ckpt.load_f32(embed_name, &[cfg.vocab_size, h])?)?,
         };
-        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, &opts, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, &opts, i, &plan)).collect::<Result<Vec<_>>>()?;
         let norm = upload_f32(s, &ckpt.load_f32("model.norm.weight", &[h])?)?;
         let lm_name = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") { embed_name } else { "lm_head.weight" };
-        let lm_head = load_linear(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h)?;
-        Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head })
+        // Vocab-parallel: this rank's rows (all of them on one GPU).
+        let vocab = TensorSlice { rows: plan.vocab.clone(), cols: 0..h };
+        let lm_head = load_linear_part(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h, &vocab)?;
+        Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head }, plan)
     }
 
-    /// The model over weights already on `stream`'s device: adds the RoPE tables.
-    fn assemble(cfg: ModelConfig, opts: GpuOptions, stream: Box<dyn GpuStream>, w: Weights) -> Result<GpuModel> {
+    /// The model over weights already on `stream`'s device (`plan`'s shard): adds the RoPE tables.
+    fn assemble(cfg: ModelConfig, opts: GpuOptions, stream: Box<dyn GpuStream>, w: Weights, plan: ShardPlan) -> Result<GpuModel> {
         let s = stream.as_ref();
         // cos/sin tables for every position the cache can hold.
         let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -159,6 +179,8 @@ impl GpuModel {
             sin,
             max_positions,
             stream,
+            heads: plan.heads.len(),
+            plan,
             fp8_ws: Mutex::new(Fp8Workspace::new()),
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
             routing_probe: Mutex::new(None),
@@ -195,6 +217,16 @@ impl GpuModel {
         &self.cfg
     }
 
+    /// What this model holds of the checkpoint (its rank's shard).
+    pub fn shard_plan(&self) -> &ShardPlan {
+        &self.plan
+    }
+
+    /// Logits columns this model computes: its vocab slice (the whole vocabulary on one GPU).
+    pub fn vocab_slice(&self) -> std::ops::Range<usize> {
+        self.plan.vocab.clone()
+    }
+
     /// The device the model runs on.
     pub fn device(&self) -> Device {
         self.s().device()
@@ -226,7 +258,7 @@ impl GpuModel {
         let mut out = self.forward_batch(&mut cache.pool, &[seq])?;
         cache.len += tokens.len();
         let logits = out.pop().unwrap_or_default();
-        Tensor::new(vec![tokens.len(), self.cfg.vocab_size], logits)
+        Tensor::new(vec![tokens.len(), self.lm_head.n], logits)
     }
 
     /// One forward over a batch of sequences sharing `pool`: appends every sequence's new latent
@@ -240,7 +272,7 @@ impl GpuModel {
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
         match logits {
             None => Ok(vec![Vec::new(); seqs.len()]),
-            Some(l) => Ok(split_rows(&l.to_f32(self.s())?, &counts, self.cfg.vocab_size)),
+            Some(l) => Ok(split_rows(&l.to_f32(self.s())?, &counts, self.lm_head.n)),
         }
     }
 
@@ -292,55 +324,16 @@ impl GpuModel {
             return None;
         }
         let sms = self.s().sm_count().ok()?;
-        MlaDecodePlan::new(layout.seqs, 1, c.num_attention_heads, sms).ok()
+        MlaDecodePlan::new(layout.seqs, 1, self.heads, sms).ok()
     }
 
     /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits
-    /// [R, vocab] of the rows asked for (`None` when none is), without synchronizing (so that
-    /// it can be captured in a graph).
+    /// [R, vocab slice] of the rows asked for (`None` when none is), without synchronizing (so
+    /// that it can be captured in a graph). The one-rank case of [`forward::run_ranks`].
     fn run(&self, pool: &PagePool, step: &StepTensors) -> Result<Option<DeviceTensor>> {
-        let s = self.s();
-        let c = &self.cfg;
-        let t = step.tokens;
-        if let Some(meta) = &step.mla_decode {
-            mla::mla_decode_metadata(s, meta, &step.seq_lens)?;
-        }
-        let x = self.empty(&[t, c.hidden_size])?;
-        dispatch::embedding(s, &x, &self.embed, &step.ids)?;
-        let normed = self.empty(&[t, c.hidden_size])?;
-        dispatch::rms_norm(s, &normed, &x, &self.layers[0].input_norm, c.rms_norm_eps)?;
-        self.mark("embed")?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let attn = self.attention(layer, i, &normed, pool, step)?;
-            dispatch::add_rms_norm(s, &normed, &x, &attn, &layer.post_attn_norm, c.rms_norm_eps)?;
-            self.mark("add_norm")?;
-            let ffn = match &layer.ffn {
-                Ffn::Dense(m) => {
-                    let y = self.mlp(&normed, m)?;
-                    self.mark("dense_mlp")?;
-                    y
-                }
-                Ffn::Moe(m) => self.moe(&normed, m)?,
-            };
-            let next_norm = self.layers.get(i + 1).map_or(&self.norm, |l| &l.input_norm);
-            dispatch::add_rms_norm(s, &normed, &x, &ffn, next_norm, c.rms_norm_eps)?;
-            self.mark("add_norm")?;
-        }
-        let logits = match (&step.logit_rows, step.rows) {
-            (_, 0) => None,
-            // Every row: no gather.
-            (None, _) => Some(self.linear(&normed, &self.lm_head)?),
-            (Some(idx), rows) => {
-                // The embedding gather doubles as a row gather: out[r] = normed[idx[r]].
-                let picked = self.empty(&[rows, c.hidden_size])?;
-                dispatch::embedding(s, &picked, &normed, idx)?;
-                Some(self.linear(&picked, &self.lm_head)?)
-            }
-        };
-        self.mark("lm_head")?;
-        Ok(logits)
+        let mut out = run_ranks(&[RankStep { model: self, pool, step }], &mut |_| Ok(()))?;
+        Ok(out.pop().flatten())
     }
-
 }
 
 impl CausalLm for GpuModel {

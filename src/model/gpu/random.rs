@@ -24,6 +24,7 @@ use crate::backend::dispatch::{self, RouteParams};
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, GpuStream};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
+use crate::model::shard::{Shard, ShardPlan};
 use crate::ops::random::mix64;
 
 /// DeepSeek-V3's config.json (the 671B model).
@@ -125,6 +126,7 @@ impl Filler<'_> {
                     renormalize: cfg.norm_topk_prob,
                 },
                 n_experts: e,
+                local_experts: 0..e,
                 inter,
             })
         } else {
@@ -171,7 +173,8 @@ impl GpuModel {
         }
         let norm = f.constant(DevDType::F32, &[h], 1.0)?;
         let lm_head = Linear { w: f.scaled(DevDType::Bf16, &[vocab, h], h)?, scale: None, n: vocab };
-        Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head })
+        let plan = ShardPlan::new(&cfg, Shard::single())?;
+        Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head }, plan)
     }
 
     /// Sets the router biases so that random tokens spread evenly over the experts: `iterations`

@@ -7,8 +7,9 @@ use crate::backend::{DType as DevDType, DeviceTensor, Fp8E4m3fn, GpuStream};
 use crate::error::{Error, Result};
 use crate::model::checkpoint::{Checkpoint, DType};
 use crate::model::config::ModelConfig;
+use crate::model::shard::{ShardPlan, TensorSlice};
 use crate::tensor::Tensor;
-
+use std::ops::Range;
 
 /// A linear weight [N, K] as the GEMM kernels read it.
 pub(super) struct Linear {
@@ -30,7 +31,11 @@ pub(super) struct Moe {
     pub(super) experts: Experts,
     pub(super) shared: Option<Mlp>,
     pub(super) params: RouteParams,
+    /// Routed experts in all (routing and `moe_align` run over all of them).
     pub(super) n_experts: usize,
+    /// The experts whose weights this rank holds (all, but under EP); `experts` stacks these.
+    pub(super) local_experts: Range<usize>,
+    /// This rank's slice of each expert's intermediate dim.
     pub(super) inter: usize,
 }
 
@@ -62,9 +67,9 @@ pub(super) struct Layer {
     pub(super) q: QProj,
     pub(super) kv_a: Linear,
     pub(super) kv_a_norm: DeviceTensor,
-    /// W_ukᵀ of every head [H, kv_lora, nope]: q_lat = q_nope · W_uk as a linear layer per head.
+    /// W_ukᵀ of every head of this rank [H, kv_lora, nope]: q_lat = q_nope · W_uk per head.
     pub(super) w_uk_t: DeviceTensor,
-    /// W_uv of every head [H, v, kv_lora].
+    /// W_uv of every head of this rank [H, v, kv_lora].
     pub(super) w_uv: DeviceTensor,
     pub(super) o: Linear,
     pub(super) ffn: Ffn,
@@ -86,6 +91,26 @@ pub(super) fn upload_f32(s: &dyn GpuStream, t: &Tensor) -> Result<DeviceTensor> 
 /// leading expert dimension. float8 weights keep their bits and block scales; bf16 keeps its
 /// bits; anything else (int8 block / channel, AWQ) is dequantized to f32 by `Checkpoint::load_f32`.
 pub(super) fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String], n: usize, k: usize) -> Result<Linear> {
+    load_linear_part(s, ckpt, names, n, k, &TensorSlice::full(n, k))
+}
+
+/// Rows `part.rows`, columns `part.cols` of `t` [.., k] (row-major).
+fn cut<'a, T: Copy>(t: &'a [T], k: usize, part: &TensorSlice) -> impl Iterator<Item = T> + 'a {
+    let cols = part.cols.clone();
+    part.rows.clone().flat_map(move |r| t[r * k + cols.start..r * k + cols.end].iter().copied())
+}
+
+/// Whether a split `r` of `0..len` keeps whole 128-wide scale blocks.
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
+fn block_aligned(r: &Range<usize>, len: usize) -> bool {
+    r.start % 128 == 0 && (r.end % 128 == 0 || r.end == len)
+}
+
+/// [`load_linear`] of the slice `part` of every [n, k] tensor `names` (a rank's shard). float8
+/// slices that keep whole 128×128 scale blocks stay float8 with the matching scale blocks; a
+/// split inside a block is dequantized to f32 (exact, 4× the bytes; warned), since no block
+/// scale describes half a block. DeepSeek-V3's dims at TP 2/4/8 always split on block edges.
+pub(super) fn load_linear_part(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String], n: usize, k: usize, part: &TensorSlice) -> Result<Linear> {
     let dtypes: Vec<DType> = names
         .iter()
         .map(|name| {
@@ -95,23 +120,35 @@ pub(super) fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String]
             ckpt.info(name).map(|i| i.dtype).or_else(awq).ok_or_else(|| missing(name))
         })
         .collect::<Result<_>>()?;
+    let [pn, pk] = part.shape();
     let stacked = |shape: &[usize]| -> Vec<usize> {
         if names.len() == 1 { shape.to_vec() } else { [&[names.len()][..], shape].concat() }
     };
     let fp8_128 = ckpt.fp8_block().is_none_or(|b| b == (128, 128));
-    if dtypes.iter().all(|&d| d == DType::F8E4M3) && fp8_128 {
+    let all_fp8 = dtypes.iter().all(|&d| d == DType::F8E4M3) && fp8_128;
+    let aligned = block_aligned(&part.rows, n) && block_aligned(&part.cols, k);
+    if all_fp8 && !aligned {
+        tracing::warn!(
+            "{}: rows {:?} / columns {:?} of [{n}, {k}] split a 128×128 float8 scale block; this rank holds the slice dequantized to f32",
+            names[0], part.rows, part.cols
+        );
+    }
+    if all_fp8 && aligned {
         let (mut bits, mut scales) = (Vec::new(), Vec::new());
         let scale_shape = [n.div_ceil(128), k.div_ceil(128)];
+        let blocks = TensorSlice { rows: part.rows.start / 128..part.rows.end.div_ceil(128), cols: part.cols.start / 128..part.cols.end.div_ceil(128) };
         for name in names {
             let raw = ckpt.raw(name)?;
             check_shape(name, &raw.shape, &[n, k])?;
-            bits.extend(raw.bytes.iter().map(|&b| Fp8E4m3fn(b)));
-            scales.extend(ckpt.load_f32(&format!("{name}_scale_inv"), &scale_shape)?.into_data());
+            bits.extend(cut(raw.bytes, k, part).map(Fp8E4m3fn));
+            let sc = ckpt.load_f32(&format!("{name}_scale_inv"), &scale_shape)?;
+            scales.extend(cut(sc.data(), scale_shape[1], &blocks));
         }
+        let part_scale = [pn.div_ceil(128), pk.div_ceil(128)];
         return Ok(Linear {
-            w: DeviceTensor::from_slice(s, &stacked(&[n, k]), &bits)?,
-            scale: Some(DeviceTensor::from_slice(s, &stacked(&scale_shape), &scales)?),
-            n,
+            w: DeviceTensor::from_slice(s, &stacked(&[pn, pk]), &bits)?,
+            scale: Some(DeviceTensor::from_slice(s, &stacked(&part_scale), &scales)?),
+            n: pn,
         });
     }
     if dtypes.iter().all(|&d| d == DType::BF16) {
@@ -119,15 +156,16 @@ pub(super) fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String]
         for name in names {
             let raw = ckpt.raw(name)?;
             check_shape(name, &raw.shape, &[n, k])?;
-            bits.extend(raw.bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))));
+            let all: Vec<half::bf16> = raw.bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect();
+            bits.extend(cut(&all, k, part));
         }
-        return Ok(Linear { w: DeviceTensor::from_slice(s, &stacked(&[n, k]), &bits)?, scale: None, n });
+        return Ok(Linear { w: DeviceTensor::from_slice(s, &stacked(&[pn, pk]), &bits)?, scale: None, n: pn });
     }
     let mut values = Vec::new();
     for name in names {
-        values.extend(ckpt.load_f32(name, &[n, k])?.into_data());
+        values.extend(cut(ckpt.load_f32(name, &[n, k])?.data(), k, part));
     }
-    Ok(Linear { w: DeviceTensor::from_f32(s, &stacked(&[n, k]), &values, DevDType::F32)?, scale: None, n })
+    Ok(Linear { w: DeviceTensor::from_f32(s, &stacked(&[pn, pk]), &values, DevDType::F32)?, scale: None, n: pn })
 }
 
 pub(super) fn missing(name: &str) -> Error {
@@ -144,12 +182,13 @@ pub(super) fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Re
     Ok(())
 }
 
-pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, opts: &GpuOptions, i: usize) -> Result<Layer> {
+/// Layer `i`, or `plan`'s shard of it (its heads, its slice of the MLPs, its experts).
+pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, opts: &GpuOptions, i: usize, plan: &ShardPlan) -> Result<Layer> {
     let p = format!("model.layers.{i}");
     let h = cfg.hidden_size;
     let heads = cfg.num_attention_heads;
     let (nope, rope, v, lora) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);
-    let lin = |name: &str, n: usize, k: usize| load_linear(s, ckpt, &[format!("{p}.{name}")], n, k);
+    let lin = |name: &str, n: usize, k: usize| load_part(s, ckpt, plan, &[format!("{p}.{name}")], n, k);
     let vec = |name: &str, n: usize| -> Result<DeviceTensor> { upload_f32(s, &ckpt.load_f32(&format!("{p}.{name}"), &[n])?) };
     let q = match cfg.q_lora_rank {
         Some(r) => QProj::LowRank {
@@ -159,10 +198,11 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         },
         None => QProj::Direct(lin("self_attn.q_proj.weight", heads * (nope + rope), h)?),
     };
-    // W_uk and W_uv per head, from kv_b_proj [H·(nope + v), kv_lora] (dequantized on the host).
+    // W_uk and W_uv per head of this rank, from kv_b_proj [H·(nope + v), kv_lora] (dequantized on the host).
     let kv_b = ckpt.load_f32(&format!("{p}.self_attn.kv_b_proj.weight"), &[heads * (nope + v), lora])?;
-    let (mut w_uk_t, mut w_uv) = (Vec::with_capacity(heads * lora * nope), Vec::with_capacity(heads * v * lora));
-    for hd in 0..heads {
+    let local_heads = plan.heads.len();
+    let (mut w_uk_t, mut w_uv) = (Vec::with_capacity(local_heads * lora * nope), Vec::with_capacity(local_heads * v * lora));
+    for hd in plan.heads.clone() {
         let base = hd * (nope + v) * lora;
         let uk = &kv_b.data()[base..base + nope * lora];
         for col in 0..lora {
@@ -172,29 +212,31 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
     }
     // bf16 next to a bf16 cache (whose attention rounds to bf16 anyway), f32 for the reference.
     let absorb = opts.kv_cache;
-    let w_uk_t = DeviceTensor::from_f32(s, &[heads, lora, nope], &w_uk_t, absorb)?;
-    let w_uv = DeviceTensor::from_f32(s, &[heads, v, lora], &w_uv, absorb)?;
+    let w_uk_t = DeviceTensor::from_f32(s, &[local_heads, lora, nope], &w_uk_t, absorb)?;
+    let w_uv = DeviceTensor::from_f32(s, &[local_heads, v, lora], &w_uv, absorb)?;
     let ffn = if cfg.is_moe_layer(i) {
         let e = cfg.n_routed_experts;
         let inter = cfg.moe_intermediate_size;
         let name = |x: usize, proj: &str| format!("{p}.mlp.experts.{x}.{proj}.weight");
-        let experts = |proj: &str| -> Vec<String> { (0..e).map(|x| name(x, proj)).collect() };
-        let all_fp8 = (0..e).all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
-        let experts = if opts.fp8_kernels && all_fp8 && inter % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128)) {
+        let experts = |proj: &str| -> Vec<String> { plan.experts.clone().map(|x| name(x, proj)).collect() };
+        let (n_local, inter_local) = (plan.experts.len(), plan.expert_inter.len());
+        let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
+        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
+        let experts = if fused {
             // [gate_0, up_0, gate_1, ...] stacked as [2E, I, H] is [E, 2I, H] (scales likewise).
-            let gate_up: Vec<String> = (0..e).flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
-            let w13 = load_linear(s, ckpt, &gate_up, inter, h)?;
+            let gate_up: Vec<String> = plan.experts.clone().flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
+            let w13 = load_part(s, ckpt, plan, &gate_up, inter, h)?;
             let w13 = Linear {
-                w: w13.w.reshape(&[e, 2 * inter, h])?,
-                scale: w13.scale.map(|sc| sc.reshape(&[e, 2 * inter / 128, h.div_ceil(128)])).transpose()?,
-                n: 2 * inter,
+                w: w13.w.reshape(&[n_local, 2 * inter_local, h])?,
+                scale: w13.scale.map(|sc| sc.reshape(&[n_local, 2 * inter_local / 128, h.div_ceil(128)])).transpose()?,
+                n: 2 * inter_local,
             };
-            Experts::Fused { w13, down: load_linear(s, ckpt, &experts("down_proj"), h, inter)? }
+            Experts::Fused { w13, down: load_part(s, ckpt, plan, &experts("down_proj"), h, inter)? }
         } else {
             Experts::Split {
-                gate: load_linear(s, ckpt, &experts("gate_proj"), inter, h)?,
-                up: load_linear(s, ckpt, &experts("up_proj"), inter, h)?,
-                down: load_linear(s, ckpt, &experts("down_proj"), h, inter)?,
+                gate: load_part(s, ckpt, plan, &experts("gate_proj"), inter, h)?,
+                up: load_part(s, ckpt, plan, &experts("up_proj"), inter, h)?,
+                down: load_part(s, ckpt, plan, &experts("down_proj"), h, inter)?,
             }
         };
         Ffn::Moe(Moe {
@@ -203,7 +245,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
             experts,
             shared: match cfg.n_shared_experts {
                 0 => None,
-                n => Some(load_mlp(s, ckpt, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
+                n => Some(load_mlp(s, ckpt, plan, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
             },
             params: RouteParams {
                 n_group: cfg.n_group,
@@ -213,10 +255,11 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
                 renormalize: cfg.norm_topk_prob,
             },
             n_experts: e,
-            inter,
+            local_experts: plan.experts.clone(),
+            inter: plan.expert_inter.len(),
         })
     } else {
-        Ffn::Dense(load_mlp(s, ckpt, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
+        Ffn::Dense(load_mlp(s, ckpt, plan, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
     };
     Ok(Layer {
         input_norm: vec("input_layernorm.weight", h)?,
@@ -231,17 +274,25 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
     })
 }
 
+/// `plan`'s slice of the [n, k] tensors `names` (all sliced alike: the experts of one layer).
+pub(super) fn load_part(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, names: &[String], n: usize, k: usize) -> Result<Linear> {
+    let part = names.first().and_then(|first| plan.slice(first, n, k)).ok_or_else(|| {
+        Error::InvalidArgument(format!("rank {} of {} holds none of {names:?}", plan.shard.rank, plan.shard.world))
+    })?;
+    load_linear_part(s, ckpt, names, n, k, &part)
+}
+
 /// The router stays in f32: its logits decide discrete expert choices.
 pub(super) fn load_linear_f32(s: &dyn GpuStream, ckpt: &Checkpoint, name: &str, n: usize, k: usize) -> Result<Linear> {
     let w = ckpt.load_f32(name, &[n, k])?;
     Ok(Linear { w: upload_f32(s, &w)?, scale: None, n })
 }
 
-pub(super) fn load_mlp(s: &dyn GpuStream, ckpt: &Checkpoint, prefix: &str, h: usize, inter: usize) -> Result<Mlp> {
+pub(super) fn load_mlp(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, prefix: &str, h: usize, inter: usize) -> Result<Mlp> {
     let one = |proj: &str| vec![format!("{prefix}.{proj}.weight")];
     Ok(Mlp {
-        gate: load_linear(s, ckpt, &one("gate_proj"), inter, h)?,
-        up: load_linear(s, ckpt, &one("up_proj"), inter, h)?,
-        down: load_linear(s, ckpt, &one("down_proj"), h, inter)?,
+        gate: load_part(s, ckpt, plan, &one("gate_proj"), inter, h)?,
+        up: load_part(s, ckpt, plan, &one("up_proj"), inter, h)?,
+        down: load_part(s, ckpt, plan, &one("down_proj"), h, inter)?,
     })
 }

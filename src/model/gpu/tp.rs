@@ -1,0 +1,289 @@
+//! [`TpModel`]: one model over the GPUs of a [`Communicator`] (tensor parallelism, optionally
+//! expert parallelism for the routed experts), driven from one host thread.
+//!
+//! Local rank `i` holds global rank `comm.global_rank(i)`'s shard ([`GpuModel::load_shard`]) and
+//! runs on that rank's communicator stream ([`RankStream`]); every rank has its own page pool,
+//! addressed through the same block tables (the latent cache is replicated: all heads share it).
+//! A step queues [`run_ranks`] over the ranks with the [`AllReduce`] as its reduction, in place on
+//! the f32 partial activations: the custom kernels sum in rank order on every rank, so all ranks
+//! hold bit-identical activations (NCCL, across nodes, broadcasts each reduced chunk).
+//!
+//! Logits: each rank computes its vocab slice; on one node the host concatenates the local
+//! slices. Across nodes a node lacks the other nodes' slices, so each rank writes its slice into
+//! a zeroed [R, vocab] buffer and one more all-reduce assembles them (adding zeros is exact).
+//!
+//! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::forward::{run_ranks, RankStep};
+use super::step::{pack_step, split_rows, StepTensors};
+use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
+use crate::backend::dispatch::{self, Strided};
+use crate::backend::memory::RetainedBlocks;
+use crate::backend::{DType, DeviceTensor};
+use crate::dist::comm::MultiGraph;
+use crate::dist::{AllReduce, Communicator, RankStream};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::generate::CausalLm;
+use crate::model::shard::{MoeSplit, Shard};
+use super::GpuOptions;
+use crate::tensor::Tensor;
+
+pub struct TpModel {
+    models: Vec<GpuModel>,
+    ar: Arc<AllReduce>,
+    comm: Arc<Communicator>,
+}
+
+impl TpModel {
+    /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator (the group
+    /// may serve several models one after another).
+    pub fn load(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit) -> Result<TpModel> {
+        let comm = ar.communicator().clone();
+        let world = comm.world_size();
+        let models = (0..comm.local_size())
+            .map(|i| {
+                let stream = Box::new(RankStream::new(comm.clone(), i)?);
+                GpuModel::load_shard(dir, stream, Shard::new(comm.global_rank(i), world, moe)?, GpuOptions::reference())
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TpModel { models, ar, comm })
+    }
+
+    /// The local ranks' shards.
+    pub fn shards(&self) -> &[GpuModel] {
+        &self.models
+    }
+    pub fn config(&self) -> &ModelConfig {
+        self.models[0].config()
+    }
+    pub fn communicator(&self) -> &Arc<Communicator> {
+        &self.comm
+    }
+    pub fn max_positions(&self) -> usize {
+        self.models[0].max_positions()
+    }
+    pub fn latent_width(&self) -> usize {
+        self.models[0].latent_width()
+    }
+    /// The smallest free device memory of the local GPUs (bytes), and their total.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        let all = self.models.iter().map(|m| m.mem_info()).collect::<Result<Vec<_>>>()?;
+        Ok((all.iter().map(|m| m.0).min().unwrap_or(0), all.iter().map(|m| m.1).min().unwrap_or(0)))
+    }
+    /// "cuda:0+cuda:1 (tp 2)", for logs.
+    pub fn describe(&self) -> String {
+        let devs: Vec<String> = self.models.iter().map(|m| m.device().to_string()).collect();
+        format!("{} (tp {}, node ranks {}..{})", devs.join("+"), self.comm.world_size(), self.comm.rank_offset(), self.comm.rank_offset() + self.models.len())
+    }
+
+    /// One page pool per local rank (same shape on every rank).
+    pub fn new_page_pools(&self, num_pages: usize, page_size: usize) -> Result<Vec<PagePool>> {
+        let pools = self.models.iter().map(|m| m.new_page_pool(num_pages, page_size)).collect::<Result<Vec<_>>>()?;
+        self.comm.synchronize()?;
+        Ok(pools)
+    }
+
+    fn check_pools(&self, pools: &[PagePool]) -> Result<()> {
+        let ok = pools.len() == self.models.len() && pools.iter().all(|p| p.num_pages == pools[0].num_pages && p.page_size == pools[0].page_size);
+        if !ok {
+            return Err(Error::InvalidArgument(format!("{} page pool(s) of differing shapes for {} rank(s)", pools.len(), self.models.len())));
+        }
+        Ok(())
+    }
+
+    /// In-place f32 all-reduce of one tensor per local rank.
+    fn reduce(&self, parts: &[&DeviceTensor]) -> Result<()> {
+        let ptrs: Vec<u64> = parts.iter().map(|t| t.raw()).collect();
+        let count = parts.first().map_or(0, |t| t.numel());
+        if parts.iter().any(|t| t.dtype() != DType::F32 || t.numel() != count) {
+            return Err(Error::InvalidArgument("all-reduce of differing partial activations".into()));
+        }
+        // SAFETY: each pointer is a live f32 tensor of `count` elements on its rank's GPU, kept
+        // alive by the caller until the rank's stream has run the kernels.
+        unsafe { self.ar.all_reduce(DType::F32, count, &ptrs, &ptrs)? };
+        Ok(())
+    }
+
+    /// Queues a step on every rank; per rank: its logits slice (one node) or the whole
+    /// assembled logits (several nodes). Graph-capturable.
+    fn run(&self, pools: &[PagePool], steps: &[StepTensors]) -> Result<Vec<Option<DeviceTensor>>> {
+        let ranks: Vec<RankStep<'_>> =
+            self.models.iter().zip(pools).zip(steps).map(|((model, pool), step)| RankStep { model, pool, step }).collect();
+        let logits = run_ranks(&ranks, &mut |parts| self.reduce(parts))?;
+        if self.comm.nnodes() == 1 || logits.iter().any(|l| l.is_none()) {
+            return Ok(logits);
+        }
+        // Several nodes: assemble [R, vocab] on every rank (its slice at its columns, zeros
+        // elsewhere, summed over the world).
+        let vocab = self.config().vocab_size;
+        let mut full = Vec::with_capacity(self.models.len());
+        for (m, l) in self.models.iter().zip(&logits) {
+            let Some(l) = l else { continue };
+            let rows = l.shape()[0];
+            let f = DeviceTensor::empty(m.stream(), DType::F32, &[rows, vocab])?;
+            // SAFETY: `f` is a live allocation of f.bytes().
+            unsafe { m.stream().memset_u8(f.raw(), 0, f.bytes())? };
+            let cols = m.vocab_slice();
+            dispatch::copy_2d(m.stream(), Strided::at(&f, cols.start, vocab), Strided::rows(l), rows, cols.len())?;
+            full.push(f);
+        }
+        self.reduce(&full.iter().collect::<Vec<_>>())?;
+        Ok(full.into_iter().map(Some).collect())
+    }
+
+    /// Host logits [rows, vocab] from what [`TpModel::run`] returned, one tensor per rank.
+    fn host_logits(&self, logits: &[&DeviceTensor], rows: usize) -> Result<Vec<f32>> {
+        let vocab = self.config().vocab_size;
+        if self.comm.nnodes() > 1 {
+            // Every rank holds the assembled logits.
+            return logits[0].to_f32(self.models[0].stream());
+        }
+        let mut out = vec![0f32; rows * vocab];
+        for (m, l) in self.models.iter().zip(logits) {
+            let part = l.to_f32(m.stream())?;
+            let cols = m.vocab_slice();
+            for (r, row) in part.chunks_exact(cols.len()).enumerate() {
+                out[r * vocab + cols.start..r * vocab + cols.end].copy_from_slice(row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Step tensors of `packed` on every rank.
+    fn upload(&self, packed: &[u32], layout: &super::step::StepLayout) -> Result<Vec<StepTensors>> {
+        self.models
+            .iter()
+            .map(|m| {
+                let st = StepTensors::alloc(m.stream(), layout, None)?;
+                st.upload(m.stream(), packed)?;
+                Ok(st)
+            })
+            .collect()
+    }
+
+    /// [`GpuModel::forward_batch`] over the group: `pools[i]` is local rank i's pool; the block
+    /// tables address every pool alike.
+    pub fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.check_pools(pools)?;
+        let (packed, layout) = pack_step(&self.models[0], &pools[0], seqs, None)?;
+        let steps = self.upload(&packed, &layout)?;
+        let logits = self.run(pools, &steps)?;
+        if layout.rows == 0 {
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        let logits = logits.iter().map(|l| l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))).collect::<Result<Vec<_>>>()?;
+        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
+        Ok(split_rows(&self.host_logits(&logits, layout.rows)?, &counts, self.config().vocab_size))
+    }
+
+    /// [`GpuModel::capture_decode_graph`] over the group: one graph per rank, captured together.
+    pub fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
+        self.check_pools(pools)?;
+        if bs == 0 || pad_page as usize >= pools[0].num_pages {
+            return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences, pad page {pad_page} of {}", pools[0].num_pages)));
+        }
+        let max_pages = self.max_positions().div_ceil(pools[0].page_size);
+        let pad = [0u32];
+        let pad_table = [pad_page];
+        let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
+        let (packed, layout) = pack_step(&self.models[0], &pools[0], &seqs, Some(max_pages))?;
+        let inputs = self.upload(&packed, &layout)?;
+        // Eagerly once: loads every kernel, warms the allocators.
+        drop(self.run(pools, &inputs)?);
+        self.comm.synchronize()?;
+        let allocs: Vec<_> = self.models.iter().map(|m| m.stream().allocator().clone()).collect();
+        for a in &allocs {
+            a.begin_retain();
+        }
+        let mut out = None;
+        let graph = self.comm.capture(|| {
+            out = Some(self.run(pools, &inputs)?);
+            Ok(())
+        });
+        let memory: Vec<RetainedBlocks> = allocs.iter().map(|a| a.end_retain()).collect();
+        let graph = graph?;
+        let logits = out
+            .ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?
+            .into_iter()
+            .map(|l| l.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into())))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TpDecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, logits })
+    }
+
+    /// [`GpuModel::forward_decode_graph`] over the group.
+    pub fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.check_pools(pools)?;
+        if seqs.len() > g.bs || seqs.iter().any(|q| q.tokens.len() != 1) {
+            return Err(Error::InvalidArgument(format!("decode graph of {} sequences for a batch of {}", g.bs, seqs.len())));
+        }
+        let pad = [0u32];
+        let pad_table = [g.pad_page];
+        let mut all: Vec<BatchSeq<'_>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
+        all.resize(g.bs, BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last });
+        let (packed, layout) = pack_step(&self.models[0], &pools[0], &all, Some(g.max_pages))?;
+        if layout != g.inputs[0].layout() {
+            return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs[0].layout())));
+        }
+        for (m, inp) in self.models.iter().zip(&g.inputs) {
+            inp.upload(m.stream(), &packed)?;
+        }
+        g.graph.launch()?;
+        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), g.bs)?;
+        let v = self.config().vocab_size;
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(i, q)| if q.logits.count(1) == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() })
+            .collect())
+    }
+}
+
+/// A decode step of `bs` sequences captured on every rank: the graphs and the fixed-address
+/// buffers they read and write (declared first: dropped first).
+pub struct TpDecodeGraph {
+    graph: MultiGraph,
+    _memory: Vec<RetainedBlocks>,
+    bs: usize,
+    max_pages: usize,
+    pad_page: u32,
+    inputs: Vec<StepTensors>,
+    logits: Vec<DeviceTensor>,
+}
+
+impl TpDecodeGraph {
+    pub fn batch_size(&self) -> usize {
+        self.bs
+    }
+}
+
+/// The single-sequence cache of [`TpModel`]'s [`CausalLm`] path: a pool per rank, one table.
+pub struct TpCache {
+    pools: Vec<PagePool>,
+    table: Vec<u32>,
+    len: usize,
+}
+
+impl CausalLm for TpModel {
+    type Cache = TpCache;
+
+    fn config(&self) -> &ModelConfig {
+        self.models[0].config()
+    }
+
+    fn new_cache(&self) -> Result<TpCache> {
+        let pages = self.max_positions() / PAGE_SIZE;
+        let pools = self.new_page_pools(pages, PAGE_SIZE)?;
+        Ok(TpCache { pools, table: (0..pages as u32).rev().collect(), len: 0 })
+    }
+
+    fn forward(&self, tokens: &[u32], cache: &mut TpCache) -> Result<Tensor> {
+        let seq = BatchSeq { tokens, start: cache.len, block_table: &cache.table, logits: LogitRows::All };
+        let mut out = self.forward_batch(&mut cache.pools, &[seq])?;
+        cache.len += tokens.len();
+        Tensor::new(vec![tokens.len(), self.config().vocab_size], out.pop().unwrap_or_default())
+    }
+}

@@ -1,0 +1,356 @@
+//! Tensor and expert parallelism over two GPUs of one process ([`TpModel`]) against the
+//! single-GPU model ([`GpuModel`], TP=1) on every fixture: batched prefill + decode logits,
+//! greedy tokens, decode CUDA graphs, the serving engine over the group (`TpStepModel`), and two
+//! "nodes" as two processes (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL).
+//!
+//! GPU tests: ignored in the CPU suite; run on a 2-GPU machine with `--include-ignored
+//! --test-threads 1`. With fewer than two CUDA devices every test panics (fails), never passes.
+//!
+//! Tolerances (relative Frobenius error of the logits vs TP=1): TP changes only the order of f32
+//! sums (o_proj / down_proj split over K, partials added by the all-reduce in rank order), ~1 ulp
+//! per sum, ~1e-6 after a few layers: 1e-5 where the GEMMs read f32 (f32, f16, int8 and AWQ
+//! checkpoints: dequantized at load). bf16 weights: 1e-4, since a bf16 GEMM path may round its
+//! f32 input to bf16 and a 1-ulp difference can flip that rounding (2^-9 relative per flipped
+//! element). FP8: 3e-2, the FP8 tolerance of DESIGN.md: activations are re-quantized to e4m3 per
+//! 128-channel group (a tiny difference can move a value across a rounding boundary), and the
+//! fixture's slices that split a 128×128 scale block are held dequantized in f32.
+
+mod common;
+
+use common::gpu::gpu_model;
+use common::{check_greedy, fixtures, prompt, reference};
+use dsv3::backend::cuda::device_count;
+use dsv3::dist::{open_group, AllReduce, GroupConfig};
+use dsv3::model::checkpoint::{Checkpoint, DType};
+use dsv3::model::generate::greedy_generate;
+use dsv3::model::gpu::{BatchSeq, GpuModel, LogitRows, PagePool, TpModel};
+use dsv3::model::shard::MoeSplit;
+use dsv3::ops::sampling::{argmax, top2_margin};
+use dsv3::tensor::rel_error;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+const PAGES: usize = 16;
+const PAGE: usize = 64;
+
+fn need_two_gpus() {
+    let n = device_count().unwrap_or_else(|e| panic!("no CUDA device: {e}"));
+    assert!(n >= 2, "needs 2 CUDA devices; the driver reports {n}");
+}
+
+/// The group over cuda:0 and cuda:1, opened once per test binary.
+fn group() -> Arc<AllReduce> {
+    static GROUP: OnceLock<Arc<AllReduce>> = OnceLock::new();
+    GROUP
+        .get_or_init(|| {
+            need_two_gpus();
+            Arc::new(open_group(&GroupConfig::single_node(2, 0)).unwrap_or_else(|e| panic!("group over cuda:0, cuda:1: {e}")))
+        })
+        .clone()
+}
+
+fn tp_model(dir: &Path, moe: MoeSplit) -> TpModel {
+    TpModel::load(dir, group(), moe).unwrap_or_else(|e| panic!("{}: TP=2 ({moe:?}): {e}", dir.display()))
+}
+
+/// See the header: by the format of the attention weights.
+fn tolerance(dir: &Path) -> f64 {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    match ckpt.info("model.layers.0.self_attn.kv_a_proj_with_mqa.weight").map(|i| i.dtype) {
+        Some(DType::F8E4M3) => 3e-2,
+        Some(DType::BF16) => 1e-4,
+        _ => 1e-5,
+    }
+}
+
+/// Three sequences on their own pages (reversed, so paging is exercised), one longer than a page.
+struct Batch {
+    prompts: Vec<Vec<u32>>,
+    tables: Vec<Vec<u32>>,
+    lens: Vec<usize>,
+}
+
+impl Batch {
+    fn new(vocab: usize, max_positions: usize) -> Batch {
+        let long = 70.min(max_positions - 8);
+        let prompts = vec![prompt(1, 11, vocab), prompt(2, 5, vocab), prompt(3, long, vocab)];
+        let per = PAGES / 4;
+        let tables = (0..3).map(|i| ((i * per) as u32..((i + 1) * per) as u32).rev().collect()).collect();
+        Batch { prompts, tables, lens: vec![0; 3] }
+    }
+    fn prefill(&self) -> Vec<BatchSeq<'_>> {
+        let logits = [LogitRows::All, LogitRows::Last, LogitRows::All];
+        (0..3).map(|i| BatchSeq { tokens: &self.prompts[i], start: 0, block_table: &self.tables[i], logits: logits[i] }).collect()
+    }
+    fn decode<'a>(&'a self, next: &'a [[u32; 1]]) -> Vec<BatchSeq<'a>> {
+        (0..3).map(|i| BatchSeq { tokens: &next[i], start: self.lens[i], block_table: &self.tables[i], logits: LogitRows::Last }).collect()
+    }
+}
+
+/// Logits of TP=2 against TP=1, per sequence; greedy choices agree where TP=1's margin is clear.
+#[track_caller]
+fn check_step(what: &str, single: &[Vec<f32>], tp: &[Vec<f32>], vocab: usize, tol: f64) {
+    assert_eq!(single.len(), tp.len(), "{what}: sequences");
+    for (i, (a, b)) in single.iter().zip(tp).enumerate() {
+        assert_eq!(a.len(), b.len(), "{what}: sequence {i}: logits length");
+        if let Some(j) = b.iter().position(|x| !x.is_finite()) {
+            panic!("{what}: sequence {i}: TP logit {j} is {}", b[j]);
+        }
+        let e = rel_error(b, a);
+        assert!(e <= tol, "{what}: sequence {i}: TP vs TP=1 relative error {e:.3e} > {tol:e}");
+        for (r, (ra, rb)) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).enumerate() {
+            let rms = (ra.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
+            if (top2_margin(ra) as f64) > 10.0 * tol * rms {
+                assert_eq!(argmax(ra), argmax(rb), "{what}: sequence {i} row {r}: greedy token differs");
+            }
+        }
+    }
+}
+
+fn last_rows(out: &[Vec<f32>], vocab: usize) -> Vec<[u32; 1]> {
+    out.iter().map(|l| [argmax(&l[l.len() - vocab..]) as u32]).collect()
+}
+
+/// Prefill then `steps` decode steps of three sequences, TP=1 and `tp` fed the same tokens.
+fn prefill_and_decode(dir: &Path, single: &GpuModel, tp: &TpModel, what: &str, steps: usize) {
+    let vocab = single.config().vocab_size;
+    let tol = tolerance(dir);
+    let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
+    let mut p2 = tp.new_page_pools(PAGES, PAGE).unwrap();
+    let mut b = Batch::new(vocab, single.max_positions());
+    let a = single.forward_batch(&mut p1, &b.prefill()).unwrap();
+    let t = tp.forward_batch(&mut p2, &b.prefill()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
+    check_step(&format!("{what} prefill"), &a, &t, vocab, tol);
+    b.lens = b.prompts.iter().map(|p| p.len()).collect();
+    let mut next = last_rows(&a, vocab);
+    let mut worst = rel_error(&t.concat(), &a.concat());
+    for step in 0..steps {
+        let a = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
+        let t = tp.forward_batch(&mut p2, &b.decode(&next)).unwrap_or_else(|e| panic!("{what}: decode {step}: {e}"));
+        check_step(&format!("{what} decode {step}"), &a, &t, vocab, tol);
+        worst = worst.max(rel_error(&t.concat(), &a.concat()));
+        next = last_rows(&a, vocab);
+        b.lens.iter_mut().for_each(|l| *l += 1);
+    }
+    println!("{what}: worst logits rel error vs TP=1 {worst:.2e} (tolerance {tol:e})");
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tp2_logits_match_tp1_on_every_fixture() {
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let tp = tp_model(&dir, MoeSplit::Tensor);
+        prefill_and_decode(&dir, &single, &tp, &format!("{} TP=2", dir.display()), 5);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn ep2_logits_match_tp1_on_the_moe_fixtures() {
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let c = single.config();
+        if !(0..c.num_hidden_layers).any(|i| c.is_moe_layer(i)) || c.n_routed_experts < 2 {
+            continue;
+        }
+        let tp = tp_model(&dir, MoeSplit::Expert);
+        prefill_and_decode(&dir, &single, &tp, &format!("{} EP=2", dir.display()), 5);
+    }
+}
+
+/// Greedy generation through the `CausalLm` path (what `generate --tp 2` runs): the same tokens
+/// as TP=1, and as transformers wherever its margin is clear.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tp2_and_ep2_greedy_tokens_match_tp1() {
+    need_two_gpus();
+    for dir in fixtures() {
+        let r = reference(&dir);
+        let single = greedy_generate(&gpu_model(&dir), &r.prompt, r.output.len(), false).unwrap().output_token_ids;
+        for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+            let tp = tp_model(&dir, moe);
+            let gen = greedy_generate(&tp, &r.prompt, r.output.len(), false).unwrap_or_else(|e| panic!("{}: {moe:?}: {e}", dir.display()));
+            let compared = check_greedy(&dir, &gen.output_token_ids, &r);
+            assert_eq!(gen.output_token_ids[..compared], single[..compared], "{}: {moe:?} vs TP=1", dir.display());
+            println!("{}: {moe:?} TP=2: {compared}/{} greedy tokens agree with TP=1 and transformers", dir.display(), r.output.len());
+        }
+    }
+}
+
+/// Decode steps replayed from graphs captured on both GPUs (`Communicator::capture`, the
+/// all-reduce inside) against eager TP=2 and TP=1, over several replays with fresh inputs.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tp2_decode_graphs_match_eager() {
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let tp = tp_model(&dir, MoeSplit::Tensor);
+        let vocab = single.config().vocab_size;
+        let tol = tolerance(&dir);
+        let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
+        let mut p2: Vec<PagePool> = tp.new_page_pools(PAGES, PAGE).unwrap();
+        let mut b = Batch::new(vocab, single.max_positions());
+        let a = single.forward_batch(&mut p1, &b.prefill()).unwrap();
+        tp.forward_batch(&mut p2, &b.prefill()).unwrap();
+        b.lens = b.prompts.iter().map(|p| p.len()).collect();
+        // Batch of 3 in a graph of 4: one padding row on the last (unused) page.
+        let graph = tp.capture_decode_graph(&mut p2, 4, (PAGES - 1) as u32).unwrap_or_else(|e| panic!("{}: capture: {e}", dir.display()));
+        let mut next = last_rows(&a, vocab);
+        for step in 0..4 {
+            let want = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
+            let eager = tp.forward_batch(&mut p2, &b.decode(&next)).unwrap();
+            // The same step again from the graph: it rewrites the same latent rows.
+            let replay = tp.forward_decode_graph(&graph, &mut p2, &b.decode(&next)).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
+            let e = rel_error(&replay.concat(), &eager.concat());
+            assert!(e <= 1e-6, "{}: step {step}: graph vs eager TP=2 rel error {e:.3e}", dir.display());
+            check_step(&format!("{} graph step {step}", dir.display()), &want, &replay, vocab, tol);
+            next = last_rows(&want, vocab);
+            b.lens.iter_mut().for_each(|l| *l += 1);
+        }
+        println!("{}: TP=2 decode graphs match eager TP=2 and TP=1", dir.display());
+    }
+}
+
+/// Greedy tokens of TP=1 (single-sequence path) and, per step, whether its margin is clear at
+/// `tol` (as in `check_step`).
+fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
+    let vocab = m.config().vocab_size;
+    let mut cache = m.new_gpu_cache().unwrap();
+    let mut row = m.forward_gpu(p, &mut cache).unwrap().row(p.len() - 1).to_vec();
+    let mut out = Vec::new();
+    loop {
+        let rms = (row.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
+        let tok = argmax(&row) as u32;
+        out.push((tok, (top2_margin(&row) as f64) > 10.0 * tol * rms));
+        if out.len() == n {
+            return out;
+        }
+        row = m.forward_gpu(&[tok], &mut cache).unwrap().row(0).to_vec();
+    }
+}
+
+/// The serving engine over the TP group (`TpStepModel`, what `serve --tp 2` runs), with decode
+/// graphs, small pages and chunked prefill: concurrent greedy requests give TP=1's tokens up to
+/// TP=1's first near-tie.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn tp2_engine_serves_the_tokens_of_tp1() {
+    use dsv3::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, KvCacheSize, SamplingParams, TpStepModel};
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let vocab = single.config().vocab_size;
+        let tol = tolerance(&dir);
+        let max_new = 16;
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(40 + i, 3 + (i as usize * 13) % 45, vocab)).collect();
+        let want: Vec<Vec<(u32, bool)>> = prompts.iter().map(|p| tp1_greedy(&single, p, max_new, tol)).collect();
+        drop(single);
+        for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+            let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
+            let model = TpStepModel::new(tp_model(&dir, moe)).with_cuda_graphs(8);
+            let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
+            let mut rxs = Vec::new();
+            for (i, p) in prompts.iter().enumerate() {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_new) };
+                engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).unwrap();
+                rxs.push(rx);
+            }
+            let mut steps = 0;
+            while engine.has_work() {
+                engine.step();
+                steps += 1;
+                assert!(steps < 10_000, "the engine does not make progress");
+            }
+            for (i, rx) in rxs.iter_mut().enumerate() {
+                let mut ids = Vec::new();
+                while let Ok(ev) = rx.try_recv() {
+                    match ev {
+                        EngineEvent::Token(t) => ids.push(t.token_id),
+                        EngineEvent::Failed(m) => panic!("{}: {moe:?}: request {i} failed: {m}", dir.display()),
+                        _ => {}
+                    }
+                }
+                assert_eq!(ids.len(), max_new, "{}: {moe:?}: request {i}", dir.display());
+                let clear = want[i].iter().take_while(|(_, c)| *c).count();
+                let tp1: Vec<u32> = want[i].iter().map(|(t, _)| *t).collect();
+                // Token j is chosen at step j: equal while TP=1's margins are clear.
+                let n = clear;
+                assert_eq!(ids[..n], tp1[..n], "{}: {moe:?}: request {i}: engine over TP=2 vs TP=1", dir.display());
+            }
+            println!("{}: {moe:?}: the TP=2 engine gives TP=1's tokens", dir.display());
+        }
+    }
+}
+
+const CHILD_RANK: &str = "DSV3_TP_CHILD_RANK";
+const CHILD_ADDR: &str = "DSV3_TP_CHILD_ADDR";
+
+/// Two "nodes" as two processes over loopback, one GPU each (`--nnodes 2 --tp 2`): the
+/// rendezvous, NCCL across the processes and the logits assembled across nodes; each node's
+/// greedy tokens equal TP=1's on its GPU, and the two nodes agree.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_generate_the_tokens_of_tp1() {
+    need_two_gpus();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args(["--include-ignored", "--exact", "two_nodes_child", "--nocapture", "--test-threads", "1"])
+                .env(CHILD_RANK, rank.to_string())
+                .env(CHILD_ADDR, format!("127.0.0.1:{port}"))
+                .env("CUDA_VISIBLE_DEVICES", rank.to_string())
+                .env("NCCL_NVLS_ENABLE", "0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut report = String::new();
+    let mut tokens = Vec::new();
+    let mut ok = true;
+    for (rank, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ok &= out.status.success() && text.contains("TWO-NODE TP CHILD OK");
+        tokens.push(text.lines().filter(|l| l.starts_with("TOKENS ")).map(str::to_string).collect::<Vec<_>>());
+        report.push_str(&format!("--- node {rank} ({})\n{text}\n", out.status));
+    }
+    assert!(ok, "two-node TP failed:\n{report}");
+    assert!(!tokens[0].is_empty() && tokens[0] == tokens[1], "the nodes generated different tokens:\n{report}");
+}
+
+/// The body of one node of `two_nodes_generate_the_tokens_of_tp1` (does nothing unless started by it).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_child() {
+    let Ok(rank) = std::env::var(CHILD_RANK) else { return };
+    let rank: usize = rank.parse().unwrap();
+    let cfg = GroupConfig {
+        tp: 2,
+        base_gpu_id: 0,
+        nnodes: 2,
+        node_rank: rank,
+        dist_init_addr: Some(std::env::var(CHILD_ADDR).unwrap()),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let ar = Arc::new(open_group(&cfg).unwrap_or_else(|e| panic!("node {rank}: {e}")));
+    for dir in fixtures() {
+        let r = reference(&dir);
+        let tp = TpModel::load(&dir, ar.clone(), MoeSplit::Tensor).unwrap_or_else(|e| panic!("node {rank}: {}: {e}", dir.display()));
+        let gen = greedy_generate(&tp, &r.prompt, r.output.len(), false).unwrap_or_else(|e| panic!("node {rank}: {}: {e}", dir.display()));
+        drop(tp);
+        let single = greedy_generate(&GpuModel::load(&dir, dsv3::backend::Device::Cuda(0)).unwrap(), &r.prompt, r.output.len(), false).unwrap();
+        let compared = check_greedy(&dir, &gen.output_token_ids, &r);
+        assert_eq!(gen.output_token_ids[..compared], single.output_token_ids[..compared], "node {rank}: {}", dir.display());
+        println!("TOKENS {}: {:?}", dir.file_name().unwrap().to_string_lossy(), gen.output_token_ids);
+    }
+    println!("TWO-NODE TP CHILD OK (node {rank})");
+}
