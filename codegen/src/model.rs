@@ -51,11 +51,13 @@ pub enum Elem {
     I32,
     U32,
     U64,
+    /// int8 (INT8 weights and activations).
+    I8,
 }
 
 impl Elem {
-    pub const ALL: [Elem; 8] =
-        [Elem::F32, Elem::Bf16, Elem::F16, Elem::E4m3fn, Elem::E4m3fnuz, Elem::I32, Elem::U32, Elem::U64];
+    pub const ALL: [Elem; 9] =
+        [Elem::F32, Elem::Bf16, Elem::F16, Elem::E4m3fn, Elem::E4m3fnuz, Elem::I32, Elem::U32, Elem::U64, Elem::I8];
 
     /// Name used in the manifest, in kernel names and in the registry.
     pub fn name(self) -> &'static str {
@@ -68,6 +70,7 @@ impl Elem {
             Elem::I32 => "i32",
             Elem::U32 => "u32",
             Elem::U64 => "u64",
+            Elem::I8 => "i8",
         }
     }
     pub fn parse(s: &str) -> Option<Elem> {
@@ -84,6 +87,7 @@ impl Elem {
             Elem::I32 => "dsv3::i32",
             Elem::U32 => "dsv3::u32",
             Elem::U64 => "dsv3::u64",
+            Elem::I8 => "dsv3::i8",
         }
     }
     /// The host-side Rust type (element marker of a device pointer, or scalar type).
@@ -97,6 +101,7 @@ impl Elem {
             Elem::I32 => "i32",
             Elem::U32 => "u32",
             Elem::U64 => "u64",
+            Elem::I8 => "i8",
         }
     }
     /// The `DType` variant in the generated registry.
@@ -110,6 +115,7 @@ impl Elem {
             Elem::I32 => "DType::I32",
             Elem::U32 => "DType::U32",
             Elem::U64 => "DType::U64",
+            Elem::I8 => "DType::I8",
         }
     }
     /// Types a kernel may take by value.
