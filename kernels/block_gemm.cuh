@@ -158,6 +158,7 @@ DSV3_DEV void bg_epilogue(const BlockGemmArgs& g, const float (&acc)[MT][NT][4],
 template <int ROWS, int THREADS> struct SwzLoader {
   static constexpr int CHUNKS = ROWS * 8;
   static constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
+  static constexpr bool EXACT = CHUNKS % THREADS == 0;  // every (thread, i) owns a chunk
   const u8* src[PER];
   u32 dst[PER];
   bool ok[PER];
@@ -169,17 +170,18 @@ template <int ROWS, int THREADS> struct SwzLoader {
     for (int i = 0; i < PER; ++i) {
       const u32 c = t + i * THREADS;
       const u32 r = c / 8, ch = c % 8;
-      const i64 gr = (c < (u32)CHUNKS) ? row_of(r) : -1;
+      const bool in = EXACT || c < (u32)CHUNKS;
+      const i64 gr = in ? row_of(r) : -1;
       ok[i] = gr >= 0;
       src[i] = base + (gr >= 0 ? (u64)gr * ld : 0) + ch * 16;
-      dst[i] = (c < (u32)CHUNKS) ? off + r * BG_BK + ((ch ^ (r & 7)) << 4) : 0xffffffffu;
+      dst[i] = in ? off + r * BG_BK + ((ch ^ (r & 7)) << 4) : 0xffffffffu;
     }
   }
   // Copies bytes [kbyte, kbyte + 128) of every row into the stage at shared address sbase.
   DSV3_DEV void issue(u32 t, u32 sbase, u32 kbyte, u32 kbytes, const void* dummy) const {
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
-      if (dst[i] == 0xffffffffu) continue;
+      if (!EXACT && dst[i] == 0xffffffffu) continue;
       const u32 ch = (t + i * THREADS) % 8;
       const bool v = ok[i] && kbyte + ch * 16 < kbytes;
       cp_async_16(sbase + dst[i], v ? (const void*)(src[i] + kbyte) : dummy, v);
@@ -261,8 +263,9 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
   lb.init(t, B, K, A_BYTES, [&](u32 r) { return n0 + r < N ? (i64)(n0 + r) : (i64)-1; });
   const u32 smem0 = smem_u32(bg_smem);
 
+  // PER_TILE: a fresh `part` per K tile, promoted into `acc`; otherwise `whole` sums every K tile.
   float acc[MT][NT][4];
-  Acc part[MT][NT][4];
+  Acc whole[MT][NT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -270,7 +273,7 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 #pragma unroll
       for (int r = 0; r < 4; ++r) {
         acc[i][j][r] = 0.0f;
-        part[i][j][r] = Acc(0);
+        whole[i][j][r] = Acc(0);
       }
 
   // Rows of this thread's accumulators (for the activation scales): per m16 tile, g and g + 8.
@@ -306,21 +309,22 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
     // Scales of this K block (issued early; used after the MMAs).
     float sa[MT][2];
     float sb = 0.0f;
+    const u32 sbase = smem0 + (it % STAGES) * STAGE;
     if constexpr (Op::PER_TILE) {
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h) sa[i][h] = srow[i][h] >= 0 ? g.a_scales[(u64)srow[i][h] * sk + kt] : 0.0f;
       sb = b_scale[kt] * Op::FIX;
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int r = 0; r < 4; ++r) part[i][j][r] = Acc(0);
     }
-
-    const u32 sbase = smem0 + (it % STAGES) * STAGE;
+    Acc tile_part[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) tile_part[i][j][r] = Acc(0);
+    Acc(&part)[MT][NT][4] = Op::PER_TILE ? tile_part : whole;
 #pragma unroll
     for (int ks = 0; ks < BK / 32; ++ks) {
       u32 af[MT][4], bfr[NT][2];
@@ -357,8 +361,8 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const float sa = srow[i][h] >= 0 ? g.a_scales[srow[i][h]] : 0.0f;
-          acc[i][j][2 * h] = (float)part[i][j][2 * h] * (sa * sb0);
-          acc[i][j][2 * h + 1] = (float)part[i][j][2 * h + 1] * (sa * sb1);
+          acc[i][j][2 * h] = (float)whole[i][j][2 * h] * (sa * sb0);
+          acc[i][j][2 * h + 1] = (float)whole[i][j][2 * h + 1] * (sa * sb1);
         }
     }
   }
