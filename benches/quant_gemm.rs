@@ -22,6 +22,8 @@
 //!   ./quant_gemm-<hash>
 //! Without a CUDA device it panics ("no CUDA device").
 
+#![allow(clippy::too_many_arguments)]
+
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;

@@ -53,7 +53,7 @@ fn u32_of(n: usize, what: &str) -> Result<u32> {
 
 fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
     let cols = *t.shape().last().unwrap_or(&1);
-    (if cols == 0 { 0 } else { t.numel() / cols }, cols)
+    (t.numel().checked_div(cols).unwrap_or(0), cols)
 }
 
 /// How an INT8 layer is scaled.
