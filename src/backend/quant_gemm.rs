@@ -868,7 +868,7 @@ mod tests {
         assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
         assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
-        let (p, max_tiles) = plan_grouped(8, 32, 4096, 7168 / 128, 132);
+        let (p, max_tiles) = plan_grouped(8, 32, 512, 7168 / 128, 132);
         assert_eq!((p.tile, max_tiles), (QuantTile::Bm16, 9));
         assert!(p.splits > 1);
     }
