@@ -18,8 +18,8 @@
 //! launches rotate among the copies, so no run reads its weights from L2.
 //!
 //! Build here, run on the GPU machine (docs/perf/quant_gemm.md):
-//!   cargo bench --release --features cuda --bench quant_gemm --no-run   (then copy the binary)
-//!   ./quant_gemm-<hash>
+//!   /work/shared/tools/gpu-bundle --filter '^(gpu_quant_gemm|quant_gemm)'
+//!   bash .gpu/run.sh '^quant_gemm-'
 //! Without a CUDA device it panics ("no CUDA device").
 
 #![allow(clippy::too_many_arguments)]
