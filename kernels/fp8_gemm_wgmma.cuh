@@ -51,7 +51,7 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 
   const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
   u32 expert, m_end;
-  if (!fp8g_tile(g, mt_idx, BM, expert, m_end)) return;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
   const u32 N = g.N, K = g.K;
   const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
   const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
@@ -68,7 +68,7 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 #pragma unroll
   for (int i = 0; i < A_PER; ++i) {
     const u32 c = t + i * THREADS, r = c / 8, ch = c % 8;
-    const i64 ar = fp8g_a_row(g, m0 + r, m_end);
+    const i64 ar = bg_a_row(g, m0 + r, m_end);
     a_ok[i] = ar >= 0;
     a_src[i] = g.a + (ar >= 0 ? (u64)ar * K : 0) + ch * 16;
     a_dst[i] = r * BK + ((ch ^ (r & 7)) << 4);
@@ -90,20 +90,20 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
     for (int i = 0; i < A_PER; ++i) {
       const u32 ch = (t + i * THREADS) % 8;
       const bool ok = a_ok[i] && kbase + ch * 16 < K;
-      cp_async16(sbase + a_dst[i], ok ? (const void*)(a_src[i] + kbase) : (const void*)g.a, ok);
+      cp_async_16(sbase + a_dst[i], ok ? (const void*)(a_src[i] + kbase) : (const void*)g.a, ok);
     }
 #pragma unroll
     for (int i = 0; i < B_PER; ++i) {
       const u32 ch = (t + i * THREADS) % 8;
       const bool ok = b_ok[i] && kbase + ch * 16 < K;
-      cp_async16(sbase + b_dst[i], ok ? (const void*)(b_src[i] + kbase) : (const void*)g.b, ok);
+      cp_async_16(sbase + b_dst[i], ok ? (const void*)(b_src[i] + kbase) : (const void*)g.b, ok);
     }
   };
 
   // Warpgroup wg owns rows [64 wg, 64 wg + 64); thread rows 16 w + grp and + 8 of it.
   const u32 wg = t / 128, w = (t % 128) / 32, ln = t % 32, grp = ln / 4, tig = ln % 4;
   const u32 rbase = m0 + wg * 64 + w * 16 + grp;
-  const i32 srow0 = (i32)fp8g_a_row(g, rbase, m_end), srow1 = (i32)fp8g_a_row(g, rbase + 8, m_end);
+  const i32 srow0 = (i32)bg_a_row(g, rbase, m_end), srow1 = (i32)bg_a_row(g, rbase + 8, m_end);
 
   float acc[64], part[64];
 #pragma unroll
@@ -181,7 +181,7 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
     }
   }
   const u32 tile_id = mt_idx * gridDim.x + nt_idx;
-  if (fp8g_last_split(g, tile_id)) fp8g_finish_split<BM>(g, tile_id, m0, m_end, n0);
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
 }
 #endif  // sm_90a
 

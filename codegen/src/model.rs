@@ -53,11 +53,13 @@ pub enum Elem {
     U64,
     /// Raw bytes (records of mixed types, e.g. the MLA fp8 cache rows).
     U8,
+    /// int8 (INT8 weights and activations).
+    I8,
 }
 
 impl Elem {
-    pub const ALL: [Elem; 9] =
-        [Elem::F32, Elem::Bf16, Elem::F16, Elem::E4m3fn, Elem::E4m3fnuz, Elem::I32, Elem::U32, Elem::U64, Elem::U8];
+    pub const ALL: [Elem; 10] =
+        [Elem::F32, Elem::Bf16, Elem::F16, Elem::E4m3fn, Elem::E4m3fnuz, Elem::I32, Elem::U32, Elem::U64, Elem::U8, Elem::I8];
 
     /// Name used in the manifest, in kernel names and in the registry.
     pub fn name(self) -> &'static str {
@@ -71,6 +73,7 @@ impl Elem {
             Elem::U32 => "u32",
             Elem::U64 => "u64",
             Elem::U8 => "u8",
+            Elem::I8 => "i8",
         }
     }
     pub fn parse(s: &str) -> Option<Elem> {
@@ -88,6 +91,7 @@ impl Elem {
             Elem::U32 => "dsv3::u32",
             Elem::U64 => "dsv3::u64",
             Elem::U8 => "dsv3::u8",
+            Elem::I8 => "dsv3::i8",
         }
     }
     /// The host-side Rust type (element marker of a device pointer, or scalar type).
@@ -102,6 +106,7 @@ impl Elem {
             Elem::U32 => "u32",
             Elem::U64 => "u64",
             Elem::U8 => "u8",
+            Elem::I8 => "i8",
         }
     }
     /// The `DType` variant in the generated registry.
@@ -116,6 +121,7 @@ impl Elem {
             Elem::U32 => "DType::U32",
             Elem::U64 => "DType::U64",
             Elem::U8 => "DType::U8",
+            Elem::I8 => "DType::I8",
         }
     }
     /// Types a kernel may take by value.

@@ -115,7 +115,7 @@ pub struct Fp8Plan {
 
 /// Split-K factor that fills one wave (CTAs resident at once: `occupancy` per SM) without a
 /// ragged tail, keeping at least two 128-wide K tiles per split.
-fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usize) -> usize {
+pub(crate) fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usize) -> usize {
     let slots = sms * occupancy;
     if ctas == 0 || ctas >= slots {
         return 1;
@@ -191,7 +191,7 @@ impl Fp8Workspace {
         Self::default()
     }
 
-    fn ensure(&mut self, s: &dyn GpuStream, ws_elems: usize, counter_elems: usize) -> Result<(u64, u64)> {
+    pub(crate) fn ensure(&mut self, s: &dyn GpuStream, ws_elems: usize, counter_elems: usize) -> Result<(u64, u64)> {
         if self.ws.as_ref().map(|t| t.numel() < ws_elems).unwrap_or(true) {
             let t = DeviceTensor::empty(s, DType::F32, &[ws_elems.max(1)])?;
             unsafe { s.memset_u8(t.raw(), 0, t.bytes())? };
@@ -208,7 +208,7 @@ impl Fp8Workspace {
 
 /// Launch with raw argument values (pointers and scalars widened to u64; little-endian, so a
 /// 4-byte scalar sits in the low half), checked against the registry's argument count.
-fn launch_raw(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, vals: &mut [u64]) -> Result<()> {
+pub(crate) fn launch_raw(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, vals: &mut [u64]) -> Result<()> {
     let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if k.args.len() != vals.len() {
         return Err(bad(format!("{name}: {} arguments given, {} expected", vals.len(), k.args.len())));

@@ -32,6 +32,8 @@ pub enum DType {
     U32,
     U64,
     U8,
+    /// int8 (INT8 weights and activations).
+    I8,
 }
 
 impl DType {
@@ -39,7 +41,7 @@ impl DType {
         match self {
             DType::F32 | DType::I32 | DType::U32 => 4,
             DType::Bf16 | DType::F16 => 2,
-            DType::E4m3fn | DType::E4m3fnuz | DType::U8 => 1,
+            DType::E4m3fn | DType::E4m3fnuz | DType::U8 | DType::I8 => 1,
             DType::U64 => 8,
         }
     }
@@ -54,6 +56,7 @@ impl DType {
             DType::U32 => "u32",
             DType::U64 => "u64",
             DType::U8 => "u8",
+            DType::I8 => "i8",
         }
     }
 }
@@ -103,6 +106,9 @@ impl DeviceElem for u64 {
 }
 impl DeviceElem for u8 {
     const DTYPE: DType = DType::U8;
+}
+impl DeviceElem for i8 {
+    const DTYPE: DType = DType::I8;
 }
 
 /// A device address of `T` elements, read-only to the kernel. Passed by value to kernels

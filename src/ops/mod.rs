@@ -5,6 +5,7 @@ pub mod activation;
 pub mod attention;
 pub mod embedding;
 pub mod fp8;
+pub mod int8;
 pub mod linear;
 pub mod mla_fp8;
 pub mod moe;

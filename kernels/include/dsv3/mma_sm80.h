@@ -1,6 +1,7 @@
 // NVIDIA tensor-core and async-copy primitives of sm_80+ (Ampere, Ada, Hopper): cp.async with
-// zero fill, ldmatrix (plain and transposed) and mma.sync m16n8k16 bf16 -> f32. CUDA only: a
-// kernel that includes this guards its use with DSV3_CUDA and gives HIP its own path.
+// zero fill, ldmatrix (plain and transposed), mma.sync m16n8k16 bf16 -> f32, m16n8k32 s8 -> s32
+// and packed bf16x2 fma. CUDA only: a kernel that includes this guards its use with DSV3_CUDA and
+// gives HIP its own path.
 #pragma once
 #include "platform.h"
 
@@ -43,6 +44,23 @@ DSV3_DEV void mma_bf16_16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
       "{%0, %1, %2, %3};"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// c += a · b, a 16x32 s8 (row), b 32x8 s8 (col), c 16x8 s32 (exact). Fragments as the e4m3
+// m16n8k32 ones: a {a0..a3} (4 consecutive k per register), b {b0, b1}; sm_80+.
+DSV3_DEV void mma_s8_16832(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// d = a · b + c on packed bf16x2 (round to nearest even); sm_80+.
+DSV3_DEV u32 fma_bf16x2(u32 a, u32 b, u32 c) {
+  u32 d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
 }
 
 // Two f32 -> a packed bf16x2 (round to nearest even; lo in the low half).

@@ -23,6 +23,7 @@ namespace dsv3 {
 
 // No <stdint.h>: NVRTC and hiprtc do not ship it.
 typedef unsigned char u8;
+typedef signed char i8;
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef int i32;

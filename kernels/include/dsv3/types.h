@@ -18,6 +18,7 @@ struct e4m3fnuz { u8 bits; };
 DSV3_DEV float to_float(float x) { return x; }
 DSV3_DEV float to_float(bf16 x) { return __uint_as_float(((u32)x.bits) << 16); }
 DSV3_DEV float to_float(i32 x) { return (float)x; }
+DSV3_DEV float to_float(i8 x) { return (float)x; }
 
 DSV3_DEV bf16 f32_to_bf16(float f) {
   u32 u = __float_as_uint(f);

@@ -1,0 +1,423 @@
+//! INT8 (W8A8 block / channel) and AWQ (W4A16) GEMM benchmark on cuda:0 (src/backend/quant_gemm.rs).
+//!
+//! Prints ONE table (same columns and timing as benches/fp8_gemm.rs):
+//! - `i8blk` / `i8ch` rows: dense INT8 on the DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536,
+//!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096}: plan (tile/split), µs,
+//!   TOPS (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device copy measured in the
+//!   same process;
+//! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 64} on the same shapes (weight bytes =
+//!   N·K/2 + scales N·K/64 + zeros N·K/256);
+//! - `moe-i8` / `moe-awq` rows: one EP-8 MoE shard (32 experts, inter 2048, hidden 7168, top-8;
+//!   ids uniform and distinct per token among the 32) at 1, 64, 4096 tokens: align + (INT8: quant
+//!   of x) + grouped gate_up + SiLU·mul (INT8: fused with the quant) + grouped down; the combine is
+//!   not timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s = weight bytes
+//!   of the experts hit / time.
+//!
+//! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
+//! median of 7 batches after 5 warm-ups. Dense weights smaller than 256 MiB are replicated and the
+//! launches rotate among the copies, so no run reads its weights from L2.
+//!
+//! Build here, run on the GPU machine (docs/perf/quant_gemm.md):
+//!   /work/shared/tools/gpu-bundle --filter '^(gpu_quant_gemm|quant_gemm)'
+//!   bash .gpu/run.sh '^quant_gemm-'
+//! Without a CUDA device it panics ("no CUDA device").
+
+#![allow(clippy::too_many_arguments)]
+
+use dsv3::backend::cuda::CudaStream;
+use dsv3::backend::dispatch;
+use dsv3::backend::mla::cuda_util;
+use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, SplitKWorkspace};
+use dsv3::backend::{DType, DeviceTensor, GpuStream};
+
+const HIDDEN: usize = 7168;
+const TOPK: usize = 8;
+const SHAPES: [(usize, usize); 6] = [
+    (2112, 7168),
+    (24576, 1536),
+    (32768, 512),
+    (7168, 16384),
+    (4096, 7168),
+    (7168, 2048),
+];
+
+fn stream() -> CudaStream {
+    CudaStream::new(0).unwrap_or_else(|e| panic!("no CUDA device: {e}"))
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// `n` random bytes as `dtype` (i8 codes, or i32 words when `dtype` is I32): a 16 MiB random block
+/// uploaded once and tiled on the device.
+fn random_bytes(s: &dyn GpuStream, dtype: DType, shape: &[usize], seed: u64) -> DeviceTensor {
+    let t = DeviceTensor::empty(s, dtype, shape).unwrap();
+    let n = t.bytes();
+    let block = n.min(16 << 20);
+    let mut r = Rng(seed.wrapping_mul(0x9e3779b97f4a7c15) | 1);
+    let v: Vec<u8> = (0..block).map(|_| (r.next() >> 33) as u8).collect();
+    let src = DeviceTensor::from_slice(s, &[block], &v).unwrap();
+    let mut off = 0;
+    while off < n {
+        let len = block.min(n - off);
+        unsafe { s.copy_dtod(t.raw() + off as u64, src.raw(), len).unwrap() };
+        off += len;
+    }
+    s.synchronize().unwrap();
+    t
+}
+
+fn random_f(
+    s: &dyn GpuStream,
+    dtype: DType,
+    shape: &[usize],
+    lo: f32,
+    hi: f32,
+    seed: u64,
+) -> DeviceTensor {
+    let n: usize = shape.iter().product();
+    let mut r = Rng(seed.wrapping_mul(0x2545f4914f6cdd1d) | 1);
+    let v: Vec<f32> = (0..n).map(|_| lo + (hi - lo) * r.unit()).collect();
+    DeviceTensor::from_f32(s, shape, &v, dtype).unwrap()
+}
+
+/// Median over 7 batches of the per-launch mean of 20 back-to-back launches, in µs.
+fn time_us(s: &CudaStream, mut launch: impl FnMut(usize)) -> f64 {
+    for i in 0..5 {
+        launch(i);
+    }
+    s.synchronize().unwrap();
+    let timer = cuda_util::EventTimer::new(s).unwrap();
+    let mut v = Vec::new();
+    let mut i = 0;
+    for _ in 0..7 {
+        timer.start().unwrap();
+        for _ in 0..20 {
+            launch(i);
+            i += 1;
+        }
+        v.push(timer.stop_ms().unwrap() as f64 * 1000.0 / 20.0);
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// Device-to-device copy bandwidth (read + write bytes), GB/s.
+fn copy_gbs(s: &CudaStream) -> f64 {
+    let bytes = 1usize << 30;
+    let a = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    let b = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
+    unsafe { s.memset_u8(a.raw(), 1, bytes).unwrap() };
+    let us = time_us(s, |_| unsafe {
+        s.copy_dtod(b.raw(), a.raw(), bytes).unwrap()
+    });
+    2.0 * bytes as f64 / (us * 1e3)
+}
+
+fn row(
+    kind: &str,
+    shape: &str,
+    m: usize,
+    plan: String,
+    us: f64,
+    flops: f64,
+    bytes: f64,
+    copy: f64,
+) {
+    let gbs = bytes / (us * 1e3);
+    println!(
+        "{:<8} {:<22} {:>6} {:>12} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+        kind,
+        shape,
+        m,
+        plan,
+        us,
+        flops / (us * 1e6),
+        gbs,
+        gbs / copy
+    );
+}
+
+fn copies_for(bytes: usize) -> usize {
+    (256usize << 20).div_ceil(bytes).clamp(1, 16)
+}
+
+fn awq_layer(
+    s: &dyn GpuStream,
+    e: usize,
+    n: usize,
+    k: usize,
+    seed: u64,
+) -> (DeviceTensor, DeviceTensor, DeviceTensor) {
+    // Random words are a valid repacked qweight (any nibble is a weight).
+    (
+        random_bytes(s, DType::I32, &[e, n / 8, k / 32, 32], seed),
+        random_bytes(s, DType::I32, &[e, k / 128, n / 8], seed + 1),
+        random_f(s, DType::F16, &[e, k / 128, n], 1e-3, 1e-2, seed + 2),
+    )
+}
+
+fn awq_bytes(n: usize, k: usize) -> usize {
+    n * k / 2 + n * k / 64 + n * k / 256
+}
+
+fn moe_ids(t: usize, e: usize, seed: u64) -> (Vec<i32>, usize) {
+    let mut r = Rng(seed | 1);
+    let mut ids = Vec::with_capacity(t * TOPK);
+    let mut hit = vec![false; e];
+    for _ in 0..t {
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for k in 0..TOPK.min(e) {
+            let j = k + (r.next() as usize) % (e - k);
+            pool.swap(k, j);
+            ids.push(pool[k]);
+            hit[pool[k] as usize] = true;
+        }
+    }
+    (ids, hit.iter().filter(|&&h| h).count())
+}
+
+fn main() {
+    let s = stream();
+    let sms = cuda_util::sm_count(&s).unwrap_or(qg::DEFAULT_SMS);
+    let copy = copy_gbs(&s);
+    println!(
+        "device: {} ({} SMs); device copy {:.0} GB/s (read + write)",
+        s.name(),
+        sms,
+        copy
+    );
+    println!(
+        "{:<8} {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "kind", "shape", "M/tok", "plan", "us", "TOPS", "W GB/s", "W/copy"
+    );
+    let mut ws = SplitKWorkspace::new();
+
+    // INT8 dense.
+    for scheme in Int8Scheme::ALL {
+        for (n, k) in SHAPES {
+            let nc = copies_for(n * k);
+            let w: Vec<(DeviceTensor, DeviceTensor)> = (0..nc)
+                .map(|c| {
+                    (
+                        random_bytes(&s, DType::I8, &[n, k], 100 + c as u64),
+                        random_f(
+                            &s,
+                            DType::F32,
+                            &[scheme.w_scales_len(n, k)],
+                            1e-4,
+                            3e-4,
+                            200 + c as u64,
+                        ),
+                    )
+                })
+                .collect();
+            for m in [1usize, 64, 128, 4096] {
+                let a = random_bytes(&s, DType::I8, &[m, k], 7);
+                let asc = random_f(&s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
+                let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
+                let plan = qg::plan_int8(m, n, k, qg::DEFAULT_SMS);
+                let us = time_us(&s, |i| {
+                    let (b, bs) = &w[i % nc];
+                    qg::int8_gemm_with(&s, &mut ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
+                });
+                let kind = if scheme == Int8Scheme::Block {
+                    "i8blk"
+                } else {
+                    "i8ch"
+                };
+                row(
+                    kind,
+                    &format!("{n}x{k}"),
+                    m,
+                    format!("{}/s{}", plan.tile.label(), plan.splits),
+                    us,
+                    2.0 * (m * n * k) as f64,
+                    (n * k) as f64,
+                    copy,
+                );
+            }
+        }
+    }
+
+    // AWQ decode (group 128).
+    for (n, k) in SHAPES {
+        let nc = copies_for(awq_bytes(n, k));
+        let layers: Vec<_> = (0..nc)
+            .map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64))
+            .collect();
+        for m in [1usize, 16, 64] {
+            let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
+            let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
+            let plan = qg::plan_awq(m, n, k, qg::DEFAULT_SMS);
+            let us = time_us(&s, |i| {
+                let (qw, qz, sc) = &layers[i % nc];
+                let w = AwqWeight {
+                    qweight: qw,
+                    qzeros: qz,
+                    scales: sc,
+                    experts: 1,
+                    n,
+                    k,
+                    group: 128,
+                };
+                qg::awq_gemm_with(&s, &mut ws, plan, &out, &a, &w).unwrap();
+            });
+            row(
+                "awq",
+                &format!("{n}x{k}"),
+                m,
+                format!("{}/s{}", plan.tile.label(), plan.splits),
+                us,
+                2.0 * (m * n * k) as f64,
+                awq_bytes(n, k) as f64,
+                copy,
+            );
+        }
+    }
+
+    // MoE, EP-8 shard.
+    let (e, inter) = (32usize, 2048usize);
+    let scheme = Int8Scheme::Block;
+    let w13 = random_bytes(&s, DType::I8, &[e, 2 * inter, HIDDEN], 31);
+    let w13s = random_f(
+        &s,
+        DType::F32,
+        &[e * scheme.w_scales_len(2 * inter, HIDDEN)],
+        1e-4,
+        3e-4,
+        32,
+    );
+    let w2 = random_bytes(&s, DType::I8, &[e, HIDDEN, inter], 33);
+    let w2s = random_f(
+        &s,
+        DType::F32,
+        &[e * scheme.w_scales_len(HIDDEN, inter)],
+        1e-4,
+        3e-4,
+        34,
+    );
+    let (a13q, a13z, a13s) = awq_layer(&s, e, 2 * inter, HIDDEN, 35);
+    let (a2q, a2z, a2s) = awq_layer(&s, e, HIDDEN, inter, 38);
+    let aw13 = AwqWeight {
+        qweight: &a13q,
+        qzeros: &a13z,
+        scales: &a13s,
+        experts: e,
+        n: 2 * inter,
+        k: HIDDEN,
+        group: 128,
+    };
+    let aw2 = AwqWeight {
+        qweight: &a2q,
+        qzeros: &a2z,
+        scales: &a2s,
+        experts: e,
+        n: HIDDEN,
+        k: inter,
+        group: 128,
+    };
+    for t in [1usize, 64, 4096] {
+        let p = t * TOPK;
+        let (ids, hit) = moe_ids(t, e, 1000 + t as u64);
+        let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
+        let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
+        let (gu_plan, max_tiles) =
+            qg::plan_grouped(p, e, 2 * inter, HIDDEN.div_ceil(128), qg::DEFAULT_SMS);
+        let (dn_plan, _) = qg::plan_grouped(p, e, HIDDEN, inter.div_ceil(128), qg::DEFAULT_SMS);
+        let bm = gu_plan.tile.bm();
+        let rows = max_tiles * bm;
+        let flops = 2.0 * (p * 3 * inter * HIDDEN) as f64;
+        // INT8.
+        let xq = DeviceTensor::empty(&s, DType::I8, &[t, HIDDEN]).unwrap();
+        let xs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(t, HIDDEN)]).unwrap();
+        let gate_up = DeviceTensor::empty(&s, DType::Bf16, &[rows, 2 * inter]).unwrap();
+        let hq = DeviceTensor::empty(&s, DType::I8, &[rows, inter]).unwrap();
+        let hs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(rows, inter)]).unwrap();
+        let y = DeviceTensor::empty(&s, DType::Bf16, &[rows, HIDDEN]).unwrap();
+        let us = time_us(&s, |_| {
+            let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
+            qg::int8_act_quant(&s, scheme, &xq, &xs, &x).unwrap();
+            qg::int8_grouped_gemm(
+                &s,
+                &mut ws,
+                scheme,
+                gu_plan,
+                &gate_up,
+                &xq,
+                &xs,
+                &w13,
+                &w13s,
+                &al.rows(true, TOPK),
+            )
+            .unwrap();
+            qg::int8_silu_mul_quant(&s, scheme, &hq, &hs, &gate_up).unwrap();
+            qg::int8_grouped_gemm(
+                &s,
+                &mut ws,
+                scheme,
+                dn_plan,
+                &y,
+                &hq,
+                &hs,
+                &w2,
+                &w2s,
+                &al.rows(false, 1),
+            )
+            .unwrap();
+        });
+        let plan = format!(
+            "{}/s{}/{}",
+            gu_plan.tile.label(),
+            gu_plan.splits,
+            dn_plan.splits
+        );
+        row(
+            "moe-i8",
+            "EP8 E32 I2048",
+            t,
+            plan.clone(),
+            us,
+            flops,
+            (hit * 3 * inter * HIDDEN) as f64,
+            copy,
+        );
+        // AWQ.
+        let h = DeviceTensor::empty(&s, DType::Bf16, &[rows, inter]).unwrap();
+        let us = time_us(&s, |_| {
+            let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
+            qg::awq_grouped_gemm(
+                &s,
+                &mut ws,
+                gu_plan,
+                &gate_up,
+                &x,
+                &aw13,
+                &al.rows(true, TOPK),
+            )
+            .unwrap();
+            dispatch::silu_mul(&s, &h, &gate_up).unwrap();
+            qg::awq_grouped_gemm(&s, &mut ws, dn_plan, &y, &h, &aw2, &al.rows(false, 1)).unwrap();
+        });
+        row(
+            "moe-awq",
+            "EP8 E32 I2048",
+            t,
+            plan,
+            us,
+            flops,
+            (hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter))) as f64,
+            copy,
+        );
+    }
+}

@@ -1,0 +1,469 @@
+// Shared pieces of the tensor-core GEMMs over K-major operands (kernels/fp8_gemm.cuh,
+// kernels/fp8_gemm_wgmma.cuh, kernels/quant_gemm.cuh):
+//
+//   - BlockGemmArgs and the row bookkeeping of the dense / grouped (fused MoE) modes: M tile t of a
+//     grouped launch belongs to expert tile_expert[t] (only tiles < *num_tiles run); row r reads
+//     a-row row_ids[r] / a_row_div (−1: padding, zeros) or row r itself;
+//   - split-K: partial tiles added into an f32 workspace with atomics, the last CTA of an output
+//     tile (arrival counters) converts the sum to bf16 and re-zeroes its workspace tile and counter;
+//   - SwzLoader: cp.async copies of 128-byte K slices of ROWS rows into XOR-swizzled shared memory
+//     (16-byte chunk c of row r at chunk c ^ (r & 7): ldmatrix reads 8 rows of one chunk without
+//     bank conflicts), zero fill past the rows / the K end;
+//   - ldsm_rows: ldmatrix.x4 fragments of such a tile (the m16n8k32 8-bit A fragment and the
+//     m16n8k16 16-bit A fragment have the same byte layout, so both GEMMs share it);
+//   - bg_epilogue: the m16n8 accumulator fragments → bf16 out (or the split-K workspace);
+//   - block_gemm_mma / block_gemm_generic: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8
+//     MMAs, chosen by an Op policy) and its portable shared-memory fallback (HIP).
+#pragma once
+#include "dsv3/dsv3.h"
+#include "dsv3/mma_sm80.h"
+
+namespace dsv3 {
+
+constexpr int BG_BN = 128;  // N per CTA (= the weights' 128-row scale block)
+constexpr int BG_BK = 128;  // bytes of K per pipeline stage (one swizzled smem row)
+
+// Tile configurations: BM rows per CTA, warps along M and N (BN = 128 always), pipeline depth.
+template <int BM_> struct BlockGemmCfg;
+template <> struct BlockGemmCfg<128> { static constexpr int BM = 128, WARPS_M = 2, WARPS_N = 4, STAGES = 3; };
+template <> struct BlockGemmCfg<64> { static constexpr int BM = 64, WARPS_M = 2, WARPS_N = 4, STAGES = 4; };
+template <> struct BlockGemmCfg<16> { static constexpr int BM = 16, WARPS_M = 1, WARPS_N = 8, STAGES = 4; };
+
+struct BlockGemmArgs {
+  bf16* out;
+  const u8* a;
+  const float* a_scales;
+  const u8* b;
+  const float* b_scale;
+  float* ws;
+  u32* counters;
+  const i32* row_ids;
+  const i32* tile_expert;
+  const i32* num_tiles;
+  u32 M, N, K, a_row_div, splits;
+};
+
+// Resolves the M tile: expert, row bound. Returns false when the tile does not run.
+DSV3_DEV bool bg_tile(const BlockGemmArgs& g, u32 mt, int BM, u32& expert, u32& m_end) {
+  expert = 0;
+  if (g.tile_expert != nullptr) {
+    if ((i32)mt >= *g.num_tiles) return false;
+    expert = (u32)g.tile_expert[mt];
+    m_end = (u32)(*g.num_tiles) * (u32)BM;
+    return true;
+  }
+  m_end = g.M;
+  return mt * (u32)BM < g.M;
+}
+
+// The a row of output row r (−1: padding / out of range).
+DSV3_DEV i64 bg_a_row(const BlockGemmArgs& g, u32 r, u32 m_end) {
+  if (r >= m_end) return -1;
+  if (g.row_ids == nullptr) return (i64)r;
+  const i32 id = g.row_ids[r];
+  return id < 0 ? -1 : (i64)((u32)id / g.a_row_div);
+}
+
+#if defined(DSV3_CUDA)
+DSV3_DEV float ld_cg_f32(const float* p) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+  return v;
+}
+#endif
+
+// Split-K bookkeeping after this CTA's partial tile is in `ws`: true for the CTA that finishes it.
+DSV3_DEV bool bg_last_split(const BlockGemmArgs& g, u32 tile_id) {
+  __shared__ u32 last;
+  fence_device();
+  __syncthreads();
+  if (tid() == 0) {
+    const u32 prev = atomic_add(&g.counters[tile_id], 1u);
+    last = (prev == g.splits - 1) ? 1u : 0u;
+  }
+  __syncthreads();
+  if (last) fence_device();
+  return last != 0;
+}
+
+template <int BM>
+DSV3_DEV void bg_finish_split(const BlockGemmArgs& g, u32 tile_id, u32 m0, u32 m_end, u32 n0) {
+  // Sum in ws → bf16 out, and leave ws / the counter zero for the next launch.
+  const u32 N = g.N;
+  for (u32 i = tid(); i < (u32)BM * BG_BN; i += nthreads()) {
+    const u32 r = m0 + i / BG_BN, n = n0 + i % BG_BN;
+    if (r >= m_end || n >= N) continue;
+    float* w = g.ws + (u64)r * N + n;
+#if defined(DSV3_CUDA)
+    const float v = ld_cg_f32(w);
+#else
+    const float v = *(volatile float*)w;
+#endif
+    g.out[(u64)r * N + n] = f32_to_bf16(v);
+    *w = 0.0f;
+  }
+  if (tid() == 0) g.counters[tile_id] = 0u;
+}
+
+// Writes a warp's m16n8 accumulator fragments (rows m0 + row0 + i*16 + grp (+8), cols n0 + col0 +
+// j*8 + 2*tig (+1)) as bf16, or adds them into the split-K workspace and lets the last split finish.
+template <int BM, int MT, int NT>
+DSV3_DEV void bg_epilogue(const BlockGemmArgs& g, const float (&acc)[MT][NT][4], u32 m0, u32 m_end, u32 n0, u32 row0,
+                          u32 col0, u32 mt_idx, u32 nt_idx) {
+  const u32 ln = lane(), grp = ln / 4, tig = ln % 4, N = g.N;
+  if (g.splits == 1) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const u32 r = m0 + row0 + i * 16 + grp + h * 8;
+        if (r >= m_end) continue;
+        bf16* orow = g.out + (u64)r * N;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const u32 n = n0 + col0 + j * 8 + 2 * tig;
+          const float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+          if (n + 1 < N && (N % 2 == 0)) {
+            const u32 pk = (u32)f32_to_bf16(v0).bits | ((u32)f32_to_bf16(v1).bits << 16);
+            *reinterpret_cast<u32*>(orow + n) = pk;
+          } else {
+            if (n < N) orow[n] = f32_to_bf16(v0);
+            if (n + 1 < N) orow[n + 1] = f32_to_bf16(v1);
+          }
+        }
+      }
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const u32 r = m0 + row0 + i * 16 + grp + h * 8;
+      if (r >= m_end) continue;
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const u32 n = n0 + col0 + j * 8 + 2 * tig;
+        if (n < N) atomic_add(g.ws + (u64)r * N + n, acc[i][j][2 * h]);
+        if (n + 1 < N) atomic_add(g.ws + (u64)r * N + n + 1, acc[i][j][2 * h + 1]);
+      }
+    }
+  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+}
+
+#if defined(DSV3_CUDA)
+// cp.async loader of one operand: ROWS rows × 128 bytes of K per stage, each thread a fixed set of
+// 16-byte chunks. Rows whose global index is < 0 (padding, past M or N) and chunks past the K end
+// are zero-filled.
+template <int ROWS, int THREADS> struct SwzLoader {
+  static constexpr int CHUNKS = ROWS * 8;
+  static constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
+  static constexpr bool EXACT = CHUNKS % THREADS == 0;  // every (thread, i) owns a chunk
+  const u8* src[PER];
+  u32 dst[PER];
+  bool ok[PER];
+
+  // row_of(r): global row of tile row r (< 0: zeros); ld: bytes between global rows; off: the
+  // operand's byte offset inside a stage.
+  template <class RowOf> DSV3_DEV void init(u32 t, const u8* base, u64 ld, u32 off, RowOf row_of) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const u32 c = t + i * THREADS;
+      const u32 r = c / 8, ch = c % 8;
+      const bool in = EXACT || c < (u32)CHUNKS;
+      const i64 gr = in ? row_of(r) : -1;
+      ok[i] = gr >= 0;
+      src[i] = base + (gr >= 0 ? (u64)gr * ld : 0) + ch * 16;
+      dst[i] = in ? off + r * BG_BK + ((ch ^ (r & 7)) << 4) : 0xffffffffu;
+    }
+  }
+  // Copies bytes [kbyte, kbyte + 128) of every row into the stage at shared address sbase.
+  DSV3_DEV void issue(u32 t, u32 sbase, u32 kbyte, u32 kbytes, const void* dummy) const {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      if (!EXACT && dst[i] == 0xffffffffu) continue;
+      const u32 ch = (t + i * THREADS) % 8;
+      const bool v = ok[i] && kbyte + ch * 16 < kbytes;
+      cp_async_16(sbase + dst[i], v ? (const void*)(src[i] + kbyte) : dummy, v);
+    }
+  }
+};
+
+// ldmatrix.x4 of MT 16-row fragments of a swizzled tile at shared address base, rows row0 +
+// i*16 .., 32-byte K step ks: matrices (rows 0-7, chunk 2ks), (rows 8-15, 2ks), (rows 0-7,
+// 2ks+1), (rows 8-15, 2ks+1) — the A fragment of m16n8k32 (8-bit) and of m16n8k16 (16-bit).
+template <int MT> DSV3_DEV void ldsm_rows(u32 (&f)[MT][4], u32 base, u32 row0, u32 ks) {
+  const u32 ln = lane(), q = ln / 8, lr = ln % 8;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const u32 r = row0 + i * 16 + (q & 1) * 8 + lr;
+    const u32 ch = 2 * ks + (q >> 1);
+    ldmatrix_x4(f[i], base + r * BG_BK + ((ch ^ (r & 7)) << 4));
+  }
+}
+
+// B fragments (m16n8k32, 8-bit, "col" = rows of a [N, K] tile) of NT 8-row n tiles from col0.
+template <int NT> DSV3_DEV void ldsm_cols8(u32 (&f)[NT][2], u32 base, u32 col0, u32 ks) {
+  const u32 ln = lane(), q = ln / 8, lr = ln % 8;
+#pragma unroll
+  for (int j = 0; j < NT; j += 2) {
+    // matrices: (n tile j, chunk 2ks), (j, 2ks+1), (j+1, 2ks), (j+1, 2ks+1)
+    const u32 r = col0 + (j + (q >> 1)) * 8 + lr;
+    const u32 ch = 2 * ks + (q & 1);
+    u32 x[4];
+    ldmatrix_x4(x, base + r * BG_BK + ((ch ^ (r & 7)) << 4));
+    f[j][0] = x[0];
+    f[j][1] = x[1];
+    f[j + 1][0] = x[2];
+    f[j + 1][1] = x[3];
+  }
+}
+
+// ---- 8-bit block-scaled main loop (NVIDIA tensor cores) --------------------------------------
+//
+// Op: using Acc (the MMA's accumulator: float for e4m3, i32 for s8); static void mma(Acc c[4],
+// const u32 a[4], const u32 b[2]) (m16n8k32, row.col); static constexpr float FIX (a factor folded
+// into the scales); static constexpr bool PER_TILE:
+//   true  — scales a_scales [rows, ceil(K/128)] and b_scale [E][ceil(N/128), ceil(K/128)]: each
+//           128-wide K block is accumulated by the MMAs, then promoted into the f32 result with
+//           s_a[row, kb]·s_b[n/128, kb] (DESIGN §5);
+//   false — scales a_scales [rows] and b_scale [E][N]: the MMAs accumulate the whole K range
+//           (of this split) and the result is scaled once by s_a[row]·s_b[n].
+template <int BM, class Op>
+DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
+  using C = BlockGemmCfg<BM>;
+  using Acc = typename Op::Acc;
+  constexpr int BN = BG_BN, BK = BG_BK, STAGES = C::STAGES;
+  constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
+  constexpr int WM = BM / C::WARPS_M, WN = BN / C::WARPS_N;
+  constexpr int MT = WM / 16, NT = WN / 8;
+  static_assert(MT >= 1 && NT >= 2 && NT % 2 == 0, "warp tile");
+  constexpr int A_BYTES = BM * BK, STAGE = (BM + BN) * BK;
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
+
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
+  u32 expert, m_end;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
+  const u32 N = g.N, K = g.K;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
+  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
+  const u8* B = g.b + (u64)expert * N * K;
+  const float* b_scale = Op::PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
+
+  // K tiles of this split.
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+
+  const u32 t = tid(), warp = t / 32, ln = t % 32;
+  const u32 wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+
+  SwzLoader<BM, THREADS> la;
+  la.init(t, g.a, K, 0, [&](u32 r) { return bg_a_row(g, m0 + r, m_end); });
+  SwzLoader<BN, THREADS> lb;
+  lb.init(t, B, K, A_BYTES, [&](u32 r) { return n0 + r < N ? (i64)(n0 + r) : (i64)-1; });
+  const u32 smem0 = smem_u32(bg_smem);
+
+  // PER_TILE: a fresh `part` per K tile, promoted into `acc`; otherwise `whole` sums every K tile.
+  float acc[MT][NT][4];
+  Acc whole[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        acc[i][j][r] = 0.0f;
+        whole[i][j][r] = Acc(0);
+      }
+
+  // Rows of this thread's accumulators (for the activation scales): per m16 tile, g and g + 8.
+  const u32 grp = ln / 4, tig = ln % 4;
+  i32 srow[MT][2];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) srow[i][h] = (i32)bg_a_row(g, m0 + wm * WM + i * 16 + grp + h * 8, m_end);
+
+  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if ((u32)s < nk) {
+      la.issue(t, smem0 + s * STAGE, (kt0 + s) * BK, K, g.a);
+      lb.issue(t, smem0 + s * STAGE, (kt0 + s) * BK, K, g.b);
+    }
+    cp_async_commit();
+  }
+
+  for (u32 it = 0; it < nk; ++it) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const u32 nx = it + STAGES - 1;
+      if (nx < nk) {
+        la.issue(t, smem0 + (nx % STAGES) * STAGE, (kt0 + nx) * BK, K, g.a);
+        lb.issue(t, smem0 + (nx % STAGES) * STAGE, (kt0 + nx) * BK, K, g.b);
+      }
+      cp_async_commit();
+    }
+    const u32 kt = kt0 + it;
+    // Scales of this K block (issued early; used after the MMAs).
+    float sa[MT][2];
+    float sb = 0.0f;
+    const u32 sbase = smem0 + (it % STAGES) * STAGE;
+    if constexpr (Op::PER_TILE) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) sa[i][h] = srow[i][h] >= 0 ? g.a_scales[(u64)srow[i][h] * sk + kt] : 0.0f;
+      sb = b_scale[kt] * Op::FIX;
+    }
+    Acc tile_part[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) tile_part[i][j][r] = Acc(0);
+    Acc(&part)[MT][NT][4] = Op::PER_TILE ? tile_part : whole;
+#pragma unroll
+    for (int ks = 0; ks < BK / 32; ++ks) {
+      u32 af[MT][4], bfr[NT][2];
+      ldsm_rows<MT>(af, sbase, wm * WM, ks);
+      ldsm_cols8<NT>(bfr, sbase + A_BYTES, wn * WN, ks);
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) Op::mma(part[i][j], af[i], bfr[j]);
+    }
+    if constexpr (Op::PER_TILE) {
+      // Promotion: acc += part · s_a · s_b.
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const float s0 = sa[i][0] * sb, s1 = sa[i][1] * sb;
+          acc[i][j][0] += (float)part[i][j][0] * s0;
+          acc[i][j][1] += (float)part[i][j][1] * s0;
+          acc[i][j][2] += (float)part[i][j][2] * s1;
+          acc[i][j][3] += (float)part[i][j][3] * s1;
+        }
+    }
+  }
+  cp_async_wait<0>();
+  if constexpr (!Op::PER_TILE) {
+    // One scale per row and per column, applied once.
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const u32 n = n0 + wn * WN + j * 8 + 2 * tig;
+      const float sb0 = n < N ? b_scale[n] * Op::FIX : 0.0f, sb1 = n + 1 < N ? b_scale[n + 1] * Op::FIX : 0.0f;
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float sa = srow[i][h] >= 0 ? g.a_scales[srow[i][h]] : 0.0f;
+          acc[i][j][2 * h] = (float)whole[i][j][2 * h] * (sa * sb0);
+          acc[i][j][2 * h + 1] = (float)whole[i][j][2 * h + 1] * (sa * sb1);
+        }
+    }
+  }
+  bg_epilogue<BM, MT, NT>(g, acc, m0, m_end, n0, wm * WM, wn * WN, mt_idx, nt_idx);
+}
+#endif  // DSV3_CUDA
+
+// ---- generic path (HIP; also any element type) -------------------------------------------------
+// Dec::f(u8) decodes one operand byte to f32; PER_TILE as for block_gemm_mma. 256 threads,
+// dynamic smem (BM + 128) · 128 bytes. Correct, not fast (MFMA is future work).
+template <class Dec, bool PER_TILE, int BM>
+DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
+  constexpr int BN = BG_BN, BK = BG_BK;
+  constexpr int THREADS = 256;
+  constexpr int PER = BM * BN / THREADS;
+  static_assert(PER * THREADS == BM * BN, "tile / threads");
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
+  u8* As = bg_smem;
+  u8* Bs = bg_smem + BM * BK;
+
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
+  u32 expert, m_end;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
+  const u32 N = g.N, K = g.K;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
+  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
+  const u8* B = g.b + (u64)expert * N * K;
+  const float* b_scale = PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  const u32 t = tid();
+
+  float acc[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
+  for (u32 kt = kt0; kt < kt1; ++kt) {
+    const u32 kbase = kt * BK;
+    for (u32 i = t; i < (u32)BM * BK; i += THREADS) {
+      const u32 r = i / BK, k = kbase + i % BK;
+      const i64 ar = bg_a_row(g, m0 + r, m_end);
+      As[i] = (ar >= 0 && k < K) ? g.a[(u64)ar * K + k] : (u8)0;
+    }
+    for (u32 i = t; i < (u32)BN * BK; i += THREADS) {
+      const u32 r = i / BK, k = kbase + i % BK;
+      Bs[i] = (n0 + r < N && k < K) ? B[(u64)(n0 + r) * K + k] : (u8)0;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int o = 0; o < PER; ++o) {
+      const u32 idx = t + o * THREADS;
+      const u32 r = idx / BN, c = idx % BN;
+      float s = 0.0f;
+#pragma unroll 4
+      for (int k = 0; k < BK; ++k) s += Dec::f(As[r * BK + k]) * Dec::f(Bs[c * BK + k]);
+      const i64 ar = bg_a_row(g, m0 + r, m_end);
+      float sa = 0.0f, sb = 0.0f;
+      if (PER_TILE) {
+        sa = ar >= 0 ? g.a_scales[(u64)ar * sk + kt] : 0.0f;
+        sb = b_scale[kt];
+      } else {
+        sa = ar >= 0 ? g.a_scales[ar] : 0.0f;
+        sb = n0 + c < N ? b_scale[n0 + c] : 0.0f;
+      }
+      acc[o] += s * sa * sb;
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int o = 0; o < PER; ++o) {
+    const u32 idx = t + o * THREADS;
+    const u32 r = m0 + idx / BN, n = n0 + idx % BN;
+    if (r >= m_end || n >= N) continue;
+    if (g.splits == 1) g.out[(u64)r * N + n] = f32_to_bf16(acc[o]);
+    else atomic_add(g.ws + (u64)r * N + n, acc[o]);
+  }
+  if (g.splits == 1) return;
+  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+}
+
+// Fills BlockGemmArgs from an entry point's arguments.
+DSV3_DEV BlockGemmArgs bg_args(bf16* out, const void* a, const float* a_scales, const void* b, const float* b_scale,
+                               float* ws, u32* counters, const i32* row_ids, const i32* tile_expert,
+                               const i32* num_tiles, u32 M, u32 N, u32 K, u32 a_row_div, u32 splits) {
+  BlockGemmArgs g;
+  g.out = out;
+  g.a = reinterpret_cast<const u8*>(a);
+  g.a_scales = a_scales;
+  g.b = reinterpret_cast<const u8*>(b);
+  g.b_scale = b_scale;
+  g.ws = ws;
+  g.counters = counters;
+  g.row_ids = row_ids;
+  g.tile_expert = tile_expert;
+  g.num_tiles = num_tiles;
+  g.M = M;
+  g.N = N;
+  g.K = K;
+  g.a_row_div = a_row_div == 0 ? 1u : a_row_div;
+  g.splits = splits == 0 ? 1u : splits;
+  return g;
+}
+
+}  // namespace dsv3

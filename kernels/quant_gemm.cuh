@@ -1,0 +1,353 @@
+// INT8 (W8A8) and AWQ (W4A16) GEMMs, dense and grouped by expert, on the tile machinery of
+// kernels/block_gemm.cuh (the one the FP8 GEMM runs on: cp.async swizzled loader, ldmatrix
+// fragments, split-K workspace, moe_align_tiles grouping, bf16 epilogue).
+//
+// int8_gemm<BM, MODE>: out[m, n] (bf16) from a int8 [M, K] and b int8 [N, K] (a Linear weight):
+//   MODE 0 (block INT8): a_scales [M, ceil(K/128)] (dynamic per token group of 128), b_scale
+//     [E][ceil(N/128), ceil(K/128)] (weight_scale_inv); each 128-wide K block is accumulated
+//     exactly in s32 by mma.sync.m16n8k32.s8 and promoted into the f32 result with s_a·s_w;
+//   MODE 1 (channel INT8, w8a8_int8): a_scales [M] (dynamic per token), b_scale [E][N]
+//     (weight_scale); s32 over the whole K range of the split, scaled once by s_a[m]·s_w[n].
+//   K % 16 == 0 (16-byte rows); N, K need not be multiples of 128. sm_80 / sm_89 / sm_90 all run
+//   the s8 mma. HIP: block_gemm_generic (f32; each 128-block's integer sum is exact in f32).
+//
+// int8_act_quant<T, GROUP, MODE>: dynamic symmetric activation quantization, GROUP 128 (per token
+//   group, scales [rows, ceil(cols/128)]) or 0 (per token, scales [rows]); MODE 0: x, MODE 1:
+//   silu(gate)·up of a gate_up [rows, 2·cols] row. s = max(amax, eps) / 127 and
+//   q = clamp(rint(x / s), −127, 127): an IEEE f32 division and round-half-to-even, bit-identical
+//   to the CPU reference (src/ops/int8.rs). grid (rows), block 256.
+//
+// awq_gemm<BM>: out[m, n] (bf16) = Σ_k a[m, k] · (q[k, n] − z[k/G, n]) · s[k/G, n], a bf16 [M, K],
+//   zeros / scales in the checkpoint's layout (qzeros i32 [E][K/G, N/8], nibble order
+//   0,4,1,5,2,6,3,7; scales f16 [E][K/G, N]), G ∈ {64, 128}, K % G == 0, N % 8 == 0. qweight is
+//   REPACKED at load time (src/backend/quant_gemm.rs `awq_repack`) from [K, N/8] into
+//   [E][N/8][K/32][32 lanes] u32: the word of lane (g, t) = (lane / 4, lane % 4) for 8-column
+//   group n8 and 32-row k block kb holds column n8·8 + g at k = kb·32 + {2t, 2t+8, 16+2t, 24+2t}
+//   in nibbles 0..3 and k + 1 of each in nibbles 4..7 — exactly the B fragments of two m16n8k16
+//   MMAs, so a warp reads one coalesced 128-byte line per n tile and k32 step and turns nibble
+//   pairs into bf16x2 with a mask, an OR (0x4300 | q = 128 + q) and one fma.bf16x2 that subtracts
+//   128 + z: the integer q − z is exact in bf16. The f16 scale is applied to each 64-wide K tile's
+//   f32 partial (one group, or half of one), so the weights are never rounded: the only rounding is
+//   f32 accumulation and the bf16 output. CTA tile BM × 128, K tile 64, 4-stage cp.async pipeline;
+//   BM 16 (decode: split-K over many CTAs), 64, 128 (prefill). HIP: a generic per-output loop.
+#pragma once
+#include "dsv3/dsv3.h"
+#include "block_gemm.cuh"
+#include "fused_moe.cuh"
+
+namespace dsv3 {
+
+// ---- INT8 × INT8 ---------------------------------------------------------------------------
+#if defined(DSV3_CUDA)
+template <bool PER_TILE_> struct Int8MmaOp {
+  using Acc = i32;
+  static constexpr bool PER_TILE = PER_TILE_;
+  static constexpr float FIX = 1.0f;
+  DSV3_DEV static void mma(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_s8_16832(c, a, b); }
+};
+#endif
+struct Int8Dec {
+  DSV3_DEV static float f(u8 b) { return (float)(i8)b; }
+};
+
+// Entry: grid (ceil(N/128), M tiles, splits), block 256, dynamic smem Int8GemmSmem<BM>::BYTES.
+template <int BM> struct Int8GemmSmem {
+  static constexpr int STAGE = (BM + BG_BN) * BG_BK;
+#if defined(DSV3_HIP)
+  static constexpr int BYTES = STAGE;
+#else
+  static constexpr int BYTES = STAGE * BlockGemmCfg<BM>::STAGES;
+#endif
+};
+
+// MODE values of int8_gemm (the manifest's `Q` axis).
+constexpr int int8_block = 0, int8_channel = 1;
+
+template <int BM, int MODE>
+DSV3_DEV void int8_gemm(bf16* out, const i8* a, const float* a_scales, const i8* b, const float* b_scale, float* ws,
+                        u32* counters, const i32* row_ids, const i32* tile_expert, const i32* num_tiles, u32 M, u32 N,
+                        u32 K, u32 a_row_div, u32 splits) {
+  const BlockGemmArgs g =
+      bg_args(out, a, a_scales, b, b_scale, ws, counters, row_ids, tile_expert, num_tiles, M, N, K, a_row_div, splits);
+#if defined(DSV3_CUDA)
+  block_gemm_mma<BM, Int8MmaOp<MODE == 0>>(g);
+#else
+  block_gemm_generic<Int8Dec, MODE == 0, BM>(g);
+#endif
+}
+
+// ---- activation quantization -----------------------------------------------------------------
+template <class T, int MODE>
+DSV3_DEV float i8q_value(const T* xr, u32 c, u32 cols) {
+  if (MODE == 0) return to_float(xr[c]);
+  return silu_f(to_float(xr[c])) * to_float(xr[c + cols]);
+}
+
+DSV3_DEV i8 i8q_code(float v, float s) {
+  const float q = fminf(fmaxf(rintf(v / s), -127.0f), 127.0f);
+  return (i8)(int)q;
+}
+
+// GROUP values of int8_act_quant (the manifest's `G` axis).
+constexpr int i8q_group128 = 128, i8q_token = 0;
+
+// grid (rows), block 256. Rows past *num_tiles · bm (num_tiles non-null: padded MoE rows) are
+// skipped. in_stride: elements between rows of x (MODE 0) or gate_up (MODE 1, up at + cols).
+template <class T, int GROUP, int MODE>
+DSV3_DEV void int8_act_quant(i8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const T* DSV3_RESTRICT x, u32 rows,
+                             u32 cols, u32 in_stride, const i32* DSV3_RESTRICT num_tiles, u32 bm, float eps) {
+  const u32 r = blockIdx.x;
+  if (r >= rows) return;
+  if (num_tiles != nullptr && r >= (u32)(*num_tiles) * bm) return;
+  const T* xr = x + (u64)r * in_stride;
+  i8* qr = q + (u64)r * cols;
+  if constexpr (GROUP > 0) {
+    static_assert(GROUP % WARP_SIZE == 0, "group / warp");
+    const u32 groups = (cols + GROUP - 1) / GROUP;
+    const u32 w = warp_id(), ln = lane(), nw = nwarps();
+    for (u32 grp = w; grp < groups; grp += nw) {
+      float v[GROUP / WARP_SIZE];
+      float amax = 0.0f;
+#pragma unroll
+      for (int j = 0; j < GROUP / WARP_SIZE; ++j) {
+        const u32 c = grp * GROUP + ln + j * WARP_SIZE;
+        v[j] = c < cols ? i8q_value<T, MODE>(xr, c, cols) : 0.0f;
+        amax = fmaxf(amax, fabsf(v[j]));
+      }
+      amax = warp_max(amax);
+      const float s = fmaxf(amax, eps) / 127.0f;
+#pragma unroll
+      for (int j = 0; j < GROUP / WARP_SIZE; ++j) {
+        const u32 c = grp * GROUP + ln + j * WARP_SIZE;
+        if (c < cols) qr[c] = i8q_code(v[j], s);
+      }
+      if (ln == 0) scales[(u64)r * groups + grp] = s;
+    }
+  } else {
+    __shared__ float scratch[32];
+    float amax = 0.0f;
+    for (u32 c = tid(); c < cols; c += nthreads()) amax = fmaxf(amax, fabsf(i8q_value<T, MODE>(xr, c, cols)));
+    amax = block_max(amax, scratch);
+    const float s = fmaxf(amax, eps) / 127.0f;
+    for (u32 c = tid(); c < cols; c += nthreads()) qr[c] = i8q_code(i8q_value<T, MODE>(xr, c, cols), s);
+    if (tid() == 0) scales[r] = s;
+  }
+}
+
+// ---- AWQ W4A16 -------------------------------------------------------------------------------
+constexpr int AWQ_BK = 64;      // K elements per stage (128 bytes of bf16 per A row)
+constexpr int AWQ_STAGES = 4;
+constexpr int AWQ_B_BYTES = (BG_BN / 8) * 2 * 128;  // 16 column groups × 2 k32 blocks × 32 words
+
+template <int BM> struct AwqSmem {
+#if defined(DSV3_HIP)
+  static constexpr int BYTES = 0;
+#else
+  static constexpr int BYTES = (BM * 128 + AWQ_B_BYTES) * AWQ_STAGES;
+#endif
+};
+
+// Nibble position of column c % 8 in an AWQ word (order 0,4,1,5,2,6,3,7: column j at nibble
+// ((j & 1) << 2) | (j >> 1)).
+DSV3_DEV u32 awq_nib(u32 j) { return ((j & 1u) << 2) | (j >> 1); }
+
+// The zero point of column n in quantization group gi.
+DSV3_DEV u32 awq_zero(const u32* qz, u32 gi, u32 n, u32 N) {
+  return (qz[(u64)gi * (N / 8) + n / 8] >> (4 * awq_nib(n % 8))) & 15u;
+}
+
+// Word index and nibble shift of weight (k, n) in the repacked layout.
+DSV3_DEV void awq_repacked_pos(u32 n, u32 k, u32 K, u64& word, u32& shift) {
+  const u32 n8 = n / 8, gcol = n % 8, kb = k / 32, kk = k % 32;
+  const u32 s = kk / 16, r = kk % 16, t = (r % 8) / 2, hi = r % 2, second = r / 8;
+  word = ((u64)n8 * (K / 32) + kb) * 32 + gcol * 4 + t;
+  shift = 4 * (s * 2 + second + 4 * hi);
+}
+
+#if defined(DSV3_CUDA)
+template <int BM>
+DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
+  using C = BlockGemmCfg<BM>;
+  constexpr int BN = BG_BN, STAGES = AWQ_STAGES;
+  constexpr int THREADS = 32 * C::WARPS_M * C::WARPS_N;
+  static_assert(THREADS == 256, "one B chunk per thread");
+  constexpr int WM = BM / C::WARPS_M, WN = BN / C::WARPS_N;
+  constexpr int MT = WM / 16, NT = WN / 8;
+  constexpr int A_BYTES = BM * 128, STAGE = A_BYTES + AWQ_B_BYTES;
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
+
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
+  u32 expert, m_end;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
+  const u32 N = g.N, K = g.K, N8 = N / 8, K32 = K / 32;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
+  const u32 sk = K / AWQ_BK;
+  const u32* qw = reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * K32 * 32;
+  const u32* qz = qzeros + (u64)expert * (K / G) * N8;
+  const f16* sc = scales + (u64)expert * (K / G) * N;
+
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+
+  const u32 t = tid(), warp = t / 32, ln = t % 32;
+  const u32 wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
+  const u32 grp = ln / 4, tig = ln % 4;
+
+  SwzLoader<BM, THREADS> la;
+  la.init(t, g.a, 2ull * K, 0, [&](u32 r) { return bg_a_row(g, m0 + r, m_end); });
+  // B: thread t copies 16 bytes of column group n0/8 + t/16 (256 contiguous bytes per K tile).
+  const u32 b_n8 = n0 / 8 + t / 16;
+  const bool b_ok = b_n8 < N8;
+  const u32* b_src = qw + (b_ok ? ((u64)b_n8 * K32) * 32 : 0) + (t % 16) * 4;
+  const u32 b_dst = A_BYTES + t * 16;
+  const u32 smem0 = smem_u32(bg_smem);
+  auto load_stage = [&](u32 kt, u32 stage) {
+    const u32 sbase = smem0 + stage * STAGE;
+    la.issue(t, sbase, kt * 128, 2 * K, g.a);
+    cp_async_16(sbase + b_dst, b_ok ? (const void*)(b_src + (u64)kt * 64) : (const void*)g.b, b_ok);
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.0f;
+
+  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if ((u32)s < nk) load_stage(kt0 + s, s);
+    cp_async_commit();
+  }
+  const u32 zshift = 4 * awq_nib(grp);
+  for (u32 it = 0; it < nk; ++it) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    {
+      const u32 nx = it + STAGES - 1;
+      if (nx < nk) load_stage(kt0 + nx, nx % STAGES);
+      cp_async_commit();
+    }
+    const u32 kt = kt0 + it;
+    const u32 gi = kt * AWQ_BK / G;
+    // Zero of the B-fragment column (n tile j, column grp); scales of the accumulator columns.
+    u32 zneg[NT];
+    float s0[NT], s1[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const u32 nb = n0 + wn * WN + j * 8;
+      const u32 z = nb < N ? (qz[(u64)gi * N8 + nb / 8] >> zshift) & 15u : 0u;
+      zneg[j] = (0xC300u | z) * 0x10001u;  // bf16x2 of −(128 + z)
+      const u32 nc = nb + 2 * tig;
+      s0[j] = nc < N ? to_float(sc[(u64)gi * N + nc]) : 0.0f;
+      s1[j] = nc + 1 < N ? to_float(sc[(u64)gi * N + nc + 1]) : 0.0f;
+    }
+    float part[MT][NT][4];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) part[i][j][r] = 0.0f;
+
+    const u32 stage = it % STAGES;
+    const u32 sbase = smem0 + stage * STAGE;
+    const u32* bs = reinterpret_cast<const u32*>(bg_smem + stage * STAGE + A_BYTES);
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      u32 bq[NT][4];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const u32 w = bs[(wn * NT + j) * 64 + s * 32 + ln];
+#pragma unroll
+        for (int h = 0; h < 4; ++h)
+          bq[j][h] = fma_bf16x2(((w >> (4 * h)) & 0x000f000fu) | 0x43004300u, 0x3f803f80u, zneg[j]);
+      }
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        u32 af[MT][4];
+        ldsm_rows<MT>(af, sbase, wm * WM, 2 * s + kk);
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) mma_bf16_16816(part[i][j], af[i], bq[j][2 * kk], bq[j][2 * kk + 1]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        acc[i][j][0] += part[i][j][0] * s0[j];
+        acc[i][j][1] += part[i][j][1] * s1[j];
+        acc[i][j][2] += part[i][j][2] * s0[j];
+        acc[i][j][3] += part[i][j][3] * s1[j];
+      }
+  }
+  cp_async_wait<0>();
+  bg_epilogue<BM, MT, NT>(g, acc, m0, m_end, n0, wm * WM, wn * WN, mt_idx, nt_idx);
+}
+#endif  // DSV3_CUDA
+
+// Portable path: one output element per thread and pass, f32 (HIP; correct, not fast).
+template <int BM>
+DSV3_DEV void awq_gemm_generic(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
+  constexpr int BN = BG_BN, THREADS = 256, PER = BM * BN / THREADS;
+  static_assert(PER * THREADS == BM * BN, "tile / threads");
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
+  u32 expert, m_end;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
+  const u32 N = g.N, K = g.K, N8 = N / 8;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
+  const u32 sk = K / AWQ_BK;
+  const u32* qw = reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * (K / 32) * 32;
+  const u32* qz = qzeros + (u64)expert * (K / G) * N8;
+  const f16* sc = scales + (u64)expert * (K / G) * N;
+  const bf16* A = reinterpret_cast<const bf16*>(g.a);
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  for (int o = 0; o < PER; ++o) {
+    const u32 idx = tid() + o * THREADS;
+    const u32 r = m0 + idx / BN, n = n0 + idx % BN;
+    if (r >= m_end || n >= N) continue;
+    const i64 ar = bg_a_row(g, r, m_end);
+    float acc = 0.0f;
+    if (ar >= 0) {
+      for (u32 kt = kt0; kt < kt1; ++kt) {
+        const u32 gi = kt * AWQ_BK / G;
+        const float z = (float)awq_zero(qz, gi, n, N), s = to_float(sc[(u64)gi * N + n]);
+        float part = 0.0f;
+        for (u32 k = kt * AWQ_BK; k < (kt + 1) * AWQ_BK; ++k) {
+          u64 w;
+          u32 sh;
+          awq_repacked_pos(n, k, K, w, sh);
+          part += to_float(A[(u64)ar * K + k]) * ((float)((qw[w] >> sh) & 15u) - z);
+        }
+        acc += part * s;
+      }
+    }
+    if (g.splits == 1) g.out[(u64)r * N + n] = f32_to_bf16(acc);
+    else atomic_add(g.ws + (u64)r * N + n, acc);
+  }
+  if (g.splits == 1) return;
+  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+}
+
+// Entry: grid (ceil(N/128), M tiles, splits), block 256, dynamic smem AwqSmem<BM>::BYTES.
+template <int BM>
+DSV3_DEV void awq_gemm(bf16* out, const bf16* a, const i32* qweight, const i32* qzeros, const f16* scales, float* ws,
+                       u32* counters, const i32* row_ids, const i32* tile_expert, const i32* num_tiles, u32 M, u32 N,
+                       u32 K, u32 group, u32 a_row_div, u32 splits) {
+  const BlockGemmArgs g = bg_args(out, a, nullptr, qweight, nullptr, ws, counters, row_ids, tile_expert, num_tiles, M,
+                                  N, K, a_row_div, splits);
+  const u32* qz = reinterpret_cast<const u32*>(qzeros);
+#if defined(DSV3_CUDA)
+  awq_gemm_mma<BM>(g, qz, scales, group);
+#else
+  awq_gemm_generic<BM>(g, qz, scales, group);
+#endif
+}
+
+}  // namespace dsv3

@@ -1,0 +1,937 @@
+//! INT8 (W8A8) and AWQ (W4A16) GEMMs on any [`GpuStream`] (kernels/quant_gemm.cuh, on the tile
+//! machinery of kernels/block_gemm.cuh that the FP8 GEMM shares).
+//!
+//! INT8 ([`int8_gemm`], [`int8_grouped_gemm`]): `out[M, N] bf16` from `a` int8 `[M, K]` and a
+//! Linear weight `b` int8 `[N, K]`, scaled per [`Int8Scheme`]:
+//! - `Block` (Meituan block INT8): `a_scales [M, ⌈K/128⌉]` (per token group, from
+//!   [`int8_act_quant`]) and `weight_scale_inv [⌈N/128⌉, ⌈K/128⌉]`; each 128-wide K block is summed
+//!   exactly in s32 by `mma.sync.m16n8k32.s8` and promoted with `s_a·s_w` into f32;
+//! - `Channel` (`w8a8_int8`): `a_scales [M]` (per token) and `weight_scale [N]`; s32 over K, one
+//!   scale at the end.
+//!
+//! Any M ≥ 1; N, K need not be multiples of 128; K % 16 == 0 (16-byte rows).
+//!
+//! AWQ ([`awq_gemm`], [`awq_grouped_gemm`]): `out[M, N] bf16 = a bf16 [M, K] · W` with
+//! `W[k, n] = (q − z)·s` from an AWQ layer (`qzeros` i32 `[K/G, N/8]`, `scales` f16 `[K/G, N]`,
+//! G ∈ {64, 128}). The kernel reads `qweight` **repacked at load time** by [`awq_repack`] from the
+//! checkpoint's `[K, N/8]` into `[N/8, K/32, 32]` words whose nibbles are the mma.sync B fragments
+//! (see kernels/quant_gemm.cuh): one coalesced 128-byte read per warp, n tile and 32 K, and no
+//! shuffling in the kernel. The repack is a permutation of nibbles (same size); qzeros / scales stay
+//! as the checkpoint has them. K % G == 0 and N % 8 == 0.
+//!
+//! Split-K (small M) adds partial tiles into an f32 workspace the kernels leave zeroed: hold one
+//! [`SplitKWorkspace`] (the FP8 GEMM's [`Fp8Workspace`]) per stream. Grouped (MoE) launches take
+//! the expert-sorted, tile-padded rows of [`moe_align_tiles`] (the fused-MoE kernel): experts
+//! without tokens get no tile, so they cost nothing.
+#![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
+
+use super::fp8_gemm::{launch_raw, splits_for, Fp8Workspace, GroupedRows};
+use super::memory::DeviceTensor;
+use super::stream::GpuStream;
+use super::types::*;
+use crate::error::{Error, Result};
+
+pub use super::fp8_gemm::DEFAULT_SMS;
+
+/// The split-K workspace (shared with the FP8 GEMM).
+pub type SplitKWorkspace = Fp8Workspace;
+
+/// Floor of the activations' absolute maximum (as the CPU reference: `ops::int8::INT8_AMAX_EPS`).
+const EPS: f32 = crate::ops::int8::INT8_AMAX_EPS;
+
+fn bad(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| {
+        bad(format!(
+            "{what} = {n} does not fit the kernels' 32-bit sizes"
+        ))
+    })
+}
+
+fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
+    let cols = *t.shape().last().unwrap_or(&1);
+    (t.numel().checked_div(cols).unwrap_or(0), cols)
+}
+
+/// How an INT8 layer is scaled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Int8Scheme {
+    /// Per-token-group (128) activation scales, 128×128 block weight scales (`weight_scale_inv`).
+    Block,
+    /// Per-token activation scales, per-output-channel weight scales (`weight_scale`).
+    Channel,
+}
+
+impl Int8Scheme {
+    pub const ALL: [Int8Scheme; 2] = [Int8Scheme::Block, Int8Scheme::Channel];
+    /// Kernel name part (`int8_gemm_{tag}_bm*`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Int8Scheme::Block => "block",
+            Int8Scheme::Channel => "channel",
+        }
+    }
+    /// Quantization name part of the activation kernels.
+    fn quant_tag(self) -> &'static str {
+        match self {
+            Int8Scheme::Block => "group128",
+            Int8Scheme::Channel => "token",
+        }
+    }
+    /// Number of activation scales of `[m, k]`.
+    pub fn a_scales_len(self, m: usize, k: usize) -> usize {
+        match self {
+            Int8Scheme::Block => m * k.div_ceil(128),
+            Int8Scheme::Channel => m,
+        }
+    }
+    /// Number of weight scales of one `[n, k]` weight.
+    pub fn w_scales_len(self, n: usize, k: usize) -> usize {
+        match self {
+            Int8Scheme::Block => n.div_ceil(128) * k.div_ceil(128),
+            Int8Scheme::Channel => n,
+        }
+    }
+}
+
+/// M-tile rows of the INT8 / AWQ kernels (BN is always 128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantTile {
+    Bm16,
+    Bm64,
+    Bm128,
+}
+
+impl QuantTile {
+    pub const ALL: [QuantTile; 3] = [QuantTile::Bm16, QuantTile::Bm64, QuantTile::Bm128];
+    pub fn bm(self) -> usize {
+        match self {
+            QuantTile::Bm16 => 16,
+            QuantTile::Bm64 => 64,
+            QuantTile::Bm128 => 128,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            QuantTile::Bm16 => "bm16",
+            QuantTile::Bm64 => "bm64",
+            QuantTile::Bm128 => "bm128",
+        }
+    }
+    fn for_rows(m: usize) -> QuantTile {
+        if m <= 16 {
+            QuantTile::Bm16
+        } else if m <= 64 {
+            QuantTile::Bm64
+        } else {
+            QuantTile::Bm128
+        }
+    }
+    /// CTAs per SM assumed when sizing split-K (BM 16 is small in registers and shared memory).
+    fn occupancy(self) -> usize {
+        match self {
+            QuantTile::Bm16 => 2,
+            _ => 1,
+        }
+    }
+    /// Dynamic shared memory of the INT8 kernel (mirrors `Int8GemmSmem` in the kernel).
+    pub fn int8_smem_bytes(self, vendor: Vendor) -> u32 {
+        let stage = (self.bm() + 128) * 128;
+        let stages = match (vendor, self) {
+            (Vendor::Hip, _) => 1,
+            (Vendor::Cuda, QuantTile::Bm128) => 3,
+            (Vendor::Cuda, _) => 4,
+        };
+        (stage * stages) as u32
+    }
+    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem`): 4 stages of BM × 128 bytes of
+    /// activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
+    pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
+        match vendor {
+            Vendor::Cuda => ((self.bm() * 128 + 4096) * 4) as u32,
+            Vendor::Hip => 0,
+        }
+    }
+}
+
+/// Tile and split-K factor of one launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantPlan {
+    pub tile: QuantTile,
+    pub splits: usize,
+}
+
+fn plan_rows(m: usize, n: usize, k_tiles: usize, sms: usize) -> QuantPlan {
+    let tile = QuantTile::for_rows(m);
+    let ctas = m.div_ceil(tile.bm()) * n.div_ceil(128);
+    let splits = if m <= 256 {
+        splits_for(ctas, k_tiles, sms, tile.occupancy())
+    } else {
+        1
+    };
+    QuantPlan { tile, splits }
+}
+
+/// Tile and split for a dense INT8 `[m, k] · [n, k]ᵀ` on `sms` SMs (K tiles of 128).
+pub fn plan_int8(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
+    plan_rows(m, n, k.div_ceil(128), sms)
+}
+
+/// Tile and split for a dense AWQ GEMM (K tiles of 64).
+pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
+    plan_rows(m, n, k.div_ceil(64), sms)
+}
+
+/// Plan of a grouped GEMM over `pairs` expert-sorted rows among `experts`: the tile (from the mean
+/// rows per active expert), the grid's maximum M tiles, and the split for an `n`-wide output with
+/// `k_tiles` K tiles.
+pub fn plan_grouped(
+    pairs: usize,
+    experts: usize,
+    n: usize,
+    k_tiles: usize,
+    sms: usize,
+) -> (QuantPlan, usize) {
+    let active = experts.min(pairs).max(1);
+    let tile = QuantTile::for_rows(pairs.div_ceil(active));
+    let bm = tile.bm();
+    let max_tiles = pairs.div_ceil(bm) + experts.min(pairs);
+    let est_tiles = pairs.div_ceil(bm).max(active).min(max_tiles);
+    let splits = splits_for(est_tiles * n.div_ceil(128), k_tiles, sms, tile.occupancy());
+    (QuantPlan { tile, splits }, max_tiles)
+}
+
+/// Operands of one tiled launch (raw addresses; 0 = null).
+struct Tiled {
+    name: String,
+    smem: u32,
+    n: usize,
+    k_tiles: usize,
+    m_tiles: usize,
+    ws_rows: usize,
+    /// Arguments before `ws` (out, a, ...), and after `num_tiles` (m, n, k, ...), without `splits`.
+    head: Vec<u64>,
+    rows: [u64; 3],
+    tail: Vec<u64>,
+}
+
+fn launch_tiled(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    plan: QuantPlan,
+    t: Tiled,
+) -> Result<()> {
+    let n_tiles = t.n.div_ceil(128);
+    if t.m_tiles == 0 || n_tiles == 0 || t.k_tiles == 0 {
+        return Ok(());
+    }
+    if t.m_tiles > 65535 {
+        return Err(bad(format!(
+            "{}: {} M tiles exceed the grid's 65535",
+            t.name, t.m_tiles
+        )));
+    }
+    let splits = plan.splits.clamp(1, t.k_tiles);
+    // Every split must own at least one K tile.
+    let per = t.k_tiles.div_ceil(splits);
+    let splits = t.k_tiles.div_ceil(per);
+    let (wsp, cnt) = if splits > 1 {
+        ws.ensure(s, t.ws_rows * t.n, t.m_tiles * n_tiles)?
+    } else {
+        (0, 0)
+    };
+    let cfg = LaunchCfg::new(
+        (
+            u32_of(n_tiles, "n tiles")?,
+            u32_of(t.m_tiles, "m tiles")?,
+            u32_of(splits, "splits")?,
+        ),
+        (256, 1, 1),
+        t.smem,
+    );
+    let mut vals = t.head;
+    vals.extend([wsp, cnt]);
+    vals.extend(t.rows);
+    vals.extend(t.tail);
+    vals.push(splits as u64);
+    launch_raw(s, &t.name, cfg, &mut vals)
+}
+
+// ---- INT8 ------------------------------------------------------------------------------------
+
+/// Dynamic INT8 activation quantization of `x` (f32 or bf16) `[rows, cols]`: `q` i8 `[rows, cols]`,
+/// `scales` f32 `[rows, ⌈cols/128⌉]` (`Block`) or `[rows]` (`Channel`). Bit-identical to
+/// `ops::int8::quantize_act_int8_per_token_group` / `quantize_act_int8_per_token`.
+pub fn int8_act_quant(
+    s: &dyn GpuStream,
+    scheme: Int8Scheme,
+    q: &DeviceTensor,
+    scales: &DeviceTensor,
+    x: &DeviceTensor,
+) -> Result<()> {
+    let (rows, cols) = rows_cols(x);
+    if !matches!(x.dtype(), DType::F32 | DType::Bf16) {
+        return Err(bad(format!(
+            "int8_act_quant: x is {}, expected f32 or bf16",
+            x.dtype()
+        )));
+    }
+    q.check_dtype(DType::I8)?;
+    scales.check_dtype(DType::F32)?;
+    if q.numel() != rows * cols || scales.numel() != scheme.a_scales_len(rows, cols) {
+        return Err(bad(format!(
+            "int8_act_quant ({scheme:?}): q {:?} scales {:?} for x {:?}",
+            q.shape(),
+            scales.shape(),
+            x.shape()
+        )));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(());
+    }
+    let c = u32_of(cols, "cols")? as u64;
+    let mut vals = [
+        q.raw(),
+        scales.raw(),
+        x.raw(),
+        u32_of(rows, "rows")? as u64,
+        c,
+        c,
+        0,
+        1,
+        EPS.to_bits() as u64,
+    ];
+    launch_raw(
+        s,
+        &format!("int8_quant_{}_{}", scheme.quant_tag(), x.dtype()),
+        LaunchCfg::linear(rows as u32, 256),
+        &mut vals,
+    )
+}
+
+/// Fused SiLU·mul + INT8 quantization: `gate_up` bf16 `[rows, 2I]` → `q` i8 `[rows, I]` and scales
+/// (`[rows, ⌈I/128⌉]` or `[rows]`).
+pub fn int8_silu_mul_quant(
+    s: &dyn GpuStream,
+    scheme: Int8Scheme,
+    q: &DeviceTensor,
+    scales: &DeviceTensor,
+    gate_up: &DeviceTensor,
+) -> Result<()> {
+    let (rows, c2) = rows_cols(gate_up);
+    gate_up.check_dtype(DType::Bf16)?;
+    q.check_dtype(DType::I8)?;
+    scales.check_dtype(DType::F32)?;
+    let i = c2 / 2;
+    if c2 % 2 != 0 || q.numel() != rows * i || scales.numel() != scheme.a_scales_len(rows, i) {
+        return Err(bad(format!(
+            "int8_silu_mul_quant ({scheme:?}): q {:?} scales {:?} for gate_up {:?}",
+            q.shape(),
+            scales.shape(),
+            gate_up.shape()
+        )));
+    }
+    if rows == 0 || i == 0 {
+        return Ok(());
+    }
+    let mut vals = [
+        q.raw(),
+        scales.raw(),
+        gate_up.raw(),
+        u32_of(rows, "rows")? as u64,
+        u32_of(i, "cols")? as u64,
+        u32_of(c2, "stride")? as u64,
+        0,
+        1,
+        EPS.to_bits() as u64,
+    ];
+    launch_raw(
+        s,
+        &format!("int8_silu_mul_quant_{}", scheme.quant_tag()),
+        LaunchCfg::linear(rows as u32, 256),
+        &mut vals,
+    )
+}
+
+fn check_int8_operands(
+    scheme: Int8Scheme,
+    a: &DeviceTensor,
+    a_scales: &DeviceTensor,
+    w_scale: &DeviceTensor,
+    experts: usize,
+    n: usize,
+    k: usize,
+    w: &DeviceTensor,
+) -> Result<usize> {
+    let (am, ak) = rows_cols(a);
+    a.check_dtype(DType::I8)?;
+    w.check_dtype(DType::I8)?;
+    a_scales.check_dtype(DType::F32)?;
+    w_scale.check_dtype(DType::F32)?;
+    if ak != k {
+        return Err(bad(format!(
+            "int8_gemm: a {:?} has K {ak}, the weight {:?} has K {k}",
+            a.shape(),
+            w.shape()
+        )));
+    }
+    if k % 16 != 0 {
+        return Err(bad(format!(
+            "int8_gemm: K = {k} must be a multiple of 16 (16-byte rows)"
+        )));
+    }
+    if a_scales.numel() != scheme.a_scales_len(am, k) {
+        return Err(bad(format!(
+            "int8_gemm ({scheme:?}): a_scales {:?} for a {:?} (want {} values)",
+            a_scales.shape(),
+            a.shape(),
+            scheme.a_scales_len(am, k)
+        )));
+    }
+    if w_scale.numel() != experts * scheme.w_scales_len(n, k) {
+        return Err(bad(format!("int8_gemm ({scheme:?}): weight scales {:?} for {experts} weight(s) [{n}, {k}] (want {} values)", w_scale.shape(), experts * scheme.w_scales_len(n, k))));
+    }
+    Ok(am)
+}
+
+/// Dense INT8 GEMM with an explicit plan (tests run every tile and split).
+pub fn int8_gemm_with(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    scheme: Int8Scheme,
+    plan: QuantPlan,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    a_scales: &DeviceTensor,
+    b: &DeviceTensor,
+    b_scale: &DeviceTensor,
+) -> Result<()> {
+    let (n, k) = rows_cols(b);
+    let m = check_int8_operands(scheme, a, a_scales, b_scale, 1, n, k, b)?;
+    out.check_dtype(DType::Bf16)?;
+    if out.numel() != m * n {
+        return Err(bad(format!(
+            "int8_gemm: out {:?} for [{m}, {n}]",
+            out.shape()
+        )));
+    }
+    launch_tiled(
+        s,
+        ws,
+        plan,
+        Tiled {
+            name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
+            smem: plan.tile.int8_smem_bytes(s.vendor()),
+            n,
+            k_tiles: k.div_ceil(128),
+            m_tiles: m.div_ceil(plan.tile.bm()),
+            ws_rows: m,
+            head: vec![out.raw(), a.raw(), a_scales.raw(), b.raw(), b_scale.raw()],
+            rows: [0, 0, 0],
+            tail: vec![
+                u32_of(m, "m")? as u64,
+                u32_of(n, "n")? as u64,
+                u32_of(k, "k")? as u64,
+                1,
+            ],
+        },
+    )
+}
+
+/// Dense INT8 GEMM `out bf16 [M, N] = a i8 [M, K] · b i8 [N, K]ᵀ` with `scheme`'s scales; the plan
+/// from the shape ([`plan_int8`]), split-K workspace from `ws`.
+pub fn int8_gemm(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    scheme: Int8Scheme,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    a_scales: &DeviceTensor,
+    b: &DeviceTensor,
+    b_scale: &DeviceTensor,
+) -> Result<()> {
+    let (m, k) = rows_cols(a);
+    let (n, _) = rows_cols(b);
+    int8_gemm_with(
+        s,
+        ws,
+        scheme,
+        plan_int8(m, n, k, DEFAULT_SMS),
+        out,
+        a,
+        a_scales,
+        b,
+        b_scale,
+    )
+}
+
+/// Grouped INT8 GEMM over expert-sorted rows: `w` i8 `[E, N, K]`, `w_scale` `[E, ⌈N/128⌉, ⌈K/128⌉]`
+/// (`Block`) or `[E, N]` (`Channel`); `a` i8 `[rows_a, K]` with its scales, read through `rows`
+/// (`row_ids / a_row_div`, e.g. the token of a (token, k) pair); `out` has at least
+/// `rows.max_tiles · bm` rows of N (row r = sorted row r; padding rows come out zero).
+pub fn int8_grouped_gemm(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    scheme: Int8Scheme,
+    plan: QuantPlan,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    a_scales: &DeviceTensor,
+    w: &DeviceTensor,
+    w_scale: &DeviceTensor,
+    rows: &GroupedRows,
+) -> Result<()> {
+    let sh = w.shape();
+    if sh.len() != 3 {
+        return Err(bad(format!(
+            "int8_grouped_gemm: w {sh:?} must be [E, N, K]"
+        )));
+    }
+    let (e, n, k) = (sh[0], sh[1], sh[2]);
+    check_int8_operands(scheme, a, a_scales, w_scale, e, n, k, w)?;
+    let max_rows = rows.max_tiles * plan.tile.bm();
+    out.check_dtype(DType::Bf16)?;
+    check_rows(rows, out, max_rows, n, "int8_grouped_gemm")?;
+    launch_tiled(
+        s,
+        ws,
+        plan,
+        Tiled {
+            name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
+            smem: plan.tile.int8_smem_bytes(s.vendor()),
+            n,
+            k_tiles: k.div_ceil(128),
+            m_tiles: rows.max_tiles,
+            ws_rows: max_rows,
+            head: vec![out.raw(), a.raw(), a_scales.raw(), w.raw(), w_scale.raw()],
+            rows: [
+                rows.row_ids.map(|t| t.raw()).unwrap_or(0),
+                rows.tile_expert.raw(),
+                rows.num_tiles.raw(),
+            ],
+            tail: vec![
+                u32_of(max_rows, "m")? as u64,
+                u32_of(n, "n")? as u64,
+                u32_of(k, "k")? as u64,
+                u32_of(rows.a_row_div.max(1), "a_row_div")? as u64,
+            ],
+        },
+    )
+}
+
+fn check_rows(
+    rows: &GroupedRows,
+    out: &DeviceTensor,
+    max_rows: usize,
+    n: usize,
+    what: &str,
+) -> Result<()> {
+    rows.tile_expert.check_dtype(DType::I32)?;
+    rows.num_tiles.check_dtype(DType::I32)?;
+    if let Some(r) = rows.row_ids {
+        r.check_dtype(DType::I32)?;
+        if r.numel() < max_rows {
+            return Err(bad(format!(
+                "{what}: row_ids {:?} shorter than {max_rows} rows",
+                r.shape()
+            )));
+        }
+    }
+    if out.numel() < max_rows * n
+        || rows.tile_expert.numel() < rows.max_tiles
+        || rows.num_tiles.numel() < 1
+    {
+        return Err(bad(format!(
+            "{what}: out {:?} tile_expert {:?} for {} tiles of {} rows × {n}",
+            out.shape(),
+            rows.tile_expert.shape(),
+            rows.max_tiles,
+            max_rows / rows.max_tiles.max(1)
+        )));
+    }
+    Ok(())
+}
+
+// ---- AWQ ---------------------------------------------------------------------------------------
+
+/// Nibble position of column `j % 8` in an AWQ word (`[0, 4, 1, 5, 2, 6, 3, 7]`).
+const AWQ_NIBBLE: [u32; 8] = crate::model::checkpoint::AWQ_REVERSE_ORDER;
+
+/// Word index and bit shift of weight (`k`, `n`) in [`awq_repack`]'s layout (K rows in all).
+pub fn awq_repacked_pos(n: usize, k: usize, k_total: usize) -> (usize, u32) {
+    let (n8, gcol, kb, kk) = (n / 8, n % 8, k / 32, k % 32);
+    let (s, r) = (kk / 16, kk % 16);
+    let (t, hi, second) = ((r % 8) / 2, r % 2, r / 8);
+    (
+        (n8 * (k_total / 32) + kb) * 32 + gcol * 4 + t,
+        4 * (s * 2 + second + 4 * hi) as u32,
+    )
+}
+
+/// Repacks one AWQ `qweight` (i32 `[k, n/8]`, nibble order 0,4,1,5,2,6,3,7) into the kernel's
+/// layout `[n/8, k/32, 32]`: the word of lane (g, t) of column group n8 and K block kb holds column
+/// `n8·8 + g` at k = `kb·32 + {2t, 2t+8, 16+2t, 24+2t}` in nibbles 0..3 and the next k of each in
+/// nibbles 4..7 (the m16n8k16 B fragments of two MMAs). Needs k % 32 == 0 and n % 8 == 0.
+pub fn awq_repack(qweight: &[i32], k: usize, n: usize) -> Result<Vec<i32>> {
+    if k % 32 != 0 || n % 8 != 0 || qweight.len() != k * n / 8 {
+        return Err(bad(format!("awq_repack: qweight of {} words for [K {k}, N {n}] (K % 32 == 0, N % 8 == 0, K·N/8 words)", qweight.len())));
+    }
+    let n8 = n / 8;
+    let mut out = vec![0u32; qweight.len()];
+    for kk in 0..k {
+        for nn in 0..n {
+            let q = (qweight[kk * n8 + nn / 8] as u32 >> (4 * AWQ_NIBBLE[nn % 8])) & 0xF;
+            let (w, sh) = awq_repacked_pos(nn, kk, k);
+            out[w] |= q << sh;
+        }
+    }
+    Ok(out.into_iter().map(|w| w as i32).collect())
+}
+
+/// [`awq_repack`] of `experts` stacked `[k, n/8]` weights.
+pub fn awq_repack_experts(qweight: &[i32], experts: usize, k: usize, n: usize) -> Result<Vec<i32>> {
+    let per = k * n / 8;
+    if qweight.len() != experts * per {
+        return Err(bad(format!(
+            "awq_repack_experts: {} words for {experts} × [K {k}, N {n}]",
+            qweight.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(qweight.len());
+    for e in 0..experts {
+        out.extend(awq_repack(&qweight[e * per..(e + 1) * per], k, n)?);
+    }
+    Ok(out)
+}
+
+/// An AWQ layer (or `experts` of them, stacked) on the device: `qweight` repacked by
+/// [`awq_repack`] (i32, `experts · K · N/8` words), `qzeros` i32 `[E, K/G, N/8]`, `scales` f16
+/// `[E, K/G, N]`, as the checkpoint stores them.
+pub struct AwqWeight<'a> {
+    pub qweight: &'a DeviceTensor,
+    pub qzeros: &'a DeviceTensor,
+    pub scales: &'a DeviceTensor,
+    pub experts: usize,
+    pub n: usize,
+    pub k: usize,
+    pub group: usize,
+}
+
+impl AwqWeight<'_> {
+    fn check(&self) -> Result<()> {
+        let (e, n, k, g) = (self.experts, self.n, self.k, self.group);
+        if !matches!(g, 64 | 128) || k % g != 0 || n % 8 != 0 || e == 0 {
+            return Err(bad(format!("awq: group {g} (64 or 128), K {k} (a multiple of it), N {n} (a multiple of 8), {e} expert(s)")));
+        }
+        self.qweight.check_dtype(DType::I32)?;
+        self.qzeros.check_dtype(DType::I32)?;
+        self.scales.check_dtype(DType::F16)?;
+        if self.qweight.numel() != e * k * n / 8
+            || self.qzeros.numel() != e * (k / g) * (n / 8)
+            || self.scales.numel() != e * (k / g) * n
+        {
+            return Err(bad(format!(
+                "awq: qweight {:?} qzeros {:?} scales {:?} for {e} × [K {k}, N {n}], group {g}",
+                self.qweight.shape(),
+                self.qzeros.shape(),
+                self.scales.shape()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn awq_tiled(
+    s: &dyn GpuStream,
+    plan: QuantPlan,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    w: &AwqWeight,
+    m_tiles: usize,
+    m: usize,
+    rows: [u64; 3],
+    a_row_div: usize,
+) -> Result<Tiled> {
+    Ok(Tiled {
+        name: format!("awq_gemm_{}", plan.tile.label()),
+        smem: plan.tile.awq_smem_bytes(s.vendor()),
+        n: w.n,
+        k_tiles: w.k / 64,
+        m_tiles,
+        ws_rows: m,
+        head: vec![
+            out.raw(),
+            a.raw(),
+            w.qweight.raw(),
+            w.qzeros.raw(),
+            w.scales.raw(),
+        ],
+        rows,
+        tail: vec![
+            u32_of(m, "m")? as u64,
+            u32_of(w.n, "n")? as u64,
+            u32_of(w.k, "k")? as u64,
+            w.group as u64,
+            u32_of(a_row_div.max(1), "a_row_div")? as u64,
+        ],
+    })
+}
+
+/// Dense AWQ GEMM with an explicit plan: `out bf16 [M, N] = a bf16 [M, K] · W` (`w.experts == 1`).
+pub fn awq_gemm_with(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    plan: QuantPlan,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    w: &AwqWeight,
+) -> Result<()> {
+    w.check()?;
+    let (m, k) = rows_cols(a);
+    a.check_dtype(DType::Bf16)?;
+    out.check_dtype(DType::Bf16)?;
+    if w.experts != 1 || k != w.k || out.numel() != m * w.n {
+        return Err(bad(format!(
+            "awq_gemm: a {:?} out {:?} for a weight [K {}, N {}] × {}",
+            a.shape(),
+            out.shape(),
+            w.k,
+            w.n,
+            w.experts
+        )));
+    }
+    let t = awq_tiled(
+        s,
+        plan,
+        out,
+        a,
+        w,
+        m.div_ceil(plan.tile.bm()),
+        m,
+        [0, 0, 0],
+        1,
+    )?;
+    launch_tiled(s, ws, plan, t)
+}
+
+/// Dense AWQ GEMM, plan from the shape ([`plan_awq`]).
+pub fn awq_gemm(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    w: &AwqWeight,
+) -> Result<()> {
+    let (m, _) = rows_cols(a);
+    awq_gemm_with(s, ws, plan_awq(m, w.n, w.k, DEFAULT_SMS), out, a, w)
+}
+
+/// Grouped AWQ GEMM over expert-sorted rows (`w.experts` stacked layers), rows as in
+/// [`int8_grouped_gemm`].
+pub fn awq_grouped_gemm(
+    s: &dyn GpuStream,
+    ws: &mut SplitKWorkspace,
+    plan: QuantPlan,
+    out: &DeviceTensor,
+    a: &DeviceTensor,
+    w: &AwqWeight,
+    rows: &GroupedRows,
+) -> Result<()> {
+    w.check()?;
+    let (_, k) = rows_cols(a);
+    a.check_dtype(DType::Bf16)?;
+    out.check_dtype(DType::Bf16)?;
+    if k != w.k {
+        return Err(bad(format!(
+            "awq_grouped_gemm: a {:?} for K {}",
+            a.shape(),
+            w.k
+        )));
+    }
+    let max_rows = rows.max_tiles * plan.tile.bm();
+    check_rows(rows, out, max_rows, w.n, "awq_grouped_gemm")?;
+    let r = [
+        rows.row_ids.map(|t| t.raw()).unwrap_or(0),
+        rows.tile_expert.raw(),
+        rows.num_tiles.raw(),
+    ];
+    let t = awq_tiled(
+        s,
+        plan,
+        out,
+        a,
+        w,
+        rows.max_tiles,
+        max_rows,
+        r,
+        rows.a_row_div,
+    )?;
+    launch_tiled(s, ws, plan, t)
+}
+
+// ---- MoE grouping --------------------------------------------------------------------------------
+
+/// Expert-sorted, tile-padded rows of a MoE layer (the `moe_align_tiles` kernel of the fused MoE).
+pub struct TileAlignment {
+    /// `[max_tiles · bm]`: the (token, k) pair of each sorted row, −1 for padding.
+    pub sorted_ids: DeviceTensor,
+    /// `[max_tiles]`: the expert of each M tile (tiles < `num_tiles` are valid).
+    pub tile_expert: DeviceTensor,
+    /// `[1]`: tiles in use (on the device; no host sync).
+    pub num_tiles: DeviceTensor,
+    /// `[pairs]`: the sorted row of each pair (−1: an expert outside `[0, E)`).
+    pub pair_to_row: DeviceTensor,
+    pub max_tiles: usize,
+    pub bm: usize,
+}
+
+impl TileAlignment {
+    /// The grouped-GEMM rows: sorted row r reads a-row `sorted_ids[r] / a_row_div` (`topk` for a
+    /// per-token activation, 1 for one already per pair) or, without ids, row r itself.
+    pub fn rows(&self, gather: bool, a_row_div: usize) -> GroupedRows<'_> {
+        GroupedRows {
+            row_ids: gather.then_some(&self.sorted_ids),
+            a_row_div,
+            tile_expert: &self.tile_expert,
+            num_tiles: &self.num_tiles,
+            max_tiles: self.max_tiles,
+        }
+    }
+}
+
+/// Sorts `topk_ids` i32 `[T, topk]` by expert, each expert's rows padded to `bm` (one launch).
+pub fn moe_align_tiles(
+    s: &dyn GpuStream,
+    topk_ids: &DeviceTensor,
+    num_experts: usize,
+    bm: usize,
+) -> Result<TileAlignment> {
+    topk_ids.check_dtype(DType::I32)?;
+    let p = topk_ids.numel();
+    if num_experts == 0 || !matches!(bm, 16 | 64 | 128) {
+        return Err(bad(format!(
+            "moe_align_tiles: {num_experts} experts, bm {bm} (16, 64 or 128)"
+        )));
+    }
+    let max_tiles = p.div_ceil(bm) + num_experts.min(p);
+    let al = TileAlignment {
+        sorted_ids: DeviceTensor::empty(s, DType::I32, &[(max_tiles * bm).max(1)])?,
+        tile_expert: DeviceTensor::empty(s, DType::I32, &[max_tiles.max(1)])?,
+        num_tiles: DeviceTensor::empty(s, DType::I32, &[1])?,
+        pair_to_row: DeviceTensor::empty(s, DType::I32, &[p.max(1)])?,
+        max_tiles,
+        bm,
+    };
+    if p == 0 {
+        unsafe { s.memset_u8(al.num_tiles.raw(), 0, 4)? };
+        return Ok(al);
+    }
+    let mut v = [
+        al.sorted_ids.raw(),
+        al.tile_expert.raw(),
+        al.num_tiles.raw(),
+        al.pair_to_row.raw(),
+        topk_ids.raw(),
+        u32_of(p, "pairs")? as u64,
+        u32_of(num_experts, "experts")? as u64,
+        bm as u64,
+    ];
+    let smem = u32_of(2 * num_experts * 4, "align smem")?;
+    launch_raw(
+        s,
+        "moe_align_tiles",
+        LaunchCfg::linear(1, 1024).with_shared(smem),
+        &mut v,
+    )?;
+    Ok(al)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans() {
+        let p = plan_int8(1, 2112, 7168, 132);
+        assert_eq!(p.tile, QuantTile::Bm16);
+        assert!(p.splits > 1, "{p:?}");
+        assert_eq!(
+            plan_int8(4096, 7168, 2048, 132),
+            QuantPlan {
+                tile: QuantTile::Bm128,
+                splits: 1
+            }
+        );
+        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
+        assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
+        assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
+        let (p, max_tiles) = plan_grouped(8, 32, 512, 7168 / 128, 132);
+        assert_eq!((p.tile, max_tiles), (QuantTile::Bm16, 9));
+        assert!(p.splits > 1);
+    }
+
+    /// The repacked word of lane (g, t) holds the B fragments of two m16n8k16 MMAs: nibbles
+    /// (0, 4) = k (2t, 2t+1), (1, 5) = (2t+8, 2t+9), (2, 6) = (16+2t, 17+2t), (3, 7) = (24+2t, 25+2t)
+    /// of column g; and the repack is a bijection of the nibbles.
+    #[test]
+    fn awq_repack_layout() {
+        let (k, n) = (64usize, 24usize);
+        // Every nibble of the source distinct modulo 16 in a pattern we can recompute.
+        let val = |kk: usize, nn: usize| ((kk * 7 + nn * 3 + kk / 16) % 16) as u32;
+        let mut qw = vec![0i32; k * n / 8];
+        for kk in 0..k {
+            for nn in 0..n {
+                let w = &mut qw[kk * (n / 8) + nn / 8];
+                *w = ((*w as u32) | (val(kk, nn) << (4 * AWQ_NIBBLE[nn % 8]))) as i32;
+            }
+        }
+        let r = awq_repack(&qw, k, n).unwrap();
+        let nib = |w: i32, p: usize| (w as u32 >> (4 * p)) & 0xF;
+        for n8 in 0..n / 8 {
+            for kb in 0..k / 32 {
+                for ln in 0..32 {
+                    let (g, t) = (ln / 4, ln % 4);
+                    let w = r[(n8 * (k / 32) + kb) * 32 + ln];
+                    let col = n8 * 8 + g;
+                    let kbase = kb * 32;
+                    for (p, kk) in [
+                        (0, 2 * t),
+                        (4, 2 * t + 1),
+                        (1, 2 * t + 8),
+                        (5, 2 * t + 9),
+                        (2, 16 + 2 * t),
+                        (6, 17 + 2 * t),
+                        (3, 24 + 2 * t),
+                        (7, 25 + 2 * t),
+                    ] {
+                        assert_eq!(
+                            nib(w, p),
+                            val(kbase + kk, col),
+                            "n8 {n8} kb {kb} lane {ln} nibble {p}"
+                        );
+                    }
+                }
+            }
+        }
+        // awq_repacked_pos visits every nibble once.
+        let mut seen = vec![false; k * n];
+        for kk in 0..k {
+            for nn in 0..n {
+                let (w, sh) = awq_repacked_pos(nn, kk, k);
+                let i = w * 8 + sh as usize / 4;
+                assert!(!seen[i]);
+                seen[i] = true;
+            }
+        }
+        assert!(awq_repack(&qw, 48, n).is_err());
+        assert_eq!(
+            awq_repack_experts(&[qw.clone(), qw].concat(), 2, k, n)
+                .unwrap()
+                .len(),
+            2 * k * n / 8
+        );
+    }
+}

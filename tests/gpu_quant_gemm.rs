@@ -1,0 +1,656 @@
+//! INT8 (block / channel) and AWQ W4A16 GEMMs, dense and grouped by expert, and the INT8
+//! activation quantization (src/backend/quant_gemm.rs, kernels/quant_gemm.cuh) against the CPU
+//! reference, on every NVIDIA code variant this build embedded for the `quant_gemm` module (sm_90a
+//! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
+//! (BM 16 / 64 / 128) and split-K on and off.
+//!
+//! Reference: activations quantized with `ops::int8` (the same rule as the GPU, so the codes are
+//! shared) and dequantized; INT8 weights dequantized with the checkpoint loader's
+//! `dequant_int8_block` / `dequant_int8_channel`, AWQ weights with its `dequant_awq` (on the
+//! checkpoint's own [K, N/8] layout; the GPU gets the `awq_repack`ed words); products in f64, not
+//! rounded. Outputs are poisoned (NaN) before each launch; fresh random data per proptest case;
+//! relative Frobenius error.
+//!
+//! Tolerances. The GEMMs' weights are exact on the GPU (INT8: s32 sums of integer codes; AWQ: the
+//! integer q − z in bf16, the f16 scale applied to the f32 partial of each K tile), so the error is
+//! the bf16 rounding of the output (at most 2^-9 ≈ 1.95e-3 relative per element, hence in the
+//! Frobenius norm) plus f32 accumulation (~1e-6): 2.5e-3. The activation quantization is exact
+//! (codes equal, scales bit-equal); the fused SiLU·mul variant may flip a code by one where the
+//! GPU's expf and Rust's exp differ in the last ulp (≤ 1% of codes).
+//!
+//! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
+//! skips the NVRTC variant.
+
+// Test helpers take the whole case (shapes, ids, closures); common::gpu's stream table type is theirs.
+#![allow(clippy::too_many_arguments, clippy::type_complexity)]
+
+mod common;
+
+use common::gpu::*;
+use dsv3::backend::quant_gemm::{
+    self as qg, AwqWeight, Int8Scheme, QuantPlan, QuantTile, SplitKWorkspace,
+};
+use dsv3::backend::{DType, DeviceTensor, GpuStream};
+use dsv3::model::checkpoint::{dequant_awq, dequant_int8_block, dequant_int8_channel};
+use dsv3::ops::int8::{
+    dequant_act_int8, quantize_act_int8_per_token, quantize_act_int8_per_token_group,
+};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::Rng;
+
+/// bf16 output rounding (2^-9) + f32 accumulation; see the module comment.
+const GEMM_TOL: f64 = 2.5e-3;
+
+fn streams() -> &'static [(String, dsv3::backend::cuda::CudaStream)] {
+    variant_streams(Some("quant_gemm"))
+}
+
+/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
+fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let ar = &a[i * k..(i + 1) * k];
+        for j in 0..n {
+            let br = &b[j * k..(j + 1) * k];
+            out[i * n + j] = ar
+                .iter()
+                .zip(br)
+                .map(|(&x, &y)| x as f64 * y as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+/// Quantized activations: codes, scales, dequantized values.
+struct QAct {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    deq: Vec<f32>,
+}
+
+fn quant_act(scheme: Int8Scheme, x: &[f32], rows: usize, cols: usize) -> QAct {
+    let (codes, scales) = match scheme {
+        Int8Scheme::Block => quantize_act_int8_per_token_group(x, rows, cols, 128),
+        Int8Scheme::Channel => quantize_act_int8_per_token(x, rows, cols),
+    };
+    let group = if scheme == Int8Scheme::Block {
+        128
+    } else {
+        cols.max(1)
+    };
+    let deq = dequant_act_int8(&codes, &scales, rows, cols, group);
+    QAct { codes, scales, deq }
+}
+
+/// A random INT8 weight [n, k]: codes in [-127, 127], scales per 128×128 block or per row (varying
+/// magnitudes, as in real checkpoints), and the dequantized values (the loader's CPU path).
+struct QW {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    deq: Vec<f32>,
+}
+
+fn int8_weight(r: &mut StdRng, scheme: Int8Scheme, n: usize, k: usize) -> QW {
+    let codes: Vec<i8> = (0..n * k)
+        .map(|_| r.gen_range(-127i32..=127) as i8)
+        .collect();
+    let scales: Vec<f32> = (0..scheme.w_scales_len(n, k))
+        .map(|_| r.gen_range(1e-4f32..2e-3))
+        .collect();
+    let bytes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+    let deq = match scheme {
+        Int8Scheme::Block => dequant_int8_block(&bytes, n, k, &scales, (128, 128)),
+        Int8Scheme::Channel => dequant_int8_channel(&bytes, n, k, &scales),
+    };
+    QW { codes, scales, deq }
+}
+
+fn up_i8(s: &dyn GpuStream, shape: &[usize], v: &[i8]) -> DeviceTensor {
+    DeviceTensor::from_slice(s, shape, v).unwrap()
+}
+
+fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32]) -> DeviceTensor {
+    DeviceTensor::from_slice(s, shape, v).unwrap()
+}
+
+fn splits_of(k_tiles: usize) -> [usize; 2] {
+    [1, 3.min(k_tiles).max(1)]
+}
+
+// ---- INT8 dense ----------------------------------------------------------------------------------
+
+fn check_int8_dense(seed: u64, m: usize, n: usize, k: usize) {
+    for scheme in Int8Scheme::ALL {
+        let mut r = rng(seed ^ scheme as u64);
+        let x = rand_vec(&mut r, m * k, 3.0);
+        let qa = quant_act(scheme, &x, m, k);
+        let qw = int8_weight(&mut r, scheme, n, k);
+        let want = matmul_nt(&qa.deq, &qw.deq, m, n, k);
+        let kt = k.div_ceil(128);
+        for (v, s) in streams() {
+            let s: &dyn GpuStream = s;
+            let mut ws = SplitKWorkspace::new();
+            let a = up_i8(s, &[m, k], &qa.codes);
+            let asc = up_f32(s, &[qa.scales.len()], &qa.scales);
+            let b = up_i8(s, &[n, k], &qw.codes);
+            let bsc = up_f32(s, &[qw.scales.len()], &qw.scales);
+            for tile in QuantTile::ALL {
+                for splits in splits_of(kt) {
+                    // Twice with the same workspace: the kernel must leave it zeroed.
+                    for rep in 0..2 {
+                        let out = poisoned(s, DType::Bf16, &[m, n]);
+                        qg::int8_gemm_with(
+                            s,
+                            &mut ws,
+                            scheme,
+                            QuantPlan { tile, splits },
+                            &out,
+                            &a,
+                            &asc,
+                            &b,
+                            &bsc,
+                        )
+                        .unwrap();
+                        assert_close(
+                            &format!(
+                                "{v} int8 {scheme:?} m{m} n{n} k{k} {} split{splits} rep{rep}",
+                                tile.label()
+                            ),
+                            &down(s, &out),
+                            &want,
+                            GEMM_TOL,
+                        );
+                    }
+                }
+            }
+            let out = poisoned(s, DType::Bf16, &[m, n]);
+            qg::int8_gemm(s, &mut ws, scheme, &out, &a, &asc, &b, &bsc).unwrap();
+            assert_close(
+                &format!("{v} int8 {scheme:?} auto plan m{m} n{n} k{k}"),
+                &down(s, &out),
+                &want,
+                GEMM_TOL,
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn int8_dense_v3_shapes_decode() {
+    // M = 1 on a real V3 width (split-K from the plan), partial N blocks (2112, 576).
+    check_int8_dense(1, 1, 2112, 7168);
+    check_int8_dense(2, 7, 576, 1536);
+    check_int8_dense(3, 64, 384, 2048);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn int8_dense_prefill_shape() {
+    check_int8_dense(4, 300, 256, 512);
+}
+
+proptest! {
+    #![proptest_config(cfg(8))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn int8_dense_random_shapes(seed: u64, m in 1usize..200, n in 1usize..300, k16 in 1usize..40) {
+        check_int8_dense(seed, m, n, k16 * 16);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn int8_act_quant_exact(seed: u64, rows in 1usize..40, cols in 1usize..700) {
+        let mut r = rng(seed);
+        // Values, with exact ties for rint to settle (half-integers times a power-of-two scale).
+        let mut x: Vec<f32> = rand_vec(&mut r, rows * cols, 4.0).into_iter().map(bf16r).collect();
+        for v in x.iter_mut().step_by(7) {
+            *v = (v.round() + 0.5) * 0.25;
+        }
+        for scheme in Int8Scheme::ALL {
+            let want = quant_act(scheme, &x, rows, cols);
+            for (v, s) in streams() {
+                let s: &dyn GpuStream = s;
+                for dt in [DType::F32, DType::Bf16] {
+                    let dx = up(s, &[rows, cols], &x, dt);
+                    let q = poisoned(s, DType::I8, &[rows, cols]);
+                    let sc = poisoned(s, DType::F32, &[scheme.a_scales_len(rows, cols)]);
+                    qg::int8_act_quant(s, scheme, &q, &sc, &dx).unwrap();
+                    s.synchronize().unwrap();
+                    let codes = q.to_vec::<i8>(s).unwrap();
+                    let scales = sc.to_vec::<f32>(s).unwrap();
+                    let bad_s = scales.iter().zip(&want.scales).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    prop_assert_eq!(bad_s, 0, "{} {:?} {}: {} scales differ", v, scheme, dt, bad_s);
+                    let bad = codes.iter().zip(&want.codes).filter(|(a, b)| a != b).count();
+                    prop_assert_eq!(bad, 0, "{} {:?} {}: {} codes differ", v, scheme, dt, bad);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn int8_silu_mul_quant_matches(seed: u64, rows in 1usize..40, cols in 1usize..700) {
+        let mut r = rng(seed);
+        let x: Vec<f32> = rand_vec(&mut r, rows * 2 * cols, 4.0).into_iter().map(bf16r).collect();
+        let h: Vec<f32> = (0..rows * cols).map(|i| {
+            let (row, c) = (i / cols, i % cols);
+            let g = x[row * 2 * cols + c];
+            g / (1.0 + (-g).exp()) * x[row * 2 * cols + cols + c]
+        }).collect();
+        for scheme in Int8Scheme::ALL {
+            let want = quant_act(scheme, &h, rows, cols);
+            for (v, s) in streams() {
+                let s: &dyn GpuStream = s;
+                let dx = up(s, &[rows, 2 * cols], &x, DType::Bf16);
+                let q = poisoned(s, DType::I8, &[rows, cols]);
+                let sc = poisoned(s, DType::F32, &[scheme.a_scales_len(rows, cols)]);
+                qg::int8_silu_mul_quant(s, scheme, &q, &sc, &dx).unwrap();
+                s.synchronize().unwrap();
+                let codes = q.to_vec::<i8>(s).unwrap();
+                let scales = sc.to_vec::<f32>(s).unwrap();
+                assert_close(&format!("{v} {scheme:?} silu_mul_quant scales"), &scales, &want.scales, 1e-6);
+                let far = codes.iter().zip(&want.codes).filter(|(a, b)| (**a as i32 - **b as i32).abs() > 1).count();
+                let off = codes.iter().zip(&want.codes).filter(|(a, b)| a != b).count();
+                prop_assert_eq!(far, 0, "{} {:?}: codes off by more than one", v, scheme);
+                prop_assert!(off * 100 <= codes.len(), "{} {:?}: {} of {} codes differ", v, scheme, off, codes.len());
+            }
+        }
+    }
+}
+
+// ---- grouped (MoE) ---------------------------------------------------------------------------------
+
+fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(t * topk);
+    for _ in 0..t {
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for k in 0..topk {
+            let j = r.gen_range(k..e);
+            pool.swap(k, j);
+            ids.push(pool[k]);
+        }
+    }
+    ids
+}
+
+/// Tiles the host expects `moe_align_tiles` to produce: Σ_e ⌈count_e / bm⌉ (experts without
+/// tokens: none).
+fn expected_tiles(ids: &[i32], e: usize, bm: usize) -> i32 {
+    let mut cnt = vec![0usize; e];
+    for &id in ids {
+        if id >= 0 && (id as usize) < e {
+            cnt[id as usize] += 1;
+        }
+    }
+    cnt.iter().map(|c| c.div_ceil(bm) as i32).sum()
+}
+
+/// Runs `launch(stream, ws, plan, out, alignment)` for every tile and split on every variant and
+/// compares each routed pair's row with `want_row(token, expert)` ([n] values).
+fn check_grouped(
+    what: &str,
+    t: usize,
+    e: usize,
+    topk: usize,
+    n: usize,
+    k_tiles: usize,
+    ids: &[i32],
+    want: &dyn Fn(usize, usize) -> Vec<f32>,
+    launch: &dyn Fn(
+        &dyn GpuStream,
+        &mut SplitKWorkspace,
+        QuantPlan,
+        &DeviceTensor,
+        &qg::TileAlignment,
+    ),
+) {
+    // The reference once per (token, expert).
+    let mut ref_rows = std::collections::HashMap::new();
+    for (p, &id) in ids.iter().enumerate() {
+        if id >= 0 && (id as usize) < e {
+            ref_rows
+                .entry((p / topk, id as usize))
+                .or_insert_with(|| want(p / topk, id as usize));
+        }
+    }
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        let dids = up_i32(s, &[t, topk], ids);
+        let mut ws = SplitKWorkspace::new();
+        for tile in QuantTile::ALL {
+            let al = qg::moe_align_tiles(s, &dids, e, tile.bm()).unwrap();
+            s.synchronize().unwrap();
+            let nt = al.num_tiles.to_vec::<i32>(s).unwrap()[0];
+            assert_eq!(
+                nt,
+                expected_tiles(ids, e, tile.bm()),
+                "{v} {what}: tiles of bm {}",
+                tile.bm()
+            );
+            let p2r = al.pair_to_row.to_vec::<i32>(s).unwrap();
+            for splits in splits_of(k_tiles) {
+                let out = poisoned(s, DType::Bf16, &[al.max_tiles * tile.bm(), n]);
+                launch(s, &mut ws, QuantPlan { tile, splits }, &out, &al);
+                let got_all = down(s, &out);
+                let (mut got, mut exp) = (Vec::new(), Vec::new());
+                for (p, &id) in ids.iter().enumerate() {
+                    if id < 0 || id as usize >= e {
+                        assert_eq!(
+                            p2r[p], -1,
+                            "{v} {what}: pair {p} of expert {id} must not be routed here"
+                        );
+                        continue;
+                    }
+                    let row = p2r[p] as usize;
+                    got.extend_from_slice(&got_all[row * n..(row + 1) * n]);
+                    exp.extend_from_slice(&ref_rows[&(p / topk, id as usize)]);
+                }
+                assert_close(
+                    &format!(
+                        "{v} {what} t{t} e{e} topk{topk} n{n} {} split{splits}",
+                        tile.label()
+                    ),
+                    &got,
+                    &exp,
+                    GEMM_TOL,
+                );
+            }
+        }
+    }
+}
+
+fn check_int8_grouped(
+    seed: u64,
+    scheme: Int8Scheme,
+    t: usize,
+    e: usize,
+    topk: usize,
+    n: usize,
+    k: usize,
+    ids: &[i32],
+) {
+    let mut r = rng(seed);
+    let x = rand_vec(&mut r, t * k, 2.0);
+    let qa = quant_act(scheme, &x, t, k);
+    let ws: Vec<QW> = (0..e).map(|_| int8_weight(&mut r, scheme, n, k)).collect();
+    let want =
+        |tok: usize, ex: usize| matmul_nt(&qa.deq[tok * k..(tok + 1) * k], &ws[ex].deq, 1, n, k);
+    let codes: Vec<i8> = ws.iter().flat_map(|w| w.codes.iter().copied()).collect();
+    let scales: Vec<f32> = ws.iter().flat_map(|w| w.scales.iter().copied()).collect();
+    // Uploads per stream (the launch closure gets the stream).
+    let launch = |s: &dyn GpuStream,
+                  wsp: &mut SplitKWorkspace,
+                  plan: QuantPlan,
+                  out: &DeviceTensor,
+                  al: &qg::TileAlignment| {
+        let a = up_i8(s, &[t, k], &qa.codes);
+        let asc = up_f32(s, &[qa.scales.len()], &qa.scales);
+        let w = up_i8(s, &[e, n, k], &codes);
+        let wsc = up_f32(s, &[scales.len()], &scales);
+        qg::int8_grouped_gemm(
+            s,
+            wsp,
+            scheme,
+            plan,
+            out,
+            &a,
+            &asc,
+            &w,
+            &wsc,
+            &al.rows(true, topk),
+        )
+        .unwrap();
+    };
+    check_grouped(
+        &format!("int8 {scheme:?} grouped"),
+        t,
+        e,
+        topk,
+        n,
+        k.div_ceil(128),
+        ids,
+        &want,
+        &launch,
+    );
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn int8_grouped_cases() {
+    let mut r = rng(11);
+    for scheme in Int8Scheme::ALL {
+        // One token, 8 of 64 experts (most without tokens), partial N and K blocks.
+        let ids = distinct_ids(&mut r, 1, 64, 8);
+        check_int8_grouped(11, scheme, 1, 64, 8, 200, 1040, &ids);
+        // A few tokens, some pairs on other ranks' experts (-1 and >= E).
+        let mut ids = distinct_ids(&mut r, 5, 16, 4);
+        ids[1] = -1;
+        ids[6] = 99;
+        check_int8_grouped(12, scheme, 5, 16, 4, 256, 512, &ids);
+        // 150 tokens all on expert 2 (topk 1): several tiles of one expert, the others empty.
+        check_int8_grouped(13, scheme, 150, 6, 1, 136, 256, &[2i32; 150]);
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(6))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn int8_grouped_random(seed: u64, t in 1usize..48, e in 1usize..10, topk in 1usize..4, n in 1usize..300, k16 in 1usize..24, block in any::<bool>()) {
+        let topk = topk.min(e);
+        let mut r = rng(seed ^ 0x5eed);
+        let ids = distinct_ids(&mut r, t, e, topk);
+        let scheme = if block { Int8Scheme::Block } else { Int8Scheme::Channel };
+        check_int8_grouped(seed, scheme, t, e, topk, n, k16 * 16, &ids);
+    }
+}
+
+// ---- AWQ -----------------------------------------------------------------------------------------
+
+/// Random AWQ experts in the checkpoint layout: qweight [E, K, N/8], qzeros [E, K/G, N/8] (words),
+/// scales [E, K/G, N] (f16 values), and each expert's dequantized Linear weight [N, K].
+struct Awq {
+    qweight: Vec<i32>,
+    qzeros: Vec<i32>,
+    scales: Vec<f32>,
+    deq: Vec<Vec<f32>>,
+}
+
+fn awq_weights(r: &mut StdRng, e: usize, n: usize, k: usize, g: usize) -> Awq {
+    let qweight: Vec<i32> = (0..e * k * n / 8).map(|_| r.gen::<u32>() as i32).collect();
+    let qzeros: Vec<i32> = (0..e * (k / g) * n / 8)
+        .map(|_| r.gen::<u32>() as i32)
+        .collect();
+    let scales: Vec<f32> = (0..e * (k / g) * n)
+        .map(|_| half::f16::from_f32(r.gen_range(1e-3f32..1e-2)).to_f32())
+        .collect();
+    let (wq, zq, sq) = (k * n / 8, (k / g) * n / 8, (k / g) * n);
+    let words = |v: &[i32]| v.iter().map(|&w| w as u32).collect::<Vec<u32>>();
+    let deq = (0..e)
+        .map(|x| {
+            dequant_awq(
+                &words(&qweight[x * wq..(x + 1) * wq]),
+                &words(&qzeros[x * zq..(x + 1) * zq]),
+                &scales[x * sq..(x + 1) * sq],
+                n,
+                k,
+                g,
+            )
+        })
+        .collect();
+    Awq {
+        qweight,
+        qzeros,
+        scales,
+        deq,
+    }
+}
+
+struct AwqDev {
+    qweight: DeviceTensor,
+    qzeros: DeviceTensor,
+    scales: DeviceTensor,
+}
+
+fn up_awq(s: &dyn GpuStream, w: &Awq, e: usize, n: usize, k: usize, g: usize) -> AwqDev {
+    let packed = qg::awq_repack_experts(&w.qweight, e, k, n).unwrap();
+    AwqDev {
+        qweight: up_i32(s, &[e, n / 8, k / 32, 32], &packed),
+        qzeros: up_i32(s, &[e, k / g, n / 8], &w.qzeros),
+        scales: up(s, &[e, k / g, n], &w.scales, DType::F16),
+    }
+}
+
+fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
+    let mut r = rng(seed);
+    let x: Vec<f32> = rand_vec(&mut r, m * k, 2.0)
+        .into_iter()
+        .map(bf16r)
+        .collect();
+    let w = awq_weights(&mut r, 1, n, k, g);
+    let want = matmul_nt(&x, &w.deq[0], m, n, k);
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        let d = up_awq(s, &w, 1, n, k, g);
+        let aw = AwqWeight {
+            qweight: &d.qweight,
+            qzeros: &d.qzeros,
+            scales: &d.scales,
+            experts: 1,
+            n,
+            k,
+            group: g,
+        };
+        let a = up(s, &[m, k], &x, DType::Bf16);
+        let mut ws = SplitKWorkspace::new();
+        for tile in QuantTile::ALL {
+            for splits in splits_of(k / 64) {
+                for rep in 0..2 {
+                    let out = poisoned(s, DType::Bf16, &[m, n]);
+                    qg::awq_gemm_with(s, &mut ws, QuantPlan { tile, splits }, &out, &a, &aw)
+                        .unwrap();
+                    assert_close(
+                        &format!(
+                            "{v} awq g{g} m{m} n{n} k{k} {} split{splits} rep{rep}",
+                            tile.label()
+                        ),
+                        &down(s, &out),
+                        &want,
+                        GEMM_TOL,
+                    );
+                }
+            }
+        }
+        let out = poisoned(s, DType::Bf16, &[m, n]);
+        qg::awq_gemm(s, &mut ws, &out, &a, &aw).unwrap();
+        assert_close(
+            &format!("{v} awq g{g} auto plan m{m} n{n} k{k}"),
+            &down(s, &out),
+            &want,
+            GEMM_TOL,
+        );
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn awq_dense_decode_and_prefill() {
+    for g in [64, 128] {
+        check_awq_dense(21, 1, 2112, 7168, g);
+        check_awq_dense(22, 16, 4096, 1024, g);
+        check_awq_dense(23, 300, 264, 512, g);
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(8))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn awq_dense_random_shapes(seed: u64, m in 1usize..150, n8 in 1usize..40, kg in 1usize..8, g128 in any::<bool>()) {
+        let g = if g128 { 128 } else { 64 };
+        check_awq_dense(seed, m, n8 * 8, kg * g, g);
+    }
+}
+
+fn check_awq_grouped(
+    seed: u64,
+    t: usize,
+    e: usize,
+    topk: usize,
+    n: usize,
+    k: usize,
+    g: usize,
+    ids: &[i32],
+) {
+    let mut r = rng(seed);
+    let x: Vec<f32> = rand_vec(&mut r, t * k, 2.0)
+        .into_iter()
+        .map(bf16r)
+        .collect();
+    let w = awq_weights(&mut r, e, n, k, g);
+    let want = |tok: usize, ex: usize| matmul_nt(&x[tok * k..(tok + 1) * k], &w.deq[ex], 1, n, k);
+    let launch = |s: &dyn GpuStream,
+                  wsp: &mut SplitKWorkspace,
+                  plan: QuantPlan,
+                  out: &DeviceTensor,
+                  al: &qg::TileAlignment| {
+        let d = up_awq(s, &w, e, n, k, g);
+        let aw = AwqWeight {
+            qweight: &d.qweight,
+            qzeros: &d.qzeros,
+            scales: &d.scales,
+            experts: e,
+            n,
+            k,
+            group: g,
+        };
+        let a = up(s, &[t, k], &x, DType::Bf16);
+        qg::awq_grouped_gemm(s, wsp, plan, out, &a, &aw, &al.rows(true, topk)).unwrap();
+    };
+    check_grouped(
+        &format!("awq g{g} grouped"),
+        t,
+        e,
+        topk,
+        n,
+        k / 64,
+        ids,
+        &want,
+        &launch,
+    );
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn awq_grouped_cases() {
+    let mut r = rng(31);
+    for g in [64, 128] {
+        let ids = distinct_ids(&mut r, 1, 64, 8);
+        check_awq_grouped(31, 1, 64, 8, 200, 1024, g, &ids);
+        let mut ids = distinct_ids(&mut r, 5, 16, 4);
+        ids[1] = -1;
+        ids[6] = 99;
+        check_awq_grouped(32, 5, 16, 4, 256, 512, g, &ids);
+        check_awq_grouped(33, 150, 6, 1, 136, 256, g, &[2i32; 150]);
+    }
+}
+
+proptest! {
+    #![proptest_config(cfg(6))]
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn awq_grouped_random(seed: u64, t in 1usize..48, e in 1usize..10, topk in 1usize..4, n8 in 1usize..36, kg in 1usize..5, g128 in any::<bool>()) {
+        let topk = topk.min(e);
+        let g = if g128 { 128 } else { 64 };
+        let mut r = rng(seed ^ 0xa3c);
+        let ids = distinct_ids(&mut r, t, e, topk);
+        check_awq_grouped(seed, t, e, topk, n8 * 8, kg * g, g, &ids);
+    }
+}
