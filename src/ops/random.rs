@@ -16,10 +16,10 @@ pub fn uniform01(seed: u64, counter: u64) -> f32 {
     ((r >> 40) as u32 as f32 + 0.5) * (1.0 / 16777216.0)
 }
 
-/// `lo + (hi - lo) · uniform01(seed, i)` in f32, as `fill_uniform` computes it before rounding
-/// to its output type.
+/// `lo + (hi - lo) · uniform01(seed, i)` in f32 with one rounding (a fused multiply-add), as
+/// `fill_uniform` computes it before rounding to its output type.
 pub fn uniform(seed: u64, i: u64, lo: f32, hi: f32) -> f32 {
-    lo + (hi - lo) * uniform01(seed, i)
+    (hi - lo).mul_add(uniform01(seed, i), lo)
 }
 
 #[cfg(test)]
