@@ -83,6 +83,9 @@ impl Default for GpuOptions {
     }
 }
 
+/// The profiler's events of one forward, each labelled with the step it ends.
+type ProfileEvents = Vec<(&'static str, Box<dyn StreamEvent>)>;
+
 pub struct GpuModel {
     cfg: ModelConfig,
     opts: GpuOptions,
@@ -94,7 +97,7 @@ pub struct GpuModel {
     /// (routing statistics; see `random::balance_routing`).
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
-    profile: Mutex<Option<Vec<(&'static str, Box<dyn StreamEvent>)>>>,
+    profile: Mutex<Option<ProfileEvents>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
