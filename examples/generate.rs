@@ -10,6 +10,10 @@
 //! splits the routed experts whole over the ranks. Several nodes: run it on each with
 //! `--nnodes M --node-rank R --dist-init-addr HOST:PORT` (node 0's address); each node drives
 //! `tp / nnodes` GPUs and all of them print the same tokens.
+//!
+//! `--enable-dp-attention` (one node; `--dp` 1 or equal to `--tp`): every GPU holds all attention
+//! weights and attends for its own sequences (here the one prompt, on rank 0); the MoE / MLP stays
+//! TP (or EP) over all GPUs.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,6 +89,12 @@ struct Args {
     /// Seconds to wait for every node at the rendezvous.
     #[arg(long, default_value = "300")]
     dist_timeout: String,
+    /// Data-parallel attention over the TP ranks (all heads on every GPU, FFN split).
+    #[arg(long)]
+    enable_dp_attention: bool,
+    /// Data-parallel size: 1 or the TP size, with --enable-dp-attention.
+    #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
+    dp: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -118,6 +128,10 @@ fn run(args: Args) -> Result<()> {
     if let Some(q) = &args.quantization {
         quant_method::check_flag_for_dir(q, &dir)?;
     }
+    dsv3::server::launch::dp_attention(args.tp, args.dp, args.enable_dp_attention).map_err(Error::InvalidArgument)?;
+    if args.enable_dp_attention && args.nnodes > 1 {
+        return Err(Error::InvalidArgument("--enable-dp-attention runs on one node (--nnodes 1)".into()));
+    }
     let t0 = Instant::now();
     match args.device {
         Device::Cpu => {
@@ -145,7 +159,7 @@ fn run(args: Args) -> Result<()> {
 fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<()> {
     use dsv3::dist::{open_group, GroupConfig};
     use dsv3::model::gpu::TpModel;
-    use dsv3::model::shard::MoeSplit;
+    use dsv3::model::shard::{AttnSplit, MoeSplit};
     match device {
         Device::Cuda(n) if n == 0 || n == args.base_gpu_id => {}
         Device::Cuda(n) => {
@@ -166,7 +180,8 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<(
     };
     let ar = std::sync::Arc::new(open_group(&group)?);
     let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let model = TpModel::load(dir, ar, moe)?;
+    let attn = if args.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+    let model = TpModel::load_with(dir, ar, moe, attn)?;
     tracing::info!("{} ({moe:?} MoE split)", model.describe());
     generate(args, dir, &model, t0)
 }

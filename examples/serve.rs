@@ -54,10 +54,11 @@ struct Args {
     /// Seconds to wait for every node at the rendezvous (multi-node).
     #[arg(long, default_value = "300")]
     dist_timeout: String,
-    /// Data-parallel size (not implemented yet: values > 1 are refused).
+    /// Data-parallel size: 1, or --tp with --enable-dp-attention (plain replicas are refused).
     #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
     dp: usize,
-    /// Data-parallel attention for DeepSeek models (not implemented yet).
+    /// Data-parallel attention for DeepSeek models: checked, but refused at --tp > 1 (the engine
+    /// does not place requests on DP ranks yet; examples/generate runs it).
     #[arg(long)]
     enable_dp_attention: bool,
     /// host:port of node 0 for multi-node serving (not implemented yet for serve).

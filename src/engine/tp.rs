@@ -4,6 +4,10 @@
 //! decode steps of up to `--cuda-graph-max-bs` sequences replay graphs captured on every rank
 //! together (falling back to eager steps if a capture fails). The pool is sized from the GPU
 //! with the least free memory after the weights.
+//!
+//! A [`TpModel`] loaded with DP attention is not served here (its `forward_batch` refuses: each
+//! sequence would need a rank, pages from that rank's pool and prefix hits from that rank only;
+//! see docs/MULTI_GPU.md, "DP attention").
 
 use crate::engine::gpu::GpuStepModel;
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};

@@ -4,6 +4,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+pub mod dp;
 pub mod embedded;
 pub mod generate;
 pub mod shard;

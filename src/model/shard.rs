@@ -15,6 +15,10 @@
 //!   DeepSeek-V3's 129280 × 7168). lm_head: vocab-parallel, rank r computes logits of its vocab
 //!   slice and the host concatenates them.
 //!
+//! - DP attention (`--enable-dp-attention`, [`AttnSplit::Data`]): every rank holds ALL heads
+//!   (q_a/q_b/kv_a/kv_b/o_proj whole) and runs attention only for its own sequences, over its own
+//!   page pool; the FFN (dense MLP, shared and routed experts) and lm_head stay split as above.
+//!
 //! Splits are balanced (`split`): part r is `[r·n/w, (r+1)·n/w)`, so sizes differ by at most one
 //! unit when `w` does not divide `n`; a dim with fewer units than ranks is an error.
 
@@ -32,25 +36,41 @@ pub enum MoeSplit {
     Expert,
 }
 
+/// How attention is distributed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnSplit {
+    /// Heads split over the ranks; every rank sees every token; o_proj gives a partial sum.
+    Heads,
+    /// Data-parallel attention: every rank holds every head and attends only for its own
+    /// sequences (their latent rows live in its pool alone); the FFN stays split.
+    Data,
+}
+
 /// Rank `rank` of a world of `world` GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shard {
     pub rank: usize,
     pub world: usize,
     pub moe: MoeSplit,
+    pub attn: AttnSplit,
 }
 
 impl Shard {
     /// The whole model on one GPU.
     pub fn single() -> Shard {
-        Shard { rank: 0, world: 1, moe: MoeSplit::Tensor }
+        Shard { rank: 0, world: 1, moe: MoeSplit::Tensor, attn: AttnSplit::Heads }
     }
 
+    /// Rank `rank` with attention heads split (plain TP / EP).
     pub fn new(rank: usize, world: usize, moe: MoeSplit) -> Result<Shard> {
+        Self::with_attn(rank, world, moe, AttnSplit::Heads)
+    }
+
+    pub fn with_attn(rank: usize, world: usize, moe: MoeSplit, attn: AttnSplit) -> Result<Shard> {
         if world == 0 || rank >= world {
             return Err(Error::InvalidArgument(format!("shard rank {rank} of a world of {world}")));
         }
-        Ok(Shard { rank, world, moe })
+        Ok(Shard { rank, world, moe, attn })
     }
 }
 
@@ -82,7 +102,7 @@ impl TensorSlice {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShardPlan {
     pub shard: Shard,
-    /// Attention heads of this rank.
+    /// Attention heads of this rank (all of them under DP attention).
     pub heads: Range<usize>,
     /// Of the dense MLP's intermediate dim.
     pub dense_inter: Range<usize>,
@@ -126,7 +146,11 @@ impl ShardPlan {
         };
         Ok(ShardPlan {
             shard,
-            heads: part(cfg.num_attention_heads, "num_attention_heads")?,
+            heads: match shard.attn {
+                AttnSplit::Heads => part(cfg.num_attention_heads, "num_attention_heads")?,
+                // Replicated: q_b / kv_b rows and o_proj columns of every head (slice() below).
+                AttnSplit::Data => 0..cfg.num_attention_heads,
+            },
             dense_inter: if is_dense { part(cfg.intermediate_size, "intermediate_size")? } else { 0..0 },
             expert_inter,
             shared_inter: if is_moe && shared > 0 { part(shared, "the shared experts' intermediate size")? } else { 0..0 },
@@ -233,5 +257,28 @@ mod tests {
         // Too many ranks for the heads: one clear line.
         let err = ShardPlan::new(&c, Shard::new(0, heads + 1, MoeSplit::Tensor).unwrap()).unwrap_err().to_string();
         assert!(err.contains("num_attention_heads"), "{err}");
+    }
+
+    #[test]
+    fn dp_attention_replicates_attention_and_splits_the_ffn() {
+        let c = cfg();
+        let (h, heads, qk, nv) = (c.hidden_size, c.num_attention_heads, c.qk_nope_head_dim + c.qk_rope_head_dim, c.qk_nope_head_dim + c.v_head_dim);
+        for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+            let p = ShardPlan::new(&c, Shard::with_attn(1, 2, moe, AttnSplit::Data).unwrap()).unwrap();
+            let tp = ShardPlan::new(&c, Shard::new(1, 2, moe).unwrap()).unwrap();
+            assert_eq!(p.heads, 0..heads);
+            for (name, n, k) in [
+                ("model.layers.0.self_attn.q_b_proj.weight", heads * qk, 32),
+                ("model.layers.0.self_attn.kv_b_proj.weight", heads * nv, c.kv_lora_rank),
+                ("model.layers.0.self_attn.o_proj.weight", h, heads * c.v_head_dim),
+                ("model.layers.0.self_attn.q_a_proj.weight", 32, h),
+            ] {
+                assert!(p.slice(name, n, k).unwrap().is_full(n, k), "{name} under DP attention");
+            }
+            // The FFN and lm_head are exactly the TP / EP plan's.
+            assert_eq!((&p.dense_inter, &p.expert_inter, &p.shared_inter, &p.experts, &p.vocab), (&tp.dense_inter, &tp.expert_inter, &tp.shared_inter, &tp.experts, &tp.vocab));
+        }
+        // More ranks than heads is fine when heads are not split (the fixture's FFN dims are larger).
+        assert!(ShardPlan::new(&c, Shard::with_attn(0, heads + 1, MoeSplit::Tensor, AttnSplit::Data).unwrap()).is_ok());
     }
 }

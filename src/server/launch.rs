@@ -2,6 +2,8 @@
 //! error that says what is missing, instead of being silently ignored. `--device cuda[:N]` /
 //! `hip[:N]` pass where the build has that backend; `--tp N` (and `--enable-ep-moe` /
 //! `--ep-size N`) pass on CUDA, one node: one process drives GPUs `base..base+N`.
+//! `--enable-dp-attention` (`--dp` 1 or = `--tp`, [`dp_attention`]) is checked here and runs in
+//! `examples/generate`; the serving engine refuses it with `--tp > 1` (see [`check`]).
 //! `--quantization` is checked here by name; whether it agrees with the checkpoint is
 //! [`check_quantization`]'s job, once the model directory is known.
 
@@ -88,8 +90,11 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     if f.ep_size != 1 && f.ep_size != f.tp {
         return Err(format!("--ep-size {}: expert parallelism spans the whole TP group in this build (--ep-size 1 or {})", f.ep_size, f.tp));
     }
-    if f.dp > 1 || f.enable_dp_attention {
-        return Err("--dp / --enable-dp-attention: data-parallel attention is not implemented yet (use --tp)".into());
+    if dp_attention(f.tp, f.dp, f.enable_dp_attention)? && f.tp > 1 {
+        // A sequence must stay on the rank whose pool holds its pages, and prefix-cache hits
+        // must stay on the rank that wrote them: that needs a page allocator and a radix tree
+        // per rank (SGLang runs a scheduler per DP rank), which the engine does not have yet.
+        return Err("--enable-dp-attention: the serving engine does not place requests on DP ranks yet (examples/generate runs DP attention; serve with --tp)".into());
     }
     if f.node_rank >= f.nnodes {
         return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
@@ -102,6 +107,22 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     }
     gpu_options(f)?;
     Ok(())
+}
+
+/// Whether attention runs data-parallel over the TP ranks (`--enable-dp-attention`). As in SGLang,
+/// DP attention spans the TP group: `--dp` is left at 1 (then dp = tp is implied) or equals
+/// `--tp`. `--dp > 1` without it (whole-model replicas) is not implemented.
+pub fn dp_attention(tp: usize, dp: usize, enable: bool) -> Result<bool, String> {
+    if dp == 0 {
+        return Err("--dp must be at least 1".into());
+    }
+    if !enable && dp > 1 {
+        return Err(format!("--dp {dp} without --enable-dp-attention: data-parallel replicas of the whole model are not implemented (use --enable-dp-attention or --tp)"));
+    }
+    if enable && dp != 1 && dp != tp {
+        return Err(format!("--dp {dp} with --enable-dp-attention: DP attention spans the TP group, so --dp must equal --tp {tp} (or stay 1)"));
+    }
+    Ok(enable)
 }
 
 /// What `--kv-cache-dtype` selects on a GPU: `auto` / `bf16` the bf16 latent cache with the fast
@@ -148,6 +169,22 @@ mod tests {
         assert_eq!(gpu_options(&LaunchFlags { kv_cache_dtype: "f32".into(), ..Default::default() }), Ok(GpuOptions::reference()));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node serving is not implemented"));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 2, ..Default::default() }).contains("--node-rank 2"));
-        assert!(err(LaunchFlags { enable_dp_attention: true, ..Default::default() }).contains("not implemented yet"));
+        // DP attention: --dp is 1 or --tp; plain --dp > 1 is refused; serve refuses it at --tp > 1.
+        assert_eq!(dp_attention(2, 2, true), Ok(true));
+        assert_eq!(dp_attention(4, 1, true), Ok(true));
+        assert_eq!(dp_attention(4, 1, false), Ok(false));
+        assert!(dp_attention(4, 2, true).unwrap_err().contains("--dp must equal --tp 4"));
+        assert!(dp_attention(2, 2, false).unwrap_err().contains("without --enable-dp-attention"));
+        assert!(dp_attention(2, 0, true).unwrap_err().contains("at least 1"));
+        assert!(err(LaunchFlags { dp: 2, ..Default::default() }).contains("without --enable-dp-attention"));
+        assert_eq!(check(&LaunchFlags { enable_dp_attention: true, ..Default::default() }), Ok(()), "DP attention over one rank is the plain model");
+        let dp = LaunchFlags { tp: 2, dp: 2, enable_dp_attention: true, device: "cuda".into(), ..Default::default() };
+        let dp4 = LaunchFlags { dp: 4, ..dp.clone() };
+        if cfg!(feature = "cuda") {
+            assert!(err(dp).contains("does not place requests on DP ranks"));
+            assert!(err(dp4).contains("--dp 4"));
+        } else {
+            assert!(err(dp).contains("--features cuda"));
+        }
     }
 }

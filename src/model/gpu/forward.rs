@@ -9,20 +9,88 @@
 //!
 //! There is one forward: [`GpuModel::forward_batch`] runs it with one rank and no reduction,
 //! the TP model (`tp.rs`) with every local rank and its all-reduce.
+//!
+//! DP attention ([`AttnPart::Own`]) changes only the attention phase: a rank that holds every
+//! head attends for its own tokens (a contiguous row range of the step, over its own pool) and
+//! writes the output at those rows of a zeroed [T, hidden] buffer; the same `reduce` then acts as
+//! an all-gather (every other row is zero on this rank, and adding zeros is exact). From there
+//! the residual stream is the whole step's on every rank, bit-identical as under TP, so the FFN
+//! (TP or EP over all ranks, over all tokens), its all-reduce and the vocab-parallel lm_head are
+//! unchanged. A reduce-scatter after the FFN + an all-gather of own rows before it would move
+//! half the bytes of these two all-reduces (and let each rank keep only its rows' residual);
+//! `kernels/allreduce.cuh` has no such kernels yet.
+
+use std::ops::Range;
 
 use super::step::StepTensors;
 use super::weights::Ffn;
 use super::{GpuModel, PagePool};
-use crate::backend::dispatch;
+use crate::backend::dispatch::{self, Strided};
 use crate::backend::mla::mla_decode_metadata;
 use crate::backend::DeviceTensor;
 use crate::error::{Error, Result};
 
-/// One rank's part of a step: its model shard, its page pool, its copy of the step's indices.
+/// Which tokens a rank attends for, and with which heads.
+#[derive(Clone, Copy)]
+pub(super) enum AttnPart<'a> {
+    /// Its heads, every token of the step (TP): the output is a partial sum.
+    Heads,
+    /// DP attention: every head, its own tokens `rows` of the step, indexed by `step` (its
+    /// sequences over its own pool); `step` is `None` when it has no sequence this step.
+    Own { rows: &'a Range<usize>, step: Option<&'a StepTensors> },
+}
+
+/// One rank's part of a step: its model shard, its page pool, its copy of the step's indices
+/// (every token: embedding, FFN, logits; and attention under TP), and what it attends for.
 pub(super) struct RankStep<'a> {
     pub(super) model: &'a GpuModel,
     pub(super) pool: &'a PagePool,
     pub(super) step: &'a StepTensors,
+    pub(super) attn: AttnPart<'a>,
+}
+
+impl RankStep<'_> {
+    /// The step tensors attention reads, if this rank attends at all.
+    fn attn_step(&self) -> Option<&StepTensors> {
+        match self.attn {
+            AttnPart::Heads => Some(self.step),
+            AttnPart::Own { step, .. } => step,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        if let AttnPart::Own { rows, step } = self.attn {
+            let n = step.map_or(0, |s| s.tokens);
+            if rows.len() != n || rows.end > self.step.tokens {
+                return Err(Error::InvalidArgument(format!(
+                    "DP attention: rows {rows:?} of a step of {} tokens for {n} attention token(s)",
+                    self.step.tokens
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Attention of layer `li` over the normalized rows `normed` [T, hidden]: under TP this
+    /// rank's partial sum over every token; under DP attention its own rows' output in place,
+    /// zeros elsewhere (the reduction that follows gathers them).
+    fn attention(&self, li: usize, normed: &DeviceTensor) -> Result<DeviceTensor> {
+        let (m, layer) = (self.model, &self.model.layers[li]);
+        let AttnPart::Own { rows, step } = self.attn else {
+            return m.attention(layer, li, normed, self.pool, self.step);
+        };
+        let (s, h) = (m.s(), m.cfg.hidden_size);
+        let out = m.empty(&[self.step.tokens, h])?;
+        // SAFETY: `out` is a live allocation of out.bytes().
+        unsafe { s.memset_u8(out.raw(), 0, out.bytes())? };
+        if let (Some(st), false) = (step, rows.is_empty()) {
+            let x = m.empty(&[rows.len(), h])?;
+            dispatch::copy_2d(s, Strided::rows(&x), Strided::at(normed, rows.start * h, h), rows.len(), h)?;
+            let o = m.attention(layer, li, &x, self.pool, st)?;
+            dispatch::copy_2d(s, Strided::at(&out, rows.start * h, h), Strided::rows(&o), rows.len(), h)?;
+        }
+        Ok(out)
+    }
 }
 
 /// Sums the ranks' partial activations in place (every rank ends up with the same sum).
@@ -38,9 +106,12 @@ pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Resu
     let mut xs = Vec::with_capacity(ranks.len());
     let mut normed = Vec::with_capacity(ranks.len());
     for r in ranks {
+        r.check()?;
         let (m, s) = (r.model, r.model.s());
-        if let Some(meta) = &r.step.mla_decode {
-            mla_decode_metadata(s, meta, &r.step.seq_lens)?;
+        if let Some(st) = r.attn_step() {
+            if let Some(meta) = &st.mla_decode {
+                mla_decode_metadata(s, meta, &st.seq_lens)?;
+            }
         }
         let x = m.empty(&[r.step.tokens, c.hidden_size])?;
         dispatch::embedding(s, &x, &m.embed, &r.step.ids)?;
@@ -51,11 +122,8 @@ pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Resu
         normed.push(n);
     }
     for li in 0..c.num_hidden_layers {
-        let attn = ranks
-            .iter()
-            .zip(&normed)
-            .map(|(r, n)| r.model.attention(&r.model.layers[li], li, n, r.pool, r.step))
-            .collect::<Result<Vec<_>>>()?;
+        // TP: sums the heads' partials; DP attention: gathers the ranks' own rows.
+        let attn = ranks.iter().zip(&normed).map(|(r, n)| r.attention(li, n)).collect::<Result<Vec<_>>>()?;
         reduce(&attn.iter().collect::<Vec<_>>())?;
         for (i, r) in ranks.iter().enumerate() {
             dispatch::add_rms_norm(r.model.s(), &normed[i], &xs[i], &attn[i], &r.model.layers[li].post_attn_norm, eps)?;

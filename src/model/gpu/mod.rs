@@ -49,7 +49,7 @@ use crate::model::shard::{Shard, ShardPlan, TensorSlice};
 use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaDecodePlan};
-use forward::{run_ranks, RankStep};
+use forward::{run_ranks, AttnPart, RankStep};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
 
@@ -83,6 +83,9 @@ impl Default for GpuOptions {
     }
 }
 
+/// The profiler's events of one forward, each labelled with the step it ends.
+type ProfileEvents = Vec<(&'static str, Box<dyn StreamEvent>)>;
+
 pub struct GpuModel {
     cfg: ModelConfig,
     opts: GpuOptions,
@@ -94,7 +97,7 @@ pub struct GpuModel {
     /// (routing statistics; see `random::balance_routing`).
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
-    profile: Mutex<Option<Vec<(&'static str, Box<dyn StreamEvent>)>>>,
+    profile: Mutex<Option<ProfileEvents>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
@@ -331,7 +334,7 @@ impl GpuModel {
     /// [R, vocab slice] of the rows asked for (`None` when none is), without synchronizing (so
     /// that it can be captured in a graph). The one-rank case of [`forward::run_ranks`].
     fn run(&self, pool: &PagePool, step: &StepTensors) -> Result<Option<DeviceTensor>> {
-        let mut out = run_ranks(&[RankStep { model: self, pool, step }], &mut |_| Ok(()))?;
+        let mut out = run_ranks(&[RankStep { model: self, pool, step, attn: AttnPart::Heads }], &mut |_| Ok(()))?;
         Ok(out.pop().flatten())
     }
 }

@@ -13,11 +13,21 @@
 //! a zeroed [R, vocab] buffer and one more all-reduce assembles them (adding zeros is exact).
 //!
 //! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]).
+//!
+//! DP attention ([`TpModel::load_with`] with [`AttnSplit::Data`]): every rank holds every head and
+//! attends only for the sequences assigned to it ([`TpModel::forward_batch_dp`]); those live in
+//! its own pool alone (their block tables address that rank's pool; the other pools never see
+//! them), so the cache is split instead of replicated. The FFN stays TP / EP over every rank and
+//! every token (see `forward.rs` for the gather). lm_head stays vocab-parallel: after the gather
+//! every rank already holds every token's final rows, so splitting the vocabulary costs no
+//! collective and keeps lm_head at 1/w of its size per rank (a full-vocab head per rank for its
+//! own rows would hold 1.85 GB more per rank at DeepSeek-V3's dims for the same FLOPs).
+//! Multi-node DP attention: refused (ranks are global, so the layout would carry over; untested).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use super::forward::{run_ranks, RankStep};
+use super::forward::{run_ranks, AttnPart, RankStep};
 use super::step::{pack_step, split_rows, StepTensors};
 use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
 use crate::backend::dispatch::{self, Strided};
@@ -28,7 +38,8 @@ use crate::dist::{AllReduce, Communicator, RankStream};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
-use crate::model::shard::{MoeSplit, Shard};
+use crate::model::dp::DpLayout;
+use crate::model::shard::{AttnSplit, MoeSplit, Shard};
 use super::GpuOptions;
 use crate::tensor::Tensor;
 
@@ -36,21 +47,35 @@ pub struct TpModel {
     models: Vec<GpuModel>,
     ar: Arc<AllReduce>,
     comm: Arc<Communicator>,
+    attn: AttnSplit,
 }
 
 impl TpModel {
     /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator (the group
     /// may serve several models one after another).
     pub fn load(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit) -> Result<TpModel> {
+        Self::load_with(dir, ar, moe, AttnSplit::Heads)
+    }
+
+    /// [`TpModel::load`] with attention split by `attn`: heads (TP) or data (DP attention).
+    pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit) -> Result<TpModel> {
         let comm = ar.communicator().clone();
         let world = comm.world_size();
+        if attn == AttnSplit::Data && comm.nnodes() > 1 {
+            return Err(Error::InvalidArgument(format!("DP attention over {} nodes is not implemented (one node only)", comm.nnodes())));
+        }
         let models = (0..comm.local_size())
             .map(|i| {
                 let stream = Box::new(RankStream::new(comm.clone(), i)?);
-                GpuModel::load_shard(dir, stream, Shard::new(comm.global_rank(i), world, moe)?, GpuOptions::reference())
+                GpuModel::load_shard(dir, stream, Shard::with_attn(comm.global_rank(i), world, moe, attn)?, GpuOptions::reference())
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(TpModel { models, ar, comm })
+        Ok(TpModel { models, ar, comm, attn })
+    }
+
+    /// How attention is split over the ranks.
+    pub fn attn_split(&self) -> AttnSplit {
+        self.attn
     }
 
     /// The local ranks' shards.
@@ -77,7 +102,8 @@ impl TpModel {
     /// "cuda:0+cuda:1 (tp 2)", for logs.
     pub fn describe(&self) -> String {
         let devs: Vec<String> = self.models.iter().map(|m| m.device().to_string()).collect();
-        format!("{} (tp {}, node ranks {}..{})", devs.join("+"), self.comm.world_size(), self.comm.rank_offset(), self.comm.rank_offset() + self.models.len())
+        let dp = if self.attn == AttnSplit::Data { ", dp attention" } else { "" };
+        format!("{} (tp {}{dp}, node ranks {}..{})", devs.join("+"), self.comm.world_size(), self.comm.rank_offset(), self.comm.rank_offset() + self.models.len())
     }
 
     /// One page pool per local rank (same shape on every rank).
@@ -110,9 +136,16 @@ impl TpModel {
 
     /// Queues a step on every rank; per rank: its logits slice (one node) or the whole
     /// assembled logits (several nodes). Graph-capturable.
-    fn run(&self, pools: &[PagePool], steps: &[StepTensors]) -> Result<Vec<Option<DeviceTensor>>> {
-        let ranks: Vec<RankStep<'_>> =
-            self.models.iter().zip(pools).zip(steps).map(|((model, pool), step)| RankStep { model, pool, step }).collect();
+    /// `attn[i]`: what local rank i attends for (empty: its heads, every token).
+    fn run(&self, pools: &[PagePool], steps: &[StepTensors], attn: &[AttnPart<'_>]) -> Result<Vec<Option<DeviceTensor>>> {
+        let ranks: Vec<RankStep<'_>> = self
+            .models
+            .iter()
+            .zip(pools)
+            .zip(steps)
+            .enumerate()
+            .map(|(i, ((model, pool), step))| RankStep { model, pool, step, attn: attn.get(i).copied().unwrap_or(AttnPart::Heads) })
+            .collect();
         let logits = run_ranks(&ranks, &mut |parts| self.reduce(parts))?;
         if self.comm.nnodes() == 1 || logits.iter().any(|l| l.is_none()) {
             return Ok(logits);
@@ -168,21 +201,68 @@ impl TpModel {
     /// [`GpuModel::forward_batch`] over the group: `pools[i]` is local rank i's pool; the block
     /// tables address every pool alike.
     pub fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        if self.attn == AttnSplit::Data {
+            return Err(Error::InvalidArgument("DP attention: every sequence needs its rank (forward_batch_dp)".into()));
+        }
         self.check_pools(pools)?;
         let (packed, layout) = pack_step(&self.models[0], &pools[0], seqs, None)?;
         let steps = self.upload(&packed, &layout)?;
-        let logits = self.run(pools, &steps)?;
-        if layout.rows == 0 {
+        let logits = self.run(pools, &steps, &[])?;
+        self.batch_logits(&logits, layout.rows, seqs)
+    }
+
+    /// Per sequence of `seqs` (in the step's order), its logits rows from what [`TpModel::run`]
+    /// returned.
+    fn batch_logits(&self, logits: &[Option<DeviceTensor>], rows: usize, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        if rows == 0 {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
         let logits = logits.iter().map(|l| l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))).collect::<Result<Vec<_>>>()?;
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
-        Ok(split_rows(&self.host_logits(&logits, layout.rows)?, &counts, self.config().vocab_size))
+        Ok(split_rows(&self.host_logits(&logits, rows)?, &counts, self.config().vocab_size))
+    }
+
+    /// [`TpModel::forward_batch`] under DP attention: sequence `i` lives on global rank
+    /// `ranks[i]` (the same rank for its whole life: its block table addresses that rank's pool,
+    /// `pools[rank]`, and only that rank attends for it). Logits come back in batch order.
+    pub fn forward_batch_dp(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        if self.attn != AttnSplit::Data {
+            return Err(Error::InvalidArgument("forward_batch_dp on a model loaded without DP attention".into()));
+        }
+        self.check_pools(pools)?;
+        let lens: Vec<usize> = seqs.iter().map(|q| q.tokens.len()).collect();
+        let dp = DpLayout::new(&lens, ranks, self.comm.world_size())?;
+        let ordered: Vec<BatchSeq<'_>> = dp.order.iter().map(|&i| seqs[i]).collect();
+        // The whole step (every rank alike): embedding, FFN, logits rows. Its block tables are
+        // checked against pool 0's shape, which every pool shares, and never read.
+        let (packed, layout) = pack_step(&self.models[0], &pools[0], &ordered, None)?;
+        let steps = self.upload(&packed, &layout)?;
+        // Each rank's own sequences, over its own pool; no logits rows (the whole step's give them).
+        let mut own = Vec::with_capacity(self.models.len());
+        for (i, (m, pool)) in self.models.iter().zip(pools.iter()).enumerate() {
+            let mine = &ordered[dp.seqs[self.comm.global_rank(i)].clone()];
+            if mine.is_empty() {
+                own.push(None);
+                continue;
+            }
+            let mine: Vec<BatchSeq<'_>> = mine.iter().map(|q| BatchSeq { logits: LogitRows::None, ..*q }).collect();
+            let (p, l) = pack_step(m, pool, &mine, None)?;
+            let st = StepTensors::alloc(m.stream(), &l, m.mla_decode_plan(pool, &l))?;
+            st.upload(m.stream(), &p)?;
+            own.push(Some(st));
+        }
+        let attn: Vec<AttnPart<'_>> =
+            own.iter().enumerate().map(|(i, st)| AttnPart::Own { rows: &dp.tokens[self.comm.global_rank(i)], step: st.as_ref() }).collect();
+        let logits = self.run(pools, &steps, &attn)?;
+        dp.to_batch_order(self.batch_logits(&logits, layout.rows, &ordered)?)
     }
 
     /// [`GpuModel::capture_decode_graph`] over the group: one graph per rank, captured together.
     pub fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
         self.check_pools(pools)?;
+        if self.attn == AttnSplit::Data {
+            return Err(Error::InvalidArgument("decode graphs under DP attention are not implemented (eager steps only)".into()));
+        }
         if bs == 0 || pad_page as usize >= pools[0].num_pages {
             return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences, pad page {pad_page} of {}", pools[0].num_pages)));
         }
@@ -193,7 +273,7 @@ impl TpModel {
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &seqs, Some(max_pages))?;
         let inputs = self.upload(&packed, &layout)?;
         // Eagerly once: loads every kernel, warms the allocators.
-        drop(self.run(pools, &inputs)?);
+        drop(self.run(pools, &inputs, &[])?);
         self.comm.synchronize()?;
         let allocs: Vec<_> = self.models.iter().map(|m| m.stream().allocator().clone()).collect();
         for a in &allocs {
@@ -201,7 +281,7 @@ impl TpModel {
         }
         let mut out = None;
         let graph = self.comm.capture(|| {
-            out = Some(self.run(pools, &inputs)?);
+            out = Some(self.run(pools, &inputs, &[])?);
             Ok(())
         });
         let memory: Vec<RetainedBlocks> = allocs.iter().map(|a| a.end_retain()).collect();
@@ -282,7 +362,11 @@ impl CausalLm for TpModel {
 
     fn forward(&self, tokens: &[u32], cache: &mut TpCache) -> Result<Tensor> {
         let seq = BatchSeq { tokens, start: cache.len, block_table: &cache.table, logits: LogitRows::All };
-        let mut out = self.forward_batch(&mut cache.pools, &[seq])?;
+        let mut out = match self.attn {
+            AttnSplit::Heads => self.forward_batch(&mut cache.pools, &[seq])?,
+            // One sequence: rank 0 attends for it, the others only join the FFN.
+            AttnSplit::Data => self.forward_batch_dp(&mut cache.pools, &[seq], &[0])?,
+        };
         cache.len += tokens.len();
         Tensor::new(vec![tokens.len(), self.config().vocab_size], out.pop().unwrap_or_default())
     }

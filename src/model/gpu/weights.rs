@@ -183,6 +183,7 @@ pub(super) fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Re
 }
 
 /// Layer `i`, or `plan`'s shard of it (its heads, its slice of the MLPs, its experts).
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, opts: &GpuOptions, i: usize, plan: &ShardPlan) -> Result<Layer> {
     let p = format!("model.layers.{i}");
     let h = cfg.hidden_size;
