@@ -210,8 +210,8 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         }
         w_uv.extend_from_slice(&kv_b.data()[base + nope * lora..base + (nope + v) * lora]);
     }
-    // bf16 next to a bf16 cache (whose attention rounds to bf16 anyway), f32 for the reference.
-    let absorb = opts.kv_cache;
+    // bf16 next to a bf16 or fp8 cache (whose attention rounds to bf16 anyway), f32 for the reference.
+    let absorb = opts.kv_cache.absorb_dtype();
     let w_uk_t = DeviceTensor::from_f32(s, &[local_heads, lora, nope], &w_uk_t, absorb)?;
     let w_uv = DeviceTensor::from_f32(s, &[local_heads, v, lora], &w_uv, absorb)?;
     let ffn = if cfg.is_moe_layer(i) {
