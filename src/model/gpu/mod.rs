@@ -182,6 +182,9 @@ impl Default for GpuOptions {
     }
 }
 
+/// The events of a profiled forward: one per finished step, with its label.
+type ProfileEvents = Vec<(&'static str, Box<dyn StreamEvent>)>;
+
 pub struct GpuModel {
     cfg: ModelConfig,
     opts: GpuOptions,
@@ -193,7 +196,7 @@ pub struct GpuModel {
     /// (routing statistics; see `random::balance_routing`).
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
-    profile: Mutex<Option<Vec<(&'static str, Box<dyn StreamEvent>)>>>,
+    profile: Mutex<Option<ProfileEvents>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,

@@ -221,7 +221,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let experts = |proj: &str| -> Vec<String> { plan.experts.clone().map(|x| name(x, proj)).collect() };
         let (n_local, inter_local) = (plan.experts.len(), plan.expert_inter.len());
         let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
-        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
+        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start.is_multiple_of(128) && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
         let experts = if fused {
             // [gate_0, up_0, gate_1, ...] stacked as [2E, I, H] is [E, 2I, H] (scales likewise).
             let gate_up: Vec<String> = plan.experts.clone().flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
