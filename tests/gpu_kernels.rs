@@ -541,7 +541,7 @@ proptest! {
     /// scales differ) and uploaded as bytes; unwritten slots stay 0xff (NaN codes and NaN
     /// scales), so a read past a sequence shows. Reference: the CPU attention over the
     /// dequantized rows (e4m3 · s in f32, the rope's bf16 values), which the kernel reads
-    /// exactly (one f32 product each), so the f32 tolerances of the f32 cache apply.
+    /// exactly (one f32 product each), so the tolerances of the f32 / bf16 caches apply.
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn mla_paged_attention_fp8_cache(seed: u64, nseq in 1usize..5, heads in 1usize..6, page_size in prop::sample::select(vec![1usize, 16, 64]), decode: bool) {
@@ -610,13 +610,14 @@ proptest! {
                 let dq = up(s, &[t_total, heads, dk], &q, tq);
                 let out = poisoned(s, DType::F32, &[t_total, heads, kv_lora]);
                 dispatch::mla_paged_attention(s, &out, &dq, &pc, &ts, &tp, kv_lora, scale).unwrap();
-                assert_close(&format!("{v} mla {tq}/fp8 page {page_size}"), &down(s, &out), &want, 1e-5);
+                let tol = if tq == DType::F32 { 1e-5 } else { 1e-4 };
+                assert_close(&format!("{v} mla {tq}/fp8 page {page_size}"), &down(s, &out), &want, tol);
                 // dv below the latent width reads the first dv values of each row.
                 let dv = 320;
                 let part = poisoned(s, DType::F32, &[t_total, heads, dv]);
                 dispatch::mla_paged_attention(s, &part, &dq, &pc, &ts, &tp, dv, scale).unwrap();
                 let want_part: Vec<f32> = want.chunks(kv_lora).flat_map(|c| c[..dv].to_vec()).collect();
-                assert_close(&format!("{v} mla {tq}/fp8 page {page_size} dv {dv}"), &down(s, &part), &want_part, 1e-5);
+                assert_close(&format!("{v} mla {tq}/fp8 page {page_size} dv {dv}"), &down(s, &part), &want_part, tol);
             }
             // The fp8 rows fix the widths: q of another width, dv past 512, or a cache whose rows
             // are not 656 bytes are typed errors, not launches.

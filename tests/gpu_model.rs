@@ -217,16 +217,19 @@ fn fast_paths_on_real_mla_widths_track_the_reference() {
 // stays bf16. One such rounding per cached row and layer enters the scores (q·c_kv) and the
 // output (Σ p·c_kv), where it averages over the 512 latent values and over the keys no worse
 // than the signal does, so each attention output carries about 2–4 % relative error; the
-// residual stream dilutes it before the logits. Bounds: 5e-2 relative Frobenius on the logits
-// with exact (simple) GEMMs — a wrong scale group, a misplaced rope or a stale row gives O(1)
-// errors or NaN —, 1e-1 with FP8 activations on both sides (their e4m3 quantization may round
-// the slightly different activations to different neighbours, up to doubling the difference).
-// Between the two fp8-cache readers (the paged attention and the split-KV decode kernel, the
-// same quantized rows) only the decode kernel's bf16 rounding of the dequantized values, the
-// query and P remains: the bf16 cache's bound against the reference, 2e-2 (3e-2 with FP8
-// activations).
+// residual stream dilutes it before the logits. Bound: 5e-2 relative Frobenius on the logits
+// with GEMMs that do not quantize their activations (the simple GEMMs; bf16 weights through
+// cuBLAS) — a wrong scale group, a misplaced rope or a stale row gives O(1) errors or NaN.
+// With FP8 activations on both sides (float8 checkpoints under the fast options) any upstream
+// difference re-rounds activations to neighbouring e4m3 codes, so two runs decorrelate up to
+// the activation quantization's own error: the bound of the fast options against the
+// reference, 1.5e-1, applies. Between the two fp8-cache readers (the paged attention and the
+// split-KV decode kernel over the same quantized rows) only the decode kernel's bf16 rounding
+// of the dequantized values, the query and P remains (plus rare re-roundings of later layers'
+// rows): the bf16 cache's bound against the reference, 2e-2 (3e-2 over the fixtures' fast
+// options, as theirs against the CPU).
 const FP8_CACHE_VS_BF16: f64 = 5e-2;
-const FP8_CACHE_VS_BF16_FAST: f64 = 1e-1;
+const FP8_CACHE_VS_BF16_FP8_ACTIVATIONS: f64 = 1.5e-1;
 
 /// The fp8 e4m3 latent cache (`--kv-cache-dtype fp8_e4m3`) on the DeepSeek-V3-like model of
 /// [`real_mla_widths_config`]: prefills through `mla_paged_attention_f32_fp8`, decode steps
@@ -262,16 +265,16 @@ fn fp8_cache_on_real_mla_widths_tracks_the_bf16_cache() {
     assert!(err_prefill <= FP8_CACHE_VS_BF16, "fp8 cache prefill: rel error {err_prefill:.3e}");
     assert!(err_decode <= FP8_CACHE_VS_BF16, "fp8 cache decode: rel error {err_decode:.3e}");
     assert!(err_readers <= 2e-2, "fp8 decode kernel vs fp8 paged attention: rel error {err_readers:.3e}");
-    assert!(err_fast <= FP8_CACHE_VS_BF16_FAST, "fast options, fp8 cache vs bf16 cache: rel error {err_fast:.3e}");
-    assert!(err_fast_readers <= 3e-2, "fast options, fp8 decode kernel vs fp8 paged attention: rel error {err_fast_readers:.3e}");
+    assert!(err_fast <= FP8_CACHE_VS_BF16_FP8_ACTIVATIONS, "fast options, fp8 cache vs bf16 cache: rel error {err_fast:.3e}");
+    assert!(err_fast_readers <= FP8_CACHE_VS_BF16_FP8_ACTIVATIONS, "fast options, fp8 decode kernel vs fp8 paged attention: rel error {err_fast_readers:.3e}");
     // The fp8 rows are not the bf16 ones: the comparison is not vacuous.
     assert!(err_decode > 0.0);
 }
 
 /// The fp8 e4m3 latent cache on the fixtures whose latent is 512 + 64 wide (tiny-real-mla):
-/// the fast options over the fp8 cache against the fast options over the bf16 cache, prefill
-/// (paged attention over fp8 rows) and token by token (the fp8 split-KV decode kernel); and
-/// fixtures of other widths refuse the fp8 cache with a typed error.
+/// against the bf16 cache with the same GEMMs (simple, then the fast options), prefill (paged
+/// attention over fp8 rows) and token by token (the fp8 split-KV decode kernel), and the two fp8
+/// readers against each other; fixtures of other widths refuse the fp8 cache with a typed error.
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn fp8_cache_on_real_mla_fixtures_tracks_the_bf16_cache() {
@@ -294,18 +297,23 @@ fn fp8_cache_on_real_mla_fixtures_tracks_the_bf16_cache() {
             }
             (prefill, stepwise)
         };
-        let (bf16_prefill, bf16_decode) = run(GpuOptions::fast());
-        let (fp8_prefill, fp8_decode) = run(GpuOptions::fast_fp8_cache());
-        assert!(fp8_prefill.iter().chain(&fp8_decode).all(|x| x.is_finite()), "{}: non-finite logits", dir.display());
-        let (err_prefill, err_decode) = (rel_error(&fp8_prefill, &bf16_prefill), rel_error(&fp8_decode, &bf16_decode));
-        let err_readers = rel_error(&fp8_decode, &fp8_prefill);
-        println!(
-            "{}: fp8 cache vs bf16 cache (fast options): prefill {err_prefill:.2e}, decode {err_decode:.2e}; fp8 decode vs fp8 prefill {err_readers:.2e}",
-            dir.display()
-        );
-        assert!(err_prefill <= FP8_CACHE_VS_BF16_FAST, "{}: fp8 cache prefill rel error {err_prefill:.3e}", dir.display());
-        assert!(err_decode <= FP8_CACHE_VS_BF16_FAST, "{}: fp8 cache decode rel error {err_decode:.3e}", dir.display());
-        assert!(err_readers <= 3e-2, "{}: fp8 decode kernel vs fp8 paged attention rel error {err_readers:.3e}", dir.display());
+        // Simple GEMMs, then the fast options (the fixture's bf16 weights through cuBLAS: no
+        // activation quantization, so the same bound holds).
+        for (what, fp8_kernels, readers_tol) in [("simple GEMMs", false, 2e-2), ("fast options", true, 3e-2)] {
+            let (bf16_prefill, bf16_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels });
+            let (fp8_prefill, fp8_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, fp8_kernels });
+            assert!(fp8_prefill.iter().chain(&fp8_decode).all(|x| x.is_finite()), "{}: {what}: non-finite logits", dir.display());
+            let (err_prefill, err_decode) = (rel_error(&fp8_prefill, &bf16_prefill), rel_error(&fp8_decode, &bf16_decode));
+            let err_readers = rel_error(&fp8_decode, &fp8_prefill);
+            println!(
+                "{}: {what}: fp8 cache vs bf16 cache: prefill {err_prefill:.2e}, decode {err_decode:.2e}; fp8 decode vs fp8 prefill {err_readers:.2e}",
+                dir.display()
+            );
+            assert!(err_prefill <= FP8_CACHE_VS_BF16, "{}: {what}: fp8 cache prefill rel error {err_prefill:.3e}", dir.display());
+            assert!(err_decode <= FP8_CACHE_VS_BF16, "{}: {what}: fp8 cache decode rel error {err_decode:.3e}", dir.display());
+            assert!(err_readers <= readers_tol, "{}: {what}: fp8 decode kernel vs fp8 paged attention rel error {err_readers:.3e}", dir.display());
+            assert!(err_decode > 0.0, "{}: {what}: the fp8 rows equal the bf16 ones?", dir.display());
+        }
         tested += 1;
     }
     assert!(tested > 0, "no fixture with a 512 + 64 latent (tiny-real-mla)");
