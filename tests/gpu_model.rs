@@ -243,8 +243,12 @@ fn fp8_cache_on_real_mla_widths_tracks_the_bf16_cache() {
     let fp8 = real_mla_model(simple(KvCacheDtype::Fp8E4m3));
     assert_eq!(fp8.cache_row_bytes(), 656);
     assert_eq!(bf16.cache_row_bytes(), 1152);
-    let pool = fp8.new_page_pool(2, PAGE_SIZE).unwrap();
+    let mut pool = fp8.new_page_pool(2, PAGE_SIZE).unwrap();
     assert_eq!(pool.bytes(), 3 * 2 * PAGE_SIZE * 656, "[pages, 64, 656] bytes per layer");
+    // The benchmarks' random context: quantized rows (valid scales), so a decode over it is finite.
+    fp8.fill_pool_random(&pool, 5).unwrap();
+    let over_random = fp8.forward_batch(&mut pool, &[BatchSeq { tokens: &[7], start: 100, block_table: &[0, 1], logits: LogitRows::Last }]).unwrap();
+    assert!(over_random[0].len() == 4096 && over_random[0].iter().all(|x| x.is_finite()), "decode over fill_pool_random's fp8 rows");
     let e = fp8.new_page_pool(8, 16).err().expect("the fp8 cache refuses pages of 16").to_string();
     assert!(e.contains("--page-size 64"), "{e}");
     let (want, got) = (real_mla_run(&bf16), real_mla_run(&fp8));

@@ -49,7 +49,7 @@ impl GpuModel {
     /// A page pool of `num_pages` pages of `page_size` positions per layer, poisoned (NaN; the
     /// fp8 rows' bytes 0xff are NaN codes and NaN scales) so that a read of a row never written
     /// shows. The fp8 cache's rows are written through 64-position pages only
-    /// (`mla_cache_write`): another page size is an `InvalidArgument` error there.
+    /// (`mla_cache_write`): for it, another page size is an `InvalidArgument` error.
     pub fn new_page_pool(&self, num_pages: usize, page_size: usize) -> Result<PagePool> {
         if num_pages == 0 || page_size == 0 {
             return Err(Error::InvalidArgument(format!("page pool of {num_pages} pages of {page_size} positions")));
