@@ -1,7 +1,11 @@
 // MLA attention over a paged latent cache, absorbed form (a simple, correct first version).
 //
 //   q      [T, H, dk]             (dk = kv_lora + rope, 576 for V3; q_nope already absorbed)
-//   cache  [pages, page_size, dk]  each token's [c_kv | k_pe]
+//   cache  [pages, page_size, row] each token's [c_kv | k_pe], in the row format of TKV:
+//          TKV = f32 / bf16: dk values (row = dk);
+//          TKV = e4m3fn: the 656-byte fp8 record of mla_fp8_row.cuh (512 e4m3 latent values,
+//          4 f32 group scales, 64 bf16 rope values; row = 656 bytes, dk must be 576, dv <= 512),
+//          read through the portability layer's e4m3 / bf16 conversions (mla::key_at).
 //   block_table [B, max_pages] i32, seq_lens [B] i32, token_seq [T] i32 (which sequence a query
 //   token belongs to), token_pos [T] i32 (its position: it sees keys 0..=pos, causal).
 //   out    [T, H, dv] f32          o_lat = softmax(scale * q·k) · c_kv (v = first dv values of a row)
@@ -9,15 +13,31 @@
 // token per sequence at pos = len-1) and prefill chunks (several tokens of a sequence).
 // Dynamic shared memory: (dk + CHUNK) floats.
 //
-//   paged_kv_write: cache[slot(token_seq[t], token_pos[t]), :] = kv[t, :] (kv rows kv_stride apart).
+//   paged_kv_write: cache[slot(token_seq[t], token_pos[t]), :] = kv[t, :] (kv rows kv_stride apart;
+//   f32 / bf16 rows; the fp8 rows are written by mla_cache_write_fp8 in mla_decode.cuh).
 #pragma once
 #include "dsv3/dsv3.h"
+#include "mla_fp8_row.cuh"
 
 namespace dsv3 {
 
+// The cache row formats of mla_paged_attention: `elem` is the cache pointer's type, `stride` the
+// elements of one row, `at(row, d)` value d of a row as f32.
+template <class TKV> struct PagedRow {
+  using elem = TKV;
+  DSV3_DEV static u64 stride(u32 dk) { return dk; }
+  DSV3_DEV static float at(const TKV* row, u32 d) { return to_float(row[d]); }
+};
+template <> struct PagedRow<e4m3fn> {
+  using elem = u8;
+  DSV3_DEV static u64 stride(u32) { return mla::F8_ROW; }
+  DSV3_DEV static float at(const u8* row, u32 d) { return mla::key_at(row, d); }
+};
+
 template <class TQ, class TKV, int BLOCK, int DV_PER_THREAD, int CHUNK>
 DSV3_DEV void mla_paged_attention(float* DSV3_RESTRICT out, const TQ* DSV3_RESTRICT q,
-                                  const TKV* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
+                                  const typename PagedRow<TKV>::elem* DSV3_RESTRICT cache,
+                                  const i32* DSV3_RESTRICT block_table,
                                   const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT token_seq,
                                   const i32* DSV3_RESTRICT token_pos, u32 tokens, u32 heads, u32 dk, u32 dv,
                                   u32 page_size, u32 max_pages, float scale) {
@@ -39,14 +59,16 @@ DSV3_DEV void mla_paged_attention(float* DSV3_RESTRICT out, const TQ* DSV3_RESTR
 #pragma unroll
   for (int i = 0; i < DV_PER_THREAD; ++i) acc[i] = 0.0f;
   const i32* bt = block_table + (u64)b * max_pages;
+  using Row = PagedRow<TKV>;
+  const u64 row_len = Row::stride(dk);
 
   for (u32 j0 = 0; j0 < L; j0 += CHUNK) {
     const u32 n = (L - j0) < (u32)CHUNK ? (L - j0) : (u32)CHUNK;
     for (u32 jj = warp_id(); jj < n; jj += BLOCK / WARP_SIZE) {
       const u32 j = j0 + jj;
-      const TKV* k = cache + ((u64)bt[j / page_size] * page_size + j % page_size) * dk;
+      const auto* k = cache + ((u64)bt[j / page_size] * page_size + j % page_size) * row_len;
       float dot = 0.0f;
-      for (u32 d = lane(); d < dk; d += WARP_SIZE) dot += qs[d] * to_float(k[d]);
+      for (u32 d = lane(); d < dk; d += WARP_SIZE) dot += qs[d] * Row::at(k, d);
       dot = warp_sum(dot);
       if (lane() == 0) ps[jj] = dot * scale;
     }
@@ -61,11 +83,11 @@ DSV3_DEV void mla_paged_attention(float* DSV3_RESTRICT out, const TQ* DSV3_RESTR
       const u32 j = j0 + jj;
       const float p = fexp(ps[jj] - cm);
       l += p;
-      const TKV* v = cache + ((u64)bt[j / page_size] * page_size + j % page_size) * dk;
+      const auto* v = cache + ((u64)bt[j / page_size] * page_size + j % page_size) * row_len;
 #pragma unroll
       for (int i = 0; i < DV_PER_THREAD; ++i) {
         const u32 d = tid() + (u32)i * BLOCK;
-        if (d < dv) acc[i] += p * to_float(v[d]);
+        if (d < dv) acc[i] += p * Row::at(v, d);
       }
     }
     m = cm;

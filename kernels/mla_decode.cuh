@@ -48,6 +48,7 @@
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
+#include "mla_fp8_row.cuh"
 
 namespace dsv3 {
 namespace mla {
@@ -56,9 +57,8 @@ constexpr u32 DK = 576, DV = 512, NT = 64, CHUNKS = DK / 8, ROW_BYTES = DK * 2;
 constexpr u32 THREADS = 256, WARPS = THREADS / 32;
 constexpr u32 META_HDR = 4;
 
-// FP8 cache rows (see the top of this file).
-constexpr u32 F8_ROW = 656, F8_SCALES = 512, F8_ROPE = 528, F8_GROUP = 128, F8_CHUNKS = F8_ROW / 16;
-constexpr float F8_QMAX = 448.0f, F8_AMAX_EPS = 1e-10f;
+// FP8 cache rows: F8_* and key_at(const u8*, d) come from mla_fp8_row.cuh (see the top of this file).
+static_assert(F8_LATENT == DV && F8_LATENT + F8_ROPE_DIM == DK, "fp8 row widths");
 
 // The cache row formats: TC = bf16 (576 bf16 values) or e4m3fn (the 656-byte fp8 row). `elem` is
 // the pointer type of the cache argument.
@@ -72,16 +72,9 @@ template <> struct CacheRow<e4m3fn> {
   static constexpr bool FP8 = true;
 };
 
-// Element d (0 .. 575) of a cache row as f32 (the plain path's loads).
+// Element d (0 .. 575) of a cache row as f32 (the plain path's loads; the fp8 row's overload is
+// in mla_fp8_row.cuh).
 DSV3_DEV float key_at(const bf16* row, u32 d) { return to_float(row[d]); }
-DSV3_DEV float key_at(const u8* row, u32 d) {
-  if (d < DV) {
-    e4m3fn b;
-    b.bits = row[d];
-    return to_float(b) * reinterpret_cast<const float*>(row + F8_SCALES)[d / F8_GROUP];
-  }
-  return to_float(reinterpret_cast<const bf16*>(row + F8_ROPE)[d - DV]);
-}
 DSV3_DEV u64 row_elems(const bf16*) { return DK; }
 DSV3_DEV u64 row_elems(const u8*) { return F8_ROW; }
 

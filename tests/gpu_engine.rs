@@ -20,7 +20,7 @@ use dsv3::engine::{
 };
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::model::generate::{greedy_generate, CausalLm};
-use dsv3::model::gpu::{BatchSeq, LogitRows};
+use dsv3::model::gpu::{BatchSeq, GpuModel, GpuOptions, LogitRows};
 use dsv3::tensor::rel_error;
 use tokio::sync::mpsc::unbounded_channel;
 
@@ -41,6 +41,43 @@ fn cpu_greedy(cpu: &CpuModel, p: &[u32], n: usize) -> (Vec<u32>, Vec<f32>) {
         logits = cpu.forward(&[idx[0] as u32], &mut cache).unwrap();
         row = logits.row(0).to_vec();
     }
+}
+
+/// Greedy token ids and each step's top-1 minus top-2 margin.
+type Greedy = (Vec<u32>, Vec<f32>);
+
+/// [`cpu_greedy`] with each margin divided by the standard deviation of its logits row (a scale
+/// that paths with a few percent of logits error, like the fp8 cache, can be held to).
+fn cpu_greedy_rel_margins(cpu: &CpuModel, p: &[u32], n: usize) -> Greedy {
+    let mut cache = cpu.new_cache().unwrap();
+    let mut row = cpu.forward(p, &mut cache).unwrap().row(p.len() - 1).to_vec();
+    let (mut ids, mut margins) = (Vec::new(), Vec::new());
+    loop {
+        let mean = row.iter().sum::<f32>() / row.len() as f32;
+        let std = (row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / row.len() as f32).sqrt();
+        let mut idx: Vec<usize> = (0..row.len()).collect();
+        idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        ids.push(idx[0] as u32);
+        margins.push((row[idx[0]] - row[idx[1]]) / std.max(f32::MIN_POSITIVE));
+        if ids.len() == n {
+            return (ids, margins);
+        }
+        row = cpu.forward(&[idx[0] as u32], &mut cache).unwrap().row(0).to_vec();
+    }
+}
+
+/// Asserts `ours` equals the CPU greedy tokens up to the first step whose margin is at most
+/// `tie`; returns how many agreed.
+fn check_against_cpu_margin(what: &str, ours: &[u32], cpu: &Greedy, tie: f32) -> usize {
+    let mut n = 0;
+    for (i, (&a, &b)) in ours.iter().zip(&cpu.0).enumerate() {
+        if cpu.1[i] <= tie {
+            break;
+        }
+        assert_eq!(a, b, "{what}: greedy token {i} differs from the CPU reference ({ours:?} vs {:?})", cpu.0);
+        n += 1;
+    }
+    n
 }
 
 /// Asserts `ours` equals the CPU greedy tokens up to the first near-tie; returns how many agreed.
@@ -347,4 +384,86 @@ fn engine_thread_serves_from_the_gpu_and_sizes_the_pool_from_device_memory() {
     let steps = handle.metrics().steps.load(std::sync::atomic::Ordering::Relaxed);
     assert!(steps < 16 * 16, "requests were not batched ({steps} steps)");
     handle.shutdown(true);
+}
+
+/// The engine over the fp8 e4m3 latent cache (`--kv-cache-dtype fp8_e4m3`: fast options, 656-byte
+/// rows quantized on write) on the fixture whose latent is 512 + 64 wide (tiny-real-mla): the pool
+/// is sized at 656 bytes per position and layer, other page sizes are refused, and concurrent
+/// greedy requests — prefill chunks mixed with decodes (paged attention over fp8 rows), then
+/// decode-only steps replayed from CUDA graphs (the fp8 split-KV decode kernel) — all complete
+/// with the CPU reference's tokens (its FP8 activations emulated) up to the first step whose
+/// top-2 margin is within 0.35 standard deviations of the logits row (the fp8 cache
+/// moves the logits by a few percent), and with the tokens the fp8 model gives one sequence at a
+/// time at least that far.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn gpu_engine_serves_requests_over_the_fp8_cache() {
+    let dir = fixtures().into_iter().find(|d| d.ends_with("tiny-real-mla")).expect("the tiny-real-mla fixture (512 + 64 latent)");
+    let opts = GpuOptions::fast_fp8_cache();
+    let cpu = CpuModel::load(&dir, CpuOptions { emulate_fp8_activations: true, ..Default::default() }).unwrap();
+    let vocab = cpu.config().vocab_size;
+    let layers = cpu.config().num_hidden_layers;
+    let max_new = 20;
+    // Of 24 candidate prompts of 5 .. 120 tokens (several cross a page of 64), the 6 whose first
+    // CPU token is the clearest: the token comparison below then never stops at step 0.
+    let mut cands: Vec<(Vec<u32>, Greedy)> = (0..24u64)
+        .map(|i| prompt(700 + i, 5 + (23 * i as usize) % 116, vocab))
+        .map(|p| {
+            let r = cpu_greedy_rel_margins(&cpu, &p, max_new);
+            (p, r)
+        })
+        .collect();
+    cands.sort_by(|a, b| b.1 .1[0].total_cmp(&a.1 .1[0]));
+    cands.truncate(6);
+    let (prompts, cpu_ref): (Vec<Vec<u32>>, Vec<Greedy>) = cands.into_iter().unzip();
+    let gpu = GpuModel::load_with(&dir, Device::Cuda(0), opts).unwrap();
+    let alone: Vec<Vec<u32>> = prompts.iter().map(|p| greedy_generate(&gpu, p, max_new, false).unwrap().output_token_ids).collect();
+    drop(gpu);
+
+    // Pages of 16 are refused (the fp8 rows are written through pages of 64).
+    let small = EngineConfig { page_size: 16, kv_cache: KvCacheSize::Tokens(1024), ..Default::default() };
+    let e = Engine::new(Box::new(GpuStepModel::load_with(&dir, Device::Cuda(0), opts).unwrap()), &small, None).err().expect("pages of 16 refused").to_string();
+    assert!(e.contains("--page-size 64"), "{e}");
+
+    let model = GpuStepModel::load_with(&dir, Device::Cuda(0), opts).unwrap().with_cuda_graphs(8);
+    let spec = model.spec();
+    assert_eq!(spec.position_bytes, 656, "fp8 rows: 656 bytes per position and layer");
+    assert_eq!(spec.bytes_per_page(64), layers * 64 * 656);
+    let pages = 20;
+    let cfg = EngineConfig { page_size: 64, chunked_prefill_size: Some(48), kv_cache: KvCacheSize::Tokens(pages * 64), ..Default::default() };
+    let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
+    let info = engine.info().clone();
+    assert_eq!((info.num_pages, info.kv_bytes), (pages, pages * layers * 64 * 656), "{info:?}");
+    let mut rxs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (tx, rx) = unbounded_channel();
+        engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params: greedy(max_new) }, tx).unwrap();
+        rxs.push(rx);
+    }
+    let (mut steps, mut widest) = (0, 0);
+    while engine.has_work() {
+        let st = engine.step();
+        widest = widest.max(st.sequences);
+        steps += 1;
+        assert!(steps < 10_000, "the engine does not make progress");
+    }
+    assert!(widest >= 3, "requests were not batched (widest step {widest})");
+    // Margins within 0.35 standard deviations of the row count as ties: the fp8 cache moves the
+    // logits by a few percent of their RMS (see tests/gpu_model.rs), so the two leaders'
+    // difference moves by about a tenth of that or less.
+    const TIE: f32 = 0.35;
+    let mut compared = 0;
+    for (i, rx) in rxs.iter_mut().enumerate() {
+        let (ids, _, reason, Usage { completion_tokens: n, .. }) = collect(rx);
+        assert_eq!((reason, n, ids.len()), (FinishReason::Length, max_new, max_new), "request {i}");
+        let what = format!("fp8 cache engine, prompt {i} ({} tokens)", prompts[i].len());
+        let agreed = check_against_cpu_margin(&what, &ids, &cpu_ref[i], TIE);
+        let same = ids.iter().zip(&alone[i]).take_while(|(a, b)| a == b).count();
+        assert!(same >= agreed, "{what}: engine {ids:?} vs single-sequence fp8 GPU {:?}", alone[i]);
+        println!("{what}: {agreed}/{max_new} agree with the CPU (clear margins), {same}/{max_new} with the fp8 model alone");
+        compared += agreed;
+    }
+    assert!(compared > 0, "no token had a clear margin: the comparison with the CPU was vacuous");
+    assert_eq!(engine.pages_in_use(), 0);
+    println!("fp8 cache engine: {steps} steps, widest {widest}, {compared} tokens checked against the CPU");
 }

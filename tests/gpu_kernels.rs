@@ -44,6 +44,11 @@ fn tol(dtype: DType) -> f64 {
 
 const FLOATS: [DType; 2] = [DType::F32, DType::Bf16];
 
+/// A NaN-poisoned f32 output [t, heads, d].
+fn out_of(s: &dyn dsv3::backend::GpuStream, t: usize, heads: usize, d: usize) -> DeviceTensor {
+    poisoned(s, DType::F32, &[t, heads, d])
+}
+
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn registry_modules_load_on_every_variant() {
@@ -529,6 +534,106 @@ proptest! {
         });
     }
 
+    /// `mla_paged_attention_{f32,bf16}_fp8`: the paged attention over the fp8 e4m3 latent cache
+    /// (656-byte rows: 512 e4m3 values, 4 f32 group scales, 64 bf16 rope values), the prefill /
+    /// mixed-step path of `--kv-cache-dtype fp8_e4m3`. The rows are quantized on the host
+    /// (`ops::mla_fp8::quantize_row`, each 128-value group with its own magnitude so the four
+    /// scales differ) and uploaded as bytes; unwritten slots stay 0xff (NaN codes and NaN
+    /// scales), so a read past a sequence shows. Reference: the CPU attention over the
+    /// dequantized rows (e4m3 · s in f32, the rope's bf16 values), which the kernel reads
+    /// exactly (one f32 product each), so the tolerances of the f32 / bf16 caches apply.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn mla_paged_attention_fp8_cache(seed: u64, nseq in 1usize..5, heads in 1usize..6, page_size in prop::sample::select(vec![1usize, 16, 64]), decode: bool) {
+        use ops::mla_fp8;
+        let (kv_lora, rope) = (mla_fp8::LATENT, mla_fp8::ROPE);
+        let dk = kv_lora + rope;
+        let row_bytes = mla_fp8::ROW_BYTES;
+        let mut r = rng(seed);
+        let mut seqs = Vec::new();
+        for _ in 0..nseq {
+            let len = r.gen_range(1usize..300);
+            let nq = if decode { 1 } else { r.gen_range(1..=len.min(20)) };
+            seqs.push((len, nq));
+        }
+        let max_pages = seqs.iter().map(|(l, _)| l.div_ceil(page_size)).max().unwrap();
+        let total_pages = nseq * max_pages + 3;
+        let mut pages: Vec<i32> = (0..total_pages as i32).collect();
+        for i in (1..pages.len()).rev() { let j = r.gen_range(0..=i); pages.swap(i, j); }
+        let block_table: Vec<i32> = (0..nseq * max_pages).map(|i| pages[i]).collect();
+        // Source rows, their bytes in the paged cache, and the dequantized rows per sequence.
+        let mut cache_bytes = vec![0xffu8; total_pages * page_size * row_bytes];
+        let mut deq: Vec<Vec<f32>> = Vec::new();
+        for (b, (len, _)) in seqs.iter().enumerate() {
+            let mut rows = Vec::with_capacity(len * dk);
+            for p in 0..*len {
+                let mut x = Vec::with_capacity(dk);
+                for _ in 0..mla_fp8::GROUPS {
+                    let mag = [0.05f32, 0.5, 1.0, 4.0][r.gen_range(0..4)];
+                    x.extend((0..mla_fp8::GROUP).map(|_| r.gen_range(-1.0f32..1.0) * mag));
+                }
+                x.extend((0..rope).map(|_| r.gen_range(-1.0f32..1.0)));
+                let bytes = mla_fp8::quantize_row(&x).unwrap();
+                rows.extend(mla_fp8::dequantize_row(&bytes).unwrap());
+                let slot = block_table[b * max_pages + p / page_size] as usize * page_size + p % page_size;
+                cache_bytes[slot * row_bytes..(slot + 1) * row_bytes].copy_from_slice(&bytes);
+            }
+            deq.push(rows);
+        }
+        let scale = 1.0 / (dk as f32).sqrt();
+        let (mut q, mut token_seq, mut token_pos, mut want_plan) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (b, (len, nq)) in seqs.iter().enumerate() {
+            let qb = rand_vec(&mut r, nq * heads * dk, 1.0);
+            q.extend_from_slice(&qb);
+            for t in 0..*nq { token_seq.push(b as i32); token_pos.push((len - nq + t) as i32); }
+            want_plan.push((b, len - nq, qb));
+        }
+        let t_total = token_seq.len();
+        on_each(|s, v| {
+            let cache = DeviceTensor::from_slice(s, &[total_pages, page_size, row_bytes], &cache_bytes).unwrap();
+            let bt = up_i32(s, &[nseq, max_pages], &block_table);
+            let lens: Vec<i32> = seqs.iter().map(|(l, _)| *l as i32).collect();
+            let sl = up_i32(s, &[nseq], &lens);
+            let pc = PagedCache { cache: &cache, block_table: &bt, seq_lens: &sl };
+            let (ts, tp) = (up_i32(s, &[t_total], &token_seq), up_i32(s, &[t_total], &token_pos));
+            for tq in FLOATS {
+                let d = ops::attention::MlaDims { heads, nope: 0, rope, v: kv_lora, kv_lora };
+                let mut want = Vec::new();
+                for (b, start, qb) in &want_plan {
+                    let qb = rounded(qb, tq);
+                    let nq = qb.len() / (heads * dk);
+                    let q_lat: Vec<f32> = qb.chunks(dk).flat_map(|c| c[..kv_lora].to_vec()).collect();
+                    let q_pe: Vec<f32> = qb.chunks(dk).flat_map(|c| c[kv_lora..].to_vec()).collect();
+                    let (o, _) = ops::attention::mla_latent_attention(&q_lat, &q_pe, &deq[*b][..(start + nq) * dk], &d, *start, scale);
+                    want.extend(o);
+                }
+                let dq = up(s, &[t_total, heads, dk], &q, tq);
+                let out = poisoned(s, DType::F32, &[t_total, heads, kv_lora]);
+                dispatch::mla_paged_attention(s, &out, &dq, &pc, &ts, &tp, kv_lora, scale).unwrap();
+                let tol = if tq == DType::F32 { 1e-5 } else { 1e-4 };
+                assert_close(&format!("{v} mla {tq}/fp8 page {page_size}"), &down(s, &out), &want, tol);
+                // dv below the latent width reads the first dv values of each row.
+                let dv = 320;
+                let part = poisoned(s, DType::F32, &[t_total, heads, dv]);
+                dispatch::mla_paged_attention(s, &part, &dq, &pc, &ts, &tp, dv, scale).unwrap();
+                let want_part: Vec<f32> = want.chunks(kv_lora).flat_map(|c| c[..dv].to_vec()).collect();
+                assert_close(&format!("{v} mla {tq}/fp8 page {page_size} dv {dv}"), &down(s, &part), &want_part, tol);
+            }
+            // The fp8 rows fix the widths: q of another width, dv past 512, or a cache whose rows
+            // are not 656 bytes are typed errors, not launches.
+            let q48 = up(s, &[t_total, heads, 48], &vec![0.5; t_total * heads * 48], DType::F32);
+            let o48 = poisoned(s, DType::F32, &[t_total, heads, 32]);
+            let e = dispatch::mla_paged_attention(s, &o48, &q48, &pc, &ts, &tp, 32, scale).unwrap_err().to_string();
+            assert!(e.contains("656"), "{e}");
+            let dq = up(s, &[t_total, heads, dk], &q, DType::F32);
+            let wide = poisoned(s, DType::F32, &[t_total, heads, dk]);
+            assert!(dispatch::mla_paged_attention(s, &wide, &dq, &pc, &ts, &tp, dk, scale).is_err());
+            let short = DeviceTensor::from_slice(s, &[total_pages, page_size, 576], &vec![0u8; total_pages * page_size * 576]).unwrap();
+            let pc_short = PagedCache { cache: &short, block_table: &bt, seq_lens: &sl };
+            assert!(dispatch::mla_paged_attention(s, &out_of(s, t_total, heads, kv_lora), &dq, &pc_short, &ts, &tp, kv_lora, scale).is_err());
+        });
+    }
+
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn argmax_rows(seed: u64, rows in 1usize..20, cols in 1usize..140_000, ties: bool) {
@@ -741,6 +846,8 @@ fn every_registry_kernel_is_covered() {
             &[
                 "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_",
                 "fp8_quant_group128_", "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align",
+                // mla_paged_attention_{f32,bf16}_{f32,bf16} (mla_paged_attention) and
+                // mla_paged_attention_{f32,bf16}_fp8 (mla_paged_attention_fp8_cache).
                 "moe_gather_", "moe_gemm_", "moe_combine_", "mla_paged_attention_", "paged_kv_write_", "argmax_",
                 "sample_", "fill_uniform_",
             ],

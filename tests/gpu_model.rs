@@ -8,9 +8,10 @@ mod common;
 use common::gpu::gpu_model;
 use common::{check_greedy, fixtures, reference};
 use dsv3::model::cpu::{CpuModel, CpuOptions};
-use dsv3::backend::{DType, Device};
+use dsv3::backend::Device;
+use dsv3::model::config::ModelConfig;
 use dsv3::model::generate::{greedy_generate, CausalLm};
-use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, LogitRows, PAGE_SIZE};
+use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PAGE_SIZE};
 use dsv3::tensor::rel_error;
 
 #[test]
@@ -81,17 +82,11 @@ fn fast_options_track_the_cpu_reference_with_fp8_activations() {
     }
 }
 
-/// A DeepSeek-V3-like model small enough for a test but with the real MLA widths (512 + 64, so
-/// decode runs the split-KV kernel) and 128-multiple expert widths (so the MoE runs fused), with
-/// random weights made on the device. Three views of the same draws:
-/// - reference: f32 cache, simple GEMMs — exact to f32 rounding;
-/// - bf16 cache + split-KV decode, simple GEMMs: differs by bf16 rounding of cache rows, W_uk /
-///   W_uv and the query (≈ 2⁻⁹ each);
-/// - fast: adds the e4m3 activation quantization of every FP8 GEMM (3 mantissa bits: up to 2⁻⁴
-///   relative per element, averaging down over K), so only a loose bound applies there.
-#[test]
-#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
-fn fast_paths_on_real_mla_widths_track_the_reference() {
+/// A DeepSeek-V3-like config small enough for a test but with the real MLA widths (512 + 64, so
+/// decode runs the split-KV kernel and the fp8 cache applies) and 128-multiple expert widths (so
+/// the MoE runs fused). Models of it are made with random weights on the device
+/// ([`GpuModel::random`], seed 11 in these tests: the same draws for every option set).
+fn real_mla_widths_config() -> ModelConfig {
     let mut cfg = deepseek_v3_slice(3, 1).unwrap();
     cfg.hidden_size = 1024;
     cfg.intermediate_size = 1536;
@@ -104,35 +99,229 @@ fn fast_paths_on_real_mla_widths_track_the_reference() {
     cfg.num_experts_per_tok = 4;
     cfg.vocab_size = 4096;
     cfg.max_position_embeddings = 4096;
-    let load = |opts| GpuModel::random(cfg.clone(), Device::Cuda(0), opts, 11).unwrap();
-    let reference = load(GpuOptions::reference());
-    let bf16_cache = load(GpuOptions { kv_cache: DType::Bf16, fp8_kernels: false });
-    let fast = load(GpuOptions::fast());
-    // Three sequences of different lengths: a prefill each, then 6 batched decode steps.
-    let prompts: Vec<Vec<u32>> = [70usize, 129, 5].iter().enumerate().map(|(i, &n)| (0..n as u32).map(|t| (t * 37 + i as u32 * 11) % 4096).collect()).collect();
-    let run = |m: &GpuModel| -> Vec<f32> {
-        let per_seq = 4;
-        let mut pool = m.new_page_pool(3 * per_seq, PAGE_SIZE).unwrap();
-        // Pages in a permuted order.
-        let tables: Vec<Vec<u32>> = (0..3u32).map(|i| (0..per_seq as u32).map(|p| (p * 3 + (2 - i)) % (3 * per_seq as u32)).collect()).collect();
-        let mut out = Vec::new();
-        let mut lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        for (i, p) in prompts.iter().enumerate() {
+    cfg
+}
+
+fn real_mla_model(opts: GpuOptions) -> GpuModel {
+    GpuModel::random(real_mla_widths_config(), Device::Cuda(0), opts, 11).unwrap()
+}
+
+/// Prompt lengths of [`real_mla_run`] (one crosses two page boundaries) and its decode steps.
+const REAL_MLA_PROMPTS: [usize; 3] = [70, 129, 5];
+const REAL_MLA_STEPS: usize = 6;
+
+fn real_mla_prompts() -> Vec<Vec<u32>> {
+    REAL_MLA_PROMPTS.iter().enumerate().map(|(i, &n)| (0..n as u32).map(|t| (t * 37 + i as u32 * 11) % 4096).collect()).collect()
+}
+
+/// The token of sequence `i` at decode step `step` of [`real_mla_run`].
+fn real_mla_token(step: usize, i: usize) -> u32 {
+    ((step * 101 + i * 7) % 4096) as u32
+}
+
+/// Page tables of the three sequences: 4 pages each, in a permuted order.
+fn real_mla_tables() -> Vec<Vec<u32>> {
+    let per_seq = 4u32;
+    (0..3u32).map(|i| (0..per_seq).map(|p| (p * 3 + (2 - i)) % (3 * per_seq)).collect()).collect()
+}
+
+/// The logits of [`real_mla_run`]: each sequence's prefill (last row), then per decode step each
+/// sequence's row.
+struct RealMlaLogits {
+    prefill: Vec<Vec<f32>>,
+    decode: Vec<Vec<Vec<f32>>>,
+}
+
+impl RealMlaLogits {
+    fn flat(&self) -> Vec<f32> {
+        self.prefill.iter().flatten().chain(self.decode.iter().flatten().flatten()).copied().collect()
+    }
+    fn decode_flat(&self) -> Vec<f32> {
+        self.decode.iter().flatten().flatten().copied().collect()
+    }
+}
+
+/// Three sequences of different lengths over one pool of 64-position pages: a prefill each
+/// (the paged attention kernel), then [`REAL_MLA_STEPS`] batched decode steps (the split-KV
+/// decode kernel where the options allow it).
+fn real_mla_run(m: &GpuModel) -> RealMlaLogits {
+    let mut pool = m.new_page_pool(12, PAGE_SIZE).unwrap();
+    let tables = real_mla_tables();
+    let prompts = real_mla_prompts();
+    let mut lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
+    let prefill = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
             let seq = BatchSeq { tokens: p, start: 0, block_table: &tables[i], logits: LogitRows::Last };
-            out.extend(m.forward_batch(&mut pool, &[seq]).unwrap().concat());
+            m.forward_batch(&mut pool, &[seq]).unwrap().concat()
+        })
+        .collect();
+    let mut decode = Vec::new();
+    for step in 0..REAL_MLA_STEPS {
+        let toks: Vec<u32> = (0..3).map(|i| real_mla_token(step, i)).collect();
+        let seqs: Vec<BatchSeq> = (0..3).map(|i| BatchSeq { tokens: &toks[i..i + 1], start: lens[i], block_table: &tables[i], logits: LogitRows::Last }).collect();
+        decode.push(m.forward_batch(&mut pool, &seqs).unwrap());
+        lens.iter_mut().for_each(|l| *l += 1);
+    }
+    RealMlaLogits { prefill, decode }
+}
+
+/// The rows of [`real_mla_run`]'s decode steps computed instead by one prefill per sequence of
+/// its prompt and its decode tokens (every row: the paged attention kernel throughout), in the
+/// same [step][sequence] order.
+fn real_mla_one_shot_decode_rows(m: &GpuModel) -> Vec<f32> {
+    let mut pool = m.new_page_pool(12, PAGE_SIZE).unwrap();
+    let tables = real_mla_tables();
+    let vocab = m.config().vocab_size;
+    let rows: Vec<Vec<f32>> = real_mla_prompts()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let full: Vec<u32> = p.iter().copied().chain((0..REAL_MLA_STEPS).map(|step| real_mla_token(step, i))).collect();
+            let seq = BatchSeq { tokens: &full, start: 0, block_table: &tables[i], logits: LogitRows::All };
+            m.forward_batch(&mut pool, &[seq]).unwrap().concat()[p.len() * vocab..].to_vec()
+        })
+        .collect();
+    let mut out = Vec::with_capacity(REAL_MLA_STEPS * 3 * vocab);
+    for step in 0..REAL_MLA_STEPS {
+        for r in &rows {
+            out.extend_from_slice(&r[step * vocab..(step + 1) * vocab]);
         }
-        for step in 0..6u32 {
-            let toks: Vec<u32> = (0..3u32).map(|i| (step * 101 + i * 7) % 4096).collect();
-            let seqs: Vec<BatchSeq> = (0..3).map(|i| BatchSeq { tokens: &toks[i..i + 1], start: lens[i], block_table: &tables[i], logits: LogitRows::Last }).collect();
-            out.extend(m.forward_batch(&mut pool, &seqs).unwrap().concat());
-            lens.iter_mut().for_each(|l| *l += 1);
-        }
-        out
-    };
-    let (want, got_cache, got_fast) = (run(&reference), run(&bf16_cache), run(&fast));
+    }
+    out
+}
+
+/// The DeepSeek-V3-like model of [`real_mla_widths_config`] in three views of the same draws:
+/// - reference: f32 cache, simple GEMMs — exact to f32 rounding;
+/// - bf16 cache + split-KV decode, simple GEMMs: differs by bf16 rounding of cache rows, W_uk /
+///   W_uv and the query (≈ 2⁻⁹ each);
+/// - fast: adds the e4m3 activation quantization of every FP8 GEMM (3 mantissa bits: up to 2⁻⁴
+///   relative per element, averaging down over K), so only a loose bound applies there.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn fast_paths_on_real_mla_widths_track_the_reference() {
+    let reference = real_mla_model(GpuOptions::reference());
+    let bf16_cache = real_mla_model(GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels: false });
+    let fast = real_mla_model(GpuOptions::fast());
+    let (want, got_cache, got_fast) = (real_mla_run(&reference).flat(), real_mla_run(&bf16_cache).flat(), real_mla_run(&fast).flat());
     let (err_cache, err_fast) = (rel_error(&got_cache, &want), rel_error(&got_fast, &want));
     println!("real MLA widths: bf16 cache + split-KV decode vs reference {err_cache:.2e}; fast (fp8 activations) {err_fast:.2e}");
     assert!(want.iter().all(|x| x.is_finite()));
     assert!(err_cache <= 2e-2, "bf16 cache + split-KV decode: rel error {err_cache:.3e}");
     assert!(err_fast <= 1.5e-1, "fast: rel error {err_fast:.3e}");
+}
+
+// Tolerances of the fp8 e4m3 latent cache against the bf16 cache. A cached latent value x is
+// stored as e4m3(x / s)·s with one f32 scale s = amax/448 per 128 values: 3 mantissa bits, so
+// the rounding error is at most 2⁻⁴·|x| (half an ulp) and, uniform over the ulp, about
+// 2⁻⁴/√3 ≈ 3.6 % RMS relative for values at the bottom of their binade, ≈ 2.4 % averaged over
+// a binade (values below amax·2⁻¹⁵, e4m3's subnormals, are a negligible share). The rope part
+// stays bf16. One such rounding per cached row and layer enters the scores (q·c_kv) and the
+// output (Σ p·c_kv), where it averages over the 512 latent values and over the keys no worse
+// than the signal does, so each attention output carries about 2–4 % relative error; the
+// residual stream dilutes it before the logits. Bound: 5e-2 relative Frobenius on the logits
+// with GEMMs that do not quantize their activations (the simple GEMMs; bf16 weights through
+// cuBLAS) — a wrong scale group, a misplaced rope or a stale row gives O(1) errors or NaN.
+// With FP8 activations on both sides (float8 checkpoints under the fast options) any upstream
+// difference re-rounds activations to neighbouring e4m3 codes, so two runs decorrelate up to
+// the activation quantization's own error: the bound of the fast options against the
+// reference, 1.5e-1, applies. Between the two fp8-cache readers (the paged attention and the
+// split-KV decode kernel over the same quantized rows) only the decode kernel's bf16 rounding
+// of the dequantized values, the query and P remains (plus rare re-roundings of later layers'
+// rows): the bf16 cache's bound against the reference, 2e-2 (3e-2 over the fixtures' fast
+// options, as theirs against the CPU).
+const FP8_CACHE_VS_BF16: f64 = 5e-2;
+const FP8_CACHE_VS_BF16_FP8_ACTIVATIONS: f64 = 1.5e-1;
+
+/// The fp8 e4m3 latent cache (`--kv-cache-dtype fp8_e4m3`) on the DeepSeek-V3-like model of
+/// [`real_mla_widths_config`]: prefills through `mla_paged_attention_f32_fp8`, decode steps
+/// through `mla_decode_fp8_*`, rows quantized on write; against the bf16 cache with the same
+/// GEMMs (simple, then FP8), and its decode kernel against its paged attention on the same rows.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn fp8_cache_on_real_mla_widths_tracks_the_bf16_cache() {
+    let simple = |kv_cache| GpuOptions { kv_cache, fp8_kernels: false };
+    let bf16 = real_mla_model(simple(KvCacheDtype::Bf16));
+    let fp8 = real_mla_model(simple(KvCacheDtype::Fp8E4m3));
+    assert_eq!(fp8.cache_row_bytes(), 656);
+    assert_eq!(bf16.cache_row_bytes(), 1152);
+    let mut pool = fp8.new_page_pool(2, PAGE_SIZE).unwrap();
+    assert_eq!(pool.bytes(), 3 * 2 * PAGE_SIZE * 656, "[pages, 64, 656] bytes per layer");
+    // The benchmarks' random context: quantized rows (valid scales), so a decode over it is finite.
+    fp8.fill_pool_random(&pool, 5).unwrap();
+    let over_random = fp8.forward_batch(&mut pool, &[BatchSeq { tokens: &[7], start: 100, block_table: &[0, 1], logits: LogitRows::Last }]).unwrap();
+    assert!(over_random[0].len() == 4096 && over_random[0].iter().all(|x| x.is_finite()), "decode over fill_pool_random's fp8 rows");
+    let e = fp8.new_page_pool(8, 16).err().expect("the fp8 cache refuses pages of 16").to_string();
+    assert!(e.contains("--page-size 64"), "{e}");
+    let (want, got) = (real_mla_run(&bf16), real_mla_run(&fp8));
+    assert!(got.flat().iter().all(|x| x.is_finite()), "fp8 cache: non-finite logits");
+    let err_prefill = rel_error(&got.prefill.concat(), &want.prefill.concat());
+    let err_decode = rel_error(&got.decode_flat(), &want.decode_flat());
+    // The same decode rows from one prefill each: the fp8 paged attention instead of the decode kernel.
+    let err_readers = rel_error(&got.decode_flat(), &real_mla_one_shot_decode_rows(&fp8));
+    let fast_bf16 = real_mla_run(&real_mla_model(GpuOptions::fast())).flat();
+    let fast_fp8_model = real_mla_model(GpuOptions::fast_fp8_cache());
+    let fast_fp8 = real_mla_run(&fast_fp8_model);
+    let err_fast = rel_error(&fast_fp8.flat(), &fast_bf16);
+    let err_fast_readers = rel_error(&fast_fp8.decode_flat(), &real_mla_one_shot_decode_rows(&fast_fp8_model));
+    println!(
+        "real MLA widths, fp8 cache vs bf16 cache: prefill {err_prefill:.2e}, decode {err_decode:.2e}; \
+         fp8 decode kernel vs fp8 paged attention {err_readers:.2e}; fast options: {err_fast:.2e}, readers {err_fast_readers:.2e}"
+    );
+    assert!(err_prefill <= FP8_CACHE_VS_BF16, "fp8 cache prefill: rel error {err_prefill:.3e}");
+    assert!(err_decode <= FP8_CACHE_VS_BF16, "fp8 cache decode: rel error {err_decode:.3e}");
+    assert!(err_readers <= 2e-2, "fp8 decode kernel vs fp8 paged attention: rel error {err_readers:.3e}");
+    assert!(err_fast <= FP8_CACHE_VS_BF16_FP8_ACTIVATIONS, "fast options, fp8 cache vs bf16 cache: rel error {err_fast:.3e}");
+    assert!(err_fast_readers <= FP8_CACHE_VS_BF16_FP8_ACTIVATIONS, "fast options, fp8 decode kernel vs fp8 paged attention: rel error {err_fast_readers:.3e}");
+    // The fp8 rows are not the bf16 ones: the comparison is not vacuous.
+    assert!(err_decode > 0.0);
+}
+
+/// The fp8 e4m3 latent cache on the fixtures whose latent is 512 + 64 wide (tiny-real-mla):
+/// against the bf16 cache with the same GEMMs (simple, then the fast options), prefill (paged
+/// attention over fp8 rows) and token by token (the fp8 split-KV decode kernel), and the two fp8
+/// readers against each other; fixtures of other widths refuse the fp8 cache with a typed error.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn fp8_cache_on_real_mla_fixtures_tracks_the_bf16_cache() {
+    let mut tested = 0;
+    for dir in fixtures() {
+        let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        if cfg.kv_lora_rank != 512 || cfg.qk_rope_head_dim != 64 {
+            let e = GpuModel::load_with(&dir, Device::Cuda(0), GpuOptions::fast_fp8_cache()).err().expect("fp8 cache on another latent width").to_string();
+            assert!(e.contains("512 + 64"), "{}: {e}", dir.display());
+            continue;
+        }
+        let r = reference(&dir);
+        let run = |opts: GpuOptions| -> (Vec<f32>, Vec<f32>) {
+            let gpu = GpuModel::load_with(&dir, Device::Cuda(0), opts).unwrap();
+            let prefill = gpu.forward(&r.prompt, &mut gpu.new_cache().unwrap()).unwrap().into_data();
+            let mut cache = gpu.new_cache().unwrap();
+            let mut stepwise = Vec::new();
+            for &tok in &r.prompt {
+                stepwise.extend_from_slice(gpu.forward(&[tok], &mut cache).unwrap().data());
+            }
+            (prefill, stepwise)
+        };
+        // Simple GEMMs, then the fast options (the fixture's bf16 weights through cuBLAS: no
+        // activation quantization, so the same bound holds).
+        for (what, fp8_kernels, readers_tol) in [("simple GEMMs", false, 2e-2), ("fast options", true, 3e-2)] {
+            let (bf16_prefill, bf16_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels });
+            let (fp8_prefill, fp8_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, fp8_kernels });
+            assert!(fp8_prefill.iter().chain(&fp8_decode).all(|x| x.is_finite()), "{}: {what}: non-finite logits", dir.display());
+            let (err_prefill, err_decode) = (rel_error(&fp8_prefill, &bf16_prefill), rel_error(&fp8_decode, &bf16_decode));
+            let err_readers = rel_error(&fp8_decode, &fp8_prefill);
+            println!(
+                "{}: {what}: fp8 cache vs bf16 cache: prefill {err_prefill:.2e}, decode {err_decode:.2e}; fp8 decode vs fp8 prefill {err_readers:.2e}",
+                dir.display()
+            );
+            assert!(err_prefill <= FP8_CACHE_VS_BF16, "{}: {what}: fp8 cache prefill rel error {err_prefill:.3e}", dir.display());
+            assert!(err_decode <= FP8_CACHE_VS_BF16, "{}: {what}: fp8 cache decode rel error {err_decode:.3e}", dir.display());
+            assert!(err_readers <= readers_tol, "{}: {what}: fp8 decode kernel vs fp8 paged attention rel error {err_readers:.3e}", dir.display());
+            assert!(err_decode > 0.0, "{}: {what}: the fp8 rows equal the bf16 ones?", dir.display());
+        }
+        tested += 1;
+    }
+    assert!(tested > 0, "no fixture with a 512 + 64 latent (tiny-real-mla)");
 }

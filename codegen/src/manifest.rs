@@ -410,6 +410,33 @@ pub static FAMILIES: &[Family] = &[
                 archs: Archs::ALL,
                 doc: "grid (tokens, heads), block 256 exactly, dynamic smem (dk + 64) * 4 bytes; dv <= 1024.",
             },
+            // The same kernel over the fp8 e4m3 latent cache (FlashMLA's 656-byte rows, see
+            // kernels/mla_fp8_row.cuh): the row type e4m3fn, the cache argument raw bytes.
+            KernelSpec {
+                name: "mla_paged_attention_{TQ}_fp8",
+                template: "dsv3::mla_paged_attention<{TQ}, dsv3::e4m3fn, 256, 4, 64>",
+                grid: &[Axis { name: "TQ", values: &["f32", "bf16"] }],
+                points: &[],
+                args: &[
+                    ptr_mut("out", "f32"),
+                    ptr("q", "{TQ}"),
+                    ptr("cache", "u8"),
+                    ptr("block_table", "i32"),
+                    ptr("seq_lens", "i32"),
+                    ptr("token_seq", "i32"),
+                    ptr("token_pos", "i32"),
+                    scalar("tokens", "u32"),
+                    scalar("heads", "u32"),
+                    scalar("dk", "u32"),
+                    scalar("dv", "u32"),
+                    scalar("page_size", "u32"),
+                    scalar("max_pages", "u32"),
+                    scalar("scale", "f32"),
+                ],
+                max_threads: 256,
+                archs: Archs::ALL,
+                doc: "fp8 cache [pages, page_size, 656] u8 (dk = 576, dv <= 512): grid (tokens, heads), block 256 exactly, dynamic smem (dk + 64) * 4 bytes.",
+            },
             KernelSpec {
                 name: "paged_kv_write_{T}_{TC}",
                 template: "dsv3::paged_kv_write<{T}, {TC}>",

@@ -73,7 +73,7 @@ struct Args {
     dense_layers: usize,
     #[arg(long, default_value = "cuda:0")]
     device: String,
-    /// Offline: latent cache element type, bf16 or f32.
+    /// Offline: latent cache format, bf16, fp8_e4m3 (656-byte rows) or f32.
     #[arg(long, default_value = "bf16")]
     kv_cache_dtype: String,
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64,128,256")]

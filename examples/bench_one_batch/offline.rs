@@ -9,9 +9,12 @@
 //!
 //! Roofline bytes of a decode step of B sequences at context C (DESIGN.md's formats):
 //! - per layer: the attention weights (q_a, q_b, kv_a, o_proj: float8 + block scales; W_uk, W_uv
-//!   in the cache type), the dense MLP or, for an MoE layer, the router (f32), the shared expert
-//!   and every routed expert the step's tokens hit (counted from the step's routing), all float8;
-//! - the latent cache: B · C · (kv_lora + rope) · element size, per layer;
+//!   in f32 next to the f32 cache, bf16 otherwise), the dense MLP or, for an MoE layer, the
+//!   router (f32), the shared expert and every routed expert the step's tokens hit (counted from
+//!   the step's routing), all float8;
+//! - the latent cache: B · C · (bytes of a cached row) per layer: (kv_lora + rope) · element size
+//!   for f32 / bf16, 656 for the fp8 e4m3 rows (`--kv-cache-dtype fp8_e4m3`: 512 e4m3 values,
+//!   4 f32 scales, 64 bf16 rope values);
 //! - the lm_head (bf16), read whole each step.
 
 use std::io::Write;
@@ -20,7 +23,7 @@ use std::time::Instant;
 
 use dsv3::backend::{DType, Device, DeviceTensor, GpuStream};
 use dsv3::model::config::ModelConfig;
-use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, LogitRows, PAGE_SIZE};
+use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PAGE_SIZE};
 use dsv3::ops::random::mix64;
 use serde_json::{json, Value};
 
@@ -44,11 +47,7 @@ pub struct OfflineArgs {
 pub fn run(a: &OfflineArgs) -> Result<(), String> {
     let e = |x: dsv3::Error| x.to_string();
     let device: Device = a.device.parse().map_err(|x| format!("--device: {x}"))?;
-    let kv = match a.kv_cache_dtype.as_str() {
-        "bf16" | "bfloat16" | "auto" => DType::Bf16,
-        "f32" | "float32" => DType::F32,
-        other => return Err(format!("--kv-cache-dtype {other}: bf16 or f32")),
-    };
+    let kv = KvCacheDtype::parse(&a.kv_cache_dtype).map_err(|_| format!("--kv-cache-dtype {}: bf16, fp8_e4m3 or f32", a.kv_cache_dtype))?;
     let opts = GpuOptions { kv_cache: kv, ..GpuOptions::fast() };
     let t0 = Instant::now();
     let mut model = match &a.model_path {
@@ -127,14 +126,15 @@ fn fp8_bytes(n: usize, k: usize) -> f64 {
     (n * k + 4 * n.div_ceil(128) * k.div_ceil(128)) as f64
 }
 
-fn step_bytes(c: &ModelConfig, kv_elem: usize, batch: usize, context: usize, experts_hit: &[usize]) -> StepBytes {
+/// `kv`: the cache format (its row bytes for the latent, its W_uk / W_uv element type).
+fn step_bytes(c: &ModelConfig, kv: KvCacheDtype, batch: usize, context: usize, experts_hit: &[usize]) -> StepBytes {
     let (h, heads) = (c.hidden_size, c.num_attention_heads);
     let (nope, rope, v, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
     let q = match c.q_lora_rank {
         Some(r) => fp8_bytes(r, h) + fp8_bytes(heads * (nope + rope), r),
         None => fp8_bytes(heads * (nope + rope), h),
     };
-    let attn = q + fp8_bytes(lora + rope, h) + fp8_bytes(h, heads * v) + (heads * lora * (nope + v) * kv_elem) as f64;
+    let attn = q + fp8_bytes(lora + rope, h) + fp8_bytes(h, heads * v) + (heads * lora * (nope + v) * kv.absorb_dtype().size()) as f64;
     let mut weights = (c.vocab_size * h * 2) as f64;
     let mut moe_i = 0;
     for i in 0..c.num_hidden_layers {
@@ -149,7 +149,7 @@ fn step_bytes(c: &ModelConfig, kv_elem: usize, batch: usize, context: usize, exp
             weights += 2.0 * fp8_bytes(c.intermediate_size, h) + fp8_bytes(h, c.intermediate_size);
         }
     }
-    let kv = (c.num_hidden_layers * batch * context * (lora + rope) * kv_elem) as f64;
+    let kv = (c.num_hidden_layers * batch * context * kv.row_bytes(lora + rope)) as f64;
     StepBytes { weights, kv }
 }
 
@@ -162,7 +162,7 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
     let cfg = model.config().clone();
     let per_seq = (context + a.steps + 8).div_ceil(PAGE_SIZE);
     let pages = b * per_seq + 1;
-    let need = pages * PAGE_SIZE * model.latent_width() * model.options().kv_cache.size() * cfg.num_hidden_layers;
+    let need = pages * PAGE_SIZE * model.cache_row_bytes() * cfg.num_hidden_layers;
     let (free, _) = model.mem_info().map_err(e)?;
     if need + (4usize << 30) > free {
         return Err(format!("skipped: the cache needs {:.1} GiB, {:.1} GiB free", need as f64 / 1073741824.0, free as f64 / 1073741824.0));
@@ -195,7 +195,7 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
     } else {
         None
     };
-    let bytes = step_bytes(&cfg, model.options().kv_cache.size(), b, context, &hit);
+    let bytes = step_bytes(&cfg, model.options().kv_cache, b, context, &hit);
     let roof_ms = (bytes.weights + bytes.kv) / (copy_gbps * 1e9) * 1e3;
     let best = graph_ms.or(eager_ms).unwrap_or(f64::NAN);
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));

@@ -500,12 +500,20 @@ pub struct PagedCache<'a> {
     pub seq_lens: &'a DeviceTensor,
 }
 
-/// MLA absorbed attention: out [T, H, dv] f32 from q [T, H, dk].
+/// MLA absorbed attention: out [T, H, dv] f32 from q [T, H, dk] (f32 or bf16) over the paged
+/// cache: f32 / bf16 [pages, page_size, dk], or the fp8 e4m3 rows [pages, page_size, 656] u8
+/// ([`crate::ops::mla_fp8`]'s layout; then dk must be 576 and dv at most 512).
 pub fn mla_paged_attention(s: &dyn GpuStream, out: &DeviceTensor, q: &DeviceTensor, c: &PagedCache, token_seq: &DeviceTensor, token_pos: &DeviceTensor, dv: usize, scale: f32) -> Result<()> {
+    use crate::backend::mla::{DK, DV, FP8_ROW_BYTES};
     let sh = q.shape();
     let cs = c.cache.shape();
-    if sh.len() != 3 || cs.len() != 3 || cs[2] != sh[2] || dv > cs[2] || dv > 1024 || out.numel() != sh[0] * sh[1] * dv {
-        return Err(bad(format!("mla_paged_attention: q {:?} cache {:?} out {:?} dv {dv}", sh, cs, out.shape())));
+    let fp8 = c.cache.dtype() == DType::U8;
+    // Values of a cache row the kernel reads, and the last dimension it must have.
+    let (width, row) = if fp8 { (DV, FP8_ROW_BYTES) } else { (cs.get(2).copied().unwrap_or(0), sh.get(2).copied().unwrap_or(0)) };
+    let fp8_ok = !fp8 || sh.get(2) == Some(&DK);
+    if sh.len() != 3 || cs.len() != 3 || cs[2] != row || !fp8_ok || dv > width || dv > 1024 || out.numel() != sh[0] * sh[1] * dv {
+        let need = if fp8 { "the fp8 cache needs q [T, H, 576], cache [pages, page_size, 656] u8, dv <= 512" } else { "cache [pages, page_size, dk], dv <= dk" };
+        return Err(bad(format!("mla_paged_attention: q {:?} cache {:?} {} out {:?} dv {dv} ({need})", sh, cs, c.cache.dtype(), out.shape())));
     }
     let (t, h, dk) = (sh[0], sh[1], sh[2]);
     let bsh = c.block_table.shape();
@@ -515,7 +523,7 @@ pub fn mla_paged_attention(s: &dyn GpuStream, out: &DeviceTensor, q: &DeviceTens
     }
     launch_by_name(
         s,
-        &format!("mla_paged_attention_{}_{}", q.dtype(), c.cache.dtype()),
+        &format!("mla_paged_attention_{}_{}", q.dtype(), if fp8 { "fp8".to_string() } else { c.cache.dtype().to_string() }),
         LaunchCfg::new((u32_of(t.max(1), "tokens")?, u32_of(h, "heads")?, 1), (256, 1, 1), ((dk + 64) * 4) as u32),
         &[
             KArg::Out(out),

@@ -502,7 +502,7 @@ mod tests {
 
     impl StepModel for Recorder {
         fn spec(&self) -> ModelSpec {
-            ModelSpec { num_layers: 1, latent_width: 4, bytes_per_value: 4, vocab_size: 16, max_positions: 512, eos_token_ids: vec![1], memory_bytes: None }
+            ModelSpec { num_layers: 1, latent_width: 4, position_bytes: 16, vocab_size: 16, max_positions: 512, eos_token_ids: vec![1], memory_bytes: None }
         }
         fn allocate_cache(&mut self, _: usize, _: usize) -> Result<()> {
             Ok(())

@@ -128,7 +128,7 @@ impl StepModel for GpuStepModel {
         ModelSpec {
             num_layers: c.num_hidden_layers,
             latent_width: self.model.latent_width(),
-            bytes_per_value: self.model.options().kv_cache.size(),
+            position_bytes: self.model.cache_row_bytes(),
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings.min(self.model.max_positions()),
             eos_token_ids: c.eos_token_ids.clone(),

@@ -18,8 +18,9 @@ pub struct ModelSpec {
     pub num_layers: usize,
     /// Values per cached position per layer (`kv_lora_rank + qk_rope_head_dim`).
     pub latent_width: usize,
-    /// Bytes per cached value in the backend's pool (4 for the CPU's f32).
-    pub bytes_per_value: usize,
+    /// Bytes of one cached position of one layer in the backend's pool: `latent_width` × 4 for
+    /// the CPU's f32 (× 2 for a bf16 GPU cache), 656 for the GPU's fp8 e4m3 rows.
+    pub position_bytes: usize,
     pub vocab_size: usize,
     /// Longest sequence the model accepts (`max_position_embeddings`).
     pub max_positions: usize,
@@ -31,7 +32,7 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     pub fn bytes_per_page(&self, page_size: usize) -> usize {
-        self.num_layers * self.latent_width * page_size * self.bytes_per_value
+        self.num_layers * page_size * self.position_bytes
     }
 }
 
@@ -87,7 +88,7 @@ impl StepModel for CpuStepModel {
         ModelSpec {
             num_layers: c.num_hidden_layers,
             latent_width: c.kv_lora_rank + c.qk_rope_head_dim,
-            bytes_per_value: std::mem::size_of::<f32>(),
+            position_bytes: (c.kv_lora_rank + c.qk_rope_head_dim) * std::mem::size_of::<f32>(),
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings,
             eos_token_ids: c.eos_token_ids.clone(),

@@ -82,7 +82,7 @@ impl StepModel for TpStepModel {
         ModelSpec {
             num_layers: c.num_hidden_layers,
             latent_width: self.model.latent_width(),
-            bytes_per_value: std::mem::size_of::<f32>(),
+            position_bytes: self.model.latent_width() * std::mem::size_of::<f32>(),
             vocab_size: c.vocab_size,
             max_positions: c.max_position_embeddings.min(self.model.max_positions()),
             eos_token_ids: c.eos_token_ids.clone(),

@@ -7,7 +7,7 @@
 //! `--quantization` is checked here by name; whether it agrees with the checkpoint is
 //! [`check_quantization`]'s job, once the model directory is known.
 
-use crate::model::gpu::GpuOptions;
+use crate::model::gpu::{GpuOptions, KvCacheDtype};
 use crate::model::quant_method::{check_flag_for_dir, QuantMethod, QUANT_METHODS};
 
 /// The flags of `launch_server` that select hardware, parallelism and number formats.
@@ -126,15 +126,17 @@ pub fn dp_attention(tp: usize, dp: usize, enable: bool) -> Result<bool, String> 
 }
 
 /// What `--kv-cache-dtype` selects on a GPU: `auto` / `bf16` the bf16 latent cache with the fast
-/// kernels (split-KV MLA decode, FP8 GEMMs and fused MoE on quantized activations), `f32` the
-/// reference path (f32 cache and activations, the CPU's numbers to f32 rounding). The CPU
-/// always computes in f32.
+/// kernels (split-KV MLA decode, FP8 GEMMs and fused MoE on quantized activations), `fp8_e4m3` /
+/// `fp8` the same kernels over the fp8 e4m3 latent cache (FlashMLA's 656-byte rows, quantized on
+/// write; models with DeepSeek's 512 + 64 latent, `--page-size 64`), `f32` the reference path
+/// (f32 cache and activations, the CPU's numbers to f32 rounding). The CPU always computes in f32.
 pub fn gpu_options(f: &LaunchFlags) -> Result<GpuOptions, String> {
-    match f.kv_cache_dtype.as_str() {
-        "auto" | "bf16" | "bfloat16" => Ok(GpuOptions::fast()),
-        "f32" | "float32" => Ok(GpuOptions::reference()),
-        other => Err(format!("--kv-cache-dtype {other}: auto, bf16 or f32 (an fp8_e4m3 cache is not available yet)")),
-    }
+    let kv = KvCacheDtype::parse(&f.kv_cache_dtype).map_err(|_| format!("--kv-cache-dtype {}: auto, bf16, fp8_e4m3 or f32", f.kv_cache_dtype))?;
+    Ok(match kv {
+        KvCacheDtype::F32 => GpuOptions::reference(),
+        KvCacheDtype::Bf16 => GpuOptions::fast(),
+        KvCacheDtype::Fp8E4m3 => GpuOptions::fast_fp8_cache(),
+    })
 }
 
 #[cfg(test)]
@@ -164,9 +166,18 @@ mod tests {
         }
         assert!(err(LaunchFlags { quantization: Some("gptq".into()), ..Default::default() }).contains("--quantization gptq"));
         assert!(err(LaunchFlags { quantization: Some("w8a8_fp8".into()), ..Default::default() }).contains("per-channel FP8"));
-        assert!(err(LaunchFlags { kv_cache_dtype: "fp8_e4m3".into(), ..Default::default() }).contains("fp8_e4m3"));
+        let kv = |d: &str| gpu_options(&LaunchFlags { kv_cache_dtype: d.into(), ..Default::default() });
         assert_eq!(gpu_options(&LaunchFlags::default()), Ok(GpuOptions::fast()));
-        assert_eq!(gpu_options(&LaunchFlags { kv_cache_dtype: "f32".into(), ..Default::default() }), Ok(GpuOptions::reference()));
+        assert_eq!(kv("bf16"), Ok(GpuOptions::fast()));
+        assert_eq!(kv("f32"), Ok(GpuOptions::reference()));
+        for fp8 in ["fp8_e4m3", "fp8"] {
+            assert_eq!(kv(fp8), Ok(GpuOptions::fast_fp8_cache()), "{fp8}");
+            assert_eq!(check(&LaunchFlags { kv_cache_dtype: fp8.into(), ..Default::default() }), Ok(()), "{fp8}");
+        }
+        assert_eq!(GpuOptions::fast_fp8_cache().kv_cache, KvCacheDtype::Fp8E4m3);
+        assert!(GpuOptions::fast_fp8_cache().fp8_kernels);
+        let e = err(LaunchFlags { kv_cache_dtype: "fp8_e5m2".into(), ..Default::default() });
+        assert!(e.contains("--kv-cache-dtype fp8_e5m2") && e.contains("fp8_e4m3"), "{e}");
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node serving is not implemented"));
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 2, ..Default::default() }).contains("--node-rank 2"));
         // DP attention: --dp is 1 or --tp; plain --dp > 1 is refused; serve refuses it at --tp > 1.

@@ -3,9 +3,9 @@
 
 use super::step::StepTensors;
 use super::weights::{Layer, QProj};
-use super::{GpuModel, PagePool};
+use super::{GpuModel, KvCacheDtype, PagePool};
 use crate::backend::dispatch::{self, Batched, PagedCache, RopeLayout, Strided};
-use crate::backend::mla::mla_decode;
+use crate::backend::mla::{mla_cache_write, mla_decode, MlaCacheDtype};
 use crate::backend::{DType as DevDType, DeviceTensor};
 use crate::error::Result;
 
@@ -52,9 +52,15 @@ impl GpuModel {
         Ok(o)
     }
 
-    /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages.
+    /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages: as
+    /// f32 / bf16 values, or quantized on write into the fp8 rows.
     pub(super) fn kv_write(&self, paged: &PagedCache, kv: &DeviceTensor, step: &StepTensors) -> Result<()> {
-        dispatch::paged_kv_write(self.s(), paged, kv, &step.seq, &step.pos)
+        match self.opts.kv_cache {
+            KvCacheDtype::F32 | KvCacheDtype::Bf16 => dispatch::paged_kv_write(self.s(), paged, kv, &step.seq, &step.pos),
+            KvCacheDtype::Fp8E4m3 => {
+                mla_cache_write(self.s(), MlaCacheDtype::Fp8E4m3, paged.cache, kv, paged.block_table, &step.seq, &step.pos)
+            }
+        }
     }
 
     /// Absorbed query [T, H, kv_lora + rope]: q_nope · W_uk per head (one batched GEMM over the
@@ -80,7 +86,8 @@ impl GpuModel {
     }
 
     /// Latent attention output o_lat [T, H, kv_lora] over each token's sequence, causal: the
-    /// split-KV MLA decode kernel where the step planned it, the paged attention kernel otherwise.
+    /// split-KV MLA decode kernel where the step planned it (its plan carries the bf16 / fp8
+    /// cache type), the paged attention kernel otherwise (over f32, bf16 or fp8 rows).
     pub(super) fn mla_attend(&self, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<DeviceTensor> {
         let c = &self.cfg;
         let (t, heads) = (q_abs.shape()[0], self.heads);

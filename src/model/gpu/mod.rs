@@ -2,7 +2,8 @@
 //! in their first, simple form (`backend::dispatch`). Activations are f32; weights stay in their
 //! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales),
 //! f16 and f32 weights are used as f32. The latent KV cache is paged: per layer
-//! [pages, page_size, kv_lora + rope] f32 ([`PagePool`]).
+//! [pages, page_size, kv_lora + rope] f32 or bf16, or [pages, 64, 656] bytes of fp8 e4m3 rows
+//! ([`PagePool`], [`KvCacheDtype`]).
 //!
 //! One forward ([`GpuModel::forward_batch`]) runs a batch of sequences: the new tokens of every
 //! sequence concatenated, each token tagged with its sequence and position, each sequence with
@@ -48,7 +49,7 @@ use crate::model::generate::CausalLm;
 use crate::model::shard::{Shard, ShardPlan, TensorSlice};
 use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
-use crate::backend::mla::{self, MlaDecodePlan};
+use crate::backend::mla::{self, MlaCacheDtype, MlaDecodePlan};
 use forward::{run_ranks, AttnPart, RankStep};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
@@ -56,12 +57,106 @@ use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Line
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
 
+/// The latent cache's format (`--kv-cache-dtype`): the element type of the page pool's rows and
+/// the kernels that read and write them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KvCacheDtype {
+    /// [pages, page_size, kv_lora + rope] f32: the reference (the CPU's numbers to f32 rounding).
+    F32,
+    /// [pages, page_size, kv_lora + rope] bf16; decode steps over 512 + 64 latents and pages of
+    /// 64 run the split-KV MLA decode kernel.
+    Bf16,
+    /// [pages, 64, 656] u8: FlashMLA's fp8 rows (512 e4m3fn latent values, 4 f32 scales of 128
+    /// values each, 64 bf16 rope values; [`crate::ops::mla_fp8`]), quantized on write
+    /// ([`mla::mla_cache_write`]). Needs DeepSeek's 512 + 64 latent and pages of 64 positions;
+    /// decode steps run the split-KV kernel's fp8 variant, other steps the paged attention's.
+    Fp8E4m3,
+}
+
+impl KvCacheDtype {
+    /// Parses a `--kv-cache-dtype` value: `auto` / `bf16` / `bfloat16`, `f32` / `float32`,
+    /// `fp8_e4m3` / `fp8`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" | "bf16" | "bfloat16" => Ok(KvCacheDtype::Bf16),
+            "f32" | "float32" => Ok(KvCacheDtype::F32),
+            "fp8_e4m3" | "fp8" => Ok(KvCacheDtype::Fp8E4m3),
+            other => Err(Error::InvalidArgument(format!("kv cache dtype `{other}`: expected auto, bf16, f32 or fp8_e4m3"))),
+        }
+    }
+    /// Element type of the pool's tensors.
+    pub fn tensor_dtype(self) -> DevDType {
+        match self {
+            KvCacheDtype::F32 => DevDType::F32,
+            KvCacheDtype::Bf16 => DevDType::Bf16,
+            KvCacheDtype::Fp8E4m3 => DevDType::U8,
+        }
+    }
+    /// Last dimension of the pool's tensors for a latent of `width` values per position.
+    pub fn row_len(self, width: usize) -> usize {
+        match self {
+            KvCacheDtype::F32 | KvCacheDtype::Bf16 => width,
+            KvCacheDtype::Fp8E4m3 => mla::FP8_ROW_BYTES,
+        }
+    }
+    /// Bytes of one cached position of one layer (a latent of `width` values): width × 4 or × 2,
+    /// or the fp8 row's 656 bytes.
+    pub fn row_bytes(self, width: usize) -> usize {
+        self.row_len(width) * self.tensor_dtype().size()
+    }
+    /// The MLA decode kernel's cache type for this format (none for f32).
+    pub fn mla(self) -> Option<MlaCacheDtype> {
+        match self {
+            KvCacheDtype::F32 => None,
+            KvCacheDtype::Bf16 => Some(MlaCacheDtype::Bf16),
+            KvCacheDtype::Fp8E4m3 => Some(MlaCacheDtype::Fp8E4m3),
+        }
+    }
+    /// Element type of W_uk / W_uv next to this cache: f32 for the reference, bf16 otherwise
+    /// (the attention reads bf16 or coarser rows anyway).
+    pub fn absorb_dtype(self) -> DevDType {
+        match self {
+            KvCacheDtype::F32 => DevDType::F32,
+            KvCacheDtype::Bf16 | KvCacheDtype::Fp8E4m3 => DevDType::Bf16,
+        }
+    }
+    /// Whether a model of `cfg` can hold its latent in this format (the fp8 rows are fixed to
+    /// 512 + 64 values): `InvalidArgument` naming the widths otherwise.
+    pub fn check(self, cfg: &ModelConfig) -> Result<()> {
+        let (lora, rope) = (cfg.kv_lora_rank, cfg.qk_rope_head_dim);
+        if self == KvCacheDtype::Fp8E4m3 && (lora != mla::DV || lora + rope != mla::DK) {
+            return Err(Error::InvalidArgument(format!(
+                "--kv-cache-dtype fp8_e4m3 needs DeepSeek's latent of 512 + 64 values (FlashMLA's 656-byte rows); this model's is {lora} + {rope}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for KvCacheDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KvCacheDtype::F32 => "f32",
+            KvCacheDtype::Bf16 => "bf16",
+            KvCacheDtype::Fp8E4m3 => "fp8_e4m3",
+        })
+    }
+}
+
+impl std::str::FromStr for KvCacheDtype {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        KvCacheDtype::parse(s)
+    }
+}
+
 /// How the forward computes. [`GpuOptions::reference`] matches the CPU reference to f32
-/// rounding; [`GpuOptions::fast`] is DeepSeek's inference recipe on the fast kernels.
+/// rounding; [`GpuOptions::fast`] is DeepSeek's inference recipe on the fast kernels;
+/// [`GpuOptions::fast_fp8_cache`] the same over the fp8 e4m3 latent cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GpuOptions {
-    /// Element type of the latent cache: f32, or bf16 (which the MLA decode kernels read).
-    pub kv_cache: DevDType,
+    /// The latent cache's format: f32, bf16 (which the MLA decode kernels read) or fp8 e4m3.
+    pub kv_cache: KvCacheDtype,
     /// float8 weights through the FP8 tensor-core GEMMs and the fused MoE, activations quantized
     /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS.
     /// Off: the simple GEMM on f32 activations and the float8 weights' exact values.
@@ -70,10 +165,14 @@ pub struct GpuOptions {
 
 impl GpuOptions {
     pub fn reference() -> Self {
-        GpuOptions { kv_cache: DevDType::F32, fp8_kernels: false }
+        GpuOptions { kv_cache: KvCacheDtype::F32, fp8_kernels: false }
     }
     pub fn fast() -> Self {
-        GpuOptions { kv_cache: DevDType::Bf16, fp8_kernels: true }
+        GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels: true }
+    }
+    /// [`GpuOptions::fast`] over the fp8 e4m3 latent cache (`--kv-cache-dtype fp8_e4m3`).
+    pub fn fast_fp8_cache() -> Self {
+        GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, fp8_kernels: true }
     }
 }
 
@@ -132,10 +231,8 @@ impl GpuModel {
     /// Loads only `shard`'s slice of the checkpoint in `dir` (see [`crate::model::shard`]) and
     /// runs on `stream` (for a TP group: its rank's stream of the communicator).
     pub fn load_shard(dir: &Path, stream: Box<dyn GpuStream>, shard: Shard, opts: GpuOptions) -> Result<GpuModel> {
-        if !matches!(opts.kv_cache, DevDType::F32 | DevDType::Bf16) {
-            return Err(Error::InvalidArgument(format!("latent cache of {}: f32 or bf16", opts.kv_cache)));
-        }
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        opts.kv_cache.check(&cfg)?;
         let ckpt = Checkpoint::open(dir)?;
         ckpt.check_against(&cfg)?;
         let plan = ShardPlan::new(&cfg, shard)?;
@@ -255,6 +352,12 @@ impl GpuModel {
         self.cfg.kv_lora_rank + self.cfg.qk_rope_head_dim
     }
 
+    /// Bytes of one cached position per layer in this model's page pools: the latent width times
+    /// the element size, or 656 for the fp8 cache.
+    pub fn cache_row_bytes(&self) -> usize {
+        self.opts.kv_cache.row_bytes(self.latent_width())
+    }
+
 
     pub fn forward_gpu(&self, tokens: &[u32], cache: &mut GpuCache) -> Result<Tensor> {
         let seq = BatchSeq { tokens, start: cache.len, block_table: &cache.table, logits: LogitRows::All };
@@ -314,12 +417,13 @@ impl GpuModel {
     }
 
     /// The MLA decode kernel's plan for a step of `layout` over `pool`, when the step runs it:
-    /// every sequence decodes one token, over a bf16 cache of 64-position pages, with DeepSeek's
-    /// 512 + 64 latent (the kernel's fixed widths). Other steps take the paged attention kernel.
+    /// every sequence decodes one token, over a bf16 or fp8 cache of 64-position pages, with
+    /// DeepSeek's 512 + 64 latent (the kernel's fixed widths); the plan carries the cache type.
+    /// Other steps take the paged attention kernel.
     fn mla_decode_plan(&self, pool: &PagePool, layout: &StepLayout) -> Option<MlaDecodePlan> {
         let c = &self.cfg;
-        let fits = self.opts.kv_cache == DevDType::Bf16
-            && pool.page_size == mla::PAGE
+        let cache = self.opts.kv_cache.mla()?;
+        let fits = pool.page_size == mla::PAGE
             && c.kv_lora_rank == mla::DV
             && c.kv_lora_rank + c.qk_rope_head_dim == mla::DK
             && layout.tokens == layout.seqs;
@@ -327,7 +431,7 @@ impl GpuModel {
             return None;
         }
         let sms = self.s().sm_count().ok()?;
-        MlaDecodePlan::new(layout.seqs, 1, self.heads, sms).ok()
+        MlaDecodePlan::new(layout.seqs, 1, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache))
     }
 
     /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits
@@ -352,5 +456,37 @@ impl CausalLm for GpuModel {
 
     fn forward(&self, tokens: &[u32], cache: &mut GpuCache) -> Result<Tensor> {
         self.forward_gpu(tokens, cache)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_cache_dtypes_size_their_rows() {
+        for (s, want) in [("auto", KvCacheDtype::Bf16), ("bf16", KvCacheDtype::Bf16), ("f32", KvCacheDtype::F32), ("fp8_e4m3", KvCacheDtype::Fp8E4m3), ("fp8", KvCacheDtype::Fp8E4m3)] {
+            assert_eq!(KvCacheDtype::parse(s).unwrap(), want, "{s}");
+        }
+        assert!(KvCacheDtype::parse("fp8_e5m2").is_err());
+        assert_eq!("fp8_e4m3".parse::<KvCacheDtype>().unwrap().to_string(), "fp8_e4m3");
+        // DeepSeek-V3: 576 values per position per layer.
+        let w = 576;
+        assert_eq!((KvCacheDtype::F32.row_len(w), KvCacheDtype::F32.row_bytes(w)), (576, 2304));
+        assert_eq!((KvCacheDtype::Bf16.row_len(w), KvCacheDtype::Bf16.row_bytes(w)), (576, 1152));
+        assert_eq!((KvCacheDtype::Fp8E4m3.row_len(w), KvCacheDtype::Fp8E4m3.row_bytes(w)), (656, 656));
+        assert_eq!(KvCacheDtype::Fp8E4m3.tensor_dtype(), DevDType::U8);
+        assert_eq!(KvCacheDtype::Fp8E4m3.mla(), Some(MlaCacheDtype::Fp8E4m3));
+        assert_eq!(KvCacheDtype::Bf16.mla(), Some(MlaCacheDtype::Bf16));
+        assert_eq!(KvCacheDtype::F32.mla(), None);
+        assert_eq!(KvCacheDtype::Fp8E4m3.absorb_dtype(), DevDType::Bf16);
+        assert_eq!(KvCacheDtype::F32.absorb_dtype(), DevDType::F32);
+        // The fp8 rows fix the latent to 512 + 64.
+        let mut cfg = deepseek_v3_slice(2, 1).unwrap();
+        assert!(KvCacheDtype::Fp8E4m3.check(&cfg).is_ok());
+        cfg.kv_lora_rank = 256;
+        let e = KvCacheDtype::Fp8E4m3.check(&cfg).unwrap_err().to_string();
+        assert!(e.contains("512 + 64") && e.contains("256 + 64"), "{e}");
+        assert!(KvCacheDtype::Bf16.check(&cfg).is_ok() && KvCacheDtype::F32.check(&cfg).is_ok());
     }
 }

@@ -7,7 +7,8 @@
 //!   [-448, 448], block scales all equal to 1 / (σ_codes·√K), so that each output has about the
 //!   variance of one input (σ_codes = 448/√3);
 //! - W_uk / W_uv (the halves of kv_b_proj, stored per head for the absorbed MLA): uniform with
-//!   variance 1/K, in the cache's element type;
+//!   variance 1/K, f32 next to the f32 cache, bf16 next to the bf16 and fp8 caches (the same
+//!   draws, so models that differ only in the bf16 / fp8 cache hold the same weights);
 //! - embedding (bf16) uniform with unit variance, lm_head (bf16) and router (f32) variance 1/K;
 //!   norms 1, router bias 0 before [`GpuModel::balance_routing`].
 //!
@@ -138,8 +139,8 @@ impl Filler<'_> {
             q,
             kv_a: self.fp8_linear(None, lora + rope, h)?,
             kv_a_norm: self.constant(DevDType::F32, &[lora], 1.0)?,
-            w_uk_t: self.scaled(opts.kv_cache, &[heads, lora, nope], nope)?,
-            w_uv: self.scaled(opts.kv_cache, &[heads, v, lora], lora)?,
+            w_uk_t: self.scaled(opts.kv_cache.absorb_dtype(), &[heads, lora, nope], nope)?,
+            w_uv: self.scaled(opts.kv_cache.absorb_dtype(), &[heads, v, lora], lora)?,
             o: self.fp8_linear(None, h, heads * v)?,
             ffn,
         })
@@ -161,6 +162,7 @@ impl GpuModel {
     /// A model of `cfg`'s shape with random weights made on `device` (see the module docs).
     /// Progress goes to the log: at real dimensions one MoE layer is 11 GB of float8 weights.
     pub fn random(cfg: ModelConfig, device: Device, opts: GpuOptions, seed: u64) -> Result<GpuModel> {
+        opts.kv_cache.check(&cfg)?;
         let stream = open_stream(device)?;
         let s = stream.as_ref();
         let mut f = Filler { s, seed, next: 0 };

@@ -154,7 +154,8 @@ pub(super) struct StepTensors {
     /// [R] u32 token rows whose logits are wanted; `None` when all are.
     pub(super) logit_rows: Option<DeviceTensor>,
     /// Split-KV schedule of the MLA decode kernel, when the step runs it (every sequence decodes
-    /// one token over a bf16 cache): computed on the device once per step, read by every layer.
+    /// one token over a bf16 or fp8 cache; the plan carries which): computed on the device once
+    /// per step, read by every layer.
     pub(super) mla_decode: Option<MlaDecodeMeta>,
 }
 

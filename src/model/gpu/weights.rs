@@ -211,8 +211,8 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         }
         w_uv.extend_from_slice(&kv_b.data()[base + nope * lora..base + (nope + v) * lora]);
     }
-    // bf16 next to a bf16 cache (whose attention rounds to bf16 anyway), f32 for the reference.
-    let absorb = opts.kv_cache;
+    // bf16 next to a bf16 or fp8 cache (whose attention rounds to bf16 anyway), f32 for the reference.
+    let absorb = opts.kv_cache.absorb_dtype();
     let w_uk_t = DeviceTensor::from_f32(s, &[local_heads, lora, nope], &w_uk_t, absorb)?;
     let w_uv = DeviceTensor::from_f32(s, &[local_heads, v, lora], &w_uv, absorb)?;
     let ffn = if cfg.is_moe_layer(i) {
@@ -222,7 +222,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let experts = |proj: &str| -> Vec<String> { plan.experts.clone().map(|x| name(x, proj)).collect() };
         let (n_local, inter_local) = (plan.experts.len(), plan.expert_inter.len());
         let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
-        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
+        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start.is_multiple_of(128) && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
         let experts = if fused {
             // [gate_0, up_0, gate_1, ...] stacked as [2E, I, H] is [E, 2I, H] (scales likewise).
             let gate_up: Vec<String> = plan.experts.clone().flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
