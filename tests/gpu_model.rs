@@ -103,7 +103,7 @@ fn fast_paths_on_real_mla_widths_track_the_reference() {
     cfg.max_position_embeddings = 4096;
     let load = |opts| GpuModel::random(cfg.clone(), Device::Cuda(0), opts, 11).unwrap();
     let reference = load(GpuOptions::reference());
-    let bf16_cache = load(GpuOptions { kv_cache: DType::Bf16, fp8_kernels: false });
+    let bf16_cache = load(GpuOptions { kv_cache: DType::Bf16, quant_kernels: false });
     let fast = load(GpuOptions::fast());
     // Three sequences of different lengths: a prefill each, then 6 batched decode steps.
     let prompts: Vec<Vec<u32>> = [70usize, 129, 5].iter().enumerate().map(|(i, &n)| (0..n as u32).map(|t| (t * 37 + i as u32 * 11) % 4096).collect()).collect();

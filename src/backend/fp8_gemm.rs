@@ -468,6 +468,10 @@ pub fn fused_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTen
 impl ExpertGemms for MoeFp8Weights<'_> {
     type Plan = Fp8Plan;
 
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::Bf16]
+    }
+
     fn dims(&self) -> Result<(usize, usize, usize)> {
         let (e, h, i) = MoeFp8Weights::dims(self)?;
         if h % 16 != 0 {

@@ -71,6 +71,8 @@ pub(crate) struct MoePlan<P> {
 /// Steps 2–5 of the pipeline for one expert weight format.
 pub(crate) trait ExpertGemms {
     type Plan: Copy;
+    /// Element types of x that [`ExpertGemms::input`] takes.
+    fn input_dtypes(&self) -> &'static [DType];
     /// (experts, hidden, intermediate), with the format's own shape checks.
     fn dims(&self) -> Result<(usize, usize, usize)>;
     /// Tile and plans for `pairs` (token, expert) pairs.
@@ -99,7 +101,7 @@ fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
 }
 
 /// Routed experts of one MoE layer in format `f`: `out [T, H] bf16 = beta·out + Σ_k
-/// topk_weights[t, k] · E_{topk_ids[t, k]}(x[t])`. `x` bf16 [T, H]; `topk_ids` i32 [T, topk]
+/// topk_weights[t, k] · E_{topk_ids[t, k]}(x[t])`. `x` [T, H] (bf16, or what `f` takes); `topk_ids` i32 [T, topk]
 /// (ids outside [0, E) are skipped: an expert-parallel rank passes −1 for other ranks' experts);
 /// `topk_weights` f32 [T, topk]. `beta = 1` adds into `out` (the residual, or the shared experts).
 #[allow(clippy::too_many_arguments)]
@@ -107,7 +109,9 @@ pub(crate) fn run_experts<F: ExpertGemms + ?Sized>(s: &dyn GpuStream, wsp: &mut 
     let (e, h, inter) = f.dims()?;
     let (t, hx) = rows_cols(x);
     let (ti, topk) = rows_cols(topk_ids);
-    x.check_dtype(DType::Bf16)?;
+    if !f.input_dtypes().contains(&x.dtype()) {
+        return Err(bad(format!("fused_moe: x is {}, this format takes {:?}", x.dtype(), f.input_dtypes())));
+    }
     out.check_dtype(DType::Bf16)?;
     topk_ids.check_dtype(DType::I32)?;
     topk_weights.check_dtype(DType::F32)?;

@@ -90,6 +90,10 @@ impl MoeInt8Weights<'_> {
 impl ExpertGemms for MoeInt8Weights<'_> {
     type Plan = QuantPlan;
 
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::F32, DType::Bf16]
+    }
+
     fn dims(&self) -> Result<(usize, usize, usize)> {
         MoeInt8Weights::dims(self)
     }
@@ -160,6 +164,10 @@ impl MoeAwqWeights<'_> {
 impl ExpertGemms for MoeAwqWeights<'_> {
     type Plan = QuantPlan;
 
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::Bf16]
+    }
+
     fn dims(&self) -> Result<(usize, usize, usize)> {
         MoeAwqWeights::dims(self)
     }
@@ -194,7 +202,7 @@ impl ExpertGemms for MoeAwqWeights<'_> {
 }
 
 /// Routed experts of one MoE layer on the INT8 grouped GEMMs: as [`super::fp8_gemm::fused_moe`]
-/// (`out [T, H] bf16 = beta·out + Σ_k w[t, k] · E_{id[t, k]}(x[t])`, x bf16).
+/// (`out [T, H] bf16 = beta·out + Σ_k w[t, k] · E_{id[t, k]}(x[t])`), x f32 or bf16.
 pub fn int8_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTensor, x: &DeviceTensor, topk_ids: &DeviceTensor, topk_weights: &DeviceTensor, w: &MoeInt8Weights, beta: f32) -> Result<()> {
     run_experts(s, wsp, out, x, topk_ids, topk_weights, w, beta)
 }

@@ -1,7 +1,8 @@
 //! DeepSeek-V3 forward pass on a GPU stream (CUDA or HIP), assembled from the generated kernels
 //! in their first, simple form (`backend::dispatch`). Activations are f32; weights stay in their
-//! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales),
-//! f16 and f32 weights are used as f32. The latent KV cache is paged: per layer
+//! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales,
+//! and with the fast options INT8 and repacked AWQ, see `quant`), f16 and f32 weights are used
+//! as f32. The latent KV cache is paged: per layer
 //! [pages, page_size, kv_lora + rope] f32 ([`PagePool`]).
 //!
 //! One forward ([`GpuModel::forward_batch`]) runs a batch of sequences: the new tokens of every
@@ -24,6 +25,8 @@ mod ffn;
 mod forward;
 mod graph;
 mod pool;
+mod quant;
+mod quant_host;
 mod random;
 mod step;
 #[cfg(feature = "cuda")]
@@ -53,6 +56,9 @@ use forward::{run_ranks, RankStep};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
 
+/// A profiling mark: the step label and the event recorded after it.
+type ProfileMark = (&'static str, Box<dyn StreamEvent>);
+
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
 
@@ -63,17 +69,21 @@ pub struct GpuOptions {
     /// Element type of the latent cache: f32, or bf16 (which the MLA decode kernels read).
     pub kv_cache: DevDType,
     /// float8 weights through the FP8 tensor-core GEMMs and the fused MoE, activations quantized
-    /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS.
-    /// Off: the simple GEMM on f32 activations and the float8 weights' exact values.
-    pub fp8_kernels: bool,
+    /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS;
+    /// INT8 weights (block / channel) through the INT8 GEMMs on int8 activations (per token
+    /// group of 128 / per token) and AWQ weights through the W4A16 GEMM on bf16 activations,
+    /// dense and routed experts alike, where the kernels take the shape (`quant`).
+    /// Off: the simple GEMM on f32 activations, the float8 weights' exact values, INT8 / AWQ
+    /// dequantized to f32.
+    pub quant_kernels: bool,
 }
 
 impl GpuOptions {
     pub fn reference() -> Self {
-        GpuOptions { kv_cache: DevDType::F32, fp8_kernels: false }
+        GpuOptions { kv_cache: DevDType::F32, quant_kernels: false }
     }
     pub fn fast() -> Self {
-        GpuOptions { kv_cache: DevDType::Bf16, fp8_kernels: true }
+        GpuOptions { kv_cache: DevDType::Bf16, quant_kernels: true }
     }
 }
 
@@ -94,7 +104,7 @@ pub struct GpuModel {
     /// (routing statistics; see `random::balance_routing`).
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
-    profile: Mutex<Option<Vec<(&'static str, Box<dyn StreamEvent>)>>>,
+    profile: Mutex<Option<Vec<ProfileMark>>>,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
