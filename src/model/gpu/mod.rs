@@ -36,6 +36,7 @@ mod weights;
 pub use graph::DecodeGraph;
 pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
+pub use quant::QuantKernelLayers;
 pub use step::{BatchSeq, LogitRows};
 #[cfg(feature = "cuda")]
 pub use tp::{TpCache, TpDecodeGraph, TpModel};

@@ -236,3 +236,45 @@ impl GpuModel {
         self.cast_to(&out, DevDType::F32)
     }
 }
+
+/// Where a model's INT8 / AWQ layers run ([`GpuModel::quant_kernel_layers`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuantKernelLayers {
+    /// Dense linear layers (attention projections, dense and shared-expert MLPs) on the INT8 /
+    /// AWQ GEMMs.
+    pub dense: usize,
+    /// MoE layers whose routed experts run the quantized MoE.
+    pub moe: usize,
+}
+
+impl GpuModel {
+    /// How many of this model's layers run the INT8 / AWQ kernels (zero with the reference
+    /// options, and for layers the kernels refuse).
+    pub fn quant_kernel_layers(&self) -> QuantKernelLayers {
+        use super::weights::{Experts, Ffn, QProj};
+        let mut n = QuantKernelLayers::default();
+        let mut count = |l: &Linear| n.dense += usize::from(l.quant.is_some());
+        for layer in &self.layers {
+            match &layer.q {
+                QProj::LowRank { q_a, q_b, .. } => {
+                    count(q_a);
+                    count(q_b);
+                }
+                QProj::Direct(q) => count(q),
+            }
+            count(&layer.kv_a);
+            count(&layer.o);
+            let mlp = match &layer.ffn {
+                Ffn::Dense(m) => Some(m),
+                Ffn::Moe(m) => m.shared.as_ref(),
+            };
+            if let Some(m) = mlp {
+                count(&m.gate);
+                count(&m.up);
+                count(&m.down);
+            }
+        }
+        n.moe = self.layers.iter().filter(|l| matches!(&l.ffn, Ffn::Moe(m) if matches!(m.experts, Experts::Quant { .. }))).count();
+        n
+    }
+}
