@@ -195,6 +195,9 @@ impl GpuModel {
     /// y [rows, N] f32 = x [rows, K] f32 · Wᵀ on the INT8 / AWQ GEMMs (`None`: `w` is not
     /// quantized for them).
     pub(super) fn quant_linear(&self, x: &DeviceTensor, w: &Linear) -> Result<Option<DeviceTensor>> {
+        if w.quant.is_none() {
+            return Ok(None);
+        }
         let s = self.s();
         let k = x.shape().last().copied().unwrap_or(1);
         let rows = x.numel().checked_div(k).unwrap_or(0);
