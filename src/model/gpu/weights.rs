@@ -236,16 +236,15 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
         let fused = opts.quant_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
         // INT8 / AWQ experts for the quantized MoE: fast options, every expert local.
-        let quant = match opts.quant_kernels && n_local == e {
-            true => {
-                let names: Vec<[String; 3]> = plan.experts.clone().map(|x| [name(x, "gate_proj"), name(x, "up_proj"), name(x, "down_proj")]).collect();
-                let first = names.first();
-                match (first.and_then(|x| plan.slice(&x[0], inter, h)), first.and_then(|x| plan.slice(&x[2], h, inter))) {
-                    (Some(gate_part), Some(down_part)) => load_experts(s, ckpt, &names, h, inter, &gate_part, &down_part)?,
-                    _ => None,
-                }
+        let quant = if opts.quant_kernels && n_local == e {
+            let names: Vec<[String; 3]> = plan.experts.clone().map(|x| [name(x, "gate_proj"), name(x, "up_proj"), name(x, "down_proj")]).collect();
+            let first = names.first();
+            match (first.and_then(|x| plan.slice(&x[0], inter, h)), first.and_then(|x| plan.slice(&x[2], h, inter))) {
+                (Some(gate_part), Some(down_part)) => load_experts(s, ckpt, &names, h, inter, &gate_part, &down_part)?,
+                _ => None,
             }
-            false => None,
+        } else {
+            None
         };
         let experts = if let Some((w13, down)) = quant {
             Experts::Quant { w13, down }
