@@ -137,6 +137,7 @@ fn run(args: Args) -> Result<()> {
         Device::Cpu => {
             let opts = CpuOptions {
                 emulate_fp8_activations: args.emulate_fp8_activations,
+                emulate_int8_activations: false,
                 attention: match args.attention {
                     Attention::Auto => AttentionPath::Auto,
                     Attention::Naive => AttentionPath::Naive,

@@ -6,12 +6,16 @@
 mod common;
 
 use common::gpu::gpu_model;
-use common::{check_greedy, fixtures, reference};
+use common::files::{t, write_file, TempDir};
+use common::{check_greedy, fixtures, fixtures_root, reference};
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::backend::Device;
 use dsv3::model::config::ModelConfig;
 use dsv3::model::generate::{greedy_generate, CausalLm};
-use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PAGE_SIZE};
+use dsv3::model::checkpoint::{awq_pack, dequant_awq};
+use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, QuantKernelLayers, PAGE_SIZE};
+use dsv3::ops::sampling::top2_margin;
+use std::path::Path;
 use dsv3::tensor::rel_error;
 
 #[test]
@@ -53,9 +57,9 @@ fn gpu_greedy_tokens_match_the_reference() {
     }
 }
 
-/// The fast options (bf16 latent cache with the split-KV decode kernel, FP8 GEMMs on quantized
-/// activations, cuBLAS for bf16 weights) against the CPU reference that quantizes the FP8 GEMMs'
-/// activations the same way: what remains is bf16 rounding (cache rows, GEMM outputs, the
+/// The fast options (bf16 latent cache with the split-KV decode kernel, FP8 / INT8 GEMMs on
+/// quantized activations, cuBLAS for bf16 weights) against the CPU reference that quantizes the
+/// GEMMs' activations the same way: what remains is bf16 rounding (cache rows, GEMM outputs, the
 /// attention's query), about 2⁻⁹ relative per rounding, a few per layer, compounded over the
 /// fixtures' 2–4 layers.
 #[test]
@@ -64,7 +68,9 @@ fn fast_options_track_the_cpu_reference_with_fp8_activations() {
     let mut errors = Vec::new();
     for dir in fixtures() {
         let r = reference(&dir);
-        let cpu = CpuModel::load(&dir, CpuOptions { emulate_fp8_activations: true, ..Default::default() }).unwrap();
+        // FP8 emulation, or for INT8 checkpoints (which run the INT8 GEMMs) INT8 emulation.
+        let emulate = CpuOptions { emulate_fp8_activations: true, emulate_int8_activations: true, ..Default::default() };
+        let cpu = CpuModel::load(&dir, emulate).unwrap();
         let cpu_logits = cpu.forward(&r.prompt, &mut cpu.new_cache().unwrap()).unwrap();
         let gpu = GpuModel::load_with(&dir, Device::Cuda(0), GpuOptions::fast()).unwrap();
         let prefill = gpu.forward(&r.prompt, &mut gpu.new_cache().unwrap()).unwrap();
@@ -202,7 +208,7 @@ fn real_mla_one_shot_decode_rows(m: &GpuModel) -> Vec<f32> {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn fast_paths_on_real_mla_widths_track_the_reference() {
     let reference = real_mla_model(GpuOptions::reference());
-    let bf16_cache = real_mla_model(GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels: false });
+    let bf16_cache = real_mla_model(GpuOptions { kv_cache: KvCacheDtype::Bf16, quant_kernels: false });
     let fast = real_mla_model(GpuOptions::fast());
     let (want, got_cache, got_fast) = (real_mla_run(&reference).flat(), real_mla_run(&bf16_cache).flat(), real_mla_run(&fast).flat());
     let (err_cache, err_fast) = (rel_error(&got_cache, &want), rel_error(&got_fast, &want));
@@ -241,7 +247,7 @@ const FP8_CACHE_VS_BF16_FP8_ACTIVATIONS: f64 = 1.5e-1;
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn fp8_cache_on_real_mla_widths_tracks_the_bf16_cache() {
-    let simple = |kv_cache| GpuOptions { kv_cache, fp8_kernels: false };
+    let simple = |kv_cache| GpuOptions { kv_cache, quant_kernels: false };
     let bf16 = real_mla_model(simple(KvCacheDtype::Bf16));
     let fp8 = real_mla_model(simple(KvCacheDtype::Fp8E4m3));
     assert_eq!(fp8.cache_row_bytes(), 656);
@@ -306,9 +312,9 @@ fn fp8_cache_on_real_mla_fixtures_tracks_the_bf16_cache() {
         };
         // Simple GEMMs, then the fast options (the fixture's bf16 weights through cuBLAS: no
         // activation quantization, so the same bound holds).
-        for (what, fp8_kernels, readers_tol) in [("simple GEMMs", false, 2e-2), ("fast options", true, 3e-2)] {
-            let (bf16_prefill, bf16_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels });
-            let (fp8_prefill, fp8_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, fp8_kernels });
+        for (what, quant_kernels, readers_tol) in [("simple GEMMs", false, 2e-2), ("fast options", true, 3e-2)] {
+            let (bf16_prefill, bf16_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Bf16, quant_kernels });
+            let (fp8_prefill, fp8_decode) = run(GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, quant_kernels });
             assert!(fp8_prefill.iter().chain(&fp8_decode).all(|x| x.is_finite()), "{}: {what}: non-finite logits", dir.display());
             let (err_prefill, err_decode) = (rel_error(&fp8_prefill, &bf16_prefill), rel_error(&fp8_decode, &bf16_decode));
             let err_readers = rel_error(&fp8_decode, &fp8_prefill);
@@ -324,4 +330,136 @@ fn fp8_cache_on_real_mla_fixtures_tracks_the_bf16_cache() {
         tested += 1;
     }
     assert!(tested > 0, "no fixture with a 512 + 64 latent (tiny-real-mla)");
+}
+
+/// Prefill logits and token-by-token decode logits of `gpu` on `prompt`.
+fn prefill_and_decode(gpu: &GpuModel, prompt: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let prefill = gpu.forward(prompt, &mut gpu.new_cache().unwrap()).unwrap().into_data();
+    let mut cache = gpu.new_cache().unwrap();
+    let mut stepwise = Vec::new();
+    for &tok in prompt {
+        stepwise.extend_from_slice(gpu.forward(&[tok], &mut cache).unwrap().data());
+    }
+    (prefill, stepwise)
+}
+
+/// Greedy tokens of `gpu` against those of `cpu`: they must agree up to the first step whose
+/// CPU margin (top-1 minus top-2 logit) is at most `min_margin` (there a logit difference of
+/// `min_margin / 2` may flip the choice, and the sequences may part). Returns the number of
+/// leading tokens that agree.
+fn greedy_tokens_agree(name: &str, cpu: &CpuModel, gpu: &GpuModel, prompt: &[u32], steps: usize, min_margin: f32) -> usize {
+    let want = greedy_generate(cpu, prompt, steps, false).unwrap().output_token_ids;
+    let got = greedy_generate(gpu, prompt, steps, false).unwrap().output_token_ids;
+    assert_eq!(got.len(), want.len(), "{name}: greedy lengths");
+    // The CPU's logits at the positions that chose each token.
+    let seq: Vec<u32> = prompt.iter().chain(&want[..want.len().saturating_sub(1)]).copied().collect();
+    let logits = cpu.forward(&seq, &mut cpu.new_cache().unwrap()).unwrap();
+    let vocab = logits.shape()[1];
+    let mut agree = 0;
+    for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+        if a == b {
+            agree += 1;
+            continue;
+        }
+        let row = &logits.data()[(prompt.len() - 1 + i) * vocab..(prompt.len() + i) * vocab];
+        let margin = top2_margin(row);
+        assert!(margin <= min_margin, "{name}: greedy token {i} differs ({a} vs cpu {b}) where the cpu margin {margin:.3e} > {min_margin:.3e}");
+        break;
+    }
+    agree
+}
+
+/// Fast options on `dir` (expecting `layers` on the INT8 / AWQ kernels) against the CPU reference
+/// with INT8 activation emulation (a no-op for AWQ, whose kernel reads bf16 activations):
+/// prefill and decode logits, and greedy tokens.
+///
+/// Tolerance 3e-2, as for the FP8 fast path: with the INT8 codes and scales bit-identical to the
+/// CPU's, what remains is bf16 rounding (≈ 2⁻⁹ relative each: GEMM outputs, cache rows, the
+/// absorbed attention's operands, AWQ's bf16 activations), a few per layer over 2 layers, plus
+/// the rare INT8 code that a bf16-rounded input moves by one step (1/127 of its group's max).
+/// Greedy tokens may part only at a step whose CPU margin is within 4× the largest logit
+/// difference seen on the prompt (prefill and decode).
+fn check_fast_quant(name: &str, dir: &Path, layers: QuantKernelLayers) {
+    let r = reference(dir);
+    let cpu = CpuModel::load(dir, CpuOptions { emulate_int8_activations: true, ..Default::default() }).unwrap();
+    let cpu_logits = cpu.forward(&r.prompt, &mut cpu.new_cache().unwrap()).unwrap();
+    let gpu = GpuModel::load_with(dir, Device::Cuda(0), GpuOptions::fast()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(gpu.quant_kernel_layers(), layers, "{name}: layers on the INT8 / AWQ kernels");
+    let (prefill, stepwise) = prefill_and_decode(&gpu, &r.prompt);
+    assert!(prefill.iter().chain(&stepwise).all(|x| x.is_finite()), "{name}: non-finite logits");
+    let (err_prefill, err_decode) = (rel_error(&prefill, cpu_logits.data()), rel_error(&stepwise, cpu_logits.data()));
+    let max_diff = prefill.iter().chain(&stepwise).zip(cpu_logits.data().iter().cycle()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let agree = greedy_tokens_agree(name, &cpu, &gpu, &r.prompt, r.output.len(), (4.0 * max_diff).max(1e-3));
+    println!("{name}: {layers:?}; fast prefill vs cpu(int8 act) {err_prefill:.2e}, decode {err_decode:.2e}, max |diff| {max_diff:.2e}; {agree}/{} leading greedy tokens agree", r.output.len());
+    assert!(err_prefill <= 3e-2, "{name}: fast prefill rel error {err_prefill:.3e}");
+    assert!(err_decode <= 3e-2, "{name}: fast decode rel error {err_decode:.3e}");
+}
+
+/// Block and channel INT8 fixtures run every linear layer (4 attention projections per layer,
+/// the dense MLP, the shared expert) and the routed experts (1 MoE layer) on the INT8 kernels;
+/// tiny-awq's group size 32 is one the AWQ kernel does not take, so its layers fall back to the
+/// reference GEMM (and must still match).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn fast_options_run_int8_and_awq_fixtures_on_their_kernels() {
+    let all = QuantKernelLayers { dense: 14, moe: 1 };
+    for (name, layers) in [("tiny-int8-block", all), ("tiny-int8-channel", all), ("tiny-awq", QuantKernelLayers::default())] {
+        check_fast_quant(name, &fixtures_root().join(name), layers);
+    }
+}
+
+/// tiny-awq re-quantized in groups of 64 (which the AWQ kernel takes): its K = 64 layers
+/// (q_a, kv_a, o, the shared expert's gate and up) run the AWQ GEMM, its K = 32 ones (q_b, the
+/// shared expert's down) fall back, and the routed experts run the AWQ MoE with their
+/// intermediate 32 padded to 64 with zero weights.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn fast_options_run_awq_group_64_on_the_awq_kernels() {
+    let tmp = TempDir::new("awq-g64");
+    regroup_awq_64(&fixtures_root().join("tiny-awq"), tmp.path());
+    check_fast_quant("tiny-awq regrouped to 64", tmp.path(), QuantKernelLayers { dense: 8, moe: 1 });
+}
+
+/// Copies the AWQ checkpoint `src` (group 32) to `dst` with group size 64: layers with K = 64
+/// are dequantized and re-quantized (asymmetric 4-bit per column and group of 64, f16 scales);
+/// layers with K = 32 already hold one group and are copied. The config says group_size 64.
+fn regroup_awq_64(src: &Path, dst: &Path) {
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let words = |b: &[u8]| -> Vec<u32> { b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect() };
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let base = name.strip_suffix(".qweight").or_else(|| name.strip_suffix(".qzeros")).or_else(|| name.strip_suffix(".scales"));
+        let regroup = base.is_some_and(|b| st.tensor(&format!("{b}.qweight")).is_ok_and(|q| q.shape()[0] == 64));
+        if !regroup {
+            out.push(t(&name, view.dtype(), view.shape(), view.data().to_vec()));
+            continue;
+        }
+        let Some(b) = name.strip_suffix(".qweight") else { continue };
+        let (k, n) = (64usize, view.shape()[1] * 8);
+        let sc: Vec<f32> = st.tensor(&format!("{b}.scales")).unwrap().data().chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect();
+        let w = dequant_awq(&words(view.data()), &words(st.tensor(&format!("{b}.qzeros")).unwrap().data()), &sc, n, k, 32);
+        let (mut q, mut z, mut s) = (vec![0u8; k * n], vec![0u8; n], vec![half::f16::ZERO; n]);
+        for nn in 0..n {
+            let col = &w[nn * k..(nn + 1) * k];
+            let (lo, hi) = col.iter().fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            s[nn] = half::f16::from_f32(((hi - lo) / 15.0).max(1e-4));
+            let sf = s[nn].to_f32();
+            z[nn] = (-lo / sf).round().clamp(0.0, 15.0) as u8;
+            for kk in 0..k {
+                q[kk * n + nn] = ((col[kk] / sf).round() + f32::from(z[nn])).clamp(0.0, 15.0) as u8;
+            }
+        }
+        let le = |v: Vec<u32>| -> Vec<u8> { v.into_iter().flat_map(u32::to_le_bytes).collect() };
+        out.push(t(&name, safetensors::Dtype::I32, &[k, n / 8], le(awq_pack(&q))));
+        out.push(t(&format!("{b}.qzeros"), safetensors::Dtype::I32, &[1, n / 8], le(awq_pack(&z))));
+        out.push(t(&format!("{b}.scales"), safetensors::Dtype::F16, &[1, n], s.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    write_file(&dst.join("model.safetensors"), &out);
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["quantization_config"]["group_size"] = serde_json::json!(64);
+    std::fs::write(dst.join("config.json"), cfg.to_string()).unwrap();
+    for f in ["reference.json", "reference.safetensors"] {
+        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    }
 }

@@ -30,6 +30,8 @@ use common::gpu::*;
 use dsv3::backend::quant_gemm::{
     self as qg, AwqWeight, Int8Scheme, QuantPlan, QuantTile, SplitKWorkspace,
 };
+use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
+use dsv3::backend::quant_moe::{awq_moe, int8_moe, MoeAwqWeights, MoeInt8Weights};
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
 use dsv3::model::checkpoint::{dequant_awq, dequant_int8_block, dequant_int8_channel};
 use dsv3::ops::int8::{
@@ -653,4 +655,129 @@ proptest! {
         let ids = distinct_ids(&mut r, t, e, topk);
         check_awq_grouped(seed, t, e, topk, n8 * 8, kg * g, g, &ids);
     }
+}
+
+// ---- whole MoE layers (the pipeline shared with the FP8 fused MoE) --------------------------------
+
+/// silu(gate) · up of one row of gate_up [2I].
+fn silu_mul_row(gu: &[f32]) -> Vec<f32> {
+    let i = gu.len() / 2;
+    (0..i).map(|c| gu[c] / (1.0 + (-gu[c]).exp()) * gu[i + c]).collect()
+}
+
+/// `out0 + Σ_k w[t, k] · expert(ids[t, k], t)` rounded to bf16 as the kernels' bf16 output;
+/// ids outside [0, e) are skipped.
+fn moe_reference(out0: &[f32], ids: &[i32], tw: &[f32], t: usize, topk: usize, e: usize, h: usize, expert: impl Fn(usize, usize) -> Vec<f32>) -> Vec<f32> {
+    let mut want = out0.to_vec();
+    for tok in 0..t {
+        for k in 0..topk {
+            let id = ids[tok * topk + k];
+            if id < 0 || id as usize >= e {
+                continue;
+            }
+            let y = expert(id as usize, tok);
+            for c in 0..h {
+                want[tok * h + c] += tw[tok * topk + k] * y[c];
+            }
+        }
+    }
+    want.into_iter().map(bf16r).collect()
+}
+
+/// One routed-expert layer on `int8_moe` against the reference: x quantized per the scheme,
+/// gate_up rounded to bf16 (the GEMM's output), SiLU·mul, quantized again, down (bf16), the
+/// weighted sum. Tolerance 2e-2, as the FP8 fused MoE's: bf16 outputs (2^-9) plus the codes of h
+/// that the GPU's expf may move by one step.
+fn check_int8_moe(seed: u64, scheme: Int8Scheme, x_f32: bool, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
+    let mut r = rng(seed);
+    let x: Vec<f32> = rand_vec(&mut r, t * h, 2.0).into_iter().map(bf16r).collect();
+    let tw: Vec<f32> = (0..t * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
+    let out0: Vec<f32> = rand_vec(&mut r, t * h, 1.0).into_iter().map(bf16r).collect();
+    let w13: Vec<QW> = (0..e).map(|_| int8_weight(&mut r, scheme, 2 * inter, h)).collect();
+    let w2: Vec<QW> = (0..e).map(|_| int8_weight(&mut r, scheme, h, inter)).collect();
+    let qx = quant_act(scheme, &x, t, h);
+    let want = moe_reference(&out0, ids, &tw, t, topk, e, h, |ex, tok| {
+        let gu: Vec<f32> = matmul_nt(&qx.deq[tok * h..(tok + 1) * h], &w13[ex].deq, 1, 2 * inter, h).into_iter().map(bf16r).collect();
+        let qh = quant_act(scheme, &silu_mul_row(&gu), 1, inter);
+        matmul_nt(&qh.deq, &w2[ex].deq, 1, h, inter).into_iter().map(bf16r).collect()
+    });
+    let codes = |ws: &[QW]| ws.iter().flat_map(|q| q.codes.iter().copied()).collect::<Vec<i8>>();
+    let scales = |ws: &[QW]| ws.iter().flat_map(|q| q.scales.iter().copied()).collect::<Vec<f32>>();
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        let (d13, d13s) = (up_i8(s, &[e, 2 * inter, h], &codes(&w13)), up_f32(s, &[e * scheme.w_scales_len(2 * inter, h)], &scales(&w13)));
+        let (d2, d2s) = (up_i8(s, &[e, h, inter], &codes(&w2)), up_f32(s, &[e * scheme.w_scales_len(h, inter)], &scales(&w2)));
+        let w = MoeInt8Weights { scheme, w13: &d13, w13_scale: &d13s, w2: &d2, w2_scale: &d2s };
+        let dx = up(s, &[t, h], &x, if x_f32 { DType::F32 } else { DType::Bf16 });
+        let dids = up_i32(s, &[t, topk], ids);
+        let dtw = up_f32(s, &[t, topk], &tw);
+        let mut wsp = FusedMoeWorkspace::new();
+        // Twice: the split-K workspace must be left zeroed and the buffers reused.
+        for rep in 0..2 {
+            let out = up(s, &[t, h], &out0, DType::Bf16);
+            int8_moe(s, &mut wsp, &out, &dx, &dids, &dtw, &w, 1.0).unwrap();
+            assert_close(&format!("{v} int8_moe {scheme:?} t{t} e{e} topk{topk} h{h} i{inter} run{rep}"), &down(s, &out), &want, 2e-2);
+        }
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn int8_moe_matches_the_reference() {
+    let mut r = rng(41);
+    // Decode-like (1 token, many experts), prefill-like (tiles of 64 / 128), other ranks' ids.
+    let ids = distinct_ids(&mut r, 1, 32, 8);
+    check_int8_moe(41, Int8Scheme::Block, true, 1, 32, 8, 256, 128, &ids);
+    check_int8_moe(42, Int8Scheme::Channel, false, 1, 32, 8, 256, 48, &ids);
+    let ids = distinct_ids(&mut r, 300, 8, 2);
+    check_int8_moe(43, Int8Scheme::Block, false, 300, 8, 2, 160, 256, &ids);
+    check_int8_moe(44, Int8Scheme::Channel, true, 300, 8, 2, 160, 32, &ids);
+    let ids: Vec<i32> = distinct_ids(&mut r, 20, 6, 3).into_iter().map(|id| if id >= 4 { -1 } else { id }).collect();
+    check_int8_moe(45, Int8Scheme::Block, true, 20, 4, 3, 128, 128, &ids);
+}
+
+/// One routed-expert layer on `awq_moe`: bf16 x, gate_up (bf16), SiLU·mul (bf16), down (bf16).
+/// Tolerance 2e-2: bf16 roundings of gate_up, h and y (2^-9 each).
+fn check_awq_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, g: usize, ids: &[i32]) {
+    let mut r = rng(seed);
+    let x: Vec<f32> = rand_vec(&mut r, t * h, 2.0).into_iter().map(bf16r).collect();
+    let tw: Vec<f32> = (0..t * topk).map(|_| r.gen_range(0.1f32..1.0)).collect();
+    let out0: Vec<f32> = rand_vec(&mut r, t * h, 1.0).into_iter().map(bf16r).collect();
+    let w13 = awq_weights(&mut r, e, 2 * inter, h, g);
+    let w2 = awq_weights(&mut r, e, h, inter, g);
+    let want = moe_reference(&out0, ids, &tw, t, topk, e, h, |ex, tok| {
+        let gu: Vec<f32> = matmul_nt(&x[tok * h..(tok + 1) * h], &w13.deq[ex], 1, 2 * inter, h).into_iter().map(bf16r).collect();
+        let hv: Vec<f32> = silu_mul_row(&gu).into_iter().map(bf16r).collect();
+        matmul_nt(&hv, &w2.deq[ex], 1, h, inter).into_iter().map(bf16r).collect()
+    });
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        let (d13, d2) = (up_awq(s, &w13, e, 2 * inter, h, g), up_awq(s, &w2, e, h, inter, g));
+        let w = MoeAwqWeights { w13: awq_operand(&d13, e, 2 * inter, h, g), w2: awq_operand(&d2, e, h, inter, g) };
+        let dx = up(s, &[t, h], &x, DType::Bf16);
+        let dids = up_i32(s, &[t, topk], ids);
+        let dtw = up_f32(s, &[t, topk], &tw);
+        let mut wsp = FusedMoeWorkspace::new();
+        for rep in 0..2 {
+            let out = up(s, &[t, h], &out0, DType::Bf16);
+            awq_moe(s, &mut wsp, &out, &dx, &dids, &dtw, &w, 1.0).unwrap();
+            assert_close(&format!("{v} awq_moe g{g} t{t} e{e} topk{topk} h{h} i{inter} run{rep}"), &down(s, &out), &want, 2e-2);
+        }
+    }
+}
+
+fn awq_operand(d: &AwqDev, e: usize, n: usize, k: usize, g: usize) -> AwqWeight<'_> {
+    AwqWeight { qweight: &d.qweight, qzeros: &d.qzeros, scales: &d.scales, experts: e, n, k, group: g }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn awq_moe_matches_the_reference() {
+    let mut r = rng(51);
+    let ids = distinct_ids(&mut r, 1, 32, 8);
+    check_awq_moe(51, 1, 32, 8, 256, 128, 128, &ids);
+    let ids = distinct_ids(&mut r, 300, 8, 2);
+    check_awq_moe(52, 300, 8, 2, 128, 64, 64, &ids);
+    let ids: Vec<i32> = distinct_ids(&mut r, 20, 6, 3).into_iter().map(|id| if id >= 4 { -1 } else { id }).collect();
+    check_awq_moe(53, 20, 4, 3, 192, 64, 64, &ids);
 }

@@ -112,3 +112,48 @@ fn fp8_emulation_matches_the_quantized_activation_reference() {
     println!("fp8 emulation vs quantized-activation reference: rel error {err:.2e}");
     assert!(err <= 1e-4, "rel error {err:.3e}");
 }
+
+/// Under INT8 emulation a linear layer equals the plain layer on the input quantized and
+/// dequantized as the INT8 kernels do (per token and 128-channel group, or per token).
+#[test]
+fn int8_activation_emulation_quantizes_linear_inputs_as_the_kernels() {
+    use dsv3::ops::int8::{dequant_act_int8, quantize_act_int8_per_token, quantize_act_int8_per_token_group};
+    use dsv3::ops::linear::linear;
+    use dsv3::ops::moe::{linear_act, ActQuant};
+    use dsv3::Tensor;
+    let (rows, k, n) = (3, 300, 17);
+    let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * (1 + i % 5) as f32).collect();
+    let w = Tensor::new(vec![n, k], (0..n * k).map(|i| (i * 104729 % 997) as f32 / 997.0 - 0.5).collect()).unwrap();
+    let (q, s) = quantize_act_int8_per_token_group(&x, rows, k, 128);
+    let group = linear(&Tensor::new(vec![rows, k], dequant_act_int8(&q, &s, rows, k, 128)).unwrap(), &w);
+    let (q, s) = quantize_act_int8_per_token(&x, rows, k);
+    let token = linear(&Tensor::new(vec![rows, k], dequant_act_int8(&q, &s, rows, k, k)).unwrap(), &w);
+    assert_eq!(linear_act(&x, &w, ActQuant::Int8Group128), group.data());
+    assert_eq!(linear_act(&x, &w, ActQuant::Int8Token), token.data());
+    assert_ne!(group.data(), token.data());
+    assert_ne!(linear_act(&x, &w, ActQuant::Int8Token), linear_act(&x, &w, ActQuant::None));
+}
+
+/// `emulate_int8_activations` quantizes the INT8 checkpoints' linear inputs (a small change of
+/// the logits: 127 levels per group or token) and leaves other formats alone.
+#[test]
+fn int8_emulation_applies_to_int8_checkpoints_only() {
+    let logits = |dir: &std::path::Path, int8: bool| {
+        let r = reference(dir);
+        let m = CpuModel::load(dir, CpuOptions { emulate_int8_activations: int8, ..Default::default() }).unwrap();
+        (m.forward(&r.prompt, &mut m.new_cache().unwrap()).unwrap().into_data(), r.logits)
+    };
+    for name in ["tiny-int8-block", "tiny-int8-channel"] {
+        let dir = common::fixtures_root().join(name);
+        let ((plain, want), (emulated, _)) = (logits(&dir, false), logits(&dir, true));
+        let (err_plain, err) = (rel_error(&plain, &want), rel_error(&emulated, &want));
+        println!("{name}: int8-emulated rel error vs unquantized reference {err:.2e} (plain {err_plain:.2e})");
+        assert!(emulated.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+        assert!(rel_error(&emulated, &plain) > 1e-6, "{name}: emulation had no effect");
+        assert!(err <= 5e-2, "{name}: int8-emulated rel error {err:.3e}");
+    }
+    for name in ["tiny-bf16", "tiny-awq"] {
+        let dir = common::fixtures_root().join(name);
+        assert_eq!(logits(&dir, true).0, logits(&dir, false).0, "{name}: INT8 emulation changed a non-INT8 checkpoint");
+    }
+}

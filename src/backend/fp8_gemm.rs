@@ -21,6 +21,7 @@
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of, clippy::manual_checked_ops)]
 
 use super::memory::DeviceTensor;
+use super::moe_driver::{run_experts, slot, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
 use super::types::*;
@@ -421,7 +422,8 @@ impl FusedMoeWorkspace {
     pub fn new() -> Self {
         Self::default()
     }
-    fn buf(&mut self, s: &dyn GpuStream, slot: usize, dtype: DType, n: usize) -> Result<u64> {
+    /// Slot `slot`'s buffer of at least `n` elements of `dtype` (its raw address).
+    pub(crate) fn buf(&mut self, s: &dyn GpuStream, slot: usize, dtype: DType, n: usize) -> Result<u64> {
         if self.bufs.len() <= slot {
             self.bufs.resize_with(slot + 1, || None);
         }
@@ -456,82 +458,91 @@ pub fn plan_moe(pairs: usize, experts: usize, hidden: usize, inter: usize, sms: 
 /// Routed experts of one MoE layer, FP8: `out [T, H] bf16 = beta·out + Σ_k topk_weights[t, k] ·
 /// E_{topk_ids[t, k]}(x[t])`. `x` bf16 [T, H]; `topk_ids` i32 [T, topk] (ids outside [0, E) are
 /// skipped); `topk_weights` f32 [T, topk]. `beta = 1` adds into `out` (the residual, or the
-/// shared expert's output).
+/// shared expert's output). The pipeline is [`super::moe_driver::run_experts`]'s.
 pub fn fused_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTensor, x: &DeviceTensor, topk_ids: &DeviceTensor, topk_weights: &DeviceTensor, w: &MoeFp8Weights, beta: f32) -> Result<()> {
-    let (e, h, inter) = w.dims()?;
-    let (t, hx) = rows_cols(x);
-    let (ti, topk) = rows_cols(topk_ids);
-    x.check_dtype(DType::Bf16)?;
-    out.check_dtype(DType::Bf16)?;
-    topk_ids.check_dtype(DType::I32)?;
-    topk_weights.check_dtype(DType::F32)?;
-    if hx != h || ti != t || topk_weights.numel() != t * topk || out.numel() != t * h {
-        return Err(bad(format!("fused_moe: x {:?} out {:?} ids {:?} weights {:?} for hidden {h}", x.shape(), out.shape(), topk_ids.shape(), topk_weights.shape())));
-    }
-    if h % 16 != 0 {
-        return Err(bad(format!("fused_moe: hidden {h} must be a multiple of 16")));
-    }
-    if t == 0 {
-        return Ok(());
-    }
-    let f8 = w.w13.dtype();
-    let p = t * topk;
-    let (mut tile, mut max_tiles, mut gu_plan, mut dn_plan) = plan_moe(p, e, h, inter, DEFAULT_SMS);
-    let force = wsp.force_tile.or_else(|| generic_only(s, w.w13.dtype()).then_some(Fp8Tile::Bm64));
-    if let Some(ft) = force {
-        if ft.bm() != tile.bm() {
-            max_tiles = p.div_ceil(ft.bm()) + e.min(p);
-        }
-        tile = ft;
-        gu_plan.tile = ft;
-        dn_plan.tile = ft;
-    } else {
-        gu_plan = with_wgmma(s, gu_plan);
-        dn_plan = with_wgmma(s, dn_plan);
-        tile = gu_plan.tile;
-    }
-    let bm = tile.bm();
-    let max_rows = max_tiles * bm;
-    let (hg, ig) = (h.div_ceil(128), inter.div_ceil(128));
-    let sorted = wsp.buf(s, 0, DType::I32, max_rows)?;
-    let tile_expert = wsp.buf(s, 1, DType::I32, max_tiles)?;
-    let num_tiles = wsp.buf(s, 2, DType::I32, 1)?;
-    let p2r = wsp.buf(s, 3, DType::I32, p)?;
-    let xq = wsp.buf(s, 4, f8, t * h)?;
-    let xs = wsp.buf(s, 5, DType::F32, t * hg)?;
-    let gate_up = wsp.buf(s, 6, DType::Bf16, max_rows * 2 * inter)?;
-    let hq = wsp.buf(s, 7, f8, max_rows * inter)?;
-    let hs = wsp.buf(s, 8, DType::F32, max_rows * ig)?;
-    let y = wsp.buf(s, 9, DType::Bf16, max_rows * h)?;
+    run_experts(s, wsp, out, x, topk_ids, topk_weights, w, beta)
+}
 
-    // 1. sort pairs by expert, padded to the tile.
-    let mut v = [sorted, tile_expert, num_tiles, p2r, topk_ids.raw(), u32_of(p, "pairs")? as u64, u32_of(e, "experts")? as u64, bm as u64];
-    launch_raw(s, "moe_align_tiles", LaunchCfg::linear(1, 1024).with_shared((2 * e * 4) as u32), &mut v)?;
-    // 2. quantize x per token group.
-    let mut v = [xq, xs, x.raw(), t as u64, h as u64, h as u64, 0, 1, 1e-10f32.to_bits() as u64];
-    launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)?;
-    // 3. gate_up = x[row_ids / topk] · w13[e]ᵀ.
-    launch_gemm(
-        s,
-        &mut wsp.gemm,
-        f8,
-        gu_plan,
-        Operands { out: gate_up, a: xq, a_scales: xs, b: w.w13.raw(), b_scale: w.w13_scale.raw(), row_ids: sorted, tile_expert, num_tiles, m: max_rows, n: 2 * inter, k: h, a_row_div: topk, m_tiles: max_tiles, ws_rows: max_rows },
-    )?;
-    // 4. silu(gate) · up → FP8 (rows of real tiles only).
-    let mut v = [hq, hs, gate_up, max_rows as u64, inter as u64, (2 * inter) as u64, num_tiles, bm as u64, 1e-10f32.to_bits() as u64];
-    launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::linear(u32_of(max_rows, "rows")?, 256), &mut v)?;
-    // 5. y = h · w2[e]ᵀ.
-    launch_gemm(
-        s,
-        &mut wsp.gemm,
-        f8,
-        dn_plan,
-        Operands { out: y, a: hq, a_scales: hs, b: w.w2.raw(), b_scale: w.w2_scale.raw(), row_ids: 0, tile_expert, num_tiles, m: max_rows, n: h, k: inter, a_row_div: 1, m_tiles: max_tiles, ws_rows: max_rows },
-    )?;
-    // 6. out = beta · out + Σ_k w · y[pair_to_row].
-    let mut v = [out.raw(), y, topk_weights.raw(), p2r, t as u64, topk as u64, h as u64, beta.to_bits() as u64];
-    launch_raw(s, "moe_combine_rows_bf16", LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)
+/// FP8 steps of the MoE pipeline: per-token-group e4m3 activations, the block-scaled grouped
+/// GEMMs (BM 64 generic kernel where only that exists, wgmma where enabled).
+impl ExpertGemms for MoeFp8Weights<'_> {
+    type Plan = Fp8Plan;
+
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::Bf16]
+    }
+
+    fn dims(&self) -> Result<(usize, usize, usize)> {
+        let (e, h, i) = MoeFp8Weights::dims(self)?;
+        if h % 16 != 0 {
+            return Err(bad(format!("fused_moe: hidden {h} must be a multiple of 16")));
+        }
+        Ok((e, h, i))
+    }
+
+    fn plan(&self, s: &dyn GpuStream, wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<Fp8Plan>> {
+        let (e, h, inter) = MoeFp8Weights::dims(self)?;
+        let (mut tile, mut max_tiles, mut gu_plan, mut dn_plan) = plan_moe(pairs, e, h, inter, DEFAULT_SMS);
+        let force = wsp.force_tile.or_else(|| generic_only(s, self.w13.dtype()).then_some(Fp8Tile::Bm64));
+        if let Some(ft) = force {
+            if ft.bm() != tile.bm() {
+                max_tiles = pairs.div_ceil(ft.bm()) + e.min(pairs);
+            }
+            tile = ft;
+            gu_plan.tile = ft;
+            dn_plan.tile = ft;
+        } else {
+            gu_plan = with_wgmma(s, gu_plan);
+            dn_plan = with_wgmma(s, dn_plan);
+            tile = gu_plan.tile;
+        }
+        Ok(MoePlan { bm: tile.bm(), max_tiles, gate_up: gu_plan, down: dn_plan })
+    }
+
+    fn input(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
+        let (t, h) = rows_cols(x);
+        let f8 = self.w13.dtype();
+        let xq = wsp.buf(s, slot::X, f8, t * h)?;
+        let xs = wsp.buf(s, slot::X_SCALES, DType::F32, t * h.div_ceil(128))?;
+        let mut v = [xq, xs, x.raw(), t as u64, h as u64, h as u64, 0, 1, 1e-10f32.to_bits() as u64];
+        launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)?;
+        Ok(Operand { data: xq, scales: xs })
+    }
+
+    fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
+        let (_, h, inter) = MoeFp8Weights::dims(self)?;
+        let m = rows.rows();
+        launch_gemm(
+            s,
+            ws,
+            self.w13.dtype(),
+            plan,
+            Operands { out, a: a.data, a_scales: a.scales, b: self.w13.raw(), b_scale: self.w13_scale.raw(), row_ids: rows.sorted, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n: 2 * inter, k: h, a_row_div: rows.topk, m_tiles: rows.max_tiles, ws_rows: m },
+        )
+    }
+
+    fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
+        let (_, _, inter) = MoeFp8Weights::dims(self)?;
+        let f8 = self.w13.dtype();
+        let m = rows.rows();
+        let hq = wsp.buf(s, slot::H, f8, m * inter)?;
+        let hs = wsp.buf(s, slot::H_SCALES, DType::F32, m * inter.div_ceil(128))?;
+        let mut v = [hq, hs, gate_up, m as u64, inter as u64, (2 * inter) as u64, rows.num_tiles, rows.bm as u64, 1e-10f32.to_bits() as u64];
+        launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::linear(u32_of(m, "rows")?, 256), &mut v)?;
+        Ok(Operand { data: hq, scales: hs })
+    }
+
+    fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, h_act: Operand, rows: &SortedRows) -> Result<()> {
+        let (_, h, inter) = MoeFp8Weights::dims(self)?;
+        let m = rows.rows();
+        launch_gemm(
+            s,
+            ws,
+            self.w13.dtype(),
+            plan,
+            Operands { out, a: h_act.data, a_scales: h_act.scales, b: self.w2.raw(), b_scale: self.w2_scale.raw(), row_ids: 0, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n: h, k: inter, a_row_div: 1, m_tiles: rows.max_tiles, ws_rows: m },
+        )
+    }
 }
 
 /// Grouped FP8 GEMM over expert-sorted rows (the building block of [`fused_moe`]): `out` has

@@ -37,7 +37,7 @@ pub use super::fp8_gemm::DEFAULT_SMS;
 pub type SplitKWorkspace = Fp8Workspace;
 
 /// Floor of the activations' absolute maximum (as the CPU reference: `ops::int8::INT8_AMAX_EPS`).
-const EPS: f32 = crate::ops::int8::INT8_AMAX_EPS;
+pub(super) const EPS: f32 = crate::ops::int8::INT8_AMAX_EPS;
 
 fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -75,7 +75,7 @@ impl Int8Scheme {
         }
     }
     /// Quantization name part of the activation kernels.
-    fn quant_tag(self) -> &'static str {
+    pub(super) fn quant_tag(self) -> &'static str {
         match self {
             Int8Scheme::Block => "group128",
             Int8Scheme::Channel => "token",
@@ -205,20 +205,20 @@ pub fn plan_grouped(
 }
 
 /// Operands of one tiled launch (raw addresses; 0 = null).
-struct Tiled {
-    name: String,
-    smem: u32,
-    n: usize,
-    k_tiles: usize,
-    m_tiles: usize,
-    ws_rows: usize,
+pub(super) struct Tiled {
+    pub(super) name: String,
+    pub(super) smem: u32,
+    pub(super) n: usize,
+    pub(super) k_tiles: usize,
+    pub(super) m_tiles: usize,
+    pub(super) ws_rows: usize,
     /// Arguments before `ws` (out, a, ...), and after `num_tiles` (m, n, k, ...), without `splits`.
-    head: Vec<u64>,
-    rows: [u64; 3],
-    tail: Vec<u64>,
+    pub(super) head: Vec<u64>,
+    pub(super) rows: [u64; 3],
+    pub(super) tail: Vec<u64>,
 }
 
-fn launch_tiled(
+pub(super) fn launch_tiled(
     s: &dyn GpuStream,
     ws: &mut SplitKWorkspace,
     plan: QuantPlan,
@@ -621,7 +621,7 @@ pub struct AwqWeight<'a> {
 }
 
 impl AwqWeight<'_> {
-    fn check(&self) -> Result<()> {
+    pub(super) fn check(&self) -> Result<()> {
         let (e, n, k, g) = (self.experts, self.n, self.k, self.group);
         if !matches!(g, 64 | 128) || k % g != 0 || n % 8 != 0 || e == 0 {
             return Err(bad(format!("awq: group {g} (64 or 128), K {k} (a multiple of it), N {n} (a multiple of 8), {e} expert(s)")));
@@ -644,11 +644,11 @@ impl AwqWeight<'_> {
     }
 }
 
-fn awq_tiled(
+pub(super) fn awq_tiled(
     s: &dyn GpuStream,
     plan: QuantPlan,
-    out: &DeviceTensor,
-    a: &DeviceTensor,
+    out: u64,
+    a: u64,
     w: &AwqWeight,
     m_tiles: usize,
     m: usize,
@@ -663,8 +663,8 @@ fn awq_tiled(
         m_tiles,
         ws_rows: m,
         head: vec![
-            out.raw(),
-            a.raw(),
+            out,
+            a,
             w.qweight.raw(),
             w.qzeros.raw(),
             w.scales.raw(),
@@ -706,8 +706,8 @@ pub fn awq_gemm_with(
     let t = awq_tiled(
         s,
         plan,
-        out,
-        a,
+        out.raw(),
+        a.raw(),
         w,
         m.div_ceil(plan.tile.bm()),
         m,
@@ -761,8 +761,8 @@ pub fn awq_grouped_gemm(
     let t = awq_tiled(
         s,
         plan,
-        out,
-        a,
+        out.raw(),
+        a.raw(),
         w,
         rows.max_tiles,
         max_rows,

@@ -608,7 +608,7 @@ impl Checkpoint {
 
     /// How an int8 `[n, k]` weight is scaled: `(scale name, Some(block))` for block INT8,
     /// `(scale name, None)` for channel INT8; checked against the declared quantization.
-    fn int8_layout(&self, name: &str, shape: &[usize]) -> Result<(String, Option<(usize, usize)>)> {
+    pub(crate) fn int8_layout(&self, name: &str, shape: &[usize]) -> Result<(String, Option<(usize, usize)>)> {
         let &[n, k] = shape else {
             return Err(tensor_err(name, format!("dtype I8 with shape {shape:?}; only 2-D int8 weights with a scale are supported")));
         };
@@ -698,7 +698,7 @@ impl Checkpoint {
     /// Checks the AWQ layer `base` (`qweight` [K, N/8], `qzeros` [K/G, N/8], `scales` [K/G, N])
     /// for a Linear weight `[n, k]`; returns G.
     #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
-    fn awq_layout(&self, base: &str, n: usize, k: usize) -> Result<usize> {
+    pub(crate) fn awq_layout(&self, base: &str, n: usize, k: usize) -> Result<usize> {
         let qw_name = format!("{base}.qweight");
         let qz_name = format!("{base}.qzeros");
         let sc_name = format!("{base}.scales");

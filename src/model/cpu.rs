@@ -5,14 +5,14 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::cache::{LatentCache, LatentStore};
-use crate::model::checkpoint::Checkpoint;
+use crate::model::checkpoint::{Checkpoint, WeightFormat};
 use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
 use crate::model::weights::{AttentionWeights, FfnWeights, LayerWeights, ModelWeights, QProj};
 use crate::ops::attention::{mla_absorbed, mla_naive, MlaDims};
 use crate::ops::embedding::embed;
 use crate::ops::linear::linear_into;
-use crate::ops::moe::linear_act;
+use crate::ops::moe::{linear_act, ActQuant};
 use crate::ops::norm::{rms_norm, rms_norm_inplace};
 use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
@@ -32,7 +32,23 @@ pub struct CpuOptions {
     /// Quantize and dequantize the inputs of the FP8 GEMMs per token per 128 channels, as the GPU
     /// kernels do, so that op-level comparisons with them can be tight. Off by default.
     pub emulate_fp8_activations: bool,
+    /// For INT8 checkpoints: quantize the inputs of the linear layers as the INT8 GEMMs do (per
+    /// token and 128-channel group for block INT8, per token for channel INT8; codes and scales
+    /// bit-identical to the kernels'). Wins over `emulate_fp8_activations` there; ignored for
+    /// other formats. Off by default.
+    pub emulate_int8_activations: bool,
     pub attention: AttentionPath,
+}
+
+impl CpuOptions {
+    /// The activation quantization that the linear layers emulate for weights of `format`.
+    pub fn act_quant(&self, format: WeightFormat) -> ActQuant {
+        match format {
+            WeightFormat::Int8Block { .. } if self.emulate_int8_activations => ActQuant::Int8Group128,
+            WeightFormat::Int8Channel if self.emulate_int8_activations => ActQuant::Int8Token,
+            _ => ActQuant::from(self.emulate_fp8_activations),
+        }
+    }
 }
 
 pub struct CpuModel {
@@ -40,6 +56,8 @@ pub struct CpuModel {
     weights: ModelWeights,
     rope: YarnRope,
     opts: CpuOptions,
+    /// What the linear layers' inputs go through ([`CpuOptions::act_quant`]).
+    act: ActQuant,
 }
 
 impl CpuModel {
@@ -47,14 +65,18 @@ impl CpuModel {
     pub fn load(dir: &Path, opts: CpuOptions) -> Result<CpuModel> {
         let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
         let ckpt = Checkpoint::open(dir)?;
-        ckpt.check_against(&cfg)?;
+        let format = ckpt.check_against(&cfg)?;
         let weights = ModelWeights::load(&ckpt, &cfg)?;
-        Ok(CpuModel::new(cfg, weights, opts))
+        let mut model = CpuModel::new(cfg, weights, opts);
+        model.act = opts.act_quant(format);
+        Ok(model)
     }
 
+    /// A model over `weights`; INT8 emulation needs the checkpoint's format: see [`Self::load`].
     pub fn new(cfg: ModelConfig, weights: ModelWeights, opts: CpuOptions) -> CpuModel {
         let rope = YarnRope::new(&cfg);
-        CpuModel { cfg, weights, rope, opts }
+        let act = ActQuant::from(opts.emulate_fp8_activations);
+        CpuModel { cfg, weights, rope, opts, act }
     }
 
     fn dims(&self) -> MlaDims {
@@ -104,18 +126,18 @@ impl CpuModel {
     /// rows to layer `layer` of the cache.
     fn attention<C: LatentStore>(&self, w: &AttentionWeights, x: &[f32], cache: &mut C, layer: usize, start: usize) -> Vec<f32> {
         let d = self.dims();
-        let fp8 = self.opts.emulate_fp8_activations;
+        let act = self.act;
         let eps = self.cfg.rms_norm_eps;
         let t_len = x.len() / self.cfg.hidden_size;
         let mut q = match &w.q {
             QProj::LowRank { q_a, q_a_norm, q_b } => {
-                let mut c_q = linear_act(x, q_a, fp8);
+                let mut c_q = linear_act(x, q_a, act);
                 rms_norm_inplace(&mut c_q, q_a_norm, eps);
-                linear_act(&c_q, q_b, fp8)
+                linear_act(&c_q, q_b, act)
             }
-            QProj::Direct { q } => linear_act(x, q, fp8),
+            QProj::Direct { q } => linear_act(x, q, act),
         };
-        let mut kv = linear_act(x, &w.kv_a, fp8);
+        let mut kv = linear_act(x, &w.kv_a, act);
         for t in 0..t_len {
             let pos = start + t;
             let row = &mut kv[t * d.latent()..(t + 1) * d.latent()];
@@ -135,14 +157,14 @@ impl CpuModel {
         };
         let mla = if absorbed { mla_absorbed } else { mla_naive };
         let o = mla(&q, &cache.rows(layer), w.kv_b.data(), &d, start, scale);
-        linear_act(&o, &w.o, fp8)
+        linear_act(&o, &w.o, act)
     }
 
     fn ffn(&self, layer: &LayerWeights, x: &[f32]) -> Vec<f32> {
-        let fp8 = self.opts.emulate_fp8_activations;
+        let act = self.act;
         match &layer.ffn {
-            FfnWeights::Dense(mlp) => mlp.forward(x, fp8),
-            FfnWeights::Moe(moe) => moe.forward(x, fp8),
+            FfnWeights::Dense(mlp) => mlp.forward(x, act),
+            FfnWeights::Moe(moe) => moe.forward(x, act),
         }
     }
 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::ops::activation::silu_mul;
 use crate::ops::fp8::fake_quant_act_per_token_group;
+use crate::ops::int8::{dequant_act_int8, quantize_act_int8_per_token, quantize_act_int8_per_token_group};
 use crate::ops::linear::linear_into;
 use crate::ops::routing::{route_noaux_tc, RoutingParams};
 use crate::tensor::Tensor;
@@ -15,23 +16,61 @@ use crate::tensor::Tensor;
 /// FP8 activation group size (per token, per 128 channels), as DeepSeek-V3's GEMMs quantize.
 pub const ACT_QUANT_GROUP: usize = 128;
 
-/// `x` [rows, k] as a linear layer's FP8 kernels would see it: quantized and dequantized per token
-/// group when `emulate_fp8` is set, untouched otherwise.
-pub fn act_input(x: &[f32], k: usize, emulate_fp8: bool) -> Cow<'_, [f32]> {
-    if !emulate_fp8 {
-        return Cow::Borrowed(x);
-    }
-    let mut q = x.to_vec();
-    fake_quant_act_per_token_group(&mut q, x.len() / k, k, ACT_QUANT_GROUP);
-    Cow::Owned(q)
+/// How a linear layer's GPU kernel quantizes its input activations, emulated on the CPU so that
+/// comparisons with the kernels can be tight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ActQuant {
+    /// f32 activations, untouched.
+    #[default]
+    None,
+    /// float8 e4m3 per token and 128-channel group (the FP8 block GEMMs).
+    Fp8Group128,
+    /// int8 per token and 128-channel group (block INT8 GEMMs).
+    Int8Group128,
+    /// int8 per token (channel INT8 GEMMs, `w8a8_int8`).
+    Int8Token,
 }
 
-/// `y = x · wᵀ` with optional FP8 activation emulation; `x` [rows, in], `w` [out, in].
-pub fn linear_act(x: &[f32], w: &Tensor, emulate_fp8: bool) -> Vec<f32> {
+/// `true`: FP8 emulation (the meaning of the former `emulate_fp8: bool` argument).
+impl From<bool> for ActQuant {
+    fn from(emulate_fp8: bool) -> Self {
+        if emulate_fp8 {
+            ActQuant::Fp8Group128
+        } else {
+            ActQuant::None
+        }
+    }
+}
+
+/// `x` [rows, k] as a linear layer's kernel would see it: quantized and dequantized as `act`
+/// says (codes and scales as the GPU kernels make them), untouched for [`ActQuant::None`].
+pub fn act_input(x: &[f32], k: usize, act: impl Into<ActQuant>) -> Cow<'_, [f32]> {
+    let rows = x.len() / k.max(1);
+    match act.into() {
+        ActQuant::None => Cow::Borrowed(x),
+        ActQuant::Fp8Group128 => {
+            let mut q = x.to_vec();
+            fake_quant_act_per_token_group(&mut q, rows, k, ACT_QUANT_GROUP);
+            Cow::Owned(q)
+        }
+        ActQuant::Int8Group128 => {
+            let (q, s) = quantize_act_int8_per_token_group(x, rows, k, ACT_QUANT_GROUP);
+            Cow::Owned(dequant_act_int8(&q, &s, rows, k, ACT_QUANT_GROUP))
+        }
+        ActQuant::Int8Token => {
+            let (q, s) = quantize_act_int8_per_token(x, rows, k);
+            Cow::Owned(dequant_act_int8(&q, &s, rows, k, k.max(1)))
+        }
+    }
+}
+
+/// `y = x · wᵀ` with optional activation emulation ([`ActQuant`]; `true` / `false`: FP8 or
+/// none); `x` [rows, in], `w` [out, in].
+pub fn linear_act(x: &[f32], w: &Tensor, act: impl Into<ActQuant>) -> Vec<f32> {
     let k = w.shape()[1];
     let rows = x.len() / k;
     let mut out = vec![0f32; rows * w.shape()[0]];
-    linear_into(&act_input(x, k, emulate_fp8), w.data(), k, &mut out);
+    linear_into(&act_input(x, k, act), w.data(), k, &mut out);
     out
 }
 
@@ -49,14 +88,15 @@ impl MlpWeights {
     }
 
     /// `x` [rows, hidden] → [rows, hidden].
-    pub fn forward(&self, x: &[f32], emulate_fp8: bool) -> Vec<f32> {
+    pub fn forward(&self, x: &[f32], act: impl Into<ActQuant>) -> Vec<f32> {
+        let act = act.into();
         let hidden = self.gate.shape()[1];
-        let xin = act_input(x, hidden, emulate_fp8);
-        let g = linear_act(&xin, &self.gate, false);
-        let u = linear_act(&xin, &self.up, false);
+        let xin = act_input(x, hidden, act);
+        let g = linear_act(&xin, &self.gate, ActQuant::None);
+        let u = linear_act(&xin, &self.up, ActQuant::None);
         let mut h = vec![0f32; g.len()];
         silu_mul(&g, &u, &mut h);
-        linear_act(&h, &self.down, emulate_fp8)
+        linear_act(&h, &self.down, act)
     }
 }
 
@@ -86,7 +126,8 @@ pub fn route_tokens(x: &[f32], moe: &MoeWeights) -> Vec<(Vec<usize>, Vec<f32>)> 
 
 impl MoeWeights {
     /// `x` [rows, hidden] → [rows, hidden].
-    pub fn forward(&self, x: &[f32], emulate_fp8: bool) -> Vec<f32> {
+    pub fn forward(&self, x: &[f32], act: impl Into<ActQuant>) -> Vec<f32> {
+        let act = act.into();
         let hidden = self.router.shape()[1];
         let rows = x.len() / hidden;
         let routes = route_tokens(x, self);
@@ -104,11 +145,11 @@ impl MoeWeights {
             .map(|(e, toks)| {
                 let gathered: Vec<f32> =
                     toks.iter().flat_map(|&(t, _)| x[t * hidden..(t + 1) * hidden].iter().copied()).collect();
-                (e, self.experts[e].forward(&gathered, emulate_fp8))
+                (e, self.experts[e].forward(&gathered, act))
             })
             .collect();
         let mut out = match &self.shared {
-            Some(shared) => shared.forward(x, emulate_fp8),
+            Some(shared) => shared.forward(x, act),
             None => vec![0f32; rows * hidden],
         };
         for (e, y) in partials {

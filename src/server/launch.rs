@@ -175,7 +175,7 @@ mod tests {
             assert_eq!(check(&LaunchFlags { kv_cache_dtype: fp8.into(), ..Default::default() }), Ok(()), "{fp8}");
         }
         assert_eq!(GpuOptions::fast_fp8_cache().kv_cache, KvCacheDtype::Fp8E4m3);
-        assert!(GpuOptions::fast_fp8_cache().fp8_kernels);
+        assert!(GpuOptions::fast_fp8_cache().quant_kernels);
         let e = err(LaunchFlags { kv_cache_dtype: "fp8_e5m2".into(), ..Default::default() });
         assert!(e.contains("--kv-cache-dtype fp8_e5m2") && e.contains("fp8_e4m3"), "{e}");
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node serving is not implemented"));

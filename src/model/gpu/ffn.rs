@@ -11,15 +11,19 @@ use crate::error::{Error, Result};
 use crate::ops::fp8::ACT_AMAX_EPS;
 
 impl GpuModel {
-    /// y [rows, N] f32 = x [rows, K] f32 · Wᵀ. With [`super::GpuOptions::fp8_kernels`], float8
-    /// weights run the FP8 tensor-core GEMM on x quantized per token and 128-channel group, and
-    /// bf16 weights the vendor BLAS on x in bf16; otherwise the simple GEMM on f32 x.
+    /// y [rows, N] f32 = x [rows, K] f32 · Wᵀ. With [`super::GpuOptions::quant_kernels`], float8
+    /// weights run the FP8 tensor-core GEMM on x quantized per token and 128-channel group, bf16
+    /// weights the vendor BLAS on x in bf16, and INT8 / AWQ weights loaded for their kernels
+    /// those (`super::quant`); otherwise the simple GEMM on f32 x.
     pub(super) fn linear(&self, x: &DeviceTensor, w: &Linear) -> Result<DeviceTensor> {
+        if let Some(y) = self.quant_linear(x, w)? {
+            return Ok(y);
+        }
         let s = self.s();
         let (rows, k) = (x.numel() / x.shape().last().copied().unwrap_or(1), x.shape().last().copied().unwrap_or(1));
         let y = self.empty(&[rows, w.n])?;
         match (&w.scale, w.w.dtype()) {
-            (Some(scale), DevDType::E4m3fn) if self.opts.fp8_kernels && k % 16 == 0 => {
+            (Some(scale), DevDType::E4m3fn) if self.opts.quant_kernels && k % 16 == 0 => {
                 let q = self.empty_as(DevDType::E4m3fn, &[rows, k])?;
                 let q_scales = self.empty(&[rows, k.div_ceil(128)])?;
                 dispatch::fp8_quant_group128(s, &q, &q_scales, x, ACT_AMAX_EPS)?;
@@ -27,7 +31,7 @@ impl GpuModel {
                 fp8_gemm_ws(s, &mut *lock(&self.fp8_ws)?, &yb, &q, &q_scales, &w.w, scale)?;
                 dispatch::cast(s, &y, &yb)?;
             }
-            (None, DevDType::Bf16) if self.opts.fp8_kernels && s.has_blas() => {
+            (None, DevDType::Bf16) if self.opts.quant_kernels && s.has_blas() => {
                 dispatch::linear(s, &y, &self.cast_to(x, DevDType::Bf16)?, &w.w, None)?;
             }
             _ => dispatch::linear(s, &y, x, &w.w, w.scale.as_ref())?,
@@ -74,9 +78,15 @@ impl GpuModel {
             }
         };
         self.mark("moe.shared")?;
+        if let Experts::Quant { w13, down } = &m.experts {
+            // Loaded only with every expert local (ids are global) and the fast options.
+            let y = self.quant_moe(x, &out, &ids, &weights, w13, down)?;
+            self.mark("moe.experts")?;
+            return Ok(y);
+        }
         // The fused MoE indexes its weights by global expert id: every expert must be local.
         let all_local = m.local_experts.len() == m.n_experts;
-        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.fp8_kernels && all_local) {
+        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.quant_kernels && all_local) {
             let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
             self.mark("moe.experts")?;
             return Ok(y);
@@ -99,6 +109,7 @@ impl GpuModel {
         };
         let (h, down) = match &m.experts {
             Experts::Split { gate, up, down } => (self.silu_mul(&grouped(&rows, gate)?, &grouped(&rows, up)?)?, down),
+            Experts::Quant { .. } => return Err(Error::InvalidArgument("quantized experts reached the reference grouped GEMM".into())),
             Experts::Fused { w13, down } => {
                 let gate_up = grouped(&rows, w13)?;
                 let h = self.empty(&[t * k, m.inter])?;
@@ -127,6 +138,6 @@ impl GpuModel {
 }
 
 /// A workspace of the model's stream (one forward at a time uses it).
-fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
     m.lock().map_err(|_| Error::InvalidArgument("a forward on this model panicked while holding its GEMM workspace".into()))
 }

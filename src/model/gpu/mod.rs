@@ -1,9 +1,9 @@
 //! DeepSeek-V3 forward pass on a GPU stream (CUDA or HIP), assembled from the generated kernels
 //! in their first, simple form (`backend::dispatch`). Activations are f32; weights stay in their
-//! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales),
-//! f16 and f32 weights are used as f32. The latent KV cache is paged: per layer
-//! [pages, page_size, kv_lora + rope] f32 or bf16, or [pages, 64, 656] bytes of fp8 e4m3 rows
-//! ([`PagePool`], [`KvCacheDtype`]).
+//! checkpoint format where a kernel reads it (bf16, or float8 e4m3fn with 128×128 block scales,
+//! and with the fast options INT8 and repacked AWQ, see `quant`), f16 and f32 weights are used
+//! as f32. The latent KV cache is paged: per layer [pages, page_size, kv_lora + rope] f32 or
+//! bf16, or [pages, 64, 656] bytes of fp8 e4m3 rows ([`PagePool`], [`KvCacheDtype`]).
 //!
 //! One forward ([`GpuModel::forward_batch`]) runs a batch of sequences: the new tokens of every
 //! sequence concatenated, each token tagged with its sequence and position, each sequence with
@@ -25,6 +25,8 @@ mod ffn;
 mod forward;
 mod graph;
 mod pool;
+mod quant;
+mod quant_host;
 mod random;
 mod step;
 #[cfg(feature = "cuda")]
@@ -34,6 +36,7 @@ mod weights;
 pub use graph::DecodeGraph;
 pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
+pub use quant::QuantKernelLayers;
 pub use step::{BatchSeq, LogitRows};
 #[cfg(feature = "cuda")]
 pub use tp::{TpCache, TpDecodeGraph, TpModel};
@@ -53,6 +56,7 @@ use crate::backend::mla::{self, MlaCacheDtype, MlaDecodePlan};
 use forward::{run_ranks, AttnPart, RankStep};
 use step::{pack_step, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
+
 
 /// Positions per cache page.
 pub const PAGE_SIZE: usize = 64;
@@ -158,21 +162,25 @@ pub struct GpuOptions {
     /// The latent cache's format: f32, bf16 (which the MLA decode kernels read) or fp8 e4m3.
     pub kv_cache: KvCacheDtype,
     /// float8 weights through the FP8 tensor-core GEMMs and the fused MoE, activations quantized
-    /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS.
-    /// Off: the simple GEMM on f32 activations and the float8 weights' exact values.
-    pub fp8_kernels: bool,
+    /// per token and 128-channel group (scale amax/448); bf16 weights through the vendor BLAS;
+    /// INT8 weights (block / channel) through the INT8 GEMMs on int8 activations (per token
+    /// group of 128 / per token) and AWQ weights through the W4A16 GEMM on bf16 activations,
+    /// dense and routed experts alike, where the kernels take the shape (`quant`).
+    /// Off: the simple GEMM on f32 activations, the float8 weights' exact values, INT8 / AWQ
+    /// dequantized to f32.
+    pub quant_kernels: bool,
 }
 
 impl GpuOptions {
     pub fn reference() -> Self {
-        GpuOptions { kv_cache: KvCacheDtype::F32, fp8_kernels: false }
+        GpuOptions { kv_cache: KvCacheDtype::F32, quant_kernels: false }
     }
     pub fn fast() -> Self {
-        GpuOptions { kv_cache: KvCacheDtype::Bf16, fp8_kernels: true }
+        GpuOptions { kv_cache: KvCacheDtype::Bf16, quant_kernels: true }
     }
     /// [`GpuOptions::fast`] over the fp8 e4m3 latent cache (`--kv-cache-dtype fp8_e4m3`).
     pub fn fast_fp8_cache() -> Self {
-        GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, fp8_kernels: true }
+        GpuOptions { kv_cache: KvCacheDtype::Fp8E4m3, quant_kernels: true }
     }
 }
 

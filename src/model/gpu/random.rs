@@ -78,7 +78,7 @@ impl Filler<'_> {
         let w = self.uniform(DevDType::E4m3fn, &[&lead[..], &[n, k]].concat(), -448.0, 448.0)?;
         let scale_shape = [&lead[..], &[n.div_ceil(128), k.div_ceil(128)]].concat();
         let scale = self.constant(DevDType::F32, &scale_shape, 1.0 / (CODE_STD * (k as f32).sqrt()))?;
-        Ok(Linear { w, scale: Some(scale), n })
+        Ok(Linear { w, scale: Some(scale), n, quant: None })
     }
 
     fn mlp(&mut self, h: usize, inter: usize) -> Result<Mlp> {
@@ -112,7 +112,7 @@ impl Filler<'_> {
                 }
             };
             Ffn::Moe(Moe {
-                router: Linear { w: self.scaled(DevDType::F32, &[e, h], h)?, scale: None, n: e },
+                router: Linear { w: self.scaled(DevDType::F32, &[e, h], h)?, scale: None, n: e, quant: None },
                 bias: self.constant(DevDType::F32, &[e], 0.0)?,
                 experts,
                 shared: match cfg.n_shared_experts {
@@ -174,7 +174,7 @@ impl GpuModel {
             tracing::info!("random model: layer {}/{} made on {device}", i + 1, cfg.num_hidden_layers);
         }
         let norm = f.constant(DevDType::F32, &[h], 1.0)?;
-        let lm_head = Linear { w: f.scaled(DevDType::Bf16, &[vocab, h], h)?, scale: None, n: vocab };
+        let lm_head = Linear { w: f.scaled(DevDType::Bf16, &[vocab, h], h)?, scale: None, n: vocab, quant: None };
         let plan = ShardPlan::new(&cfg, Shard::single())?;
         Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head }, plan)
     }

@@ -1,6 +1,8 @@
 //! The model's weights on the device, in the form the kernels read them, and their loading from
 //! a checkpoint.
+#![allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 
+use super::quant::{load_dense, load_experts, QuantLinear};
 use super::GpuOptions;
 use crate::backend::dispatch::RouteParams;
 use crate::backend::{DType as DevDType, DeviceTensor, Fp8E4m3fn, GpuStream};
@@ -14,9 +16,12 @@ use std::ops::Range;
 /// A linear weight [N, K] as the GEMM kernels read it.
 pub(super) struct Linear {
     pub(super) w: DeviceTensor,
-    /// Block scales [ceil(N/128), ceil(K/128)] (or [E, ..] for stacked experts) of float8 weights.
+    /// Block scales [ceil(N/128), ceil(K/128)] (or [E, ..] for stacked experts) of float8 weights;
+    /// the weight scales of INT8 ones.
     pub(super) scale: Option<DeviceTensor>,
     pub(super) n: usize,
+    /// INT8 / AWQ in their kernels' form (then `w` holds the int8 codes or the repacked qweight).
+    pub(super) quant: Option<QuantLinear>,
 }
 
 pub(super) struct Mlp {
@@ -47,6 +52,10 @@ pub(super) enum Experts {
     /// (gate and up then share no scale block): the fused FP8 MoE, or one reference grouped
     /// GEMM for gate and up.
     Fused { w13: Linear, down: Linear },
+    /// INT8 (one scheme) or AWQ experts for the quantized MoE (`super::quant`): concat(gate, up)
+    /// of each expert [E, 2I', H] and down [E, H, I'], I' the intermediate padded with zero
+    /// weights to the kernels' multiple. Every expert is local.
+    Quant { w13: Linear, down: Linear },
 }
 
 // One per layer, built once: the size difference between the variants does not matter.
@@ -56,6 +65,8 @@ pub(super) enum Ffn {
     Moe(Moe),
 }
 
+// One per layer, built once: the size difference between the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum QProj {
     LowRank { q_a: Linear, q_a_norm: DeviceTensor, q_b: Linear },
     Direct(Linear),
@@ -89,7 +100,8 @@ pub(super) fn upload_f32(s: &dyn GpuStream, t: &Tensor) -> Result<DeviceTensor> 
 
 /// Loads linear weights in the form the GEMM reads: one tensor, or several stacked along a
 /// leading expert dimension. float8 weights keep their bits and block scales; bf16 keeps its
-/// bits; anything else (int8 block / channel, AWQ) is dequantized to f32 by `Checkpoint::load_f32`.
+/// bits; anything else (int8 block / channel, AWQ) is dequantized to f32 by `Checkpoint::load_f32`
+/// (the reference options; the fast ones load INT8 / AWQ for their kernels: [`load_part_for`]).
 pub(super) fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String], n: usize, k: usize) -> Result<Linear> {
     load_linear_part(s, ckpt, names, n, k, &TensorSlice::full(n, k))
 }
@@ -149,6 +161,7 @@ pub(super) fn load_linear_part(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[St
             w: DeviceTensor::from_slice(s, &stacked(&[pn, pk]), &bits)?,
             scale: Some(DeviceTensor::from_slice(s, &stacked(&part_scale), &scales)?),
             n: pn,
+            quant: None,
         });
     }
     if dtypes.iter().all(|&d| d == DType::BF16) {
@@ -159,13 +172,13 @@ pub(super) fn load_linear_part(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[St
             let all: Vec<half::bf16> = raw.bytes.chunks_exact(2).map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]]))).collect();
             bits.extend(cut(&all, k, part));
         }
-        return Ok(Linear { w: DeviceTensor::from_slice(s, &stacked(&[pn, pk]), &bits)?, scale: None, n: pn });
+        return Ok(Linear { w: DeviceTensor::from_slice(s, &stacked(&[pn, pk]), &bits)?, scale: None, n: pn, quant: None });
     }
     let mut values = Vec::new();
     for name in names {
         values.extend(cut(ckpt.load_f32(name, &[n, k])?.data(), k, part));
     }
-    Ok(Linear { w: DeviceTensor::from_f32(s, &stacked(&[pn, pk]), &values, DevDType::F32)?, scale: None, n: pn })
+    Ok(Linear { w: DeviceTensor::from_f32(s, &stacked(&[pn, pk]), &values, DevDType::F32)?, scale: None, n: pn, quant: None })
 }
 
 pub(super) fn missing(name: &str) -> Error {
@@ -189,7 +202,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
     let h = cfg.hidden_size;
     let heads = cfg.num_attention_heads;
     let (nope, rope, v, lora) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);
-    let lin = |name: &str, n: usize, k: usize| load_part(s, ckpt, plan, &[format!("{p}.{name}")], n, k);
+    let lin = |name: &str, n: usize, k: usize| load_part_for(s, ckpt, plan, opts, &format!("{p}.{name}"), n, k);
     let vec = |name: &str, n: usize| -> Result<DeviceTensor> { upload_f32(s, &ckpt.load_f32(&format!("{p}.{name}"), &[n])?) };
     let q = match cfg.q_lora_rank {
         Some(r) => QProj::LowRank {
@@ -222,8 +235,22 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let experts = |proj: &str| -> Vec<String> { plan.experts.clone().map(|x| name(x, proj)).collect() };
         let (n_local, inter_local) = (plan.experts.len(), plan.expert_inter.len());
         let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
-        let fused = opts.fp8_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start.is_multiple_of(128) && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
-        let experts = if fused {
+        #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
+        let fused = opts.quant_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
+        // INT8 / AWQ experts for the quantized MoE: fast options, every expert local.
+        let quant = if opts.quant_kernels && n_local == e {
+            let names: Vec<[String; 3]> = plan.experts.clone().map(|x| [name(x, "gate_proj"), name(x, "up_proj"), name(x, "down_proj")]).collect();
+            let first = names.first();
+            match (first.and_then(|x| plan.slice(&x[0], inter, h)), first.and_then(|x| plan.slice(&x[2], h, inter))) {
+                (Some(gate_part), Some(down_part)) => load_experts(s, ckpt, &names, h, inter, &gate_part, &down_part)?,
+                _ => None,
+            }
+        } else {
+            None
+        };
+        let experts = if let Some((w13, down)) = quant {
+            Experts::Quant { w13, down }
+        } else if fused {
             // [gate_0, up_0, gate_1, ...] stacked as [2E, I, H] is [E, 2I, H] (scales likewise).
             let gate_up: Vec<String> = plan.experts.clone().flat_map(|x| [name(x, "gate_proj"), name(x, "up_proj")]).collect();
             let w13 = load_part(s, ckpt, plan, &gate_up, inter, h)?;
@@ -231,6 +258,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
                 w: w13.w.reshape(&[n_local, 2 * inter_local, h])?,
                 scale: w13.scale.map(|sc| sc.reshape(&[n_local, 2 * inter_local / 128, h.div_ceil(128)])).transpose()?,
                 n: 2 * inter_local,
+                quant: None,
             };
             Experts::Fused { w13, down: load_part(s, ckpt, plan, &experts("down_proj"), h, inter)? }
         } else {
@@ -246,7 +274,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
             experts,
             shared: match cfg.n_shared_experts {
                 0 => None,
-                n => Some(load_mlp(s, ckpt, plan, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
+                n => Some(load_mlp(s, ckpt, plan, opts, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
             },
             params: RouteParams {
                 n_group: cfg.n_group,
@@ -260,7 +288,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
             inter: plan.expert_inter.len(),
         })
     } else {
-        Ffn::Dense(load_mlp(s, ckpt, plan, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
+        Ffn::Dense(load_mlp(s, ckpt, plan, opts, &format!("{p}.mlp"), h, cfg.intermediate_size)?)
     };
     Ok(Layer {
         input_norm: vec("input_layernorm.weight", h)?,
@@ -286,14 +314,27 @@ pub(super) fn load_part(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, 
 /// The router stays in f32: its logits decide discrete expert choices.
 pub(super) fn load_linear_f32(s: &dyn GpuStream, ckpt: &Checkpoint, name: &str, n: usize, k: usize) -> Result<Linear> {
     let w = ckpt.load_f32(name, &[n, k])?;
-    Ok(Linear { w: upload_f32(s, &w)?, scale: None, n })
+    Ok(Linear { w: upload_f32(s, &w)?, scale: None, n, quant: None })
 }
 
-pub(super) fn load_mlp(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, prefix: &str, h: usize, inter: usize) -> Result<Mlp> {
-    let one = |proj: &str| vec![format!("{prefix}.{proj}.weight")];
+pub(super) fn load_mlp(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, opts: &GpuOptions, prefix: &str, h: usize, inter: usize) -> Result<Mlp> {
+    let one = |proj: &str| format!("{prefix}.{proj}.weight");
     Ok(Mlp {
-        gate: load_part(s, ckpt, plan, &one("gate_proj"), inter, h)?,
-        up: load_part(s, ckpt, plan, &one("up_proj"), inter, h)?,
-        down: load_part(s, ckpt, plan, &one("down_proj"), h, inter)?,
+        gate: load_part_for(s, ckpt, plan, opts, &one("gate_proj"), inter, h)?,
+        up: load_part_for(s, ckpt, plan, opts, &one("up_proj"), inter, h)?,
+        down: load_part_for(s, ckpt, plan, opts, &one("down_proj"), h, inter)?,
     })
+}
+
+/// [`load_part`] of one [n, k] weight for `opts`: with the fast options, an INT8 / AWQ weight
+/// whose shape (and slice) their kernels take loads in the kernel's form (`super::quant`);
+/// everything else as [`load_linear_part`] loads it.
+pub(super) fn load_part_for(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, opts: &GpuOptions, name: &str, n: usize, k: usize) -> Result<Linear> {
+    if opts.quant_kernels {
+        let part = plan.slice(name, n, k).ok_or_else(|| Error::InvalidArgument(format!("rank {} of {} holds none of {name}", plan.shard.rank, plan.shard.world)))?;
+        if let Some(l) = load_dense(s, ckpt, name, n, k, &part)? {
+            return Ok(l);
+        }
+    }
+    load_part(s, ckpt, plan, &[name.to_string()], n, k)
 }

@@ -1,0 +1,213 @@
+//! Routed experts of one MoE layer on the INT8 and AWQ grouped GEMMs ([`int8_moe`], [`awq_moe`]):
+//! the steps of the shared pipeline ([`super::moe_driver`]) for these formats.
+//!
+//! - INT8 (block or channel): x quantized per token group of 128 (block) or per token (channel)
+//!   by `int8_act_quant`; grouped `int8_gemm` gate_up; `int8_silu_mul_quant` (SiLU·mul fused with
+//!   the down GEMM's quantization); grouped `int8_gemm` down.
+//! - AWQ (W4A16): x as is (bf16); grouped `awq_gemm` gate_up; `silu_mul` to bf16; grouped
+//!   `awq_gemm` down.
+#![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
+
+use super::fp8_gemm::{launch_raw, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
+use super::memory::DeviceTensor;
+use super::moe_driver::{run_experts, slot, ExpertGemms, MoePlan, Operand, SortedRows};
+use super::quant_gemm::{awq_tiled, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantPlan, Tiled, EPS};
+use super::stream::GpuStream;
+use super::types::*;
+use crate::error::{Error, Result};
+
+fn bad(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+fn u32_of(n: usize, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
+}
+
+/// The plans of both grouped GEMMs (same tile: it depends on the pairs and experts only).
+fn plans(pairs: usize, e: usize, h: usize, i: usize, gu_k_tiles: usize, dn_k_tiles: usize) -> MoePlan<QuantPlan> {
+    let (gate_up, max_tiles) = plan_grouped(pairs, e, 2 * i, gu_k_tiles, DEFAULT_SMS);
+    let (down, _) = plan_grouped(pairs, e, h, dn_k_tiles, DEFAULT_SMS);
+    MoePlan { bm: gate_up.tile.bm(), max_tiles, gate_up, down }
+}
+
+/// INT8 expert weights of one MoE layer (all its experts stacked): `w13` i8 [E, 2I, H] = per
+/// expert concat(gate, up) along the output dim, `w2` i8 [E, H, I], with their scales: `Block`
+/// `[E, 2I/128, ⌈H/128⌉]` and `[E, ⌈H/128⌉, ⌈I/128⌉]` (I a multiple of 128, so gate and up share
+/// no scale block: pad I with zero rows / columns otherwise), `Channel` `[E, 2I]` and `[E, H]`.
+/// H and I are multiples of 16 (the GEMMs' K).
+pub struct MoeInt8Weights<'a> {
+    pub scheme: Int8Scheme,
+    pub w13: &'a DeviceTensor,
+    pub w13_scale: &'a DeviceTensor,
+    pub w2: &'a DeviceTensor,
+    pub w2_scale: &'a DeviceTensor,
+}
+
+impl MoeInt8Weights<'_> {
+    /// (experts, hidden, intermediate).
+    pub fn dims(&self) -> Result<(usize, usize, usize)> {
+        let (s13, s2) = (self.w13.shape(), self.w2.shape());
+        if s13.len() != 3 || s2.len() != 3 || s13[1] % 2 != 0 {
+            return Err(bad(format!("int8_moe: w13 {s13:?} w2 {s2:?} must be [E, 2I, H] and [E, H, I]")));
+        }
+        let (e, i, h) = (s13[0], s13[1] / 2, s13[2]);
+        self.w13.check_dtype(DType::I8)?;
+        self.w2.check_dtype(DType::I8)?;
+        self.w13_scale.check_dtype(DType::F32)?;
+        self.w2_scale.check_dtype(DType::F32)?;
+        if s2 != [e, h, i] || h % 16 != 0 || i % 16 != 0 {
+            return Err(bad(format!("int8_moe: w13 {s13:?} w2 {s2:?}: hidden and intermediate must be multiples of 16")));
+        }
+        if self.scheme == Int8Scheme::Block && i % 128 != 0 {
+            return Err(bad(format!("int8_moe: block INT8 intermediate {i} must be a multiple of 128 (gate and up may not share a scale block)")));
+        }
+        let sc = self.scheme;
+        if self.w13_scale.numel() != e * sc.w_scales_len(2 * i, h) || self.w2_scale.numel() != e * sc.w_scales_len(h, i) {
+            return Err(bad(format!("int8_moe ({sc:?}): scales w13 {:?} w2 {:?} for {e} experts, H {h}, I {i}", self.w13_scale.shape(), self.w2_scale.shape())));
+        }
+        Ok((e, h, i))
+    }
+
+    fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Result<()> {
+        let (n, k) = (w.0.shape()[1], w.0.shape()[2]);
+        let m = rows.rows();
+        let t = Tiled {
+            name: format!("int8_gemm_{}_{}", self.scheme.tag(), plan.tile.label()),
+            smem: plan.tile.int8_smem_bytes(s.vendor()),
+            n,
+            k_tiles: k.div_ceil(128),
+            m_tiles: rows.max_tiles,
+            ws_rows: m,
+            head: vec![out, a.data, a.scales, w.0.raw(), w.1.raw()],
+            rows: [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles],
+            tail: vec![u32_of(m, "m")? as u64, u32_of(n, "n")? as u64, u32_of(k, "k")? as u64, if gather { rows.topk as u64 } else { 1 }],
+        };
+        launch_tiled(s, ws, plan, t)
+    }
+}
+
+impl ExpertGemms for MoeInt8Weights<'_> {
+    type Plan = QuantPlan;
+
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::F32, DType::Bf16]
+    }
+
+    fn dims(&self) -> Result<(usize, usize, usize)> {
+        MoeInt8Weights::dims(self)
+    }
+
+    fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
+        let (e, h, i) = MoeInt8Weights::dims(self)?;
+        Ok(plans(pairs, e, h, i, h.div_ceil(128), i.div_ceil(128)))
+    }
+
+    fn input(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
+        let h = *x.shape().last().unwrap_or(&1);
+        let t = x.numel().checked_div(h).unwrap_or(0);
+        let q = wsp.buf(s, slot::X, DType::I8, t * h)?;
+        let sc = wsp.buf(s, slot::X_SCALES, DType::F32, self.scheme.a_scales_len(t, h))?;
+        let mut v = [q, sc, x.raw(), u32_of(t, "rows")? as u64, u32_of(h, "cols")? as u64, h as u64, 0, 1, EPS.to_bits() as u64];
+        launch_raw(s, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), LaunchCfg::linear(u32_of(t, "rows")?, 256), &mut v)?;
+        Ok(Operand { data: q, scales: sc })
+    }
+
+    fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
+        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, true)
+    }
+
+    fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
+        let (_, _, i) = MoeInt8Weights::dims(self)?;
+        let m = rows.rows();
+        let q = wsp.buf(s, slot::H, DType::I8, m * i)?;
+        let sc = wsp.buf(s, slot::H_SCALES, DType::F32, self.scheme.a_scales_len(m, i))?;
+        let mut v = [q, sc, gate_up, u32_of(m, "rows")? as u64, u32_of(i, "cols")? as u64, u32_of(2 * i, "stride")? as u64, rows.num_tiles, rows.bm as u64, EPS.to_bits() as u64];
+        launch_raw(s, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), LaunchCfg::linear(u32_of(m, "rows")?, 256), &mut v)?;
+        Ok(Operand { data: q, scales: sc })
+    }
+
+    fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, h: Operand, rows: &SortedRows) -> Result<()> {
+        self.gemm(s, ws, plan, out, h, (self.w2, self.w2_scale), rows, false)
+    }
+}
+
+/// AWQ expert weights of one MoE layer: `w13` the experts' concat(gate, up) along N (`n` = 2I,
+/// `k` = H), `w2` their down projections (`n` = H, `k` = I), both with `experts` = E.
+pub struct MoeAwqWeights<'a> {
+    pub w13: AwqWeight<'a>,
+    pub w2: AwqWeight<'a>,
+}
+
+impl MoeAwqWeights<'_> {
+    /// (experts, hidden, intermediate).
+    pub fn dims(&self) -> Result<(usize, usize, usize)> {
+        self.w13.check()?;
+        self.w2.check()?;
+        let (e, h, i) = (self.w13.experts, self.w13.k, self.w13.n / 2);
+        if self.w13.n % 2 != 0 || self.w2.experts != e || self.w2.n != h || self.w2.k != i {
+            return Err(bad(format!(
+                "awq_moe: w13 {} × [K {}, N {}] and w2 {} × [K {}, N {}] are not gate_up [H, 2I] and down [I, H]",
+                e, self.w13.k, self.w13.n, self.w2.experts, self.w2.k, self.w2.n
+            )));
+        }
+        Ok((e, h, i))
+    }
+
+    fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: &AwqWeight, rows: &SortedRows, gather: bool) -> Result<()> {
+        let r = [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles];
+        let t = awq_tiled(s, plan, out, a.data, w, rows.max_tiles, rows.rows(), r, if gather { rows.topk } else { 1 })?;
+        launch_tiled(s, ws, plan, t)
+    }
+}
+
+impl ExpertGemms for MoeAwqWeights<'_> {
+    type Plan = QuantPlan;
+
+    fn input_dtypes(&self) -> &'static [DType] {
+        &[DType::Bf16]
+    }
+
+    fn dims(&self) -> Result<(usize, usize, usize)> {
+        MoeAwqWeights::dims(self)
+    }
+
+    fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
+        let (e, h, i) = MoeAwqWeights::dims(self)?;
+        Ok(plans(pairs, e, h, i, h / 64, i / 64))
+    }
+
+    fn input(&self, _s: &dyn GpuStream, _wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
+        Ok(Operand { data: x.raw(), scales: 0 })
+    }
+
+    fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
+        self.gemm(s, ws, plan, out, a, &self.w13, rows, true)
+    }
+
+    fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
+        let (_, _, i) = MoeAwqWeights::dims(self)?;
+        let m = rows.rows();
+        let h = wsp.buf(s, slot::H, DType::Bf16, m * i)?;
+        // silu_mul_bf16(out, gate, up, rows, cols, in_stride): up starts I elements into each row.
+        let mut v = [h, gate_up, gate_up + (i * DType::Bf16.size()) as u64, u32_of(m, "rows")? as u64, u32_of(i, "cols")? as u64, u32_of(2 * i, "stride")? as u64];
+        let blocks = u32_of((m * i).div_ceil(256).clamp(1, 65535), "blocks")?;
+        launch_raw(s, "silu_mul_bf16", LaunchCfg::linear(blocks, 256), &mut v)?;
+        Ok(Operand { data: h, scales: 0 })
+    }
+
+    fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, h: Operand, rows: &SortedRows) -> Result<()> {
+        self.gemm(s, ws, plan, out, h, &self.w2, rows, false)
+    }
+}
+
+/// Routed experts of one MoE layer on the INT8 grouped GEMMs: as [`super::fp8_gemm::fused_moe`]
+/// (`out [T, H] bf16 = beta·out + Σ_k w[t, k] · E_{id[t, k]}(x[t])`), x f32 or bf16.
+pub fn int8_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTensor, x: &DeviceTensor, topk_ids: &DeviceTensor, topk_weights: &DeviceTensor, w: &MoeInt8Weights, beta: f32) -> Result<()> {
+    run_experts(s, wsp, out, x, topk_ids, topk_weights, w, beta)
+}
+
+/// Routed experts of one MoE layer on the AWQ grouped GEMMs (bf16 activations), as [`int8_moe`].
+pub fn awq_moe(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, out: &DeviceTensor, x: &DeviceTensor, topk_ids: &DeviceTensor, topk_weights: &DeviceTensor, w: &MoeAwqWeights, beta: f32) -> Result<()> {
+    run_experts(s, wsp, out, x, topk_ids, topk_weights, w, beta)
+}
