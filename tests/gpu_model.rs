@@ -202,8 +202,12 @@ fn real_mla_one_shot_decode_rows(m: &GpuModel) -> Vec<f32> {
 /// - reference: f32 cache, simple GEMMs — exact to f32 rounding;
 /// - bf16 cache + split-KV decode, simple GEMMs: differs by bf16 rounding of cache rows, W_uk /
 ///   W_uv and the query (≈ 2⁻⁹ each);
-/// - fast: adds the e4m3 activation quantization of every FP8 GEMM (3 mantissa bits: up to 2⁻⁴
-///   relative per element, averaging down over K), so only a loose bound applies there.
+/// - fast: adds the e4m3 activation quantization of every FP8 GEMM input: 3 mantissa bits,
+///   ≈ 3.6 % RMS relative per element against bf16's 0.11 %, on ~10 GEMM inputs per layer, and
+///   random weights propagate that noise undamped (the bf16 view shows ~5× amplification). Only
+///   a smoke bound applies here — a wrong scale block, layout or expert mapping decorrelates the
+///   logits (relative error ≈ √2) — the tight check of the FP8 GEMMs is
+///   `fast_options_track_the_cpu_reference_with_fp8_activations` (same quantization on the CPU).
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn fast_paths_on_real_mla_widths_track_the_reference() {
@@ -215,7 +219,7 @@ fn fast_paths_on_real_mla_widths_track_the_reference() {
     println!("real MLA widths: bf16 cache + split-KV decode vs reference {err_cache:.2e}; fast (fp8 activations) {err_fast:.2e}");
     assert!(want.iter().all(|x| x.is_finite()));
     assert!(err_cache <= 2e-2, "bf16 cache + split-KV decode: rel error {err_cache:.3e}");
-    assert!(err_fast <= 1.5e-1, "fast: rel error {err_fast:.3e}");
+    assert!(err_fast <= 0.4, "fast: rel error {err_fast:.3e}");
 }
 
 // Tolerances of the fp8 e4m3 latent cache against the bf16 cache. A cached latent value x is

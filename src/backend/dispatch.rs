@@ -5,7 +5,7 @@
 
 use super::memory::DeviceTensor;
 use super::registry::{self, KERNELS};
-use super::stream::GpuStream;
+use super::stream::{BlasBatched, GpuStream};
 use super::types::*;
 use crate::error::{Error, Result};
 use std::ffi::c_void;
@@ -327,7 +327,8 @@ impl Batched<'_> {
 }
 
 /// `batch` products c_z[M, N] = a_z[M, K] · b_z[N, K]ᵀ in one launch of the generated GEMM (MLA's
-/// per-head W_uk / W_uv products over strided views of the activations). b is f32 or bf16.
+/// per-head W_uk / W_uv products over strided views of the activations). b is f32 or bf16;
+/// bf16 a and b go through the vendor BLAS where the stream has it.
 pub fn gemm_batched(s: &dyn GpuStream, c: Batched, a: Batched, b: Batched, m: usize, n: usize, k: usize, batch: usize) -> Result<()> {
     if m * n * batch == 0 {
         return Ok(());
@@ -338,6 +339,11 @@ pub fn gemm_batched(s: &dyn GpuStream, c: Batched, a: Batched, b: Batched, m: us
     c.check(batch, m, n, "c")?;
     a.check(batch, m, k.max(1), "a")?;
     b.check(batch, n, k.max(1), "b")?;
+    let bf16_operands = a.view.t.dtype() == DType::Bf16 && b.view.t.dtype() == DType::Bf16;
+    if bf16_operands && matches!(c.view.t.dtype(), DType::F32 | DType::Bf16) && s.has_blas() && k > 0 {
+        let view = |x: &Batched| BlasBatched { ptr: x.view.t.raw() + (x.view.offset * x.view.t.dtype().size()) as u64, ld: x.view.stride, batch_stride: x.batch_stride };
+        return unsafe { s.blas_gemm_bf16_batched(view(&c), view(&a), view(&b), m, n, k, batch, c.view.t.dtype() == DType::F32) };
+    }
     launch_by_name(
         s,
         &format!("gemm_nt_{}_{}_{}", a.view.t.dtype(), b.view.t.dtype(), c.view.t.dtype()),
@@ -369,6 +375,9 @@ pub fn linear(s: &dyn GpuStream, y: &DeviceTensor, x: &DeviceTensor, w: &DeviceT
     let (n, kw) = rows_cols(w);
     if x.dtype() == DType::Bf16 && w.dtype() == DType::Bf16 && matches!(y.dtype(), DType::F32 | DType::Bf16) && s.has_blas() && k == kw && y.numel() == t * n {
         return unsafe { s.blas_gemm_bf16(y.raw(), x.raw(), w.raw(), t, n, k, y.dtype() == DType::F32) };
+    }
+    if [x.dtype(), w.dtype(), y.dtype()] == [DType::F32; 3] && s.has_blas() && k == kw && y.numel() == t * n && t * n * k > 0 {
+        return unsafe { s.blas_gemm_f32(y.raw(), x.raw(), w.raw(), t, n, k) };
     }
     gemm_kernel(s, y, x, w, w_scale, 1.0, 0.0)
 }

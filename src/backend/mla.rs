@@ -261,11 +261,14 @@ pub struct MlaDecodeMeta {
 
 impl MlaDecodeMeta {
     pub fn new(s: &dyn GpuStream, plan: MlaDecodePlan) -> Result<Self> {
+        // With one part every sequence lies wholly inside it, so the split kernel writes straight
+        // to out and the workspace is never touched (a prefill's s_q·H rows would make it GBs).
+        let slots = if plan.num_parts == 1 { 0 } else { plan.slots() };
         Ok(MlaDecodeMeta {
             plan,
             meta: DeviceTensor::empty(s, DType::I32, &[plan.meta_len()])?,
-            o_ws: DeviceTensor::empty(s, DType::F32, &[plan.slots(), plan.rows(), DV])?,
-            lse_ws: DeviceTensor::empty(s, DType::F32, &[plan.slots(), plan.rows()])?,
+            o_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows(), DV])?,
+            lse_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows()])?,
         })
     }
 }

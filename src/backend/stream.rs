@@ -73,6 +73,32 @@ pub trait GpuStream: Launcher {
     unsafe fn blas_gemm_bf16(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize, _out_f32: bool) -> Result<()> {
         Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
     }
+    /// The same in f32 (f32 accumulation, no TF32) through the vendor BLAS.
+    ///
+    /// # Safety
+    /// As [`GpuStream::blas_gemm_bf16`].
+    unsafe fn blas_gemm_f32(&self, _y: u64, _x: u64, _w: u64, _t: usize, _n: usize, _k: usize) -> Result<()> {
+        Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
+    }
+    /// `batch` products c_z[M, N] = a_z[M, K] · b_z[N, K]ᵀ of bf16 operands (row-major views:
+    /// row stride `ld`, matrix z at `ptr + z·batch_stride` elements), f32 accumulation, c in f32
+    /// or bf16, through the vendor BLAS.
+    ///
+    /// # Safety
+    /// Every view must lie inside a live device allocation.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn blas_gemm_bf16_batched(&self, _c: BlasBatched, _a: BlasBatched, _b: BlasBatched, _m: usize, _n: usize, _k: usize, _batch: usize, _out_f32: bool) -> Result<()> {
+        Err(super::backend_err("gpu", "no vendor BLAS on this stream"))
+    }
+}
+
+/// A strided batch of row-major matrices for [`GpuStream::blas_gemm_bf16_batched`]: the first
+/// at device address `ptr`, rows `ld` elements apart, matrix z at `z·batch_stride` elements.
+#[derive(Clone, Copy, Debug)]
+pub struct BlasBatched {
+    pub ptr: u64,
+    pub ld: usize,
+    pub batch_stride: usize,
 }
 
 /// A timing event recorded on a stream.

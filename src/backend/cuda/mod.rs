@@ -9,7 +9,7 @@ mod nvrtc;
 
 use super::memory::{CachingAllocator, RawAllocator};
 use super::registry::{KERNELS, MODULES};
-use super::stream::GpuStream;
+use super::stream::{BlasBatched, GpuStream};
 use super::types::*;
 use super::{backend_err, Device};
 use crate::error::Result;
@@ -73,7 +73,13 @@ pub struct CudaStream {
     loaded: Mutex<Loaded>,
     alloc: Arc<CachingAllocator>,
     blas: Mutex<Option<cudarc::cublas::sys::cublasHandle_t>>,
+    /// Page-locked staging for large device-to-host copies (the logits of a batch): a copy into
+    /// pageable memory runs at a fraction of the link's bandwidth. (pointer, bytes).
+    pinned: Mutex<(usize, usize)>,
 }
+
+/// Device-to-host copies at least this large go through the pinned staging buffer.
+const PINNED_MIN_BYTES: usize = 1 << 20;
 
 // The raw handles are used behind the mutexes / by the driver, which is thread-safe.
 unsafe impl Send for CudaStream {}
@@ -107,6 +113,7 @@ impl CudaStream {
             loaded: Mutex::new(Loaded { modules: HashMap::new(), functions: HashMap::new() }),
             alloc,
             blas: Mutex::new(None),
+            pinned: Mutex::new((0, 0)),
         })
     }
 
@@ -201,6 +208,10 @@ impl Drop for CudaStream {
             if let Some(h) = self.blas.lock().unwrap().take() {
                 let _ = cudarc::cublas::result::destroy_handle(h);
             }
+            let (ptr, _) = *self.pinned.lock().unwrap();
+            if ptr != 0 {
+                let _ = result::free_host(ptr as *mut c_void);
+            }
             for (_, m) in self.loaded.lock().unwrap().modules.drain() {
                 let _ = result::module::unload(m);
             }
@@ -279,8 +290,25 @@ impl GpuStream for CudaStream {
     }
     unsafe fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.bind()?;
-        result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
-        self.synchronize()
+        if dst.len() < PINNED_MIN_BYTES {
+            result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
+            return self.synchronize();
+        }
+        let mut pinned = self.pinned.lock().map_err(|_| backend_err(B, "pinned staging lock poisoned"))?;
+        if pinned.1 < dst.len() {
+            if pinned.0 != 0 {
+                result::free_host(pinned.0 as *mut c_void).map_err(|e| derr("cuMemFreeHost", e))?;
+                *pinned = (0, 0);
+            }
+            let bytes = dst.len().next_power_of_two();
+            let ptr = result::malloc_host(bytes, 0).map_err(|e| derr(format!("cuMemHostAlloc of {bytes} bytes"), e))?;
+            *pinned = (ptr as usize, bytes);
+        }
+        let staging = std::slice::from_raw_parts_mut(pinned.0 as *mut u8, dst.len());
+        result::memcpy_dtoh_async(staging, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()?;
+        dst.copy_from_slice(staging);
+        Ok(())
     }
     unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
@@ -332,6 +360,62 @@ impl GpuStream for CudaStream {
     }
     fn has_blas(&self) -> bool {
         unsafe { cudarc::cublas::sys::is_culib_present() }
+    }
+    unsafe fn blas_gemm_f32(&self, y: u64, x: u64, w: u64, t: usize, n: usize, k: usize) -> Result<()> {
+        let h = self.blas_handle()?;
+        self.bind()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major y[T,N] = x[T,K]·W[N,K]ᵀ as column-major yᵀ = op(W)·xᵀ (see blas_gemm_bf16).
+        cudarc::cublas::result::sgemm(
+            h,
+            cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_T,
+            cudarc::cublas::sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            t as i32,
+            k as i32,
+            &alpha,
+            w as *const f32,
+            k as i32,
+            x as *const f32,
+            k as i32,
+            &beta,
+            y as *mut f32,
+            n as i32,
+        )
+        .map_err(|e| backend_err(B, format!("cublasSgemm [{t}x{k}]·[{n}x{k}]ᵀ: {e:?}")))
+    }
+    unsafe fn blas_gemm_bf16_batched(&self, c: BlasBatched, a: BlasBatched, b: BlasBatched, m: usize, n: usize, k: usize, batch: usize, out_f32: bool) -> Result<()> {
+        use cudarc::cublas::sys as cb;
+        let h = self.blas_handle()?;
+        self.bind()?;
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Per batch z: row-major c_z[M,N] = a_z[M,K]·b_z[N,K]ᵀ, i.e. column-major c_zᵀ = op(b_z)·a_zᵀ.
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            h,
+            cb::cublasOperation_t::CUBLAS_OP_T,
+            cb::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            b.ptr as *const c_void,
+            cb::cudaDataType::CUDA_R_16BF,
+            b.ld as i32,
+            b.batch_stride as i64,
+            a.ptr as *const c_void,
+            cb::cudaDataType::CUDA_R_16BF,
+            a.ld as i32,
+            a.batch_stride as i64,
+            &beta as *const f32 as *const c_void,
+            c.ptr as *mut c_void,
+            if out_f32 { cb::cudaDataType::CUDA_R_32F } else { cb::cudaDataType::CUDA_R_16BF },
+            c.ld as i32,
+            c.batch_stride as i64,
+            batch as i32,
+            cb::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            cb::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+        )
+        .map_err(|e| backend_err(B, format!("cublasGemmStridedBatchedEx bf16 {batch}×[{m}x{k}]·[{n}x{k}]ᵀ: {e:?}")))
     }
     unsafe fn blas_gemm_bf16(&self, y: u64, x: u64, w: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
         use cudarc::cublas::sys as cb;

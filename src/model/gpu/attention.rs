@@ -52,6 +52,15 @@ impl GpuModel {
         Ok(o)
     }
 
+    /// `x` in bf16 when the per-head weights `w` are bf16 and the stream has a vendor BLAS (whose
+    /// batched GEMM then takes both); `None`: use `x` as it is (the generated GEMM).
+    fn blas_operand(&self, x: &DeviceTensor, w: &DeviceTensor) -> Result<Option<DeviceTensor>> {
+        if w.dtype() == DevDType::Bf16 && x.dtype() != DevDType::Bf16 && self.s().has_blas() {
+            return self.cast_to(x, DevDType::Bf16).map(Some);
+        }
+        Ok(None)
+    }
+
     /// Appends the batch's latent rows `kv` [T, kv_lora + rope] to their sequences' pages: as
     /// f32 / bf16 values, or quantized on write into the fp8 rows.
     pub(super) fn kv_write(&self, paged: &PagedCache, kv: &DeviceTensor, step: &StepTensors) -> Result<()> {
@@ -71,10 +80,11 @@ impl GpuModel {
         let (heads, nope, rope, lora) = (self.heads, c.qk_nope_head_dim, c.qk_rope_head_dim, c.kv_lora_rank);
         let (qk, latent) = (nope + rope, lora + rope);
         let q_abs = self.empty(&[t, heads, latent])?;
+        let q_in = self.blas_operand(q, &layer.w_uk_t)?;
         dispatch::gemm_batched(
             s,
             Batched { view: Strided::at(&q_abs, 0, heads * latent), batch_stride: latent },
-            Batched { view: Strided::at(q, 0, heads * qk), batch_stride: qk },
+            Batched { view: Strided::at(q_in.as_ref().unwrap_or(q), 0, heads * qk), batch_stride: qk },
             Batched { view: Strided::rows(&layer.w_uk_t), batch_stride: lora * nope },
             t,
             lora,
@@ -100,8 +110,31 @@ impl GpuModel {
             return Ok(o_lat);
         }
         let o_lat = self.empty(&[t, heads, c.kv_lora_rank])?;
+        if !step.mla_prefill.is_empty() {
+            self.mla_attend_per_sequence(&o_lat, q_abs, paged, step)?;
+            return Ok(o_lat);
+        }
         dispatch::mla_paged_attention(self.s(), &o_lat, q_abs, paged, &step.seq, &step.pos, c.kv_lora_rank, c.softmax_scale())?;
         Ok(o_lat)
+    }
+
+    /// o_lat of a prefill / mixed step through the split-KV kernel, one launch per sequence: its
+    /// query rows copied out (bf16), attended with its own schedule, copied back.
+    fn mla_attend_per_sequence(&self, o_lat: &DeviceTensor, q_abs: &DeviceTensor, paged: &PagedCache, step: &StepTensors) -> Result<()> {
+        let s = self.s();
+        let c = &self.cfg;
+        let (heads, dk, dv) = (self.heads, c.kv_lora_rank + c.qk_rope_head_dim, c.kv_lora_rank);
+        let q_all = self.cast_to(q_abs, DevDType::Bf16)?;
+        for e in &step.mla_prefill {
+            let q = self.empty_as(DevDType::Bf16, &[1, e.tokens, heads, dk])?;
+            let o = self.empty(&[1, e.tokens, heads, dv])?;
+            let lse = self.empty(&[1, e.tokens, heads])?;
+            // SAFETY: rows first .. first + tokens lie inside the step's [T, H, ·] tensors.
+            unsafe { s.copy_dtod(q.raw(), q_all.raw() + (e.first * heads * dk * 2) as u64, q.bytes())? };
+            mla_decode(s, &o, &lse, &q, paged.cache, &e.block_table, &e.seq_lens, &e.meta, c.softmax_scale())?;
+            unsafe { s.copy_dtod(o_lat.raw() + (e.first * heads * dv * 4) as u64, o.raw(), o.bytes())? };
+        }
+        Ok(())
     }
 
     /// o = o_lat · W_uvᵀ per head (one batched GEMM over the heads), as [T, H·v] for o_proj.
@@ -109,10 +142,11 @@ impl GpuModel {
         let c = &self.cfg;
         let (heads, v, lora) = (self.heads, c.v_head_dim, c.kv_lora_rank);
         let o_cat = self.empty(&[t, heads * v])?;
+        let o_in = self.blas_operand(o_lat, &layer.w_uv)?;
         dispatch::gemm_batched(
             self.s(),
             Batched { view: Strided::at(&o_cat, 0, heads * v), batch_stride: v },
-            Batched { view: Strided::at(o_lat, 0, heads * lora), batch_stride: lora },
+            Batched { view: Strided::at(o_in.as_ref().unwrap_or(o_lat), 0, heads * lora), batch_stride: lora },
             Batched { view: Strided::rows(&layer.w_uv), batch_stride: v * lora },
             t,
             v,

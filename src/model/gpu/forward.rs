@@ -112,6 +112,9 @@ pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Resu
             if let Some(meta) = &st.mla_decode {
                 mla_decode_metadata(s, meta, &st.seq_lens)?;
             }
+            for q in &st.mla_prefill {
+                mla_decode_metadata(s, &q.meta, &q.seq_lens)?;
+            }
         }
         let x = m.empty(&[r.step.tokens, c.hidden_size])?;
         dispatch::embedding(s, &x, &m.embed, &r.step.ids)?;

@@ -382,6 +382,10 @@ impl GpuModel {
         let (packed, layout) = pack_step(self, pool, seqs, None)?;
         let step = StepTensors::alloc(self.s(), &layout, self.mla_decode_plan(pool, &layout))?;
         step.upload(self.s(), &packed)?;
+        let step = match step.mla_decode {
+            None => step.with_mla_prefill(self.s(), self.mla_prefill_plans(pool, seqs))?,
+            Some(_) => step,
+        };
         let logits = self.run(pool, &step)?;
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
         match logits {
@@ -429,17 +433,40 @@ impl GpuModel {
     /// DeepSeek's 512 + 64 latent (the kernel's fixed widths); the plan carries the cache type.
     /// Other steps take the paged attention kernel.
     fn mla_decode_plan(&self, pool: &PagePool, layout: &StepLayout) -> Option<MlaDecodePlan> {
+        if layout.tokens != layout.seqs {
+            return None;
+        }
+        self.mla_kernel_plan(pool, layout.seqs, 1)
+    }
+
+    /// A plan of the split-KV MLA kernel for `batch` sequences of `s_q` new tokens each, when the
+    /// cache is one it reads (bf16 or fp8 rows of DeepSeek's 512 + 64 latent in 64-position pages).
+    fn mla_kernel_plan(&self, pool: &PagePool, batch: usize, s_q: usize) -> Option<MlaDecodePlan> {
         let c = &self.cfg;
         let cache = self.opts.kv_cache.mla()?;
-        let fits = pool.page_size == mla::PAGE
-            && c.kv_lora_rank == mla::DV
-            && c.kv_lora_rank + c.qk_rope_head_dim == mla::DK
-            && layout.tokens == layout.seqs;
+        let fits = pool.page_size == mla::PAGE && c.kv_lora_rank == mla::DV && c.kv_lora_rank + c.qk_rope_head_dim == mla::DK;
         if !fits {
             return None;
         }
         let sms = self.s().sm_count().ok()?;
-        MlaDecodePlan::new(layout.seqs, 1, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache))
+        MlaDecodePlan::new(batch, s_q, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache))
+    }
+
+    /// Prefill and mixed steps: one split-KV MLA launch per sequence (its new tokens as the query
+    /// block) where the cache allows the kernel — the absorbed prefill on tensor cores instead of
+    /// the simple paged attention. (sequence, first token row, tokens, plan); empty otherwise.
+    fn mla_prefill_plans(&self, pool: &PagePool, seqs: &[BatchSeq<'_>]) -> Vec<(usize, usize, usize, MlaDecodePlan)> {
+        let mut first = 0;
+        let mut plans = Vec::with_capacity(seqs.len());
+        for (i, q) in seqs.iter().enumerate() {
+            let n = q.tokens.len();
+            match self.mla_kernel_plan(pool, 1, n) {
+                Some(plan) => plans.push((i, first, n, plan)),
+                None => return Vec::new(),
+            }
+            first += n;
+        }
+        plans
     }
 
     /// The forward proper, from uploaded step tensors: queues every kernel and returns the logits

@@ -157,6 +157,21 @@ pub(super) struct StepTensors {
     /// one token over a bf16 or fp8 cache; the plan carries which): computed on the device once
     /// per step, read by every layer.
     pub(super) mla_decode: Option<MlaDecodeMeta>,
+    /// Otherwise, where the cache allows the split-KV kernel: one launch of it per sequence, its
+    /// new tokens as the query block (causal inside it) — the absorbed-MLA prefill.
+    pub(super) mla_prefill: Vec<MlaSeqAttention>,
+}
+
+/// One sequence of a step that runs the MLA kernel alone: its token rows `first .. first +
+/// tokens` of the step, and its own schedule, length and block-table row on the device.
+pub(super) struct MlaSeqAttention {
+    pub(super) first: usize,
+    pub(super) tokens: usize,
+    pub(super) meta: MlaDecodeMeta,
+    /// [1] i32: the sequence's length after the step.
+    pub(super) seq_lens: DeviceTensor,
+    /// [1, max_pages] i32.
+    pub(super) block_table: DeviceTensor,
 }
 
 impl StepTensors {
@@ -172,12 +187,31 @@ impl StepTensors {
             block_table: e(DevDType::I32, &[l.seqs, l.max_pages])?,
             logit_rows: if l.gather { Some(e(DevDType::U32, &[l.rows])?) } else { None },
             mla_decode: mla_decode.map(|plan| MlaDecodeMeta::new(s, plan)).transpose()?,
+            mla_prefill: Vec::new(),
         })
     }
 
     pub(super) fn layout(&self) -> StepLayout {
         let bt = self.block_table.shape();
         StepLayout { tokens: self.tokens, seqs: bt[0], max_pages: bt[1], rows: self.rows, gather: self.logit_rows.is_some() }
+    }
+
+    /// Adds the per-sequence MLA launches `plans` (sequence index, first token row, tokens, plan),
+    /// their length and block-table row copied out of the uploaded step tensors (call after
+    /// [`StepTensors::upload`]).
+    pub(super) fn with_mla_prefill(mut self, s: &dyn GpuStream, plans: Vec<(usize, usize, usize, MlaDecodePlan)>) -> Result<Self> {
+        let max_pages = self.block_table.shape()[1];
+        for (i, first, tokens, plan) in plans {
+            let seq_lens = DeviceTensor::empty(s, DevDType::I32, &[1])?;
+            let block_table = DeviceTensor::empty(s, DevDType::I32, &[1, max_pages])?;
+            // SAFETY: sequence i's entries lie inside the step's [B] and [B, max_pages] tensors.
+            unsafe {
+                s.copy_dtod(seq_lens.raw(), self.seq_lens.raw() + (i * 4) as u64, 4)?;
+                s.copy_dtod(block_table.raw(), self.block_table.raw() + (i * max_pages * 4) as u64, max_pages * 4)?;
+            }
+            self.mla_prefill.push(MlaSeqAttention { first, tokens, meta: MlaDecodeMeta::new(s, plan)?, seq_lens, block_table });
+        }
+        Ok(self)
     }
 
     /// One host-to-device copy of `packed`, then device copies into each tensor (stream-ordered).
