@@ -257,7 +257,9 @@ impl Launcher for CudaStream {
         check_launch(kernel, &cfg, params.len())?;
         let f = self.function(kernel)?;
         self.bind()?;
-        if cfg.shared_mem > 48 * 1024 {
+        // Dynamic plus static shared memory above 48 KB needs the opt-in; the kernel's static part
+        // is not known here, so opt in from 32 KB of dynamic memory on.
+        if cfg.shared_mem > 32 * 1024 {
             result::function::set_function_attribute(
                 f,
                 sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
