@@ -80,7 +80,21 @@ fn fast_options_track_the_cpu_reference_with_fp8_activations() {
             stepwise.extend_from_slice(gpu.forward(&[tok], &mut cache).unwrap().data());
         }
         let (err_prefill, err_decode) = (rel_error(prefill.data(), cpu_logits.data()), rel_error(&stepwise, cpu_logits.data()));
-        println!("{}: fast prefill vs cpu(fp8 act) {err_prefill:.2e}, fast decode {err_decode:.2e}", dir.display());
+        // The two halves of the fast options apart: the bf16 cache alone (against the plain CPU
+        // reference), the fast GEMMs alone over an f32 cache (against the emulating CPU).
+        let plain = CpuModel::load(&dir, CpuOptions::default()).unwrap();
+        let plain_logits = plain.forward(&r.prompt, &mut plain.new_cache().unwrap()).unwrap();
+        let part = |opts: GpuOptions| {
+            let g = GpuModel::load_with(&dir, Device::Cuda(0), opts).unwrap();
+            g.forward(&r.prompt, &mut g.new_cache().unwrap()).unwrap()
+        };
+        let err_cache = rel_error(part(GpuOptions { kv_cache: KvCacheDtype::Bf16, quant_kernels: false }).data(), plain_logits.data());
+        let err_gemms = rel_error(part(GpuOptions { kv_cache: KvCacheDtype::F32, quant_kernels: true }).data(), cpu_logits.data());
+        let err_emulation = rel_error(cpu_logits.data(), plain_logits.data());
+        println!(
+            "{}: fast prefill vs cpu(fp8 act) {err_prefill:.2e}, fast decode {err_decode:.2e}; bf16 cache alone {err_cache:.2e}, fast GEMMs alone {err_gemms:.2e}; cpu emulation vs plain {err_emulation:.2e}",
+            dir.display()
+        );
         errors.push((dir.display().to_string(), err_prefill, err_decode));
     }
     for (dir, p, d) in errors {

@@ -377,6 +377,14 @@ pub fn mla_decode(
             KArg::F32(scale),
         ],
     )?;
+    if p.rows() > 65535 {
+        // The combine's grid.y is the row: at prefill sizes (s_q·H rows) it cannot launch, and is
+        // not needed — such plans have one part, so the split kernel wrote every sequence whole.
+        if p.num_parts != 1 {
+            return Err(err("more than 65535 rows need a plan of one part"));
+        }
+        return Ok(());
+    }
     launch_by_name(
         s,
         &format!("mla_decode_combine_{to}"),
