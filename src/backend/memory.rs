@@ -252,6 +252,33 @@ impl DeviceTensor {
         Ok(v)
     }
 
+    /// Rows of an f32 tensor [R, width] on the host, grouped: group i gets the next `counts[i]`
+    /// rows (row-major, `counts[i]·width` values). One staged device-to-host copy, no
+    /// intermediate host buffer (a batch's logits are hundreds of MB).
+    pub fn rows_f32(&self, s: &dyn GpuStream, counts: &[usize], width: usize) -> Result<Vec<Vec<f32>>> {
+        self.check_dtype(DType::F32)?;
+        let total: usize = counts.iter().sum();
+        if total * width > self.numel() {
+            return Err(Error::InvalidArgument(format!("rows_f32: {total} rows of {width} from a tensor of {:?}", self.shape)));
+        }
+        let mut out: Vec<Vec<f32>> = counts.iter().map(|&n| Vec::with_capacity(n * width)).collect();
+        if total * width == 0 {
+            return Ok(out);
+        }
+        let mut fill = |staged: &[u8]| -> Result<()> {
+            let mut at = 0;
+            for (v, &n) in out.iter_mut().zip(counts) {
+                let bytes = &staged[at..at + n * width * 4];
+                v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                at += n * width * 4;
+            }
+            Ok(())
+        };
+        // SAFETY: the first total·width values lie inside this tensor's buffer.
+        unsafe { s.with_host_copy(self.buf.ptr(), total * width * 4, &mut fill)? };
+        Ok(out)
+    }
+
     /// The values widened to f32 (f32, bf16, f16, i32, u32).
     pub fn to_f32(&self, s: &dyn GpuStream) -> Result<Vec<f32>> {
         Ok(match self.dtype {

@@ -27,6 +27,17 @@ pub trait GpuStream: Launcher {
     /// # Safety
     /// `src` must be a live device allocation of at least `dst.len()` bytes.
     unsafe fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()>;
+    /// Copies `bytes` device bytes at `src` to the host after all queued work and hands them to
+    /// `f` (a view valid during the call): a staging buffer the backend keeps, so that large
+    /// copies neither run at pageable-memory speed nor fault in a fresh allocation each time.
+    ///
+    /// # Safety
+    /// `src` must be a live device allocation of at least `bytes` bytes.
+    unsafe fn with_host_copy(&self, src: u64, bytes: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut v = vec![0u8; bytes];
+        self.copy_dtoh(&mut v, src)?;
+        f(&v)
+    }
     /// Stream-ordered device-to-device copy.
     ///
     /// # Safety

@@ -5,7 +5,7 @@
 //! shards that use it.
 
 use super::comm::Communicator;
-use crate::backend::stream::StreamGraph;
+use crate::backend::stream::{BlasBatched, StreamEvent, StreamGraph};
 use crate::backend::{CachingAllocator, CodeVariant, Device, GpuStream, KernelInfo, LaunchCfg, Launcher, Vendor};
 use crate::error::Result;
 use std::ffi::c_void;
@@ -58,6 +58,9 @@ impl GpuStream for RankStream {
     unsafe fn copy_dtoh(&self, dst: &mut [u8], src: u64) -> Result<()> {
         self.s().copy_dtoh(dst, src)
     }
+    unsafe fn with_host_copy(&self, src: u64, bytes: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.s().with_host_copy(src, bytes, f)
+    }
     unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.s().copy_dtod(dst, src, bytes)
     }
@@ -81,5 +84,17 @@ impl GpuStream for RankStream {
     }
     unsafe fn blas_gemm_bf16(&self, y: u64, x: u64, w: u64, t: usize, n: usize, k: usize, out_f32: bool) -> Result<()> {
         self.s().blas_gemm_bf16(y, x, w, t, n, k, out_f32)
+    }
+    unsafe fn blas_gemm_f32(&self, y: u64, x: u64, w: u64, t: usize, n: usize, k: usize) -> Result<()> {
+        self.s().blas_gemm_f32(y, x, w, t, n, k)
+    }
+    unsafe fn blas_gemm_bf16_batched(&self, c: BlasBatched, a: BlasBatched, b: BlasBatched, m: usize, n: usize, k: usize, batch: usize, out_f32: bool) -> Result<()> {
+        self.s().blas_gemm_bf16_batched(c, a, b, m, n, k, batch, out_f32)
+    }
+    fn sm_count(&self) -> Result<usize> {
+        self.s().sm_count()
+    }
+    fn record_event(&self) -> Result<Box<dyn StreamEvent>> {
+        self.s().record_event()
     }
 }

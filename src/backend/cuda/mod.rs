@@ -296,21 +296,27 @@ impl GpuStream for CudaStream {
             result::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
             return self.synchronize();
         }
+        self.with_host_copy(src, dst.len(), &mut |staged| {
+            dst.copy_from_slice(staged);
+            Ok(())
+        })
+    }
+    unsafe fn with_host_copy(&self, src: u64, bytes: usize, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.bind()?;
         let mut pinned = self.pinned.lock().map_err(|_| backend_err(B, "pinned staging lock poisoned"))?;
-        if pinned.1 < dst.len() {
+        if pinned.1 < bytes {
             if pinned.0 != 0 {
                 result::free_host(pinned.0 as *mut c_void).map_err(|e| derr("cuMemFreeHost", e))?;
                 *pinned = (0, 0);
             }
-            let bytes = dst.len().next_power_of_two();
-            let ptr = result::malloc_host(bytes, 0).map_err(|e| derr(format!("cuMemHostAlloc of {bytes} bytes"), e))?;
-            *pinned = (ptr as usize, bytes);
+            let size = bytes.max(PINNED_MIN_BYTES).next_power_of_two();
+            let ptr = result::malloc_host(size, 0).map_err(|e| derr(format!("cuMemHostAlloc of {size} bytes"), e))?;
+            *pinned = (ptr as usize, size);
         }
-        let staging = std::slice::from_raw_parts_mut(pinned.0 as *mut u8, dst.len());
+        let staging = std::slice::from_raw_parts_mut(pinned.0 as *mut u8, bytes);
         result::memcpy_dtoh_async(staging, src, self.stream).map_err(|e| derr("cuMemcpyDtoHAsync", e))?;
         self.synchronize()?;
-        dst.copy_from_slice(staging);
-        Ok(())
+        f(staging)
     }
     unsafe fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;

@@ -58,14 +58,8 @@ impl GpuModel {
         }
         g.inputs.upload(self.s(), &packed)?;
         g.graph.replay()?;
-        let v = self.lm_head.n;
-        let host = g.logits.to_f32(self.s())?;
-        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(1)).collect();
-        let mut out = Vec::with_capacity(seqs.len());
-        for (i, n) in counts.into_iter().enumerate() {
-            out.push(if n == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() });
-        }
-        Ok(out)
+        // Every real row (the padding rows after them are not read); all are decode rows.
+        g.logits.rows_f32(self.s(), &vec![1; seqs.len()], self.lm_head.n)
     }
 }
 

@@ -54,7 +54,7 @@ use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaCacheDtype, MlaDecodePlan};
 use forward::{run_ranks, AttnPart, RankStep};
-use step::{pack_step, split_rows, StepLayout, StepTensors};
+use step::{pack_step, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
 
 
@@ -390,7 +390,7 @@ impl GpuModel {
         let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
         match logits {
             None => Ok(vec![Vec::new(); seqs.len()]),
-            Some(l) => Ok(split_rows(&l.to_f32(self.s())?, &counts, self.lm_head.n)),
+            Some(l) => l.rows_f32(self.s(), &counts, self.lm_head.n),
         }
     }
 
