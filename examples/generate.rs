@@ -29,6 +29,10 @@ use dsv3::model::quant_method;
 use dsv3::tokenizer::TextTokenizer;
 use dsv3::{Error, Result};
 
+#[path = "common/parallel.rs"]
+mod parallel;
+use parallel::ParallelArgs;
+
 #[derive(Parser, Debug)]
 #[command(about = "Greedy generation with dsv3 (DeepSeek-V3 architecture)")]
 struct Args {
@@ -65,36 +69,8 @@ struct Args {
     /// checkpoint holds another. Without it the format is detected from the checkpoint.
     #[arg(long)]
     quantization: Option<String>,
-    /// Tensor-parallel size over all nodes (CUDA).
-    #[arg(long, alias = "tp-size", alias = "tensor-parallel-size", default_value_t = 1)]
-    tp: usize,
-    /// First GPU ordinal this node drives.
-    #[arg(long, default_value_t = 0)]
-    base_gpu_id: usize,
-    /// Routed experts split whole over the TP ranks (expert parallelism).
-    #[arg(long)]
-    enable_ep_moe: bool,
-    /// Expert-parallel size: 1 or the TP size (> 1 turns expert parallelism on).
-    #[arg(long, default_value_t = 1)]
-    ep_size: usize,
-    /// Number of nodes.
-    #[arg(long, default_value_t = 1)]
-    nnodes: usize,
-    /// This node's rank among --nnodes.
-    #[arg(long, default_value_t = 0)]
-    node_rank: usize,
-    /// host:port of node 0 (the rendezvous), with --nnodes > 1.
-    #[arg(long)]
-    dist_init_addr: Option<String>,
-    /// Seconds to wait for every node at the rendezvous.
-    #[arg(long, default_value = "300")]
-    dist_timeout: String,
-    /// Data-parallel attention over the TP ranks (all heads on every GPU, FFN split).
-    #[arg(long)]
-    enable_dp_attention: bool,
-    /// Data-parallel size: 1 or the TP size, with --enable-dp-attention.
-    #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
-    dp: usize,
+    #[command(flatten)]
+    par: ParallelArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -128,8 +104,8 @@ fn run(args: Args) -> Result<()> {
     if let Some(q) = &args.quantization {
         quant_method::check_flag_for_dir(q, &dir)?;
     }
-    dsv3::server::launch::dp_attention(args.tp, args.dp, args.enable_dp_attention).map_err(Error::InvalidArgument)?;
-    if args.enable_dp_attention && args.nnodes > 1 {
+    dsv3::server::launch::dp_attention(args.par.tp, args.par.dp, args.par.enable_dp_attention).map_err(Error::InvalidArgument)?;
+    if args.par.enable_dp_attention && args.par.nnodes > 1 {
         return Err(Error::InvalidArgument("--enable-dp-attention runs on one node (--nnodes 1)".into()));
     }
     let t0 = Instant::now();
@@ -147,7 +123,7 @@ fn run(args: Args) -> Result<()> {
             let model = CpuModel::load(&dir, opts)?;
             generate(&args, &dir, &model, t0)
         }
-        device if args.tp > 1 || args.nnodes > 1 => generate_tp(&args, &dir, device, t0),
+        device if args.par.tp > 1 || args.par.nnodes > 1 => generate_tp(&args, &dir, device, t0),
         device => {
             let model = GpuModel::load(&dir, device)?;
             generate(&args, &dir, &model, t0)
@@ -162,26 +138,26 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<(
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::{AttnSplit, MoeSplit};
     match device {
-        Device::Cuda(n) if n == 0 || n == args.base_gpu_id => {}
+        Device::Cuda(n) if n == 0 || n == args.par.base_gpu_id => {}
         Device::Cuda(n) => {
-            return Err(Error::InvalidArgument(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp)))
+            return Err(Error::InvalidArgument(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp)))
         }
-        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.tp))),
+        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.par.tp))),
     }
-    if args.ep_size != 1 && args.ep_size != args.tp {
-        return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.ep_size, args.tp)));
+    if args.par.ep_size != 1 && args.par.ep_size != args.par.tp {
+        return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.par.ep_size, args.par.tp)));
     }
     let group = GroupConfig {
-        tp: args.tp,
-        base_gpu_id: args.base_gpu_id,
-        nnodes: args.nnodes,
-        node_rank: args.node_rank,
-        dist_init_addr: args.dist_init_addr.clone(),
-        timeout: dsv3::dist::rendezvous::parse_timeout(&args.dist_timeout)?,
+        tp: args.par.tp,
+        base_gpu_id: args.par.base_gpu_id,
+        nnodes: args.par.nnodes,
+        node_rank: args.par.node_rank,
+        dist_init_addr: args.par.dist_init_addr.clone(),
+        timeout: dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout)?,
     };
     let ar = std::sync::Arc::new(open_group(&group)?);
-    let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let attn = if args.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+    let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
+    let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
     let model = TpModel::load_with(dir, ar, moe, attn)?;
     tracing::info!("{} ({moe:?} MoE split)", model.describe());
     generate(args, dir, &model, t0)
@@ -189,7 +165,7 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<(
 
 #[cfg(not(feature = "cuda"))]
 fn generate_tp(args: &Args, _dir: &Path, _device: Device, _t0: Instant) -> Result<()> {
-    Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.tp, args.nnodes)))
+    Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp, args.par.nnodes)))
 }
 
 fn generate<M: CausalLm>(args: &Args, dir: &Path, model: &M, t0: Instant) -> Result<()> {

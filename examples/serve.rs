@@ -19,6 +19,10 @@ use dsv3::server::reasoning::ReasoningParserKind;
 use dsv3::backend::Device;
 use dsv3::server::{build_state, serve, ServerConfig};
 
+#[path = "common/parallel.rs"]
+mod parallel;
+use parallel::ParallelArgs;
+
 #[derive(Parser, Debug)]
 #[command(about = "OpenAI-compatible server for DeepSeek-V3-architecture models (SGLang's launch flags)")]
 struct Args {
@@ -39,37 +43,8 @@ struct Args {
     /// every engine step is one batched forward over a device page pool.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Tensor-parallel size: one process drives GPUs --base-gpu-id.. of this node (CUDA).
-    #[arg(long, alias = "tp-size", alias = "tensor-parallel-size", default_value_t = 1)]
-    tp: usize,
-    /// First GPU ordinal of the TP group.
-    #[arg(long, default_value_t = 0)]
-    base_gpu_id: usize,
-    /// Routed experts split whole over the TP ranks (expert parallelism).
-    #[arg(long)]
-    enable_ep_moe: bool,
-    /// Expert-parallel size: 1 or the TP size (> 1 turns expert parallelism on).
-    #[arg(long, default_value_t = 1)]
-    ep_size: usize,
-    /// Seconds to wait for every node at the rendezvous (multi-node).
-    #[arg(long, default_value = "300")]
-    dist_timeout: String,
-    /// Data-parallel size: 1, or --tp with --enable-dp-attention (plain replicas are refused).
-    #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
-    dp: usize,
-    /// Data-parallel attention for DeepSeek models: checked, but refused at --tp > 1 (the engine
-    /// does not place requests on DP ranks yet; examples/generate runs it).
-    #[arg(long)]
-    enable_dp_attention: bool,
-    /// host:port of node 0 for multi-node serving (not implemented yet for serve).
-    #[arg(long)]
-    dist_init_addr: Option<String>,
-    /// Number of nodes (multi-node serving is not implemented yet; generate runs multi-node).
-    #[arg(long, default_value_t = 1)]
-    nnodes: usize,
-    /// This node's rank among --nnodes.
-    #[arg(long, default_value_t = 0)]
-    node_rank: usize,
+    #[command(flatten)]
+    par: ParallelArgs,
     /// Expected weight format: fp8, w8a8_int8, blockwise_int8, moe_wna16 or awq. The format is
     /// detected from the checkpoint; the flag must agree with it (one-line error otherwise).
     #[arg(long)]
@@ -159,14 +134,14 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<(), String> {
     let flags = LaunchFlags {
         device: args.device.clone(),
-        tp: args.tp,
-        dp: args.dp,
-        enable_dp_attention: args.enable_dp_attention,
-        enable_ep_moe: args.enable_ep_moe,
-        ep_size: args.ep_size,
-        nnodes: args.nnodes,
-        node_rank: args.node_rank,
-        dist_init_addr: args.dist_init_addr.clone(),
+        tp: args.par.tp,
+        dp: args.par.dp,
+        enable_dp_attention: args.par.enable_dp_attention,
+        enable_ep_moe: args.par.enable_ep_moe,
+        ep_size: args.par.ep_size,
+        nnodes: args.par.nnodes,
+        node_rank: args.par.node_rank,
+        dist_init_addr: args.par.dist_init_addr.clone(),
         quantization: args.quantization.clone(),
         kv_cache_dtype: args.kv_cache_dtype.clone(),
     };
@@ -231,7 +206,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|_| format!("--host {}: not an address this machine can listen on", args.host))?;
     launch::check_quantization(&flags, &dir)?;
     let t0 = std::time::Instant::now();
-    let state = if args.tp > 1 {
+    let state = if args.par.tp > 1 {
         build_tp_state(&args, &dir, &engine_cfg, server_cfg)?
     } else {
         build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?
@@ -284,14 +259,14 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     use dsv3::engine::TpStepModel;
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::MoeSplit;
-    let _ = dsv3::dist::rendezvous::parse_timeout(&args.dist_timeout).map_err(|e| e.to_string())?;
+    let _ = dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout).map_err(|e| e.to_string())?;
     if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
-        if n != 0 && n != args.base_gpu_id {
-            return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.tp));
+        if n != 0 && n != args.par.base_gpu_id {
+            return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
         }
     }
-    let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.tp, args.base_gpu_id)).map_err(|e| e.to_string())?);
-    let moe = if args.enable_ep_moe || args.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
+    let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.par.tp, args.par.base_gpu_id)).map_err(|e| e.to_string())?);
+    let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
     let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;
     let step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
@@ -300,7 +275,7 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
 
 #[cfg(not(feature = "cuda"))]
 fn build_tp_state(args: &Args, _dir: &std::path::Path, _engine_cfg: &EngineConfig, _server_cfg: ServerConfig) -> Result<dsv3::server::AppState, String> {
-    Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.tp))
+    Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp))
 }
 
 /// Ctrl-C, or SIGTERM on Unix.

@@ -10,6 +10,10 @@
 
 #![allow(clippy::needless_range_loop)]
 
+mod common;
+
+use common::gpu::run_two_nodes;
+
 use dsv3::backend::cuda::device_count;
 use dsv3::backend::{DType, DeviceBuffer, GpuStream};
 use dsv3::dist::allreduce::CustomAllReduce;
@@ -439,33 +443,7 @@ fn dispatch_picks_by_size_and_is_right() {
 fn two_nodes_as_two_processes() {
     let n = device_count().unwrap_or_else(|e| panic!("no CUDA device: {e}"));
     assert!(n >= 2, "needs 2 CUDA devices; the driver reports {n}");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..2)
-        .map(|rank| {
-            std::process::Command::new(&exe)
-                .args(["--include-ignored", "--exact", "two_nodes_child", "--nocapture", "--test-threads", "1"])
-                .env("DSV3_AR_CHILD_RANK", rank.to_string())
-                .env("DSV3_AR_CHILD_ADDR", format!("127.0.0.1:{port}"))
-                .env("CUDA_VISIBLE_DEVICES", rank.to_string())
-                .env("NCCL_NVLS_ENABLE", "0")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut report = String::new();
-    let mut ok = true;
-    for (rank, c) in children.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        ok &= out.status.success() && text.contains("TWO-NODE CHILD OK");
-        report.push_str(&format!("--- node {rank} ({})\n{text}\n", out.status));
-    }
+    let (ok, _, report) = run_two_nodes("two_nodes_child", "DSV3_AR_CHILD_RANK", "DSV3_AR_CHILD_ADDR", "TWO-NODE CHILD OK");
     assert!(ok, "two-process all-reduce failed:\n{report}");
 }
 

@@ -56,19 +56,6 @@ fn quant_weight(r: &mut StdRng, n: usize, k: usize) -> QW {
     QW { codes, scales, deq }
 }
 
-/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
-fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    for i in 0..m {
-        let ar = &a[i * k..(i + 1) * k];
-        for j in 0..n {
-            let br = &b[j * k..(j + 1) * k];
-            out[i * n + j] = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32;
-        }
-    }
-    out
-}
-
 fn up_fp8(s: &dyn GpuStream, shape: &[usize], codes: &[u8], dtype: DType) -> DeviceTensor {
     match dtype {
         DType::E4m3fn => DeviceTensor::from_slice(s, shape, &codes.iter().map(|&c| Fp8E4m3fn(c)).collect::<Vec<_>>()).unwrap(),
@@ -267,19 +254,6 @@ fn check_moe_runs(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: u
             assert_close(&format!("{v} fused_moe t{t} e{e} topk{topk} h{h} i{inter} run{rep} tile {force:?}"), &down(s, &out), &want, 2e-2);
         }
     }
-}
-
-fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
-    let mut ids = Vec::with_capacity(t * topk);
-    for _ in 0..t {
-        let mut pool: Vec<i32> = (0..e as i32).collect();
-        for k in 0..topk {
-            let j = r.gen_range(k..e);
-            pool.swap(k, j);
-            ids.push(pool[k]);
-        }
-    }
-    ids
 }
 
 #[test]

@@ -48,23 +48,6 @@ fn streams() -> &'static [(String, dsv3::backend::cuda::CudaStream)] {
     variant_streams(Some("quant_gemm"))
 }
 
-/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
-fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m * n];
-    for i in 0..m {
-        let ar = &a[i * k..(i + 1) * k];
-        for j in 0..n {
-            let br = &b[j * k..(j + 1) * k];
-            out[i * n + j] = ar
-                .iter()
-                .zip(br)
-                .map(|(&x, &y)| x as f64 * y as f64)
-                .sum::<f64>() as f32;
-        }
-    }
-    out
-}
-
 /// Quantized activations: codes, scales, dequantized values.
 struct QAct {
     codes: Vec<i8>,
@@ -265,19 +248,6 @@ proptest! {
 }
 
 // ---- grouped (MoE) ---------------------------------------------------------------------------------
-
-fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
-    let mut ids = Vec::with_capacity(t * topk);
-    for _ in 0..t {
-        let mut pool: Vec<i32> = (0..e as i32).collect();
-        for k in 0..topk {
-            let j = r.gen_range(k..e);
-            pool.swap(k, j);
-            ids.push(pool[k]);
-        }
-    }
-    ids
-}
 
 /// Tiles the host expects `moe_align_tiles` to produce: Σ_e ⌈count_e / bm⌉ (experts without
 /// tokens: none).

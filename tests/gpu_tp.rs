@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::gpu::gpu_model;
+use common::gpu::{gpu_model, run_two_nodes};
 use common::{check_greedy, fixtures, prompt, reference};
 use dsv3::backend::cuda::device_count;
 use dsv3::dist::{open_group, AllReduce, GroupConfig};
@@ -404,33 +404,9 @@ const CHILD_ADDR: &str = "DSV3_TP_CHILD_ADDR";
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn two_nodes_generate_the_tokens_of_tp1() {
     need_two_gpus();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let exe = std::env::current_exe().unwrap();
-    let children: Vec<_> = (0..2)
-        .map(|rank| {
-            std::process::Command::new(&exe)
-                .args(["--include-ignored", "--exact", "two_nodes_child", "--nocapture", "--test-threads", "1"])
-                .env(CHILD_RANK, rank.to_string())
-                .env(CHILD_ADDR, format!("127.0.0.1:{port}"))
-                .env("CUDA_VISIBLE_DEVICES", rank.to_string())
-                .env("NCCL_NVLS_ENABLE", "0")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut report = String::new();
-    let mut tokens = Vec::new();
-    let mut ok = true;
-    for (rank, c) in children.into_iter().enumerate() {
-        let out = c.wait_with_output().unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        ok &= out.status.success() && text.contains("TWO-NODE TP CHILD OK");
-        tokens.push(text.lines().filter(|l| l.starts_with("TOKENS ")).map(str::to_string).collect::<Vec<_>>());
-        report.push_str(&format!("--- node {rank} ({})\n{text}\n", out.status));
-    }
+    let (ok, texts, report) = run_two_nodes("two_nodes_child", CHILD_RANK, CHILD_ADDR, "TWO-NODE TP CHILD OK");
     assert!(ok, "two-node TP failed:\n{report}");
+    let tokens: Vec<Vec<&str>> = texts.iter().map(|t| t.lines().filter(|l| l.starts_with("TOKENS ")).collect()).collect();
     assert!(!tokens[0].is_empty() && tokens[0] == tokens[1], "the nodes generated different tokens:\n{report}");
 }
 

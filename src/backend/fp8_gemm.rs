@@ -21,7 +21,7 @@
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of, clippy::manual_checked_ops)]
 
 use super::memory::DeviceTensor;
-use super::moe_driver::{run_experts, slot, ExpertGemms, MoePlan, Operand, SortedRows};
+use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
 use super::types::*;
@@ -31,15 +31,17 @@ use std::ffi::c_void;
 /// Streaming multiprocessors assumed when sizing split-K (H200: 132).
 pub const DEFAULT_SMS: usize = 132;
 
-fn bad(msg: String) -> Error {
+pub(super) fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
-fn u32_of(n: usize, what: &str) -> Result<u32> {
+/// `n` as the kernels' 32-bit size argument `what`.
+pub(super) fn u32_of(n: usize, what: &str) -> Result<u32> {
     u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
 }
 
-fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
+/// (rows, columns) of `t` as a matrix of its last dimension.
+pub(super) fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
     let cols = *t.shape().last().unwrap_or(&1);
     (if cols == 0 { 0 } else { t.numel() / cols }, cols)
 }
@@ -229,6 +231,13 @@ pub struct GroupedRows<'a> {
     pub max_tiles: usize,
 }
 
+impl GroupedRows<'_> {
+    /// (row_ids or 0, tile_expert, num_tiles) as the kernels take them.
+    pub(super) fn raw(&self) -> [u64; 3] {
+        [self.row_ids.map(|t| t.raw()).unwrap_or(0), self.tile_expert.raw(), self.num_tiles.raw()]
+    }
+}
+
 struct Operands {
     out: u64,
     a: u64,
@@ -388,12 +397,8 @@ pub struct MoeFp8Weights<'a> {
 impl MoeFp8Weights<'_> {
     /// (experts, hidden, intermediate).
     pub fn dims(&self) -> Result<(usize, usize, usize)> {
-        let s13 = self.w13.shape();
-        let s2 = self.w2.shape();
-        if s13.len() != 3 || s2.len() != 3 || s13[1] % 2 != 0 {
-            return Err(bad(format!("fused_moe: w13 {s13:?} w2 {s2:?} must be [E, 2I, H] and [E, H, I]")));
-        }
-        let (e, i, h) = (s13[0], s13[1] / 2, s13[2]);
+        let (e, h, i) = stacked_dims("fused_moe", self.w13, self.w2)?;
+        let (s13, s2) = (self.w13.shape(), self.w2.shape());
         if s2 != [e, h, i] || !is_fp8(self.w13.dtype()) || self.w2.dtype() != self.w13.dtype() {
             return Err(bad(format!("fused_moe: w13 {s13:?} {} w2 {s2:?} {}", self.w13.dtype(), self.w2.dtype())));
         }
@@ -404,6 +409,20 @@ impl MoeFp8Weights<'_> {
             return Err(bad(format!("fused_moe: scales w13 {:?} w2 {:?}", self.w13_scale.shape(), self.w2_scale.shape())));
         }
         Ok((e, h, i))
+    }
+
+    /// `out` [rows, n] = a · w[e]ᵀ (`w`: codes [E, n, k] and scales) over the sorted rows; row r
+    /// reads activation row `sorted[r] / topk` when `gather`, row r otherwise.
+    fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), n: usize, k: usize, rows: &SortedRows, gather: bool) -> Result<()> {
+        let m = rows.rows();
+        let (row_ids, a_row_div) = if gather { (rows.sorted, rows.topk) } else { (0, 1) };
+        launch_gemm(
+            s,
+            ws,
+            self.w13.dtype(),
+            plan,
+            Operands { out, a: a.data, a_scales: a.scales, b: w.0.raw(), b_scale: w.1.raw(), row_ids, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n, k, a_row_div, m_tiles: rows.max_tiles, ws_rows: m },
+        )
     }
 }
 
@@ -511,14 +530,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
 
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
         let (_, h, inter) = MoeFp8Weights::dims(self)?;
-        let m = rows.rows();
-        launch_gemm(
-            s,
-            ws,
-            self.w13.dtype(),
-            plan,
-            Operands { out, a: a.data, a_scales: a.scales, b: self.w13.raw(), b_scale: self.w13_scale.raw(), row_ids: rows.sorted, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n: 2 * inter, k: h, a_row_div: rows.topk, m_tiles: rows.max_tiles, ws_rows: m },
-        )
+        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), 2 * inter, h, rows, true)
     }
 
     fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
@@ -534,14 +546,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
 
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, h_act: Operand, rows: &SortedRows) -> Result<()> {
         let (_, h, inter) = MoeFp8Weights::dims(self)?;
-        let m = rows.rows();
-        launch_gemm(
-            s,
-            ws,
-            self.w13.dtype(),
-            plan,
-            Operands { out, a: h_act.data, a_scales: h_act.scales, b: self.w2.raw(), b_scale: self.w2_scale.raw(), row_ids: 0, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n: h, k: inter, a_row_div: 1, m_tiles: rows.max_tiles, ws_rows: m },
-        )
+        self.gemm(s, ws, plan, out, h_act, (self.w2, self.w2_scale), h, inter, rows, false)
     }
 }
 
@@ -559,6 +564,7 @@ pub fn fp8_grouped_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan,
         return Err(bad(format!("fp8_grouped_gemm: a {:?} w {:?} out {:?} scales {:?}", a.shape(), sh, out.shape(), w_scale.shape())));
     }
     out.check_dtype(DType::Bf16)?;
+    let [row_ids, tile_expert, num_tiles] = rows.raw();
     launch_gemm(
         s,
         ws,
@@ -570,9 +576,9 @@ pub fn fp8_grouped_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan,
             a_scales: a_scales.raw(),
             b: w.raw(),
             b_scale: w_scale.raw(),
-            row_ids: rows.row_ids.map(|t| t.raw()).unwrap_or(0),
-            tile_expert: rows.tile_expert.raw(),
-            num_tiles: rows.num_tiles.raw(),
+            row_ids,
+            tile_expert,
+            num_tiles,
             m: max_rows,
             n,
             k,

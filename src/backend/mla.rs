@@ -447,40 +447,19 @@ pub fn mla_cache_write(
         return Ok(());
     }
     let tokens = u32::try_from(t).map_err(|_| err("too many rows"))?;
-    match dtype {
-        MlaCacheDtype::Bf16 => launch_by_name(
-            s,
-            &format!("paged_kv_write_{}_bf16", kv.dtype()),
-            LaunchCfg::linear(tokens, 256),
-            &[
-                KArg::Out(cache),
-                KArg::In(kv),
-                KArg::In(block_table),
-                KArg::In(token_seq),
-                KArg::In(token_pos),
-                KArg::U32(tokens),
-                KArg::U32(DK as u32),
-                KArg::U32(ks[1] as u32),
-                KArg::U32(PAGE as u32),
-                KArg::U32(bts[1] as u32),
-            ],
-        ),
-        MlaCacheDtype::Fp8E4m3 => launch_by_name(
-            s,
-            &format!("mla_cache_write_fp8_{}", kv.dtype()),
-            LaunchCfg::linear(tokens, 128),
-            &[
-                KArg::Out(cache),
-                KArg::In(kv),
-                KArg::In(block_table),
-                KArg::In(token_seq),
-                KArg::In(token_pos),
-                KArg::U32(tokens),
-                KArg::U32(ks[1] as u32),
-                KArg::U32(bts[1] as u32),
-            ],
-        ),
-    }
+    // Both kernels take (cache, kv, block_table, token_seq, token_pos, tokens, ...).
+    let mut args = vec![KArg::Out(cache), KArg::In(kv), KArg::In(block_table), KArg::In(token_seq), KArg::In(token_pos), KArg::U32(tokens)];
+    let (name, threads) = match dtype {
+        MlaCacheDtype::Bf16 => {
+            args.extend([KArg::U32(DK as u32), KArg::U32(ks[1] as u32), KArg::U32(PAGE as u32), KArg::U32(bts[1] as u32)]);
+            (format!("paged_kv_write_{}_bf16", kv.dtype()), 256)
+        }
+        MlaCacheDtype::Fp8E4m3 => {
+            args.extend([KArg::U32(ks[1] as u32), KArg::U32(bts[1] as u32)]);
+            (format!("mla_cache_write_fp8_{}", kv.dtype()), 128)
+        }
+    };
+    launch_by_name(s, &name, LaunchCfg::linear(tokens, threads), &args)
 }
 
 /// The host mirror of the metadata kernel (tests of the schedule, and hosts that prefer to

@@ -12,11 +12,11 @@
 //! A format ([`ExpertGemms`]) says how 2–5 run; [`run_experts`] owns 1 and 6, the buffers (one
 //! [`FusedMoeWorkspace`] per stream, reused across calls) and the shape checks.
 
-use super::fp8_gemm::{launch_raw, Fp8Workspace, FusedMoeWorkspace};
+use super::fp8_gemm::{bad, launch_raw, rows_cols, u32_of, Fp8Workspace, FusedMoeWorkspace};
 use super::memory::DeviceTensor;
 use super::stream::GpuStream;
 use super::types::*;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Workspace slots of the pipeline (the driver's and the formats').
 pub(crate) mod slot {
@@ -87,17 +87,15 @@ pub(crate) trait ExpertGemms {
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Self::Plan, out: u64, h: Operand, rows: &SortedRows) -> Result<()>;
 }
 
-fn bad(msg: String) -> Error {
-    Error::InvalidArgument(msg)
-}
-
-fn u32_of(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
-}
-
-fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
-    let cols = *t.shape().last().unwrap_or(&1);
-    (t.numel().checked_div(cols).unwrap_or(0), cols)
+/// (experts, hidden, intermediate) of stacked expert weights `w13` [E, 2I, H] and `w2` [E, H, I]
+/// whose ranks and even 2I are checked here (`what`: the caller, for the error); the rest of the
+/// shape is the format's to check.
+pub(crate) fn stacked_dims(what: &str, w13: &DeviceTensor, w2: &DeviceTensor) -> Result<(usize, usize, usize)> {
+    let (s13, s2) = (w13.shape(), w2.shape());
+    if s13.len() != 3 || s2.len() != 3 || s13[1] % 2 != 0 {
+        return Err(bad(format!("{what}: w13 {s13:?} w2 {s2:?} must be [E, 2I, H] and [E, H, I]")));
+    }
+    Ok((s13[0], s13[2], s13[1] / 2))
 }
 
 /// Routed experts of one MoE layer in format `f`: `out [T, H] bf16 = beta·out + Σ_k

@@ -25,11 +25,11 @@
 //! without tokens get no tile, so they cost nothing.
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
 
-use super::fp8_gemm::{launch_raw, splits_for, Fp8Workspace, GroupedRows};
+use super::fp8_gemm::{bad, launch_raw, rows_cols, splits_for, u32_of, Fp8Workspace, GroupedRows};
 use super::memory::DeviceTensor;
 use super::stream::GpuStream;
 use super::types::*;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 pub use super::fp8_gemm::DEFAULT_SMS;
 
@@ -38,23 +38,6 @@ pub type SplitKWorkspace = Fp8Workspace;
 
 /// Floor of the activations' absolute maximum (as the CPU reference: `ops::int8::INT8_AMAX_EPS`).
 pub(super) const EPS: f32 = crate::ops::int8::INT8_AMAX_EPS;
-
-fn bad(msg: String) -> Error {
-    Error::InvalidArgument(msg)
-}
-
-fn u32_of(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| {
-        bad(format!(
-            "{what} = {n} does not fit the kernels' 32-bit sizes"
-        ))
-    })
-}
-
-fn rows_cols(t: &DeviceTensor) -> (usize, usize) {
-    let cols = *t.shape().last().unwrap_or(&1);
-    (t.numel().checked_div(cols).unwrap_or(0), cols)
-}
 
 /// How an INT8 layer is scaled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -292,24 +275,8 @@ pub fn int8_act_quant(
     if rows == 0 || cols == 0 {
         return Ok(());
     }
-    let c = u32_of(cols, "cols")? as u64;
-    let mut vals = [
-        q.raw(),
-        scales.raw(),
-        x.raw(),
-        u32_of(rows, "rows")? as u64,
-        c,
-        c,
-        0,
-        1,
-        EPS.to_bits() as u64,
-    ];
-    launch_raw(
-        s,
-        &format!("int8_quant_{}_{}", scheme.quant_tag(), x.dtype()),
-        LaunchCfg::linear(rows as u32, 256),
-        &mut vals,
-    )
+    let name = format!("int8_quant_{}_{}", scheme.quant_tag(), x.dtype());
+    launch_int8_quant(s, &name, [q.raw(), scales.raw(), x.raw()], rows, cols, cols, (0, 1))
 }
 
 /// Fused SiLU·mul + INT8 quantization: `gate_up` bf16 `[rows, 2I]` → `q` i8 `[rows, I]` and scales
@@ -337,23 +304,17 @@ pub fn int8_silu_mul_quant(
     if rows == 0 || i == 0 {
         return Ok(());
     }
-    let mut vals = [
-        q.raw(),
-        scales.raw(),
-        gate_up.raw(),
-        u32_of(rows, "rows")? as u64,
-        u32_of(i, "cols")? as u64,
-        u32_of(c2, "stride")? as u64,
-        0,
-        1,
-        EPS.to_bits() as u64,
-    ];
-    launch_raw(
-        s,
-        &format!("int8_silu_mul_quant_{}", scheme.quant_tag()),
-        LaunchCfg::linear(rows as u32, 256),
-        &mut vals,
-    )
+    let name = format!("int8_silu_mul_quant_{}", scheme.quant_tag());
+    launch_int8_quant(s, &name, [q.raw(), scales.raw(), gate_up.raw()], rows, i, c2, (0, 1))
+}
+
+/// Launches INT8 activation-quantization kernel `name` (`int8_quant_*`, `int8_silu_mul_quant_*`)
+/// on `io` = (codes, scales, input) raw: `rows` rows of `cols` values, input rows `stride` apart;
+/// `tiles` = (num_tiles address, bm): rows of tiles past `*num_tiles` are skipped ((0, 1): none).
+pub(super) fn launch_int8_quant(s: &dyn GpuStream, name: &str, io: [u64; 3], rows: usize, cols: usize, stride: usize, tiles: (u64, usize)) -> Result<()> {
+    let r = u32_of(rows, "rows")?;
+    let mut vals = [io[0], io[1], io[2], r as u64, u32_of(cols, "cols")? as u64, u32_of(stride, "stride")? as u64, tiles.0, tiles.1 as u64, EPS.to_bits() as u64];
+    launch_raw(s, name, LaunchCfg::linear(r, 256), &mut vals)
 }
 
 fn check_int8_operands(
@@ -397,6 +358,39 @@ fn check_int8_operands(
     Ok(am)
 }
 
+/// The launch of an INT8 GEMM (dense or grouped): `head` = (out, a, a_scales, w, w_scale) raw,
+/// `w` `[E, n, k]`, `m_tiles` M tiles over `m` output rows, `rows` as in [`Tiled`], activation row
+/// `row_ids[r] / a_row_div` for sorted row r.
+pub(super) fn int8_tiled(
+    s: &dyn GpuStream,
+    scheme: Int8Scheme,
+    plan: QuantPlan,
+    head: [u64; 5],
+    n: usize,
+    k: usize,
+    m_tiles: usize,
+    m: usize,
+    rows: [u64; 3],
+    a_row_div: usize,
+) -> Result<Tiled> {
+    Ok(Tiled {
+        name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
+        smem: plan.tile.int8_smem_bytes(s.vendor()),
+        n,
+        k_tiles: k.div_ceil(128),
+        m_tiles,
+        ws_rows: m,
+        head: head.to_vec(),
+        rows,
+        tail: vec![
+            u32_of(m, "m")? as u64,
+            u32_of(n, "n")? as u64,
+            u32_of(k, "k")? as u64,
+            u32_of(a_row_div.max(1), "a_row_div")? as u64,
+        ],
+    })
+}
+
 /// Dense INT8 GEMM with an explicit plan (tests run every tile and split).
 pub fn int8_gemm_with(
     s: &dyn GpuStream,
@@ -418,27 +412,9 @@ pub fn int8_gemm_with(
             out.shape()
         )));
     }
-    launch_tiled(
-        s,
-        ws,
-        plan,
-        Tiled {
-            name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
-            smem: plan.tile.int8_smem_bytes(s.vendor()),
-            n,
-            k_tiles: k.div_ceil(128),
-            m_tiles: m.div_ceil(plan.tile.bm()),
-            ws_rows: m,
-            head: vec![out.raw(), a.raw(), a_scales.raw(), b.raw(), b_scale.raw()],
-            rows: [0, 0, 0],
-            tail: vec![
-                u32_of(m, "m")? as u64,
-                u32_of(n, "n")? as u64,
-                u32_of(k, "k")? as u64,
-                1,
-            ],
-        },
-    )
+    let head = [out.raw(), a.raw(), a_scales.raw(), b.raw(), b_scale.raw()];
+    let t = int8_tiled(s, scheme, plan, head, n, k, m.div_ceil(plan.tile.bm()), m, [0, 0, 0], 1)?;
+    launch_tiled(s, ws, plan, t)
 }
 
 /// Dense INT8 GEMM `out bf16 [M, N] = a i8 [M, K] · b i8 [N, K]ᵀ` with `scheme`'s scales; the plan
@@ -495,31 +471,9 @@ pub fn int8_grouped_gemm(
     let max_rows = rows.max_tiles * plan.tile.bm();
     out.check_dtype(DType::Bf16)?;
     check_rows(rows, out, max_rows, n, "int8_grouped_gemm")?;
-    launch_tiled(
-        s,
-        ws,
-        plan,
-        Tiled {
-            name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
-            smem: plan.tile.int8_smem_bytes(s.vendor()),
-            n,
-            k_tiles: k.div_ceil(128),
-            m_tiles: rows.max_tiles,
-            ws_rows: max_rows,
-            head: vec![out.raw(), a.raw(), a_scales.raw(), w.raw(), w_scale.raw()],
-            rows: [
-                rows.row_ids.map(|t| t.raw()).unwrap_or(0),
-                rows.tile_expert.raw(),
-                rows.num_tiles.raw(),
-            ],
-            tail: vec![
-                u32_of(max_rows, "m")? as u64,
-                u32_of(n, "n")? as u64,
-                u32_of(k, "k")? as u64,
-                u32_of(rows.a_row_div.max(1), "a_row_div")? as u64,
-            ],
-        },
-    )
+    let head = [out.raw(), a.raw(), a_scales.raw(), w.raw(), w_scale.raw()];
+    let t = int8_tiled(s, scheme, plan, head, n, k, rows.max_tiles, max_rows, rows.raw(), rows.a_row_div)?;
+    launch_tiled(s, ws, plan, t)
 }
 
 fn check_rows(
@@ -680,6 +634,15 @@ pub(super) fn awq_tiled(
     })
 }
 
+/// The checks an AWQ GEMM's operands share (bf16 `a` and `out`, a consistent weight): `a`'s
+/// (rows, K).
+fn check_awq_io(w: &AwqWeight, a: &DeviceTensor, out: &DeviceTensor) -> Result<(usize, usize)> {
+    w.check()?;
+    a.check_dtype(DType::Bf16)?;
+    out.check_dtype(DType::Bf16)?;
+    Ok(rows_cols(a))
+}
+
 /// Dense AWQ GEMM with an explicit plan: `out bf16 [M, N] = a bf16 [M, K] · W` (`w.experts == 1`).
 pub fn awq_gemm_with(
     s: &dyn GpuStream,
@@ -689,10 +652,7 @@ pub fn awq_gemm_with(
     a: &DeviceTensor,
     w: &AwqWeight,
 ) -> Result<()> {
-    w.check()?;
-    let (m, k) = rows_cols(a);
-    a.check_dtype(DType::Bf16)?;
-    out.check_dtype(DType::Bf16)?;
+    let (m, k) = check_awq_io(w, a, out)?;
     if w.experts != 1 || k != w.k || out.numel() != m * w.n {
         return Err(bad(format!(
             "awq_gemm: a {:?} out {:?} for a weight [K {}, N {}] × {}",
@@ -703,17 +663,7 @@ pub fn awq_gemm_with(
             w.experts
         )));
     }
-    let t = awq_tiled(
-        s,
-        plan,
-        out.raw(),
-        a.raw(),
-        w,
-        m.div_ceil(plan.tile.bm()),
-        m,
-        [0, 0, 0],
-        1,
-    )?;
+    let t = awq_tiled(s, plan, out.raw(), a.raw(), w, m.div_ceil(plan.tile.bm()), m, [0, 0, 0], 1)?;
     launch_tiled(s, ws, plan, t)
 }
 
@@ -740,10 +690,7 @@ pub fn awq_grouped_gemm(
     w: &AwqWeight,
     rows: &GroupedRows,
 ) -> Result<()> {
-    w.check()?;
-    let (_, k) = rows_cols(a);
-    a.check_dtype(DType::Bf16)?;
-    out.check_dtype(DType::Bf16)?;
+    let (_, k) = check_awq_io(w, a, out)?;
     if k != w.k {
         return Err(bad(format!(
             "awq_grouped_gemm: a {:?} for K {}",
@@ -753,22 +700,7 @@ pub fn awq_grouped_gemm(
     }
     let max_rows = rows.max_tiles * plan.tile.bm();
     check_rows(rows, out, max_rows, w.n, "awq_grouped_gemm")?;
-    let r = [
-        rows.row_ids.map(|t| t.raw()).unwrap_or(0),
-        rows.tile_expert.raw(),
-        rows.num_tiles.raw(),
-    ];
-    let t = awq_tiled(
-        s,
-        plan,
-        out.raw(),
-        a.raw(),
-        w,
-        rows.max_tiles,
-        max_rows,
-        r,
-        rows.a_row_div,
-    )?;
+    let t = awq_tiled(s, plan, out.raw(), a.raw(), w, rows.max_tiles, max_rows, rows.raw(), rows.a_row_div)?;
     launch_tiled(s, ws, plan, t)
 }
 

@@ -8,21 +8,13 @@
 //!   `awq_gemm` down.
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
 
-use super::fp8_gemm::{launch_raw, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
+use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
 use super::memory::DeviceTensor;
-use super::moe_driver::{run_experts, slot, ExpertGemms, MoePlan, Operand, SortedRows};
-use super::quant_gemm::{awq_tiled, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantPlan, Tiled, EPS};
+use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
+use super::quant_gemm::{awq_tiled, int8_tiled, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantPlan};
 use super::stream::GpuStream;
 use super::types::*;
-use crate::error::{Error, Result};
-
-fn bad(msg: String) -> Error {
-    Error::InvalidArgument(msg)
-}
-
-fn u32_of(n: usize, what: &str) -> Result<u32> {
-    u32::try_from(n).map_err(|_| bad(format!("{what} = {n} does not fit the kernels' 32-bit sizes")))
-}
+use crate::error::Result;
 
 /// The plans of both grouped GEMMs (same tile: it depends on the pairs and experts only).
 fn plans(pairs: usize, e: usize, h: usize, i: usize, gu_k_tiles: usize, dn_k_tiles: usize) -> MoePlan<QuantPlan> {
@@ -47,11 +39,8 @@ pub struct MoeInt8Weights<'a> {
 impl MoeInt8Weights<'_> {
     /// (experts, hidden, intermediate).
     pub fn dims(&self) -> Result<(usize, usize, usize)> {
+        let (e, h, i) = stacked_dims("int8_moe", self.w13, self.w2)?;
         let (s13, s2) = (self.w13.shape(), self.w2.shape());
-        if s13.len() != 3 || s2.len() != 3 || s13[1] % 2 != 0 {
-            return Err(bad(format!("int8_moe: w13 {s13:?} w2 {s2:?} must be [E, 2I, H] and [E, H, I]")));
-        }
-        let (e, i, h) = (s13[0], s13[1] / 2, s13[2]);
         self.w13.check_dtype(DType::I8)?;
         self.w2.check_dtype(DType::I8)?;
         self.w13_scale.check_dtype(DType::F32)?;
@@ -72,17 +61,8 @@ impl MoeInt8Weights<'_> {
     fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Result<()> {
         let (n, k) = (w.0.shape()[1], w.0.shape()[2]);
         let m = rows.rows();
-        let t = Tiled {
-            name: format!("int8_gemm_{}_{}", self.scheme.tag(), plan.tile.label()),
-            smem: plan.tile.int8_smem_bytes(s.vendor()),
-            n,
-            k_tiles: k.div_ceil(128),
-            m_tiles: rows.max_tiles,
-            ws_rows: m,
-            head: vec![out, a.data, a.scales, w.0.raw(), w.1.raw()],
-            rows: [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles],
-            tail: vec![u32_of(m, "m")? as u64, u32_of(n, "n")? as u64, u32_of(k, "k")? as u64, if gather { rows.topk as u64 } else { 1 }],
-        };
+        let r = [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles];
+        let t = int8_tiled(s, self.scheme, plan, [out, a.data, a.scales, w.0.raw(), w.1.raw()], n, k, rows.max_tiles, m, r, if gather { rows.topk } else { 1 })?;
         launch_tiled(s, ws, plan, t)
     }
 }
@@ -108,8 +88,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let t = x.numel().checked_div(h).unwrap_or(0);
         let q = wsp.buf(s, slot::X, DType::I8, t * h)?;
         let sc = wsp.buf(s, slot::X_SCALES, DType::F32, self.scheme.a_scales_len(t, h))?;
-        let mut v = [q, sc, x.raw(), u32_of(t, "rows")? as u64, u32_of(h, "cols")? as u64, h as u64, 0, 1, EPS.to_bits() as u64];
-        launch_raw(s, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), LaunchCfg::linear(u32_of(t, "rows")?, 256), &mut v)?;
+        launch_int8_quant(s, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), [q, sc, x.raw()], t, h, h, (0, 1))?;
         Ok(Operand { data: q, scales: sc })
     }
 
@@ -122,8 +101,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let m = rows.rows();
         let q = wsp.buf(s, slot::H, DType::I8, m * i)?;
         let sc = wsp.buf(s, slot::H_SCALES, DType::F32, self.scheme.a_scales_len(m, i))?;
-        let mut v = [q, sc, gate_up, u32_of(m, "rows")? as u64, u32_of(i, "cols")? as u64, u32_of(2 * i, "stride")? as u64, rows.num_tiles, rows.bm as u64, EPS.to_bits() as u64];
-        launch_raw(s, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), LaunchCfg::linear(u32_of(m, "rows")?, 256), &mut v)?;
+        launch_int8_quant(s, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), [q, sc, gate_up], m, i, 2 * i, (rows.num_tiles, rows.bm))?;
         Ok(Operand { data: q, scales: sc })
     }
 

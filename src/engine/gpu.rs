@@ -25,38 +25,155 @@ use crate::engine::model::{ModelSpec, SeqStep, StepModel};
 use crate::error::{Error, Result};
 use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, GpuOptions, LogitRows, PagePool};
 
+/// A model whose decode steps can replay captured graphs: what [`GraphSteps::step`] runs, for
+/// [`GpuStepModel`] (one GPU, one pool) and the tensor-parallel step model (a pool per rank).
+pub(crate) trait GraphModel {
+    type Pool: ?Sized;
+    type Graph;
+    /// The model's devices, for logs.
+    fn name(&self) -> String;
+    /// The batch size a graph was captured for.
+    fn batch_size_of(g: &Self::Graph) -> usize;
+    fn capture_decode_graph(&self, pool: &mut Self::Pool, bs: usize, pad_page: u32) -> Result<Self::Graph>;
+    fn forward_decode_graph(&self, g: &Self::Graph, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>>;
+    fn forward_batch(&self, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>>;
+}
+
+impl GraphModel for GpuModel {
+    type Pool = PagePool;
+    type Graph = DecodeGraph;
+    fn name(&self) -> String {
+        self.device().to_string()
+    }
+    fn batch_size_of(g: &DecodeGraph) -> usize {
+        g.batch_size()
+    }
+    fn capture_decode_graph(&self, pool: &mut PagePool, bs: usize, pad_page: u32) -> Result<DecodeGraph> {
+        GpuModel::capture_decode_graph(self, pool, bs, pad_page)
+    }
+    fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        GpuModel::forward_decode_graph(self, g, pool, seqs)
+    }
+    fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        GpuModel::forward_batch(self, pool, seqs)
+    }
+}
+
+/// The free device memory after the weights (logged), `None` when the driver did not report it.
+pub(crate) fn free_after_weights(name: &str, mem_info: Result<(usize, usize)>, least: &str) -> Option<usize> {
+    match mem_info {
+        Ok((free, total)) => {
+            tracing::info!(
+                "{name}: {:.2} GiB of {:.2} GiB free after loading the weights{least}",
+                free as f64 / (1u64 << 30) as f64,
+                total as f64 / (1u64 << 30) as f64
+            );
+            Some(free)
+        }
+        Err(e) => {
+            tracing::warn!("{name}: free device memory unknown ({e}); sizing the KV pool from host memory");
+            None
+        }
+    }
+}
+
+/// The decode graphs of a step model, by batch size, and the steps that replay them.
+pub(crate) struct GraphSteps<G> {
+    graphs: Vec<G>,
+    /// Largest decode batch replayed as a graph (0: none).
+    max_bs: usize,
+    /// The page reserved for padding rows of graphs (the pool's last).
+    pad_page: Option<u32>,
+}
+
+impl<G> GraphSteps<G> {
+    pub(crate) fn new() -> Self {
+        GraphSteps { graphs: Vec::new(), max_bs: 0, pad_page: None }
+    }
+
+    pub(crate) fn max_bs(&self) -> usize {
+        self.max_bs
+    }
+
+    pub(crate) fn set_max_bs(&mut self, max_bs: usize) {
+        self.max_bs = max_bs;
+    }
+
+    pub(crate) fn graphs(&self) -> &[G] {
+        &self.graphs
+    }
+
+    /// Drops the graphs (before their pool is freed); the pages the next pool needs beyond the
+    /// engine's `num_pages`, whose first (page `num_pages`) becomes the padding page.
+    pub(crate) fn reset(&mut self, num_pages: usize) -> usize {
+        self.graphs.clear();
+        let extra = usize::from(self.max_bs > 0);
+        self.pad_page = (extra > 0).then_some(num_pages as u32);
+        extra
+    }
+
+    /// The graph for `bs`, captured now if needed; `None` (and graphs off) when capture fails.
+    fn graph<M: GraphModel<Graph = G>>(&mut self, model: &M, pool: &mut M::Pool, bs: usize) -> Option<usize> {
+        if let Some(i) = self.graphs.iter().position(|g| M::batch_size_of(g) == bs) {
+            return Some(i);
+        }
+        let pad = self.pad_page?;
+        let t0 = std::time::Instant::now();
+        match model.capture_decode_graph(pool, bs, pad) {
+            Ok(g) => {
+                tracing::info!("{}: captured the decode graph of batch size {bs} in {:.1?}", model.name(), t0.elapsed());
+                self.graphs.push(g);
+                Some(self.graphs.len() - 1)
+            }
+            Err(e) => {
+                tracing::warn!("{}: capturing the decode graph of batch size {bs} failed ({e}); CUDA graphs off, decode steps run eagerly", model.name());
+                self.max_bs = 0;
+                self.graphs.clear();
+                None
+            }
+        }
+    }
+
+    /// One engine step of `batch` on `model` over `pool` (`None`: not allocated yet): a graph
+    /// replay when every sequence decodes one token and there are at most `max_bs`, else eager.
+    pub(crate) fn step<M: GraphModel<Graph = G>>(&mut self, model: &M, pool: Option<&mut M::Pool>, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let pool = pool.ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<BatchSeq<'_>> = batch
+            .iter()
+            .map(|s| BatchSeq {
+                tokens: s.tokens,
+                start: s.start,
+                block_table: s.block_table,
+                logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
+            })
+            .collect();
+        let decode = batch.len() <= self.max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
+        let graph = if decode { self.graph(model, pool, GpuStepModel::graph_batch_size(batch.len())) } else { None };
+        let out = match graph {
+            Some(i) => model.forward_decode_graph(&self.graphs[i], pool, &seqs)?,
+            None => model.forward_batch(pool, &seqs)?,
+        };
+        Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
+    }
+}
+
 pub struct GpuStepModel {
     /// Captured decode graphs, by batch size (dropped before the pool and the model).
-    graphs: Vec<DecodeGraph>,
+    graphs: GraphSteps<DecodeGraph>,
     pool: Option<PagePool>,
     model: GpuModel,
     /// Free device memory after the weights, when the driver reported it.
     free_after_weights: Option<usize>,
-    /// Largest decode batch replayed as a graph (0: none).
-    graph_max_bs: usize,
-    /// The page reserved for padding rows of graphs (the pool's last).
-    pad_page: Option<u32>,
 }
 
 impl GpuStepModel {
     /// Wraps a loaded model; reads the free device memory now (after the weights).
     pub fn new(model: GpuModel) -> GpuStepModel {
-        let free_after_weights = match model.mem_info() {
-            Ok((free, total)) => {
-                tracing::info!(
-                    "{}: {:.2} GiB of {:.2} GiB free after loading the weights",
-                    model.device(),
-                    free as f64 / (1u64 << 30) as f64,
-                    total as f64 / (1u64 << 30) as f64
-                );
-                Some(free)
-            }
-            Err(e) => {
-                tracing::warn!("{}: free device memory unknown ({e}); sizing the KV pool from host memory", model.device());
-                None
-            }
-        };
-        GpuStepModel { graphs: Vec::new(), pool: None, model, free_after_weights, graph_max_bs: 0, pad_page: None }
+        let free_after_weights = free_after_weights(&model.name(), model.mem_info(), "");
+        GpuStepModel { graphs: GraphSteps::new(), pool: None, model, free_after_weights }
     }
 
     /// Loads `dir` onto `device` (`cuda:N` or `hip:N`) with the reference options.
@@ -72,7 +189,7 @@ impl GpuStepModel {
     /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never). Call
     /// before the engine allocates the pool (it reserves the padding page).
     pub fn with_cuda_graphs(mut self, max_bs: usize) -> GpuStepModel {
-        self.graph_max_bs = max_bs;
+        self.graphs.set_max_bs(max_bs);
         self
     }
 
@@ -88,29 +205,7 @@ impl GpuStepModel {
 
     /// Batch sizes of the graphs captured so far.
     pub fn captured_graphs(&self) -> Vec<usize> {
-        self.graphs.iter().map(|g| g.batch_size()).collect()
-    }
-
-    /// The graph for `bs`, captured now if needed; `None` (and graphs off) when capture fails.
-    fn graph(&mut self, bs: usize) -> Option<usize> {
-        if let Some(i) = self.graphs.iter().position(|g| g.batch_size() == bs) {
-            return Some(i);
-        }
-        let (pool, pad) = (self.pool.as_mut()?, self.pad_page?);
-        let t0 = std::time::Instant::now();
-        match self.model.capture_decode_graph(pool, bs, pad) {
-            Ok(g) => {
-                tracing::info!("{}: captured the decode graph of batch size {bs} in {:.1?}", self.model.device(), t0.elapsed());
-                self.graphs.push(g);
-                Some(self.graphs.len() - 1)
-            }
-            Err(e) => {
-                tracing::warn!("{}: capturing the decode graph of batch size {bs} failed ({e}); CUDA graphs off, decode steps run eagerly", self.model.device());
-                self.graph_max_bs = 0;
-                self.graphs.clear();
-                None
-            }
-        }
+        self.graphs.graphs().iter().map(|g| g.batch_size()).collect()
     }
 
     pub fn model(&self) -> &GpuModel {
@@ -124,65 +219,33 @@ impl GpuStepModel {
 
 impl StepModel for GpuStepModel {
     fn spec(&self) -> ModelSpec {
-        let c = self.model.config();
-        ModelSpec {
-            num_layers: c.num_hidden_layers,
-            latent_width: self.model.latent_width(),
-            position_bytes: self.model.cache_row_bytes(),
-            vocab_size: c.vocab_size,
-            max_positions: c.max_position_embeddings.min(self.model.max_positions()),
-            eos_token_ids: c.eos_token_ids.clone(),
-            memory_bytes: self.free_after_weights,
-        }
+        let m = &self.model;
+        ModelSpec::for_config(m.config(), m.latent_width(), m.cache_row_bytes(), m.max_positions(), self.free_after_weights)
     }
 
     fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()> {
         // Free the old pool (and the graphs that address it) first: the new one may need its memory.
-        self.graphs.clear();
-        self.pool = None;
         // Graphs get one more page, beyond the engine's, for their padding rows.
-        let extra = usize::from(self.graph_max_bs > 0);
+        let extra = self.graphs.reset(num_pages);
+        self.pool = None;
         let pool = self.model.new_page_pool(num_pages + extra, page_size)?;
         self.model.stream().synchronize()?;
-        self.pad_page = (extra > 0).then_some(num_pages as u32);
         tracing::info!(
             "{}: KV page pool of {num_pages} pages × {page_size} positions ({:.1} MiB){}",
             self.model.device(),
             pool.bytes() as f64 / (1 << 20) as f64,
-            if extra > 0 { format!(", CUDA graphs for decode batches up to {}", self.graph_max_bs) } else { String::new() }
+            if extra > 0 { format!(", CUDA graphs for decode batches up to {}", self.graphs.max_bs()) } else { String::new() }
         );
         self.pool = Some(pool);
         Ok(())
     }
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-        if self.pool.is_none() {
-            return Err(Error::InvalidArgument("step before allocate_cache".into()));
-        }
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let seqs: Vec<BatchSeq<'_>> = batch
-            .iter()
-            .map(|s| BatchSeq {
-                tokens: s.tokens,
-                start: s.start,
-                block_table: s.block_table,
-                logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
-            })
-            .collect();
-        let decode = batch.len() <= self.graph_max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
-        let graph = if decode { self.graph(Self::graph_batch_size(batch.len())) } else { None };
-        let pool = self.pool.as_mut().ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
-        let out = match graph {
-            Some(i) => self.model.forward_decode_graph(&self.graphs[i], pool, &seqs)?,
-            None => self.model.forward_batch(pool, &seqs)?,
-        };
-        Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
+        self.graphs.step(&self.model, self.pool.as_mut(), batch)
     }
 
     fn cuda_graph_max_bs(&self) -> usize {
-        self.graph_max_bs
+        self.graphs.max_bs()
     }
 
     fn device(&self) -> String {

@@ -9,6 +9,7 @@
 use crate::engine::block_manager::PageId;
 use crate::engine::kv_cache::HostLatentPool;
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
 use crate::model::cpu::CpuModel;
 use crate::model::generate::CausalLm;
 
@@ -31,6 +32,21 @@ pub struct ModelSpec {
 }
 
 impl ModelSpec {
+    /// The spec of a model of `cfg` whose cache holds `latent_width` values in `position_bytes`
+    /// bytes per position and layer, and that runs sequences of up to `max_positions` (capped by
+    /// `max_position_embeddings`).
+    pub fn for_config(cfg: &ModelConfig, latent_width: usize, position_bytes: usize, max_positions: usize, memory_bytes: Option<usize>) -> ModelSpec {
+        ModelSpec {
+            num_layers: cfg.num_hidden_layers,
+            latent_width,
+            position_bytes,
+            vocab_size: cfg.vocab_size,
+            max_positions: cfg.max_position_embeddings.min(max_positions),
+            eos_token_ids: cfg.eos_token_ids.clone(),
+            memory_bytes,
+        }
+    }
+
     pub fn bytes_per_page(&self, page_size: usize) -> usize {
         self.num_layers * page_size * self.position_bytes
     }
@@ -85,15 +101,8 @@ impl CpuStepModel {
 impl StepModel for CpuStepModel {
     fn spec(&self) -> ModelSpec {
         let c = self.model.config();
-        ModelSpec {
-            num_layers: c.num_hidden_layers,
-            latent_width: c.kv_lora_rank + c.qk_rope_head_dim,
-            position_bytes: (c.kv_lora_rank + c.qk_rope_head_dim) * std::mem::size_of::<f32>(),
-            vocab_size: c.vocab_size,
-            max_positions: c.max_position_embeddings,
-            eos_token_ids: c.eos_token_ids.clone(),
-            memory_bytes: None,
-        }
+        let width = c.kv_lora_rank + c.qk_rope_head_dim;
+        ModelSpec::for_config(c, width, width * std::mem::size_of::<f32>(), c.max_position_embeddings, None)
     }
 
     fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()> {

@@ -124,3 +124,62 @@ pub fn gpu_model(dir: &std::path::Path) -> dsv3::model::gpu::GpuModel {
     dsv3::model::gpu::GpuModel::load(dir, dsv3::backend::Device::Cuda(0))
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
+
+/// Runs test `child` of this test binary as two "nodes": two processes over loopback, one GPU
+/// each (NCCL without NVLink multicast), told their rank and node 0's free `127.0.0.1:port` in
+/// the environment variables `rank_var` and `addr_var`. Returns whether both exited successfully
+/// having printed `ok_line`, each one's stdout + stderr, and a report of both for assertions.
+pub fn run_two_nodes(child: &str, rank_var: &str, addr_var: &str, ok_line: &str) -> (bool, Vec<String>, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|rank| {
+            std::process::Command::new(&exe)
+                .args(["--include-ignored", "--exact", child, "--nocapture", "--test-threads", "1"])
+                .env(rank_var, rank.to_string())
+                .env(addr_var, format!("127.0.0.1:{port}"))
+                .env("CUDA_VISIBLE_DEVICES", rank.to_string())
+                .env("NCCL_NVLS_ENABLE", "0")
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let (mut ok, mut texts, mut report) = (true, Vec::new(), String::new());
+    for (rank, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ok &= out.status.success() && text.contains(ok_line);
+        report.push_str(&format!("--- node {rank} ({})\n{text}\n", out.status));
+        texts.push(text);
+    }
+    (ok, texts, report)
+}
+
+/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
+pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut out = vec![0f32; m * n];
+    for i in 0..m {
+        let ar = &a[i * k..(i + 1) * k];
+        for j in 0..n {
+            let br = &b[j * k..(j + 1) * k];
+            out[i * n + j] = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+/// `topk` distinct expert ids among `e` for each of `t` tokens ([t, topk]).
+pub fn distinct_ids(r: &mut StdRng, t: usize, e: usize, topk: usize) -> Vec<i32> {
+    let mut ids = Vec::with_capacity(t * topk);
+    for _ in 0..t {
+        let mut pool: Vec<i32> = (0..e as i32).collect();
+        for k in 0..topk {
+            let j = r.gen_range(k..e);
+            pool.swap(k, j);
+            ids.push(pool[k]);
+        }
+    }
+    ids
+}

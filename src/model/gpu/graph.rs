@@ -45,13 +45,8 @@ impl GpuModel {
     /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
     /// the inputs (padded with rows on the pad page), replays, copies back the real rows' logits.
     pub fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        if seqs.len() > g.bs || seqs.iter().any(|q| q.tokens.len() != 1) {
-            return Err(Error::InvalidArgument(format!("decode graph of {} sequences for a batch of {}", g.bs, seqs.len())));
-        }
-        let pad = [0u32];
         let pad_table = [g.pad_page];
-        let mut all: Vec<BatchSeq<'_>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
-        all.resize(g.bs, BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last });
+        let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
         let (packed, layout) = pack_step(self, pool, &all, Some(g.max_pages))?;
         if layout != g.inputs.layout() {
             return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs.layout())));
@@ -84,4 +79,15 @@ impl DecodeGraph {
     pub fn batch_size(&self) -> usize {
         self.bs
     }
+}
+
+/// The rows of a decode graph captured for `bs` sequences: `seqs` (at most `bs`, one token each),
+/// all with logits, then padding rows of token 0 on the page of `pad_table`.
+pub(super) fn padded_decode_rows<'a>(seqs: &[BatchSeq<'a>], bs: usize, pad_table: &'a [u32]) -> Result<Vec<BatchSeq<'a>>> {
+    if seqs.len() > bs || seqs.iter().any(|q| q.tokens.len() != 1) {
+        return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences for a batch of {}", seqs.len())));
+    }
+    let mut all: Vec<BatchSeq<'a>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
+    all.resize(bs, BatchSeq { tokens: &[0], start: 0, block_table: pad_table, logits: LogitRows::Last });
+    Ok(all)
 }

@@ -19,9 +19,9 @@
 
 use std::path::Path;
 
-use super::weights::{Experts, Ffn, Layer, Linear, Mlp, Moe, QProj, Weights};
+use super::weights::{route_params, Experts, Ffn, Layer, Linear, Mlp, Moe, QProj, Weights};
 use super::{GpuModel, GpuOptions, PAGE_SIZE};
-use crate::backend::dispatch::{self, RouteParams};
+use crate::backend::dispatch;
 use crate::backend::{open_stream, DType as DevDType, Device, DeviceTensor, GpuStream};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -119,13 +119,7 @@ impl Filler<'_> {
                     0 => None,
                     n => Some(self.mlp(h, n * inter)?),
                 },
-                params: RouteParams {
-                    n_group: cfg.n_group,
-                    topk_group: cfg.topk_group,
-                    top_k: cfg.num_experts_per_tok,
-                    scaling: cfg.routed_scaling_factor,
-                    renormalize: cfg.norm_topk_prob,
-                },
+                params: route_params(cfg),
                 n_experts: e,
                 local_experts: 0..e,
                 inter,

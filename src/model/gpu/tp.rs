@@ -28,6 +28,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::forward::{run_ranks, AttnPart, RankStep};
+use super::graph::padded_decode_rows;
 use super::step::{pack_step, split_rows, StepTensors};
 use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
 use crate::backend::dispatch::{self, Strided};
@@ -297,13 +298,8 @@ impl TpModel {
     /// [`GpuModel::forward_decode_graph`] over the group.
     pub fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
         self.check_pools(pools)?;
-        if seqs.len() > g.bs || seqs.iter().any(|q| q.tokens.len() != 1) {
-            return Err(Error::InvalidArgument(format!("decode graph of {} sequences for a batch of {}", g.bs, seqs.len())));
-        }
-        let pad = [0u32];
         let pad_table = [g.pad_page];
-        let mut all: Vec<BatchSeq<'_>> = seqs.iter().map(|q| BatchSeq { logits: LogitRows::Last, ..*q }).collect();
-        all.resize(g.bs, BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last });
+        let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &all, Some(g.max_pages))?;
         if layout != g.inputs[0].layout() {
             return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs[0].layout())));

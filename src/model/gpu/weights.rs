@@ -195,6 +195,17 @@ pub(super) fn check_shape(name: &str, found: &[usize], expected: &[usize]) -> Re
     Ok(())
 }
 
+/// The router settings of `cfg`'s MoE layers.
+pub(super) fn route_params(cfg: &ModelConfig) -> RouteParams {
+    RouteParams {
+        n_group: cfg.n_group,
+        topk_group: cfg.topk_group,
+        top_k: cfg.num_experts_per_tok,
+        scaling: cfg.routed_scaling_factor,
+        renormalize: cfg.norm_topk_prob,
+    }
+}
+
 /// Layer `i`, or `plan`'s shard of it (its heads, its slice of the MLPs, its experts).
 #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig, opts: &GpuOptions, i: usize, plan: &ShardPlan) -> Result<Layer> {
@@ -276,13 +287,7 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
                 0 => None,
                 n => Some(load_mlp(s, ckpt, plan, opts, &format!("{p}.mlp.shared_experts"), h, n * inter)?),
             },
-            params: RouteParams {
-                n_group: cfg.n_group,
-                topk_group: cfg.topk_group,
-                top_k: cfg.num_experts_per_tok,
-                scaling: cfg.routed_scaling_factor,
-                renormalize: cfg.norm_topk_prob,
-            },
+            params: route_params(cfg),
             n_experts: e,
             local_experts: plan.experts.clone(),
             inter: plan.expert_inter.len(),
