@@ -2,26 +2,48 @@
 //   per_token_group_quant: q[r, c] = sat(x[r, c] / s[r, g]), s[r, g] = max(amax(group), eps) / QMAX,
 //     groups of GROUP consecutive channels (the last one may be partial); scales [rows, ceil(cols/GROUP)].
 //     One block of GROUP threads per (group, row).
+//   per_token_group_fake_quant: x → dequant(quant(x)) with those scales, in x's type.
 //   block_dequant: out[n, k] = q[n, k] * scale_inv[n / B, k / B], scale_inv [ceil(N/B), ceil(K/B)].
 #pragma once
 #include "dsv3/dsv3.h"
 
 namespace dsv3 {
 
+// The value this thread holds of its (group, row) block and the group's scale; in = false for
+// threads past the group or the row.
+template <class T, class F8, int GROUP>
+DSV3_DEV float group_value_and_scale(const T* DSV3_RESTRICT x, u32 r, u32 c, u32 cols, bool in, float eps, float& s) {
+  __shared__ float scratch[32];
+  const float v = in ? to_float(x[(u64)r * cols + c]) : 0.0f;
+  s = fmaxf(block_max(fabsf(v), scratch), eps) / Fp8Traits<F8>::QMAX;
+  return v;
+}
+
 template <class T, class F8, int GROUP>
 DSV3_DEV void per_token_group_quant(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const T* DSV3_RESTRICT x,
                                     u32 rows, u32 cols, float eps) {
-  __shared__ float scratch[32];
   const u32 g = blockIdx.x, r = blockIdx.y;
   const u32 ngroups = ceil_div(cols, GROUP);
   if (r >= rows || g >= ngroups) return;
   const u32 c = g * GROUP + tid();
   const bool in = tid() < GROUP && c < cols;
-  const float v = in ? to_float(x[(u64)r * cols + c]) : 0.0f;
-  const float amax = block_max(fabsf(v), scratch);
-  const float s = fmaxf(amax, eps) / Fp8Traits<F8>::QMAX;
+  float s;
+  const float v = group_value_and_scale<T, F8, GROUP>(x, r, c, cols, in, eps, s);
   if (in) q[(u64)r * cols + c] = from_float<F8>(v / s);
   if (tid() == 0) scales[(u64)r * ngroups + g] = s;
+}
+
+// out = dequant(quant(x)) with the scales of per_token_group_quant: the activation rounding of
+// the FP8 GEMMs, for GEMMs that read the dequantized value (shapes the FP8 kernels do not take).
+template <class T, class F8, int GROUP>
+DSV3_DEV void per_token_group_fake_quant(T* DSV3_RESTRICT out, const T* DSV3_RESTRICT x, u32 rows, u32 cols, float eps) {
+  const u32 g = blockIdx.x, r = blockIdx.y;
+  if (r >= rows || g >= ceil_div(cols, GROUP)) return;
+  const u32 c = g * GROUP + tid();
+  const bool in = tid() < GROUP && c < cols;
+  float s;
+  const float v = group_value_and_scale<T, F8, GROUP>(x, r, c, cols, in, eps, s);
+  if (in) out[(u64)r * cols + c] = from_float<T>(to_float(from_float<F8>(v / s)) * s);
 }
 
 template <class F8, class TO, int B>

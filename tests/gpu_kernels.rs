@@ -348,6 +348,24 @@ proptest! {
         });
     }
 
+    /// The FP8 activation rounding on the device equals the CPU's (`fake_quant_act_per_token_group`)
+    /// bit for bit on f32 rows, partial last groups included.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn fp8_fake_quant_matches_the_cpu(seed: u64, rows in 1usize..20, cols in 1usize..400, scale in 1e-3f32..1e3) {
+        let mut r = rng(seed);
+        let x = rand_vec(&mut r, rows * cols, scale);
+        let mut want = x.clone();
+        ops::fp8::fake_quant_act_per_token_group(&mut want, rows, cols, 128);
+        on_each(|s, v| {
+            let dx = up(s, &[rows, cols], &x, DType::F32);
+            let out = poisoned(s, DType::F32, &[rows, cols]);
+            dispatch::fp8_fake_quant_group128(s, &out, &dx, ops::fp8::ACT_AMAX_EPS).unwrap();
+            let got = down(s, &out);
+            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{v} fp8 fake quant");
+        });
+    }
+
     /// Random tensors made on the device equal the CPU mirror element by element (f32 exactly,
     /// bf16 / e4m3fn after the same round-to-nearest-even conversion).
     #[test]
@@ -849,7 +867,7 @@ fn every_registry_kernel_is_covered() {
                 // mla_paged_attention_{f32,bf16}_{f32,bf16} (mla_paged_attention) and
                 // mla_paged_attention_{f32,bf16}_fp8 (mla_paged_attention_fp8_cache).
                 "moe_gather_", "moe_gemm_", "moe_combine_", "mla_paged_attention_", "paged_kv_write_", "argmax_",
-                "sample_", "fill_uniform_",
+                "sample_", "fill_uniform_", "fp8_fake_quant_group128_",
             ],
         ),
         (

@@ -200,6 +200,16 @@ pub static FAMILIES: &[Family] = &[
                 doc: "grid (ceil(cols/128), rows), block 128; scales [rows, ceil(cols/128)].",
             },
             KernelSpec {
+                name: "fp8_fake_quant_group128_{T}_{F8}",
+                template: "dsv3::per_token_group_fake_quant<{T}, {F8}, 128>",
+                grid: &[FLOAT, FP8],
+                points: &[],
+                args: &[ptr_mut("out", "{T}"), ptr("x", "{T}"), scalar("rows", "u32"), scalar("cols", "u32"), scalar("eps", "f32")],
+                max_threads: 128,
+                archs: Archs::ALL,
+                doc: "out = dequant(quant(x)) per token and 128-channel group; grid (ceil(cols/128), rows), block 128.",
+            },
+            KernelSpec {
                 name: "fp8_dequant_block128_{F8}_{TO}",
                 template: "dsv3::block_dequant<{F8}, {TO}, 128>",
                 grid: &[FP8, Axis { name: "TO", values: &["bf16", "f32"] }],

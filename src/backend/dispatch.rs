@@ -250,6 +250,22 @@ pub fn copy_2d(s: &dyn GpuStream, out: Strided, x: Strided, rows: usize, cols: u
     )
 }
 
+/// `out` = x rounded as the FP8 GEMMs round their activations: per token and 128-channel group,
+/// scale max(amax, eps)/448, e4m3fn — the same codes as [`fp8_quant_group128`], dequantized.
+pub fn fp8_fake_quant_group128(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor, eps: f32) -> Result<()> {
+    same_shape(out, x, "fp8_fake_quant_group128")?;
+    let (rows, cols) = rows_cols(x);
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    launch_by_name(
+        s,
+        &format!("fp8_fake_quant_group128_{}_e4m3fn", x.dtype()),
+        LaunchCfg::new((u32_of(cols.div_ceil(128), "groups")?, u32_of(rows, "rows")?, 1), (128, 1, 1), 0),
+        &[KArg::Out(out), KArg::In(x), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
+    )
+}
+
 /// Per-token-group (128) FP8 quantization: q [rows, cols] (e4m3fn or e4m3fnuz), scales [rows, ceil(cols/128)].
 pub fn fp8_quant_group128(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, x: &DeviceTensor, eps: f32) -> Result<()> {
     let (rows, cols) = rows_cols(x);

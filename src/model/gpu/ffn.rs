@@ -31,6 +31,11 @@ impl GpuModel {
                 fp8_gemm_ws(s, &mut *lock(&self.fp8_ws)?, &yb, &q, &q_scales, &w.w, scale)?;
                 dispatch::cast(s, &y, &yb)?;
             }
+            (Some(scale), DevDType::E4m3fn) if self.opts.quant_kernels => {
+                // K not a multiple of 16 (rows the FP8 kernels cannot stream): the same activation
+                // rounding, then the simple GEMM on the weight's exact values.
+                dispatch::linear(s, &y, &self.fp8_fake_quant(x)?, &w.w, Some(scale))?;
+            }
             (None, DevDType::Bf16) if self.opts.quant_kernels && s.has_blas() => {
                 dispatch::linear(s, &y, &self.cast_to(x, DevDType::Bf16)?, &w.w, None)?;
             }
@@ -100,6 +105,14 @@ impl GpuModel {
         dispatch::moe_gather(s, &rows, x, &sorted_pairs, &offsets, k)?;
         let grouped = |a: &DeviceTensor, w: &Linear| -> Result<DeviceTensor> {
             let c = self.empty(&[t * k, w.n])?;
+            // float8 experts under the fast options round their inputs as the FP8 kernels would.
+            let fake;
+            let a = if w.w.dtype() == DevDType::E4m3fn && self.opts.quant_kernels {
+                fake = self.fp8_fake_quant(a)?;
+                &fake
+            } else {
+                a
+            };
             if ep {
                 // Rows of other ranks' experts are not computed: they must add nothing.
                 unsafe { s.memset_u8(c.raw(), 0, c.bytes())? };
@@ -120,6 +133,13 @@ impl GpuModel {
         let y = grouped(&h, down)?;
         dispatch::moe_combine(s, &out, &y, &weights, &pair_to_row, k, 1.0)?;
         self.mark("moe.experts")?;
+        Ok(out)
+    }
+
+    /// `x` with the FP8 GEMMs' activation rounding (per token and 128-channel group).
+    fn fp8_fake_quant(&self, x: &DeviceTensor) -> Result<DeviceTensor> {
+        let out = self.empty_as(x.dtype(), x.shape())?;
+        dispatch::fp8_fake_quant_group128(self.s(), &out, x, ACT_AMAX_EPS)?;
         Ok(out)
     }
 
