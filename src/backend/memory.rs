@@ -269,7 +269,11 @@ impl DeviceTensor {
             let mut at = 0;
             for (v, &n) in out.iter_mut().zip(counts) {
                 let bytes = &staged[at..at + n * width * 4];
-                v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+                // SAFETY: any 4 bytes are a valid f32; align_to splits off what is misaligned.
+                match unsafe { bytes.align_to::<f32>() } {
+                    ([], values, []) => v.extend_from_slice(values),
+                    _ => v.extend(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+                }
                 at += n * width * 4;
             }
             Ok(())
