@@ -66,7 +66,12 @@ fn gpu_greedy_tokens_match_the_reference() {
 /// bf16 / f16 / f32 / AWQ weights. What remains is bf16 rounding (cache rows, W_uk / W_uv, the
 /// attention's query, GEMM inputs of bf16 weights, GEMM outputs of the quantized ones), about
 /// 2⁻⁹ relative per rounding, a few per layer over the fixtures' 2–4 layers: 3e-2. (The bf16
-/// cache alone measures ≈ 4e-3 on every fixture; it is printed with the rest.)
+/// cache alone measures ≈ 4e-3 on every fixture; it is printed with the rest.) Where activations
+/// are quantized, those small differences move inputs that sit near a rounding boundary to the
+/// neighbouring code (one e4m3 step is 6–12 %, one INT8 step 1/127 of the group's max), so the
+/// two runs decorrelate up to the quantization's own effect on the logits, which the CPU
+/// measures as emulated vs plain: the bound there is 1.5 × that (measured on the H200: FP8
+/// 7.0e-2 against 7.8e-2, INT8 1.9e-2 against 1.5e-2; a wrong scale or layout gives ≈ √2).
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn fast_options_track_the_cpu_reference_with_the_same_quantization() {
@@ -95,10 +100,11 @@ fn fast_options_track_the_cpu_reference_with_the_same_quantization() {
             dir.display(),
             rel_error(cpu_logits.data(), plain_logits.data())
         );
-        errors.push((dir.display().to_string(), err_prefill, err_decode));
+        let bound = 3e-2f64.max(1.5 * rel_error(cpu_logits.data(), plain_logits.data()));
+        errors.push((dir.display().to_string(), err_prefill, err_decode, bound));
     }
-    for (dir, p, d) in errors {
-        assert!(p <= 3e-2 && d <= 3e-2, "{dir}: fast prefill / decode rel error {p:.3e} / {d:.3e}");
+    for (dir, p, d, bound) in errors {
+        assert!(p <= bound && d <= bound, "{dir}: fast prefill / decode rel error {p:.3e} / {d:.3e} (bound {bound:.1e})");
     }
 }
 
@@ -258,7 +264,8 @@ fn fast_paths_on_real_mla_widths_track_the_reference() {
 // rounding noise undamped: its bf16-only path already differs from f32 by 5.5e-2 where the
 // fixtures' differs by 4e-3) 1.7e-1 with simple GEMMs and 0.30 with FP8 activations; a wrong
 // scale group, a misplaced rope or a stale row decorrelates the logits (rel error ≈ √2).
-const FP8_CACHE_VS_BF16: f64 = 1e-1;
+/// The fixtures (measured 7.6e-2 with the simple GEMMs, 1.26e-1 with the fast options).
+const FP8_CACHE_VS_BF16: f64 = 1.5e-1;
 const RANDOM_FP8_CACHE_VS_BF16: f64 = 2.5e-1;
 /// Random real-width model: bf16 cache and bf16 attention operands against f32 (measured 5.5e-2).
 const RANDOM_BF16_CACHE: f64 = 1e-1;
