@@ -271,12 +271,12 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
                 n: 2 * inter_local,
                 quant: None,
             };
-            Experts::Fused { w13, down: load_part(s, ckpt, plan, &experts("down_proj"), h, inter)? }
+            Experts::Fused { w13, down: load_experts_part(s, ckpt, plan, &experts("down_proj"), h, inter)? }
         } else {
             Experts::Split {
-                gate: load_part(s, ckpt, plan, &experts("gate_proj"), inter, h)?,
-                up: load_part(s, ckpt, plan, &experts("up_proj"), inter, h)?,
-                down: load_part(s, ckpt, plan, &experts("down_proj"), h, inter)?,
+                gate: load_experts_part(s, ckpt, plan, &experts("gate_proj"), inter, h)?,
+                up: load_experts_part(s, ckpt, plan, &experts("up_proj"), inter, h)?,
+                down: load_experts_part(s, ckpt, plan, &experts("down_proj"), h, inter)?,
             }
         };
         Ffn::Moe(Moe {
@@ -314,6 +314,22 @@ pub(super) fn load_part(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, 
         Error::InvalidArgument(format!("rank {} of {} holds none of {names:?}", plan.shard.rank, plan.shard.world))
     })?;
     load_linear_part(s, ckpt, names, n, k, &part)
+}
+
+/// [`load_part`] of a rank's experts, always with the leading expert dimension ([E, N, K], block
+/// scales [E, ⌈N/128⌉, ⌈K/128⌉]) — also when the rank holds one expert (EP over as many ranks as
+/// experts), which the grouped GEMMs still index by expert.
+pub(super) fn load_experts_part(s: &dyn GpuStream, ckpt: &Checkpoint, plan: &ShardPlan, names: &[String], n: usize, k: usize) -> Result<Linear> {
+    let mut lin = load_part(s, ckpt, plan, names, n, k)?;
+    if names.len() == 1 {
+        let lead = |t: DeviceTensor| -> Result<DeviceTensor> {
+            let shape = [&[1][..], t.shape()].concat();
+            t.reshape(&shape)
+        };
+        lin.w = lead(lin.w)?;
+        lin.scale = lin.scale.map(lead).transpose()?;
+    }
+    Ok(lin)
 }
 
 /// The router stays in f32: its logits decide discrete expert choices.
