@@ -5,6 +5,7 @@
 //! - [`model`]: config parsing, checkpoint loading, weights, and the CPU reference forward pass;
 //! - [`ops`]: one module per op family, each with its CPU reference (the numerical oracle);
 //! - [`tensor`]: the host tensor the CPU backend computes on;
+//! - [`host_alloc`]: host allocator settings for the GPU serving loop;
 //! - [`error`]: the crate's typed errors.
 
 pub mod backend;
@@ -12,6 +13,7 @@ pub mod convert;
 pub mod dist;
 pub mod engine;
 pub mod error;
+pub mod host_alloc;
 pub mod model;
 pub mod ops;
 #[cfg(feature = "server")]

@@ -262,6 +262,8 @@ impl GpuModel {
 
     /// The model over weights already on `stream`'s device (`plan`'s shard): adds the RoPE tables.
     fn assemble(cfg: ModelConfig, opts: GpuOptions, stream: Box<dyn GpuStream>, w: Weights, plan: ShardPlan) -> Result<GpuModel> {
+        // Steps return their logits to the host: keep that memory mapped between steps.
+        crate::host_alloc::keep_freed_memory();
         let s = stream.as_ref();
         // cos/sin tables for every position the cache can hold.
         let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
