@@ -21,6 +21,9 @@
 //!   bash .gpu/run.sh '^fp8_gemm-'
 //! Without a CUDA device it panics ("no CUDA device").
 
+#[path = "common/timing.rs"]
+mod timing;
+use timing::{copy_gbs, time_us};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
@@ -80,36 +83,6 @@ fn random_bf16(s: &dyn GpuStream, shape: &[usize], seed: u64) -> DeviceTensor {
     DeviceTensor::from_f32(s, shape, &v, DType::Bf16).unwrap()
 }
 
-/// Median over 7 batches of the per-launch mean of 20 back-to-back launches, in µs.
-fn time_us(s: &CudaStream, mut launch: impl FnMut(usize)) -> f64 {
-    for i in 0..5 {
-        launch(i);
-    }
-    s.synchronize().unwrap();
-    let timer = cuda_util::EventTimer::new(s).unwrap();
-    let mut v = Vec::new();
-    let mut i = 0;
-    for _ in 0..7 {
-        timer.start().unwrap();
-        for _ in 0..20 {
-            launch(i);
-            i += 1;
-        }
-        v.push(timer.stop_ms().unwrap() as f64 * 1000.0 / 20.0);
-    }
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-/// Device-to-device copy bandwidth (read + write bytes), GB/s.
-fn copy_gbs(s: &CudaStream) -> f64 {
-    let bytes = 1usize << 30;
-    let a = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
-    let b = DeviceTensor::empty(s, DType::U8, &[bytes]).unwrap();
-    unsafe { s.memset_u8(a.raw(), 1, bytes).unwrap() };
-    let us = time_us(s, |_| unsafe { s.copy_dtod(b.raw(), a.raw(), bytes).unwrap() });
-    2.0 * bytes as f64 / (us * 1e3)
-}
 
 struct Dense {
     copies: Vec<(DeviceTensor, DeviceTensor)>,
