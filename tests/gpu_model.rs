@@ -497,3 +497,28 @@ fn regroup_awq_64(src: &Path, dst: &Path) {
         std::fs::copy(src.join(f), dst.join(f)).unwrap();
     }
 }
+
+/// Greedy decode through a graph with the argmax on the device returns, per sequence, the argmax
+/// of the logits row the same step hands the host (padding rows excluded).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn greedy_decode_graph_returns_the_argmax_of_the_logits() {
+    for dir in fixtures() {
+        let gpu = gpu_model(&dir);
+        let mut pool = gpu.new_page_pool(8, PAGE_SIZE).unwrap();
+        let graph = gpu.capture_decode_graph(&mut pool, 4, 7).unwrap();
+        let tables: Vec<Vec<u32>> = (0..3u32).map(|i| vec![2 * i + 1, 2 * i]).collect();
+        let toks = [3u32, 5, 7];
+        for step in 0..3 {
+            let seqs: Vec<BatchSeq> = (0..3).map(|i| BatchSeq { tokens: &toks[i..i + 1], start: step, block_table: &tables[i], logits: LogitRows::Last }).collect();
+            let rows = gpu.forward_decode_graph(&graph, &mut pool, &seqs).unwrap();
+            // The same step again (same rows written): the device argmax of its logits.
+            let ids = gpu.greedy_decode_graph(&graph, &mut pool, &seqs).unwrap();
+            let want: Vec<u32> = rows
+                .iter()
+                .map(|r| r.iter().enumerate().fold(0, |best, (j, &x)| if x > r[best] { j } else { best }) as u32)
+                .collect();
+            assert_eq!(ids, want, "{} step {step}", dir.display());
+        }
+    }
+}

@@ -76,8 +76,8 @@ pub fn run(a: &OfflineArgs) -> Result<(), String> {
         Ok(())
     };
     emit(json!({"kind": "ceiling", "copy_gbps": copy_gbps, "layers": model.config().num_hidden_layers, "kv_cache": kv.to_string()}))?;
-    println!("| batch | context | eager ms | graph ms | roofline ms | graph / roofline | weights MB | KV MB | experts hit / MoE layer |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| batch | context | eager ms | graph ms | graph + device argmax ms | roofline ms | graph / roofline | argmax / roofline | weights MB | KV MB | experts hit / MoE layer |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &c in &a.contexts {
         for &b in &a.batch_sizes {
             match decode_point(&mut model, a, b, c, copy_gbps) {
@@ -189,21 +189,27 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
         Ok(t.elapsed().as_secs_f64() * 1e3 / a.steps as f64)
     };
     let eager_ms = if a.eager { Some(time(&mut |s| model.forward_batch(&mut pool, &seqs(s)).map(drop)).map_err(e)?) } else { None };
-    let graph_ms = if a.graphs {
+    // Graph replays, with the logits to the host (the engine's sampler) and with a device argmax
+    // returning token ids only (greedy sampling on the device).
+    let (graph_ms, greedy_ms) = if a.graphs {
         let g = model.capture_decode_graph(&mut pool, b, pad_page).map_err(e)?;
-        Some(time(&mut |s| model.forward_decode_graph(&g, &mut pool, &seqs(s)).map(drop)).map_err(e)?)
+        let logits = time(&mut |s| model.forward_decode_graph(&g, &mut pool, &seqs(s)).map(drop)).map_err(e)?;
+        let greedy = time(&mut |s| model.greedy_decode_graph(&g, &mut pool, &seqs(s)).map(drop)).map_err(e)?;
+        (Some(logits), Some(greedy))
     } else {
-        None
+        (None, None)
     };
     let bytes = step_bytes(&cfg, model.options().kv_cache, b, context, &hit);
     let roof_ms = (bytes.weights + bytes.kv) / (copy_gbps * 1e9) * 1e3;
     let best = graph_ms.or(eager_ms).unwrap_or(f64::NAN);
     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
     println!(
-        "| {b} | {context} | {} | {} | {roof_ms:.3} | {:.2} | {:.0} | {:.0} | {:.1} |",
+        "| {b} | {context} | {} | {} | {} | {roof_ms:.3} | {:.2} | {:.2} | {:.0} | {:.0} | {:.1} |",
         f(eager_ms),
         f(graph_ms),
+        f(greedy_ms),
         best / roof_ms,
+        greedy_ms.unwrap_or(f64::NAN) / roof_ms,
         bytes.weights / 1e6,
         bytes.kv / 1e6,
         hit.iter().sum::<usize>() as f64 / hit.len().max(1) as f64
@@ -211,7 +217,7 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
     let breakdown: serde_json::Map<String, Value> = profile.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     eprintln!("  breakdown (eager, ms): {}", profile.iter().map(|(k, v)| format!("{k} {v:.3}")).collect::<Vec<_>>().join(", "));
     Ok(json!({
-        "kind": "decode", "batch": b, "context": context, "eager_ms": eager_ms, "graph_ms": graph_ms,
+        "kind": "decode", "batch": b, "context": context, "eager_ms": eager_ms, "graph_ms": graph_ms, "greedy_graph_ms": greedy_ms,
         "roofline_ms": roof_ms, "weight_bytes": bytes.weights, "kv_bytes": bytes.kv, "experts_hit": hit,
         "breakdown_ms": breakdown, "copy_gbps": copy_gbps, "layers": cfg.num_hidden_layers,
     }))

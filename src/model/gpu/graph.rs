@@ -4,7 +4,8 @@ use super::step::{pack_step, StepTensors};
 use super::{BatchSeq, GpuModel, LogitRows, PagePool};
 use crate::backend::memory::RetainedBlocks;
 use crate::backend::stream::StreamGraph;
-use crate::backend::DeviceTensor;
+use crate::backend::dispatch;
+use crate::backend::{DType as DevDType, DeviceTensor};
 use crate::error::{Error, Result};
 
 impl GpuModel {
@@ -45,6 +46,23 @@ impl GpuModel {
     /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
     /// the inputs (padded with rows on the pad page), replays, copies back the real rows' logits.
     pub fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.replay_decode_graph(g, pool, seqs)?;
+        // Every real row (the padding rows after them are not read); all are decode rows.
+        g.logits.rows_f32(self.s(), &vec![1; seqs.len()], self.lm_head.n)
+    }
+
+    /// [`GpuModel::forward_decode_graph`] for greedy sequences: the argmax of each real row is
+    /// taken on the device and only the token ids come back (B·4 bytes instead of B·vocab·4).
+    pub fn greedy_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<u32>> {
+        self.replay_decode_graph(g, pool, seqs)?;
+        let ids = self.empty_as(DevDType::I32, &[g.bs])?;
+        dispatch::argmax(self.s(), &ids, &g.logits)?;
+        let ids = ids.to_vec::<i32>(self.s())?;
+        Ok(ids[..seqs.len()].iter().map(|&i| i as u32).collect())
+    }
+
+    /// Uploads a decode step's inputs (padded to the graph's batch) and replays the graph.
+    fn replay_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<()> {
         let pad_table = [g.pad_page];
         let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
         let (packed, layout) = pack_step(self, pool, &all, Some(g.max_pages))?;
@@ -52,9 +70,7 @@ impl GpuModel {
             return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs.layout())));
         }
         g.inputs.upload(self.s(), &packed)?;
-        g.graph.replay()?;
-        // Every real row (the padding rows after them are not read); all are decode rows.
-        g.logits.rows_f32(self.s(), &vec![1; seqs.len()], self.lm_head.n)
+        g.graph.replay()
     }
 }
 
