@@ -21,11 +21,10 @@
 //!   bash .gpu/run.sh '^fp8_gemm-'
 //! Without a CUDA device it panics ("no CUDA device").
 
-#[path = "common/timing.rs"]
-mod timing;
-use timing::{copy_gbs, time_us};
+#[path = "common/gpu.rs"]
+mod common;
+use common::{copy_gbs, moe_ids, stream, time_us, Rng};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
 use dsv3::backend::mla::cuda_util;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
@@ -33,22 +32,7 @@ use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
 const HIDDEN: usize = 7168;
 const TOPK: usize = 8;
 
-fn stream() -> CudaStream {
-    CudaStream::new(0).unwrap_or_else(|e| panic!("no CUDA device: {e}"))
-}
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 /// Random finite e4m3fn codes (no NaN patterns, few zeros): a 16 MiB random block uploaded once,
 /// tiled on the device.
@@ -103,22 +87,6 @@ fn dense_setup(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> Dense {
         asc: random_f32(s, &[m, k.div_ceil(128)], 1e-3, 1e-2, 8),
         out: DeviceTensor::empty(s, DType::Bf16, &[m, n]).unwrap(),
     }
-}
-
-fn moe_ids(t: usize, e: usize, seed: u64) -> (Vec<i32>, usize) {
-    let mut r = Rng(seed | 1);
-    let mut ids = Vec::with_capacity(t * TOPK);
-    let mut hit = vec![false; e];
-    for _ in 0..t {
-        let mut pool: Vec<i32> = (0..e as i32).collect();
-        for k in 0..TOPK.min(e) {
-            let j = k + (r.next() as usize) % (e - k);
-            pool.swap(k, j);
-            ids.push(pool[k]);
-            hit[pool[k] as usize] = true;
-        }
-    }
-    (ids, hit.iter().filter(|&&h| h).count())
 }
 
 fn main() {
@@ -188,7 +156,7 @@ fn main() {
             let w = MoeFp8Weights { w13: &w13, w13_scale: &w13s, w2: &w2, w2_scale: &w2s };
             let mut wsp = FusedMoeWorkspace::new();
             for t in [1usize, 16, 64, 128, 512, 4096] {
-                let (ids, hit) = moe_ids(t, e, 1000 + t as u64);
+                let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
                 let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
                 let tw = random_f32(&s, &[t, TOPK], 0.05, 0.3, 41);
                 let x = random_bf16(&s, &[t, HIDDEN], 42);

@@ -24,10 +24,9 @@
 
 #![allow(clippy::too_many_arguments)]
 
-#[path = "common/timing.rs"]
-mod timing;
-use timing::{copy_gbs, time_us};
-use dsv3::backend::cuda::CudaStream;
+#[path = "common/gpu.rs"]
+mod common;
+use common::{copy_gbs, moe_ids, stream, time_us, Rng};
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
 use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, SplitKWorkspace};
@@ -44,22 +43,7 @@ const SHAPES: [(usize, usize); 6] = [
     (7168, 2048),
 ];
 
-fn stream() -> CudaStream {
-    CudaStream::new(0).unwrap_or_else(|e| panic!("no CUDA device: {e}"))
-}
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32
-    }
-}
 
 /// `n` random bytes as `dtype` (i8 codes, or i32 words when `dtype` is I32): a 16 MiB random block
 /// uploaded once and tiled on the device.
@@ -140,22 +124,6 @@ fn awq_layer(
 
 fn awq_bytes(n: usize, k: usize) -> usize {
     n * k / 2 + n * k / 64 + n * k / 256
-}
-
-fn moe_ids(t: usize, e: usize, seed: u64) -> (Vec<i32>, usize) {
-    let mut r = Rng(seed | 1);
-    let mut ids = Vec::with_capacity(t * TOPK);
-    let mut hit = vec![false; e];
-    for _ in 0..t {
-        let mut pool: Vec<i32> = (0..e as i32).collect();
-        for k in 0..TOPK.min(e) {
-            let j = k + (r.next() as usize) % (e - k);
-            pool.swap(k, j);
-            ids.push(pool[k]);
-            hit[pool[k] as usize] = true;
-        }
-    }
-    (ids, hit.iter().filter(|&&h| h).count())
 }
 
 fn main() {
@@ -300,7 +268,7 @@ fn main() {
     };
     for t in [1usize, 64, 4096] {
         let p = t * TOPK;
-        let (ids, hit) = moe_ids(t, e, 1000 + t as u64);
+        let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
         let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
         let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
         let (gu_plan, max_tiles) =
