@@ -186,11 +186,8 @@ impl GpuModel {
         let mut report = RoutingBalance::default();
         for it in 0..=iterations {
             let ids: Vec<u32> = (0..tokens as u64).map(|i| (mix64(seed ^ mix64(i + ((it as u64) << 32))) % vocab) as u32).collect();
-            *self.routing_probe.lock().map_err(|_| poisoned())? = Some(Vec::new());
             let seq = super::BatchSeq { tokens: &ids, start: 0, block_table: &table, logits: super::LogitRows::None };
-            let run = self.forward_batch(&mut pool, &[seq]);
-            let probes = self.routing_probe.lock().map_err(|_| poisoned())?.take().unwrap_or_default();
-            run?;
+            let probes = self.routed_ids(&mut pool, &[seq])?;
             let (mut ratios, mut idle) = (Vec::new(), Vec::new());
             let moe_layers = self.layers.iter_mut().filter_map(|l| match &mut l.ffn {
                 Ffn::Moe(m) => Some(m),
@@ -220,17 +217,12 @@ impl GpuModel {
         }
         Ok(report)
     }
-}
 
-impl GpuModel {
     /// Distinct experts each MoE layer's routing picks in one forward of `seqs` (which runs,
     /// writing its latent rows as any forward does).
     pub fn experts_hit(&self, pool: &mut super::PagePool, seqs: &[super::BatchSeq<'_>]) -> Result<Vec<usize>> {
-        *self.routing_probe.lock().map_err(|_| poisoned())? = Some(Vec::new());
-        let run = self.forward_batch(pool, seqs);
-        let probes = self.routing_probe.lock().map_err(|_| poisoned())?.take().unwrap_or_default();
-        run?;
-        Ok(probes
+        Ok(self
+            .routed_ids(pool, seqs)?
             .iter()
             .map(|ids| {
                 let mut seen: Vec<i32> = ids.iter().copied().filter(|&e| e >= 0).collect();
@@ -239,6 +231,17 @@ impl GpuModel {
                 seen.len()
             })
             .collect())
+    }
+}
+
+impl GpuModel {
+    /// One eager forward of `seqs` with the routing probe on: each MoE layer's expert ids
+    /// [T·top_k], in layer order.
+    fn routed_ids(&self, pool: &mut super::PagePool, seqs: &[super::BatchSeq<'_>]) -> Result<Vec<Vec<i32>>> {
+        *self.routing_probe.lock().map_err(|_| poisoned())? = Some(Vec::new());
+        let run = self.forward_batch(pool, seqs);
+        let probes = self.routing_probe.lock().map_err(|_| poisoned())?.take().unwrap_or_default();
+        run.map(|_| probes)
     }
 }
 
