@@ -483,6 +483,9 @@ pub fn host_metadata(seq_lens: &[i32], num_parts: usize) -> Vec<i32> {
 #[cfg(feature = "cuda")]
 pub mod cuda_util {
     use crate::backend::cuda::CudaStream;
+    use crate::backend::stream::StreamEvent;
+    use crate::backend::GpuStream;
+    use std::sync::Mutex;
     use crate::error::{Error, Result};
     use cudarc::driver::{result, sys};
 
@@ -496,31 +499,31 @@ pub mod cuda_util {
     }
 
     /// A pair of events on the stream: `start()`, enqueue work, `stop_ms()` (waits for the work).
-    pub struct EventTimer {
-        start: sys::CUevent,
-        stop: sys::CUevent,
-        stream: sys::CUstream,
+    /// Built on the stream's timing events ([`crate::backend::GpuStream::record_event`]).
+    pub struct EventTimer<'a> {
+        s: &'a CudaStream,
+        start: Mutex<Option<Box<dyn StreamEvent>>>,
     }
 
-    impl EventTimer {
-        pub fn new(s: &CudaStream) -> Result<Self> {
-            s.context().bind_to_thread().map_err(|x| e("bind context", x))?;
-            let f = sys::CUevent_flags::CU_EVENT_DEFAULT;
-            Ok(EventTimer {
-                start: result::event::create(f).map_err(|x| e("cuEventCreate", x))?,
-                stop: result::event::create(f).map_err(|x| e("cuEventCreate", x))?,
-                stream: s.cu_stream(),
-            })
+    impl<'a> EventTimer<'a> {
+        pub fn new(s: &'a CudaStream) -> Result<Self> {
+            Ok(EventTimer { s, start: Mutex::new(None) })
         }
         pub fn start(&self) -> Result<()> {
-            unsafe { result::event::record(self.start, self.stream) }.map_err(|x| e("cuEventRecord", x))
+            let ev = self.s.record_event()?;
+            *self.start.lock().map_err(|_| timer_err("lock poisoned"))? = Some(ev);
+            Ok(())
         }
         /// Milliseconds between `start()` and now (on the stream); synchronizes on the stop event.
         pub fn stop_ms(&self) -> Result<f32> {
-            unsafe { result::event::record(self.stop, self.stream) }.map_err(|x| e("cuEventRecord", x))?;
-            unsafe { result::event::synchronize(self.stop) }.map_err(|x| e("cuEventSynchronize", x))?;
-            unsafe { result::event::elapsed(self.start, self.stop) }.map_err(|x| e("cuEventElapsedTime", x))
+            let stop = self.s.record_event()?;
+            let start = self.start.lock().map_err(|_| timer_err("lock poisoned"))?;
+            stop.ms_since(start.as_deref().ok_or_else(|| timer_err("stop_ms before start"))?)
         }
+    }
+
+    fn timer_err(what: &str) -> Error {
+        Error::Backend { backend: "cuda", msg: format!("EventTimer: {what}") }
     }
 
     /// A CUDA graph captured from the work `f` enqueues on the stream (thread-local capture),
@@ -563,15 +566,6 @@ pub mod cuda_util {
             unsafe {
                 let _ = result::graph::exec_destroy(self.exec);
                 let _ = result::graph::destroy(self.graph);
-            }
-        }
-    }
-
-    impl Drop for EventTimer {
-        fn drop(&mut self) {
-            unsafe {
-                let _ = result::event::destroy(self.start);
-                let _ = result::event::destroy(self.stop);
             }
         }
     }
