@@ -217,6 +217,8 @@ pub struct GpuModel {
     heads: usize,
     /// What this rank holds ([`Shard::single`] for the whole model).
     plan: ShardPlan,
+    /// Multiprocessors of the device (sizes the MLA kernel's split), when the stream reports it.
+    sm_count: Option<usize>,
 }
 
 // SAFETY: every GpuStream implementation (CudaStream, HipStream) is Send + Sync (their raw
@@ -264,6 +266,7 @@ impl GpuModel {
     fn assemble(cfg: ModelConfig, opts: GpuOptions, stream: Box<dyn GpuStream>, w: Weights, plan: ShardPlan) -> Result<GpuModel> {
         // Steps return their logits to the host: keep that memory mapped between steps.
         crate::host_alloc::keep_freed_memory();
+        let sm_count = stream.sm_count().ok();
         let s = stream.as_ref();
         // cos/sin tables for every position the cache can hold.
         let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -291,6 +294,7 @@ impl GpuModel {
             stream,
             heads: plan.heads.len(),
             plan,
+            sm_count,
             fp8_ws: Mutex::new(Fp8Workspace::new()),
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
             routing_probe: Mutex::new(None),
@@ -450,7 +454,7 @@ impl GpuModel {
         if !fits {
             return None;
         }
-        let sms = self.s().sm_count().ok()?;
+        let sms = self.sm_count?;
         MlaDecodePlan::new(batch, s_q, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache))
     }
 
