@@ -594,16 +594,24 @@ DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRIC
   if (i < DK - DV) reinterpret_cast<bf16*>(row + F8_ROPE)[i] = f32_to_bf16(to_float(x[DV + i]));
 }
 
-// Merges the split partials of each (sequence, row); grid (B, s_q·H), block 128 (4 columns per
-// thread). Sequences written directly by the split kernel are left alone; empty ones get zeros
-// and lse = -inf.
+// Merges the split partials of each (sequence, row); grid (B, s_q·H), block COMBINE_THREADS.
+// Sequences written directly by the split kernel are left alone; empty ones get zeros and
+// lse = -inf. A small batch splits one sequence into up to ~2·SMs parts, so the parts are read in
+// parallel, not one after another: thread t owns columns 4·(t % 32) + 128·i (i < 4) of the part
+// group t / 32, which sums parts pf + g, pf + g + 8, ... (independent loads in flight); the 8
+// group sums are then added in group order through shared memory (deterministic).
+constexpr u32 COMBINE_THREADS = 256;
+constexpr u32 COMBINE_GROUPS = COMBINE_THREADS / 32;
 template <class TO>
 DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
                                  const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
                                  u32 rows_total) {
   using namespace mla;
+  __shared__ float group_acc[COMBINE_GROUPS][DV];
+  __shared__ float group_sum[COMBINE_GROUPS];
+  __shared__ float scratch[32];
   const u32 b = blockIdx.x, row = blockIdx.y;
-  if (b >= batch || row >= rows_total) return;
+  if (b >= batch || row >= rows_total || nthreads() != COMBINE_THREADS) return;
   const u32 T = (u32)meta[1];
   const u32 cb0 = (u32)meta[META_HDR + b], cb1 = (u32)meta[META_HDR + b + 1];
   TO* o = out + ((u64)b * rows_total + row) * DV;
@@ -614,30 +622,47 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   }
   const u32 pf = cb0 / T, pl = (cb1 - 1) / T;
   if (pf == pl) return;
-  float M = -f32_inf();
-  for (u32 p = pf; p <= pl; ++p) {
-    const u32 slot = 2 * p + ((p == pf && p * T < cb0) ? 1u : 0u);
-    M = fmaxf(M, lse_ws[(u64)slot * rows_total + row]);
-  }
-  float sum = 0.0f, acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const u32 c0 = tid() * 4;
-  for (u32 p = pf; p <= pl; ++p) {
-    const u32 slot = 2 * p + ((p == pf && p * T < cb0) ? 1u : 0u);
-    const float li = lse_ws[(u64)slot * rows_total + row];
+  // Slot of part p: its first segment (2p) unless the sequence starts inside p (its last, 2p + 1).
+  const u32 first_slot = 2 * pf + (pf * T < cb0 ? 1u : 0u);
+  auto slot_of = [&](u32 p) { return p == pf ? first_slot : 2 * p; };
+  float m = -f32_inf();
+  for (u32 p = pf + tid(); p <= pl; p += COMBINE_THREADS) m = fmaxf(m, lse_ws[(u64)slot_of(p) * rows_total + row]);
+  const float M = block_max(m, scratch);
+  const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
+  float sum = 0.0f, acc[4][4] = {};
+  for (u32 p = pf + g; p <= pl; p += COMBINE_GROUPS) {
+    const u64 slot = slot_of(p);
+    const float li = lse_ws[slot * rows_total + row];
+    const float* src = o_ws + (slot * rows_total + row) * DV + c0;
+    float x[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) load_f32<float, 4>(src + 128 * i, x[i]);
     const float w = M == -f32_inf() ? 0.0f : fexp(li - M);
     sum += w;
-    if (c0 < DV && w > 0.0f) {
-      const float* src = o_ws + ((u64)slot * rows_total + row) * DV + c0;
+    if (w > 0.0f) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] += w * src[i];
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += w * x[i][j];
     }
   }
-  const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-  if (c0 < DV) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) o[c0 + i] = from_float<TO>(acc[i] * inv);
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) group_acc[g][c0 + 128 * i + j] = acc[i][j];
+  if (tid() % 32 == 0) group_sum[g] = sum;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (u32 k = 0; k < COMBINE_GROUPS; ++k) total += group_sum[k];
+  const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+  for (u32 c = tid(); c < DV; c += COMBINE_THREADS) {
+    float v = 0.0f;
+#pragma unroll
+    for (u32 k = 0; k < COMBINE_GROUPS; ++k) v += group_acc[k][c];
+    o[c] = from_float<TO>(v * inv);
   }
-  if (tid() == 0) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(sum);
+  if (tid() == 0) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(total);
 }
 
 }  // namespace dsv3

@@ -122,6 +122,10 @@ fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
+/// Block size of `mla_decode_combine` (its `COMBINE_THREADS`: 8 groups of 32 threads, each
+/// group summing every 8th part).
+const COMBINE_THREADS: u32 = 256;
+
 /// The static shape of a decode step: how rows are packed and how many parts the KV is split into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MlaDecodePlan {
@@ -388,7 +392,7 @@ pub fn mla_decode(
     launch_by_name(
         s,
         &format!("mla_decode_combine_{to}"),
-        LaunchCfg::new((b as u32, p.rows() as u32, 1), (128, 1, 1), 0),
+        LaunchCfg::new((b as u32, p.rows() as u32, 1), (COMBINE_THREADS, 1, 1), 0),
         &[
             KArg::Out(out),
             KArg::Out(lse),
