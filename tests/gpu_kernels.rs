@@ -389,6 +389,39 @@ proptest! {
         });
     }
 
+    /// A window of a random tensor (a shard of a random model) holds exactly the whole tensor's
+    /// values there, written at the given offset and lead stride; the rest stays untouched.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn fill_uniform_window_is_the_whole_tensors_slice(seed: u64, dims in (1usize..4, 1usize..40, 1usize..70), cut in (0.0f64..1.0, 0.0f64..1.0, 0.0f64..1.0, 0.0f64..1.0, 0.0f64..1.0, 0.0f64..1.0), pad in 0usize..9) {
+        let (na, n, k) = dims;
+        let span = |len: usize, x: f64, y: f64| {
+            let (a, b) = ((x * len as f64) as usize, (y * len as f64) as usize);
+            a.min(b)..a.max(b).max(a.min(b) + 1).min(len)
+        };
+        let (a, rows, cols) = (span(na, cut.0, cut.1), span(n, cut.2, cut.3), span(k, cut.4, cut.5));
+        let width = rows.len() * cols.len() + pad;
+        let len = pad + a.len() * width;
+        let whole: Vec<f32> = (0..(na * n * k) as u64).map(|i| ops::random::uniform(seed, i, -2.0, 3.0)).collect();
+        on_each(|s, v| {
+            let t = DeviceTensor::from_f32(s, &[len], &vec![f32::NAN; len], DType::F32).unwrap();
+            let w = dispatch::UniformWindow { a: a.clone(), rows: rows.clone(), cols: cols.clone(), n, k };
+            dispatch::fill_uniform_window(s, &t, pad, width, &w, seed, -2.0, 3.0).unwrap();
+            let got = down(s, &t);
+            for (i, x) in got.iter().enumerate() {
+                let inside = i >= pad && (i - pad) % width < rows.len() * cols.len();
+                if !inside {
+                    assert!(x.is_nan(), "{v}: element {i} outside the window was written");
+                    continue;
+                }
+                let (ai, rc) = ((i - pad) / width, (i - pad) % width);
+                let (r, c) = (rows.start + rc / cols.len(), cols.start + rc % cols.len());
+                let want = whole[((a.start + ai) * n + r) * k + c];
+                assert_eq!(x.to_bits(), want.to_bits(), "{v}: window {w:?} element {i}");
+            }
+        });
+    }
+
     #[test]
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn route_noaux_tc(seed: u64, tokens in 1usize..40, shape in prop::sample::select(vec![(16usize, 4usize, 2usize, 4usize), (64, 8, 4, 8), (256, 8, 4, 8), (32, 1, 1, 6)]), renorm: bool) {

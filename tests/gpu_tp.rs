@@ -437,3 +437,38 @@ fn two_nodes_child() {
     }
     println!("TWO-NODE TP CHILD OK (node {rank})");
 }
+
+/// The real-dimension DeepSeek-V3 slice (1 dense + 1 MoE layer, random FP8 weights made on the
+/// device, fast options) split over 2 GPUs as TP, EP and DP attention against the same model on
+/// one GPU: each rank draws its shard of the same weights (`TpModel::random`), so the logits of
+/// a 64-token prompt agree within the FP8 tolerance and the greedy tokens where the margin is clear.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn random_v3_slice_split_over_two_gpus_matches_one_gpu() {
+    use dsv3::backend::Device;
+    use dsv3::model::gpu::{deepseek_v3_slice, GpuOptions};
+    need_two_gpus();
+    let cfg = deepseek_v3_slice(2, 1).unwrap();
+    let opts = GpuOptions::fast();
+    let seed = 7;
+    let vocab = cfg.vocab_size;
+    let ids: Vec<u32> = (0..64u64).map(|i| (dsv3::ops::random::mix64(i ^ 0xabc) % vocab as u64) as u32).collect();
+    let table: Vec<u32> = (0..2).collect();
+    let seq = [BatchSeq { tokens: &ids, start: 0, block_table: &table, logits: LogitRows::All }];
+    let whole = {
+        let one = GpuModel::random(cfg.clone(), Device::Cuda(0), opts, seed).unwrap();
+        let mut pool = one.new_page_pool(2, PAGE).unwrap();
+        one.forward_batch(&mut pool, &seq).unwrap()
+    };
+    for (moe, attn) in [(MoeSplit::Tensor, AttnSplit::Heads), (MoeSplit::Expert, AttnSplit::Heads), (MoeSplit::Tensor, AttnSplit::Data)] {
+        let what = format!("DeepSeek-V3 slice, {moe:?} MoE, {attn:?} attention over 2 GPUs");
+        let tp = TpModel::random(&cfg, group(), moe, attn, opts, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut pools = tp.new_page_pools(2, PAGE).unwrap();
+        let split = match attn {
+            AttnSplit::Heads => tp.forward_batch(&mut pools, &seq),
+            AttnSplit::Data => tp.forward_batch_dp(&mut pools, &seq, &[1]),
+        }
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        check_step(&what, &whole, &split, vocab, 3e-2);
+    }
+}

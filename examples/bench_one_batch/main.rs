@@ -88,6 +88,21 @@ struct Args {
     /// Offline: eager, graph or both.
     #[arg(long, default_value = "both")]
     graphs: String,
+    /// Offline, random model: tensor-parallel size (one process drives GPUs 0..N; see
+    /// offline_tp.rs).
+    #[arg(long, alias = "tp-size", default_value_t = 1)]
+    tp: usize,
+    /// Offline, --tp > 1: routed experts split whole over the ranks (expert parallelism).
+    #[arg(long)]
+    enable_ep_moe: bool,
+    /// Offline, --tp > 1: data-parallel attention (every rank holds all heads and attends for
+    /// its own sequences; FFN split over the ranks).
+    #[arg(long)]
+    enable_dp_attention: bool,
+    /// Offline, --tp > 1: first compare the split model's prompt logits with the same random
+    /// model on GPU 0 alone.
+    #[arg(long)]
+    check_tp1: bool,
 }
 
 /// One run's figures (seconds, tokens/s).
@@ -105,6 +120,8 @@ struct RunResult {
 
 #[cfg(feature = "cuda")]
 mod offline;
+#[cfg(feature = "cuda")]
+mod offline_tp;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -126,7 +143,7 @@ fn run_offline(a: &Args) -> Result<(), String> {
         "graph" => (false, true),
         other => return Err(format!("--graphs {other}: eager, graph or both")),
     };
-    offline::run(&offline::OfflineArgs {
+    let args = offline::OfflineArgs {
         model_path: a.model_path.clone(),
         num_layers: a.num_layers,
         dense_layers: a.dense_layers,
@@ -140,7 +157,18 @@ fn run_offline(a: &Args) -> Result<(), String> {
         eager,
         seed: a.seed,
         output_file: a.output_file.clone(),
-    })
+    };
+    if a.tp > 1 {
+        if a.model_path.is_some() {
+            return Err("--offline --tp N runs the random DeepSeek-V3 slice (no --model-path): use examples/generate --tp N for a checkpoint".into());
+        }
+        let split = offline_tp::Split { tp: a.tp, ep: a.enable_ep_moe, dp_attention: a.enable_dp_attention, check_tp1: a.check_tp1 };
+        return offline_tp::run(&args, &split);
+    }
+    if a.enable_ep_moe || a.enable_dp_attention || a.check_tp1 {
+        return Err("--enable-ep-moe, --enable-dp-attention and --check-tp1 need --tp > 1".into());
+    }
+    offline::run(&args)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -68,13 +68,7 @@ pub fn run(a: &OfflineArgs) -> Result<(), String> {
     eprintln!("model ready in {:.1?}: {} layers on {}", t0.elapsed(), model.config().num_hidden_layers, model.device());
     let copy_gbps = copy_bandwidth(model.stream()).map_err(e)?;
     eprintln!("device-to-device copy: {:.0} GB/s (read + write)", copy_gbps);
-    let mut out = a.output_file.as_ref().map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|x| format!("{}: {x}", p.display()))).transpose()?;
-    let mut emit = |v: Value| -> Result<(), String> {
-        if let Some(f) = out.as_mut() {
-            writeln!(f, "{v}").map_err(|x| x.to_string())?;
-        }
-        Ok(())
-    };
+    let mut emit = json_lines(a.output_file.as_deref())?;
     emit(json!({"kind": "ceiling", "copy_gbps": copy_gbps, "layers": model.config().num_hidden_layers, "kv_cache": kv.to_string()}))?;
     println!("| batch | context | eager ms | graph ms | graph + device argmax ms | roofline ms | graph / roofline | argmax / roofline | weights MB | KV MB | experts hit / MoE layer |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
@@ -98,12 +92,23 @@ pub fn run(a: &OfflineArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn round2(v: &[f64]) -> Vec<f64> {
+/// Appends one JSON object per call to `path` (nothing without a path).
+pub(crate) fn json_lines(path: Option<&std::path::Path>) -> Result<impl FnMut(Value) -> Result<(), String>, String> {
+    let mut out = path.map(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(|x| format!("{}: {x}", p.display()))).transpose()?;
+    Ok(move |v: Value| -> Result<(), String> {
+        if let Some(f) = out.as_mut() {
+            writeln!(f, "{v}").map_err(|x| x.to_string())?;
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn round2(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 100.0).round() / 100.0).collect()
 }
 
 /// Device-to-device copy bandwidth, (read + write) bytes per second, of 1 GiB buffers.
-fn copy_bandwidth(s: &dyn GpuStream) -> dsv3::Result<f64> {
+pub(crate) fn copy_bandwidth(s: &dyn GpuStream) -> dsv3::Result<f64> {
     let n = 1usize << 30;
     let (src, dst) = (DeviceTensor::empty(s, DType::U8, &[n])?, DeviceTensor::empty(s, DType::U8, &[n])?);
     unsafe { s.copy_dtod(dst.raw(), src.raw(), n)? };
@@ -153,7 +158,7 @@ fn step_bytes(c: &ModelConfig, kv: KvCacheDtype, batch: usize, context: usize, e
     StepBytes { weights, kv }
 }
 
-fn random_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
+pub(crate) fn random_ids(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
     (0..n as u64).map(|i| (mix64(seed ^ mix64(i)) % vocab as u64) as u32).collect()
 }
 
@@ -225,7 +230,7 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
 
 /// FLOPs of a prefill of `l` tokens: 2 · (weights each token meets) · l, plus the absorbed
 /// attention's 2 · H · (l²/2) · (576 + 512) per layer (causal: half the square).
-fn prefill_flops(c: &ModelConfig, l: usize) -> f64 {
+pub(crate) fn prefill_flops(c: &ModelConfig, l: usize) -> f64 {
     let (h, heads) = (c.hidden_size, c.num_attention_heads);
     let (nope, rope, v, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
     let q = match c.q_lora_rank {

@@ -402,14 +402,38 @@ pub fn linear(s: &dyn GpuStream, y: &DeviceTensor, x: &DeviceTensor, w: &DeviceT
 /// `ops::random` is the CPU mirror.
 pub fn fill_uniform(s: &dyn GpuStream, out: &DeviceTensor, seed: u64, lo: f32, hi: f32) -> Result<()> {
     let n = out.numel();
-    if n == 0 {
+    let whole = UniformWindow { a: 0..1, rows: 0..1, cols: 0..n, n: 1, k: n };
+    fill_uniform_window(s, out, 0, n, &whole, seed, lo, hi)
+}
+
+/// A window of a random tensor [.., n, k]: lead indices `a`, rows and columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UniformWindow {
+    pub a: std::ops::Range<usize>,
+    pub rows: std::ops::Range<usize>,
+    pub cols: std::ops::Range<usize>,
+    pub n: usize,
+    pub k: usize,
+}
+
+/// [`fill_uniform`] of `w`'s window of the whole tensor: the values the whole tensor drawn with
+/// `seed` holds there, written as [a, rows, cols] into `out` from element `offset` on, lead index
+/// `a` at `offset + a·a_stride`.
+#[allow(clippy::too_many_arguments)]
+pub fn fill_uniform_window(s: &dyn GpuStream, out: &DeviceTensor, offset: usize, a_stride: usize, w: &UniformWindow, seed: u64, lo: f32, hi: f32) -> Result<()> {
+    let (na, nr, nc) = (w.a.len(), w.rows.len(), w.cols.len());
+    if na * nr * nc == 0 {
         return Ok(());
     }
+    if w.rows.end > w.n || w.cols.end > w.k || (na > 1 && nr * nc > a_stride) || offset + (na - 1) * a_stride + nr * nc > out.numel() {
+        return Err(bad(format!("fill_uniform: window {w:?} at offset {offset}, stride {a_stride} does not fit {:?}", out.shape())));
+    }
+    let u = |x: usize| KArg::U64(x as u64);
     launch_by_name(
         s,
         &format!("fill_uniform_{}", out.dtype()),
-        LaunchCfg::linear(grid_stride_blocks(n), 256),
-        &[KArg::Out(out), KArg::U64(n as u64), KArg::U64(seed), KArg::F32(lo), KArg::F32(hi)],
+        LaunchCfg::linear(grid_stride_blocks(na * nr * nc), 256),
+        &[KArg::OutAt(out, offset), u(na), u(nr), u(nc), u(a_stride), u(w.a.start), u(w.rows.start), u(w.cols.start), u(w.n), u(w.k), KArg::U64(seed), KArg::F32(lo), KArg::F32(hi)],
     )
 }
 

@@ -33,7 +33,7 @@ use super::step::{pack_step, split_rows, StepTensors};
 use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
 use crate::backend::dispatch::{self, Strided};
 use crate::backend::memory::RetainedBlocks;
-use crate::backend::{DType, DeviceTensor};
+use crate::backend::{DType, DeviceTensor, GpuStream};
 use crate::dist::comm::MultiGraph;
 use crate::dist::{AllReduce, Communicator, RankStream};
 use crate::error::{Error, Result};
@@ -41,6 +41,7 @@ use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
 use crate::model::dp::DpLayout;
 use crate::model::shard::{AttnSplit, MoeSplit, Shard};
+use super::random::{calibration_ids, Balancer, RoutingBalance};
 use super::GpuOptions;
 use crate::tensor::Tensor;
 
@@ -60,18 +61,47 @@ impl TpModel {
 
     /// [`TpModel::load`] with attention split by `attn`: heads (TP) or data (DP attention).
     pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit) -> Result<TpModel> {
+        Self::over_ranks(ar, moe, attn, |stream, shard| GpuModel::load_shard(dir, stream, shard, GpuOptions::reference()))
+    }
+
+    /// [`GpuModel::random`]'s model of `cfg` and `seed` split over `ar`'s GPUs: every rank
+    /// draws its shard of the same weights on its own device.
+    pub fn random(cfg: &ModelConfig, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit, opts: GpuOptions, seed: u64) -> Result<TpModel> {
+        Self::over_ranks(ar, moe, attn, |stream, shard| GpuModel::random_shard(cfg.clone(), stream, shard, opts, seed))
+    }
+
+    /// One model per local rank of `ar`'s group, made by `make` from the rank's stream and shard.
+    fn over_ranks(ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit, make: impl Fn(Box<dyn GpuStream>, Shard) -> Result<GpuModel>) -> Result<TpModel> {
         let comm = ar.communicator().clone();
         let world = comm.world_size();
         if attn == AttnSplit::Data && comm.nnodes() > 1 {
             return Err(Error::InvalidArgument(format!("DP attention over {} nodes is not implemented (one node only)", comm.nnodes())));
         }
         let models = (0..comm.local_size())
-            .map(|i| {
-                let stream = Box::new(RankStream::new(comm.clone(), i)?);
-                GpuModel::load_shard(dir, stream, Shard::with_attn(comm.global_rank(i), world, moe, attn)?, GpuOptions::reference())
-            })
+            .map(|i| make(Box::new(RankStream::new(comm.clone(), i)?), Shard::with_attn(comm.global_rank(i), world, moe, attn)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(TpModel { models, ar, comm, attn })
+    }
+
+    /// [`GpuModel::balance_routing`] over the group: the calibration prefills run on every rank
+    /// (all on rank 0 under DP attention), the expert ids come from the first rank's probe (the
+    /// router is replicated, so every rank routes alike) and every rank gets the same biases.
+    pub fn balance_routing(&mut self, tokens: usize, iterations: usize, seed: u64) -> Result<RoutingBalance> {
+        let tokens = tokens.clamp(1, self.max_positions());
+        let pages = tokens.div_ceil(PAGE_SIZE);
+        let mut pools = self.new_page_pools(pages, PAGE_SIZE)?;
+        let table: Vec<u32> = (0..pages as u32).collect();
+        let mut balancer = Balancer::default();
+        for it in 0..=iterations {
+            let ids = calibration_ids(seed, it, tokens, self.config().vocab_size);
+            let seq = [BatchSeq { tokens: &ids, start: 0, block_table: &table, logits: LogitRows::None }];
+            let probes = self.models[0].with_routing_probe(|| match self.attn {
+                AttnSplit::Data => self.forward_batch_dp(&mut pools, &seq, &[self.comm.rank_offset()]),
+                AttnSplit::Heads => self.forward_batch(&mut pools, &seq),
+            })?;
+            balancer.step(&probes, &mut self.models.iter_mut().collect::<Vec<_>>(), it < iterations)?;
+        }
+        Ok(balancer.report)
     }
 
     /// How attention is split over the ranks.

@@ -65,6 +65,21 @@ pub(super) enum Ffn {
     Moe(Moe),
 }
 
+impl Ffn {
+    pub(super) fn moe(&self) -> Option<&Moe> {
+        match self {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        }
+    }
+    pub(super) fn moe_mut(&mut self) -> Option<&mut Moe> {
+        match self {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        }
+    }
+}
+
 // One per layer, built once: the size difference between the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum QProj {
