@@ -56,6 +56,10 @@ namespace mla {
 constexpr u32 DK = 576, DV = 512, NT = 64, CHUNKS = DK / 8, ROW_BYTES = DK * 2;
 constexpr u32 THREADS = 256, WARPS = THREADS / 32;
 constexpr u32 META_HDR = 4;
+// Shared memory a split-kernel block may use: 227 KiB of an H100 / H200 SM for the page-tile
+// kernel (one block per SM), 113 KiB for the 32-key-tile one (two per SM). The fp8-cache kernel
+// takes a second raw tile buffer where it fits (the host's MlaDecodePlan::smem_bytes mirrors it).
+constexpr u32 SMEM_PAGE_TILES = 227 * 1024, SMEM_HALF_TILES = 113 * 1024;
 
 // FP8 cache rows: F8_* and key_at(const u8*, d) come from mla_fp8_row.cuh (see the top of this file).
 static_assert(F8_LATENT == DV && F8_LATENT + F8_ROPE_DIM == DK, "fp8 row widths");
@@ -164,8 +168,12 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
   constexpr u32 THR = 32 * NWARPS, BM = 16 * MW, NG = NWARPS / MW, KW = TN / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
   constexpr u32 SUB = NT / TN;  // tiles per page
   constexpr bool F8 = CacheRow<TC>::FP8;
-  // bf16 cache: two bf16 K tiles (double buffer). fp8 cache: one bf16 K tile + one raw tile.
-  constexpr u32 KBUF = F8 ? 1 : 2, RAW = F8 ? TN * F8_ROW : 0;
+  // bf16 cache: two bf16 K tiles (double buffer). fp8 cache: one bf16 K tile + RAWBUF raw tiles;
+  // with two, the raw loads run two tiles ahead, so one stays in flight while a tile is
+  // dequantized. Two fit except at 64 rows of 64-key tiles and 32 rows of 32-key tiles.
+  constexpr u32 SMEM_CAP = TN == NT ? SMEM_PAGE_TILES : SMEM_HALF_TILES;
+  constexpr u32 TWO_RAW_BYTES = BM * ROW_BYTES + TN * ROW_BYTES + 2 * TN * F8_ROW + BM * TN * 2 + NG * BM * 4;
+  constexpr u32 KBUF = F8 ? 1 : 2, RAWBUF = F8 ? (TWO_RAW_BYTES <= SMEM_CAP ? 2 : 1) : 0, RAW = RAWBUF * TN * F8_ROW;
   static_assert(NG >= 1 && KW % 8 == 0 && NK >= 1 && NO % 2 == 0 && (TN * CHUNKS) % THR == 0 && NT % TN == 0, "tile split");
   static_assert((TN * (DV / 8)) % THR == 0 && (TN * ((DK - DV) / 8)) % THR == 0, "fp8 dequant split");
   extern __shared__ __align__(128) unsigned char smem[];
@@ -218,9 +226,9 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     auto load_k = [&](u32 u, u32 buf) {
       const auto* src = cache + ((u64)bt[u / SUB] * NT + (u % SUB) * TN) * row_elems(cache);
       if constexpr (F8) {
-        // The raw 656-byte rows, contiguous (TN·41 chunks of 16 bytes).
+        // The raw 656-byte rows, contiguous (TN·41 chunks of 16 bytes), into raw buffer `buf`.
         constexpr u32 N = TN * F8_CHUNKS;
-        const u32 dst = smem_u32(sraw);
+        const u32 dst = smem_u32(sraw + buf * (TN * F8_ROW));
 #pragma unroll
         for (u32 i = 0; i < (N + THR - 1) / THR; ++i) {
           const u32 idx = t_id + i * THR;
@@ -242,13 +250,14 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     };
     // fp8: the raw tile -> the bf16 K tile (swizzled as the bf16 loads place it): latent chunks of
     // 8 values = 8 e4m3 bytes times their group's scale, rounded to bf16; rope chunks copied.
-    auto dequant_k = [&]() {
+    auto dequant_k = [&](u32 buf) {
       if constexpr (F8) {
+        const unsigned char* raw = sraw + buf * (TN * F8_ROW);
 #pragma unroll 4
         for (u32 i = 0; i < TN * (DV / 8) / THR; ++i) {
           const u32 idx = t_id + i * THR;
           const u32 row = idx / (DV / 8), c = idx % (DV / 8);
-          const unsigned char* r = sraw + row * F8_ROW;
+          const unsigned char* r = raw + row * F8_ROW;
           const Vec<u32, 2> b = *reinterpret_cast<const Vec<u32, 2>*>(r + c * 8);
           const float sc = reinterpret_cast<const float*>(r + F8_SCALES)[c / (F8_GROUP / 8)];
           float f[4], g[4];
@@ -266,7 +275,7 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
           const u32 idx = t_id + i * THR;
           const u32 row = idx / ((DK - DV) / 8), c = idx % ((DK - DV) / 8);
           *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, DV / 8 + c)) =
-              *reinterpret_cast<const Vec<u32, 4>*>(sraw + row * F8_ROW + F8_ROPE + c * 16);
+              *reinterpret_cast<const Vec<u32, 4>*>(raw + row * F8_ROW + F8_ROPE + c * 16);
         }
       }
     };
@@ -274,6 +283,10 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     const u32 u_end = min(t_end * SUB, ((u32)len + TN - 1) / TN);
     load_k(u_begin, 0);
     cp_async_commit();
+    if constexpr (RAWBUF == 2) {
+      if (u_begin + 1 < u_end) load_k(u_begin + 1, 1);
+      cp_async_commit();
+    }
 
     float o[NO][4];
 #pragma unroll
@@ -282,13 +295,20 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
 
     for (u32 t = u_begin; t < u_end; ++t) {
       const u32 buf = F8 ? 0u : (t - u_begin) & 1u;
-      cp_async_wait<0>();
-      __syncthreads();  // tile t landed; every warp is past its reads of the tile before
+      // Tile t landed (with two raw buffers tile t + 1's group may still be in flight); every
+      // warp is past its reads of the tile before.
+      if constexpr (RAWBUF == 2) cp_async_wait<1>();
+      else cp_async_wait<0>();
+      __syncthreads();
       if constexpr (F8) {
-        dequant_k();
-        __syncthreads();  // the bf16 tile is ready and the raw buffer free
+        const u32 rbuf = RAWBUF == 2 ? (t - u_begin) & 1u : 0u;
+        dequant_k(rbuf);
+        __syncthreads();  // the bf16 tile is ready and raw buffer rbuf free
+        const u32 next = t + RAWBUF;
+        if (next < u_end) load_k(next, rbuf);
+      } else if (t + 1 < u_end) {
+        load_k(t + 1, buf ^ 1u);
       }
-      if (t + 1 < u_end) load_k(t + 1, buf ^ 1u);
       cp_async_commit();
       const u32 kb = k_base0 + buf * (TN * ROW_BYTES);
 
