@@ -207,7 +207,10 @@ fn run(args: Args) -> Result<(), String> {
     launch::check_quantization(&flags, &dir)?;
     let t0 = std::time::Instant::now();
     let state = if args.par.tp > 1 {
-        build_tp_state(&args, &dir, &engine_cfg, server_cfg)?
+        match build_tp_state(&args, &dir, &engine_cfg, server_cfg)? {
+            Some(state) => state,
+            None => return Ok(()), // a follower node: node 0 has stopped
+        }
     } else {
         build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?
     };
@@ -252,29 +255,66 @@ fn run(args: Args) -> Result<(), String> {
     })
 }
 
-/// `--tp N` on one node: the group over GPUs --base-gpu-id.., one engine over it.
+/// `--tp N`: the group over GPUs --base-gpu-id.. of this node (and the other nodes' with
+/// `--nnodes`), one engine over it on node 0; `None` on the other nodes, which only run node 0's
+/// steps (engine::multinode) and return when it stops.
 #[cfg(feature = "cuda")]
-fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<dsv3::server::AppState, String> {
+fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
     use dsv3::dist::{open_group, GroupConfig};
-    use dsv3::engine::TpStepModel;
+    use dsv3::engine::{multinode, TpStepModel};
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::MoeSplit;
-    let _ = dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout).map_err(|e| e.to_string())?;
     if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
         if n != 0 && n != args.par.base_gpu_id {
             return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
         }
     }
-    let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.par.tp, args.par.base_gpu_id)).map_err(|e| e.to_string())?);
+    let timeout = dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout).map_err(|e| e.to_string())?;
+    let group = GroupConfig {
+        tp: args.par.tp,
+        base_gpu_id: args.par.base_gpu_id,
+        nnodes: args.par.nnodes,
+        node_rank: args.par.node_rank,
+        dist_init_addr: args.par.dist_init_addr.clone(),
+        timeout,
+    };
+    // Several nodes: node 0 listens for the others' step channels from the start (they connect
+    // once their model is loaded).
+    let channel = match (&args.par.dist_init_addr, args.par.nnodes) {
+        (Some(a), n) if n > 1 => Some(multinode::step_channel_addr(a).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let listener = match channel {
+        Some(a) if args.par.node_rank == 0 => Some(multinode::listen(a).map_err(|e| e.to_string())?),
+        _ => None,
+    };
+    let ar = std::sync::Arc::new(open_group(&group).map_err(|e| e.to_string())?);
     let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
     let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;
-    let step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
-    dsv3::server::build_state_for(Box::new(step), bos, dir, engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())
+    let mut step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
+    let step: Box<dyn dsv3::engine::StepModel> = match (channel, listener) {
+        (Some(addr), None) => {
+            // A follower node: run node 0's steps until it stops; no HTTP server here.
+            let node = args.par.node_rank;
+            tracing::info!("node {node}: following node 0's steps over {addr}");
+            let ch = multinode::connect_to_leader(addr, node, timeout).map_err(|e| e.to_string())?;
+            let steps = multinode::follow(&mut step, ch).map_err(|e| format!("node {node}: {e}"))?;
+            tracing::info!("node {node}: node 0 stopped after {steps} steps");
+            return Ok(None);
+        }
+        (_, Some(l)) => {
+            let followers = multinode::accept_followers(&l, args.par.nnodes, timeout).map_err(|e| e.to_string())?;
+            tracing::info!("node 0: {} other node(s) follow its steps", followers.len());
+            Box::new(multinode::LeaderStepModel::new(Box::new(step), followers))
+        }
+        _ => Box::new(step),
+    };
+    dsv3::server::build_state_for(step, bos, dir, engine_cfg, server_cfg, args.chat_template.as_deref()).map(Some).map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn build_tp_state(args: &Args, _dir: &std::path::Path, _engine_cfg: &EngineConfig, _server_cfg: ServerConfig) -> Result<dsv3::server::AppState, String> {
+fn build_tp_state(args: &Args, _dir: &std::path::Path, _engine_cfg: &EngineConfig, _server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
     Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp))
 }
 

@@ -472,3 +472,80 @@ fn random_v3_slice_split_over_two_gpus_matches_one_gpu() {
         check_step(&what, &whole, &split, vocab, 3e-2);
     }
 }
+
+const SERVE_RANK: &str = "DSV3_SERVE_CHILD_RANK";
+const SERVE_ADDR: &str = "DSV3_SERVE_CHILD_ADDR";
+
+/// Multi-node serving as two processes over loopback, one GPU each (`serve --tp 2 --nnodes 2`):
+/// node 0's engine steps the group through `LeaderStepModel`, node 1 replays its steps
+/// (`multinode::follow`); node 0's greedy tokens for concurrent requests equal TP=1's.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_serve_the_tokens_of_tp1() {
+    need_two_gpus();
+    let (ok, _, report) = run_two_nodes("two_nodes_serve_child", SERVE_RANK, SERVE_ADDR, "TWO-NODE SERVE CHILD OK");
+    assert!(ok, "two-node serving failed:\n{report}");
+}
+
+/// The body of one node of `two_nodes_serve_the_tokens_of_tp1` (does nothing unless started by it).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn two_nodes_serve_child() {
+    use dsv3::engine::multinode::{accept_followers, connect_to_leader, follow, listen, step_channel_addr, LeaderStepModel};
+    use dsv3::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, KvCacheSize, SamplingParams, TpStepModel};
+    let Ok(rank) = std::env::var(SERVE_RANK) else { return };
+    let rank: usize = rank.parse().unwrap();
+    let addr = std::env::var(SERVE_ADDR).unwrap();
+    let timeout = std::time::Duration::from_secs(120);
+    let channel = step_channel_addr(&addr).unwrap();
+    let listener = (rank == 0).then(|| listen(channel).unwrap());
+    let cfg = GroupConfig { tp: 2, base_gpu_id: 0, nnodes: 2, node_rank: rank, dist_init_addr: Some(addr), timeout };
+    let ar = Arc::new(open_group(&cfg).unwrap_or_else(|e| panic!("node {rank}: {e}")));
+    for dir in fixtures() {
+        let tp = TpModel::load(&dir, ar.clone(), MoeSplit::Tensor).unwrap_or_else(|e| panic!("node {rank}: {}: {e}", dir.display()));
+        let vocab = tp.config().vocab_size;
+        let mut step = TpStepModel::new(tp).with_cuda_graphs(8);
+        let Some(listener) = &listener else {
+            let steps = follow(&mut step, connect_to_leader(channel, rank, timeout).unwrap()).unwrap_or_else(|e| panic!("node 1: {}: {e}", dir.display()));
+            println!("node 1: {}: followed {steps} steps", dir.display());
+            continue;
+        };
+        let followers = accept_followers(listener, 2, timeout).unwrap();
+        let ecfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
+        let mut engine = Engine::new(Box::new(LeaderStepModel::new(Box::new(step), followers)), &ecfg, None).unwrap();
+        let max_new = 12;
+        let prompts: Vec<Vec<u32>> = (0..4).map(|i| prompt(60 + i, 3 + (i as usize * 17) % 45, vocab)).collect();
+        let mut rxs = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params: SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_new) } }, tx).unwrap();
+            rxs.push(rx);
+        }
+        let mut steps = 0;
+        while engine.has_work() {
+            engine.step();
+            steps += 1;
+            assert!(steps < 10_000, "the engine does not make progress");
+        }
+        drop(engine); // stops node 1
+        let single = gpu_model(&dir);
+        let tol = tolerance(&dir);
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let mut ids = Vec::new();
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    EngineEvent::Token(t) => ids.push(t.token_id),
+                    EngineEvent::Failed(m) => panic!("node 0: {}: request {i} failed: {m}", dir.display()),
+                    _ => {}
+                }
+            }
+            assert_eq!(ids.len(), max_new, "{}: request {i}", dir.display());
+            let want = tp1_greedy(&single, &prompts[i], max_new, tol);
+            let clear = want.iter().take_while(|(_, c)| *c).count();
+            let tp1: Vec<u32> = want.iter().map(|(t, _)| *t).collect();
+            assert_eq!(ids[..clear], tp1[..clear], "{}: request {i}: two-node engine vs TP=1", dir.display());
+        }
+        println!("node 0: {}: {steps} steps over two nodes give TP=1's tokens", dir.display());
+    }
+    println!("TWO-NODE SERVE CHILD OK (node {rank})");
+}

@@ -12,7 +12,8 @@
 //! - [`scheduler`]: admission, chunked prefill, preemption;
 //! - [`sampling`]: the CPU sampler; [`detok`]: incremental text and stop strings;
 //! - [`core`]: the engine loop body; [`handle`]: the engine on its own thread;
-//! - [`metrics`]: counters and histograms for `/metrics`.
+//! - [`metrics`]: counters and histograms for `/metrics`;
+//! - [`multinode`]: node 0's steps replayed on the other nodes (`--nnodes`).
 
 pub mod block_manager;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod handle;
 pub mod kv_cache;
 pub mod metrics;
 pub mod model;
+pub mod multinode;
 pub mod radix;
 pub mod request;
 pub mod sampling;

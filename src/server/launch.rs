@@ -90,17 +90,26 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     if f.ep_size != 1 && f.ep_size != f.tp {
         return Err(format!("--ep-size {}: expert parallelism spans the whole TP group in this build (--ep-size 1 or {})", f.ep_size, f.tp));
     }
+    if f.node_rank >= f.nnodes {
+        return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
+    }
+    if f.nnodes > 1 {
+        // Node 0 serves; the others run its steps (engine::multinode).
+        if f.dist_init_addr.is_none() {
+            return Err(format!("--nnodes {}: --dist-init-addr host:port (node 0's address) is required", f.nnodes));
+        }
+        if f.tp % f.nnodes != 0 || f.tp < f.nnodes {
+            return Err(format!("--tp {} over --nnodes {}: every node drives --tp / --nnodes GPUs", f.tp, f.nnodes));
+        }
+        if f.enable_dp_attention {
+            return Err("--enable-dp-attention over several nodes is not implemented (one node only)".into());
+        }
+    }
     if dp_attention(f.tp, f.dp, f.enable_dp_attention)? && f.tp > 1 {
         // A sequence must stay on the rank whose pool holds its pages, and prefix-cache hits
         // must stay on the rank that wrote them: that needs a page allocator and a radix tree
         // per rank (SGLang runs a scheduler per DP rank), which the engine does not have yet.
         return Err("--enable-dp-attention: the serving engine does not place requests on DP ranks yet (examples/generate runs DP attention; serve with --tp)".into());
-    }
-    if f.node_rank >= f.nnodes {
-        return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
-    }
-    if f.nnodes > 1 || f.node_rank > 0 {
-        return Err("--nnodes > 1: multi-node serving is not implemented yet (examples/generate runs over several nodes)".into());
     }
     if let Some(q) = &f.quantization {
         q.parse::<QuantMethod>()?;
@@ -178,7 +187,13 @@ mod tests {
         assert!(GpuOptions::fast_fp8_cache().quant_kernels);
         let e = err(LaunchFlags { kv_cache_dtype: "fp8_e5m2".into(), ..Default::default() });
         assert!(e.contains("--kv-cache-dtype fp8_e5m2") && e.contains("fp8_e4m3"), "{e}");
-        assert!(err(LaunchFlags { nnodes: 2, node_rank: 1, ..Default::default() }).contains("multi-node serving is not implemented"));
+        let two = LaunchFlags { nnodes: 2, node_rank: 1, tp: 2, device: "cuda".into(), dist_init_addr: Some("10.0.0.1:5000".into()), ..Default::default() };
+        if cfg!(feature = "cuda") {
+            assert!(err(LaunchFlags { dist_init_addr: None, ..two.clone() }).contains("--dist-init-addr"));
+            assert!(err(LaunchFlags { tp: 3, ..two.clone() }).contains("--tp 3 over --nnodes 2"));
+            assert_eq!(check(&two), Ok(()));
+            assert!(err(LaunchFlags { enable_dp_attention: true, ..two }).contains("several nodes"));
+        }
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 2, ..Default::default() }).contains("--node-rank 2"));
         // DP attention: --dp is 1 or --tp; plain --dp > 1 is refused; serve refuses it at --tp > 1.
         assert_eq!(dp_attention(2, 2, true), Ok(true));
