@@ -149,7 +149,7 @@ fn main() {
     assert!(w >= 2, "the all-reduce benchmark needs at least 2 CUDA devices; the driver reports {n}");
     let comm = Arc::new(Communicator::new(&(0..w).collect::<Vec<_>>()).expect("communicator"));
     let max_bytes = 64usize << 20;
-    let custom = match CustomAllReduce::new(comm.clone(), max_bytes) {
+    let custom = match CustomAllReduce::new(comm.clone(), max_bytes, 0) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("custom all-reduce unavailable (its columns print err): {e}");
