@@ -1,9 +1,10 @@
 //! All-reduce latency on the GPUs of one machine (2+; `DSV3_BENCH_GPUS=N` takes the first N):
-//! bf16, 4 KB to 64 MB, the custom one-shot and two-shot kernels, the dispatcher
-//! (`dsv3::dist::AllReduce`, default policy) and NCCL, each eagerly (back-to-back launches from
-//! the host) and inside CUDA graphs (G calls captured per graph). Prints ONE table: µs per call
-//! (CUDA events around back-to-back calls, the slowest rank, median of 11 runs) and the bus
-//! bandwidth of the dispatcher and NCCL (size · 2(n−1)/n / time).
+//! bf16, 4 KB to 64 MB, the custom push (up to 4 MB), one-shot and two-shot kernels, the
+//! dispatcher (`dsv3::dist::AllReduce`, default policy) and NCCL, each eagerly (back-to-back
+//! launches from the host) and inside CUDA graphs (G calls captured per graph). Prints ONE table:
+//! µs per call (CUDA events around back-to-back calls, the slowest rank, median of 11 runs), the
+//! bus bandwidth of the dispatcher and NCCL (size · 2(n−1)/n / time), NCCL's time over the
+//! dispatcher's and over the best custom kernel's, then the thresholds the table suggests.
 //!
 //! Run on the GPU machine: `gpu-bundle --filter '^allreduce-'`, then
 //! `NCCL_NVLS_ENABLE=0 bash .gpu/run.sh '^allreduce-'`. Without 2 CUDA devices it panics.
@@ -22,9 +23,12 @@ use std::sync::Arc;
 const REPS: usize = 11;
 /// Calls per captured graph.
 const G: usize = 20;
+/// The largest push message measured (its receive buffers: 3 · world · this per GPU).
+const PUSH_MAX: usize = 4 << 20;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Method {
+    Push,
     OneShot,
     TwoShot,
     Dispatch,
@@ -44,8 +48,12 @@ impl Bench {
     unsafe fn call(&self, m: Method, n: usize) -> dsv3::Result<()> {
         let d = DType::Bf16;
         match m {
-            Method::OneShot | Method::TwoShot => {
-                let a = if m == Method::OneShot { Algo::OneShot } else { Algo::TwoShot };
+            Method::Push | Method::OneShot | Method::TwoShot => {
+                let a = match m {
+                    Method::Push => Algo::Push,
+                    Method::OneShot => Algo::OneShot,
+                    _ => Algo::TwoShot,
+                };
                 match &self.custom {
                     Some(c) => c.all_reduce(a, d, n, &self.ins, &self.outs),
                     None => Err(dsv3::Error::InvalidArgument("no custom all-reduce (no peer access)".into())),
@@ -129,10 +137,22 @@ impl Bench {
     }
 }
 
-fn fmt_us(r: &dsv3::Result<f64>) -> String {
+/// A measurement; `None` where the method does not take the size (push above PUSH_MAX).
+type Us = Option<dsv3::Result<f64>>;
+
+fn fmt_us(r: &Us) -> String {
     match r {
-        Ok(v) => format!("{v:.1}"),
-        Err(_) => "err".into(),
+        Some(Ok(v)) => format!("{v:.1}"),
+        Some(Err(_)) => "err".into(),
+        None => "-".into(),
+    }
+}
+
+/// Microseconds, or infinity where not measured.
+fn us(r: &Us) -> f64 {
+    match r {
+        Some(Ok(v)) => *v,
+        _ => f64::INFINITY,
     }
 }
 
@@ -149,7 +169,7 @@ fn main() {
     assert!(w >= 2, "the all-reduce benchmark needs at least 2 CUDA devices; the driver reports {n}");
     let comm = Arc::new(Communicator::new(&(0..w).collect::<Vec<_>>()).expect("communicator"));
     let max_bytes = 64usize << 20;
-    let custom = match CustomAllReduce::new(comm.clone(), max_bytes) {
+    let custom = match CustomAllReduce::new(comm.clone(), max_bytes, PUSH_MAX) {
         Ok(c) => Some(c),
         Err(e) => {
             eprintln!("custom all-reduce unavailable (its columns print err): {e}");
@@ -189,58 +209,66 @@ fn main() {
         std::env::var("NCCL_NVLS_ENABLE").unwrap_or_default()
     );
     println!(
-        "µs per call: CUDA events around back-to-back calls, slowest rank, median of {REPS} runs; graph = {G} calls captured per CUDA graph; busbw = bytes·2(n−1)/n / time (GB/s); dispatch policy: one-shot ≤ {} KB, two-shot ≤ {} KB, NCCL above",
+        "µs per call: CUDA events around back-to-back calls, slowest rank, median of {REPS} runs; graph = {G} calls captured per CUDA graph; busbw = bytes·2(n−1)/n / time (GB/s); best = fastest custom kernel; dispatch policy: push ≤ {} KB, then one-shot ≤ {} KB (world 2: up to two-shot's limit), two-shot ≤ {} KB, NCCL above",
+        policy.push_limit(w) >> 10,
         policy.one_shot_max >> 10,
         policy.two_shot_max >> 10
     );
     println!(
-        "| size | one-shot | two-shot | dispatch | NCCL | one-shot graph | two-shot graph | dispatch graph | NCCL graph | dispatch busbw | NCCL busbw | dispatch graph busbw | NCCL graph busbw | NCCL/dispatch eager | NCCL/dispatch graph |"
+        "| size | push | one-shot | two-shot | dispatch | NCCL | push graph | one-shot graph | two-shot graph | dispatch graph | NCCL graph | dispatch busbw | NCCL busbw | dispatch graph busbw | NCCL graph busbw | NCCL/dispatch eager | NCCL/dispatch graph | NCCL/best eager | NCCL/best graph |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut push_ok: [Option<usize>; 2] = [None, None];
     let mut one_shot_ok: [Option<usize>; 2] = [None, None];
     let mut custom_ok: [Option<usize>; 2] = [None, None];
     let mut bytes = 4usize << 10;
     while bytes <= max_bytes {
         let n = bytes / 2;
         let iters = (((256usize << 20) / bytes).clamp(20, 500)).max(G);
-        let methods = [Method::OneShot, Method::TwoShot, Method::Dispatch, Method::Nccl];
-        let eager: Vec<dsv3::Result<f64>> = methods.iter().map(|m| bench.eager(*m, n, iters)).collect();
-        let graph: Vec<dsv3::Result<f64>> = methods.iter().map(|m| bench.graphed(*m, n, iters)).collect();
+        // Columns: push, one-shot, two-shot, dispatch, NCCL.
+        let methods = [Method::Push, Method::OneShot, Method::TwoShot, Method::Dispatch, Method::Nccl];
+        let runs = |m: Method| m != Method::Push || bytes <= PUSH_MAX;
+        let eager: Vec<Us> = methods.iter().map(|&m| runs(m).then(|| bench.eager(m, n, iters))).collect();
+        let graph: Vec<Us> = methods.iter().map(|&m| runs(m).then(|| bench.graphed(m, n, iters))).collect();
         for (i, r) in eager.iter().chain(graph.iter()).enumerate() {
-            if let Err(e) = r {
+            if let Some(Err(e)) = r {
                 eprintln!("{bytes} B, column {i}: {e}");
             }
         }
-        let bw = |r: &dsv3::Result<f64>| match r {
-            Ok(us) => format!("{:.1}", bytes as f64 * 2.0 * (w as f64 - 1.0) / w as f64 / (us * 1e-6) / 1e9),
-            Err(_) => "-".into(),
-        };
-        let ratio = |a: &dsv3::Result<f64>, b: &dsv3::Result<f64>| match (a, b) {
-            (Ok(a), Ok(b)) => format!("{:.2}x", a / b),
+        let bw = |r: &Us| match r {
+            Some(Ok(us)) => format!("{:.1}", bytes as f64 * 2.0 * (w as f64 - 1.0) / w as f64 / (us * 1e-6) / 1e9),
             _ => "-".into(),
         };
+        let ratio = |a: f64, b: f64| if a.is_finite() && b.is_finite() { format!("{:.2}x", a / b) } else { "-".into() };
+        let best = |v: &[Us]| us(&v[0]).min(us(&v[1])).min(us(&v[2])).min(us(&v[3]));
         let size = if bytes >= 1 << 20 { format!("{} MB", bytes >> 20) } else { format!("{} KB", bytes >> 10) };
         let algo = bench.dispatch.algo(DType::Bf16, n).name();
         println!(
-            "| {size} | {} | {} | {} ({algo}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {size} | {} | {} | {} | {} ({algo}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_us(&eager[0]),
             fmt_us(&eager[1]),
             fmt_us(&eager[2]),
             fmt_us(&eager[3]),
+            fmt_us(&eager[4]),
             fmt_us(&graph[0]),
             fmt_us(&graph[1]),
             fmt_us(&graph[2]),
             fmt_us(&graph[3]),
-            bw(&eager[2]),
+            fmt_us(&graph[4]),
             bw(&eager[3]),
-            bw(&graph[2]),
+            bw(&eager[4]),
             bw(&graph[3]),
-            ratio(&eager[3], &eager[2]),
-            ratio(&graph[3], &graph[2]),
+            bw(&graph[4]),
+            ratio(us(&eager[4]), us(&eager[3])),
+            ratio(us(&graph[4]), us(&graph[3])),
+            ratio(us(&eager[4]), best(&eager)),
+            ratio(us(&graph[4]), best(&graph)),
         );
-        let best = |a: &dsv3::Result<f64>| a.as_ref().copied().unwrap_or(f64::INFINITY);
         for (k, v) in [(0usize, &eager), (1, &graph)] {
-            let (o, t, c) = (best(&v[0]), best(&v[1]), best(&v[3]));
+            let (p, o, t, c) = (us(&v[0]), us(&v[1]), us(&v[2]), us(&v[4]));
+            if p <= o.min(t).min(c) {
+                push_ok[k] = Some(bytes);
+            }
             if o <= t.min(c) {
                 one_shot_ok[k] = Some(bytes);
             }
@@ -251,10 +279,13 @@ fn main() {
         bytes *= 2;
     }
     for (k, name) in [(0usize, "eager"), (1, "graph")] {
+        let b = |x: Option<usize>| x.map(|b| b.to_string()).unwrap_or("-".into());
         println!(
-            "suggested policy ({name}): one-shot up to {}, custom up to {} (largest sizes where one-shot is fastest / a custom kernel is at least as fast as NCCL; set DSV3_AR_ONE_SHOT_MAX / DSV3_AR_TWO_SHOT_MAX)",
-            one_shot_ok[k].map(|b| b.to_string()).unwrap_or("-".into()),
-            custom_ok[k].map(|b| b.to_string()).unwrap_or("-".into())
+            "suggested policy ({name}): push up to {} (DSV3_AR_PUSH_MAX={}: it is scaled by 2/world), one-shot up to {}, custom up to {} (largest sizes where push / one-shot is fastest / one-shot or two-shot is at least as fast as NCCL; set DSV3_AR_ONE_SHOT_MAX / DSV3_AR_TWO_SHOT_MAX)",
+            b(push_ok[k]),
+            b(push_ok[k].map(|p| p * w / 2)),
+            b(one_shot_ok[k]),
+            b(custom_ok[k])
         );
     }
 }

@@ -1,8 +1,9 @@
-//! All-reduce on 2+ GPUs of one machine against a CPU sum: the custom one-shot and two-shot
-//! kernels (bit-identical to the CPU's f32 rank-order sum, on every rank), NCCL, and the
-//! dispatcher; f32 and bf16; 16 B to 64 MB including odd sizes and misaligned pointers; in and
-//! out of place; many back-to-back iterations (stale flags would deadlock — the watchdog turns
-//! that into an error — or race); inside CUDA graphs replayed many times.
+//! All-reduce on 2+ GPUs of one machine against a CPU sum: the custom push, one-shot and
+//! two-shot kernels (bit-identical to the CPU's f32 rank-order sum, on every rank), NCCL, and the
+//! dispatcher; f32 and bf16; 16 B to 64 MB (push: to its 512 KB) including odd sizes and
+//! misaligned pointers; in and out of place; many back-to-back iterations (stale flags or a stale
+//! push generation would deadlock — the watchdog turns that into an error — or give wrong sums);
+//! inside CUDA graphs replayed many times.
 //!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. With fewer than
 //! two CUDA devices every test panics loudly. The tests share one communicator behind a mutex:
@@ -27,6 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 const GPU: &str = "GPU test: run on the GPU machine with --include-ignored";
 /// Registered buffers big enough for the largest message (64 MB).
 const BUF: usize = 64 << 20;
+/// The largest push message the tests register (the default policy's at world 2).
+const PUSH: usize = 512 << 10;
 
 struct Ctx {
     comm: Arc<Communicator>,
@@ -44,7 +47,7 @@ fn init() -> Ctx {
     assert!(n >= 2, "the all-reduce tests need at least 2 CUDA devices; the driver reports {n}");
     let comm = Arc::new(Communicator::new(&[0, 1]).unwrap_or_else(|e| panic!("communicator over cuda:0, cuda:1: {e}")));
     assert!(comm.peer_access(), "cuda:0 and cuda:1 have no peer access: the custom all-reduce cannot run here");
-    let custom = CustomAllReduce::new(comm.clone(), BUF).unwrap_or_else(|e| panic!("custom all-reduce: {e}"));
+    let custom = CustomAllReduce::new(comm.clone(), BUF, PUSH).unwrap_or_else(|e| panic!("custom all-reduce: {e}"));
     let nccl = Nccl::single_node(comm.clone()).map_err(|e| e.to_string());
     if let Ok(n) = &nccl {
         eprintln!("NCCL {} from {}", n.version(), n.library_path());
@@ -212,7 +215,7 @@ fn case(c: &Ctx, path: Path, dtype: DType, count: usize, in_place: bool, skew: u
 }
 
 /// Element counts from 16 B to 64 MB, including odd ones.
-fn counts(dtype: DType) -> Vec<usize> {
+fn counts_all(dtype: DType) -> Vec<usize> {
     let s = dtype.size();
     let mut v: Vec<usize> = [16usize, 4096, 65536, 1 << 20, 8 << 20, 64 << 20].iter().map(|b| b / s).collect();
     v.extend([1usize, 3, 7, 9, 31, 255, 1023, 4097, 12_345, 65_537, 333_333, 1_000_003]);
@@ -224,13 +227,21 @@ fn counts(dtype: DType) -> Vec<usize> {
     v
 }
 
-fn run_all(path: Path) {
+/// Push's element counts: 16 B to its largest message, odd ones and the largest ones included.
+fn counts_push(dtype: DType) -> Vec<usize> {
+    let max = PUSH / dtype.size();
+    let mut v: Vec<usize> = [16usize, 4096, 65536].iter().map(|b| b / dtype.size()).collect();
+    v.extend([1usize, 2, 3, 5, 7, 9, 31, 255, 1023, 4097, 12_345, 65_537, max - 3, max - 1, max]);
+    v
+}
+
+fn run_all(path: Path, counts: fn(DType) -> Vec<usize>) {
     let c = ctx();
     let mut fails = Vec::new();
     let mut seed = 1000u64;
     for dtype in [DType::F32, DType::Bf16] {
         for n in counts(dtype) {
-            for (in_place, skew) in [(false, 0), (true, 0), (false, 1)] {
+            for (in_place, skew) in [(false, 0), (true, 0), (false, 1), (true, 1)] {
                 if skew > 0 && n > (1 << 20) {
                     continue;
                 }
@@ -248,13 +259,13 @@ fn run_all(path: Path) {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn one_shot_equals_the_cpu_sum_on_every_rank() {
     let _ = GPU;
-    run_all(Path::Custom(Algo::OneShot));
+    run_all(Path::Custom(Algo::OneShot), counts_all);
 }
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn two_shot_equals_the_cpu_sum_on_every_rank() {
-    run_all(Path::Custom(Algo::TwoShot));
+    run_all(Path::Custom(Algo::TwoShot), counts_all);
 }
 
 #[test]
@@ -266,7 +277,258 @@ fn nccl_matches_the_cpu_sum() {
             panic!("NCCL could not be set up: {e}");
         }
     }
-    run_all(Path::Nccl);
+    run_all(Path::Nccl, counts_all);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn push_equals_the_cpu_sum_on_every_rank() {
+    run_all(Path::Custom(Algo::Push), counts_push);
+    // What push refuses, before launching anything.
+    let c = ctx();
+    let (dtype, max) = (DType::F32, PUSH / 4);
+    let b = alloc(&c.comm, dtype, max + 8, 0);
+    let e = unsafe { c.custom.all_reduce(Algo::Push, dtype, max + 1, &b.ptrs, &b.ptrs) };
+    assert!(e.is_err(), "push took a message above its registered size");
+    let shifted: Vec<u64> = b.ptrs.iter().map(|p| p + 4).collect();
+    let e = unsafe { c.custom.all_reduce(Algo::Push, dtype, 100, &b.ptrs, &shifted) };
+    assert!(e.is_err(), "push took an output that partly overlaps its input");
+}
+
+/// Push with inputs that are exactly +0.0 and -0.0 in every combination over the ranks (the sum's
+/// sign of zero must be the CPU's: -0.0 only when every rank holds -0.0), sums that cancel to
+/// +0.0, and a few elements with the sentinel's bit pattern (all bits set, a NaN): those must not
+/// stall the call (pushed as they are, they would never count as arrived) and sum to NaN; every
+/// other element equals the CPU sum bit for bit, and all ranks hold the same bits.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn push_keeps_signed_zeros_and_takes_sentinel_bits() {
+    let c = ctx();
+    let comm = &c.comm;
+    let w = comm.local_size();
+    let n = 4099usize;
+    let combos = 1usize << w;
+    for dtype in [DType::F32, DType::Bf16] {
+        let sz = dtype.size();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut vals: Vec<Vec<f32>> = (0..w).map(|_| random(dtype, n, &mut rng).1).collect();
+        for i in 0..n {
+            if i < 8 * combos {
+                // Bit r of i says whether rank r holds -0.0 (else +0.0).
+                for r in 0..w {
+                    vals[r][i] = if ((i % combos) >> r) & 1 == 1 { -0.0 } else { 0.0 };
+                }
+            } else if i % 3 == 0 {
+                // x + 0 + ... + (-x) = +0.0
+                let x = vals[0][i];
+                for r in 1..w {
+                    vals[r][i] = if r == w - 1 { -x } else { 0.0 };
+                }
+            }
+        }
+        let want = to_f32(dtype, &cpu_sum(dtype, &vals));
+        let nan_at = [(8 * combos + 1, 0usize), (n / 2, w - 1), (n - 2, w - 1), (n - 1, 0)];
+        let host: Vec<Vec<u8>> = (0..w)
+            .map(|r| {
+                let mut h: Vec<u8> = match dtype {
+                    DType::F32 => vals[r].iter().flat_map(|v| v.to_le_bytes()).collect(),
+                    _ => vals[r].iter().flat_map(|v| bf16::from_f32(*v).to_bits().to_le_bytes()).collect(),
+                };
+                for &(i, rr) in &nan_at {
+                    if rr == r {
+                        h[i * sz..(i + 1) * sz].fill(0xff);
+                    }
+                }
+                h
+            })
+            .collect();
+        for (in_place, skew) in [(false, 0), (true, 0), (false, 1), (true, 1)] {
+            let ins = alloc(comm, dtype, n, skew);
+            let outs = alloc(comm, dtype, n, skew);
+            let out_ptrs = if in_place { ins.ptrs.clone() } else { outs.ptrs.clone() };
+            upload(comm, &ins.ptrs, &host);
+            if !in_place {
+                poison(comm, &out_ptrs, n * sz);
+            }
+            comm.synchronize().unwrap();
+            unsafe { c.custom.all_reduce(Algo::Push, dtype, n, &ins.ptrs, &out_ptrs) }.unwrap();
+            comm.synchronize().unwrap_or_else(|e| panic!("{dtype} in_place={in_place} skew={skew}: {e}"));
+            let got = download(comm, &out_ptrs, n * sz);
+            let what = format!("{dtype} in_place={in_place} skew={skew}");
+            for r in 1..w {
+                if let Some(d) = first_diff(dtype, &got[r], &got[0]) {
+                    panic!("{what}: rank {r} differs from rank 0: {d}");
+                }
+            }
+            let g = to_f32(dtype, &got[0]);
+            for i in 0..n {
+                if nan_at.iter().any(|&(j, _)| j == i) {
+                    assert!(g[i].is_nan(), "{what}: element {i} (a sentinel-pattern input) gave {}", g[i]);
+                } else {
+                    assert_eq!(g[i].to_bits(), want[i].to_bits(), "{what}: element {i}: got {:e} want {:e} (inputs {:?})", g[i], want[i], (0..w).map(|r| vals[r][i]).collect::<Vec<_>>());
+                }
+            }
+        }
+    }
+}
+
+/// Thousands of back-to-back push calls with no host sync between them (checked every 64
+/// calls): size, dtype, input set and in place / out of place vary with periods prime to the 3
+/// generations, one-shot and two-shot calls come in between, and before many calls one rank is
+/// held back by a memset of 4 to 16 MB so that the ranks drift apart. A stale
+/// generation read gives a wrong sum (no two nearby calls share inputs and size); resetting a
+/// generation still in use leaves a poll spinning until the watchdog traps.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn push_back_to_back_never_reads_a_stale_generation() {
+    const SETS: usize = 7;
+    const RING: usize = 64;
+    // Element counts (0: the largest push message), 11 of them.
+    const SIZES: [usize; 11] = [1, 7, 1000, 4097, 33_333, 0, 100_000, 8, 65_536, 131_071, 2];
+    let c = ctx();
+    let comm = &c.comm;
+    let w = comm.local_size();
+    let dtypes = [DType::F32, DType::Bf16];
+    let mut rng = StdRng::seed_from_u64(21);
+    // Per dtype, SETS inputs of the largest message and their sums (a shorter call's sum is a prefix).
+    let sets: Vec<Vec<(Bufs, Vec<u8>)>> = dtypes
+        .iter()
+        .map(|&d| {
+            (0..SETS)
+                .map(|_| {
+                    let max = PUSH / d.size();
+                    let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..w).map(|_| random(d, max, &mut rng)).unzip();
+                    let b = alloc(comm, d, max, 0);
+                    upload(comm, &b.ptrs, &host);
+                    (b, cpu_sum(d, &vals))
+                })
+                .collect()
+        })
+        .collect();
+    let outs: Vec<Bufs> = (0..RING).map(|_| alloc(comm, DType::F32, PUSH / 4, 0)).collect();
+    let hold = alloc(comm, DType::F32, 4 << 20, 0);
+    let mut pending = Vec::new();
+    for i in 0..RING * 47 {
+        let algo = if i % 13 == 5 { Algo::OneShot } else if i % 17 == 11 { Algo::TwoShot } else { Algo::Push };
+        let di = if i % 5 < 3 { 0 } else { 1 };
+        let d = dtypes[di];
+        let max = PUSH / d.size();
+        let n = match SIZES[i % SIZES.len()] {
+            0 => max,
+            s => s.min(max),
+        };
+        let (ins, _) = &sets[di][i % SETS];
+        let out = &outs[i % RING].ptrs;
+        if i % 3 == 0 && i % 5 != 0 {
+            let r = (i / 3) % w;
+            unsafe { comm.stream(r).memset_u8(hold.ptrs[r], i as u8, (i % 5) << 22) }.unwrap();
+        }
+        let in_place = i % 4 == 1;
+        let src = if in_place {
+            for r in 0..w {
+                unsafe { comm.stream(r).copy_dtod(out[r], ins.ptrs[r], n * d.size()) }.unwrap();
+            }
+            out
+        } else {
+            &ins.ptrs
+        };
+        unsafe { c.custom.all_reduce(algo, d, n, src, out) }.unwrap_or_else(|e| panic!("call {i}: {e}"));
+        pending.push((i, di, n, algo, in_place));
+        if pending.len() == RING {
+            comm.synchronize().unwrap_or_else(|e| panic!("calls {}..={i}: {e}", i + 1 - RING));
+            for &(j, di, n, algo, in_place) in &pending {
+                let d = dtypes[di];
+                let want = &sets[di][j % SETS].1[..n * d.size()];
+                for (r, g) in download(comm, &outs[j % RING].ptrs, n * d.size()).iter().enumerate() {
+                    if let Some(diff) = first_diff(d, g, want) {
+                        panic!("call {j} ({algo:?} {d} n={n} in_place={in_place}) rank {r}: {diff}");
+                    }
+                }
+            }
+            pending.clear();
+        }
+    }
+}
+
+/// The CPU sum applied `times` times, each time to every rank holding the previous sum (what an
+/// in-place all-reduce replayed `times` times leaves).
+fn repeated_sum(dtype: DType, per_rank: &[Vec<f32>], times: usize) -> Vec<u8> {
+    let mut cur = per_rank.to_vec();
+    let mut out = Vec::new();
+    for _ in 0..times {
+        out = cpu_sum(dtype, &cur);
+        cur = vec![to_f32(dtype, &out); cur.len()];
+    }
+    out
+}
+
+/// Push calls captured in one CUDA graph per rank — four per replay, so consecutive replays start
+/// at different generations (a generation fixed at capture time would show), with a one-shot
+/// call among them — replayed 300 times with fresh inputs (every tenth replay 2–4 times back to
+/// back), then 500 times in a row, then once more with fresh inputs.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn push_inside_cuda_graphs() {
+    let c = ctx();
+    let comm = &c.comm;
+    let w = comm.local_size();
+    // (dtype, algorithm, in place, elements)
+    let calls = [
+        (DType::F32, Algo::Push, true, 40_001usize),
+        (DType::Bf16, Algo::Push, false, 3000),
+        (DType::F32, Algo::OneShot, false, 1000),
+        (DType::F32, Algo::Push, false, PUSH / 4),
+        (DType::Bf16, Algo::Push, true, 7),
+    ];
+    let ins: Vec<Bufs> = calls.iter().map(|&(d, _, _, n)| alloc(comm, d, n, 0)).collect();
+    let outs: Vec<Bufs> = calls.iter().map(|&(d, _, _, n)| alloc(comm, d, n, 0)).collect();
+    let out_ptrs = |k: usize| if calls[k].2 { &ins[k].ptrs } else { &outs[k].ptrs };
+    let run = || -> dsv3::Result<()> {
+        for (k, &(d, a, _, n)) in calls.iter().enumerate() {
+            unsafe { c.custom.all_reduce(a, d, n, &ins[k].ptrs, out_ptrs(k))? };
+        }
+        Ok(())
+    };
+    // Warm-up outside the graph (loads the modules).
+    run().unwrap();
+    comm.synchronize().unwrap();
+    let graph = comm.capture(run).unwrap_or_else(|e| panic!("capture: {e}"));
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut round = |rep: usize, times: usize| {
+        let data: Vec<Vec<Vec<f32>>> = calls
+            .iter()
+            .enumerate()
+            .map(|(k, &(d, _, in_place, n))| {
+                let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..w).map(|_| random(d, n, &mut rng)).unzip();
+                upload(comm, &ins[k].ptrs, &host);
+                if !in_place {
+                    poison(comm, &outs[k].ptrs, n * d.size());
+                }
+                vals
+            })
+            .collect();
+        comm.synchronize().unwrap();
+        for _ in 0..times {
+            graph.launch().unwrap();
+        }
+        comm.synchronize().unwrap_or_else(|e| panic!("replay {rep}: {e}"));
+        for (k, &(d, a, in_place, n)) in calls.iter().enumerate() {
+            let want = repeated_sum(d, &data[k], if in_place { times } else { 1 });
+            for (r, g) in download(comm, out_ptrs(k), n * d.size()).iter().enumerate() {
+                if let Some(diff) = first_diff(d, g, &want) {
+                    panic!("replay {rep} (x{times}), call {k} ({a:?} {d} n={n} in_place={in_place}) rank {r}: {diff}");
+                }
+            }
+        }
+    };
+    for rep in 0..300 {
+        round(rep, if rep % 10 == 9 { 2 + rep % 3 } else { 1 });
+    }
+    for _ in 0..500 {
+        graph.launch().unwrap();
+    }
+    comm.synchronize().unwrap_or_else(|e| panic!("500 replays in a row: {e}"));
+    round(300, 1);
 }
 
 /// Thousands of back-to-back calls with no host sync in between (flags must never be stale;
@@ -430,9 +692,27 @@ fn dispatch_picks_by_size_and_is_right() {
         let e = rel_err(dtype, &got[0], &want);
         assert!(e <= 8e-3, "{bytes} B via {algo:?}: relative error {e}");
     }
-    // World 2: one-shot takes the whole custom range (two-shot has its own tests), NCCL above.
-    let expected: std::collections::BTreeSet<&str> = ["one-shot", "nccl"].into_iter().collect();
+    // World 2: push up to its limit, one-shot the rest of the custom range (two-shot has its own
+    // tests), NCCL above.
+    let expected: std::collections::BTreeSet<&str> = ["push", "one-shot", "nccl"].into_iter().collect();
     assert_eq!(seen, expected, "algorithms taken at world 2");
+    // What the TP model does: an in-place f32 reduce of a few rows of hidden 7168 (push, no
+    // staging), exact.
+    let n = 3 * 7168;
+    let mut rng = StdRng::seed_from_u64(400);
+    let (host, vals): (Vec<Vec<u8>>, Vec<Vec<f32>>) = (0..comm.local_size()).map(|_| random(DType::F32, n, &mut rng)).unzip();
+    let b = alloc(&comm, DType::F32, n, 0);
+    upload(&comm, &b.ptrs, &host);
+    comm.synchronize().unwrap();
+    let algo = unsafe { ar.all_reduce(DType::F32, n, &b.ptrs, &b.ptrs) }.unwrap();
+    comm.synchronize().unwrap();
+    assert_eq!(algo, Algo::Push, "in-place f32 of {} bytes", n * 4);
+    let want = cpu_sum(DType::F32, &vals);
+    for (r, g) in download(&comm, &b.ptrs, n * 4).iter().enumerate() {
+        if let Some(d) = first_diff(DType::F32, g, &want) {
+            panic!("in-place dispatch rank {r}: {d}");
+        }
+    }
 }
 
 /// Two "nodes" as two processes over loopback, one GPU each (`--nnodes 2`): the TCP rendezvous

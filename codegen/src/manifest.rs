@@ -32,6 +32,27 @@ const AR_ARGS: &[Arg] = &[
     scalar("n", "u32"),
 ];
 
+/// Arguments of the push all-reduce: the output, this rank's input (may equal out), every rank's
+/// receive buffer (unused slots 0), this rank's signal buffer, this rank, the world size, the
+/// element count and the bytes of one slot of a receive buffer.
+const AR_PUSH_ARGS: &[Arg] = &[
+    ptr_mut("out", "{T}"),
+    ptr("inp", "{T}"),
+    scalar("recv0", "u64"),
+    scalar("recv1", "u64"),
+    scalar("recv2", "u64"),
+    scalar("recv3", "u64"),
+    scalar("recv4", "u64"),
+    scalar("recv5", "u64"),
+    scalar("recv6", "u64"),
+    scalar("recv7", "u64"),
+    scalar("sig", "u64"),
+    scalar("rank", "u32"),
+    scalar("world", "u32"),
+    scalar("n", "u32"),
+    scalar("slot_cap", "u32"),
+];
+
 pub static FAMILIES: &[Family] = &[
     Family {
         name: "embedding",
@@ -810,7 +831,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "allreduce",
         source: "allreduce.cuh",
-        doc: "Custom all-reduce (sum) over peer memory: one-shot and two-shot, flag barriers with system-scope release/acquire.",
+        doc: "Custom all-reduce (sum) over peer memory: one-shot and two-shot (flag barriers with system-scope release/acquire), push (barrier-free, sentinel-filled receive buffers).",
         kernels: &[
             KernelSpec {
                 name: "allreduce_oneshot_{T}",
@@ -831,6 +852,16 @@ pub static FAMILIES: &[Family] = &[
                 max_threads: 512,
                 archs: Archs::ALL,
                 doc: "reduce-scatter into each rank's scratch (after its signal header) + all-gather; in place allowed; grid <= 128 blocks of 512, the same on every rank.",
+            },
+            KernelSpec {
+                name: "allreduce_push_{T}",
+                template: "dsv3::allreduce_push<{T}>",
+                grid: &[FLOAT],
+                points: &[],
+                args: AR_PUSH_ARGS,
+                max_threads: 512,
+                archs: Archs::ALL,
+                doc: "out = sum over ranks of in_r (f32, rank order) without barriers: every rank pushes its input into every rank's receive buffer (3 generations x world slots of slot_cap bytes, sentinel 0xff bytes) and polls its own; out may equal inp; any grid.",
             },
         ],
     },

@@ -1,14 +1,18 @@
 //! The custom all-reduce over peer memory and the dispatcher that picks it or NCCL.
 //!
 //! [`CustomAllReduce`] launches the generated kernels of `kernels/allreduce.cuh` on every local
-//! rank's stream. Each rank owns two registered (fixed-address, allocated once) buffers:
+//! rank's stream. Each rank owns three registered (fixed-address, allocated once) buffers:
 //!
 //! - a signal buffer: a 16 KiB header of barrier counters (zeroed once; the kernels only ever
-//!   increment them, so neither many iterations nor CUDA-graph replays see stale flags) and the
-//!   watchdog timeout, followed by the two-shot scratch area of `buffer_bytes`;
+//!   increment them, so neither many iterations nor CUDA-graph replays see stale flags), the
+//!   watchdog timeout and the push kernel's generation counter, followed by the two-shot scratch
+//!   area of `buffer_bytes`;
 //! - a staging buffer of `buffer_bytes`: the registered input. A caller may write its data there
 //!   directly ([`CustomAllReduce::registered_input`]); the one-shot kernel stages in-place calls
-//!   through it (it must not write an output that a peer may still be reading).
+//!   through it (it must not write an output that a peer may still be reading);
+//! - a receive buffer for the push kernel: [`PUSH_GENERATIONS`] generations of one slot per rank of
+//!   `push_bytes`, filled with the sentinel (0xff bytes) once here; the kernel restores it after
+//!   each use.
 //!
 //! Inputs are read straight from the peers' memory (peer access is enabled by the
 //! [`Communicator`]), so any device pointer works as an input; every address a launch uses is
@@ -39,6 +43,8 @@ pub const THREADS: u32 = 512;
 pub const SIGNAL_BYTES: usize = 16384;
 /// Offset of the watchdog timeout (u64 nanoseconds) in the header.
 const TIMEOUT_OFFSET: usize = 12288;
+/// Generations of a push receive buffer (`AR_PUSH_GENERATIONS`).
+pub const PUSH_GENERATIONS: usize = 3;
 
 fn kernel(name: &str) -> Result<&'static KernelInfo> {
     KERNELS.iter().find(|k| k.name == name).ok_or_else(|| dist_err(B, format!("kernel {name} is not in the registry")))
@@ -56,20 +62,26 @@ fn overlaps(a: u64, b: u64, bytes: usize) -> bool {
 pub struct CustomAllReduce {
     sigs: Vec<DeviceBuffer>,
     staging: Vec<DeviceBuffer>,
+    /// Push receive buffers (none when `push_bytes` is 0).
+    recv: Vec<DeviceBuffer>,
     comm: Arc<Communicator>,
     buffer_bytes: usize,
+    push_bytes: usize,
     max_blocks: u32,
     oneshot: [&'static KernelInfo; 2],
     twoshot: [&'static KernelInfo; 2],
+    push: [&'static KernelInfo; 2],
 }
 
 impl CustomAllReduce {
-    /// Registers the buffers of every local rank of `comm` for messages of up to
-    /// `buffer_bytes`. Needs a single-node world of 1..=8 GPUs with peer access.
+    /// Registers the buffers of every local rank of `comm` for one-shot / two-shot messages of up
+    /// to `buffer_bytes` and push messages of up to `push_bytes` (0: no push; its receive buffers
+    /// take `3 · world · push_bytes` per rank). Needs a single-node world of 1..=8 GPUs with peer
+    /// access.
     ///
     /// `DSV3_AR_TIMEOUT_MS` sets the barrier watchdog (default 10000; 0 = wait forever);
     /// `DSV3_AR_MAX_BLOCKS` caps the grid (default: the SM count, at most 128).
-    pub fn new(comm: Arc<Communicator>, buffer_bytes: usize) -> Result<Self> {
+    pub fn new(comm: Arc<Communicator>, buffer_bytes: usize, push_bytes: usize) -> Result<Self> {
         let world = comm.local_size();
         if comm.nnodes() != 1 || comm.world_size() != world {
             return Err(dist_err(B, format!(
@@ -85,9 +97,15 @@ impl CustomAllReduce {
             return Err(dist_err(B, "the GPUs lack peer access to each other; use NCCL"));
         }
         let buffer_bytes = buffer_bytes.max(16).next_multiple_of(256);
+        // Slots are whole 16-byte vectors (the kernel's slot_cap is a u32).
+        let push_bytes = push_bytes.next_multiple_of(16);
+        if PUSH_GENERATIONS * world * push_bytes > u32::MAX as usize {
+            return Err(dist_err(B, format!("push messages of {push_bytes} bytes: at most 4 GiB of receive buffer")));
+        }
         let timeout_ns = env_usize("DSV3_AR_TIMEOUT_MS").unwrap_or(10_000) as u64 * 1_000_000;
         let mut sigs = Vec::new();
         let mut staging = Vec::new();
+        let mut recv = Vec::new();
         for i in 0..world {
             let s = comm.stream(i);
             let sig = s.alloc(SIGNAL_BYTES + buffer_bytes)?;
@@ -95,6 +113,12 @@ impl CustomAllReduce {
             unsafe {
                 s.memset_u8(sig.ptr(), 0, SIGNAL_BYTES)?;
                 s.copy_htod(sig.ptr() + TIMEOUT_OFFSET as u64, &timeout_ns.to_le_bytes())?;
+            }
+            if push_bytes > 0 {
+                let bytes = PUSH_GENERATIONS * world * push_bytes;
+                let r = s.alloc(bytes)?;
+                unsafe { s.memset_u8(r.ptr(), 0xff, bytes)? };
+                recv.push(r);
             }
             sigs.push(sig);
             staging.push(stg);
@@ -104,17 +128,28 @@ impl CustomAllReduce {
         Ok(CustomAllReduce {
             sigs,
             staging,
+            recv,
             comm,
             buffer_bytes,
+            push_bytes,
             max_blocks,
             oneshot: [kernel("allreduce_oneshot_f32")?, kernel("allreduce_oneshot_bf16")?],
             twoshot: [kernel("allreduce_twoshot_f32")?, kernel("allreduce_twoshot_bf16")?],
+            push: [kernel("allreduce_push_f32")?, kernel("allreduce_push_bf16")?],
         })
     }
 
-    /// The largest message (bytes per rank).
+    /// The largest message (bytes per rank) of one-shot and two-shot.
     pub fn buffer_bytes(&self) -> usize {
         self.buffer_bytes
+    }
+    /// The largest message (bytes per rank) `algo` takes (0 for NCCL).
+    pub fn max_bytes(&self, algo: Algo) -> usize {
+        match algo {
+            Algo::Push => self.push_bytes,
+            Algo::OneShot | Algo::TwoShot => self.buffer_bytes,
+            Algo::Nccl => 0,
+        }
     }
     pub fn world(&self) -> usize {
         self.sigs.len()
@@ -136,9 +171,10 @@ impl CustomAllReduce {
         (vecs.div_ceil(THREADS as usize) as u32).clamp(1, self.max_blocks)
     }
 
-    /// Sum all-reduce of `count` elements of `dtype` (f32 or bf16) with `algo` (one-shot or
+    /// Sum all-reduce of `count` elements of `dtype` (f32 or bf16) with `algo` (push, one-shot or
     /// two-shot): `outputs[i] = Σ_r inputs[r]` on every local rank `i`, queued on each rank's
-    /// stream. In place (`outputs[i] == inputs[i]`) is allowed.
+    /// stream. In place (`outputs[i] == inputs[i]`) is allowed; push refuses an output that
+    /// overlaps its input otherwise.
     ///
     /// # Safety
     /// `inputs[i]` and `outputs[i]` are device allocations of local rank `i`'s GPU holding
@@ -153,9 +189,12 @@ impl CustomAllReduce {
             DType::Bf16 => 1,
             other => return Err(dist_err(B, format!("the custom all-reduce sums f32 and bf16, not {other}"))),
         };
+        if algo == Algo::Nccl {
+            return Err(dist_err(B, "the custom all-reduce does not run NCCL; use AllReduce"));
+        }
         let bytes = count * dtype.size();
-        if bytes > self.buffer_bytes {
-            return Err(dist_err(B, format!("{bytes} bytes exceed the registered {} bytes; use NCCL", self.buffer_bytes)));
+        if bytes > self.max_bytes(algo) {
+            return Err(dist_err(B, format!("{}: {bytes} bytes exceed its registered {} bytes", algo.name(), self.max_bytes(algo))));
         }
         if count > u32::MAX as usize {
             return Err(dist_err(B, format!("{count} elements: at most 2^32-1")));
@@ -169,10 +208,12 @@ impl CustomAllReduce {
             }
             return Ok(());
         }
+        let cfg = LaunchCfg::linear(self.blocks(algo, dtype, count), THREADS);
+        let (w, n) = (world as u32, count as u32);
         let k = match algo {
+            Algo::Push => return self.push(self.push[di], cfg, n, bytes, inputs, outputs),
             Algo::OneShot => self.oneshot[di],
-            Algo::TwoShot => self.twoshot[di],
-            Algo::Nccl => return Err(dist_err(B, "the custom all-reduce does not run NCCL; use AllReduce")),
+            _ => self.twoshot[di],
         };
         let mut ins = [0u64; MAX_RANKS];
         for (r, slot) in ins.iter_mut().enumerate().take(world) {
@@ -186,33 +227,52 @@ impl CustomAllReduce {
                 *slot = stg;
             }
         }
-        let mut sigs = [0u64; MAX_RANKS];
-        for (slot, sig) in sigs.iter_mut().zip(&self.sigs) {
-            *slot = sig.ptr();
-        }
-        let cfg = LaunchCfg::linear(self.blocks(algo, dtype, count), THREADS);
-        let (w, n) = (world as u32, count as u32);
-        for (r, &out_ptr) in outputs.iter().enumerate() {
-            let mut out = out_ptr;
-            let mut rank = r as u32;
-            let (mut world_v, mut n_v) = (w, n);
-            let mut ins_v = ins;
-            let mut sigs_v = sigs;
-            let mut params: Vec<*mut c_void> = Vec::with_capacity(20);
-            params.push(&mut out as *mut u64 as *mut c_void);
-            for p in ins_v.iter_mut() {
-                params.push(p as *mut u64 as *mut c_void);
-            }
-            for p in sigs_v.iter_mut() {
-                params.push(p as *mut u64 as *mut c_void);
-            }
-            params.push(&mut rank as *mut u32 as *mut c_void);
-            params.push(&mut world_v as *mut u32 as *mut c_void);
-            params.push(&mut n_v as *mut u32 as *mut c_void);
-            self.comm.stream(r).launch(k, cfg, &mut params)?;
+        let sigs = ptrs(&self.sigs);
+        for (r, &out) in outputs.iter().enumerate() {
+            let mut a64 = [0u64; 1 + 2 * MAX_RANKS];
+            a64[0] = out;
+            a64[1..=MAX_RANKS].copy_from_slice(&ins);
+            a64[1 + MAX_RANKS..].copy_from_slice(&sigs);
+            self.launch(r, k, cfg, &mut a64, &mut [r as u32, w, n])?;
         }
         Ok(())
     }
+
+    /// The push kernel `k` on every rank (count, size and world already checked).
+    unsafe fn push(&self, k: &'static KernelInfo, cfg: LaunchCfg, n: u32, bytes: usize, inputs: &[u64], outputs: &[u64]) -> Result<()> {
+        // The thread that reads in[i] is the one that writes out[i]: only an exact alias is safe.
+        if inputs.iter().zip(outputs).any(|(&i, &o)| i != o && overlaps(i, o, bytes)) {
+            return Err(dist_err(B, "push: an output partly overlaps its input (in place means the same pointer)"));
+        }
+        let recv = ptrs(&self.recv);
+        let w = self.world() as u32;
+        for (r, (&inp, &out)) in inputs.iter().zip(outputs).enumerate() {
+            let mut a64 = [0u64; 3 + MAX_RANKS];
+            a64[0] = out;
+            a64[1] = inp;
+            a64[2..2 + MAX_RANKS].copy_from_slice(&recv);
+            a64[2 + MAX_RANKS] = self.sigs[r].ptr();
+            self.launch(r, k, cfg, &mut a64, &mut [r as u32, w, n, self.push_bytes as u32])?;
+        }
+        Ok(())
+    }
+
+    /// Launches `k` on rank `r`'s stream. Every all-reduce kernel takes its 64-bit arguments
+    /// first, then its 32-bit ones.
+    unsafe fn launch(&self, r: usize, k: &'static KernelInfo, cfg: LaunchCfg, a64: &mut [u64], a32: &mut [u32]) -> Result<()> {
+        let mut params: Vec<*mut c_void> =
+            a64.iter_mut().map(|p| p as *mut u64 as *mut c_void).chain(a32.iter_mut().map(|p| p as *mut u32 as *mut c_void)).collect();
+        self.comm.stream(r).launch(k, cfg, &mut params)
+    }
+}
+
+/// The buffers' addresses in rank order, unused ranks 0.
+fn ptrs(bufs: &[DeviceBuffer]) -> [u64; MAX_RANKS] {
+    let mut p = [0u64; MAX_RANKS];
+    for (slot, b) in p.iter_mut().zip(bufs) {
+        *slot = b.ptr();
+    }
+    p
 }
 
 /// All-reduce with dispatch by message size, world size and topology: the custom kernels
@@ -230,7 +290,7 @@ impl AllReduce {
     pub fn new(comm: Arc<Communicator>, policy: Policy, nccl: Option<Nccl>) -> Result<Self> {
         let w = comm.local_size();
         let custom = if comm.nnodes() == 1 && comm.world_size() == w && (2..=MAX_RANKS).contains(&w) && comm.peer_access() {
-            Some(CustomAllReduce::new(comm.clone(), policy.buffer_bytes)?)
+            Some(CustomAllReduce::new(comm.clone(), policy.buffer_bytes, policy.push_limit(w))?)
         } else {
             None
         };
@@ -261,11 +321,11 @@ impl AllReduce {
     /// The algorithm a message of `count` elements of `dtype` takes.
     pub fn algo(&self, dtype: DType, count: usize) -> Algo {
         let bytes = count * dtype.size();
-        let custom_ok = self.custom.as_ref().is_some_and(|c| bytes <= c.buffer_bytes()) && matches!(dtype, DType::F32 | DType::Bf16);
-        let a = choose(&self.policy, bytes, self.comm.world_size(), self.comm.nnodes(), custom_ok);
-        match a {
-            Algo::Nccl if self.nccl.is_none() && custom_ok => Algo::TwoShot,
-            Algo::OneShot | Algo::TwoShot if !custom_ok => Algo::Nccl,
+        let custom = self.custom.as_ref().filter(|_| matches!(dtype, DType::F32 | DType::Bf16));
+        let fits = |a: Algo| custom.is_some_and(|c| bytes <= c.max_bytes(a));
+        match choose(&self.policy, bytes, self.comm.world_size(), self.comm.nnodes(), custom.is_some()) {
+            Algo::Nccl if self.nccl.is_none() && fits(Algo::TwoShot) => Algo::TwoShot,
+            a @ (Algo::Push | Algo::OneShot | Algo::TwoShot) if !fits(a) => Algo::Nccl,
             a => a,
         }
     }
@@ -284,7 +344,7 @@ impl AllReduce {
         let a = self.algo(dtype, count);
         match (a, &self.custom, &self.nccl) {
             (Algo::Nccl, _, Some(n)) => n.all_reduce(dtype, count, inputs, outputs)?,
-            (Algo::OneShot | Algo::TwoShot, Some(c), _) => c.all_reduce(a, dtype, count, inputs, outputs)?,
+            (Algo::Push | Algo::OneShot | Algo::TwoShot, Some(c), _) => c.all_reduce(a, dtype, count, inputs, outputs)?,
             _ => return Err(dist_err(B, format!("no all-reduce path for {count} x {dtype}"))),
         }
         Ok(a)

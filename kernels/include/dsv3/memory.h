@@ -14,6 +14,17 @@ template <class T, int N> DSV3_DEV Vec<T, N> load_vec(const T* p) {
 template <class T, int N> DSV3_DEV void store_vec(T* p, const Vec<T, N>& x) {
   *reinterpret_cast<Vec<T, N>*>(p) = x;
 }
+// The bits of x as a To of the same size (through a union: nvcc, NVRTC and clang define it;
+// NVRTC has no __builtin_memcpy).
+template <class To, class From> DSV3_DEV To bit_cast(const From& x) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs types of one size");
+  union {
+    From from;
+    To to;
+  } u;
+  u.from = x;
+  return u.to;
+}
 // Load N elements and widen them to f32.
 template <class T, int N> DSV3_DEV void load_f32(const T* p, float* out) {
   Vec<T, N> x = load_vec<T, N>(p);
@@ -44,6 +55,15 @@ DSV3_DEV void atomic_max(float* p, float v) {
 DSV3_DEV void fence_block() { __threadfence_block(); }
 DSV3_DEV void fence_device() { __threadfence(); }
 DSV3_DEV void fence_system() { __threadfence_system(); }
+// Acquire-release fence at device scope (lighter than fence_device's sequentially consistent one):
+// with a relaxed atomic after it, a release; after one, an acquire.
+DSV3_DEV void fence_acq_rel_gpu() {
+#if defined(DSV3_HIP)
+  __builtin_amdgcn_fence(__ATOMIC_ACQ_REL, "agent");
+#else
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+#endif
+}
 
 // Release store / acquire load of a flag at system scope (visible to peer GPUs and the host).
 DSV3_DEV void store_release_sys(u32* p, u32 v) {
@@ -77,6 +97,35 @@ DSV3_DEV u32 load_acquire_gpu(const u32* p) {
   u32 v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
+#endif
+}
+// 16 bytes (16-byte aligned) loaded / stored relaxed at system scope: no L1 copy, so a spinning
+// reader sees a peer GPU's stores. Each aligned 4-byte word is single-copy atomic, the 16 bytes as
+// a whole are not: a reader may see some words of a store before the others (HIP: four 4-byte
+// atomics).
+DSV3_DEV Vec<u32, 4> load_relaxed_sys_16(const void* p) {
+  Vec<u32, 4> w;
+#if defined(DSV3_HIP)
+  u32* q = reinterpret_cast<u32*>(const_cast<void*>(p));
+#pragma unroll
+  for (int i = 0; i < 4; ++i) w.v[i] = __hip_atomic_load(q + i, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+#else
+  asm volatile("ld.relaxed.sys.global.v4.b32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(w.v[0]), "=r"(w.v[1]), "=r"(w.v[2]), "=r"(w.v[3])
+               : "l"(p)
+               : "memory");
+#endif
+  return w;
+}
+DSV3_DEV void store_relaxed_sys_16(void* p, const Vec<u32, 4>& w) {
+#if defined(DSV3_HIP)
+  u32* q = reinterpret_cast<u32*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) __hip_atomic_store(q + i, w.v[i], __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_SYSTEM);
+#else
+  asm volatile("st.relaxed.sys.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(w.v[0]), "r"(w.v[1]), "r"(w.v[2]),
+               "r"(w.v[3])
+               : "memory");
 #endif
 }
 
