@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use dsv3::engine::{Engine, EngineEvent, FinishReason, Usage};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+pub mod dp;
 pub mod files;
 #[cfg(feature = "cuda")]
 pub mod gpu;
