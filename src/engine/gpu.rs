@@ -141,23 +141,33 @@ impl<G> GraphSteps<G> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let seqs: Vec<BatchSeq<'_>> = batch
-            .iter()
-            .map(|s| BatchSeq {
-                tokens: s.tokens,
-                start: s.start,
-                block_table: s.block_table,
-                logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
-            })
-            .collect();
+        let seqs = batch_seqs(batch);
         let decode = batch.len() <= self.max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
         let graph = if decode { self.graph(model, pool, GpuStepModel::graph_batch_size(batch.len())) } else { None };
         let out = match graph {
             Some(i) => model.forward_decode_graph(&self.graphs[i], pool, &seqs)?,
             None => model.forward_batch(pool, &seqs)?,
         };
-        Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
+        Ok(wanted_logits(out, batch))
     }
+}
+
+/// The model's view of an engine step: each sequence's new tokens, table and logits row.
+pub(crate) fn batch_seqs<'a>(batch: &[SeqStep<'a>]) -> Vec<BatchSeq<'a>> {
+    batch
+        .iter()
+        .map(|s| BatchSeq {
+            tokens: s.tokens,
+            start: s.start,
+            block_table: s.block_table,
+            logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
+        })
+        .collect()
+}
+
+/// A batched forward's per-sequence logits as the engine takes them (`None` where not wanted).
+pub(crate) fn wanted_logits(out: Vec<Vec<f32>>, batch: &[SeqStep<'_>]) -> Vec<Option<Vec<f32>>> {
+    out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect()
 }
 
 pub struct GpuStepModel {

@@ -5,14 +5,18 @@
 //! together (falling back to eager steps if a capture fails). The pool is sized from the GPU
 //! with the least free memory after the weights.
 //!
-//! A [`TpModel`] loaded with DP attention is not served here (its `forward_batch` refuses: each
-//! sequence would need a rank, pages from that rank's pool and prefix hits from that rank only;
-//! see docs/MULTI_GPU.md, "DP attention").
+//! A [`TpModel`] loaded with DP attention ([`AttnSplit::Data`]) has one pool per rank that holds
+//! only that rank's sequences: the engine sees [`StepModel::dp_ranks`] ranks, keeps an allocator
+//! and a prefix cache per rank, and tags each sequence of a step with its rank; a step is one
+//! [`TpModel::forward_batch_dp`] over every rank's sequences (a rank without sequences joins the
+//! FFN only). DP steps run eagerly: decode graphs under DP attention are not captured yet
+//! (`--cuda-graph-max-bs` is ignored with a warning). See docs/MULTI_GPU.md, "DP attention".
 
-use crate::engine::gpu::{free_after_weights, GraphModel, GraphSteps};
+use crate::engine::gpu::{batch_seqs, free_after_weights, wanted_logits, GraphModel, GraphSteps};
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::gpu::{BatchSeq, PagePool, TpDecodeGraph, TpModel};
+use crate::model::shard::AttnSplit;
 
 impl GraphModel for TpModel {
     type Pool = [PagePool];
@@ -48,10 +52,30 @@ impl TpStepModel {
         TpStepModel { graphs: GraphSteps::new(), pools: None, model, free_after_weights }
     }
 
-    /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never).
+    /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never). Under DP
+    /// attention: not yet (warned), steps run eagerly.
     pub fn with_cuda_graphs(mut self, max_bs: usize) -> TpStepModel {
+        if self.is_dp() && max_bs > 0 {
+            tracing::warn!("{}: decode CUDA graphs are not captured under DP attention yet; --cuda-graph-max-bs {max_bs} ignored, steps run eagerly", self.model.describe());
+            return self;
+        }
         self.graphs.set_max_bs(max_bs);
         self
+    }
+
+    fn is_dp(&self) -> bool {
+        self.model.attn_split() == AttnSplit::Data
+    }
+
+    /// One step under DP attention: every rank's sequences, each attended on its own rank.
+    fn dp_step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        let pools = self.pools.as_deref_mut().ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranks: Vec<usize> = batch.iter().map(|s| s.rank).collect();
+        let out = self.model.forward_batch_dp(pools, &batch_seqs(batch), &ranks)?;
+        Ok(wanted_logits(out, batch))
     }
 
     pub fn model(&self) -> &TpModel {
@@ -69,8 +93,12 @@ impl StepModel for TpStepModel {
         let extra = self.graphs.reset(num_pages);
         self.pools = None;
         let pools = self.model.new_page_pools(num_pages + extra, page_size)?;
+        let what = match self.dp_ranks() {
+            1 => "the same pages on every GPU".to_string(),
+            n => format!("dp attention over {n} ranks: each GPU's pool holds its own sequences, with its own allocator and prefix cache"),
+        };
         tracing::info!(
-            "{}: KV page pool of {num_pages} pages × {page_size} positions per GPU ({:.1} MiB each)",
+            "{}: KV page pool of {num_pages} pages × {page_size} positions per GPU ({:.1} MiB each; {what})",
             self.model.describe(),
             pools[0].bytes() as f64 / (1 << 20) as f64
         );
@@ -79,7 +107,18 @@ impl StepModel for TpStepModel {
     }
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        if self.is_dp() {
+            return self.dp_step(batch);
+        }
         self.graphs.step(&self.model, self.pools.as_deref_mut(), batch)
+    }
+
+    fn dp_ranks(&self) -> usize {
+        if self.is_dp() {
+            self.model.communicator().world_size()
+        } else {
+            1
+        }
     }
 
     fn cuda_graph_max_bs(&self) -> usize {
