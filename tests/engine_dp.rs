@@ -158,11 +158,12 @@ fn concurrent_requests_are_balanced_over_the_ranks_and_read_only_their_own_pages
 fn a_full_rank_preempts_its_own_latest_request_and_the_other_rank_goes_on() {
     let (mut e, log) = engine(2, &dp::config());
     let out = dp::run(&mut e, VOCAB);
-    for (i, (p, &(_, n))) in dp::prompts(VOCAB).iter().zip(&dp::REQUESTS).enumerate() {
-        assert_eq!(out[i], reference(p, n), "request {i}");
+    let reqs = dp::requests(VOCAB);
+    for (i, (p, n)) in reqs.iter().enumerate() {
+        assert_eq!(out[i], reference(p, *n), "request {i}");
     }
     // C was recomputed on rank 1, from its first token, once D had finished there.
-    let c = &dp::prompts(VOCAB)[dp::PREEMPTED];
+    let c = &reqs[dp::PREEMPTED].0;
     let recompute = seen(&log).into_iter().flatten().filter(|s| s.start == 0 && s.tokens.len() > c.len() && s.tokens.starts_with(c)).collect::<Vec<_>>();
     assert_eq!(recompute.iter().map(|s| s.rank).collect::<Vec<_>>(), vec![1], "{recompute:?}");
 }

@@ -1,7 +1,8 @@
 //! Tensor and expert parallelism over two GPUs of one process ([`TpModel`]) against the
 //! single-GPU model ([`GpuModel`], TP=1) on every fixture: batched prefill + decode logits,
-//! greedy tokens, decode CUDA graphs, the serving engine over the group (`TpStepModel`), and two
-//! "nodes" as two processes (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL).
+//! greedy tokens, decode CUDA graphs, the serving engine over the group (`TpStepModel`, with and
+//! without DP attention, and DP attention served over HTTP), and two "nodes" as two processes
+//! (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL).
 //!
 //! GPU tests: ignored in the CPU suite; run on a 2-GPU machine with `--include-ignored
 //! --test-threads 1`. With fewer than two CUDA devices every test panics (fails), never passes.
@@ -23,7 +24,7 @@
 mod common;
 
 use common::gpu::{gpu_model, run_two_nodes};
-use common::{check_greedy, fixtures, prompt, reference};
+use common::{check_greedy, dp, fixtures, prompt, reference, run_greedy};
 use dsv3::backend::cuda::device_count;
 use dsv3::dist::{open_group, AllReduce, GroupConfig};
 use dsv3::model::checkpoint::{Checkpoint, DType};
@@ -340,58 +341,193 @@ fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
     }
 }
 
+/// Asserts that an engine's greedy tokens equal TP=1's (`want`, from [`tp1_greedy`]) up to TP=1's
+/// first near-tie, request by request (token j is chosen at step j); returns the tokens compared.
+#[track_caller]
+fn check_engine_tokens(what: &str, got: &[Vec<u32>], want: &[Vec<(u32, bool)>]) -> usize {
+    assert_eq!(got.len(), want.len(), "{what}: requests");
+    let mut compared = 0;
+    for (i, (ids, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(ids.len(), w.len(), "{what}: request {i}: tokens");
+        let clear = w.iter().take_while(|(_, c)| *c).count();
+        let tp1: Vec<u32> = w.iter().map(|(t, _)| *t).collect();
+        assert_eq!(ids[..clear], tp1[..clear], "{what}: request {i} vs TP=1");
+        compared += clear;
+    }
+    compared
+}
+
+/// The engine over the group: `attn` heads (TP, decode graphs up to batch 8) or data (DP
+/// attention: a pool, an allocator and a prefix cache per GPU; eager).
+fn group_engine(dir: &Path, moe: MoeSplit, attn: AttnSplit, cfg: &dsv3::engine::EngineConfig) -> dsv3::engine::Engine {
+    use dsv3::engine::{Engine, TpStepModel};
+    let model = TpModel::load_with(dir, group(), moe, attn).unwrap_or_else(|e| panic!("{}: {moe:?} {attn:?}: {e}", dir.display()));
+    let graphs = if attn == AttnSplit::Heads { 8 } else { 0 };
+    Engine::new(Box::new(TpStepModel::new(model).with_cuda_graphs(graphs)), cfg, None).unwrap_or_else(|e| panic!("{}: engine: {e}", dir.display()))
+}
+
+fn ids(out: Vec<(Vec<u32>, dsv3::engine::Usage)>) -> Vec<Vec<u32>> {
+    out.into_iter().map(|(ids, _)| ids).collect()
+}
+
 /// The serving engine over the TP group (`TpStepModel`, what `serve --tp 2` runs), with decode
 /// graphs, small pages and chunked prefill: concurrent greedy requests give TP=1's tokens up to
 /// TP=1's first near-tie.
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn tp2_engine_serves_the_tokens_of_tp1() {
-    use dsv3::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, KvCacheSize, SamplingParams, TpStepModel};
+    use dsv3::engine::{EngineConfig, KvCacheSize};
     need_two_gpus();
     for dir in fixtures() {
         let single = gpu_model(&dir);
         let vocab = single.config().vocab_size;
         let tol = tolerance(&dir);
         let max_new = 16;
-        let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(40 + i, 3 + (i as usize * 13) % 45, vocab)).collect();
-        let want: Vec<Vec<(u32, bool)>> = prompts.iter().map(|p| tp1_greedy(&single, p, max_new, tol)).collect();
+        let reqs: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(40 + i, 3 + (i as usize * 13) % 45, vocab), max_new)).collect();
+        let want: Vec<Vec<(u32, bool)>> = reqs.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
         drop(single);
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
             let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
-            let model = TpStepModel::new(tp_model(&dir, moe)).with_cuda_graphs(8);
-            let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
-            let mut rxs = Vec::new();
-            for (i, p) in prompts.iter().enumerate() {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_new) };
-                engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).unwrap();
-                rxs.push(rx);
-            }
-            let mut steps = 0;
-            while engine.has_work() {
-                engine.step();
-                steps += 1;
-                assert!(steps < 10_000, "the engine does not make progress");
-            }
-            for (i, rx) in rxs.iter_mut().enumerate() {
-                let mut ids = Vec::new();
-                while let Ok(ev) = rx.try_recv() {
-                    match ev {
-                        EngineEvent::Token(t) => ids.push(t.token_id),
-                        EngineEvent::Failed(m) => panic!("{}: {moe:?}: request {i} failed: {m}", dir.display()),
-                        _ => {}
-                    }
-                }
-                assert_eq!(ids.len(), max_new, "{}: {moe:?}: request {i}", dir.display());
-                let clear = want[i].iter().take_while(|(_, c)| *c).count();
-                let tp1: Vec<u32> = want[i].iter().map(|(t, _)| *t).collect();
-                // Token j is chosen at step j: equal while TP=1's margins are clear.
-                let n = clear;
-                assert_eq!(ids[..n], tp1[..n], "{}: {moe:?}: request {i}: engine over TP=2 vs TP=1", dir.display());
-            }
+            let mut engine = group_engine(&dir, moe, AttnSplit::Heads, &cfg);
+            let got = ids(run_greedy(&mut engine, &reqs));
+            check_engine_tokens(&format!("{}: {moe:?}: engine over TP=2", dir.display()), &got, &want);
             println!("{}: {moe:?}: the TP=2 engine gives TP=1's tokens", dir.display());
         }
     }
+}
+
+/// `serve --tp 2 --enable-dp-attention`: the engine with DP attention over the two GPUs (a pool,
+/// an allocator and a prefix cache per GPU; TP and EP MoE) gives the greedy tokens of the engine
+/// without it (`serve --tp 2`), both held to TP=1's up to its first near-tie:
+/// - six concurrent requests of different lengths and output lengths, spread over both ranks;
+/// - then six more that continue them (prompt + output + one token): their prefixes are cached
+///   on the ranks that served them, and the pools are NaN-poisoned, so a hit looked up on, or
+///   read from, the wrong rank would show;
+/// - DP only: the preemption scenario of `tests/common/dp.rs` (8 pages per GPU: rank 0 runs out
+///   and preempts its own latest request while rank 1 goes on; every request completes).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dp_attention2_engine_serves_the_tokens_of_tp2() {
+    use dsv3::engine::{EngineConfig, KvCacheSize};
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let vocab = single.config().vocab_size;
+        let tol = tolerance(&dir);
+        let wave1: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(60 + i, 3 + (i as usize * 17) % 50, vocab), 12 + 4 * i as usize)).collect();
+        let want1: Vec<Vec<(u32, bool)>> = wave1.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+        let scenario = dp::requests(vocab);
+        let want_scenario: Vec<Vec<(u32, bool)>> = scenario.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+        for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+            for attn in [AttnSplit::Heads, AttnSplit::Data] {
+                let what = format!("{} {moe:?} MoE, {attn:?} attention", dir.display());
+                let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(48), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
+                let mut engine = group_engine(&dir, moe, attn, &cfg);
+                let ranks = if attn == AttnSplit::Data { 2 } else { 1 };
+                assert_eq!(engine.info().dp_ranks, ranks, "{what}");
+                let got1 = ids(run_greedy(&mut engine, &wave1));
+                let mut compared = check_engine_tokens(&format!("{what}: wave 1"), &got1, &want1);
+                let wave2: Vec<(Vec<u32>, usize)> = wave1.iter().zip(&got1).map(|((p, _), out)| ([p.as_slice(), out, &[2]].concat(), 8)).collect();
+                let want2: Vec<Vec<(u32, bool)>> = wave2.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+                let hits = engine.metrics().prefix_hit_tokens.load(std::sync::atomic::Ordering::Relaxed);
+                let got2 = ids(run_greedy(&mut engine, &wave2));
+                let reused = engine.metrics().prefix_hit_tokens.load(std::sync::atomic::Ordering::Relaxed) - hits;
+                assert!(reused > 0, "{what}: wave 2 reuses none of wave 1's cached pages");
+                compared += check_engine_tokens(&format!("{what}: wave 2"), &got2, &want2);
+                drop(engine);
+                if attn == AttnSplit::Data {
+                    let mut engine = group_engine(&dir, moe, attn, &dp::config());
+                    let got = dp::run(&mut engine, vocab);
+                    compared += check_engine_tokens(&format!("{what}: preemption on rank 0"), &got, &want_scenario);
+                }
+                println!("{what}: {compared} greedy tokens equal TP=1's ({reused} prompt tokens from the prefix cache in wave 2)");
+            }
+        }
+    }
+}
+
+/// What `serve --tp 2 --enable-dp-attention` runs (`build_state_for` over the DP engine, as
+/// `examples/serve` builds it), over HTTP: concurrent `/generate` requests give TP=1's greedy
+/// tokens, `/get_model_info` reports `dp_size` 2, and `/metrics` has the per-rank gauges with
+/// both ranks' pages back to 0 once the requests are done.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dp_attention2_server_answers_over_http() {
+    use dsv3::engine::{EngineConfig, KvCacheSize, TpStepModel};
+    use dsv3::server::client::{get_json, get_text, post_json};
+    use dsv3::server::{build_state_for, serve, ServerConfig};
+    use serde_json::json;
+    need_two_gpus();
+    let dir = common::fixtures_root().join("tiny-real-mla");
+    let single = gpu_model(&dir);
+    let (vocab, tol) = (single.config().vocab_size, tolerance(&dir));
+    let reqs: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(90 + i, 5 + (i as usize * 11) % 40, vocab), 10 + 3 * i as usize)).collect();
+    let want: Vec<Vec<(u32, bool)>> = reqs.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+    let model = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("DP attention: {e}"));
+    let bos = model.config().bos_token_id;
+    let cfg = EngineConfig { page_size: 16, kv_cache: KvCacheSize::Tokens(2048), ..Default::default() };
+    let server_cfg = ServerConfig { served_model_name: "dp".into(), ..Default::default() };
+    let state = build_state_for(Box::new(TpStepModel::new(model)), bos, &dir, &cfg, server_cfg, None).unwrap_or_else(|e| panic!("server state: {e}"));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let st = state.clone();
+    let server = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let engine = st.engine.clone();
+            serve(listener, st, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+            tokio::task::spawn_blocking(move || engine.shutdown(true)).await.unwrap();
+        });
+    });
+    let got: Vec<Vec<u32>> = std::thread::scope(|sc| {
+        let calls: Vec<_> = reqs
+            .iter()
+            .map(|(p, n)| {
+                let body = json!({"input_ids": p, "sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": true}});
+                sc.spawn(move || post_json(addr, "/generate", &body))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| {
+                let v = c.join().unwrap().unwrap_or_else(|e| panic!("/generate: {e}"));
+                v["output_ids"].as_array().unwrap_or_else(|| panic!("no output_ids in {v}")).iter().map(|t| t.as_u64().unwrap() as u32).collect()
+            })
+            .collect()
+    });
+    let compared = check_engine_tokens("DP attention over HTTP", &got, &want);
+    let info = get_json(addr, "/get_model_info").unwrap();
+    assert_eq!(info["dp_size"], 2, "{info}");
+    // Per rank: no page held by a request once the engine is idle (the gauges are exact then; poll,
+    // as the last response may arrive before the engine's idle update), and cached pages on both
+    // ranks (the requests were spread over them).
+    let gauge = |text: &str, name: &str, r: usize| -> f64 {
+        let key = format!("dsv3:{name}{{model_name=\"dp\",dp_rank=\"{r}\"}} ");
+        let line = text.lines().find_map(|l| l.strip_prefix(key.as_str())).unwrap_or_else(|| panic!("no {key:?} in\n{text}"));
+        line.parse().unwrap_or_else(|e| panic!("{key}{line}: {e}"))
+    };
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = get_text(addr, "/metrics").unwrap();
+        if (0..2).all(|r| gauge(&metrics, "dp_rank_kv_cache_pages_used", r) == 0.0) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for r in 0..2 {
+        assert_eq!(gauge(&metrics, "dp_rank_kv_cache_pages_used", r), 0.0, "rank {r}:\n{metrics}");
+        assert!(gauge(&metrics, "dp_rank_kv_cache_pages_cached", r) > 0.0, "rank {r} served no request:\n{metrics}");
+    }
+    let _ = stop.send(());
+    server.join().unwrap();
+    println!("DP attention over HTTP: {compared} greedy tokens equal TP=1's");
 }
 
 const CHILD_RANK: &str = "DSV3_TP_CHILD_RANK";

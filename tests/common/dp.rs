@@ -10,10 +10,11 @@
 //! its own latest request, C, not D, and rank 1 goes on. C waits (never dropped) and comes back
 //! on a rank with room.
 
-use dsv3::engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, SamplingParams, Usage};
-use tokio::sync::mpsc::unbounded_channel;
+use std::sync::atomic::Ordering::Relaxed;
 
-use super::{collect, prompt};
+use dsv3::engine::{Engine, EngineConfig, KvCacheSize};
+
+use super::{prompt, run_greedy};
 
 pub const PAGE: usize = 16;
 pub const PAGES_PER_RANK: usize = 8;
@@ -31,39 +32,23 @@ pub fn config() -> EngineConfig {
     }
 }
 
-/// The scenario's prompts over a vocabulary of `vocab`.
-pub fn prompts(vocab: usize) -> Vec<Vec<u32>> {
-    REQUESTS.iter().enumerate().map(|(i, &(len, _))| prompt(70 + i as u64, len, vocab)).collect()
+/// The scenario's requests (prompt, max tokens) over a vocabulary of `vocab`.
+pub fn requests(vocab: usize) -> Vec<(Vec<u32>, usize)> {
+    REQUESTS.iter().enumerate().map(|(i, &(len, max))| (prompt(70 + i as u64, len, vocab), max)).collect()
 }
 
 /// Runs the scenario on a two-rank engine built with [`config`]; asserts that only rank 0
 /// preempted, only C, and that every request completed; returns each request's tokens.
 pub fn run(engine: &mut Engine, vocab: usize) -> Vec<Vec<u32>> {
     assert_eq!(engine.info().dp_ranks, 2, "the scenario needs two attention ranks");
-    let mut rxs = Vec::new();
-    for (i, (p, &(_, max))) in prompts(vocab).into_iter().zip(&REQUESTS).enumerate() {
-        let (tx, rx) = unbounded_channel();
-        let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max) };
-        engine.add_request(i as u64, GenerateRequest { prompt: p, params }, tx).unwrap_or_else(|e| panic!("request {i}: {e}"));
-        rxs.push(rx);
-    }
-    let mut steps = 0;
-    while engine.has_work() {
-        engine.step();
-        steps += 1;
-        assert!(steps < 10_000, "the engine does not make progress");
-    }
-    let out: Vec<(Vec<u32>, Usage)> = rxs.iter_mut().map(|rx| {
-        let (ids, _, _, usage) = collect(rx);
-        (ids, usage)
-    }).collect();
-    for (i, ((ids, usage), &(_, max))) in out.iter().zip(&REQUESTS).enumerate() {
-        assert_eq!(ids.len(), max, "request {i}: every token, preempted or not");
+    let reqs = requests(vocab);
+    let out = run_greedy(engine, &reqs);
+    for (i, ((ids, usage), (_, max))) in out.iter().zip(&reqs).enumerate() {
+        assert_eq!(ids.len(), *max, "request {i}: every token, preempted or not");
         let want = usize::from(i == PREEMPTED);
         assert_eq!(usage.preemptions.min(1), want, "request {i}: preemptions {}", usage.preemptions);
     }
-    let m = engine.metrics();
-    let per_rank: Vec<u64> = m.ranks.iter().map(|r| r.preemptions.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    let per_rank: Vec<u64> = engine.metrics().ranks.iter().map(|r| r.preemptions.load(Relaxed)).collect();
     assert!(per_rank[0] >= 1 && per_rank[1] == 0, "preemptions per rank {per_rank:?}: rank 0 runs out, rank 1 never");
     assert_eq!(engine.pages_in_use(), 0);
     out.into_iter().map(|(ids, _)| ids).collect()
