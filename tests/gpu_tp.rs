@@ -137,12 +137,14 @@ impl Group<'_> {
     fn step(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> dsv3::Result<Vec<Vec<f32>>> {
         match self {
             Group::Tp(m) => m.forward_batch(pools, seqs),
-            Group::Dp { model, ranks, tables } => {
-                let own: Vec<BatchSeq<'_>> = seqs.iter().zip(tables).map(|(q, t)| BatchSeq { block_table: t, ..*q }).collect();
-                model.forward_batch_dp(pools, &own, ranks)
-            }
+            Group::Dp { model, ranks, tables } => model.forward_batch_dp(pools, &on_own_pages(seqs, tables), ranks),
         }
     }
+}
+
+/// DP attention: `seqs` with sequence i on the pages `tables[i]` of its own rank's pool.
+fn on_own_pages<'a>(seqs: &[BatchSeq<'a>], tables: &'a [Vec<u32>]) -> Vec<BatchSeq<'a>> {
+    seqs.iter().zip(tables).map(|(q, t)| BatchSeq { block_table: t, ..*q }).collect()
 }
 
 /// DP attention over `dp`'s ranks for the three sequences of [`Batch`]: ranks balanced by prompt
@@ -238,10 +240,9 @@ fn dp_attention2_logits_match_tp1_on_every_fixture() {
                 assert_eq!(m.shard_plan().heads, 0..c.num_attention_heads, "{}: rank {i} holds every head", dir.display());
             }
             let b = Batch::new(c.vocab_size, single.max_positions());
-            // The plain TP entry points refuse a DP model (they would need each sequence's rank).
+            // The plain TP entry point refuses a DP model (it would need each sequence's rank).
             let mut pools = dp.new_page_pools(PAGES, PAGE).unwrap();
             assert!(dp.forward_batch(&mut pools, &b.prefill()).is_err(), "{}: forward_batch without ranks", dir.display());
-            assert!(dp.capture_decode_graph(&mut pools, 4, (PAGES - 1) as u32).is_err(), "{}: DP decode graphs", dir.display());
             drop(pools);
             let g = dp_group(&dp, &b);
             run_batch(&dir, &single, &g, b, &format!("{} DP attention 2 ({moe:?} MoE)", dir.display()), 5);
@@ -323,6 +324,51 @@ fn tp2_decode_graphs_match_eager() {
     }
 }
 
+/// DP attention's decode graphs (per-rank batch 2: rank 0 decodes one sequence and a padding
+/// row, rank 1 two sequences; then a step in which rank 0 has none) against eager DP attention
+/// (≤ 1e-6) and TP=1, over several replays with fresh inputs.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn dp_attention2_decode_graphs_match_eager() {
+    need_two_gpus();
+    for dir in fixtures() {
+        let single = gpu_model(&dir);
+        let dp = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention: {e}", dir.display()));
+        let vocab = single.config().vocab_size;
+        let tol = tolerance(&dir);
+        let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
+        let mut p2 = dp.new_page_pools(PAGES, PAGE).unwrap();
+        let mut b = Batch::new(vocab, single.max_positions());
+        let Group::Dp { ranks, tables, .. } = dp_group(&dp, &b) else { unreachable!("dp_group gives a DP group") };
+        assert_eq!(ranks, vec![0, 1, 1]);
+        let a = single.forward_batch(&mut p1, &b.prefill()).unwrap();
+        dp.forward_batch_dp(&mut p2, &on_own_pages(&b.prefill(), &tables), &ranks).unwrap();
+        b.lens = b.prompts.iter().map(|p| p.len()).collect();
+        let graph = dp.capture_decode_graph(&mut p2, 2, (PAGES - 1) as u32).unwrap_or_else(|e| panic!("{}: capture: {e}", dir.display()));
+        let mut next = last_rows(&a, vocab);
+        assert!(dp.forward_decode_graph(&graph, &mut p2, &on_own_pages(&b.decode(&next), &tables)).is_err(), "{}: a DP graph replayed without ranks", dir.display());
+        for step in 0..4 {
+            let want = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
+            let seqs = on_own_pages(&b.decode(&next), &tables);
+            let eager = dp.forward_batch_dp(&mut p2, &seqs, &ranks).unwrap();
+            // The same step again from the graph: it rewrites the same latent rows.
+            let replay = dp.forward_decode_graph_dp(&graph, &mut p2, &seqs, &ranks).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
+            let e = rel_error(&replay.concat(), &eager.concat());
+            assert!(e <= 1e-6, "{}: step {step}: DP graph vs eager DP rel error {e:.3e}", dir.display());
+            check_step(&format!("{} DP graph step {step}", dir.display()), &want, &replay, vocab, tol);
+            next = last_rows(&want, vocab);
+            b.lens.iter_mut().for_each(|l| *l += 1);
+        }
+        // Rank 0 without a sequence: its graph rows are all padding.
+        let seqs = on_own_pages(&b.decode(&next), &tables);
+        let eager = dp.forward_batch_dp(&mut p2, &seqs[1..], &ranks[1..]).unwrap();
+        let replay = dp.forward_decode_graph_dp(&graph, &mut p2, &seqs[1..], &ranks[1..]).unwrap_or_else(|e| panic!("{}: replay with rank 0 idle: {e}", dir.display()));
+        let e = rel_error(&replay.concat(), &eager.concat());
+        assert!(e <= 1e-6, "{}: rank 0 idle: DP graph vs eager DP rel error {e:.3e}", dir.display());
+        println!("{}: DP attention decode graphs match eager DP attention and TP=1", dir.display());
+    }
+}
+
 /// Greedy tokens of TP=1 (single-sequence path) and, per step, whether its margin is clear at
 /// `tol` (as in `check_step`).
 fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
@@ -357,13 +403,12 @@ fn check_engine_tokens(what: &str, got: &[Vec<u32>], want: &[Vec<(u32, bool)>]) 
     compared
 }
 
-/// The engine over the group: `attn` heads (TP, decode graphs up to batch 8) or data (DP
-/// attention: a pool, an allocator and a prefix cache per GPU; eager).
+/// The engine over the group with decode graphs up to batch 8 (per rank under DP attention):
+/// `attn` heads (TP) or data (DP attention: a pool, an allocator and a prefix cache per GPU).
 fn group_engine(dir: &Path, moe: MoeSplit, attn: AttnSplit, cfg: &dsv3::engine::EngineConfig) -> dsv3::engine::Engine {
     use dsv3::engine::{Engine, TpStepModel};
     let model = TpModel::load_with(dir, group(), moe, attn).unwrap_or_else(|e| panic!("{}: {moe:?} {attn:?}: {e}", dir.display()));
-    let graphs = if attn == AttnSplit::Heads { 8 } else { 0 };
-    Engine::new(Box::new(TpStepModel::new(model).with_cuda_graphs(graphs)), cfg, None).unwrap_or_else(|e| panic!("{}: engine: {e}", dir.display()))
+    Engine::new(Box::new(TpStepModel::new(model).with_cuda_graphs(8)), cfg, None).unwrap_or_else(|e| panic!("{}: engine: {e}", dir.display()))
 }
 
 fn ids(out: Vec<(Vec<u32>, dsv3::engine::Usage)>) -> Vec<Vec<u32>> {
@@ -397,8 +442,9 @@ fn tp2_engine_serves_the_tokens_of_tp1() {
 }
 
 /// `serve --tp 2 --enable-dp-attention`: the engine with DP attention over the two GPUs (a pool,
-/// an allocator and a prefix cache per GPU; TP and EP MoE) gives the greedy tokens of the engine
-/// without it (`serve --tp 2`), both held to TP=1's up to its first near-tie:
+/// an allocator and a prefix cache per GPU; TP and EP MoE; decode graphs up to 8 per rank) gives
+/// the greedy tokens of the engine without it (`serve --tp 2`), both held to TP=1's up to its
+/// first near-tie:
 /// - six concurrent requests of different lengths and output lengths, spread over both ranks;
 /// - then six more that continue them (prompt + output + one token): their prefixes are cached
 ///   on the ranks that served them, and the pools are NaN-poisoned, so a hit looked up on, or
@@ -447,7 +493,7 @@ fn dp_attention2_engine_serves_the_tokens_of_tp2() {
 }
 
 /// What `serve --tp 2 --enable-dp-attention` runs (`build_state_for` over the DP engine, as
-/// `examples/serve` builds it), over HTTP: concurrent `/generate` requests give TP=1's greedy
+/// `examples/serve` builds it; eager steps), over HTTP: concurrent `/generate` requests give TP=1's greedy
 /// tokens, `/get_model_info` reports `dp_size` 2, and `/metrics` has the per-rank gauges with
 /// both ranks' pages back to 0 once the requests are done.
 #[test]

@@ -9,12 +9,13 @@
 //! only that rank's sequences: the engine sees [`StepModel::dp_ranks`] ranks, keeps an allocator
 //! and a prefix cache per rank, and tags each sequence of a step with its rank; a step is one
 //! [`TpModel::forward_batch_dp`] over every rank's sequences (a rank without sequences joins the
-//! FFN only). DP steps run eagerly: decode graphs under DP attention are not captured yet
-//! (`--cuda-graph-max-bs` is ignored with a warning). See docs/MULTI_GPU.md, "DP attention".
+//! FFN only), and a decode step replays a graph captured for the most sequences on one rank
+//! (`--cuda-graph-max-bs` counts per rank; each rank's rows are padded to the graph's size). See
+//! docs/MULTI_GPU.md, "DP attention".
 
-use crate::engine::gpu::{batch_seqs, free_after_weights, wanted_logits, GraphModel, GraphSteps};
+use crate::engine::gpu::{free_after_weights, GraphModel, GraphSteps};
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::gpu::{BatchSeq, PagePool, TpDecodeGraph, TpModel};
 use crate::model::shard::AttnSplit;
 
@@ -27,14 +28,26 @@ impl GraphModel for TpModel {
     fn batch_size_of(g: &TpDecodeGraph) -> usize {
         g.batch_size()
     }
+    fn decode_rows(&self, ranks: &[usize]) -> usize {
+        match self.attn_split() {
+            AttnSplit::Heads => ranks.len(),
+            AttnSplit::Data => (0..self.communicator().world_size()).map(|r| ranks.iter().filter(|&&x| x == r).count()).max().unwrap_or(0),
+        }
+    }
     fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
         TpModel::capture_decode_graph(self, pools, bs, pad_page)
     }
-    fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        TpModel::forward_decode_graph(self, g, pools, seqs)
+    fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        match self.attn_split() {
+            AttnSplit::Heads => TpModel::forward_decode_graph(self, g, pools, seqs),
+            AttnSplit::Data => TpModel::forward_decode_graph_dp(self, g, pools, seqs, ranks),
+        }
     }
-    fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        TpModel::forward_batch(self, pools, seqs)
+    fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        match self.attn_split() {
+            AttnSplit::Heads => TpModel::forward_batch(self, pools, seqs),
+            AttnSplit::Data => TpModel::forward_batch_dp(self, pools, seqs, ranks),
+        }
     }
 }
 
@@ -52,30 +65,11 @@ impl TpStepModel {
         TpStepModel { graphs: GraphSteps::new(), pools: None, model, free_after_weights }
     }
 
-    /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never). Under DP
-    /// attention: not yet (warned), steps run eagerly.
+    /// Replays decode steps of up to `max_bs` sequences (per rank under DP attention) as captured
+    /// graphs (0: never).
     pub fn with_cuda_graphs(mut self, max_bs: usize) -> TpStepModel {
-        if self.is_dp() && max_bs > 0 {
-            tracing::warn!("{}: decode CUDA graphs are not captured under DP attention yet; --cuda-graph-max-bs {max_bs} ignored, steps run eagerly", self.model.describe());
-            return self;
-        }
         self.graphs.set_max_bs(max_bs);
         self
-    }
-
-    fn is_dp(&self) -> bool {
-        self.model.attn_split() == AttnSplit::Data
-    }
-
-    /// One step under DP attention: every rank's sequences, each attended on its own rank.
-    fn dp_step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-        let pools = self.pools.as_deref_mut().ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ranks: Vec<usize> = batch.iter().map(|s| s.rank).collect();
-        let out = self.model.forward_batch_dp(pools, &batch_seqs(batch), &ranks)?;
-        Ok(wanted_logits(out, batch))
     }
 
     pub fn model(&self) -> &TpModel {
@@ -107,17 +101,13 @@ impl StepModel for TpStepModel {
     }
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-        if self.is_dp() {
-            return self.dp_step(batch);
-        }
         self.graphs.step(&self.model, self.pools.as_deref_mut(), batch)
     }
 
     fn dp_ranks(&self) -> usize {
-        if self.is_dp() {
-            self.model.communicator().world_size()
-        } else {
-            1
+        match self.model.attn_split() {
+            AttnSplit::Heads => 1,
+            AttnSplit::Data => self.model.communicator().world_size(),
         }
     }
 
