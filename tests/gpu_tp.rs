@@ -299,7 +299,6 @@ fn tp2_decode_graphs_match_eager() {
         let single = gpu_model(&dir);
         let tp = tp_model(&dir, MoeSplit::Tensor);
         let vocab = single.config().vocab_size;
-        let tol = tolerance(&dir);
         let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
         let mut p2: Vec<PagePool> = tp.new_page_pools(PAGES, PAGE).unwrap();
         let mut b = Batch::new(vocab, single.max_positions());
@@ -308,20 +307,35 @@ fn tp2_decode_graphs_match_eager() {
         b.lens = b.prompts.iter().map(|p| p.len()).collect();
         // Batch of 3 in a graph of 4: one padding row on the last (unused) page.
         let graph = tp.capture_decode_graph(&mut p2, 4, (PAGES - 1) as u32).unwrap_or_else(|e| panic!("{}: capture: {e}", dir.display()));
-        let mut next = last_rows(&a, vocab);
-        for step in 0..4 {
-            let want = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
-            let eager = tp.forward_batch(&mut p2, &b.decode(&next)).unwrap();
-            // The same step again from the graph: it rewrites the same latent rows.
-            let replay = tp.forward_decode_graph(&graph, &mut p2, &b.decode(&next)).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
-            let e = rel_error(&replay.concat(), &eager.concat());
-            assert!(e <= 1e-6, "{}: step {step}: graph vs eager TP=2 rel error {e:.3e}", dir.display());
-            check_step(&format!("{} graph step {step}", dir.display()), &want, &replay, vocab, tol);
-            next = last_rows(&want, vocab);
-            b.lens.iter_mut().for_each(|l| *l += 1);
-        }
+        check_graph_steps(&dir, &single, &mut p1, &mut b, &a, |seqs| Ok((tp.forward_batch(&mut p2, seqs)?, tp.forward_decode_graph(&graph, &mut p2, seqs)?)));
         println!("{}: TP=2 decode graphs match eager TP=2 and TP=1", dir.display());
     }
+}
+
+/// Four decode steps of `b` after its prefill (`a`: TP=1's prefill logits), each run by TP=1 and
+/// by `run`: the group's eager step, then its graph replay of the same inputs (which rewrites the
+/// same latent rows). The replay equals eager to 1e-6 and TP=1 at the fixture's tolerance.
+/// Returns the next tokens.
+fn check_graph_steps(
+    dir: &Path,
+    single: &GpuModel,
+    p1: &mut PagePool,
+    b: &mut Batch,
+    a: &[Vec<f32>],
+    mut run: impl FnMut(&[BatchSeq<'_>]) -> dsv3::Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+) -> Vec<[u32; 1]> {
+    let (vocab, tol) = (single.config().vocab_size, tolerance(dir));
+    let mut next = last_rows(a, vocab);
+    for step in 0..4 {
+        let want = single.forward_batch(p1, &b.decode(&next)).unwrap();
+        let (eager, replay) = run(&b.decode(&next)).unwrap_or_else(|e| panic!("{}: step {step}: {e}", dir.display()));
+        let e = rel_error(&replay.concat(), &eager.concat());
+        assert!(e <= 1e-6, "{}: step {step}: graph vs eager rel error {e:.3e}", dir.display());
+        check_step(&format!("{} graph step {step}", dir.display()), &want, &replay, vocab, tol);
+        next = last_rows(&want, vocab);
+        b.lens.iter_mut().for_each(|l| *l += 1);
+    }
+    next
 }
 
 /// DP attention's decode graphs (per-rank batch 2: rank 0 decodes one sequence and a padding
@@ -335,7 +349,6 @@ fn dp_attention2_decode_graphs_match_eager() {
         let single = gpu_model(&dir);
         let dp = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention: {e}", dir.display()));
         let vocab = single.config().vocab_size;
-        let tol = tolerance(&dir);
         let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
         let mut p2 = dp.new_page_pools(PAGES, PAGE).unwrap();
         let mut b = Batch::new(vocab, single.max_positions());
@@ -345,20 +358,12 @@ fn dp_attention2_decode_graphs_match_eager() {
         dp.forward_batch_dp(&mut p2, &on_own_pages(&b.prefill(), &tables), &ranks).unwrap();
         b.lens = b.prompts.iter().map(|p| p.len()).collect();
         let graph = dp.capture_decode_graph(&mut p2, 2, (PAGES - 1) as u32).unwrap_or_else(|e| panic!("{}: capture: {e}", dir.display()));
-        let mut next = last_rows(&a, vocab);
-        assert!(dp.forward_decode_graph(&graph, &mut p2, &on_own_pages(&b.decode(&next), &tables)).is_err(), "{}: a DP graph replayed without ranks", dir.display());
-        for step in 0..4 {
-            let want = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
-            let seqs = on_own_pages(&b.decode(&next), &tables);
-            let eager = dp.forward_batch_dp(&mut p2, &seqs, &ranks).unwrap();
-            // The same step again from the graph: it rewrites the same latent rows.
-            let replay = dp.forward_decode_graph_dp(&graph, &mut p2, &seqs, &ranks).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
-            let e = rel_error(&replay.concat(), &eager.concat());
-            assert!(e <= 1e-6, "{}: step {step}: DP graph vs eager DP rel error {e:.3e}", dir.display());
-            check_step(&format!("{} DP graph step {step}", dir.display()), &want, &replay, vocab, tol);
-            next = last_rows(&want, vocab);
-            b.lens.iter_mut().for_each(|l| *l += 1);
-        }
+        let first = last_rows(&a, vocab);
+        assert!(dp.forward_decode_graph(&graph, &mut p2, &on_own_pages(&b.decode(&first), &tables)).is_err(), "{}: a DP graph replayed without ranks", dir.display());
+        let next = check_graph_steps(&dir, &single, &mut p1, &mut b, &a, |seqs| {
+            let own = on_own_pages(seqs, &tables);
+            Ok((dp.forward_batch_dp(&mut p2, &own, &ranks)?, dp.forward_decode_graph_dp(&graph, &mut p2, &own, &ranks)?))
+        });
         // Rank 0 without a sequence: its graph rows are all padding.
         let seqs = on_own_pages(&b.decode(&next), &tables);
         let eager = dp.forward_batch_dp(&mut p2, &seqs[1..], &ranks[1..]).unwrap();
@@ -369,9 +374,13 @@ fn dp_attention2_decode_graphs_match_eager() {
     }
 }
 
-/// Greedy tokens of TP=1 (single-sequence path) and, per step, whether its margin is clear at
-/// `tol` (as in `check_step`).
-fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
+/// Per request (prompt, tokens): the greedy tokens of TP=1 (single-sequence path, one request
+/// at a time) and, per step, whether its margin is clear at `tol` (as in `check_step`).
+fn tp1_greedy(m: &GpuModel, reqs: &[(Vec<u32>, usize)], tol: f64) -> Vec<Vec<(u32, bool)>> {
+    reqs.iter().map(|(p, n)| tp1_greedy_one(m, p, *n, tol)).collect()
+}
+
+fn tp1_greedy_one(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
     let vocab = m.config().vocab_size;
     let mut cache = m.new_gpu_cache().unwrap();
     let mut row = m.forward_gpu(p, &mut cache).unwrap().row(p.len() - 1).to_vec();
@@ -429,7 +438,7 @@ fn tp2_engine_serves_the_tokens_of_tp1() {
         let tol = tolerance(&dir);
         let max_new = 16;
         let reqs: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(40 + i, 3 + (i as usize * 13) % 45, vocab), max_new)).collect();
-        let want: Vec<Vec<(u32, bool)>> = reqs.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+        let want = tp1_greedy(&single, &reqs, tol);
         drop(single);
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
             let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
@@ -461,9 +470,9 @@ fn dp_attention2_engine_serves_the_tokens_of_tp2() {
         let vocab = single.config().vocab_size;
         let tol = tolerance(&dir);
         let wave1: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(60 + i, 3 + (i as usize * 17) % 50, vocab), 12 + 4 * i as usize)).collect();
-        let want1: Vec<Vec<(u32, bool)>> = wave1.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+        let want1 = tp1_greedy(&single, &wave1, tol);
         let scenario = dp::requests(vocab);
-        let want_scenario: Vec<Vec<(u32, bool)>> = scenario.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+        let want_scenario = tp1_greedy(&single, &scenario, tol);
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
             for attn in [AttnSplit::Heads, AttnSplit::Data] {
                 let what = format!("{} {moe:?} MoE, {attn:?} attention", dir.display());
@@ -474,7 +483,7 @@ fn dp_attention2_engine_serves_the_tokens_of_tp2() {
                 let got1 = ids(run_greedy(&mut engine, &wave1));
                 let mut compared = check_engine_tokens(&format!("{what}: wave 1"), &got1, &want1);
                 let wave2: Vec<(Vec<u32>, usize)> = wave1.iter().zip(&got1).map(|((p, _), out)| ([p.as_slice(), out, &[2]].concat(), 8)).collect();
-                let want2: Vec<Vec<(u32, bool)>> = wave2.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+                let want2 = tp1_greedy(&single, &wave2, tol);
                 let hits = engine.metrics().prefix_hit_tokens.load(std::sync::atomic::Ordering::Relaxed);
                 let got2 = ids(run_greedy(&mut engine, &wave2));
                 let reused = engine.metrics().prefix_hit_tokens.load(std::sync::atomic::Ordering::Relaxed) - hits;
@@ -508,7 +517,7 @@ fn dp_attention2_server_answers_over_http() {
     let single = gpu_model(&dir);
     let (vocab, tol) = (single.config().vocab_size, tolerance(&dir));
     let reqs: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(90 + i, 5 + (i as usize * 11) % 40, vocab), 10 + 3 * i as usize)).collect();
-    let want: Vec<Vec<(u32, bool)>> = reqs.iter().map(|(p, n)| tp1_greedy(&single, p, *n, tol)).collect();
+    let want = tp1_greedy(&single, &reqs, tol);
     let model = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("DP attention: {e}"));
     let bos = model.config().bos_token_id;
     let cfg = EngineConfig { page_size: 16, kv_cache: KvCacheSize::Tokens(2048), ..Default::default() };
