@@ -494,6 +494,7 @@ fn dp_attention2_engine_serves_the_tokens_of_tp2() {
                     let got = dp::run(&mut engine, vocab);
                     compared += check_engine_tokens(&format!("{what}: preemption on rank 0"), &got, &want_scenario);
                 }
+                assert!(compared > 0, "{what}: no greedy token of TP=1 had a clear margin: nothing compared");
                 println!("{what}: {compared} greedy tokens equal TP=1's ({reused} prompt tokens from the prefix cache in wave 2)");
             }
         }
@@ -557,6 +558,7 @@ fn dp_attention2_server_answers_over_http() {
             .collect()
     });
     let compared = check_engine_tokens("DP attention over HTTP", &got, &want);
+    assert!(compared > 0, "no greedy token of TP=1 had a clear margin: nothing compared");
     let info = get_json(addr, "/get_model_info").unwrap();
     assert_eq!(info["dp_size"], 2, "{info}");
     // Per rank: no page held by a request once the engine is idle (the gauges are exact then; poll,
