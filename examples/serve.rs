@@ -215,8 +215,12 @@ fn run(args: Args) -> Result<(), String> {
         build_state(&dir, device, &engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())?
     };
     let info = state.engine.info().clone();
+    let dp = match info.dp_ranks {
+        1 => String::new(),
+        n => format!(" (dp attention over {n} ranks: {} pages, an allocator and a prefix cache each)", info.num_pages / n),
+    };
     tracing::info!(
-        "loaded {} in {:.1?} on {}: context {}, KV cache {} pages × {} = {} positions ({:.1} MiB), \
+        "loaded {} in {:.1?} on {}: context {}, KV cache {} pages × {} = {} positions ({:.1} MiB){dp}, \
          max running {}, chunked prefill {}, prefix cache {}",
         dir.display(),
         t0.elapsed(),
@@ -256,14 +260,15 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 /// `--tp N`: the group over GPUs --base-gpu-id.. of this node (and the other nodes' with
-/// `--nnodes`), one engine over it on node 0; `None` on the other nodes, which only run node 0's
-/// steps (engine::multinode) and return when it stops.
+/// `--nnodes`), one engine over it on node 0 (with `--enable-dp-attention`: a pool, an allocator
+/// and a prefix cache per GPU); `None` on the other nodes, which only run node 0's steps
+/// (engine::multinode) and return when it stops.
 #[cfg(feature = "cuda")]
 fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
     use dsv3::dist::{open_group, GroupConfig};
     use dsv3::engine::{multinode, TpStepModel};
     use dsv3::model::gpu::TpModel;
-    use dsv3::model::shard::MoeSplit;
+    use dsv3::model::shard::{AttnSplit, MoeSplit};
     if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
         if n != 0 && n != args.par.base_gpu_id {
             return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
@@ -290,7 +295,8 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     };
     let ar = std::sync::Arc::new(open_group(&group).map_err(|e| e.to_string())?);
     let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
+    let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+    let model = TpModel::load_with(dir, ar, moe, attn).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;
     let mut step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
     let step: Box<dyn dsv3::engine::StepModel> = match (channel, listener) {

@@ -297,13 +297,13 @@ fn decode_graphs_give_the_eager_logits() {
         let mut sm = GpuStepModel::new(gpu_model(&dir)).with_cuda_graphs(8);
         sm.allocate_cache(64, ps).unwrap();
         let mut steps: Vec<SeqStep> = (0..5)
-            .map(|i| SeqStep { tokens: &prompts[i], start: 0, block_table: &tables[i], want_logits: true })
+            .map(|i| SeqStep { tokens: &prompts[i], start: 0, block_table: &tables[i], want_logits: true, rank: 0 })
             .collect();
         let first = sm.step(&steps).unwrap();
         assert!(sm.captured_graphs().is_empty(), "prefill steps run eagerly");
         let toks: Vec<[u32; 1]> = first.iter().map(|l| [argmax(l.as_deref().unwrap())]).collect();
         for (i, s) in steps.iter_mut().enumerate() {
-            *s = SeqStep { tokens: &toks[i], start: prompts[i].len(), block_table: &tables[i], want_logits: true };
+            *s = SeqStep { tokens: &toks[i], start: prompts[i].len(), block_table: &tables[i], want_logits: true, rank: 0 };
         }
         let out = sm.step(&steps).unwrap();
         assert_eq!(sm.captured_graphs(), vec![8]);

@@ -7,7 +7,8 @@
 //!   whole model on GPU 0 alone; prints the largest logit difference (over the largest logit) and
 //!   how many rows pick the same greedy token.
 //! - Decode points (batch × context): wall clock per step after warm-up, eager and (tensor-
-//!   parallel attention only) replayed CUDA graphs, and the tokens per second of the group. Under
+//!   replayed CUDA graphs (under DP attention a graph per rank of its own rows), and the tokens
+//!   per second of the group. Under
 //!   DP attention sequence i lives on rank i mod N (its pages in that rank's pool).
 //! - Prefill lengths: one eager forward each, with its FLOPs.
 
@@ -144,9 +145,18 @@ fn decode_point(model: &TpModel, a: &OfflineArgs, b: usize, context: usize) -> R
         Ok(t.elapsed().as_secs_f64() * 1e3 / a.steps as f64)
     };
     let eager = if a.eager { Some(time(&mut |s| step(model, &mut pools, &seqs(s), &p).map(drop)).map_err(e)?) } else { None };
-    let graph = if a.graphs && model.attn_split() == AttnSplit::Heads {
-        let g = model.capture_decode_graph(&mut pools, b, (p.pages - 1) as u32).map_err(e)?;
-        Some(time(&mut |s| model.forward_decode_graph(&g, &mut pools, &seqs(s)).map(drop)).map_err(e)?)
+    let graph = if a.graphs {
+        // Under DP attention a graph holds `b / N` rows per rank (each rank's own sequences).
+        let dp = model.attn_split() == AttnSplit::Data;
+        let rows = if dp { b.div_ceil(model.shards().len()) } else { b };
+        let g = model.capture_decode_graph(&mut pools, rows, (p.pages - 1) as u32).map_err(e)?;
+        Some(
+            time(&mut |s| match dp {
+                true => model.forward_decode_graph_dp(&g, &mut pools, &seqs(s), &p.ranks).map(drop),
+                false => model.forward_decode_graph(&g, &mut pools, &seqs(s)).map(drop),
+            })
+            .map_err(e)?,
+        )
     } else {
         None
     };

@@ -31,8 +31,7 @@ pub struct ParallelArgs {
     #[arg(long, default_value = "300")]
     pub dist_timeout: String,
     /// Data-parallel attention for DeepSeek models over the TP ranks (all heads on every GPU,
-    /// FFN split; one node). serve checks it but refuses it at --tp > 1 (the engine does not
-    /// place requests on DP ranks yet).
+    /// each attending for its own requests out of its own KV pool; FFN split; one node).
     #[arg(long)]
     pub enable_dp_attention: bool,
     /// Data-parallel size: 1, or --tp with --enable-dp-attention (plain replicas are refused).

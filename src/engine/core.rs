@@ -17,7 +17,7 @@ use crate::engine::request::{EngineEvent, FinishReason, GenerateRequest, Request
 use crate::engine::sampling::Sampler;
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::engine::sequence::Sequence;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Why a request was refused before it reached the queue.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -45,13 +45,18 @@ pub struct EngineInfo {
     pub context_length: usize,
     pub vocab_size: usize,
     pub page_size: usize,
+    /// Pages of every attention rank's pool (`dp_ranks` pools of `num_pages / dp_ranks` pages).
     pub num_pages: usize,
+    /// Positions of every pool: a sequence lives in one, so the context is at most one pool's.
     pub max_total_tokens: usize,
     pub max_running_requests: usize,
     pub step_token_budget: usize,
     pub max_queued_requests: usize,
     pub prefix_caching: bool,
+    /// Bytes of every attention rank's pool (one GPU's pool without DP attention).
     pub kv_bytes: usize,
+    /// Attention ranks with a pool, an allocator and a prefix cache each (DP attention; else 1).
+    pub dp_ranks: usize,
     pub device: String,
     pub cuda_graph_max_bs: usize,
     pub eos_token_ids: Vec<u32>,
@@ -120,18 +125,24 @@ impl Engine {
     pub fn new(mut model: Box<dyn StepModel>, cfg: &EngineConfig, detok: Option<Arc<dyn Detokenize>>) -> Result<Engine> {
         let spec = model.spec();
         let rc = cfg.resolve(&spec)?;
+        let ranks = model.dp_ranks();
+        if ranks == 0 {
+            return Err(Error::InvalidArgument(format!("{}: a model with no attention rank", model.device())));
+        }
+        // Under DP attention every rank's pool has `num_pages` pages (sized for one GPU).
         model.allocate_cache(rc.num_pages, rc.page_size)?;
         let info = EngineInfo {
             context_length: rc.context_length,
             vocab_size: spec.vocab_size,
             page_size: rc.page_size,
-            num_pages: rc.num_pages,
-            max_total_tokens: rc.max_total_tokens(),
+            num_pages: rc.num_pages * ranks,
+            max_total_tokens: rc.max_total_tokens() * ranks,
             max_running_requests: rc.max_running_requests,
             step_token_budget: rc.step_token_budget,
             max_queued_requests: rc.max_queued_requests,
             prefix_caching: rc.enable_prefix_caching,
-            kv_bytes: rc.kv_bytes,
+            kv_bytes: rc.kv_bytes * ranks,
+            dp_ranks: ranks,
             device: model.device(),
             cuda_graph_max_bs: model.cuda_graph_max_bs(),
             eos_token_ids: spec.eos_token_ids.clone(),
@@ -141,12 +152,13 @@ impl Engine {
                 page_size: rc.page_size,
                 max_running: rc.max_running_requests,
                 step_token_budget: rc.step_token_budget,
+                ranks,
             },
             rc.num_pages,
             rc.enable_prefix_caching,
         );
-        let metrics = Arc::new(EngineMetrics::default());
-        metrics.kv_pages_total.store(rc.num_pages, Relaxed);
+        let metrics = Arc::new(EngineMetrics::with_dp_ranks(ranks));
+        metrics.kv_pages_total.store(rc.num_pages * ranks, Relaxed);
         metrics.page_size.store(rc.page_size, Relaxed);
         Ok(Engine { model, spec, cfg: rc, info, sched, detok, metrics, gauges_at: Instant::now() })
     }
@@ -171,13 +183,13 @@ impl Engine {
         self.sched.waiting.len()
     }
 
-    /// Pages held by requests (not counting those only the prefix cache holds).
+    /// Pages held by requests on every rank (not counting those only the prefix cache holds).
     pub fn pages_in_use(&self) -> usize {
-        self.sched.alloc.num_used() - self.sched.cached_only_pages()
+        self.sched.num_used() - self.sched.cached_only_pages()
     }
 
     pub fn free_pages(&self) -> usize {
-        self.sched.alloc.num_free()
+        self.sched.num_free()
     }
 
     pub fn preemptions(&self) -> u64 {
@@ -205,6 +217,7 @@ impl Engine {
             prompt_len: req.prompt.len(),
             tokens: req.prompt,
             max_new_tokens: max_new,
+            rank: 0,
             block_table: Vec::new(),
             cached_len: 0,
             radix_pages: 0,
@@ -280,6 +293,7 @@ impl Engine {
                     start: s.cached_len,
                     block_table: &s.block_table,
                     want_logits: p.samples,
+                    rank: s.rank,
                 }
             })
             .collect();
@@ -386,11 +400,22 @@ impl Engine {
         let now = Instant::now();
         if !self.has_work() || now.duration_since(self.gauges_at) >= GAUGE_PERIOD {
             self.gauges_at = now;
-            let cached = self.sched.cached_only_pages();
+            let (mut used, mut cached) = (0, 0);
+            for (r, (pages, g)) in self.sched.ranks.iter().zip(&m.ranks).enumerate() {
+                let c = pages.cached_only_pages();
+                let u = pages.alloc.num_used() - c;
+                g.pages_cached.store(c, Relaxed);
+                g.pages_used.store(u, Relaxed);
+                g.running.store(self.sched.running_on(r), Relaxed);
+                (used, cached) = (used + u, cached + c);
+            }
             m.kv_pages_cached.store(cached, Relaxed);
-            m.kv_pages_used.store(self.sched.alloc.num_used() - cached, Relaxed);
+            m.kv_pages_used.store(used, Relaxed);
         }
         m.preemptions.store(self.sched.preemptions, Relaxed);
+        for (pages, g) in self.sched.ranks.iter().zip(&m.ranks) {
+            g.preemptions.store(pages.preemptions, Relaxed);
+        }
         m.prefix_query_tokens.store(self.sched.prefix_query_tokens, Relaxed);
         m.prefix_hit_tokens.store(self.sched.prefix_hit_tokens, Relaxed);
     }

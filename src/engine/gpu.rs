@@ -27,6 +27,7 @@ use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, GpuOptions, LogitRows, 
 
 /// A model whose decode steps can replay captured graphs: what [`GraphSteps::step`] runs, for
 /// [`GpuStepModel`] (one GPU, one pool) and the tensor-parallel step model (a pool per rank).
+/// `ranks[i]`: the attention rank of sequence `i` ([`SeqStep::rank`]; all 0 without DP attention).
 pub(crate) trait GraphModel {
     type Pool: ?Sized;
     type Graph;
@@ -34,9 +35,14 @@ pub(crate) trait GraphModel {
     fn name(&self) -> String;
     /// The batch size a graph was captured for.
     fn batch_size_of(g: &Self::Graph) -> usize;
+    /// The graph batch size a decode step of sequences on `ranks` needs: the sequences, or under
+    /// DP attention (graphs padded per rank) the most on one rank.
+    fn decode_rows(&self, ranks: &[usize]) -> usize {
+        ranks.len()
+    }
     fn capture_decode_graph(&self, pool: &mut Self::Pool, bs: usize, pad_page: u32) -> Result<Self::Graph>;
-    fn forward_decode_graph(&self, g: &Self::Graph, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>>;
-    fn forward_batch(&self, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>>;
+    fn forward_decode_graph(&self, g: &Self::Graph, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>>;
+    fn forward_batch(&self, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>>;
 }
 
 impl GraphModel for GpuModel {
@@ -51,10 +57,10 @@ impl GraphModel for GpuModel {
     fn capture_decode_graph(&self, pool: &mut PagePool, bs: usize, pad_page: u32) -> Result<DecodeGraph> {
         GpuModel::capture_decode_graph(self, pool, bs, pad_page)
     }
-    fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+    fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
         GpuModel::forward_decode_graph(self, g, pool, seqs)
     }
-    fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+    fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
         GpuModel::forward_batch(self, pool, seqs)
     }
 }
@@ -135,7 +141,8 @@ impl<G> GraphSteps<G> {
     }
 
     /// One engine step of `batch` on `model` over `pool` (`None`: not allocated yet): a graph
-    /// replay when every sequence decodes one token and there are at most `max_bs`, else eager.
+    /// replay when every sequence decodes one token and there are at most `max_bs` (per rank
+    /// under DP attention), else eager.
     pub(crate) fn step<M: GraphModel<Graph = G>>(&mut self, model: &M, pool: Option<&mut M::Pool>, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         let pool = pool.ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
         if batch.is_empty() {
@@ -150,11 +157,13 @@ impl<G> GraphSteps<G> {
                 logits: if s.want_logits { LogitRows::Last } else { LogitRows::None },
             })
             .collect();
-        let decode = batch.len() <= self.max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
-        let graph = if decode { self.graph(model, pool, GpuStepModel::graph_batch_size(batch.len())) } else { None };
+        let ranks: Vec<usize> = batch.iter().map(|s| s.rank).collect();
+        let rows = model.decode_rows(&ranks);
+        let decode = rows <= self.max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
+        let graph = if decode { self.graph(model, pool, GpuStepModel::graph_batch_size(rows)) } else { None };
         let out = match graph {
-            Some(i) => model.forward_decode_graph(&self.graphs[i], pool, &seqs)?,
-            None => model.forward_batch(pool, &seqs)?,
+            Some(i) => model.forward_decode_graph(&self.graphs[i], pool, &seqs, &ranks)?,
+            None => model.forward_batch(pool, &seqs, &ranks)?,
         };
         Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
     }

@@ -66,6 +66,17 @@ struct Histograms {
 
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 
+/// One attention rank's gauges under DP attention (each rank has its own pool).
+#[derive(Debug, Default)]
+pub struct RankGauges {
+    pub running: AtomicUsize,
+    /// Pages of the rank's pool held by requests.
+    pub pages_used: AtomicUsize,
+    /// Pages of the rank's pool held only by its prefix cache.
+    pub pages_cached: AtomicUsize,
+    pub preemptions: AtomicU64,
+}
+
 #[derive(Debug)]
 pub struct EngineMetrics {
     pub num_running: AtomicUsize,
@@ -86,6 +97,8 @@ pub struct EngineMetrics {
     pub requests_failed: AtomicU64,
     pub preemptions: AtomicU64,
     pub steps: AtomicU64,
+    /// Per attention rank (one without DP attention; rendered only when there are several).
+    pub ranks: Vec<RankGauges>,
     hist: Mutex<Histograms>,
 }
 
@@ -107,6 +120,7 @@ impl Default for EngineMetrics {
             requests_failed: AtomicU64::new(0),
             preemptions: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            ranks: vec![RankGauges::default()],
             hist: Mutex::new(Histograms {
                 ttft: Histogram::new(LATENCY_BOUNDS),
                 itl: Histogram::new(ITL_BOUNDS),
@@ -119,6 +133,11 @@ impl Default for EngineMetrics {
 }
 
 impl EngineMetrics {
+    /// Metrics of an engine with `ranks` attention ranks.
+    pub fn with_dp_ranks(ranks: usize) -> EngineMetrics {
+        EngineMetrics { ranks: (0..ranks).map(|_| RankGauges::default()).collect(), ..Default::default() }
+    }
+
     fn hist(&self) -> std::sync::MutexGuard<'_, Histograms> {
         // A panic while holding the lock leaves plain numbers behind: keep using them.
         self.hist.lock().unwrap_or_else(|e| e.into_inner())
@@ -191,7 +210,8 @@ impl EngineMetrics {
     /// Everything in Prometheus text exposition format, names prefixed `dsv3:`.
     pub fn render_prometheus(&self, model_name: &str) -> String {
         let mut out = String::new();
-        let label = format!("{{model_name=\"{}\"}}", model_name.replace('\\', "\\\\").replace('"', "\\\""));
+        let model_name = model_name.replace('\\', "\\\\").replace('"', "\\\"");
+        let label = format!("{{model_name=\"{model_name}\"}}");
         let mut gauge = |name: &str, help: &str, kind: &str, v: f64| {
             let _ = writeln!(out, "# HELP dsv3:{name} {help}\n# TYPE dsv3:{name} {kind}\ndsv3:{name}{label} {v}");
         };
@@ -213,11 +233,53 @@ impl EngineMetrics {
         gauge("num_failed_requests_total", "Requests failed by a model error.", "counter", self.requests_failed.load(Relaxed) as f64);
         gauge("num_preemptions_total", "Requests preempted (cache freed, recomputed later).", "counter", self.preemptions.load(Relaxed) as f64);
         gauge("num_steps_total", "Engine steps.", "counter", self.steps.load(Relaxed) as f64);
+        if self.ranks.len() > 1 {
+            self.render_ranks(&mut out, &model_name);
+        }
         let h = self.hist();
         h.ttft.render(&mut out, "dsv3:time_to_first_token_seconds", "Time to first token.");
         h.itl.render(&mut out, "dsv3:inter_token_latency_seconds", "Time between consecutive tokens of a request.");
         h.e2e.render(&mut out, "dsv3:e2e_request_latency_seconds", "Request latency, arrival to last token.");
         h.host.render(&mut out, "dsv3:step_host_overhead_seconds", "Host time of a step outside the model (schedule, sample, detokenize, send).");
         out
+    }
+
+    /// The per-rank gauges, one line per rank, labelled with the (escaped) model name and the rank.
+    fn render_ranks(&self, out: &mut String, model_name: &str) {
+        let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(&RankGauges) -> f64| {
+            let _ = writeln!(out, "# HELP dsv3:{name} {help}\n# TYPE dsv3:{name} {kind}");
+            for (r, g) in self.ranks.iter().enumerate() {
+                let _ = writeln!(out, "dsv3:{name}{{model_name=\"{model_name}\",dp_rank=\"{r}\"}} {}", value(g));
+            }
+        };
+        family("dp_rank_num_running_reqs", "Requests running on the DP attention rank.", "gauge", &|g| g.running.load(Relaxed) as f64);
+        family("dp_rank_kv_cache_pages_used", "Pages of the rank's pool held by requests.", "gauge", &|g| g.pages_used.load(Relaxed) as f64);
+        family("dp_rank_kv_cache_pages_cached", "Pages of the rank's pool held only by its prefix cache.", "gauge", &|g| g.pages_cached.load(Relaxed) as f64);
+        family("dp_rank_num_preemptions_total", "Requests preempted on the rank.", "counter", &|g| g.preemptions.load(Relaxed) as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_rank_gauges_are_rendered_only_with_several_ranks() {
+        let one = EngineMetrics::default().render_prometheus("m");
+        assert!(one.contains("dsv3:kv_cache_pages_used{model_name=\"m\"} 0") && !one.contains("dp_rank"), "{one}");
+        let m = EngineMetrics::with_dp_ranks(2);
+        m.ranks[1].pages_used.store(7, Relaxed);
+        m.ranks[0].preemptions.store(3, Relaxed);
+        let text = m.render_prometheus("m");
+        for line in [
+            "# TYPE dsv3:dp_rank_kv_cache_pages_used gauge",
+            "dsv3:dp_rank_kv_cache_pages_used{model_name=\"m\",dp_rank=\"0\"} 0",
+            "dsv3:dp_rank_kv_cache_pages_used{model_name=\"m\",dp_rank=\"1\"} 7",
+            "dsv3:dp_rank_num_preemptions_total{model_name=\"m\",dp_rank=\"0\"} 3",
+            "dsv3:dp_rank_num_running_reqs{model_name=\"m\",dp_rank=\"1\"} 0",
+            "dsv3:dp_rank_kv_cache_pages_cached{model_name=\"m\",dp_rank=\"1\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
     }
 }

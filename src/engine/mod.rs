@@ -9,6 +9,8 @@
 //! - [`kv_cache`]: the host paged latent pool and a sequence's view of it;
 //! - [`block_manager`]: page allocation and reference counts;
 //! - [`radix`]: the prefix cache;
+//! - [`rank_pages`]: one attention rank's allocator and prefix cache (one per rank under DP
+//!   attention), [`placement`]: which rank a request goes to;
 //! - [`scheduler`]: admission, chunked prefill, preemption;
 //! - [`sampling`]: the CPU sampler; [`detok`]: incremental text and stop strings;
 //! - [`core`]: the engine loop body; [`handle`]: the engine on its own thread;
@@ -25,7 +27,9 @@ pub mod kv_cache;
 pub mod metrics;
 pub mod model;
 pub mod multinode;
+pub mod placement;
 pub mod radix;
+pub mod rank_pages;
 pub mod request;
 pub mod sampling;
 pub mod scheduler;

@@ -64,6 +64,9 @@ pub struct SeqStep<'a> {
     /// Whether the logits of the last new position are needed (false for the inner chunks of a
     /// chunked prefill).
     pub want_logits: bool,
+    /// The attention rank whose pool `block_table` addresses (0 unless the model has several,
+    /// [`StepModel::dp_ranks`]).
+    pub rank: usize,
 }
 
 /// A model the engine can step.
@@ -74,6 +77,12 @@ pub trait StepModel: Send {
     /// Computes one step: appends every sequence's new latent rows to its pages and returns, per
     /// sequence, the logits [vocab] of its last new position when `want_logits`.
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>>;
+    /// Attention ranks with a page pool each (DP attention): the engine keeps an allocator and a
+    /// prefix cache per rank, gives every sequence a rank, and [`StepModel::allocate_cache`]'s
+    /// `num_pages` is per rank. 1 (the default): one pool.
+    fn dp_ranks(&self) -> usize {
+        1
+    }
     /// Largest decode batch captured as a CUDA graph (0: none, as on the CPU).
     fn cuda_graph_max_bs(&self) -> usize {
         0

@@ -14,7 +14,7 @@
 //! rank). `ALLOC`: pages (u64), page size (u64), largest batch replayed as a CUDA graph (u64; a
 //! follower launched with another `--cuda-graph-max-bs` refuses, as its steps would differ). `STEP`: sequence count (u32), then per sequence:
 //! start (u64), logits wanted (u8), token count (u32) and tokens (u32 each), page count (u32) and
-//! pages (u32 each). `STOP`: node 0 is shutting down.
+//! pages (u32 each), attention rank (u32). `STOP`: node 0 is shutting down.
 //!
 //! Failures reach every node as one line: a follower that is gone makes node 0's next step fail
 //! with "node k is gone"; a follower whose step fails logs it and exits (node 0's next
@@ -151,6 +151,10 @@ impl StepModel for LeaderStepModel {
         self.inner.cuda_graph_max_bs()
     }
 
+    fn dp_ranks(&self) -> usize {
+        self.inner.dp_ranks()
+    }
+
     fn device(&self) -> String {
         format!("{} + {} more node(s)", self.inner.device(), self.followers.len())
     }
@@ -206,16 +210,17 @@ struct OwnedSeq {
     start: usize,
     block_table: Vec<PageId>,
     want_logits: bool,
+    rank: usize,
 }
 
 impl OwnedSeq {
     fn view(&self) -> SeqStep<'_> {
-        SeqStep { tokens: &self.tokens, start: self.start, block_table: &self.block_table, want_logits: self.want_logits }
+        SeqStep { tokens: &self.tokens, start: self.start, block_table: &self.block_table, want_logits: self.want_logits, rank: self.rank }
     }
 }
 
 fn encode_step(batch: &[SeqStep<'_>]) -> Vec<u8> {
-    let words: usize = batch.iter().map(|s| s.tokens.len() + s.block_table.len() + 5).sum();
+    let words: usize = batch.iter().map(|s| s.tokens.len() + s.block_table.len() + 6).sum();
     let mut w = Vec::with_capacity(4 + 4 * words);
     w.extend((batch.len() as u32).to_le_bytes());
     for s in batch {
@@ -225,6 +230,7 @@ fn encode_step(batch: &[SeqStep<'_>]) -> Vec<u8> {
         w.extend(s.tokens.iter().flat_map(|t| t.to_le_bytes()));
         w.extend((s.block_table.len() as u32).to_le_bytes());
         w.extend(s.block_table.iter().flat_map(|p| p.to_le_bytes()));
+        w.extend((s.rank as u32).to_le_bytes());
     }
     w
 }
@@ -238,7 +244,8 @@ fn decode_step(payload: &[u8]) -> Result<Vec<OwnedSeq>> {
         let want_logits = r.u8()? != 0;
         let tokens = r.u32s()?;
         let block_table = r.u32s()?;
-        seqs.push(OwnedSeq { tokens, start, block_table, want_logits });
+        let rank = r.u32()? as usize;
+        seqs.push(OwnedSeq { tokens, start, block_table, want_logits, rank });
     }
     if !r.rest.is_empty() {
         return Err(err(format!("a step frame with {} trailing bytes", r.rest.len())));
@@ -325,7 +332,10 @@ mod tests {
             Ok(())
         }
         fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-            let seqs = batch.iter().map(|s| OwnedSeq { tokens: s.tokens.to_vec(), start: s.start, block_table: s.block_table.to_vec(), want_logits: s.want_logits }).collect();
+            let seqs = batch
+                .iter()
+                .map(|s| OwnedSeq { tokens: s.tokens.to_vec(), start: s.start, block_table: s.block_table.to_vec(), want_logits: s.want_logits, rank: s.rank })
+                .collect();
             self.0.lock().unwrap().push(Call::Step(seqs));
             Ok(batch.iter().map(|s| s.want_logits.then(|| vec![0.0; 8])).collect())
         }
@@ -360,8 +370,8 @@ mod tests {
         let (a, b) = (vec![5u32, 6, 7], vec![9u32]);
         let (ta, tb) = (vec![3u32, 1], vec![0u32]);
         let batch = [
-            SeqStep { tokens: &a, start: 17, block_table: &ta, want_logits: false },
-            SeqStep { tokens: &b, start: 0, block_table: &tb, want_logits: true },
+            SeqStep { tokens: &a, start: 17, block_table: &ta, want_logits: false, rank: 1 },
+            SeqStep { tokens: &b, start: 0, block_table: &tb, want_logits: true, rank: 0 },
         ];
         let out = leader.step(&batch).unwrap();
         assert_eq!(out.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, true]);
@@ -380,8 +390,8 @@ mod tests {
 
     #[test]
     fn malformed_step_frames_are_errors() {
-        let good = encode_step(&[SeqStep { tokens: &[1, 2], start: 3, block_table: &[4], want_logits: true }]);
-        assert_eq!(decode_step(&good).unwrap(), vec![OwnedSeq { tokens: vec![1, 2], start: 3, block_table: vec![4], want_logits: true }]);
+        let good = encode_step(&[SeqStep { tokens: &[1, 2], start: 3, block_table: &[4], want_logits: true, rank: 5 }]);
+        assert_eq!(decode_step(&good).unwrap(), vec![OwnedSeq { tokens: vec![1, 2], start: 3, block_table: vec![4], want_logits: true, rank: 5 }]);
         for cut in 0..good.len() {
             assert!(decode_step(&good[..cut]).is_err(), "a frame cut at {cut} bytes");
         }

@@ -59,18 +59,34 @@ impl RadixCache {
         self.clock
     }
 
+    /// The nodes of the longest whole-page prefix of `tokens`, root excluded, in order.
+    fn path(&self, tokens: &[u32]) -> Vec<usize> {
+        let mut cur = ROOT;
+        let mut path = Vec::new();
+        for chunk in tokens.chunks_exact(self.page_size) {
+            let Some(&next) = self.node(cur).children.get(chunk) else { break };
+            path.push(next);
+            cur = next;
+        }
+        path
+    }
+
+    /// How many whole pages of `tokens` [`match_prefix`](Self::match_prefix) would return, without
+    /// retaining or touching them (placing a request on a DP rank asks every rank).
+    pub fn peek_prefix(&self, tokens: &[u32]) -> usize {
+        self.path(tokens).len()
+    }
+
     /// The cached pages of the longest whole-page prefix of `tokens`; each one retained once for
     /// the caller (who releases them with the rest of its block table).
     pub fn match_prefix(&mut self, tokens: &[u32], alloc: &mut BlockAllocator) -> Vec<PageId> {
         let now = self.tick();
-        let mut cur = ROOT;
-        let mut pages = Vec::new();
-        for chunk in tokens.chunks_exact(self.page_size) {
-            let Some(&next) = self.node(cur).children.get(chunk) else { break };
-            let node = self.node_mut(next);
+        let path = self.path(tokens);
+        let mut pages = Vec::with_capacity(path.len());
+        for i in path {
+            let node = self.node_mut(i);
             node.last_access = now;
             pages.push(node.page);
-            cur = next;
         }
         for &p in &pages {
             alloc.retain(p);
@@ -188,6 +204,7 @@ mod tests {
         t.insert(&toks[..6], &seq, &mut a);
         assert_eq!(t.len(), 3);
         // A second request sharing the first two pages.
+        assert_eq!(t.peek_prefix(&[1, 2, 3, 4, 9, 9]), 2);
         let hit = t.match_prefix(&[1, 2, 3, 4, 9, 9], &mut a);
         assert_eq!(hit, seq[..2].to_vec());
         // The first sequence ends: only the tree and the second request hold pages.
@@ -214,6 +231,7 @@ mod tests {
         a.release_all(&p2);
         let hit = t.match_prefix(&[1], &mut a); // touch [1]
         a.release_all(&hit);
+        assert_eq!(t.peek_prefix(&[2]), 1); // a peek does not make [2] recent
         assert_eq!(t.evict(1, &mut a), 1);
         assert_eq!(t.match_prefix(&[2], &mut a), Vec::<PageId>::new());
         assert_eq!(t.match_prefix(&[1], &mut a).len(), 1);

@@ -4,11 +4,19 @@
 //! pool is full the least important running request (the most recently admitted) is preempted:
 //! its pages are freed (their whole pages first offered to the prefix cache) and it goes back to
 //! the front of the waiting queue with every token it generated, to be recomputed later.
+//!
+//! Under DP attention the pages live in one pool per attention rank ([`RankPages`]: an allocator
+//! and a prefix cache each). A request is placed on a rank at admission ([`placement`]), takes
+//! pages from that rank only, and a rank that runs out preempts its own least important sequence;
+//! the other ranks go on. One step still plans every rank's sequences together (one budget, one
+//! forward). Without DP attention there is one rank, and all of this is the plain scheduler.
+//!
+//! [`placement`]: crate::engine::placement
 
 use std::collections::VecDeque;
 
-use crate::engine::block_manager::{BlockAllocator, PageId};
-use crate::engine::radix::RadixCache;
+use crate::engine::placement::{place, RankLoad};
+use crate::engine::rank_pages::RankPages;
 use crate::engine::sequence::Sequence;
 
 /// One sequence's share of a step: `running[index]` computes `n_tokens` tokens.
@@ -25,12 +33,14 @@ pub struct SchedulerConfig {
     pub page_size: usize,
     pub max_running: usize,
     pub step_token_budget: usize,
+    /// Attention ranks, each with a pool of its own (1 without DP attention).
+    pub ranks: usize,
 }
 
 pub struct Scheduler {
     cfg: SchedulerConfig,
-    pub alloc: BlockAllocator,
-    pub radix: Option<RadixCache>,
+    /// Per attention rank: its pages and prefix cache.
+    pub ranks: Vec<RankPages>,
     pub waiting: VecDeque<Sequence>,
     /// In admission order: earlier is more important.
     pub running: Vec<Sequence>,
@@ -42,12 +52,12 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler over `cfg.ranks` pools of `num_pages` pages each.
     pub fn new(cfg: SchedulerConfig, num_pages: usize, prefix_caching: bool) -> Scheduler {
-        let radix = prefix_caching.then(|| RadixCache::new(cfg.page_size));
+        let ranks = (0..cfg.ranks.max(1)).map(|_| RankPages::new(num_pages, cfg.page_size, prefix_caching)).collect();
         Scheduler {
             cfg,
-            alloc: BlockAllocator::new(num_pages),
-            radix,
+            ranks,
             waiting: VecDeque::new(),
             running: Vec::new(),
             preemptions: 0,
@@ -68,43 +78,35 @@ impl Scheduler {
         positions.div_ceil(self.cfg.page_size)
     }
 
-    /// `n` pages, evicting unreferenced prefix-cache pages when the free list is short.
-    fn alloc_pages(&mut self, n: usize) -> Option<Vec<PageId>> {
-        if n > self.alloc.num_free() {
-            if let Some(radix) = &mut self.radix {
-                radix.evict(n - self.alloc.num_free(), &mut self.alloc);
-            }
-        }
-        self.alloc.alloc(n)
+    /// Sequences running on `rank`.
+    pub fn running_on(&self, rank: usize) -> usize {
+        self.running.iter().filter(|s| s.rank == rank).count()
     }
 
-    /// Pages that could be had now (free, or held only by the prefix cache).
-    pub fn available_pages(&self) -> usize {
-        self.alloc.num_free() + self.radix.as_ref().map_or(0, |r| r.evictable(&self.alloc))
+    /// Pages in use on every rank (by requests or the prefix cache).
+    pub fn num_used(&self) -> usize {
+        self.ranks.iter().map(|r| r.alloc.num_used()).sum()
     }
 
-    /// Pages held by the prefix cache alone.
+    /// Free pages on every rank.
+    pub fn num_free(&self) -> usize {
+        self.ranks.iter().map(|r| r.alloc.num_free()).sum()
+    }
+
+    /// Pages held by the prefix caches alone.
     pub fn cached_only_pages(&self) -> usize {
-        self.radix.as_ref().map_or(0, |r| r.evictable(&self.alloc))
+        self.ranks.iter().map(|r| r.cached_only_pages()).sum()
     }
 
-    /// Records the sequence's whole cached pages in the prefix cache.
-    pub fn cache_prefix(&mut self, seq: &mut Sequence) {
-        cache_prefix(self.radix.as_mut(), &mut self.alloc, self.cfg.page_size, seq);
-    }
-
-    /// [`cache_prefix`](Self::cache_prefix) for `running[index]`.
+    /// Records the whole cached pages of `running[index]` in its rank's prefix cache.
     pub fn cache_prefix_running(&mut self, index: usize) {
-        cache_prefix(self.radix.as_mut(), &mut self.alloc, self.cfg.page_size, &mut self.running[index]);
+        let s = &mut self.running[index];
+        self.ranks[s.rank].cache_prefix(s);
     }
 
-    /// Frees a sequence's pages (offering its whole pages to the prefix cache first).
+    /// Frees a sequence's pages (offering its whole pages to its rank's prefix cache first).
     pub fn free_sequence(&mut self, seq: &mut Sequence) {
-        self.cache_prefix(seq);
-        let table = std::mem::take(&mut seq.block_table);
-        self.alloc.release_all(&table);
-        seq.cached_len = 0;
-        seq.radix_pages = 0;
+        self.ranks[seq.rank].free(seq);
     }
 
     fn preempt(&mut self, index: usize) {
@@ -112,7 +114,8 @@ impl Scheduler {
         self.free_sequence(&mut seq);
         seq.usage.preemptions += 1;
         self.preemptions += 1;
-        tracing::debug!("preempted request {} ({} tokens to recompute)", seq.id, seq.tokens.len());
+        self.ranks[seq.rank].preemptions += 1;
+        tracing::debug!("preempted request {} on rank {} ({} tokens to recompute)", seq.id, seq.rank, seq.tokens.len());
         self.waiting.push_front(seq);
     }
 
@@ -120,7 +123,8 @@ impl Scheduler {
     pub fn schedule(&mut self) -> Vec<Planned> {
         let mut budget = self.cfg.step_token_budget;
         let mut plan = Vec::new();
-        let mut preempted = false;
+        // Ranks that had to preempt this step: they admit nothing more in it.
+        let mut preempted = vec![false; self.ranks.len()];
         // Running sequences, most important first: decodes, and prefill chunks of those admitted
         // earlier whose prompt did not fit one step.
         let mut i = 0;
@@ -130,55 +134,89 @@ impl Scheduler {
                 (s.cached_len, s.pending().min(budget))
             };
             let need = self.pages_for(cached + n).saturating_sub(self.running[i].block_table.len());
-            let mut ok = true;
-            // Preempt from the least important end until the pages fit (or this one went).
-            #[allow(clippy::while_immutable_condition)] // the body breaks or preempts
-            while need > 0 {
-                if let Some(pages) = self.alloc_pages(need) {
-                    self.running[i].block_table.extend(pages);
-                    break;
-                }
-                let victim = self.running.len() - 1;
-                preempted = true;
-                self.preempt(victim);
-                if victim == i {
-                    ok = false;
-                    break;
-                }
-            }
-            if !ok {
-                break;
+            if !self.grow(i, need, &mut preempted) {
+                // `running[i]` itself went; the next sequence (of another rank) is at `i` now.
+                continue;
             }
             let s = &self.running[i];
             plan.push(Planned { index: i, n_tokens: n, samples: s.cached_len + n == s.tokens.len() });
             budget -= n;
             i += 1;
         }
-        // Admissions, first come first served, while nothing had to be preempted this step.
-        while !preempted && budget > 0 && self.running.len() < self.cfg.max_running {
+        self.admit(&mut plan, budget, &preempted);
+        plan
+    }
+
+    /// Gives `running[i]` `need` more pages of its rank, preempting that rank's sequences from the
+    /// least important end until they fit. False when `running[i]` itself had to go.
+    fn grow(&mut self, i: usize, need: usize, preempted: &mut [bool]) -> bool {
+        if need == 0 {
+            return true;
+        }
+        let rank = self.running[i].rank;
+        loop {
+            if let Some(pages) = self.ranks[rank].alloc_pages(need) {
+                self.running[i].block_table.extend(pages);
+                return true;
+            }
+            // `running[i]` is on `rank`, so the victim is `i` or a later sequence.
+            let victim = self.running.iter().rposition(|s| s.rank == rank).unwrap_or(i);
+            preempted[rank] = true;
+            self.preempt(victim);
+            if victim == i {
+                return false;
+            }
+        }
+    }
+
+    /// What [`place`] needs to know of each rank for a request of `tokens` (`None`: the rank
+    /// admits nothing this step).
+    fn rank_loads(&self, tokens: &[u32], budget: usize, closed: &[bool]) -> Vec<Option<RankLoad>> {
+        let lookup = &tokens[..tokens.len() - 1];
+        (0..self.ranks.len())
+            .map(|r| {
+                if closed[r] {
+                    return None;
+                }
+                let hit_pages = self.ranks[r].peek_prefix(lookup);
+                let hit = hit_pages * self.cfg.page_size;
+                let n = (tokens.len() - hit).min(budget);
+                Some(RankLoad {
+                    running: self.running_on(r),
+                    free_pages: self.ranks[r].alloc.num_free(),
+                    hit_pages,
+                    need_pages: self.pages_for(hit + n) - hit_pages,
+                })
+            })
+            .collect()
+    }
+
+    /// Admits waiting sequences, first come first served, to ranks that did not preempt this step.
+    fn admit(&mut self, plan: &mut Vec<Planned>, mut budget: usize, closed: &[bool]) {
+        while budget > 0 && self.running.len() < self.cfg.max_running && closed.iter().any(|c| !c) {
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            // Reuse cached whole pages of the prefix; at least one token is computed.
-            let lookup = seq.tokens.len() - 1;
-            let matched = match &mut self.radix {
-                Some(radix) => radix.match_prefix(&seq.tokens[..lookup], &mut self.alloc),
-                None => Vec::new(),
-            };
-            let hit = matched.len() * self.cfg.page_size;
-            let n = (seq.tokens.len() - hit).min(budget);
-            let need = self.pages_for(hit + n) - matched.len();
-            // Keep a page of headroom per running sequence for its next decode steps.
-            let reserve = self.running.len();
-            // The free list first: counting reclaimable prefix pages walks the tree.
-            let fits = self.running.is_empty()
-                || need + reserve <= self.alloc.num_free()
-                || need + reserve <= self.available_pages();
-            let pages = if fits { self.alloc_pages(need) } else { None };
-            let Some(pages) = pages else {
-                self.alloc.release_all(&matched);
+            let Some(rank) = place(&self.rank_loads(&seq.tokens, budget, closed)) else {
                 self.waiting.push_front(seq);
                 break;
             };
-            if self.radix.is_some() {
+            // Reuse cached whole pages of the prefix; at least one token is computed.
+            let lookup = seq.tokens.len() - 1;
+            let matched = self.ranks[rank].match_prefix(&seq.tokens[..lookup]);
+            let hit = matched.len() * self.cfg.page_size;
+            let n = (seq.tokens.len() - hit).min(budget);
+            let need = self.pages_for(hit + n) - matched.len();
+            // Keep a page of headroom per running sequence of the rank for its next decode steps.
+            let reserve = self.running_on(rank);
+            let pages = &mut self.ranks[rank];
+            // The free list first: counting reclaimable prefix pages walks the tree.
+            let fits = reserve == 0 || need + reserve <= pages.alloc.num_free() || need + reserve <= pages.available_pages();
+            let new_pages = if fits { pages.alloc_pages(need) } else { None };
+            let Some(new_pages) = new_pages else {
+                pages.alloc.release_all(&matched);
+                self.waiting.push_front(seq);
+                break;
+            };
+            if pages.radix.is_some() {
                 self.prefix_query_tokens += seq.prompt_len as u64;
                 self.prefix_hit_tokens += hit.min(seq.prompt_len) as u64;
             }
@@ -186,8 +224,9 @@ impl Scheduler {
                 seq.usage.cached_tokens = hit.min(seq.prompt_len);
                 seq.admitted_before = true;
             }
+            seq.rank = rank;
             seq.block_table = matched;
-            seq.block_table.extend(pages);
+            seq.block_table.extend(new_pages);
             seq.cached_len = hit;
             seq.radix_pages = hit / self.cfg.page_size;
             let samples = hit + n == seq.tokens.len();
@@ -195,15 +234,5 @@ impl Scheduler {
             plan.push(Planned { index: self.running.len() - 1, n_tokens: n, samples });
             budget -= n;
         }
-        plan
-    }
-}
-
-fn cache_prefix(radix: Option<&mut RadixCache>, alloc: &mut BlockAllocator, ps: usize, seq: &mut Sequence) {
-    let Some(radix) = radix else { return };
-    let full = seq.cached_len / ps;
-    if full > seq.radix_pages {
-        radix.insert(&seq.tokens[..full * ps], &seq.block_table[..full], alloc);
-        seq.radix_pages = full;
     }
 }

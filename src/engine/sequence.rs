@@ -17,6 +17,10 @@ pub struct Sequence {
     pub prompt_len: usize,
     /// Generated tokens allowed, resolved against the context length.
     pub max_new_tokens: usize,
+    /// The attention rank whose pool holds its pages (always 0 without DP attention); chosen at
+    /// each admission, so a preempted request may come back on another rank.
+    pub rank: usize,
+    /// Pages of its rank's pool.
     pub block_table: Vec<PageId>,
     /// Positions whose latent rows are in the cache.
     pub cached_len: usize,

@@ -5,14 +5,19 @@
 //! together (falling back to eager steps if a capture fails). The pool is sized from the GPU
 //! with the least free memory after the weights.
 //!
-//! A [`TpModel`] loaded with DP attention is not served here (its `forward_batch` refuses: each
-//! sequence would need a rank, pages from that rank's pool and prefix hits from that rank only;
-//! see docs/MULTI_GPU.md, "DP attention").
+//! A [`TpModel`] loaded with DP attention ([`AttnSplit::Data`]) has one pool per rank that holds
+//! only that rank's sequences: the engine sees [`StepModel::dp_ranks`] ranks, keeps an allocator
+//! and a prefix cache per rank, and tags each sequence of a step with its rank; a step is one
+//! [`TpModel::forward_batch_dp`] over every rank's sequences (a rank without sequences joins the
+//! FFN only), and a decode step replays a graph captured for the most sequences on one rank
+//! (`--cuda-graph-max-bs` counts per rank; each rank's rows are padded to the graph's size). See
+//! docs/MULTI_GPU.md, "DP attention".
 
 use crate::engine::gpu::{free_after_weights, GraphModel, GraphSteps};
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
 use crate::error::Result;
 use crate::model::gpu::{BatchSeq, PagePool, TpDecodeGraph, TpModel};
+use crate::model::shard::AttnSplit;
 
 impl GraphModel for TpModel {
     type Pool = [PagePool];
@@ -23,14 +28,26 @@ impl GraphModel for TpModel {
     fn batch_size_of(g: &TpDecodeGraph) -> usize {
         g.batch_size()
     }
+    fn decode_rows(&self, ranks: &[usize]) -> usize {
+        match self.attn_split() {
+            AttnSplit::Heads => ranks.len(),
+            AttnSplit::Data => (0..self.communicator().world_size()).map(|r| ranks.iter().filter(|&&x| x == r).count()).max().unwrap_or(0),
+        }
+    }
     fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
         TpModel::capture_decode_graph(self, pools, bs, pad_page)
     }
-    fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        TpModel::forward_decode_graph(self, g, pools, seqs)
+    fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        match self.attn_split() {
+            AttnSplit::Heads => TpModel::forward_decode_graph(self, g, pools, seqs),
+            AttnSplit::Data => TpModel::forward_decode_graph_dp(self, g, pools, seqs, ranks),
+        }
     }
-    fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        TpModel::forward_batch(self, pools, seqs)
+    fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        match self.attn_split() {
+            AttnSplit::Heads => TpModel::forward_batch(self, pools, seqs),
+            AttnSplit::Data => TpModel::forward_batch_dp(self, pools, seqs, ranks),
+        }
     }
 }
 
@@ -48,7 +65,8 @@ impl TpStepModel {
         TpStepModel { graphs: GraphSteps::new(), pools: None, model, free_after_weights }
     }
 
-    /// Replays decode steps of up to `max_bs` sequences as captured graphs (0: never).
+    /// Replays decode steps of up to `max_bs` sequences (per rank under DP attention) as captured
+    /// graphs (0: never).
     pub fn with_cuda_graphs(mut self, max_bs: usize) -> TpStepModel {
         self.graphs.set_max_bs(max_bs);
         self
@@ -69,8 +87,12 @@ impl StepModel for TpStepModel {
         let extra = self.graphs.reset(num_pages);
         self.pools = None;
         let pools = self.model.new_page_pools(num_pages + extra, page_size)?;
+        let what = match self.dp_ranks() {
+            1 => "the same pages on every GPU".to_string(),
+            n => format!("dp attention over {n} ranks: each GPU's pool holds its own sequences, with its own allocator and prefix cache"),
+        };
         tracing::info!(
-            "{}: KV page pool of {num_pages} pages × {page_size} positions per GPU ({:.1} MiB each)",
+            "{}: KV page pool of {num_pages} pages × {page_size} positions per GPU ({:.1} MiB each; {what})",
             self.model.describe(),
             pools[0].bytes() as f64 / (1 << 20) as f64
         );
@@ -80,6 +102,13 @@ impl StepModel for TpStepModel {
 
     fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
         self.graphs.step(&self.model, self.pools.as_deref_mut(), batch)
+    }
+
+    fn dp_ranks(&self) -> usize {
+        match self.model.attn_split() {
+            AttnSplit::Heads => 1,
+            AttnSplit::Data => self.model.communicator().world_size(),
+        }
     }
 
     fn cuda_graph_max_bs(&self) -> usize {

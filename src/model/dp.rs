@@ -2,10 +2,11 @@
 //! a step, and where each rank's tokens sit among the step's rows. Pure, so the CPU suite tests it.
 //!
 //! A sequence lives on one rank for its whole life: its latent rows are in that rank's page pool
-//! alone, so the caller keeps the assignment ([`assign_balanced`] picks one for new sequences) and
-//! passes it with every step. The step's rows are the sequences grouped by rank (rank 0's first,
-//! each rank's in batch order): rank r's tokens are then one contiguous range, so placing its
-//! attention output into the step's [T, hidden] rows before the gathering all-reduce is one copy.
+//! alone, so the caller keeps the assignment (the serving engine places requests with
+//! [`crate::engine::placement`]) and passes it with every step. The step's rows are the
+//! sequences grouped by rank (rank 0's first, each rank's in batch order): rank r's tokens are
+//! then one contiguous range, so placing its attention output into the step's [T, hidden] rows
+//! before the gathering all-reduce is one copy.
 
 use std::ops::Range;
 
@@ -65,21 +66,6 @@ impl DpLayout {
     }
 }
 
-/// Ranks for new sequences, balancing tokens: each goes to the rank with the fewest tokens so far
-/// (`load[r]`, updated; ties: the lowest rank). Long prompts thus spread before short ones pile up.
-pub fn assign_balanced(load: &mut [usize], new_tokens: &[usize]) -> Vec<usize> {
-    new_tokens
-        .iter()
-        .map(|&n| {
-            let r = (0..load.len()).min_by_key(|&r| (load[r], r)).unwrap_or(0);
-            if let Some(l) = load.get_mut(r) {
-                *l += n;
-            }
-            r
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,18 +87,5 @@ mod tests {
         assert!(DpLayout::new(&[3], &[2], 2).unwrap_err().to_string().contains("rank 2 of a world of 2"));
         let two = DpLayout::new(&[1, 1], &[0, 1], 2).unwrap();
         assert!(two.to_batch_order(vec![1]).unwrap_err().to_string().contains("1 value(s) for 2"));
-    }
-
-    #[test]
-    fn balanced_assignment_goes_to_the_least_loaded_rank() {
-        let mut load = vec![0, 0];
-        assert_eq!(assign_balanced(&mut load, &[11, 5, 70]), vec![0, 1, 1]);
-        assert_eq!(load, vec![11, 75]);
-        assert_eq!(assign_balanced(&mut load, &[1, 1]), vec![0, 0]);
-        let mut one = vec![0];
-        assert_eq!(assign_balanced(&mut one, &[4, 4]), vec![0, 0]);
-        // Every rank gets a sequence when the prompts are equal.
-        let mut four = vec![0; 4];
-        assert_eq!(assign_balanced(&mut four, &[8; 4]), vec![0, 1, 2, 3]);
     }
 }

@@ -1,6 +1,6 @@
 //! A small blocking HTTP/1.1 client for the benchmark examples (`bench_serving`,
-//! `bench_one_batch`): plain `GET`s and streaming `/v1/completions` over SSE, with the timing of
-//! every token event. std + serde_json only; one connection per request (`Connection: close`).
+//! `bench_one_batch`) and the GPU server tests: plain `GET`s, JSON `POST`s and streaming
+//! `/v1/completions` over SSE, with the timing of every token event. std + serde_json only; one connection per request (`Connection: close`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -25,15 +25,30 @@ pub fn connect(a: SocketAddr) -> Result<TcpStream, String> {
 
 /// `GET path` → the body (chunked transfer decoded); an error unless the status is 200.
 pub fn get_text(a: SocketAddr, path: &str) -> Result<String, String> {
+    request(a, "GET", path, None)
+}
+
+/// `POST path` with a JSON body → the response parsed as JSON; an error unless the status is 200.
+pub fn post_json(a: SocketAddr, path: &str, body: &Value) -> Result<Value, String> {
+    let text = request(a, "POST", path, Some(&body.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| format!("POST {path}: {e}"))
+}
+
+/// One request → the response body (chunked transfer decoded); an error unless the status is 200.
+fn request(a: SocketAddr, method: &str, path: &str, json_body: Option<&str>) -> Result<String, String> {
     let mut s = connect(a)?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
-    write!(s, "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let head = match json_body {
+        Some(b) => format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()),
+        None => format!("{method} {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"),
+    };
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP response")?;
     if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("GET {path}: {}", head.lines().next().unwrap_or("")));
+        return Err(format!("{method} {path}: {} {}", head.lines().next().unwrap_or(""), body.trim()));
     }
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         let mut out = String::new();

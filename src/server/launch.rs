@@ -2,8 +2,8 @@
 //! error that says what is missing, instead of being silently ignored. `--device cuda[:N]` /
 //! `hip[:N]` pass where the build has that backend; `--tp N` (and `--enable-ep-moe` /
 //! `--ep-size N`) pass on CUDA, one node: one process drives GPUs `base..base+N`.
-//! `--enable-dp-attention` (`--dp` 1 or = `--tp`, [`dp_attention`]) is checked here and runs in
-//! `examples/generate`; the serving engine refuses it with `--tp > 1` (see [`check`]).
+//! `--enable-dp-attention` (`--dp` 1 or = `--tp`, [`dp_attention`]) is checked here; `serve` runs
+//! it with an allocator and a prefix cache per rank, `examples/generate` for one sequence.
 //! `--quantization` is checked here by name; whether it agrees with the checkpoint is
 //! [`check_quantization`]'s job, once the model directory is known.
 
@@ -90,6 +90,7 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
     if f.ep_size != 1 && f.ep_size != f.tp {
         return Err(format!("--ep-size {}: expert parallelism spans the whole TP group in this build (--ep-size 1 or {})", f.ep_size, f.tp));
     }
+    dp_attention(f.tp, f.dp, f.enable_dp_attention)?;
     if f.node_rank >= f.nnodes {
         return Err(format!("--node-rank {} must be less than --nnodes {}", f.node_rank, f.nnodes));
     }
@@ -104,12 +105,6 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
         if f.enable_dp_attention {
             return Err("--enable-dp-attention over several nodes is not implemented (one node only)".into());
         }
-    }
-    if dp_attention(f.tp, f.dp, f.enable_dp_attention)? && f.tp > 1 {
-        // A sequence must stay on the rank whose pool holds its pages, and prefix-cache hits
-        // must stay on the rank that wrote them: that needs a page allocator and a radix tree
-        // per rank (SGLang runs a scheduler per DP rank), which the engine does not have yet.
-        return Err("--enable-dp-attention: the serving engine does not place requests on DP ranks yet (examples/generate runs DP attention; serve with --tp)".into());
     }
     if let Some(q) = &f.quantization {
         q.parse::<QuantMethod>()?;
@@ -195,7 +190,7 @@ mod tests {
             assert!(err(LaunchFlags { enable_dp_attention: true, ..two }).contains("several nodes"));
         }
         assert!(err(LaunchFlags { nnodes: 2, node_rank: 2, ..Default::default() }).contains("--node-rank 2"));
-        // DP attention: --dp is 1 or --tp; plain --dp > 1 is refused; serve refuses it at --tp > 1.
+        // DP attention: --dp is 1 or --tp; plain --dp > 1 is refused.
         assert_eq!(dp_attention(2, 2, true), Ok(true));
         assert_eq!(dp_attention(4, 1, true), Ok(true));
         assert_eq!(dp_attention(4, 1, false), Ok(false));
@@ -207,7 +202,8 @@ mod tests {
         let dp = LaunchFlags { tp: 2, dp: 2, enable_dp_attention: true, device: "cuda".into(), ..Default::default() };
         let dp4 = LaunchFlags { dp: 4, ..dp.clone() };
         if cfg!(feature = "cuda") {
-            assert!(err(dp).contains("does not place requests on DP ranks"));
+            assert_eq!(check(&dp), Ok(()));
+            assert_eq!(check(&LaunchFlags { dp: 1, ..dp.clone() }), Ok(()), "--dp 1: dp = tp implied");
             assert!(err(dp4).contains("--dp 4"));
         } else {
             assert!(err(dp).contains("--features cuda"));

@@ -108,6 +108,7 @@ async fn model_info(State(st): State<AppState>) -> Json<Json_> {
         "chunked_prefill_size": i.step_token_budget,
         "prefix_caching": i.prefix_caching,
         "cuda_graph_max_bs": i.cuda_graph_max_bs,
+        "dp_size": i.dp_ranks,
     }))
 }
 

@@ -4,9 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use dsv3::engine::{Engine, EngineEvent, FinishReason, Usage};
-use tokio::sync::mpsc::UnboundedReceiver;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use dsv3::engine::{Engine, EngineEvent, FinishReason, GenerateRequest, SamplingParams, Usage};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+pub mod dp;
 pub mod files;
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -103,6 +106,30 @@ pub fn collect(rx: &mut UnboundedReceiver<EngineEvent>) -> (Vec<u32>, String, Fi
             Err(e) => panic!("request did not finish: {e:?}"),
         }
     }
+}
+
+/// Submits greedy requests (prompt, max tokens; EOS ignored) to `engine` together and steps it
+/// until it is idle; each request's tokens and usage.
+pub fn run_greedy(engine: &mut Engine, reqs: &[(Vec<u32>, usize)]) -> Vec<(Vec<u32>, Usage)> {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1 << 32);
+    let mut rxs: Vec<_> = reqs
+        .iter()
+        .map(|(p, max)| {
+            let (tx, rx) = unbounded_channel();
+            let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(*max) };
+            let id = NEXT_ID.fetch_add(1, Relaxed);
+            engine.add_request(id, GenerateRequest { prompt: p.clone(), params }, tx).unwrap_or_else(|e| panic!("request {id}: {e}"));
+            rx
+        })
+        .collect();
+    let pages = engine.info().num_pages;
+    step_to_completion(engine, pages);
+    rxs.iter_mut()
+        .map(|rx| {
+            let (ids, _, _, usage) = collect(rx);
+            (ids, usage)
+        })
+        .collect()
 }
 
 /// Steps `engine` until it has no work, asserting that it makes progress and never holds more

@@ -12,7 +12,8 @@
 //! slices. Across nodes a node lacks the other nodes' slices, so each rank writes its slice into
 //! a zeroed [R, vocab] buffer and one more all-reduce assembles them (adding zeros is exact).
 //!
-//! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]).
+//! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]); under DP
+//! attention every rank's own attention rows are padded to the graph's per-rank batch size.
 //!
 //! DP attention ([`TpModel::load_with`] with [`AttnSplit::Data`]): every rank holds every head and
 //! attends only for the sequences assigned to it ([`TpModel::forward_batch_dp`]); those live in
@@ -268,43 +269,54 @@ impl TpModel {
         // checked against pool 0's shape, which every pool shares, and never read.
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &ordered, None)?;
         let steps = self.upload(&packed, &layout)?;
-        // Each rank's own sequences, over its own pool; no logits rows (the whole step's give them).
-        let mut own = Vec::with_capacity(self.models.len());
-        for (i, (m, pool)) in self.models.iter().zip(pools.iter()).enumerate() {
-            let mine = &ordered[dp.seqs[self.comm.global_rank(i)].clone()];
-            if mine.is_empty() {
-                own.push(None);
-                continue;
-            }
-            let mine: Vec<BatchSeq<'_>> = mine.iter().map(|q| BatchSeq { logits: LogitRows::None, ..*q }).collect();
-            let (p, l) = pack_step(m, pool, &mine, None)?;
-            let st = StepTensors::alloc(m.stream(), &l, m.mla_decode_plan(pool, &l))?;
-            st.upload(m.stream(), &p)?;
-            own.push(Some(st));
-        }
-        let attn: Vec<AttnPart<'_>> =
-            own.iter().enumerate().map(|(i, st)| AttnPart::Own { rows: &dp.tokens[self.comm.global_rank(i)], step: st.as_ref() }).collect();
-        let logits = self.run(pools, &steps, &attn)?;
+        let mine: Vec<&[BatchSeq<'_>]> = (0..self.models.len()).map(|i| &ordered[dp.seqs[self.comm.global_rank(i)].clone()]).collect();
+        let own = self.own_steps(pools, &mine, None)?;
+        let rows: Vec<&std::ops::Range<usize>> = (0..self.models.len()).map(|i| &dp.tokens[self.comm.global_rank(i)]).collect();
+        let logits = self.run(pools, &steps, &own_parts(&own, &rows))?;
         dp.to_batch_order(self.batch_logits(&logits, layout.rows, &ordered)?)
     }
 
+    /// DP attention: each local rank's own sequences (`mine[i]`) as the step tensors its attention
+    /// reads, over its own pool, with no logits rows (the whole step's give them); `None` for a
+    /// rank without sequences. `fixed_pages`: the block-table width (graphs).
+    fn own_steps(&self, pools: &[PagePool], mine: &[&[BatchSeq<'_>]], fixed_pages: Option<usize>) -> Result<Vec<Option<StepTensors>>> {
+        self.models
+            .iter()
+            .zip(pools)
+            .zip(mine)
+            .map(|((m, pool), mine)| {
+                if mine.is_empty() {
+                    return Ok(None);
+                }
+                let (p, l) = pack_step(m, pool, &without_logits(mine), fixed_pages)?;
+                let st = StepTensors::alloc(m.stream(), &l, m.mla_decode_plan(pool, &l))?;
+                st.upload(m.stream(), &p)?;
+                Ok(Some(st))
+            })
+            .collect()
+    }
+
     /// [`GpuModel::capture_decode_graph`] over the group: one graph per rank, captured together.
+    /// Under DP attention `bs` is per rank: every rank attends for `bs` rows of its own (its
+    /// sequences, then padding rows on `pad_page` of its pool), so the step has world·`bs` rows.
     pub fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
         self.check_pools(pools)?;
-        if self.attn == AttnSplit::Data {
-            return Err(Error::InvalidArgument("decode graphs under DP attention are not implemented (eager steps only)".into()));
-        }
         if bs == 0 || pad_page as usize >= pools[0].num_pages {
             return Err(Error::InvalidArgument(format!("decode graph of {bs} sequences, pad page {pad_page} of {}", pools[0].num_pages)));
         }
         let max_pages = self.max_positions().div_ceil(pools[0].page_size);
         let pad = [0u32];
         let pad_table = [pad_page];
-        let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
+        let pad_seq = BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last };
+        let dp = self.attn == AttnSplit::Data;
+        let rows_per_rank: Vec<std::ops::Range<usize>> = if dp { (0..self.models.len()).map(|i| i * bs..(i + 1) * bs).collect() } else { Vec::new() };
+        let seqs = vec![pad_seq; bs * rows_per_rank.len().max(1)];
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &seqs, Some(max_pages))?;
         let inputs = self.upload(&packed, &layout)?;
+        let own = self.own_steps(pools, &vec![&seqs[..bs]; rows_per_rank.len()], Some(max_pages))?;
+        let attn = own_parts(&own, &rows_per_rank.iter().collect::<Vec<_>>());
         // Eagerly once: loads every kernel, warms the allocators.
-        drop(self.run(pools, &inputs, &[])?);
+        drop(self.run(pools, &inputs, &attn)?);
         self.comm.synchronize()?;
         let allocs: Vec<_> = self.models.iter().map(|m| m.stream().allocator().clone()).collect();
         for a in &allocs {
@@ -312,7 +324,7 @@ impl TpModel {
         }
         let mut out = None;
         let graph = self.comm.capture(|| {
-            out = Some(self.run(pools, &inputs, &[])?);
+            out = Some(self.run(pools, &inputs, &attn)?);
             Ok(())
         });
         let memory: Vec<RetainedBlocks> = allocs.iter().map(|a| a.end_retain()).collect();
@@ -322,30 +334,82 @@ impl TpModel {
             .into_iter()
             .map(|l| l.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into())))
             .collect::<Result<Vec<_>>>()?;
-        Ok(TpDecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, logits })
+        drop(attn);
+        let own = own.into_iter().flatten().collect();
+        Ok(TpDecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, own, logits })
     }
 
-    /// [`GpuModel::forward_decode_graph`] over the group.
+    /// [`GpuModel::forward_decode_graph`] over the group (a graph captured without DP attention).
     pub fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
         self.check_pools(pools)?;
+        if !g.own.is_empty() {
+            return Err(Error::InvalidArgument("a DP attention decode graph needs each sequence's rank (forward_decode_graph_dp)".into()));
+        }
         let pad_table = [g.pad_page];
         let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
-        let (packed, layout) = pack_step(&self.models[0], &pools[0], &all, Some(g.max_pages))?;
+        self.replay(g, pools, &all)?;
+        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), g.bs)?;
+        Ok(decode_logits(&host, seqs.iter().enumerate(), self.config().vocab_size))
+    }
+
+    /// [`TpModel::forward_decode_graph`] under DP attention: sequence `i` decodes on global rank
+    /// `ranks[i]` (at most the graph's batch size per rank); logits in batch order.
+    pub fn forward_decode_graph_dp(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.check_pools(pools)?;
+        if g.own.len() != self.models.len() {
+            return Err(Error::InvalidArgument("forward_decode_graph_dp on a decode graph captured without DP attention".into()));
+        }
+        let dp = DpLayout::new(&vec![1; seqs.len()], ranks, self.comm.world_size())?;
+        let pad_table = [g.pad_page];
+        // Every rank's rows: its sequences, then padding up to the graph's batch size.
+        let mut all = Vec::with_capacity(g.bs * self.models.len());
+        for (i, ((m, pool), own)) in self.models.iter().zip(pools.iter()).zip(&g.own).enumerate() {
+            let mine: Vec<BatchSeq<'_>> = dp.order[dp.seqs[self.comm.global_rank(i)].clone()].iter().map(|&j| seqs[j]).collect();
+            let rows = padded_decode_rows(&mine, g.bs, &pad_table)?;
+            let (packed, layout) = pack_step(m, pool, &without_logits(&rows), Some(g.max_pages))?;
+            if layout != own.layout() {
+                return Err(Error::InvalidArgument(format!("decode graph inputs {:?} of rank {i} for a step of {layout:?}", own.layout())));
+            }
+            own.upload(m.stream(), &packed)?;
+            all.extend(rows);
+        }
+        self.replay(g, pools, &all)?;
+        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), all.len())?;
+        // Local rank i's k-th sequence (in step order) is row i·bs + k of the step.
+        let step_rows = (0..self.models.len()).flat_map(|i| {
+            let mine = dp.seqs[self.comm.global_rank(i)].clone();
+            dp.order[mine].iter().enumerate().map(move |(k, &j)| (i * g.bs + k, &seqs[j]))
+        });
+        dp.to_batch_order(decode_logits(&host, step_rows, self.config().vocab_size))
+    }
+
+    /// Uploads the whole step's rows `all` (padded) to every rank's graph inputs and replays.
+    fn replay(&self, g: &TpDecodeGraph, pools: &[PagePool], all: &[BatchSeq<'_>]) -> Result<()> {
+        let (packed, layout) = pack_step(&self.models[0], &pools[0], all, Some(g.max_pages))?;
         if layout != g.inputs[0].layout() {
             return Err(Error::InvalidArgument(format!("decode graph inputs {:?} for a step of {layout:?}", g.inputs[0].layout())));
         }
         for (m, inp) in self.models.iter().zip(&g.inputs) {
             inp.upload(m.stream(), &packed)?;
         }
-        g.graph.launch()?;
-        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), g.bs)?;
-        let v = self.config().vocab_size;
-        Ok(seqs
-            .iter()
-            .enumerate()
-            .map(|(i, q)| if q.logits.count(1) == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() })
-            .collect())
+        g.graph.launch()
     }
+}
+
+/// DP attention: what each local rank attends for, its `own` step over its `rows` of the step.
+fn own_parts<'a>(own: &'a [Option<StepTensors>], rows: &[&'a std::ops::Range<usize>]) -> Vec<AttnPart<'a>> {
+    own.iter().zip(rows).map(|(st, &rows)| AttnPart::Own { rows, step: st.as_ref() }).collect()
+}
+
+/// `seqs` without logits rows (a rank's own attention step computes none).
+fn without_logits<'a>(seqs: &[BatchSeq<'a>]) -> Vec<BatchSeq<'a>> {
+    seqs.iter().map(|q| BatchSeq { logits: LogitRows::None, ..*q }).collect()
+}
+
+/// Per (row, sequence) of a replayed decode graph: the row of the host logits [rows, vocab], or
+/// nothing where the sequence wants no logits.
+fn decode_logits<'a, 'b: 'a>(host: &[f32], rows: impl Iterator<Item = (usize, &'a BatchSeq<'b>)>, vocab: usize) -> Vec<Vec<f32>> {
+    rows.map(|(r, q)| if q.logits.count(1) == 0 { Vec::new() } else { host[r * vocab..(r + 1) * vocab].to_vec() }).collect()
 }
 
 /// A decode step of `bs` sequences captured on every rank: the graphs and the fixed-address
@@ -353,14 +417,18 @@ impl TpModel {
 pub struct TpDecodeGraph {
     graph: MultiGraph,
     _memory: Vec<RetainedBlocks>,
+    /// Sequences (per rank under DP attention).
     bs: usize,
     max_pages: usize,
     pad_page: u32,
     inputs: Vec<StepTensors>,
+    /// DP attention: per rank, the step tensors of its own rows (empty without DP attention).
+    own: Vec<StepTensors>,
     logits: Vec<DeviceTensor>,
 }
 
 impl TpDecodeGraph {
+    /// The batch size it was captured for (per rank under DP attention).
     pub fn batch_size(&self) -> usize {
         self.bs
     }
