@@ -56,7 +56,7 @@ impl GpuModel {
     pub fn greedy_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<u32>> {
         self.replay_decode_graph(g, pool, seqs)?;
         let ids = self.empty_as(DevDType::I32, &[g.bs])?;
-        dispatch::argmax(self.s(), &ids, &g.logits)?;
+        dispatch::argmax(self.s(), &ids, None, &g.logits)?;
         let ids = ids.to_vec::<i32>(self.s())?;
         Ok(ids[..seqs.len()].iter().map(|&i| i as u32).collect())
     }
