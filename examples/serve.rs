@@ -258,7 +258,7 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     use dsv3::dist::{open_group, GroupConfig};
     use dsv3::engine::TpStepModel;
     use dsv3::model::gpu::TpModel;
-    use dsv3::model::shard::MoeSplit;
+    use dsv3::model::shard::{AttnSplit, MoeSplit};
     let _ = dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout).map_err(|e| e.to_string())?;
     if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
         if n != 0 && n != args.par.base_gpu_id {
@@ -267,7 +267,8 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     }
     let ar = std::sync::Arc::new(open_group(&GroupConfig::single_node(args.par.tp, args.par.base_gpu_id)).map_err(|e| e.to_string())?);
     let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let model = TpModel::load(dir, ar, moe).map_err(|e| e.to_string())?;
+    // Every rank computes as one GPU would (--kv-cache-dtype: the fast kernels, bf16 or fp8 cache).
+    let model = TpModel::load_with(dir, ar, moe, AttnSplit::Heads, engine_cfg.gpu_options).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;
     let step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
     dsv3::server::build_state_for(Box::new(step), bos, dir, engine_cfg, server_cfg, args.chat_template.as_deref()).map_err(|e| e.to_string())

@@ -1,7 +1,9 @@
 //! Tensor and expert parallelism over two GPUs of one process ([`TpModel`]) against the
 //! single-GPU model ([`GpuModel`], TP=1) on every fixture: batched prefill + decode logits,
 //! greedy tokens, decode CUDA graphs, the serving engine over the group (`TpStepModel`), and two
-//! "nodes" as two processes (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL).
+//! "nodes" as two processes (`--nnodes 2`, one GPU each, rendezvous over loopback, NCCL). All on
+//! the reference options (f32 cache and activations); `tests/gpu_tp_fast.rs` runs the fast ones
+//! and the device argmax over the group.
 //!
 //! GPU tests: ignored in the CPU suite; run on a 2-GPU machine with `--include-ignored
 //! --test-threads 1`. With fewer than two CUDA devices every test panics (fails), never passes.
@@ -23,37 +25,16 @@
 mod common;
 
 use common::gpu::{gpu_model, run_two_nodes};
-use common::{check_greedy, fixtures, prompt, reference};
-use dsv3::backend::cuda::device_count;
-use dsv3::dist::{open_group, AllReduce, GroupConfig};
+use common::tp::{check_run, check_step, dp_group, group, has_experts, last_rows, need_two_gpus, run_single, tp1_greedy, Batch, Group, PAGE, PAGES};
+use common::{check_greedy, engine_greedy_tokens, fixtures, prompt, reference};
+use dsv3::dist::{open_group, GroupConfig};
 use dsv3::model::checkpoint::{Checkpoint, DType};
 use dsv3::model::generate::greedy_generate;
-use dsv3::model::gpu::{BatchSeq, GpuModel, LogitRows, PagePool, TpModel};
-use dsv3::model::dp::assign_balanced;
+use dsv3::model::gpu::{GpuModel, GpuOptions, PagePool, TpModel};
 use dsv3::model::shard::{AttnSplit, MoeSplit};
-use dsv3::ops::sampling::{argmax, top2_margin};
 use dsv3::tensor::rel_error;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-
-const PAGES: usize = 16;
-const PAGE: usize = 64;
-
-fn need_two_gpus() {
-    let n = device_count().unwrap_or_else(|e| panic!("no CUDA device: {e}"));
-    assert!(n >= 2, "needs 2 CUDA devices; the driver reports {n}");
-}
-
-/// The group over cuda:0 and cuda:1, opened once per test binary.
-fn group() -> Arc<AllReduce> {
-    static GROUP: OnceLock<Arc<AllReduce>> = OnceLock::new();
-    GROUP
-        .get_or_init(|| {
-            need_two_gpus();
-            Arc::new(open_group(&GroupConfig::single_node(2, 0)).unwrap_or_else(|e| panic!("group over cuda:0, cuda:1: {e}")))
-        })
-        .clone()
-}
+use std::sync::Arc;
 
 fn tp_model(dir: &Path, moe: MoeSplit) -> TpModel {
     TpModel::load(dir, group(), moe).unwrap_or_else(|e| panic!("{}: TP=2 ({moe:?}): {e}", dir.display()))
@@ -69,129 +50,19 @@ fn tolerance(dir: &Path) -> f64 {
     }
 }
 
-/// Three sequences on their own pages (reversed, so paging is exercised), one longer than a page.
-struct Batch {
-    prompts: Vec<Vec<u32>>,
-    tables: Vec<Vec<u32>>,
-    lens: Vec<usize>,
-}
-
-impl Batch {
-    fn new(vocab: usize, max_positions: usize) -> Batch {
-        let long = 70.min(max_positions - 8);
-        let prompts = vec![prompt(1, 11, vocab), prompt(2, 5, vocab), prompt(3, long, vocab)];
-        let per = PAGES / 4;
-        let tables = (0..3).map(|i| ((i * per) as u32..((i + 1) * per) as u32).rev().collect()).collect();
-        Batch { prompts, tables, lens: vec![0; 3] }
-    }
-    fn prefill(&self) -> Vec<BatchSeq<'_>> {
-        let logits = [LogitRows::All, LogitRows::Last, LogitRows::All];
-        (0..3).map(|i| BatchSeq { tokens: &self.prompts[i], start: 0, block_table: &self.tables[i], logits: logits[i] }).collect()
-    }
-    fn decode<'a>(&'a self, next: &'a [[u32; 1]]) -> Vec<BatchSeq<'a>> {
-        (0..3).map(|i| BatchSeq { tokens: &next[i], start: self.lens[i], block_table: &self.tables[i], logits: LogitRows::Last }).collect()
-    }
-}
-
-/// Logits of TP=2 against TP=1, per sequence; greedy choices agree where TP=1's margin is clear.
-#[track_caller]
-fn check_step(what: &str, single: &[Vec<f32>], tp: &[Vec<f32>], vocab: usize, tol: f64) {
-    assert_eq!(single.len(), tp.len(), "{what}: sequences");
-    for (i, (a, b)) in single.iter().zip(tp).enumerate() {
-        assert_eq!(a.len(), b.len(), "{what}: sequence {i}: logits length");
-        if let Some(j) = b.iter().position(|x| !x.is_finite()) {
-            panic!("{what}: sequence {i}: TP logit {j} is {}", b[j]);
-        }
-        let e = rel_error(b, a);
-        assert!(e <= tol, "{what}: sequence {i}: TP vs TP=1 relative error {e:.3e} > {tol:e}");
-        for (r, (ra, rb)) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).enumerate() {
-            let rms = (ra.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
-            if (top2_margin(ra) as f64) > 10.0 * tol * rms {
-                assert_eq!(argmax(ra), argmax(rb), "{what}: sequence {i} row {r}: greedy token differs");
-            }
-        }
-    }
-}
-
-fn last_rows(out: &[Vec<f32>], vocab: usize) -> Vec<[u32; 1]> {
-    out.iter().map(|l| [argmax(&l[l.len() - vocab..]) as u32]).collect()
-}
-
-/// How the group model runs a step of the batch.
-enum Group<'a> {
-    /// Tensor parallel: every rank, the batch's block tables into every pool alike.
-    Tp(&'a TpModel),
-    /// DP attention: sequence i lives on rank `ranks[i]`, its block table `tables[i]` addresses
-    /// that rank's pool.
-    Dp { model: &'a TpModel, ranks: Vec<usize>, tables: Vec<Vec<u32>> },
-}
-
-impl Group<'_> {
-    fn model(&self) -> &TpModel {
-        match self {
-            Group::Tp(m) | Group::Dp { model: m, .. } => m,
-        }
-    }
-
-    fn step(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> dsv3::Result<Vec<Vec<f32>>> {
-        match self {
-            Group::Tp(m) => m.forward_batch(pools, seqs),
-            Group::Dp { model, ranks, tables } => {
-                let own: Vec<BatchSeq<'_>> = seqs.iter().zip(tables).map(|(q, t)| BatchSeq { block_table: t, ..*q }).collect();
-                model.forward_batch_dp(pools, &own, ranks)
-            }
-        }
-    }
-}
-
-/// DP attention over `dp`'s ranks for the three sequences of [`Batch`]: ranks balanced by prompt
-/// length (both ranks get sequences, one gets two), and each rank's sequences on pages counted
-/// from 0 of its own pool, so sequences of different ranks use the same page ids: a write to,
-/// or a read from, another rank's pool would show (the pools start poisoned with NaN).
-fn dp_group<'a>(dp: &'a TpModel, b: &Batch) -> Group<'a> {
-    let world = dp.communicator().world_size();
-    let ranks = assign_balanced(&mut vec![0; world], &b.prompts.iter().map(|p| p.len()).collect::<Vec<_>>());
-    assert!((0..world).all(|r| ranks.contains(&r)), "every rank gets a sequence: {ranks:?}");
-    let per = PAGES / 4;
-    let mut used = vec![0usize; world];
-    let tables = ranks
-        .iter()
-        .map(|&r| {
-            let k = used[r];
-            used[r] += 1;
-            ((k * per) as u32..((k + 1) * per) as u32).rev().collect()
-        })
-        .collect();
-    Group::Dp { model: dp, ranks, tables }
-}
-
 /// Prefill then `steps` decode steps of three sequences, TP=1 and the TP group fed the same tokens.
 fn prefill_and_decode(dir: &Path, single: &GpuModel, tp: &TpModel, what: &str, steps: usize) {
     let b = Batch::new(single.config().vocab_size, single.max_positions());
-    run_batch(dir, single, &Group::Tp(tp), b, what, steps);
+    run_batch(dir, single, &Group::Tp(tp), &b, what, steps);
 }
 
-/// Prefill then `steps` decode steps of `b`'s three sequences, TP=1 and `group`.
-fn run_batch(dir: &Path, single: &GpuModel, group: &Group<'_>, mut b: Batch, what: &str, steps: usize) {
-    let vocab = single.config().vocab_size;
+/// Prefill then `steps` decode steps of `b`'s three sequences, TP=1 and `group` (fed TP=1's tokens).
+fn run_batch(dir: &Path, single: &GpuModel, group: &Group<'_>, b: &Batch, what: &str, steps: usize) {
     let tol = tolerance(dir);
-    let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
-    let mut p2 = group.model().new_page_pools(PAGES, PAGE).unwrap();
-    let a = single.forward_batch(&mut p1, &b.prefill()).unwrap();
-    let t = group.step(&mut p2, &b.prefill()).unwrap_or_else(|e| panic!("{what}: prefill: {e}"));
-    check_step(&format!("{what} prefill"), &a, &t, vocab, tol);
-    b.lens = b.prompts.iter().map(|p| p.len()).collect();
-    let mut next = last_rows(&a, vocab);
-    let mut worst = rel_error(&t.concat(), &a.concat());
-    for step in 0..steps {
-        let a = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
-        let t = group.step(&mut p2, &b.decode(&next)).unwrap_or_else(|e| panic!("{what}: decode {step}: {e}"));
-        check_step(&format!("{what} decode {step}"), &a, &t, vocab, tol);
-        worst = worst.max(rel_error(&t.concat(), &a.concat()));
-        next = last_rows(&a, vocab);
-        b.lens.iter_mut().for_each(|l| *l += 1);
-    }
-    println!("{what}: worst logits rel error vs TP=1 {worst:.2e} (tolerance {tol:e})");
+    let want = run_single(single, b, steps, None);
+    let got = group.run(b, steps, &want, what);
+    let worst = check_run(what, &want, &got, single.config().vocab_size, &vec![tol; steps + 1]);
+    println!("{what}: logits rel error vs TP=1 {worst:.2e} (tolerance {tol:e})");
 }
 
 #[test]
@@ -211,8 +82,7 @@ fn ep2_logits_match_tp1_on_the_moe_fixtures() {
     need_two_gpus();
     for dir in fixtures() {
         let single = gpu_model(&dir);
-        let c = single.config();
-        if !(0..c.num_hidden_layers).any(|i| c.is_moe_layer(i)) || c.n_routed_experts < 2 {
+        if !has_experts(single.config()) {
             continue;
         }
         let tp = tp_model(&dir, MoeSplit::Expert);
@@ -229,10 +99,9 @@ fn dp_attention2_logits_match_tp1_on_every_fixture() {
     for dir in fixtures() {
         let single = gpu_model(&dir);
         let c = single.config().clone();
-        let moe_fixture = (0..c.num_hidden_layers).any(|i| c.is_moe_layer(i)) && c.n_routed_experts >= 2;
-        let splits: &[MoeSplit] = if moe_fixture { &[MoeSplit::Tensor, MoeSplit::Expert] } else { &[MoeSplit::Tensor] };
+        let splits: &[MoeSplit] = if has_experts(&c) { &[MoeSplit::Tensor, MoeSplit::Expert] } else { &[MoeSplit::Tensor] };
         for &moe in splits {
-            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
+            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
             for (i, m) in dp.shards().iter().enumerate() {
                 assert_eq!(m.shard_plan().heads, 0..c.num_attention_heads, "{}: rank {i} holds every head", dir.display());
             }
@@ -243,7 +112,7 @@ fn dp_attention2_logits_match_tp1_on_every_fixture() {
             assert!(dp.capture_decode_graph(&mut pools, 4, (PAGES - 1) as u32).is_err(), "{}: DP decode graphs", dir.display());
             drop(pools);
             let g = dp_group(&dp, &b);
-            run_batch(&dir, &single, &g, b, &format!("{} DP attention 2 ({moe:?} MoE)", dir.display()), 5);
+            run_batch(&dir, &single, &g, &b, &format!("{} DP attention 2 ({moe:?} MoE)", dir.display()), 5);
         }
     }
 }
@@ -259,7 +128,7 @@ fn dp_attention2_greedy_tokens_match_tp1() {
         let r = reference(&dir);
         let single = greedy_generate(&gpu_model(&dir), &r.prompt, r.output.len(), false).unwrap().output_token_ids;
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
-            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
+            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
             let gen = greedy_generate(&dp, &r.prompt, r.output.len(), false).unwrap_or_else(|e| panic!("{}: DP {moe:?}: {e}", dir.display()));
             let compared = check_greedy(&dir, &gen.output_token_ids, &r);
             assert_eq!(gen.output_token_ids[..compared], single[..compared], "{}: DP attention {moe:?} vs TP=1", dir.display());
@@ -300,43 +169,23 @@ fn tp2_decode_graphs_match_eager() {
         let tol = tolerance(&dir);
         let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
         let mut p2: Vec<PagePool> = tp.new_page_pools(PAGES, PAGE).unwrap();
-        let mut b = Batch::new(vocab, single.max_positions());
+        let b = Batch::new(vocab, single.max_positions());
         let a = single.forward_batch(&mut p1, &b.prefill()).unwrap();
         tp.forward_batch(&mut p2, &b.prefill()).unwrap();
-        b.lens = b.prompts.iter().map(|p| p.len()).collect();
         // Batch of 3 in a graph of 4: one padding row on the last (unused) page.
         let graph = tp.capture_decode_graph(&mut p2, 4, (PAGES - 1) as u32).unwrap_or_else(|e| panic!("{}: capture: {e}", dir.display()));
         let mut next = last_rows(&a, vocab);
         for step in 0..4 {
-            let want = single.forward_batch(&mut p1, &b.decode(&next)).unwrap();
-            let eager = tp.forward_batch(&mut p2, &b.decode(&next)).unwrap();
+            let want = single.forward_batch(&mut p1, &b.decode(step, &next)).unwrap();
+            let eager = tp.forward_batch(&mut p2, &b.decode(step, &next)).unwrap();
             // The same step again from the graph: it rewrites the same latent rows.
-            let replay = tp.forward_decode_graph(&graph, &mut p2, &b.decode(&next)).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
+            let replay = tp.forward_decode_graph(&graph, &mut p2, &b.decode(step, &next)).unwrap_or_else(|e| panic!("{}: replay {step}: {e}", dir.display()));
             let e = rel_error(&replay.concat(), &eager.concat());
             assert!(e <= 1e-6, "{}: step {step}: graph vs eager TP=2 rel error {e:.3e}", dir.display());
             check_step(&format!("{} graph step {step}", dir.display()), &want, &replay, vocab, tol);
             next = last_rows(&want, vocab);
-            b.lens.iter_mut().for_each(|l| *l += 1);
         }
         println!("{}: TP=2 decode graphs match eager TP=2 and TP=1", dir.display());
-    }
-}
-
-/// Greedy tokens of TP=1 (single-sequence path) and, per step, whether its margin is clear at
-/// `tol` (as in `check_step`).
-fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
-    let vocab = m.config().vocab_size;
-    let mut cache = m.new_gpu_cache().unwrap();
-    let mut row = m.forward_gpu(p, &mut cache).unwrap().row(p.len() - 1).to_vec();
-    let mut out = Vec::new();
-    loop {
-        let rms = (row.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
-        let tok = argmax(&row) as u32;
-        out.push((tok, (top2_margin(&row) as f64) > 10.0 * tol * rms));
-        if out.len() == n {
-            return out;
-        }
-        row = m.forward_gpu(&[tok], &mut cache).unwrap().row(0).to_vec();
     }
 }
 
@@ -346,7 +195,7 @@ fn tp1_greedy(m: &GpuModel, p: &[u32], n: usize, tol: f64) -> Vec<(u32, bool)> {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn tp2_engine_serves_the_tokens_of_tp1() {
-    use dsv3::engine::{Engine, EngineConfig, EngineEvent, GenerateRequest, KvCacheSize, SamplingParams, TpStepModel};
+    use dsv3::engine::TpStepModel;
     need_two_gpus();
     for dir in fixtures() {
         let single = gpu_model(&dir);
@@ -357,32 +206,8 @@ fn tp2_engine_serves_the_tokens_of_tp1() {
         let want: Vec<Vec<(u32, bool)>> = prompts.iter().map(|p| tp1_greedy(&single, p, max_new, tol)).collect();
         drop(single);
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
-            let cfg = EngineConfig { page_size: 16, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
             let model = TpStepModel::new(tp_model(&dir, moe)).with_cuda_graphs(8);
-            let mut engine = Engine::new(Box::new(model), &cfg, None).unwrap();
-            let mut rxs = Vec::new();
-            for (i, p) in prompts.iter().enumerate() {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_new) };
-                engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).unwrap();
-                rxs.push(rx);
-            }
-            let mut steps = 0;
-            while engine.has_work() {
-                engine.step();
-                steps += 1;
-                assert!(steps < 10_000, "the engine does not make progress");
-            }
-            for (i, rx) in rxs.iter_mut().enumerate() {
-                let mut ids = Vec::new();
-                while let Ok(ev) = rx.try_recv() {
-                    match ev {
-                        EngineEvent::Token(t) => ids.push(t.token_id),
-                        EngineEvent::Failed(m) => panic!("{}: {moe:?}: request {i} failed: {m}", dir.display()),
-                        _ => {}
-                    }
-                }
-                assert_eq!(ids.len(), max_new, "{}: {moe:?}: request {i}", dir.display());
+            for (i, ids) in engine_greedy_tokens(Box::new(model), &prompts, max_new, 16, false).iter().enumerate() {
                 let clear = want[i].iter().take_while(|(_, c)| *c).count();
                 let tp1: Vec<u32> = want[i].iter().map(|(t, _)| *t).collect();
                 // Token j is chosen at step j: equal while TP=1's margins are clear.

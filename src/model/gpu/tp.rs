@@ -14,6 +14,12 @@
 //!
 //! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]).
 //!
+//! Every rank computes as the [`GpuOptions`] the group was loaded with (the fast kernels, the
+//! bf16 or fp8 latent pools, the split-KV MLA kernel where its shape allows), as one GPU does.
+//! Greedy readout ([`Readout::Argmax`]): each rank takes the argmax of its vocab slice on the
+//! device and returns (index, value) per row; the host keeps the largest value, the lowest global
+//! index on ties (`ops::sampling::argmax_of_slices`) — the argmax of the concatenated row.
+//!
 //! DP attention ([`TpModel::load_with`] with [`AttnSplit::Data`]): every rank holds every head and
 //! attends only for the sequences assigned to it ([`TpModel::forward_batch_dp`]); those live in
 //! its own pool alone (their block tables address that rank's pool; the other pools never see
@@ -29,8 +35,8 @@ use std::sync::Arc;
 
 use super::forward::{run_ranks, AttnPart, RankStep};
 use super::graph::padded_decode_rows;
-use super::step::{pack_step, split_rows, StepTensors};
-use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
+use super::step::{pack_step, row_counts, split_rows, StepLayout, StepTensors};
+use super::{BatchOutput, BatchSeq, GpuModel, GpuOptions, LogitRows, PagePool, Readout, PAGE_SIZE};
 use crate::backend::dispatch::{self, Strided};
 use crate::backend::memory::RetainedBlocks;
 use crate::backend::{DType, DeviceTensor};
@@ -41,7 +47,7 @@ use crate::model::config::ModelConfig;
 use crate::model::generate::CausalLm;
 use crate::model::dp::DpLayout;
 use crate::model::shard::{AttnSplit, MoeSplit, Shard};
-use super::GpuOptions;
+use crate::ops::sampling::argmax_of_slices;
 use crate::tensor::Tensor;
 
 pub struct TpModel {
@@ -53,13 +59,15 @@ pub struct TpModel {
 
 impl TpModel {
     /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator (the group
-    /// may serve several models one after another).
+    /// may serve several models one after another), attention heads split, with the reference
+    /// options (as [`GpuModel::load`]).
     pub fn load(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit) -> Result<TpModel> {
-        Self::load_with(dir, ar, moe, AttnSplit::Heads)
+        Self::load_with(dir, ar, moe, AttnSplit::Heads, GpuOptions::reference())
     }
 
-    /// [`TpModel::load`] with attention split by `attn`: heads (TP) or data (DP attention).
-    pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit) -> Result<TpModel> {
+    /// [`TpModel::load`] with attention split by `attn` (heads: TP; data: DP attention), every
+    /// rank computing as `opts` says.
+    pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit, opts: GpuOptions) -> Result<TpModel> {
         let comm = ar.communicator().clone();
         let world = comm.world_size();
         if attn == AttnSplit::Data && comm.nnodes() > 1 {
@@ -68,7 +76,7 @@ impl TpModel {
         let models = (0..comm.local_size())
             .map(|i| {
                 let stream = Box::new(RankStream::new(comm.clone(), i)?);
-                GpuModel::load_shard(dir, stream, Shard::with_attn(comm.global_rank(i), world, moe, attn)?, GpuOptions::reference())
+                GpuModel::load_shard(dir, stream, Shard::with_attn(comm.global_rank(i), world, moe, attn)?, opts)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(TpModel { models, ar, comm, attn })
@@ -94,6 +102,14 @@ impl TpModel {
     }
     pub fn latent_width(&self) -> usize {
         self.models[0].latent_width()
+    }
+    /// How every rank computes.
+    pub fn options(&self) -> GpuOptions {
+        self.models[0].options()
+    }
+    /// Bytes of one cached position per layer in each rank's pool ([`GpuModel::cache_row_bytes`]).
+    pub fn cache_row_bytes(&self) -> usize {
+        self.models[0].cache_row_bytes()
     }
     /// The smallest free device memory of the local GPUs (bytes), and their total.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
@@ -169,58 +185,72 @@ impl TpModel {
         Ok(full.into_iter().map(Some).collect())
     }
 
-    /// Host logits [rows, vocab] from what [`TpModel::run`] returned, one tensor per rank.
-    fn host_logits(&self, logits: &[&DeviceTensor], rows: usize) -> Result<Vec<f32>> {
-        let vocab = self.config().vocab_size;
+    /// The logits tensors to read, with the vocab column of each one's first column: every
+    /// rank's slice on one node; rank 0's assembled rows across nodes (every rank holds them).
+    fn logit_parts<'a>(&'a self, logits: &'a [Option<DeviceTensor>]) -> Result<Vec<(&'a GpuModel, &'a DeviceTensor, usize)>> {
+        let parts = self.models.iter().zip(logits).map(|(m, l)| {
+            let l = l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))?;
+            Ok((m, l, m.vocab_slice().start))
+        });
         if self.comm.nnodes() > 1 {
-            // Every rank holds the assembled logits.
-            return logits[0].to_f32(self.models[0].stream());
+            return parts.take(1).map(|p| p.map(|(m, l, _)| (m, l, 0))).collect();
         }
-        let mut out = vec![0f32; rows * vocab];
-        for (m, l) in self.models.iter().zip(logits) {
-            let part = l.to_f32(m.stream())?;
-            let cols = m.vocab_slice();
-            for (r, row) in part.chunks_exact(cols.len()).enumerate() {
-                out[r * vocab + cols.start..r * vocab + cols.end].copy_from_slice(row);
-            }
-        }
-        Ok(out)
+        parts.collect()
     }
 
-    /// Step tensors of `packed` on every rank.
-    fn upload(&self, packed: &[u32], layout: &super::step::StepLayout) -> Result<Vec<StepTensors>> {
-        self.models
-            .iter()
-            .map(|m| {
-                let st = StepTensors::alloc(m.stream(), layout, None)?;
-                st.upload(m.stream(), packed)?;
-                Ok(st)
-            })
-            .collect()
+    /// Per sequence, its `counts[i]` consecutive rows of what [`TpModel::run`] returned, as
+    /// `readout` says: the host concatenates the ranks' slices, or merges their device argmaxes.
+    fn read_rows(&self, logits: &[Option<DeviceTensor>], counts: &[usize], readout: Readout) -> Result<BatchOutput> {
+        let rows: usize = counts.iter().sum();
+        let vocab = self.config().vocab_size;
+        if rows == 0 {
+            return Ok(BatchOutput::empty(readout, counts.len()));
+        }
+        let parts = self.logit_parts(logits)?;
+        match readout {
+            Readout::Logits => {
+                let mut host = vec![0f32; rows * vocab];
+                for (m, l, start) in parts {
+                    let width = l.shape()[1];
+                    let part = l.to_f32(m.stream())?;
+                    for (r, row) in part.chunks_exact(width).take(rows).enumerate() {
+                        host[r * vocab + start..r * vocab + start + width].copy_from_slice(row);
+                    }
+                }
+                Ok(BatchOutput::Logits(split_rows(&host, counts, vocab)))
+            }
+            Readout::Argmax => {
+                let per_rank = parts.iter().map(|(m, l, start)| Ok((*start, m.argmax_rows(l, true)?))).collect::<Result<Vec<_>>>()?;
+                let ids: Vec<u32> = (0..rows)
+                    .map(|r| argmax_of_slices(per_rank.iter().map(|(start, (ids, maxima))| (*start, ids[r] as usize, maxima[r]))) as u32)
+                    .collect();
+                Ok(BatchOutput::Argmax(split_rows(&ids, counts, 1)))
+            }
+        }
+    }
+
+    /// Step tensors of `seqs` (packed as `packed`, `layout`) on every rank, with the MLA
+    /// kernel's schedules where each rank's pool allows them.
+    fn upload(&self, pools: &[PagePool], seqs: &[BatchSeq<'_>], packed: &[u32], layout: &StepLayout) -> Result<Vec<StepTensors>> {
+        self.models.iter().zip(pools).map(|(m, pool)| m.step_tensors(pool, seqs, packed, layout)).collect()
     }
 
     /// [`GpuModel::forward_batch`] over the group: `pools[i]` is local rank i's pool; the block
     /// tables address every pool alike.
     pub fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_as(pools, seqs, Readout::Logits)?.into_logits()
+    }
+
+    /// [`TpModel::forward_batch`] read out as `readout` says ([`GpuModel::forward_batch_as`]).
+    pub fn forward_batch_as(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         if self.attn == AttnSplit::Data {
             return Err(Error::InvalidArgument("DP attention: every sequence needs its rank (forward_batch_dp)".into()));
         }
         self.check_pools(pools)?;
         let (packed, layout) = pack_step(&self.models[0], &pools[0], seqs, None)?;
-        let steps = self.upload(&packed, &layout)?;
+        let steps = self.upload(pools, seqs, &packed, &layout)?;
         let logits = self.run(pools, &steps, &[])?;
-        self.batch_logits(&logits, layout.rows, seqs)
-    }
-
-    /// Per sequence of `seqs` (in the step's order), its logits rows from what [`TpModel::run`]
-    /// returned.
-    fn batch_logits(&self, logits: &[Option<DeviceTensor>], rows: usize, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        if rows == 0 {
-            return Ok(vec![Vec::new(); seqs.len()]);
-        }
-        let logits = logits.iter().map(|l| l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))).collect::<Result<Vec<_>>>()?;
-        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
-        Ok(split_rows(&self.host_logits(&logits, rows)?, &counts, self.config().vocab_size))
+        self.read_rows(&logits, &row_counts(seqs), readout)
     }
 
     /// [`TpModel::forward_batch`] under DP attention: sequence `i` lives on global rank
@@ -235,9 +265,10 @@ impl TpModel {
         let dp = DpLayout::new(&lens, ranks, self.comm.world_size())?;
         let ordered: Vec<BatchSeq<'_>> = dp.order.iter().map(|&i| seqs[i]).collect();
         // The whole step (every rank alike): embedding, FFN, logits rows. Its block tables are
-        // checked against pool 0's shape, which every pool shares, and never read.
+        // checked against pool 0's shape, which every pool shares, and never read (no attention
+        // schedules either).
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &ordered, None)?;
-        let steps = self.upload(&packed, &layout)?;
+        let steps = self.models.iter().map(|m| StepTensors::uploaded(m.stream(), &layout, None, &packed)).collect::<Result<Vec<_>>>()?;
         // Each rank's own sequences, over its own pool; no logits rows (the whole step's give them).
         let mut own = Vec::with_capacity(self.models.len());
         for (i, (m, pool)) in self.models.iter().zip(pools.iter()).enumerate() {
@@ -248,14 +279,12 @@ impl TpModel {
             }
             let mine: Vec<BatchSeq<'_>> = mine.iter().map(|q| BatchSeq { logits: LogitRows::None, ..*q }).collect();
             let (p, l) = pack_step(m, pool, &mine, None)?;
-            let st = StepTensors::alloc(m.stream(), &l, m.mla_decode_plan(pool, &l))?;
-            st.upload(m.stream(), &p)?;
-            own.push(Some(st));
+            own.push(Some(m.step_tensors(pool, &mine, &p, &l)?));
         }
         let attn: Vec<AttnPart<'_>> =
             own.iter().enumerate().map(|(i, st)| AttnPart::Own { rows: &dp.tokens[self.comm.global_rank(i)], step: st.as_ref() }).collect();
         let logits = self.run(pools, &steps, &attn)?;
-        dp.to_batch_order(self.batch_logits(&logits, layout.rows, &ordered)?)
+        dp.to_batch_order(self.read_rows(&logits, &row_counts(&ordered), Readout::Logits)?.into_logits()?)
     }
 
     /// [`GpuModel::capture_decode_graph`] over the group: one graph per rank, captured together.
@@ -272,7 +301,7 @@ impl TpModel {
         let pad_table = [pad_page];
         let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &seqs, Some(max_pages))?;
-        let inputs = self.upload(&packed, &layout)?;
+        let inputs = self.upload(pools, &seqs, &packed, &layout)?;
         // Eagerly once: loads every kernel, warms the allocators.
         drop(self.run(pools, &inputs, &[])?);
         self.comm.synchronize()?;
@@ -287,16 +316,17 @@ impl TpModel {
         });
         let memory: Vec<RetainedBlocks> = allocs.iter().map(|a| a.end_retain()).collect();
         let graph = graph?;
-        let logits = out
-            .ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?
-            .into_iter()
-            .map(|l| l.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into())))
-            .collect::<Result<Vec<_>>>()?;
+        let logits = out.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?;
         Ok(TpDecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, logits })
     }
 
     /// [`GpuModel::forward_decode_graph`] over the group.
     pub fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.decode_graph_as(g, pools, seqs, Readout::Logits)?.into_logits()
+    }
+
+    /// [`GpuModel::decode_graph_as`] over the group: one row per sequence of `seqs`.
+    pub fn decode_graph_as(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         self.check_pools(pools)?;
         let pad_table = [g.pad_page];
         let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
@@ -308,13 +338,8 @@ impl TpModel {
             inp.upload(m.stream(), &packed)?;
         }
         g.graph.launch()?;
-        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), g.bs)?;
-        let v = self.config().vocab_size;
-        Ok(seqs
-            .iter()
-            .enumerate()
-            .map(|(i, q)| if q.logits.count(1) == 0 { Vec::new() } else { host[i * v..(i + 1) * v].to_vec() })
-            .collect())
+        // Every real row (the padding rows after them are not read).
+        self.read_rows(&g.logits, &vec![1; seqs.len()], readout)
     }
 }
 
@@ -327,7 +352,8 @@ pub struct TpDecodeGraph {
     max_pages: usize,
     pad_page: u32,
     inputs: Vec<StepTensors>,
-    logits: Vec<DeviceTensor>,
+    /// Per rank (all `Some`: every row asks for logits).
+    logits: Vec<Option<DeviceTensor>>,
 }
 
 impl TpDecodeGraph {
