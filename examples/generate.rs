@@ -14,6 +14,11 @@
 //! `--enable-dp-attention` (one node; `--dp` 1 or equal to `--tp`): every GPU holds all attention
 //! weights and attends for its own sequences (here the one prompt, on rank 0); the MoE / MLP stays
 //! TP (or EP) over all GPUs.
+//!
+//! On a GPU, `--kv-cache-dtype` picks how the model computes, one GPU and every rank of `--tp`
+//! alike, with serve's values: `f32` (the default here: the reference path, the CPU's numbers to
+//! f32 rounding, for comparisons with transformers), `auto` / `bf16` (the fast kernels over a bf16
+//! latent cache, what serve runs by default) or `fp8_e4m3` (the same over the fp8 cache).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,7 +27,7 @@ use std::time::Instant;
 use clap::{Parser, ValueEnum};
 use dsv3::backend::Device;
 use dsv3::model::cpu::{AttentionPath, CpuModel, CpuOptions};
-use dsv3::model::gpu::GpuModel;
+use dsv3::model::gpu::{GpuModel, GpuOptions};
 use dsv3::model::embedded;
 use dsv3::model::generate::{greedy_generate, CausalLm, Generation};
 use dsv3::model::quant_method;
@@ -65,6 +70,10 @@ struct Args {
     /// MLA formulation on the CPU: auto (naive prefill, absorbed decode), naive or absorbed.
     #[arg(long, value_enum, default_value_t = Attention::Auto)]
     attention: Attention,
+    /// On a GPU: f32 (the reference path), auto / bf16 (fast kernels, bf16 latent cache) or
+    /// fp8_e4m3 (fast kernels, fp8 latent cache); every TP rank alike.
+    #[arg(long, default_value = "f32")]
+    kv_cache_dtype: String,
     /// Expected weight format (fp8, w8a8_int8, blockwise_int8, moe_wna16, awq): an error when the
     /// checkpoint holds another. Without it the format is detected from the checkpoint.
     #[arg(long)]
@@ -108,6 +117,7 @@ fn run(args: Args) -> Result<()> {
     if args.par.enable_dp_attention && args.par.nnodes > 1 {
         return Err(Error::InvalidArgument("--enable-dp-attention runs on one node (--nnodes 1)".into()));
     }
+    let gpu_opts = dsv3::server::launch::kv_cache_options(&args.kv_cache_dtype).map_err(Error::InvalidArgument)?;
     let t0 = Instant::now();
     match args.device {
         Device::Cpu => {
@@ -123,9 +133,9 @@ fn run(args: Args) -> Result<()> {
             let model = CpuModel::load(&dir, opts)?;
             generate(&args, &dir, &model, t0)
         }
-        device if args.par.tp > 1 || args.par.nnodes > 1 => generate_tp(&args, &dir, device, t0),
+        device if args.par.tp > 1 || args.par.nnodes > 1 => generate_tp(&args, &dir, device, gpu_opts, t0),
         device => {
-            let model = GpuModel::load(&dir, device)?;
+            let model = GpuModel::load_with(&dir, device, gpu_opts)?;
             generate(&args, &dir, &model, t0)
         }
     }
@@ -133,7 +143,7 @@ fn run(args: Args) -> Result<()> {
 
 /// `--tp N` (and several nodes): one process drives this node's GPUs of the group.
 #[cfg(feature = "cuda")]
-fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<()> {
+fn generate_tp(args: &Args, dir: &Path, device: Device, opts: GpuOptions, t0: Instant) -> Result<()> {
     use dsv3::dist::{open_group, GroupConfig};
     use dsv3::model::gpu::TpModel;
     use dsv3::model::shard::{AttnSplit, MoeSplit};
@@ -158,13 +168,13 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, t0: Instant) -> Result<(
     let ar = std::sync::Arc::new(open_group(&group)?);
     let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
     let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
-    let model = TpModel::load_with(dir, ar, moe, attn)?;
+    let model = TpModel::load_with(dir, ar, moe, attn, opts)?;
     tracing::info!("{} ({moe:?} MoE split)", model.describe());
     generate(args, dir, &model, t0)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn generate_tp(args: &Args, _dir: &Path, _device: Device, _t0: Instant) -> Result<()> {
+fn generate_tp(args: &Args, _dir: &Path, _device: Device, _opts: GpuOptions, _t0: Instant) -> Result<()> {
     Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp, args.par.nnodes)))
 }
 

@@ -296,7 +296,8 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     let ar = std::sync::Arc::new(open_group(&group).map_err(|e| e.to_string())?);
     let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
     let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
-    let model = TpModel::load_with(dir, ar, moe, attn).map_err(|e| e.to_string())?;
+    // Every rank computes as one GPU would (--kv-cache-dtype: the fast kernels, bf16 or fp8 cache).
+    let model = TpModel::load_with(dir, ar, moe, attn, engine_cfg.gpu_options).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;
     let mut step = TpStepModel::new(model).with_cuda_graphs(engine_cfg.cuda_graph_max_bs);
     let step: Box<dyn dsv3::engine::StepModel> = match (channel, listener) {

@@ -7,6 +7,9 @@
 //   moe_gemm:    C[r, :] = A[r, :] · W[e]^T for rows r of expert e (W [E, N, K], optional float8
 //                block scales [E, ceil(N/128), ceil(K/128)]). grid (ceil(N/64), ceil(P/64), E).
 //   moe_combine: out[t, :] = beta * out[t, :] + Σ_k w[t, k] * y[pair_to_row[t*K+k], :]. One block per token.
+//   moe_local_ids: an expert-parallel rank's view of topk_ids: ids of its experts [first, first + count)
+//                become id - first, every other id -1 (the fused MoE and moe_align skip ids outside
+//                [0, count)). Grid-stride.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "gemm.cuh"
@@ -40,6 +43,13 @@ DSV3_DEV void moe_align(i32* DSV3_RESTRICT expert_offsets, i32* DSV3_RESTRICT so
         ++pos;
       }
     }
+  }
+}
+
+DSV3_DEV void moe_local_ids(i32* DSV3_RESTRICT local, const i32* DSV3_RESTRICT ids, u32 n, u32 first, u32 count) {
+  for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+    const i32 id = ids[i];
+    local[i] = (id >= (i32)first && (u32)(id - (i32)first) < count) ? id - (i32)first : -1;
   }
 }
 

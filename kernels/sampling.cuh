@@ -1,6 +1,8 @@
 // Argmax over vocabulary rows, and sampling with temperature / top-k / top-p.
 //
-//   argmax: out[r] = first index of the largest value of row r (NaN never wins). One block per row.
+//   argmax: out[r] = first index of the largest value of row r, values[r] (when not null) that
+//     value; NaN and -inf never win, and a row without a larger value gives 0 (value -inf): the
+//     host's ops::sampling::argmax exactly. One block per row.
 //   sample: per row r, temperature[r] <= 0 means greedy (argmax). Otherwise z = (x - max) / T;
 //     top_k[r] in (0, V) keeps the tokens whose z is >= the k-th largest z; top_p[r] in (0, 1)
 //     keeps, of those, the smallest top set whose probability mass reaches top_p (ties at the edge
@@ -12,21 +14,37 @@
 
 namespace dsv3 {
 
+// The first index of the largest value of row[0, cols), and that value in `best`; 0 and -inf
+// when no value exceeds -inf (all NaN or -inf). Every thread of the block gets both.
+template <class T>
+DSV3_DEV int row_argmax(const T* DSV3_RESTRICT row, u32 cols, float& best, float* scratch, int* iscratch) {
+  float v = -f32_inf();
+  int idx = 0x7fffffff;
+  // Strict >: each thread visits its indices in increasing order, so it keeps the first of equal
+  // values, and neither NaN nor -inf ever becomes a candidate (as on the host).
+  for (u32 i = tid(); i < cols; i += nthreads()) {
+    const float y = to_float(row[i]);
+    if (y > v) { v = y; idx = (int)i; }
+  }
+  // Equal candidates of different threads: the lowest index wins.
+  block_argmax(v, idx, scratch, iscratch);
+  best = v;
+  return idx == 0x7fffffff ? 0 : idx;
+}
+
 template <class T, int BLOCK>
-DSV3_DEV void argmax_rows(i32* DSV3_RESTRICT out, const T* DSV3_RESTRICT x, u32 rows, u32 cols) {
+DSV3_DEV void argmax_rows(i32* DSV3_RESTRICT out, float* DSV3_RESTRICT values, const T* DSV3_RESTRICT x, u32 rows,
+                          u32 cols) {
   __shared__ float scratch[32];
   __shared__ int iscratch[32];
   const u32 r = blockIdx.x;
   if (r >= rows) return;
-  const T* row = x + (u64)r * cols;
-  float v = -f32_inf();
-  int idx = 0x7fffffff;
-  for (u32 i = tid(); i < cols; i += nthreads()) {
-    const float y = to_float(row[i]);
-    if (y > v || (y == v && (int)i < idx)) { v = y; idx = (int)i; }
+  float best;
+  const int idx = row_argmax(x + (u64)r * cols, cols, best, scratch, iscratch);
+  if (tid() == 0) {
+    out[r] = idx;
+    if (values) values[r] = best;
   }
-  block_argmax(v, idx, scratch, iscratch);
-  if (tid() == 0) out[r] = idx == 0x7fffffff ? 0 : idx;
 }
 
 // Monotone map f32 -> u32 (for finite values and +-inf).
@@ -46,15 +64,10 @@ DSV3_DEV void sample_rows(i32* DSV3_RESTRICT out, const T* DSV3_RESTRICT x, cons
   const T* row = x + (u64)r * cols;
   const float temp = temperature[r];
   // Max (and the greedy answer).
-  float mx = -f32_inf();
-  int idx = 0x7fffffff;
-  for (u32 i = tid(); i < cols; i += nthreads()) {
-    const float y = to_float(row[i]);
-    if (y > mx || (y == mx && (int)i < idx)) { mx = y; idx = (int)i; }
-  }
-  block_argmax(mx, idx, scratch, iscratch);
+  float mx;
+  const int idx = row_argmax(row, cols, mx, scratch, iscratch);
   if (!(temp > 0.0f)) {
-    if (tid() == 0) out[r] = idx == 0x7fffffff ? 0 : idx;
+    if (tid() == 0) out[r] = idx;
     return;
   }
   const float inv_t = 1.0f / temp;

@@ -13,7 +13,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 
 use common::{collect, dp, prompt};
-use dsv3::engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, ModelSpec, SamplingParams, SeqStep, StepModel};
+use dsv3::engine::{Engine, EngineConfig, GenerateRequest, KvCacheSize, ModelSpec, SamplingParams, SeqStep, StepModel, StepOutput};
 use dsv3::error::{Error, Result};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -93,10 +93,10 @@ impl StepModel for FakeDp {
         self.pools = vec![vec![None; num_pages * page_size]; self.ranks];
         Ok(())
     }
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         let seen = batch.iter().map(|s| Seen { rank: s.rank, start: s.start, tokens: s.tokens.to_vec() }).collect();
         self.log.lock().unwrap_or_else(|e| e.into_inner()).push(seen);
-        batch.iter().map(|s| self.seq_step(s)).collect()
+        batch.iter().map(|s| Ok(self.seq_step(s)?.map(StepOutput::Logits))).collect()
     }
     fn dp_ranks(&self) -> usize {
         self.ranks

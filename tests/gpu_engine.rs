@@ -12,11 +12,11 @@ mod common;
 use std::path::Path;
 
 use common::gpu::gpu_model;
-use common::{check_greedy, collect, fixtures, prompt, reference, step_to_completion};
+use common::{check_greedy, collect, engine_greedy_tokens, fixtures, prompt, reference, step_to_completion};
 use dsv3::backend::Device;
 use dsv3::engine::{
     Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuStepModel, KvCacheSize,
-    SamplingParams, SeqStep, StepModel, Usage,
+    SamplingParams, SeqStep, StepModel, StepOutput, Usage,
 };
 use dsv3::model::cpu::{CpuModel, CpuOptions};
 use dsv3::model::generate::{greedy_generate, CausalLm};
@@ -95,6 +95,17 @@ fn check_against_cpu(what: &str, ours: &[u32], cpu: &(Vec<u32>, Vec<f32>)) -> us
 
 fn greedy(n: usize) -> SamplingParams {
     SamplingParams { ignore_eos: true, ..SamplingParams::greedy(n) }
+}
+
+/// The logits rows of a step whose every sequence wanted logits and none took the device argmax.
+#[track_caller]
+fn logits_of(out: Vec<Option<StepOutput>>) -> Vec<Vec<f32>> {
+    out.into_iter()
+        .map(|o| match o {
+            Some(StepOutput::Logits(l)) => l,
+            other => panic!("expected a logits row, got {other:?}"),
+        })
+        .collect()
 }
 
 #[test]
@@ -297,17 +308,17 @@ fn decode_graphs_give_the_eager_logits() {
         let mut sm = GpuStepModel::new(gpu_model(&dir)).with_cuda_graphs(8);
         sm.allocate_cache(64, ps).unwrap();
         let mut steps: Vec<SeqStep> = (0..5)
-            .map(|i| SeqStep { tokens: &prompts[i], start: 0, block_table: &tables[i], want_logits: true, rank: 0 })
+            .map(|i| SeqStep { tokens: &prompts[i], start: 0, block_table: &tables[i], want_logits: true, rank: 0, greedy: false })
             .collect();
-        let first = sm.step(&steps).unwrap();
+        let first = logits_of(sm.step(&steps).unwrap());
         assert!(sm.captured_graphs().is_empty(), "prefill steps run eagerly");
-        let toks: Vec<[u32; 1]> = first.iter().map(|l| [argmax(l.as_deref().unwrap())]).collect();
+        let toks: Vec<[u32; 1]> = first.iter().map(|l| [argmax(l)]).collect();
         for (i, s) in steps.iter_mut().enumerate() {
-            *s = SeqStep { tokens: &toks[i], start: prompts[i].len(), block_table: &tables[i], want_logits: true, rank: 0 };
+            *s = SeqStep { tokens: &toks[i], start: prompts[i].len(), block_table: &tables[i], want_logits: true, rank: 0, greedy: false };
         }
-        let out = sm.step(&steps).unwrap();
+        let out = logits_of(sm.step(&steps).unwrap());
         assert_eq!(sm.captured_graphs(), vec![8]);
-        assert!(out.iter().all(|l| l.as_ref().is_some_and(|l| l.len() == vocab && l.iter().all(|x| x.is_finite()))));
+        assert!(out.iter().all(|l| l.len() == vocab && l.iter().all(|x| x.is_finite())));
     }
 }
 
@@ -466,4 +477,129 @@ fn gpu_engine_serves_requests_over_the_fp8_cache() {
     assert!(compared > 0, "no token had a clear margin: the comparison with the CPU was vacuous");
     assert_eq!(engine.pages_in_use(), 0);
     println!("fp8 cache engine: {steps} steps, widest {widest}, {compared} tokens checked against the CPU");
+}
+
+/// One step of `sm` over `seqs` (`(tokens, start, block table, greedy)`, all wanting logits).
+fn step_of(sm: &mut GpuStepModel, seqs: &[(&[u32], usize, &[u32], bool)]) -> Vec<Option<StepOutput>> {
+    let batch: Vec<SeqStep<'_>> = seqs.iter().map(|&(tokens, start, block_table, greedy)| SeqStep { tokens, start, block_table, want_logits: true, greedy, rank: 0 }).collect();
+    sm.step(&batch).unwrap()
+}
+
+/// Host argmax, as the engine's greedy sampler takes it.
+fn host_argmax(row: &[f32]) -> u32 {
+    dsv3::ops::sampling::argmax(row) as u32
+}
+
+/// The step model returns tokens exactly when every sampling sequence of a step is greedy, and
+/// they are the host's argmax of the logits the host path returns for the same step; a step with
+/// one non-greedy sequence (or an inner prefill chunk beside greedy ones) is handled too.
+/// Reference options (deterministic kernels: the two step models compute the same rows), every
+/// fixture; eager prefill, decodes through graphs (batch 3 → graph of 4), and an eager decode
+/// batch larger than the graphs.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn step_model_returns_device_argmax_tokens_for_greedy_steps() {
+    for dir in fixtures() {
+        let load = |device_argmax: bool| {
+            let mut m = GpuStepModel::load(&dir, Device::Cuda(0)).unwrap().with_cuda_graphs(4).with_device_argmax(device_argmax);
+            m.allocate_cache(16, 64).unwrap();
+            m
+        };
+        let (mut dev, mut host) = (load(true), load(false));
+        let vocab = dev.model().config().vocab_size;
+        let prompts: Vec<Vec<u32>> = (0..5).map(|i| prompt(500 + i, 4 + 11 * i as usize, vocab)).collect();
+        let tables: Vec<Vec<u32>> = (0..5u32).map(|i| vec![2 * i, 2 * i + 1]).collect();
+        let mut len: Vec<usize> = vec![0; 5];
+        let mut next: Vec<[u32; 1]> = Vec::new();
+        // Prefill of the first three (all greedy), then decodes: greedy (graph), one not greedy
+        // (graph, logits for all), all five greedy (eager: more than the graphs hold), and the
+        // last two's prefill as one step with three greedy decodes.
+        let first: Vec<(&[u32], usize, &[u32], bool)> = (0..3).map(|i| (&prompts[i][..], 0, &tables[i][..], true)).collect();
+        let check = |what: &str, d: &[Option<StepOutput>], h: &[Option<StepOutput>], all_greedy: bool| -> Vec<[u32; 1]> {
+            d.iter()
+                .zip(h)
+                .enumerate()
+                .map(|(i, (d, h))| {
+                    let Some(StepOutput::Logits(row)) = h else { panic!("{}: {what}: host path returned {h:?}", dir.display()) };
+                    let want = if all_greedy { StepOutput::Token(host_argmax(row)) } else { StepOutput::Logits(row.clone()) };
+                    assert_eq!(d.as_ref(), Some(&want), "{}: {what}: sequence {i}", dir.display());
+                    [host_argmax(row)]
+                })
+                .collect()
+        };
+        next.extend(check("prefill", &step_of(&mut dev, &first), &step_of(&mut host, &first), true));
+        for i in 0..3 {
+            len[i] = prompts[i].len();
+        }
+        for (step, greedy) in [[true, true, true], [true, false, true]].into_iter().enumerate() {
+            let seqs: Vec<(&[u32], usize, &[u32], bool)> = (0..3).map(|i| (&next[i][..], len[i], &tables[i][..], greedy[i])).collect();
+            let out = check(&format!("graph decode {step}"), &step_of(&mut dev, &seqs), &step_of(&mut host, &seqs), greedy.iter().all(|&g| g));
+            next = out;
+            len.iter_mut().take(3).for_each(|l| *l += 1);
+        }
+        assert_eq!(dev.captured_graphs(), vec![4], "{}: the decodes replayed the graph of 4", dir.display());
+        let mixed: Vec<(&[u32], usize, &[u32], bool)> =
+            (0..3).map(|i| (&next[i][..], len[i], &tables[i][..], true)).chain((3..5).map(|i| (&prompts[i][..], 0, &tables[i][..], true))).collect();
+        let out = check("decodes + prefills", &step_of(&mut dev, &mixed), &step_of(&mut host, &mixed), true);
+        for i in 0..5 {
+            len[i] = if i < 3 { len[i] + 1 } else { prompts[i].len() };
+        }
+        let five: Vec<(&[u32], usize, &[u32], bool)> = (0..5).map(|i| (&out[i][..], len[i], &tables[i][..], true)).collect();
+        check("eager decode of 5", &step_of(&mut dev, &five), &step_of(&mut host, &five), true);
+        println!("{}: device argmax tokens = host argmax of the host path's logits", dir.display());
+    }
+}
+
+/// The engine with greedy steps read out on the device gives the tokens of the host path
+/// (`with_device_argmax(false)`, what `DSV3_HOST_SAMPLING=1` selects): on the reference options
+/// exactly, every fixture, eager and with decode graphs, also with a logprobs request in the
+/// batch (its steps fall back to the logits; the greedy requests keep their tokens and it gets
+/// its logprobs). On the fast options (bf16 cache, and the fp8 cache where the latent is
+/// 512 + 64; pages of 64, graphs) both paths give the single-sequence fast model's tokens while
+/// its top-2 margin is clear of 10 × 2 × the fast options' own effect on the logits (fast vs
+/// reference; the fast kernels are not deterministic run to run, see tests/gpu_tp_fast.rs).
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn engine_device_argmax_gives_the_host_paths_tokens() {
+    let max_new = 16;
+    let mut compared = 0;
+    for dir in fixtures() {
+        let vocab = gpu_model(&dir).config().vocab_size;
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| prompt(600 + i, 3 + (i as usize * 17) % 60, vocab)).collect();
+        let reference = |graphs: usize, device_argmax: bool| GpuStepModel::load(&dir, Device::Cuda(0)).unwrap().with_cuda_graphs(graphs).with_device_argmax(device_argmax);
+        for graphs in [0, 8] {
+            let host = engine_greedy_tokens(Box::new(reference(graphs, false)), &prompts, max_new, 16, false);
+            let device = engine_greedy_tokens(Box::new(reference(graphs, true)), &prompts, max_new, 16, false);
+            assert_eq!(device, host, "{}: graphs up to {graphs}: device argmax vs host sampling", dir.display());
+            let mixed = engine_greedy_tokens(Box::new(reference(graphs, true)), &prompts, max_new, 16, true);
+            assert_eq!(mixed, host, "{}: graphs up to {graphs}: with a logprobs request", dir.display());
+        }
+        let cfg = dsv3::model::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let mut option_sets = vec![GpuOptions::fast()];
+        if dsv3::model::gpu::KvCacheDtype::Fp8E4m3.check(&cfg).is_ok() {
+            option_sets.push(GpuOptions::fast_fp8_cache());
+        }
+        for opts in option_sets {
+            let single = GpuModel::load_with(&dir, Device::Cuda(0), opts).unwrap();
+            let probe = &prompts[5];
+            let fast = single.forward(probe, &mut single.new_cache().unwrap()).unwrap();
+            let reference_model = gpu_model(&dir);
+            let exact = reference_model.forward(probe, &mut reference_model.new_cache().unwrap()).unwrap();
+            let tol = 1e-4f64.max(2.0 * rel_error(fast.data(), exact.data()));
+            let want: Vec<Vec<(u32, bool)>> = prompts.iter().map(|p| common::tp::tp1_greedy(&single, p, max_new, tol)).collect();
+            drop(single);
+            for device_argmax in [false, true] {
+                let model = GpuStepModel::load_with(&dir, Device::Cuda(0), opts).unwrap().with_cuda_graphs(8).with_device_argmax(device_argmax);
+                let got = engine_greedy_tokens(Box::new(model), &prompts, max_new, 64, false);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let clear = w.iter().take_while(|(_, c)| *c).count();
+                    let alone: Vec<u32> = w.iter().map(|(t, _)| *t).collect();
+                    assert_eq!(g[..clear], alone[..clear], "{}: {} cache, device argmax {device_argmax}: request {i}", dir.display(), opts.kv_cache);
+                    compared += clear;
+                }
+            }
+        }
+        println!("{}: the engine's device argmax gives the host path's tokens", dir.display());
+    }
+    assert!(compared > 0, "no fast-option token had a clear margin: that comparison was vacuous");
 }

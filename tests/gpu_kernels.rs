@@ -703,8 +703,14 @@ proptest! {
                 let want: Vec<f32> = xr.chunks(cols).map(|row| ops::sampling::argmax(row) as f32).collect();
                 let dx = up(s, &[rows, cols], &x, dt);
                 let out = poisoned(s, DType::I32, &[rows]);
-                dispatch::argmax(s, &out, &dx).unwrap();
+                dispatch::argmax(s, &out, None, &dx).unwrap();
                 assert_eq!(down(s, &out), want, "{v} argmax {dt}");
+                // With the maxima: the same indices, and the values there.
+                let (out, vals) = (poisoned(s, DType::I32, &[rows]), poisoned(s, DType::F32, &[rows]));
+                dispatch::argmax(s, &out, Some(&vals), &dx).unwrap();
+                assert_eq!(down(s, &out), want, "{v} argmax {dt} with values");
+                let want_vals: Vec<f32> = xr.chunks(cols).zip(&want).map(|(row, &i)| row[i as usize]).collect();
+                assert_eq!(down(s, &vals), want_vals, "{v} argmax values {dt}");
             }
         });
     }
@@ -787,6 +793,82 @@ fn dtype_of(s: &str) -> DType {
         "e4m3fnuz" => DType::E4m3fnuz,
         other => panic!("dtype {other}"),
     }
+}
+
+/// The device argmax is the host's on rows with NaN, ±inf and signed zeros (the engine's greedy
+/// steps rely on it: same f32 row, same token), for one row per block width and rows longer than
+/// a block; the maxima are -inf where no value exceeds it. Greedy `sample` (temperature 0) too.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn argmax_matches_the_host_on_nan_and_inf_rows() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    let short: Vec<Vec<f32>> = vec![
+        vec![nan, -inf, -inf, 1.0, 1.0],
+        vec![nan, -inf, -inf, -inf, -inf],
+        vec![-inf, -inf, -inf, -inf, -inf],
+        vec![nan, nan, nan, nan, nan],
+        vec![nan, 2.0, nan, 2.0, -inf],
+        vec![-1.0, inf, -2.0, inf, nan],
+        vec![-0.0, 0.0, -0.0, 0.0, -1.0],
+        vec![-5.0, -3.0, -4.0, -3.0, -inf],
+    ];
+    // Long rows (several elements per thread): the same patterns spread over 3000 columns, the
+    // interesting values at columns a thread visits late and a lower-numbered thread visits too.
+    let cols = 3000;
+    let long: Vec<Vec<f32>> = short
+        .iter()
+        .map(|r| {
+            let mut row = vec![r[4]; cols];
+            for (j, &x) in r[..4].iter().enumerate() {
+                row[2 * cols / 3 + 300 * j + 1] = x;
+                row[7 + j] = if j % 2 == 0 { r[4] } else { x };
+            }
+            row
+        })
+        .collect();
+    on_each(|s, v| {
+        for rows in [&short, &long] {
+            let n = rows[0].len();
+            let x: Vec<f32> = rows.concat();
+            for dt in FLOATS {
+                let xr = rounded(&x, dt);
+                let want: Vec<f32> = xr.chunks(n).map(|row| ops::sampling::argmax(row) as f32).collect();
+                let want_vals: Vec<f32> = xr.chunks(n).zip(&want).map(|(row, &i)| if row[i as usize] > -inf { row[i as usize] } else { -inf }).collect();
+                let dx = up(s, &[rows.len(), n], &x, dt);
+                let (out, vals) = (poisoned(s, DType::I32, &[rows.len()]), poisoned(s, DType::F32, &[rows.len()]));
+                dispatch::argmax(s, &out, Some(&vals), &dx).unwrap();
+                assert_eq!(down(s, &out), want, "{v} argmax {dt}, rows of {n}");
+                assert_eq!(down(s, &vals), want_vals, "{v} argmax values {dt}, rows of {n}");
+                let r = rows.len();
+                let p = SamplingParams {
+                    temperature: &up(s, &[r], &vec![0.0; r], DType::F32),
+                    top_k: &up_i32(s, &[r], &vec![0; r]),
+                    top_p: &up(s, &[r], &vec![1.0; r], DType::F32),
+                    seeds: &DeviceTensor::from_slice(s, &[r], &vec![1u64; r]).unwrap(),
+                };
+                let greedy = poisoned(s, DType::I32, &[r]);
+                dispatch::sample(s, &greedy, &dx, &p).unwrap();
+                assert_eq!(down(s, &greedy), want, "{v} greedy sample {dt}, rows of {n}");
+            }
+        }
+    });
+}
+
+/// `moe_local_ids`: the ids of an expert-parallel rank's experts shifted to 0.., every other id
+/// (below, above, negative) -1.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn moe_local_ids_keep_the_ranks_experts() {
+    let ids: Vec<i32> = (0..3000).map(|i| (i * 7919 % 23) - 3).collect();
+    on_each(|s, v| {
+        for experts in [0..8usize, 5..9, 20..23, 7..8] {
+            let want: Vec<f32> = ids.iter().map(|&id| if id >= experts.start as i32 && id < experts.end as i32 { (id - experts.start as i32) as f32 } else { -1.0 }).collect();
+            let local = poisoned(s, DType::I32, &[1000, 3]);
+            dispatch::moe_local_ids(s, &local, &up_i32(s, &[1000, 3], &ids), experts.clone()).unwrap();
+            assert_eq!(down(s, &local), want, "{v} experts {experts:?}");
+        }
+        assert!(dispatch::moe_local_ids(s, &poisoned(s, DType::I32, &[5]), &up_i32(s, &[6], &[0; 6]), 0..2).is_err());
+    });
 }
 
 #[test]
@@ -896,7 +978,7 @@ fn every_registry_kernel_is_covered() {
             "tests/gpu_kernels.rs",
             &[
                 "embedding_", "rms_norm_", "add_rms_norm_", "rope_", "silu_mul_", "cast_", "copy_2d_",
-                "fp8_quant_group128_", "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align",
+                "fp8_quant_group128_", "fp8_dequant_block128_", "gemm_nt_", "route_noaux_tc", "moe_align", "moe_local_ids",
                 // mla_paged_attention_{f32,bf16}_{f32,bf16} (mla_paged_attention) and
                 // mla_paged_attention_{f32,bf16}_fp8 (mla_paged_attention_fp8_cache).
                 "moe_gather_", "moe_gemm_", "moe_combine_", "mla_paged_attention_", "paged_kv_write_", "argmax_",

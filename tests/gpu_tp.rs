@@ -29,7 +29,7 @@ use dsv3::backend::cuda::device_count;
 use dsv3::dist::{open_group, AllReduce, GroupConfig};
 use dsv3::model::checkpoint::{Checkpoint, DType};
 use dsv3::model::generate::greedy_generate;
-use dsv3::model::gpu::{BatchSeq, GpuModel, LogitRows, PagePool, TpModel};
+use dsv3::model::gpu::{BatchSeq, GpuModel, GpuOptions, LogitRows, PagePool, TpModel};
 use dsv3::model::shard::{AttnSplit, MoeSplit};
 use dsv3::ops::sampling::{argmax, top2_margin};
 use dsv3::tensor::rel_error;
@@ -234,7 +234,7 @@ fn dp_attention2_logits_match_tp1_on_every_fixture() {
         let moe_fixture = (0..c.num_hidden_layers).any(|i| c.is_moe_layer(i)) && c.n_routed_experts >= 2;
         let splits: &[MoeSplit] = if moe_fixture { &[MoeSplit::Tensor, MoeSplit::Expert] } else { &[MoeSplit::Tensor] };
         for &moe in splits {
-            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
+            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
             for (i, m) in dp.shards().iter().enumerate() {
                 assert_eq!(m.shard_plan().heads, 0..c.num_attention_heads, "{}: rank {i} holds every head", dir.display());
             }
@@ -260,7 +260,7 @@ fn dp_attention2_greedy_tokens_match_tp1() {
         let r = reference(&dir);
         let single = greedy_generate(&gpu_model(&dir), &r.prompt, r.output.len(), false).unwrap().output_token_ids;
         for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
-            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
+            let dp = TpModel::load_with(&dir, group(), moe, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: DP attention ({moe:?}): {e}", dir.display()));
             let gen = greedy_generate(&dp, &r.prompt, r.output.len(), false).unwrap_or_else(|e| panic!("{}: DP {moe:?}: {e}", dir.display()));
             let compared = check_greedy(&dir, &gen.output_token_ids, &r);
             assert_eq!(gen.output_token_ids[..compared], single[..compared], "{}: DP attention {moe:?} vs TP=1", dir.display());
@@ -346,7 +346,7 @@ fn dp_attention2_decode_graphs_match_eager() {
     need_two_gpus();
     for dir in fixtures() {
         let single = gpu_model(&dir);
-        let dp = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("{}: DP attention: {e}", dir.display()));
+        let dp = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: DP attention: {e}", dir.display()));
         let vocab = single.config().vocab_size;
         let mut p1 = single.new_page_pool(PAGES, PAGE).unwrap();
         let mut p2 = dp.new_page_pools(PAGES, PAGE).unwrap();
@@ -415,7 +415,7 @@ fn check_engine_tokens(what: &str, got: &[Vec<u32>], want: &[Vec<(u32, bool)>]) 
 /// `attn` heads (TP) or data (DP attention: a pool, an allocator and a prefix cache per GPU).
 fn group_engine(dir: &Path, moe: MoeSplit, attn: AttnSplit, cfg: &dsv3::engine::EngineConfig) -> dsv3::engine::Engine {
     use dsv3::engine::{Engine, TpStepModel};
-    let model = TpModel::load_with(dir, group(), moe, attn).unwrap_or_else(|e| panic!("{}: {moe:?} {attn:?}: {e}", dir.display()));
+    let model = TpModel::load_with(dir, group(), moe, attn, GpuOptions::reference()).unwrap_or_else(|e| panic!("{}: {moe:?} {attn:?}: {e}", dir.display()));
     Engine::new(Box::new(TpStepModel::new(model).with_cuda_graphs(8)), cfg, None).unwrap_or_else(|e| panic!("{}: engine: {e}", dir.display()))
 }
 
@@ -518,7 +518,7 @@ fn dp_attention2_server_answers_over_http() {
     let (vocab, tol) = (single.config().vocab_size, tolerance(&dir));
     let reqs: Vec<(Vec<u32>, usize)> = (0..6).map(|i| (prompt(90 + i, 5 + (i as usize * 11) % 40, vocab), 10 + 3 * i as usize)).collect();
     let want = tp1_greedy(&single, &reqs, tol);
-    let model = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data).unwrap_or_else(|e| panic!("DP attention: {e}"));
+    let model = TpModel::load_with(&dir, group(), MoeSplit::Tensor, AttnSplit::Data, GpuOptions::reference()).unwrap_or_else(|e| panic!("DP attention: {e}"));
     let bos = model.config().bos_token_id;
     let cfg = EngineConfig { page_size: 16, kv_cache: KvCacheSize::Tokens(2048), ..Default::default() };
     let server_cfg = ServerConfig { served_model_name: "dp".into(), ..Default::default() };

@@ -6,8 +6,10 @@
 mod common;
 
 use common::fixtures;
-use dsv3::model::checkpoint::Checkpoint;
+use dsv3::model::checkpoint::{Checkpoint, DType};
 use dsv3::model::config::ModelConfig;
+use dsv3::model::cpu::{CpuModel, CpuOptions};
+use dsv3::model::generate::CausalLm;
 use dsv3::model::shard::{MoeSplit, Shard, ShardPlan};
 use dsv3::ops::attention::{mla_absorbed, MlaDims};
 use dsv3::ops::linear::linear;
@@ -198,6 +200,37 @@ fn partial_outputs_of_the_ranks_sum_to_the_unsharded_output() {
         }
         println!("{}: attention, MLP and MoE partial sums match", dir.display());
     }
+}
+
+/// The FP8 checkpoint the GPU TP tests write (`common::fp8_aligned`): it loads, its partial sums
+/// add up like the fixtures', every float8 weight's TP-2 and EP-2 slice falls on 128×128 scale-block
+/// edges (what it exists for: the GPU keeps those slices in float8), and the CPU reference runs it
+/// to finite logits.
+#[test]
+fn the_aligned_fp8_checkpoint_splits_on_block_edges() {
+    let tmp = common::fp8_aligned::checkpoint();
+    let dir = tmp.path();
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let ckpt = Checkpoint::open(dir).unwrap();
+    ckpt.check_against(&cfg).unwrap_or_else(|e| panic!("{e}"));
+    check_attention(dir, &cfg, &ckpt, 2);
+    check_dense(dir, &cfg, &ckpt, 2);
+    let mut fp8 = 0;
+    for moe in [MoeSplit::Tensor, MoeSplit::Expert] {
+        check_moe(dir, &cfg, &ckpt, 2, moe);
+        for plan in plans(&cfg, 2, moe) {
+            for name in ckpt.names().filter(|n| ckpt.info(n).is_some_and(|i| i.dtype == DType::F8E4M3)) {
+                let shape = &ckpt.info(name).unwrap().shape;
+                let Some(s) = plan.slice(name, shape[0], shape[1]) else { continue };
+                assert!(common::fp8_aligned::on_block_edges(&s, shape[0], shape[1]), "{name} {shape:?}: rows {:?} columns {:?} ({moe:?})", s.rows, s.cols);
+                fp8 += 1;
+            }
+        }
+    }
+    assert!(fp8 > 100, "only {fp8} float8 slices checked");
+    let cpu = CpuModel::load(dir, CpuOptions::default()).unwrap();
+    let logits = cpu.forward(&[0, 5, 900, 17], &mut cpu.new_cache().unwrap()).unwrap();
+    assert!(logits.data().iter().all(|x| x.is_finite()), "non-finite logits");
 }
 
 #[test]

@@ -19,7 +19,7 @@ pub enum KArg<'a> {
     /// A tensor address plus an element offset (views into a tensor).
     InAt(&'a DeviceTensor, usize),
     OutAt(&'a DeviceTensor, usize),
-    /// A null pointer (optional inputs, e.g. float8 scales of a bf16 GEMM).
+    /// A null pointer (optional inputs, e.g. float8 scales of a bf16 GEMM, or optional outputs).
     Null,
     U32(u32),
     I32(i32),
@@ -58,7 +58,7 @@ pub fn launch_checked(s: &dyn GpuStream, k: &'static KernelInfo, cfg: LaunchCfg,
                 }
                 t.raw() + (*off * d.size()) as u64
             }
-            (KArg::Null, ArgType::Ptr(_)) => 0,
+            (KArg::Null, ArgType::Ptr(_) | ArgType::PtrMut(_)) => 0,
             (KArg::U32(x), ArgType::Scalar(DType::U32)) => *x as u64,
             (KArg::I32(x), ArgType::Scalar(DType::I32)) => *x as u32 as u64,
             (KArg::F32(x), ArgType::Scalar(DType::F32)) => x.to_bits() as u64,
@@ -488,6 +488,21 @@ pub fn moe_align(s: &dyn GpuStream, expert_offsets: &DeviceTensor, sorted_pairs:
     )
 }
 
+/// `local` [P] i32: the ids `ids` [P] of experts `experts` as ids local to them (id − start), every
+/// other id −1 — what an expert-parallel rank passes to the kernels that index its stacked experts.
+pub fn moe_local_ids(s: &dyn GpuStream, local: &DeviceTensor, ids: &DeviceTensor, experts: std::ops::Range<usize>) -> Result<()> {
+    let n = ids.numel();
+    if local.numel() != n {
+        return Err(bad(format!("moe_local_ids: {:?} ids into {:?}", ids.shape(), local.shape())));
+    }
+    launch_by_name(
+        s,
+        "moe_local_ids",
+        LaunchCfg::linear(grid_stride_blocks(n), 256),
+        &[KArg::Out(local), KArg::In(ids), KArg::U32(u32_of(n, "ids")?), KArg::U32(u32_of(experts.start, "first expert")?), KArg::U32(u32_of(experts.len(), "experts")?)],
+    )
+}
+
 pub fn moe_gather(s: &dyn GpuStream, rows: &DeviceTensor, x: &DeviceTensor, sorted_pairs: &DeviceTensor, expert_offsets: &DeviceTensor, topk: usize) -> Result<()> {
     let (_, hidden) = rows_cols(x);
     let p = sorted_pairs.numel();
@@ -609,13 +624,16 @@ pub fn paged_kv_write(s: &dyn GpuStream, c: &PagedCache, kv: &DeviceTensor, toke
     )
 }
 
-/// out [rows] i32 = argmax of each row of x [rows, cols].
-pub fn argmax(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor) -> Result<()> {
+/// out [rows] i32 = argmax of each row of x [rows, cols], and `values` [rows] f32 (when given) the
+/// maximum: the first index of the largest value, NaN and -inf never winning (0 and -inf for a
+/// row without a larger value), as [`crate::ops::sampling::argmax`] on the host.
+pub fn argmax(s: &dyn GpuStream, out: &DeviceTensor, values: Option<&DeviceTensor>, x: &DeviceTensor) -> Result<()> {
     let (rows, cols) = rows_cols(x);
-    if out.numel() != rows {
-        return Err(bad("argmax: out needs one entry per row".into()));
+    if out.numel() != rows || values.is_some_and(|v| v.numel() != rows) {
+        return Err(bad("argmax: out and values need one entry per row".into()));
     }
-    launch_by_name(s, &format!("argmax_{}", x.dtype()), LaunchCfg::linear(u32_of(rows.max(1), "rows")?, 256), &[KArg::Out(out), KArg::In(x), KArg::U32(rows as u32), KArg::U32(u32_of(cols, "cols")?)])
+    let values = values.map_or(KArg::Null, KArg::Out);
+    launch_by_name(s, &format!("argmax_{}", x.dtype()), LaunchCfg::linear(u32_of(rows.max(1), "rows")?, 256), &[KArg::Out(out), values, KArg::In(x), KArg::U32(rows as u32), KArg::U32(u32_of(cols, "cols")?)])
 }
 
 /// Per-row sampling parameters as device tensors: temperature f32, top_k i32, top_p f32, seed u64 (each [rows]).

@@ -13,7 +13,7 @@ use crate::engine::config::{EngineConfig, ResolvedConfig};
 use crate::engine::detok::{Detokenize, IncrementalDecoder, StopMatcher};
 use crate::engine::metrics::EngineMetrics;
 use crate::engine::model::{ModelSpec, SeqStep, StepModel};
-use crate::engine::request::{EngineEvent, FinishReason, GenerateRequest, RequestId, TokenOutput, Usage};
+use crate::engine::request::{EngineEvent, FinishReason, GenerateRequest, RequestId, SampledLogprobs, TokenOutput, Usage};
 use crate::engine::sampling::Sampler;
 use crate::engine::scheduler::{Scheduler, SchedulerConfig};
 use crate::engine::sequence::Sequence;
@@ -294,6 +294,7 @@ impl Engine {
                     block_table: &s.block_table,
                     want_logits: p.samples,
                     rank: s.rank,
+                    greedy: s.sampler.takes_argmax(),
                 }
             })
             .collect();
@@ -309,7 +310,7 @@ impl Engine {
             Ok(Err(e)) => Err(e.to_string()),
             Err(panic) => Err(panic_message(&panic)),
         };
-        let logits = match result {
+        let outputs = match result {
             Ok(l) => l,
             Err(msg) => {
                 tracing::error!("model step failed: {msg}");
@@ -319,18 +320,18 @@ impl Engine {
         };
         let now = Instant::now();
         let mut finished: Vec<(usize, Outcome)> = Vec::new();
-        for (p, l) in plan.iter().zip(logits) {
+        for (p, out) in plan.iter().zip(outputs) {
             let mut seq_done = None;
             {
                 let s = &mut self.sched.running[p.index];
                 s.cached_len += p.n_tokens;
                 if p.samples {
-                    match l {
-                        Some(l) if l.len() == self.spec.vocab_size => {
+                    match out.and_then(|o| s.sampler.pick(&o, self.spec.vocab_size)) {
+                        Some(picked) => {
                             stats.sampled += 1;
-                            seq_done = emit_token(s, &l, &self.info, self.detok.as_deref(), &self.metrics, now);
+                            seq_done = emit_token(s, picked, &self.info, self.detok.as_deref(), &self.metrics, now);
                         }
-                        _ => seq_done = Some(Outcome::Fail("the model returned no logits".to_string())),
+                        None => seq_done = Some(Outcome::Fail("the model returned no logits (or token) for this request".to_string())),
                     }
                 }
             }
@@ -429,17 +430,16 @@ enum Outcome {
     Fail(String),
 }
 
-/// Samples a token for `s`, updates its text, and sends the token event. Returns the outcome when
-/// the request is done.
+/// Appends the token picked for `s`, updates its text, and sends the token event. Returns the
+/// outcome when the request is done.
 fn emit_token(
     s: &mut Sequence,
-    logits: &[f32],
+    (token, logprobs): (u32, Option<SampledLogprobs>),
     info: &EngineInfo,
     detok: Option<&dyn Detokenize>,
     metrics: &EngineMetrics,
     now: Instant,
 ) -> Option<Outcome> {
-    let (token, logprobs) = s.sampler.sample(logits);
     s.tokens.push(token);
     metrics.generation_tokens.fetch_add(1, Relaxed);
     match s.last_token_at {
@@ -515,14 +515,18 @@ mod tests {
 
     use super::*;
     use crate::engine::config::KvCacheSize;
+    use crate::engine::model::StepOutput;
     use crate::engine::request::SamplingParams;
 
     /// Per step, per sequence: (start, n_tokens, want_logits).
     type Log = Arc<Mutex<Vec<Vec<(usize, usize, bool)>>>>;
 
-    /// Records each step's sequences; always predicts token 7.
+    /// Records each step's sequences; always predicts token 7: as the logits' argmax, or as the
+    /// token itself for greedy sequences (what a GPU step model with device argmax returns),
+    /// whose flags it records in `greedy`.
     struct Recorder {
         steps: Log,
+        greedy: Arc<Mutex<Vec<bool>>>,
     }
 
     impl StepModel for Recorder {
@@ -532,7 +536,7 @@ mod tests {
         fn allocate_cache(&mut self, _: usize, _: usize) -> Result<()> {
             Ok(())
         }
-        fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
             let mut rec = Vec::new();
             let mut out = Vec::new();
             for s in batch {
@@ -540,7 +544,10 @@ mod tests {
                 rec.push((s.start, s.tokens.len(), s.want_logits));
                 let mut l = vec![0f32; 16];
                 l[7] = 1.0;
-                out.push(s.want_logits.then_some(l));
+                if s.want_logits {
+                    self.greedy.lock().unwrap_or_else(|e| e.into_inner()).push(s.greedy);
+                }
+                out.push(s.want_logits.then_some(if s.greedy { StepOutput::Token(7) } else { StepOutput::Logits(l) }));
             }
             self.steps.lock().unwrap_or_else(|e| e.into_inner()).push(rec);
             Ok(out)
@@ -551,9 +558,48 @@ mod tests {
     }
 
     fn engine(cfg: EngineConfig) -> (Engine, Log) {
-        let steps = Arc::new(Mutex::new(Vec::new()));
-        let e = Engine::new(Box::new(Recorder { steps: steps.clone() }), &cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        let (e, steps, _) = engine_and_greedy_flags(cfg);
         (e, steps)
+    }
+
+    fn engine_and_greedy_flags(cfg: EngineConfig) -> (Engine, Log, Arc<Mutex<Vec<bool>>>) {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let greedy = Arc::new(Mutex::new(Vec::new()));
+        let model = Recorder { steps: steps.clone(), greedy: greedy.clone() };
+        let e = Engine::new(Box::new(model), &cfg, None).unwrap_or_else(|e| panic!("{e}"));
+        (e, steps, greedy)
+    }
+
+    /// A greedy request and one that wants log-probabilities in the same steps: only the greedy
+    /// one is flagged for a device argmax (and gets its token that way); the other samples from
+    /// its logits row and reports log-probabilities.
+    #[test]
+    fn greedy_and_logprob_requests_share_steps() {
+        let (mut e, _, greedy) = engine_and_greedy_flags(cfg(64, 8, 1024));
+        let mut rxs = Vec::new();
+        let plain = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(3) };
+        let with_logprobs = SamplingParams { logprobs: true, top_logprobs: 2, ..plain.clone() };
+        for (id, params) in [(1, plain), (2, with_logprobs)] {
+            let (tx, rx) = unbounded_channel();
+            e.add_request(id, GenerateRequest { prompt: vec![0, 2, 3], params }, tx).unwrap_or(());
+            rxs.push(rx);
+        }
+        e.run_to_completion();
+        assert_eq!(*greedy.lock().unwrap_or_else(|e| e.into_inner()), [true, false].repeat(3));
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let mut n = 0;
+            while let Ok(ev) = rx.try_recv() {
+                match ev {
+                    EngineEvent::Token(t) => {
+                        assert_eq!((t.token_id, t.logprobs.is_some()), (7, i == 1), "request {i}");
+                        n += 1;
+                    }
+                    EngineEvent::Failed(m) => panic!("{m}"),
+                    EngineEvent::Finished { .. } => {}
+                }
+            }
+            assert_eq!(n, 3, "request {i}");
+        }
     }
 
     fn cfg(chunk: usize, max_running: usize, tokens: usize) -> EngineConfig {

@@ -1,12 +1,19 @@
 //! The engine's step model on a GPU (CUDA or HIP): [`GpuModel`] over a device page pool that the
 //! engine sizes and addresses through its block tables.
 //!
-//! One engine step is one batched forward ([`GpuModel::forward_batch`]): the new tokens of every
-//! scheduled sequence (decodes and prefill chunks alike) concatenated, logits only for the
+//! One engine step is one batched forward ([`GpuModel::forward_batch_as`]): the new tokens of
+//! every scheduled sequence (decodes and prefill chunks alike) concatenated, logits only for the
 //! sequences that sample. The logits of those rows are copied to the host, where the engine's
 //! sampler runs (penalties, top-k/top-p/min-p, seeds and logprobs stay exactly those of the CPU
 //! engine); that copy is the step's only synchronization apart from the index upload at its
 //! start, when the stream is already idle.
+//!
+//! Greedy steps: when every sequence that samples only needs the argmax of its raw logits
+//! ([`SeqStep::greedy`]), the argmax is taken on the device ([`Readout::Argmax`]: the same f32
+//! rows, the host's tie and NaN rules) and only the token ids come back, B·4 bytes instead of
+//! B·vocab·4. A step with any other sequence (sampling, penalties, logprobs) reads the logits for
+//! all. `DSV3_HOST_SAMPLING=1` (or [`GpuStepModel::with_device_argmax`]`(false)`) always reads
+//! the logits.
 //!
 //! The pool is sized by the engine from [`ModelSpec::memory_bytes`] = free device memory after the
 //! weights (`cuMemGetInfo`), times `--mem-fraction-static`.
@@ -21,9 +28,9 @@
 use std::path::Path;
 
 use crate::backend::Device;
-use crate::engine::model::{ModelSpec, SeqStep, StepModel};
+use crate::engine::model::{ModelSpec, SeqStep, StepModel, StepOutput};
 use crate::error::{Error, Result};
-use crate::model::gpu::{BatchSeq, DecodeGraph, GpuModel, GpuOptions, LogitRows, PagePool};
+use crate::model::gpu::{BatchOutput, BatchSeq, DecodeGraph, GpuModel, GpuOptions, LogitRows, PagePool, Readout};
 
 /// A model whose decode steps can replay captured graphs: what [`GraphSteps::step`] runs, for
 /// [`GpuStepModel`] (one GPU, one pool) and the tensor-parallel step model (a pool per rank).
@@ -41,8 +48,8 @@ pub(crate) trait GraphModel {
         ranks.len()
     }
     fn capture_decode_graph(&self, pool: &mut Self::Pool, bs: usize, pad_page: u32) -> Result<Self::Graph>;
-    fn forward_decode_graph(&self, g: &Self::Graph, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>>;
-    fn forward_batch(&self, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>>;
+    fn decode_graph_as(&self, g: &Self::Graph, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput>;
+    fn forward_batch_as(&self, pool: &mut Self::Pool, seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput>;
 }
 
 impl GraphModel for GpuModel {
@@ -57,11 +64,11 @@ impl GraphModel for GpuModel {
     fn capture_decode_graph(&self, pool: &mut PagePool, bs: usize, pad_page: u32) -> Result<DecodeGraph> {
         GpuModel::capture_decode_graph(self, pool, bs, pad_page)
     }
-    fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
-        GpuModel::forward_decode_graph(self, g, pool, seqs)
+    fn decode_graph_as(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
+        GpuModel::decode_graph_as(self, g, pool, seqs, readout)
     }
-    fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
-        GpuModel::forward_batch(self, pool, seqs)
+    fn forward_batch_as(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>], _ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
+        GpuModel::forward_batch_as(self, pool, seqs, readout)
     }
 }
 
@@ -83,6 +90,11 @@ pub(crate) fn free_after_weights(name: &str, mem_info: Result<(usize, usize)>, l
     }
 }
 
+/// Whether `DSV3_HOST_SAMPLING` asks for every step's logits on the host (set, not empty or 0).
+fn host_sampling_forced() -> bool {
+    std::env::var("DSV3_HOST_SAMPLING").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
 /// The decode graphs of a step model, by batch size, and the steps that replay them.
 pub(crate) struct GraphSteps<G> {
     graphs: Vec<G>,
@@ -90,11 +102,17 @@ pub(crate) struct GraphSteps<G> {
     max_bs: usize,
     /// The page reserved for padding rows of graphs (the pool's last).
     pad_page: Option<u32>,
+    /// Whether greedy steps take their argmax on the device.
+    device_argmax: bool,
 }
 
 impl<G> GraphSteps<G> {
     pub(crate) fn new() -> Self {
-        GraphSteps { graphs: Vec::new(), max_bs: 0, pad_page: None }
+        GraphSteps { graphs: Vec::new(), max_bs: 0, pad_page: None, device_argmax: !host_sampling_forced() }
+    }
+
+    pub(crate) fn set_device_argmax(&mut self, on: bool) {
+        self.device_argmax = on;
     }
 
     pub(crate) fn max_bs(&self) -> usize {
@@ -142,8 +160,9 @@ impl<G> GraphSteps<G> {
 
     /// One engine step of `batch` on `model` over `pool` (`None`: not allocated yet): a graph
     /// replay when every sequence decodes one token and there are at most `max_bs` (per rank
-    /// under DP attention), else eager.
-    pub(crate) fn step<M: GraphModel<Graph = G>>(&mut self, model: &M, pool: Option<&mut M::Pool>, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    /// under DP attention), else eager; tokens from the device's argmax when every sequence that
+    /// samples is greedy, else logits.
+    pub(crate) fn step<M: GraphModel<Graph = G>>(&mut self, model: &M, pool: Option<&mut M::Pool>, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         let pool = pool.ok_or_else(|| Error::InvalidArgument("step before allocate_cache".into()))?;
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -161,11 +180,22 @@ impl<G> GraphSteps<G> {
         let rows = model.decode_rows(&ranks);
         let decode = rows <= self.max_bs && batch.iter().all(|s| s.tokens.len() == 1 && s.want_logits);
         let graph = if decode { self.graph(model, pool, GpuStepModel::graph_batch_size(rows)) } else { None };
+        let greedy = self.device_argmax && batch.iter().all(|s| s.greedy || !s.want_logits);
+        let readout = if greedy { Readout::Argmax } else { Readout::Logits };
         let out = match graph {
-            Some(i) => model.forward_decode_graph(&self.graphs[i], pool, &seqs, &ranks)?,
-            None => model.forward_batch(pool, &seqs, &ranks)?,
+            Some(i) => model.decode_graph_as(&self.graphs[i], pool, &seqs, &ranks, readout)?,
+            None => model.forward_batch_as(pool, &seqs, &ranks, readout)?,
         };
-        Ok(out.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(l)).collect())
+        Ok(step_outputs(out, batch))
+    }
+}
+
+/// Per sequence of `batch`, what it asked for of a forward's result: its logits row, or the
+/// token its row's argmax gave.
+fn step_outputs(out: BatchOutput, batch: &[SeqStep<'_>]) -> Vec<Option<StepOutput>> {
+    match out {
+        BatchOutput::Logits(rows) => rows.into_iter().zip(batch).map(|(l, s)| s.want_logits.then_some(StepOutput::Logits(l))).collect(),
+        BatchOutput::Argmax(ids) => ids.iter().zip(batch).map(|(ids, s)| ids.first().filter(|_| s.want_logits).map(|&t| StepOutput::Token(t))).collect(),
     }
 }
 
@@ -199,6 +229,13 @@ impl GpuStepModel {
     /// before the engine allocates the pool (it reserves the padding page).
     pub fn with_cuda_graphs(mut self, max_bs: usize) -> GpuStepModel {
         self.graphs.set_max_bs(max_bs);
+        self
+    }
+
+    /// Whether greedy steps take the argmax on the device (default: yes, unless
+    /// `DSV3_HOST_SAMPLING=1`); `false` reads every step's logits on the host.
+    pub fn with_device_argmax(mut self, on: bool) -> GpuStepModel {
+        self.graphs.set_device_argmax(on);
         self
     }
 
@@ -249,7 +286,7 @@ impl StepModel for GpuStepModel {
         Ok(())
     }
 
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         self.graphs.step(&self.model, self.pool.as_mut(), batch)
     }
 

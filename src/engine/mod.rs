@@ -43,5 +43,5 @@ pub use gpu::GpuStepModel;
 pub use tp::TpStepModel;
 pub use core::{Engine, EngineInfo, StepStats, SubmitError};
 pub use handle::{EngineHandle, RequestStream};
-pub use model::{CpuStepModel, ModelSpec, SeqStep, StepModel};
+pub use model::{CpuStepModel, ModelSpec, SeqStep, StepModel, StepOutput};
 pub use request::{EngineEvent, FinishReason, GenerateRequest, SamplingParams, TokenOutput, Usage};

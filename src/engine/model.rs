@@ -5,6 +5,10 @@
 //! through [`CpuModel::forward_tokens`] over a [`HostLatentPool`]. The GPU implementation
 //! ([`crate::engine::gpu::GpuStepModel`]) runs a whole batch in one forward over a device page
 //! pool.
+//!
+//! A sampling sequence gets back its logits row, or — when its sampler needs nothing but the
+//! argmax of the raw logits ([`SeqStep::greedy`]) and the backend takes that argmax itself — the
+//! token ([`StepOutput`]).
 
 use crate::engine::block_manager::PageId;
 use crate::engine::kv_cache::HostLatentPool;
@@ -67,6 +71,21 @@ pub struct SeqStep<'a> {
     /// The attention rank whose pool `block_table` addresses (0 unless the model has several,
     /// [`StepModel::dp_ranks`]).
     pub rank: usize,
+    /// Whether the argmax of those logits is all the sequence's sampler needs
+    /// ([`crate::engine::sampling::Sampler::takes_argmax`]): the step may return that token
+    /// ([`StepOutput::Token`]) instead of the row.
+    pub greedy: bool,
+}
+
+/// What a step returns for a sequence that wanted logits.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOutput {
+    /// The logits [vocab] of its last new position.
+    Logits(Vec<f32>),
+    /// The argmax of those logits (only for [`SeqStep::greedy`] sequences): the host's
+    /// [`crate::ops::sampling::argmax`] of the same row — first index of the largest value, NaN
+    /// and -inf never winning.
+    Token(u32),
 }
 
 /// A model the engine can step.
@@ -75,8 +94,9 @@ pub trait StepModel: Send {
     /// Allocates (or re-allocates) the latent pool: `num_pages` pages of `page_size` positions.
     fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()>;
     /// Computes one step: appends every sequence's new latent rows to its pages and returns, per
-    /// sequence, the logits [vocab] of its last new position when `want_logits`.
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>>;
+    /// sequence, what it needs of its last new position when `want_logits`: the logits, or
+    /// their argmax for `greedy` sequences (a backend may always return the logits).
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>>;
     /// Attention ranks with a page pool each (DP attention): the engine keeps an allocator and a
     /// prefix cache per rank, gives every sequence a rank, and [`StepModel::allocate_cache`]'s
     /// `num_pages` is per rank. 1 (the default): one pool.
@@ -121,7 +141,7 @@ impl StepModel for CpuStepModel {
         Ok(())
     }
 
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         let pool = self
             .pool
             .as_mut()
@@ -138,7 +158,7 @@ impl StepModel for CpuStepModel {
             }
             let mut view = pool.seq(s.block_table, s.start);
             let logits = self.model.forward_tokens(s.tokens, &mut view)?;
-            out.push(s.want_logits.then(|| logits.row(s.tokens.len() - 1).to_vec()));
+            out.push(s.want_logits.then(|| StepOutput::Logits(logits.row(s.tokens.len() - 1).to_vec())));
         }
         Ok(out)
     }

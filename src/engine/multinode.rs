@@ -12,9 +12,10 @@
 //!
 //! Frames: kind (u8), payload length (u32 LE), payload. A follower opens with `HELLO` (its node
 //! rank). `ALLOC`: pages (u64), page size (u64), largest batch replayed as a CUDA graph (u64; a
-//! follower launched with another `--cuda-graph-max-bs` refuses, as its steps would differ). `STEP`: sequence count (u32), then per sequence:
-//! start (u64), logits wanted (u8), token count (u32) and tokens (u32 each), page count (u32) and
-//! pages (u32 each), attention rank (u32). `STOP`: node 0 is shutting down.
+//! follower launched with another `--cuda-graph-max-bs` refuses, as its steps would differ).
+//! `STEP`: sequence count (u32), then per sequence: start (u64), flags (u8: 1 logits wanted,
+//! 2 greedy), token count (u32) and tokens (u32 each), page count (u32) and pages (u32 each),
+//! attention rank (u32). `STOP`: node 0 is shutting down.
 //!
 //! Failures reach every node as one line: a follower that is gone makes node 0's next step fail
 //! with "node k is gone"; a follower whose step fails logs it and exits (node 0's next
@@ -26,7 +27,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::engine::block_manager::PageId;
-use crate::engine::model::{ModelSpec, SeqStep, StepModel};
+use crate::engine::model::{ModelSpec, SeqStep, StepModel, StepOutput};
 use crate::error::{Error, Result};
 
 const HELLO: u8 = 1;
@@ -142,7 +143,7 @@ impl StepModel for LeaderStepModel {
         self.inner.allocate_cache(num_pages, page_size)
     }
 
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         self.broadcast(STEP, &encode_step(batch))?;
         self.inner.step(batch)
     }
@@ -210,12 +211,13 @@ struct OwnedSeq {
     start: usize,
     block_table: Vec<PageId>,
     want_logits: bool,
+    greedy: bool,
     rank: usize,
 }
 
 impl OwnedSeq {
     fn view(&self) -> SeqStep<'_> {
-        SeqStep { tokens: &self.tokens, start: self.start, block_table: &self.block_table, want_logits: self.want_logits, rank: self.rank }
+        SeqStep { tokens: &self.tokens, start: self.start, block_table: &self.block_table, want_logits: self.want_logits, greedy: self.greedy, rank: self.rank }
     }
 }
 
@@ -225,7 +227,7 @@ fn encode_step(batch: &[SeqStep<'_>]) -> Vec<u8> {
     w.extend((batch.len() as u32).to_le_bytes());
     for s in batch {
         w.extend((s.start as u64).to_le_bytes());
-        w.push(s.want_logits as u8);
+        w.push(s.want_logits as u8 | (s.greedy as u8) << 1);
         w.extend((s.tokens.len() as u32).to_le_bytes());
         w.extend(s.tokens.iter().flat_map(|t| t.to_le_bytes()));
         w.extend((s.block_table.len() as u32).to_le_bytes());
@@ -241,11 +243,12 @@ fn decode_step(payload: &[u8]) -> Result<Vec<OwnedSeq>> {
     let mut seqs = Vec::with_capacity(n.min(payload.len()));
     for _ in 0..n {
         let start = r.u64()? as usize;
-        let want_logits = r.u8()? != 0;
+        let flags = r.u8()?;
+        let (want_logits, greedy) = (flags & 1 != 0, flags & 2 != 0);
         let tokens = r.u32s()?;
         let block_table = r.u32s()?;
         let rank = r.u32()? as usize;
-        seqs.push(OwnedSeq { tokens, start, block_table, want_logits, rank });
+        seqs.push(OwnedSeq { tokens, start, block_table, want_logits, greedy, rank });
     }
     if !r.rest.is_empty() {
         return Err(err(format!("a step frame with {} trailing bytes", r.rest.len())));
@@ -331,13 +334,20 @@ mod tests {
             self.0.lock().unwrap().push(Call::Alloc(num_pages, page_size));
             Ok(())
         }
-        fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+        fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
             let seqs = batch
                 .iter()
-                .map(|s| OwnedSeq { tokens: s.tokens.to_vec(), start: s.start, block_table: s.block_table.to_vec(), want_logits: s.want_logits, rank: s.rank })
+                .map(|s| OwnedSeq {
+                    tokens: s.tokens.to_vec(),
+                    start: s.start,
+                    block_table: s.block_table.to_vec(),
+                    want_logits: s.want_logits,
+                    greedy: s.greedy,
+                    rank: s.rank,
+                })
                 .collect();
             self.0.lock().unwrap().push(Call::Step(seqs));
-            Ok(batch.iter().map(|s| s.want_logits.then(|| vec![0.0; 8])).collect())
+            Ok(batch.iter().map(|s| s.want_logits.then(|| StepOutput::Logits(vec![0.0; 8]))).collect())
         }
         fn device(&self) -> String {
             "recorder".into()
@@ -370,8 +380,8 @@ mod tests {
         let (a, b) = (vec![5u32, 6, 7], vec![9u32]);
         let (ta, tb) = (vec![3u32, 1], vec![0u32]);
         let batch = [
-            SeqStep { tokens: &a, start: 17, block_table: &ta, want_logits: false, rank: 1 },
-            SeqStep { tokens: &b, start: 0, block_table: &tb, want_logits: true, rank: 0 },
+            SeqStep { tokens: &a, start: 17, block_table: &ta, want_logits: false, greedy: true, rank: 1 },
+            SeqStep { tokens: &b, start: 0, block_table: &tb, want_logits: true, greedy: false, rank: 0 },
         ];
         let out = leader.step(&batch).unwrap();
         assert_eq!(out.iter().map(Option::is_some).collect::<Vec<_>>(), vec![false, true]);
@@ -390,8 +400,8 @@ mod tests {
 
     #[test]
     fn malformed_step_frames_are_errors() {
-        let good = encode_step(&[SeqStep { tokens: &[1, 2], start: 3, block_table: &[4], want_logits: true, rank: 5 }]);
-        assert_eq!(decode_step(&good).unwrap(), vec![OwnedSeq { tokens: vec![1, 2], start: 3, block_table: vec![4], want_logits: true, rank: 5 }]);
+        let good = encode_step(&[SeqStep { tokens: &[1, 2], start: 3, block_table: &[4], want_logits: true, greedy: true, rank: 5 }]);
+        assert_eq!(decode_step(&good).unwrap(), vec![OwnedSeq { tokens: vec![1, 2], start: 3, block_table: vec![4], want_logits: true, greedy: true, rank: 5 }]);
         for cut in 0..good.len() {
             assert!(decode_step(&good[..cut]).is_err(), "a frame cut at {cut} bytes");
         }

@@ -5,9 +5,14 @@
 //! Order (as vLLM and SGLang): repetition penalty (prompt and output tokens), frequency and
 //! presence penalties (output tokens); then greedy, or temperature → softmax → top-k → top-p →
 //! min-p → draw. Log-probabilities come from the raw logits (log-softmax before any of this).
+//!
+//! A greedy request without penalties and log-probabilities reads nothing of the logits but
+//! their argmax ([`Sampler::takes_argmax`]): a GPU step model may then take that argmax on the
+//! device and hand back only the token ([`StepOutput::Token`], [`Sampler::pick`]).
 
 use std::collections::HashMap;
 
+use crate::engine::model::StepOutput;
 use crate::engine::request::{SampledLogprobs, SamplingParams, TokenLogprob};
 use crate::ops::sampling::argmax;
 
@@ -87,11 +92,39 @@ impl Sampler {
             self.draw(&mut work)
         };
         let logprobs = self.params.logprobs.then(|| logprobs_of(logits, token, self.params.top_logprobs));
+        self.record(token);
+        (token, logprobs)
+    }
+
+    /// Whether [`Sampler::sample`] returns exactly `argmax(logits)` and no log-probabilities:
+    /// greedy, no log-probabilities, and none of the penalties [`Sampler::apply_penalties`]
+    /// applies (the same conditions), so the logits it argmaxes are the raw ones.
+    pub fn takes_argmax(&self) -> bool {
+        let p = &self.params;
+        p.is_greedy() && !p.logprobs && p.repetition_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0
+    }
+
+    /// The next token from what a step returned for this sequence: a logits row of `vocab` values
+    /// (sampled here), or the argmax a backend took for a sampler that [`Sampler::takes_argmax`]
+    /// (recorded as [`Sampler::sample`] records it). `None` for anything else: a row of another
+    /// length, an id outside the vocabulary, a token for a sampler that needs the logits.
+    pub fn pick(&mut self, out: &StepOutput, vocab: usize) -> Option<(u32, Option<SampledLogprobs>)> {
+        match out {
+            StepOutput::Logits(l) if l.len() == vocab => Some(self.sample(l)),
+            &StepOutput::Token(t) if self.takes_argmax() && (t as usize) < vocab => {
+                self.record(t);
+                Some((t, None))
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts `token` for the penalties.
+    fn record(&mut self, token: u32) {
         *self.output_counts.entry(token).or_insert(0) += 1;
         if self.params.repetition_penalty != 1.0 {
             self.seen.insert(token, ());
         }
-        (token, logprobs)
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
@@ -224,6 +257,47 @@ mod tests {
     fn greedy_is_argmax() {
         let mut s = Sampler::new(SamplingParams::greedy(4), &[], 1);
         assert_eq!(s.sample(&logits()).0, 5);
+    }
+
+    #[test]
+    fn takes_argmax_exactly_when_sample_is_the_raw_argmax() {
+        let nan = f32::NAN;
+        let rows: Vec<Vec<f32>> = vec![logits(), vec![nan, -1.0, 4.0, 4.0, nan], vec![f32::NEG_INFINITY; 3], vec![nan; 4]];
+        let variants = [
+            (SamplingParams::greedy(8), true),
+            (SamplingParams { top_k: 1, temperature: 0.7, ..Default::default() }, true),
+            (SamplingParams { stop_token_ids: vec![5], ignore_eos: true, ..SamplingParams::greedy(8) }, true),
+            (SamplingParams { logprobs: true, ..SamplingParams::greedy(8) }, false),
+            (SamplingParams { repetition_penalty: 1.3, ..SamplingParams::greedy(8) }, false),
+            (SamplingParams { frequency_penalty: 0.5, ..SamplingParams::greedy(8) }, false),
+            (SamplingParams { presence_penalty: -0.5, ..SamplingParams::greedy(8) }, false),
+            (SamplingParams { temperature: 1.0, ..Default::default() }, false),
+        ];
+        for (params, takes) in variants {
+            let mut s = Sampler::new(params.clone(), &[1, 5], 3);
+            assert_eq!(s.takes_argmax(), takes, "{params:?}");
+            if !takes {
+                // A token is refused: such a sampler needs the logits.
+                assert_eq!(s.pick(&StepOutput::Token(5), 8), None, "{params:?}");
+                continue;
+            }
+            // Several steps, so that penalties (were there any) would have outputs to act on.
+            for row in rows.iter().chain(rows.iter()) {
+                let mut by_token = s.clone();
+                let want = argmax(row) as u32;
+                assert_eq!(s.pick(&StepOutput::Logits(row.clone()), row.len()), Some((want, None)), "{params:?} {row:?}");
+                assert_eq!(by_token.pick(&StepOutput::Token(want), row.len()), Some((want, None)));
+                assert_eq!(by_token.output_counts, s.output_counts, "the device's token is recorded like a sampled one");
+            }
+        }
+    }
+
+    #[test]
+    fn pick_refuses_what_does_not_fit_the_vocabulary() {
+        let mut s = Sampler::new(SamplingParams::greedy(4), &[], 1);
+        assert_eq!(s.pick(&StepOutput::Logits(logits()), 7), None, "row of another length");
+        assert_eq!(s.pick(&StepOutput::Token(8), 8), None, "id outside the vocabulary");
+        assert_eq!(s.pick(&StepOutput::Token(7), 8), Some((7, None)));
     }
 
     #[test]

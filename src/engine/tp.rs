@@ -3,7 +3,8 @@
 //! pages). Like [`crate::engine::GpuStepModel`], one engine step is one batched forward, and
 //! decode steps of up to `--cuda-graph-max-bs` sequences replay graphs captured on every rank
 //! together (falling back to eager steps if a capture fails). The pool is sized from the GPU
-//! with the least free memory after the weights.
+//! with the least free memory after the weights, at the ranks' cache format's bytes per
+//! position. Greedy steps take their argmax on the devices, as on one GPU.
 //!
 //! A [`TpModel`] loaded with DP attention ([`AttnSplit::Data`]) has one pool per rank that holds
 //! only that rank's sequences: the engine sees [`StepModel::dp_ranks`] ranks, keeps an allocator
@@ -14,9 +15,9 @@
 //! docs/MULTI_GPU.md, "DP attention".
 
 use crate::engine::gpu::{free_after_weights, GraphModel, GraphSteps};
-use crate::engine::model::{ModelSpec, SeqStep, StepModel};
+use crate::engine::model::{ModelSpec, SeqStep, StepModel, StepOutput};
 use crate::error::Result;
-use crate::model::gpu::{BatchSeq, PagePool, TpDecodeGraph, TpModel};
+use crate::model::gpu::{BatchOutput, BatchSeq, PagePool, Readout, TpDecodeGraph, TpModel};
 use crate::model::shard::AttnSplit;
 
 impl GraphModel for TpModel {
@@ -37,16 +38,16 @@ impl GraphModel for TpModel {
     fn capture_decode_graph(&self, pools: &mut [PagePool], bs: usize, pad_page: u32) -> Result<TpDecodeGraph> {
         TpModel::capture_decode_graph(self, pools, bs, pad_page)
     }
-    fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+    fn decode_graph_as(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
         match self.attn_split() {
-            AttnSplit::Heads => TpModel::forward_decode_graph(self, g, pools, seqs),
-            AttnSplit::Data => TpModel::forward_decode_graph_dp(self, g, pools, seqs, ranks),
+            AttnSplit::Heads => TpModel::decode_graph_as(self, g, pools, seqs, readout),
+            AttnSplit::Data => TpModel::decode_graph_dp_as(self, g, pools, seqs, ranks, readout),
         }
     }
-    fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+    fn forward_batch_as(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
         match self.attn_split() {
-            AttnSplit::Heads => TpModel::forward_batch(self, pools, seqs),
-            AttnSplit::Data => TpModel::forward_batch_dp(self, pools, seqs, ranks),
+            AttnSplit::Heads => TpModel::forward_batch_as(self, pools, seqs, readout),
+            AttnSplit::Data => TpModel::forward_batch_dp_as(self, pools, seqs, ranks, readout),
         }
     }
 }
@@ -72,6 +73,13 @@ impl TpStepModel {
         self
     }
 
+    /// Whether greedy steps take the argmax on the devices (each rank over its vocab slice, the
+    /// host merging the ranks' (index, value) pairs); see [`crate::engine::GpuStepModel::with_device_argmax`].
+    pub fn with_device_argmax(mut self, on: bool) -> TpStepModel {
+        self.graphs.set_device_argmax(on);
+        self
+    }
+
     pub fn model(&self) -> &TpModel {
         &self.model
     }
@@ -80,7 +88,7 @@ impl TpStepModel {
 impl StepModel for TpStepModel {
     fn spec(&self) -> ModelSpec {
         let m = &self.model;
-        ModelSpec::for_config(m.config(), m.latent_width(), m.latent_width() * std::mem::size_of::<f32>(), m.max_positions(), self.free_after_weights)
+        ModelSpec::for_config(m.config(), m.latent_width(), m.cache_row_bytes(), m.max_positions(), self.free_after_weights)
     }
 
     fn allocate_cache(&mut self, num_pages: usize, page_size: usize) -> Result<()> {
@@ -100,7 +108,7 @@ impl StepModel for TpStepModel {
         Ok(())
     }
 
-    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
+    fn step(&mut self, batch: &[SeqStep<'_>]) -> Result<Vec<Option<StepOutput>>> {
         self.graphs.step(&self.model, self.pools.as_deref_mut(), batch)
     }
 

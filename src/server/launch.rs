@@ -134,8 +134,15 @@ pub fn dp_attention(tp: usize, dp: usize, enable: bool) -> Result<bool, String> 
 /// `fp8` the same kernels over the fp8 e4m3 latent cache (FlashMLA's 656-byte rows, quantized on
 /// write; models with DeepSeek's 512 + 64 latent, `--page-size 64`), `f32` the reference path
 /// (f32 cache and activations, the CPU's numbers to f32 rounding). The CPU always computes in f32.
+/// One GPU and every rank of `--tp` alike.
 pub fn gpu_options(f: &LaunchFlags) -> Result<GpuOptions, String> {
-    let kv = KvCacheDtype::parse(&f.kv_cache_dtype).map_err(|_| format!("--kv-cache-dtype {}: auto, bf16, fp8_e4m3 or f32", f.kv_cache_dtype))?;
+    kv_cache_options(&f.kv_cache_dtype)
+}
+
+/// [`gpu_options`] from a `--kv-cache-dtype` value alone (`examples/generate` has no other flag
+/// of `launch_server`).
+pub fn kv_cache_options(kv_cache_dtype: &str) -> Result<GpuOptions, String> {
+    let kv = KvCacheDtype::parse(kv_cache_dtype).map_err(|_| format!("--kv-cache-dtype {kv_cache_dtype}: auto, bf16, fp8_e4m3 or f32"))?;
     Ok(match kv {
         KvCacheDtype::F32 => GpuOptions::reference(),
         KvCacheDtype::Bf16 => GpuOptions::fast(),

@@ -6,13 +6,16 @@ use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use dsv3::engine::{Engine, EngineEvent, FinishReason, GenerateRequest, SamplingParams, Usage};
+use dsv3::engine::{Engine, EngineConfig, EngineEvent, FinishReason, GenerateRequest, KvCacheSize, SamplingParams, StepModel, Usage};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 pub mod dp;
 pub mod files;
+pub mod fp8_aligned;
 #[cfg(feature = "cuda")]
 pub mod gpu;
+#[cfg(feature = "cuda")]
+pub mod tp;
 
 pub struct Reference {
     pub prompt: Vec<u32>,
@@ -143,4 +146,41 @@ pub fn step_to_completion(engine: &mut Engine, max_pages: usize) -> usize {
         assert!(engine.pages_in_use() <= max_pages);
     }
     steps
+}
+
+/// Greedy token ids (`ignore_eos`, `max_new` each) of `prompts` through an engine over `model`:
+/// pages of `page_size`, prefill chunks of 40, graphs as `model` has them. With `mixed`, the first
+/// request also asks for logprobs (2 alternatives), and gets them on every token.
+pub fn engine_greedy_tokens(model: Box<dyn StepModel>, prompts: &[Vec<u32>], max_new: usize, page_size: usize, mixed: bool) -> Vec<Vec<u32>> {
+    let cfg = EngineConfig { page_size, chunked_prefill_size: Some(40), kv_cache: KvCacheSize::Tokens(4096), ..Default::default() };
+    let mut engine = Engine::new(model, &cfg, None).unwrap();
+    let mut rxs = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let logprobs = mixed && i == 0;
+        let params = SamplingParams { ignore_eos: true, logprobs, top_logprobs: if logprobs { 2 } else { 0 }, ..SamplingParams::greedy(max_new) };
+        engine.add_request(i as u64, GenerateRequest { prompt: p.clone(), params }, tx).unwrap();
+        rxs.push(rx);
+    }
+    step_to_completion(&mut engine, usize::MAX);
+    rxs.iter_mut()
+        .enumerate()
+        .map(|(i, rx)| {
+            let mut ids = Vec::new();
+            loop {
+                match rx.try_recv() {
+                    Ok(EngineEvent::Token(t)) => {
+                        assert_eq!(t.logprobs.as_ref().map(|l| l.top.len()), (mixed && i == 0).then_some(2), "request {i}: logprobs");
+                        ids.push(t.token_id);
+                    }
+                    Ok(EngineEvent::Finished { usage, .. }) => {
+                        assert_eq!((usage.completion_tokens, ids.len()), (max_new, max_new), "request {i}");
+                        return ids;
+                    }
+                    Ok(EngineEvent::Failed(m)) => panic!("request {i} failed: {m}"),
+                    Err(e) => panic!("request {i} did not finish: {e:?}"),
+                }
+            }
+        })
+        .collect()
 }

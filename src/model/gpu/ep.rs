@@ -4,10 +4,14 @@
 //! `offsets[e0..=e1]` of its output, so the GEMMs (weights stacked for the local experts only)
 //! read exactly those rows. Rows of other experts are never computed: their outputs are zeroed,
 //! so the combine adds nothing for them on this rank (their owner adds their share).
+//!
+//! The fused FP8 MoE and the INT8 / AWQ MoE (the fast options) index the rank's stacked experts
+//! by id themselves and skip ids outside `[0, local experts)`: they get the routing's ids made
+//! local (`moe_local_ids`: id − e0, −1 for the other ranks' experts).
 
 use super::weights::Moe;
 use super::GpuModel;
-use crate::backend::{DType as DevDType, DeviceTensor};
+use crate::backend::{dispatch, DType as DevDType, DeviceTensor};
 use crate::error::Result;
 
 impl GpuModel {
@@ -23,5 +27,16 @@ impl GpuModel {
         // SAFETY: both ranges lie inside the two i32 allocations (r.end <= n_experts).
         unsafe { s.copy_dtod(local.raw(), offsets.raw() + (r.start * 4) as u64, (r.len() + 1) * 4)? };
         Ok((local, true))
+    }
+
+    /// The routing's expert ids [T, top_k] as ids into this rank's stacked experts: unchanged
+    /// when every expert is local, else id − e0 and −1 for other ranks' experts.
+    pub(super) fn local_expert_ids(&self, m: &Moe, ids: DeviceTensor) -> Result<DeviceTensor> {
+        if m.local_experts.len() == m.n_experts {
+            return Ok(ids);
+        }
+        let local = DeviceTensor::empty(self.s(), DevDType::I32, ids.shape())?;
+        dispatch::moe_local_ids(self.s(), &local, &ids, m.local_experts.clone())?;
+        Ok(local)
     }
 }

@@ -83,16 +83,16 @@ impl GpuModel {
             }
         };
         self.mark("moe.shared")?;
-        if let Experts::Quant { w13, down } = &m.experts {
-            // Loaded only with every expert local (ids are global) and the fast options.
-            let y = self.quant_moe(x, &out, &ids, &weights, w13, down)?;
-            self.mark("moe.experts")?;
-            return Ok(y);
-        }
-        // The fused MoE indexes its weights by global expert id: every expert must be local.
-        let all_local = m.local_experts.len() == m.n_experts;
-        if let (Experts::Fused { w13, down }, true) = (&m.experts, self.opts.quant_kernels && all_local) {
-            let y = self.fused_moe(x, &out, &ids, &weights, w13, down)?;
+        // The fused and the quantized MoE (loaded with the fast options only) index the stacked
+        // experts by id: this rank's ids, the other ranks' experts skipped (expert parallelism).
+        let fast = match &m.experts {
+            Experts::Quant { w13, down } => Some((w13, down, true)),
+            Experts::Fused { w13, down } if self.opts.quant_kernels => Some((w13, down, false)),
+            _ => None,
+        };
+        if let Some((w13, down, quant)) = fast {
+            let ids = self.local_expert_ids(m, ids)?;
+            let y = if quant { self.quant_moe(x, &out, &ids, &weights, w13, down)? } else { self.fused_moe(x, &out, &ids, &weights, w13, down)? };
             self.mark("moe.experts")?;
             return Ok(y);
         }

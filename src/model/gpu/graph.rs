@@ -1,11 +1,10 @@
 //! Decode steps captured as CUDA graphs over fixed input, output and pool addresses.
 
 use super::step::{pack_step, StepTensors};
-use super::{BatchSeq, GpuModel, LogitRows, PagePool};
+use super::{BatchOutput, BatchSeq, GpuModel, LogitRows, PagePool, Readout};
 use crate::backend::memory::RetainedBlocks;
 use crate::backend::stream::StreamGraph;
-use crate::backend::dispatch;
-use crate::backend::{DType as DevDType, DeviceTensor};
+use crate::backend::DeviceTensor;
 use crate::error::{Error, Result};
 
 impl GpuModel {
@@ -23,8 +22,7 @@ impl GpuModel {
         let pad_table = [pad_page];
         let seqs = vec![BatchSeq { tokens: &pad, start: 0, block_table: &pad_table, logits: LogitRows::Last }; bs];
         let (packed, layout) = pack_step(self, pool, &seqs, Some(max_pages))?;
-        let inputs = StepTensors::alloc(s, &layout, self.mla_decode_plan(pool, &layout))?;
-        inputs.upload(s, &packed)?;
+        let inputs = self.step_tensors(pool, &seqs, &packed, &layout)?;
         drop(self.run(pool, &inputs)?);
         s.synchronize()?;
         // The graph owns every block its temporaries use: none is handed out again while it lives.
@@ -46,19 +44,20 @@ impl GpuModel {
     /// A decode step of `seqs` (at most `g.bs`, one token each) through a captured graph: uploads
     /// the inputs (padded with rows on the pad page), replays, copies back the real rows' logits.
     pub fn forward_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        self.replay_decode_graph(g, pool, seqs)?;
-        // Every real row (the padding rows after them are not read); all are decode rows.
-        g.logits.rows_f32(self.s(), &vec![1; seqs.len()], self.lm_head.n)
+        self.decode_graph_as(g, pool, seqs, Readout::Logits)?.into_logits()
     }
 
     /// [`GpuModel::forward_decode_graph`] for greedy sequences: the argmax of each real row is
     /// taken on the device and only the token ids come back (B·4 bytes instead of B·vocab·4).
     pub fn greedy_decode_graph(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<u32>> {
+        Ok(self.decode_graph_as(g, pool, seqs, Readout::Argmax)?.into_argmax()?.concat())
+    }
+
+    /// A decode step through `g`, one row per sequence of `seqs`, read out as `readout` says.
+    pub fn decode_graph_as(&self, g: &DecodeGraph, pool: &mut PagePool, seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         self.replay_decode_graph(g, pool, seqs)?;
-        let ids = self.empty_as(DevDType::I32, &[g.bs])?;
-        dispatch::argmax(self.s(), &ids, &g.logits)?;
-        let ids = ids.to_vec::<i32>(self.s())?;
-        Ok(ids[..seqs.len()].iter().map(|&i| i as u32).collect())
+        // Every real row (the padding rows after them are not read); all are decode rows.
+        self.read_rows(Some(&g.logits), &vec![1; seqs.len()], readout)
     }
 
     /// Uploads a decode step's inputs (padded to the graph's batch) and replays the graph.

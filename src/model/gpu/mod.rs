@@ -25,6 +25,7 @@ mod ffn;
 mod forward;
 mod graph;
 mod pool;
+mod probe;
 mod quant;
 mod quant_host;
 mod random;
@@ -37,7 +38,7 @@ pub use graph::DecodeGraph;
 pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
 pub use quant::QuantKernelLayers;
-pub use step::{BatchSeq, LogitRows};
+pub use step::{BatchOutput, BatchSeq, LogitRows, Readout};
 #[cfg(feature = "cuda")]
 pub use tp::{TpCache, TpDecodeGraph, TpModel};
 
@@ -54,7 +55,7 @@ use crate::ops::rope::YarnRope;
 use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaCacheDtype, MlaDecodePlan};
 use forward::{run_ranks, AttnPart, RankStep};
-use step::{pack_step, StepLayout, StepTensors};
+use step::{pack_step, row_counts, split_rows, StepLayout, StepTensors};
 use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
 
 
@@ -385,19 +386,53 @@ impl GpuModel {
     /// rows to its pages and returns, per sequence, the logits rows it asked for (row-major
     /// [rows, vocab]; empty for [`LogitRows::None`]). One host synchronization: the logits copy.
     pub fn forward_batch(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_as(pool, seqs, Readout::Logits)?.into_logits()
+    }
+
+    /// [`GpuModel::forward_batch`] with the rows read out as `readout` says: the logits, or only
+    /// their argmax (B·4 bytes to the host instead of B·vocab·4).
+    pub fn forward_batch_as(&self, pool: &mut PagePool, seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         let (packed, layout) = pack_step(self, pool, seqs, None)?;
-        let step = StepTensors::alloc(self.s(), &layout, self.mla_decode_plan(pool, &layout))?;
-        step.upload(self.s(), &packed)?;
-        let step = match step.mla_decode {
-            None => step.with_mla_prefill(self.s(), self.mla_prefill_plans(pool, seqs))?,
-            Some(_) => step,
-        };
+        let step = self.step_tensors(pool, seqs, &packed, &layout)?;
         let logits = self.run(pool, &step)?;
-        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
-        match logits {
-            None => Ok(vec![Vec::new(); seqs.len()]),
-            Some(l) => l.rows_f32(self.s(), &counts, self.lm_head.n),
+        self.read_rows(logits.as_ref(), &row_counts(seqs), readout)
+    }
+
+    /// The step tensors of `seqs` (packed as `packed`, `layout`) on this model's stream, with the
+    /// MLA kernel's schedules where the cache allows it: one for a decode step, one per sequence
+    /// otherwise.
+    fn step_tensors(&self, pool: &PagePool, seqs: &[BatchSeq<'_>], packed: &[u32], layout: &StepLayout) -> Result<StepTensors> {
+        let step = StepTensors::uploaded(self.s(), layout, self.mla_decode_plan(pool, layout), packed)?;
+        match step.mla_decode {
+            None => step.with_mla_prefill(self.s(), self.mla_prefill_plans(pool, seqs)),
+            Some(_) => Ok(step),
         }
+    }
+
+    /// Per sequence, its `counts[i]` consecutive rows of `logits` [R, vocab] (`None`: no row was
+    /// computed), as `readout` says.
+    fn read_rows(&self, logits: Option<&DeviceTensor>, counts: &[usize], readout: Readout) -> Result<BatchOutput> {
+        let Some(l) = logits else { return Ok(BatchOutput::empty(readout, counts.len())) };
+        Ok(match readout {
+            Readout::Logits => BatchOutput::Logits(l.rows_f32(self.s(), counts, self.lm_head.n)?),
+            Readout::Argmax => BatchOutput::Argmax(split_rows(&self.argmax_rows(l, false)?.0, counts, 1)),
+        })
+    }
+
+    /// Each row's argmax of `logits` [R, cols] taken on the device, and with `values` the row's
+    /// maximum (-inf for a row without a value above it); two copies to the host at most.
+    fn argmax_rows(&self, logits: &DeviceTensor, values: bool) -> Result<(Vec<u32>, Vec<f32>)> {
+        let rows = logits.shape().first().copied().unwrap_or(0);
+        let ids = self.empty_as(DevDType::I32, &[rows])?;
+        let maxima = if values { Some(self.empty(&[rows])?) } else { None };
+        dispatch::argmax(self.s(), &ids, maxima.as_ref(), logits)?;
+        // The kernel writes indices in 0..cols.
+        let ids = ids.to_vec::<i32>(self.s())?.into_iter().map(|i| i as u32).collect();
+        let maxima = match maxima {
+            Some(m) => m.to_f32(self.s())?,
+            None => Vec::new(),
+        };
+        Ok((ids, maxima))
     }
 
     /// Ends the forward step `label` when profiling ([`GpuModel::profile_batch`]): records an

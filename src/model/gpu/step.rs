@@ -39,11 +39,72 @@ pub struct BatchSeq<'a> {
     pub logits: LogitRows,
 }
 
-pub(super) fn split_rows(host: &[f32], counts: &[usize], v: usize) -> Vec<Vec<f32>> {
+/// What a batched forward hands back for the logits rows it computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// The rows themselves, copied to the host.
+    Logits,
+    /// Each row's argmax, taken on the device (the host's [`crate::ops::sampling::argmax`] of
+    /// the same f32 row: lowest index on ties, NaN and -inf never win); only the ids come back.
+    Argmax,
+}
+
+/// A batched forward's result per sequence of the batch (in its order), as its [`Readout`] asked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchOutput {
+    /// The logits rows each sequence asked for, row-major [rows, vocab] (empty for
+    /// [`LogitRows::None`]).
+    Logits(Vec<Vec<f32>>),
+    /// The argmax of each of those rows.
+    Argmax(Vec<Vec<u32>>),
+}
+
+impl BatchOutput {
+    /// No row for any of `seqs` sequences, as `readout` would have read them.
+    pub(super) fn empty(readout: Readout, seqs: usize) -> BatchOutput {
+        match readout {
+            Readout::Logits => BatchOutput::Logits(vec![Vec::new(); seqs]),
+            Readout::Argmax => BatchOutput::Argmax(vec![Vec::new(); seqs]),
+        }
+    }
+
+    pub fn into_logits(self) -> Result<Vec<Vec<f32>>> {
+        match self {
+            BatchOutput::Logits(l) => Ok(l),
+            BatchOutput::Argmax(_) => Err(Error::InvalidArgument("asked for logits, got token ids".into())),
+        }
+    }
+    /// The entries of sequences `idx`, in that order.
+    pub(super) fn select(self, idx: &[usize]) -> BatchOutput {
+        fn pick<T: Clone>(v: Vec<T>, idx: &[usize]) -> Vec<T> {
+            idx.iter().map(|&i| v[i].clone()).collect()
+        }
+        match self {
+            BatchOutput::Logits(v) => BatchOutput::Logits(pick(v, idx)),
+            BatchOutput::Argmax(v) => BatchOutput::Argmax(pick(v, idx)),
+        }
+    }
+
+    pub fn into_argmax(self) -> Result<Vec<Vec<u32>>> {
+        match self {
+            BatchOutput::Argmax(ids) => Ok(ids),
+            BatchOutput::Logits(_) => Err(Error::InvalidArgument("asked for token ids, got logits".into())),
+        }
+    }
+}
+
+/// Logits rows wanted per sequence of `seqs`.
+pub(super) fn row_counts(seqs: &[BatchSeq<'_>]) -> Vec<usize> {
+    seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect()
+}
+
+/// `host` [rows, width] cut into consecutive groups of `counts[i]` rows (rows past their sum are
+/// left out: a graph's padding rows).
+pub(super) fn split_rows<T: Copy>(host: &[T], counts: &[usize], width: usize) -> Vec<Vec<T>> {
     let mut out = Vec::with_capacity(counts.len());
     let mut at = 0;
     for &n in counts {
-        out.push(host[at * v..(at + n) * v].to_vec());
+        out.push(host[at * width..(at + n) * width].to_vec());
         at += n;
     }
     out
@@ -189,6 +250,13 @@ impl StepTensors {
             mla_decode: mla_decode.map(|plan| MlaDecodeMeta::new(s, plan)).transpose()?,
             mla_prefill: Vec::new(),
         })
+    }
+
+    /// [`StepTensors::alloc`], then [`StepTensors::upload`] of `packed`.
+    pub(super) fn uploaded(s: &dyn GpuStream, l: &StepLayout, mla_decode: Option<MlaDecodePlan>, packed: &[u32]) -> Result<Self> {
+        let st = Self::alloc(s, l, mla_decode)?;
+        st.upload(s, packed)?;
+        Ok(st)
     }
 
     pub(super) fn layout(&self) -> StepLayout {

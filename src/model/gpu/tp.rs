@@ -30,8 +30,8 @@ use std::sync::Arc;
 
 use super::forward::{run_ranks, AttnPart, RankStep};
 use super::graph::padded_decode_rows;
-use super::step::{pack_step, split_rows, StepTensors};
-use super::{BatchSeq, GpuModel, LogitRows, PagePool, PAGE_SIZE};
+use super::step::{pack_step, row_counts, split_rows, StepLayout, StepTensors};
+use super::{BatchOutput, BatchSeq, GpuModel, LogitRows, PagePool, Readout, PAGE_SIZE};
 use crate::backend::dispatch::{self, Strided};
 use crate::backend::memory::RetainedBlocks;
 use crate::backend::{DType, DeviceTensor, GpuStream};
@@ -44,6 +44,7 @@ use crate::model::dp::DpLayout;
 use crate::model::shard::{AttnSplit, MoeSplit, Shard};
 use super::random::{calibration_ids, Balancer, RoutingBalance};
 use super::GpuOptions;
+use crate::ops::sampling::argmax_of_slices;
 use crate::tensor::Tensor;
 
 pub struct TpModel {
@@ -55,14 +56,16 @@ pub struct TpModel {
 
 impl TpModel {
     /// Loads every local rank's shard of `dir` onto its GPU of `ar`'s communicator (the group
-    /// may serve several models one after another).
+    /// may serve several models one after another), attention heads split, with the reference
+    /// options (as [`GpuModel::load`]).
     pub fn load(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit) -> Result<TpModel> {
-        Self::load_with(dir, ar, moe, AttnSplit::Heads)
+        Self::load_with(dir, ar, moe, AttnSplit::Heads, GpuOptions::reference())
     }
 
-    /// [`TpModel::load`] with attention split by `attn`: heads (TP) or data (DP attention).
-    pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit) -> Result<TpModel> {
-        Self::over_ranks(ar, moe, attn, |stream, shard| GpuModel::load_shard(dir, stream, shard, GpuOptions::reference()))
+    /// [`TpModel::load`] with attention split by `attn` (heads: TP; data: DP attention), every
+    /// rank computing as `opts` says.
+    pub fn load_with(dir: &Path, ar: Arc<AllReduce>, moe: MoeSplit, attn: AttnSplit, opts: GpuOptions) -> Result<TpModel> {
+        Self::over_ranks(ar, moe, attn, |stream, shard| GpuModel::load_shard(dir, stream, shard, opts))
     }
 
     /// [`GpuModel::random`]'s model of `cfg` and `seed` split over `ar`'s GPUs: every rank
@@ -125,6 +128,14 @@ impl TpModel {
     }
     pub fn latent_width(&self) -> usize {
         self.models[0].latent_width()
+    }
+    /// How every rank computes.
+    pub fn options(&self) -> GpuOptions {
+        self.models[0].options()
+    }
+    /// Bytes of one cached position per layer in each rank's pool ([`GpuModel::cache_row_bytes`]).
+    pub fn cache_row_bytes(&self) -> usize {
+        self.models[0].cache_row_bytes()
     }
     /// The smallest free device memory of the local GPUs (bytes), and their total.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
@@ -200,64 +211,89 @@ impl TpModel {
         Ok(full.into_iter().map(Some).collect())
     }
 
-    /// Host logits [rows, vocab] from what [`TpModel::run`] returned, one tensor per rank.
-    fn host_logits(&self, logits: &[&DeviceTensor], rows: usize) -> Result<Vec<f32>> {
-        let vocab = self.config().vocab_size;
+    /// The logits tensors to read, with the vocab column of each one's first column: every
+    /// rank's slice on one node; rank 0's assembled rows across nodes (every rank holds them).
+    fn logit_parts<'a>(&'a self, logits: &'a [Option<DeviceTensor>]) -> Result<Vec<(&'a GpuModel, &'a DeviceTensor, usize)>> {
+        let parts = self.models.iter().zip(logits).map(|(m, l)| {
+            let l = l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))?;
+            Ok((m, l, m.vocab_slice().start))
+        });
         if self.comm.nnodes() > 1 {
-            // Every rank holds the assembled logits.
-            return logits[0].to_f32(self.models[0].stream());
+            return parts.take(1).map(|p| p.map(|(m, l, _)| (m, l, 0))).collect();
         }
-        let mut out = vec![0f32; rows * vocab];
-        for (m, l) in self.models.iter().zip(logits) {
-            let part = l.to_f32(m.stream())?;
-            let cols = m.vocab_slice();
-            for (r, row) in part.chunks_exact(cols.len()).enumerate() {
-                out[r * vocab + cols.start..r * vocab + cols.end].copy_from_slice(row);
-            }
-        }
-        Ok(out)
+        parts.collect()
     }
 
-    /// Step tensors of `packed` on every rank.
-    fn upload(&self, packed: &[u32], layout: &super::step::StepLayout) -> Result<Vec<StepTensors>> {
-        self.models
-            .iter()
-            .map(|m| {
-                let st = StepTensors::alloc(m.stream(), layout, None)?;
-                st.upload(m.stream(), packed)?;
-                Ok(st)
-            })
-            .collect()
+    /// Per sequence, its `counts[i]` consecutive rows of what [`TpModel::run`] returned, as
+    /// `readout` says: the host concatenates the ranks' slices, or merges their device argmaxes.
+    fn read_rows(&self, logits: &[Option<DeviceTensor>], counts: &[usize], readout: Readout) -> Result<BatchOutput> {
+        let rows: usize = counts.iter().sum();
+        let vocab = self.config().vocab_size;
+        if rows == 0 {
+            return Ok(BatchOutput::empty(readout, counts.len()));
+        }
+        let parts = self.logit_parts(logits)?;
+        match readout {
+            Readout::Logits => {
+                let mut host = vec![0f32; rows * vocab];
+                for (m, l, start) in parts {
+                    let width = l.shape()[1];
+                    let part = l.to_f32(m.stream())?;
+                    for (r, row) in part.chunks_exact(width).take(rows).enumerate() {
+                        host[r * vocab + start..r * vocab + start + width].copy_from_slice(row);
+                    }
+                }
+                Ok(BatchOutput::Logits(split_rows(&host, counts, vocab)))
+            }
+            Readout::Argmax => {
+                let per_rank = parts.iter().map(|(m, l, start)| Ok((*start, m.argmax_rows(l, true)?))).collect::<Result<Vec<_>>>()?;
+                let ids: Vec<u32> = (0..rows)
+                    .map(|r| argmax_of_slices(per_rank.iter().map(|(start, (ids, maxima))| (*start, ids[r] as usize, maxima[r]))) as u32)
+                    .collect();
+                Ok(BatchOutput::Argmax(split_rows(&ids, counts, 1)))
+            }
+        }
+    }
+
+    /// Step tensors of `seqs` (packed as `packed`, `layout`) on every rank, with the MLA
+    /// kernel's schedules where each rank's pool allows them.
+    fn upload(&self, pools: &[PagePool], seqs: &[BatchSeq<'_>], packed: &[u32], layout: &StepLayout) -> Result<Vec<StepTensors>> {
+        self.models.iter().zip(pools).map(|(m, pool)| m.step_tensors(pool, seqs, packed, layout)).collect()
+    }
+
+    /// DP attention's whole step on every rank (embedding, FFN, logits rows): no attention
+    /// schedules, its block tables are never read.
+    fn upload_whole(&self, packed: &[u32], layout: &StepLayout) -> Result<Vec<StepTensors>> {
+        self.models.iter().map(|m| StepTensors::uploaded(m.stream(), layout, None, packed)).collect()
     }
 
     /// [`GpuModel::forward_batch`] over the group: `pools[i]` is local rank i's pool; the block
     /// tables address every pool alike.
     pub fn forward_batch(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_as(pools, seqs, Readout::Logits)?.into_logits()
+    }
+
+    /// [`TpModel::forward_batch`] read out as `readout` says ([`GpuModel::forward_batch_as`]).
+    pub fn forward_batch_as(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         if self.attn == AttnSplit::Data {
             return Err(Error::InvalidArgument("DP attention: every sequence needs its rank (forward_batch_dp)".into()));
         }
         self.check_pools(pools)?;
         let (packed, layout) = pack_step(&self.models[0], &pools[0], seqs, None)?;
-        let steps = self.upload(&packed, &layout)?;
+        let steps = self.upload(pools, seqs, &packed, &layout)?;
         let logits = self.run(pools, &steps, &[])?;
-        self.batch_logits(&logits, layout.rows, seqs)
-    }
-
-    /// Per sequence of `seqs` (in the step's order), its logits rows from what [`TpModel::run`]
-    /// returned.
-    fn batch_logits(&self, logits: &[Option<DeviceTensor>], rows: usize, seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
-        if rows == 0 {
-            return Ok(vec![Vec::new(); seqs.len()]);
-        }
-        let logits = logits.iter().map(|l| l.as_ref().ok_or_else(|| Error::InvalidArgument("a rank computed no logits".into()))).collect::<Result<Vec<_>>>()?;
-        let counts: Vec<usize> = seqs.iter().map(|q| q.logits.count(q.tokens.len())).collect();
-        Ok(split_rows(&self.host_logits(&logits, rows)?, &counts, self.config().vocab_size))
+        self.read_rows(&logits, &row_counts(seqs), readout)
     }
 
     /// [`TpModel::forward_batch`] under DP attention: sequence `i` lives on global rank
     /// `ranks[i]` (the same rank for its whole life: its block table addresses that rank's pool,
     /// `pools[rank]`, and only that rank attends for it). Logits come back in batch order.
     pub fn forward_batch_dp(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.forward_batch_dp_as(pools, seqs, ranks, Readout::Logits)?.into_logits()
+    }
+
+    /// [`TpModel::forward_batch_dp`] read out as `readout` says.
+    pub fn forward_batch_dp_as(&self, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
         if self.attn != AttnSplit::Data {
             return Err(Error::InvalidArgument("forward_batch_dp on a model loaded without DP attention".into()));
         }
@@ -268,12 +304,12 @@ impl TpModel {
         // The whole step (every rank alike): embedding, FFN, logits rows. Its block tables are
         // checked against pool 0's shape, which every pool shares, and never read.
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &ordered, None)?;
-        let steps = self.upload(&packed, &layout)?;
+        let steps = self.upload_whole(&packed, &layout)?;
         let mine: Vec<&[BatchSeq<'_>]> = (0..self.models.len()).map(|i| &ordered[dp.seqs[self.comm.global_rank(i)].clone()]).collect();
         let own = self.own_steps(pools, &mine, None)?;
         let rows: Vec<&std::ops::Range<usize>> = (0..self.models.len()).map(|i| &dp.tokens[self.comm.global_rank(i)]).collect();
         let logits = self.run(pools, &steps, &own_parts(&own, &rows))?;
-        dp.to_batch_order(self.batch_logits(&logits, layout.rows, &ordered)?)
+        in_batch_order(&dp, self.read_rows(&logits, &row_counts(&ordered), readout)?)
     }
 
     /// DP attention: each local rank's own sequences (`mine[i]`) as the step tensors its attention
@@ -288,10 +324,9 @@ impl TpModel {
                 if mine.is_empty() {
                     return Ok(None);
                 }
-                let (p, l) = pack_step(m, pool, &without_logits(mine), fixed_pages)?;
-                let st = StepTensors::alloc(m.stream(), &l, m.mla_decode_plan(pool, &l))?;
-                st.upload(m.stream(), &p)?;
-                Ok(Some(st))
+                let mine = without_logits(mine);
+                let (p, l) = pack_step(m, pool, &mine, fixed_pages)?;
+                Ok(Some(m.step_tensors(pool, &mine, &p, &l)?))
             })
             .collect()
     }
@@ -312,7 +347,7 @@ impl TpModel {
         let rows_per_rank: Vec<std::ops::Range<usize>> = if dp { (0..self.models.len()).map(|i| i * bs..(i + 1) * bs).collect() } else { Vec::new() };
         let seqs = vec![pad_seq; bs * rows_per_rank.len().max(1)];
         let (packed, layout) = pack_step(&self.models[0], &pools[0], &seqs, Some(max_pages))?;
-        let inputs = self.upload(&packed, &layout)?;
+        let inputs = if dp { self.upload_whole(&packed, &layout)? } else { self.upload(pools, &seqs, &packed, &layout)? };
         let own = self.own_steps(pools, &vec![&seqs[..bs]; rows_per_rank.len()], Some(max_pages))?;
         let attn = own_parts(&own, &rows_per_rank.iter().collect::<Vec<_>>());
         // Eagerly once: loads every kernel, warms the allocators.
@@ -329,11 +364,7 @@ impl TpModel {
         });
         let memory: Vec<RetainedBlocks> = allocs.iter().map(|a| a.end_retain()).collect();
         let graph = graph?;
-        let logits = out
-            .ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?
-            .into_iter()
-            .map(|l| l.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into())))
-            .collect::<Result<Vec<_>>>()?;
+        let logits = out.ok_or_else(|| Error::InvalidArgument("decode graph without logits".into()))?;
         drop(attn);
         let own = own.into_iter().flatten().collect();
         Ok(TpDecodeGraph { graph, _memory: memory, bs, max_pages, pad_page, inputs, own, logits })
@@ -341,6 +372,11 @@ impl TpModel {
 
     /// [`GpuModel::forward_decode_graph`] over the group (a graph captured without DP attention).
     pub fn forward_decode_graph(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>]) -> Result<Vec<Vec<f32>>> {
+        self.decode_graph_as(g, pools, seqs, Readout::Logits)?.into_logits()
+    }
+
+    /// [`GpuModel::decode_graph_as`] over the group: one row per sequence of `seqs`.
+    pub fn decode_graph_as(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], readout: Readout) -> Result<BatchOutput> {
         self.check_pools(pools)?;
         if !g.own.is_empty() {
             return Err(Error::InvalidArgument("a DP attention decode graph needs each sequence's rank (forward_decode_graph_dp)".into()));
@@ -348,13 +384,18 @@ impl TpModel {
         let pad_table = [g.pad_page];
         let all = padded_decode_rows(seqs, g.bs, &pad_table)?;
         self.replay(g, pools, &all)?;
-        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), g.bs)?;
-        Ok(decode_logits(&host, seqs.iter().enumerate(), self.config().vocab_size))
+        // Every real row (the padding rows after them are not read).
+        self.read_rows(&g.logits, &vec![1; seqs.len()], readout)
     }
 
     /// [`TpModel::forward_decode_graph`] under DP attention: sequence `i` decodes on global rank
     /// `ranks[i]` (at most the graph's batch size per rank); logits in batch order.
     pub fn forward_decode_graph_dp(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.decode_graph_dp_as(g, pools, seqs, ranks, Readout::Logits)?.into_logits()
+    }
+
+    /// [`TpModel::forward_decode_graph_dp`] read out as `readout` says.
+    pub fn decode_graph_dp_as(&self, g: &TpDecodeGraph, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], ranks: &[usize], readout: Readout) -> Result<BatchOutput> {
         self.check_pools(pools)?;
         if g.own.len() != self.models.len() {
             return Err(Error::InvalidArgument("forward_decode_graph_dp on a decode graph captured without DP attention".into()));
@@ -374,13 +415,12 @@ impl TpModel {
             all.extend(rows);
         }
         self.replay(g, pools, &all)?;
-        let host = self.host_logits(&g.logits.iter().collect::<Vec<_>>(), all.len())?;
-        // Local rank i's k-th sequence (in step order) is row i·bs + k of the step.
-        let step_rows = (0..self.models.len()).flat_map(|i| {
-            let mine = dp.seqs[self.comm.global_rank(i)].clone();
-            dp.order[mine].iter().enumerate().map(move |(k, &j)| (i * g.bs + k, &seqs[j]))
-        });
-        dp.to_batch_order(decode_logits(&host, step_rows, self.config().vocab_size))
+        // Every row, padding included; local rank i's k-th sequence (in step order) is row
+        // i·bs + k of the step.
+        let per_row = self.read_rows(&g.logits, &vec![1; all.len()], readout)?;
+        let step_rows: Vec<usize> =
+            (0..self.models.len()).flat_map(|i| (0..dp.seqs[self.comm.global_rank(i)].len()).map(move |k| i * g.bs + k)).collect();
+        in_batch_order(&dp, per_row.select(&step_rows))
     }
 
     /// Uploads the whole step's rows `all` (padded) to every rank's graph inputs and replays.
@@ -406,10 +446,12 @@ fn without_logits<'a>(seqs: &[BatchSeq<'a>]) -> Vec<BatchSeq<'a>> {
     seqs.iter().map(|q| BatchSeq { logits: LogitRows::None, ..*q }).collect()
 }
 
-/// Per (row, sequence) of a replayed decode graph: the row of the host logits [rows, vocab], or
-/// nothing where the sequence wants no logits.
-fn decode_logits<'a, 'b: 'a>(host: &[f32], rows: impl Iterator<Item = (usize, &'a BatchSeq<'b>)>, vocab: usize) -> Vec<Vec<f32>> {
-    rows.map(|(r, q)| if q.logits.count(1) == 0 { Vec::new() } else { host[r * vocab..(r + 1) * vocab].to_vec() }).collect()
+/// DP attention: `out`, in the step's order of `dp`, in the batch's order.
+fn in_batch_order(dp: &DpLayout, out: BatchOutput) -> Result<BatchOutput> {
+    Ok(match out {
+        BatchOutput::Logits(v) => BatchOutput::Logits(dp.to_batch_order(v)?),
+        BatchOutput::Argmax(v) => BatchOutput::Argmax(dp.to_batch_order(v)?),
+    })
 }
 
 /// A decode step of `bs` sequences captured on every rank: the graphs and the fixed-address
@@ -424,7 +466,8 @@ pub struct TpDecodeGraph {
     inputs: Vec<StepTensors>,
     /// DP attention: per rank, the step tensors of its own rows (empty without DP attention).
     own: Vec<StepTensors>,
-    logits: Vec<DeviceTensor>,
+    /// Per rank (all `Some`: every row asks for logits).
+    logits: Vec<Option<DeviceTensor>>,
 }
 
 impl TpDecodeGraph {

@@ -53,8 +53,8 @@ pub(super) enum Experts {
     /// GEMM for gate and up.
     Fused { w13: Linear, down: Linear },
     /// INT8 (one scheme) or AWQ experts for the quantized MoE (`super::quant`): concat(gate, up)
-    /// of each expert [E, 2I', H] and down [E, H, I'], I' the intermediate padded with zero
-    /// weights to the kernels' multiple. Every expert is local.
+    /// of each local expert [E, 2I', H] and down [E, H, I'], I' the intermediate (slice) padded
+    /// with zero weights to the kernels' multiple.
     Quant { w13: Linear, down: Linear },
 }
 
@@ -155,10 +155,7 @@ pub(super) fn load_linear_part(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[St
     let all_fp8 = dtypes.iter().all(|&d| d == DType::F8E4M3) && fp8_128;
     let aligned = block_aligned(&part.rows, n) && block_aligned(&part.cols, k);
     if all_fp8 && !aligned {
-        tracing::warn!(
-            "{}: rows {:?} / columns {:?} of [{n}, {k}] split a 128×128 float8 scale block; this rank holds the slice dequantized to f32",
-            names[0], part.rows, part.cols
-        );
+        warn_unaligned(&names[0], part, n, k);
     }
     if all_fp8 && aligned {
         let (mut bits, mut scales) = (Vec::new(), Vec::new());
@@ -194,6 +191,20 @@ pub(super) fn load_linear_part(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[St
         values.extend(cut(ckpt.load_f32(name, &[n, k])?.data(), k, part));
     }
     Ok(Linear { w: DeviceTensor::from_f32(s, &stacked(&[pn, pk]), &values, DevDType::F32)?, scale: None, n: pn, quant: None })
+}
+
+/// Says why a float8 slice is held in f32 (its linear then runs the f32 GEMM on unquantized
+/// activations, whatever the options): a warning the first time in the process, then debug lines.
+fn warn_unaligned(name: &str, part: &TensorSlice, n: usize, k: usize) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let mut first = false;
+    ONCE.call_once(|| first = true);
+    let what = format!("{name}: rows {:?} / columns {:?} of [{n}, {k}] split a 128×128 float8 scale block", part.rows, part.cols);
+    if first {
+        tracing::warn!("{what}: no block scale describes part of a block, so this rank holds the slice dequantized to f32 and runs that linear on the f32 GEMM (exact, 4× the bytes); further such slices are logged at debug level");
+    } else {
+        tracing::debug!("{what}: held in f32");
+    }
 }
 
 pub(super) fn missing(name: &str) -> Error {
@@ -263,8 +274,8 @@ pub(super) fn load_layer(s: &dyn GpuStream, ckpt: &Checkpoint, cfg: &ModelConfig
         let all_fp8 = plan.experts.clone().all(|x| ["gate_proj", "up_proj", "down_proj"].iter().all(|proj| ckpt.info(&name(x, proj)).is_some_and(|i| i.dtype == DType::F8E4M3)));
         #[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
         let fused = opts.quant_kernels && all_fp8 && inter_local % 128 == 0 && plan.expert_inter.start % 128 == 0 && ckpt.fp8_block().is_none_or(|b| b == (128, 128));
-        // INT8 / AWQ experts for the quantized MoE: fast options, every expert local.
-        let quant = if opts.quant_kernels && n_local == e {
+        // INT8 / AWQ experts (this rank's, its slice of each) for the quantized MoE: fast options.
+        let quant = if opts.quant_kernels {
             let names: Vec<[String; 3]> = plan.experts.clone().map(|x| [name(x, "gate_proj"), name(x, "up_proj"), name(x, "down_proj")]).collect();
             let first = names.first();
             match (first.and_then(|x| plan.slice(&x[0], inter, h)), first.and_then(|x| plan.slice(&x[2], h, inter))) {
