@@ -100,7 +100,11 @@ impl Baseline {
         drop(single);
         let exact = run_single(&gpu_model(dir), &b, STEPS, Some(&fast));
         let effect = rel_error(&flat(&fast), &flat(&exact));
-        let tol = fast.iter().zip(&exact).map(|(f, e)| 1e-4f64.max(2.0 * effect.max(rel_error(&f.concat(), &e.concat())))).collect();
+        // Per step: twice the largest quantization effect (fast vs exact) of any one sequence
+        // at that step — the group's run carries quantization noise of the same size, drawn on
+        // other partial sums, and check_step compares sequence by sequence.
+        let worst_seq = |f: &[Vec<f32>], e: &[Vec<f32>]| f.iter().zip(e).map(|(a, b)| rel_error(a, b)).fold(0.0, f64::max);
+        let tol = fast.iter().zip(&exact).map(|(f, e)| 1e-4f64.max(2.0 * effect.max(worst_seq(f, e)))).collect();
         Baseline { b, vocab, fast, exact, tol, effect }
     }
 

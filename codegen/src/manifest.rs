@@ -760,9 +760,9 @@ pub static FAMILIES: &[Family] = &[
                     scalar("batch", "u32"),
                     scalar("rows", "u32"),
                 ],
-                max_threads: 128,
+                max_threads: 256,
                 archs: Archs::ALL,
-                doc: "Merges split partials; grid (B, s_q*H), block 128.",
+                doc: "Merges split partials; grid (B, s_q*H), block 256 (8 groups of 32 threads over the parts).",
             },
             // FP8 e4m3 latent cache (FlashMLA layout: 656-byte rows = 512 e4m3fn | 4 f32 group
             // scales | 64 bf16 rope): the same split kernels with the cache row type e4m3fn, and
