@@ -38,18 +38,6 @@
 namespace dsv3 {
 
 // ---- INT8 × INT8 ---------------------------------------------------------------------------
-#if defined(DSV3_CUDA)
-template <bool PER_TILE_> struct Int8MmaOp {
-  using Acc = i32;
-  static constexpr bool PER_TILE = PER_TILE_;
-  static constexpr float FIX = 1.0f;
-  DSV3_DEV static void mma(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_s8_16832(c, a, b); }
-};
-#endif
-struct Int8Dec {
-  DSV3_DEV static float f(u8 b) { return (float)(i8)b; }
-};
-
 // Entry: grid (ceil(N/128), M tiles, splits), block 256, dynamic smem Int8GemmSmem<BM>::BYTES.
 template <int BM> struct Int8GemmSmem {
   static constexpr int STAGE = (BM + BG_BN) * BG_BK;
@@ -59,9 +47,6 @@ template <int BM> struct Int8GemmSmem {
   static constexpr int BYTES = STAGE * BlockGemmCfg<BM>::STAGES;
 #endif
 };
-
-// MODE values of int8_gemm (the manifest's `Q` axis).
-constexpr int int8_block = 0, int8_channel = 1;
 
 template <int BM, int MODE>
 DSV3_DEV void int8_gemm(bf16* out, const i8* a, const float* a_scales, const i8* b, const float* b_scale, float* ws,
