@@ -1,5 +1,5 @@
 // NVIDIA tensor-core and async-copy primitives of sm_80+ (Ampere, Ada, Hopper): cp.async with
-// zero fill, ldmatrix (plain and transposed), mma.sync m16n8k16 bf16 /
+// zero fill, streaming 16-byte loads, ldmatrix (plain and transposed), mma.sync m16n8k16 bf16 /
 // f16 -> f32, m16n8k32 s8 -> s32 and e4m3 -> f32 (native on sm_89+, widened to f16 on sm_80) and
 // packed bf16x2 fma. CUDA only: a kernel that includes this guards its use with DSV3_CUDA and
 // gives HIP its own path.
@@ -22,9 +22,22 @@ DSV3_DEV void cp_async_16(u32 dst, const void* src, bool valid) {
   const u32 n = valid ? 16u : 0u;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
+// 4-byte global -> shared copy (through L1), zero fill as cp_async_16.
+DSV3_DEV void cp_async_4(u32 dst, const void* src, bool valid) {
+  const u32 n = valid ? 4u : 0u;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
 DSV3_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N committed groups are still in flight.
 template <int N> DSV3_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// 16-byte global load of data read once (streamed weights): read-only path, not kept in L1.
+// volatile: it stays where the code issues it (a prefetch ahead of its use).
+DSV3_DEV void ld_stream_16(u32 (&v)[4], const void* p) {
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+               : "l"(p));
+}
 
 DSV3_DEV void ldmatrix_x4(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
