@@ -151,7 +151,8 @@ fn stream_dense_token_counts() {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn stream_dense_v3_shapes() {
     // kv_a alone (N = 576: 4.5 scale blocks) at a full K = 7168 (56 K tiles: 14 activation chunks
-    // without split-K), the o_proj width, an expert's down projection at the 64-row limit.
+    // without split-K), an expert's down projection (7168×2048), o_proj's K = 16384 at the 64-row
+    // limit.
     check_dense(80, 9, 576, 7168, &STREAM_TILES);
     check_dense(81, 32, 7168, 2048, &STREAM_TILES);
     check_dense(82, 64, 256, 16384, &STREAM_TILES);
