@@ -58,6 +58,27 @@ const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     ]
 }
 
+/// Arguments of the AWQ W4A16 GEMMs (awq_gemm, stream_gemm_awq): out, bf16 a, the repacked
+/// qweight, qzeros and scales, then as `block_gemm_args` with the group size before a_row_div.
+const AWQ_GEMM_ARGS: &[Arg] = &[
+    ptr_mut("out", "bf16"),
+    ptr("a", "bf16"),
+    ptr("qweight", "i32"),
+    ptr("qzeros", "i32"),
+    ptr("scales", "f16"),
+    ptr_mut("ws", "f32"),
+    ptr_mut("counters", "u32"),
+    ptr("row_ids", "i32"),
+    ptr("tile_expert", "i32"),
+    ptr("num_tiles", "i32"),
+    scalar("m", "u32"),
+    scalar("n", "u32"),
+    scalar("k", "u32"),
+    scalar("group", "u32"),
+    scalar("a_row_div", "u32"),
+    scalar("splits", "u32"),
+];
+
 pub static FAMILIES: &[Family] = &[
     Family {
         name: "embedding",
@@ -904,24 +925,7 @@ pub static FAMILIES: &[Family] = &[
                 template: "dsv3::awq_gemm<{BM}>",
                 grid: &[Axis { name: "BM", values: &["128", "64", "16"] }],
                 points: &[],
-                args: &[
-                    ptr_mut("out", "bf16"),
-                    ptr("a", "bf16"),
-                    ptr("qweight", "i32"),
-                    ptr("qzeros", "i32"),
-                    ptr("scales", "f16"),
-                    ptr_mut("ws", "f32"),
-                    ptr_mut("counters", "u32"),
-                    ptr("row_ids", "i32"),
-                    ptr("tile_expert", "i32"),
-                    ptr("num_tiles", "i32"),
-                    scalar("m", "u32"),
-                    scalar("n", "u32"),
-                    scalar("k", "u32"),
-                    scalar("group", "u32"),
-                    scalar("a_row_div", "u32"),
-                    scalar("splits", "u32"),
-                ],
+                args: AWQ_GEMM_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "qweight repacked by awq_repack ([E, N/8, K/32, 32] u32), qzeros [E, K/G, N/8], scales f16 [E, K/G, N]; G in {64, 128}, K % G == 0, N % 8 == 0. grid (ceil(n/128), m tiles, splits), block 256, dynamic smem (BM*128 + 4096)*4 (HIP: 0).",
@@ -932,7 +936,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "stream_gemm",
         source: "stream_gemm.cuh",
-        doc: "Weight-streaming (swap AB) GEMM for small M: FP8 block-scaled and INT8 block / channel weights as the MMA's A operand read straight into registers, tokens as B (n = 8); dense and grouped by expert, split-K; the function of fp8_gemm / int8_gemm.",
+        doc: "Weight-streaming (swap AB) GEMM for small M: FP8 block-scaled, INT8 block / channel and AWQ W4A16 weights as the MMA's A operand read straight into registers, tokens as B (n = 8); dense and grouped by expert, split-K; the function of fp8_gemm / int8_gemm / awq_gemm.",
         kernels: &[
             KernelSpec {
                 name: "stream_gemm_{F8}_t{BM}",
@@ -953,6 +957,16 @@ pub static FAMILIES: &[Family] = &[
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "as int8_gemm_{Q}_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*(BM*576 + 16*BM) (channel: the same) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
+            },
+            KernelSpec {
+                name: "stream_gemm_awq_t{BM}",
+                template: "dsv3::stream_gemm_awq<{BM}>",
+                grid: &[Axis { name: "BM", values: &["8", "64"] }],
+                points: &[],
+                args: AWQ_GEMM_ARGS,
+                max_threads: 256,
+                archs: Archs::ALL,
+                doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*BM*528 (HIP: 0); see kernels/stream_gemm.cuh.",
             },
         ],
     },

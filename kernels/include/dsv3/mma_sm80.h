@@ -31,12 +31,17 @@ DSV3_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "mem
 // Waits until at most N committed groups are still in flight.
 template <int N> DSV3_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
 
-// 16-byte global load of data read once (streamed weights): read-only path, not kept in L1.
-// volatile: it stays where the code issues it (a prefetch ahead of its use).
+// 16- and 4-byte global loads of data read once (streamed weights): read-only path, not kept in
+// L1. volatile: they stay where the code issues them (a prefetch ahead of its use).
 DSV3_DEV void ld_stream_16(u32 (&v)[4], const void* p) {
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
                : "l"(p));
+}
+DSV3_DEV u32 ld_stream_4(const void* p) {
+  u32 v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
 }
 
 DSV3_DEV void ldmatrix_x4(u32 (&r)[4], u32 addr) {
