@@ -7,14 +7,15 @@
 //!   TOPS (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device copy measured in the
 //!   same process; `-mma` rows: the tiled kernel the plan took before (BM 16 / 64) at M ≤ 64, `-st`
 //!   rows: the streaming kernel (two 64-row tiles) at M = 128, for the comparison;
-//! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 64} on the same shapes (weight bytes =
-//!   N·K/2 + scales N·K/64 + zeros N·K/256);
+//! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
+//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming) and `awq-mma` the tiled
+//!   kernel the plan took before;
 //! - `moe-i8` / `moe-awq` rows: one EP-8 MoE shard (32 experts, inter 2048, hidden 7168, top-8;
 //!   ids uniform and distinct per token among the 32) at 1, 16, 64, 128, 4096 tokens: align +
 //!   (INT8: quant of x) + grouped gate_up + SiLU·mul (INT8: fused with the quant) + grouped down;
 //!   the combine is not timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s
-//!   = weight bytes of the experts hit / time. `moe-i8` takes the default plan (the streaming
-//!   kernel up to 64 rows per expert), `moe-i8-mma` the tiled kernel the plan took before.
+//!   = weight bytes of the experts hit / time. `moe-i8` / `moe-awq` take the default plan (the
+//!   streaming kernel up to 64 rows per expert), `-mma` the tiled kernel the plan took before.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 batches after 5 warm-ups. Dense weights smaller than 256 MiB are replicated and the
@@ -107,17 +108,17 @@ fn row(
     );
 }
 
-/// The dense INT8 rows of one shape: the default plan, and the kernel the other side of the
-/// streaming threshold for the comparison.
-fn int8_plans(scheme: Int8Scheme, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
-    let kind = if scheme == Int8Scheme::Block { "i8blk" } else { "i8ch" };
-    let mut v = vec![(kind.to_string(), qg::plan_int8(m, n, k, qg::DEFAULT_SMS))];
+/// The dense rows of one shape: the default plan (`kind`), and the kernel the other side of the
+/// streaming threshold for the comparison (`{kind}-mma` / `{kind}-st`).
+fn dense_plans(kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
+    let plan = |tile| qg::plan_quant_tile(kernel, tile, m, n, k, qg::DEFAULT_SMS);
+    let mut v = vec![(kind.to_string(), plan(QuantTile::for_rows(m)))];
     let other = match m {
         0..=64 => Some(("mma", QuantTile::tiled_for_rows(m))),
         65..=128 => Some(("st", QuantTile::Stream(StreamTile::T64))),
         _ => None,
     };
-    v.extend(other.map(|(tag, tile)| (format!("{kind}-{tag}"), qg::plan_quant_tile(QuantKernel::Int8, tile, m, n, k, qg::DEFAULT_SMS))));
+    v.extend(other.map(|(tag, tile)| (format!("{kind}-{tag}"), plan(tile))));
     v
 }
 
@@ -183,7 +184,8 @@ fn main() {
                 let a = random_bytes(&s, DType::I8, &[m, k], 7);
                 let asc = random_f(&s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
                 let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-                for (kind, plan) in int8_plans(scheme, m, n, k) {
+                let kind = if scheme == Int8Scheme::Block { "i8blk" } else { "i8ch" };
+                for (kind, plan) in dense_plans(kind, QuantKernel::Int8, m, n, k) {
                     let us = time_us(&s, |i| {
                         let (b, bs) = &w[i % nc];
                         qg::int8_gemm_with(&s, &mut ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
@@ -209,33 +211,17 @@ fn main() {
         let layers: Vec<_> = (0..nc)
             .map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64))
             .collect();
-        for m in [1usize, 16, 64] {
+        for m in [1usize, 16, 32, 64] {
             let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
             let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-            let plan = qg::plan_awq(m, n, k, qg::DEFAULT_SMS);
-            let us = time_us(&s, |i| {
-                let (qw, qz, sc) = &layers[i % nc];
-                let w = AwqWeight {
-                    qweight: qw,
-                    qzeros: qz,
-                    scales: sc,
-                    experts: 1,
-                    n,
-                    k,
-                    group: 128,
-                };
-                qg::awq_gemm_with(&s, &mut ws, plan, &out, &a, &w).unwrap();
-            });
-            row(
-                "awq",
-                &format!("{n}x{k}"),
-                m,
-                format!("{}/s{}", plan.tile.label(), plan.splits),
-                us,
-                2.0 * (m * n * k) as f64,
-                awq_bytes(n, k) as f64,
-                copy,
-            );
+            for (kind, plan) in dense_plans("awq", QuantKernel::Awq, m, n, k) {
+                let us = time_us(&s, |i| {
+                    let (qw, qz, sc) = &layers[i % nc];
+                    let w = AwqWeight { qweight: qw, qzeros: qz, scales: sc, experts: 1, n, k, group: 128 };
+                    qg::awq_gemm_with(&s, &mut ws, plan, &out, &a, &w).unwrap();
+                });
+                row(&kind, &format!("{n}x{k}"), m, format!("{}/s{}", plan.tile.label(), plan.splits), us, 2.0 * (m * n * k) as f64, awq_bytes(n, k) as f64, copy);
+            }
         }
     }
 
@@ -286,13 +272,13 @@ fn main() {
         let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
         let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
         let flops = 2.0 * (p * 3 * inter * HIDDEN) as f64;
-        // The default plans, and INT8's tiled kernel where the streaming one is the default.
+        // The default plans, and the tiled kernels where the streaming one is the default.
         let per_expert = p.div_ceil(e.min(p));
-        let mut runs = vec![("moe-i8", QuantKernel::Int8, QuantKernel::Int8.tile_for_rows(per_expert))];
-        if let QuantTile::Stream(_) = runs[0].2 {
-            runs.push(("moe-i8-mma", QuantKernel::Int8, QuantTile::tiled_for_rows(per_expert)));
+        let (tile, tiled) = (QuantTile::for_rows(per_expert), QuantTile::tiled_for_rows(per_expert));
+        let mut runs = vec![("moe-i8", QuantKernel::Int8, tile), ("moe-awq", QuantKernel::Awq, tile)];
+        if tile != tiled {
+            runs.extend([("moe-i8-mma", QuantKernel::Int8, tiled), ("moe-awq-mma", QuantKernel::Awq, tiled)]);
         }
-        runs.push(("moe-awq", QuantKernel::Awq, QuantKernel::Awq.tile_for_rows(per_expert)));
         for (kind, kernel, tile) in runs {
             let (gu_plan, max_tiles) = qg::plan_grouped_tile(kernel, tile, p, e, 2 * inter, HIDDEN, qg::DEFAULT_SMS);
             let (dn_plan, _) = qg::plan_grouped_tile(kernel, tile, p, e, HIDDEN, inter, qg::DEFAULT_SMS);

@@ -2,8 +2,8 @@
 //! activation quantization (src/backend/quant_gemm.rs, kernels/quant_gemm.cuh) against the CPU
 //! reference, on every NVIDIA code variant this build embedded for the `quant_gemm` module (sm_90a
 //! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
-//! (BM 16 / 64 / 128, and for INT8 the weight-streaming kernel's 8- and 64-row tiles) and split-K
-//! on and off.
+//! (BM 16 / 64 / 128 and the weight-streaming kernel's 8- and 64-row tiles) and split-K on and
+//! off.
 //!
 //! Reference: activations quantized with `ops::int8` (the same rule as the GPU, so the codes are
 //! shared) and dequantized; INT8 weights dequantized with the checkpoint loader's
@@ -105,13 +105,13 @@ fn splits_of(k_tiles: usize) -> [usize; 2] {
     [1, 3.min(k_tiles).max(1)]
 }
 
-/// INT8's tiles: the tiled kernels' and the streaming kernel's (AWQ has the tiled ones only).
-const INT8_TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
+/// Every tile: the tiled kernels' and the streaming kernel's.
+const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
 
 // ---- INT8 dense ----------------------------------------------------------------------------------
 
 fn check_int8_dense(seed: u64, m: usize, n: usize, k: usize) {
-    check_int8_dense_tiles(seed, m, n, k, &INT8_TILES)
+    check_int8_dense_tiles(seed, m, n, k, &TILES)
 }
 
 fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[QuantTile]) {
@@ -401,7 +401,7 @@ fn check_int8_grouped(
     };
     check_grouped(
         &format!("int8 {scheme:?} grouped"),
-        &INT8_TILES,
+        &TILES,
         t,
         e,
         topk,
@@ -506,6 +506,10 @@ fn up_awq(s: &dyn GpuStream, w: &Awq, e: usize, n: usize, k: usize, g: usize) ->
 }
 
 fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
+    check_awq_dense_tiles(seed, m, n, k, g, &TILES)
+}
+
+fn check_awq_dense_tiles(seed: u64, m: usize, n: usize, k: usize, g: usize, tiles: &[QuantTile]) {
     let mut r = rng(seed);
     let x: Vec<f32> = rand_vec(&mut r, m * k, 2.0)
         .into_iter()
@@ -527,7 +531,7 @@ fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
         };
         let a = up(s, &[m, k], &x, DType::Bf16);
         let mut ws = SplitKWorkspace::new();
-        for tile in QuantTile::ALL {
+        for &tile in tiles {
             for splits in splits_of(k / 64) {
                 for rep in 0..2 {
                     let out = poisoned(s, DType::Bf16, &[m, n]);
@@ -553,6 +557,19 @@ fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
             &want,
             GEMM_TOL,
         );
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn awq_stream_dense_token_counts() {
+    // The streaming kernel's token-group boundaries up to and past its 64-row tile; N = 200 (the
+    // second 128-row block: warp 4 with column groups 24 (in) and 25 (past N), three warps past
+    // N), K = 1024 (16 K tiles: four staged chunks without split-K).
+    for g in [64, 128] {
+        for (i, m) in [1usize, 7, 8, 9, 31, 33, 64, 65].into_iter().enumerate() {
+            check_awq_dense_tiles(90 + i as u64, m, 200, 1024, g, &QuantTile::STREAM);
+        }
     }
 }
 
@@ -614,7 +631,7 @@ fn check_awq_grouped(
     };
     check_grouped(
         &format!("awq g{g} grouped"),
-        &QuantTile::ALL,
+        &TILES,
         t,
         e,
         topk,

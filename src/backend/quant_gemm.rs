@@ -10,8 +10,8 @@
 //!   scale at the end.
 //!
 //! Any M ≥ 1; N, K need not be multiples of 128; K % 16 == 0 (16-byte rows). Up to 64 rows per M
-//! tile [`plan_int8`] / [`plan_grouped`] pick the weight-streaming kernel ([`QuantTile::Stream`],
-//! [`super::stream_gemm`]), the BM 16 / 64 / 128 tiles above.
+//! tile [`plan_int8`] / [`plan_awq`] / [`plan_grouped`] pick the weight-streaming kernel
+//! ([`QuantTile::Stream`], [`super::stream_gemm`]; AWQ too), the BM 16 / 64 / 128 tiles above.
 //!
 //! AWQ ([`awq_gemm`], [`awq_grouped_gemm`]): `out[M, N] bf16 = a bf16 [M, K] · W` with
 //! `W[k, n] = (q − z)·s` from an AWQ layer (`qzeros` i32 `[K/G, N/8]`, `scales` f16 `[K/G, N]`,
@@ -89,14 +89,15 @@ pub enum QuantTile {
     Bm16,
     Bm64,
     Bm128,
-    /// The small-M weight-streaming kernel (INT8 only: `stream_gemm_int8_*`, [`super::stream_gemm`]).
+    /// The small-M weight-streaming kernel (`stream_gemm_int8_*`, `stream_gemm_awq_*`,
+    /// [`super::stream_gemm`]).
     Stream(StreamTile),
 }
 
 impl QuantTile {
-    /// The tiled kernels' tiles (INT8 and AWQ).
+    /// The tiled kernels' tiles.
     pub const ALL: [QuantTile; 3] = [QuantTile::Bm16, QuantTile::Bm64, QuantTile::Bm128];
-    /// The streaming kernel's tiles (INT8).
+    /// The streaming kernel's tiles.
     pub const STREAM: [QuantTile; 2] = [QuantTile::Stream(StreamTile::T8), QuantTile::Stream(StreamTile::T64)];
     pub fn bm(self) -> usize {
         match self {
@@ -114,8 +115,13 @@ impl QuantTile {
             QuantTile::Stream(t) => t.label(),
         }
     }
-    /// The tiled kernels' tile for `m` rows per M tile (AWQ's plans; benches compare INT8's
-    /// streaming tile with it).
+    /// The tile the plans pick for `rows` rows per M tile: the streaming kernel up to
+    /// [`super::stream_gemm::STREAM_MAX_ROWS`], the tiled ones above.
+    pub fn for_rows(rows: usize) -> QuantTile {
+        StreamTile::for_rows(rows).map(QuantTile::Stream).unwrap_or_else(|| QuantTile::tiled_for_rows(rows))
+    }
+    /// The tiled kernels' tile for `m` rows per M tile (what the plans took before the streaming
+    /// kernel; benches compare with it).
     pub fn tiled_for_rows(m: usize) -> QuantTile {
         if m <= 16 {
             QuantTile::Bm16
@@ -144,12 +150,13 @@ impl QuantTile {
         };
         (stage * stages) as u32
     }
-    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem`): 4 stages of BM × 128 bytes of
-    /// activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
+    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `StreamCfg`): 4 stages of BM ×
+    /// 128 bytes of activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
-        match vendor {
-            Vendor::Cuda => ((self.bm() * 128 + 4096) * 4) as u32,
-            Vendor::Hip => 0,
+        match (vendor, self) {
+            (_, QuantTile::Stream(t)) => t.awq_smem_bytes(vendor),
+            (Vendor::Cuda, _) => ((self.bm() * 128 + 4096) * 4) as u32,
+            (Vendor::Hip, _) => 0,
         }
     }
 }
@@ -161,13 +168,12 @@ pub struct QuantPlan {
     pub splits: usize,
 }
 
-/// The GEMM kernels of a quantized weight format, as the plans see them.
+/// The GEMM kernels of a quantized weight format, as the plans see them (split-K counts K tiles).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum QuantKernel {
-    /// INT8 (block or channel): K tiles of 128; the streaming kernel up to
-    /// [`super::stream_gemm::STREAM_MAX_ROWS`] rows per M tile, the tiled ones above.
+    /// INT8 (block or channel): K tiles of 128.
     Int8,
-    /// AWQ W4A16: K tiles of 64, the tiled kernels only.
+    /// AWQ W4A16: K tiles of 64.
     Awq,
 }
 
@@ -176,13 +182,6 @@ impl QuantKernel {
         match self {
             QuantKernel::Int8 => 128,
             QuantKernel::Awq => 64,
-        }
-    }
-    /// The tile the plans pick for `rows` rows per M tile.
-    pub fn tile_for_rows(self, rows: usize) -> QuantTile {
-        match (self, StreamTile::for_rows(rows)) {
-            (QuantKernel::Int8, Some(t)) => QuantTile::Stream(t),
-            _ => QuantTile::tiled_for_rows(rows),
         }
     }
 }
@@ -200,12 +199,12 @@ pub fn plan_quant_tile(kernel: QuantKernel, tile: QuantTile, m: usize, n: usize,
 
 /// Tile and split for a dense INT8 `[m, k] · [n, k]ᵀ` on `sms` SMs (K tiles of 128).
 pub fn plan_int8(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
-    plan_quant_tile(QuantKernel::Int8, QuantKernel::Int8.tile_for_rows(m), m, n, k, sms)
+    plan_quant_tile(QuantKernel::Int8, QuantTile::for_rows(m), m, n, k, sms)
 }
 
 /// Tile and split for a dense AWQ GEMM (K tiles of 64).
 pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
-    plan_quant_tile(QuantKernel::Awq, QuantKernel::Awq.tile_for_rows(m), m, n, k, sms)
+    plan_quant_tile(QuantKernel::Awq, QuantTile::for_rows(m), m, n, k, sms)
 }
 
 /// Plan of a grouped GEMM of `kernel` over `pairs` expert-sorted rows among `experts`: the tile
@@ -219,7 +218,7 @@ pub fn plan_grouped(
     k: usize,
     sms: usize,
 ) -> (QuantPlan, usize) {
-    let tile = kernel.tile_for_rows(pairs.div_ceil(experts.min(pairs).max(1)));
+    let tile = QuantTile::for_rows(pairs.div_ceil(experts.min(pairs).max(1)));
     plan_grouped_tile(kernel, tile, pairs, experts, n, k, sms)
 }
 
@@ -667,11 +666,12 @@ pub(super) fn awq_tiled(
     rows: [u64; 3],
     a_row_div: usize,
 ) -> Result<Tiled> {
-    if let QuantTile::Stream(_) = plan.tile {
-        return Err(bad(format!("awq_gemm: no weight-streaming kernel for AWQ (plan {plan:?}); plan_awq picks a tiled one")));
-    }
+    let name = match plan.tile {
+        QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
+        tile => format!("awq_gemm_{}", tile.label()),
+    };
     Ok(Tiled {
-        name: format!("awq_gemm_{}", plan.tile.label()),
+        name,
         smem: plan.tile.awq_smem_bytes(s.vendor()),
         n: w.n,
         k_tiles: w.k / 64,
@@ -853,8 +853,8 @@ mod tests {
         assert!(p.splits > 1, "{p:?}");
         assert_eq!(plan_int8(64, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
         assert_eq!(plan_int8(65, 2112, 7168, 132).tile, QuantTile::Bm128);
-        // AWQ has no streaming kernel.
-        assert_eq!(plan_awq(1, 2112, 7168, 132).tile, QuantTile::Bm16);
+        assert_eq!(plan_awq(1, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T8));
+        assert_eq!(plan_awq(65, 2112, 7168, 132).tile, QuantTile::Bm128);
         assert_eq!(
             plan_int8(4096, 7168, 2048, 132),
             QuantPlan {
@@ -862,14 +862,14 @@ mod tests {
                 splits: 1
             }
         );
-        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
+        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
         assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
         let (p, max_tiles) = plan_grouped(QuantKernel::Int8, 8, 32, 512, 7168, 132);
         assert_eq!((p.tile, max_tiles), (QuantTile::Stream(StreamTile::T8), 9));
         assert!(p.splits > 1);
-        let (p, max_tiles) = plan_grouped(QuantKernel::Awq, 8, 32, 512, 7168, 132);
-        assert_eq!((p.tile, max_tiles), (QuantTile::Bm16, 9));
+        let (p, _) = plan_grouped(QuantKernel::Awq, 8, 32, 512, 7168, 132);
+        assert_eq!(p.tile, QuantTile::Stream(StreamTile::T8));
         assert_eq!(QuantTile::Stream(StreamTile::T64).int8_smem_bytes(Vendor::Cuda), 75_776);
     }
 

@@ -1,7 +1,7 @@
-//! The weight-streaming ("swap AB") GEMM for small M (kernels/stream_gemm.cuh): FP8 block-scaled
-//! and INT8 block / channel weights, dense and grouped by expert. It takes the tiled GEMMs'
-//! arguments and computes their function (same scales, split-K workspace, grouped rows), so it is
-//! one more M tile of them: [`super::fp8_gemm::Fp8Tile::Stream`] and
+//! The weight-streaming ("swap AB") GEMM for small M (kernels/stream_gemm.cuh): FP8 block-scaled,
+//! INT8 block / channel and AWQ W4A16 weights, dense and grouped by expert. It takes the tiled
+//! GEMMs' arguments and computes their function (same scales, split-K workspace, grouped rows), so
+//! it is one more M tile of them: [`super::fp8_gemm::Fp8Tile::Stream`] and
 //! [`super::quant_gemm::QuantTile::Stream`], launched by the same code and chosen by their plans
 //! for M ≤ [`STREAM_MAX_ROWS`] rows per M tile.
 //!
@@ -58,8 +58,9 @@ impl StreamTile {
         }
     }
 
-    /// CTAs resident per SM on a Hopper (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8 kernel
-    /// takes 172 registers on sm_90a (one 256-thread CTA), the others ≤ 127 (two).
+    /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
+    /// and AWQ kernels take 172 and 151 registers on sm_90a (one 256-thread CTA), the 8-row ones
+    /// ≤ 116 (two).
     pub fn occupancy(self) -> usize {
         match self {
             StreamTile::T8 => 2,
@@ -67,9 +68,9 @@ impl StreamTile {
         }
     }
 
-    /// Dynamic shared memory of one CTA on `vendor` (mirrors `StreamCfg<BM>::SMEM`: two buffers of
-    /// BM staged activation rows of 4 K tiles + 64 bytes and their 4 × BM f32 scales; HIP runs
-    /// block_gemm_generic: (BM + 128) · 128).
+    /// Dynamic shared memory of one 8-bit (FP8 / INT8) CTA on `vendor` (mirrors
+    /// `StreamCfg<BM, Stream8>::SMEM`: two buffers of BM staged activation rows of 4 K tiles + 64
+    /// bytes and their 4 × BM f32 scales; HIP runs block_gemm_generic: (BM + 128) · 128).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
         let bm = self.bm();
         let bytes = match vendor {
@@ -77,6 +78,15 @@ impl StreamTile {
             Vendor::Hip => (bm + 128) * 128,
         };
         bytes as u32
+    }
+
+    /// The same for AWQ (`StreamCfg<BM, StreamAwq>::SMEM`: rows of 4 K tiles + 16 bytes, no
+    /// scales; HIP runs awq_gemm_generic, which has none).
+    pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
+        match vendor {
+            Vendor::Cuda => (2 * self.bm() * (4 * 128 + 16)) as u32,
+            Vendor::Hip => 0,
+        }
     }
 }
 
@@ -95,5 +105,6 @@ mod tests {
         assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 75_776);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 9_472);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Hip), 17_408);
+        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Cuda), 67_584);
     }
 }
