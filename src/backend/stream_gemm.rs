@@ -59,7 +59,7 @@ impl StreamTile {
     }
 
     /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
-    /// and AWQ kernels take 172 and 151 registers on sm_90a (one 256-thread CTA), the 8-row ones
+    /// and AWQ kernels take 174 and 151 registers on sm_90a (one 256-thread CTA), the 8-row ones
     /// ≤ 116 (two).
     pub fn occupancy(self) -> usize {
         match self {
