@@ -2,14 +2,20 @@
 //!
 //! Default (the device runner): prints ONE table.
 //! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
-//!   4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096} (`dense-alt`: the same with half / no
-//!   split-K, for tuning; `dense-wg`: the sm_90a wgmma kernel): the plan (tile, split), µs, TFLOPS
+//!   4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096}: `dense` the default plan (the
+//!   weight-streaming kernel `st8` / `st64` for M ≤ 64, BM 128 above); `dense-alt` the same with
+//!   half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
+//!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the
+//!   comparison; `dense-wg` the sm_90a wgmma kernel. Columns: the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
 //! - MoE rows: one layer, hidden 7168, top-8, at 1, 16, 64, 128, 512, 4096 tokens for the TP-8
 //!   shard (256 experts, inter 256) and the EP-8 shard (32 experts, inter 2048); topk ids drawn
 //!   uniformly (distinct per token) among the shard's experts; µs of the whole fused_moe (6
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
+//!   `moe` is the default plan (the streaming kernel up to 64 rows per active expert), `moe-mma`
+//!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
+//!   `moe-wg` the wgmma kernel.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -27,6 +33,7 @@ use common::{copy_gbs, moe_ids, stream, time_us, Rng};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
 use dsv3::backend::mla::cuda_util;
+use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
 
 const HIDDEN: usize = 7168;
@@ -89,6 +96,36 @@ fn dense_setup(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> Dense {
     }
 }
 
+/// The first pass's rows of one dense shape: the default plan, half / no split-K for tuning, and
+/// the kernel the other side of the streaming threshold for the comparison.
+fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan) -> Vec<(&'static str, Fp8Plan)> {
+    let mut v = vec![("dense", base)];
+    for sp in [base.splits / 2, 1] {
+        if base.splits > 1 && sp >= 1 && !v.iter().any(|(_, p)| p.splits == sp) {
+            v.push(("dense-alt", Fp8Plan { splits: sp, ..base }));
+        }
+    }
+    let other = match m {
+        0..=64 => Some(("dense-mma", Fp8Tile::tiled_for_rows(m))),
+        65..=128 => Some(("dense-st", Fp8Tile::Stream(StreamTile::T64))),
+        _ => None,
+    };
+    v.extend(other.map(|(kind, tile)| (kind, fg::plan_dense_tile(tile, m, n, k, fg::DEFAULT_SMS))));
+    v
+}
+
+/// The first pass's MoE runs at `per_expert` rows per active expert: the default plan, and the
+/// kernel the other side of the streaming threshold.
+fn moe_runs(per_expert: usize) -> Vec<(&'static str, Option<Fp8Tile>)> {
+    let mut v = vec![("moe", None)];
+    match per_expert {
+        0..=64 => v.push(("moe-mma", Some(Fp8Tile::tiled_for_rows(per_expert)))),
+        65..=128 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T64)))),
+        _ => {}
+    }
+    v
+}
+
 fn main() {
     let s = stream();
     let sms = cuda_util::sm_count(&s).unwrap_or(fg::DEFAULT_SMS);
@@ -105,7 +142,7 @@ fn main() {
     let wg_pass = std::env::var("DSV3_FP8_BENCH_WGMMA").map(|v| v != "0").unwrap_or(true);
     for pass in 0..if wg_pass { 2 } else { 1 } {
         for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
-            for m in [1usize, 64, 128, 4096] {
+            for m in [1usize, 16, 32, 64, 128, 4096] {
                 let base = fg::plan_for_stream(&s, DType::E4m3fn, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
                 if pass == 1 && base.tile != Fp8Tile::Bm128 {
                     continue;
@@ -113,19 +150,8 @@ fn main() {
                 let d = dense_setup(&s, m, n, k);
                 let nc = d.copies.len();
                 let plans = match pass {
-                    // Decode sizes: the plan's split-K, and half / no split for tuning.
-                    0 if base.splits > 1 => {
-                        let mut v = vec![("dense", base)];
-                        for sp in [base.splits / 2, 1] {
-                            if sp >= 1 && !v.iter().any(|(_, p)| p.splits == sp) {
-                                v.push(("dense-alt", Fp8Plan { splits: sp, ..base }));
-                            }
-                        }
-                        v
-                    }
-                    0 => vec![("dense", base)],
-                    _ if base.tile == Fp8Tile::Bm128 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
-                    _ => vec![],
+                    0 => dense_plans(m, n, k, base),
+                    _ => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
                 };
                 for (kind, plan) in plans {
                     let us = time_us(&s, |i| {
@@ -161,14 +187,16 @@ fn main() {
                 let tw = random_f32(&s, &[t, TOPK], 0.05, 0.3, 41);
                 let x = random_bf16(&s, &[t, HIDDEN], 42);
                 let out = random_bf16(&s, &[t, HIDDEN], 43);
-                let (tile, _, gu, dn) = fg::plan_moe(t * TOPK, e, HIDDEN, inter, fg::DEFAULT_SMS);
+                let p = t * TOPK;
+                let (tile, ..) = fg::plan_moe(p, e, HIDDEN, inter, fg::DEFAULT_SMS);
                 let runs = match pass {
-                    0 => vec![("moe", None)],
+                    0 => moe_runs(p.div_ceil(e.min(p))),
                     _ if tile == Fp8Tile::Bm128 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
                     _ => vec![],
                 };
                 for (kind, force) in runs {
                     wsp.force_tile = force;
+                    let (_, gu, dn) = fg::plan_moe_tile(force.unwrap_or(tile), p, e, HIDDEN, inter, fg::DEFAULT_SMS);
                     let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
                     let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
                     let bytes = (hit * 3 * inter * HIDDEN) as f64;
@@ -178,7 +206,7 @@ fn main() {
                         kind,
                         label,
                         t,
-                        format!("{}/s{}/{}", force.unwrap_or(tile).label(), gu.splits, dn.splits),
+                        format!("{}/s{}/{}", gu.tile.label(), gu.splits, dn.splits),
                         us,
                         flops / (us * 1e6),
                         gbs,

@@ -2,16 +2,20 @@
 //!
 //! Prints ONE table (same columns and timing as benches/fp8_gemm.rs):
 //! - `i8blk` / `i8ch` rows: dense INT8 on the DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536,
-//!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096}: plan (tile/split), µs,
+//!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096} with the
+//!   default plan (the weight-streaming kernel `st8` / `st64` for M ≤ 64): plan (tile/split), µs,
 //!   TOPS (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device copy measured in the
-//!   same process;
-//! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 64} on the same shapes (weight bytes =
-//!   N·K/2 + scales N·K/64 + zeros N·K/256);
+//!   same process; `-mma` rows: the tiled kernel the plan took before (BM 16 / 64) at M ≤ 64, `-st`
+//!   rows: the streaming kernel (two 64-row tiles) at M = 128, for the comparison;
+//! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
+//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming) and `awq-mma` the tiled
+//!   kernel the plan took before;
 //! - `moe-i8` / `moe-awq` rows: one EP-8 MoE shard (32 experts, inter 2048, hidden 7168, top-8;
-//!   ids uniform and distinct per token among the 32) at 1, 64, 4096 tokens: align + (INT8: quant
-//!   of x) + grouped gate_up + SiLU·mul (INT8: fused with the quant) + grouped down; the combine is
-//!   not timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s = weight bytes
-//!   of the experts hit / time.
+//!   ids uniform and distinct per token among the 32) at 1, 16, 64, 128, 4096 tokens: align +
+//!   (INT8: quant of x) + grouped gate_up + SiLU·mul (INT8: fused with the quant) + grouped down;
+//!   the combine is not timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s
+//!   = weight bytes of the experts hit / time. `moe-i8` / `moe-awq` take the default plan (the
+//!   streaming kernel up to 64 rows per expert), `-mma` the tiled kernel the plan took before.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 batches after 5 warm-ups. Dense weights smaller than 256 MiB are replicated and the
@@ -29,7 +33,8 @@ mod common;
 use common::{copy_gbs, moe_ids, stream, time_us, Rng};
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
-use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, SplitKWorkspace};
+use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile, SplitKWorkspace};
+use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
 
 const HIDDEN: usize = 7168;
@@ -91,7 +96,7 @@ fn row(
 ) {
     let gbs = bytes / (us * 1e3);
     println!(
-        "{:<8} {:<22} {:>6} {:>12} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+        "{:<10} {:<22} {:>6} {:>12} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
         kind,
         shape,
         m,
@@ -101,6 +106,20 @@ fn row(
         gbs,
         gbs / copy
     );
+}
+
+/// The dense rows of one shape: the default plan (`kind`), and the kernel the other side of the
+/// streaming threshold for the comparison (`{kind}-mma` / `{kind}-st`).
+fn dense_plans(kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
+    let plan = |tile| qg::plan_quant_tile(kernel, tile, m, n, k, qg::DEFAULT_SMS);
+    let mut v = vec![(kind.to_string(), plan(QuantTile::for_rows(m)))];
+    let other = match m {
+        0..=64 => Some(("mma", QuantTile::tiled_for_rows(m))),
+        65..=128 => Some(("st", QuantTile::Stream(StreamTile::T64))),
+        _ => None,
+    };
+    v.extend(other.map(|(tag, tile)| (format!("{kind}-{tag}"), plan(tile))));
+    v
 }
 
 fn copies_for(bytes: usize) -> usize {
@@ -137,7 +156,7 @@ fn main() {
         copy
     );
     println!(
-        "{:<8} {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>8}",
+        "{:<10} {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>8}",
         "kind", "shape", "M/tok", "plan", "us", "TOPS", "W GB/s", "W/copy"
     );
     let mut ws = SplitKWorkspace::new();
@@ -161,30 +180,27 @@ fn main() {
                     )
                 })
                 .collect();
-            for m in [1usize, 64, 128, 4096] {
+            for m in [1usize, 16, 32, 64, 128, 4096] {
                 let a = random_bytes(&s, DType::I8, &[m, k], 7);
                 let asc = random_f(&s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
                 let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-                let plan = qg::plan_int8(m, n, k, qg::DEFAULT_SMS);
-                let us = time_us(&s, |i| {
-                    let (b, bs) = &w[i % nc];
-                    qg::int8_gemm_with(&s, &mut ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
-                });
-                let kind = if scheme == Int8Scheme::Block {
-                    "i8blk"
-                } else {
-                    "i8ch"
-                };
-                row(
-                    kind,
-                    &format!("{n}x{k}"),
-                    m,
-                    format!("{}/s{}", plan.tile.label(), plan.splits),
-                    us,
-                    2.0 * (m * n * k) as f64,
-                    (n * k) as f64,
-                    copy,
-                );
+                let kind = if scheme == Int8Scheme::Block { "i8blk" } else { "i8ch" };
+                for (kind, plan) in dense_plans(kind, QuantKernel::Int8, m, n, k) {
+                    let us = time_us(&s, |i| {
+                        let (b, bs) = &w[i % nc];
+                        qg::int8_gemm_with(&s, &mut ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
+                    });
+                    row(
+                        &kind,
+                        &format!("{n}x{k}"),
+                        m,
+                        format!("{}/s{}", plan.tile.label(), plan.splits),
+                        us,
+                        2.0 * (m * n * k) as f64,
+                        (n * k) as f64,
+                        copy,
+                    );
+                }
             }
         }
     }
@@ -195,33 +211,17 @@ fn main() {
         let layers: Vec<_> = (0..nc)
             .map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64))
             .collect();
-        for m in [1usize, 16, 64] {
+        for m in [1usize, 16, 32, 64] {
             let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
             let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-            let plan = qg::plan_awq(m, n, k, qg::DEFAULT_SMS);
-            let us = time_us(&s, |i| {
-                let (qw, qz, sc) = &layers[i % nc];
-                let w = AwqWeight {
-                    qweight: qw,
-                    qzeros: qz,
-                    scales: sc,
-                    experts: 1,
-                    n,
-                    k,
-                    group: 128,
-                };
-                qg::awq_gemm_with(&s, &mut ws, plan, &out, &a, &w).unwrap();
-            });
-            row(
-                "awq",
-                &format!("{n}x{k}"),
-                m,
-                format!("{}/s{}", plan.tile.label(), plan.splits),
-                us,
-                2.0 * (m * n * k) as f64,
-                awq_bytes(n, k) as f64,
-                copy,
-            );
+            for (kind, plan) in dense_plans("awq", QuantKernel::Awq, m, n, k) {
+                let us = time_us(&s, |i| {
+                    let (qw, qz, sc) = &layers[i % nc];
+                    let w = AwqWeight { qweight: qw, qzeros: qz, scales: sc, experts: 1, n, k, group: 128 };
+                    qg::awq_gemm_with(&s, &mut ws, plan, &out, &a, &w).unwrap();
+                });
+                row(&kind, &format!("{n}x{k}"), m, format!("{}/s{}", plan.tile.label(), plan.splits), us, 2.0 * (m * n * k) as f64, awq_bytes(n, k) as f64, copy);
+            }
         }
     }
 
@@ -266,97 +266,54 @@ fn main() {
         k: inter,
         group: 128,
     };
-    for t in [1usize, 64, 4096] {
+    for t in [1usize, 16, 64, 128, 4096] {
         let p = t * TOPK;
         let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
         let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
         let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
-        let (gu_plan, max_tiles) =
-            qg::plan_grouped(p, e, 2 * inter, HIDDEN.div_ceil(128), qg::DEFAULT_SMS);
-        let (dn_plan, _) = qg::plan_grouped(p, e, HIDDEN, inter.div_ceil(128), qg::DEFAULT_SMS);
-        let bm = gu_plan.tile.bm();
-        let rows = max_tiles * bm;
         let flops = 2.0 * (p * 3 * inter * HIDDEN) as f64;
-        // INT8.
-        let xq = DeviceTensor::empty(&s, DType::I8, &[t, HIDDEN]).unwrap();
-        let xs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(t, HIDDEN)]).unwrap();
-        let gate_up = DeviceTensor::empty(&s, DType::Bf16, &[rows, 2 * inter]).unwrap();
-        let hq = DeviceTensor::empty(&s, DType::I8, &[rows, inter]).unwrap();
-        let hs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(rows, inter)]).unwrap();
-        let y = DeviceTensor::empty(&s, DType::Bf16, &[rows, HIDDEN]).unwrap();
-        let us = time_us(&s, |_| {
-            let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
-            qg::int8_act_quant(&s, scheme, &xq, &xs, &x).unwrap();
-            qg::int8_grouped_gemm(
-                &s,
-                &mut ws,
-                scheme,
-                gu_plan,
-                &gate_up,
-                &xq,
-                &xs,
-                &w13,
-                &w13s,
-                &al.rows(true, TOPK),
-            )
-            .unwrap();
-            qg::int8_silu_mul_quant(&s, scheme, &hq, &hs, &gate_up).unwrap();
-            qg::int8_grouped_gemm(
-                &s,
-                &mut ws,
-                scheme,
-                dn_plan,
-                &y,
-                &hq,
-                &hs,
-                &w2,
-                &w2s,
-                &al.rows(false, 1),
-            )
-            .unwrap();
-        });
-        let plan = format!(
-            "{}/s{}/{}",
-            gu_plan.tile.label(),
-            gu_plan.splits,
-            dn_plan.splits
-        );
-        row(
-            "moe-i8",
-            "EP8 E32 I2048",
-            t,
-            plan.clone(),
-            us,
-            flops,
-            (hit * 3 * inter * HIDDEN) as f64,
-            copy,
-        );
-        // AWQ.
-        let h = DeviceTensor::empty(&s, DType::Bf16, &[rows, inter]).unwrap();
-        let us = time_us(&s, |_| {
-            let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
-            qg::awq_grouped_gemm(
-                &s,
-                &mut ws,
-                gu_plan,
-                &gate_up,
-                &x,
-                &aw13,
-                &al.rows(true, TOPK),
-            )
-            .unwrap();
-            dispatch::silu_mul(&s, &h, &gate_up).unwrap();
-            qg::awq_grouped_gemm(&s, &mut ws, dn_plan, &y, &h, &aw2, &al.rows(false, 1)).unwrap();
-        });
-        row(
-            "moe-awq",
-            "EP8 E32 I2048",
-            t,
-            plan,
-            us,
-            flops,
-            (hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter))) as f64,
-            copy,
-        );
+        // The default plans, and the tiled kernels where the streaming one is the default.
+        let per_expert = p.div_ceil(e.min(p));
+        let (tile, tiled) = (QuantTile::for_rows(per_expert), QuantTile::tiled_for_rows(per_expert));
+        let mut runs = vec![("moe-i8", QuantKernel::Int8, tile), ("moe-awq", QuantKernel::Awq, tile)];
+        if tile != tiled {
+            runs.extend([("moe-i8-mma", QuantKernel::Int8, tiled), ("moe-awq-mma", QuantKernel::Awq, tiled)]);
+        }
+        for (kind, kernel, tile) in runs {
+            let (gu_plan, max_tiles) = qg::plan_grouped_tile(kernel, tile, p, e, 2 * inter, HIDDEN, qg::DEFAULT_SMS);
+            let (dn_plan, _) = qg::plan_grouped_tile(kernel, tile, p, e, HIDDEN, inter, qg::DEFAULT_SMS);
+            let bm = tile.bm();
+            let rows = max_tiles * bm;
+            let gate_up = DeviceTensor::empty(&s, DType::Bf16, &[rows, 2 * inter]).unwrap();
+            let y = DeviceTensor::empty(&s, DType::Bf16, &[rows, HIDDEN]).unwrap();
+            let (us, bytes) = match kernel {
+                QuantKernel::Int8 => {
+                    let xq = DeviceTensor::empty(&s, DType::I8, &[t, HIDDEN]).unwrap();
+                    let xs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(t, HIDDEN)]).unwrap();
+                    let hq = DeviceTensor::empty(&s, DType::I8, &[rows, inter]).unwrap();
+                    let hs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(rows, inter)]).unwrap();
+                    let us = time_us(&s, |_| {
+                        let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
+                        qg::int8_act_quant(&s, scheme, &xq, &xs, &x).unwrap();
+                        qg::int8_grouped_gemm(&s, &mut ws, scheme, gu_plan, &gate_up, &xq, &xs, &w13, &w13s, &al.rows(true, TOPK)).unwrap();
+                        qg::int8_silu_mul_quant(&s, scheme, &hq, &hs, &gate_up).unwrap();
+                        qg::int8_grouped_gemm(&s, &mut ws, scheme, dn_plan, &y, &hq, &hs, &w2, &w2s, &al.rows(false, 1)).unwrap();
+                    });
+                    (us, hit * 3 * inter * HIDDEN)
+                }
+                QuantKernel::Awq => {
+                    let h = DeviceTensor::empty(&s, DType::Bf16, &[rows, inter]).unwrap();
+                    let us = time_us(&s, |_| {
+                        let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
+                        qg::awq_grouped_gemm(&s, &mut ws, gu_plan, &gate_up, &x, &aw13, &al.rows(true, TOPK)).unwrap();
+                        dispatch::silu_mul(&s, &h, &gate_up).unwrap();
+                        qg::awq_grouped_gemm(&s, &mut ws, dn_plan, &y, &h, &aw2, &al.rows(false, 1)).unwrap();
+                    });
+                    (us, hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter)))
+                }
+            };
+            let plan = format!("{}/s{}/{}", gu_plan.tile.label(), gu_plan.splits, dn_plan.splits);
+            row(kind, "EP8 E32 I2048", t, plan, us, flops, bytes as f64, copy);
+        }
     }
 }

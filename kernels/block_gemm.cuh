@@ -13,7 +13,8 @@
 //     m16n8k16 16-bit A fragment have the same byte layout, so both GEMMs share it);
 //   - bg_epilogue: the m16n8 accumulator fragments → bf16 out (or the split-K workspace);
 //   - block_gemm_mma / block_gemm_generic: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8
-//     MMAs, chosen by an Op policy) and its portable shared-memory fallback (HIP).
+//     MMAs, chosen by an Op policy: Fp8MmaOp, Int8MmaOp) and its portable shared-memory fallback
+//     (HIP; operand bytes decoded by Fp8Dec / Int8Dec).
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
@@ -229,6 +230,21 @@ template <int NT> DSV3_DEV void ldsm_cols8(u32 (&f)[NT][2], u32 base, u32 col0, 
 //           s_a[row, kb]·s_b[n/128, kb] (DESIGN §5);
 //   false — scales a_scales [rows] and b_scale [E][N]: the MMAs accumulate the whole K range
 //           (of this split) and the result is scaled once by s_a[row]·s_b[n].
+// e4m3fn × e4m3fn → f32, 1×128 / 128×128 block scales.
+struct Fp8MmaOp {
+  using Acc = float;
+  static constexpr bool PER_TILE = true;
+  static constexpr float FIX = E4M3_MMA_FIX;
+  DSV3_DEV static void mma(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_e4m3_16832(c, a, b); }
+};
+// s8 × s8 → s32 (exact), block (PER_TILE) or per-channel scales.
+template <bool PER_TILE_> struct Int8MmaOp {
+  using Acc = i32;
+  static constexpr bool PER_TILE = PER_TILE_;
+  static constexpr float FIX = 1.0f;
+  DSV3_DEV static void mma(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_s8_16832(c, a, b); }
+};
+
 template <int BM, class Op>
 DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
   using C = BlockGemmCfg<BM>;
@@ -370,7 +386,23 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 }
 #endif  // DSV3_CUDA
 
+// MODE values of the INT8 GEMMs (the manifest's `Q` axis): block scales (Int8MmaOp<true>) or
+// per-channel ones.
+constexpr int int8_block = 0, int8_channel = 1;
+
 // ---- generic path (HIP; also any element type) -------------------------------------------------
+// Decoders of an operand byte: a float8 code, an int8.
+template <class F8> struct Fp8Dec {
+  DSV3_DEV static float f(u8 b) {
+    F8 x;
+    x.bits = b;
+    return to_float(x);
+  }
+};
+struct Int8Dec {
+  DSV3_DEV static float f(u8 b) { return (float)(i8)b; }
+};
+
 // Dec::f(u8) decodes one operand byte to f32; PER_TILE as for block_gemm_mma. 256 threads,
 // dynamic smem (BM + 128) · 128 bytes. Correct, not fast (MFMA is future work).
 template <class Dec, bool PER_TILE, int BM>

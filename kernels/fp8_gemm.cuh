@@ -36,8 +36,9 @@
 
 namespace dsv3 {
 
-// The tile machinery (loader, fragments, split-K, grouping, epilogue) lives in block_gemm.cuh,
-// shared with the INT8 GEMM (kernels/quant_gemm.cuh); this file adds the float8 MMA policy.
+// The tile machinery (loader, fragments, split-K, grouping, epilogue) and the float8 MMA policy
+// live in block_gemm.cuh, shared with the INT8 GEMM (kernels/quant_gemm.cuh) and the
+// weight-streaming GEMM (kernels/stream_gemm.cuh).
 template <int BM_> using Fp8GemmCfg = BlockGemmCfg<BM_>;
 using Fp8GemmArgs = BlockGemmArgs;
 constexpr int FP8G_BN = BG_BN;
@@ -51,65 +52,6 @@ template <int BM> struct Fp8GemmSmem {
 #else
   static constexpr int BYTES = STAGE * Fp8GemmCfg<BM>::STAGES;
 #endif
-};
-
-#if defined(DSV3_CUDA)
-#if __CUDA_ARCH__ >= 890
-constexpr float FP8G_MMA_FIX = 1.0f;
-#else
-// The f16 widening below carries 2^-8 per operand.
-constexpr float FP8G_MMA_FIX = 65536.0f;
-// Two e4m3fn codes (bytes lo, hi of x selected by `sel`) → f16x2 of value · 2^-8.
-DSV3_DEV u32 e4m3x2_to_f16x2_scaled(u32 x, u32 sel) {
-  u32 p;  // [b_lo, 0, b_hi, 0]
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p) : "r"(x), "r"(0u), "r"(sel));
-  return ((p & 0x007f007fu) << 7) | ((p & 0x00800080u) << 8);
-}
-DSV3_DEV void mma_f16_16816(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-#endif
-
-// c += a(16×32 e4m3, row) · b(32×8 e4m3, col), f32 accumulate (value · 2^-16 on sm_80).
-DSV3_DEV void mma_e4m3_16832(float c[4], const u32 a[4], const u32 b[2]) {
-#if __CUDA_ARCH__ >= 890
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-  // The thread's 4 consecutive k of each fp8 register map to the f16 mma's k pairs
-  // {2t, 2t+1} and {2t+8, 2t+9}: the same permutation of k for A and B, so the sum is the same.
-  mma_f16_16816(c, e4m3x2_to_f16x2_scaled(a[0], 0x4140u), e4m3x2_to_f16x2_scaled(a[1], 0x4140u),
-                e4m3x2_to_f16x2_scaled(a[0], 0x4342u), e4m3x2_to_f16x2_scaled(a[1], 0x4342u),
-                e4m3x2_to_f16x2_scaled(b[0], 0x4140u), e4m3x2_to_f16x2_scaled(b[0], 0x4342u));
-  mma_f16_16816(c, e4m3x2_to_f16x2_scaled(a[2], 0x4140u), e4m3x2_to_f16x2_scaled(a[3], 0x4140u),
-                e4m3x2_to_f16x2_scaled(a[2], 0x4342u), e4m3x2_to_f16x2_scaled(a[3], 0x4342u),
-                e4m3x2_to_f16x2_scaled(b[1], 0x4140u), e4m3x2_to_f16x2_scaled(b[1], 0x4342u));
-#endif
-}
-
-// block_gemm_mma policy: e4m3fn × e4m3fn → f32, 1×128 / 128×128 block scales.
-struct Fp8MmaOp {
-  using Acc = float;
-  static constexpr bool PER_TILE = true;
-  static constexpr float FIX = FP8G_MMA_FIX;
-  DSV3_DEV static void mma(float c[4], const u32 a[4], const u32 b[2]) { mma_e4m3_16832(c, a, b); }
-};
-#endif  // DSV3_CUDA
-
-// block_gemm_generic decoder of a float8 byte.
-template <class F8> struct Fp8Dec {
-  DSV3_DEV static float f(u8 b) {
-    F8 x;
-    x.bits = b;
-    return to_float(x);
-  }
 };
 
 template <class F8> struct Fp8IsFn { static constexpr bool value = false; };

@@ -38,18 +38,6 @@
 namespace dsv3 {
 
 // ---- INT8 × INT8 ---------------------------------------------------------------------------
-#if defined(DSV3_CUDA)
-template <bool PER_TILE_> struct Int8MmaOp {
-  using Acc = i32;
-  static constexpr bool PER_TILE = PER_TILE_;
-  static constexpr float FIX = 1.0f;
-  DSV3_DEV static void mma(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) { mma_s8_16832(c, a, b); }
-};
-#endif
-struct Int8Dec {
-  DSV3_DEV static float f(u8 b) { return (float)(i8)b; }
-};
-
 // Entry: grid (ceil(N/128), M tiles, splits), block 256, dynamic smem Int8GemmSmem<BM>::BYTES.
 template <int BM> struct Int8GemmSmem {
   static constexpr int STAGE = (BM + BG_BN) * BG_BK;
@@ -59,9 +47,6 @@ template <int BM> struct Int8GemmSmem {
   static constexpr int BYTES = STAGE * BlockGemmCfg<BM>::STAGES;
 #endif
 };
-
-// MODE values of int8_gemm (the manifest's `Q` axis).
-constexpr int int8_block = 0, int8_channel = 1;
 
 template <int BM, int MODE>
 DSV3_DEV void int8_gemm(bf16* out, const i8* a, const float* a_scales, const i8* b, const float* b_scale, float* ws,
@@ -165,6 +150,15 @@ DSV3_DEV void awq_repacked_pos(u32 n, u32 k, u32 K, u64& word, u32& shift) {
 }
 
 #if defined(DSV3_CUDA)
+// bf16x2 of −(128 + z): the addend that turns 128 + q into q − z (exact in bf16).
+DSV3_DEV u32 awq_zneg(u32 z) { return (0xC300u | z) * 0x10001u; }
+
+// Nibbles h and h + 4 of a repacked word (k and k + 1 of one column) as bf16x2 of q − z: the
+// mask / OR makes 128 + q, one fma.bf16x2 adds zneg (awq_zneg).
+DSV3_DEV u32 awq_deq2(u32 w, int h, u32 zneg) {
+  return fma_bf16x2(((w >> (4 * h)) & 0x000f000fu) | 0x43004300u, 0x3f803f80u, zneg);
+}
+
 template <int BM>
 DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
   using C = BlockGemmCfg<BM>;
@@ -239,7 +233,7 @@ DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16*
     for (int j = 0; j < NT; ++j) {
       const u32 nb = n0 + wn * WN + j * 8;
       const u32 z = nb < N ? (qz[(u64)gi * N8 + nb / 8] >> zshift) & 15u : 0u;
-      zneg[j] = (0xC300u | z) * 0x10001u;  // bf16x2 of −(128 + z)
+      zneg[j] = awq_zneg(z);
       const u32 nc = nb + 2 * tig;
       s0[j] = nc < N ? to_float(sc[(u64)gi * N + nc]) : 0.0f;
       s1[j] = nc + 1 < N ? to_float(sc[(u64)gi * N + nc + 1]) : 0.0f;
@@ -263,7 +257,7 @@ DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16*
         const u32 w = bs[(wn * NT + j) * 64 + s * 32 + ln];
 #pragma unroll
         for (int h = 0; h < 4; ++h)
-          bq[j][h] = fma_bf16x2(((w >> (4 * h)) & 0x000f000fu) | 0x43004300u, 0x3f803f80u, zneg[j]);
+          bq[j][h] = awq_deq2(w, h, zneg[j]);
       }
 #pragma unroll
       for (int kk = 0; kk < 2; ++kk) {

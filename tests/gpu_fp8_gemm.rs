@@ -1,7 +1,8 @@
 //! FP8 block-scaled GEMM and fused MoE (src/backend/fp8_gemm.rs) against the CPU reference with
 //! activation-quantization emulation, on every NVIDIA code variant this build embedded (sm_90a
 //! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
-//! (BM 16 / 64 / 128) and split-K on and off.
+//! (BM 16 / 64 / 128 and the weight-streaming kernel's 8- and 64-row tiles) and split-K on and
+//! off.
 //!
 //! Reference: activations quantized per token group with `ops::fp8::quantize_act_per_token_group`
 //! and dequantized; weights quantized with `ops::fp8::quantize_block_weight` and dequantized with
@@ -16,6 +17,7 @@ mod common;
 
 use common::gpu::*;
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
+use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, Fp8E4m3fnuz, GpuStream};
 use dsv3::ops::fp8::{dequant_block_weight, e4m3fn_to_f32, quantize_act_per_token_group, quantize_block_weight};
 use proptest::prelude::*;
@@ -69,10 +71,12 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32], mul: f32) -> DeviceTens
     DeviceTensor::from_slice(s, shape, &v.iter().map(|x| x * mul).collect::<Vec<_>>()).unwrap()
 }
 
-/// The mma.sync / generic tiles. The sm_90a wgmma tile runs only in the tests named `wgmma_*`, so
-/// that a fault there (a sticky CUDA error poisons the process's context) cannot hide the others'
-/// results: run them in a separate process (`--skip wgmma`, then `wgmma`).
-const MMA_TILES: [Fp8Tile; 3] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128];
+/// The mma.sync / generic tiles, the weight-streaming kernel's included. The sm_90a wgmma tile
+/// runs only in the tests named `wgmma_*`, so that a fault there (a sticky CUDA error poisons the
+/// process's context) cannot hide the others' results: run them in a separate process
+/// (`--skip wgmma`, then `wgmma`).
+const MMA_TILES: [Fp8Tile; 5] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, STREAM_TILES[0], STREAM_TILES[1]];
+const STREAM_TILES: [Fp8Tile; 2] = [Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
 const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
 
 /// Runs each of `tiles` × {no split, split} of one dense shape on every variant; with the mma
@@ -133,6 +137,29 @@ fn dense_v3_shapes_decode() {
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn stream_dense_token_counts() {
+    // Every token-group boundary of the streaming kernel up to its 64-row tile and past it
+    // (several M tiles of 8 and 64 rows). N = 200: the second 128-row block has one partial
+    // 16-row warp tile (rows 192..199 of 192..207) and three warps past N; K = 400: three full K
+    // tiles and one of 16 bytes (only lane t = 0 of the first half loads).
+    for (i, m) in [1usize, 2, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128].into_iter().enumerate() {
+        check_dense(60 + i as u64, m, 200, 400, &STREAM_TILES);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn stream_dense_v3_shapes() {
+    // kv_a alone (N = 576: 4.5 scale blocks) at a full K = 7168 (56 K tiles: 14 activation chunks
+    // without split-K), an expert's down projection (7168×2048), o_proj's K = 16384 at the 64-row
+    // limit.
+    check_dense(80, 9, 576, 7168, &STREAM_TILES);
+    check_dense(81, 32, 7168, 2048, &STREAM_TILES);
+    check_dense(82, 64, 256, 16384, &STREAM_TILES);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wgmma_dense() {
     check_dense(21, 1, 2112, 7168, &WGMMA_TILES);
     check_dense(22, 300, 256, 512, &WGMMA_TILES);
@@ -153,6 +180,12 @@ proptest! {
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn dense_random_shapes(seed: u64, m in 1usize..200, n in 1usize..300, k16 in 1usize..40) {
         check_dense(seed, m, n, k16 * 16, &MMA_TILES);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn stream_dense_random_shapes(seed: u64, m in 1usize..140, n in 1usize..400, k16 in 1usize..70) {
+        check_dense(seed, m, n, k16 * 16, &STREAM_TILES);
     }
 
     #[test]
@@ -197,8 +230,16 @@ proptest! {
 
 /// One fused-MoE case: `ids` [t, topk] (entries outside [0, e) are other ranks' experts).
 /// Tiles forced in the fused MoE runs: the size-chosen one twice (the split-K workspace must stay
-/// zeroed), then each mma tile.
-const MOE_MMA_RUNS: [Option<Fp8Tile>; 5] = [None, None, Some(Fp8Tile::Bm16), Some(Fp8Tile::Bm64), Some(Fp8Tile::Bm128)];
+/// zeroed), then each mma tile and each streaming tile.
+const MOE_MMA_RUNS: [Option<Fp8Tile>; 7] = [
+    None,
+    None,
+    Some(Fp8Tile::Bm16),
+    Some(Fp8Tile::Bm64),
+    Some(Fp8Tile::Bm128),
+    Some(STREAM_TILES[0]),
+    Some(STREAM_TILES[1]),
+];
 const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile::Wg128)];
 
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
@@ -273,8 +314,21 @@ fn moe_decode_split_k() {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn moe_all_tokens_on_one_expert() {
-    // 150 tokens all routed to expert 2 (topk 1): BM-128 tiles of one expert, the others empty.
+    // 150 tokens all routed to expert 2 (topk 1): BM-128 tiles of one expert, the others empty
+    // (streaming: 19 tiles of 8 rows, or 64 + 64 + 22 rows).
     check_moe(13, 150, 6, 1, 256, 128, &vec![2i32; 150]);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn moe_decode_batches_on_the_streaming_plan() {
+    // The sizes the plan gives the streaming kernel: 16 and 40 tokens over 64 / 8 experts (1–20
+    // rows per expert, some experts without a token), hidden with a partial K tile (1040).
+    let mut r = rng(14);
+    let ids = distinct_ids(&mut r, 16, 64, 8);
+    check_moe(14, 16, 64, 8, 1040, 128, &ids);
+    let ids = distinct_ids(&mut r, 40, 8, 4);
+    check_moe(15, 40, 8, 4, 512, 256, &ids);
 }
 
 proptest! {

@@ -987,10 +987,10 @@ fn every_registry_kernel_is_covered() {
         ),
         (
             "tests/gpu_fp8_gemm.rs",
-            &["fp8_gemm_", "moe_align_tiles", "act_quant_group128_", "silu_mul_quant_group128_", "moe_combine_rows_"],
+            &["fp8_gemm_", "stream_gemm_e4m3fn_", "moe_align_tiles", "act_quant_group128_", "silu_mul_quant_group128_", "moe_combine_rows_"],
         ),
         ("tests/gpu_mla.rs", &["mla_decode_", "mla_cache_write_"]),
-        ("tests/gpu_quant_gemm.rs", &["int8_gemm_", "int8_quant_", "int8_silu_mul_quant_", "awq_gemm_"]),
+        ("tests/gpu_quant_gemm.rs", &["int8_gemm_", "stream_gemm_int8_", "stream_gemm_awq_", "int8_quant_", "int8_silu_mul_quant_", "awq_gemm_"]),
         // Needs 2 GPUs.
         ("tests/gpu_allreduce.rs", &["allreduce_"]),
     ];

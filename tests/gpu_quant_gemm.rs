@@ -2,7 +2,8 @@
 //! activation quantization (src/backend/quant_gemm.rs, kernels/quant_gemm.cuh) against the CPU
 //! reference, on every NVIDIA code variant this build embedded for the `quant_gemm` module (sm_90a
 //! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
-//! (BM 16 / 64 / 128) and split-K on and off.
+//! (BM 16 / 64 / 128 and the weight-streaming kernel's 8- and 64-row tiles) and split-K on and
+//! off.
 //!
 //! Reference: activations quantized with `ops::int8` (the same rule as the GPU, so the codes are
 //! shared) and dequantized; INT8 weights dequantized with the checkpoint loader's
@@ -104,9 +105,16 @@ fn splits_of(k_tiles: usize) -> [usize; 2] {
     [1, 3.min(k_tiles).max(1)]
 }
 
+/// Every tile: the tiled kernels' and the streaming kernel's.
+const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
+
 // ---- INT8 dense ----------------------------------------------------------------------------------
 
 fn check_int8_dense(seed: u64, m: usize, n: usize, k: usize) {
+    check_int8_dense_tiles(seed, m, n, k, &TILES)
+}
+
+fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[QuantTile]) {
     for scheme in Int8Scheme::ALL {
         let mut r = rng(seed ^ scheme as u64);
         let x = rand_vec(&mut r, m * k, 3.0);
@@ -121,7 +129,7 @@ fn check_int8_dense(seed: u64, m: usize, n: usize, k: usize) {
             let asc = up_f32(s, &[qa.scales.len()], &qa.scales);
             let b = up_i8(s, &[n, k], &qw.codes);
             let bsc = up_f32(s, &[qw.scales.len()], &qw.scales);
-            for tile in QuantTile::ALL {
+            for &tile in tiles {
                 for splits in splits_of(kt) {
                     // Twice with the same workspace: the kernel must leave it zeroed.
                     for rep in 0..2 {
@@ -169,6 +177,19 @@ fn int8_dense_v3_shapes_decode() {
     check_int8_dense(1, 1, 2112, 7168);
     check_int8_dense(2, 7, 576, 1536);
     check_int8_dense(3, 64, 384, 2048);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn int8_stream_dense_token_counts() {
+    // Every token-group boundary of the streaming kernel up to its 64-row tile and past it; N = 200
+    // (a partial 16-row warp tile, three warps past N), K = 400 (a 16-byte last K tile).
+    for (i, m) in [1usize, 2, 7, 8, 9, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128].into_iter().enumerate() {
+        check_int8_dense_tiles(60 + i as u64, m, 200, 400, &QuantTile::STREAM);
+    }
+    // A full K = 7168 without split-K (14 staged activation chunks) and kv_a's N = 576.
+    check_int8_dense_tiles(80, 9, 576, 7168, &QuantTile::STREAM);
+    check_int8_dense_tiles(81, 64, 256, 16384, &QuantTile::STREAM);
 }
 
 #[test]
@@ -265,6 +286,7 @@ fn expected_tiles(ids: &[i32], e: usize, bm: usize) -> i32 {
 /// compares each routed pair's row with `want_row(token, expert)` ([n] values).
 fn check_grouped(
     what: &str,
+    tiles: &[QuantTile],
     t: usize,
     e: usize,
     topk: usize,
@@ -293,7 +315,7 @@ fn check_grouped(
         let s: &dyn GpuStream = s;
         let dids = up_i32(s, &[t, topk], ids);
         let mut ws = SplitKWorkspace::new();
-        for tile in QuantTile::ALL {
+        for &tile in tiles {
             let al = qg::moe_align_tiles(s, &dids, e, tile.bm()).unwrap();
             s.synchronize().unwrap();
             let nt = al.num_tiles.to_vec::<i32>(s).unwrap()[0];
@@ -379,6 +401,7 @@ fn check_int8_grouped(
     };
     check_grouped(
         &format!("int8 {scheme:?} grouped"),
+        &TILES,
         t,
         e,
         topk,
@@ -405,6 +428,10 @@ fn int8_grouped_cases() {
         check_int8_grouped(12, scheme, 5, 16, 4, 256, 512, &ids);
         // 150 tokens all on expert 2 (topk 1): several tiles of one expert, the others empty.
         check_int8_grouped(13, scheme, 150, 6, 1, 136, 256, &[2i32; 150]);
+        // 40 tokens over 8 experts (≈ 20 rows each): three 8-row tiles or one 64-row tile with
+        // three token groups per expert; K = 7168 (56 K tiles).
+        let ids = distinct_ids(&mut r, 40, 8, 4);
+        check_int8_grouped(14, scheme, 40, 8, 4, 256, 7168, &ids);
     }
 }
 
@@ -479,6 +506,10 @@ fn up_awq(s: &dyn GpuStream, w: &Awq, e: usize, n: usize, k: usize, g: usize) ->
 }
 
 fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
+    check_awq_dense_tiles(seed, m, n, k, g, &TILES)
+}
+
+fn check_awq_dense_tiles(seed: u64, m: usize, n: usize, k: usize, g: usize, tiles: &[QuantTile]) {
     let mut r = rng(seed);
     let x: Vec<f32> = rand_vec(&mut r, m * k, 2.0)
         .into_iter()
@@ -500,7 +531,7 @@ fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
         };
         let a = up(s, &[m, k], &x, DType::Bf16);
         let mut ws = SplitKWorkspace::new();
-        for tile in QuantTile::ALL {
+        for &tile in tiles {
             for splits in splits_of(k / 64) {
                 for rep in 0..2 {
                     let out = poisoned(s, DType::Bf16, &[m, n]);
@@ -526,6 +557,19 @@ fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
             &want,
             GEMM_TOL,
         );
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn awq_stream_dense_token_counts() {
+    // The streaming kernel's token-group boundaries up to and past its 64-row tile; N = 200 (the
+    // second 128-row block: warp 4 with column groups 24 (in) and 25 (past N), three warps past
+    // N), K = 1024 (16 K tiles: four staged chunks without split-K).
+    for g in [64, 128] {
+        for (i, m) in [1usize, 7, 8, 9, 31, 33, 64, 65].into_iter().enumerate() {
+            check_awq_dense_tiles(90 + i as u64, m, 200, 1024, g, &QuantTile::STREAM);
+        }
     }
 }
 
@@ -587,6 +631,7 @@ fn check_awq_grouped(
     };
     check_grouped(
         &format!("awq g{g} grouped"),
+        &TILES,
         t,
         e,
         topk,

@@ -5,8 +5,9 @@
 //! `a` e4m3 [M, K] and its per-token-group scales [M, ⌈K/128⌉] (from [`act_quant`]), `b` an e4m3
 //! Linear weight [N, K] with `weight_scale_inv` [⌈N/128⌉, ⌈K/128⌉]. Any M ≥ 1; N, K need not be
 //! multiples of 128 but K must be a multiple of 16 (16-byte rows). The tile (BM ∈ {16, 64, 128},
-//! BN = 128) and the split-K factor are chosen from the shape by [`plan_dense`]; small M splits K
-//! so the weights stream from every SM at once.
+//! BN = 128, or the weight-streaming kernel of [`super::stream_gemm`] for M ≤ 64) and the split-K
+//! factor are chosen from the shape by [`plan_dense`]; small M splits K so the weights stream from
+//! every SM at once.
 //!
 //! Split-K adds partial tiles into an f32 workspace that the kernel leaves zeroed; keep one
 //! [`Fp8Workspace`] per stream and pass it to [`fp8_gemm_ws`] (no allocation and no memset per
@@ -24,6 +25,7 @@ use super::memory::DeviceTensor;
 use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
+use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::{Error, Result};
 use std::ffi::c_void;
@@ -59,21 +61,25 @@ pub enum Fp8Tile {
     /// BM 128 through the sm_90a wgmma entry (`fp8_gemm_wgmma_*`); on other code variants that
     /// entry runs the mma.sync BM-128 kernel.
     Wg128,
+    /// The small-M weight-streaming kernel (`stream_gemm_e4m3fn_t*`, [`super::stream_gemm`]).
+    Stream(StreamTile),
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 4] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128];
+    pub const ALL: [Fp8Tile; 6] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128, Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
     pub fn bm(self) -> usize {
         match self {
             Fp8Tile::Bm16 => 16,
             Fp8Tile::Bm64 => 64,
             Fp8Tile::Bm128 | Fp8Tile::Wg128 => 128,
+            Fp8Tile::Stream(t) => t.bm(),
         }
     }
     /// The registry kernel of this tile for float8 type `f8`.
     pub fn kernel_name(self, f8: DType) -> String {
         match self {
             Fp8Tile::Wg128 => format!("fp8_gemm_wgmma_{f8}"),
+            Fp8Tile::Stream(t) => format!("stream_gemm_{f8}_t{}", t.bm()),
             t => format!("fp8_gemm_{f8}_bm{}", t.bm()),
         }
     }
@@ -84,17 +90,35 @@ impl Fp8Tile {
             Fp8Tile::Bm64 => "bm64",
             Fp8Tile::Bm128 => "bm128",
             Fp8Tile::Wg128 => "wg128",
+            Fp8Tile::Stream(t) => t.label(),
         }
     }
     /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
     pub fn occupancy(self) -> usize {
         match self {
             Fp8Tile::Bm16 => 2,
+            Fp8Tile::Stream(t) => t.occupancy(),
             _ => 1,
+        }
+    }
+    /// The tile for `rows` rows per M tile: the streaming kernel up to its limit, else BM 128.
+    pub fn for_rows(rows: usize) -> Fp8Tile {
+        StreamTile::for_rows(rows).map(Fp8Tile::Stream).unwrap_or(Fp8Tile::Bm128)
+    }
+    /// The tiled (mma.sync) kernels' tile for `rows`: BM 16 up to 16 rows, 64 up to 64, else 128
+    /// (what the plans took before the streaming kernel; benches compare with it).
+    pub fn tiled_for_rows(rows: usize) -> Fp8Tile {
+        match rows {
+            0..=16 => Fp8Tile::Bm16,
+            17..=64 => Fp8Tile::Bm64,
+            _ => Fp8Tile::Bm128,
         }
     }
     /// Dynamic shared memory of one CTA on `vendor` (mirrors `Fp8GemmSmem` in the kernel).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
+        if let Fp8Tile::Stream(t) = self {
+            return t.smem_bytes(vendor);
+        }
         if self == Fp8Tile::Wg128 && vendor == Vendor::Cuda {
             // FP8G_WG_SMEM: 4 stages + 1 KB to align the stages to 1024 bytes.
             return (4 * 256 * 128 + 1024) as u32;
@@ -164,15 +188,14 @@ pub fn plan_for_stream(s: &dyn GpuStream, f8: DType, plan: Fp8Plan) -> Fp8Plan {
     }
 }
 
-/// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs.
+/// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs: the streaming kernel
+/// for M ≤ 64 ([`super::stream_gemm::STREAM_MAX_ROWS`]), BM 128 above.
 pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
-    let tile = if m <= 16 {
-        Fp8Tile::Bm16
-    } else if m <= 64 {
-        Fp8Tile::Bm64
-    } else {
-        Fp8Tile::Bm128
-    };
+    plan_dense_tile(Fp8Tile::for_rows(m), m, n, k, sms)
+}
+
+/// [`plan_dense`] with the tile given: split-K to fill one wave for M ≤ 256.
+pub fn plan_dense_tile(tile: Fp8Tile, m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
     let ctas = m.div_ceil(tile.bm()) * n.div_ceil(128);
     let splits = if m <= 256 { splits_for(ctas, k.div_ceil(128), sms, tile.occupancy()) } else { 1 };
     Fp8Plan { tile, splits }
@@ -455,23 +478,24 @@ impl FusedMoeWorkspace {
     }
 }
 
-/// Plans of the fused MoE's two grouped GEMMs for `pairs` (token, expert) pairs over `experts`.
+/// Plans of the fused MoE's two grouped GEMMs for `pairs` (token, expert) pairs over `experts`:
+/// the M tile from the mean rows per active expert (the streaming kernel up to 64), the grid's
+/// maximum M tiles, the gate_up and down plans.
 pub fn plan_moe(pairs: usize, experts: usize, hidden: usize, inter: usize, sms: usize) -> (Fp8Tile, usize, Fp8Plan, Fp8Plan) {
+    let tile = Fp8Tile::for_rows(pairs.div_ceil(experts.min(pairs).max(1)));
+    let (max_tiles, gu, dn) = plan_moe_tile(tile, pairs, experts, hidden, inter, sms);
+    (tile, max_tiles, gu, dn)
+}
+
+/// [`plan_moe`] with the tile given: (max M tiles, gate_up plan, down plan).
+pub fn plan_moe_tile(tile: Fp8Tile, pairs: usize, experts: usize, hidden: usize, inter: usize, sms: usize) -> (usize, Fp8Plan, Fp8Plan) {
     let active = experts.min(pairs).max(1);
-    let per_expert = pairs.div_ceil(active);
-    let tile = if per_expert <= 16 {
-        Fp8Tile::Bm16
-    } else if per_expert <= 64 {
-        Fp8Tile::Bm64
-    } else {
-        Fp8Tile::Bm128
-    };
     let bm = tile.bm();
     let max_tiles = pairs.div_ceil(bm) + experts.min(pairs);
     let est_tiles = pairs.div_ceil(bm).max(active).min(max_tiles);
     let gu = Fp8Plan { tile, splits: splits_for(est_tiles * (2 * inter).div_ceil(128), hidden.div_ceil(128), sms, tile.occupancy()) };
     let dn = Fp8Plan { tile, splits: splits_for(est_tiles * hidden.div_ceil(128), inter.div_ceil(128), sms, tile.occupancy()) };
-    (tile, max_tiles, gu, dn)
+    (max_tiles, gu, dn)
 }
 
 /// Routed experts of one MoE layer, FP8: `out [T, H] bf16 = beta·out + Σ_k topk_weights[t, k] ·
@@ -501,21 +525,15 @@ impl ExpertGemms for MoeFp8Weights<'_> {
 
     fn plan(&self, s: &dyn GpuStream, wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<Fp8Plan>> {
         let (e, h, inter) = MoeFp8Weights::dims(self)?;
-        let (mut tile, mut max_tiles, mut gu_plan, mut dn_plan) = plan_moe(pairs, e, h, inter, DEFAULT_SMS);
         let force = wsp.force_tile.or_else(|| generic_only(s, self.w13.dtype()).then_some(Fp8Tile::Bm64));
-        if let Some(ft) = force {
-            if ft.bm() != tile.bm() {
-                max_tiles = pairs.div_ceil(ft.bm()) + e.min(pairs);
+        let (max_tiles, gate_up, down) = match force {
+            Some(ft) => plan_moe_tile(ft, pairs, e, h, inter, DEFAULT_SMS),
+            None => {
+                let (_, max_tiles, gu, dn) = plan_moe(pairs, e, h, inter, DEFAULT_SMS);
+                (max_tiles, with_wgmma(s, gu), with_wgmma(s, dn))
             }
-            tile = ft;
-            gu_plan.tile = ft;
-            dn_plan.tile = ft;
-        } else {
-            gu_plan = with_wgmma(s, gu_plan);
-            dn_plan = with_wgmma(s, dn_plan);
-            tile = gu_plan.tile;
-        }
-        Ok(MoePlan { bm: tile.bm(), max_tiles, gate_up: gu_plan, down: dn_plan })
+        };
+        Ok(MoePlan { bm: gate_up.tile.bm(), max_tiles, gate_up, down })
     }
 
     fn input(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
@@ -596,14 +614,20 @@ mod tests {
     #[test]
     fn plans() {
         let p = plan_dense(1, 2112, 7168, 132);
-        assert_eq!(p.tile, Fp8Tile::Bm16);
+        assert_eq!(p.tile, Fp8Tile::Stream(StreamTile::T8));
         assert!(p.splits > 1 && p.splits <= 28, "{p:?}");
+        assert_eq!(plan_dense(9, 2112, 7168, 132).tile, Fp8Tile::Stream(StreamTile::T64));
+        assert_eq!(plan_dense(65, 2112, 7168, 132).tile, Fp8Tile::Bm128);
         assert_eq!(plan_dense(4096, 7168, 2048, 132), Fp8Plan { tile: Fp8Tile::Bm128, splits: 1 });
         assert_eq!(plan_dense(64, 32768, 512, 132).splits, 1);
         assert_eq!(Fp8Tile::Bm128.smem_bytes(Vendor::Cuda), 98304);
+        assert_eq!(Fp8Tile::Stream(StreamTile::T8).kernel_name(DType::E4m3fn), "stream_gemm_e4m3fn_t8");
+        // One token, 8 of 256 experts: one 8-row tile per expert (+1 of slack), split K.
         let (tile, max_tiles, gu, _) = plan_moe(8, 256, 7168, 256, 132);
-        assert_eq!((tile, max_tiles), (Fp8Tile::Bm16, 9));
+        assert_eq!((tile, max_tiles), (Fp8Tile::Stream(StreamTile::T8), 9));
         assert!(gu.splits > 1);
+        // 64 tokens on 32 experts: 16 rows per expert, the 64-row streaming tile.
+        assert_eq!(plan_moe(512, 32, 7168, 2048, 132).0, Fp8Tile::Stream(StreamTile::T64));
         let (tile, _, gu, dn) = plan_moe(4096 * 8, 32, 7168, 2048, 132);
         assert_eq!((tile, gu.splits, dn.splits), (Fp8Tile::Bm128, 1, 1));
     }

@@ -9,7 +9,8 @@
 //! - [`DeviceTensor`]: a device buffer with a dtype and a shape, from a caching allocator;
 //! - [`dispatch`]: shape-checked launches of every kernel family on any [`GpuStream`];
 //! - [`fp8_gemm`], [`quant_gemm`]: FP8 and INT8 / AWQ GEMMs (dense, grouped by expert, fused MoE);
-//!   [`moe_driver`]: the routed-expert pipeline they share; [`quant_moe`]: its INT8 / AWQ steps.
+//!   [`stream_gemm`]: their small-M weight-streaming tile; [`moe_driver`]: the routed-expert
+//!   pipeline they share; [`quant_moe`]: its INT8 / AWQ steps.
 
 pub mod dispatch;
 pub mod fp8_gemm;
@@ -20,6 +21,7 @@ pub mod quant_gemm;
 pub mod quant_moe;
 pub mod registry;
 pub mod stream;
+pub mod stream_gemm;
 pub mod types;
 
 #[cfg(feature = "cuda")]

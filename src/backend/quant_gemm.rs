@@ -9,7 +9,9 @@
 //! - `Channel` (`w8a8_int8`): `a_scales [M]` (per token) and `weight_scale [N]`; s32 over K, one
 //!   scale at the end.
 //!
-//! Any M ≥ 1; N, K need not be multiples of 128; K % 16 == 0 (16-byte rows).
+//! Any M ≥ 1; N, K need not be multiples of 128; K % 16 == 0 (16-byte rows). Up to 64 rows per M
+//! tile [`plan_int8`] / [`plan_awq`] / [`plan_grouped`] pick the weight-streaming kernel
+//! ([`QuantTile::Stream`], [`super::stream_gemm`]; AWQ too), the BM 16 / 64 / 128 tiles above.
 //!
 //! AWQ ([`awq_gemm`], [`awq_grouped_gemm`]): `out[M, N] bf16 = a bf16 [M, K] · W` with
 //! `W[k, n] = (q − z)·s` from an AWQ layer (`qzeros` i32 `[K/G, N/8]`, `scales` f16 `[K/G, N]`,
@@ -28,6 +30,7 @@
 use super::fp8_gemm::{bad, launch_raw, rows_cols, splits_for, u32_of, Fp8Workspace, GroupedRows};
 use super::memory::DeviceTensor;
 use super::stream::GpuStream;
+use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::Result;
 
@@ -86,15 +89,22 @@ pub enum QuantTile {
     Bm16,
     Bm64,
     Bm128,
+    /// The small-M weight-streaming kernel (`stream_gemm_int8_*`, `stream_gemm_awq_*`,
+    /// [`super::stream_gemm`]).
+    Stream(StreamTile),
 }
 
 impl QuantTile {
+    /// The tiled kernels' tiles.
     pub const ALL: [QuantTile; 3] = [QuantTile::Bm16, QuantTile::Bm64, QuantTile::Bm128];
+    /// The streaming kernel's tiles.
+    pub const STREAM: [QuantTile; 2] = [QuantTile::Stream(StreamTile::T8), QuantTile::Stream(StreamTile::T64)];
     pub fn bm(self) -> usize {
         match self {
             QuantTile::Bm16 => 16,
             QuantTile::Bm64 => 64,
             QuantTile::Bm128 => 128,
+            QuantTile::Stream(t) => t.bm(),
         }
     }
     pub fn label(self) -> &'static str {
@@ -102,9 +112,17 @@ impl QuantTile {
             QuantTile::Bm16 => "bm16",
             QuantTile::Bm64 => "bm64",
             QuantTile::Bm128 => "bm128",
+            QuantTile::Stream(t) => t.label(),
         }
     }
-    fn for_rows(m: usize) -> QuantTile {
+    /// The tile the plans pick for `rows` rows per M tile: the streaming kernel up to
+    /// [`super::stream_gemm::STREAM_MAX_ROWS`], the tiled ones above.
+    pub fn for_rows(rows: usize) -> QuantTile {
+        StreamTile::for_rows(rows).map(QuantTile::Stream).unwrap_or_else(|| QuantTile::tiled_for_rows(rows))
+    }
+    /// The tiled kernels' tile for `m` rows per M tile (what the plans took before the streaming
+    /// kernel; benches compare with it).
+    pub fn tiled_for_rows(m: usize) -> QuantTile {
         if m <= 16 {
             QuantTile::Bm16
         } else if m <= 64 {
@@ -117,25 +135,28 @@ impl QuantTile {
     fn occupancy(self) -> usize {
         match self {
             QuantTile::Bm16 => 2,
+            QuantTile::Stream(t) => t.occupancy(),
             _ => 1,
         }
     }
-    /// Dynamic shared memory of the INT8 kernel (mirrors `Int8GemmSmem` in the kernel).
+    /// Dynamic shared memory of the INT8 kernel (mirrors `Int8GemmSmem` / `StreamCfg` in the kernels).
     pub fn int8_smem_bytes(self, vendor: Vendor) -> u32 {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
+            (_, QuantTile::Stream(t)) => return t.smem_bytes(vendor),
             (Vendor::Hip, _) => 1,
             (Vendor::Cuda, QuantTile::Bm128) => 3,
             (Vendor::Cuda, _) => 4,
         };
         (stage * stages) as u32
     }
-    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem`): 4 stages of BM × 128 bytes of
-    /// activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
+    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `StreamCfg`): 4 stages of BM ×
+    /// 128 bytes of activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
-        match vendor {
-            Vendor::Cuda => ((self.bm() * 128 + 4096) * 4) as u32,
-            Vendor::Hip => 0,
+        match (vendor, self) {
+            (_, QuantTile::Stream(t)) => t.awq_smem_bytes(vendor),
+            (Vendor::Cuda, _) => ((self.bm() * 128 + 4096) * 4) as u32,
+            (Vendor::Hip, _) => 0,
         }
     }
 }
@@ -147,11 +168,29 @@ pub struct QuantPlan {
     pub splits: usize,
 }
 
-fn plan_rows(m: usize, n: usize, k_tiles: usize, sms: usize) -> QuantPlan {
-    let tile = QuantTile::for_rows(m);
+/// The GEMM kernels of a quantized weight format, as the plans see them (split-K counts K tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantKernel {
+    /// INT8 (block or channel): K tiles of 128.
+    Int8,
+    /// AWQ W4A16: K tiles of 64.
+    Awq,
+}
+
+impl QuantKernel {
+    fn k_tile(self) -> usize {
+        match self {
+            QuantKernel::Int8 => 128,
+            QuantKernel::Awq => 64,
+        }
+    }
+}
+
+/// A dense plan of `kernel` with the tile given: split-K to fill one wave for M ≤ 256.
+pub fn plan_quant_tile(kernel: QuantKernel, tile: QuantTile, m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
     let ctas = m.div_ceil(tile.bm()) * n.div_ceil(128);
     let splits = if m <= 256 {
-        splits_for(ctas, k_tiles, sms, tile.occupancy())
+        splits_for(ctas, k.div_ceil(kernel.k_tile()), sms, tile.occupancy())
     } else {
         1
     };
@@ -160,30 +199,44 @@ fn plan_rows(m: usize, n: usize, k_tiles: usize, sms: usize) -> QuantPlan {
 
 /// Tile and split for a dense INT8 `[m, k] · [n, k]ᵀ` on `sms` SMs (K tiles of 128).
 pub fn plan_int8(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
-    plan_rows(m, n, k.div_ceil(128), sms)
+    plan_quant_tile(QuantKernel::Int8, QuantTile::for_rows(m), m, n, k, sms)
 }
 
 /// Tile and split for a dense AWQ GEMM (K tiles of 64).
 pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
-    plan_rows(m, n, k.div_ceil(64), sms)
+    plan_quant_tile(QuantKernel::Awq, QuantTile::for_rows(m), m, n, k, sms)
 }
 
-/// Plan of a grouped GEMM over `pairs` expert-sorted rows among `experts`: the tile (from the mean
-/// rows per active expert), the grid's maximum M tiles, and the split for an `n`-wide output with
-/// `k_tiles` K tiles.
+/// Plan of a grouped GEMM of `kernel` over `pairs` expert-sorted rows among `experts`: the tile
+/// (from the mean rows per active expert), the grid's maximum M tiles, and the split for an
+/// `n`-wide output over `k`.
 pub fn plan_grouped(
+    kernel: QuantKernel,
     pairs: usize,
     experts: usize,
     n: usize,
-    k_tiles: usize,
+    k: usize,
+    sms: usize,
+) -> (QuantPlan, usize) {
+    let tile = QuantTile::for_rows(pairs.div_ceil(experts.min(pairs).max(1)));
+    plan_grouped_tile(kernel, tile, pairs, experts, n, k, sms)
+}
+
+/// [`plan_grouped`] with the tile given.
+pub fn plan_grouped_tile(
+    kernel: QuantKernel,
+    tile: QuantTile,
+    pairs: usize,
+    experts: usize,
+    n: usize,
+    k: usize,
     sms: usize,
 ) -> (QuantPlan, usize) {
     let active = experts.min(pairs).max(1);
-    let tile = QuantTile::for_rows(pairs.div_ceil(active));
     let bm = tile.bm();
     let max_tiles = pairs.div_ceil(bm) + experts.min(pairs);
     let est_tiles = pairs.div_ceil(bm).max(active).min(max_tiles);
-    let splits = splits_for(est_tiles * n.div_ceil(128), k_tiles, sms, tile.occupancy());
+    let splits = splits_for(est_tiles * n.div_ceil(128), k.div_ceil(kernel.k_tile()), sms, tile.occupancy());
     (QuantPlan { tile, splits }, max_tiles)
 }
 
@@ -373,8 +426,12 @@ pub(super) fn int8_tiled(
     rows: [u64; 3],
     a_row_div: usize,
 ) -> Result<Tiled> {
+    let name = match plan.tile {
+        QuantTile::Stream(t) => format!("stream_gemm_int8_{}_t{}", scheme.tag(), t.bm()),
+        tile => format!("int8_gemm_{}_{}", scheme.tag(), tile.label()),
+    };
     Ok(Tiled {
-        name: format!("int8_gemm_{}_{}", scheme.tag(), plan.tile.label()),
+        name,
         smem: plan.tile.int8_smem_bytes(s.vendor()),
         n,
         k_tiles: k.div_ceil(128),
@@ -609,8 +666,12 @@ pub(super) fn awq_tiled(
     rows: [u64; 3],
     a_row_div: usize,
 ) -> Result<Tiled> {
+    let name = match plan.tile {
+        QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
+        tile => format!("awq_gemm_{}", tile.label()),
+    };
     Ok(Tiled {
-        name: format!("awq_gemm_{}", plan.tile.label()),
+        name,
         smem: plan.tile.awq_smem_bytes(s.vendor()),
         n: w.n,
         k_tiles: w.k / 64,
@@ -743,9 +804,9 @@ pub fn moe_align_tiles(
 ) -> Result<TileAlignment> {
     topk_ids.check_dtype(DType::I32)?;
     let p = topk_ids.numel();
-    if num_experts == 0 || !matches!(bm, 16 | 64 | 128) {
+    if num_experts == 0 || !matches!(bm, 8 | 16 | 64 | 128) {
         return Err(bad(format!(
-            "moe_align_tiles: {num_experts} experts, bm {bm} (16, 64 or 128)"
+            "moe_align_tiles: {num_experts} experts, bm {bm} (8, 16, 64 or 128)"
         )));
     }
     let max_tiles = p.div_ceil(bm) + num_experts.min(p);
@@ -788,8 +849,12 @@ mod tests {
     #[test]
     fn plans() {
         let p = plan_int8(1, 2112, 7168, 132);
-        assert_eq!(p.tile, QuantTile::Bm16);
+        assert_eq!(p.tile, QuantTile::Stream(StreamTile::T8));
         assert!(p.splits > 1, "{p:?}");
+        assert_eq!(plan_int8(64, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
+        assert_eq!(plan_int8(65, 2112, 7168, 132).tile, QuantTile::Bm128);
+        assert_eq!(plan_awq(1, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T8));
+        assert_eq!(plan_awq(65, 2112, 7168, 132).tile, QuantTile::Bm128);
         assert_eq!(
             plan_int8(4096, 7168, 2048, 132),
             QuantPlan {
@@ -797,12 +862,15 @@ mod tests {
                 splits: 1
             }
         );
-        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
+        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
         assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
-        let (p, max_tiles) = plan_grouped(8, 32, 512, 7168 / 128, 132);
-        assert_eq!((p.tile, max_tiles), (QuantTile::Bm16, 9));
+        let (p, max_tiles) = plan_grouped(QuantKernel::Int8, 8, 32, 512, 7168, 132);
+        assert_eq!((p.tile, max_tiles), (QuantTile::Stream(StreamTile::T8), 9));
         assert!(p.splits > 1);
+        let (p, _) = plan_grouped(QuantKernel::Awq, 8, 32, 512, 7168, 132);
+        assert_eq!(p.tile, QuantTile::Stream(StreamTile::T8));
+        assert_eq!(QuantTile::Stream(StreamTile::T64).int8_smem_bytes(Vendor::Cuda), 75_776);
     }
 
     /// The repacked word of lane (g, t) holds the B fragments of two m16n8k16 MMAs: nibbles

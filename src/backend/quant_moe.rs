@@ -11,15 +11,15 @@
 use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
 use super::memory::DeviceTensor;
 use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
-use super::quant_gemm::{awq_tiled, int8_tiled, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantPlan};
+use super::quant_gemm::{awq_tiled, int8_tiled, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantKernel, QuantPlan};
 use super::stream::GpuStream;
 use super::types::*;
 use crate::error::Result;
 
 /// The plans of both grouped GEMMs (same tile: it depends on the pairs and experts only).
-fn plans(pairs: usize, e: usize, h: usize, i: usize, gu_k_tiles: usize, dn_k_tiles: usize) -> MoePlan<QuantPlan> {
-    let (gate_up, max_tiles) = plan_grouped(pairs, e, 2 * i, gu_k_tiles, DEFAULT_SMS);
-    let (down, _) = plan_grouped(pairs, e, h, dn_k_tiles, DEFAULT_SMS);
+fn plans(kernel: QuantKernel, pairs: usize, e: usize, h: usize, i: usize) -> MoePlan<QuantPlan> {
+    let (gate_up, max_tiles) = plan_grouped(kernel, pairs, e, 2 * i, h, DEFAULT_SMS);
+    let (down, _) = plan_grouped(kernel, pairs, e, h, i, DEFAULT_SMS);
     MoePlan { bm: gate_up.tile.bm(), max_tiles, gate_up, down }
 }
 
@@ -80,7 +80,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
 
     fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeInt8Weights::dims(self)?;
-        Ok(plans(pairs, e, h, i, h.div_ceil(128), i.div_ceil(128)))
+        Ok(plans(QuantKernel::Int8, pairs, e, h, i))
     }
 
     fn input(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
@@ -152,7 +152,7 @@ impl ExpertGemms for MoeAwqWeights<'_> {
 
     fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeAwqWeights::dims(self)?;
-        Ok(plans(pairs, e, h, i, h / 64, i / 64))
+        Ok(plans(QuantKernel::Awq, pairs, e, h, i))
     }
 
     fn input(&self, _s: &dyn GpuStream, _wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {

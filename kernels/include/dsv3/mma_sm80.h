@@ -1,6 +1,7 @@
 // NVIDIA tensor-core and async-copy primitives of sm_80+ (Ampere, Ada, Hopper): cp.async with
-// zero fill, ldmatrix (plain and transposed), mma.sync m16n8k16 bf16 -> f32, m16n8k32 s8 -> s32
-// and packed bf16x2 fma. CUDA only: a kernel that includes this guards its use with DSV3_CUDA and
+// zero fill, streaming 16-byte loads, ldmatrix (plain and transposed), mma.sync m16n8k16 bf16 /
+// f16 -> f32, m16n8k32 s8 -> s32 and e4m3 -> f32 (native on sm_89+, widened to f16 on sm_80) and
+// packed bf16x2 fma. CUDA only: a kernel that includes this guards its use with DSV3_CUDA and
 // gives HIP its own path.
 #pragma once
 #include "platform.h"
@@ -21,9 +22,27 @@ DSV3_DEV void cp_async_16(u32 dst, const void* src, bool valid) {
   const u32 n = valid ? 16u : 0u;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
+// 4-byte global -> shared copy (through L1), zero fill as cp_async_16.
+DSV3_DEV void cp_async_4(u32 dst, const void* src, bool valid) {
+  const u32 n = valid ? 4u : 0u;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
 DSV3_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N committed groups are still in flight.
 template <int N> DSV3_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// 16- and 4-byte global loads of data read once (streamed weights): read-only path, not kept in
+// L1. volatile: they stay where the code issues them (a prefetch ahead of its use).
+DSV3_DEV void ld_stream_16(u32 (&v)[4], const void* p) {
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+               : "l"(p));
+}
+DSV3_DEV u32 ld_stream_4(const void* p) {
+  u32 v;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
 
 DSV3_DEV void ldmatrix_x4(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -46,6 +65,15 @@ DSV3_DEV void mma_bf16_16816(float (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same with f16 operands.
+DSV3_DEV void mma_f16_16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
 // c += a · b, a 16x32 s8 (row), b 32x8 s8 (col), c 16x8 s32 (exact). Fragments as the e4m3
 // m16n8k32 ones: a {a0..a3} (4 consecutive k per register), b {b0, b1}; sm_80+.
 DSV3_DEV void mma_s8_16832(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
@@ -54,6 +82,41 @@ DSV3_DEV void mma_s8_16832(i32 (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
       "{%0, %1, %2, %3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// c += a · b, a 16x32 e4m3fn (row), b 32x8 e4m3fn (col), c 16x8 f32; fragments as the s8 ones.
+// sm_89+ (compute_89 PTX, sm_90a SASS): mma.sync.m16n8k32 e4m3. sm_80 (compute_80 PTX): the
+// codes are widened in registers to f16 (exact: an e4m3 code shifted into an f16 is the value ·
+// 2^-8, subnormals included; no table, no cvt) and fed to two m16n8k16 f16 MMAs, so c holds the
+// sum · 2^-16: multiply the result by E4M3_MMA_FIX.
+#if __CUDA_ARCH__ >= 890
+constexpr float E4M3_MMA_FIX = 1.0f;
+#else
+constexpr float E4M3_MMA_FIX = 65536.0f;
+// Two e4m3fn codes (bytes lo, hi of x selected by `sel`) -> f16x2 of value · 2^-8.
+DSV3_DEV u32 e4m3x2_to_f16x2_scaled(u32 x, u32 sel) {
+  u32 p;  // [b_lo, 0, b_hi, 0]
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p) : "r"(x), "r"(0u), "r"(sel));
+  return ((p & 0x007f007fu) << 7) | ((p & 0x00800080u) << 8);
+}
+#endif
+DSV3_DEV void mma_e4m3_16832(float (&c)[4], const u32 (&a)[4], const u32 (&b)[2]) {
+#if __CUDA_ARCH__ >= 890
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  // The thread's 4 consecutive k of each fp8 register map to the f16 mma's k pairs
+  // {2t, 2t+1} and {2t+8, 2t+9}: the same permutation of k for A and B, so the sum is the same.
+  mma_f16_16816(c, e4m3x2_to_f16x2_scaled(a[0], 0x4140u), e4m3x2_to_f16x2_scaled(a[1], 0x4140u),
+                e4m3x2_to_f16x2_scaled(a[0], 0x4342u), e4m3x2_to_f16x2_scaled(a[1], 0x4342u),
+                e4m3x2_to_f16x2_scaled(b[0], 0x4140u), e4m3x2_to_f16x2_scaled(b[0], 0x4342u));
+  mma_f16_16816(c, e4m3x2_to_f16x2_scaled(a[2], 0x4140u), e4m3x2_to_f16x2_scaled(a[3], 0x4140u),
+                e4m3x2_to_f16x2_scaled(a[2], 0x4342u), e4m3x2_to_f16x2_scaled(a[3], 0x4342u),
+                e4m3x2_to_f16x2_scaled(b[1], 0x4140u), e4m3x2_to_f16x2_scaled(b[1], 0x4342u));
+#endif
 }
 
 // d = a · b + c on packed bf16x2 (round to nearest even); sm_80+.

@@ -1,0 +1,110 @@
+//! The weight-streaming ("swap AB") GEMM for small M (kernels/stream_gemm.cuh): FP8 block-scaled,
+//! INT8 block / channel and AWQ W4A16 weights, dense and grouped by expert. It takes the tiled
+//! GEMMs' arguments and computes their function (same scales, split-K workspace, grouped rows), so
+//! it is one more M tile of them: [`super::fp8_gemm::Fp8Tile::Stream`] and
+//! [`super::quant_gemm::QuantTile::Stream`], launched by the same code and chosen by their plans
+//! for M ≤ [`STREAM_MAX_ROWS`] rows per M tile.
+//!
+//! Why that threshold. A weight byte carries 2·M FLOPs. The tiled kernels read each 128-row
+//! weight block once per BM-row tile through shared memory and ldmatrix; at M ≤ 64 they measured
+//! 0.07–0.76 of the copy bandwidth on the H200 (docs/perf/fp8_gemm.md), limited by bytes in flight
+//! and by mma.sync on tiles that are mostly padding. The streaming kernel keeps the weights in
+//! registers (PF K tiles ahead per warp) and puts them on the MMA's 16-row side, so its tensor work
+//! per weight byte is M/8 m16n8k32 MMAs per 512 bytes, with no padding past the last group of 8
+//! tokens. At 70% of a 4.2 TB/s copy, M = 64 needs ≈ 380 TFLOPS of mma.sync: one m16n8k32 per
+//! ≈ 20 cycles per SM sub-partition, within what mma.sync sustains on the H200 (an FP8 m16n8k32 is
+//! two f16 HMMAs there), while M = 128 would need twice that, at the edge of it; and its
+//! accumulators (8 per token group, 64 registers at M = 64) set the same bound. Above 64 rows the
+//! tiled kernels (and the sm_90a wgmma one) stay.
+
+use super::types::Vendor;
+
+/// Most rows per M tile the streaming kernel is planned for (see the module comment).
+pub const STREAM_MAX_ROWS: usize = 64;
+
+/// Token rows per M tile of the streaming kernel (`stream_gemm_*_t{8,64}`): 8 for a decode step
+/// of up to 8 tokens (or an expert with few), 64 up to [`STREAM_MAX_ROWS`]; token groups of 8
+/// past a tile's last valid row are skipped at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StreamTile {
+    T8,
+    T64,
+}
+
+impl StreamTile {
+    pub const ALL: [StreamTile; 2] = [StreamTile::T8, StreamTile::T64];
+
+    pub fn bm(self) -> usize {
+        match self {
+            StreamTile::T8 => 8,
+            StreamTile::T64 => 64,
+        }
+    }
+
+    /// Short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            StreamTile::T8 => "st8",
+            StreamTile::T64 => "st64",
+        }
+    }
+
+    /// The tile for `rows` rows per M tile; `None` above [`STREAM_MAX_ROWS`].
+    pub fn for_rows(rows: usize) -> Option<StreamTile> {
+        match rows {
+            0..=8 => Some(StreamTile::T8),
+            9..=STREAM_MAX_ROWS => Some(StreamTile::T64),
+            _ => None,
+        }
+    }
+
+    /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
+    /// and AWQ kernels take 174 and 151 registers on sm_90a (one 256-thread CTA), the 8-row ones
+    /// ≤ 116 (two).
+    pub fn occupancy(self) -> usize {
+        match self {
+            StreamTile::T8 => 2,
+            StreamTile::T64 => 1,
+        }
+    }
+
+    /// Dynamic shared memory of one 8-bit (FP8 / INT8) CTA on `vendor` (mirrors
+    /// `StreamCfg<BM, Stream8>::SMEM`: two buffers of BM staged activation rows of 4 K tiles + 64
+    /// bytes and their 4 × BM f32 scales; HIP runs block_gemm_generic: (BM + 128) · 128).
+    pub fn smem_bytes(self, vendor: Vendor) -> u32 {
+        let bm = self.bm();
+        let bytes = match vendor {
+            Vendor::Cuda => 2 * (bm * (4 * 128 + 64) + 4 * bm * 4),
+            Vendor::Hip => (bm + 128) * 128,
+        };
+        bytes as u32
+    }
+
+    /// The same for AWQ (`StreamCfg<BM, StreamAwq>::SMEM`: rows of 4 K tiles + 16 bytes, no
+    /// scales; HIP runs awq_gemm_generic, which has none).
+    pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
+        match vendor {
+            Vendor::Cuda => (2 * self.bm() * (4 * 128 + 16)) as u32,
+            Vendor::Hip => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles() {
+        assert_eq!(StreamTile::for_rows(1), Some(StreamTile::T8));
+        assert_eq!(StreamTile::for_rows(8), Some(StreamTile::T8));
+        assert_eq!(StreamTile::for_rows(9), Some(StreamTile::T64));
+        assert_eq!(StreamTile::for_rows(64), Some(StreamTile::T64));
+        assert_eq!(StreamTile::for_rows(65), None);
+        // 2 × (64 × 576 + 1024) bytes.
+        assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 75_776);
+        assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 9_472);
+        assert_eq!(StreamTile::T8.smem_bytes(Vendor::Hip), 17_408);
+        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Cuda), 67_584);
+    }
+}
