@@ -632,13 +632,18 @@ fn two_nodes_child() {
 
 /// The real-dimension DeepSeek-V3 slice (1 dense + 1 MoE layer, random FP8 weights made on the
 /// device, fast options) split over 2 GPUs as TP, EP and DP attention against the same model on
-/// one GPU: each rank draws its shard of the same weights (`TpModel::random`), so the logits of
-/// a 64-token prompt agree within the FP8 tolerance and the greedy tokens where the margin is clear.
+/// one GPU: each rank draws its shard of the same weights (`TpModel::random`). FP8 activation
+/// quantization puts noise of a few percent on every GEMM of a random model (and can flip a
+/// near-tied expert choice), drawn differently on each rank's partial sums, so the split model
+/// is held to the exact answer (the same weights with f32 activations, reference options): no
+/// further from it than 1.5 × the one-GPU fast model is, and the same greedy tokens as the
+/// one-GPU fast model where its margins are clear.
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn random_v3_slice_split_over_two_gpus_matches_one_gpu() {
+    use common::tp::check_same_greedy;
     use dsv3::backend::Device;
-    use dsv3::model::gpu::{deepseek_v3_slice, GpuOptions};
+    use dsv3::model::gpu::deepseek_v3_slice;
     need_two_gpus();
     let cfg = deepseek_v3_slice(2, 1).unwrap();
     let opts = GpuOptions::fast();
@@ -647,11 +652,13 @@ fn random_v3_slice_split_over_two_gpus_matches_one_gpu() {
     let ids: Vec<u32> = (0..64u64).map(|i| (dsv3::ops::random::mix64(i ^ 0xabc) % vocab as u64) as u32).collect();
     let table: Vec<u32> = (0..2).collect();
     let seq = [BatchSeq { tokens: &ids, start: 0, block_table: &table, logits: LogitRows::All }];
-    let whole = {
-        let one = GpuModel::random(cfg.clone(), Device::Cuda(0), opts, seed).unwrap();
-        let mut pool = one.new_page_pool(2, PAGE).unwrap();
-        one.forward_batch(&mut pool, &seq).unwrap()
+    let one_gpu = |o: GpuOptions| {
+        let m = GpuModel::random(cfg.clone(), Device::Cuda(0), o, seed).unwrap();
+        let mut pool = m.new_page_pool(2, PAGE).unwrap();
+        m.forward_batch(&mut pool, &seq).unwrap()
     };
+    let (fast, exact) = (one_gpu(opts), one_gpu(GpuOptions::reference()));
+    let effect = rel_error(&fast.concat(), &exact.concat());
     for (moe, attn) in [(MoeSplit::Tensor, AttnSplit::Heads), (MoeSplit::Expert, AttnSplit::Heads), (MoeSplit::Tensor, AttnSplit::Data)] {
         let what = format!("DeepSeek-V3 slice, {moe:?} MoE, {attn:?} attention over 2 GPUs");
         let tp = TpModel::random(&cfg, group(), moe, attn, opts, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
@@ -661,7 +668,10 @@ fn random_v3_slice_split_over_two_gpus_matches_one_gpu() {
             AttnSplit::Data => tp.forward_batch_dp(&mut pools, &seq, &[1]),
         }
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-        check_step(&what, &whole, &split, vocab, 3e-2);
+        let (to_exact, to_fast) = (rel_error(&split.concat(), &exact.concat()), rel_error(&split.concat(), &fast.concat()));
+        println!("{what}: vs exact {to_exact:.3e} (one GPU fast: {effect:.3e}), vs one GPU fast {to_fast:.3e}");
+        assert!(to_exact <= 1.5 * effect.max(1e-4), "{what}: {to_exact:.3e} from the exact answer, over 1.5 × the one-GPU model's {effect:.3e}");
+        check_same_greedy(&what, &fast, &split, vocab, effect);
     }
 }
 

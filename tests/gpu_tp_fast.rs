@@ -47,7 +47,7 @@ use std::path::Path;
 
 use common::fp8_aligned::on_block_edges;
 use common::gpu::{assert_close, gpu_model};
-use common::tp::{check_run, dp_group, fixtures_and_aligned_fp8, flat, group, has_experts, last_rows, name, need_two_gpus, run_single, tp1_greedy, Batch, Group, PAGE, PAGES};
+use common::tp::{check_greedy_run, check_run, dp_group, fixtures_and_aligned_fp8, flat, group, has_experts, last_rows, name, need_two_gpus, run_single, tp1_greedy, Batch, Group, PAGE, PAGES};
 use common::{engine_greedy_tokens, prompt};
 use dsv3::backend::Device;
 use dsv3::engine::{SeqStep, StepModel, StepOutput, TpStepModel};
@@ -108,11 +108,16 @@ impl Baseline {
         Baseline { b, vocab, fast, exact, tol, effect }
     }
 
-    /// `got` (the group's run, fed TP=1 fast's tokens) against TP=1 fast per step, and against
-    /// the exact answer overall.
+    /// `got` (the group's run, fed TP=1 fast's tokens) against the exact answer overall: no
+    /// further from it than 1.5 × TP=1 fast is (sharding adds no error beyond the quantization's
+    /// own); against TP=1 fast, the same greedy tokens at clear margins per step. A per-sequence
+    /// bound on the distance to TP=1 fast is not held: both carry quantization noise of the size
+    /// of the effect, drawn on different partial sums (on the FP8 fixtures one sequence-step
+    /// differed by 2.3 × the effect while the whole run stayed closer to the exact answer than
+    /// TP=1 fast, 2026-11-28).
     #[track_caller]
     fn check(&self, what: &str, got: &[Vec<Vec<f32>>]) {
-        let worst = check_run(what, &self.fast, got, self.vocab, &self.tol);
+        let worst = check_greedy_run(what, &self.fast, got, self.vocab, &self.tol);
         let from_exact = rel_error(&flat(got), &flat(&self.exact));
         let bound = 1.5 * self.effect.max(1e-4 / 1.5);
         println!("{what}: vs TP=1 fast {worst:.2e}, vs exact {from_exact:.2e}; TP=1 fast vs exact {:.2e} (per-step tolerance up to {:.2e})", self.effect, self.tol.iter().cloned().fold(0.0, f64::max));
@@ -189,7 +194,7 @@ fn fast_tp2_decode_graphs_match_eager_and_tp1() {
                 let eager = tp.forward_batch(&mut eager_pools, &seqs).unwrap();
                 let replay = tp.forward_decode_graph(&graph, &mut graph_pools, &seqs).unwrap_or_else(|e| panic!("{what}: replay {step}: {e}"));
                 let tol = base.tol[step + 1];
-                check_run(&format!("{what}: graph vs TP=1 fast, step {step}"), &base.fast[step + 1..step + 2], std::slice::from_ref(&replay), base.vocab, &[tol]);
+                check_greedy_run(&format!("{what}: graph vs TP=1 fast, step {step}"), &base.fast[step + 1..step + 2], std::slice::from_ref(&replay), base.vocab, &[tol]);
                 check_run(&format!("{what}: graph vs eager TP=2 fast, step {step}"), &[eager], &[replay], base.vocab, &[tol]);
             }
             println!("{what}: TP=2 fast decode graphs match eager TP=2 and TP=1");

@@ -85,12 +85,22 @@ pub fn run_steps(b: &Batch, steps: usize, vocab: usize, feed: Option<&[Vec<Vec<f
 pub fn check_step(what: &str, single: &[Vec<f32>], tp: &[Vec<f32>], vocab: usize, tol: f64) {
     assert_eq!(single.len(), tp.len(), "{what}: sequences");
     for (i, (a, b)) in single.iter().zip(tp).enumerate() {
+        let e = rel_error(b, a);
+        assert!(e <= tol, "{what}: sequence {i}: TP vs TP=1 relative error {e:.3e} > {tol:e}");
+    }
+    check_same_greedy(what, single, tp, vocab, tol);
+}
+
+/// Finite logits of the same shape, and the same greedy token wherever `single`'s top-2 margin
+/// is clear at `tol` ([`clear_margin`]).
+#[track_caller]
+pub fn check_same_greedy(what: &str, single: &[Vec<f32>], tp: &[Vec<f32>], vocab: usize, tol: f64) {
+    assert_eq!(single.len(), tp.len(), "{what}: sequences");
+    for (i, (a, b)) in single.iter().zip(tp).enumerate() {
         assert_eq!(a.len(), b.len(), "{what}: sequence {i}: logits length");
         if let Some(j) = b.iter().position(|x| !x.is_finite()) {
             panic!("{what}: sequence {i}: TP logit {j} is {}", b[j]);
         }
-        let e = rel_error(b, a);
-        assert!(e <= tol, "{what}: sequence {i}: TP vs TP=1 relative error {e:.3e} > {tol:e}");
         for (r, (ra, rb)) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).enumerate() {
             if clear_margin(ra, tol) {
                 assert_eq!(argmax(ra), argmax(rb), "{what}: sequence {i} row {r}: greedy token differs");
@@ -191,6 +201,18 @@ pub fn check_run(what: &str, want: &[Vec<Vec<f32>>], got: &[Vec<Vec<f32>>], voca
     for (s, (a, t)) in want.iter().zip(got).enumerate() {
         let step = if s == 0 { "prefill".to_string() } else { format!("decode {}", s - 1) };
         check_step(&format!("{what} {step}"), a, t, vocab, tol[s]);
+    }
+    rel_error(&flat(got), &flat(want))
+}
+
+/// [`check_run`] without the per-sequence closeness bound: where both runs carry quantization
+/// noise of the size of `tol` drawn on different partial sums (FP8 activations), only the greedy
+/// tokens at clear margins are held equal; returns the worst relative error over the run.
+#[track_caller]
+pub fn check_greedy_run(what: &str, want: &[Vec<Vec<f32>>], got: &[Vec<Vec<f32>>], vocab: usize, tol: &[f64]) -> f64 {
+    for (s, (a, t)) in want.iter().zip(got).enumerate() {
+        let step = if s == 0 { "prefill".to_string() } else { format!("decode {}", s - 1) };
+        check_same_greedy(&format!("{what} {step}"), a, t, vocab, tol[s]);
     }
     rel_error(&flat(got), &flat(want))
 }
