@@ -3,13 +3,15 @@
 //! Default (the device runner): prints ONE table.
 //! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
 //!   4096×7168, 7168×2048} at M ∈ {1, 64, 128, 4096} (`dense-alt`: the same with half / no
-//!   split-K, for tuning; `dense-wg`: the sm_90a wgmma kernel): the plan (tile, split), µs, TFLOPS
+//!   split-K, for tuning; `dense-wg`: the sm_90a wgmma kernel, `dense-wg2`: its v2, both where
+//!   the plan has BM 128): the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
 //! - MoE rows: one layer, hidden 7168, top-8, at 1, 16, 64, 128, 512, 4096 tokens for the TP-8
 //!   shard (256 experts, inter 256) and the EP-8 shard (32 experts, inter 2048); topk ids drawn
 //!   uniformly (distinct per token) among the shard's experts; µs of the whole fused_moe (6
-//!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
+//!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy
+//!   (`moe-wg`, `moe-wg2`: the grouped GEMMs on wgmma v1 / v2 where the plan has BM 128).
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -100,14 +102,22 @@ fn main() {
     );
     let mut ws = Fp8Workspace::new();
     // Pass 0: the default plans (mma.sync). Pass 1: the sm_90a wgmma kernel where the plan has BM
-    // 128, last, so that a fault there (sticky CUDA error) cannot cost the other rows.
-    // DSV3_FP8_BENCH_WGMMA=0 skips pass 1.
-    let wg_pass = std::env::var("DSV3_FP8_BENCH_WGMMA").map(|v| v != "0").unwrap_or(true);
-    for pass in 0..if wg_pass { 2 } else { 1 } {
+    // 128; pass 2: its v2 (no split-K). Last, so that a fault there (sticky CUDA error) cannot
+    // cost the earlier rows. DSV3_FP8_BENCH_WGMMA=0 / DSV3_FP8_BENCH_WGMMA2=0 skip pass 1 / 2.
+    let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
+    let wg2_ok = fg::wgmma2_available(&s);
+    if !wg2_ok {
+        println!("wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no wg2 rows");
+    }
+    let passes: Vec<usize> = [(0, true), (1, on("DSV3_FP8_BENCH_WGMMA")), (2, on("DSV3_FP8_BENCH_WGMMA2") && wg2_ok)]
+        .into_iter()
+        .filter_map(|(p, run)| run.then_some(p))
+        .collect();
+    for pass in passes {
         for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
             for m in [1usize, 64, 128, 4096] {
                 let base = fg::plan_for_stream(&s, DType::E4m3fn, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
-                if pass == 1 && base.tile != Fp8Tile::Bm128 {
+                if pass > 0 && base.tile != Fp8Tile::Bm128 {
                     continue;
                 }
                 let d = dense_setup(&s, m, n, k);
@@ -124,8 +134,8 @@ fn main() {
                         v
                     }
                     0 => vec![("dense", base)],
-                    _ if base.tile == Fp8Tile::Bm128 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
-                    _ => vec![],
+                    1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
+                    _ => vec![("dense-wg2", Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 })],
                 };
                 for (kind, plan) in plans {
                     let us = time_us(&s, |i| {
@@ -164,11 +174,14 @@ fn main() {
                 let (tile, _, gu, dn) = fg::plan_moe(t * TOPK, e, HIDDEN, inter, fg::DEFAULT_SMS);
                 let runs = match pass {
                     0 => vec![("moe", None)],
-                    _ if tile == Fp8Tile::Bm128 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
-                    _ => vec![],
+                    _ if tile != Fp8Tile::Bm128 => vec![],
+                    1 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
+                    _ => vec![("moe-wg2", Some(Fp8Tile::Wg2))],
                 };
                 for (kind, force) in runs {
                     wsp.force_tile = force;
+                    // v2 runs without split-K whatever the plan says.
+                    let (gs, ds) = if force == Some(Fp8Tile::Wg2) { (1, 1) } else { (gu.splits, dn.splits) };
                     let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
                     let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
                     let bytes = (hit * 3 * inter * HIDDEN) as f64;
@@ -178,7 +191,7 @@ fn main() {
                         kind,
                         label,
                         t,
-                        format!("{}/s{}/{}", force.unwrap_or(tile).label(), gu.splits, dn.splits),
+                        format!("{}/s{gs}/{ds}", force.unwrap_or(tile).label()),
                         us,
                         flops / (us * 1e6),
                         gbs,
