@@ -121,8 +121,15 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
       rows[p] = (i32)arow;
       named_bar_sync(1, 128);
     }
+    // The scales of block kb + 1 are loaded during block kb (their latency must not pace the
+    // producer: one block of MMAs is ~512 cycles).
+    float a_next = sa != nullptr ? sa[0] : 0.0f, b_next = sb[0];
     for (u32 kb = 0; kb < c.sk; ++kb) {
-      const float s = sa != nullptr ? sa[kb] * sb[kb] : 0.0f;  // loads in flight during the wait
+      const float s = a_next * b_next;
+      if (kb + 1 < c.sk) {
+        a_next = sa != nullptr ? sa[kb + 1] : 0.0f;
+        b_next = sb[kb + 1];
+      }
       mbar_wait(c.empty(stage), phase ^ 1);
       const u32 a_dst = c.base + stage * Wg2Smem::STAGE, b_dst = a_dst + Wg2Smem::TILE;
       if (gathered) {
