@@ -121,7 +121,7 @@ fn main() {
 fn report_lines(instances: &[Instance], images: &[Image]) -> Vec<String> {
     let mut out = Vec::new();
     for im in images.iter().filter(|i| i.kind != ImageKind::Fatbin) {
-        for inst in instances.iter().filter(|i| i.family == im.family) {
+        for inst in instances.iter().filter(|i| i.family == im.family && i.spec.archs.has_vendor(im.vendor)) {
             out.push(format!("{} {} {} {}", inst.name, im.vendor, im.arch, im.kind.name()));
         }
     }

@@ -6,7 +6,8 @@
 //!   weight-streaming kernel `st8` / `st64` for M ≤ 64, BM 128 above); `dense-alt` the same with
 //!   half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
 //!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the
-//!   comparison; `dense-wg` the sm_90a wgmma kernel. Columns: the plan (tile, split), µs, TFLOPS
+//!   comparison; `dense-wg` the sm_90a wgmma kernel and `dense-wg2` its v2 where the mma.sync plan
+//!   has BM 128 (`dense` itself is wgmma v1 there, its default). Columns: the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
 //! - MoE rows: one layer, hidden 7168, top-8, at 1, 16, 64, 128, 512, 4096 tokens for the TP-8
@@ -15,7 +16,7 @@
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
 //!   `moe` is the default plan (the streaming kernel up to 64 rows per active expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
-//!   `moe-wg` the wgmma kernel.
+//!   `moe-wg`, `moe-wg2` the grouped GEMMs on wgmma v1 / v2 where the plan has BM 128.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -137,21 +138,32 @@ fn main() {
     );
     let mut ws = Fp8Workspace::new();
     // Pass 0: the default plans (mma.sync). Pass 1: the sm_90a wgmma kernel where the plan has BM
-    // 128, last, so that a fault there (sticky CUDA error) cannot cost the other rows.
-    // DSV3_FP8_BENCH_WGMMA=0 skips pass 1.
-    let wg_pass = std::env::var("DSV3_FP8_BENCH_WGMMA").map(|v| v != "0").unwrap_or(true);
-    for pass in 0..if wg_pass { 2 } else { 1 } {
+    // 128; pass 2: its v2 (no split-K). Last, so that a fault there (sticky CUDA error) cannot
+    // cost the earlier rows. DSV3_FP8_BENCH_WGMMA=0 / DSV3_FP8_BENCH_WGMMA2=0 skip pass 1 / 2.
+    let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
+    let wg2_ok = fg::wgmma2_available(&s);
+    if !wg2_ok {
+        println!("wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no wg2 rows");
+    }
+    let passes: Vec<usize> = [(0, true), (1, on("DSV3_FP8_BENCH_WGMMA")), (2, on("DSV3_FP8_BENCH_WGMMA2") && wg2_ok)]
+        .into_iter()
+        .filter_map(|(p, run)| run.then_some(p))
+        .collect();
+    for pass in passes {
         for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
             for m in [1usize, 16, 32, 64, 128, 4096] {
-                let base = fg::plan_for_stream(&s, DType::E4m3fn, fg::plan_dense(m, n, k, fg::DEFAULT_SMS));
-                if pass == 1 && base.tile != Fp8Tile::Bm128 {
+                let raw = fg::plan_dense(m, n, k, fg::DEFAULT_SMS);
+                // Passes 1 / 2 where the mma.sync plan has BM 128 (the default takes wgmma v1 there).
+                if pass > 0 && raw.tile != Fp8Tile::Bm128 {
                     continue;
                 }
+                let base = fg::plan_for_stream(&s, DType::E4m3fn, raw);
                 let d = dense_setup(&s, m, n, k);
                 let nc = d.copies.len();
                 let plans = match pass {
                     0 => dense_plans(m, n, k, base),
-                    _ => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
+                    1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
+                    _ => vec![("dense-wg2", Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 })],
                 };
                 for (kind, plan) in plans {
                     let us = time_us(&s, |i| {
@@ -191,12 +203,15 @@ fn main() {
                 let (tile, ..) = fg::plan_moe(p, e, HIDDEN, inter, fg::DEFAULT_SMS);
                 let runs = match pass {
                     0 => moe_runs(p.div_ceil(e.min(p))),
-                    _ if tile == Fp8Tile::Bm128 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
-                    _ => vec![],
+                    _ if tile != Fp8Tile::Bm128 => vec![],
+                    1 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
+                    _ => vec![("moe-wg2", Some(Fp8Tile::Wg2))],
                 };
                 for (kind, force) in runs {
                     wsp.force_tile = force;
                     let (_, gu, dn) = fg::plan_moe_tile(force.unwrap_or(tile), p, e, HIDDEN, inter, fg::DEFAULT_SMS);
+                    // v2 runs without split-K whatever the plan says.
+                    let (gs, ds) = if force == Some(Fp8Tile::Wg2) { (1, 1) } else { (gu.splits, dn.splits) };
                     let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
                     let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
                     let bytes = (hit * 3 * inter * HIDDEN) as f64;
@@ -206,7 +221,7 @@ fn main() {
                         kind,
                         label,
                         t,
-                        format!("{}/s{}/{}", gu.tile.label(), gu.splits, dn.splits),
+                        format!("{}/s{gs}/{ds}", gu.tile.label()),
                         us,
                         flops / (us * 1e6),
                         gbs,

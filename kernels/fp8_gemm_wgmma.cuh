@@ -1,7 +1,8 @@
 // sm_90a variant of the FP8 block-scaled GEMM (kernels/fp8_gemm.cuh): same arguments, same
 // split-K and grouped modes, same cp.async loader and swizzled shared memory, but the MMAs are
-// Hopper warpgroup MMAs: two warpgroups each issue wgmma.m64n128k32 e4m3 (A and B from shared
-// memory through descriptors) per 32-wide K step of a 128 × 128 CTA tile.
+// Hopper warpgroup MMAs (dsv3/sm90.h): two warpgroups each issue wgmma.m64n128k32 e4m3 (A and B
+// from shared memory through descriptors) per 32-wide K step of a 128 × 128 CTA tile.
+// kernels/fp8_gemm_wgmma2.cuh is its successor (TMA, warp-specialized, persistent).
 //
 // The loader's layout (16-byte chunk c of a 128-byte row r stored at c ^ (r & 7)) is the 128-byte
 // swizzle of the wgmma descriptors (K-major, 8-row atoms of 1024 bytes, SBO = 1024): stage bases
@@ -20,30 +21,7 @@ namespace dsv3 {
 constexpr int FP8G_WG_STAGES = 4;
 constexpr int FP8G_WG_SMEM = FP8G_WG_STAGES * (128 + FP8G_BN) * FP8G_BK + 1024;
 
-#if defined(DSV3_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-DSV3_DEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-DSV3_DEV void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-DSV3_DEV void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-DSV3_DEV void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-
-// K-major operand, 128-byte swizzle, 8-row atoms 1024 bytes apart.
-DSV3_DEV u64 wgmma_desc_sw128(u32 addr) {
-  u64 d = (u64)((addr & 0x3ffffu) >> 4);
-  d |= (u64)1 << 16;             // leading byte offset (unused for swizzled K-major)
-  d |= (u64)(1024 >> 4) << 32;   // stride byte offset
-  d |= (u64)1 << 62;             // 128-byte swizzle
-  return d;
-}
-
-DSV3_DEV void wgmma_m64n128k32_e4m3(float d[64], u64 da, u64 db, int scale_d) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "r"(scale_d));
-}
-
+#if defined(DSV3_SM90A)
 DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   constexpr int BM = 128, BN = FP8G_BN, BK = FP8G_BK, STAGES = FP8G_WG_STAGES, THREADS = 256;
   constexpr int A_BYTES = BM * BK, STAGE = (BM + BN) * BK;
@@ -130,14 +108,15 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
     const float s1 = (srow1 >= 0 ? g.a_scales[(u64)srow1 * sk + kt] : 0.0f) * sb;
     const u32 sbase = smem0 + (it % STAGES) * STAGE;
     wgmma_fence();
+    wgmma_m64n128k32_e4m3<false>(part, wgmma_desc_sw128(sbase + wg * 64 * BK), wgmma_desc_sw128(sbase + A_BYTES));
 #pragma unroll
-    for (int ks = 0; ks < BK / 32; ++ks) {
+    for (int ks = 1; ks < BK / 32; ++ks) {
       const u64 da = wgmma_desc_sw128(sbase + wg * 64 * BK + ks * 32);
       const u64 db = wgmma_desc_sw128(sbase + A_BYTES + ks * 32);
-      wgmma_m64n128k32_e4m3(part, da, db, ks > 0 ? 1 : 0);
+      wgmma_m64n128k32_e4m3<true>(part, da, db);
     }
     wgmma_commit();
-    wgmma_wait0();
+    wgmma_wait<0>();
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       acc[4 * j + 0] += part[4 * j + 0] * s0;
@@ -183,31 +162,17 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   const u32 tile_id = mt_idx * gridDim.x + nt_idx;
   if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
 }
-#endif  // sm_90a
+#endif  // DSV3_SM90A
 
 // Entry: grid (ceil(N/128), ceil(M/128) or tiles, splits), block 256, dynamic smem FP8G_WG_SMEM.
 template <class F8>
 DSV3_DEV void fp8_gemm_wgmma(bf16* out, const F8* a, const float* a_scales, const F8* b, const float* b_scale, float* ws,
                              u32* counters, const i32* row_ids, const i32* tile_expert, const i32* num_tiles, u32 M,
                              u32 N, u32 K, u32 a_row_div, u32 splits) {
-#if defined(DSV3_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#if defined(DSV3_SM90A)
   if constexpr (Fp8IsFn<F8>::value) {
-    Fp8GemmArgs g;
-    g.out = out;
-    g.a = reinterpret_cast<const u8*>(a);
-    g.a_scales = a_scales;
-    g.b = reinterpret_cast<const u8*>(b);
-    g.b_scale = b_scale;
-    g.ws = ws;
-    g.counters = counters;
-    g.row_ids = row_ids;
-    g.tile_expert = tile_expert;
-    g.num_tiles = num_tiles;
-    g.M = M;
-    g.N = N;
-    g.K = K;
-    g.a_row_div = a_row_div == 0 ? 1u : a_row_div;
-    g.splits = splits == 0 ? 1u : splits;
+    const Fp8GemmArgs g = bg_args(out, a, a_scales, b, b_scale, ws, counters, row_ids, tile_expert, num_tiles, M, N, K,
+                                  a_row_div, splits);
     fp8_gemm_wg(g);
     return;
   }

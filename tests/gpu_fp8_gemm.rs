@@ -11,7 +11,9 @@
 //! (NaN) before each launch; fresh random data per proptest case; relative Frobenius error.
 //!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
-//! skips the NVRTC variant.
+//! skips the NVRTC variant. Three processes, so that a fault (a sticky CUDA error poisons the
+//! context) in one kernel generation cannot hide the others' results:
+//!   `--skip wgmma --skip wg2` (mma.sync / generic), `wgmma` (sm_90a v1), `wg2` (sm_90a v2).
 
 mod common;
 
@@ -71,13 +73,58 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32], mul: f32) -> DeviceTens
     DeviceTensor::from_slice(s, shape, &v.iter().map(|x| x * mul).collect::<Vec<_>>()).unwrap()
 }
 
-/// The mma.sync / generic tiles, the weight-streaming kernel's included. The sm_90a wgmma tile
-/// runs only in the tests named `wgmma_*`, so that a fault there (a sticky CUDA error poisons the
-/// process's context) cannot hide the others' results: run them in a separate process
-/// (`--skip wgmma`, then `wgmma`).
+/// The mma.sync / generic tiles, the weight-streaming kernel's included. The sm_90a wgmma tiles
+/// run only in the tests named `wgmma_*` (v1) and `wg2_*` (v2), each group in its own process
+/// (see the top of the file).
 const MMA_TILES: [Fp8Tile; 5] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, STREAM_TILES[0], STREAM_TILES[1]];
 const STREAM_TILES: [Fp8Tile; 2] = [Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
 const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
+const WG2_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg2];
+
+/// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
+/// build lacks sm_90a or the GPU is not an sm_90), and checks that the other variants refuse it
+/// with an error instead of launching a kernel that would trap.
+fn wg2_streams_present() {
+    let mut ok = 0;
+    for (v, s) in all_streams() {
+        if fg::wgmma2_available(s) {
+            ok += 1;
+            continue;
+        }
+        let (m, n, k) = (1, 8, 16);
+        let a = DeviceTensor::from_slice(s, &[m, k], &vec![Fp8E4m3fn(0); m * k]).unwrap();
+        let asc = up_f32(s, &[m, 1], &[1.0], 1.0);
+        let b = DeviceTensor::from_slice(s, &[n, k], &vec![Fp8E4m3fn(0); n * k]).unwrap();
+        let bsc = up_f32(s, &[1, 1], &[1.0], 1.0);
+        let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
+        let e = fg::fp8_gemm_with(s, &mut Fp8Workspace::new(), Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 }, &out, &a, &asc, &b, &bsc);
+        let msg = e.expect_err("wgmma2 must be refused where its cubin is not loaded").to_string();
+        assert!(msg.contains("sm_90a"), "{v}: {msg}");
+    }
+    assert!(ok > 0, "no stream loads the sm_90a cubin of fp8_gemm_wgmma2: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200");
+}
+
+/// Largest relative error of any 128 × 128 output tile (a wrong tile cannot hide in a large
+/// output); a tile's norm is floored at the output's RMS so near-zero tiles do not dominate.
+fn max_tile_error(got: &[f32], want: &[f32], m: usize, n: usize) -> f64 {
+    let rms = (want.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let mut worst = 0f64;
+    for r0 in (0..m).step_by(128) {
+        for c0 in (0..n).step_by(128) {
+            let (mut num, mut den, mut cnt) = (0f64, 0f64, 0usize);
+            for r in r0..(r0 + 128).min(m) {
+                for c in c0..(c0 + 128).min(n) {
+                    let (g, w) = (got[r * n + c] as f64, want[r * n + c] as f64);
+                    num += (g - w) * (g - w);
+                    den += w * w;
+                    cnt += 1;
+                }
+            }
+            worst = worst.max((num / den.max(rms * rms * cnt as f64).max(f64::MIN_POSITIVE)).sqrt());
+        }
+    }
+    worst
+}
 
 /// Runs each of `tiles` × {no split, split} of one dense shape on every variant; with the mma
 /// tiles also e4m3fnuz (generic path) and the shape-chosen plan.
@@ -91,6 +138,9 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
     let kt = k.div_ceil(128);
     for (v, s) in all_streams() {
         let s: &dyn GpuStream = s;
+        if tiles.contains(&Fp8Tile::Wg2) && !fg::wgmma2_available(s) {
+            continue; // refused there (wg2_streams_present checks it)
+        }
         let mut ws = Fp8Workspace::new();
         for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
             if f8 == DType::E4m3fnuz && !mma {
@@ -106,12 +156,20 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
                 if f8 == DType::E4m3fnuz && tile != Fp8Tile::Bm64 {
                     continue;
                 }
-                for splits in [1, 3.min(kt).max(1)] {
+                // v2 has no split-K.
+                let splits_list = if tile == Fp8Tile::Wg2 { vec![1] } else { vec![1, 3.min(kt).max(1)] };
+                for splits in splits_list {
                     // Twice with the same workspace: the kernel must leave it zeroed.
                     for rep in 0..2 {
                         let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
                         fg::fp8_gemm_with(s, &mut ws, Fp8Plan { tile, splits }, &out, &a, &asc, &b, &bsc).unwrap();
-                        assert_close(&format!("{v} {f8} m{m} n{n} k{k} bm{} split{splits} rep{rep}", tile.bm()), &down(s, &out), &want, 1e-2);
+                        let what = format!("{v} {f8} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
+                        let got = down(s, &out);
+                        assert_close(&what, &got, &want, 1e-2);
+                        if tile == Fp8Tile::Wg2 {
+                            let worst = max_tile_error(&got, &want, m, n);
+                            assert!(worst <= 2e-2, "{what}: a 128 × 128 tile has relative error {worst:e}");
+                        }
                     }
                 }
             }
@@ -169,6 +227,30 @@ fn wgmma_dense() {
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_dense_edges() {
+    wg2_streams_present();
+    // M around the 64-row warpgroup halves and the 128-row tile; N and K partial blocks; K < 128.
+    check_dense(41, 1, 2112, 7168, &WG2_TILES);
+    check_dense(42, 63, 576, 1536, &WG2_TILES);
+    check_dense(43, 64, 256, 512, &WG2_TILES);
+    check_dense(44, 65, 300, 208, &WG2_TILES);
+    check_dense(45, 129, 136, 16, &WG2_TILES);
+    check_dense(46, 257, 1000, 1040, &WG2_TILES);
+    // More tiles than SMs: every CTA walks several tiles (pipeline phases run on across tiles).
+    check_dense(47, 4096, 520, 400, &WG2_TILES);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_dense_v3_shapes_m256() {
+    wg2_streams_present();
+    for (i, (n, k)) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)].into_iter().enumerate() {
+        check_dense(50 + i as u64, 256, n, k, &WG2_TILES);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn dense_prefill_shape() {
     check_dense(4, 300, 256, 512, &MMA_TILES);
 }
@@ -186,6 +268,13 @@ proptest! {
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn stream_dense_random_shapes(seed: u64, m in 1usize..140, n in 1usize..400, k16 in 1usize..70) {
         check_dense(seed, m, n, k16 * 16, &STREAM_TILES);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn wg2_dense_random_shapes(seed: u64, m in prop::sample::select(vec![1usize, 63, 64, 65, 127, 128, 129, 200, 4096]), n in 1usize..400, k16 in 1usize..48) {
+        wg2_streams_present();
+        check_dense(seed, m, n, k16 * 16, &WG2_TILES);
     }
 
     #[test]
@@ -241,6 +330,7 @@ const MOE_MMA_RUNS: [Option<Fp8Tile>; 7] = [
     Some(STREAM_TILES[1]),
 ];
 const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile::Wg128)];
+const MOE_WG2_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg2), Some(Fp8Tile::Wg2)];
 
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
     check_moe_runs(seed, t, e, topk, h, inter, ids, &MOE_MMA_RUNS)
@@ -279,6 +369,9 @@ fn check_moe_runs(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: u
     let cats = |ws: &[QW]| ws.iter().flat_map(|q| q.scales.iter().copied()).collect::<Vec<f32>>();
     for (v, s) in all_streams() {
         let s: &dyn GpuStream = s;
+        if runs.contains(&Some(Fp8Tile::Wg2)) && !fg::wgmma2_available(s) {
+            continue; // refused there (wg2_streams_present checks it)
+        }
         let d13 = up_fp8(s, &[e, 2 * inter, h], &cat(&w13, |q| &q.codes), DType::E4m3fn);
         let d13s = up_f32(s, &[e, 2 * inter / 128, h.div_ceil(128)], &cats(&w13), 1.0);
         let d2 = up_fp8(s, &[e, h, inter], &cat(&w2, |q| &q.codes), DType::E4m3fn);
@@ -353,4 +446,23 @@ fn wgmma_moe() {
     check_moe_runs(32, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WGMMA_RUNS);
     let ids = distinct_ids(&mut r, 1, 64, 8);
     check_moe_runs(33, 1, 64, 8, 1024, 128, &ids, &MOE_WGMMA_RUNS);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_moe() {
+    wg2_streams_present();
+    let mut r = rng(61);
+    // Experts 5..7 get no token; one pair on another rank's expert.
+    let mut ids = distinct_ids(&mut r, 40, 5, 4);
+    ids[3] = -1;
+    check_moe_runs(61, 40, 8, 4, 512, 256, &ids, &MOE_WG2_RUNS);
+    // Every token on one expert: two M tiles of it (the second partial), the others empty.
+    check_moe_runs(62, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WG2_RUNS);
+    // One token, 8 of 64 experts.
+    let ids = distinct_ids(&mut r, 1, 64, 8);
+    check_moe_runs(63, 1, 64, 8, 1024, 128, &ids, &MOE_WG2_RUNS);
+    // Several M tiles per expert; hidden 400: partial K block in gate_up, partial N in down.
+    let ids = distinct_ids(&mut r, 600, 4, 2);
+    check_moe_runs(64, 600, 4, 2, 400, 256, &ids, &MOE_WG2_RUNS);
 }

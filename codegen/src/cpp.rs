@@ -47,12 +47,13 @@ pub trait Dialect {
         )
     }
 
-    /// The whole translation unit of `family` with the given instances.
+    /// The whole translation unit of `family` with the given instances (those built for this
+    /// vendor: a CUDA-only kernel has no HIP entry point).
     fn translation_unit(&self, family: &Family, instances: &[Instance]) -> String {
         let mut s = self.header(family);
         s.push_str(&self.prelude());
         s.push_str(&self.includes(family));
-        for inst in instances.iter().filter(|i| i.family == family.name) {
+        for inst in instances.iter().filter(|i| i.family == family.name && i.spec.archs.has_vendor(self.vendor())) {
             s.push('\n');
             s.push_str(&self.entry_point(inst));
         }

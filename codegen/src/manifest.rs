@@ -612,6 +612,37 @@ pub static FAMILIES: &[Family] = &[
         }],
     },
     Family {
+        name: "fp8_gemm_wgmma2",
+        source: "fp8_gemm_wgmma2.cuh",
+        doc: "FP8 block-scaled GEMM v2 for sm_90a: persistent, warp-specialized TMA + wgmma, dense and grouped by expert.",
+        kernels: &[KernelSpec {
+            name: "fp8_gemm_wgmma2_e4m3fn",
+            template: "dsv3::fp8_gemm_wgmma2",
+            grid: &[],
+            points: &[],
+            args: &[
+                ptr_mut("out", "bf16"),
+                tensor_map("tmap_a"),
+                tensor_map("tmap_b"),
+                ptr("a", "e4m3fn"),
+                ptr("a_scales", "f32"),
+                ptr("b_scale", "f32"),
+                ptr("row_ids", "i32"),
+                ptr("tile_expert", "i32"),
+                ptr("num_tiles", "i32"),
+                scalar("m", "u32"),
+                scalar("n", "u32"),
+                scalar("k", "u32"),
+                scalar("a_row_div", "u32"),
+            ],
+            max_threads: 384,
+            // The sm_90a cubin only (TMA, setmaxnreg, wgmma); the entry traps in the other CUDA
+            // variants, which the host never launches it in.
+            archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+            doc: "sm_90a only. Grid min(SMs, tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
+        }],
+    },
+    Family {
         name: "fused_moe",
         source: "fused_moe.cuh",
         doc: "Fused MoE helpers around the FP8 grouped GEMM: tile-aligned expert sort, SiLU-mul + FP8 quant, combine.",

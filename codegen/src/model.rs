@@ -140,6 +140,8 @@ pub enum Ty {
     PtrMut(&'static str),
     /// `T` by value
     Scalar(&'static str),
+    /// A TMA descriptor by value (`const DSV3_GRID_CONST dsv3::TmaMap`; Rust `TensorMap`).
+    TensorMap,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -157,6 +159,9 @@ pub const fn ptr_mut(name: &'static str, ty: &'static str) -> Arg {
 }
 pub const fn scalar(name: &'static str, ty: &'static str) -> Arg {
     Arg { name, ty: Ty::Scalar(ty) }
+}
+pub const fn tensor_map(name: &'static str) -> Arg {
+    Arg { name, ty: Ty::TensorMap }
 }
 
 /// One axis of a parameter grid: a name and its values. Values that are element names are
@@ -233,6 +238,7 @@ pub enum ArgType {
     Ptr(Elem),
     PtrMut(Elem),
     Scalar(Elem),
+    TensorMap,
 }
 
 impl ArgType {
@@ -241,6 +247,8 @@ impl ArgType {
             ArgType::Ptr(e) => format!("const {}*", e.cpp()),
             ArgType::PtrMut(e) => format!("{}*", e.cpp()),
             ArgType::Scalar(e) => e.cpp().to_string(),
+            // Stays in parameter space: the device hands its address to the copy engine.
+            ArgType::TensorMap => "const DSV3_GRID_CONST dsv3::TmaMap".to_string(),
         }
     }
     pub fn rust(&self) -> String {
@@ -248,6 +256,7 @@ impl ArgType {
             ArgType::Ptr(e) => format!("DevPtr<{}>", e.rust()),
             ArgType::PtrMut(e) => format!("DevPtrMut<{}>", e.rust()),
             ArgType::Scalar(e) => e.rust().to_string(),
+            ArgType::TensorMap => "TensorMap".to_string(),
         }
     }
     pub fn rust_info(&self) -> String {
@@ -255,6 +264,7 @@ impl ArgType {
             ArgType::Ptr(e) => format!("ArgType::Ptr({})", e.rust_dtype()),
             ArgType::PtrMut(e) => format!("ArgType::PtrMut({})", e.rust_dtype()),
             ArgType::Scalar(e) => format!("ArgType::Scalar({})", e.rust_dtype()),
+            ArgType::TensorMap => "ArgType::TensorMap".to_string(),
         }
     }
 }
@@ -368,6 +378,7 @@ impl KernelSpec {
                         }
                         ArgType::Scalar(e)
                     }
+                    Ty::TensorMap => ArgType::TensorMap,
                 };
                 args.push((a.name, ty));
             }

@@ -30,8 +30,10 @@ fn every_entry_emits_for_both_vendors() {
         for f in FAMILIES {
             let tu = d.translation_unit(f, &all);
             for i in all.iter().filter(|i| i.family == f.name) {
-                assert!(tu.contains(&format!("void __launch_bounds__({}) {}(", i.spec.max_threads, i.symbol)), "{vendor}: {} missing from {}", i.symbol, f.name);
-                assert!(tu.contains(&format!("  {}(", i.call)));
+                let entry = format!("void __launch_bounds__({}) {}(", i.spec.max_threads, i.symbol);
+                // A kernel built only for the other vendor has no entry point here.
+                assert_eq!(tu.contains(&entry), i.spec.archs.has_vendor(vendor), "{vendor}: {} in {}", i.symbol, f.name);
+                assert_eq!(tu.contains(&format!("  {}(", i.call)), i.spec.archs.has_vendor(vendor));
             }
             // No entry point of another family leaks in.
             for i in all.iter().filter(|i| i.family != f.name) {
@@ -75,6 +77,19 @@ fn golden_rust_wrapper_and_registry() {
     assert!(rs.contains("name: \"rms_norm_bf16\", symbol: \"dsv3_rms_norm_bf16\", params: &[(\"T\", \"bf16\")]"));
     assert!(rs.contains(&format!("pub const RMS_NORM_BF16: usize = {i};")));
     assert!(rs.contains("vendors: &[Vendor::Cuda, Vendor::Hip]"));
+}
+
+#[test]
+fn tensor_map_arguments_stay_in_parameter_space() {
+    let all = model::expand(FAMILIES).unwrap();
+    let fam = FAMILIES.iter().find(|f| f.name == "fp8_gemm_wgmma2").unwrap();
+    let tu = dialect(Vendor::Cuda).translation_unit(fam, &all);
+    assert!(tu.contains("dsv3_fp8_gemm_wgmma2_e4m3fn(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, "), "got:\n{tu}");
+    assert!(!dialect(Vendor::Hip).translation_unit(fam, &all).contains("dsv3_fp8_gemm_wgmma2_e4m3fn("));
+    let rs = emit_registry(FAMILIES, &all, &Artifacts::default());
+    assert!(rs.contains("ArgInfo { name: \"tmap_a\", ty: ArgType::TensorMap }"));
+    assert!(rs.contains("tmap_a: TensorMap, tmap_b: TensorMap, "));
+    assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("vendors: &[Vendor::Cuda], doc: \"sm_90a only."));
 }
 
 #[test]

@@ -33,6 +33,13 @@ use std::ffi::c_void;
 /// Streaming multiprocessors assumed when sizing split-K (H200: 132).
 pub const DEFAULT_SMS: usize = 132;
 
+/// Kernel family of the v2 entry (kernels/fp8_gemm_wgmma2.cuh).
+const WG2_FAMILY: &str = "fp8_gemm_wgmma2";
+/// Dynamic shared memory of the v2 entry (`Wg2Smem::BYTES`): 5 stages of A + B boxes, 2 × 64
+/// staged output rows of 272 bytes, 5 × 128 scales, the 128-row gather table, 10 mbarriers, 1 KB
+/// to align the base.
+const WG2_SMEM: u32 = 5 * 32768 + 2 * 64 * 272 + 5 * 512 + 512 + 80 + 1024;
+
 pub(super) fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
@@ -63,15 +70,19 @@ pub enum Fp8Tile {
     Wg128,
     /// The small-M weight-streaming kernel (`stream_gemm_e4m3fn_t*`, [`super::stream_gemm`]).
     Stream(StreamTile),
+    /// BM 128 through the sm_90a v2 entry (`fp8_gemm_wgmma2_e4m3fn`: persistent, TMA-fed,
+    /// warp-specialized; e4m3fn, no split-K). Launched only where [`wgmma2_available`].
+    Wg2,
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 6] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128, Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
+    pub const ALL: [Fp8Tile; 7] =
+        [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128, Fp8Tile::Wg2, Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
     pub fn bm(self) -> usize {
         match self {
             Fp8Tile::Bm16 => 16,
             Fp8Tile::Bm64 => 64,
-            Fp8Tile::Bm128 | Fp8Tile::Wg128 => 128,
+            Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2 => 128,
             Fp8Tile::Stream(t) => t.bm(),
         }
     }
@@ -80,6 +91,7 @@ impl Fp8Tile {
         match self {
             Fp8Tile::Wg128 => format!("fp8_gemm_wgmma_{f8}"),
             Fp8Tile::Stream(t) => format!("stream_gemm_{f8}_t{}", t.bm()),
+            Fp8Tile::Wg2 => format!("fp8_gemm_wgmma2_{f8}"),
             t => format!("fp8_gemm_{f8}_bm{}", t.bm()),
         }
     }
@@ -91,6 +103,7 @@ impl Fp8Tile {
             Fp8Tile::Bm128 => "bm128",
             Fp8Tile::Wg128 => "wg128",
             Fp8Tile::Stream(t) => t.label(),
+            Fp8Tile::Wg2 => "wg2",
         }
     }
     /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
@@ -119,6 +132,9 @@ impl Fp8Tile {
         if let Fp8Tile::Stream(t) = self {
             return t.smem_bytes(vendor);
         }
+        if self == Fp8Tile::Wg2 {
+            return WG2_SMEM;
+        }
         if self == Fp8Tile::Wg128 && vendor == Vendor::Cuda {
             // FP8G_WG_SMEM: 4 stages + 1 KB to align the stages to 1024 bytes.
             return (4 * 256 * 128 + 1024) as u32;
@@ -126,7 +142,7 @@ impl Fp8Tile {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
             (Vendor::Hip, _) => 1,
-            (Vendor::Cuda, Fp8Tile::Bm128 | Fp8Tile::Wg128) => 3,
+            (Vendor::Cuda, Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2) => 3,
             (Vendor::Cuda, _) => 4,
         };
         (stage * stages) as u32
@@ -150,12 +166,9 @@ pub(crate) fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usi
     (slots / ctas).min((k_tiles / 2).max(1)).max(1)
 }
 
-/// Whether the default plans use the sm_90a wgmma kernel on this stream: a CUDA sm_90 device whose
-/// stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`), unless `DSV3_FP8_WGMMA=0` (on by
-/// default since its GPU tests passed on the H200: 1.2–2.6× the mma.sync BM-128 kernel).
-pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
-    let on = std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true);
-    on && s.vendor() == Vendor::Cuda
+/// A CUDA sm_90 device whose stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`).
+fn loads_sm90a(s: &dyn GpuStream) -> bool {
+    s.vendor() == Vendor::Cuda
         && s.arch() == "sm_90"
         && match s.variant() {
             CodeVariant::Auto => true,
@@ -164,9 +177,40 @@ pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
         }
 }
 
-/// `plan` with the BM-128 tile moved to wgmma where [`wgmma_enabled`].
+fn env_on(var: &str) -> bool {
+    std::env::var(var).map(|v| v == "1").unwrap_or(false)
+}
+
+/// Whether the default plans use the sm_90a wgmma kernel on this stream: [`loads_sm90a`], unless
+/// `DSV3_FP8_WGMMA=0` (on by default since its GPU tests passed on the H200: 1.2–2.6× the
+/// mma.sync BM-128 kernel).
+pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
+    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && loads_sm90a(s)
+}
+
+/// Whether the v2 entry can run on this stream: it loads the sm_90a cubin and this build compiled
+/// one (elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
+pub fn wgmma2_available(s: &dyn GpuStream) -> bool {
+    let built = registry::MODULES
+        .iter()
+        .any(|m| m.family == WG2_FAMILY && m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some());
+    built && loads_sm90a(s)
+}
+
+/// Whether the default plans use the v2 entry: [`wgmma2_available`] and `DSV3_FP8_WGMMA2=1` (off
+/// by default until the kernel has been validated on the GPU).
+pub fn wgmma2_enabled(s: &dyn GpuStream) -> bool {
+    env_on("DSV3_FP8_WGMMA2") && wgmma2_available(s)
+}
+
+/// `plan` with the BM-128 tile moved to the v2 entry where [`wgmma2_enabled`] and the plan does
+/// not split K (v2 has no split-K), else to wgmma v1 where [`wgmma_enabled`].
 pub fn with_wgmma(s: &dyn GpuStream, plan: Fp8Plan) -> Fp8Plan {
-    if plan.tile == Fp8Tile::Bm128 && wgmma_enabled(s) {
+    if plan.tile != Fp8Tile::Bm128 {
+        plan
+    } else if plan.splits == 1 && wgmma2_enabled(s) {
+        Fp8Plan { tile: Fp8Tile::Wg2, ..plan }
+    } else if wgmma_enabled(s) {
         Fp8Plan { tile: Fp8Tile::Wg128, ..plan }
     } else {
         plan
@@ -232,15 +276,35 @@ impl Fp8Workspace {
     }
 }
 
-/// Launch with raw argument values (pointers and scalars widened to u64; little-endian, so a
-/// 4-byte scalar sits in the low half), checked against the registry's argument count.
-pub(crate) fn launch_raw(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, vals: &mut [u64]) -> Result<()> {
+/// A raw kernel argument: a pointer or scalar widened to u64 (little-endian, so a 4-byte scalar
+/// sits in the low half), or a TMA descriptor.
+enum RawArg {
+    Word(u64),
+    Map(TensorMap),
+}
+
+/// Launch with raw arguments, checked against the registry's argument list (count, and
+/// descriptors exactly where the kernel takes them).
+fn launch_args(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, args: &mut [RawArg]) -> Result<()> {
     let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
-    if k.args.len() != vals.len() {
-        return Err(bad(format!("{name}: {} arguments given, {} expected", vals.len(), k.args.len())));
+    if k.args.len() != args.len() {
+        return Err(bad(format!("{name}: {} arguments given, {} expected", args.len(), k.args.len())));
     }
-    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+    let mut params = Vec::with_capacity(args.len());
+    for (a, info) in args.iter_mut().zip(k.args) {
+        params.push(match (a, info.ty) {
+            (RawArg::Map(m), ArgType::TensorMap) => m as *mut TensorMap as *mut c_void,
+            (RawArg::Word(v), ty) if ty != ArgType::TensorMap => v as *mut u64 as *mut c_void,
+            _ => return Err(bad(format!("{name}: argument `{}` expects {:?}", info.name, info.ty))),
+        });
+    }
     unsafe { s.launch(k, cfg, &mut params) }
+}
+
+/// [`launch_args`] with every argument a word.
+pub(crate) fn launch_raw(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, vals: &mut [u64]) -> Result<()> {
+    let mut args: Vec<RawArg> = vals.iter().map(|&v| RawArg::Word(v)).collect();
+    launch_args(s, name, cfg, &mut args)
 }
 
 /// Rows of a grouped GEMM: tile `t < *num_tiles` belongs to expert `tile_expert[t]`; row `r` reads
@@ -276,6 +340,9 @@ struct Operands {
     a_row_div: usize,
     m_tiles: usize,
     ws_rows: usize,
+    /// Rows of `a` when it is read without a gather (v2's TMA map), and experts of `b`.
+    a_rows: usize,
+    experts: usize,
 }
 
 fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Plan, o: Operands) -> Result<()> {
@@ -285,6 +352,9 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     let n_tiles = o.n.div_ceil(128);
     if o.m_tiles == 0 || n_tiles == 0 || o.k == 0 {
         return Ok(());
+    }
+    if plan.tile == Fp8Tile::Wg2 {
+        return launch_wg2(s, f8, plan, &o);
     }
     let k_tiles = o.k.div_ceil(128);
     let splits = plan.splits.clamp(1, k_tiles);
@@ -324,6 +394,48 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     launch_raw(s, &name, cfg, &mut vals)
 }
 
+/// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 rows × 128 bytes) and, unless rows
+/// are gathered, of a ([rows, K]); one persistent CTA per SM (at most one per tile).
+fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Result<()> {
+    if f8 != DType::E4m3fn || plan.splits != 1 {
+        return Err(bad(format!("fp8_gemm: the wgmma2 tile takes e4m3fn without split-K ({f8}, {} splits given)", plan.splits)));
+    }
+    if !wgmma2_available(s) {
+        return Err(bad(format!(
+            "fp8_gemm: the wgmma2 tile needs the sm_90a cubin on an sm_90 device (this stream: {} {}, {})",
+            s.vendor(),
+            s.arch(),
+            s.variant()
+        )));
+    }
+    let (k, n) = (o.k as u64, o.n as u64);
+    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
+    let map_a = if o.row_ids == 0 {
+        s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, 128] })?
+    } else {
+        TensorMap::UNUSED
+    };
+    let tiles = o.m_tiles * o.n.div_ceil(128);
+    let grid = tiles.min(s.sm_count().unwrap_or(DEFAULT_SMS));
+    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), WG2_SMEM);
+    let mut args = [
+        RawArg::Word(o.out),
+        RawArg::Map(map_a),
+        RawArg::Map(map_b),
+        RawArg::Word(o.a),
+        RawArg::Word(o.a_scales),
+        RawArg::Word(o.b_scale),
+        RawArg::Word(o.row_ids),
+        RawArg::Word(o.tile_expert),
+        RawArg::Word(o.num_tiles),
+        RawArg::Word(u32_of(o.m, "m")? as u64),
+        RawArg::Word(u32_of(o.n, "n")? as u64),
+        RawArg::Word(u32_of(o.k, "k")? as u64),
+        RawArg::Word(u32_of(o.a_row_div.max(1), "a_row_div")? as u64),
+    ];
+    launch_args(s, &Fp8Tile::Wg2.kernel_name(f8), cfg, &mut args)
+}
+
 fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<(usize, usize, usize)> {
     let (m, k) = rows_cols(a);
     let (n, kb) = rows_cols(b);
@@ -358,7 +470,7 @@ pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, ou
         ws,
         a.dtype(),
         plan,
-        Operands { out: out.raw(), a: a.raw(), a_scales: a_scales.raw(), b: b.raw(), b_scale: b_scale_inv.raw(), row_ids: 0, tile_expert: 0, num_tiles: 0, m, n, k, a_row_div: 1, m_tiles, ws_rows: m },
+        Operands { out: out.raw(), a: a.raw(), a_scales: a_scales.raw(), b: b.raw(), b_scale: b_scale_inv.raw(), row_ids: 0, tile_expert: 0, num_tiles: 0, m, n, k, a_row_div: 1, m_tiles, ws_rows: m, a_rows: m, experts: 1 },
     )
 }
 
@@ -444,7 +556,24 @@ impl MoeFp8Weights<'_> {
             ws,
             self.w13.dtype(),
             plan,
-            Operands { out, a: a.data, a_scales: a.scales, b: w.0.raw(), b_scale: w.1.raw(), row_ids, tile_expert: rows.tile_expert, num_tiles: rows.num_tiles, m, n, k, a_row_div, m_tiles: rows.max_tiles, ws_rows: m },
+            Operands {
+                out,
+                a: a.data,
+                a_scales: a.scales,
+                b: w.0.raw(),
+                b_scale: w.1.raw(),
+                row_ids,
+                tile_expert: rows.tile_expert,
+                num_tiles: rows.num_tiles,
+                m,
+                n,
+                k,
+                a_row_div,
+                m_tiles: rows.max_tiles,
+                ws_rows: m,
+                a_rows: m,
+                experts: w.0.shape()[0],
+            },
         )
     }
 }
@@ -527,6 +656,11 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let (e, h, inter) = MoeFp8Weights::dims(self)?;
         let force = wsp.force_tile.or_else(|| generic_only(s, self.w13.dtype()).then_some(Fp8Tile::Bm64));
         let (max_tiles, gate_up, down) = match force {
+            // v2 has no split-K.
+            Some(Fp8Tile::Wg2) => {
+                let (max_tiles, gu, dn) = plan_moe_tile(Fp8Tile::Wg2, pairs, e, h, inter, DEFAULT_SMS);
+                (max_tiles, Fp8Plan { splits: 1, ..gu }, Fp8Plan { splits: 1, ..dn })
+            }
             Some(ft) => plan_moe_tile(ft, pairs, e, h, inter, DEFAULT_SMS),
             None => {
                 let (_, max_tiles, gu, dn) = plan_moe(pairs, e, h, inter, DEFAULT_SMS);
@@ -603,6 +737,8 @@ pub fn fp8_grouped_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan,
             a_row_div: rows.a_row_div,
             m_tiles: rows.max_tiles,
             ws_rows: max_rows,
+            a_rows: rows_cols(a).0,
+            experts: e,
         },
     )
 }
@@ -622,6 +758,11 @@ mod tests {
         assert_eq!(plan_dense(64, 32768, 512, 132).splits, 1);
         assert_eq!(Fp8Tile::Bm128.smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(Fp8Tile::Stream(StreamTile::T8).kernel_name(DType::E4m3fn), "stream_gemm_e4m3fn_t8");
+        // v2: within the 227 KB a Hopper block may opt into; one CTA per SM.
+        assert_eq!(Fp8Tile::Wg2.smem_bytes(Vendor::Cuda), 202_832);
+        assert!(Fp8Tile::Wg2.smem_bytes(Vendor::Cuda) <= 227 * 1024);
+        assert_eq!((Fp8Tile::Wg2.bm(), Fp8Tile::Wg2.kernel_name(DType::E4m3fn)), (128, "fp8_gemm_wgmma2_e4m3fn".to_string()));
+        assert!(registry::kernel(&Fp8Tile::Wg2.kernel_name(DType::E4m3fn)).is_some());
         // One token, 8 of 256 experts: one 8-row tile per expert (+1 of slack), split K.
         let (tile, max_tiles, gu, _) = plan_moe(8, 256, 7168, 256, 132);
         assert_eq!((tile, max_tiles), (Fp8Tile::Stream(StreamTile::T8), 9));

@@ -5,7 +5,7 @@
 #[allow(unused_imports)]
 use super::types::{
     ArgInfo, ArgType, DType, DevPtr, DevPtrMut, Fp8E4m3fn, Fp8E4m3fnuz, ImageInfo, ImageKind, KernelInfo, LaunchCfg,
-    Launcher, ModuleInfo, Vendor,
+    Launcher, ModuleInfo, TensorMap, Vendor,
 };
 
 include!(concat!(env!("OUT_DIR"), "/dsv3_kernels.rs"));

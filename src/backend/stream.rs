@@ -71,6 +71,10 @@ pub trait GpuStream: Launcher {
     fn sm_count(&self) -> Result<usize> {
         Err(super::backend_err("gpu", "this stream cannot report its multiprocessor count"))
     }
+    /// The TMA descriptor of `t` (NVIDIA sm_90+: cuTensorMapEncodeTiled).
+    fn tensor_map(&self, _t: &TmaTiled) -> Result<TensorMap> {
+        Err(super::backend_err("gpu", "this stream cannot encode TMA descriptors (NVIDIA sm_90 and later)"))
+    }
     /// Whether a vendor BLAS (cuBLAS) backs [`GpuStream::blas_gemm_bf16`].
     fn has_blas(&self) -> bool {
         false

@@ -170,6 +170,29 @@ impl<T> DevPtrMut<T> {
     }
 }
 
+/// A TMA descriptor (CUtensorMap) passed to a kernel by value (`const __grid_constant__` on the
+/// device): 128 opaque bytes encoded by the driver ([`GpuStream::tensor_map`](super::GpuStream::tensor_map)).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorMap(pub [u64; 16]);
+
+impl TensorMap {
+    /// A descriptor a kernel does not read (an unused operand).
+    pub const UNUSED: TensorMap = TensorMap([0; 16]);
+}
+
+/// A byte tensor to describe as a [`TensorMap`]: `dims` elements per dimension, innermost first
+/// (dimension 0 contiguous), `strides[i]` bytes between consecutive indices of dimension i + 1,
+/// copied in boxes of `box_dims` into shared memory with the 128-byte swizzle (chunk c of box row
+/// r at chunk c ^ (r % 8)); elements outside the tensor read as zeros.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TmaTiled {
+    pub addr: u64,
+    pub dims: Vec<u64>,
+    pub strides: Vec<u64>,
+    pub box_dims: Vec<u32>,
+}
+
 /// Grid, block and dynamic shared memory of one launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchCfg {
@@ -200,6 +223,7 @@ pub enum ArgType {
     Ptr(DType),
     PtrMut(DType),
     Scalar(DType),
+    TensorMap,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -157,16 +157,21 @@ pub fn run_two_nodes(child: &str, rank_var: &str, addr_var: &str, ok_line: &str)
     (ok, texts, report)
 }
 
-/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64.
+/// out[m, n] = Σ_k a[m, k] · b[n, k] in f64 (rows in parallel: the full-size DeepSeek shapes are
+/// tens of GFLOPs).
 pub fn matmul_nt(a: &[f32], b: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut out = vec![0f32; m * n];
-    for i in 0..m {
-        let ar = &a[i * k..(i + 1) * k];
-        for j in 0..n {
-            let br = &b[j * k..(j + 1) * k];
-            out[i * n + j] = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32;
-        }
+    if n == 0 {
+        return out;
     }
+    out.par_chunks_mut(n).enumerate().for_each(|(i, row)| {
+        let ar = &a[i * k..(i + 1) * k];
+        for (j, o) in row.iter_mut().enumerate() {
+            let br = &b[j * k..(j + 1) * k];
+            *o = ar.iter().zip(br).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32;
+        }
+    });
     out
 }
 

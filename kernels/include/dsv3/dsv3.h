@@ -4,3 +4,4 @@
 #include "types.h"
 #include "warp.h"
 #include "memory.h"
+#include "sm90.h"

@@ -366,6 +366,34 @@ impl GpuStream for CudaStream {
             .map(|n| n as usize)
             .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT): {e:?}")))
     }
+    fn tensor_map(&self, t: &TmaTiled) -> Result<TensorMap> {
+        let rank = t.dims.len();
+        if !(1..=5).contains(&rank) || t.strides.len() + 1 != rank || t.box_dims.len() != rank {
+            return Err(backend_err(B, format!("TMA descriptor of {t:?}: dims, strides and box ranks disagree")));
+        }
+        let elem_strides = [1u32; 5];
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        self.bind()?;
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+                rank as u32,
+                t.addr as *mut c_void,
+                t.dims.as_ptr(),
+                t.strides.as_ptr(),
+                t.box_dims.as_ptr(),
+                elem_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(|e| derr(format!("cuTensorMapEncodeTiled {t:?}"), e))?;
+        Ok(TensorMap(map.opaque))
+    }
     fn has_blas(&self) -> bool {
         unsafe { cudarc::cublas::sys::is_culib_present() }
     }

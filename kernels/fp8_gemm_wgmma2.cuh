@@ -1,0 +1,320 @@
+// sm_90a FP8 block-scaled GEMM, v2: the function of kernels/fp8_gemm.cuh (same operands, dense
+// and grouped modes; no split-K) as a persistent, warp-specialized TMA + wgmma kernel.
+//
+// CTA: 384 threads = a producer warpgroup (WG 0, 40 registers) and two consumer warpgroups (WG 1,
+// 2; 232 registers) sharing one 128 × 128 output tile (BM = 2 × m64, BN = 128 = the weight's
+// scale block, so s_w is one scalar per 128-K block). Grid = at most one CTA per SM; each walks
+// the tiles blockIdx.x, + gridDim.x, ... in grouped-M order (bands of 8 M tiles, M fastest inside
+// a band: ~8 M tiles × 16 N tiles live at once, so both operands stay in L2).
+//
+// Pipeline: STAGES slots of (A 128 × 128 bytes, B 128 × 128 bytes, 128 f32 scales), each with a
+// `full` mbarrier (128 producer arrivals, + 128 cp.async arrivals when gathering, + the TMA bytes)
+// and an `empty` one (one arrival per consumer warp). Stage index and phase run on across tiles,
+// identically in every role.
+// - Producer, per 128-K block: waits `empty`, thread 0 issues the TMA boxes (B: 3-D map [E, N, K],
+//   box (128, 128, 1) at (kb·128, n0, expert); A: 2-D map [rows, K] at (kb·128, m0)) with
+//   SWIZZLE_128B — exactly the layout the wgmma descriptors read (dsv3/sm90.h) — and every thread
+//   writes s_a[row t]·s_w[nb, kb] of its tile row into the stage. Rows past the tensor arrive as
+//   zeros (TMA out-of-bounds fill), so partial M / N / K blocks need no special case.
+//   Grouped rows gathered through row_ids (fused MoE gate_up: rows of x picked per expert) cannot
+//   be a TMA box: there the 128 producer threads copy them with cp.async (8 × 16 bytes each, zero
+//   fill for padding rows and past K), tracked by the same `full` barrier, and the consumers
+//   fence the generic → async proxy before reading. B stays on TMA.
+// - Consumers: WG w owns rows [64 w, 64 w + 64). Each 128-K block is 4 × wgmma.m64n128k32 e4m3
+//   into a fresh f32 partial; the partial is promoted (total += partial · s_a·s_w) while the next
+//   block's MMAs run: two partial sets alternate, and after issuing block kb the consumer waits
+//   only for block kb − 1 (wgmma.wait_group 1), releases its stage and promotes it. The tensor
+//   cores thus always have one group queued behind the promotion FMAs. (DeepGEMM instead waits
+//   for each block (wait_group 0) and relies on the two math warpgroups interleaving; here each
+//   warpgroup overlaps on its own, and the 2 × 64 partial registers fit in the 232 budget.)
+// - Epilogue per consumer warpgroup: the bf16 tile goes through shared memory (rows padded to
+//   272 bytes: conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global
+//   stores (2 B stores where N % 8 != 0); rows ≥ the row bound are not stored.
+//
+// Every mbarrier wait has a watchdog (dsv3/sm90.h): a protocol bug traps instead of hanging.
+// The MMA is a policy (Wg2E4m3) so an INT8 (s8 → s32) instantiation can reuse the pipeline.
+// Off sm_90a (other CUDA archs, NVRTC for compute_90, HIP) the entry traps: the host never
+// launches it there (src/backend/fp8_gemm.rs checks for the sm_90a cubin).
+#pragma once
+#include "dsv3/dsv3.h"
+#include "block_gemm.cuh"
+
+namespace dsv3 {
+
+constexpr int WG2_STAGES = 5;
+constexpr u32 WG2_GROUP_M = 8;      // M tiles per rasterization band
+constexpr u32 WG2_EPI_PITCH = 272;  // bytes per staged output row: 256 + 16
+
+// Shared memory of one CTA, offsets from its 1024-aligned base (the Rust side mirrors BYTES).
+struct Wg2Smem {
+  static constexpr u32 TILE = 128 * 128;                   // one operand box, bytes
+  static constexpr u32 STAGE = 2 * TILE;                   // A, then B
+  static constexpr u32 EPI = WG2_STAGES * STAGE;           // 2 × 64 staged output rows
+  static constexpr u32 SCALES = EPI + 2 * 64 * WG2_EPI_PITCH;  // [STAGES][128] f32
+  static constexpr u32 ROWS = SCALES + WG2_STAGES * 128 * 4;   // [128] i32: a-rows of the tile
+  static constexpr u32 BARS = ROWS + 128 * 4;                  // full[STAGES], empty[STAGES]
+  static constexpr u32 END = BARS + 2 * WG2_STAGES * 8;
+  static constexpr u32 BYTES = END + 1024;                     // + alignment of the base
+};
+
+// Output tile order: bands of WG2_GROUP_M M tiles, M fastest inside a band.
+struct Wg2Sched {
+  u32 m_tiles, n_tiles, total;
+  DSV3_DEV void tile(u32 idx, u32& mt, u32& nt) const {
+    const u32 band = WG2_GROUP_M * n_tiles;
+    const u32 first = idx / band * WG2_GROUP_M;
+    const u32 rows = min(m_tiles - first, WG2_GROUP_M);
+    const u32 local = idx % band;
+    mt = first + local % rows;
+    nt = local / rows;
+  }
+};
+
+#if defined(DSV3_SM90A)
+// MMA policy: one 64 × 128 × 32 step of e4m3 into f32.
+struct Wg2E4m3 {
+  using Acc = float;
+  template <bool ACC> DSV3_DEV static void mma(float (&d)[64], u64 da, u64 db) {
+    wgmma_m64n128k32_e4m3<ACC>(d, da, db);
+  }
+};
+
+struct Wg2Ctx {
+  BlockGemmArgs g;
+  Wg2Sched sched;
+  u32 m_end, sk, sn;
+  u32 base;  // shared address of the aligned base
+  u8* smem;  // the same, generic
+  DSV3_DEV u32 full(u32 s) const { return base + Wg2Smem::BARS + s * 8; }
+  DSV3_DEV u32 empty(u32 s) const { return base + Wg2Smem::BARS + (WG2_STAGES + s) * 8; }
+  DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + Wg2Smem::SCALES) + s * 128; }
+};
+
+DSV3_DEV void wg2_advance(u32& stage, u32& phase) {
+  if (++stage == WG2_STAGES) {
+    stage = 0;
+    phase ^= 1;
+  }
+}
+
+// Producer warpgroup (thread p = 0..127 is tile row p's scale writer; thread 0 issues the TMA).
+DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
+  const BlockGemmArgs& g = c.g;
+  const u32 p = tid();
+  const bool gathered = g.row_ids != nullptr;
+  i32* rows = reinterpret_cast<i32*>(c.smem + Wg2Smem::ROWS);
+  if (p == 0) {
+    tma_prefetch(mb);
+    if (!gathered) tma_prefetch(ma);
+  }
+  u32 stage = 0, phase = 0;
+  for (u32 idx = blockIdx.x; idx < c.sched.total; idx += gridDim.x) {
+    u32 mt, nt;
+    c.sched.tile(idx, mt, nt);
+    const u32 m0 = mt * 128, n0 = nt * 128;
+    const u32 expert = g.tile_expert != nullptr ? (u32)g.tile_expert[mt] : 0u;
+    const i64 arow = bg_a_row(g, m0 + p, c.m_end);
+    const float* sa = arow >= 0 ? g.a_scales + (u64)arow * c.sk : nullptr;
+    const float* sb = g.b_scale + ((u64)expert * c.sn + nt) * c.sk;
+    if (gathered) {
+      named_bar_sync(1, 128);  // every gather of the previous tile has been issued
+      rows[p] = (i32)arow;
+      named_bar_sync(1, 128);
+    }
+    // The scales of block kb + 1 are loaded during block kb (their latency must not pace the
+    // producer: one block of MMAs is ~512 cycles).
+    float a_next = sa != nullptr ? sa[0] : 0.0f, b_next = sb[0];
+    for (u32 kb = 0; kb < c.sk; ++kb) {
+      const float s = a_next * b_next;
+      if (kb + 1 < c.sk) {
+        a_next = sa != nullptr ? sa[kb + 1] : 0.0f;
+        b_next = sb[kb + 1];
+      }
+      mbar_wait(c.empty(stage), phase ^ 1);
+      const u32 a_dst = c.base + stage * Wg2Smem::STAGE, b_dst = a_dst + Wg2Smem::TILE;
+      if (gathered) {
+        const u32 ch = p % 8, kbyte = kb * 128 + ch * 16;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const u32 r = p / 8 + 16 * i;
+          const i32 ar = rows[r];
+          const bool ok = ar >= 0 && kbyte < g.K;
+          cp_async_16(a_dst + r * 128 + ((ch ^ (r & 7)) << 4), ok ? (const void*)(g.a + (u64)ar * g.K + kbyte) : (const void*)g.a, ok);
+        }
+        mbar_arrive_cp_async(c.full(stage));
+      }
+      c.scales(stage)[p] = s;
+      if (p == 0) {
+        mbar_arrive_expect_tx(c.full(stage), gathered ? Wg2Smem::TILE : 2 * Wg2Smem::TILE);
+        tma_load_3d(b_dst, mb, c.full(stage), (i32)(kb * 128), (i32)n0, (i32)expert);
+        if (!gathered) tma_load_2d(a_dst, ma, c.full(stage), (i32)(kb * 128), (i32)m0);
+      } else {
+        mbar_arrive(c.full(stage));
+      }
+      wg2_advance(stage, phase);
+    }
+  }
+}
+
+// Epilogue of consumer warpgroup w (thread tw of 128): its 64 × 128 f32 fragments → bf16 in padded
+// shared rows (`stg`) → 16-byte coalesced global stores; rows ≥ the row bound are not stored.
+DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u32 nt, u32 w, u32 tw, u8* stg) {
+  const u32 warp = tw / 32, ln = tw % 32;
+  named_bar_sync(2 + w, 128);  // the previous tile's rows have been read out
+#pragma unroll
+  for (int j = 0; j < 16; ++j)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const u32 row = warp * 16 + ln / 4 + h * 8, col = j * 8 + 2 * (ln % 4);
+      const u32 pk = (u32)f32_to_bf16(tot[4 * j + 2 * h]).bits | ((u32)f32_to_bf16(tot[4 * j + 2 * h + 1]).bits << 16);
+      *reinterpret_cast<u32*>(stg + row * WG2_EPI_PITCH + col * 2) = pk;
+    }
+  named_bar_sync(2 + w, 128);
+  const u32 N = c.g.N, n_ch = tw % 16, n = nt * 128 + n_ch * 8;
+  const bool vec = N % 8 == 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const u32 row = i * 8 + tw / 16, grow = mt * 128 + w * 64 + row;
+    if (grow >= c.m_end || n >= N) continue;
+    const Vec<u32, 4> v = *reinterpret_cast<const Vec<u32, 4>*>(stg + row * WG2_EPI_PITCH + n_ch * 16);
+    bf16* dst = c.g.out + (u64)grow * N + n;
+    if (vec && n + 8 <= N) {
+      store_vec<u32, 4>(reinterpret_cast<u32*>(dst), v);
+    } else {
+      const bf16* e = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (u32 k = 0; k < 8; ++k)
+        if (n + k < N) dst[k] = e[k];
+    }
+  }
+}
+
+// Consumer warpgroup w (0, 1) of the tile: rows [64 w, 64 w + 64).
+template <class Op>
+DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
+  using Acc = typename Op::Acc;
+  const BlockGemmArgs& g = c.g;
+  const u32 t = tid() - 128, w = t / 128, tw = t % 128, warp = tw / 32, ln = tw % 32;
+  const u32 r0 = w * 64 + warp * 16 + ln / 4;  // tile row of fragment registers {0, 1}; r0 + 8: {2, 3}
+  const bool gathered = g.row_ids != nullptr;
+  u8* stg = c.smem + Wg2Smem::EPI + w * 64 * WG2_EPI_PITCH;
+  u32 stage = 0, phase = 0;
+  Acc pa[64], pb[64];
+  float tot[64];
+
+  // Waits for the current stage and issues its 4 k32 steps into `acc` (one wgmma group).
+  auto issue = [&](Acc(&acc)[64]) {
+    mbar_wait(c.full(stage), phase);
+    if (gathered) fence_proxy_async();  // the A rows were written by cp.async (generic proxy)
+    const u32 a = c.base + stage * Wg2Smem::STAGE + w * 64 * 128, b = c.base + stage * Wg2Smem::STAGE + Wg2Smem::TILE;
+    wgmma_fence();
+    Op::template mma<false>(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b));
+#pragma unroll
+    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32));
+    wgmma_commit();
+    wgmma_pin(acc);
+  };
+  // The group of stage `s` has completed into `acc`: read its scales, free the stage, promote.
+  auto retire = [&](Acc(&acc)[64], u32 s) {
+    wgmma_pin(acc);
+    const float s0 = c.scales(s)[r0], s1 = c.scales(s)[r0 + 8];
+    __syncwarp();
+    if (ln == 0) mbar_arrive(c.empty(s));
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      tot[4 * j + 0] += (float)acc[4 * j + 0] * s0;
+      tot[4 * j + 1] += (float)acc[4 * j + 1] * s0;
+      tot[4 * j + 2] += (float)acc[4 * j + 2] * s1;
+      tot[4 * j + 3] += (float)acc[4 * j + 3] * s1;
+    }
+  };
+
+  if (blockIdx.x >= c.sched.total) return;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
+  issue(pa);  // k block 0 of the first tile
+  for (u32 idx = blockIdx.x;;) {
+    u32 mt, nt;
+    c.sched.tile(idx, mt, nt);
+    u32 prev = stage;
+    wg2_advance(stage, phase);
+    for (u32 kb = 1; kb < c.sk; ++kb) {
+      // Block kb into one set while block kb − 1 (the other set) is promoted.
+      if (kb & 1) {
+        issue(pb);
+        wgmma_wait<1>();
+        retire(pa, prev);
+      } else {
+        issue(pa);
+        wgmma_wait<1>();
+        retire(pb, prev);
+      }
+      prev = stage;
+      wg2_advance(stage, phase);
+    }
+    wgmma_wait<0>();
+    if ((c.sk - 1) & 1) {
+      retire(pb, prev);
+    } else {
+      retire(pa, prev);
+    }
+    idx += gridDim.x;
+    if (idx >= c.sched.total) {
+      wg2_store_tile(c, tot, mt, nt, w, tw, stg);
+      return;
+    }
+    issue(pa);  // the next tile's first block runs on the tensor cores during this epilogue
+    wg2_store_tile(c, tot, mt, nt, w, tw, stg);
+#pragma unroll
+    for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
+  }
+}
+
+template <class Op>
+DSV3_DEV void wg2_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
+  extern __shared__ __attribute__((aligned(1024))) u8 wg2_smem[];
+  Wg2Ctx c;
+  c.g = g;
+  const u32 raw = smem_u32(wg2_smem);
+  c.base = (raw + 1023u) & ~1023u;
+  c.smem = wg2_smem + (c.base - raw);
+  c.sk = ceil_div(g.K, 128);
+  c.sn = ceil_div(g.N, 128);
+  // Grouped: *num_tiles (on the device), never more than the M rows the host sized `out` for.
+  const u32 m_tiles = g.tile_expert != nullptr ? min((u32)*g.num_tiles, ceil_div(g.M, 128)) : ceil_div(g.M, 128);
+  c.m_end = g.tile_expert != nullptr ? m_tiles * 128 : g.M;
+  c.sched = Wg2Sched{m_tiles, c.sn, m_tiles * c.sn};
+  if (tid() == 0) {
+    for (u32 s = 0; s < WG2_STAGES; ++s) {
+      // Every producer thread arrives once per use, and once more when its gathered rows land.
+      mbar_init(c.full(s), g.row_ids != nullptr ? 256 : 128);
+      mbar_init(c.empty(s), 8);  // one arrival per consumer warp
+    }
+    mbar_init_fence();
+  }
+  __syncthreads();
+  if (tid() < 128) {
+    regs_dec<40>();
+    wg2_produce(c, ma, mb);
+  } else {
+    regs_inc<232>();
+    wg2_consume<Op>(c);
+  }
+}
+#endif  // DSV3_SM90A
+
+// Entry: grid (min(SMs, tiles)), block 384, dynamic smem Wg2Smem::BYTES. tmap_a: 2-D map of a
+// [rows, K] (unused when row_ids gathers); tmap_b: 3-D map of b [E, N, K] (E = 1 dense).
+DSV3_DEV void fp8_gemm_wgmma2(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const e4m3fn* a,
+                              const float* a_scales, const float* b_scale, const i32* row_ids, const i32* tile_expert,
+                              const i32* num_tiles, u32 M, u32 N, u32 K, u32 a_row_div) {
+#if defined(DSV3_SM90A)
+  wg2_gemm<Wg2E4m3>(bg_args(out, a, a_scales, nullptr, b_scale, nullptr, nullptr, row_ids, tile_expert, num_tiles, M,
+                            N, K, a_row_div, 1),
+                    tmap_a, tmap_b);
+#else
+  trap();
+#endif
+}
+
+}  // namespace dsv3

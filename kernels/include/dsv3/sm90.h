@@ -1,0 +1,155 @@
+// Hopper (sm_90a) primitives: mbarriers (with a watchdog), TMA tensor copies, proxy fences,
+// named barriers, register reallocation (setmaxnreg) and warpgroup MMAs (wgmma) over 128-byte
+// swizzled K-major shared-memory tiles. The instructions exist only with the sm_90a feature set
+// (compute_90a PTX): everything but TmaMap / DSV3_GRID_CONST is defined under
+// DSV3_SM90A, and kernels guard their use of it the same way.
+#pragma once
+#include "platform.h"
+
+namespace dsv3 {
+// A CUtensorMap (TMA descriptor) as a kernel parameter: 128 opaque bytes, encoded on the host by
+// the driver (cuTensorMapEncodeTiled). Declared on every vendor so that entry points keep one
+// signature; only sm_90a code reads it.
+struct alignas(64) TmaMap {
+  u64 opaque[16];
+};
+}  // namespace dsv3
+
+// A TMA descriptor must stay in the kernel's parameter space (its address is handed to the copy
+// engine), so the parameter is `const DSV3_GRID_CONST TmaMap`.
+#if defined(DSV3_CUDA)
+#define DSV3_GRID_CONST __grid_constant__
+#else
+#define DSV3_GRID_CONST
+#endif
+
+#if defined(DSV3_CUDA) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define DSV3_SM90A 1
+namespace dsv3 {
+
+// ---- mbarrier ----------------------------------------------------------------------------------
+// A wait longer than this is a bug (a lost arrival, a wrong parity, a TMA that never lands): the
+// kernel traps so the launch fails with an error instead of hanging. Legitimate waits last at
+// most one output tile (microseconds).
+constexpr u64 MBAR_TIMEOUT_NS = 4000000000ull;
+
+DSV3_DEV void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+// Makes initialized barriers visible to the other threads and to the async proxy (TMA); follow
+// with a CTA barrier.
+DSV3_DEV void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+DSV3_DEV void mbar_arrive(u32 bar) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory");
+}
+// Arrives and adds `bytes` to the transaction count the phase waits for (the TMA copies that
+// signal this barrier complete them).
+DSV3_DEV void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// One arrival on `bar` once this thread's cp.async copies issued so far have landed (.noinc: the
+// barrier's expected count must include these arrivals).
+DSV3_DEV void mbar_arrive_cp_async(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+// True once the phase of parity `parity` has completed (a fresh barrier is in phase 0, so parity
+// 1 — "the phase before" — passes at once).
+DSV3_DEV bool mbar_try_wait(u32 bar, u32 parity) {
+  u32 done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+DSV3_DEV void mbar_wait(u32 bar, u32 parity) {
+  if (mbar_try_wait(bar, parity)) return;
+  const u64 t0 = timer_ns();
+  while (!mbar_try_wait(bar, parity)) {
+    if (timer_ns() - t0 > MBAR_TIMEOUT_NS) trap();
+  }
+}
+
+// ---- TMA -------------------------------------------------------------------------------------
+DSV3_DEV void tma_prefetch(const TmaMap& m) { asm volatile("prefetch.tensormap [%0];" ::"l"(&m) : "memory"); }
+// Box at element coordinates (c0 innermost, c1, c2) of `m` → shared memory at `dst` (laid out as
+// the map's swizzle says); completes `bytes of the box` on barrier `bar`. Elements outside the
+// tensor are zero-filled and still counted.
+DSV3_DEV void tma_load_2d(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          dst),
+      "l"(&m), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+DSV3_DEV void tma_load_3d(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1, i32 c2) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
+      "[%2];" ::"r"(dst),
+      "l"(&m), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// Orders this thread's generic-proxy shared-memory accesses with async-proxy ones (wgmma, TMA):
+// after writing a tile with ordinary stores / cp.async and before the tensor cores read it.
+DSV3_DEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// Barrier `id` (1..15; 0 is __syncthreads) among `count` threads (a multiple of 32).
+DSV3_DEV void named_bar_sync(u32 id, u32 count) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory"); }
+
+// Per-thread register budget of the executing warpgroup (all 4 warps execute it).
+template <int N> DSV3_DEV void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N)); }
+template <int N> DSV3_DEV void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N)); }
+
+// ---- wgmma -----------------------------------------------------------------------------------
+DSV3_DEV void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+DSV3_DEV void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+// Waits until at most N committed wgmma groups of this warpgroup are in flight.
+template <int N> DSV3_DEV void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory"); }
+// Keeps the compiler from moving accesses of an accumulator across the asynchronous MMA.
+template <int N> DSV3_DEV void wgmma_pin(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Descriptor of a K-major operand tile with 128-byte swizzle at shared address `addr`: rows of
+// 128 bytes, 16-byte chunk c of row r at chunk c ^ (r & 7) (what a TMA box of 128-byte rows with
+// CU_TENSOR_MAP_SWIZZLE_128B, or the cp.async loaders, write), 8-row atoms 1024 bytes apart
+// (stride byte offset); tiles start 1024-aligned and a k step inside the atom advances `addr`.
+DSV3_DEV u64 wgmma_desc_sw128(u32 addr) {
+  u64 d = (u64)((addr & 0x3ffffu) >> 4);  // start address >> 4, 14 bits
+  d |= (u64)1 << 16;                      // leading byte offset (unused for swizzled K-major)
+  d |= (u64)(1024 >> 4) << 32;            // stride byte offset
+  d |= (u64)1 << 62;                      // 128-byte swizzle
+  return d;
+}
+
+// d = a · b (ACC false) or d += a · b (ACC true): a 64×32 e4m3 (K-major, descriptor da), b
+// 128×32 e4m3 (K-major, db), d 64×128 f32 (the warpgroup's fragments).
+template <bool ACC> DSV3_DEV void wgmma_m64n128k32_e4m3(float (&d)[64], u64 da, u64 db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(da), "l"(db), "n"(ACC ? 1 : 0));
+}
+
+}  // namespace dsv3
+#endif  // sm_90a
