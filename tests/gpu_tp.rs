@@ -24,9 +24,9 @@
 mod common;
 
 use common::gpu::{gpu_model, run_two_nodes};
+use common::tp::{check_step, group, last_rows, need_two_gpus, PAGE, PAGES};
 use common::{check_greedy, dp, fixtures, prompt, reference, run_greedy};
-use dsv3::backend::cuda::device_count;
-use dsv3::dist::{open_group, AllReduce, GroupConfig};
+use dsv3::dist::{open_group, GroupConfig};
 use dsv3::model::checkpoint::{Checkpoint, DType};
 use dsv3::model::generate::greedy_generate;
 use dsv3::model::gpu::{BatchSeq, GpuModel, GpuOptions, LogitRows, PagePool, TpModel};
@@ -34,26 +34,7 @@ use dsv3::model::shard::{AttnSplit, MoeSplit};
 use dsv3::ops::sampling::{argmax, top2_margin};
 use dsv3::tensor::rel_error;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-
-const PAGES: usize = 16;
-const PAGE: usize = 64;
-
-fn need_two_gpus() {
-    let n = device_count().unwrap_or_else(|e| panic!("no CUDA device: {e}"));
-    assert!(n >= 2, "needs 2 CUDA devices; the driver reports {n}");
-}
-
-/// The group over cuda:0 and cuda:1, opened once per test binary.
-fn group() -> Arc<AllReduce> {
-    static GROUP: OnceLock<Arc<AllReduce>> = OnceLock::new();
-    GROUP
-        .get_or_init(|| {
-            need_two_gpus();
-            Arc::new(open_group(&GroupConfig::single_node(2, 0)).unwrap_or_else(|e| panic!("group over cuda:0, cuda:1: {e}")))
-        })
-        .clone()
-}
+use std::sync::Arc;
 
 fn tp_model(dir: &Path, moe: MoeSplit) -> TpModel {
     TpModel::load(dir, group(), moe).unwrap_or_else(|e| panic!("{}: TP=2 ({moe:?}): {e}", dir.display()))
@@ -91,30 +72,6 @@ impl Batch {
     fn decode<'a>(&'a self, next: &'a [[u32; 1]]) -> Vec<BatchSeq<'a>> {
         (0..3).map(|i| BatchSeq { tokens: &next[i], start: self.lens[i], block_table: &self.tables[i], logits: LogitRows::Last }).collect()
     }
-}
-
-/// Logits of TP=2 against TP=1, per sequence; greedy choices agree where TP=1's margin is clear.
-#[track_caller]
-fn check_step(what: &str, single: &[Vec<f32>], tp: &[Vec<f32>], vocab: usize, tol: f64) {
-    assert_eq!(single.len(), tp.len(), "{what}: sequences");
-    for (i, (a, b)) in single.iter().zip(tp).enumerate() {
-        assert_eq!(a.len(), b.len(), "{what}: sequence {i}: logits length");
-        if let Some(j) = b.iter().position(|x| !x.is_finite()) {
-            panic!("{what}: sequence {i}: TP logit {j} is {}", b[j]);
-        }
-        let e = rel_error(b, a);
-        assert!(e <= tol, "{what}: sequence {i}: TP vs TP=1 relative error {e:.3e} > {tol:e}");
-        for (r, (ra, rb)) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)).enumerate() {
-            let rms = (ra.iter().map(|x| (x * x) as f64).sum::<f64>() / vocab as f64).sqrt();
-            if (top2_margin(ra) as f64) > 10.0 * tol * rms {
-                assert_eq!(argmax(ra), argmax(rb), "{what}: sequence {i} row {r}: greedy token differs");
-            }
-        }
-    }
-}
-
-fn last_rows(out: &[Vec<f32>], vocab: usize) -> Vec<[u32; 1]> {
-    out.iter().map(|l| [argmax(&l[l.len() - vocab..]) as u32]).collect()
 }
 
 /// How the group model runs a step of the batch.
