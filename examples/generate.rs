@@ -144,9 +144,8 @@ fn run(args: Args) -> Result<()> {
 /// `--tp N` (and several nodes): one process drives this node's GPUs of the group.
 #[cfg(feature = "cuda")]
 fn generate_tp(args: &Args, dir: &Path, device: Device, opts: GpuOptions, t0: Instant) -> Result<()> {
-    use dsv3::dist::{open_group, GroupConfig};
+    use dsv3::dist::open_group;
     use dsv3::model::gpu::TpModel;
-    use dsv3::model::shard::{AttnSplit, MoeSplit};
     match device {
         Device::Cuda(n) if n == 0 || n == args.par.base_gpu_id => {}
         Device::Cuda(n) => {
@@ -157,17 +156,8 @@ fn generate_tp(args: &Args, dir: &Path, device: Device, opts: GpuOptions, t0: In
     if args.par.ep_size != 1 && args.par.ep_size != args.par.tp {
         return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.par.ep_size, args.par.tp)));
     }
-    let group = GroupConfig {
-        tp: args.par.tp,
-        base_gpu_id: args.par.base_gpu_id,
-        nnodes: args.par.nnodes,
-        node_rank: args.par.node_rank,
-        dist_init_addr: args.par.dist_init_addr.clone(),
-        timeout: dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout)?,
-    };
-    let ar = std::sync::Arc::new(open_group(&group)?);
-    let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+    let ar = std::sync::Arc::new(open_group(&args.par.group_config()?)?);
+    let (moe, attn) = args.par.splits();
     let model = TpModel::load_with(dir, ar, moe, attn, opts)?;
     tracing::info!("{} ({moe:?} MoE split)", model.describe());
     generate(args, dir, &model, t0)

@@ -265,24 +265,16 @@ fn run(args: Args) -> Result<(), String> {
 /// (engine::multinode) and return when it stops.
 #[cfg(feature = "cuda")]
 fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
-    use dsv3::dist::{open_group, GroupConfig};
+    use dsv3::dist::open_group;
     use dsv3::engine::{multinode, TpStepModel};
     use dsv3::model::gpu::TpModel;
-    use dsv3::model::shard::{AttnSplit, MoeSplit};
     if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
         if n != 0 && n != args.par.base_gpu_id {
             return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
         }
     }
-    let timeout = dsv3::dist::rendezvous::parse_timeout(&args.par.dist_timeout).map_err(|e| e.to_string())?;
-    let group = GroupConfig {
-        tp: args.par.tp,
-        base_gpu_id: args.par.base_gpu_id,
-        nnodes: args.par.nnodes,
-        node_rank: args.par.node_rank,
-        dist_init_addr: args.par.dist_init_addr.clone(),
-        timeout,
-    };
+    let group = args.par.group_config().map_err(|e| e.to_string())?;
+    let timeout = group.timeout;
     // Several nodes: node 0 listens for the others' step channels from the start (they connect
     // once their model is loaded).
     let channel = match (&args.par.dist_init_addr, args.par.nnodes) {
@@ -294,8 +286,7 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
         _ => None,
     };
     let ar = std::sync::Arc::new(open_group(&group).map_err(|e| e.to_string())?);
-    let moe = if args.par.enable_ep_moe || args.par.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
-    let attn = if args.par.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+    let (moe, attn) = args.par.splits();
     // Every rank computes as one GPU would (--kv-cache-dtype: the fast kernels, bf16 or fp8 cache).
     let model = TpModel::load_with(dir, ar, moe, attn, engine_cfg.gpu_options).map_err(|e| e.to_string())?;
     let bos = model.config().bos_token_id;

@@ -24,7 +24,7 @@
 mod common;
 
 use common::gpu::{gpu_model, run_two_nodes};
-use common::tp::{check_step, group, last_rows, need_two_gpus, PAGE, PAGES};
+use common::tp::{check_step, group, last_rows, need_two_gpus, own_tables, PAGE, PAGES};
 use common::{check_greedy, dp, fixtures, prompt, reference, run_greedy};
 use dsv3::dist::{open_group, GroupConfig};
 use dsv3::model::checkpoint::{Checkpoint, DType};
@@ -111,16 +111,7 @@ fn dp_group(dp: &TpModel) -> Group<'_> {
     let world = dp.communicator().world_size();
     assert_eq!(world, 2, "a group of two GPUs");
     let ranks = vec![0, 1, 1];
-    let per = PAGES / 4;
-    let mut used = vec![0usize; world];
-    let tables = ranks
-        .iter()
-        .map(|&r| {
-            let k = used[r];
-            used[r] += 1;
-            ((k * per) as u32..((k + 1) * per) as u32).rev().collect()
-        })
-        .collect();
+    let tables = own_tables(&ranks, world);
     Group::Dp { model: dp, ranks, tables }
 }
 

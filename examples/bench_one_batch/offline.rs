@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use dsv3::backend::{DType, Device, DeviceTensor, GpuStream};
 use dsv3::model::config::ModelConfig;
-use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PAGE_SIZE};
+use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, RoutingBalance, PAGE_SIZE};
 use dsv3::ops::random::mix64;
 use serde_json::{json, Value};
 
@@ -55,13 +55,7 @@ pub fn run(a: &OfflineArgs) -> Result<(), String> {
         None => {
             let cfg = deepseek_v3_slice(a.num_layers, a.dense_layers).map_err(e)?;
             let mut m = GpuModel::random(cfg, device, opts, a.seed).map_err(e)?;
-            let bal = m.balance_routing(4096, 6, a.seed).map_err(e)?;
-            eprintln!(
-                "routing balanced over 4096 random tokens: max/mean expert load per MoE layer {:?} -> {:?}, idle experts {:?}",
-                round2(&bal.max_over_mean_before),
-                round2(&bal.max_over_mean_after),
-                bal.idle_after
-            );
+            report_balance(&m.balance_routing(4096, 6, a.seed).map_err(e)?);
             m
         }
     };
@@ -103,7 +97,17 @@ pub(crate) fn json_lines(path: Option<&std::path::Path>) -> Result<impl FnMut(Va
     })
 }
 
-pub(crate) fn round2(v: &[f64]) -> Vec<f64> {
+/// The router balance of a random model, on stderr.
+pub(crate) fn report_balance(bal: &RoutingBalance) {
+    eprintln!(
+        "routing balanced over 4096 random tokens: max/mean expert load per MoE layer {:?} -> {:?}, idle experts {:?}",
+        round2(&bal.max_over_mean_before),
+        round2(&bal.max_over_mean_after),
+        bal.idle_after
+    );
+}
+
+fn round2(v: &[f64]) -> Vec<f64> {
     v.iter().map(|x| (x * 100.0).round() / 100.0).collect()
 }
 

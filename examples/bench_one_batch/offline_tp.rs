@@ -21,7 +21,7 @@ use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCach
 use dsv3::model::shard::{AttnSplit, MoeSplit};
 use serde_json::{json, Value};
 
-use crate::offline::{copy_bandwidth, json_lines, prefill_flops, random_ids, round2, OfflineArgs};
+use crate::offline::{copy_bandwidth, json_lines, prefill_flops, random_ids, report_balance, OfflineArgs};
 
 /// How the model is split.
 pub struct Split {
@@ -46,13 +46,7 @@ pub fn run(a: &OfflineArgs, split: &Split) -> Result<(), String> {
     if split.check_tp1 {
         emit(check_against_one_gpu(&model, opts, a.seed)?)?;
     }
-    let bal = model.balance_routing(4096, 6, a.seed).map_err(e)?;
-    eprintln!(
-        "routing balanced over 4096 random tokens: max/mean expert load per MoE layer {:?} -> {:?}, idle experts {:?}",
-        round2(&bal.max_over_mean_before),
-        round2(&bal.max_over_mean_after),
-        bal.idle_after
-    );
+    report_balance(&model.balance_routing(4096, 6, a.seed).map_err(e)?);
     let copy_gbps = copy_bandwidth(model.shards()[0].stream()).map_err(e)?;
     eprintln!("device-to-device copy (GPU 0): {copy_gbps:.0} GB/s (read + write)");
     emit(json!({"kind": "ceiling", "copy_gbps": copy_gbps, "layers": cfg.num_hidden_layers, "kv_cache": kv.to_string(), "tp": split.tp, "ep": split.ep, "dp_attention": split.dp_attention}))?;

@@ -38,3 +38,26 @@ pub struct ParallelArgs {
     #[arg(long, alias = "dp-size", alias = "data-parallel-size", default_value_t = 1)]
     pub dp: usize,
 }
+
+#[cfg(feature = "cuda")]
+impl ParallelArgs {
+    /// The communicator group these flags describe (`--dist-timeout` parsed).
+    pub fn group_config(&self) -> dsv3::Result<dsv3::dist::GroupConfig> {
+        Ok(dsv3::dist::GroupConfig {
+            tp: self.tp,
+            base_gpu_id: self.base_gpu_id,
+            nnodes: self.nnodes,
+            node_rank: self.node_rank,
+            dist_init_addr: self.dist_init_addr.clone(),
+            timeout: dsv3::dist::rendezvous::parse_timeout(&self.dist_timeout)?,
+        })
+    }
+
+    /// How the routed experts and attention are split over the group.
+    pub fn splits(&self) -> (dsv3::model::shard::MoeSplit, dsv3::model::shard::AttnSplit) {
+        use dsv3::model::shard::{AttnSplit, MoeSplit};
+        let moe = if self.enable_ep_moe || self.ep_size > 1 { MoeSplit::Expert } else { MoeSplit::Tensor };
+        let attn = if self.enable_dp_attention { AttnSplit::Data } else { AttnSplit::Heads };
+        (moe, attn)
+    }
+}

@@ -181,17 +181,23 @@ pub fn dp_group<'a>(dp: &'a TpModel, b: &Batch) -> Group<'a> {
     let world = dp.communicator().world_size();
     let ranks: Vec<usize> = (0..b.prompts.len()).map(|i| i % world).collect();
     assert!((0..world).all(|r| ranks.contains(&r)), "every rank gets a sequence: {ranks:?}");
+    let tables = own_tables(&ranks, world);
+    Group::Dp { model: dp, ranks, tables }
+}
+
+/// DP attention: each sequence's block table in its own rank's pool — the k-th sequence of a
+/// rank on that pool's pages k·PAGES/4 .., reversed (so paging is exercised).
+pub fn own_tables(ranks: &[usize], world: usize) -> Vec<Vec<u32>> {
     let per = PAGES / 4;
     let mut used = vec![0usize; world];
-    let tables = ranks
+    ranks
         .iter()
         .map(|&r| {
             let k = used[r];
             used[r] += 1;
             ((k * per) as u32..((k + 1) * per) as u32).rev().collect()
         })
-        .collect();
-    Group::Dp { model: dp, ranks, tables }
+        .collect()
 }
 
 /// Per step, [`check_step`] of `got` against `want` at `tol[step]`; returns the worst relative
