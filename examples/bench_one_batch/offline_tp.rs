@@ -7,8 +7,8 @@
 //!   whole model on GPU 0 alone; prints the largest logit difference (over the largest logit) and
 //!   how many rows pick the same greedy token.
 //! - Decode points (batch × context): wall clock per step after warm-up, eager and (tensor-
-//!   replayed CUDA graphs (under DP attention a graph per rank of its own rows), and the tokens
-//!   per second of the group. Under
+//!   replayed CUDA graphs (under DP attention a graph per rank of its own rows) with the logits to
+//!   the host and with the device argmax, and the tokens per second of the group. Under
 //!   DP attention sequence i lives on rank i mod N (its pages in that rank's pool).
 //! - Prefill lengths: one eager forward each, with its FLOPs.
 
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use dsv3::backend::Device;
 use dsv3::dist::{open_group, GroupConfig};
-use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PagePool, TpModel, PAGE_SIZE};
+use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PagePool, Readout, TpModel, PAGE_SIZE};
 use dsv3::model::shard::{AttnSplit, MoeSplit};
 use serde_json::{json, Value};
 
@@ -50,17 +50,17 @@ pub fn run(a: &OfflineArgs, split: &Split) -> Result<(), String> {
     let copy_gbps = copy_bandwidth(model.shards()[0].stream()).map_err(e)?;
     eprintln!("device-to-device copy (GPU 0): {copy_gbps:.0} GB/s (read + write)");
     emit(json!({"kind": "ceiling", "copy_gbps": copy_gbps, "layers": cfg.num_hidden_layers, "kv_cache": kv.to_string(), "tp": split.tp, "ep": split.ep, "dp_attention": split.dp_attention}))?;
-    println!("| GPUs | split | batch | context | eager ms | graph ms | tokens/s |");
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("| GPUs | split | batch | context | eager ms | graph ms | graph + device argmax ms | tokens/s (best) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     let name = format!("tp{}{}{}", split.tp, if split.ep { " ep" } else { "" }, if split.dp_attention { " dp-attn" } else { "" });
     for &c in &a.contexts {
         for &b in &a.batch_sizes {
             match decode_point(&model, a, b, c) {
-                Ok((eager, graph)) => {
-                    let best = graph.or(eager).unwrap_or(f64::NAN);
+                Ok(t) => {
+                    let best = [t.eager, t.graph, t.greedy].into_iter().flatten().fold(f64::INFINITY, f64::min);
                     let f = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.3}"));
-                    println!("| {} | {name} | {b} | {c} | {} | {} | {:.0} |", split.tp, f(eager), f(graph), b as f64 / (best * 1e-3));
-                    emit(json!({"kind": "decode", "split": name, "batch": b, "context": c, "eager_ms": eager, "graph_ms": graph, "layers": cfg.num_hidden_layers}))?;
+                    println!("| {} | {name} | {b} | {c} | {} | {} | {} | {:.0} |", split.tp, f(t.eager), f(t.graph), f(t.greedy), b as f64 / (best * 1e-3));
+                    emit(json!({"kind": "decode", "split": name, "batch": b, "context": c, "eager_ms": t.eager, "graph_ms": t.graph, "greedy_graph_ms": t.greedy, "layers": cfg.num_hidden_layers}))?;
                 }
                 Err(x) => eprintln!("batch {b} context {c}: {x}"),
             }
@@ -108,8 +108,8 @@ fn step(model: &TpModel, pools: &mut [PagePool], seqs: &[BatchSeq<'_>], p: &Plac
     }
 }
 
-/// (eager ms, graph ms) per decode step of `b` sequences at `context`.
-fn decode_point(model: &TpModel, a: &OfflineArgs, b: usize, context: usize) -> Result<(Option<f64>, Option<f64>), String> {
+/// Decode step times of `b` sequences at `context`.
+fn decode_point(model: &TpModel, a: &OfflineArgs, b: usize, context: usize) -> Result<DecodeTimes, String> {
     let e = |x: dsv3::Error| x.to_string();
     let cfg = model.config();
     let per_seq = (context + a.steps + 8).div_ceil(PAGE_SIZE);
@@ -139,22 +139,32 @@ fn decode_point(model: &TpModel, a: &OfflineArgs, b: usize, context: usize) -> R
         Ok(t.elapsed().as_secs_f64() * 1e3 / a.steps as f64)
     };
     let eager = if a.eager { Some(time(&mut |s| step(model, &mut pools, &seqs(s), &p).map(drop)).map_err(e)?) } else { None };
+    // Graph replays, with the logits to the host and with the device argmax (token ids only:
+    // greedy sampling on the device). Under DP attention a graph holds `b / N` rows per rank.
     let graph = if a.graphs {
-        // Under DP attention a graph holds `b / N` rows per rank (each rank's own sequences).
         let dp = model.attn_split() == AttnSplit::Data;
         let rows = if dp { b.div_ceil(model.shards().len()) } else { b };
         let g = model.capture_decode_graph(&mut pools, rows, (p.pages - 1) as u32).map_err(e)?;
-        Some(
+        let mut replay = |readout: Readout| {
             time(&mut |s| match dp {
-                true => model.forward_decode_graph_dp(&g, &mut pools, &seqs(s), &p.ranks).map(drop),
-                false => model.forward_decode_graph(&g, &mut pools, &seqs(s)).map(drop),
+                true => model.decode_graph_dp_as(&g, &mut pools, &seqs(s), &p.ranks, readout).map(drop),
+                false => model.decode_graph_as(&g, &mut pools, &seqs(s), readout).map(drop),
             })
-            .map_err(e)?,
-        )
+            .map_err(e)
+        };
+        Some((replay(Readout::Logits)?, replay(Readout::Argmax)?))
     } else {
         None
     };
-    Ok((eager, graph))
+    Ok(DecodeTimes { eager, graph: graph.map(|g| g.0), greedy: graph.map(|g| g.1) })
+}
+
+/// Per decode step (ms): eager, replayed graph with the logits to the host, and with the
+/// device argmax.
+struct DecodeTimes {
+    eager: Option<f64>,
+    graph: Option<f64>,
+    greedy: Option<f64>,
 }
 
 fn prefill_ms(model: &TpModel, a: &OfflineArgs, l: usize) -> Result<f64, String> {

@@ -235,15 +235,28 @@ impl TpModel {
         let parts = self.logit_parts(logits)?;
         match readout {
             Readout::Logits => {
-                let mut host = vec![0f32; rows * vocab];
+                // Each rank's slice goes through its stream's pinned staging straight into the
+                // sequences' rows (a decode batch's logits are hundreds of MB).
+                let mut out: Vec<Vec<f32>> = counts.iter().map(|&n| vec![0f32; n * vocab]).collect();
                 for (m, l, start) in parts {
                     let width = l.shape()[1];
-                    let part = l.to_f32(m.stream())?;
-                    for (r, row) in part.chunks_exact(width).take(rows).enumerate() {
-                        host[r * vocab + start..r * vocab + start + width].copy_from_slice(row);
+                    if l.dtype() != DType::F32 || l.numel() < rows * width {
+                        return Err(Error::InvalidArgument(format!("logits {:?} {} for {rows} rows", l.shape(), l.dtype())));
                     }
+                    let mut fill = |staged: &[u8]| -> Result<()> {
+                        let rows_in = staged.chunks_exact(width * 4);
+                        let rows_out = out.iter_mut().flat_map(|v| v.chunks_exact_mut(vocab));
+                        for (src, dst) in rows_in.zip(rows_out) {
+                            for (d, b) in dst[start..start + width].iter_mut().zip(src.chunks_exact(4)) {
+                                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                            }
+                        }
+                        Ok(())
+                    };
+                    // SAFETY: the first rows·width values lie inside this rank's logits tensor.
+                    unsafe { m.stream().with_host_copy(l.raw(), rows * width * 4, &mut fill)? };
                 }
-                Ok(BatchOutput::Logits(split_rows(&host, counts, vocab)))
+                Ok(BatchOutput::Logits(out))
             }
             Readout::Argmax => {
                 let per_rank = parts.iter().map(|(m, l, start)| Ok((*start, m.argmax_rows(l, true)?))).collect::<Result<Vec<_>>>()?;
