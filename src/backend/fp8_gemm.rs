@@ -116,7 +116,7 @@ impl Fp8Tile {
     }
     /// The tile for `rows` rows per M tile: the streaming kernel up to its limit, else BM 128.
     pub fn for_rows(rows: usize) -> Fp8Tile {
-        StreamTile::for_rows(rows).map(Fp8Tile::Stream).unwrap_or(Fp8Tile::Bm128)
+        StreamTile::for_rows(rows).map(Fp8Tile::Stream).unwrap_or_else(|| Fp8Tile::tiled_for_rows(rows))
     }
     /// The tiled (mma.sync) kernels' tile for `rows`: BM 16 up to 16 rows, 64 up to 64, else 128
     /// (what the plans took before the streaming kernel; benches compare with it).
@@ -177,10 +177,6 @@ fn loads_sm90a(s: &dyn GpuStream) -> bool {
         }
 }
 
-fn env_on(var: &str) -> bool {
-    std::env::var(var).map(|v| v == "1").unwrap_or(false)
-}
-
 /// Whether the default plans use the sm_90a wgmma kernel on this stream: [`loads_sm90a`], unless
 /// `DSV3_FP8_WGMMA=0` (on by default since its GPU tests passed on the H200: 1.2–2.6× the
 /// mma.sync BM-128 kernel).
@@ -197,10 +193,11 @@ pub fn wgmma2_available(s: &dyn GpuStream) -> bool {
     built && loads_sm90a(s)
 }
 
-/// Whether the default plans use the v2 entry: [`wgmma2_available`] and `DSV3_FP8_WGMMA2=1` (off
-/// by default until the kernel has been validated on the GPU).
+/// Whether the default plans use the v2 entry: [`wgmma2_available`], unless `DSV3_FP8_WGMMA2=0`
+/// (on by default since its GPU tests passed on the H200; measured 1.3–1.7× wgmma v1 at M = 4096
+/// and faster at M = 128 too, docs/perf/fp8_gemm.md).
 pub fn wgmma2_enabled(s: &dyn GpuStream) -> bool {
-    env_on("DSV3_FP8_WGMMA2") && wgmma2_available(s)
+    std::env::var("DSV3_FP8_WGMMA2").map(|v| v != "0").unwrap_or(true) && wgmma2_available(s)
 }
 
 /// `plan` with the BM-128 tile moved to the v2 entry where [`wgmma2_enabled`] and the plan does
@@ -752,7 +749,7 @@ mod tests {
         let p = plan_dense(1, 2112, 7168, 132);
         assert_eq!(p.tile, Fp8Tile::Stream(StreamTile::T8));
         assert!(p.splits > 1 && p.splits <= 28, "{p:?}");
-        assert_eq!(plan_dense(9, 2112, 7168, 132).tile, Fp8Tile::Stream(StreamTile::T64));
+        assert_eq!(plan_dense(9, 2112, 7168, 132).tile, Fp8Tile::Bm16);
         assert_eq!(plan_dense(65, 2112, 7168, 132).tile, Fp8Tile::Bm128);
         assert_eq!(plan_dense(4096, 7168, 2048, 132), Fp8Plan { tile: Fp8Tile::Bm128, splits: 1 });
         assert_eq!(plan_dense(64, 32768, 512, 132).splits, 1);
@@ -767,8 +764,8 @@ mod tests {
         let (tile, max_tiles, gu, _) = plan_moe(8, 256, 7168, 256, 132);
         assert_eq!((tile, max_tiles), (Fp8Tile::Stream(StreamTile::T8), 9));
         assert!(gu.splits > 1);
-        // 64 tokens on 32 experts: 16 rows per expert, the 64-row streaming tile.
-        assert_eq!(plan_moe(512, 32, 7168, 2048, 132).0, Fp8Tile::Stream(StreamTile::T64));
+        // 64 tokens on 32 experts: 16 rows per expert, the tiled BM 16 (measured faster there).
+        assert_eq!(plan_moe(512, 32, 7168, 2048, 132).0, Fp8Tile::Bm16);
         let (tile, _, gu, dn) = plan_moe(4096 * 8, 32, 7168, 2048, 132);
         assert_eq!((tile, gu.splits, dn.splits), (Fp8Tile::Bm128, 1, 1));
     }

@@ -851,7 +851,7 @@ mod tests {
         let p = plan_int8(1, 2112, 7168, 132);
         assert_eq!(p.tile, QuantTile::Stream(StreamTile::T8));
         assert!(p.splits > 1, "{p:?}");
-        assert_eq!(plan_int8(64, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
+        assert_eq!(plan_int8(64, 2112, 7168, 132).tile, QuantTile::Bm64);
         assert_eq!(plan_int8(65, 2112, 7168, 132).tile, QuantTile::Bm128);
         assert_eq!(plan_awq(1, 2112, 7168, 132).tile, QuantTile::Stream(StreamTile::T8));
         assert_eq!(plan_awq(65, 2112, 7168, 132).tile, QuantTile::Bm128);
@@ -862,7 +862,7 @@ mod tests {
                 splits: 1
             }
         );
-        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Stream(StreamTile::T64));
+        assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
         assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
         let (p, max_tiles) = plan_grouped(QuantKernel::Int8, 8, 32, 512, 7168, 132);

@@ -5,22 +5,17 @@
 //! [`super::quant_gemm::QuantTile::Stream`], launched by the same code and chosen by their plans
 //! for M ≤ [`STREAM_MAX_ROWS`] rows per M tile.
 //!
-//! Why that threshold. A weight byte carries 2·M FLOPs. The tiled kernels read each 128-row
-//! weight block once per BM-row tile through shared memory and ldmatrix; at M ≤ 64 they measured
-//! 0.07–0.76 of the copy bandwidth on the H200 (docs/perf/fp8_gemm.md), limited by bytes in flight
-//! and by mma.sync on tiles that are mostly padding. The streaming kernel keeps the weights in
-//! registers (PF K tiles ahead per warp) and puts them on the MMA's 16-row side, so its tensor work
-//! per weight byte is M/8 m16n8k32 MMAs per 512 bytes, with no padding past the last group of 8
-//! tokens. At 70% of a 4.2 TB/s copy, M = 64 needs ≈ 380 TFLOPS of mma.sync: one m16n8k32 per
-//! ≈ 20 cycles per SM sub-partition, within what mma.sync sustains on the H200 (an FP8 m16n8k32 is
-//! two f16 HMMAs there), while M = 128 would need twice that, at the edge of it; and its
-//! accumulators (8 per token group, 64 registers at M = 64) set the same bound. Above 64 rows the
-//! tiled kernels (and the sm_90a wgmma one) stay.
+//! The threshold is measured (H200, 2026-11-28, docs/perf/fp8_gemm.md): the 8-row tile is level
+//! with the tiled kernels' BM 16 at M = 1 on FP8 / INT8 (0.9–1.1×) and 10–20% faster on AWQ and on
+//! the TP-8 MoE at 1–16 tokens; the 64-row tile is 1.2–2× slower than BM 16 / 64 from M = 16 on
+//! (issue-bound: sm_90a runs FP8 mma.sync as f16 HMMAs plus conversions, and a weight row per
+//! 16-byte load costs register moves per MMA), so the plans take the streaming kernel only up to
+//! 8 rows; the 64-row tile stays for the tests and the bench's comparison rows.
 
 use super::types::Vendor;
 
 /// Most rows per M tile the streaming kernel is planned for (see the module comment).
-pub const STREAM_MAX_ROWS: usize = 64;
+pub const STREAM_MAX_ROWS: usize = 8;
 
 /// Token rows per M tile of the streaming kernel (`stream_gemm_*_t{8,64}`): 8 for a decode step
 /// of up to 8 tokens (or an expert with few), 64 up to [`STREAM_MAX_ROWS`]; token groups of 8
@@ -51,11 +46,7 @@ impl StreamTile {
 
     /// The tile for `rows` rows per M tile; `None` above [`STREAM_MAX_ROWS`].
     pub fn for_rows(rows: usize) -> Option<StreamTile> {
-        match rows {
-            0..=8 => Some(StreamTile::T8),
-            9..=STREAM_MAX_ROWS => Some(StreamTile::T64),
-            _ => None,
-        }
+        (rows <= STREAM_MAX_ROWS).then_some(StreamTile::T8)
     }
 
     /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
