@@ -614,24 +614,24 @@ DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRIC
   if (i < DK - DV) reinterpret_cast<bf16*>(row + F8_ROPE)[i] = f32_to_bf16(to_float(x[DV + i]));
 }
 
-// Merges the split partials of each (sequence, row); grid (B, s_q·H), block COMBINE_THREADS.
+// Merges the split partials of each (sequence, row); grid (B, s_q·H), block 32·G threads.
 // Sequences written directly by the split kernel are left alone; empty ones get zeros and
-// lse = -inf. A small batch splits one sequence into up to ~2·SMs parts, so the parts are read in
-// parallel, not one after another: thread t owns columns 4·(t % 32) + 128·i (i < 4) of the part
-// group t / 32, which sums parts pf + g, pf + g + 8, ... (independent loads in flight); the 8
-// group sums are then added in group order through shared memory (deterministic).
-constexpr u32 COMBINE_THREADS = 256;
-constexpr u32 COMBINE_GROUPS = COMBINE_THREADS / 32;
-template <class TO>
+// lse = -inf. Thread t owns columns 4·(t % 32) + 128·i (i < 4) of part group g = t / 32, which
+// sums parts pf + g, pf + g + G, ... (independent loads in flight); the G group sums are then
+// added in group order through shared memory (deterministic). G = 8 for small batches, whose
+// sequences are cut into many parts (the host picks it when there are ≥ 8 parts per sequence);
+// G = 1 otherwise (a few parts per sequence, many (sequence, row) blocks).
+template <class TO, u32 G>
 DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
                                  const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
                                  u32 rows_total) {
   using namespace mla;
-  __shared__ float group_acc[COMBINE_GROUPS][DV];
-  __shared__ float group_sum[COMBINE_GROUPS];
+  constexpr u32 THREADS = 32 * G;
+  __shared__ float group_acc[G][DV];
+  __shared__ float group_sum[G];
   __shared__ float scratch[32];
   const u32 b = blockIdx.x, row = blockIdx.y;
-  if (b >= batch || row >= rows_total || nthreads() != COMBINE_THREADS) return;
+  if (b >= batch || row >= rows_total || nthreads() != THREADS) return;
   const u32 T = (u32)meta[1];
   const u32 cb0 = (u32)meta[META_HDR + b], cb1 = (u32)meta[META_HDR + b + 1];
   TO* o = out + ((u64)b * rows_total + row) * DV;
@@ -646,11 +646,11 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   const u32 first_slot = 2 * pf + (pf * T < cb0 ? 1u : 0u);
   auto slot_of = [&](u32 p) { return p == pf ? first_slot : 2 * p; };
   float m = -f32_inf();
-  for (u32 p = pf + tid(); p <= pl; p += COMBINE_THREADS) m = fmaxf(m, lse_ws[(u64)slot_of(p) * rows_total + row]);
+  for (u32 p = pf + tid(); p <= pl; p += THREADS) m = fmaxf(m, lse_ws[(u64)slot_of(p) * rows_total + row]);
   const float M = block_max(m, scratch);
   const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
   float sum = 0.0f, acc[4][4] = {};
-  for (u32 p = pf + g; p <= pl; p += COMBINE_GROUPS) {
+  for (u32 p = pf + g; p <= pl; p += G) {
     const u64 slot = slot_of(p);
     const float li = lse_ws[slot * rows_total + row];
     const float* src = o_ws + (slot * rows_total + row) * DV + c0;
@@ -674,12 +674,12 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   __syncthreads();
   float total = 0.0f;
 #pragma unroll
-  for (u32 k = 0; k < COMBINE_GROUPS; ++k) total += group_sum[k];
+  for (u32 k = 0; k < G; ++k) total += group_sum[k];
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-  for (u32 c = tid(); c < DV; c += COMBINE_THREADS) {
+  for (u32 c = tid(); c < DV; c += THREADS) {
     float v = 0.0f;
 #pragma unroll
-    for (u32 k = 0; k < COMBINE_GROUPS; ++k) v += group_acc[k][c];
+    for (u32 k = 0; k < G; ++k) v += group_acc[k][c];
     o[c] = from_float<TO>(v * inv);
   }
   if (tid() == 0) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(total);

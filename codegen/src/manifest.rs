@@ -793,9 +793,9 @@ pub static FAMILIES: &[Family] = &[
                 doc: "32-key tiles, 4 warps (two blocks per SM): grid (num_parts, ceil(s_q*H / (16*MW))), block 128, dynamic smem 16*MW*1152 + 73728 + 16*MW*64 + 256 bytes.",
             },
             KernelSpec {
-                name: "mla_decode_combine_{TO}",
-                template: "dsv3::mla_decode_combine<{TO}>",
-                grid: &[Axis { name: "TO", values: &["bf16", "f32"] }],
+                name: "mla_decode_combine_{TO}_g{G}",
+                template: "dsv3::mla_decode_combine<{TO}, {G}>",
+                grid: &[Axis { name: "TO", values: &["bf16", "f32"] }, Axis { name: "G", values: &["1", "8"] }],
                 points: &[],
                 args: &[
                     ptr_mut("out", "{TO}"),
@@ -808,7 +808,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "Merges split partials; grid (B, s_q*H), block 256 (8 groups of 32 threads over the parts).",
+                doc: "Merges split partials; grid (B, s_q*H), block 32*G (G groups of 32 threads over the parts).",
             },
             // FP8 e4m3 latent cache (FlashMLA layout: 656-byte rows = 512 e4m3fn | 4 f32 group
             // scales | 64 bf16 rope): the same split kernels with the cache row type e4m3fn, and

@@ -122,9 +122,13 @@ fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
-/// Block size of `mla_decode_combine` (its `COMBINE_THREADS`: 8 groups of 32 threads, each
-/// group summing every 8th part).
-const COMBINE_THREADS: u32 = 256;
+/// Part groups of `mla_decode_combine` (32 threads each, group g summing parts g, g + G, ...):
+/// 8 where the plan cuts a sequence into at least 8 parts on average (small batches: the parts
+/// are read in parallel), else 1 (a few parts per sequence; many small blocks). Measured on the
+/// H200: 8 groups took B = 1 from 34 to 17 µs and cost B = 128, h = 128 a quarter (605 → 765 µs).
+fn combine_groups(num_parts: usize, batch: usize) -> u32 {
+    if num_parts >= 8 * batch { 8 } else { 1 }
+}
 
 /// Dynamic shared memory a split-kernel block may use (the kernel's mla_smem_max): 227 KiB of an
 /// H100 / H200 SM for the page-tile kernel (one block per SM), half of the SM's 228 KiB less the
@@ -401,8 +405,8 @@ pub fn mla_decode(
     }
     launch_by_name(
         s,
-        &format!("mla_decode_combine_{to}"),
-        LaunchCfg::new((b as u32, p.rows() as u32, 1), (COMBINE_THREADS, 1, 1), 0),
+        &format!("mla_decode_combine_{to}_g{}", combine_groups(p.num_parts, b)),
+        LaunchCfg::new((b as u32, p.rows() as u32, 1), (32 * combine_groups(p.num_parts, b), 1, 1), 0),
         &[
             KArg::Out(out),
             KArg::Out(lse),

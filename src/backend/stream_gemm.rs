@@ -89,9 +89,7 @@ mod tests {
     fn tiles() {
         assert_eq!(StreamTile::for_rows(1), Some(StreamTile::T8));
         assert_eq!(StreamTile::for_rows(8), Some(StreamTile::T8));
-        assert_eq!(StreamTile::for_rows(9), Some(StreamTile::T64));
-        assert_eq!(StreamTile::for_rows(64), Some(StreamTile::T64));
-        assert_eq!(StreamTile::for_rows(65), None);
+        assert_eq!(StreamTile::for_rows(9), None);
         // 2 × (64 × 576 + 1024) bytes.
         assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 75_776);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 9_472);
