@@ -47,14 +47,16 @@ impl Default for Policy {
     /// GPUs, bf16): at world 4 one-shot and two-shot tie up to 256 KB and two-shot wins above,
     /// and the custom kernels stay ahead of NCCL up to 32 MB (1.8–2.4× at ≤ 256 KB, 1.05× at
     /// 32 MB, slower at 64 MB); one-shot shrinks with the world (each rank reads world-1 peers).
-    /// Push up to 512 KB at world 2 is a prediction (it saves one-shot's two barriers and moves
-    /// the same bytes), not a measurement yet: set it from the benchmark's suggestion.
+    /// Push up to 2 MB at world 2 (1 MB at 4) is where it measured fastest in CUDA graphs on the
+    /// H200 (1.8–1.9× NCCL at ≤ 512 KB, world 2).
     /// `DSV3_AR_PUSH_MAX` / `DSV3_AR_ONE_SHOT_MAX` / `DSV3_AR_TWO_SHOT_MAX` (bytes) override them.
     fn default() -> Self {
         let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
         let two_shot_max = env("DSV3_AR_TWO_SHOT_MAX", 32 << 20);
         Policy {
-            push_max: env("DSV3_AR_PUSH_MAX", 512 << 10),
+            // Measured (H200, bf16, in graphs): push fastest up to 4 MB at world 2 and 1 MB at
+            // world 4 (docs/MULTI_GPU.md); 2 MB scales to 2 MB / 1 MB / 512 KB at 2 / 4 / 8.
+            push_max: env("DSV3_AR_PUSH_MAX", 2 << 20),
             one_shot_max: env("DSV3_AR_ONE_SHOT_MAX", 512 << 10),
             two_shot_max,
             buffer_bytes: two_shot_max.max(1 << 20),
@@ -156,9 +158,11 @@ mod tests {
         assert!(p.buffer_bytes >= p.two_shot_max, "the custom range fits the registered buffer");
         assert_eq!(choose(&p, 256 << 10, 2, 1, true), Algo::Push);
         assert_eq!(choose(&p, 64 << 10, 8, 1, true), Algo::Push);
-        assert_eq!(choose(&p, (512 << 10) + 2, 2, 1, true), Algo::OneShot);
+        assert_eq!(choose(&p, 2 << 20, 2, 1, true), Algo::Push);
+        assert_eq!(choose(&p, (2 << 20) + 2, 2, 1, true), Algo::OneShot);
         assert_eq!(choose(&p, 16 << 20, 2, 1, true), Algo::OneShot);
-        assert_eq!(choose(&p, 1 << 20, 4, 1, true), Algo::TwoShot);
+        assert_eq!(choose(&p, 1 << 20, 4, 1, true), Algo::Push);
+        assert_eq!(choose(&p, (1 << 20) + 2, 4, 1, true), Algo::TwoShot);
         assert_eq!(choose(&p, 64 << 20, 4, 1, true), Algo::Nccl);
     }
 }
