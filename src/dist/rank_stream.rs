@@ -6,7 +6,7 @@
 
 use super::comm::Communicator;
 use crate::backend::stream::{BlasBatched, StreamEvent, StreamGraph};
-use crate::backend::{CachingAllocator, CodeVariant, Device, GpuStream, KernelInfo, LaunchCfg, Launcher, Vendor};
+use crate::backend::{CachingAllocator, CodeVariant, Device, GpuStream, KernelInfo, LaunchCfg, Launcher, TensorMap, TmaTiled, Vendor};
 use crate::error::Result;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -93,6 +93,9 @@ impl GpuStream for RankStream {
     }
     fn sm_count(&self) -> Result<usize> {
         self.s().sm_count()
+    }
+    fn tensor_map(&self, t: &TmaTiled) -> Result<TensorMap> {
+        self.s().tensor_map(t)
     }
     fn record_event(&self) -> Result<Box<dyn StreamEvent>> {
         self.s().record_event()
