@@ -414,9 +414,10 @@ fn moe_all_tokens_on_one_expert() {
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
-fn moe_decode_batches_on_the_streaming_plan() {
-    // The sizes the plan gives the streaming kernel: 16 and 40 tokens over 64 / 8 experts (1–20
-    // rows per expert, some experts without a token), hidden with a partial K tile (1040).
+fn moe_decode_batches_on_the_default_plan() {
+    // Decode-sized batches: 16 and 40 tokens over 64 / 8 experts (1–20 rows per expert, some
+    // experts without a token), hidden with a partial K tile (1040); every tile, the streaming
+    // ones included, and the default plan.
     let mut r = rng(14);
     let ids = distinct_ids(&mut r, 16, 64, 8);
     check_moe(14, 16, 64, 8, 1040, 128, &ids);

@@ -10,7 +10,8 @@
 //! the TP-8 MoE at 1–16 tokens; the 64-row tile is 1.2–2× slower than BM 16 / 64 from M = 16 on
 //! (issue-bound: sm_90a runs FP8 mma.sync as f16 HMMAs plus conversions, and a weight row per
 //! 16-byte load costs register moves per MMA), so the plans take the streaming kernel only up to
-//! 8 rows; the 64-row tile stays for the tests and the bench's comparison rows.
+//! 8 rows, and only for dense GEMMs (the grouped MoE GEMMs measured slower on it at 16+ tokens);
+//! the 64-row tile stays for the tests and the bench's comparison rows.
 
 use super::types::Vendor;
 
