@@ -94,17 +94,25 @@ fn grid_stride_blocks(n: usize) -> u32 {
 
 /// out[t, :] = table[ids[t], :].
 pub fn embedding(s: &dyn GpuStream, out: &DeviceTensor, table: &DeviceTensor, ids: &DeviceTensor) -> Result<()> {
-    let (vocab, hidden) = rows_cols(table);
+    embedding_slice(s, out, table, ids, 0, rows_cols(table).0)
+}
+
+/// [`embedding`] from a vocab-parallel slice: `table` holds rows `first..first + rows` of a
+/// vocabulary of `total`; ids of other slices give zero rows (summed over the ranks, the lookup),
+/// ids >= `total` NaN rows.
+pub fn embedding_slice(s: &dyn GpuStream, out: &DeviceTensor, table: &DeviceTensor, ids: &DeviceTensor, first: usize, total: usize) -> Result<()> {
+    let (rows, hidden) = rows_cols(table);
     let tokens = ids.numel();
-    if out.numel() != tokens * hidden {
-        return Err(bad(format!("embedding: out {:?} for {tokens} tokens of {hidden}", out.shape())));
+    if out.numel() != tokens * hidden || first + rows > total {
+        return Err(bad(format!("embedding: out {:?} for {tokens} tokens of {hidden}, rows {first}..{} of {total}", out.shape(), first + rows)));
     }
     let name = format!("embedding_{}_{}", table.dtype(), out.dtype());
+    let u = |x: usize, what: &str| u32_of(x, what).map(KArg::U32);
     launch_by_name(
         s,
         &name,
         LaunchCfg::linear(u32_of(tokens, "tokens")?, 256),
-        &[KArg::Out(out), KArg::In(table), KArg::In(ids), KArg::U32(tokens as u32), KArg::U32(u32_of(hidden, "hidden")?), KArg::U32(u32_of(vocab, "vocab")?)],
+        &[KArg::Out(out), KArg::In(table), KArg::In(ids), u(tokens, "tokens")?, u(hidden, "hidden")?, u(rows, "rows")?, u(first, "first")?, u(total, "vocab")?],
     )
 }
 

@@ -168,7 +168,7 @@ impl ShardPlan {
         let rows = |r: Range<usize>| TensorSlice { rows: r, cols: 0..k };
         let cols = |c: Range<usize>| TensorSlice { rows: 0..n, cols: c };
         let scaled = |r: &Range<usize>, unit: usize| r.start * unit..r.end * unit;
-        if name == "lm_head.weight" {
+        if name == "lm_head.weight" || name == "model.embed_tokens.weight" {
             return Some(rows(self.vocab.clone()));
         }
         let Some(rest) = name.strip_prefix("model.layers.").and_then(|s| s.split_once('.')).map(|(_, r)| r) else {
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(p.slice("model.layers.1.mlp.experts.3.gate_proj.weight", m, h).unwrap().rows, m / 2..m);
         assert!(p.slice("model.layers.1.mlp.gate.weight", c.n_routed_experts, h).unwrap().is_full(c.n_routed_experts, h));
         assert!(p.slice("model.layers.1.self_attn.kv_a_proj_with_mqa.weight", 9, h).unwrap().is_full(9, h));
-        assert!(p.slice("model.embed_tokens.weight", c.vocab_size, h).unwrap().is_full(c.vocab_size, h));
+        assert_eq!(p.slice("model.embed_tokens.weight", c.vocab_size, h).unwrap().rows, c.vocab_size / 2..c.vocab_size);
         assert_eq!(p.slice("lm_head.weight", c.vocab_size, h).unwrap().rows, c.vocab_size / 2..c.vocab_size);
         // EP: whole experts, rank 1 owns the upper half.
         let e = ShardPlan::new(&c, Shard::new(1, 2, MoeSplit::Expert).unwrap()).unwrap();

@@ -4,7 +4,8 @@
 //! residual add; the ranks' kernels are queued phase by phase, so that a collective of all
 //! ranks comes after every rank's producer:
 //!
-//! embed → per layer { attention partial → reduce → add + RMSNorm → FFN partial → reduce →
+//! embed (this rank's vocab slice) → reduce → per layer { attention partial → reduce → add +
+//! RMSNorm → FFN partial → reduce →
 //! add + RMSNorm } → lm_head over the rank's vocab slice.
 //!
 //! There is one forward: [`GpuModel::forward_batch`] runs it with one rank and no reduction,
@@ -116,12 +117,18 @@ pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Resu
                 mla_decode_metadata(s, &q.meta, &q.seq_lens)?;
             }
         }
+        // Vocab-parallel: each rank looks up the ids of its slice (zeros for the others' ids);
+        // the reduction below sums the slices into the lookup.
         let x = m.empty(&[r.step.tokens, c.hidden_size])?;
-        dispatch::embedding(s, &x, &m.embed, &r.step.ids)?;
-        let n = m.empty(&[r.step.tokens, c.hidden_size])?;
-        dispatch::rms_norm(s, &n, &x, &m.layers[0].input_norm, eps)?;
-        m.mark("embed")?;
+        dispatch::embedding_slice(s, &x, &m.embed, &r.step.ids, m.vocab_slice().start, c.vocab_size)?;
         xs.push(x);
+    }
+    reduce(&xs.iter().collect::<Vec<_>>())?;
+    for (r, x) in ranks.iter().zip(&xs) {
+        let m = r.model;
+        let n = m.empty(&[r.step.tokens, c.hidden_size])?;
+        dispatch::rms_norm(m.s(), &n, x, &m.layers[0].input_norm, eps)?;
+        m.mark("embed")?;
         normed.push(n);
     }
     for li in 0..c.num_hidden_layers {

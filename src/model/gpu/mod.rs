@@ -56,7 +56,7 @@ use crate::tensor::Tensor;
 use crate::backend::mla::{self, MlaCacheDtype, MlaDecodePlan};
 use forward::{run_ranks, AttnPart, RankStep};
 use step::{pack_step, row_counts, split_rows, StepLayout, StepTensors};
-use weights::{load_layer, load_linear, load_linear_part, upload_f32, Layer, Linear, Weights};
+use weights::{load_layer, load_linear_part, upload_f32, Layer, Linear, Weights};
 
 
 /// Positions per cache page.
@@ -250,15 +250,19 @@ impl GpuModel {
         let s = stream.as_ref();
         let h = cfg.hidden_size;
         let embed_name = "model.embed_tokens.weight";
+        // Vocab-parallel like lm_head: this rank's rows (all of them on one GPU).
+        let vocab = TensorSlice { rows: plan.vocab.clone(), cols: 0..h };
         let embed = match ckpt.info(embed_name).map(|i| i.dtype) {
-            Some(DType::BF16) => load_linear(s, &ckpt, &[embed_name.to_string()], cfg.vocab_size, h)?.w,
-            _ => upload_f32(s, &ckpt.load_f32(embed_name, &[cfg.vocab_size, h])?)?,
+            Some(DType::BF16) => load_linear_part(s, &ckpt, &[embed_name.to_string()], cfg.vocab_size, h, &vocab)?.w,
+            _ => {
+                let all = ckpt.load_f32(embed_name, &[cfg.vocab_size, h])?;
+                let rows = &all.data()[vocab.rows.start * h..vocab.rows.end * h];
+                DeviceTensor::from_f32(s, &[vocab.rows.len(), h], rows, DevDType::F32)?
+            }
         };
         let layers = (0..cfg.num_hidden_layers).map(|i| load_layer(s, &ckpt, &cfg, &opts, i, &plan)).collect::<Result<Vec<_>>>()?;
         let norm = upload_f32(s, &ckpt.load_f32("model.norm.weight", &[h])?)?;
         let lm_name = if cfg.tie_word_embeddings && !ckpt.contains("lm_head.weight") { embed_name } else { "lm_head.weight" };
-        // Vocab-parallel: this rank's rows (all of them on one GPU).
-        let vocab = TensorSlice { rows: plan.vocab.clone(), cols: 0..h };
         let lm_head = load_linear_part(s, &ckpt, &[lm_name.to_string()], cfg.vocab_size, h, &vocab)?;
         Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head }, plan)
     }

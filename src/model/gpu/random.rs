@@ -230,14 +230,15 @@ impl GpuModel {
         let s = stream.as_ref();
         let mut f = Filler { s, seed, next: 0, plan: &plan };
         let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
-        let embed = f.uniform(DevDType::Bf16, &Part::whole(vocab, h), -1.732, 1.732)?;
+        let vocab_rows = [plan.vocab.clone()];
+        // Vocab-parallel embedding and lm_head: this rank's rows of both.
+        let embed = f.uniform(DevDType::Bf16, &Part { lead: None, n: vocab, k: h, rows: &vocab_rows, cols: 0..h }, -1.732, 1.732)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             layers.push(f.layer(&cfg, &opts, i)?);
             tracing::info!("random model: layer {}/{} made on {} (rank {} of {})", i + 1, cfg.num_hidden_layers, s.device(), shard.rank, shard.world);
         }
         let norm = f.constant(DevDType::F32, &[h], 1.0)?;
-        let vocab_rows = [plan.vocab.clone()];
         let lm_head = f.scaled(DevDType::Bf16, &Part { lead: None, n: vocab, k: h, rows: &vocab_rows, cols: 0..h }, h)?;
         let lm_head = Linear { w: lm_head, scale: None, n: plan.vocab.len(), quant: None };
         Self::assemble(cfg, opts, stream, Weights { embed, layers, norm, lm_head }, plan)

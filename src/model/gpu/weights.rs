@@ -113,14 +113,6 @@ pub(super) fn upload_f32(s: &dyn GpuStream, t: &Tensor) -> Result<DeviceTensor> 
     DeviceTensor::from_f32(s, t.shape(), t.data(), DevDType::F32)
 }
 
-/// Loads linear weights in the form the GEMM reads: one tensor, or several stacked along a
-/// leading expert dimension. float8 weights keep their bits and block scales; bf16 keeps its
-/// bits; anything else (int8 block / channel, AWQ) is dequantized to f32 by `Checkpoint::load_f32`
-/// (the reference options; the fast ones load INT8 / AWQ for their kernels: [`load_part_for`]).
-pub(super) fn load_linear(s: &dyn GpuStream, ckpt: &Checkpoint, names: &[String], n: usize, k: usize) -> Result<Linear> {
-    load_linear_part(s, ckpt, names, n, k, &TensorSlice::full(n, k))
-}
-
 /// Rows `part.rows`, columns `part.cols` of `t` [.., k] (row-major).
 fn cut<'a, T: Copy>(t: &'a [T], k: usize, part: &TensorSlice) -> impl Iterator<Item = T> + 'a {
     let cols = part.cols.clone();
@@ -133,7 +125,11 @@ fn block_aligned(r: &Range<usize>, len: usize) -> bool {
     r.start % 128 == 0 && (r.end % 128 == 0 || r.end == len)
 }
 
-/// [`load_linear`] of the slice `part` of every [n, k] tensor `names` (a rank's shard). float8
+/// Loads the slice `part` of every [n, k] tensor `names` (a rank's shard) in the form the GEMM
+/// reads: one tensor, or several stacked along a leading expert dimension. float8 weights keep
+/// their bits and block scales; bf16 keeps its bits; anything else (int8 block / channel, AWQ) is
+/// dequantized to f32 by `Checkpoint::load_f32` (the reference options; the fast ones load INT8 /
+/// AWQ for their kernels: [`load_part_for`]). float8
 /// slices that keep whole 128×128 scale blocks stay float8 with the matching scale blocks; a
 /// split inside a block is dequantized to f32 (exact, 4× the bytes; warned), since no block
 /// scale describes half a block. DeepSeek-V3's dims at TP 2/4/8 always split on block edges.
