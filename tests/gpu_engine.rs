@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::gpu::gpu_model;
-use common::{check_greedy, collect, engine_greedy_tokens, fixtures, prompt, reference, step_to_completion};
+use common::{check_greedy, collect, engine_greedy_tokens, fixtures, prompt, reference, step_of, step_to_completion};
 use dsv3::backend::Device;
 use dsv3::engine::{
     Engine, EngineConfig, EngineEvent, EngineHandle, FinishReason, GenerateRequest, GpuStepModel, KvCacheSize,
@@ -477,12 +477,6 @@ fn gpu_engine_serves_requests_over_the_fp8_cache() {
     assert!(compared > 0, "no token had a clear margin: the comparison with the CPU was vacuous");
     assert_eq!(engine.pages_in_use(), 0);
     println!("fp8 cache engine: {steps} steps, widest {widest}, {compared} tokens checked against the CPU");
-}
-
-/// One step of `sm` over `seqs` (`(tokens, start, block table, greedy)`, all wanting logits).
-fn step_of(sm: &mut GpuStepModel, seqs: &[(&[u32], usize, &[u32], bool)]) -> Vec<Option<StepOutput>> {
-    let batch: Vec<SeqStep<'_>> = seqs.iter().map(|&(tokens, start, block_table, greedy)| SeqStep { tokens, start, block_table, want_logits: true, greedy, rank: 0 }).collect();
-    sm.step(&batch).unwrap()
 }
 
 /// Host argmax, as the engine's greedy sampler takes it.

@@ -48,9 +48,9 @@ use std::path::Path;
 use common::fp8_aligned::on_block_edges;
 use common::gpu::{assert_close, gpu_model};
 use common::tp::{check_greedy_run, check_run, dp_group, fixtures_and_aligned_fp8, flat, group, has_experts, last_rows, name, need_two_gpus, run_single, tp1_greedy, Batch, Group, PAGE, PAGES};
-use common::{engine_greedy_tokens, prompt};
+use common::{engine_greedy_tokens, prompt, step_of};
 use dsv3::backend::Device;
-use dsv3::engine::{SeqStep, StepModel, StepOutput, TpStepModel};
+use dsv3::engine::{StepModel, StepOutput, TpStepModel};
 use dsv3::model::checkpoint::{Checkpoint, DType};
 use dsv3::model::config::ModelConfig;
 use dsv3::model::generate::greedy_generate;
@@ -272,12 +272,6 @@ fn tp2_device_argmax_is_the_argmax_of_the_logits() {
         }
         println!("{}: TP=2 / EP=2 device argmax = host argmax", name(dir));
     }
-}
-
-/// One engine step's outputs for `seqs`: `(tokens, want logits, greedy)` each.
-fn step_of(sm: &mut TpStepModel, seqs: &[(&[u32], usize, &[u32], bool)]) -> Vec<Option<StepOutput>> {
-    let batch: Vec<SeqStep<'_>> = seqs.iter().map(|&(tokens, start, block_table, greedy)| SeqStep { tokens, start, block_table, want_logits: true, greedy, rank: 0 }).collect();
-    sm.step(&batch).unwrap()
 }
 
 /// The TP step model (what `serve --tp 2` steps) returns tokens exactly when every sampling

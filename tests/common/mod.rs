@@ -184,3 +184,11 @@ pub fn engine_greedy_tokens(model: Box<dyn StepModel>, prompts: &[Vec<u32>], max
         })
         .collect()
 }
+
+/// One step of `sm` over `seqs` (tokens, cached length, block table, greedy), every sequence
+/// wanting its last row: what the step returns for each.
+pub fn step_of(sm: &mut dyn StepModel, seqs: &[(&[u32], usize, &[u32], bool)]) -> Vec<Option<dsv3::engine::StepOutput>> {
+    let batch: Vec<dsv3::engine::SeqStep<'_>> =
+        seqs.iter().map(|&(tokens, start, block_table, greedy)| dsv3::engine::SeqStep { tokens, start, block_table, want_logits: true, greedy, rank: 0 }).collect();
+    sm.step(&batch).unwrap()
+}
