@@ -6,7 +6,8 @@
 //!   weight-streaming kernel `st8` / `st64` for M ≤ 64, BM 128 above); `dense-alt` the same with
 //!   half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
 //!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the
-//!   comparison; `dense-wg` the sm_90a wgmma kernel and `dense-wg2` its v2 where the mma.sync plan
+//!   comparison; `dense-wg` the sm_90a wgmma kernel and `dense-wg2` its v2 one CTA per tile (the
+//!   default, `wg2p`, runs v2 in 2-CTA clusters sharing the weight tile) where the mma.sync plan
 //!   has BM 128 (`dense` itself is wgmma v1 there, its default). Columns: the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
@@ -16,7 +17,7 @@
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
 //!   `moe` is the default plan (the streaming kernel up to 64 rows per active expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
-//!   `moe-wg`, `moe-wg2` the grouped GEMMs on wgmma v1 / v2 where the plan has BM 128.
+//!   `moe-wg`, `moe-wg2` the grouped GEMMs on wgmma v1 / v2 (unpaired) where the plan has BM 128.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -211,7 +212,7 @@ fn main() {
                     wsp.force_tile = force;
                     let (_, gu, dn) = fg::plan_moe_tile(force.unwrap_or(tile), p, e, HIDDEN, inter, fg::DEFAULT_SMS);
                     // v2 runs without split-K whatever the plan says.
-                    let (gs, ds) = if force == Some(Fp8Tile::Wg2) { (1, 1) } else { (gu.splits, dn.splits) };
+                    let (gs, ds) = if force.is_some_and(Fp8Tile::is_wgmma2) { (1, 1) } else { (gu.splits, dn.splits) };
                     let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
                     let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
                     let bytes = (hit * 3 * inter * HIDDEN) as f64;

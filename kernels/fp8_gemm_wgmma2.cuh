@@ -31,6 +31,18 @@
 //   272 bytes: conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global
 //   stores (2 B stores where N % 8 != 0); rows ≥ the row bound are not stored.
 //
+// Pairs (CL = 2, `fp8_gemm_wgmma2_pair_*`): the grid is made of 2-CTA clusters; a cluster walks
+// pair tiles (M tiles 2p, 2p + 1 at one N tile) and CTA r of it owns M tile 2p + r. When both
+// tiles read the same weights (always in dense mode; grouped: the same expert), each CTA loads
+// one 64-row half of the B box and multicasts it into both CTAs' stage, so every CTA reads
+// 16 + 8 KB from L2 per 128-K block instead of 16 + 16 (the 128 × 128 tile's B traffic, which
+// bounds v2 at M = 4096, is halved); otherwise each CTA loads its whole B box itself. Since a
+// multicast writes into the peer's stage, a stage is refilled only once the consumers of BOTH
+// CTAs have released it: each consumer warp arrives on the `empty` barrier of both CTAs (16
+// arrivals per phase). A pair tile whose second M tile is past the end still runs (zero A rows,
+// nothing stored) so that both CTAs walk the same stages. Cluster barriers after the barrier
+// setup and before exit keep every remote arrival inside the peer's lifetime.
+//
 // Every mbarrier wait has a watchdog (dsv3/sm90.h): a protocol bug traps instead of hanging.
 // The MMA is a policy (Wg2E4m3) so an INT8 (s8 → s32) instantiation can reuse the pipeline.
 // Off sm_90a (other CUDA archs, NVRTC for compute_90, HIP) the entry traps: the host never
@@ -57,7 +69,8 @@ struct Wg2Smem {
   static constexpr u32 BYTES = END + 1024;                     // + alignment of the base
 };
 
-// Output tile order: bands of WG2_GROUP_M M tiles, M fastest inside a band.
+// Output tile order: bands of WG2_GROUP_M M tiles (pair tiles with clusters), M fastest inside a
+// band.
 struct Wg2Sched {
   u32 m_tiles, n_tiles, total;
   DSV3_DEV void tile(u32 idx, u32& mt, u32& nt) const {
@@ -81,13 +94,20 @@ struct Wg2E4m3 {
 
 struct Wg2Ctx {
   BlockGemmArgs g;
-  Wg2Sched sched;
-  u32 m_end, sk, sn;
+  Wg2Sched sched;  // over pair tiles (CL M tiles each)
+  u32 m_tiles, m_end, sk, sn;
+  u32 rank, cluster, clusters;  // this CTA's rank in its cluster, the cluster's index, their count
   u32 base;  // shared address of the aligned base
   u8* smem;  // the same, generic
   DSV3_DEV u32 full(u32 s) const { return base + Wg2Smem::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + Wg2Smem::BARS + (WG2_STAGES + s) * 8; }
   DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + Wg2Smem::SCALES) + s * 128; }
+  // M tile of this CTA in pair tile `pt`.
+  template <int CL> DSV3_DEV u32 m_tile(u32 pt) const { return pt * CL + rank; }
+  // Expert of M tile t of pair tile pt (a tile past the end counts as the pair's first).
+  template <int CL> DSV3_DEV u32 expert(u32 t, u32 pt) const {
+    return g.tile_expert != nullptr ? (u32)g.tile_expert[t < m_tiles ? t : pt * CL] : 0u;
+  }
 };
 
 DSV3_DEV void wg2_advance(u32& stage, u32& phase) {
@@ -98,6 +118,8 @@ DSV3_DEV void wg2_advance(u32& stage, u32& phase) {
 }
 
 // Producer warpgroup (thread p = 0..127 is tile row p's scale writer; thread 0 issues the TMA).
+// mb's box is 128 × 128 (CL = 1) or 128 × 64 (CL = 2: half a B tile per load).
+template <int CL>
 DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
   const BlockGemmArgs& g = c.g;
   const u32 p = tid();
@@ -108,11 +130,13 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
     if (!gathered) tma_prefetch(ma);
   }
   u32 stage = 0, phase = 0;
-  for (u32 idx = blockIdx.x; idx < c.sched.total; idx += gridDim.x) {
-    u32 mt, nt;
-    c.sched.tile(idx, mt, nt);
-    const u32 m0 = mt * 128, n0 = nt * 128;
-    const u32 expert = g.tile_expert != nullptr ? (u32)g.tile_expert[mt] : 0u;
+  for (u32 idx = c.cluster; idx < c.sched.total; idx += c.clusters) {
+    u32 pt, nt;
+    c.sched.tile(idx, pt, nt);
+    const u32 mt = c.m_tile<CL>(pt), m0 = mt * 128, n0 = nt * 128;
+    const u32 expert = c.expert<CL>(mt, pt);
+    // Multicast B halves when both tiles of the pair read the same expert's weights.
+    const bool shared = CL > 1 && c.expert<CL>(pt * CL, pt) == c.expert<CL>(pt * CL + 1, pt);
     const i64 arow = bg_a_row(g, m0 + p, c.m_end);
     const float* sa = arow >= 0 ? g.a_scales + (u64)arow * c.sk : nullptr;
     const float* sb = g.b_scale + ((u64)expert * c.sn + nt) * c.sk;
@@ -146,7 +170,17 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
       c.scales(stage)[p] = s;
       if (p == 0) {
         mbar_arrive_expect_tx(c.full(stage), gathered ? Wg2Smem::TILE : 2 * Wg2Smem::TILE);
-        tma_load_3d(b_dst, mb, c.full(stage), (i32)(kb * 128), (i32)n0, (i32)expert);
+        const i32 kc = (i32)(kb * 128);
+        if (CL == 1) {
+          tma_load_3d(b_dst, mb, c.full(stage), kc, (i32)n0, (i32)expert);
+        } else if (shared) {
+          // The peer loads the other half into both CTAs: B's bytes on this barrier are whole.
+          const u32 h = c.rank * (Wg2Smem::TILE / 2);
+          tma_load_3d_multicast(b_dst + h, mb, c.full(stage), kc, (i32)(n0 + c.rank * 64), (i32)expert, 0x3);
+        } else {
+          tma_load_3d(b_dst, mb, c.full(stage), kc, (i32)n0, (i32)expert);
+          tma_load_3d(b_dst + Wg2Smem::TILE / 2, mb, c.full(stage), kc, (i32)(n0 + 64), (i32)expert);
+        }
         if (!gathered) tma_load_2d(a_dst, ma, c.full(stage), (i32)(kb * 128), (i32)m0);
       } else {
         mbar_arrive(c.full(stage));
@@ -190,7 +224,7 @@ DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u3
 }
 
 // Consumer warpgroup w (0, 1) of the tile: rows [64 w, 64 w + 64).
-template <class Op>
+template <class Op, int CL>
 DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
   using Acc = typename Op::Acc;
   const BlockGemmArgs& g = c.g;
@@ -219,7 +253,14 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     wgmma_pin(acc);
     const float s0 = c.scales(s)[r0], s1 = c.scales(s)[r0 + 8];
     __syncwarp();
-    if (ln == 0) mbar_arrive(c.empty(s));
+    if (ln == 0) {
+      if (CL == 1) {
+        mbar_arrive(c.empty(s));
+      } else {
+#pragma unroll
+        for (u32 r = 0; r < (u32)CL; ++r) mbar_arrive_cluster(cluster_map(c.empty(s), r));
+      }
+    }
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       tot[4 * j + 0] += (float)acc[4 * j + 0] * s0;
@@ -229,13 +270,14 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     }
   };
 
-  if (blockIdx.x >= c.sched.total) return;
+  if (c.cluster >= c.sched.total) return;
 #pragma unroll
   for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
   issue(pa);  // k block 0 of the first tile
-  for (u32 idx = blockIdx.x;;) {
-    u32 mt, nt;
-    c.sched.tile(idx, mt, nt);
+  for (u32 idx = c.cluster;;) {
+    u32 pt, nt;
+    c.sched.tile(idx, pt, nt);
+    const u32 mt = c.m_tile<CL>(pt);
     u32 prev = stage;
     wg2_advance(stage, phase);
     for (u32 kb = 1; kb < c.sk; ++kb) {
@@ -258,7 +300,7 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     } else {
       retire(pa, prev);
     }
-    idx += gridDim.x;
+    idx += c.clusters;
     if (idx >= c.sched.total) {
       wg2_store_tile(c, tot, mt, nt, w, tw, stg);
       return;
@@ -270,7 +312,7 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
   }
 }
 
-template <class Op>
+template <class Op, int CL>
 DSV3_DEV void wg2_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
   extern __shared__ __attribute__((aligned(1024))) u8 wg2_smem[];
   Wg2Ctx c;
@@ -282,34 +324,47 @@ DSV3_DEV void wg2_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
   c.sn = ceil_div(g.N, 128);
   // Grouped: *num_tiles (on the device), never more than the M rows the host sized `out` for.
   const u32 m_tiles = g.tile_expert != nullptr ? min((u32)*g.num_tiles, ceil_div(g.M, 128)) : ceil_div(g.M, 128);
+  c.m_tiles = m_tiles;
   c.m_end = g.tile_expert != nullptr ? m_tiles * 128 : g.M;
-  c.sched = Wg2Sched{m_tiles, c.sn, m_tiles * c.sn};
+  const u32 pairs = ceil_div(m_tiles, (u32)CL);
+  c.sched = Wg2Sched{pairs, c.sn, pairs * c.sn};
+  c.rank = CL > 1 ? cluster_ctarank() : 0u;
+  c.cluster = blockIdx.x / CL;
+  c.clusters = gridDim.x / CL;
   if (tid() == 0) {
     for (u32 s = 0; s < WG2_STAGES; ++s) {
       // Every producer thread arrives once per use, and once more when its gathered rows land.
       mbar_init(c.full(s), g.row_ids != nullptr ? 256 : 128);
-      mbar_init(c.empty(s), 8);  // one arrival per consumer warp
+      mbar_init(c.empty(s), 8 * CL);  // one arrival per consumer warp of each CTA
     }
     mbar_init_fence();
   }
-  __syncthreads();
+  if (CL > 1) {
+    cluster_sync();  // the peer's barriers exist before any multicast or remote arrival
+  } else {
+    __syncthreads();
+  }
   if (tid() < 128) {
     regs_dec<40>();
-    wg2_produce(c, ma, mb);
+    wg2_produce<CL>(c, ma, mb);
   } else {
     regs_inc<232>();
-    wg2_consume<Op>(c);
+    wg2_consume<Op, CL>(c);
   }
+  if (CL > 1) cluster_sync();  // no remote arrival may reach a CTA that has exited
 }
 #endif  // DSV3_SM90A
 
 // Entry: grid (min(SMs, tiles)), block 384, dynamic smem Wg2Smem::BYTES. tmap_a: 2-D map of a
-// [rows, K] (unused when row_ids gathers); tmap_b: 3-D map of b [E, N, K] (E = 1 dense).
+// [rows, K] (unused when row_ids gathers); tmap_b: 3-D map of b [E, N, K] (E = 1 dense), box
+// 128 × 128 (CL = 1) or 128 × 64 (CL = 2). CL = 2: launched in clusters of 2 CTAs along x, grid
+// even and at most 2 × the clusters that fit at once (it is persistent).
+template <int CL>
 DSV3_DEV void fp8_gemm_wgmma2(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const e4m3fn* a,
                               const float* a_scales, const float* b_scale, const i32* row_ids, const i32* tile_expert,
                               const i32* num_tiles, u32 M, u32 N, u32 K, u32 a_row_div) {
 #if defined(DSV3_SM90A)
-  wg2_gemm<Wg2E4m3>(bg_args(out, a, a_scales, nullptr, b_scale, nullptr, nullptr, row_ids, tile_expert, num_tiles, M,
+  wg2_gemm<Wg2E4m3, CL>(bg_args(out, a, a_scales, nullptr, b_scale, nullptr, nullptr, row_ids, tile_expert, num_tiles, M,
                             N, K, a_row_div, 1),
                     tmap_a, tmap_b);
 #else

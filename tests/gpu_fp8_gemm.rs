@@ -79,7 +79,7 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32], mul: f32) -> DeviceTens
 const MMA_TILES: [Fp8Tile; 5] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, STREAM_TILES[0], STREAM_TILES[1]];
 const STREAM_TILES: [Fp8Tile; 2] = [Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
 const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
-const WG2_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg2];
+const WG2_TILES: [Fp8Tile; 2] = [Fp8Tile::Wg2, Fp8Tile::Wg2Pair];
 
 /// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
 /// build lacks sm_90a or the GPU is not an sm_90), and checks that the other variants refuse it
@@ -157,7 +157,7 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
                     continue;
                 }
                 // v2 has no split-K.
-                let splits_list = if tile == Fp8Tile::Wg2 { vec![1] } else { vec![1, 3.min(kt).max(1)] };
+                let splits_list = if tile.is_wgmma2() { vec![1] } else { vec![1, 3.min(kt).max(1)] };
                 for splits in splits_list {
                     // Twice with the same workspace: the kernel must leave it zeroed.
                     for rep in 0..2 {
@@ -166,7 +166,7 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
                         let what = format!("{v} {f8} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
                         let got = down(s, &out);
                         assert_close(&what, &got, &want, 1e-2);
-                        if tile == Fp8Tile::Wg2 {
+                        if tile.is_wgmma2() {
                             let worst = max_tile_error(&got, &want, m, n);
                             assert!(worst <= 2e-2, "{what}: a 128 × 128 tile has relative error {worst:e}");
                         }
@@ -330,7 +330,8 @@ const MOE_MMA_RUNS: [Option<Fp8Tile>; 7] = [
     Some(STREAM_TILES[1]),
 ];
 const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile::Wg128)];
-const MOE_WG2_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg2), Some(Fp8Tile::Wg2)];
+// v2 alone and in pairs (the latter twice: the workspace is reused).
+const MOE_WG2_RUNS: [Option<Fp8Tile>; 3] = [Some(Fp8Tile::Wg2), Some(Fp8Tile::Wg2Pair), Some(Fp8Tile::Wg2Pair)];
 
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
     check_moe_runs(seed, t, e, topk, h, inter, ids, &MOE_MMA_RUNS)

@@ -7,6 +7,23 @@ use crate::model::*;
 const FLOAT: Axis = Axis { name: "T", values: &["f32", "bf16"] };
 const FP8: Axis = Axis { name: "F8", values: &["e4m3fn", "e4m3fnuz"] };
 
+/// Arguments of the FP8 GEMM v2 entries (one CTA per tile, or clusters of two).
+const WGMMA2_ARGS: &[Arg] = &[
+    ptr_mut("out", "bf16"),
+    tensor_map("tmap_a"),
+    tensor_map("tmap_b"),
+    ptr("a", "e4m3fn"),
+    ptr("a_scales", "f32"),
+    ptr("b_scale", "f32"),
+    ptr("row_ids", "i32"),
+    ptr("tile_expert", "i32"),
+    ptr("num_tiles", "i32"),
+    scalar("m", "u32"),
+    scalar("n", "u32"),
+    scalar("k", "u32"),
+    scalar("a_row_div", "u32"),
+];
+
 /// Arguments of the all-reduce kernels: the output, every rank's input and signal buffer (unused
 /// slots 0), this rank, the world size and the element count.
 const AR_ARGS: &[Arg] = &[
@@ -619,29 +636,25 @@ pub static FAMILIES: &[Family] = &[
         doc: "FP8 block-scaled GEMM v2 for sm_90a: persistent, warp-specialized TMA + wgmma, dense and grouped by expert.",
         kernels: &[KernelSpec {
             name: "fp8_gemm_wgmma2_e4m3fn",
-            template: "dsv3::fp8_gemm_wgmma2",
+            template: "dsv3::fp8_gemm_wgmma2<1>",
             grid: &[],
             points: &[],
-            args: &[
-                ptr_mut("out", "bf16"),
-                tensor_map("tmap_a"),
-                tensor_map("tmap_b"),
-                ptr("a", "e4m3fn"),
-                ptr("a_scales", "f32"),
-                ptr("b_scale", "f32"),
-                ptr("row_ids", "i32"),
-                ptr("tile_expert", "i32"),
-                ptr("num_tiles", "i32"),
-                scalar("m", "u32"),
-                scalar("n", "u32"),
-                scalar("k", "u32"),
-                scalar("a_row_div", "u32"),
-            ],
+            args: WGMMA2_ARGS,
             max_threads: 384,
             // The sm_90a cubin only (TMA, setmaxnreg, wgmma); the entry traps in the other CUDA
             // variants, which the host never launches it in.
             archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
             doc: "sm_90a only. Grid min(SMs, tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
+        },
+        KernelSpec {
+            name: "fp8_gemm_wgmma2_pair_e4m3fn",
+            template: "dsv3::fp8_gemm_wgmma2<2>",
+            grid: &[],
+            points: &[],
+            args: WGMMA2_ARGS,
+            max_threads: 384,
+            archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+            doc: "sm_90a only. Clusters of 2 CTAs (launch attribute; B halves multicast), grid 2 × min(active clusters, pair tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
         }],
     },
     Family {

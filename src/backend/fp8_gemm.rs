@@ -73,16 +73,31 @@ pub enum Fp8Tile {
     /// BM 128 through the sm_90a v2 entry (`fp8_gemm_wgmma2_e4m3fn`: persistent, TMA-fed,
     /// warp-specialized; e4m3fn, no split-K). Launched only where [`wgmma2_available`].
     Wg2,
+    /// [`Fp8Tile::Wg2`] in clusters of two CTAs that share (multicast) the weight tile of two M
+    /// tiles (`fp8_gemm_wgmma2_pair_e4m3fn`); a launch with a single M tile runs as `Wg2`.
+    Wg2Pair,
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 7] =
-        [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, Fp8Tile::Wg128, Fp8Tile::Wg2, Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
+    pub const ALL: [Fp8Tile; 8] = [
+        Fp8Tile::Bm16,
+        Fp8Tile::Bm64,
+        Fp8Tile::Bm128,
+        Fp8Tile::Wg128,
+        Fp8Tile::Wg2,
+        Fp8Tile::Wg2Pair,
+        Fp8Tile::Stream(StreamTile::T8),
+        Fp8Tile::Stream(StreamTile::T64),
+    ];
+    /// The v2 entries (TMA + warp-specialized wgmma, sm_90a, no split-K).
+    pub fn is_wgmma2(self) -> bool {
+        matches!(self, Fp8Tile::Wg2 | Fp8Tile::Wg2Pair)
+    }
     pub fn bm(self) -> usize {
         match self {
             Fp8Tile::Bm16 => 16,
             Fp8Tile::Bm64 => 64,
-            Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2 => 128,
+            Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2 | Fp8Tile::Wg2Pair => 128,
             Fp8Tile::Stream(t) => t.bm(),
         }
     }
@@ -92,6 +107,7 @@ impl Fp8Tile {
             Fp8Tile::Wg128 => format!("fp8_gemm_wgmma_{f8}"),
             Fp8Tile::Stream(t) => format!("stream_gemm_{f8}_t{}", t.bm()),
             Fp8Tile::Wg2 => format!("fp8_gemm_wgmma2_{f8}"),
+            Fp8Tile::Wg2Pair => format!("fp8_gemm_wgmma2_pair_{f8}"),
             t => format!("fp8_gemm_{f8}_bm{}", t.bm()),
         }
     }
@@ -104,6 +120,7 @@ impl Fp8Tile {
             Fp8Tile::Wg128 => "wg128",
             Fp8Tile::Stream(t) => t.label(),
             Fp8Tile::Wg2 => "wg2",
+            Fp8Tile::Wg2Pair => "wg2p",
         }
     }
     /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
@@ -132,7 +149,7 @@ impl Fp8Tile {
         if let Fp8Tile::Stream(t) = self {
             return t.smem_bytes(vendor);
         }
-        if self == Fp8Tile::Wg2 {
+        if self.is_wgmma2() {
             return WG2_SMEM;
         }
         if self == Fp8Tile::Wg128 && vendor == Vendor::Cuda {
@@ -142,7 +159,7 @@ impl Fp8Tile {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
             (Vendor::Hip, _) => 1,
-            (Vendor::Cuda, Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2) => 3,
+            (Vendor::Cuda, Fp8Tile::Bm128 | Fp8Tile::Wg128) => 3,
             (Vendor::Cuda, _) => 4,
         };
         (stage * stages) as u32
@@ -207,7 +224,7 @@ pub fn with_wgmma(s: &dyn GpuStream, plan: Fp8Plan) -> Fp8Plan {
     if plan.tile != Fp8Tile::Bm128 {
         plan
     } else if wgmma2_enabled(s) {
-        Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 }
+        Fp8Plan { tile: Fp8Tile::Wg2Pair, splits: 1 }
     } else if wgmma_enabled(s) {
         Fp8Plan { tile: Fp8Tile::Wg128, ..plan }
     } else {
@@ -351,7 +368,7 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     if o.m_tiles == 0 || n_tiles == 0 || o.k == 0 {
         return Ok(());
     }
-    if plan.tile == Fp8Tile::Wg2 {
+    if plan.tile.is_wgmma2() {
         return launch_wg2(s, f8, plan, &o);
     }
     let k_tiles = o.k.div_ceil(128);
@@ -392,8 +409,11 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     launch_raw(s, &name, cfg, &mut vals)
 }
 
-/// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 rows × 128 bytes) and, unless rows
-/// are gathered, of a ([rows, K]); one persistent CTA per SM (at most one per tile).
+/// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 bytes × 128 rows, or 64 rows in
+/// pairs: each CTA of a pair loads half of the shared tile) and, unless rows are gathered, of a
+/// ([rows, K]); one persistent CTA per SM (at most one per tile), or as many 2-CTA clusters as fit
+/// at once (at most one per pair of M tiles). A pair plan over a single M tile runs unpaired (its
+/// second CTA would only stream zeros).
 fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Result<()> {
     if f8 != DType::E4m3fn || plan.splits != 1 {
         return Err(bad(format!("fp8_gemm: the wgmma2 tile takes e4m3fn without split-K ({f8}, {} splits given)", plan.splits)));
@@ -406,16 +426,29 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
             s.variant()
         )));
     }
+    let tile = if plan.tile == Fp8Tile::Wg2Pair && o.m_tiles >= 2 { Fp8Tile::Wg2Pair } else { Fp8Tile::Wg2 };
+    let cluster = if tile == Fp8Tile::Wg2Pair { 2 } else { 1 };
+    let name = tile.kernel_name(f8);
     let (k, n) = (o.k as u64, o.n as u64);
-    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
+    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128 / cluster, 1] })?;
     let map_a = if o.row_ids == 0 {
         s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, 128] })?
     } else {
         TensorMap::UNUSED
     };
-    let tiles = o.m_tiles * o.n.div_ceil(128);
-    let grid = tiles.min(s.sm_count().unwrap_or(DEFAULT_SMS));
-    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), WG2_SMEM);
+    let units = o.m_tiles.div_ceil(cluster as usize) * o.n.div_ceil(128);
+    let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(cluster);
+    let resident = if cluster == 1 {
+        s.sm_count().unwrap_or(DEFAULT_SMS)
+    } else {
+        let k = registry::kernel(&name).ok_or_else(|| bad(format!("fp8_gemm: {name} is not in the kernel registry")))?;
+        s.max_active_clusters(k, &cfg)?
+    };
+    if resident == 0 {
+        return Err(bad(format!("fp8_gemm: no cluster of {cluster} CTAs of {name} fits on this device")));
+    }
+    let grid = units.min(resident) * cluster as usize;
+    let cfg = LaunchCfg { grid: (u32_of(grid, "CTAs")?, 1, 1), ..cfg };
     let mut args = [
         RawArg::Word(o.out),
         RawArg::Map(map_a),
@@ -431,7 +464,7 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
         RawArg::Word(u32_of(o.k, "k")? as u64),
         RawArg::Word(u32_of(o.a_row_div.max(1), "a_row_div")? as u64),
     ];
-    launch_args(s, &Fp8Tile::Wg2.kernel_name(f8), cfg, &mut args)
+    launch_args(s, &name, cfg, &mut args)
 }
 
 fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<(usize, usize, usize)> {
@@ -657,8 +690,8 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let force = wsp.force_tile.or_else(|| generic_only(s, self.w13.dtype()).then_some(Fp8Tile::Bm64));
         let (max_tiles, gate_up, down) = match force {
             // v2 has no split-K.
-            Some(Fp8Tile::Wg2) => {
-                let (max_tiles, gu, dn) = plan_moe_tile(Fp8Tile::Wg2, pairs, e, h, inter, DEFAULT_SMS);
+            Some(ft) if ft.is_wgmma2() => {
+                let (max_tiles, gu, dn) = plan_moe_tile(ft, pairs, e, h, inter, DEFAULT_SMS);
                 (max_tiles, Fp8Plan { splits: 1, ..gu }, Fp8Plan { splits: 1, ..dn })
             }
             Some(ft) => plan_moe_tile(ft, pairs, e, h, inter, DEFAULT_SMS),
@@ -763,6 +796,8 @@ mod tests {
         assert!(Fp8Tile::Wg2.smem_bytes(Vendor::Cuda) <= 227 * 1024);
         assert_eq!((Fp8Tile::Wg2.bm(), Fp8Tile::Wg2.kernel_name(DType::E4m3fn)), (128, "fp8_gemm_wgmma2_e4m3fn".to_string()));
         assert!(registry::kernel(&Fp8Tile::Wg2.kernel_name(DType::E4m3fn)).is_some());
+        assert_eq!((Fp8Tile::Wg2Pair.bm(), Fp8Tile::Wg2Pair.smem_bytes(Vendor::Cuda)), (128, 202_832));
+        assert!(registry::kernel(&Fp8Tile::Wg2Pair.kernel_name(DType::E4m3fn)).is_some());
         // One token, 8 of 256 experts: one 16-row tile per expert (+1 of slack), split K.
         let (tile, max_tiles, gu, _) = plan_moe(8, 256, 7168, 256, 132);
         assert_eq!((tile, max_tiles), (Fp8Tile::Bm16, 9));

@@ -199,18 +199,25 @@ pub struct LaunchCfg {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub shared_mem: u32,
+    /// CTAs per thread-block cluster along x (1: no cluster; > 1 needs sm_90+ and a grid.0 that
+    /// it divides).
+    pub cluster: u32,
 }
 
 impl LaunchCfg {
     pub fn new(grid: (u32, u32, u32), block: (u32, u32, u32), shared_mem: u32) -> Self {
-        LaunchCfg { grid, block, shared_mem }
+        LaunchCfg { grid, block, shared_mem, cluster: 1 }
     }
     /// 1-D grid of `blocks` blocks of `threads` threads.
     pub fn linear(blocks: u32, threads: u32) -> Self {
-        LaunchCfg { grid: (blocks, 1, 1), block: (threads, 1, 1), shared_mem: 0 }
+        LaunchCfg::new((blocks, 1, 1), (threads, 1, 1), 0)
     }
     pub fn with_shared(mut self, bytes: u32) -> Self {
         self.shared_mem = bytes;
+        self
+    }
+    pub fn with_cluster(mut self, ctas: u32) -> Self {
+        self.cluster = ctas;
         self
     }
     pub fn threads(&self) -> u32 {
@@ -330,6 +337,17 @@ pub trait Launcher {
     /// # Safety
     /// `params` must match the kernel's argument list; device pointers must be valid.
     unsafe fn launch(&self, kernel: &'static KernelInfo, cfg: LaunchCfg, params: &mut [*mut std::ffi::c_void]) -> Result<()>;
+    /// How many clusters of `cfg.cluster` CTAs of `kernel` (with `cfg`'s block and shared memory)
+    /// can be resident at once: the grid of a persistent cluster kernel. Backends without
+    /// clusters refuse.
+    fn max_active_clusters(&self, kernel: &'static KernelInfo, cfg: &LaunchCfg) -> Result<usize> {
+        Err(crate::error::Error::InvalidArgument(format!(
+            "{}: thread-block clusters of {} are not supported on {}",
+            kernel.name,
+            cfg.cluster,
+            self.vendor()
+        )))
+    }
 }
 
 /// Checks a launch configuration against a kernel's limits (shared by the backends).
@@ -347,6 +365,9 @@ pub fn check_launch(kernel: &KernelInfo, cfg: &LaunchCfg, nparams: usize) -> Res
     }
     if cfg.grid.1 > 65535 || cfg.grid.2 > 65535 {
         return Err(err(format!("grid {:?}: y and z must be <= 65535", cfg.grid)));
+    }
+    if cfg.cluster == 0 || cfg.grid.0 % cfg.cluster != 0 {
+        return Err(err(format!("grid {:?} is not made of clusters of {} along x", cfg.grid, cfg.cluster)));
     }
     Ok(())
 }

@@ -37,6 +37,9 @@ impl Launcher for RankStream {
     unsafe fn launch(&self, kernel: &'static KernelInfo, cfg: LaunchCfg, params: &mut [*mut c_void]) -> Result<()> {
         self.s().launch(kernel, cfg, params)
     }
+    fn max_active_clusters(&self, kernel: &'static KernelInfo, cfg: &LaunchCfg) -> Result<usize> {
+        self.s().max_active_clusters(kernel, cfg)
+    }
 }
 
 impl GpuStream for RankStream {

@@ -75,6 +75,30 @@ DSV3_DEV void mbar_wait(u32 bar, u32 parity) {
   }
 }
 
+// ---- thread-block clusters ----------------------------------------------------------------
+// Rank of this CTA in its cluster (0 without a cluster launch).
+DSV3_DEV u32 cluster_ctarank() {
+  u32 r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+// Barrier over every thread of every CTA in the cluster; release / acquire orders the shared
+// memory (and mbarrier) accesses before it with those after it, across the cluster's CTAs.
+DSV3_DEV void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The shared::cluster address of shared address `addr` (a shared::cta address of this CTA) in
+// the CTA of cluster rank `rank` (the same offset in that CTA's shared memory).
+DSV3_DEV u32 cluster_map(u32 addr, u32 rank) {
+  u32 r;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
+  return r;
+}
+// One arrival on the mbarrier at shared::cluster address `bar` (possibly another CTA's).
+DSV3_DEV void mbar_arrive_cluster(u32 bar) {
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+
 // ---- TMA -------------------------------------------------------------------------------------
 DSV3_DEV void tma_prefetch(const TmaMap& m) { asm volatile("prefetch.tensormap [%0];" ::"l"(&m) : "memory"); }
 // Box at element coordinates (c0 innermost, c1, c2) of `m` → shared memory at `dst` (laid out as
@@ -92,6 +116,17 @@ DSV3_DEV void tma_load_3d(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1, i32
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
       "[%2];" ::"r"(dst),
       "l"(&m), "r"(bar), "r"(c0), "r"(c1), "r"(c2)
+      : "memory");
+}
+
+// tma_load_3d into every CTA of the cluster whose bit is set in `mask`: the box lands at offset
+// `dst` of each of their shared memories and completes its bytes on the mbarrier at offset `bar`
+// of each.
+DSV3_DEV void tma_load_3d_multicast(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1, i32 c2, u16 mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+      "{%3, %4, %5}], [%2], %6;" ::"r"(dst),
+      "l"(&m), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "h"(mask)
       : "memory");
 }
 

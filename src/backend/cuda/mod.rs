@@ -255,20 +255,72 @@ impl Launcher for CudaStream {
     }
     unsafe fn launch(&self, kernel: &'static KernelInfo, cfg: LaunchCfg, params: &mut [*mut c_void]) -> Result<()> {
         check_launch(kernel, &cfg, params.len())?;
+        let f = self.prepared_function(kernel, &cfg)?;
+        let what = || format!("launch {} grid {:?} block {:?} smem {} cluster {}", kernel.name, cfg.grid, cfg.block, cfg.shared_mem, cfg.cluster);
+        if cfg.cluster == 1 {
+            return result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_mem, self.stream, params).map_err(|e| derr(what(), e));
+        }
+        let mut attr = cluster_attribute(cfg.cluster);
+        let config = self.launch_config(&cfg, &mut attr);
+        sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()).result().map_err(|e| derr(what(), e))
+    }
+    fn max_active_clusters(&self, kernel: &'static KernelInfo, cfg: &LaunchCfg) -> Result<usize> {
+        let f = self.prepared_function(kernel, cfg)?;
+        let mut attr = cluster_attribute(cfg.cluster);
+        let config = self.launch_config(cfg, &mut attr);
+        let mut n: std::ffi::c_int = 0;
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
+            .result()
+            .map_err(|e| derr(format!("cuOccupancyMaxActiveClusters of {} (cluster {}, smem {})", kernel.name, cfg.cluster, cfg.shared_mem), e))?;
+        Ok(n.max(0) as usize)
+    }
+}
+
+/// The launch attribute of clusters of `ctas` CTAs along x.
+fn cluster_attribute(ctas: u32) -> sys::CUlaunchAttribute {
+    // SAFETY: plain C data; zero is a valid bit pattern of every field.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = ctas;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
+}
+
+impl CudaStream {
+    /// The kernel's function, bound, with the dynamic shared memory of `cfg` allowed.
+    fn prepared_function(&self, kernel: &'static KernelInfo, cfg: &LaunchCfg) -> Result<sys::CUfunction> {
         let f = self.function(kernel)?;
         self.bind()?;
         // Dynamic plus static shared memory above 48 KB needs the opt-in; the kernel's static part
         // is not known here, so opt in from 32 KB of dynamic memory on.
         if cfg.shared_mem > 32 * 1024 {
-            result::function::set_function_attribute(
-                f,
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_mem as i32,
-            )
+            unsafe {
+                result::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    cfg.shared_mem as i32,
+                )
+            }
             .map_err(|e| derr(format!("{}: dynamic shared memory {} bytes", kernel.name, cfg.shared_mem), e))?;
         }
-        result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_mem, self.stream, params)
-            .map_err(|e| derr(format!("launch {} grid {:?} block {:?} smem {}", kernel.name, cfg.grid, cfg.block, cfg.shared_mem), e))
+        Ok(f)
+    }
+
+    /// `cfg` on this stream as a cuLaunchKernelEx configuration with the one attribute `attr`.
+    fn launch_config(&self, cfg: &LaunchCfg, attr: &mut sys::CUlaunchAttribute) -> sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_mem,
+            hStream: self.stream,
+            attrs: attr,
+            numAttrs: 1,
+        }
     }
 }
 

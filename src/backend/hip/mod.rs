@@ -172,6 +172,9 @@ impl Launcher for HipStream {
     }
     unsafe fn launch(&self, kernel: &'static KernelInfo, cfg: LaunchCfg, params: &mut [*mut c_void]) -> Result<()> {
         check_launch(kernel, &cfg, params.len())?;
+        if cfg.cluster != 1 {
+            return Err(crate::error::Error::InvalidArgument(format!("launch of {}: HIP has no thread-block clusters ({} asked)", kernel.name, cfg.cluster)));
+        }
         let f = self.function(kernel)?;
         self.set()?;
         check(
