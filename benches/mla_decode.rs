@@ -10,7 +10,8 @@
 //! cache's µs (graph), GB/s with bytes = q + s_k·656 + out, its ratio to the copy and its speedup
 //! over the bf16 cache (page tiles; and the 32-key-tile fp8 kernel where it applies). Caches
 //! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
-//! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes.
+//! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes; `DSV3_MLA_BENCH_SHAPES=BxHxSKxSQ,..`
+//! restricts the table to those rows (e.g. for a profiler run).
 //!
 //! Build here, run on the GPU machine:
 //!   /work/shared/tools/gpu-bundle --filter '^(gpu_mla|mla_decode)'
@@ -311,6 +312,10 @@ fn table(s: &CudaStream) {
                 shapes.push((b, h, 4096, s_q));
             }
         }
+    }
+    // DSV3_MLA_BENCH_SHAPES="1x16x4096x1,8x16x4096x1" (B×h×s_k×s_q) keeps only those rows.
+    if let Ok(only) = std::env::var("DSV3_MLA_BENCH_SHAPES") {
+        shapes.retain(|(b, h, s_k, s_q)| only.split(',').any(|w| w.trim() == format!("{b}x{h}x{s_k}x{s_q}")));
     }
     let mut rows = Vec::new();
     for (b, h, s_k, s_q) in shapes {
