@@ -8,7 +8,9 @@
 //! same from events around 20 back-to-back stream launches, host overhead included); GB/s with bytes = q + kv + out; TFLOPS with FLOPs = 2·h·s_q·s_k·(576+512)·B; the
 //! ratio of that bandwidth to the copy's; the simple kernel's µs where it is affordable; the fp8
 //! cache's µs (graph), GB/s with bytes = q + s_k·656 + out, its ratio to the copy and its speedup
-//! over the bf16 cache (page tiles; and the 32-key-tile fp8 kernel where it applies). Caches
+//! over the bf16 cache (page tiles; and the 32-key-tile fp8 kernel where it applies); the sm_90a
+//! wgmma kernel's µs (graph), TFLOPS, ratio to the copy and speedup over the mma.sync page-tile
+//! kernel (bf16 cache; "-" where the stream cannot load its sm_90a cubin). Caches
 //! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
 //! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes; `DSV3_MLA_BENCH_SHAPES=BxHxSKxSQ,..`
 //! restricts the table to those rows (e.g. for a profiler run).
@@ -128,6 +130,8 @@ struct Shape {
     /// The fp8-cache plans: page tiles, and 32-key tiles where they apply.
     meta_fp8: MlaDecodeMeta,
     meta_fp8_small: Option<MlaDecodeMeta>,
+    /// The sm_90a wgmma kernel's plan (bf16 cache) where the stream runs it.
+    meta_wgmma: Option<MlaDecodeMeta>,
 }
 
 impl Shape {
@@ -161,10 +165,11 @@ impl Shape {
         let fp8 = MlaCacheDtype::Fp8E4m3;
         let meta_fp8 = MlaDecodeMeta::new(s, meta.plan.with_cache_dtype(fp8)).unwrap();
         let meta_fp8_small = meta_small.as_ref().map(|m| MlaDecodeMeta::new(s, m.plan.with_cache_dtype(fp8)).unwrap());
-        for m in [Some(&meta), meta_small.as_ref(), Some(&meta_fp8), meta_fp8_small.as_ref()].into_iter().flatten() {
+        let meta_wgmma = mla::mla_wgmma_available(s).then(|| MlaDecodeMeta::new(s, meta.plan.with_wgmma(true)).unwrap());
+        for m in [Some(&meta), meta_small.as_ref(), Some(&meta_fp8), meta_fp8_small.as_ref(), meta_wgmma.as_ref()].into_iter().flatten() {
             mla::mla_decode_metadata(s, m, &lens).unwrap();
         }
-        Shape { b, h, s_k, s_q, copies, cache, cache_fp8, tables, q, lens, out, lse, meta, meta_small, meta_fp8, meta_fp8_small }
+        Shape { b, h, s_k, s_q, copies, cache, cache_fp8, tables, q, lens, out, lse, meta, meta_small, meta_fp8, meta_fp8_small, meta_wgmma }
     }
     fn launch(&self, s: &CudaStream, i: usize) {
         let c = i % self.copies;
@@ -298,6 +303,9 @@ fn table(s: &CudaStream) {
     let sms = cuda_util::sm_count(s).unwrap();
     let copy = copy_bandwidth(s, 2usize << 30);
     eprintln!("device-to-device copy (2 GiB, read + write): {:.0} GB/s; {} SMs", copy / 1e9, sms);
+    if !mla::mla_wgmma_available(s) {
+        eprintln!("the sm_90a wgmma kernel cannot run on this stream (not an sm_90 GPU, or no sm_90a cubin in this build): its columns stay empty");
+    }
     let mut shapes = Vec::new();
     for h in [16usize, 32, 64, 128] {
         for s_k in [1024usize, 4096, 16384] {
@@ -326,6 +334,7 @@ fn table(s: &CudaStream) {
         let fp8_us = sh.time_graph_us(s, &sh.meta_fp8);
         let fp8_small_us = sh.meta_fp8_small.as_ref().and_then(|m| sh.time_graph_us(s, m));
         let fp8_bytes = sh.bytes_with(FP8_ROW_BYTES);
+        let wg_us = sh.meta_wgmma.as_ref().and_then(|m| sh.time_graph_us(s, m));
         let us = graph_us.unwrap_or(stream_us);
         let meta_us = sh.meta_us(s);
         let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
@@ -335,8 +344,12 @@ fn table(s: &CudaStream) {
         if let Some(f) = fp8_us {
             eprintln!("  fp8 cache: {f:.1} us, {:.0} GB/s (656-byte rows), {:.2}x the bf16 cache", fp8_bytes / (f as f64 * 1e-6) / 1e9, us / f);
         }
+        if let Some(w) = wg_us {
+            eprintln!("  wgmma: {w:.1} us, {:.1} TFLOPS, {:.2}x the mma.sync kernel", sh.flops() / (w as f64 * 1e-6) / 1e12, us / w);
+        }
         let fp8 = Fp8Cols { us: fp8_us, small_us: fp8_small_us, bytes: fp8_bytes };
-        rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan, fp8));
+        let wg = wg_us.map(|w| (w, sh.flops() / (w as f64 * 1e-6) / 1e12));
+        rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan, fp8, wg));
         drop(sh);
         s.allocator().empty_cache().unwrap();
     }
@@ -348,10 +361,11 @@ fn table(s: &CudaStream) {
     );
     println!(
         "| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | 32-key tiles: µs (graph), BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) \
-         | fp8 cache: µs (graph) | fp8 GB/s (656-B rows) | fp8 BW / copy | fp8 speedup vs bf16 | fp8 32-key tiles: µs, BW / copy |"
+         | fp8 cache: µs (graph) | fp8 GB/s (656-B rows) | fp8 BW / copy | fp8 speedup vs bf16 | fp8 32-key tiles: µs, BW / copy \
+         | wgmma: µs (graph) | wgmma TFLOPS | wgmma BW / copy | wgmma speedup vs mma.sync |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p, fp8) in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p, fp8, wg) in rows {
         let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let small = small_us.map(|v| format!("{v:.1}, {:.1}%", ratio * us as f64 / v as f64 * 100.0)).unwrap_or_else(|| "-".into());
         let bw = |bytes: f64, us: f32| bytes / (us as f64 * 1e-6);
@@ -360,8 +374,12 @@ fn table(s: &CudaStream) {
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
         let f_small = fp8.small_us.map(|v| format!("{v:.1}, {:.1}%", bw(fp8.bytes, v) / copy * 100.0)).unwrap_or_else(|| "-".into());
+        let (w_us, w_tf, w_ratio, w_x) = match wg {
+            Some((w, wtf)) => (format!("{w:.1}"), format!("{wtf:.1}"), format!("{:.1}%", ratio * us as f64 / w as f64 * 100.0), format!("{:.2}x", us / w)),
+            None => ("-".into(), "-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} | {f_us} | {f_gbs} | {f_ratio} | {f_x} | {f_small} |",
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} | {f_us} | {f_gbs} | {f_ratio} | {f_x} | {f_small} | {w_us} | {w_tf} | {w_ratio} | {w_x} |",
             ratio * 100.0,
             p.mw,
             p.row_blocks,

@@ -100,6 +100,8 @@ DSV3_DEV void store2(bf16* p, float a, float b) {
   p[0] = f32_to_bf16(a);
   p[1] = f32_to_bf16(b);
 }
+DSV3_DEV void store1(float* p, float a) { *p = a; }
+DSV3_DEV void store1(bf16* p, float a) { *p = f32_to_bf16(a); }
 
 // The sequence whose tiles hold global tile g: the largest b < batch with cum[b] <= g.
 DSV3_DEV u32 find_batch(const i32* cum, u32 batch, u32 g) {
@@ -111,6 +113,67 @@ DSV3_DEV u32 find_batch(const i32* cum, u32 batch, u32 g) {
   }
   return lo;
 }
+
+// Query row gr (= j·H + h) of a sequence of length len sees keys 0 .. visible_keys - 1 (causal
+// inside the query block of s_q tokens).
+DSV3_DEV i32 visible_keys(i32 len, u32 s_q, u32 heads, u32 gr) { return len - (i32)s_q + (i32)(gr / heads) + 1; }
+
+// One piece of a part's tile range that belongs to one sequence: tiles [t_begin, t_end) of
+// sequence b (counted from its first page). `full`: the whole sequence (written straight to out
+// / lse); else workspace slot `slot` (2·part for the range's first segment, 2·part + 1 for its last).
+struct Segment {
+  u32 b, t_begin, t_end, slot;
+  bool full;
+};
+
+// The segments of part `part` (the split kernels' outer loop, shared by every variant):
+//   for (PartWalk w(meta, batch, part); !w.done(); w.next()) { const Segment sg = w.segment(); ... }
+struct PartWalk {
+  const i32* cum;
+  u32 part, g0, g1, b;
+  bool first;
+  DSV3_DEV PartWalk(const i32* meta, u32 batch, u32 part_) : cum(meta + META_HDR), part(part_), first(true) {
+    const u32 total = (u32)meta[0], T = (u32)meta[1];
+    g0 = part * T;
+    g1 = min(g0 + T, total);
+    b = g0 < g1 ? find_batch(cum, batch, g0) : 0u;
+  }
+  DSV3_DEV bool done() const { return g0 >= g1; }
+  DSV3_DEV Segment segment() const {
+    const u32 cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
+    const u32 seg_end = min(g1, cb1);
+    return Segment{b, g0 - cb0, seg_end - cb0, 2 * part + (first ? 0u : 1u), g0 == cb0 && seg_end == cb1};
+  }
+  DSV3_DEV void next() {
+    g0 = min(g1, (u32)cum[b + 1]);
+    first = false;
+    if (g0 < g1) {
+      ++b;
+      while ((u32)cum[b + 1] <= g0) ++b;
+    }
+  }
+};
+
+// Where a segment's normalized rows go: out / lse for a whole sequence, else its workspace slot
+// (o_ws [slots, rows, 512] f32, lse_ws [slots, rows]). `rows(sg, f)` calls f(o, l) with o / l the
+// segment's row 0 ([rows_total][512] TO or f32, [rows_total] f32); the caller drops rows past
+// rows_total (padding). One branch per segment, outside the caller's store loops.
+template <class TO> struct SplitOut {
+  TO* out;
+  float* lse;
+  float* o_ws;
+  float* lse_ws;
+  u32 rows_total;
+  template <class F> DSV3_DEV void rows(const Segment& sg, F&& f) const {
+    if (sg.full) f(out + (u64)sg.b * rows_total * DV, lse + (u64)sg.b * rows_total);
+    else f(o_ws + (u64)sg.slot * rows_total * DV, lse_ws + (u64)sg.slot * rows_total);
+  }
+};
+
+// Final statistics of a row from its max m (log2 domain, scaled) and sum L: 1 / L and the natural
+// log-sum-exp (0 and -inf for a row that saw no key).
+DSV3_DEV float row_inv(float L) { return L > 0.0f ? 1.0f / L : 0.0f; }
+DSV3_DEV float row_lse2(float m, float L) { return L > 0.0f ? (m + __log2f(L)) * 0.6931471805599453f : -f32_inf(); }
 
 }  // namespace mla
 
@@ -183,32 +246,22 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
   unsigned char* sp = sraw + RAW;
   float* red = reinterpret_cast<float*>(sp + BM * TN * 2);
 
-  const u32 part = blockIdx.x, rb = blockIdx.y;
+  const u32 rb = blockIdx.y;
   const u32 rows_total = s_q * heads;
-  const u32 total = (u32)meta[0], T = (u32)meta[1];
-  const i32* cum = meta + META_HDR;
-  u32 g0 = part * T;
-  if (g0 >= total || rb * BM >= rows_total) return;
-  const u32 g1 = min(g0 + T, total);
-  u32 b = find_batch(cum, batch, g0);
-
+  if (rb * BM >= rows_total) return;
+  const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
   const u32 t_id = tid(), warp = warp_id(), ln = lane();
   const u32 mt = warp % MW, grp = warp / MW;
   const u32 r0 = mt * 16 + ln / 4, r1 = r0 + 8;
   const u32 gr0 = rb * BM + r0, gr1 = rb * BM + r1;
   const float sl2 = scale * 1.4426950408889634f;
   const u32 q_base = smem_u32(sq), k_base0 = smem_u32(sk), p_base = smem_u32(sp);
-  bool first = true;
 
-  while (g0 < g1) {
-    const u32 cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
-    const u32 seg_end = min(g1, cb1);
-    const u32 t_begin = g0 - cb0, t_end = seg_end - cb0;
-    const bool full = (g0 == cb0) && (seg_end == cb1);
-    const u32 slot = 2 * part + (first ? 0u : 1u);
+  for (PartWalk walk(meta, batch, blockIdx.x); !walk.done(); walk.next()) {
+    const Segment sg = walk.segment();
+    const u32 b = sg.b, t_begin = sg.t_begin, t_end = sg.t_end;
     const i32 len = seq_lens[b];
-    const i32 vis0 = len - (i32)s_q + (i32)(gr0 / heads) + 1;
-    const i32 vis1 = len - (i32)s_q + (i32)(gr1 / heads) + 1;
+    const i32 vis0 = visible_keys(len, s_q, heads, gr0), vis1 = visible_keys(len, s_q, heads, gr1);
     const i32* bt = block_table + (u64)b * max_pages;
 
     // Q rows of this row block (zeros past the last row) and the first K tile: one group.
@@ -434,43 +487,20 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
       L0 += red[gg * BM + r0];
       L1 += red[gg * BM + r1];
     }
-    const float inv0 = L0 > 0.0f ? 1.0f / L0 : 0.0f, inv1 = L1 > 0.0f ? 1.0f / L1 : 0.0f;
-    const float lse0 = L0 > 0.0f ? (m0 + __log2f(L0)) * 0.6931471805599453f : -f32_inf();
-    const float lse1 = L1 > 0.0f ? (m1 + __log2f(L1)) * 0.6931471805599453f : -f32_inf();
+    const float inv0 = row_inv(L0), inv1 = row_inv(L1);
     const u32 col0 = grp * CW + (ln & 3) * 2;
-    if (full) {
-      TO* o0 = out + ((u64)b * rows_total + gr0) * DV + col0;
-      TO* o1 = out + ((u64)b * rows_total + gr1) * DV + col0;
+    dst.rows(sg, [&](auto* ob, float* lb) {
 #pragma unroll
       for (u32 j = 0; j < NO; ++j) {
-        if (gr0 < rows_total) mla::store2(o0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
-        if (gr1 < rows_total) mla::store2(o1 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
+        if (gr0 < rows_total) store2(ob + (u64)gr0 * DV + col0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
+        if (gr1 < rows_total) store2(ob + (u64)gr1 * DV + col0 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
       }
       if (grp == 0 && (ln & 3) == 0) {
-        if (gr0 < rows_total) lse[(u64)b * rows_total + gr0] = lse0;
-        if (gr1 < rows_total) lse[(u64)b * rows_total + gr1] = lse1;
+        if (gr0 < rows_total) lb[gr0] = row_lse2(m0, L0);
+        if (gr1 < rows_total) lb[gr1] = row_lse2(m1, L1);
       }
-    } else {
-      float* o0 = o_ws + ((u64)slot * rows_total + gr0) * DV + col0;
-      float* o1 = o_ws + ((u64)slot * rows_total + gr1) * DV + col0;
-#pragma unroll
-      for (u32 j = 0; j < NO; ++j) {
-        if (gr0 < rows_total) mla::store2(o0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
-        if (gr1 < rows_total) mla::store2(o1 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
-      }
-      if (grp == 0 && (ln & 3) == 0) {
-        if (gr0 < rows_total) lse_ws[(u64)slot * rows_total + gr0] = lse0;
-        if (gr1 < rows_total) lse_ws[(u64)slot * rows_total + gr1] = lse1;
-      }
-    }
+    });
     __syncthreads();  // red, Q and K buffers are reused by the next segment
-
-    g0 = seg_end;
-    first = false;
-    if (g0 < g1) {
-      ++b;
-      while ((u32)cum[b + 1] <= g0) ++b;
-    }
   }
 }
 #endif
@@ -487,32 +517,25 @@ DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRIC
                                       float scale) {
   using namespace mla;
   constexpr u32 BM = 16 * MW, PER = DV / WARP_SIZE;
-  const u32 part = blockIdx.x, rb = blockIdx.y;
+  const u32 rb = blockIdx.y;
   const u32 rows_total = s_q * heads;
-  const u32 total = (u32)meta[0], T = (u32)meta[1];
-  const i32* cum = meta + META_HDR;
-  u32 g0 = part * T;
-  if (g0 >= total || rb * BM >= rows_total) return;
-  const u32 g1 = min(g0 + T, total);
-  u32 b = find_batch(cum, batch, g0);
-  bool first = true;
-  while (g0 < g1) {
-    const u32 cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
-    const u32 seg_end = min(g1, cb1);
-    const bool full = (g0 == cb0) && (seg_end == cb1);
-    const u32 slot = 2 * part + (first ? 0u : 1u);
+  if (rb * BM >= rows_total) return;
+  const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
+  for (PartWalk walk(meta, batch, blockIdx.x); !walk.done(); walk.next()) {
+    const Segment sg = walk.segment();
+    const u32 b = sg.b;
     const i32 len = seq_lens[b];
     const i32* bt = block_table + (u64)b * max_pages;
     for (u32 r = warp_id(); r < BM; r += nwarps()) {
       const u32 gr = rb * BM + r;
       if (gr >= rows_total) continue;
-      const i32 vis = len - (i32)s_q + (i32)(gr / heads) + 1;
+      const i32 vis = visible_keys(len, s_q, heads, gr);
       const bf16* qr = q + ((u64)b * rows_total + gr) * DK;
-      i32 k_end = (i32)((seg_end - cb0) * NT);
+      i32 k_end = (i32)(sg.t_end * NT);
       if (k_end > vis) k_end = vis;
       float m = -f32_inf(), l = 0.0f, acc[PER];
       for (u32 i = 0; i < PER; ++i) acc[i] = 0.0f;
-      for (i32 k = (i32)((g0 - cb0) * NT); k < k_end; ++k) {
+      for (i32 k = (i32)(sg.t_begin * NT); k < k_end; ++k) {
         const auto* kr = cache + ((u64)bt[k / (i32)NT] * NT + (u32)k % NT) * row_elems(cache);
         float d = 0.0f;
         for (u32 c = lane(); c < DK; c += WARP_SIZE) d += to_float(qr[c]) * key_at(kr, c);
@@ -524,21 +547,10 @@ DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRIC
       }
       const float inv = l > 0.0f ? 1.0f / l : 0.0f;
       const float ls = l > 0.0f ? m + flog(l) : -f32_inf();
-      if (full) {
-        TO* o = out + ((u64)b * rows_total + gr) * DV;
-        for (u32 i = 0; i < PER; ++i) o[lane() + i * WARP_SIZE] = from_float<TO>(acc[i] * inv);
-        if (lane() == 0) lse[(u64)b * rows_total + gr] = ls;
-      } else {
-        float* o = o_ws + ((u64)slot * rows_total + gr) * DV;
-        for (u32 i = 0; i < PER; ++i) o[lane() + i * WARP_SIZE] = acc[i] * inv;
-        if (lane() == 0) lse_ws[(u64)slot * rows_total + gr] = ls;
-      }
-    }
-    g0 = seg_end;
-    first = false;
-    if (g0 < g1) {
-      ++b;
-      while ((u32)cum[b + 1] <= g0) ++b;
+      dst.rows(sg, [&](auto* o, float* l) {
+        for (u32 i = 0; i < PER; ++i) store1(o + (u64)gr * DV + lane() + i * WARP_SIZE, acc[i] * inv);
+        if (lane() == 0) l[gr] = ls;
+      });
     }
   }
 }

@@ -16,6 +16,10 @@
 //! the bf16 cache's. The quantize-on-write kernel (`mla_cache_write_fp8_*`) is checked bit for
 //! bit against the CPU quantizer, and a cache written by it is decoded.
 //!
+//! The sm_90a wgmma kernel (`mla_decode_wgmma_bf16_*`) runs through the same bf16-cache cases
+//! (proptests, edges, graph replay) on the streams that load its sm_90a cubin;
+//! `mla_decode_wgmma_streams_present` fails where no stream can run it.
+//!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. Without a CUDA
 //! device they panic ("no CUDA device"). `DSV3_TEST_NVRTC=0` skips the NVRTC variant.
 
@@ -181,18 +185,45 @@ struct Got {
     meta: Vec<i32>,
 }
 
-/// The plan of a test run: page tiles or 32-key tiles (where mw <= 2), parts as given or automatic.
-fn plan_for(s: &CudaStream, c: &Case, small: bool, parts: Option<usize>) -> MlaDecodePlan {
+/// The split kernel of a test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernel {
+    /// mma.sync, one page (64 keys) per tile.
+    Page,
+    /// mma.sync, 32-key tiles (two blocks per SM; plans with mw <= 2).
+    Small,
+    /// The sm_90a wgmma kernel (bf16 cache, streams that load its sm_90a cubin).
+    Wgmma,
+}
+
+const KERNELS: [Kernel; 3] = [Kernel::Page, Kernel::Small, Kernel::Wgmma];
+
+impl Kernel {
+    fn plan(self, p: MlaDecodePlan) -> MlaDecodePlan {
+        p.with_small_tiles(self == Kernel::Small).with_wgmma(self == Kernel::Wgmma)
+    }
+    /// Whether this kernel serves the plan's shape and cache on stream `s`.
+    fn runs(self, s: &CudaStream, p: &MlaDecodePlan) -> bool {
+        match self {
+            Kernel::Page => true,
+            Kernel::Small => p.small_tiles,
+            Kernel::Wgmma => p.cache == MlaCacheDtype::Bf16 && mla::mla_wgmma_available(s),
+        }
+    }
+}
+
+/// The plan of a test run for kernel `k`, parts as given or automatic.
+fn plan_for(s: &CudaStream, c: &Case, k: Kernel, parts: Option<usize>) -> MlaDecodePlan {
     let sms = cuda_util::sm_count(s).unwrap();
-    let plan = MlaDecodePlan::new(c.b + 3, c.s_q, c.h, sms).unwrap().with_small_tiles(small).with_cache_dtype(c.kind);
+    let plan = k.plan(MlaDecodePlan::new(c.b + 3, c.s_q, c.h, sms).unwrap()).with_cache_dtype(c.kind);
     match parts {
         Some(p) => plan.with_parts(p),
         None => plan,
     }
 }
 
-fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, small: bool) -> Got {
-    let plan = plan_for(s, c, small, parts);
+fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, k: Kernel) -> Got {
+    let plan = plan_for(s, c, k, parts);
     let meta = MlaDecodeMeta::new(s, plan).unwrap();
     // Poison the metadata and workspaces too: everything the kernels read must be written first.
     meta.meta.poison(s).unwrap();
@@ -259,15 +290,15 @@ fn run_all_kind(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize
         assert!((want_lse[row] as f64 - l64).abs() < 1e-4);
     }
     for (name, s) in mla_streams() {
-        for small in [false, true] {
-            let p0 = plan_for(s, &c, small, None);
-            if small && !p0.small_tiles {
+        for k in KERNELS {
+            let p0 = plan_for(s, &c, k, None);
+            if !k.runs(s, &p0) {
                 continue;
             }
             let auto = p0.num_parts;
             for (parts, tag) in [(None, "auto"), (Some(1), "1 part"), (Some(3), "3 parts"), (Some(7), "7 parts")] {
                 for od in [DType::Bf16, DType::F32] {
-                    let g = run_gpu(s, &c, od, parts, small);
+                    let g = run_gpu(s, &c, od, parts, k);
                     let what = format!("{name} {} B={} s_q={s_q} H={h} lens={:?} {tag} out {od}", p0.kernel_name(od), c.b, c.lens);
                     check(&what, &c, &g, &want_o, &want_lse, parts.unwrap_or(auto));
                     // And against float64 directly on a few rows.
@@ -341,9 +372,12 @@ fn edges(kind: MlaCacheDtype) {
     let (want_o, want_lse) = reference(&c);
     for (name, s) in mla_streams() {
         for parts in [1usize, 2, 5] {
-            for small in [false, true] {
-                let g = run_gpu(s, &c, DType::F32, Some(parts), small);
-                check(&format!("{name} {kind} cache: empty sequence, {parts} parts, small tiles {small}"), &c, &g, &want_o, &want_lse, parts);
+            for k in KERNELS {
+                if !k.runs(s, &plan_for(s, &c, k, None)) {
+                    continue;
+                }
+                let g = run_gpu(s, &c, DType::F32, Some(parts), k);
+                check(&format!("{name} {kind} cache: empty sequence, {parts} parts, {k:?} kernel"), &c, &g, &want_o, &want_lse, parts);
             }
         }
     }
@@ -397,6 +431,44 @@ fn mla_decode_graph_replay_with_new_lengths() {
     graph_replay(MlaCacheDtype::Bf16);
 }
 
+/// The sm_90a wgmma kernel must run somewhere: the tests above skip it on streams that cannot
+/// load it (PTX, NVRTC, other GPUs), so without this check a build or device that never runs it
+/// would pass silently. Fails unless some stream runs it, and checks that it is refused elsewhere.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_wgmma_streams_present() {
+    let streams = mla_streams();
+    let able: Vec<&str> = streams.iter().filter(|(_, s)| mla::mla_wgmma_available(s)).map(|(n, _)| n.as_str()).collect();
+    let all: Vec<&str> = streams.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(!able.is_empty(), "no stream runs the sm_90a wgmma MLA kernel (streams: {all:?}): needs an H100 / H200 and a build with sm_90a in DSV3_CUDA_ARCHS");
+    eprintln!("wgmma MLA kernel runs on: {able:?} (of {all:?})");
+    // A forced wgmma plan is refused (typed error, no launch) where the kernel cannot run, and
+    // with an fp8 cache anywhere.
+    let c = make_case_kind(5, vec![70, 3], 1, 16, MlaCacheDtype::Bf16);
+    for (name, s) in streams {
+        let plan = plan_for(s, &c, Kernel::Wgmma, None);
+        let meta = MlaDecodeMeta::new(s, plan).unwrap();
+        let q = up(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16);
+        let cache = upload_cache(s, &c);
+        let bt = up_i32(s, &[c.b, c.max_pages], &c.block_table);
+        let sl = up_i32(s, &[c.b], &c.lens);
+        let out = poisoned(s, DType::F32, &[c.b, c.s_q, c.h, DV]);
+        let lse = poisoned(s, DType::F32, &[c.b, c.s_q, c.h]);
+        mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+        let r = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale);
+        if mla::mla_wgmma_available(s) {
+            r.unwrap_or_else(|e| panic!("{name}: {e}"));
+            let fp8 = MlaDecodeMeta::new(s, plan.with_cache_dtype(MlaCacheDtype::Fp8E4m3)).unwrap();
+            let cache8 = DeviceTensor::empty(s, DType::U8, &[c.total_pages, PAGE, FP8_ROW_BYTES]).unwrap();
+            let e = mla::mla_decode(s, &out, &lse, &q, &cache8, &bt, &sl, &fp8, c.scale).unwrap_err().to_string();
+            assert!(e.contains("bf16 cache only"), "{name}: {e}");
+        } else {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("cannot run on this stream"), "{name}: {e}");
+        }
+    }
+}
+
 fn graph_replay(kind: MlaCacheDtype) {
     // Streams of its own: a capture must not see the other test threads' work (they share
     // mla_streams()).
@@ -408,8 +480,11 @@ fn graph_replay(kind: MlaCacheDtype) {
     for (name, s) in &own {
         let (b, s_q, h, max_pages) = (4usize, 2usize, 16usize, 12usize);
         let sms = cuda_util::sm_count(s).unwrap();
-        for small in [false, true] {
-            let plan = MlaDecodePlan::new(b, s_q, h, sms).unwrap().with_small_tiles(small).with_cache_dtype(kind);
+        for k in KERNELS {
+            let plan = k.plan(MlaDecodePlan::new(b, s_q, h, sms).unwrap()).with_cache_dtype(kind);
+            if !k.runs(s, &plan) {
+                continue;
+            }
             let meta = MlaDecodeMeta::new(s, plan).unwrap();
             let total_pages = b * max_pages + 5;
             let q = DeviceTensor::empty(s, DType::Bf16, &[b, s_q, h, DK]).unwrap();
@@ -737,9 +812,9 @@ fn mla_decode_fp8_over_gpu_written_cache() {
                 &toks.iter().map(|x| x.1 as i32).collect::<Vec<_>>(),
             );
             mla::mla_cache_write(s, MlaCacheDtype::Fp8E4m3, &cache, &dkv, &bt, &seq, &pos).unwrap();
-            for small in [false, true] {
-                let plan = plan_for(s, &c, small, None);
-                if small && !plan.small_tiles {
+            for k in [Kernel::Page, Kernel::Small] {
+                let plan = plan_for(s, &c, k, None);
+                if !k.runs(s, &plan) {
                     continue;
                 }
                 let meta = MlaDecodeMeta::new(s, plan).unwrap();

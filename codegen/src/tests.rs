@@ -76,7 +76,7 @@ fn golden_rust_wrapper_and_registry() {
     assert!(rs.contains(&expected), "got:\n{rs}");
     assert!(rs.contains("name: \"rms_norm_bf16\", symbol: \"dsv3_rms_norm_bf16\", params: &[(\"T\", \"bf16\")]"));
     assert!(rs.contains(&format!("pub const RMS_NORM_BF16: usize = {i};")));
-    assert!(rs.contains("vendors: &[Vendor::Cuda, Vendor::Hip]"));
+    assert!(rs.contains("cuda_archs: &[], vendors: &[Vendor::Cuda, Vendor::Hip]"));
 }
 
 #[test]
@@ -89,7 +89,7 @@ fn tensor_map_arguments_stay_in_parameter_space() {
     let rs = emit_registry(FAMILIES, &all, &Artifacts::default());
     assert!(rs.contains("ArgInfo { name: \"tmap_a\", ty: ArgType::TensorMap }"));
     assert!(rs.contains("tmap_a: TensorMap, tmap_b: TensorMap, "));
-    assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("vendors: &[Vendor::Cuda], doc: \"sm_90a only."));
+    assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("cuda_archs: &[\"sm_90a\"], vendors: &[Vendor::Cuda], doc: \"sm_90a only."));
 }
 
 #[test]

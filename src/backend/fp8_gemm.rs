@@ -183,31 +183,17 @@ pub(crate) fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usi
     (slots / ctas).min((k_tiles / 2).max(1)).max(1)
 }
 
-/// A CUDA sm_90 device whose stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`).
-fn loads_sm90a(s: &dyn GpuStream) -> bool {
-    s.vendor() == Vendor::Cuda
-        && s.arch() == "sm_90"
-        && match s.variant() {
-            CodeVariant::Auto => true,
-            CodeVariant::Cubin(a) => a == "sm_90a",
-            _ => false,
-        }
-}
-
-/// Whether the default plans use the sm_90a wgmma kernel on this stream: [`loads_sm90a`], unless
+/// Whether the default plans use the sm_90a wgmma kernel on this stream: [`super::loads_sm90a`], unless
 /// `DSV3_FP8_WGMMA=0` (on by default since its GPU tests passed on the H200: 1.2–2.6× the
 /// mma.sync BM-128 kernel).
 pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
-    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && loads_sm90a(s)
+    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && super::loads_sm90a(s)
 }
 
 /// Whether the v2 entry can run on this stream: it loads the sm_90a cubin and this build compiled
 /// one (elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
 pub fn wgmma2_available(s: &dyn GpuStream) -> bool {
-    let built = registry::MODULES
-        .iter()
-        .any(|m| m.family == WG2_FAMILY && m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some());
-    built && loads_sm90a(s)
+    super::sm90a_family_available(s, WG2_FAMILY)
 }
 
 /// Whether the default plans use the v2 entry: [`wgmma2_available`], unless `DSV3_FP8_WGMMA2=0`

@@ -37,6 +37,14 @@
 //! nearest even, saturating; bit-identical to the CPU's [`crate::ops::mla_fp8::quantize_row`]).
 //! The decode kernels dequantize each tile to bf16 (`bf16(e4m3 · s_g)`) in shared memory and run
 //! the same tensor-core code as the bf16 cache; q, out, lse, combine and metadata are unchanged.
+//!
+//! # sm_90a wgmma kernel
+//!
+//! `mla_decode_wgmma_bf16_*` (family `mla_decode_wgmma`, `kernels/mla_decode_wgmma.cuh`): the same
+//! contract with 64 query rows per CTA and warpgroup MMAs, for the bf16 cache. Built only as the
+//! sm_90a cubin; [`MlaDecodePlan::with_wgmma`] forces it on or off, [`MlaDecodePlan::with_default_kernel`]
+//! applies the default choice for a stream ([`mla_wgmma_enabled`]; `DSV3_MLA_WGMMA=0` turns it off).
+//! [`mla_decode`] refuses a wgmma plan where the kernel cannot run.
 
 use super::dispatch::{launch_by_name, KArg};
 use super::memory::DeviceTensor;
@@ -52,6 +60,13 @@ pub const DV: usize = 512;
 pub const PAGE: usize = 64;
 /// Header ints of the metadata buffer before the per-sequence prefix sums.
 const META_HDR: usize = 4;
+/// The sm_90a split kernel's family.
+const WGMMA_FAMILY: &str = "mla_decode_wgmma";
+/// Query rows per CTA of the wgmma kernel (one wgmma M of 64).
+pub const WGMMA_ROWS: usize = 64;
+/// Its dynamic shared memory (the kernel's mla_wg::SMEM): Q and two K tiles (64 × 576 bf16 each),
+/// P [64 × 64] bf16, the row maxima / sums [2][64] f32, and 1 KiB to align the base to 1024.
+const WGMMA_SMEM: usize = 3 * PAGE * DK * 2 + WGMMA_ROWS * PAGE * 2 + 2 * WGMMA_ROWS * 4 + 1024;
 /// Bytes of one token row of the fp8 cache (512 e4m3 + 4 f32 scales + 64 bf16).
 pub const FP8_ROW_BYTES: usize = crate::ops::mla_fp8::ROW_BYTES;
 
@@ -122,6 +137,18 @@ fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
+/// Whether the sm_90a wgmma split kernel can run on this stream: an sm_90 GPU loading the sm_90a
+/// cubin of family `mla_decode_wgmma`, which this build compiled (elsewhere its entry traps).
+pub fn mla_wgmma_available(s: &dyn GpuStream) -> bool {
+    super::sm90a_family_available(s, WGMMA_FAMILY)
+}
+
+/// Whether the default plans may use the wgmma kernel on this stream: [`mla_wgmma_available`],
+/// unless `DSV3_MLA_WGMMA=0`.
+pub fn mla_wgmma_enabled(s: &dyn GpuStream) -> bool {
+    std::env::var("DSV3_MLA_WGMMA").map(|v| v != "0").unwrap_or(true) && mla_wgmma_available(s)
+}
+
 /// Part groups of `mla_decode_combine` (32 threads each, group g summing parts g, g + G, ...):
 /// 8 where the plan cuts a sequence into at least 8 parts on average (small batches: the parts
 /// are read in parallel), else 1 (a few parts per sequence; many small blocks). Measured on the
@@ -158,6 +185,9 @@ pub struct MlaDecodePlan {
     pub sm_count: usize,
     /// The latent cache's element type (bf16 by default; [`Self::with_cache_dtype`]).
     pub cache: MlaCacheDtype,
+    /// The sm_90a wgmma kernel (`mla_decode_wgmma_bf16_*`: 64 rows per CTA, bf16 cache) instead of
+    /// the mma.sync kernels ([`Self::with_wgmma`], [`Self::with_default_kernel`]).
+    pub wgmma: bool,
 }
 
 impl MlaDecodePlan {
@@ -173,33 +203,58 @@ impl MlaDecodePlan {
             2 => 2,
             _ => 4,
         };
-        let row_blocks = rows.div_ceil(16 * mw);
-        let num_parts = (sm_count / row_blocks).max(1);
         let plan = MlaDecodePlan {
             max_batch,
             s_q,
             heads,
             mw,
-            row_blocks,
-            num_parts,
+            row_blocks: 0,
+            num_parts: 0,
             small_tiles: false,
             sm_count,
             cache: MlaCacheDtype::Bf16,
+            wgmma: false,
         };
         // Until measured, the page-tile kernel is the default; DSV3_MLA_SMALL_TILES=1 selects the
         // 32-key-tile kernel where it applies.
         let small = std::env::var("DSV3_MLA_SMALL_TILES").map(|v| v == "1").unwrap_or(false);
         Ok(plan.with_small_tiles(small))
     }
-    /// Selects the 32-key-tile kernel (two blocks per SM, twice the parts) when `on` and mw <= 2;
-    /// otherwise the page-tile kernel.
+    /// Selects the 32-key-tile kernel (two blocks per SM, twice the parts) when `on` and mw <= 2
+    /// (and not the wgmma kernel); otherwise the page-tile kernel.
     pub fn with_small_tiles(mut self, on: bool) -> Self {
-        self.small_tiles = on && self.mw <= 2;
+        self.small_tiles = on && self.mw <= 2 && !self.wgmma;
+        self.layout()
+    }
+    /// Forces the sm_90a wgmma kernel on or off (tests, benchmarks). On, it replaces the
+    /// mma.sync kernels whatever the row count (64-row blocks; the 32-key-tile choice is dropped).
+    /// [`mla_decode`] refuses it with an fp8 cache or where [`mla_wgmma_available`] is false.
+    pub fn with_wgmma(mut self, on: bool) -> Self {
+        self.wgmma = on;
+        if on {
+            self.small_tiles = false;
+        }
+        self.layout()
+    }
+    /// The default kernel for stream `s`: the wgmma kernel where [`mla_wgmma_enabled`], for the bf16
+    /// cache, with at least 32 query rows per sequence (s_q·H ≥ 32: there the mma.sync kernel is
+    /// bound by its ldmatrix / mma.sync rate, 45–75% of the copy bandwidth at 32–64 rows and
+    /// 243 TFLOPS at 128). Whether it also pays at s_q·H ≤ 16 (memory-bound; it pads 16 rows to
+    /// 64) must come from measurement; until then those keep the mma.sync kernel.
+    pub fn with_default_kernel(self, s: &dyn GpuStream) -> Self {
+        let pays = self.rows() >= 32 && self.cache == MlaCacheDtype::Bf16;
+        self.with_wgmma(pays && mla_wgmma_enabled(s))
+    }
+    /// Row blocks and parts for the chosen kernel: one block per SM (two for 32-key tiles).
+    fn layout(mut self) -> Self {
+        let rows_per_block = if self.wgmma { WGMMA_ROWS } else { 16 * self.mw };
+        self.row_blocks = self.rows().div_ceil(rows_per_block);
         let per_sm = if self.small_tiles { 2 } else { 1 };
         self.num_parts = (per_sm * self.sm_count / self.row_blocks).max(1);
         self
     }
-    /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change).
+    /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change;
+    /// the wgmma kernel reads bf16 caches only).
     pub fn with_cache_dtype(mut self, cache: MlaCacheDtype) -> Self {
         self.cache = cache;
         self
@@ -215,6 +270,9 @@ impl MlaDecodePlan {
     /// Dynamic shared memory of the split kernel (bytes): Q, the K tiles (bf16 cache: two bf16
     /// tiles; fp8 cache: one bf16 tile and one raw 656-byte-row tile), P and the reductions.
     pub fn smem_bytes(&self) -> u32 {
+        if self.wgmma {
+            return WGMMA_SMEM as u32;
+        }
         let bm = 16 * self.mw;
         let tile = self.tile_keys();
         let warps = self.threads() / 32;
@@ -229,7 +287,7 @@ impl MlaDecodePlan {
     }
     /// Keys per tile of the split kernel.
     pub fn tile_keys(&self) -> usize {
-        if self.small_tiles {
+        if self.small_tiles && !self.wgmma {
             32
         } else {
             PAGE
@@ -246,7 +304,9 @@ impl MlaDecodePlan {
     /// Registry name of the split kernel for output dtype `out` (and the plan's cache type).
     pub fn kernel_name(&self, out: DType) -> String {
         let c = self.cache.kernel_tag();
-        if self.small_tiles {
+        if self.wgmma {
+            format!("mla_decode_wgmma_{c}_{out}")
+        } else if self.small_tiles {
             format!("mla_decode_t32_{c}_{out}_m{}", self.mw)
         } else {
             format!("mla_decode_{c}_{out}_m{}", self.mw)
@@ -372,6 +432,12 @@ pub fn mla_decode(
     let to = out.dtype();
     if to != DType::Bf16 && to != DType::F32 {
         return Err(err("out must be bf16 or f32"));
+    }
+    if p.wgmma && p.cache != MlaCacheDtype::Bf16 {
+        return Err(err("the wgmma kernel reads the bf16 cache only (use a plan without with_wgmma for fp8_e4m3)"));
+    }
+    if p.wgmma && !mla_wgmma_available(s) {
+        return Err(err("the sm_90a wgmma kernel cannot run on this stream (it needs an sm_90 GPU loading this build's sm_90a cubin of mla_decode_wgmma)"));
     }
     let max_pages = bts[1];
     launch_by_name(
@@ -646,6 +712,22 @@ mod tests {
         let p = MlaDecodePlan::new(8, 1, 16, 132).unwrap().with_cache_dtype(fp8);
         assert_eq!(p.kernel_name(DType::F32), "mla_decode_fp8_f32_m1");
         assert_eq!(p.cache_row_bytes(), 656);
+    }
+
+    #[test]
+    fn wgmma_plans_take_64_row_blocks() {
+        for (h, s_q, blocks, parts) in [(128, 1, 2, 66), (128, 2, 4, 33), (16, 2, 1, 132), (64, 1, 1, 132), (20, 2, 1, 132), (72, 1, 2, 66)] {
+            let p = MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_wgmma(true);
+            assert_eq!((p.row_blocks, p.num_parts, p.threads(), p.tile_keys()), (blocks, parts, 256, 64), "h {h} s_q {s_q}");
+            assert_eq!((p.smem_bytes(), p.kernel_name(DType::F32).as_str()), (230_912, "mla_decode_wgmma_bf16_f32"));
+            assert!(p.smem_bytes() as usize <= smem_max(PAGE));
+            // Off again: the mma.sync plan it came from.
+            assert_eq!(p.with_wgmma(false), MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_small_tiles(false));
+        }
+        // Small tiles and wgmma exclude each other.
+        let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(true).with_wgmma(true);
+        assert!(p.wgmma && !p.small_tiles);
+        assert!(!p.with_small_tiles(true).small_tiles);
     }
 
     #[test]

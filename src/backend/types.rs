@@ -252,6 +252,9 @@ pub struct KernelInfo {
     pub params: &'static [(&'static str, &'static str)],
     pub args: &'static [ArgInfo],
     pub max_threads: u32,
+    /// The CUDA archs the kernel is built for (e.g. `["sm_90a"]` for wgmma kernels); empty: every
+    /// target of the build.
+    pub cuda_archs: &'static [&'static str],
     pub vendors: &'static [Vendor],
     pub doc: &'static str,
 }

@@ -164,6 +164,68 @@ DSV3_DEV u64 wgmma_desc_sw128(u32 addr) {
   return d;
 }
 
+// Descriptor of an MN-major operand (B with the transpose bit: 16-bit types only) with 128-byte
+// swizzle at `addr`: each 8-row group along K holds rows of 64 MN-contiguous elements (128 bytes,
+// chunk c of row r at c ^ (r & 7)); the next 8 K rows are 1024 bytes on (stride byte offset), the
+// next 64 MN elements `mn_atom_bytes` on (leading byte offset). A k step of 16 advances `addr` by
+// 2048 bytes (two 8-row groups). CUTLASS's canonical layout Swizzle<3,4,3> o ((8,8,m),(8,k)) :
+// ((1,8,LBO),(64,SBO)) in elements.
+DSV3_DEV u64 wgmma_desc_sw128_mn(u32 addr, u32 mn_atom_bytes) {
+  u64 d = (u64)((addr & 0x3ffffu) >> 4);
+  d |= (u64)((mn_atom_bytes >> 4) & 0x3fffu) << 16;  // leading byte offset: next 64 MN elements
+  d |= (u64)(1024 >> 4) << 32;                        // stride byte offset: next 8 K rows
+  d |= (u64)1 << 62;                                  // 128-byte swizzle
+  return d;
+}
+
+// d = a · b (ACC false) or d += a · b (ACC true), bf16 inputs, f32 accumulators (the
+// warpgroup's fragments: thread t of warp w holds rows 16w + t/4 and + 8, columns 8j + 2(t%4) +
+// {0, 1} in d[4j .. 4j + 3]): a 64×16 K-major (descriptor da), b N×16 K-major (TRANS_B false)
+// or MN-major (TRANS_B true, descriptor from wgmma_desc_sw128_mn).
+template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n32k16_bf16(float (&d)[16], u64 da, u64 db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
+      "}, %16, %17, p, 1, 1, 0, %19;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "n"(ACC ? 1 : 0), "n"(TRANS_B ? 1 : 0));
+}
+template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n256k16_bf16(float (&d)[128], u64 da, u64 db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+      "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "
+      "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "
+      "%59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, "
+      "%78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, "
+      "%97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, "
+      "%113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, %131;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
+        "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
+        "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
+        "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+        "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
+        "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
+        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
+        "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),
+        "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),
+        "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),
+        "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),
+        "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),
+        "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]),
+        "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]),
+        "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]),
+        "+f"(d[127])
+      : "l"(da), "l"(db), "n"(ACC ? 1 : 0), "n"(TRANS_B ? 1 : 0));
+}
+
 // d = a · b (ACC false) or d += a · b (ACC true): a 64×32 e4m3 (K-major, descriptor da), b
 // 128×32 e4m3 (K-major, db), d 64×128 f32 (the warpgroup's fragments).
 template <bool ACC> DSV3_DEV void wgmma_m64n128k32_e4m3(float (&d)[64], u64 da, u64 db) {

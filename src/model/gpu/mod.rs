@@ -494,7 +494,8 @@ impl GpuModel {
             return None;
         }
         let sms = self.sm_count?;
-        MlaDecodePlan::new(batch, s_q, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache))
+        // The sm_90a wgmma kernel where it runs and pays (bf16 cache, s_q·H ≥ 32; DSV3_MLA_WGMMA=0: off).
+        MlaDecodePlan::new(batch, s_q, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref()))
     }
 
     /// Prefill and mixed steps: one split-KV MLA launch per sequence (its new tokens as the query
