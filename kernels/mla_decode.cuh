@@ -626,30 +626,36 @@ DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRIC
   if (i < DK - DV) reinterpret_cast<bf16*>(row + F8_ROPE)[i] = f32_to_bf16(to_float(x[DV + i]));
 }
 
-// Merges the split partials of each (sequence, row); grid (B, s_q·H), block 32·G threads.
-// Sequences written directly by the split kernel are left alone; empty ones get zeros and
-// lse = -inf. Thread t owns columns 4·(t % 32) + 128·i (i < 4) of part group g = t / 32, which
-// sums parts pf + g, pf + g + G, ... (independent loads in flight); the G group sums are then
+// Merges the split partials of each (sequence, row); grid (B, s_q·H, 512 / COLS), block 32·G
+// threads. Sequences written directly by the split kernel are left alone; empty ones get zeros
+// and lse = -inf. Block z owns output columns [z·COLS, (z + 1)·COLS); thread t owns columns
+// 4·(t % 32) + 128·i (i < NI) of them for part group g = t / 32, which sums parts pf + g,
+// pf + g + G, ... (independent loads in flight, the loop unrolled); the G group sums are then
 // added in group order through shared memory (deterministic). G = 8 for small batches, whose
-// sequences are cut into many parts (the host picks it when there are ≥ 8 parts per sequence);
-// G = 1 otherwise (a few parts per sequence, many (sequence, row) blocks).
+// sequences are cut into many parts (the host picks it when there are ≥ 8 parts per sequence):
+// there the row is also cut into 4 column blocks (COLS = 128), so that a batch of one sequence
+// still spreads its partials' reads over 64+ blocks. G = 1 otherwise (a few parts per sequence,
+// many (sequence, row) blocks, whole rows).
 template <class TO, u32 G>
 DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
                                  const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
                                  u32 rows_total) {
   using namespace mla;
   constexpr u32 THREADS = 32 * G;
-  __shared__ float group_acc[G][DV];
+  constexpr u32 NI = G == 1 ? 4 : 1;  // 128-column slices per thread
+  constexpr u32 COLS = 128 * NI;
+  __shared__ float group_acc[G][COLS];
   __shared__ float group_sum[G];
   __shared__ float scratch[32];
-  const u32 b = blockIdx.x, row = blockIdx.y;
-  if (b >= batch || row >= rows_total || nthreads() != THREADS) return;
+  const u32 b = blockIdx.x, row = blockIdx.y, cbase = blockIdx.z * COLS;
+  if (b >= batch || row >= rows_total || cbase >= DV || nthreads() != THREADS) return;
+  const bool lse_writer = blockIdx.z == 0 && tid() == 0;
   const u32 T = (u32)meta[1];
   const u32 cb0 = (u32)meta[META_HDR + b], cb1 = (u32)meta[META_HDR + b + 1];
-  TO* o = out + ((u64)b * rows_total + row) * DV;
+  TO* o = out + ((u64)b * rows_total + row) * DV + cbase;
   if (cb1 == cb0) {
-    for (u32 c = tid(); c < DV; c += nthreads()) o[c] = from_float<TO>(0.0f);
-    if (tid() == 0) lse[(u64)b * rows_total + row] = -f32_inf();
+    for (u32 c = tid(); c < COLS; c += nthreads()) o[c] = from_float<TO>(0.0f);
+    if (lse_writer) lse[(u64)b * rows_total + row] = -f32_inf();
     return;
   }
   const u32 pf = cb0 / T, pl = (cb1 - 1) / T;
@@ -661,25 +667,25 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   for (u32 p = pf + tid(); p <= pl; p += THREADS) m = fmaxf(m, lse_ws[(u64)slot_of(p) * rows_total + row]);
   const float M = block_max(m, scratch);
   const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
-  float sum = 0.0f, acc[4][4] = {};
+  float sum = 0.0f, acc[NI][4] = {};
+#pragma unroll 4
   for (u32 p = pf + g; p <= pl; p += G) {
     const u64 slot = slot_of(p);
     const float li = lse_ws[slot * rows_total + row];
-    const float* src = o_ws + (slot * rows_total + row) * DV + c0;
-    float x[4][4];
+    const float* src = o_ws + (slot * rows_total + row) * DV + cbase + c0;
+    float x[NI][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) load_f32<float, 4>(src + 128 * i, x[i]);
+    for (u32 i = 0; i < NI; ++i) load_f32<float, 4>(src + 128 * i, x[i]);
     const float w = M == -f32_inf() ? 0.0f : fexp(li - M);
     sum += w;
-    if (w > 0.0f) {
+    // A part that saw no key (w = 0) may hold 0/0: select, never multiply it in.
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+    for (u32 i = 0; i < NI; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += w * x[i][j];
-    }
+      for (int j = 0; j < 4; ++j) acc[i][j] += w > 0.0f ? w * x[i][j] : 0.0f;
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (u32 i = 0; i < NI; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) group_acc[g][c0 + 128 * i + j] = acc[i][j];
   if (tid() % 32 == 0) group_sum[g] = sum;
@@ -688,13 +694,13 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
 #pragma unroll
   for (u32 k = 0; k < G; ++k) total += group_sum[k];
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-  for (u32 c = tid(); c < DV; c += THREADS) {
+  for (u32 c = tid(); c < COLS; c += THREADS) {
     float v = 0.0f;
 #pragma unroll
     for (u32 k = 0; k < G; ++k) v += group_acc[k][c];
     o[c] = from_float<TO>(v * inv);
   }
-  if (tid() == 0) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(total);
+  if (lse_writer) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(total);
 }
 
 }  // namespace dsv3

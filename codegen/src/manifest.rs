@@ -817,7 +817,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "Merges split partials; grid (B, s_q*H), block 32*G (G groups of 32 threads over the parts).",
+                doc: "Merges split partials; grid (B, s_q*H, 4 if G = 8 else 1: column blocks), block 32*G (G groups of 32 threads over the parts).",
             },
             // FP8 e4m3 latent cache (FlashMLA layout: 656-byte rows = 512 e4m3fn | 4 f32 group
             // scales | 64 bf16 rope): the same split kernels with the cache row type e4m3fn, and

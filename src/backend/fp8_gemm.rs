@@ -395,6 +395,20 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     launch_raw(s, &name, cfg, &mut vals)
 }
 
+/// How many 2-CTA clusters of the v2 pair entry run at once on this stream's device (the
+/// occupancy API's answer; `DSV3_FP8_PAIR_CLUSTERS=N` caps it, for tuning): the persistent grid.
+pub fn pair_clusters(s: &dyn GpuStream, f8: DType) -> Result<usize> {
+    let name = Fp8Tile::Wg2Pair.kernel_name(f8);
+    let k = registry::kernel(&name).ok_or_else(|| bad(format!("fp8_gemm: {name} is not in the kernel registry")))?;
+    let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(2);
+    let fit = s.max_active_clusters(k, &cfg)?;
+    let cap = std::env::var("DSV3_FP8_PAIR_CLUSTERS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
+    match fit.min(cap) {
+        0 => Err(bad(format!("fp8_gemm: no cluster of 2 CTAs of {name} fits on this device"))),
+        n => Ok(n),
+    }
+}
+
 /// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 bytes × 128 rows, or 64 rows in
 /// pairs: each CTA of a pair loads half of the shared tile) and, unless rows are gathered, of a
 /// ([rows, K]); one persistent CTA per SM (at most one per tile), or as many 2-CTA clusters as fit
@@ -424,15 +438,7 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
     };
     let units = o.m_tiles.div_ceil(cluster as usize) * o.n.div_ceil(128);
     let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(cluster);
-    let resident = if cluster == 1 {
-        s.sm_count().unwrap_or(DEFAULT_SMS)
-    } else {
-        let k = registry::kernel(&name).ok_or_else(|| bad(format!("fp8_gemm: {name} is not in the kernel registry")))?;
-        s.max_active_clusters(k, &cfg)?
-    };
-    if resident == 0 {
-        return Err(bad(format!("fp8_gemm: no cluster of {cluster} CTAs of {name} fits on this device")));
-    }
+    let resident = if cluster == 1 { s.sm_count().unwrap_or(DEFAULT_SMS) } else { pair_clusters(s, f8)? };
     let grid = units.min(resident) * cluster as usize;
     let cfg = LaunchCfg { grid: (u32_of(grid, "CTAs")?, 1, 1), ..cfg };
     let mut args = [

@@ -157,6 +157,12 @@ fn combine_groups(num_parts: usize, batch: usize) -> u32 {
     if num_parts >= 8 * batch { 8 } else { 1 }
 }
 
+/// Column blocks (grid.z) of `mla_decode_combine`: the 8-group kernel takes 128 of the 512 output
+/// columns per block (4 blocks per row), the 1-group kernel whole rows (kernels/mla_decode.cuh).
+fn combine_column_blocks(num_parts: usize, batch: usize) -> u32 {
+    if combine_groups(num_parts, batch) == 8 { 4 } else { 1 }
+}
+
 /// Dynamic shared memory a split-kernel block may use (the kernel's mla_smem_max): 227 KiB of an
 /// H100 / H200 SM for the page-tile kernel (one block per SM), half of the SM's 228 KiB less the
 /// 1 KiB each block reserves for the 32-key-tile kernel (two per SM).
@@ -472,7 +478,7 @@ pub fn mla_decode(
     launch_by_name(
         s,
         &format!("mla_decode_combine_{to}_g{}", combine_groups(p.num_parts, b)),
-        LaunchCfg::new((b as u32, p.rows() as u32, 1), (32 * combine_groups(p.num_parts, b), 1, 1), 0),
+        LaunchCfg::new((b as u32, p.rows() as u32, combine_column_blocks(p.num_parts, b)), (32 * combine_groups(p.num_parts, b), 1, 1), 0),
         &[
             KArg::Out(out),
             KArg::Out(lse),
