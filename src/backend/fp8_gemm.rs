@@ -396,14 +396,18 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
 }
 
 /// How many 2-CTA clusters of the v2 pair entry run at once on this stream's device (the
-/// occupancy API's answer; `DSV3_FP8_PAIR_CLUSTERS=N` caps it, for tuning): the persistent grid.
+/// occupancy API's answer; `DSV3_FP8_PAIR_CLUSTERS=N` replaces it, for tuning): the persistent
+/// grid.
 pub fn pair_clusters(s: &dyn GpuStream, f8: DType) -> Result<usize> {
     let name = Fp8Tile::Wg2Pair.kernel_name(f8);
     let k = registry::kernel(&name).ok_or_else(|| bad(format!("fp8_gemm: {name} is not in the kernel registry")))?;
     let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(2);
-    let fit = s.max_active_clusters(k, &cfg)?;
-    let cap = std::env::var("DSV3_FP8_PAIR_CLUSTERS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
-    match fit.min(cap) {
+    let given = std::env::var("DSV3_FP8_PAIR_CLUSTERS").ok().and_then(|v| v.parse::<usize>().ok());
+    let fit = match given {
+        Some(n) => n,
+        None => s.max_active_clusters(k, &cfg)?,
+    };
+    match fit {
         0 => Err(bad(format!("fp8_gemm: no cluster of 2 CTAs of {name} fits on this device"))),
         n => Ok(n),
     }
