@@ -112,7 +112,7 @@ pub fn emit_registry(families: &[Family], instances: &[Instance], art: &Artifact
             .collect();
         let _ = writeln!(
             s,
-            "    KernelInfo {{ family: {:?}, module: {module}, name: {:?}, symbol: {:?}, params: &[{}], args: &[{}], max_threads: {}, vendors: &[{}], doc: {:?} }},",
+            "    KernelInfo {{ family: {:?}, module: {module}, name: {:?}, symbol: {:?}, params: &[{}], args: &[{}], max_threads: {}, vendors: &[{}], cuda_archs: &{:?}, doc: {:?} }},",
             inst.family,
             inst.name,
             inst.symbol,
@@ -120,6 +120,7 @@ pub fn emit_registry(families: &[Family], instances: &[Instance], art: &Artifact
             args.join(", "),
             inst.spec.max_threads,
             vendors.join(", "),
+            inst.spec.archs.cuda.unwrap_or(&[]),
             inst.spec.doc
         );
     }

@@ -33,12 +33,10 @@ use std::ffi::c_void;
 /// Streaming multiprocessors assumed when sizing split-K (H200: 132).
 pub const DEFAULT_SMS: usize = 132;
 
-/// Kernel family of the v2 entry (kernels/fp8_gemm_wgmma2.cuh).
-const WG2_FAMILY: &str = "fp8_gemm_wgmma2";
-/// Dynamic shared memory of the v2 entry (`Wg2Smem::BYTES`): 5 stages of A + B boxes, 2 × 64
-/// staged output rows of 272 bytes, 5 × 128 scales, the 128-row gather table, 10 mbarriers, 1 KB
-/// to align the base.
-const WG2_SMEM: u32 = 5 * 32768 + 2 * 64 * 272 + 5 * 512 + 512 + 80 + 1024;
+/// Dynamic shared memory of the v2 entries (`Wg2Smem::BYTES`, FP8 and INT8): 5 stages of A + B
+/// boxes, 2 × 64 staged output rows of 272 bytes, 5 × 128 scales, the 128-row gather table, 10
+/// mbarriers, 1 KB to align the base.
+pub(super) const WG2_SMEM: u32 = 5 * 32768 + 2 * 64 * 272 + 5 * 512 + 512 + 80 + 1024;
 
 pub(super) fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -166,31 +164,17 @@ pub(crate) fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usi
     (slots / ctas).min((k_tiles / 2).max(1)).max(1)
 }
 
-/// A CUDA sm_90 device whose stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`).
-fn loads_sm90a(s: &dyn GpuStream) -> bool {
-    s.vendor() == Vendor::Cuda
-        && s.arch() == "sm_90"
-        && match s.variant() {
-            CodeVariant::Auto => true,
-            CodeVariant::Cubin(a) => a == "sm_90a",
-            _ => false,
-        }
-}
-
-/// Whether the default plans use the sm_90a wgmma kernel on this stream: [`loads_sm90a`], unless
-/// `DSV3_FP8_WGMMA=0` (on by default since its GPU tests passed on the H200: 1.2–2.6× the
-/// mma.sync BM-128 kernel).
+/// Whether the default plans use the sm_90a wgmma kernel on this stream: it loads the sm_90a
+/// cubin ([`registry::loads_cubin`]), unless `DSV3_FP8_WGMMA=0` (on by default since its GPU tests
+/// passed on the H200: 1.2–2.6× the mma.sync BM-128 kernel).
 pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
-    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && loads_sm90a(s)
+    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && registry::loads_cubin(s, "sm_90a")
 }
 
 /// Whether the v2 entry can run on this stream: it loads the sm_90a cubin and this build compiled
-/// one (elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
+/// one ([`registry::runs_on`]; elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
 pub fn wgmma2_available(s: &dyn GpuStream) -> bool {
-    let built = registry::MODULES
-        .iter()
-        .any(|m| m.family == WG2_FAMILY && m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some());
-    built && loads_sm90a(s)
+    registry::kernel(&Fp8Tile::Wg2.kernel_name(DType::E4m3fn)).is_some_and(|k| registry::runs_on(s, k))
 }
 
 /// Whether the default plans use the v2 entry: [`wgmma2_available`], unless `DSV3_FP8_WGMMA2=0`
@@ -323,24 +307,25 @@ impl GroupedRows<'_> {
     }
 }
 
-struct Operands {
-    out: u64,
-    a: u64,
-    a_scales: u64,
-    b: u64,
-    b_scale: u64,
-    row_ids: u64,
-    tile_expert: u64,
-    num_tiles: u64,
-    m: usize,
-    n: usize,
-    k: usize,
-    a_row_div: usize,
-    m_tiles: usize,
-    ws_rows: usize,
+/// The operands of one block-scaled GEMM launch (FP8 or INT8; raw addresses, 0 = null).
+pub(super) struct Operands {
+    pub(super) out: u64,
+    pub(super) a: u64,
+    pub(super) a_scales: u64,
+    pub(super) b: u64,
+    pub(super) b_scale: u64,
+    pub(super) row_ids: u64,
+    pub(super) tile_expert: u64,
+    pub(super) num_tiles: u64,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) a_row_div: usize,
+    pub(super) m_tiles: usize,
+    pub(super) ws_rows: usize,
     /// Rows of `a` when it is read without a gather (v2's TMA map), and experts of `b`.
-    a_rows: usize,
-    experts: usize,
+    pub(super) a_rows: usize,
+    pub(super) experts: usize,
 }
 
 fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Plan, o: Operands) -> Result<()> {
@@ -352,7 +337,10 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
         return Ok(());
     }
     if plan.tile == Fp8Tile::Wg2 {
-        return launch_wg2(s, f8, plan, &o);
+        if f8 != DType::E4m3fn {
+            return Err(bad(format!("fp8_gemm: the wgmma2 tile takes e4m3fn ({f8} given)")));
+        }
+        return launch_wg2(s, &Fp8Tile::Wg2.kernel_name(f8), plan.splits, &o);
     }
     let k_tiles = o.k.div_ceil(128);
     let splits = plan.splits.clamp(1, k_tiles);
@@ -392,19 +380,18 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     launch_raw(s, &name, cfg, &mut vals)
 }
 
-/// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 rows × 128 bytes) and, unless rows
-/// are gathered, of a ([rows, K]); one persistent CTA per SM (at most one per tile).
-fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Result<()> {
-    if f8 != DType::E4m3fn || plan.splits != 1 {
-        return Err(bad(format!("fp8_gemm: the wgmma2 tile takes e4m3fn without split-K ({f8}, {} splits given)", plan.splits)));
+/// A v2 entry `name` (FP8 or INT8: 1-byte operands, kernels/fp8_gemm_wgmma2.cuh's pipeline): TMA
+/// descriptors of b ([E, N, K], boxes of 128 rows × 128 bytes) and, unless rows are gathered, of
+/// a ([rows, K]); one persistent CTA per SM (at most one per tile). No split-K; refused with
+/// [`Error::KernelUnavailable`] where the stream does not load the entry's sm_90a cubin.
+pub(super) fn launch_wg2(s: &dyn GpuStream, name: &str, splits: usize, o: &Operands) -> Result<()> {
+    let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    if splits != 1 {
+        return Err(bad(format!("{name}: the wgmma2 tile has no split-K ({splits} splits given)")));
     }
-    if !wgmma2_available(s) {
-        return Err(bad(format!(
-            "fp8_gemm: the wgmma2 tile needs the sm_90a cubin on an sm_90 device (this stream: {} {}, {})",
-            s.vendor(),
-            s.arch(),
-            s.variant()
-        )));
+    if !registry::runs_on(s, k) {
+        let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
+        return Err(Error::KernelUnavailable { kernel: k.name, targets: k.cuda_archs.join(" / "), stream });
     }
     let (k, n) = (o.k as u64, o.n as u64);
     let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
@@ -431,7 +418,7 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
         RawArg::Word(u32_of(o.k, "k")? as u64),
         RawArg::Word(u32_of(o.a_row_div.max(1), "a_row_div")? as u64),
     ];
-    launch_args(s, &Fp8Tile::Wg2.kernel_name(f8), cfg, &mut args)
+    launch_args(s, name, cfg, &mut args)
 }
 
 fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<(usize, usize, usize)> {

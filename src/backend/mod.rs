@@ -133,12 +133,16 @@ mod tests {
             assert!(fams.contains(f), "family {f} missing");
         }
         for k in registry::KERNELS {
-            // fp8_gemm_wgmma2 is sm_90a code only (TMA, wgmma, setmaxnreg): no HIP entry.
-            let hip = k.family != "fp8_gemm_wgmma2";
+            // Kernels the manifest restricts to CUDA targets (sm_90a: TMA, wgmma, setmaxnreg) have
+            // no HIP entry; every other kernel has both.
+            let hip = k.cuda_archs.is_empty();
             assert!(k.vendors.contains(&Vendor::Cuda) && k.vendors.contains(&Vendor::Hip) == hip, "{}", k.name);
             assert_eq!(registry::MODULES[k.module].family, k.family);
             assert!(k.symbol.starts_with("dsv3_"));
         }
         assert_eq!(registry::KERNELS[registry::index::RMS_NORM_BF16].name, "rms_norm_bf16");
+        for name in ["fp8_gemm_wgmma2_e4m3fn", "int8_gemm_wgmma2_block", "int8_gemm_wgmma2_channel"] {
+            assert_eq!(registry::kernel(name).map(|k| k.cuda_archs), Some(&["sm_90a"][..]), "{name}");
+        }
     }
 }

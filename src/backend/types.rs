@@ -246,6 +246,10 @@ pub struct KernelInfo {
     pub args: &'static [ArgInfo],
     pub max_threads: u32,
     pub vendors: &'static [Vendor],
+    /// The CUDA targets the manifest restricts this kernel to (empty: every target of the build).
+    /// A list means architecture-specific code (sm_90a: TMA, wgmma) whose entry only traps in the
+    /// other variants; see [`super::registry::runs_on`].
+    pub cuda_archs: &'static [&'static str],
     pub doc: &'static str,
 }
 
