@@ -385,13 +385,16 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
 /// a ([rows, K]); one persistent CTA per SM (at most one per tile). No split-K; refused with
 /// [`Error::KernelUnavailable`] where the stream does not load the entry's sm_90a cubin.
 pub(super) fn launch_wg2(s: &dyn GpuStream, name: &str, splits: usize, o: &Operands) -> Result<()> {
-    let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if splits != 1 {
         return Err(bad(format!("{name}: the wgmma2 tile has no split-K ({splits} splits given)")));
     }
-    if !registry::runs_on(s, k) {
+    if !registry::runs_on(s, kernel) {
         let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
-        return Err(Error::KernelUnavailable { kernel: k.name, targets: k.cuda_archs.join(" / "), stream });
+        return Err(Error::KernelUnavailable { kernel: kernel.name, targets: kernel.cuda_archs.join(" / "), stream });
+    }
+    if o.m_tiles == 0 || o.n == 0 || o.k == 0 {
+        return Ok(());
     }
     let (k, n) = (o.k as u64, o.n as u64);
     let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
