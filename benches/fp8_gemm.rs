@@ -146,7 +146,7 @@ fn main() {
     if !wg2_ok {
         println!("wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no wg2 rows");
     } else {
-        println!("wgmma2 pairs: {:?} clusters of 2 CTAs resident", fg::pair_clusters(&s, DType::E4m3fn));
+        println!("wgmma2 pairs: {:?} clusters of 2 CTAs resident", fg::pair_clusters(&s, &Fp8Tile::Wg2Pair.kernel_name(DType::E4m3fn)));
     }
     let passes: Vec<usize> = [(0, true), (1, on("DSV3_FP8_BENCH_WGMMA")), (2, on("DSV3_FP8_BENCH_WGMMA2") && wg2_ok)]
         .into_iter()

@@ -3,19 +3,26 @@
 //! Prints ONE table (same columns and timing as benches/fp8_gemm.rs):
 //! - `i8blk` / `i8ch` rows: dense INT8 on the DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536,
 //!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096} with the
-//!   default plan (the weight-streaming kernel `st8` / `st64` for M ≤ 64): plan (tile/split), µs,
-//!   TOPS (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device copy measured in the
-//!   same process; `-mma` rows: the tiled kernel the plan took before (BM 16 / 64) at M ≤ 64, `-st`
-//!   rows: the streaming kernel (two 64-row tiles) at M = 128, for the comparison;
+//!   default plan (the weight-streaming kernel `st8` / `st64` for M ≤ 64; above, BM 128, which an
+//!   sm_90a stream runs on the wgmma v2 tile `wg2`): plan (tile/split), µs, TOPS (2·M·N·K), weight
+//!   GB/s (N·K bytes / time) and its ratio to the device copy measured in the same process; `-mma`
+//!   rows: the tiled mma.sync kernel the plan took before (BM 16 / 64 at M ≤ 64, BM 128 with its
+//!   split where the default is `wg2`), `-st` rows: the streaming kernel (two 64-row tiles) at
+//!   M = 128, for the comparison;
 //! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
 //!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming) and `awq-mma` the tiled
 //!   kernel the plan took before;
-//! - `moe-i8` / `moe-awq` rows: one EP-8 MoE shard (32 experts, inter 2048, hidden 7168, top-8;
-//!   ids uniform and distinct per token among the 32) at 1, 16, 64, 128, 4096 tokens: align +
-//!   (INT8: quant of x) + grouped gate_up + SiLU·mul (INT8: fused with the quant) + grouped down;
-//!   the combine is not timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s
-//!   = weight bytes of the experts hit / time. `moe-i8` / `moe-awq` take the default plan (the
-//!   streaming kernel up to 64 rows per expert), `-mma` the tiled kernel the plan took before.
+//! - `moe-i8` / `moe-awq` rows: one MoE layer of the TP-8 shard (256 experts, inter 256) and of
+//!   the EP-8 shard (32 experts, inter 2048), hidden 7168, top-8 (ids uniform and distinct per
+//!   token among the shard's experts), at 1, 16, 64, 128, 4096 tokens: align, (INT8: quant of x,)
+//!   grouped gate_up, SiLU·mul (INT8: fused with the quant), grouped down; the combine is not
+//!   timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s = weight bytes of
+//!   the experts hit / time. `moe-i8` (block INT8) / `moe-awq` take the default plan (the
+//!   streaming kernel up to 64 rows per expert; BM 128 above, `wg2` on sm_90a), `-mma` the tiled
+//!   mma.sync kernel where the default is another;
+//! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
+//!   them): `i8blk-wg2` / `i8ch-wg2` dense at M = 4096 on the six shapes, `moe-i8-wg2` /
+//!   `moe-i8ch-wg2` (block / channel INT8) on both shards at 4096 tokens.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 batches after 5 warm-ups. Dense weights smaller than 256 MiB are replicated and the
@@ -31,9 +38,10 @@
 #[path = "common/gpu.rs"]
 mod common;
 use common::{copy_gbs, moe_ids, stream, time_us, Rng};
+use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
-use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile, SplitKWorkspace};
+use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile, SplitKWorkspace, TileAlignment};
 use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
 
@@ -96,7 +104,7 @@ fn row(
 ) {
     let gbs = bytes / (us * 1e3);
     println!(
-        "{:<10} {:<22} {:>6} {:>12} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
+        "{:<12} {:<22} {:>6} {:>12} {:>10.2} {:>10.1} {:>10.0} {:>8.2}",
         kind,
         shape,
         m,
@@ -108,17 +116,32 @@ fn row(
     );
 }
 
-/// The dense rows of one shape: the default plan (`kind`), and the kernel the other side of the
-/// streaming threshold for the comparison (`{kind}-mma` / `{kind}-st`).
-fn dense_plans(kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
+/// `plan` as the default INT8 plans adapt it to the stream (BM 128 → wgmma v2 on sm_90a); AWQ's
+/// as it is.
+fn for_stream(s: &dyn GpuStream, kernel: QuantKernel, plan: QuantPlan) -> QuantPlan {
+    match kernel {
+        QuantKernel::Int8 => qg::int8_plan_for_stream(s, plan),
+        QuantKernel::Awq => plan,
+    }
+}
+
+/// The dense rows of one shape: the default plan (`kind`), and for the comparison the kernel the
+/// other side of the streaming threshold (`{kind}-mma` / `{kind}-st`) or the mma.sync kernel where
+/// the default is the v2 tile (`{kind}-mma`).
+fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
     let plan = |tile| qg::plan_quant_tile(kernel, tile, m, n, k, qg::DEFAULT_SMS);
-    let mut v = vec![(kind.to_string(), plan(QuantTile::for_rows(m)))];
+    let raw = plan(QuantTile::for_rows(m));
+    let default = for_stream(s, kernel, raw);
+    let mut v = vec![(kind.to_string(), default)];
     let other = match m {
-        0..=64 => Some(("mma", QuantTile::tiled_for_rows(m))),
-        65..=128 => Some(("st", QuantTile::Stream(StreamTile::T64))),
+        0..=64 => Some(("mma", plan(QuantTile::tiled_for_rows(m)))),
+        65..=128 => Some(("st", plan(QuantTile::Stream(StreamTile::T64)))),
         _ => None,
     };
-    v.extend(other.map(|(tag, tile)| (format!("{kind}-{tag}"), plan(tile))));
+    v.extend(other.map(|(tag, p)| (format!("{kind}-{tag}"), p)));
+    if default != raw {
+        v.push((format!("{kind}-mma"), raw));
+    }
     v
 }
 
@@ -145,76 +168,106 @@ fn awq_bytes(n: usize, k: usize) -> usize {
     n * k / 2 + n * k / 64 + n * k / 256
 }
 
+/// INT8 expert weights of one MoE shard: w13 [E, 2I, H], w2 [E, H, I] and their scales.
+struct Int8Experts {
+    scheme: Int8Scheme,
+    w13: DeviceTensor,
+    w13s: DeviceTensor,
+    w2: DeviceTensor,
+    w2s: DeviceTensor,
+}
+
+fn int8_experts(s: &dyn GpuStream, scheme: Int8Scheme, e: usize, inter: usize, seed: u64) -> Int8Experts {
+    Int8Experts {
+        scheme,
+        w13: random_bytes(s, DType::I8, &[e, 2 * inter, HIDDEN], seed),
+        w13s: random_f(s, DType::F32, &[e * scheme.w_scales_len(2 * inter, HIDDEN)], 1e-4, 3e-4, seed + 1),
+        w2: random_bytes(s, DType::I8, &[e, HIDDEN, inter], seed + 2),
+        w2s: random_f(s, DType::F32, &[e * scheme.w_scales_len(HIDDEN, inter)], 1e-4, 3e-4, seed + 3),
+    }
+}
+
+/// The MoE plans of `tile` for `p` pairs over `e` experts: (gate_up, down, max M tiles).
+fn moe_plans(kernel: QuantKernel, tile: QuantTile, p: usize, e: usize, inter: usize) -> (QuantPlan, QuantPlan, usize) {
+    let (gu, max_tiles) = qg::plan_grouped_tile(kernel, tile, p, e, 2 * inter, HIDDEN, qg::DEFAULT_SMS);
+    let (dn, _) = qg::plan_grouped_tile(kernel, tile, p, e, HIDDEN, inter, qg::DEFAULT_SMS);
+    (gu, dn, max_tiles)
+}
+
+/// µs of one INT8 MoE layer's timed steps (align, quant of x, gate_up, SiLU·mul + quant, down).
+fn time_int8_moe(s: &CudaStream, ws: &mut SplitKWorkspace, w: &Int8Experts, dids: &DeviceTensor, x: &DeviceTensor, e: usize, inter: usize, plans: (QuantPlan, QuantPlan, usize)) -> f64 {
+    let (gu, dn, max_tiles) = plans;
+    let (scheme, t, bm) = (w.scheme, x.shape()[0], gu.tile.bm());
+    let rows = max_tiles * bm;
+    let gate_up = DeviceTensor::empty(s, DType::Bf16, &[rows, 2 * inter]).unwrap();
+    let y = DeviceTensor::empty(s, DType::Bf16, &[rows, HIDDEN]).unwrap();
+    let xq = DeviceTensor::empty(s, DType::I8, &[t, HIDDEN]).unwrap();
+    let xs = DeviceTensor::empty(s, DType::F32, &[scheme.a_scales_len(t, HIDDEN)]).unwrap();
+    let hq = DeviceTensor::empty(s, DType::I8, &[rows, inter]).unwrap();
+    let hs = DeviceTensor::empty(s, DType::F32, &[scheme.a_scales_len(rows, inter)]).unwrap();
+    time_us(s, |_| {
+        let al: TileAlignment = qg::moe_align_tiles(s, dids, e, bm).unwrap();
+        qg::int8_act_quant(s, scheme, &xq, &xs, x).unwrap();
+        qg::int8_grouped_gemm(s, ws, scheme, gu, &gate_up, &xq, &xs, &w.w13, &w.w13s, &al.rows(true, TOPK)).unwrap();
+        qg::int8_silu_mul_quant(s, scheme, &hq, &hs, &gate_up).unwrap();
+        qg::int8_grouped_gemm(s, ws, scheme, dn, &y, &hq, &hs, &w.w2, &w.w2s, &al.rows(false, 1)).unwrap();
+    })
+}
+
+/// The MoE shards: (label, experts, intermediate).
+const SHARDS: [(&str, usize, usize); 2] = [("TP8 E256 I256", 256, 256), ("EP8 E32 I2048", 32, 2048)];
+
+/// Dense INT8 rows of `scheme` on the six shapes at each of `ms`, with the plans `plans(m, n, k)`
+/// gives (kind, plan).
+fn dense_int8(s: &CudaStream, ws: &mut SplitKWorkspace, copy: f64, scheme: Int8Scheme, ms: &[usize], plans: &dyn Fn(usize, usize, usize) -> Vec<(String, QuantPlan)>) {
+    for (n, k) in SHAPES {
+        let nc = copies_for(n * k);
+        let w: Vec<(DeviceTensor, DeviceTensor)> = (0..nc)
+            .map(|c| (random_bytes(s, DType::I8, &[n, k], 100 + c as u64), random_f(s, DType::F32, &[scheme.w_scales_len(n, k)], 1e-4, 3e-4, 200 + c as u64)))
+            .collect();
+        for &m in ms {
+            let a = random_bytes(s, DType::I8, &[m, k], 7);
+            let asc = random_f(s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
+            let out = DeviceTensor::empty(s, DType::Bf16, &[m, n]).unwrap();
+            for (kind, plan) in plans(m, n, k) {
+                let us = time_us(s, |i| {
+                    let (b, bs) = &w[i % nc];
+                    qg::int8_gemm_with(s, ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
+                });
+                row(&kind, &format!("{n}x{k}"), m, format!("{}/s{}", plan.tile.label(), plan.splits), us, 2.0 * (m * n * k) as f64, (n * k) as f64, copy);
+            }
+        }
+    }
+}
+
+fn scheme_kind(scheme: Int8Scheme) -> &'static str {
+    match scheme {
+        Int8Scheme::Block => "i8blk",
+        Int8Scheme::Channel => "i8ch",
+    }
+}
+
 fn main() {
     let s = stream();
     let sms = cuda_util::sm_count(&s).unwrap_or(qg::DEFAULT_SMS);
     let copy = copy_gbs(&s);
-    println!(
-        "device: {} ({} SMs); device copy {:.0} GB/s (read + write)",
-        s.name(),
-        sms,
-        copy
-    );
-    println!(
-        "{:<10} {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>8}",
-        "kind", "shape", "M/tok", "plan", "us", "TOPS", "W GB/s", "W/copy"
-    );
+    println!("device: {} ({} SMs); device copy {:.0} GB/s (read + write)", s.name(), sms, copy);
+    println!("{:<12} {:<22} {:>6} {:>12} {:>10} {:>10} {:>10} {:>8}", "kind", "shape", "M/tok", "plan", "us", "TOPS", "W GB/s", "W/copy");
     let mut ws = SplitKWorkspace::new();
 
     // INT8 dense.
     for scheme in Int8Scheme::ALL {
-        for (n, k) in SHAPES {
-            let nc = copies_for(n * k);
-            let w: Vec<(DeviceTensor, DeviceTensor)> = (0..nc)
-                .map(|c| {
-                    (
-                        random_bytes(&s, DType::I8, &[n, k], 100 + c as u64),
-                        random_f(
-                            &s,
-                            DType::F32,
-                            &[scheme.w_scales_len(n, k)],
-                            1e-4,
-                            3e-4,
-                            200 + c as u64,
-                        ),
-                    )
-                })
-                .collect();
-            for m in [1usize, 16, 32, 64, 128, 4096] {
-                let a = random_bytes(&s, DType::I8, &[m, k], 7);
-                let asc = random_f(&s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
-                let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-                let kind = if scheme == Int8Scheme::Block { "i8blk" } else { "i8ch" };
-                for (kind, plan) in dense_plans(kind, QuantKernel::Int8, m, n, k) {
-                    let us = time_us(&s, |i| {
-                        let (b, bs) = &w[i % nc];
-                        qg::int8_gemm_with(&s, &mut ws, scheme, plan, &out, &a, &asc, b, bs).unwrap();
-                    });
-                    row(
-                        &kind,
-                        &format!("{n}x{k}"),
-                        m,
-                        format!("{}/s{}", plan.tile.label(), plan.splits),
-                        us,
-                        2.0 * (m * n * k) as f64,
-                        (n * k) as f64,
-                        copy,
-                    );
-                }
-            }
-        }
+        dense_int8(&s, &mut ws, copy, scheme, &[1, 16, 32, 64, 128, 4096], &|m, n, k| dense_plans(&s, scheme_kind(scheme), QuantKernel::Int8, m, n, k));
     }
 
     // AWQ decode (group 128).
     for (n, k) in SHAPES {
         let nc = copies_for(awq_bytes(n, k));
-        let layers: Vec<_> = (0..nc)
-            .map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64))
-            .collect();
+        let layers: Vec<_> = (0..nc).map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64)).collect();
         for m in [1usize, 16, 32, 64] {
             let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
             let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-            for (kind, plan) in dense_plans("awq", QuantKernel::Awq, m, n, k) {
+            for (kind, plan) in dense_plans(&s, "awq", QuantKernel::Awq, m, n, k) {
                 let us = time_us(&s, |i| {
                     let (qw, qz, sc) = &layers[i % nc];
                     let w = AwqWeight { qweight: qw, qzeros: qz, scales: sc, experts: 1, n, k, group: 128 };
@@ -225,95 +278,77 @@ fn main() {
         }
     }
 
-    // MoE, EP-8 shard.
-    let (e, inter) = (32usize, 2048usize);
-    let scheme = Int8Scheme::Block;
-    let w13 = random_bytes(&s, DType::I8, &[e, 2 * inter, HIDDEN], 31);
-    let w13s = random_f(
-        &s,
-        DType::F32,
-        &[e * scheme.w_scales_len(2 * inter, HIDDEN)],
-        1e-4,
-        3e-4,
-        32,
-    );
-    let w2 = random_bytes(&s, DType::I8, &[e, HIDDEN, inter], 33);
-    let w2s = random_f(
-        &s,
-        DType::F32,
-        &[e * scheme.w_scales_len(HIDDEN, inter)],
-        1e-4,
-        3e-4,
-        34,
-    );
-    let (a13q, a13z, a13s) = awq_layer(&s, e, 2 * inter, HIDDEN, 35);
-    let (a2q, a2z, a2s) = awq_layer(&s, e, HIDDEN, inter, 38);
-    let aw13 = AwqWeight {
-        qweight: &a13q,
-        qzeros: &a13z,
-        scales: &a13s,
-        experts: e,
-        n: 2 * inter,
-        k: HIDDEN,
-        group: 128,
-    };
-    let aw2 = AwqWeight {
-        qweight: &a2q,
-        qzeros: &a2z,
-        scales: &a2s,
-        experts: e,
-        n: HIDDEN,
-        k: inter,
-        group: 128,
-    };
-    for t in [1usize, 16, 64, 128, 4096] {
-        let p = t * TOPK;
+    // MoE, TP-8 and EP-8 shards: block INT8 and AWQ.
+    for (label, e, inter) in SHARDS {
+        let w8 = int8_experts(&s, Int8Scheme::Block, e, inter, 31);
+        let (a13q, a13z, a13s) = awq_layer(&s, e, 2 * inter, HIDDEN, 35);
+        let (a2q, a2z, a2s) = awq_layer(&s, e, HIDDEN, inter, 38);
+        let aw13 = AwqWeight { qweight: &a13q, qzeros: &a13z, scales: &a13s, experts: e, n: 2 * inter, k: HIDDEN, group: 128 };
+        let aw2 = AwqWeight { qweight: &a2q, qzeros: &a2z, scales: &a2s, experts: e, n: HIDDEN, k: inter, group: 128 };
+        for t in [1usize, 16, 64, 128, 4096] {
+            let p = t * TOPK;
+            let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
+            let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
+            let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
+            let flops = 2.0 * (p * 3 * inter * HIDDEN) as f64;
+            // The default plans, and the tiled mma.sync kernels where the default is another.
+            let per_expert = p.div_ceil(e.min(p));
+            let (tile, tiled) = (QuantTile::for_rows(per_expert), QuantTile::tiled_for_rows(per_expert));
+            let mut runs = Vec::new();
+            for (kind, kernel) in [("moe-i8", QuantKernel::Int8), ("moe-awq", QuantKernel::Awq)] {
+                let (gu, dn, max_tiles) = moe_plans(kernel, tile, p, e, inter);
+                let default = (for_stream(&s, kernel, gu), for_stream(&s, kernel, dn), max_tiles);
+                runs.push((kind.to_string(), kernel, default));
+                if default.0.tile != tiled {
+                    runs.push((format!("{kind}-mma"), kernel, moe_plans(kernel, tiled, p, e, inter)));
+                }
+            }
+            for (kind, kernel, plans) in runs {
+                let (gu, dn, max_tiles) = plans;
+                let (us, bytes) = match kernel {
+                    QuantKernel::Int8 => (time_int8_moe(&s, &mut ws, &w8, &dids, &x, e, inter, plans), hit * 3 * inter * HIDDEN),
+                    QuantKernel::Awq => {
+                        let bm = gu.tile.bm();
+                        let gate_up = DeviceTensor::empty(&s, DType::Bf16, &[max_tiles * bm, 2 * inter]).unwrap();
+                        let h = DeviceTensor::empty(&s, DType::Bf16, &[max_tiles * bm, inter]).unwrap();
+                        let y = DeviceTensor::empty(&s, DType::Bf16, &[max_tiles * bm, HIDDEN]).unwrap();
+                        let us = time_us(&s, |_| {
+                            let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
+                            qg::awq_grouped_gemm(&s, &mut ws, gu, &gate_up, &x, &aw13, &al.rows(true, TOPK)).unwrap();
+                            dispatch::silu_mul(&s, &h, &gate_up).unwrap();
+                            qg::awq_grouped_gemm(&s, &mut ws, dn, &y, &h, &aw2, &al.rows(false, 1)).unwrap();
+                        });
+                        (us, hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter)))
+                    }
+                };
+                row(&kind, label, t, format!("{}/s{}/{}", gu.tile.label(), gu.splits, dn.splits), us, flops, bytes as f64, copy);
+            }
+        }
+    }
+
+    // The INT8 wgmma v2 tile forced, last: a fault there (a sticky CUDA error) cannot cost the
+    // forced-tile-free rows above.
+    if !qg::int8_wgmma2_available(&s) {
+        println!("int8 wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no -wg2 rows");
+        return;
+    }
+    if std::env::var("DSV3_INT8_BENCH_WGMMA2").map(|v| v == "0").unwrap_or(false) {
+        return;
+    }
+    let wg2 = QuantPlan { tile: QuantTile::Wg2, splits: 1 };
+    for scheme in Int8Scheme::ALL {
+        dense_int8(&s, &mut ws, copy, scheme, &[4096], &|_, _, _| vec![(format!("{}-wg2", scheme_kind(scheme)), wg2)]);
+    }
+    let t = 4096;
+    let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
+    for (label, e, inter) in SHARDS {
         let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
         let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
-        let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
-        let flops = 2.0 * (p * 3 * inter * HIDDEN) as f64;
-        // The default plans, and the tiled kernels where the streaming one is the default.
-        let per_expert = p.div_ceil(e.min(p));
-        let (tile, tiled) = (QuantTile::for_rows(per_expert), QuantTile::tiled_for_rows(per_expert));
-        let mut runs = vec![("moe-i8", QuantKernel::Int8, tile), ("moe-awq", QuantKernel::Awq, tile)];
-        if tile != tiled {
-            runs.extend([("moe-i8-mma", QuantKernel::Int8, tiled), ("moe-awq-mma", QuantKernel::Awq, tiled)]);
-        }
-        for (kind, kernel, tile) in runs {
-            let (gu_plan, max_tiles) = qg::plan_grouped_tile(kernel, tile, p, e, 2 * inter, HIDDEN, qg::DEFAULT_SMS);
-            let (dn_plan, _) = qg::plan_grouped_tile(kernel, tile, p, e, HIDDEN, inter, qg::DEFAULT_SMS);
-            let bm = tile.bm();
-            let rows = max_tiles * bm;
-            let gate_up = DeviceTensor::empty(&s, DType::Bf16, &[rows, 2 * inter]).unwrap();
-            let y = DeviceTensor::empty(&s, DType::Bf16, &[rows, HIDDEN]).unwrap();
-            let (us, bytes) = match kernel {
-                QuantKernel::Int8 => {
-                    let xq = DeviceTensor::empty(&s, DType::I8, &[t, HIDDEN]).unwrap();
-                    let xs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(t, HIDDEN)]).unwrap();
-                    let hq = DeviceTensor::empty(&s, DType::I8, &[rows, inter]).unwrap();
-                    let hs = DeviceTensor::empty(&s, DType::F32, &[scheme.a_scales_len(rows, inter)]).unwrap();
-                    let us = time_us(&s, |_| {
-                        let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
-                        qg::int8_act_quant(&s, scheme, &xq, &xs, &x).unwrap();
-                        qg::int8_grouped_gemm(&s, &mut ws, scheme, gu_plan, &gate_up, &xq, &xs, &w13, &w13s, &al.rows(true, TOPK)).unwrap();
-                        qg::int8_silu_mul_quant(&s, scheme, &hq, &hs, &gate_up).unwrap();
-                        qg::int8_grouped_gemm(&s, &mut ws, scheme, dn_plan, &y, &hq, &hs, &w2, &w2s, &al.rows(false, 1)).unwrap();
-                    });
-                    (us, hit * 3 * inter * HIDDEN)
-                }
-                QuantKernel::Awq => {
-                    let h = DeviceTensor::empty(&s, DType::Bf16, &[rows, inter]).unwrap();
-                    let us = time_us(&s, |_| {
-                        let al = qg::moe_align_tiles(&s, &dids, e, bm).unwrap();
-                        qg::awq_grouped_gemm(&s, &mut ws, gu_plan, &gate_up, &x, &aw13, &al.rows(true, TOPK)).unwrap();
-                        dispatch::silu_mul(&s, &h, &gate_up).unwrap();
-                        qg::awq_grouped_gemm(&s, &mut ws, dn_plan, &y, &h, &aw2, &al.rows(false, 1)).unwrap();
-                    });
-                    (us, hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter)))
-                }
-            };
-            let plan = format!("{}/s{}/{}", gu_plan.tile.label(), gu_plan.splits, dn_plan.splits);
-            row(kind, "EP8 E32 I2048", t, plan, us, flops, bytes as f64, copy);
+        let (.., max_tiles) = moe_plans(QuantKernel::Int8, QuantTile::Wg2, t * TOPK, e, inter);
+        for (scheme, kind) in [(Int8Scheme::Block, "moe-i8-wg2"), (Int8Scheme::Channel, "moe-i8ch-wg2")] {
+            let w8 = int8_experts(&s, scheme, e, inter, 31);
+            let us = time_int8_moe(&s, &mut ws, &w8, &dids, &x, e, inter, (wg2, wg2, max_tiles));
+            row(kind, label, t, "wg2/s1/1".into(), us, 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64, (hit * 3 * inter * HIDDEN) as f64, copy);
         }
     }
 }

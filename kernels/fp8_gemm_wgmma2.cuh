@@ -14,22 +14,25 @@
 // - Producer, per 128-K block: waits `empty`, thread 0 issues the TMA boxes (B: 3-D map [E, N, K],
 //   box (128, 128, 1) at (kb·128, n0, expert); A: 2-D map [rows, K] at (kb·128, m0)) with
 //   SWIZZLE_128B — exactly the layout the wgmma descriptors read (dsv3/sm90.h) — and every thread
-//   writes s_a[row t]·s_w[nb, kb] of its tile row into the stage. Rows past the tensor arrive as
+//   writes its tile row's scale of the block into the stage (the policy's `Scales`: FP8 and block
+//   INT8 s_a[row, kb]·s_w[nb, kb], channel INT8 s_a[row]). Rows past the tensor arrive as
 //   zeros (TMA out-of-bounds fill), so partial M / N / K blocks need no special case.
 //   Grouped rows gathered through row_ids (fused MoE gate_up: rows of x picked per expert) cannot
 //   be a TMA box: there the 128 producer threads copy them with cp.async (8 × 16 bytes each, zero
 //   fill for padding rows and past K), tracked by the same `full` barrier, and the consumers
 //   fence the generic → async proxy before reading. B stays on TMA.
-// - Consumers: WG w owns rows [64 w, 64 w + 64). Each 128-K block is 4 × wgmma.m64n128k32 e4m3
-//   into a fresh f32 partial; the partial is promoted (total += partial · s_a·s_w) while the next
-//   block's MMAs run: two partial sets alternate, and after issuing block kb the consumer waits
-//   only for block kb − 1 (wgmma.wait_group 1), releases its stage and promotes it. The tensor
+// - Consumers: WG w owns rows [64 w, 64 w + 64). Each 128-K block is 4 × wgmma.m64n128k32 (e4m3
+//   into f32, or s8 into s32) into a fresh partial; the partial is promoted (total += partial ·
+//   the stage's row scale: wg2_promote) while the next block's MMAs run: two partial sets
+//   alternate, and after issuing block kb the consumer waits only for block kb − 1
+//   (wgmma.wait_group 1), releases its stage and promotes it. The tensor
 //   cores thus always have one group queued behind the promotion FMAs. (DeepGEMM instead waits
 //   for each block (wait_group 0) and relies on the two math warpgroups interleaving; here each
 //   warpgroup overlaps on its own, and the 2 × 64 partial registers fit in the 232 budget.)
-// - Epilogue per consumer warpgroup: the bf16 tile goes through shared memory (rows padded to
-//   272 bytes: conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global
-//   stores (2 B stores where N % 8 != 0); rows ≥ the row bound are not stored.
+// - Epilogue per consumer warpgroup: the tile (times the policy's column scales: channel INT8's
+//   s_w[n], none for block scales) goes to bf16 through shared memory (rows padded to 272 bytes:
+//   conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global stores (2 B
+//   stores where N % 8 != 0); rows ≥ the row bound are not stored.
 //
 // Pairs (CL = 2, `fp8_gemm_wgmma2_pair_*`): the grid is made of 2-CTA clusters; a cluster walks
 // pair tiles (M tiles 2p, 2p + 1 at one N tile) and CTA r of it owns M tile 2p + r. When both
@@ -44,7 +47,8 @@
 // setup and before exit keep every remote arrival inside the peer's lifetime.
 //
 // Every mbarrier wait has a watchdog (dsv3/sm90.h): a protocol bug traps instead of hanging.
-// The MMA is a policy (Wg2E4m3) so an INT8 (s8 → s32) instantiation can reuse the pipeline.
+// The MMA and the scales are a policy `Op` (Wg2E4m3 here, the s8 ones in
+// kernels/int8_gemm_wgmma2.cuh): wg2_gemm<Op, CL> is the one pipeline of FP8 and INT8.
 // Off sm_90a (other CUDA archs, NVRTC for compute_90, HIP) the entry traps: the host never
 // launches it there (src/backend/fp8_gemm.rs checks for the sm_90a cubin).
 #pragma once
@@ -84,12 +88,39 @@ struct Wg2Sched {
 };
 
 #if defined(DSV3_SM90A)
-// MMA policy: one 64 × 128 × 32 step of e4m3 into f32.
+// The pipeline's policy `Op`: `Acc` and `mma<ACC>(Acc[64], da, db)` (one 64 × 128 × 32 wgmma step),
+// `to_f32(Acc)` (an accumulator element for the promotion), `Scales` (built by the producer per
+// tile row: `load(kb, x, y)` gives the factors of the row's scale for k block kb, x·y) and
+// `Columns` (built by the epilogue per tile (its expert) and thread, lane q = lane % 4: `at(j, e)` scales the
+// thread's fragment column j·8 + 2q + e of the tile).
+
+// Block scales: s_a[row, kb] · s_w[expert][nb, kb] (a null row pointer: padding, scale 0).
+struct Wg2BlockScales {
+  const float* a;
+  const float* b;
+  DSV3_DEV Wg2BlockScales(const BlockGemmArgs& g, i64 arow, u32 expert, u32 nt, u32 sk, u32 sn)
+      : a(arow >= 0 ? g.a_scales + (u64)arow * sk : nullptr), b(g.b_scale + ((u64)expert * sn + nt) * sk) {}
+  DSV3_DEV void load(u32 kb, float& x, float& y) const {
+    x = a != nullptr ? a[kb] : 0.0f;
+    y = b[kb];
+  }
+};
+
+// No per-column scale (the block scales cover it).
+struct Wg2NoColumns {
+  DSV3_DEV Wg2NoColumns(const BlockGemmArgs&, u32, u32, u32) {}
+  DSV3_DEV float at(int, int) const { return 1.0f; }
+};
+
+// e4m3 into f32, block scales.
 struct Wg2E4m3 {
   using Acc = float;
+  using Scales = Wg2BlockScales;
+  using Columns = Wg2NoColumns;
   template <bool ACC> DSV3_DEV static void mma(float (&d)[64], u64 da, u64 db) {
     wgmma_m64n128k32_e4m3<ACC>(d, da, db);
   }
+  DSV3_DEV static float to_f32(float x) { return x; }
 };
 
 struct Wg2Ctx {
@@ -119,7 +150,7 @@ DSV3_DEV void wg2_advance(u32& stage, u32& phase) {
 
 // Producer warpgroup (thread p = 0..127 is tile row p's scale writer; thread 0 issues the TMA).
 // mb's box is 128 × 128 (CL = 1) or 128 × 64 (CL = 2: half a B tile per load).
-template <int CL>
+template <class Op, int CL>
 DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
   const BlockGemmArgs& g = c.g;
   const u32 p = tid();
@@ -138,8 +169,7 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
     // Multicast B halves when both tiles of the pair read the same expert's weights.
     const bool shared = CL > 1 && c.expert<CL>(pt * CL, pt) == c.expert<CL>(pt * CL + 1, pt);
     const i64 arow = bg_a_row(g, m0 + p, c.m_end);
-    const float* sa = arow >= 0 ? g.a_scales + (u64)arow * c.sk : nullptr;
-    const float* sb = g.b_scale + ((u64)expert * c.sn + nt) * c.sk;
+    const typename Op::Scales sc(g, arow, expert, nt, c.sk, c.sn);
     if (gathered) {
       named_bar_sync(1, 128);  // every gather of the previous tile has been issued
       rows[p] = (i32)arow;
@@ -147,13 +177,11 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
     }
     // The scales of block kb + 1 are loaded during block kb (their latency must not pace the
     // producer: one block of MMAs is ~512 cycles).
-    float a_next = sa != nullptr ? sa[0] : 0.0f, b_next = sb[0];
+    float a_next, b_next;
+    sc.load(0, a_next, b_next);
     for (u32 kb = 0; kb < c.sk; ++kb) {
       const float s = a_next * b_next;
-      if (kb + 1 < c.sk) {
-        a_next = sa != nullptr ? sa[kb + 1] : 0.0f;
-        b_next = sb[kb + 1];
-      }
+      if (kb + 1 < c.sk) sc.load(kb + 1, a_next, b_next);
       mbar_wait(c.empty(stage), phase ^ 1);
       const u32 a_dst = c.base + stage * Wg2Smem::STAGE, b_dst = a_dst + Wg2Smem::TILE;
       if (gathered) {
@@ -190,17 +218,22 @@ DSV3_DEV void wg2_produce(const Wg2Ctx& c, const TmaMap& ma, const TmaMap& mb) {
   }
 }
 
-// Epilogue of consumer warpgroup w (thread tw of 128): its 64 × 128 f32 fragments → bf16 in padded
-// shared rows (`stg`) → 16-byte coalesced global stores; rows ≥ the row bound are not stored.
-DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u32 nt, u32 w, u32 tw, u8* stg) {
+// Epilogue of consumer warpgroup w (thread tw of 128): its 64 × 128 f32 fragments (times the
+// policy's column scales) → bf16 in padded shared rows (`stg`) → 16-byte coalesced global stores;
+// rows ≥ the row bound are not stored.
+template <class Op>
+DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u32 nt, u32 expert, u32 w, u32 tw,
+                            u8* stg) {
   const u32 warp = tw / 32, ln = tw % 32;
+  const typename Op::Columns cols(c.g, expert, nt, ln % 4);
   named_bar_sync(2 + w, 128);  // the previous tile's rows have been read out
 #pragma unroll
   for (int j = 0; j < 16; ++j)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const u32 row = warp * 16 + ln / 4 + h * 8, col = j * 8 + 2 * (ln % 4);
-      const u32 pk = (u32)f32_to_bf16(tot[4 * j + 2 * h]).bits | ((u32)f32_to_bf16(tot[4 * j + 2 * h + 1]).bits << 16);
+      const float v0 = tot[4 * j + 2 * h] * cols.at(j, 0), v1 = tot[4 * j + 2 * h + 1] * cols.at(j, 1);
+      const u32 pk = (u32)f32_to_bf16(v0).bits | ((u32)f32_to_bf16(v1).bits << 16);
       *reinterpret_cast<u32*>(stg + row * WG2_EPI_PITCH + col * 2) = pk;
     }
   named_bar_sync(2 + w, 128);
@@ -222,6 +255,12 @@ DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u3
     }
   }
 }
+
+// t += x · s as one FMA in inline asm: the consumer's two promotion branches (partial set a or b)
+// end in the same adds, which LLVM otherwise sinks past their merge (its sinking skips inline
+// asm), splitting every FMA into a mul before and an add after the merge and keeping 64 products
+// live across it (seen on the INT8 channel instantiation: 264 bytes of spills).
+DSV3_DEV void wg2_promote(float& t, float x, float s) { asm("fma.rn.f32 %0, %1, %2, %0;" : "+f"(t) : "f"(x), "f"(s)); }
 
 // Consumer warpgroup w (0, 1) of the tile: rows [64 w, 64 w + 64).
 template <class Op, int CL>
@@ -263,10 +302,10 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     }
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      tot[4 * j + 0] += (float)acc[4 * j + 0] * s0;
-      tot[4 * j + 1] += (float)acc[4 * j + 1] * s0;
-      tot[4 * j + 2] += (float)acc[4 * j + 2] * s1;
-      tot[4 * j + 3] += (float)acc[4 * j + 3] * s1;
+      wg2_promote(tot[4 * j + 0], Op::to_f32(acc[4 * j + 0]), s0);
+      wg2_promote(tot[4 * j + 1], Op::to_f32(acc[4 * j + 1]), s0);
+      wg2_promote(tot[4 * j + 2], Op::to_f32(acc[4 * j + 2]), s1);
+      wg2_promote(tot[4 * j + 3], Op::to_f32(acc[4 * j + 3]), s1);
     }
   };
 
@@ -302,11 +341,11 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     }
     idx += c.clusters;
     if (idx >= c.sched.total) {
-      wg2_store_tile(c, tot, mt, nt, w, tw, stg);
+      wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
       return;
     }
     issue(pa);  // the next tile's first block runs on the tensor cores during this epilogue
-    wg2_store_tile(c, tot, mt, nt, w, tw, stg);
+    wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
 #pragma unroll
     for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
   }
@@ -346,7 +385,7 @@ DSV3_DEV void wg2_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
   }
   if (tid() < 128) {
     regs_dec<40>();
-    wg2_produce<CL>(c, ma, mb);
+    wg2_produce<Op, CL>(c, ma, mb);
   } else {
     regs_inc<232>();
     wg2_consume<Op, CL>(c);

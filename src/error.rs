@@ -42,6 +42,11 @@ pub enum Error {
     #[error("--quantization {flag} but {dir} holds {found} ({declared}){hint}")]
     QuantizationMismatch { flag: String, dir: PathBuf, found: String, declared: String, hint: String },
 
+    /// A kernel that exists only as architecture-specific code (an sm_90a cubin) was asked of a
+    /// stream that does not load that code.
+    #[error("kernel `{kernel}` needs the {targets} cubin on a GPU of that architecture (this stream: {stream})")]
+    KernelUnavailable { kernel: &'static str, targets: String, stream: String },
+
     /// A device backend (CUDA, HIP) call failed.
     #[error("{backend}: {msg}")]
     Backend { backend: &'static str, msg: String },

@@ -2,8 +2,8 @@
 //! activation quantization (src/backend/quant_gemm.rs, kernels/quant_gemm.cuh) against the CPU
 //! reference, on every NVIDIA code variant this build embedded for the `quant_gemm` module (sm_90a
 //! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
-//! (BM 16 / 64 / 128 and the weight-streaming kernel's 8- and 64-row tiles) and split-K on and
-//! off.
+//! (BM 16 / 64 / 128, the weight-streaming kernel's 8- and 64-row tiles, and INT8's sm_90a wgmma
+//! v2 tile `wg2` where a stream loads its cubin) and split-K on and off.
 //!
 //! Reference: activations quantized with `ops::int8` (the same rule as the GPU, so the codes are
 //! shared) and dequantized; INT8 weights dequantized with the checkpoint loader's
@@ -20,7 +20,10 @@
 //! GPU's expf and Rust's exp differ in the last ulp (≤ 1% of codes).
 //!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
-//! skips the NVRTC variant.
+//! skips the NVRTC variant. Two processes, so that a fault of one kernel generation (a sticky CUDA
+//! error poisons the context) cannot hide the other's results: `--skip wg2` (mma.sync, streaming,
+//! generic) and `wg2` (the tests that force the v2 tile; note that the default plans of the
+//! first group take v2 too for BM-128 shapes on sm_90a streams, as in production).
 
 // Test helpers take the whole case (shapes, ids, closures); common::gpu's stream table type is theirs.
 #![allow(clippy::too_many_arguments, clippy::type_complexity)]
@@ -31,6 +34,7 @@ use common::gpu::*;
 use dsv3::backend::quant_gemm::{
     self as qg, AwqWeight, Int8Scheme, QuantPlan, QuantTile, SplitKWorkspace,
 };
+use dsv3::error::Error;
 use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
 use dsv3::backend::quant_moe::{awq_moe, int8_moe, MoeAwqWeights, MoeInt8Weights};
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
@@ -101,12 +105,56 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32]) -> DeviceTensor {
     DeviceTensor::from_slice(s, shape, v).unwrap()
 }
 
-fn splits_of(k_tiles: usize) -> [usize; 2] {
-    [1, 3.min(k_tiles).max(1)]
+/// The split-K factors tried with `tile`: none and 3 (v2 has no split-K).
+fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
+    if tile == QuantTile::Wg2 {
+        vec![1]
+    } else {
+        vec![1, 3.min(k_tiles).max(1)]
+    }
 }
 
-/// Every tile: the tiled kernels' and the streaming kernel's.
+/// Every tile of the mma.sync / streaming kernels (the `wg2` tests run the v2 tile).
 const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
+const WG2: [QuantTile; 1] = [QuantTile::Wg2];
+
+/// Whether `tiles` can run on `s`: the v2 tile only where the stream loads its sm_90a cubin
+/// (elsewhere it is refused: [`int8_wg2_streams_present`] checks that).
+fn tiles_run_on(s: &dyn GpuStream, tiles: &[QuantTile]) -> bool {
+    !tiles.contains(&QuantTile::Wg2) || qg::int8_wgmma2_available(s)
+}
+
+/// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
+/// build lacks sm_90a or the GPU is not an sm_90) or when the default plans would not take it
+/// there, and checks that the other variants refuse it with a typed error instead of launching a
+/// kernel that would trap.
+fn int8_wg2_streams_present() {
+    let mut ok = 0;
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        if qg::int8_wgmma2_available(s) {
+            assert!(qg::int8_wgmma2_enabled(s), "{v}: DSV3_INT8_WGMMA2=0 keeps the default plans off the v2 tile");
+            let bm128 = QuantPlan { tile: QuantTile::Bm128, splits: 3 };
+            assert_eq!(qg::int8_plan_for_stream(s, bm128), QuantPlan { tile: QuantTile::Wg2, splits: 1 }, "{v}");
+            ok += 1;
+            continue;
+        }
+        let (m, n, k) = (1, 8, 16);
+        let a = up_i8(s, &[m, k], &[1; 16]);
+        let b = up_i8(s, &[n, k], &[1; 128]);
+        for scheme in Int8Scheme::ALL {
+            let asc = up_f32(s, &[scheme.a_scales_len(m, k)], &[1.0]);
+            let bsc = up_f32(s, &[scheme.w_scales_len(n, k)], &vec![1.0; scheme.w_scales_len(n, k)]);
+            let out = poisoned(s, DType::Bf16, &[m, n]);
+            let plan = QuantPlan { tile: QuantTile::Wg2, splits: 1 };
+            match qg::int8_gemm_with(s, &mut SplitKWorkspace::new(), scheme, plan, &out, &a, &asc, &b, &bsc) {
+                Err(e @ Error::KernelUnavailable { .. }) => assert!(e.to_string().contains("sm_90a"), "{v}: {e}"),
+                r => panic!("{v} {scheme:?}: the v2 tile must be refused where its cubin is not loaded, got {r:?}"),
+            }
+        }
+    }
+    assert!(ok > 0, "no stream loads the sm_90a cubin of int8_gemm_wgmma2: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200");
+}
 
 // ---- INT8 dense ----------------------------------------------------------------------------------
 
@@ -124,13 +172,16 @@ fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[Quan
         let kt = k.div_ceil(128);
         for (v, s) in streams() {
             let s: &dyn GpuStream = s;
+            if !tiles_run_on(s, tiles) {
+                continue;
+            }
             let mut ws = SplitKWorkspace::new();
             let a = up_i8(s, &[m, k], &qa.codes);
             let asc = up_f32(s, &[qa.scales.len()], &qa.scales);
             let b = up_i8(s, &[n, k], &qw.codes);
             let bsc = up_f32(s, &[qw.scales.len()], &qw.scales);
             for &tile in tiles {
-                for splits in splits_of(kt) {
+                for splits in splits_of(tile, kt) {
                     // Twice with the same workspace: the kernel must leave it zeroed.
                     for rep in 0..2 {
                         let out = poisoned(s, DType::Bf16, &[m, n]);
@@ -146,15 +197,14 @@ fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[Quan
                             &bsc,
                         )
                         .unwrap();
-                        assert_close(
-                            &format!(
-                                "{v} int8 {scheme:?} m{m} n{n} k{k} {} split{splits} rep{rep}",
-                                tile.label()
-                            ),
-                            &down(s, &out),
-                            &want,
-                            GEMM_TOL,
-                        );
+                        let what = format!("{v} int8 {scheme:?} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
+                        let got = down(s, &out);
+                        assert_close(&what, &got, &want, GEMM_TOL);
+                        if tile == QuantTile::Wg2 {
+                            // A wrong 128 × 128 tile (a scale, a row of the schedule) cannot hide.
+                            let worst = max_tile_error(&got, &want, m, n);
+                            assert!(worst <= 2.0 * GEMM_TOL, "{what}: a 128 × 128 tile has relative error {worst:e}");
+                        }
                     }
                 }
             }
@@ -198,6 +248,29 @@ fn int8_dense_prefill_shape() {
     check_int8_dense(4, 300, 256, 512);
 }
 
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_dense_edges() {
+    int8_wg2_streams_present();
+    // M around the 64-row warpgroup halves and the 128-row tile; N and K partial blocks (K % 16
+    // == 0, K < 128 included); M = 4096: more tiles than SMs, every CTA walks several.
+    for (i, (m, n, k)) in [(1, 2112, 7168), (63, 576, 1040), (64, 256, 512), (65, 300, 208), (129, 136, 16), (257, 1000, 1040), (4096, 520, 400)]
+        .into_iter()
+        .enumerate()
+    {
+        check_int8_dense_tiles(110 + i as u64, m, n, k, &WG2);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_dense_v3_shapes_m256() {
+    int8_wg2_streams_present();
+    for (i, (n, k)) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)].into_iter().enumerate() {
+        check_int8_dense_tiles(120 + i as u64, 256, n, k, &WG2);
+    }
+}
+
 proptest! {
     #![proptest_config(cfg(8))]
 
@@ -205,6 +278,13 @@ proptest! {
     #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
     fn int8_dense_random_shapes(seed: u64, m in 1usize..200, n in 1usize..300, k16 in 1usize..40) {
         check_int8_dense(seed, m, n, k16 * 16);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn wg2_int8_dense_random_shapes(seed: u64, m in prop::sample::select(vec![1usize, 63, 64, 65, 127, 128, 129, 200, 4096]), n in 1usize..400, k16 in 1usize..48) {
+        int8_wg2_streams_present();
+        check_int8_dense_tiles(seed, m, n, k16 * 16, &WG2);
     }
 
     #[test]
@@ -313,6 +393,9 @@ fn check_grouped(
     }
     for (v, s) in streams() {
         let s: &dyn GpuStream = s;
+        if !tiles_run_on(s, tiles) {
+            continue;
+        }
         let dids = up_i32(s, &[t, topk], ids);
         let mut ws = SplitKWorkspace::new();
         for &tile in tiles {
@@ -326,7 +409,7 @@ fn check_grouped(
                 tile.bm()
             );
             let p2r = al.pair_to_row.to_vec::<i32>(s).unwrap();
-            for splits in splits_of(k_tiles) {
+            for splits in splits_of(tile, k_tiles) {
                 let out = poisoned(s, DType::Bf16, &[al.max_tiles * tile.bm(), n]);
                 launch(s, &mut ws, QuantPlan { tile, splits }, &out, &al);
                 let got_all = down(s, &out);
@@ -357,9 +440,14 @@ fn check_grouped(
     }
 }
 
+/// One grouped INT8 GEMM of `tiles` against the reference. `gather`: rows read the token's
+/// activation through the sorted ids (gate_up); otherwise `a` holds one row per sorted row
+/// (down: built here from the alignment, zeros for padding) and is read row by row (TMA on v2).
 fn check_int8_grouped(
     seed: u64,
     scheme: Int8Scheme,
+    tiles: &[QuantTile],
+    gather: bool,
     t: usize,
     e: usize,
     topk: usize,
@@ -381,27 +469,27 @@ fn check_int8_grouped(
                   plan: QuantPlan,
                   out: &DeviceTensor,
                   al: &qg::TileAlignment| {
-        let a = up_i8(s, &[t, k], &qa.codes);
-        let asc = up_f32(s, &[qa.scales.len()], &qa.scales);
+        let (a, asc) = if gather {
+            (up_i8(s, &[t, k], &qa.codes), up_f32(s, &[qa.scales.len()], &qa.scales))
+        } else {
+            let sorted = al.sorted_ids.to_vec::<i32>(s).unwrap();
+            let sc = qa.scales.len() / t;
+            let (mut codes, mut scales) = (vec![0i8; sorted.len() * k], vec![0f32; sorted.len() * sc]);
+            for (r, &id) in sorted.iter().enumerate().filter(|(_, &id)| id >= 0) {
+                let tok = id as usize / topk;
+                codes[r * k..(r + 1) * k].copy_from_slice(&qa.codes[tok * k..(tok + 1) * k]);
+                scales[r * sc..(r + 1) * sc].copy_from_slice(&qa.scales[tok * sc..(tok + 1) * sc]);
+            }
+            (up_i8(s, &[sorted.len(), k], &codes), up_f32(s, &[scales.len()], &scales))
+        };
         let w = up_i8(s, &[e, n, k], &codes);
         let wsc = up_f32(s, &[scales.len()], &scales);
-        qg::int8_grouped_gemm(
-            s,
-            wsp,
-            scheme,
-            plan,
-            out,
-            &a,
-            &asc,
-            &w,
-            &wsc,
-            &al.rows(true, topk),
-        )
-        .unwrap();
+        let rows = if gather { al.rows(true, topk) } else { al.rows(false, 1) };
+        qg::int8_grouped_gemm(s, wsp, scheme, plan, out, &a, &asc, &w, &wsc, &rows).unwrap();
     };
     check_grouped(
-        &format!("int8 {scheme:?} grouped"),
-        &TILES,
+        &format!("int8 {scheme:?} grouped gather {gather}"),
+        tiles,
         t,
         e,
         topk,
@@ -420,18 +508,18 @@ fn int8_grouped_cases() {
     for scheme in Int8Scheme::ALL {
         // One token, 8 of 64 experts (most without tokens), partial N and K blocks.
         let ids = distinct_ids(&mut r, 1, 64, 8);
-        check_int8_grouped(11, scheme, 1, 64, 8, 200, 1040, &ids);
+        check_int8_grouped(11, scheme, &TILES, true, 1, 64, 8, 200, 1040, &ids);
         // A few tokens, some pairs on other ranks' experts (-1 and >= E).
         let mut ids = distinct_ids(&mut r, 5, 16, 4);
         ids[1] = -1;
         ids[6] = 99;
-        check_int8_grouped(12, scheme, 5, 16, 4, 256, 512, &ids);
+        check_int8_grouped(12, scheme, &TILES, true, 5, 16, 4, 256, 512, &ids);
         // 150 tokens all on expert 2 (topk 1): several tiles of one expert, the others empty.
-        check_int8_grouped(13, scheme, 150, 6, 1, 136, 256, &[2i32; 150]);
+        check_int8_grouped(13, scheme, &TILES, true, 150, 6, 1, 136, 256, &[2i32; 150]);
         // 40 tokens over 8 experts (≈ 20 rows each): three 8-row tiles or one 64-row tile with
         // three token groups per expert; K = 7168 (56 K tiles).
         let ids = distinct_ids(&mut r, 40, 8, 4);
-        check_int8_grouped(14, scheme, 40, 8, 4, 256, 7168, &ids);
+        check_int8_grouped(14, scheme, &TILES, true, 40, 8, 4, 256, 7168, &ids);
     }
 }
 
@@ -445,7 +533,31 @@ proptest! {
         let mut r = rng(seed ^ 0x5eed);
         let ids = distinct_ids(&mut r, t, e, topk);
         let scheme = if block { Int8Scheme::Block } else { Int8Scheme::Channel };
-        check_int8_grouped(seed, scheme, t, e, topk, n, k16 * 16, &ids);
+        check_int8_grouped(seed, scheme, &TILES, true, t, e, topk, n, k16 * 16, &ids);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_grouped_cases() {
+    int8_wg2_streams_present();
+    let mut r = rng(71);
+    for scheme in Int8Scheme::ALL {
+        // Rows gathered from the tokens (cp.async, gate_up) and one row per sorted row (TMA, down).
+        for gather in [true, false] {
+            // One token, 8 of 64 experts (most without tokens), partial N and K blocks.
+            let ids = distinct_ids(&mut r, 1, 64, 8);
+            check_int8_grouped(71, scheme, &WG2, gather, 1, 64, 8, 200, 1040, &ids);
+            // 40 tokens on experts 0..5 of 8 (5..7 get none), one pair on another rank's expert.
+            let mut ids = distinct_ids(&mut r, 40, 5, 4);
+            ids[3] = -1;
+            check_int8_grouped(72, scheme, &WG2, gather, 40, 8, 4, 256, 512, &ids);
+            // Every token on expert 2: two M tiles of it (the second partial), the others empty.
+            check_int8_grouped(73, scheme, &WG2, gather, 150, 6, 1, 136, 256, &[2i32; 150]);
+            // Several M tiles per expert (≈ 300 rows each), 16 K blocks, N past a 128 block.
+            let ids = distinct_ids(&mut r, 600, 4, 2);
+            check_int8_grouped(74, scheme, &WG2, gather, 600, 4, 2, 200, 2048, &ids);
+        }
     }
 }
 
@@ -532,7 +644,7 @@ fn check_awq_dense_tiles(seed: u64, m: usize, n: usize, k: usize, g: usize, tile
         let a = up(s, &[m, k], &x, DType::Bf16);
         let mut ws = SplitKWorkspace::new();
         for &tile in tiles {
-            for splits in splits_of(k / 64) {
+            for splits in splits_of(tile, k / 64) {
                 for rep in 0..2 {
                     let out = poisoned(s, DType::Bf16, &[m, n]);
                     qg::awq_gemm_with(s, &mut ws, QuantPlan { tile, splits }, &out, &a, &aw)
@@ -749,6 +861,27 @@ fn int8_moe_matches_the_reference() {
     check_int8_moe(44, Int8Scheme::Channel, true, 300, 8, 2, 160, 32, &ids);
     let ids: Vec<i32> = distinct_ids(&mut r, 20, 6, 3).into_iter().map(|id| if id >= 4 { -1 } else { id }).collect();
     check_int8_moe(45, Int8Scheme::Block, true, 20, 4, 3, 128, 128, &ids);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_moe_default_plan() {
+    // At ≥ 65 rows per active expert the grouped plans take BM 128, which the sm_90a streams run
+    // on the v2 tile (int8_wg2_streams_present checks int8_plan_for_stream there).
+    int8_wg2_streams_present();
+    for (pairs, e) in [(600, 8), (150, 6)] {
+        let (plan, _) = qg::plan_grouped(qg::QuantKernel::Int8, pairs, e, 512, 400, qg::DEFAULT_SMS);
+        assert_eq!(plan.tile, QuantTile::Bm128, "{pairs} pairs on {e} experts");
+    }
+    let mut r = rng(81);
+    // 300 tokens, top-2 of 8 experts (≈ 75 rows each); hidden 400: a partial K block in gate_up
+    // and a partial N block in down.
+    let ids = distinct_ids(&mut r, 300, 8, 2);
+    check_int8_moe(81, Int8Scheme::Block, false, 300, 8, 2, 400, 256, &ids);
+    check_int8_moe(82, Int8Scheme::Channel, true, 300, 8, 2, 400, 48, &ids);
+    // Every token on expert 2 (two M tiles, the second partial), the other experts without a token.
+    check_int8_moe(83, Int8Scheme::Block, true, 150, 6, 1, 256, 128, &[2i32; 150]);
+    check_int8_moe(84, Int8Scheme::Channel, false, 150, 6, 1, 256, 128, &[2i32; 150]);
 }
 
 /// One routed-expert layer on `awq_moe`: bf16 x, gate_up (bf16), SiLU·mul (bf16), down (bf16).

@@ -7,23 +7,6 @@ use crate::model::*;
 const FLOAT: Axis = Axis { name: "T", values: &["f32", "bf16"] };
 const FP8: Axis = Axis { name: "F8", values: &["e4m3fn", "e4m3fnuz"] };
 
-/// Arguments of the FP8 GEMM v2 entries (one CTA per tile, or clusters of two).
-const WGMMA2_ARGS: &[Arg] = &[
-    ptr_mut("out", "bf16"),
-    tensor_map("tmap_a"),
-    tensor_map("tmap_b"),
-    ptr("a", "e4m3fn"),
-    ptr("a_scales", "f32"),
-    ptr("b_scale", "f32"),
-    ptr("row_ids", "i32"),
-    ptr("tile_expert", "i32"),
-    ptr("num_tiles", "i32"),
-    scalar("m", "u32"),
-    scalar("n", "u32"),
-    scalar("k", "u32"),
-    scalar("a_row_div", "u32"),
-];
-
 /// Arguments of the all-reduce kernels: the output, every rank's input and signal buffer (unused
 /// slots 0), this rank, the world size and the element count.
 const AR_ARGS: &[Arg] = &[
@@ -75,6 +58,27 @@ const AR_PUSH_ARGS: &[Arg] = &[
 /// counters, the grouped rows, the sizes and the split count.
 const BLOCK_GEMM_F8_ARGS: &[Arg] = &block_gemm_args("{F8}");
 const BLOCK_GEMM_I8_ARGS: &[Arg] = &block_gemm_args("i8");
+
+/// Arguments of the sm_90a v2 GEMMs (kernels/fp8_gemm_wgmma2.cuh's pipeline; FP8 and INT8): out,
+/// the TMA maps of a and b, a (read directly when rows are gathered), the scales, the grouped
+/// rows and the sizes.
+const fn wg2_gemm_args(operand: &'static str) -> [Arg; 13] {
+    [
+        ptr_mut("out", "bf16"),
+        tensor_map("tmap_a"),
+        tensor_map("tmap_b"),
+        ptr("a", operand),
+        ptr("a_scales", "f32"),
+        ptr("b_scale", "f32"),
+        ptr("row_ids", "i32"),
+        ptr("tile_expert", "i32"),
+        ptr("num_tiles", "i32"),
+        scalar("m", "u32"),
+        scalar("n", "u32"),
+        scalar("k", "u32"),
+        scalar("a_row_div", "u32"),
+    ]
+}
 
 const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     [
@@ -663,11 +667,11 @@ pub static FAMILIES: &[Family] = &[
             template: "dsv3::fp8_gemm_wgmma2<1>",
             grid: &[],
             points: &[],
-            args: WGMMA2_ARGS,
+            args: &wg2_gemm_args("e4m3fn"),
             max_threads: 384,
             // The sm_90a cubin only (TMA, setmaxnreg, wgmma); the entry traps in the other CUDA
             // variants, which the host never launches it in.
-            archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+            archs: Archs::SM90A,
             doc: "sm_90a only. Grid min(SMs, tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
         },
         KernelSpec {
@@ -675,10 +679,25 @@ pub static FAMILIES: &[Family] = &[
             template: "dsv3::fp8_gemm_wgmma2<2>",
             grid: &[],
             points: &[],
-            args: WGMMA2_ARGS,
+            args: &wg2_gemm_args("e4m3fn"),
             max_threads: 384,
-            archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+            archs: Archs::SM90A,
             doc: "sm_90a only. Clusters of 2 CTAs (launch attribute; B halves multicast), grid 2 × min(active clusters, pair tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
+        }],
+    },
+    Family {
+        name: "int8_gemm_wgmma2",
+        source: "int8_gemm_wgmma2.cuh",
+        doc: "INT8 (block / channel scaled) GEMM v2 for sm_90a: the FP8 v2 pipeline with an s8 wgmma policy, dense and grouped by expert.",
+        kernels: &[KernelSpec {
+            name: "int8_gemm_wgmma2_{Q}",
+            template: "dsv3::int8_gemm_wgmma2<dsv3::int8_{Q}>",
+            grid: &[Axis { name: "Q", values: &["block", "channel"] }],
+            points: &[],
+            args: &wg2_gemm_args("i8"),
+            max_threads: 384,
+            archs: Archs::SM90A,
+            doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid min(SMs, tiles), block 384, dynamic smem as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
         }],
     },
     Family {

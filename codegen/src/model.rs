@@ -183,6 +183,10 @@ pub struct Archs {
 
 impl Archs {
     pub const ALL: Archs = Archs { cuda: Some(&[]), hip: Some(&[]) };
+    /// Hopper-specific code (TMA, wgmma, setmaxnreg): the sm_90a cubin only, no HIP entry. The
+    /// entry is compiled into the other CUDA variants too (where it traps); the registry's
+    /// `cuda_archs` tells the host which cubin it needs.
+    pub const SM90A: Archs = Archs { cuda: Some(&["sm_90a"]), hip: None };
     /// The subset of `targets` this kernel is built for (empty when the vendor is excluded).
     pub fn select(&self, vendor: Vendor, targets: &[String]) -> Vec<String> {
         let sel = match vendor {

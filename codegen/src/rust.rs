@@ -110,19 +110,17 @@ pub fn emit_registry(families: &[Family], instances: &[Instance], art: &Artifact
             .filter(|v| inst.spec.archs.has_vendor(**v))
             .map(|v| v.rust_variant())
             .collect();
-        // The CUDA archs the kernel is restricted to (empty: every target of the build).
-        let cuda_archs: Vec<String> = inst.spec.archs.cuda.unwrap_or(&[]).iter().map(|a| format!("{a:?}")).collect();
         let _ = writeln!(
             s,
-            "    KernelInfo {{ family: {:?}, module: {module}, name: {:?}, symbol: {:?}, params: &[{}], args: &[{}], max_threads: {}, cuda_archs: &[{}], vendors: &[{}], doc: {:?} }},",
+            "    KernelInfo {{ family: {:?}, module: {module}, name: {:?}, symbol: {:?}, params: &[{}], args: &[{}], max_threads: {}, vendors: &[{}], cuda_archs: &{:?}, doc: {:?} }},",
             inst.family,
             inst.name,
             inst.symbol,
             params.join(", "),
             args.join(", "),
             inst.spec.max_threads,
-            cuda_archs.join(", "),
             vendors.join(", "),
+            inst.spec.archs.cuda.unwrap_or(&[]),
             inst.spec.doc
         );
     }

@@ -76,7 +76,7 @@ fn golden_rust_wrapper_and_registry() {
     assert!(rs.contains(&expected), "got:\n{rs}");
     assert!(rs.contains("name: \"rms_norm_bf16\", symbol: \"dsv3_rms_norm_bf16\", params: &[(\"T\", \"bf16\")]"));
     assert!(rs.contains(&format!("pub const RMS_NORM_BF16: usize = {i};")));
-    assert!(rs.contains("cuda_archs: &[], vendors: &[Vendor::Cuda, Vendor::Hip]"));
+    assert!(rs.contains("vendors: &[Vendor::Cuda, Vendor::Hip], cuda_archs: &[], doc: "));
 }
 
 #[test]
@@ -89,7 +89,12 @@ fn tensor_map_arguments_stay_in_parameter_space() {
     let rs = emit_registry(FAMILIES, &all, &Artifacts::default());
     assert!(rs.contains("ArgInfo { name: \"tmap_a\", ty: ArgType::TensorMap }"));
     assert!(rs.contains("tmap_a: TensorMap, tmap_b: TensorMap, "));
-    assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("cuda_archs: &[\"sm_90a\"], vendors: &[Vendor::Cuda], doc: \"sm_90a only."));
+    assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("vendors: &[Vendor::Cuda], cuda_archs: &[\"sm_90a\"], doc: \"sm_90a only."));
+    assert!(rs.contains("name: \"int8_gemm_wgmma2_channel\", symbol: \"dsv3_int8_gemm_wgmma2_channel\", params: &[(\"Q\", \"channel\")]"));
+    let int8 = FAMILIES.iter().find(|f| f.name == "int8_gemm_wgmma2").unwrap();
+    let tu = dialect(Vendor::Cuda).translation_unit(int8, &all);
+    assert!(tu.contains("dsv3_int8_gemm_wgmma2_block(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const dsv3::i8* a, "), "got:\n{tu}");
+    assert!(tu.contains("  dsv3::int8_gemm_wgmma2<dsv3::int8_block>(out, tmap_a, tmap_b, a, "), "got:\n{tu}");
 }
 
 #[test]
@@ -136,7 +141,7 @@ fn manifest_errors_are_caught() {
 fn arch_selection() {
     let targets: Vec<String> = ["sm_80", "sm_89", "sm_90a"].iter().map(|s| s.to_string()).collect();
     assert_eq!(Archs::ALL.select(Vendor::Cuda, &targets), targets);
-    let hopper = Archs { cuda: Some(&["sm_90a"]), hip: None };
+    let hopper = Archs::SM90A;
     assert_eq!(hopper.select(Vendor::Cuda, &targets), vec!["sm_90a".to_string()]);
     assert!(hopper.select(Vendor::Hip, &targets).is_empty());
     assert!(!hopper.has_vendor(Vendor::Hip));

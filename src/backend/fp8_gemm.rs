@@ -33,12 +33,10 @@ use std::ffi::c_void;
 /// Streaming multiprocessors assumed when sizing split-K (H200: 132).
 pub const DEFAULT_SMS: usize = 132;
 
-/// Kernel family of the v2 entry (kernels/fp8_gemm_wgmma2.cuh).
-const WG2_FAMILY: &str = "fp8_gemm_wgmma2";
-/// Dynamic shared memory of the v2 entry (`Wg2Smem::BYTES`): 5 stages of A + B boxes, 2 × 64
-/// staged output rows of 272 bytes, 5 × 128 scales, the 128-row gather table, 10 mbarriers, 1 KB
-/// to align the base.
-const WG2_SMEM: u32 = 5 * 32768 + 2 * 64 * 272 + 5 * 512 + 512 + 80 + 1024;
+/// Dynamic shared memory of the v2 entries (`Wg2Smem::BYTES`, FP8 and INT8): 5 stages of A + B
+/// boxes, 2 × 64 staged output rows of 272 bytes, 5 × 128 scales, the 128-row gather table, 10
+/// mbarriers, 1 KB to align the base.
+pub(super) const WG2_SMEM: u32 = 5 * 32768 + 2 * 64 * 272 + 5 * 512 + 512 + 80 + 1024;
 
 pub(super) fn bad(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -183,17 +181,17 @@ pub(crate) fn splits_for(ctas: usize, k_tiles: usize, sms: usize, occupancy: usi
     (slots / ctas).min((k_tiles / 2).max(1)).max(1)
 }
 
-/// Whether the default plans use the sm_90a wgmma kernel on this stream: [`super::loads_sm90a`], unless
-/// `DSV3_FP8_WGMMA=0` (on by default since its GPU tests passed on the H200: 1.2–2.6× the
-/// mma.sync BM-128 kernel).
+/// Whether the default plans use the sm_90a wgmma kernel on this stream: it loads the sm_90a
+/// cubin ([`registry::loads_cubin`]), unless `DSV3_FP8_WGMMA=0` (on by default since its GPU tests
+/// passed on the H200: 1.2–2.6× the mma.sync BM-128 kernel).
 pub fn wgmma_enabled(s: &dyn GpuStream) -> bool {
-    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && super::loads_sm90a(s)
+    std::env::var("DSV3_FP8_WGMMA").map(|v| v != "0").unwrap_or(true) && registry::loads_cubin(s, "sm_90a")
 }
 
 /// Whether the v2 entry can run on this stream: it loads the sm_90a cubin and this build compiled
-/// one (elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
+/// one ([`registry::runs_on`]; elsewhere — other archs, PTX, NVRTC, HIP — the entry only traps).
 pub fn wgmma2_available(s: &dyn GpuStream) -> bool {
-    super::sm90a_family_available(s, WG2_FAMILY)
+    registry::kernel(&Fp8Tile::Wg2.kernel_name(DType::E4m3fn)).is_some_and(|k| registry::runs_on(s, k))
 }
 
 /// Whether the default plans use the v2 entry: [`wgmma2_available`], unless `DSV3_FP8_WGMMA2=0`
@@ -326,24 +324,25 @@ impl GroupedRows<'_> {
     }
 }
 
-struct Operands {
-    out: u64,
-    a: u64,
-    a_scales: u64,
-    b: u64,
-    b_scale: u64,
-    row_ids: u64,
-    tile_expert: u64,
-    num_tiles: u64,
-    m: usize,
-    n: usize,
-    k: usize,
-    a_row_div: usize,
-    m_tiles: usize,
-    ws_rows: usize,
+/// The operands of one block-scaled GEMM launch (FP8 or INT8; raw addresses, 0 = null).
+pub(super) struct Operands {
+    pub(super) out: u64,
+    pub(super) a: u64,
+    pub(super) a_scales: u64,
+    pub(super) b: u64,
+    pub(super) b_scale: u64,
+    pub(super) row_ids: u64,
+    pub(super) tile_expert: u64,
+    pub(super) num_tiles: u64,
+    pub(super) m: usize,
+    pub(super) n: usize,
+    pub(super) k: usize,
+    pub(super) a_row_div: usize,
+    pub(super) m_tiles: usize,
+    pub(super) ws_rows: usize,
     /// Rows of `a` when it is read without a gather (v2's TMA map), and experts of `b`.
-    a_rows: usize,
-    experts: usize,
+    pub(super) a_rows: usize,
+    pub(super) experts: usize,
 }
 
 fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Plan, o: Operands) -> Result<()> {
@@ -355,7 +354,11 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
         return Ok(());
     }
     if plan.tile.is_wgmma2() {
-        return launch_wg2(s, f8, plan, &o);
+        if f8 != DType::E4m3fn {
+            return Err(bad(format!("fp8_gemm: the wgmma2 tiles take e4m3fn ({f8} given)")));
+        }
+        let pair = (plan.tile == Fp8Tile::Wg2Pair).then(|| Fp8Tile::Wg2Pair.kernel_name(f8));
+        return launch_wg2(s, &Fp8Tile::Wg2.kernel_name(f8), pair.as_deref(), plan.splits, &o);
     }
     let k_tiles = o.k.div_ceil(128);
     let splits = plan.splits.clamp(1, k_tiles);
@@ -395,12 +398,11 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
     launch_raw(s, &name, cfg, &mut vals)
 }
 
-/// How many 2-CTA clusters of the v2 pair entry run at once on this stream's device (the
+/// How many 2-CTA clusters of the v2 pair entry `name` run at once on this stream's device (the
 /// occupancy API's answer; `DSV3_FP8_PAIR_CLUSTERS=N` replaces it, for tuning): the persistent
 /// grid.
-pub fn pair_clusters(s: &dyn GpuStream, f8: DType) -> Result<usize> {
-    let name = Fp8Tile::Wg2Pair.kernel_name(f8);
-    let k = registry::kernel(&name).ok_or_else(|| bad(format!("fp8_gemm: {name} is not in the kernel registry")))?;
+pub fn pair_clusters(s: &dyn GpuStream, name: &str) -> Result<usize> {
+    let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(2);
     let given = std::env::var("DSV3_FP8_PAIR_CLUSTERS").ok().and_then(|v| v.parse::<usize>().ok());
     let fit = match given {
@@ -408,31 +410,35 @@ pub fn pair_clusters(s: &dyn GpuStream, f8: DType) -> Result<usize> {
         None => s.max_active_clusters(k, &cfg)?,
     };
     match fit {
-        0 => Err(bad(format!("fp8_gemm: no cluster of 2 CTAs of {name} fits on this device"))),
+        0 => Err(bad(format!("{name}: no cluster of 2 CTAs fits on this device"))),
         n => Ok(n),
     }
 }
 
-/// The v2 entry: TMA descriptors of b ([E, N, K], boxes of 128 bytes × 128 rows, or 64 rows in
-/// pairs: each CTA of a pair loads half of the shared tile) and, unless rows are gathered, of a
-/// ([rows, K]); one persistent CTA per SM (at most one per tile), or as many 2-CTA clusters as fit
-/// at once (at most one per pair of M tiles). A pair plan over a single M tile runs unpaired (its
-/// second CTA would only stream zeros).
-fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Result<()> {
-    if f8 != DType::E4m3fn || plan.splits != 1 {
-        return Err(bad(format!("fp8_gemm: the wgmma2 tile takes e4m3fn without split-K ({f8}, {} splits given)", plan.splits)));
+/// A v2 entry `name` (FP8 or INT8: 1-byte operands, kernels/fp8_gemm_wgmma2.cuh's pipeline), or its
+/// pair entry `pair` (clusters of two CTAs sharing the weight tile) where there is one and the
+/// launch has at least two M tiles (with one, its second CTA would only stream zeros): TMA
+/// descriptors of b ([E, N, K], boxes of 128 bytes × 128 rows, or × 64 in pairs: each CTA loads
+/// half of the shared tile) and, unless rows are gathered, of a ([rows, K]); one persistent CTA per
+/// SM (at most one per tile), or as many clusters as fit at once (at most one per pair of M
+/// tiles). No split-K; refused with [`Error::KernelUnavailable`] where the stream does not load
+/// the entry's sm_90a cubin.
+pub(super) fn launch_wg2(s: &dyn GpuStream, name: &str, pair: Option<&str>, splits: usize, o: &Operands) -> Result<()> {
+    let (name, cluster) = match pair {
+        Some(p) if o.m_tiles >= 2 => (p, 2u32),
+        _ => (name, 1u32),
+    };
+    let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    if splits != 1 {
+        return Err(bad(format!("{name}: the wgmma2 tile has no split-K ({splits} splits given)")));
     }
-    if !wgmma2_available(s) {
-        return Err(bad(format!(
-            "fp8_gemm: the wgmma2 tile needs the sm_90a cubin on an sm_90 device (this stream: {} {}, {})",
-            s.vendor(),
-            s.arch(),
-            s.variant()
-        )));
+    if !registry::runs_on(s, kernel) {
+        let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
+        return Err(Error::KernelUnavailable { kernel: kernel.name, targets: kernel.cuda_archs.join(" / "), stream });
     }
-    let tile = if plan.tile == Fp8Tile::Wg2Pair && o.m_tiles >= 2 { Fp8Tile::Wg2Pair } else { Fp8Tile::Wg2 };
-    let cluster = if tile == Fp8Tile::Wg2Pair { 2 } else { 1 };
-    let name = tile.kernel_name(f8);
+    if o.m_tiles == 0 || o.n == 0 || o.k == 0 {
+        return Ok(());
+    }
     let (k, n) = (o.k as u64, o.n as u64);
     let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128 / cluster, 1] })?;
     let map_a = if o.row_ids == 0 {
@@ -442,7 +448,7 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
     };
     let units = o.m_tiles.div_ceil(cluster as usize) * o.n.div_ceil(128);
     let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(cluster);
-    let resident = if cluster == 1 { s.sm_count().unwrap_or(DEFAULT_SMS) } else { pair_clusters(s, f8)? };
+    let resident = if cluster == 1 { s.sm_count().unwrap_or(DEFAULT_SMS) } else { pair_clusters(s, name)? };
     let grid = units.min(resident) * cluster as usize;
     let cfg = LaunchCfg { grid: (u32_of(grid, "CTAs")?, 1, 1), ..cfg };
     let mut args = [
@@ -460,7 +466,7 @@ fn launch_wg2(s: &dyn GpuStream, f8: DType, plan: Fp8Plan, o: &Operands) -> Resu
         RawArg::Word(u32_of(o.k, "k")? as u64),
         RawArg::Word(u32_of(o.a_row_div.max(1), "a_row_div")? as u64),
     ];
-    launch_args(s, &name, cfg, &mut args)
+    launch_args(s, name, cfg, &mut args)
 }
 
 fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<(usize, usize, usize)> {

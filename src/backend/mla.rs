@@ -47,6 +47,7 @@
 //! [`mla_decode`] refuses a wgmma plan where the kernel cannot run.
 
 use super::dispatch::{launch_by_name, KArg};
+use super::registry;
 use super::memory::DeviceTensor;
 use super::stream::GpuStream;
 use super::types::*;
@@ -138,9 +139,10 @@ fn bad(msg: String) -> Error {
 }
 
 /// Whether the sm_90a wgmma split kernel can run on this stream: an sm_90 GPU loading the sm_90a
-/// cubin of family `mla_decode_wgmma`, which this build compiled (elsewhere its entry traps).
+/// cubin of family `mla_decode_wgmma`, which this build compiled ([`registry::runs_on`];
+/// elsewhere its entry traps).
 pub fn mla_wgmma_available(s: &dyn GpuStream) -> bool {
-    super::sm90a_family_available(s, WGMMA_FAMILY)
+    registry::KERNELS.iter().find(|k| k.family == WGMMA_FAMILY).is_some_and(|k| registry::runs_on(s, k))
 }
 
 /// Whether the default plans may use the wgmma kernel on this stream: [`mla_wgmma_available`],

@@ -37,27 +37,6 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
-/// A CUDA sm_90 device whose stream loads the sm_90a cubin (`Auto` / `Cubin("sm_90a")`).
-pub fn loads_sm90a(s: &dyn GpuStream) -> bool {
-    s.vendor() == Vendor::Cuda
-        && s.arch() == "sm_90"
-        && match s.variant() {
-            CodeVariant::Auto => true,
-            CodeVariant::Cubin(a) => a == "sm_90a",
-            _ => false,
-        }
-}
-
-/// Whether the kernels of an sm_90a-only family (manifest `archs: cuda ["sm_90a"], hip None`:
-/// wgmma, TMA, setmaxnreg) can run on this stream: this build compiled the family's sm_90a cubin
-/// and the stream loads it. Elsewhere (other archs, PTX, NVRTC, HIP) their entries only trap.
-pub fn sm90a_family_available(s: &dyn GpuStream, family: &str) -> bool {
-    let built = registry::MODULES
-        .iter()
-        .any(|m| m.family == family && m.image(Vendor::Cuda, "sm_90a", ImageKind::Cubin).is_some());
-    built && loads_sm90a(s)
-}
-
 /// Where a computation runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
@@ -154,8 +133,8 @@ mod tests {
             assert!(fams.contains(f), "family {f} missing");
         }
         for k in registry::KERNELS {
-            // Kernels restricted to CUDA archs (sm_90a code: TMA, wgmma, setmaxnreg) have no HIP
-            // entry; every other kernel has both.
+            // Kernels the manifest restricts to CUDA targets (sm_90a: TMA, wgmma, setmaxnreg) have
+            // no HIP entry; every other kernel has both.
             let hip = k.cuda_archs.is_empty();
             assert!(k.vendors.contains(&Vendor::Cuda) && k.vendors.contains(&Vendor::Hip) == hip, "{}", k.name);
             assert!(k.cuda_archs.iter().all(|a| *a == "sm_90a"), "{}: {:?}", k.name, k.cuda_archs);
@@ -163,7 +142,7 @@ mod tests {
             assert!(k.symbol.starts_with("dsv3_"));
         }
         assert_eq!(registry::KERNELS[registry::index::RMS_NORM_BF16].name, "rms_norm_bf16");
-        for f in ["fp8_gemm_wgmma2", "mla_decode_wgmma"] {
+        for f in ["fp8_gemm_wgmma2", "int8_gemm_wgmma2", "mla_decode_wgmma"] {
             assert!(registry::KERNELS.iter().filter(|k| k.family == f).all(|k| k.cuda_archs == ["sm_90a"]), "{f}");
         }
     }

@@ -12,6 +12,9 @@
 //! Any M ≥ 1; N, K need not be multiples of 128; K % 16 == 0 (16-byte rows). Up to 64 rows per M
 //! tile [`plan_int8`] / [`plan_awq`] / [`plan_grouped`] pick the weight-streaming kernel
 //! ([`QuantTile::Stream`], [`super::stream_gemm`]; AWQ too), the BM 16 / 64 / 128 tiles above.
+//! On an H100 / H200 stream that loads the sm_90a cubin, [`int8_plan_for_stream`] moves INT8's
+//! BM-128 plans to [`QuantTile::Wg2`]: the persistent TMA + wgmma kernel of the FP8 v2 GEMM with
+//! an s8 MMA (kernels/int8_gemm_wgmma2.cuh), unsplit (`DSV3_INT8_WGMMA2=0` turns it off).
 //!
 //! AWQ ([`awq_gemm`], [`awq_grouped_gemm`]): `out[M, N] bf16 = a bf16 [M, K] · W` with
 //! `W[k, n] = (q − z)·s` from an AWQ layer (`qzeros` i32 `[K/G, N/8]`, `scales` f16 `[K/G, N]`,
@@ -27,8 +30,9 @@
 //! without tokens get no tile, so they cost nothing.
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
 
-use super::fp8_gemm::{bad, launch_raw, rows_cols, splits_for, u32_of, Fp8Workspace, GroupedRows};
+use super::fp8_gemm::{bad, launch_raw, launch_wg2, rows_cols, splits_for, u32_of, Fp8Workspace, GroupedRows, Operands, WG2_SMEM};
 use super::memory::DeviceTensor;
+use super::registry;
 use super::stream::GpuStream;
 use super::stream_gemm::StreamTile;
 use super::types::*;
@@ -92,6 +96,9 @@ pub enum QuantTile {
     /// The small-M weight-streaming kernel (`stream_gemm_int8_*`, `stream_gemm_awq_*`,
     /// [`super::stream_gemm`]).
     Stream(StreamTile),
+    /// INT8 only: BM 128 through the sm_90a v2 entry (`int8_gemm_wgmma2_*`: persistent, TMA-fed,
+    /// warp-specialized wgmma; no split-K). Launched only where [`int8_wgmma2_available`].
+    Wg2,
 }
 
 impl QuantTile {
@@ -103,7 +110,7 @@ impl QuantTile {
         match self {
             QuantTile::Bm16 => 16,
             QuantTile::Bm64 => 64,
-            QuantTile::Bm128 => 128,
+            QuantTile::Bm128 | QuantTile::Wg2 => 128,
             QuantTile::Stream(t) => t.bm(),
         }
     }
@@ -113,6 +120,7 @@ impl QuantTile {
             QuantTile::Bm64 => "bm64",
             QuantTile::Bm128 => "bm128",
             QuantTile::Stream(t) => t.label(),
+            QuantTile::Wg2 => "wg2",
         }
     }
     /// The tile the plans pick for `rows` rows per M tile: the streaming kernel up to
@@ -144,6 +152,7 @@ impl QuantTile {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
             (_, QuantTile::Stream(t)) => return t.smem_bytes(vendor),
+            (_, QuantTile::Wg2) => return WG2_SMEM,
             (Vendor::Hip, _) => 1,
             (Vendor::Cuda, QuantTile::Bm128) => 3,
             (Vendor::Cuda, _) => 4,
@@ -200,6 +209,29 @@ pub fn plan_quant_tile(kernel: QuantKernel, tile: QuantTile, m: usize, n: usize,
 /// Tile and split for a dense INT8 `[m, k] · [n, k]ᵀ` on `sms` SMs (K tiles of 128).
 pub fn plan_int8(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
     plan_quant_tile(QuantKernel::Int8, QuantTile::for_rows(m), m, n, k, sms)
+}
+
+/// Whether the INT8 v2 entry can run on this stream: it loads the sm_90a cubin and this build
+/// compiled one ([`registry::runs_on`]; elsewhere the entry only traps).
+pub fn int8_wgmma2_available(s: &dyn GpuStream) -> bool {
+    registry::kernel("int8_gemm_wgmma2_block").is_some_and(|k| registry::runs_on(s, k))
+}
+
+/// Whether the default INT8 plans use the v2 entry: [`int8_wgmma2_available`], unless
+/// `DSV3_INT8_WGMMA2=0`.
+pub fn int8_wgmma2_enabled(s: &dyn GpuStream) -> bool {
+    std::env::var("DSV3_INT8_WGMMA2").map(|v| v != "0").unwrap_or(true) && int8_wgmma2_available(s)
+}
+
+/// An INT8 `plan` adapted to the stream: its BM-128 tile moved to the v2 entry where
+/// [`int8_wgmma2_enabled`], without split-K (v2 has none; FP8's v2 measured faster unsplit than
+/// v1 with the plan's splits on every shape at M = 128, docs/perf/fp8_gemm.md).
+pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
+    if plan.tile == QuantTile::Bm128 && int8_wgmma2_enabled(s) {
+        QuantPlan { tile: QuantTile::Wg2, splits: 1 }
+    } else {
+        plan
+    }
 }
 
 /// Tile and split for a dense AWQ GEMM (K tiles of 64).
@@ -413,41 +445,31 @@ fn check_int8_operands(
     Ok(am)
 }
 
-/// The launch of an INT8 GEMM (dense or grouped): `head` = (out, a, a_scales, w, w_scale) raw,
-/// `w` `[E, n, k]`, `m_tiles` M tiles over `m` output rows, `rows` as in [`Tiled`], activation row
-/// `row_ids[r] / a_row_div` for sorted row r.
-pub(super) fn int8_tiled(
-    s: &dyn GpuStream,
-    scheme: Int8Scheme,
-    plan: QuantPlan,
-    head: [u64; 5],
-    n: usize,
-    k: usize,
-    m_tiles: usize,
-    m: usize,
-    rows: [u64; 3],
-    a_row_div: usize,
-) -> Result<Tiled> {
+/// Launches an INT8 GEMM (dense or grouped; `o.b` the weights `[E, n, k]`): the v2 entry for
+/// [`QuantTile::Wg2`], the streaming or tiled kernels otherwise.
+pub(super) fn launch_int8(s: &dyn GpuStream, ws: &mut SplitKWorkspace, scheme: Int8Scheme, plan: QuantPlan, o: Operands) -> Result<()> {
     let name = match plan.tile {
+        QuantTile::Wg2 => return launch_wg2(s, &format!("int8_gemm_wgmma2_{}", scheme.tag()), None, plan.splits, &o),
         QuantTile::Stream(t) => format!("stream_gemm_int8_{}_t{}", scheme.tag(), t.bm()),
         tile => format!("int8_gemm_{}_{}", scheme.tag(), tile.label()),
     };
-    Ok(Tiled {
+    let t = Tiled {
         name,
         smem: plan.tile.int8_smem_bytes(s.vendor()),
-        n,
-        k_tiles: k.div_ceil(128),
-        m_tiles,
-        ws_rows: m,
-        head: head.to_vec(),
-        rows,
+        n: o.n,
+        k_tiles: o.k.div_ceil(128),
+        m_tiles: o.m_tiles,
+        ws_rows: o.ws_rows,
+        head: vec![o.out, o.a, o.a_scales, o.b, o.b_scale],
+        rows: [o.row_ids, o.tile_expert, o.num_tiles],
         tail: vec![
-            u32_of(m, "m")? as u64,
-            u32_of(n, "n")? as u64,
-            u32_of(k, "k")? as u64,
-            u32_of(a_row_div.max(1), "a_row_div")? as u64,
+            u32_of(o.m, "m")? as u64,
+            u32_of(o.n, "n")? as u64,
+            u32_of(o.k, "k")? as u64,
+            u32_of(o.a_row_div.max(1), "a_row_div")? as u64,
         ],
-    })
+    };
+    launch_tiled(s, ws, plan, t)
 }
 
 /// Dense INT8 GEMM with an explicit plan (tests run every tile and split).
@@ -471,13 +493,30 @@ pub fn int8_gemm_with(
             out.shape()
         )));
     }
-    let head = [out.raw(), a.raw(), a_scales.raw(), b.raw(), b_scale.raw()];
-    let t = int8_tiled(s, scheme, plan, head, n, k, m.div_ceil(plan.tile.bm()), m, [0, 0, 0], 1)?;
-    launch_tiled(s, ws, plan, t)
+    let o = Operands {
+        out: out.raw(),
+        a: a.raw(),
+        a_scales: a_scales.raw(),
+        b: b.raw(),
+        b_scale: b_scale.raw(),
+        row_ids: 0,
+        tile_expert: 0,
+        num_tiles: 0,
+        m,
+        n,
+        k,
+        a_row_div: 1,
+        m_tiles: m.div_ceil(plan.tile.bm()),
+        ws_rows: m,
+        a_rows: m,
+        experts: 1,
+    };
+    launch_int8(s, ws, scheme, plan, o)
 }
 
 /// Dense INT8 GEMM `out bf16 [M, N] = a i8 [M, K] · b i8 [N, K]ᵀ` with `scheme`'s scales; the plan
-/// from the shape ([`plan_int8`]), split-K workspace from `ws`.
+/// from the shape ([`plan_int8`]) and the stream ([`int8_plan_for_stream`]), split-K workspace
+/// from `ws`.
 pub fn int8_gemm(
     s: &dyn GpuStream,
     ws: &mut SplitKWorkspace,
@@ -494,7 +533,7 @@ pub fn int8_gemm(
         s,
         ws,
         scheme,
-        plan_int8(m, n, k, DEFAULT_SMS),
+        int8_plan_for_stream(s, plan_int8(m, n, k, DEFAULT_SMS)),
         out,
         a,
         a_scales,
@@ -530,9 +569,26 @@ pub fn int8_grouped_gemm(
     let max_rows = rows.max_tiles * plan.tile.bm();
     out.check_dtype(DType::Bf16)?;
     check_rows(rows, out, max_rows, n, "int8_grouped_gemm")?;
-    let head = [out.raw(), a.raw(), a_scales.raw(), w.raw(), w_scale.raw()];
-    let t = int8_tiled(s, scheme, plan, head, n, k, rows.max_tiles, max_rows, rows.raw(), rows.a_row_div)?;
-    launch_tiled(s, ws, plan, t)
+    let [row_ids, tile_expert, num_tiles] = rows.raw();
+    let o = Operands {
+        out: out.raw(),
+        a: a.raw(),
+        a_scales: a_scales.raw(),
+        b: w.raw(),
+        b_scale: w_scale.raw(),
+        row_ids,
+        tile_expert,
+        num_tiles,
+        m: max_rows,
+        n,
+        k,
+        a_row_div: rows.a_row_div,
+        m_tiles: rows.max_tiles,
+        ws_rows: max_rows,
+        a_rows: rows_cols(a).0,
+        experts: e,
+    };
+    launch_int8(s, ws, scheme, plan, o)
 }
 
 fn check_rows(
@@ -669,6 +725,7 @@ pub(super) fn awq_tiled(
     a_row_div: usize,
 ) -> Result<Tiled> {
     let name = match plan.tile {
+        QuantTile::Wg2 => return Err(bad("awq_gemm: the wg2 tile is INT8 only".into())),
         QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
         tile => format!("awq_gemm_{}", tile.label()),
     };
@@ -873,6 +930,12 @@ mod tests {
         let (p, _) = plan_grouped(QuantKernel::Awq, 8, 32, 512, 7168, 132);
         assert_eq!(p.tile, QuantTile::Bm16);
         assert_eq!(QuantTile::Stream(StreamTile::T64).int8_smem_bytes(Vendor::Cuda), 75_776);
+        // v2: FP8's shared memory (one CTA per SM), one entry per scheme.
+        assert_eq!((QuantTile::Wg2.bm(), QuantTile::Wg2.label()), (128, "wg2"));
+        assert_eq!(QuantTile::Wg2.int8_smem_bytes(Vendor::Cuda), 202_832);
+        for scheme in Int8Scheme::ALL {
+            assert!(registry::kernel(&format!("int8_gemm_wgmma2_{}", scheme.tag())).is_some(), "{scheme:?}");
+        }
     }
 
     /// The repacked word of lane (g, t) holds the B fragments of two m16n8k16 MMAs: nibbles

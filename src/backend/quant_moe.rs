@@ -11,7 +11,8 @@
 use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
 use super::memory::DeviceTensor;
 use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
-use super::quant_gemm::{awq_tiled, int8_tiled, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantKernel, QuantPlan};
+use super::fp8_gemm::Operands;
+use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantKernel, QuantPlan};
 use super::stream::GpuStream;
 use super::types::*;
 use crate::error::Result;
@@ -58,12 +59,31 @@ impl MoeInt8Weights<'_> {
         Ok((e, h, i))
     }
 
+    /// `out` [rows, n] = a · w[e]ᵀ over the sorted rows; row r reads activation row
+    /// `sorted[r] / topk` when `gather` (x), row r otherwise (h, one row per sorted row).
     fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Result<()> {
-        let (n, k) = (w.0.shape()[1], w.0.shape()[2]);
+        let sh = w.0.shape();
         let m = rows.rows();
-        let r = [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles];
-        let t = int8_tiled(s, self.scheme, plan, [out, a.data, a.scales, w.0.raw(), w.1.raw()], n, k, rows.max_tiles, m, r, if gather { rows.topk } else { 1 })?;
-        launch_tiled(s, ws, plan, t)
+        let (row_ids, a_row_div) = if gather { (rows.sorted, rows.topk) } else { (0, 1) };
+        let o = Operands {
+            out,
+            a: a.data,
+            a_scales: a.scales,
+            b: w.0.raw(),
+            b_scale: w.1.raw(),
+            row_ids,
+            tile_expert: rows.tile_expert,
+            num_tiles: rows.num_tiles,
+            m,
+            n: sh[1],
+            k: sh[2],
+            a_row_div,
+            m_tiles: rows.max_tiles,
+            ws_rows: m,
+            a_rows: m,
+            experts: sh[0],
+        };
+        launch_int8(s, ws, self.scheme, plan, o)
     }
 }
 
@@ -78,9 +98,11 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         MoeInt8Weights::dims(self)
     }
 
-    fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
+    /// The grouped plans of [`plan_grouped`], BM 128 on the v2 entry where the stream runs it.
+    fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeInt8Weights::dims(self)?;
-        Ok(plans(QuantKernel::Int8, pairs, e, h, i))
+        let p = plans(QuantKernel::Int8, pairs, e, h, i);
+        Ok(MoePlan { gate_up: int8_plan_for_stream(s, p.gate_up), down: int8_plan_for_stream(s, p.down), ..p })
     }
 
     fn input(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {

@@ -2,11 +2,13 @@
 //! `MODULES` (per family: embedded sources and compiled images), `KERNELS` (every instance),
 //! `index::*` (positions in `KERNELS`) and `launch::*` (typed launch wrappers).
 
+use super::stream::GpuStream;
 #[allow(unused_imports)]
 use super::types::{
     ArgInfo, ArgType, DType, DevPtr, DevPtrMut, Fp8E4m3fn, Fp8E4m3fnuz, ImageInfo, ImageKind, KernelInfo, LaunchCfg,
     Launcher, ModuleInfo, TensorMap, Vendor,
 };
+use super::types::CodeVariant;
 
 include!(concat!(env!("OUT_DIR"), "/dsv3_kernels.rs"));
 
@@ -16,4 +18,25 @@ pub const BUILD_REPORT: &str = include_str!(concat!(env!("OUT_DIR"), "/kernels.t
 /// Looks a kernel up by instance name.
 pub fn kernel(name: &str) -> Option<&'static KernelInfo> {
     KERNELS.iter().find(|k| k.name == name)
+}
+
+/// Whether kernel `k` can run on `s`: built for the stream's vendor and, when the manifest
+/// restricts it to architecture-specific CUDA targets ([`KernelInfo::cuda_archs`]), its module
+/// embeds the cubin of one of them and the stream loads that cubin ([`loads_cubin`]).
+pub fn runs_on(s: &dyn GpuStream, k: &KernelInfo) -> bool {
+    k.vendors.contains(&s.vendor())
+        && (k.cuda_archs.is_empty()
+            || k.cuda_archs.iter().any(|t| MODULES[k.module].image(Vendor::Cuda, t, ImageKind::Cubin).is_some() && loads_cubin(s, t)))
+}
+
+/// Whether `s` loads the cubin of the architecture-specific target `target` (`sm_90a`): a CUDA
+/// GPU of that architecture (`sm_90`) whose stream takes the fatbin (`Auto`) or that cubin.
+pub fn loads_cubin(s: &dyn GpuStream, target: &str) -> bool {
+    s.vendor() == Vendor::Cuda
+        && target.strip_suffix('a') == Some(s.arch().as_str())
+        && match s.variant() {
+            CodeVariant::Auto => true,
+            CodeVariant::Cubin(a) => a == target,
+            _ => false,
+        }
 }

@@ -252,10 +252,11 @@ pub struct KernelInfo {
     pub params: &'static [(&'static str, &'static str)],
     pub args: &'static [ArgInfo],
     pub max_threads: u32,
-    /// The CUDA archs the kernel is built for (e.g. `["sm_90a"]` for wgmma kernels); empty: every
-    /// target of the build.
-    pub cuda_archs: &'static [&'static str],
     pub vendors: &'static [Vendor],
+    /// The CUDA targets the manifest restricts this kernel to (empty: every target of the build).
+    /// A list means architecture-specific code (sm_90a: TMA, wgmma) whose entry only traps in the
+    /// other variants; see [`super::registry::runs_on`].
+    pub cuda_archs: &'static [&'static str],
     pub doc: &'static str,
 }
 

@@ -119,6 +119,28 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     assert!(e <= tol, "{what}: relative error {e:e} > {tol:e}");
 }
 
+/// Largest relative error of any 128 × 128 output tile (a wrong tile cannot hide in a large
+/// output); a tile's norm is floored at the output's RMS so near-zero tiles do not dominate.
+pub fn max_tile_error(got: &[f32], want: &[f32], m: usize, n: usize) -> f64 {
+    let rms = (want.iter().map(|&x| x as f64 * x as f64).sum::<f64>() / want.len().max(1) as f64).sqrt();
+    let mut worst = 0f64;
+    for r0 in (0..m).step_by(128) {
+        for c0 in (0..n).step_by(128) {
+            let (mut num, mut den, mut cnt) = (0f64, 0f64, 0usize);
+            for r in r0..(r0 + 128).min(m) {
+                for c in c0..(c0 + 128).min(n) {
+                    let (g, w) = (got[r * n + c] as f64, want[r * n + c] as f64);
+                    num += (g - w) * (g - w);
+                    den += w * w;
+                    cnt += 1;
+                }
+            }
+            worst = worst.max((num / den.max(rms * rms * cnt as f64).max(f64::MIN_POSITIVE)).sqrt());
+        }
+    }
+    worst
+}
+
 /// Loads a fixture's model on cuda:0, naming the fixture when it fails.
 pub fn gpu_model(dir: &std::path::Path) -> dsv3::model::gpu::GpuModel {
     dsv3::model::gpu::GpuModel::load(dir, dsv3::backend::Device::Cuda(0))
