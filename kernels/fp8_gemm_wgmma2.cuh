@@ -293,12 +293,10 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     const float s0 = c.scales(s)[r0], s1 = c.scales(s)[r0 + 8];
     __syncwarp();
     if (ln == 0) {
-      if (CL == 1) {
-        mbar_arrive(c.empty(s));
-      } else {
+      mbar_arrive(c.empty(s));
 #pragma unroll
-        for (u32 r = 0; r < (u32)CL; ++r) mbar_arrive_cluster(cluster_map(c.empty(s), r));
-      }
+      for (u32 r = 0; r < (u32)CL; ++r)
+        if (r != c.rank) mbar_arrive_cluster(cluster_map(c.empty(s), r));
     }
 #pragma unroll
     for (int j = 0; j < 16; ++j) {

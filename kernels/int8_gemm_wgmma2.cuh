@@ -73,12 +73,12 @@ template <> struct Wg2S8<int8_channel> : Wg2S8Mma {
 
 // Entry: grid (min(SMs, tiles)), block 384, dynamic smem Wg2Smem::BYTES. tmap_a: 2-D map of a
 // [rows, K] (unused when row_ids gathers); tmap_b: 3-D map of b [E, N, K] (E = 1 dense).
-template <int MODE>
+template <int MODE, int CL>
 DSV3_DEV void int8_gemm_wgmma2(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const i8* a,
                                const float* a_scales, const float* b_scale, const i32* row_ids, const i32* tile_expert,
                                const i32* num_tiles, u32 M, u32 N, u32 K, u32 a_row_div) {
 #if defined(DSV3_SM90A)
-  wg2_gemm<Wg2S8<MODE>, 1>(bg_args(out, a, a_scales, nullptr, b_scale, nullptr, nullptr, row_ids, tile_expert, num_tiles,
+  wg2_gemm<Wg2S8<MODE>, CL>(bg_args(out, a, a_scales, nullptr, b_scale, nullptr, nullptr, row_ids, tile_expert, num_tiles,
                                 M, N, K, a_row_div, 1),
                         tmap_a, tmap_b);
 #else

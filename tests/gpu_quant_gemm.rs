@@ -107,7 +107,7 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32]) -> DeviceTensor {
 
 /// The split-K factors tried with `tile`: none and 3 (v2 has no split-K).
 fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
-    if tile == QuantTile::Wg2 {
+    if tile.is_wgmma2() {
         vec![1]
     } else {
         vec![1, 3.min(k_tiles).max(1)]
@@ -116,12 +116,12 @@ fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
 
 /// Every tile of the mma.sync / streaming kernels (the `wg2` tests run the v2 tile).
 const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
-const WG2: [QuantTile; 1] = [QuantTile::Wg2];
+const WG2: [QuantTile; 2] = [QuantTile::Wg2, QuantTile::Wg2Pair];
 
 /// Whether `tiles` can run on `s`: the v2 tile only where the stream loads its sm_90a cubin
 /// (elsewhere it is refused: [`int8_wg2_streams_present`] checks that).
 fn tiles_run_on(s: &dyn GpuStream, tiles: &[QuantTile]) -> bool {
-    !tiles.contains(&QuantTile::Wg2) || qg::int8_wgmma2_available(s)
+    !tiles.iter().any(|t| t.is_wgmma2()) || qg::int8_wgmma2_available(s)
 }
 
 /// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
@@ -135,7 +135,7 @@ fn int8_wg2_streams_present() {
         if qg::int8_wgmma2_available(s) {
             assert!(qg::int8_wgmma2_enabled(s), "{v}: DSV3_INT8_WGMMA2=0 keeps the default plans off the v2 tile");
             let bm128 = QuantPlan { tile: QuantTile::Bm128, splits: 3 };
-            assert_eq!(qg::int8_plan_for_stream(s, bm128), QuantPlan { tile: QuantTile::Wg2, splits: 1 }, "{v}");
+            assert_eq!(qg::int8_plan_for_stream(s, bm128), QuantPlan { tile: QuantTile::Wg2Pair, splits: 1 }, "{v}");
             ok += 1;
             continue;
         }
@@ -200,7 +200,7 @@ fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[Quan
                         let what = format!("{v} int8 {scheme:?} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
                         let got = down(s, &out);
                         assert_close(&what, &got, &want, GEMM_TOL);
-                        if tile == QuantTile::Wg2 {
+                        if tile.is_wgmma2() {
                             // A wrong 128 × 128 tile (a scale, a row of the schedule) cannot hide.
                             let worst = max_tile_error(&got, &want, m, n);
                             assert!(worst <= 2.0 * GEMM_TOL, "{what}: a 128 × 128 tile has relative error {worst:e}");
@@ -869,7 +869,7 @@ fn wg2_int8_moe_default_plan() {
     // At ≥ 65 rows per active expert the grouped plans take BM 128, which the sm_90a streams run
     // on the v2 tile (int8_wg2_streams_present checks int8_plan_for_stream there).
     int8_wg2_streams_present();
-    for (pairs, e) in [(600, 8), (150, 6)] {
+    for (pairs, e) in [(600, 8), (150, 2)] {
         let (plan, _) = qg::plan_grouped(qg::QuantKernel::Int8, pairs, e, 512, 400, qg::DEFAULT_SMS);
         assert_eq!(plan.tile, QuantTile::Bm128, "{pairs} pairs on {e} experts");
     }

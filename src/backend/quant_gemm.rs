@@ -99,6 +99,9 @@ pub enum QuantTile {
     /// INT8 only: BM 128 through the sm_90a v2 entry (`int8_gemm_wgmma2_*`: persistent, TMA-fed,
     /// warp-specialized wgmma; no split-K). Launched only where [`int8_wgmma2_available`].
     Wg2,
+    /// INT8 only: [`QuantTile::Wg2`] in 2-CTA clusters sharing the weight tile of two M tiles
+    /// (`int8_gemm_wgmma2_pair_*`; a launch with one M tile runs as `Wg2`).
+    Wg2Pair,
 }
 
 impl QuantTile {
@@ -106,11 +109,15 @@ impl QuantTile {
     pub const ALL: [QuantTile; 3] = [QuantTile::Bm16, QuantTile::Bm64, QuantTile::Bm128];
     /// The streaming kernel's tiles.
     pub const STREAM: [QuantTile; 2] = [QuantTile::Stream(StreamTile::T8), QuantTile::Stream(StreamTile::T64)];
+    /// The v2 tiles (sm_90a TMA + wgmma, no split-K).
+    pub fn is_wgmma2(self) -> bool {
+        matches!(self, QuantTile::Wg2 | QuantTile::Wg2Pair)
+    }
     pub fn bm(self) -> usize {
         match self {
             QuantTile::Bm16 => 16,
             QuantTile::Bm64 => 64,
-            QuantTile::Bm128 | QuantTile::Wg2 => 128,
+            QuantTile::Bm128 | QuantTile::Wg2 | QuantTile::Wg2Pair => 128,
             QuantTile::Stream(t) => t.bm(),
         }
     }
@@ -121,6 +128,7 @@ impl QuantTile {
             QuantTile::Bm128 => "bm128",
             QuantTile::Stream(t) => t.label(),
             QuantTile::Wg2 => "wg2",
+            QuantTile::Wg2Pair => "wg2p",
         }
     }
     /// The tile the plans pick for `rows` rows per M tile: the streaming kernel up to
@@ -152,7 +160,7 @@ impl QuantTile {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
             (_, QuantTile::Stream(t)) => return t.smem_bytes(vendor),
-            (_, QuantTile::Wg2) => return WG2_SMEM,
+            (_, QuantTile::Wg2 | QuantTile::Wg2Pair) => return WG2_SMEM,
             (Vendor::Hip, _) => 1,
             (Vendor::Cuda, QuantTile::Bm128) => 3,
             (Vendor::Cuda, _) => 4,
@@ -228,7 +236,7 @@ pub fn int8_wgmma2_enabled(s: &dyn GpuStream) -> bool {
 /// v1 with the plan's splits on every shape at M = 128, docs/perf/fp8_gemm.md).
 pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
     if plan.tile == QuantTile::Bm128 && int8_wgmma2_enabled(s) {
-        QuantPlan { tile: QuantTile::Wg2, splits: 1 }
+        QuantPlan { tile: QuantTile::Wg2Pair, splits: 1 }
     } else {
         plan
     }
@@ -449,7 +457,10 @@ fn check_int8_operands(
 /// [`QuantTile::Wg2`], the streaming or tiled kernels otherwise.
 pub(super) fn launch_int8(s: &dyn GpuStream, ws: &mut SplitKWorkspace, scheme: Int8Scheme, plan: QuantPlan, o: Operands) -> Result<()> {
     let name = match plan.tile {
-        QuantTile::Wg2 => return launch_wg2(s, &format!("int8_gemm_wgmma2_{}", scheme.tag()), None, plan.splits, &o),
+        QuantTile::Wg2 | QuantTile::Wg2Pair => {
+            let pair = (plan.tile == QuantTile::Wg2Pair).then(|| format!("int8_gemm_wgmma2_pair_{}", scheme.tag()));
+            return launch_wg2(s, &format!("int8_gemm_wgmma2_{}", scheme.tag()), pair.as_deref(), plan.splits, &o);
+        }
         QuantTile::Stream(t) => format!("stream_gemm_int8_{}_t{}", scheme.tag(), t.bm()),
         tile => format!("int8_gemm_{}_{}", scheme.tag(), tile.label()),
     };
@@ -725,7 +736,7 @@ pub(super) fn awq_tiled(
     a_row_div: usize,
 ) -> Result<Tiled> {
     let name = match plan.tile {
-        QuantTile::Wg2 => return Err(bad("awq_gemm: the wg2 tile is INT8 only".into())),
+        QuantTile::Wg2 | QuantTile::Wg2Pair => return Err(bad("awq_gemm: the wg2 tiles are INT8 only".into())),
         QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
         tile => format!("awq_gemm_{}", tile.label()),
     };

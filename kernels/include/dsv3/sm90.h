@@ -94,9 +94,13 @@ DSV3_DEV u32 cluster_map(u32 addr, u32 rank) {
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(addr), "r"(rank));
   return r;
 }
-// One arrival on the mbarrier at shared::cluster address `bar` (possibly another CTA's).
+// One arrival on the mbarrier at shared::cluster address `bar` (possibly another CTA's), with the
+// default (CTA-scope) release: a cluster-scope release would first wait for every earlier memory
+// operation of the thread (the epilogue's global stores included) to be visible cluster-wide.
+// Consumers use it to hand a stage back after their MMAs on it completed (wgmma.wait_group), which
+// is all the peer's producer needs before it overwrites the stage.
 DSV3_DEV void mbar_arrive_cluster(u32 bar) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(bar) : "memory");
 }
 
 // ---- TMA -------------------------------------------------------------------------------------
