@@ -6,8 +6,8 @@
 //!   weight-streaming kernel `st8` / `st64` for M ≤ 64, BM 128 above); `dense-alt` the same with
 //!   half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
 //!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the
-//!   comparison; `dense-wg` the sm_90a wgmma kernel and `dense-wg2` its v2 one CTA per tile (the
-//!   default, `wg2p`, runs v2 in 2-CTA clusters sharing the weight tile) where the mma.sync plan
+//!   comparison; `dense-wg` the sm_90a wgmma kernel v1 and `dense-wg2p` v2 in 2-CTA clusters
+//!   sharing the weight tile (the default there is v2 one CTA per tile, `wg2`) where the mma.sync plan
 //!   has BM 128 (`dense` itself is wgmma v1 there, its default). Columns: the plan (tile, split), µs, TFLOPS
 //!   (2·M·N·K), weight GB/s (N·K bytes / time) and its ratio to the device-to-device copy measured
 //!   in the same process (bytes read + written, 1 GiB).
@@ -17,7 +17,7 @@
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
 //!   `moe` is the default plan (the streaming kernel up to 64 rows per active expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
-//!   `moe-wg`, `moe-wg2` the grouped GEMMs on wgmma v1 / v2 (unpaired) where the plan has BM 128.
+//!   `moe-wg`, `moe-wg2p` the grouped GEMMs on wgmma v1 / v2 in pairs where the plan has BM 128.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -166,7 +166,7 @@ fn main() {
                 let plans = match pass {
                     0 => dense_plans(m, n, k, base),
                     1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
-                    _ => vec![("dense-wg2", Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 })],
+                    _ => vec![("dense-wg2p", Fp8Plan { tile: Fp8Tile::Wg2Pair, splits: 1 })],
                 };
                 for (kind, plan) in plans {
                     let us = time_us(&s, |i| {
@@ -208,7 +208,7 @@ fn main() {
                     0 => moe_runs(p.div_ceil(e.min(p))),
                     _ if tile != Fp8Tile::Bm128 => vec![],
                     1 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
-                    _ => vec![("moe-wg2", Some(Fp8Tile::Wg2))],
+                    _ => vec![("moe-wg2p", Some(Fp8Tile::Wg2Pair))],
                 };
                 for (kind, force) in runs {
                     wsp.force_tile = force;

@@ -21,8 +21,8 @@
 //!   streaming kernel up to 64 rows per expert; BM 128 above, `wg2` on sm_90a), `-mma` the tiled
 //!   mma.sync kernel where the default is another;
 //! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
-//!   them): `i8blk-wg2` / `i8ch-wg2` dense at M = 4096 on the six shapes, `moe-i8-wg2` /
-//!   `moe-i8ch-wg2` (block / channel INT8) on both shards at 4096 tokens.
+//!   them): the v2 tile in 2-CTA clusters, `i8blk-wg2p` / `i8ch-wg2p` dense at M = 4096 on the six
+//!   shapes, `moe-i8-wg2p` / `moe-i8ch-wg2p` (block / channel INT8) on both shards at 4096 tokens.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 batches after 5 warm-ups. Dense weights smaller than 256 MiB are replicated and the
@@ -329,26 +329,26 @@ fn main() {
     // The INT8 wgmma v2 tile forced, last: a fault there (a sticky CUDA error) cannot cost the
     // forced-tile-free rows above.
     if !qg::int8_wgmma2_available(&s) {
-        println!("int8 wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no -wg2 rows");
+        println!("int8 wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no -wg2p rows");
         return;
     }
     if std::env::var("DSV3_INT8_BENCH_WGMMA2").map(|v| v == "0").unwrap_or(false) {
         return;
     }
-    let wg2 = QuantPlan { tile: QuantTile::Wg2, splits: 1 };
+    let wg2 = QuantPlan { tile: QuantTile::Wg2Pair, splits: 1 };
     for scheme in Int8Scheme::ALL {
-        dense_int8(&s, &mut ws, copy, scheme, &[4096], &|_, _, _| vec![(format!("{}-wg2", scheme_kind(scheme)), wg2)]);
+        dense_int8(&s, &mut ws, copy, scheme, &[4096], &|_, _, _| vec![(format!("{}-wg2p", scheme_kind(scheme)), wg2)]);
     }
     let t = 4096;
     let x = random_f(&s, DType::Bf16, &[t, HIDDEN], -1.0, 1.0, 42);
     for (label, e, inter) in SHARDS {
         let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
         let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
-        let (.., max_tiles) = moe_plans(QuantKernel::Int8, QuantTile::Wg2, t * TOPK, e, inter);
-        for (scheme, kind) in [(Int8Scheme::Block, "moe-i8-wg2"), (Int8Scheme::Channel, "moe-i8ch-wg2")] {
+        let (.., max_tiles) = moe_plans(QuantKernel::Int8, QuantTile::Wg2Pair, t * TOPK, e, inter);
+        for (scheme, kind) in [(Int8Scheme::Block, "moe-i8-wg2p"), (Int8Scheme::Channel, "moe-i8ch-wg2p")] {
             let w8 = int8_experts(&s, scheme, e, inter, 31);
             let us = time_int8_moe(&s, &mut ws, &w8, &dids, &x, e, inter, (wg2, wg2, max_tiles));
-            row(kind, label, t, "wg2/s1/1".into(), us, 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64, (hit * 3 * inter * HIDDEN) as f64, copy);
+            row(kind, label, t, "wg2p/s1/1".into(), us, 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64, (hit * 3 * inter * HIDDEN) as f64, copy);
         }
     }
 }

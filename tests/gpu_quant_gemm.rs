@@ -135,7 +135,7 @@ fn int8_wg2_streams_present() {
         if qg::int8_wgmma2_available(s) {
             assert!(qg::int8_wgmma2_enabled(s), "{v}: DSV3_INT8_WGMMA2=0 keeps the default plans off the v2 tile");
             let bm128 = QuantPlan { tile: QuantTile::Bm128, splits: 3 };
-            assert_eq!(qg::int8_plan_for_stream(s, bm128), QuantPlan { tile: QuantTile::Wg2Pair, splits: 1 }, "{v}");
+            assert_eq!(qg::int8_plan_for_stream(s, bm128), QuantPlan { tile: QuantTile::Wg2, splits: 1 }, "{v}");
             ok += 1;
             continue;
         }
@@ -473,9 +473,11 @@ fn check_int8_grouped(
             (up_i8(s, &[t, k], &qa.codes), up_f32(s, &[qa.scales.len()], &qa.scales))
         } else {
             let sorted = al.sorted_ids.to_vec::<i32>(s).unwrap();
+            // Only the first num_tiles · bm sorted ids are written (the rest of the buffer is stale).
+            let used = al.num_tiles.to_vec::<i32>(s).unwrap()[0] as usize * plan.tile.bm();
             let sc = qa.scales.len() / t;
             let (mut codes, mut scales) = (vec![0i8; sorted.len() * k], vec![0f32; sorted.len() * sc]);
-            for (r, &id) in sorted.iter().enumerate().filter(|(_, &id)| id >= 0) {
+            for (r, &id) in sorted.iter().enumerate().take(used).filter(|(_, &id)| id >= 0) {
                 let tok = id as usize / topk;
                 codes[r * k..(r + 1) * k].copy_from_slice(&qa.codes[tok * k..(tok + 1) * k]);
                 scales[r * sc..(r + 1) * sc].copy_from_slice(&qa.scales[tok * sc..(tok + 1) * sc]);

@@ -72,7 +72,8 @@ pub enum Fp8Tile {
     /// warp-specialized; e4m3fn, no split-K). Launched only where [`wgmma2_available`].
     Wg2,
     /// [`Fp8Tile::Wg2`] in clusters of two CTAs that share (multicast) the weight tile of two M
-    /// tiles (`fp8_gemm_wgmma2_pair_e4m3fn`); a launch with a single M tile runs as `Wg2`.
+    /// tiles (`fp8_gemm_wgmma2_pair_e4m3fn`); a launch with a single M tile runs as `Wg2`. Not a
+    /// default: measured 3–8% slower than `Wg2` at M = 4096 (L2 traffic is not v2's limit).
     Wg2Pair,
 }
 
@@ -208,7 +209,8 @@ pub fn with_wgmma(s: &dyn GpuStream, plan: Fp8Plan) -> Fp8Plan {
     if plan.tile != Fp8Tile::Bm128 {
         plan
     } else if wgmma2_enabled(s) {
-        Fp8Plan { tile: Fp8Tile::Wg2Pair, splits: 1 }
+        // Unpaired: the pair entry measured 3–8% slower at M = 4096 (docs/perf/fp8_gemm.md).
+        Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 }
     } else if wgmma_enabled(s) {
         Fp8Plan { tile: Fp8Tile::Wg128, ..plan }
     } else {

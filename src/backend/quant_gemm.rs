@@ -100,7 +100,8 @@ pub enum QuantTile {
     /// warp-specialized wgmma; no split-K). Launched only where [`int8_wgmma2_available`].
     Wg2,
     /// INT8 only: [`QuantTile::Wg2`] in 2-CTA clusters sharing the weight tile of two M tiles
-    /// (`int8_gemm_wgmma2_pair_*`; a launch with one M tile runs as `Wg2`).
+    /// (`int8_gemm_wgmma2_pair_*`; a launch with one M tile runs as `Wg2`). Not a default:
+    /// measured 2–6% slower than `Wg2` at M = 4096 (docs/perf/quant_gemm.md).
     Wg2Pair,
 }
 
@@ -236,7 +237,7 @@ pub fn int8_wgmma2_enabled(s: &dyn GpuStream) -> bool {
 /// v1 with the plan's splits on every shape at M = 128, docs/perf/fp8_gemm.md).
 pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
     if plan.tile == QuantTile::Bm128 && int8_wgmma2_enabled(s) {
-        QuantPlan { tile: QuantTile::Wg2Pair, splits: 1 }
+        QuantPlan { tile: QuantTile::Wg2, splits: 1 }
     } else {
         plan
     }
