@@ -347,6 +347,60 @@ pub(super) struct Operands {
     pub(super) experts: usize,
 }
 
+impl Operands {
+    /// A grouped GEMM of `a` (with its scales) against the stacked weights `w` [E, n, k] (with
+    /// theirs) over `rows`, into `out` of `max_rows` rows.
+    pub(super) fn grouped(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, w: &DeviceTensor, w_scale: &DeviceTensor, rows: &GroupedRows, max_rows: usize) -> Operands {
+        let sh = w.shape();
+        let [row_ids, tile_expert, num_tiles] = rows.raw();
+        Operands {
+            out: out.raw(),
+            a: a.raw(),
+            a_scales: a_scales.raw(),
+            b: w.raw(),
+            b_scale: w_scale.raw(),
+            row_ids,
+            tile_expert,
+            num_tiles,
+            m: max_rows,
+            n: sh[1],
+            k: sh[2],
+            a_row_div: rows.a_row_div,
+            m_tiles: rows.max_tiles,
+            ws_rows: max_rows,
+            a_rows: rows_cols(a).0,
+            experts: sh[0],
+        }
+    }
+
+    /// One of a fused MoE's grouped GEMMs: `out` [rows, n] = a · w[e]ᵀ (`w`: codes [E, n, k] and
+    /// scales) over the sorted rows; row r reads activation row `sorted[r] / topk` when `gather`,
+    /// row r otherwise (one row per sorted row).
+    pub(super) fn sorted(out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Operands {
+        let sh = w.0.shape();
+        let m = rows.rows();
+        let (row_ids, a_row_div) = if gather { (rows.sorted, rows.topk) } else { (0, 1) };
+        Operands {
+            out,
+            a: a.data,
+            a_scales: a.scales,
+            b: w.0.raw(),
+            b_scale: w.1.raw(),
+            row_ids,
+            tile_expert: rows.tile_expert,
+            num_tiles: rows.num_tiles,
+            m,
+            n: sh[1],
+            k: sh[2],
+            a_row_div,
+            m_tiles: rows.max_tiles,
+            ws_rows: m,
+            a_rows: m,
+            experts: sh[0],
+        }
+    }
+}
+
 fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Plan, o: Operands) -> Result<()> {
     if o.k % 16 != 0 {
         return Err(bad(format!("fp8_gemm: K = {} must be a multiple of 16 (16-byte rows)", o.k)));
@@ -583,33 +637,8 @@ impl MoeFp8Weights<'_> {
 
     /// `out` [rows, n] = a · w[e]ᵀ (`w`: codes [E, n, k] and scales) over the sorted rows; row r
     /// reads activation row `sorted[r] / topk` when `gather`, row r otherwise.
-    fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), n: usize, k: usize, rows: &SortedRows, gather: bool) -> Result<()> {
-        let m = rows.rows();
-        let (row_ids, a_row_div) = if gather { (rows.sorted, rows.topk) } else { (0, 1) };
-        launch_gemm(
-            s,
-            ws,
-            self.w13.dtype(),
-            plan,
-            Operands {
-                out,
-                a: a.data,
-                a_scales: a.scales,
-                b: w.0.raw(),
-                b_scale: w.1.raw(),
-                row_ids,
-                tile_expert: rows.tile_expert,
-                num_tiles: rows.num_tiles,
-                m,
-                n,
-                k,
-                a_row_div,
-                m_tiles: rows.max_tiles,
-                ws_rows: m,
-                a_rows: m,
-                experts: w.0.shape()[0],
-            },
-        )
+    fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Result<()> {
+        launch_gemm(s, ws, self.w13.dtype(), plan, Operands::sorted(out, a, w, rows, gather))
     }
 }
 
@@ -718,8 +747,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
     }
 
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
-        let (_, h, inter) = MoeFp8Weights::dims(self)?;
-        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), 2 * inter, h, rows, true)
+        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, true)
     }
 
     fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
@@ -734,8 +762,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
     }
 
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, h_act: Operand, rows: &SortedRows) -> Result<()> {
-        let (_, h, inter) = MoeFp8Weights::dims(self)?;
-        self.gemm(s, ws, plan, out, h_act, (self.w2, self.w2_scale), h, inter, rows, false)
+        self.gemm(s, ws, plan, out, h_act, (self.w2, self.w2_scale), rows, false)
     }
 }
 
@@ -753,31 +780,7 @@ pub fn fp8_grouped_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan,
         return Err(bad(format!("fp8_grouped_gemm: a {:?} w {:?} out {:?} scales {:?}", a.shape(), sh, out.shape(), w_scale.shape())));
     }
     out.check_dtype(DType::Bf16)?;
-    let [row_ids, tile_expert, num_tiles] = rows.raw();
-    launch_gemm(
-        s,
-        ws,
-        w.dtype(),
-        plan,
-        Operands {
-            out: out.raw(),
-            a: a.raw(),
-            a_scales: a_scales.raw(),
-            b: w.raw(),
-            b_scale: w_scale.raw(),
-            row_ids,
-            tile_expert,
-            num_tiles,
-            m: max_rows,
-            n,
-            k,
-            a_row_div: rows.a_row_div,
-            m_tiles: rows.max_tiles,
-            ws_rows: max_rows,
-            a_rows: rows_cols(a).0,
-            experts: e,
-        },
-    )
+    launch_gemm(s, ws, w.dtype(), plan, Operands::grouped(out, a, a_scales, w, w_scale, rows, max_rows))
 }
 
 #[cfg(test)]

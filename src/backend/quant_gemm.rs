@@ -581,26 +581,7 @@ pub fn int8_grouped_gemm(
     let max_rows = rows.max_tiles * plan.tile.bm();
     out.check_dtype(DType::Bf16)?;
     check_rows(rows, out, max_rows, n, "int8_grouped_gemm")?;
-    let [row_ids, tile_expert, num_tiles] = rows.raw();
-    let o = Operands {
-        out: out.raw(),
-        a: a.raw(),
-        a_scales: a_scales.raw(),
-        b: w.raw(),
-        b_scale: w_scale.raw(),
-        row_ids,
-        tile_expert,
-        num_tiles,
-        m: max_rows,
-        n,
-        k,
-        a_row_div: rows.a_row_div,
-        m_tiles: rows.max_tiles,
-        ws_rows: max_rows,
-        a_rows: rows_cols(a).0,
-        experts: e,
-    };
-    launch_int8(s, ws, scheme, plan, o)
+    launch_int8(s, ws, scheme, plan, Operands::grouped(out, a, a_scales, w, w_scale, rows, max_rows))
 }
 
 fn check_rows(

@@ -62,28 +62,7 @@ impl MoeInt8Weights<'_> {
     /// `out` [rows, n] = a · w[e]ᵀ over the sorted rows; row r reads activation row
     /// `sorted[r] / topk` when `gather` (x), row r otherwise (h, one row per sorted row).
     fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: (&DeviceTensor, &DeviceTensor), rows: &SortedRows, gather: bool) -> Result<()> {
-        let sh = w.0.shape();
-        let m = rows.rows();
-        let (row_ids, a_row_div) = if gather { (rows.sorted, rows.topk) } else { (0, 1) };
-        let o = Operands {
-            out,
-            a: a.data,
-            a_scales: a.scales,
-            b: w.0.raw(),
-            b_scale: w.1.raw(),
-            row_ids,
-            tile_expert: rows.tile_expert,
-            num_tiles: rows.num_tiles,
-            m,
-            n: sh[1],
-            k: sh[2],
-            a_row_div,
-            m_tiles: rows.max_tiles,
-            ws_rows: m,
-            a_rows: m,
-            experts: sh[0],
-        };
-        launch_int8(s, ws, self.scheme, plan, o)
+        launch_int8(s, ws, self.scheme, plan, Operands::sorted(out, a, w, rows, gather))
     }
 }
 
