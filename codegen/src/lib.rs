@@ -42,7 +42,9 @@ pub fn write_translation_units(out_dir: &Path, kernels_dir: &Path) -> Result<(Ve
         let dir = out_dir.join(vendor.name());
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let d = cpp::dialect(vendor);
-        for fam in FAMILIES {
+        // A family without a kernel for this vendor (sm_90a-only code: wgmma, TMA) gets no
+        // translation unit there: its source need not compile for that vendor at all.
+        for fam in FAMILIES.iter().filter(|f| f.kernels.iter().any(|k| k.archs.has_vendor(vendor))) {
             let src = d.translation_unit(fam, &instances);
             let path = dir.join(format!("{}.{}", fam.name, vendor.extension()));
             write_if_changed(&path, &src)?;
