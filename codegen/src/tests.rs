@@ -94,7 +94,7 @@ fn tensor_map_arguments_stay_in_parameter_space() {
     let int8 = FAMILIES.iter().find(|f| f.name == "int8_gemm_wgmma2").unwrap();
     let tu = dialect(Vendor::Cuda).translation_unit(int8, &all);
     assert!(tu.contains("dsv3_int8_gemm_wgmma2_block(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const dsv3::i8* a, "), "got:\n{tu}");
-    assert!(tu.contains("  dsv3::int8_gemm_wgmma2<dsv3::int8_block>(out, tmap_a, tmap_b, a, "), "got:\n{tu}");
+    assert!(tu.contains("  dsv3::int8_gemm_wgmma2<dsv3::int8_block, 1>(out, tmap_a, tmap_b, a, "), "got:\n{tu}");
 }
 
 #[test]
