@@ -40,9 +40,10 @@
 // wait roles between the warpgroups every tile, and program order guarantees a warpgroup never
 // reaches a barrier's next generation before the other one completed the current one (A waits
 // VFREE(i) before it arrives PFREE(i); B waits PFULL(i) before it can arrive PFULL(i + 1)).
-// No wgmma group is in flight at a branch or at the loop edge (ptxas would serialize every wgmma:
-// C7520 / C7514): past the last tile B still issues an S of its stale buffer (discarded; one
-// S per segment), and the warpgroup index comes from a shuffle so ptxas sees warp-uniform branches.
+// No wgmma group is in flight at the loop edge or at the role branch, and the one branch with a
+// group in flight (B's PV(i) around "is there a tile i + 1") touches no accumulator; the
+// warpgroup index comes from a shuffle so ptxas sees warp-uniform branches (else C7520: every
+// wgmma serialized). ptxas reports no C7514 / C7519 / C7520 for this kernel.
 //
 // Loads: warpgroup w loads K buffer w (tiles w, w + 2, ...; Q with tile 0 by WG 0) with cp.async
 // 16-byte copies (36 per thread per tile; zero fill past the sequence end — the NaN-poisoned
@@ -334,19 +335,23 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
           wgmma_fence();
           issue_pv(buf);
           wgmma_commit();
-          // S(i + 1) right behind PV(i), once tile i + 1 (loaded by this warpgroup) landed. Past
-          // the last tile it is computed from the stale buffer and never used: an unconditional
-          // issue keeps wgmma out of branches.
-          if (i + 1 < n) wait_full();
-          fence_proxy_async();  // cp.async (generic) writes before the tensor cores read them
-          wgmma_fence();
-          issue_qk();
-          wgmma_commit();
-          wgmma_wait<1>();  // PV(i) done: buffer i % 2 and P are no longer read by this warpgroup
-          wgmma_pin(o);
-          named_bar_arrive(BAR_VFREE, CTA_THREADS);
-          wgmma_wait<0>();
-          wgmma_pin(s);
+          // S(i + 1) right behind PV(i), once tile i + 1 (loaded by this warpgroup) landed.
+          if (i + 1 < n) {
+            wait_full();
+            fence_proxy_async();  // cp.async (generic) writes before the tensor cores read them
+            wgmma_fence();
+            issue_qk();
+            wgmma_commit();
+            wgmma_wait<1>();  // PV(i) done: buffer i % 2 and P are no longer read by this warpgroup
+            wgmma_pin(o);
+            named_bar_arrive(BAR_VFREE, CTA_THREADS);
+            wgmma_wait<0>();
+            wgmma_pin(s);
+          } else {
+            wgmma_wait<0>();
+            wgmma_pin(o);
+            named_bar_arrive(BAR_VFREE, CTA_THREADS);
+          }
         }
       }
     }
