@@ -9,38 +9,73 @@
 //
 // CTA: 256 threads = two math warpgroups (WG 0, WG 1), one CTA per SM. The CTA owns BM = 64 query
 // rows (row = j·H + h of one sequence; grid.y = ceil(s_q·H / 64) row blocks, padding rows are
-// zero-filled and never written) and walks its KV range 64 keys (one page) at a time.
-//   - S = Q·Kᵀ [64 × 64]: WG w computes keys 32w .. 32w + 31 (36 × wgmma m64n32k16, A = Q, B =
-//     the K tile, both K-major 128-byte swizzled in shared memory): the two warpgroups split the
-//     QKᵀ work evenly, each holds 16 f32 of S per thread.
-//   - Online softmax in registers (log2 domain, causal mask inside the query block); the row maxima
-//     of the two key halves are exchanged through shared memory (64 × 2 floats), so both
-//     warpgroups agree on m and on the rescale factor; each writes its half of P (bf16) into a
-//     64 × 64 shared tile (128-byte swizzled K-major: one atom width).
+// zero-filled and never written) and walks its KV range 64 keys (one page) at a time. Tile i of a
+// segment sits in K buffer i % 2 and is OWNED by warpgroup i % 2 (FlashMLA-style alternation):
+//   - the owner computes the whole S(i) = Q·K(i)ᵀ [64 × 64] (36 × wgmma m64n64k16, A = Q, B = the
+//     K tile, both K-major 128-byte swizzled in shared memory; 32 f32 of S per thread), does the
+//     online softmax in registers (log2 domain, causal mask inside the query block; a row lives
+//     in one quad, so the row maximum needs two shuffles and no shared-memory exchange), writes
+//     P(i) (bf16, a 64 × 64 swizzled tile) and the row statistics m(i), c(i) = exp2(m(i-1) - m(i))
+//     to shared memory;
 //   - O [64 × 512] f32 is split by output columns: WG w owns columns 256w .. 256w + 255 (128 f32
-//     per thread), O += P·V by 4 × wgmma m64n256k16 with A = P and B = V = the first 512 columns
-//     of the same K tile read MN-major (the transpose bit of 16-bit B): the cache is read once.
-//   - Row sums stay per thread until the end of a segment (one exchange per segment).
+//     per thread); both warpgroups do their half of O = c(i)·O + P(i)·V(i) every tile (4 × wgmma
+//     m64n256k16, A = P from shared memory, B = V = the first 512 columns of the K tile read
+//     MN-major with the transpose bit: the cache is read once);
+//   - both warpgroups track the same m (the non-owner reads m(i), c(i)); each keeps a row sum that
+//     only the owner's tiles add to; the two are added at the end of a segment.
+// The non-owner issues S(i + 1) (its own next tile) right behind its PV(i): the tensor cores run
+// PV(i) (both halves) and S(i + 1) back to back, and each warpgroup's O rescale and barrier
+// waits run while the other's MMAs do. What stays serialized with the MMAs: the softmax of tile
+// i + 1 (it needs S(i + 1), queued behind PV(i)), because S(i + 2) cannot be queued in front of
+// it: tile i + 2 goes into the buffer PV(i) just released (two stages, see below).
+//
+// Per tile i (owner A, other B; named barriers, 256 threads, one side arrives, the other waits):
+//   A: softmax(i) → [wait PFREE(i-1)] → P(i), m, c → arrive PFULL(i) → rescale O, PV_A(i) → wait
+//      it → wait VFREE(i) → arrive PFREE(i) → cp.async tile i + 2 into buffer i % 2.
+//   B: wait PFULL(i) → read m, c; rescale O, PV_B(i) → wait tile i + 1 landed → S(i + 1) →
+//      wait PV_B(i) → arrive VFREE(i) → wait S(i + 1) → (B owns i + 1).
+// PFULL: P(i) and the statistics are in shared memory. VFREE: B's PV(i) completed (buffer i % 2
+// is free for tile i + 2 once A's own PV(i) completed too). PFREE: A's PV(i) completed (P may be
+// overwritten by the next owner; B's own PV(i) it waited itself). Each barrier alternates arrive /
+// wait roles between the warpgroups every tile, and program order guarantees a warpgroup never
+// reaches a barrier's next generation before the other one completed the current one (A waits
+// VFREE(i) before it arrives PFREE(i); B waits PFULL(i) before it can arrive PFULL(i + 1)).
+// No wgmma group is in flight at the loop edge or at the role branch, and the one branch with a
+// group in flight (B's PV(i) around "is there a tile i + 1") touches no accumulator; the
+// warpgroup index comes from a shuffle so ptxas sees warp-uniform branches (else C7520: every
+// wgmma serialized). ptxas reports no C7514 / C7519 / C7520 for this kernel.
+//
+// Loads: warpgroup w loads K buffer w (tiles w, w + 2, ...; Q with tile 0 by WG 0) with cp.async
+// 16-byte copies (36 per thread per tile; zero fill past the sequence end — the NaN-poisoned
+// unused slots of the last page are never read — and for the padding query rows), completing the
+// buffer's mbarrier through cp.async.mbarrier.arrive.noinc: loads are asynchronous, issued the
+// moment the buffer is free (VFREE), and only the loader waits on its mbarrier. The other
+// warpgroup reads the tile (V) only after the loader's PFULL arrival, which follows the loader's
+// wait and proxy fence; so no thread executes fence.proxy.async (MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC
+// in SASS) while its own cp.async copies are in flight.
+//
+// Why two K stages and no producer warp: Q (72 KiB) + 2 K tiles (144 KiB) + P (8 KiB) use 225 KiB
+// of the 227; a third 72 KiB stage does not fit, and Q is read by every S (as the A operand from
+// shared memory; in registers it would take 144 of them per thread). With two stages tile i + 2
+// can only be loaded once PV(i) finished (its V is the buffer), which is exactly when the owner
+// issues it; a producer warp (or TMA) would issue it at the same moment, so it would only move
+// ≈ 36 LDGSTS per thread and tile off the math warps (which wait on PFULL right after anyway),
+// at the price of 384 threads and setmaxnreg. TMA would also change the argument list (a tensor
+// map over [pages·64, 576]).
+//
+// Cost model (per 64-row × 64-key tile per SM; 4,096 bf16 FLOP/cycle/SM, 128 B/cycle of shared
+// memory): S = 4.7 MFLOP = 1,152 cycles, each m64n64k16 reads 2 KiB of Q + 2 KiB of K per 32
+// cycles of math = 128 B/cycle (at the shared-memory limit; the former m64n32 halves needed 192
+// B/cycle, ≈ 2/3 of the tensor rate); PV 2 × 512 cycles at 80 B/cycle. With V(i) = end of PV(i),
+// L = load latency of a tile, S(i + 1) starts at max(V(i-1) + L, V(i)), the softmax (≈ 250
+// cycles with the barriers) is the only serialized non-MMA step:
+//   V(i+1) = max(V(i-1) + L, V(i)) + 1,152 + 250 + 1,024 → 2,426 cycles per tile while
+//   L ≤ 2,426 (≈ 1.4 µs), else (L + 2,426) / 2.
 // Shared memory (1024-aligned): Q [9 chunks][64 rows][128 B], K [2][9][64][128 B], P [64][128 B],
-// row maxima [2][64] f32: 3·73,728 + 8,192 + 512 (+ 1,024 alignment) = 230,912 bytes. A chunk is
-// 64 columns (128 bytes) of 64 rows; 16-byte piece c of row r sits at (c ^ (r & 7))·16 (what
-// wgmma's 128-byte swizzle reads; 8-row atoms 1,024 bytes apart).
-//
-// Loads: cp.async 16-byte copies by all 256 threads (18 per thread per tile), zero fill past the
-// sequence end (the NaN-poisoned unused slots of the last page are never read) and for the
-// padding query rows. A paged row is 1,152 contiguous bytes, so a TMA box per page per chunk
-// would work too; cp.async keeps the argument list of the mma.sync kernel (no tensor map).
-//
-// Pipeline per tile t (K double-buffered; Q loaded once per segment):
-//   softmax(t) → bar → PV(t) issued → wait tile t + 1 landed → bar → QK(t + 1) issued →
-//   wait PV(t) (wgmma.wait_group 1) → bar (buffer t free) → cp.async tile t + 2 into it →
-//   wait QK(t + 1).
-// The tensor cores run PV(t) and QK(t + 1) back to back; the next tile's load overlaps them and
-// the softmax. What the warpgroups do not overlap: the softmax and the O rescale (both warpgroups
-// do them at the same time, the tensor cores idle). Next steps (by measurement): alternate which
-// warpgroup computes a whole m64n64 S per tile (FlashMLA: half the QKᵀ shared-memory operand
-// traffic of two m64n32 halves, and the other warpgroup's PV overlaps the softmax), and 32-key
-// sub-tiles for a deeper prefetch.
+// row statistics [2][64] f32, two mbarriers (64 B): 3·73,728 + 8,192 + 512 + 64 (+ 1,024
+// alignment) = 230,976 bytes. A chunk is 64 columns (128 bytes) of 64 rows; 16-byte piece c of
+// row r sits at (c ^ (r & 7))·16 (what wgmma's 128-byte swizzle reads; 8-row atoms 1,024 bytes
+// apart).
 //
 // Off sm_90a (other CUDA archs, NVRTC for compute_90, HIP) the entry traps: the host launches it
 // only where the sm_90a cubin of this family was built and loads (src/backend/mla.rs).
@@ -53,17 +88,26 @@ namespace mla_wg {
 
 constexpr u32 BM = 64;                              // query rows per CTA: one wgmma M
 constexpr u32 CTA_THREADS = 256;                    // two math warpgroups
+constexpr u32 WG_THREADS = 128;
 constexpr u32 CHUNK = 64 * 128;                     // 64 rows × 64 bf16 columns: 8 KiB
 constexpr u32 TILE = (mla::DK / 64) * CHUNK;        // Q, or one 64-key K tile: 73,728 bytes
 constexpr u32 P_TILE = BM * mla::NT * 2;            // 8 KiB
-constexpr u32 SMEM = 3 * TILE + P_TILE + 2 * BM * 4 + 1024;  // the host's MlaDecodePlan mirrors it
+constexpr u32 ROWBUF = 2 * BM * 4;                  // [2][64] f32: m / c of a tile, or the row sums
+constexpr u32 BARS = 64;                            // the two K-tile "full" mbarriers (padded)
+constexpr u32 SMEM = 3 * TILE + P_TILE + ROWBUF + BARS + 1024;  // the host's MlaDecodePlan mirrors it
 static_assert(SMEM <= 227 * 1024, "one CTA per SM");
 static_assert(mla::NT == 64 && mla::DK % 64 == 0 && mla::DV == 512, "page tiles of 64 keys, 9 chunks, 512 outputs");
 
-// The 16-byte pieces a thread copies into a [64][576] bf16 tile of 128-byte chunks: piece
-// p = t % 8 of rows t / 8 and t / 8 + 32, in each of the 9 chunks (18 copies). The shared offsets
-// are this thread's base plus constants (one address register), 8 threads read a 128-byte
-// segment of a row.
+// Named barriers (0 is __syncthreads). Each is used between the two warpgroups only: one
+// warpgroup arrives (bar.arrive), the other waits (bar.sync), 256 threads per generation.
+constexpr u32 BAR_PFULL = 1;   // P(i), m(i), c(i) are in shared memory (owner of tile i arrives)
+constexpr u32 BAR_VFREE = 2;   // the non-owner's PV(i) completed (it arrives; the owner may reload buffer i % 2)
+constexpr u32 BAR_PFREE = 3;   // the owner's PV(i) completed (it arrives; the next owner may overwrite P)
+
+// The 16-byte pieces one warpgroup's thread copies into a [64][576] bf16 tile of 128-byte
+// chunks: piece p = t % 8 of rows t / 8 + 16·h (h = 0..3), in each of the 9 chunks (36 copies).
+// The shared offsets are this thread's base plus constants (one address register); 8 threads
+// read a 128-byte segment of a row.
 struct TilePieces {
   u32 row, smem, gmem;  // first row; base offsets in the shared tile and in a row-major [64][576] source (bytes)
   DSV3_DEV explicit TilePieces(u32 t) : row(t / 8) {
@@ -75,11 +119,11 @@ struct TilePieces {
   DSV3_DEV void copy(u32 dst, const bf16* src, i32 rows) const {
     const unsigned char* g = reinterpret_cast<const unsigned char*>(src) + gmem;
 #pragma unroll
-    for (u32 h = 0; h < 2; ++h) {
-      const bool ok = (i32)(row + 32 * h) < rows;
+    for (u32 h = 0; h < BM / (WG_THREADS / 8); ++h) {
+      const bool ok = (i32)(row + 16 * h) < rows;
 #pragma unroll
       for (u32 k = 0; k < mla::DK / 64; ++k)
-        cp_async_16(dst + smem + h * 32 * 128 + k * CHUNK, ok ? g + h * 32 * (mla::DK * 2) + k * 128 : g - gmem, ok);
+        cp_async_16(dst + smem + h * 16 * 128 + k * CHUNK, ok ? g + h * 16 * (mla::DK * 2) + k * 128 : g - gmem, ok);
     }
   }
 };
@@ -95,27 +139,48 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
                                     u32 s_q, u32 heads, u32 max_pages, float scale) {
   using namespace mla;
   using namespace mla_wg;
-  static_assert(CTA_THREADS == 8 * 32, "TilePieces: 8 threads per row, 32 rows per pass");
+  static_assert(CTA_THREADS == 2 * WG_THREADS && WG_THREADS == 8 * 16, "TilePieces: 8 threads per row, 16 rows per pass");
   extern __shared__ unsigned char smem_raw[];
   const u32 raw = smem_u32(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
   unsigned char* sbase = smem_raw + (base - raw);
   const u32 sq = base, sk0 = base + TILE, sp = base + 3 * TILE;
   unsigned char* p_tile = sbase + 3 * TILE;
-  float* red = reinterpret_cast<float*>(sbase + 3 * TILE + P_TILE);  // [2][64] row maxima / sums
+  float* red = reinterpret_cast<float*>(sbase + 3 * TILE + P_TILE);  // [2][64]: m(i), c(i); the row sums at the end
+  const u32 full0 = base + 3 * TILE + P_TILE + ROWBUF;               // mbarrier of K buffer b: full0 + 8b
 
   const u32 rb = blockIdx.y;
   const u32 rows_total = s_q * heads;
   if (rb * BM >= rows_total) return;
   const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
-  const u32 t_id = tid(), wg = t_id / 128, ln = lane();
-  const TilePieces pieces(t_id);
-  const u32 r0 = (t_id % 128) / 32 * 16 + ln / 4, r1 = r0 + 8;  // this thread's rows of the 64
+  // The warpgroup index through a shuffle: warp-uniform for ptxas, so that branches on it are
+  // not divergent paths around wgmma (C7520 would serialize every wgmma).
+  const u32 t_id = tid(), wg = __shfl_sync(0xffffffffu, t_id / WG_THREADS, 0), ln = lane();
+  const TilePieces pieces(t_id % WG_THREADS);
+  const u32 r0 = (t_id % WG_THREADS) / 32 * 16 + ln / 4, r1 = r0 + 8;  // this thread's rows of the 64
   const u32 gr0 = rb * BM + r0, gr1 = rb * BM + r1;
   const float sl2 = scale * 1.4426950408889634f;
   // Descriptors: Q and K (K-major) advance 32 bytes per k step of 16 inside a chunk, a chunk per
-  // 4 steps; V (MN-major) 2,048 bytes per 16 keys; P (K-major) 32 bytes per 16 keys.
-  const u64 dq = wgmma_desc_sw128(sq), dp = wgmma_desc_sw128(sp);
+  // 4 steps; V (MN-major) 2,048 bytes per 16 keys; P (K-major) 32 bytes per 16 keys. Warpgroup w
+  // computes S of the tiles in K buffer w only.
+  const u64 dq = wgmma_desc_sw128(sq), dp = wgmma_desc_sw128(sp), dk = wgmma_desc_sw128(sk0 + wg * TILE);
+
+  if (t_id == 0) {
+    mbar_init(full0, WG_THREADS);
+    mbar_init(full0 + 8, WG_THREADS);
+    mbar_init_fence();
+  }
+  __syncthreads();
+  // Warpgroup w loads K buffer w (and Q with tile 0) and is the only one to wait for its mbarrier:
+  // the other warpgroup reads the tile (V of PV) only after w's BAR_PFULL arrival, which follows
+  // w's wait and proxy fence. Thus no thread fences while its own cp.async copies are in flight
+  // (fence.proxy.async is MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC in SASS).
+  const u32 full = full0 + 8 * wg;
+  u32 phase = 0;  // parity of the next completion of `full` this thread waits for
+  auto wait_full = [&]() {
+    mbar_wait(full, phase);
+    phase ^= 1u;
+  };
 
   for (PartWalk walk(meta, batch, blockIdx.x); !walk.done(); walk.next()) {
     const Segment sg = walk.segment();
@@ -123,87 +188,37 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     const i32 vis0 = visible_keys(len, s_q, heads, gr0), vis1 = visible_keys(len, s_q, heads, gr1);
     const i32* bt = block_table + (u64)sg.b * max_pages;
     const u32 u_begin = sg.t_begin, u_end = min(sg.t_end, ((u32)len + NT - 1) / NT);
+    const u32 n = u_end > u_begin ? u_end - u_begin : 0u;  // tiles of this segment
 
-    // Tile u = page bt[u]; keys past the sequence end are zero-filled.
-    auto load_k = [&](u32 u, u32 buf) { pieces.copy(sk0 + buf * TILE, cache + (u64)bt[u] * NT * DK, len - (i32)(u * NT)); };
-    // Q rows of this row block (zeros past the last row) with the first K tile: one group; the
-    // second tile: another.
-    pieces.copy(sq, q + ((u64)sg.b * rows_total + rb * BM) * DK, (i32)(rows_total - rb * BM));
-    if (u_begin < u_end) load_k(u_begin, 0);
-    cp_async_commit();
-    if (u_begin + 1 < u_end) load_k(u_begin + 1, 1);
-    cp_async_commit();
+    // Tile i (page `page`) into K buffer i % 2 = wg by this warpgroup; keys past the sequence
+    // end are zero-filled; completes the buffer's mbarrier (one arrival per thread, when its
+    // copies have landed).
+    auto load_k = [&](u32 i, i32 page) {
+      pieces.copy(sk0 + wg * TILE, cache + (u64)page * NT * DK, len - (i32)((u_begin + i) * NT));
+      mbar_arrive_cp_async(full);
+    };
 
-    float s[16], o[128];
+    float s[32], o[128];
 #pragma unroll
     for (u32 i = 0; i < 128; ++i) o[i] = 0.0f;
     float m0 = -f32_inf(), m1 = -f32_inf(), l0 = 0.0f, l1 = 0.0f;
 
-    // S = Q · K[keys 32·wg ..]ᵀ of the tile in buffer `buf` (one commit group).
-    auto issue_qk = [&](u32 buf) {
-      const u64 dk = wgmma_desc_sw128(sk0 + buf * TILE + wg * 32 * 128);
-      wgmma_fence();
+    // S = Q · K(buffer wg)ᵀ [64 × 64]: one commit group.
+    auto issue_qk = [&]() {
 #pragma unroll
       for (u32 ks = 0; ks < DK / 16; ++ks) {
         const u64 off = ((ks / 4) * CHUNK + (ks % 4) * 32) >> 4;
-        if (ks == 0) wgmma_m64n32k16_bf16<false, false>(s, dq + off, dk + off);
-        else wgmma_m64n32k16_bf16<true, false>(s, dq + off, dk + off);
+        if (ks == 0) wgmma_m64n64k16_bf16<false, false>(s, dq + off, dk + off);
+        else wgmma_m64n64k16_bf16<true, false>(s, dq + off, dk + off);
       }
-      wgmma_commit();
     };
-    // O[:, 256·wg ..] += P · V, V = the first 512 columns of the tile in buffer `buf`.
+    // O[:, 256·wg ..] += P · V, V = the first 512 columns of K buffer `buf`.
     auto issue_pv = [&](u32 buf) {
       const u64 dv = wgmma_desc_sw128_mn(sk0 + buf * TILE + wg * 4 * CHUNK, CHUNK);
-      wgmma_fence();
 #pragma unroll
       for (u32 kk = 0; kk < NT / 16; ++kk) wgmma_m64n256k16_bf16<true, true>(o, dp + kk * 2, dv + kk * (2048 >> 4));
-      wgmma_commit();
     };
-
-    // Online softmax of S(t) (mask, scale to the log2 domain, row maxima exchanged between the
-    // two key halves), its half of P into shared memory, O rescaled; ends with the barrier after
-    // which P is complete.
-    auto softmax = [&](u32 t) {
-      const i32 key0 = (i32)(t * NT + wg * 32 + (ln & 3) * 2);
-      float mx0 = -f32_inf(), mx1 = -f32_inf();
-#pragma unroll
-      for (u32 j = 0; j < 4; ++j) {
-#pragma unroll
-        for (u32 e = 0; e < 2; ++e) {
-          const i32 key = key0 + (i32)(j * 8 + e);
-          s[4 * j + e] = key < vis0 ? s[4 * j + e] * sl2 : -f32_inf();
-          s[4 * j + 2 + e] = key < vis1 ? s[4 * j + 2 + e] * sl2 : -f32_inf();
-          mx0 = fmaxf(mx0, s[4 * j + e]);
-          mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
-        }
-      }
-      mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
-      mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
-      mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
-      mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
-      if ((ln & 3) == 0) {
-        red[wg * BM + r0] = mx0;
-        red[wg * BM + r1] = mx1;
-      }
-      __syncthreads();
-      const float mn0 = fmaxf(m0, fmaxf(red[r0], red[BM + r0])), mn1 = fmaxf(m1, fmaxf(red[r1], red[BM + r1]));
-      const float ms0 = mn0 == -f32_inf() ? 0.0f : mn0, ms1 = mn1 == -f32_inf() ? 0.0f : mn1;
-      const float c0 = fexp2(m0 - ms0), c1 = fexp2(m1 - ms1);
-      m0 = mn0;
-      m1 = mn1;
-      float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-      for (u32 j = 0; j < 4; ++j) {
-        const float p00 = fexp2(s[4 * j] - ms0), p01 = fexp2(s[4 * j + 1] - ms0);
-        const float p10 = fexp2(s[4 * j + 2] - ms1), p11 = fexp2(s[4 * j + 3] - ms1);
-        ps0 += p00 + p01;
-        ps1 += p10 + p11;
-        const u32 col = wg * 32 + j * 8 + (ln & 3) * 2;  // key inside the tile
-        *reinterpret_cast<u32*>(p_tile + r0 * 128 + (((col / 8) ^ (r0 & 7)) << 4) + (col % 8) * 2) = pack_bf16x2(p00, p01);
-        *reinterpret_cast<u32*>(p_tile + r1 * 128 + (((col / 8) ^ (r1 & 7)) << 4) + (col % 8) * 2) = pack_bf16x2(p10, p11);
-      }
-      l0 = l0 * c0 + ps0;
-      l1 = l1 * c1 + ps1;
+    auto rescale = [&](float c0, float c1) {
 #pragma unroll
       for (u32 j = 0; j < 32; ++j) {
         o[4 * j] *= c0;
@@ -211,49 +226,143 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
         o[4 * j + 2] *= c1;
         o[4 * j + 3] *= c1;
       }
-      fence_proxy_async();  // P (generic stores) before the tensor cores read it
-      __syncthreads();
     };
 
-    if (u_begin < u_end) {
-      cp_async_wait<1>();  // Q and the first tile
-      fence_proxy_async();
-      __syncthreads();
-      issue_qk(0);
-      wgmma_wait<0>();
-      wgmma_pin(s);
-      // Every tile but the last: PV(t) and QK(t + 1) back to back on the tensor cores. (The last
-      // tile is peeled off so that no wgmma group is in flight across a branch: ptxas would
-      // otherwise serialize every wgmma of the kernel.)
-      for (u32 t = u_begin; t + 1 < u_end; ++t) {
-        const u32 buf = (t - u_begin) & 1u;
-        softmax(t);
-        issue_pv(buf);
-        cp_async_wait<0>();  // tile t + 1 (this thread's pieces)
+    if (n > 0) {
+      // Prologue: warpgroup 0 loads Q and tile 0 (buffer 0), warpgroup 1 tile 1 (buffer 1);
+      // warpgroup 0 computes S(0).
+      const i32 page0 = bt[u_begin];
+      if (wg == 0) {
+        pieces.copy(sq, q + ((u64)sg.b * rows_total + rb * BM) * DK, (i32)(rows_total - rb * BM));
+        load_k(0, page0);
+      } else if (n > 1) {
+        load_k(1, bt[u_begin + 1]);
+      }
+      if (wg == 0) {
+        wait_full();
         fence_proxy_async();
-        __syncthreads();
-        issue_qk(buf ^ 1u);
-        wgmma_wait<1>();  // PV(t) done; QK(t + 1) may still run
-        wgmma_pin(o);
-        __syncthreads();  // both warpgroups are past PV(t): buffer `buf` and P are free
-        if (t + 2 < u_end) load_k(t + 2, buf);
-        cp_async_commit();
+        wgmma_fence();
+        issue_qk();
+        wgmma_commit();
         wgmma_wait<0>();
         wgmma_pin(s);
       }
-      softmax(u_end - 1);
-      issue_pv((u_end - 1 - u_begin) & 1u);
-      wgmma_wait<0>();
-      wgmma_pin(o);
+      // Tile i is owned by warpgroup i % 2: it computed S(i) (in `s`), does the softmax, writes
+      // P(i) and the row statistics, and reloads buffer i % 2 with tile i + 2. Both warpgroups
+      // do their half of PV(i). No wgmma group is in flight at a branch or at the loop edge.
+      for (u32 i = 0; i < n; ++i) {
+        const u32 buf = i & 1u;
+        if (buf == wg) {
+          // ---- owner of tile i ----
+          const i32 page2 = i + 2 < n ? bt[u_begin + i + 2] : 0;  // early: hides the table read
+          const i32 key0 = (i32)((u_begin + i) * NT + (ln & 3) * 2);
+          float mx0 = m0, mx1 = m1;
+#pragma unroll
+          for (u32 j = 0; j < 8; ++j) {
+#pragma unroll
+            for (u32 e = 0; e < 2; ++e) {
+              const i32 key = key0 + (i32)(j * 8 + e);
+              s[4 * j + e] = key < vis0 ? s[4 * j + e] * sl2 : -f32_inf();
+              s[4 * j + 2 + e] = key < vis1 ? s[4 * j + 2 + e] * sl2 : -f32_inf();
+              mx0 = fmaxf(mx0, s[4 * j + e]);
+              mx1 = fmaxf(mx1, s[4 * j + 2 + e]);
+            }
+          }
+          mx0 = fmaxf(mx0, shfl_xor(mx0, 1));
+          mx0 = fmaxf(mx0, shfl_xor(mx0, 2));
+          mx1 = fmaxf(mx1, shfl_xor(mx1, 1));
+          mx1 = fmaxf(mx1, shfl_xor(mx1, 2));
+          const float ms0 = mx0 == -f32_inf() ? 0.0f : mx0, ms1 = mx1 == -f32_inf() ? 0.0f : mx1;
+          const float c0 = fexp2(m0 - ms0), c1 = fexp2(m1 - ms1);
+          m0 = mx0;
+          m1 = mx1;
+          float ps0 = 0.0f, ps1 = 0.0f;
+          u32 pk[16];
+#pragma unroll
+          for (u32 j = 0; j < 8; ++j) {
+            const float p00 = fexp2(s[4 * j] - ms0), p01 = fexp2(s[4 * j + 1] - ms0);
+            const float p10 = fexp2(s[4 * j + 2] - ms1), p11 = fexp2(s[4 * j + 3] - ms1);
+            ps0 += p00 + p01;
+            ps1 += p10 + p11;
+            pk[2 * j] = pack_bf16x2(p00, p01);
+            pk[2 * j + 1] = pack_bf16x2(p10, p11);
+          }
+          l0 = l0 * c0 + ps0;
+          l1 = l1 * c1 + ps1;
+          // P is free once the previous owner's PV(i - 1) completed (ours: waited in the
+          // previous step).
+          if (i > 0) named_bar_sync(BAR_PFREE, CTA_THREADS);
+#pragma unroll
+          for (u32 j = 0; j < 8; ++j) {
+            const u32 col = j * 8 + (ln & 3) * 2;  // key inside the tile
+            *reinterpret_cast<u32*>(p_tile + r0 * 128 + (((col / 8) ^ (r0 & 7)) << 4) + (col % 8) * 2) = pk[2 * j];
+            *reinterpret_cast<u32*>(p_tile + r1 * 128 + (((col / 8) ^ (r1 & 7)) << 4) + (col % 8) * 2) = pk[2 * j + 1];
+          }
+          // Every thread of a quad stores its row's m and c (the same values), and reads c back
+          // after the arrive: the O rescale cannot be scheduled before the arrive.
+          red[r0] = mx0;
+          red[r1] = mx1;
+          red[BM + r0] = c0;
+          red[BM + r1] = c1;
+          fence_proxy_async();  // P (generic stores) before the tensor cores read it
+          named_bar_arrive(BAR_PFULL, CTA_THREADS);
+          rescale(red[BM + r0], red[BM + r1]);
+          wgmma_pin(o);  // the rescale before the fence (else ptxas injects a warpgroup.arrive)
+          wgmma_fence();
+          issue_pv(buf);
+          wgmma_commit();
+          wgmma_wait<0>();
+          wgmma_pin(o);
+          // Buffer `buf` is free once the other warpgroup's PV(i) also completed: reload it
+          // with tile i + 2; then P may be overwritten by the next owner.
+          // (In this order: the other warpgroup can reach its next wait on BAR_VFREE only after
+          // the BAR_PFREE arrival, so that generation of BAR_VFREE is complete by then.)
+          named_bar_sync(BAR_VFREE, CTA_THREADS);
+          if (i + 1 < n) named_bar_arrive(BAR_PFREE, CTA_THREADS);
+          if (i + 2 < n) load_k(i + 2, page2);
+        } else {
+          // ---- the other warpgroup: its half of PV(i), then S(i + 1) (its own tile) ----
+          named_bar_sync(BAR_PFULL, CTA_THREADS);
+          const float mn0 = red[r0], mn1 = red[r1], c0 = red[BM + r0], c1 = red[BM + r1];
+          // V(i) = tile i is visible: its loader (the owner) waited for its copies and fenced
+          // before S(i), then arrived on BAR_PFULL.
+          m0 = mn0;
+          m1 = mn1;
+          l0 *= c0;
+          l1 *= c1;
+          rescale(c0, c1);
+          wgmma_pin(o);  // the rescale before the fence (else ptxas injects a warpgroup.arrive)
+          wgmma_fence();
+          issue_pv(buf);
+          wgmma_commit();
+          // S(i + 1) right behind PV(i), once tile i + 1 (loaded by this warpgroup) landed.
+          if (i + 1 < n) {
+            wait_full();
+            fence_proxy_async();  // cp.async (generic) writes before the tensor cores read them
+            wgmma_fence();
+            issue_qk();
+            wgmma_commit();
+            wgmma_wait<1>();  // PV(i) done: buffer i % 2 and P are no longer read by this warpgroup
+            wgmma_pin(o);
+            named_bar_arrive(BAR_VFREE, CTA_THREADS);
+            wgmma_wait<0>();
+            wgmma_pin(s);
+          } else {
+            wgmma_wait<0>();
+            wgmma_pin(o);
+            named_bar_arrive(BAR_VFREE, CTA_THREADS);
+          }
+        }
+      }
     }
-    cp_async_wait<0>();  // a segment without tiles still committed its Q group
 
-    // Row sums: across the quad, then the two key halves through shared memory (every thread is
-    // past its reads of the maxima: the barriers after the last softmax).
+    // Row sums: across the quad, then the two warpgroups through shared memory (after every
+    // thread's last read of m / c there).
     l0 += shfl_xor(l0, 1);
     l0 += shfl_xor(l0, 2);
     l1 += shfl_xor(l1, 1);
     l1 += shfl_xor(l1, 2);
+    __syncthreads();
     if ((ln & 3) == 0) {
       red[wg * BM + r0] = l0;
       red[wg * BM + r1] = l1;

@@ -897,7 +897,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "mla_decode_wgmma",
         source: "mla_decode_wgmma.cuh",
-        doc: "MLA decode split-KV kernel for sm_90a (wgmma, two math warpgroups, 64 query rows per CTA); bf16 cache. Metadata and combine: family mla_decode.",
+        doc: "MLA decode split-KV kernel for sm_90a (wgmma, two math warpgroups alternating the S tiles, 64 query rows per CTA); bf16 cache. Metadata and combine: family mla_decode.",
         kernels: &[KernelSpec {
             name: "mla_decode_wgmma_bf16_{TO}",
             template: "dsv3::mla_decode_wgmma<{TO}>",
@@ -908,7 +908,7 @@ pub static FAMILIES: &[Family] = &[
             // The sm_90a cubin only (wgmma); the entry traps in the other CUDA variants, which
             // the host never launches it in.
             archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
-            doc: "sm_90a only. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 3*73728 + 8192 + 512 + 1024 = 230912 bytes; see kernels/mla_decode_wgmma.cuh.",
+            doc: "sm_90a only. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 3*73728 + 8192 + 512 + 64 + 1024 = 230976 bytes; see kernels/mla_decode_wgmma.cuh.",
         }],
     },
     Family {

@@ -140,6 +140,9 @@ DSV3_DEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;
 
 // Barrier `id` (1..15; 0 is __syncthreads) among `count` threads (a multiple of 32).
 DSV3_DEV void named_bar_sync(u32 id, u32 count) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(count) : "memory"); }
+// Arrives on barrier `id` without waiting (producer side of a bar.sync by the other threads of
+// the `count`; with release semantics for this thread's earlier memory accesses).
+DSV3_DEV void named_bar_arrive(u32 id, u32 count) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(count) : "memory"); }
 
 // Per-thread register budget of the executing warpgroup (all 4 warps execute it).
 template <int N> DSV3_DEV void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N)); }
@@ -198,6 +201,19 @@ template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n32k16_bf16(float (&d)[
       "}, %16, %17, p, 1, 1, 0, %19;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(da), "l"(db), "n"(ACC ? 1 : 0), "n"(TRANS_B ? 1 : 0));
+}
+template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n64k16_bf16(float (&d)[32], u64 da, u64 db) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+      "}, %32, %33, p, 1, 1, 0, %35;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "l"(da), "l"(db), "n"(ACC ? 1 : 0), "n"(TRANS_B ? 1 : 0));
 }
 template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n256k16_bf16(float (&d)[128], u64 da, u64 db) {
