@@ -36,7 +36,7 @@ pub trait Dialect {
         let params: Vec<String> = inst.args.iter().map(|(n, t)| format!("{} {}", t.cpp(), n)).collect();
         let names: Vec<&str> = inst.args.iter().map(|(n, _)| *n).collect();
         format!(
-            "// {}: {}\nextern \"C\" __global__ void {} {}({}) {{\n  {}({});\n}}\n",
+            "// {}: {}\nextern \"C\" __global__ void {} {}({}) {{\n  dsv3::grid_dependency_sync();\n  {}({});\n}}\n",
             inst.name,
             inst.spec.doc,
             self.launch_bounds(inst.spec.max_threads),

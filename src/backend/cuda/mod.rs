@@ -76,6 +76,17 @@ pub struct CudaStream {
     /// Page-locked staging for large device-to-host copies (the logits of a batch): a copy into
     /// pageable memory runs at a fraction of the link's bandwidth. (pointer, bytes).
     pinned: Mutex<(usize, usize)>,
+    /// Launch with programmatic dependent launch ([`pdl_enabled`]).
+    pdl: bool,
+}
+
+/// Whether launches on a device of compute capability `cc` carry the programmatic-dependent-launch
+/// attribute: sm_90+ (where every generated entry point begins with `griddepcontrol.wait`, see
+/// `grid_dependency_sync` in kernels/include/dsv3/platform.h), unless `DSV3_PDL=0`. A kernel may
+/// then be scheduled while its predecessor in the stream finishes (launch latency and prologue
+/// hidden), and still reads nothing before the predecessor has completed.
+pub fn pdl_enabled(cc: (i32, i32)) -> bool {
+    cc.0 >= 9 && std::env::var("DSV3_PDL").map(|v| v != "0").unwrap_or(true)
 }
 
 /// Device-to-host copies at least this large go through the pinned staging buffer.
@@ -114,6 +125,7 @@ impl CudaStream {
             alloc,
             blas: Mutex::new(None),
             pinned: Mutex::new((0, 0)),
+            pdl: pdl_enabled(cc),
         })
     }
 
@@ -257,17 +269,17 @@ impl Launcher for CudaStream {
         check_launch(kernel, &cfg, params.len())?;
         let f = self.prepared_function(kernel, &cfg)?;
         let what = || format!("launch {} grid {:?} block {:?} smem {} cluster {}", kernel.name, cfg.grid, cfg.block, cfg.shared_mem, cfg.cluster);
-        if cfg.cluster == 1 {
+        let mut attrs = launch_attributes(cfg.cluster, self.pdl);
+        if attrs.is_empty() {
             return result::launch_kernel(f, cfg.grid, cfg.block, cfg.shared_mem, self.stream, params).map_err(|e| derr(what(), e));
         }
-        let mut attr = cluster_attribute(cfg.cluster);
-        let config = self.launch_config(&cfg, &mut attr);
+        let config = self.launch_config(&cfg, &mut attrs);
         sys::cuLaunchKernelEx(&config, f, params.as_mut_ptr(), std::ptr::null_mut()).result().map_err(|e| derr(what(), e))
     }
     fn max_active_clusters(&self, kernel: &'static KernelInfo, cfg: &LaunchCfg) -> Result<usize> {
         let f = self.prepared_function(kernel, cfg)?;
-        let mut attr = cluster_attribute(cfg.cluster);
-        let config = self.launch_config(cfg, &mut attr);
+        let mut attrs = launch_attributes(cfg.cluster, false);
+        let config = self.launch_config(cfg, &mut attrs);
         let mut n: std::ffi::c_int = 0;
         unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f, &config) }
             .result()
@@ -276,15 +288,27 @@ impl Launcher for CudaStream {
     }
 }
 
-/// The launch attribute of clusters of `ctas` CTAs along x.
-fn cluster_attribute(ctas: u32) -> sys::CUlaunchAttribute {
+/// The launch attributes of clusters of `ctas` CTAs along x (when > 1) and of programmatic
+/// dependent launch (when `pdl`); empty: a plain launch.
+fn launch_attributes(ctas: u32, pdl: bool) -> Vec<sys::CUlaunchAttribute> {
     // SAFETY: plain C data; zero is a valid bit pattern of every field.
-    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr.value.clusterDim.x = ctas;
-    attr.value.clusterDim.y = 1;
-    attr.value.clusterDim.z = 1;
-    attr
+    let zeroed = || -> sys::CUlaunchAttribute { unsafe { std::mem::zeroed() } };
+    let mut attrs = Vec::new();
+    if ctas > 1 {
+        let mut a = zeroed();
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        a.value.clusterDim.x = ctas;
+        a.value.clusterDim.y = 1;
+        a.value.clusterDim.z = 1;
+        attrs.push(a);
+    }
+    if pdl {
+        let mut a = zeroed();
+        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        a.value.programmaticStreamSerializationAllowed = 1;
+        attrs.push(a);
+    }
+    attrs
 }
 
 impl CudaStream {
@@ -307,8 +331,8 @@ impl CudaStream {
         Ok(f)
     }
 
-    /// `cfg` on this stream as a cuLaunchKernelEx configuration with the one attribute `attr`.
-    fn launch_config(&self, cfg: &LaunchCfg, attr: &mut sys::CUlaunchAttribute) -> sys::CUlaunchConfig {
+    /// `cfg` on this stream as a cuLaunchKernelEx configuration with the attributes `attrs`.
+    fn launch_config(&self, cfg: &LaunchCfg, attrs: &mut [sys::CUlaunchAttribute]) -> sys::CUlaunchConfig {
         sys::CUlaunchConfig {
             gridDimX: cfg.grid.0,
             gridDimY: cfg.grid.1,
@@ -318,8 +342,8 @@ impl CudaStream {
             blockDimZ: cfg.block.2,
             sharedMemBytes: cfg.shared_mem,
             hStream: self.stream,
-            attrs: attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         }
     }
 }
