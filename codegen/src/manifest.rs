@@ -59,6 +59,11 @@ const AR_PUSH_ARGS: &[Arg] = &[
 const BLOCK_GEMM_F8_ARGS: &[Arg] = &block_gemm_args("{F8}");
 const BLOCK_GEMM_I8_ARGS: &[Arg] = &block_gemm_args("i8");
 
+/// The v2 GEMMs' variants: one CTA per tile (CL 1), or clusters of two CTAs sharing the weight
+/// tile (`_pair`, CL 2); the specs list the two valid (PAIR, CL) points.
+const WG2_PAIR: Axis = Axis { name: "PAIR", values: &["", "_pair"] };
+const WG2_CL: Axis = Axis { name: "CL", values: &["1", "2"] };
+
 /// Arguments of the sm_90a v2 GEMMs (kernels/fp8_gemm_wgmma2.cuh's pipeline; FP8 and INT8): out,
 /// the TMA maps of a and b, a (read directly when rows are gathered), the scales, the grouped
 /// rows and the sizes.
@@ -663,54 +668,32 @@ pub static FAMILIES: &[Family] = &[
         source: "fp8_gemm_wgmma2.cuh",
         doc: "FP8 block-scaled GEMM v2 for sm_90a: persistent, warp-specialized TMA + wgmma, dense and grouped by expert.",
         kernels: &[KernelSpec {
-            name: "fp8_gemm_wgmma2_e4m3fn",
-            template: "dsv3::fp8_gemm_wgmma2<1>",
-            grid: &[],
-            points: &[],
+            name: "fp8_gemm_wgmma2{PAIR}_e4m3fn",
+            template: "dsv3::fp8_gemm_wgmma2<{CL}>",
+            grid: &[WG2_PAIR, WG2_CL],
+            points: &[&["", "1"], &["_pair", "2"]],
             args: &wg2_gemm_args("e4m3fn"),
             max_threads: 384,
             // The sm_90a cubin only (TMA, setmaxnreg, wgmma); the entry traps in the other CUDA
             // variants, which the host never launches it in.
             archs: Archs::SM90A,
-            doc: "sm_90a only. Grid min(SMs, tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
-        },
-        KernelSpec {
-            name: "fp8_gemm_wgmma2_pair_e4m3fn",
-            template: "dsv3::fp8_gemm_wgmma2<2>",
-            grid: &[],
-            points: &[],
-            args: &wg2_gemm_args("e4m3fn"),
-            max_threads: 384,
-            archs: Archs::SM90A,
-            doc: "sm_90a only. Clusters of 2 CTAs (launch attribute; B halves multicast), grid 2 × min(active clusters, pair tiles), block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024; see kernels/fp8_gemm_wgmma2.cuh.",
+            doc: "sm_90a only. Block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024. Grid min(SMs, tiles); `_pair`: clusters of 2 CTAs along x (launch attribute) multicasting B halves, grid 2 × min(active clusters, pair tiles). See kernels/fp8_gemm_wgmma2.cuh.",
         }],
     },
     Family {
         name: "int8_gemm_wgmma2",
         source: "int8_gemm_wgmma2.cuh",
         doc: "INT8 (block / channel scaled) GEMM v2 for sm_90a: the FP8 v2 pipeline with an s8 wgmma policy, dense and grouped by expert.",
-        kernels: &[
-            KernelSpec {
-                name: "int8_gemm_wgmma2_{Q}",
-                template: "dsv3::int8_gemm_wgmma2<dsv3::int8_{Q}, 1>",
-                grid: &[Axis { name: "Q", values: &["block", "channel"] }],
-                points: &[],
-                args: &wg2_gemm_args("i8"),
-                max_threads: 384,
-                archs: Archs::SM90A,
-                doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid min(SMs, tiles), block 384, dynamic smem as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
-            },
-            KernelSpec {
-                name: "int8_gemm_wgmma2_pair_{Q}",
-                template: "dsv3::int8_gemm_wgmma2<dsv3::int8_{Q}, 2>",
-                grid: &[Axis { name: "Q", values: &["block", "channel"] }],
-                points: &[],
-                args: &wg2_gemm_args("i8"),
-                max_threads: 384,
-                archs: Archs::SM90A,
-                doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Clusters of 2 CTAs (B halves multicast), grid 2 × min(active clusters, pair tiles), block 384, dynamic smem as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
-            },
-        ],
+        kernels: &[KernelSpec {
+            name: "int8_gemm_wgmma2{PAIR}_{Q}",
+            template: "dsv3::int8_gemm_wgmma2<dsv3::int8_{Q}, {CL}>",
+            grid: &[Axis { name: "Q", values: &["block", "channel"] }, WG2_PAIR, WG2_CL],
+            points: &[&["block", "", "1"], &["channel", "", "1"], &["block", "_pair", "2"], &["channel", "_pair", "2"]],
+            args: &wg2_gemm_args("i8"),
+            max_threads: 384,
+            archs: Archs::SM90A,
+            doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block, smem and `_pair` as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
+        }],
     },
     Family {
         name: "fused_moe",

@@ -90,7 +90,8 @@ fn tensor_map_arguments_stay_in_parameter_space() {
     assert!(rs.contains("ArgInfo { name: \"tmap_a\", ty: ArgType::TensorMap }"));
     assert!(rs.contains("tmap_a: TensorMap, tmap_b: TensorMap, "));
     assert!(rs.contains("name: \"fp8_gemm_wgmma2_e4m3fn\"") && rs.contains("vendors: &[Vendor::Cuda], cuda_archs: &[\"sm_90a\"], doc: \"sm_90a only."));
-    assert!(rs.contains("name: \"int8_gemm_wgmma2_channel\", symbol: \"dsv3_int8_gemm_wgmma2_channel\", params: &[(\"Q\", \"channel\")]"));
+    assert!(rs.contains("name: \"int8_gemm_wgmma2_channel\", symbol: \"dsv3_int8_gemm_wgmma2_channel\", params: &[(\"Q\", \"channel\"), (\"PAIR\", \"\"), (\"CL\", \"1\")]"));
+    assert!(rs.contains("name: \"int8_gemm_wgmma2_pair_block\", symbol: \"dsv3_int8_gemm_wgmma2_pair_block\""));
     let int8 = FAMILIES.iter().find(|f| f.name == "int8_gemm_wgmma2").unwrap();
     let tu = dialect(Vendor::Cuda).translation_unit(int8, &all);
     assert!(tu.contains("dsv3_int8_gemm_wgmma2_block(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const dsv3::i8* a, "), "got:\n{tu}");
