@@ -181,7 +181,10 @@ fn prefill_ms(model: &TpModel, a: &OfflineArgs, l: usize) -> Result<f64, String>
 }
 
 /// The split model's prompt logits against the whole model's on GPU 0 (same seed, router biases
-/// still zero on both).
+/// still zero on both), judged as `tests/gpu_tp.rs` judges them: the fast kernels quantize
+/// activations (e4m3 per 128 values), so two runs of the same model differ by that noise; the
+/// split model must be no further from the exact answer (the reference options on one GPU) than
+/// 1.5 × the one-GPU fast model is.
 fn check_against_one_gpu(model: &TpModel, opts: GpuOptions, seed: u64) -> Result<Value, String> {
     let e = |x: dsv3::Error| x.to_string();
     let cfg = model.config().clone();
@@ -193,20 +196,27 @@ fn check_against_one_gpu(model: &TpModel, opts: GpuOptions, seed: u64) -> Result
     let mut pools = model.new_page_pools(pages, PAGE_SIZE).map_err(e)?;
     let split = step(model, &mut pools, &seq, &p).map_err(e)?.remove(0);
     drop(pools);
-    let one = GpuModel::random(cfg.clone(), Device::Cuda(0), opts, seed).map_err(e)?;
-    let mut pool = one.new_page_pool(pages, PAGE_SIZE).map_err(e)?;
-    let whole = one.forward_batch(&mut pool, &seq).map_err(e)?.remove(0);
+    let whole_with = |o: GpuOptions| -> Result<Vec<f32>, String> {
+        let one = GpuModel::random(cfg.clone(), Device::Cuda(0), o, seed).map_err(e)?;
+        let mut pool = one.new_page_pool(pages, PAGE_SIZE).map_err(e)?;
+        Ok(one.forward_batch(&mut pool, &seq).map_err(e)?.remove(0))
+    };
+    let (whole, exact) = (whole_with(opts)?, whole_with(GpuOptions::reference())?);
+    let rel = |a: &[f32], b: &[f32]| {
+        let (d, n) = a.iter().zip(b).fold((0f64, 0f64), |(d, n), (x, y)| (d + ((x - y) as f64).powi(2), n + (*y as f64).powi(2)));
+        (d / n.max(f64::MIN_POSITIVE)).sqrt()
+    };
+    let (effect, to_exact, to_whole) = (rel(&whole, &exact), rel(&split, &exact), rel(&split, &whole));
     let vocab = cfg.vocab_size;
-    let max_abs = whole.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let max_diff = whole.iter().zip(&split).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     let argmax = |row: &[f32]| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0;
     let rows = whole.len() / vocab;
     let same = (0..rows).filter(|&r| argmax(&whole[r * vocab..(r + 1) * vocab]) == argmax(&split[r * vocab..(r + 1) * vocab])).count();
+    let within = to_exact <= 1.5 * effect.max(1e-4);
     println!(
-        "check vs one GPU ({} prompt tokens): max |logit diff| {max_diff:.4} over max |logit| {max_abs:.3} ({:.2e} relative); greedy token equal on {same}/{rows} rows; non-finite: {}",
+        "check vs one GPU ({} prompt tokens): split vs exact {to_exact:.3e}, one GPU fast vs exact {effect:.3e} ({}within 1.5x); split vs one GPU fast {to_whole:.3e}; greedy token equal on {same}/{rows} rows (random weights: small margins); non-finite: {}",
         ids.len(),
-        max_diff / max_abs.max(f32::MIN_POSITIVE),
+        if within { "" } else { "NOT " },
         split.iter().filter(|x| !x.is_finite()).count()
     );
-    Ok(json!({"kind": "check_tp1", "max_abs_diff": max_diff, "max_abs_logit": max_abs, "greedy_equal_rows": same, "rows": rows}))
+    Ok(json!({"kind": "check_tp1", "split_vs_exact": to_exact, "one_gpu_fast_vs_exact": effect, "split_vs_one_gpu_fast": to_whole, "within_1_5x": within, "greedy_equal_rows": same, "rows": rows}))
 }
