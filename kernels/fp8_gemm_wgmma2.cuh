@@ -114,6 +114,7 @@ struct Wg2NoColumns {
 
 // e4m3 into f32, block scales.
 struct Wg2E4m3 {
+  static constexpr bool WHOLE_K = false;
   using Acc = float;
   using Scales = Wg2BlockScales;
   using Columns = Wg2NoColumns;
@@ -275,22 +276,31 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
   Acc pa[64], pb[64];
   float tot[64];
 
-  // Waits for the current stage and issues its 4 k32 steps into `acc` (one wgmma group).
-  auto issue = [&](Acc(&acc)[64]) {
+  // Waits for the current stage and issues its 4 k32 steps into `acc` (one wgmma group): a fresh
+  // partial, or (Op::WHOLE_K, `fresh` false) on top of the set's earlier blocks of the tile.
+  auto issue = [&](Acc(&acc)[64], bool fresh) {
     mbar_wait(c.full(stage), phase);
     if (gathered) fence_proxy_async();  // the A rows were written by cp.async (generic proxy)
     const u32 a = c.base + stage * Wg2Smem::STAGE + w * 64 * 128, b = c.base + stage * Wg2Smem::STAGE + Wg2Smem::TILE;
     wgmma_fence();
-    Op::template mma<false>(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b));
+    if constexpr (Op::WHOLE_K) {
+      Op::mma_first(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b), fresh);
+    } else {
+      Op::template mma<false>(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b));
+    }
 #pragma unroll
     for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32));
     wgmma_commit();
     wgmma_pin(acc);
   };
-  // The group of stage `s` has completed into `acc`: read its scales, free the stage, promote.
+  // The group of stage `s` has completed into `acc`: read its scales, free the stage, promote
+  // (WHOLE_K: keep the row scales for the tile's end instead).
+  float row_s0 = 0.0f, row_s1 = 0.0f;
   auto retire = [&](Acc(&acc)[64], u32 s) {
     wgmma_pin(acc);
     const float s0 = c.scales(s)[r0], s1 = c.scales(s)[r0 + 8];
+    row_s0 = s0;
+    row_s1 = s1;
     __syncwarp();
     if (ln == 0) {
       mbar_arrive(c.empty(s));
@@ -298,19 +308,36 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
       for (u32 r = 0; r < (u32)CL; ++r)
         if (r != c.rank) mbar_arrive_cluster(cluster_map(c.empty(s), r));
     }
+    if constexpr (!Op::WHOLE_K) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      wg2_promote(tot[4 * j + 0], Op::to_f32(acc[4 * j + 0]), s0);
-      wg2_promote(tot[4 * j + 1], Op::to_f32(acc[4 * j + 1]), s0);
-      wg2_promote(tot[4 * j + 2], Op::to_f32(acc[4 * j + 2]), s1);
-      wg2_promote(tot[4 * j + 3], Op::to_f32(acc[4 * j + 3]), s1);
+      for (int j = 0; j < 16; ++j) {
+        wg2_promote(tot[4 * j + 0], Op::to_f32(acc[4 * j + 0]), s0);
+        wg2_promote(tot[4 * j + 1], Op::to_f32(acc[4 * j + 1]), s0);
+        wg2_promote(tot[4 * j + 2], Op::to_f32(acc[4 * j + 2]), s1);
+        wg2_promote(tot[4 * j + 3], Op::to_f32(acc[4 * j + 3]), s1);
+      }
+    }
+  };
+  // WHOLE_K, after the tile's last block retired: total = (even blocks' sum + odd blocks' sum) ·
+  // the row scale (one K block only: pa alone; pb still holds another tile's sum).
+  auto finish = [&]() {
+    if constexpr (Op::WHOLE_K) {
+      const bool odd = c.sk > 1;
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = 4 * j + e;
+          const float sum = Op::sum_to_f32(pa[i]) + (odd ? Op::sum_to_f32(pb[i]) : 0.0f);
+          tot[i] = sum * (e < 2 ? row_s0 : row_s1);
+        }
     }
   };
 
   if (c.cluster >= c.sched.total) return;
 #pragma unroll
   for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
-  issue(pa);  // k block 0 of the first tile
+  issue(pa, true);  // k block 0 of the first tile
   for (u32 idx = c.cluster;;) {
     u32 pt, nt;
     c.sched.tile(idx, pt, nt);
@@ -320,11 +347,11 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     for (u32 kb = 1; kb < c.sk; ++kb) {
       // Block kb into one set while block kb − 1 (the other set) is promoted.
       if (kb & 1) {
-        issue(pb);
+        issue(pb, kb == 1);
         wgmma_wait<1>();
         retire(pa, prev);
       } else {
-        issue(pa);
+        issue(pa, false);
         wgmma_wait<1>();
         retire(pb, prev);
       }
@@ -337,12 +364,13 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     } else {
       retire(pa, prev);
     }
+    finish();
     idx += c.clusters;
     if (idx >= c.sched.total) {
       wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
       return;
     }
-    issue(pa);  // the next tile's first block runs on the tensor cores during this epilogue
+    issue(pa, true);  // the next tile's first block runs on the tensor cores during this epilogue
     wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
 #pragma unroll
     for (int i = 0; i < 64; ++i) tot[i] = 0.0f;

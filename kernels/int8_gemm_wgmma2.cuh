@@ -56,16 +56,25 @@ struct Wg2ChannelColumns {
 // s8 × s8 into s32.
 struct Wg2S8Mma {
   using Acc = i32;
-  template <bool ACC> DSV3_DEV static void mma(i32 (&d)[64], u64 da, u64 db) { wgmma_m64n128k32_s8<ACC>(d, da, db); }
+  template <bool ACC> DSV3_DEV static void mma(i32 (&d)[64], u64 da, u64 db) { wgmma_m64n128k32_s8(d, da, db, ACC); }
+  // A block's first step, continuing the sum of the earlier blocks unless `fresh` (WHOLE_K).
+  DSV3_DEV static void mma_first(i32 (&d)[64], u64 da, u64 db, bool fresh) { wgmma_m64n128k32_s8(d, da, db, !fresh); }
+  // One 128-K block's sum (|x| ≤ 2^21) as f32, exactly, without I2F.
   DSV3_DEV static float to_f32(i32 x) { return __uint_as_float((u32)(x + 0x4B400000)) - 12582912.0f; }
+  // A whole-K sum (up to 2^31) as f32 (rounded: once per output, not per block).
+  DSV3_DEV static float sum_to_f32(i32 x) { return __int2float_rn(x); }
 };
 
 template <int MODE> struct Wg2S8;
 template <> struct Wg2S8<int8_block> : Wg2S8Mma {
+  static constexpr bool WHOLE_K = false;
   using Scales = Wg2BlockScales;
   using Columns = Wg2NoColumns;
 };
+// Channel scales do not change along K: the s32 accumulators sum all of K (|Σ| < 2^31 up to
+// K ≈ 133k) and the tile is converted and scaled once, with no per-block promotion.
 template <> struct Wg2S8<int8_channel> : Wg2S8Mma {
+  static constexpr bool WHOLE_K = true;
   using Scales = Wg2RowScales;
   using Columns = Wg2ChannelColumns;
 };

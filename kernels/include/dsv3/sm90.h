@@ -275,7 +275,8 @@ template <bool ACC> DSV3_DEV void wgmma_m64n128k32_e4m3(float (&d)[64], u64 da, 
 // d = a · b (ACC false) or d += a · b (ACC true): a 64×32 s8 (K-major, descriptor da), b 128×32
 // s8 (K-major, db), d 64×128 s32 (exact; same fragment layout as the f32 form). The integer form
 // takes only scale-d: no negation or transpose immediates.
-template <bool ACC> DSV3_DEV void wgmma_m64n128k32_s8(i32 (&d)[64], u64 da, u64 db) {
+// The s8 step with scale-d as a run-time value: d = a · b (`accumulate` 0) or d += a · b.
+DSV3_DEV void wgmma_m64n128k32_s8(i32 (&d)[64], u64 da, u64 db, u32 accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
@@ -292,7 +293,7 @@ template <bool ACC> DSV3_DEV void wgmma_m64n128k32_s8(i32 (&d)[64], u64 da, u64 
         "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
         "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
         "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-      : "l"(da), "l"(db), "n"(ACC ? 1 : 0));
+      : "l"(da), "l"(db), "r"(accumulate));
 }
 
 }  // namespace dsv3
