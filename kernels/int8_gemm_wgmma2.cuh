@@ -59,8 +59,8 @@ struct Wg2S8Mma {
   template <bool ACC> DSV3_DEV static void mma(i32 (&d)[64], u64 da, u64 db) { wgmma_m64n128k32_s8(d, da, db, ACC); }
   // A block's first step, continuing the sum of the earlier blocks unless `fresh` (WHOLE_K).
   DSV3_DEV static void mma_first(i32 (&d)[64], u64 da, u64 db, bool fresh) { wgmma_m64n128k32_s8(d, da, db, !fresh); }
-  // One 128-K block's sum (|x| ≤ 2^21 < 2^24: exact in f32).
-  DSV3_DEV static float to_f32(i32 x) { return __int2float_rn(x); }
+  // One 128-K block's sum (|x| ≤ 2^21) as f32, exactly, without I2F.
+  DSV3_DEV static float to_f32(i32 x) { return __uint_as_float((u32)(x + 0x4B400000)) - 12582912.0f; }
   // A whole-K sum (up to 2^31) as f32 (rounded: once per output, not per block).
   DSV3_DEV static float sum_to_f32(i32 x) { return __int2float_rn(x); }
 };
