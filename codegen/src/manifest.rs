@@ -105,10 +105,8 @@ const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     ]
 }
 
-/// Arguments of the AWQ W4A16 GEMMs (awq_gemm, stream_gemm_awq): out, bf16 a, the repacked
-/// qweight, qzeros and scales, then as `block_gemm_args` with the group size before a_row_div.
-// The MLA split kernels' arguments (mla_decode, mla_decode_wgmma families); `cache` is the cache
-// row element type (bf16 rows, or the fp8 cache's 656-byte rows as u8).
+/// The MLA split kernels' arguments (mla_decode, mla_decode_wgmma families); `cache` is the cache
+/// row element type (bf16 rows, or the fp8 cache's 656-byte rows as u8).
 const MLA_SPLIT_BF16_ARGS: &[Arg] = &mla_split_args("bf16");
 const MLA_SPLIT_FP8_ARGS: &[Arg] = &mla_split_args("u8");
 
@@ -131,6 +129,8 @@ const fn mla_split_args(cache: &'static str) -> [Arg; 14] {
     ]
 }
 
+/// Arguments of the AWQ W4A16 GEMMs (awq_gemm, stream_gemm_awq): out, bf16 a, the repacked
+/// qweight, qzeros and scales, then as `block_gemm_args` with the group size before a_row_div.
 const AWQ_GEMM_ARGS: &[Arg] = &[
     ptr_mut("out", "bf16"),
     ptr("a", "bf16"),

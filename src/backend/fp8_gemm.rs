@@ -348,6 +348,28 @@ pub(super) struct Operands {
 }
 
 impl Operands {
+    /// A dense GEMM `out` [m, n] = a [m, k] · b [n, k]ᵀ with their scales, in M tiles of `bm` rows.
+    pub(super) fn dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale: &DeviceTensor, (m, n, k): (usize, usize, usize), bm: usize) -> Operands {
+        Operands {
+            out: out.raw(),
+            a: a.raw(),
+            a_scales: a_scales.raw(),
+            b: b.raw(),
+            b_scale: b_scale.raw(),
+            row_ids: 0,
+            tile_expert: 0,
+            num_tiles: 0,
+            m,
+            n,
+            k,
+            a_row_div: 1,
+            m_tiles: m.div_ceil(bm),
+            ws_rows: m,
+            a_rows: m,
+            experts: 1,
+        }
+    }
+
     /// A grouped GEMM of `a` (with its scales) against the stacked weights `w` [E, n, k] (with
     /// theirs) over `rows`, into `out` of `max_rows` rows.
     pub(super) fn grouped(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, w: &DeviceTensor, w_scale: &DeviceTensor, rows: &GroupedRows, max_rows: usize) -> Operands {
@@ -503,10 +525,9 @@ pub(super) fn launch_wg2(s: &dyn GpuStream, name: &str, pair: Option<&str>, spli
         TensorMap::UNUSED
     };
     let units = o.m_tiles.div_ceil(cluster as usize) * o.n.div_ceil(128);
-    let cfg = LaunchCfg::new((2, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(cluster);
     let resident = if cluster == 1 { s.sm_count().unwrap_or(DEFAULT_SMS) } else { pair_clusters(s, name)? };
     let grid = units.min(resident) * cluster as usize;
-    let cfg = LaunchCfg { grid: (u32_of(grid, "CTAs")?, 1, 1), ..cfg };
+    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), WG2_SMEM).with_cluster(cluster);
     let mut args = [
         RawArg::Word(o.out),
         RawArg::Map(map_a),
@@ -552,15 +573,8 @@ fn check_dense(out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b:
 
 /// Dense FP8 GEMM with an explicit plan (tests run every tile and split).
 pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
-    let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
-    let m_tiles = m.div_ceil(plan.tile.bm());
-    launch_gemm(
-        s,
-        ws,
-        a.dtype(),
-        plan,
-        Operands { out: out.raw(), a: a.raw(), a_scales: a_scales.raw(), b: b.raw(), b_scale: b_scale_inv.raw(), row_ids: 0, tile_expert: 0, num_tiles: 0, m, n, k, a_row_div: 1, m_tiles, ws_rows: m, a_rows: m, experts: 1 },
-    )
+    let mnk = check_dense(out, a, a_scales, b, b_scale_inv)?;
+    launch_gemm(s, ws, a.dtype(), plan, Operands::dense(out, a, a_scales, b, b_scale_inv, mnk, plan.tile.bm()))
 }
 
 /// Dense FP8 GEMM, plan chosen by shape, split-K workspace from `ws`.

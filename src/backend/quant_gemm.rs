@@ -505,25 +505,7 @@ pub fn int8_gemm_with(
             out.shape()
         )));
     }
-    let o = Operands {
-        out: out.raw(),
-        a: a.raw(),
-        a_scales: a_scales.raw(),
-        b: b.raw(),
-        b_scale: b_scale.raw(),
-        row_ids: 0,
-        tile_expert: 0,
-        num_tiles: 0,
-        m,
-        n,
-        k,
-        a_row_div: 1,
-        m_tiles: m.div_ceil(plan.tile.bm()),
-        ws_rows: m,
-        a_rows: m,
-        experts: 1,
-    };
-    launch_int8(s, ws, scheme, plan, o)
+    launch_int8(s, ws, scheme, plan, Operands::dense(out, a, a_scales, b, b_scale, (m, n, k), plan.tile.bm()))
 }
 
 /// Dense INT8 GEMM `out bf16 [M, N] = a i8 [M, K] · b i8 [N, K]ᵀ` with `scheme`'s scales; the plan
