@@ -19,6 +19,8 @@ use dsv3::backend::Device;
 use dsv3::dist::{open_group, GroupConfig};
 use dsv3::model::gpu::{deepseek_v3_slice, BatchSeq, GpuModel, GpuOptions, KvCacheDtype, LogitRows, PagePool, Readout, TpModel, PAGE_SIZE};
 use dsv3::model::shard::{AttnSplit, MoeSplit};
+use dsv3::ops::sampling::argmax;
+use dsv3::tensor::rel_error;
 use serde_json::{json, Value};
 
 use crate::offline::{copy_bandwidth, json_lines, prefill_flops, random_ids, report_balance, OfflineArgs};
@@ -202,13 +204,8 @@ fn check_against_one_gpu(model: &TpModel, opts: GpuOptions, seed: u64) -> Result
         Ok(one.forward_batch(&mut pool, &seq).map_err(e)?.remove(0))
     };
     let (whole, exact) = (whole_with(opts)?, whole_with(GpuOptions::reference())?);
-    let rel = |a: &[f32], b: &[f32]| {
-        let (d, n) = a.iter().zip(b).fold((0f64, 0f64), |(d, n), (x, y)| (d + ((x - y) as f64).powi(2), n + (*y as f64).powi(2)));
-        (d / n.max(f64::MIN_POSITIVE)).sqrt()
-    };
-    let (effect, to_exact, to_whole) = (rel(&whole, &exact), rel(&split, &exact), rel(&split, &whole));
+    let (effect, to_exact, to_whole) = (rel_error(&whole, &exact), rel_error(&split, &exact), rel_error(&split, &whole));
     let vocab = cfg.vocab_size;
-    let argmax = |row: &[f32]| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0;
     let rows = whole.len() / vocab;
     let same = (0..rows).filter(|&r| argmax(&whole[r * vocab..(r + 1) * vocab]) == argmax(&split[r * vocab..(r + 1) * vocab])).count();
     let within = to_exact <= 1.5 * effect.max(1e-4);
