@@ -29,6 +29,10 @@
 //   cores thus always have one group queued behind the promotion FMAs. (DeepGEMM instead waits
 //   for each block (wait_group 0) and relies on the two math warpgroups interleaving; here each
 //   warpgroup overlaps on its own, and the 2 × 64 partial registers fit in the 232 budget.)
+//   Policies whose scale does not change along K (Op::WHOLE_K: channel INT8) skip the promotion:
+//   each partial set keeps summing its blocks (scale-d 1 after the set's first block) and the
+//   tile is converted and row-scaled once at its end — measured 1.5–1.8× faster, so the
+//   per-block promotion is what bounds this pipeline (docs/perf/quant_gemm.md).
 // - Epilogue per consumer warpgroup: the tile (times the policy's column scales: channel INT8's
 //   s_w[n], none for block scales) goes to bf16 through shared memory (rows padded to 272 bytes:
 //   conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global stores (2 B
@@ -38,8 +42,9 @@
 // pair tiles (M tiles 2p, 2p + 1 at one N tile) and CTA r of it owns M tile 2p + r. When both
 // tiles read the same weights (always in dense mode; grouped: the same expert), each CTA loads
 // one 64-row half of the B box and multicasts it into both CTAs' stage, so every CTA reads
-// 16 + 8 KB from L2 per 128-K block instead of 16 + 16 (the 128 × 128 tile's B traffic, which
-// bounds v2 at M = 4096, is halved); otherwise each CTA loads its whole B box itself. Since a
+// 16 + 8 KB from L2 per 128-K block instead of 16 + 16; otherwise each CTA loads its whole B box
+// itself. (Measured 3–8% slower than one CTA per tile: L2 traffic is not the limit, and the plans
+// do not take pairs; docs/perf/fp8_gemm.md.) Since a
 // multicast writes into the peer's stage, a stage is refilled only once the consumers of BOTH
 // CTAs have released it: each consumer warp arrives on the `empty` barrier of both CTAs (16
 // arrivals per phase). A pair tile whose second M tile is past the end still runs (zero A rows,
