@@ -31,7 +31,7 @@
 
 #[path = "common/gpu.rs"]
 mod common;
-use common::{copy_gbs, moe_ids, stream, time_us, Rng};
+use common::{copy_gbs, listed, moe_ids, stream, time_us, Rng};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
 use dsv3::backend::mla::cuda_util;
@@ -154,7 +154,7 @@ fn main() {
         .collect();
     for pass in passes {
         for (n, k) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)] {
-            for m in [1usize, 16, 32, 64, 128, 4096] {
+            for m in listed(&[1, 16, 32, 64, 128, 4096]) {
                 let raw = fg::plan_dense(m, n, k, fg::DEFAULT_SMS);
                 // Passes 1 / 2 where the mma.sync plan has BM 128 (the default takes wgmma v1 there).
                 if pass > 0 && raw.tile != Fp8Tile::Bm128 {
@@ -196,7 +196,7 @@ fn main() {
             let w2s = random_f32(&s, &[e, HIDDEN / 128, inter / 128], 1e-4, 3e-4, 34);
             let w = MoeFp8Weights { w13: &w13, w13_scale: &w13s, w2: &w2, w2_scale: &w2s };
             let mut wsp = FusedMoeWorkspace::new();
-            for t in [1usize, 16, 64, 128, 512, 4096] {
+            for t in listed(&[1, 16, 64, 128, 512, 4096]) {
                 let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
                 let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();
                 let tw = random_f32(&s, &[t, TOPK], 0.05, 0.3, 41);

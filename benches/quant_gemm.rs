@@ -37,7 +37,7 @@
 
 #[path = "common/gpu.rs"]
 mod common;
-use common::{copy_gbs, moe_ids, stream, time_us, Rng};
+use common::{copy_gbs, listed, moe_ids, stream, time_us, Rng};
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
@@ -225,7 +225,7 @@ fn dense_int8(s: &CudaStream, ws: &mut SplitKWorkspace, copy: f64, scheme: Int8S
         let w: Vec<(DeviceTensor, DeviceTensor)> = (0..nc)
             .map(|c| (random_bytes(s, DType::I8, &[n, k], 100 + c as u64), random_f(s, DType::F32, &[scheme.w_scales_len(n, k)], 1e-4, 3e-4, 200 + c as u64)))
             .collect();
-        for &m in ms {
+        for m in listed(ms) {
             let a = random_bytes(s, DType::I8, &[m, k], 7);
             let asc = random_f(s, DType::F32, &[scheme.a_scales_len(m, k)], 1e-3, 1e-2, 8);
             let out = DeviceTensor::empty(s, DType::Bf16, &[m, n]).unwrap();
@@ -264,7 +264,7 @@ fn main() {
     for (n, k) in SHAPES {
         let nc = copies_for(awq_bytes(n, k));
         let layers: Vec<_> = (0..nc).map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64)).collect();
-        for m in [1usize, 16, 32, 64] {
+        for m in listed(&[1, 16, 32, 64]) {
             let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
             let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
             for (kind, plan) in dense_plans(&s, "awq", QuantKernel::Awq, m, n, k) {
@@ -285,7 +285,7 @@ fn main() {
         let (a2q, a2z, a2s) = awq_layer(&s, e, HIDDEN, inter, 38);
         let aw13 = AwqWeight { qweight: &a13q, qzeros: &a13z, scales: &a13s, experts: e, n: 2 * inter, k: HIDDEN, group: 128 };
         let aw2 = AwqWeight { qweight: &a2q, qzeros: &a2z, scales: &a2s, experts: e, n: HIDDEN, k: inter, group: 128 };
-        for t in [1usize, 16, 64, 128, 4096] {
+        for t in listed(&[1, 16, 64, 128, 4096]) {
             let p = t * TOPK;
             let (ids, hit) = moe_ids(t, e, TOPK, 1000 + t as u64);
             let dids = DeviceTensor::from_slice(&s, &[t, TOPK], &ids).unwrap();

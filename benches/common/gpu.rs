@@ -43,6 +43,15 @@ pub fn moe_ids(t: usize, e: usize, topk: usize, seed: u64) -> (Vec<i32>, usize) 
     (ids, hit.iter().filter(|&&h| h).count())
 }
 
+/// `counts` (token counts / M of a bench's rows) that `DSV3_BENCH_TOKENS` lists ("4096" or
+/// "1,64"), all of them when it is unset: runs a few rows of a long table (tuning, variants).
+pub fn listed(counts: &[usize]) -> Vec<usize> {
+    match std::env::var("DSV3_BENCH_TOKENS") {
+        Ok(only) => counts.iter().copied().filter(|c| only.split(',').any(|w| w.trim() == c.to_string())).collect(),
+        Err(_) => counts.to_vec(),
+    }
+}
+
 /// Median over 7 batches of the per-launch mean of 20 back-to-back launches, in µs.
 pub fn time_us(s: &CudaStream, mut launch: impl FnMut(usize)) -> f64 {
     for i in 0..5 {
