@@ -22,17 +22,16 @@
 //   fill for padding rows and past K), tracked by the same `full` barrier, and the consumers
 //   fence the generic → async proxy before reading. B stays on TMA.
 // - Consumers: WG w owns rows [64 w, 64 w + 64). Each 128-K block is 4 × wgmma.m64n128k32 (e4m3
-//   into f32, or s8 into s32) into a fresh partial; the partial is promoted (total += partial ·
-//   the stage's row scale: wg2_promote) while the next block's MMAs run: two partial sets
-//   alternate, and after issuing block kb the consumer waits only for block kb − 1
-//   (wgmma.wait_group 1), releases its stage and promotes it. The tensor
-//   cores thus always have one group queued behind the promotion FMAs. (DeepGEMM instead waits
-//   for each block (wait_group 0) and relies on the two math warpgroups interleaving; here each
-//   warpgroup overlaps on its own, and the 2 × 64 partial registers fit in the 232 budget.)
+//   into f32, or s8 into s32) into a fresh partial; the consumer waits for it (wait_group 0),
+//   releases its stage and promotes it (total += partial · the stage's row scale), then issues
+//   the next block: while one warpgroup promotes, the tensor cores run the other's MMAs
+//   (DeepGEMM's scheme). Keeping a second partial set in flight behind the promotion instead
+//   (wait_group 1, two sets alternating) measured 3–8% slower (docs/perf/fp8_gemm.md, session 5).
 //   Policies whose scale does not change along K (Op::WHOLE_K: channel INT8) skip the promotion:
-//   each partial set keeps summing its blocks (scale-d 1 after the set's first block) and the
-//   tile is converted and row-scaled once at its end — measured 1.5–1.8× faster, so the
-//   per-block promotion is what bounds this pipeline (docs/perf/quant_gemm.md).
+//   the partial keeps summing the tile's blocks (scale-d 1 after its first block; block kb − 1's
+//   stage is freed once kb is queued behind it) and is converted and row-scaled once at the end.
+//   The same pipeline without per-block promotion runs 1.2–1.9× faster (session 5 variants): the
+//   promotion is what bounds the block-scaled kernels.
 // - Epilogue per consumer warpgroup: the tile (times the policy's column scales: channel INT8's
 //   s_w[n], none for block scales) goes to bf16 through shared memory (rows padded to 272 bytes:
 //   conflict-free fragment writes and 16-byte reads), then coalesced 16-byte global stores (2 B
@@ -262,12 +261,6 @@ DSV3_DEV void wg2_store_tile(const Wg2Ctx& c, const float (&tot)[64], u32 mt, u3
   }
 }
 
-// t += x · s as one FMA in inline asm: the consumer's two promotion branches (partial set a or b)
-// end in the same adds, which LLVM otherwise sinks past their merge (its sinking skips inline
-// asm), splitting every FMA into a mul before and an add after the merge and keeping 64 products
-// live across it (seen on the INT8 channel instantiation: 264 bytes of spills).
-DSV3_DEV void wg2_promote(float& t, float x, float s) { asm("fma.rn.f32 %0, %1, %2, %0;" : "+f"(t) : "f"(x), "f"(s)); }
-
 // Consumer warpgroup w (0, 1) of the tile: rows [64 w, 64 w + 64).
 template <class Op, int CL>
 DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
@@ -278,12 +271,12 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
   const bool gathered = g.row_ids != nullptr;
   u8* stg = c.smem + Wg2Smem::EPI + w * 64 * WG2_EPI_PITCH;
   u32 stage = 0, phase = 0;
-  Acc pa[64], pb[64];
+  Acc acc[64];
   float tot[64];
 
   // Waits for the current stage and issues its 4 k32 steps into `acc` (one wgmma group): a fresh
-  // partial, or (Op::WHOLE_K, `fresh` false) on top of the set's earlier blocks of the tile.
-  auto issue = [&](Acc(&acc)[64], bool fresh) {
+  // partial, or (Op::WHOLE_K, `fresh` false) on top of the tile's earlier blocks.
+  auto issue = [&](bool fresh) {
     mbar_wait(c.full(stage), phase);
     if (gathered) fence_proxy_async();  // the A rows were written by cp.async (generic proxy)
     const u32 a = c.base + stage * Wg2Smem::STAGE + w * 64 * 128, b = c.base + stage * Wg2Smem::STAGE + Wg2Smem::TILE;
@@ -298,14 +291,13 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     wgmma_commit();
     wgmma_pin(acc);
   };
-  // The group of stage `s` has completed into `acc`: read its scales, free the stage, promote
-  // (WHOLE_K: keep the row scales for the tile's end instead).
+  // The group of stage `s` has completed: read its row scales, free the stage, and (block scales)
+  // promote the partial into the total.
   float row_s0 = 0.0f, row_s1 = 0.0f;
-  auto retire = [&](Acc(&acc)[64], u32 s) {
+  auto retire = [&](u32 s) {
     wgmma_pin(acc);
-    const float s0 = c.scales(s)[r0], s1 = c.scales(s)[r0 + 8];
-    row_s0 = s0;
-    row_s1 = s1;
+    row_s0 = c.scales(s)[r0];
+    row_s1 = c.scales(s)[r0 + 8];
     __syncwarp();
     if (ln == 0) {
       mbar_arrive(c.empty(s));
@@ -315,70 +307,56 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
     }
     if constexpr (!Op::WHOLE_K) {
 #pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        wg2_promote(tot[4 * j + 0], Op::to_f32(acc[4 * j + 0]), s0);
-        wg2_promote(tot[4 * j + 1], Op::to_f32(acc[4 * j + 1]), s0);
-        wg2_promote(tot[4 * j + 2], Op::to_f32(acc[4 * j + 2]), s1);
-        wg2_promote(tot[4 * j + 3], Op::to_f32(acc[4 * j + 3]), s1);
-      }
+      for (int i = 0; i < 64; ++i) tot[i] = fmaf(Op::to_f32(acc[i]), i % 4 < 2 ? row_s0 : row_s1, tot[i]);
     }
   };
-  // WHOLE_K, after the tile's last block retired: total = (even blocks' sum + odd blocks' sum) ·
-  // the row scale (one K block only: pa alone; pb still holds another tile's sum).
+  // WHOLE_K, after the tile's last block retired: total = the whole-K sum · the row scale.
   auto finish = [&]() {
     if constexpr (Op::WHOLE_K) {
-      const bool odd = c.sk > 1;
 #pragma unroll
-      for (int j = 0; j < 16; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = 4 * j + e;
-          const float sum = Op::sum_to_f32(pa[i]) + (odd ? Op::sum_to_f32(pb[i]) : 0.0f);
-          tot[i] = sum * (e < 2 ? row_s0 : row_s1);
-        }
+      for (int i = 0; i < 64; ++i) tot[i] = Op::sum_to_f32(acc[i]) * (i % 4 < 2 ? row_s0 : row_s1);
     }
   };
 
   if (c.cluster >= c.sched.total) return;
-#pragma unroll
-  for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
-  issue(pa, true);  // k block 0 of the first tile
+  issue(true);  // k block 0 of the first tile
   for (u32 idx = c.cluster;;) {
     u32 pt, nt;
     c.sched.tile(idx, pt, nt);
     const u32 mt = c.m_tile<CL>(pt);
+    if constexpr (!Op::WHOLE_K) {
+#pragma unroll
+      for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
+    }
     u32 prev = stage;
     wg2_advance(stage, phase);
     for (u32 kb = 1; kb < c.sk; ++kb) {
-      // Block kb into one set while block kb − 1 (the other set) is promoted.
-      if (kb & 1) {
-        issue(pb, kb == 1);
+      if constexpr (Op::WHOLE_K) {
+        // One sum over K: block kb queues behind kb − 1, whose stage is freed once it completed.
+        issue(false);
         wgmma_wait<1>();
-        retire(pa, prev);
+        retire(prev);
       } else {
-        issue(pa, false);
-        wgmma_wait<1>();
-        retire(pb, prev);
+        // Promote block kb − 1, then issue kb: the tensor cores run the other warpgroup's MMAs
+        // meanwhile (measured 3–8% faster than keeping a second partial set in flight behind the
+        // promotion, docs/perf/fp8_gemm.md).
+        wgmma_wait<0>();
+        retire(prev);
+        issue(true);
       }
       prev = stage;
       wg2_advance(stage, phase);
     }
     wgmma_wait<0>();
-    if ((c.sk - 1) & 1) {
-      retire(pb, prev);
-    } else {
-      retire(pa, prev);
-    }
+    retire(prev);
     finish();
     idx += c.clusters;
     if (idx >= c.sched.total) {
       wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
       return;
     }
-    issue(pa, true);  // the next tile's first block runs on the tensor cores during this epilogue
+    issue(true);  // the next tile's first block runs on the tensor cores during this epilogue
     wg2_store_tile<Op>(c, tot, mt, nt, c.expert<CL>(mt, pt), w, tw, stg);
-#pragma unroll
-    for (int i = 0; i < 64; ++i) tot[i] = 0.0f;
   }
 }
 
