@@ -370,7 +370,6 @@ template <int BM> struct AwqStreamCfg {
   static constexpr int WOFF = NA * ACT;
   static constexpr int SMEM = WOFF + (SG_THREADS / 32) * NS * WST;  // dynamic shared memory (CUDA)
   static constexpr int ROWS_PER_PASS = SG_THREADS / (CH * 32);      // token rows one staging pass covers
-  static constexpr int ACOPY = BM / ROWS_PER_PASS;                  // 4-byte copies per thread and chunk
   // Buffer of a chunk static in the loop unrolled by NS (chunk of its first tile ≡ 0 mod NA).
   static constexpr bool STATIC_A = NS % (CH * NA) == 0;
   static_assert(NS % CH == 0 && SG_THREADS % (CH * 32) == 0 && BM % ROWS_PER_PASS == 0, "staging");
@@ -451,11 +450,11 @@ DSV3_DEV void stream_gemm_awq_mma(const BlockGemmArgs& g, const u32* qzeros, con
   auto stage = [&](u32 c, u32 abuf) {
     const u32 k = a_k + c * (CH * SG_TILE);
     const u32 kb = k < kend ? 4u : 0u;  // (0: the source is not read)
-#pragma unroll
-    for (int i = 0; i < C::ACOPY; ++i) {
-      const u32 r = i * C::ROWS_PER_PASS + st_r0;
-      if (r < nrows) cp_async_4_n(a_dst + abuf * C::ACT + i * C::ROWS_PER_PASS * C::ROW, g.a + (u64)(u32)s_arow[r] * a_row_bytes + k, kb);
-    }
+    // A run-time loop over the valid rows (a warp-uniform trip count): at M = 1 one copy, not BM.
+    u32 dst = a_dst + abuf * C::ACT;
+#pragma unroll 1
+    for (u32 r = st_r0; r < nrows; r += C::ROWS_PER_PASS, dst += C::ROWS_PER_PASS * C::ROW)
+      cp_async_4_n(dst, g.a + (u64)(u32)s_arow[r] * a_row_bytes + k, kb);
   };
   // Everything local K tile j needs, into weight slot `slot` (and, at a chunk's first tile, its
   // chunk into buffer abuf): one cp.async group, its copies zero-sized past the split's end.
