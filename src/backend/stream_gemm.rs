@@ -80,7 +80,7 @@ impl StreamTile {
     /// scales): BM 8: PF 7, CH 8, NA 2; BM 64: PF 5, CH 1, NA 6. HIP runs awq_gemm_generic,
     /// which has none.
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
-        let (pf, ch) = match self {
+        let (pf, ch): (usize, usize) = match self {
             StreamTile::T8 => (7, 8),
             StreamTile::T64 => (5, 1),
         };
