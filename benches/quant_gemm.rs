@@ -10,16 +10,18 @@
 //!   split where the default is `wg2`), `-st` rows: the streaming kernel (two 64-row tiles) at
 //!   M = 128, for the comparison;
 //! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
-//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming) and `awq-mma` the tiled
-//!   kernel the plan took before;
+//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming up to 8 rows) and
+//!   `awq-mma` the tiled kernel; `awq-st` the 64-row streaming tile at M = 16 / 32 / 64, and
+//!   `awq-st-o4` the 8-row one at M = 1 with split-K sized for 4 CTAs per SM (the plans: 2);
 //! - `moe-i8` / `moe-awq` rows: one MoE layer of the TP-8 shard (256 experts, inter 256) and of
 //!   the EP-8 shard (32 experts, inter 2048), hidden 7168, top-8 (ids uniform and distinct per
 //!   token among the shard's experts), at 1, 16, 64, 128, 4096 tokens: align, (INT8: quant of x,)
 //!   grouped gate_up, SiLU·mul (INT8: fused with the quant), grouped down; the combine is not
 //!   timed (the same kernel for every format). TOPS = 2·T·8·3·I·H / time; GB/s = weight bytes of
 //!   the experts hit / time. `moe-i8` (block INT8) / `moe-awq` take the default plan (the
-//!   streaming kernel up to 64 rows per expert; BM 128 above, `wg2` on sm_90a), `-mma` the tiled
-//!   mma.sync kernel where the default is another;
+//!   streaming kernel up to 8 rows per expert; BM 128 above, `wg2` on sm_90a), `-mma` the tiled
+//!   mma.sync kernel where the default is another, `moe-awq-st` AWQ on the 64-row streaming tile
+//!   at 9–64 rows per expert;
 //! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
 //!   them): the v2 tile in 2-CTA clusters, `i8blk-wg2p` / `i8ch-wg2p` dense at M = 4096 on the six
 //!   shapes, `moe-i8-wg2p` / `moe-i8ch-wg2p` (block / channel INT8) on both shards at 4096 tokens.
@@ -139,6 +141,21 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: 
         _ => None,
     };
     v.extend(other.map(|(tag, p)| (format!("{kind}-{tag}"), p)));
+    if kernel == QuantKernel::Awq {
+        // AWQ's streaming kernel past the plans' 8 rows (the 64-row tile), and its 8-row tile
+        // with split-K sized for 4 CTAs per SM (63 registers, 52 KB: 4 fit on an H200) instead
+        // of the plans' 2: the data for moving the AWQ threshold and occupancy.
+        match m {
+            9..=64 => v.push((format!("{kind}-st"), plan(QuantTile::Stream(StreamTile::T64)))),
+            1..=8 => {
+                let ctas = m.div_ceil(8) * n.div_ceil(128);
+                let (slots, kt) = (4 * qg::DEFAULT_SMS, k.div_ceil(64));
+                let splits = if ctas >= slots { 1 } else { (slots / ctas).min((kt / 2).max(1)).max(1) };
+                v.push((format!("{kind}-st-o4"), QuantPlan { tile: QuantTile::Stream(StreamTile::T8), splits }));
+            }
+            _ => {}
+        }
+    }
     if default != raw {
         v.push((format!("{kind}-mma"), raw));
     }
@@ -301,6 +318,10 @@ fn main() {
                 runs.push((kind.to_string(), kernel, default));
                 if default.0.tile != tiled {
                     runs.push((format!("{kind}-mma"), kernel, moe_plans(kernel, tiled, p, e, inter)));
+                }
+                if kernel == QuantKernel::Awq && (9..=64).contains(&per_expert) {
+                    let st64 = QuantTile::Stream(StreamTile::T64);
+                    runs.push((format!("{kind}-st"), kernel, moe_plans(kernel, st64, p, e, inter)));
                 }
             }
             for (kind, kernel, plans) in runs {

@@ -150,13 +150,22 @@ DSV3_DEV void awq_repacked_pos(u32 n, u32 k, u32 K, u64& word, u32& shift) {
 }
 
 #if defined(DSV3_CUDA)
-// bf16x2 of −(128 + z): the addend that turns 128 + q into q − z (exact in bf16).
-DSV3_DEV u32 awq_zneg(u32 z) { return (0xC300u | z) * 0x10001u; }
+// (x & mask) | c as one LOP3: SASS LOP3 takes one 32-bit immediate, so with both constants
+// immediate ptxas emits an AND and an OR; here c is a register (hoisted out of the loops).
+template <u32 MASK> DSV3_DEV u32 awq_and_or(u32 x, u32 c) {
+  u32 d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(x), "n"(MASK), "r"(c));
+  return d;
+}
 
-// Nibbles h and h + 4 of a repacked word (k and k + 1 of one column) as bf16x2 of q − z: the
-// mask / OR makes 128 + q, one fma.bf16x2 adds zneg (awq_zneg).
+// bf16x2 of −(128 + z): the addend that turns 128 + q into q − z (exact in bf16). nib = the
+// zero point's word shifted so that z is its low nibble.
+DSV3_DEV u32 awq_zneg(u32 nib) { return awq_and_or<0xFu>(nib, 0xC300u) * 0x10001u; }
+
+// Nibbles h and h + 4 of a repacked word (k and k + 1 of one column) as bf16x2 of q − z: one LOP3
+// (mask | 0x43004300) makes 128 + q, one fma.bf16x2 adds zneg (awq_zneg).
 DSV3_DEV u32 awq_deq2(u32 w, int h, u32 zneg) {
-  return fma_bf16x2(((w >> (4 * h)) & 0x000f000fu) | 0x43004300u, 0x3f803f80u, zneg);
+  return fma_bf16x2(awq_and_or<0x000f000fu>(w >> (4 * h), 0x43004300u), 0x3f803f80u, zneg);
 }
 
 template <int BM>
@@ -232,7 +241,7 @@ DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16*
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       const u32 nb = n0 + wn * WN + j * 8;
-      const u32 z = nb < N ? (qz[(u64)gi * N8 + nb / 8] >> zshift) & 15u : 0u;
+      const u32 z = nb < N ? qz[(u64)gi * N8 + nb / 8] >> zshift : 0u;
       zneg[j] = awq_zneg(z);
       const u32 nc = nb + 2 * tig;
       s0[j] = nc < N ? to_float(sc[(u64)gi * N + nc]) : 0.0f;

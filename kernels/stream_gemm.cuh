@@ -16,9 +16,11 @@
 //     TG = BM / 8 token groups, those past the tile's last valid row skipped at run time), K in
 //     tiles of 128 activation bytes per token (128 8-bit codes, one scale block; or 64 bf16
 //     values) over the split's range;
-//   - weights: global → registers by a weight streamer (Stream8, StreamAwq: the loads of one K
-//     tile of a warp's 16 rows, their A fragments, the MMAs of one token group, the scaling), PF
-//     K tiles ahead of the one being multiplied (no shared memory, no barrier on their path);
+//   - weights: global → registers by a weight streamer (Stream8: the loads of one K tile of a
+//     warp's 16 rows, their A fragments, the MMAs of one token group, the scaling), PF K tiles
+//     ahead of the one being multiplied (no shared memory, no barrier on their path); AWQ
+//     (stream_gemm_awq_mma, below) streams them through a per-warp cp.async ring in shared
+//     memory instead, its own loop;
 //   - activations (and the 8-bit ones' scales): CH K tiles of the CTA's BM rows at a time,
 //     cp.async into shared memory, double buffered, read by every warp;
 //   - each warp's A fragments of a K tile serve every token group.
@@ -168,102 +170,40 @@ template <class Op> struct Stream8 {
   }
 };
 
-// ---- AWQ W4A16: m16n8k16 bf16 on dequantized nibbles -----------------------------------------
-//
-// K tile = 64 values (128 bytes of bf16 activations; one quantization group or half of one). The
-// weights are awq_repack's words ([E][N/8][K/32][32 lanes] u32): the word of lane (g, t) for
-// column group n8 and 32-row block kb holds column n8·8 + g at k = 32·kb + {2t, 2t+8, 16+2t,
-// 24+2t} (nibbles 0..3) and k + 1 of each (nibbles 4..7). With rows g ↔ column group
-// n8 = (n0 + 16·warp) / 8 and rows g + 8 ↔ n8 + 1, a lane's words of n8 and n8 + 1 are exactly its
-// m16n8k16 A fragments: for K block kb and half kk, a = {deq(lo[kb], 2kk), deq(hi[kb], 2kk),
-// deq(lo[kb], 2kk+1), deq(hi[kb], 2kk+1)} (deq(w, h): nibbles h, h + 4 as bf16x2 of q − z,
-// awq_deq2), and b = token g's bf16 pairs at k = 32·kb + 16·kk + 2t and + 8 (the standard B
-// fragment: 4-byte shared reads). A warp's load is one 128-byte line.
-struct StreamAwq {
-  using Acc = float;
-  static constexpr int PF = 6;        // 512 bytes per warp and K tile (+ zeros, scales)
-  static constexpr int ROW_PAD = 16;  // 4-byte B reads: 8 token rows 16 bytes apart in banks
-  static constexpr bool ACT_SCALES = false;
-  struct Tile {
-    u32 lo[2], hi[2];  // words of column groups n8, n8 + 1 for the tile's two 32-row blocks
-    u32 z_lo, z_hi;    // their qzeros words
-    f16 s_lo, s_hi;    // f16 scales of columns g and g + 8
-  };
-  struct Frag {
-    u32 a[2][2][4];
-    float s_lo, s_hi;
-  };
-  const u32* w_lo;
-  const u32* w_hi;
-  const u32* qz;
-  const f16* sc;
-  u32 N, G, n8_lo, col_lo, zshift;
-  bool ok_lo, ok_hi;
-
-  DSV3_DEV StreamAwq(const BlockGemmArgs& g, u32 expert, u32 row_lo, u32 lane, const u32* qzeros, const f16* scales, u32 group) {
-    N = g.N;
-    G = group;
-    const u32 N8 = N / 8, K32 = g.K / 32, grp = lane / 4;
-    n8_lo = (row_lo - grp) / 8;
-    col_lo = row_lo;
-    ok_lo = n8_lo < N8;
-    ok_hi = n8_lo + 1 < N8;
-    const u32* qw = reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * K32 * 32;
-    w_lo = qw + (ok_lo ? (u64)n8_lo * K32 * 32 : 0) + lane;
-    w_hi = qw + (ok_hi ? (u64)(n8_lo + 1) * K32 * 32 : 0) + lane;
-    qz = qzeros + (u64)expert * (g.K / G) * N8;
-    sc = scales + (u64)expert * (g.K / G) * N;
-    zshift = 4 * awq_nib(grp);
-  }
-  DSV3_DEV void load(Tile& w, u32 kt) const {
-    const u32 gi = kt * AWQ_BK / G;
+// The CTA's result: acc[j][e] = token m0 + 8j + 2t + (e & 1), row row_lo + 8·(e >> 1) (t = lane % 4).
+// One split: bf16 out; several: f32 atomics into the workspace (token groups below ntg, the ones
+// holding rows), the last split of the tile converts and clears it.
+template <int BM>
+DSV3_DEV void sg_store(const BlockGemmArgs& g, const float (&acc)[BM / 8][4], u32 ntg, u32 mt_idx, u32 nt_idx, u32 m0,
+                       u32 m_end, u32 n0, u32 row_lo, bool wactive) {
+  constexpr int TG = BM / 8;
+  const u32 N = g.N, tig = lane() % 4;
+  auto tok_of = [&](int j, int e) { return (u32)(8 * j) + 2 * tig + (u32)(e & 1); };
+  if (g.splits == 1) {
+    if (!wactive) return;
 #pragma unroll
-    for (int kb = 0; kb < 2; ++kb) {
-      const u64 off = (u64)(2 * kt + kb) * 32;
-      w.lo[kb] = ok_lo ? ld_stream_4(w_lo + off) : 0u;
-      w.hi[kb] = ok_hi ? ld_stream_4(w_hi + off) : 0u;
+    for (int j = 0; j < TG; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const u32 r = m0 + tok_of(j, e), n = row_lo + 8 * (e >> 1);
+        if (r < m_end && n < N) g.out[(u64)r * N + n] = f32_to_bf16(acc[j][e]);
+      }
+    return;
+  }
+  if (wactive) {
+#pragma unroll
+    for (int j = 0; j < TG; ++j) {
+      if ((u32)j >= ntg) break;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const u32 r = m0 + tok_of(j, e), n = row_lo + 8 * (e >> 1);
+        if (r < m_end && n < N) atomic_add(g.ws + (u64)r * N + n, acc[j][e]);
+      }
     }
-    // Rows past N: code 0 and zero point 0 dequantize to exactly 0, scale 0.
-    w.z_lo = ok_lo ? qz[(u64)gi * (N / 8) + n8_lo] : 0u;
-    w.z_hi = ok_hi ? qz[(u64)gi * (N / 8) + n8_lo + 1] : 0u;
-    w.s_lo.bits = ok_lo ? sc[(u64)gi * N + col_lo].bits : (u16)0;
-    w.s_hi.bits = ok_hi ? sc[(u64)gi * N + col_lo + 8].bits : (u16)0;
   }
-  DSV3_DEV Frag frag(const Tile& w) const {
-    Frag f;
-    const u32 zl = awq_zneg((w.z_lo >> zshift) & 15u), zh = awq_zneg((w.z_hi >> zshift) & 15u);
-#pragma unroll
-    for (int kb = 0; kb < 2; ++kb)
-#pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
-        f.a[kb][kk][0] = awq_deq2(w.lo[kb], 2 * kk, zl);
-        f.a[kb][kk][1] = awq_deq2(w.hi[kb], 2 * kk, zh);
-        f.a[kb][kk][2] = awq_deq2(w.lo[kb], 2 * kk + 1, zl);
-        f.a[kb][kk][3] = awq_deq2(w.hi[kb], 2 * kk + 1, zh);
-      }
-    f.s_lo = to_float(w.s_lo);
-    f.s_hi = to_float(w.s_hi);
-    return f;
-  }
-  // One token group: brow = token g's staged K tile (64 bf16); the tile's f32 partial takes the
-  // rows' f16 scales (acc += part · s[row]).
-  DSV3_DEV void group(float (&acc)[4], float (&)[4], const Frag& f, const u8* brow, const float*) const {
-    const u32 tig = lane() % 4;
-    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int kb = 0; kb < 2; ++kb)
-#pragma unroll
-      for (int kk = 0; kk < 2; ++kk) {
-        const u32* b = reinterpret_cast<const u32*>(brow + 64 * kb + 32 * kk + 4 * tig);
-        mma_bf16_16816(part, f.a[kb][kk], b[0], b[4]);
-      }
-    acc[0] += part[0] * f.s_lo;
-    acc[1] += part[1] * f.s_lo;
-    acc[2] += part[2] * f.s_hi;
-    acc[3] += part[3] * f.s_hi;
-  }
-  DSV3_DEV void finish(float (&)[4], const float (&)[4], const float*, i32, i32, u32, u32) const {}
-};
+  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+}
 
 // The kernel: K tiles kt0.. of this CTA's split, M tile and N tile from the block index (M tiles
 // vary fastest: the CTAs that share weights run together, the second reads them from L2).
@@ -369,30 +309,7 @@ DSV3_DEV void stream_gemm_run(const BlockGemmArgs& g, u32 sk, u32 a_row_bytes, u
   auto tok_of = [&](int j, int e) { return (u32)(8 * j) + 2 * tig + (u32)(e & 1); };
 #pragma unroll
   for (int j = 0; j < TG; ++j) ws.finish(acc[j], whole[j], g.a_scales, s_arow[tok_of(j, 0)], s_arow[tok_of(j, 1)], row_lo, N);
-  if (g.splits == 1) {
-    if (!wactive) return;
-#pragma unroll
-    for (int j = 0; j < TG; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const u32 r = m0 + tok_of(j, e), n = row_lo + 8 * (e >> 1);
-        if (r < m_end && n < N) g.out[(u64)r * N + n] = f32_to_bf16(acc[j][e]);
-      }
-    return;
-  }
-  if (wactive) {
-#pragma unroll
-    for (int j = 0; j < TG; ++j) {
-      if ((u32)j >= ntg) break;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const u32 r = m0 + tok_of(j, e), n = row_lo + 8 * (e >> 1);
-        if (r < m_end && n < N) atomic_add(g.ws + (u64)r * N + n, acc[j][e]);
-      }
-    }
-  }
-  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
-  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+  sg_store<BM>(g, acc, ntg, mt_idx, nt_idx, m0, m_end, n0, row_lo, wactive);
 }
 
 // The CTA's (M tile, N tile, split) with M tiles fastest; false when the M tile does not run.
@@ -413,12 +330,213 @@ DSV3_DEV void stream_gemm_8bit(const BlockGemmArgs& g) {
   stream_gemm_run<BM>(g, (g.K + BG_BK - 1) / BG_BK, g.K, mt, nt, split, m_end, ws);
 }
 
+// ---- AWQ W4A16: m16n8k16 bf16 on dequantized nibbles, weights through shared memory ----------
+//
+// K tile = 64 values (128 bytes of bf16 activations per token; one quantization group or half of
+// one). The weights are awq_repack's words ([E][N/8][K/32][32 lanes] u32): the word of lane (g, t)
+// for column group n8 and 32-row block kb holds column n8·8 + g at k = 32·kb + {2t, 2t+8, 16+2t,
+// 24+2t} (nibbles 0..3) and k + 1 of each (nibbles 4..7). With rows g ↔ column group
+// n8 = (n0 + 16·warp) / 8 and rows g + 8 ↔ n8 + 1, a lane's words of n8 and n8 + 1 are exactly its
+// m16n8k16 A fragments: for K block kb and half kk, a = {deq(lo[kb], 2kk), deq(hi[kb], 2kk),
+// deq(lo[kb], 2kk+1), deq(hi[kb], 2kk+1)} (deq(w, h): nibbles h, h + 4 as bf16x2 of q − z,
+// awq_deq2), and b = token g's bf16 pairs at k = 32·kb + 16·kk + 2t and + 8 (the standard B
+// fragment). The f16 scales of rows g and g + 8 multiply each K tile's f32 partial.
+//
+// Why shared memory (docs/perf/quant_gemm.md, "AWQ decode: bytes in flight and issue slots"): a
+// ring of K tiles in registers is not in flight at once — ptxas gives every load of the ring one
+// scoreboard and waits for all of them before the first use, so a warp had one 512-byte K tile per
+// DRAM round trip (≈ 8 KB per SM, ≈ 1 TB/s). cp.async groups retire in order and
+// cp.async.wait_group counts them, so here PF K tiles per warp are really in flight:
+//   - each warp streams its 16 columns through a private ring of NS = PF + 1 stages of 560 bytes:
+//     the K tile's four 128-byte lines (one 16-byte cp.async per lane: segment 2c + b = column
+//     group n8 + c, block 2kt + b) and its group's two qzeros words and 16 f16 scales (lanes
+//     0..9, 4 bytes each); rows past N are zero-filled (dequantize to 0, scale 0);
+//   - the CTA's token rows go through NA buffers of CH K tiles (4-byte cp.async, transposed so that
+//     a lane's eight B words of a tile are contiguous: two 16-byte shared reads per token group);
+//   - one cp.async group per K tile (the tile's weights, and at a chunk's first tile the chunk),
+//     committed PF tiles ahead; wait_group<PF − 1> then means "tile it has landed". A barrier at
+//     each chunk's first tile (the activations are shared) and __syncwarp otherwise (a warp reads
+//     lines its other lanes copied). NA = 1 + ⌈PF / CH⌉ buffers: a chunk is issued PF tiles
+//     before its first tile, after the barrier that retires the chunk that buffer held.
+template <int BM> struct AwqStreamCfg {
+  static constexpr int TG = BM / 8;
+  static constexpr int PF = BM <= 8 ? 7 : 5;        // K tiles in flight per warp past the one multiplied
+  static constexpr int NS = PF + 1;                  // weight stages per warp
+  static constexpr int CH = BM <= 8 ? 8 : 1;         // K tiles per activation chunk
+  static constexpr int NA = 1 + (PF + CH - 1) / CH;  // activation chunk buffers
+  static constexpr int ROW = CH * SG_TILE + 16;      // ≡ 16 (mod 128): conflict-free 16-byte B reads
+  static constexpr int ACT = BM * ROW;
+  static constexpr int WST = 560;  // a warp's stage: words [0, 512), qzeros [512, 520), scales [520, 552)
+  static constexpr int WOFF = NA * ACT;
+  static constexpr int SMEM = WOFF + (SG_THREADS / 32) * NS * WST;  // dynamic shared memory (CUDA)
+  static constexpr int ROWS_PER_PASS = SG_THREADS / (CH * 32);      // token rows one staging pass covers
+  // Buffer of a chunk static in the loop unrolled by NS (chunk of its first tile ≡ 0 mod NA).
+  static constexpr bool STATIC_A = NS % (CH * NA) == 0;
+  static_assert(NS % CH == 0 && SG_THREADS % (CH * 32) == 0 && BM % ROWS_PER_PASS == 0, "staging");
+};
+static_assert(AwqStreamCfg<8>::SMEM == 52480 && AwqStreamCfg<64>::SMEM == 82176,
+              "src/backend/stream_gemm.rs StreamTile::awq_smem_bytes mirrors these");
+
+// A value the compiler must keep as computed (not rematerialized or sunk into the loop).
+template <class T> DSV3_DEV T sg_keep(T x) {
+  if constexpr (sizeof(T) == 8) {
+    asm volatile("" : "+l"(x));
+  } else {
+    asm volatile("" : "+r"(x));
+  }
+  return x;
+}
+
 template <int BM>
 DSV3_DEV void stream_gemm_awq_mma(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
-  u32 mt, nt, split, expert, m_end;
-  if (!sg_tile(g, BM, mt, nt, split, expert, m_end)) return;
-  const StreamAwq ws(g, expert, nt * BG_BN + 16 * (tid() / 32) + lane() / 4, lane(), qzeros, scales, G);
-  stream_gemm_run<BM>(g, g.K / AWQ_BK, 2 * g.K, mt, nt, split, m_end, ws);
+  using C = AwqStreamCfg<BM>;
+  constexpr int TG = C::TG, PF = C::PF, NS = C::NS, CH = C::CH, NA = C::NA, THREADS = SG_THREADS;
+  extern __shared__ __attribute__((aligned(16))) u8 sg_smem[];
+  __shared__ i32 s_arow[BM];
+
+  u32 mt_idx, nt_idx, split, expert, m_end;
+  if (!sg_tile(g, BM, mt_idx, nt_idx, split, expert, m_end)) return;
+  const u32 N = g.N, K = g.K, N8 = N / 8, K32 = K / 32, sk = K / AWQ_BK;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BG_BN;
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+  const u32 a_row_bytes = 2 * K, kend = kt1 * SG_TILE;  // K % 64 == 0: kend ≤ a_row_bytes
+
+  const u32 t = tid(), warp = t / 32, ln = t % 32, grp = ln / 4, tig = ln % 4;
+  const u32 row_lo = n0 + 16 * warp + grp;
+  const bool wactive = n0 + 16 * warp < N;
+  for (u32 i = t; i < (u32)BM; i += THREADS) s_arow[i] = (i32)bg_a_row(g, m0 + i, m_end);
+  __syncthreads();
+  // Valid rows of a tile are a prefix (dense: below M; grouped: the expert's rows before its
+  // padding): rows past it are not staged (their B columns only reach outputs never written) and
+  // token groups past it are skipped.
+  u32 nrows = 0;
+#pragma unroll
+  for (int r = 0; r < BM; ++r)
+    if (s_arow[r] >= 0) nrows = r + 1;
+  const u32 ntg = (nrows + 7) / 8;
+
+  // This lane's weight copy: 16 bytes of segment ln / 8 (column group n8w + ln / 16, block
+  // 2·kt + (ln / 8) % 2), zero-filled past N. All lanes of inactive warps copy nothing real.
+  const u32 n8w = (n0 + 16 * warp) / 8, n8 = n8w + ln / 16;
+  const u32 w_bytes = sg_keep(n8 < N8 ? 16u : 0u);
+  const u32* w_src = sg_keep(reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * K32 * 32 +
+                             (n8 < N8 ? (u64)n8 * K32 * 32 : 0) + ((ln / 8) % 2) * 32 + (ln % 8) * 4 + (u64)kt0 * 64);
+  // Its zero-point / scale copy (lanes 0..9): the qzeros word of n8w + ln (lanes 0, 1), the f16
+  // pair of columns n0 + 16·warp + 2·(ln − 2) (lanes 2..9); one group row further per group.
+  const u32 gsh = G == 128 ? 1u : 0u;  // K tile → group (G ∈ {64, 128})
+  const u32 col = n0 + 16 * warp + 2 * (ln - 2);
+  const bool zs_ok = ln < 2 ? n8w + ln < N8 : (ln < 10 && col < N);
+  const u32 zs_bytes = sg_keep(zs_ok ? 4u : 0u);
+  const u32 zs_stride = sg_keep(ln < 2 ? 4 * N8 : 2 * N);
+  const u8* zs_src = sg_keep(!zs_ok ? g.b
+                             : ln < 2 ? reinterpret_cast<const u8*>(qzeros + (u64)expert * (K / G) * N8 + n8w + ln)
+                                      : reinterpret_cast<const u8*>(scales + (u64)expert * (K / G) * N + col));
+
+  const u32 smem0 = smem_u32(sg_smem);
+  const u32 wst0 = smem0 + C::WOFF + warp * (NS * C::WST);  // this warp's stages
+  // Lanes 10..31 zero-fill one spare word of the stage (no branch around the copy).
+  const u32 w_dst = sg_keep(wst0 + 16 * ln), zs_dst = sg_keep(wst0 + (ln < 10 ? 512 + 4 * ln : 552));
+
+  // Activation chunk c (K tiles kt0 + c·CH ..) into buffer abuf: per token row and K tile, bf16
+  // pair i (k = 2i, 2i + 1 of the tile) at word 8·(i % 4) + i / 4, so lane t's B words of the tile
+  // are words 8t .. 8t + 7 (pair p: k = 8p + 2t; MMA (kb, kk) takes p = 4kb + 2kk and + 1). A warp
+  // copies 128 contiguous bytes of one row; rows past nrows are skipped (warp-uniform), K past
+  // the split is zero-filled.
+  const u32 st_pi = t % 32, st_tl = (t / 32) % CH, st_r0 = t / (CH * 32);
+  const u32 a_dst = sg_keep(smem0 + st_tl * SG_TILE + 4 * (8 * (st_pi % 4) + st_pi / 4) + st_r0 * C::ROW);
+  const u32 a_k = sg_keep((kt0 + st_tl) * SG_TILE + 4 * st_pi);
+  auto stage = [&](u32 c, u32 abuf) {
+    const u32 k = a_k + c * (CH * SG_TILE);
+    const u32 kb = k < kend ? 4u : 0u;  // (0: the source is not read)
+    // A run-time loop over the valid rows (a warp-uniform trip count): at M = 1 one copy, not BM.
+    u32 dst = a_dst + abuf * C::ACT;
+#pragma unroll 1
+    for (u32 r = st_r0; r < nrows; r += C::ROWS_PER_PASS, dst += C::ROWS_PER_PASS * C::ROW)
+      cp_async_4_n(dst, g.a + (u64)(u32)s_arow[r] * a_row_bytes + k, kb);
+  };
+  // Everything local K tile j needs, into weight slot `slot` (and, at a chunk's first tile, its
+  // chunk into buffer abuf): one cp.async group, its copies zero-sized past the split's end.
+  auto issue = [&](u32 j, int slot, bool chunk_start, u32 abuf) {
+    const bool in = j < nk;
+    cp_async_16_n(w_dst + slot * C::WST, w_src + (u64)j * 64, in ? w_bytes : 0u);
+    cp_async_4_n(zs_dst + slot * C::WST, zs_src + (u64)((kt0 + j) >> gsh) * zs_stride, in ? zs_bytes : 0u);
+    if (chunk_start) stage(j / CH, abuf);
+    cp_async_commit();
+  };
+
+  float acc[TG][4];
+#pragma unroll
+  for (int j = 0; j < TG; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[j][e] = 0.0f;
+
+  // The MMAs of the K tile in weight slot `slot`, tile tl of the chunk in buffer abuf.
+  // (Offsets kept as computed, pointers formed at the use: NVVM then knows they are shared.)
+  const u32 zshift = sg_keep(4 * awq_nib(grp));
+  const u32 wst_o = sg_keep(C::WOFF + warp * (NS * C::WST));
+  const u32 wln_o = sg_keep(4 * ln), sc_o = sg_keep(520 + 2 * grp);
+  const u32 act_o = sg_keep(grp * C::ROW + 32 * tig);
+  auto step = [&](int slot, u32 abuf, int tl) {
+    const u8* st = sg_smem + wst_o + slot * C::WST;
+    const u32* wd = reinterpret_cast<const u32*>(st + wln_o);
+    const u32 lo[2] = {wd[0], wd[32]}, hi[2] = {wd[64], wd[96]};
+    const Vec<u32, 2> z = load_vec<u32, 2>(reinterpret_cast<const u32*>(st + 512));
+    const f16* sc = reinterpret_cast<const f16*>(st + sc_o);
+    const float s_lo = to_float(sc[0]), s_hi = to_float(sc[8]);
+    const u32 zl = awq_zneg(z.v[0] >> zshift), zh = awq_zneg(z.v[1] >> zshift);
+    u32 a[2][2][4];
+#pragma unroll
+    for (int kb = 0; kb < 2; ++kb)
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        a[kb][kk][0] = awq_deq2(lo[kb], 2 * kk, zl);
+        a[kb][kk][1] = awq_deq2(hi[kb], 2 * kk, zh);
+        a[kb][kk][2] = awq_deq2(lo[kb], 2 * kk + 1, zl);
+        a[kb][kk][3] = awq_deq2(hi[kb], 2 * kk + 1, zh);
+      }
+    const u8* act = sg_smem + act_o + abuf * C::ACT + tl * SG_TILE;
+#pragma unroll
+    for (int j = 0; j < TG; ++j) {
+      if ((u32)j >= ntg) break;
+      const u32* brow = reinterpret_cast<const u32*>(act + 8 * j * C::ROW);
+      const Vec<u32, 4> b[2] = {load_vec<u32, 4>(brow), load_vec<u32, 4>(brow + 4)};
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int kb = 0; kb < 2; ++kb)
+#pragma unroll
+        for (int kk = 0; kk < 2; ++kk) mma_bf16_16816(part, a[kb][kk], b[kb].v[2 * kk], b[kb].v[2 * kk + 1]);
+      acc[j][0] += part[0] * s_lo;
+      acc[j][1] += part[1] * s_lo;
+      acc[j][2] += part[2] * s_hi;
+      acc[j][3] += part[3] * s_hi;
+    }
+  };
+
+#pragma unroll
+  for (int p = 0; p < PF; ++p) issue(p, p, p % CH == 0, (p / CH) % NA);
+  for (u32 it0 = 0; it0 < nk; it0 += NS) {
+    const u32 c0 = it0 / CH;  // chunk of tile it0 (it0 % CH == 0)
+#pragma unroll
+    for (int s = 0; s < NS; ++s) {
+      const u32 it = it0 + s;
+      if (it >= nk) break;
+      // Tile it has landed (this thread's copies); the barrier / warp sync makes every lane's
+      // copies visible and retires slot (it − 1) % NS (and, at a chunk start, the chunk before).
+      cp_async_wait<PF - 1>();
+      if (s % CH == 0) {
+        __syncthreads();
+      } else {
+        __syncwarp();
+      }
+      const int js = s + PF;
+      issue(it + PF, js % NS, js % CH == 0, C::STATIC_A ? (u32)((js / CH) % NA) : (c0 + js / CH) % NA);
+      if (wactive) step(s, C::STATIC_A ? (u32)((s / CH) % NA) : (c0 + s / CH) % NA, s % CH);
+    }
+  }
+  cp_async_wait<0>();
+  sg_store<BM>(g, acc, ntg, mt_idx, nt_idx, m0, m_end, n0, row_lo, wactive);
 }
 #endif  // DSV3_CUDA
 

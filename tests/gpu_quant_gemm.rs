@@ -685,6 +685,14 @@ fn awq_stream_dense_token_counts() {
             check_awq_dense_tiles(90 + i as u64, m, 200, 1024, g, &QuantTile::STREAM);
         }
     }
+    // The weight ring through shared memory (8 / 6 stages per warp, activation chunks of 8 / 1 K
+    // tiles): many rounds (K = 7168: 112 K tiles, splits 1 and 3: 38 / 36 per split), and fewer
+    // K tiles than the ring ahead (K = 384 / 448: 6 / 7 tiles, 2 / 3 per split), partial token
+    // groups and N % 16 == 8.
+    for g in [64, 128] {
+        check_awq_dense_tiles(110, 3, 264, 7168, g, &QuantTile::STREAM);
+        check_awq_dense_tiles(111, 13, 136, if g == 64 { 448 } else { 384 }, g, &QuantTile::STREAM);
+    }
 }
 
 #[test]

@@ -1062,7 +1062,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AWQ_GEMM_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*BM*528 (HIP: 0); see kernels/stream_gemm.cuh.",
+                doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem AwqStreamCfg<BM>::SMEM (BM 8: 52480, BM 64: 82176; HIP: 0); see kernels/stream_gemm.cuh.",
             },
         ],
     },

@@ -168,7 +168,7 @@ impl QuantTile {
         };
         (stage * stages) as u32
     }
-    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `StreamCfg`): 4 stages of BM ×
+    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `AwqStreamCfg`): 4 stages of BM ×
     /// 128 bytes of activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
         match (vendor, self) {

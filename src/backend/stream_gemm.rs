@@ -51,8 +51,10 @@ impl StreamTile {
     }
 
     /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
-    /// and AWQ kernels take 174 and 151 registers on sm_90a (one 256-thread CTA), the 8-row ones
-    /// ≤ 116 (two).
+    /// kernel takes 174 registers on sm_90a (one 256-thread CTA), the 8-row ones ≤ 116 (two).
+    /// AWQ (session 5: weights through shared memory) takes 63 / 105 registers and 52 / 82 KB,
+    /// so up to 4 / 2 CTAs fit; split-K keeps the same counts (two 8-row CTAs per SM already keep
+    /// ≈ 57 KB of weights in flight per SM, docs/perf/quant_gemm.md).
     pub fn occupancy(self) -> usize {
         match self {
             StreamTile::T8 => 2,
@@ -72,11 +74,19 @@ impl StreamTile {
         bytes as u32
     }
 
-    /// The same for AWQ (`StreamCfg<BM, StreamAwq>::SMEM`: rows of 4 K tiles + 16 bytes, no
-    /// scales; HIP runs awq_gemm_generic, which has none).
+    /// The same for AWQ (mirrors `AwqStreamCfg<BM>::SMEM` in kernels/stream_gemm.cuh): NA
+    /// buffers of the BM token rows of CH K tiles (rows CH · 128 + 16 bytes apart) and, per warp,
+    /// NS = PF + 1 weight stages of 560 bytes (a K tile's 512 bytes of words, its zero points and
+    /// scales): BM 8: PF 7, CH 8, NA 2; BM 64: PF 5, CH 1, NA 6. HIP runs awq_gemm_generic,
+    /// which has none.
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
+        let (pf, ch): (usize, usize) = match self {
+            StreamTile::T8 => (7, 8),
+            StreamTile::T64 => (5, 1),
+        };
+        let na = 1 + pf.div_ceil(ch);
         match vendor {
-            Vendor::Cuda => (2 * self.bm() * (4 * 128 + 16)) as u32,
+            Vendor::Cuda => (na * self.bm() * (ch * 128 + 16) + 8 * (pf + 1) * 560) as u32,
             Vendor::Hip => 0,
         }
     }
@@ -95,6 +105,9 @@ mod tests {
         assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 75_776);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 9_472);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Hip), 17_408);
-        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Cuda), 67_584);
+        // AWQ: 2 × 8 × 1040 + 8 × 8 × 560; 6 × 64 × 144 + 8 × 6 × 560.
+        assert_eq!(StreamTile::T8.awq_smem_bytes(Vendor::Cuda), 52_480);
+        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Cuda), 82_176);
+        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Hip), 0);
     }
 }

@@ -22,10 +22,18 @@ DSV3_DEV void cp_async_16(u32 dst, const void* src, bool valid) {
   const u32 n = valid ? 16u : 0u;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
 }
+// The same with the byte count given (16: a copy, 0: zero fill; the source is read only when 16).
+DSV3_DEV void cp_async_16_n(u32 dst, const void* src, u32 bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
 // 4-byte global -> shared copy (through L1), zero fill as cp_async_16.
 DSV3_DEV void cp_async_4(u32 dst, const void* src, bool valid) {
   const u32 n = valid ? 4u : 0u;
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+// The same with the byte count given (4 or 0).
+DSV3_DEV void cp_async_4_n(u32 dst, const void* src, u32 bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
 DSV3_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N committed groups are still in flight.
