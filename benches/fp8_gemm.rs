@@ -125,13 +125,6 @@ fn moe_runs(per_expert: usize) -> Vec<(&'static str, Option<Fp8Tile>)> {
         65..=128 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T64)))),
         _ => {}
     }
-    // Session 5 (weights through the cp.async ring): the grouped GEMMs on the streaming tile too,
-    // to decide whether plan_moe should take it at decode sizes.
-    match per_expert {
-        0..=8 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T8)))),
-        9..=64 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T64)))),
-        _ => {}
-    }
     v
 }
 

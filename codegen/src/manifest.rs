@@ -1032,7 +1032,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "stream_gemm",
         source: "stream_gemm.cuh",
-        doc: "Weight-streaming (swap AB) GEMM for small M: FP8 block-scaled, INT8 block / channel and AWQ W4A16 weights as the MMA's A operand streamed through a per-warp cp.async ring in shared memory, tokens as B (n = 8); dense and grouped by expert, split-K; the function of fp8_gemm / int8_gemm / awq_gemm.",
+        doc: "Weight-streaming (swap AB) GEMM for small M: FP8 block-scaled, INT8 block / channel and AWQ W4A16 weights as the MMA's A operand read straight into registers, tokens as B (n = 8); dense and grouped by expert, split-K; the function of fp8_gemm / int8_gemm / awq_gemm.",
         kernels: &[
             KernelSpec {
                 name: "stream_gemm_{F8}_t{BM}",
@@ -1042,7 +1042,7 @@ pub static FAMILIES: &[Family] = &[
                 args: BLOCK_GEMM_F8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "as fp8_gemm_e4m3fn_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem SgRing<BM, Stream8<Op>>::SMEM (BM 8: 75520, BM 64: 87168; HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
+                doc: "as fp8_gemm_e4m3fn_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*(BM*576 + 16*BM) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
             },
             KernelSpec {
                 name: "stream_gemm_int8_{Q}_t{BM}",
@@ -1052,7 +1052,7 @@ pub static FAMILIES: &[Family] = &[
                 args: BLOCK_GEMM_I8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "as int8_gemm_{Q}_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem SgRing<BM, Stream8<Op>>::SMEM (BM 8: 75520, BM 64: 87168; channel the same) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
+                doc: "as int8_gemm_{Q}_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*(BM*576 + 16*BM) (channel: the same) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
             },
             KernelSpec {
                 name: "stream_gemm_awq_t{BM}",
@@ -1062,7 +1062,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AWQ_GEMM_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem SgRing<BM, StreamAwq>::SMEM (BM 8: 52480, BM 64: 82176; HIP: 0); see kernels/stream_gemm.cuh.",
+                doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem AwqStreamCfg<BM>::SMEM (BM 8: 52480, BM 64: 82176; HIP: 0); see kernels/stream_gemm.cuh.",
             },
         ],
     },

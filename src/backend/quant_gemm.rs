@@ -156,7 +156,7 @@ impl QuantTile {
             _ => 1,
         }
     }
-    /// Dynamic shared memory of the INT8 kernel (mirrors `Int8GemmSmem` / `SgRing<BM, Stream8<Op>>` in the kernels).
+    /// Dynamic shared memory of the INT8 kernel (mirrors `Int8GemmSmem` / `StreamCfg` in the kernels).
     pub fn int8_smem_bytes(self, vendor: Vendor) -> u32 {
         let stage = (self.bm() + 128) * 128;
         let stages = match (vendor, self) {
@@ -168,7 +168,7 @@ impl QuantTile {
         };
         (stage * stages) as u32
     }
-    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `SgRing<BM, StreamAwq>`): 4 stages of BM ×
+    /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `AwqStreamCfg`): 4 stages of BM ×
     /// 128 bytes of activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
         match (vendor, self) {
@@ -904,7 +904,7 @@ mod tests {
         assert!(p.splits > 1);
         let (p, _) = plan_grouped(QuantKernel::Awq, 8, 32, 512, 7168, 132);
         assert_eq!(p.tile, QuantTile::Bm16);
-        assert_eq!(QuantTile::Stream(StreamTile::T64).int8_smem_bytes(Vendor::Cuda), 87_168);
+        assert_eq!(QuantTile::Stream(StreamTile::T64).int8_smem_bytes(Vendor::Cuda), 75_776);
         // v2: FP8's shared memory (one CTA per SM), one entry per scheme.
         assert_eq!((QuantTile::Wg2.bm(), QuantTile::Wg2.label()), (128, "wg2"));
         assert_eq!(QuantTile::Wg2.int8_smem_bytes(Vendor::Cuda), 202_832);

@@ -50,12 +50,11 @@ impl StreamTile {
         (rows <= STREAM_MAX_ROWS).then_some(StreamTile::T8)
     }
 
-    /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md). Session 5: every
-    /// format streams its weights through a per-warp cp.async ring in shared memory; the 8-bit
-    /// 8-row kernels take ≤ 70 registers and 75.5 KB (two CTAs per SM on an H200: 96 KB of weights
-    /// in flight per SM), the 64-row ones ≤ 128 registers and 87 KB (one); AWQ 63 / 101 registers
-    /// and 52 / 82 KB (up to 4 / 2 CTAs). Split-K keeps the same counts (docs/perf/quant_gemm.md,
-    /// docs/perf/fp8_gemm.md "Streaming kernel: bytes really in flight").
+    /// CTAs per SM assumed when sizing split-K (ptxas -v, docs/perf/fp8_gemm.md): the 64-row FP8
+    /// kernel takes 174 registers on sm_90a (one 256-thread CTA), the 8-row ones ≤ 116 (two).
+    /// AWQ (session 5: weights through shared memory) takes 63 / 105 registers and 52 / 82 KB,
+    /// so up to 4 / 2 CTAs fit; split-K keeps the same counts (two 8-row CTAs per SM already keep
+    /// ≈ 57 KB of weights in flight per SM, docs/perf/quant_gemm.md).
     pub fn occupancy(self) -> usize {
         match self {
             StreamTile::T8 => 2,
@@ -64,26 +63,18 @@ impl StreamTile {
     }
 
     /// Dynamic shared memory of one 8-bit (FP8 / INT8) CTA on `vendor` (mirrors
-    /// `SgRing<BM, Stream8<Op>>::SMEM` in kernels/stream_gemm.cuh): NA buffers of the BM token
-    /// rows of CH K tiles (rows CH · 128 + 64 bytes apart) and their CH × BM f32 scales, and per
-    /// warp NS = PF + 1 weight stages of 2064 bytes (a K tile's 16 rows × 128 bytes and its s_w):
-    /// BM 8: PF 3, CH 4, NA 2; BM 64: PF 2, CH 1, NA 3. HIP runs block_gemm_generic:
-    /// (BM + 128) · 128.
+    /// `StreamCfg<BM, Stream8>::SMEM`: two buffers of BM staged activation rows of 4 K tiles + 64
+    /// bytes and their 4 × BM f32 scales; HIP runs block_gemm_generic: (BM + 128) · 128).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
         let bm = self.bm();
-        let (pf, ch): (usize, usize) = match self {
-            StreamTile::T8 => (3, 4),
-            StreamTile::T64 => (2, 1),
-        };
-        let na = 1 + pf.div_ceil(ch);
         let bytes = match vendor {
-            Vendor::Cuda => na * (bm * (ch * 128 + 64) + ch * bm * 4) + 8 * (pf + 1) * 2064,
+            Vendor::Cuda => 2 * (bm * (4 * 128 + 64) + 4 * bm * 4),
             Vendor::Hip => (bm + 128) * 128,
         };
         bytes as u32
     }
 
-    /// The same for AWQ (mirrors `SgRing<BM, StreamAwq>::SMEM` in kernels/stream_gemm.cuh): NA
+    /// The same for AWQ (mirrors `AwqStreamCfg<BM>::SMEM` in kernels/stream_gemm.cuh): NA
     /// buffers of the BM token rows of CH K tiles (rows CH · 128 + 16 bytes apart) and, per warp,
     /// NS = PF + 1 weight stages of 560 bytes (a K tile's 512 bytes of words, its zero points and
     /// scales): BM 8: PF 7, CH 8, NA 2; BM 64: PF 5, CH 1, NA 6. HIP runs awq_gemm_generic,
@@ -110,9 +101,9 @@ mod tests {
         assert_eq!(StreamTile::for_rows(1), Some(StreamTile::T8));
         assert_eq!(StreamTile::for_rows(8), Some(StreamTile::T8));
         assert_eq!(StreamTile::for_rows(9), None);
-        // 8-bit: 2 × (8 × 576 + 128) + 8 × 4 × 2064; 3 × (64 × 192 + 256) + 8 × 3 × 2064.
-        assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 75_520);
-        assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 87_168);
+        // 2 × (64 × 576 + 1024) bytes.
+        assert_eq!(StreamTile::T64.smem_bytes(Vendor::Cuda), 75_776);
+        assert_eq!(StreamTile::T8.smem_bytes(Vendor::Cuda), 9_472);
         assert_eq!(StreamTile::T8.smem_bytes(Vendor::Hip), 17_408);
         // AWQ: 2 × 8 × 1040 + 8 × 8 × 560; 6 × 64 × 144 + 8 × 6 × 560.
         assert_eq!(StreamTile::T8.awq_smem_bytes(Vendor::Cuda), 52_480);
