@@ -45,23 +45,24 @@
 // warpgroup index comes from a shuffle so ptxas sees warp-uniform branches (else C7520: every
 // wgmma serialized). ptxas reports no C7514 / C7519 / C7520 for this kernel.
 //
-// Loads: warpgroup w loads K buffer w (tiles w, w + 2, ...; Q with tile 0 by WG 0) with cp.async
-// 16-byte copies (36 per thread per tile; zero fill past the sequence end — the NaN-poisoned
-// unused slots of the last page are never read — and for the padding query rows), completing the
-// buffer's mbarrier through cp.async.mbarrier.arrive.noinc: loads are asynchronous, issued the
-// moment the buffer is free (VFREE), and only the loader waits on its mbarrier. The other
-// warpgroup reads the tile (V) only after the loader's PFULL arrival, which follows the loader's
-// wait and proxy fence; so no thread executes fence.proxy.async (MEMBAR.ALL.CTA + FENCE.VIEW.ASYNC
-// in SASS) while its own cp.async copies are in flight.
+// Loads: warpgroup w loads K buffer w (tiles w, w + 2, ...) with TMA: one of its threads issues
+// the tile's 9 boxes (a 64-column chunk of the page's 64 rows each; tmap_cache views the cache as
+// [pages·64 rows, 1152 bytes] with the 128-byte swizzle wgmma reads) on the buffer's mbarrier,
+// the moment the buffer is free (VFREE); only the loader waits on it. The whole page lands: rows
+// past the sequence end (the last page's unused slots, NaN-poisoned in the tests) are zeroed by
+// the loader after its wait (generic stores, then fence.proxy.async and a warpgroup barrier),
+// since P = 0 does not cancel a NaN of V. Q is copied once per segment by WG 0 with cp.async
+// (zero fill for the padding query rows), waited and fenced before S(0). The other warpgroup
+// reads a tile (V) only after the loader's PFULL arrival, which follows the loader's wait.
+// (Until session 5 the K tiles were cp.async copies, 36 per thread and tile, completing the
+// mbarrier through cp.async.mbarrier.arrive.noinc.)
 //
 // Why two K stages and no producer warp: Q (72 KiB) + 2 K tiles (144 KiB) + P (8 KiB) use 225 KiB
 // of the 227; a third 72 KiB stage does not fit, and Q is read by every S (as the A operand from
 // shared memory; in registers it would take 144 of them per thread). With two stages tile i + 2
 // can only be loaded once PV(i) finished (its V is the buffer), which is exactly when the owner
-// issues it; a producer warp (or TMA) would issue it at the same moment, so it would only move
-// ≈ 36 LDGSTS per thread and tile off the math warps (which wait on PFULL right after anyway),
-// at the price of 384 threads and setmaxnreg. TMA would also change the argument list (a tensor
-// map over [pages·64, 576]).
+// issues it, so a producer warp would not load earlier. Measured (session 5, a variant that skips
+// the reloads): the loads cost 24% at h = 128 (590 vs 449 TFLOPS) and 33% at h·s_q = 32.
 //
 // Cost model (per 64-row × 64-key tile per SM; 4,096 bf16 FLOP/cycle/SM, 128 B/cycle of shared
 // memory): S = 4.7 MFLOP = 1,152 cycles, each m64n64k16 reads 2 KiB of Q + 2 KiB of K per 32
@@ -136,7 +137,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
                                     float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                     const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
                                     const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
-                                    u32 s_q, u32 heads, u32 max_pages, float scale) {
+                                    u32 s_q, u32 heads, u32 max_pages, float scale, const TmaMap& tmap_cache) {
   using namespace mla;
   using namespace mla_wg;
   static_assert(CTA_THREADS == 2 * WG_THREADS && WG_THREADS == 8 * 16, "TilePieces: 8 threads per row, 16 rows per pass");
@@ -166,8 +167,8 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
   const u64 dq = wgmma_desc_sw128(sq), dp = wgmma_desc_sw128(sp), dk = wgmma_desc_sw128(sk0 + wg * TILE);
 
   if (t_id == 0) {
-    mbar_init(full0, WG_THREADS);
-    mbar_init(full0 + 8, WG_THREADS);
+    mbar_init(full0, 1);  // the loader's arrive.expect_tx; the TMA bytes complete the phase
+    mbar_init(full0 + 8, 1);
     mbar_init_fence();
   }
   __syncthreads();
@@ -190,12 +191,29 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     const u32 u_begin = sg.t_begin, u_end = min(sg.t_end, ((u32)len + NT - 1) / NT);
     const u32 n = u_end > u_begin ? u_end - u_begin : 0u;  // tiles of this segment
 
-    // Tile i (page `page`) into K buffer i % 2 = wg by this warpgroup; keys past the sequence
-    // end are zero-filled; completes the buffer's mbarrier (one arrival per thread, when its
-    // copies have landed).
-    auto load_k = [&](u32 i, i32 page) {
-      pieces.copy(sk0 + wg * TILE, cache + (u64)page * NT * DK, len - (i32)((u_begin + i) * NT));
-      mbar_arrive_cp_async(full);
+    // A K tile (page `page`) into K buffer wg: one thread of this warpgroup issues the 9 TMA
+    // boxes (64 rows × 128 bytes, 128-byte swizzle: the chunk layout) on the buffer's mbarrier.
+    // The whole page lands, slots past the sequence end included (see fix_tail).
+    auto load_k = [&](i32 page) {
+      if (t_id % WG_THREADS == 0) {
+        mbar_arrive_expect_tx(full, TILE);
+#pragma unroll
+        for (u32 k = 0; k < DK / 64; ++k) tma_load_2d(sk0 + wg * TILE + k * CHUNK, tmap_cache, full, (i32)(k * 128), page * (i32)NT);
+      }
+    };
+    // After tile i landed in this warpgroup's buffer: zero its rows past the sequence end (the
+    // unused slots of the last page may hold anything, NaN included, and P = 0 does not cancel a
+    // NaN of V in PV), fence those generic writes for the tensor cores, join the warpgroup.
+    auto fix_tail = [&](u32 i) {
+      const i32 valid = len - (i32)((u_begin + i) * NT);
+      if (valid >= (i32)NT) return;
+      const u32 first = (u32)max(valid, 0), rows = NT - first, pieces16 = rows * (DK / 64) * 8;
+      for (u32 x = t_id % WG_THREADS; x < pieces16; x += WG_THREADS) {
+        const u32 piece = x % 8, row = first + x / 8 % rows, k = x / 8 / rows;
+        *reinterpret_cast<Vec<u32, 4>*>(sbase + (1 + wg) * TILE + k * CHUNK + row * 128 + piece * 16) = Vec<u32, 4>{};
+      }
+      fence_proxy_async();
+      named_bar_sync(4 + wg, WG_THREADS);
     };
 
     float s[32], o[128];
@@ -233,14 +251,18 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
       // warpgroup 0 computes S(0).
       const i32 page0 = bt[u_begin];
       if (wg == 0) {
+        load_k(page0);
         pieces.copy(sq, q + ((u64)sg.b * rows_total + rb * BM) * DK, (i32)(rows_total - rb * BM));
-        load_k(0, page0);
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async();  // Q (cp.async writes: generic proxy) before the tensor cores read it
+        named_bar_sync(4, WG_THREADS);
       } else if (n > 1) {
-        load_k(1, bt[u_begin + 1]);
+        load_k(bt[u_begin + 1]);
       }
       if (wg == 0) {
         wait_full();
-        fence_proxy_async();
+        fix_tail(0);
         wgmma_fence();
         issue_qk();
         wgmma_commit();
@@ -319,7 +341,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
           // the BAR_PFREE arrival, so that generation of BAR_VFREE is complete by then.)
           named_bar_sync(BAR_VFREE, CTA_THREADS);
           if (i + 1 < n) named_bar_arrive(BAR_PFREE, CTA_THREADS);
-          if (i + 2 < n) load_k(i + 2, page2);
+          if (i + 2 < n) load_k(page2);
         } else {
           // ---- the other warpgroup: its half of PV(i), then S(i + 1) (its own tile) ----
           named_bar_sync(BAR_PFULL, CTA_THREADS);
@@ -338,7 +360,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
           // S(i + 1) right behind PV(i), once tile i + 1 (loaded by this warpgroup) landed.
           if (i + 1 < n) {
             wait_full();
-            fence_proxy_async();  // cp.async (generic) writes before the tensor cores read them
+            fix_tail(i + 1);
             wgmma_fence();
             issue_qk();
             wgmma_commit();
@@ -392,9 +414,11 @@ template <class TO>
 DSV3_DEV void mla_decode_wgmma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q, const bf16* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                               const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale) {
+                               const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale,
+                               const TmaMap& tmap_cache) {
 #if defined(DSV3_SM90A)
-  mla_decode_wgmma_sm90<TO>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+  mla_decode_wgmma_sm90<TO>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale,
+                            tmap_cache);
 #else
   trap();
 #endif

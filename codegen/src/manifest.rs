@@ -105,10 +105,18 @@ const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     ]
 }
 
-/// The MLA split kernels' arguments (mla_decode, mla_decode_wgmma families); `cache` is the cache
+/// The MLA split kernels' arguments (mla_decode family); `cache` is the cache
 /// row element type (bf16 rows, or the fp8 cache's 656-byte rows as u8).
 const MLA_SPLIT_BF16_ARGS: &[Arg] = &mla_split_args("bf16");
 const MLA_SPLIT_FP8_ARGS: &[Arg] = &mla_split_args("u8");
+/// The wgmma kernel's: the bf16 split arguments, then the TMA descriptor of the cache viewed as
+/// [pages·64 rows, 1152 bytes] (box 64 rows × 128 bytes, 128-byte swizzle).
+const MLA_WGMMA_ARGS: &[Arg] = &mla_wgmma_args();
+
+const fn mla_wgmma_args() -> [Arg; 15] {
+    let a = mla_split_args("bf16");
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], tensor_map("tmap_cache")]
+}
 
 const fn mla_split_args(cache: &'static str) -> [Arg; 14] {
     [
@@ -886,7 +894,7 @@ pub static FAMILIES: &[Family] = &[
             template: "dsv3::mla_decode_wgmma<{TO}>",
             grid: &[Axis { name: "TO", values: &["bf16", "f32"] }],
             points: &[],
-            args: MLA_SPLIT_BF16_ARGS,
+            args: MLA_WGMMA_ARGS,
             max_threads: 256,
             // The sm_90a cubin only (wgmma); the entry traps in the other CUDA variants, which
             // the host never launches it in.

@@ -25,6 +25,8 @@ pub enum KArg<'a> {
     I32(i32),
     F32(f32),
     U64(u64),
+    /// A TMA descriptor ([`GpuStream::tensor_map`]), passed by value.
+    Map(TensorMap),
 }
 
 fn bad(msg: String) -> Error {
@@ -42,11 +44,13 @@ pub fn launch_checked(s: &dyn GpuStream, k: &'static KernelInfo, cfg: LaunchCfg,
     if args.len() != k.args.len() {
         return Err(bad(format!("{}: {} arguments given, {} expected", k.name, args.len(), k.args.len())));
     }
-    // Values live here while the launch reads them.
+    // Values live here while the launch reads them (descriptors in their own slots: 128 bytes).
     let mut vals: Vec<u64> = Vec::with_capacity(args.len());
+    let mut maps: Vec<TensorMap> = args.iter().filter_map(|a| if let KArg::Map(m) = a { Some(*m) } else { None }).collect();
     for (a, info) in args.iter().zip(k.args) {
         let mismatch = || bad(format!("{}: argument `{}` expects {:?}", k.name, info.name, info.ty));
         let v: u64 = match (a, info.ty) {
+            (KArg::Map(_), ArgType::TensorMap) => 0,
             (KArg::In(t), ArgType::Ptr(d)) | (KArg::Out(t), ArgType::PtrMut(d)) => {
                 t.check_dtype(d).map_err(|e| bad(format!("{}: argument `{}`: {e}", k.name, info.name)))?;
                 t.raw()
@@ -68,7 +72,15 @@ pub fn launch_checked(s: &dyn GpuStream, k: &'static KernelInfo, cfg: LaunchCfg,
         vals.push(v);
     }
     // Little-endian: the low 4 bytes of each u64 hold a 4-byte scalar.
-    let mut params: Vec<*mut c_void> = vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
+    let mut map_slots = maps.iter_mut();
+    let mut params: Vec<*mut c_void> = args
+        .iter()
+        .zip(vals.iter_mut())
+        .map(|(a, v)| match a {
+            KArg::Map(_) => map_slots.next().map_or(std::ptr::null_mut(), |m| m as *mut TensorMap as *mut c_void),
+            _ => v as *mut u64 as *mut c_void,
+        })
+        .collect();
     unsafe { s.launch(k, cfg, &mut params) }
 }
 

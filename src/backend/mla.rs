@@ -449,26 +449,37 @@ pub fn mla_decode(
         return Err(err("the sm_90a wgmma kernel cannot run on this stream (it needs an sm_90 GPU loading this build's sm_90a cubin of mla_decode_wgmma)"));
     }
     let max_pages = bts[1];
+    // The wgmma kernel loads K tiles with TMA: the cache as [pages·64 rows, 1152 bytes], one box
+    // = 64 rows × 128 bytes (a 64-column chunk of a page).
+    let cache_map = if p.wgmma {
+        let row_bytes = (DK * 2) as u64;
+        let map = s.tensor_map(&TmaTiled { addr: cache.raw(), dims: vec![row_bytes, (cs[0] * PAGE) as u64], strides: vec![row_bytes], box_dims: vec![128, PAGE as u32] })?;
+        Some(KArg::Map(map))
+    } else {
+        None
+    };
+    let split_args = [
+        KArg::Out(out),
+        KArg::Out(lse),
+        KArg::Out(&meta.o_ws),
+        KArg::Out(&meta.lse_ws),
+        KArg::In(q),
+        KArg::In(cache),
+        KArg::In(block_table),
+        KArg::In(seq_lens),
+        KArg::In(&meta.meta),
+        KArg::U32(b as u32),
+        KArg::U32(p.s_q as u32),
+        KArg::U32(p.heads as u32),
+        KArg::U32(max_pages as u32),
+        KArg::F32(scale),
+    ];
+    let args: Vec<KArg> = split_args.into_iter().chain(cache_map).collect();
     launch_by_name(
         s,
         &p.kernel_name(to),
         LaunchCfg::new((p.num_parts as u32, p.row_blocks as u32, 1), (p.threads() as u32, 1, 1), p.smem_bytes()),
-        &[
-            KArg::Out(out),
-            KArg::Out(lse),
-            KArg::Out(&meta.o_ws),
-            KArg::Out(&meta.lse_ws),
-            KArg::In(q),
-            KArg::In(cache),
-            KArg::In(block_table),
-            KArg::In(seq_lens),
-            KArg::In(&meta.meta),
-            KArg::U32(b as u32),
-            KArg::U32(p.s_q as u32),
-            KArg::U32(p.heads as u32),
-            KArg::U32(max_pages as u32),
-            KArg::F32(scale),
-        ],
+        &args,
     )?;
     if p.rows() > 65535 {
         // The combine's grid.y is the row: at prefill sizes (s_q·H rows) it cannot launch, and is
