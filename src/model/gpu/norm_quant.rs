@@ -18,6 +18,7 @@
 //! output cannot serve both it and the shared expert bit-exactly); the routed INT8 experts
 //! (`int8_moe` quantizes the f32 row itself, the same codes, but the MoE driver has no entry for
 //! a pre-quantized operand yet); AWQ (bf16 activations, no quantization).
+#![allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 
 use super::quant::QuantLinear;
 use super::weights::{Linear, Mlp};
