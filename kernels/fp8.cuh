@@ -6,6 +6,7 @@
 //   block_dequant: out[n, k] = q[n, k] * scale_inv[n / B, k / B], scale_inv [ceil(N/B), ceil(K/B)].
 #pragma once
 #include "dsv3/dsv3.h"
+#include "act_quant.cuh"
 
 namespace dsv3 {
 
@@ -15,7 +16,7 @@ template <class T, class F8, int GROUP>
 DSV3_DEV float group_value_and_scale(const T* DSV3_RESTRICT x, u32 r, u32 c, u32 cols, bool in, float eps, float& s) {
   __shared__ float scratch[32];
   const float v = in ? to_float(x[(u64)r * cols + c]) : 0.0f;
-  s = fmaxf(block_max(fabsf(v), scratch), eps) / Fp8Traits<F8>::QMAX;
+  s = fp8_act_scale<F8>(block_max(fabsf(v), scratch), eps);
   return v;
 }
 
@@ -29,7 +30,7 @@ DSV3_DEV void per_token_group_quant(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT sc
   const bool in = tid() < GROUP && c < cols;
   float s;
   const float v = group_value_and_scale<T, F8, GROUP>(x, r, c, cols, in, eps, s);
-  if (in) q[(u64)r * cols + c] = from_float<F8>(v / s);
+  if (in) q[(u64)r * cols + c] = fp8_act_code<F8>(v, s);
   if (tid() == 0) scales[(u64)r * ngroups + g] = s;
 }
 
@@ -43,7 +44,7 @@ DSV3_DEV void per_token_group_fake_quant(T* DSV3_RESTRICT out, const T* DSV3_RES
   const bool in = tid() < GROUP && c < cols;
   float s;
   const float v = group_value_and_scale<T, F8, GROUP>(x, r, c, cols, in, eps, s);
-  if (in) out[(u64)r * cols + c] = from_float<T>(to_float(from_float<F8>(v / s)) * s);
+  if (in) out[(u64)r * cols + c] = from_float<T>(to_float(fp8_act_code<F8>(v, s)) * s);
 }
 
 template <class F8, class TO, int B>

@@ -34,6 +34,7 @@
 #include "dsv3/dsv3.h"
 #include "block_gemm.cuh"
 #include "fused_moe.cuh"
+#include "act_quant.cuh"
 
 namespace dsv3 {
 
@@ -68,13 +69,7 @@ DSV3_DEV float i8q_value(const T* xr, u32 c, u32 cols) {
   return silu_f(to_float(xr[c])) * to_float(xr[c + cols]);
 }
 
-DSV3_DEV i8 i8q_code(float v, float s) {
-  const float q = fminf(fmaxf(rintf(v / s), -127.0f), 127.0f);
-  return (i8)(int)q;
-}
-
-// GROUP values of int8_act_quant (the manifest's `G` axis).
-constexpr int i8q_group128 = 128, i8q_token = 0;
+// i8q_code, i8_act_scale, i8q_group128 / i8q_token: act_quant.cuh (shared with norm.cuh).
 
 // grid (rows), block 256. Rows past *num_tiles · bm (num_tiles non-null: padded MoE rows) are
 // skipped. in_stride: elements between rows of x (MODE 0) or gate_up (MODE 1, up at + cols).
@@ -100,7 +95,7 @@ DSV3_DEV void int8_act_quant(i8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, c
         amax = fmaxf(amax, fabsf(v[j]));
       }
       amax = warp_max(amax);
-      const float s = fmaxf(amax, eps) / 127.0f;
+      const float s = i8_act_scale(amax, eps);
 #pragma unroll
       for (int j = 0; j < GROUP / WARP_SIZE; ++j) {
         const u32 c = grp * GROUP + ln + j * WARP_SIZE;
@@ -113,7 +108,7 @@ DSV3_DEV void int8_act_quant(i8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, c
     float amax = 0.0f;
     for (u32 c = tid(); c < cols; c += nthreads()) amax = fmaxf(amax, fabsf(i8q_value<T, MODE>(xr, c, cols)));
     amax = block_max(amax, scratch);
-    const float s = fmaxf(amax, eps) / 127.0f;
+    const float s = i8_act_scale(amax, eps);
     for (u32 c = tid(); c < cols; c += nthreads()) qr[c] = i8q_code(i8q_value<T, MODE>(xr, c, cols), s);
     if (tid() == 0) scales[r] = s;
   }

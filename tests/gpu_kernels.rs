@@ -1081,3 +1081,130 @@ proptest! {
         });
     }
 }
+
+// ---- issue 5: RMSNorm → activation quantization, fused ---------------------------------------
+
+/// A device tensor's elements as bits (codes as bytes, floats as their f32 bits): for
+/// bit-exact comparisons.
+fn bits(s: &dyn dsv3::backend::GpuStream, t: &DeviceTensor) -> Vec<u32> {
+    s.synchronize().unwrap();
+    match t.dtype() {
+        DType::E4m3fn => t.to_vec::<dsv3::backend::Fp8E4m3fn>(s).unwrap().into_iter().map(|b| b.0 as u32).collect(),
+        DType::E4m3fnuz => t.to_vec::<dsv3::backend::Fp8E4m3fnuz>(s).unwrap().into_iter().map(|b| b.0 as u32).collect(),
+        DType::I8 => t.to_vec::<i8>(s).unwrap().into_iter().map(|b| b as u8 as u32).collect(),
+        _ => t.to_f32(s).unwrap().into_iter().map(f32::to_bits).collect(),
+    }
+}
+
+#[track_caller]
+fn assert_same_bits(what: &str, got: &[u32], want: &[u32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let bad: Vec<usize> = got.iter().zip(want).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i).take(4).collect();
+    assert!(bad.is_empty(), "{what}: {} of {} differ (first at {bad:?}: {:#x} vs {:#x})", got.iter().zip(want).filter(|(a, b)| a != b).count(), got.len(), got[bad[0]], want[bad[0]]);
+}
+
+/// Widths of the fused norm tests: DeepSeek-V3's hidden 7168, q_lora 1536, kv_lora 512, the
+/// latent 576, plus widths with a partial last 128-group and one below a group.
+const NORM_QUANT_COLS: [usize; 8] = [7168, 1536, 512, 576, 200, 1000, 96, 16];
+
+proptest! {
+    #![proptest_config(cfg(8))]
+
+    /// `rms_norm_quant_*` / `add_rms_norm_quant_*` against the two-kernel path (`rms_norm` /
+    /// `add_rms_norm`, then `fp8_quant_group128` or `int8_act_quant` on its output), bit-exactly:
+    /// the normalized rows, the updated residual, the codes and the scales, for f32 and bf16 rows,
+    /// e4m3fn / e4m3fnuz / INT8 per group / INT8 per token, with and without the T output. Odd
+    /// row counts; a zero row (the amax epsilon) and a row of one large value.
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn rms_norm_quant_matches_norm_then_quant(seed: u64, half_rows in 0usize..12, ci in 0usize..NORM_QUANT_COLS.len(), add: bool) {
+        use dsv3::backend::dispatch::ActQuant;
+        use dsv3::backend::quant_gemm::{int8_act_quant, Int8Scheme};
+        let (rows, cols) = (2 * half_rows + 1, NORM_QUANT_COLS[ci]);
+        let mut r = rng(seed);
+        let mut x = rand_vec(&mut r, rows * cols, 3.0);
+        let res = rand_vec(&mut r, rows * cols, 3.0);
+        let w = rand_vec(&mut r, cols, 1.5);
+        if rows > 1 {
+            // Row 1: zeros (x alone; with the residual added it is the residual row); row 2 (if
+            // any): one dominant value, so every other code of its group is small.
+            x[cols..2 * cols].iter_mut().for_each(|v| *v = 0.0);
+            if rows > 2 {
+                x[2 * cols + cols / 2] = 1.0e4;
+            }
+        }
+        let eps = 1e-6;
+        let kinds = [
+            (ActQuant::Fp8Group128, DType::E4m3fn),
+            (ActQuant::Fp8Group128, DType::E4m3fnuz),
+            (ActQuant::Int8Group128, DType::I8),
+            (ActQuant::Int8Token, DType::I8),
+        ];
+        on_each(|s, v| {
+            for dt in FLOATS {
+                let (dx, dw) = (up(s, &[rows, cols], &x, dt), up(s, &[cols], &w, dt));
+                // The two-kernel path's normalized rows (and residual).
+                let want_res = up(s, &[rows, cols], &res, dt);
+                let normed = poisoned(s, dt, &[rows, cols]);
+                if add {
+                    dispatch::add_rms_norm(s, &normed, &want_res, &dx, &dw, eps).unwrap();
+                } else {
+                    dispatch::rms_norm(s, &normed, &dx, &dw, eps).unwrap();
+                }
+                let (want_out, want_res) = (bits(s, &normed), bits(s, &want_res));
+                for (kind, qt) in kinds {
+                    let sc_len = kind.scales_len(rows, cols);
+                    let (wq, ws) = (poisoned(s, qt, &[rows, cols]), poisoned(s, DType::F32, &[sc_len]));
+                    match kind {
+                        ActQuant::Fp8Group128 => dispatch::fp8_quant_group128(s, &wq, &ws, &normed, 1e-10).unwrap(),
+                        ActQuant::Int8Group128 => int8_act_quant(s, Int8Scheme::Block, &wq, &ws, &normed).unwrap(),
+                        ActQuant::Int8Token => int8_act_quant(s, Int8Scheme::Channel, &wq, &ws, &normed).unwrap(),
+                    }
+                    let (want_q, want_s) = (bits(s, &wq), bits(s, &ws));
+                    for with_out in [true, false] {
+                        let what = format!("{v} {}rms_norm_quant {dt} {kind:?} {qt} [{rows}, {cols}] out {with_out}", if add { "add_" } else { "" });
+                        let out = poisoned(s, dt, &[rows, cols]);
+                        let (q, sc) = (poisoned(s, qt, &[rows, cols]), poisoned(s, DType::F32, &[sc_len]));
+                        let dres = up(s, &[rows, cols], &res, dt);
+                        let o = with_out.then_some(&out);
+                        if add {
+                            dispatch::add_rms_norm_quant(s, o, &dres, &dx, &dw, eps, kind, &q, &sc, 1e-10).unwrap();
+                            assert_same_bits(&format!("{what}: residual"), &bits(s, &dres), &want_res);
+                        } else {
+                            dispatch::rms_norm_quant(s, o, &dx, &dw, eps, kind, &q, &sc, 1e-10).unwrap();
+                        }
+                        if with_out {
+                            assert_same_bits(&format!("{what}: out"), &bits(s, &out), &want_out);
+                        }
+                        assert_same_bits(&format!("{what}: codes"), &bits(s, &q), &want_q);
+                        assert_same_bits(&format!("{what}: scales"), &bits(s, &sc), &want_s);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The fused norm's argument checks: shapes, code types, the INT8 / FP8 pairing.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn rms_norm_quant_rejects_bad_operands() {
+    use dsv3::backend::dispatch::ActQuant;
+    let s: &dyn dsv3::backend::GpuStream = &all_streams()[0].1;
+    let (rows, cols) = (3, 256);
+    let x = up(s, &[rows, cols], &vec![1.0; rows * cols], DType::F32);
+    let w = up(s, &[cols], &vec![1.0; cols], DType::F32);
+    let q8 = poisoned(s, DType::E4m3fn, &[rows, cols]);
+    let qi = poisoned(s, DType::I8, &[rows, cols]);
+    let sc = poisoned(s, DType::F32, &[rows, 2]);
+    let e = dispatch::rms_norm_quant(s, None, &x, &w, 1e-6, ActQuant::Int8Group128, &q8, &sc, 1e-10).unwrap_err().to_string();
+    assert!(e.contains("codes of e4m3fn"), "{e}");
+    let e = dispatch::rms_norm_quant(s, None, &x, &w, 1e-6, ActQuant::Int8Token, &qi, &sc, 1e-10).unwrap_err().to_string();
+    assert!(e.contains("scales"), "{e}");
+    let short = poisoned(s, DType::F32, &[cols - 1]);
+    assert!(dispatch::rms_norm_quant(s, None, &x, &short, 1e-6, ActQuant::Fp8Group128, &q8, &sc, 1e-10).is_err());
+    let res = poisoned(s, DType::F32, &[rows + 1, cols]);
+    assert!(dispatch::add_rms_norm_quant(s, None, &res, &x, &w, 1e-6, ActQuant::Fp8Group128, &q8, &sc, 1e-10).is_err());
+    dispatch::rms_norm_quant(s, None, &x, &w, 1e-6, ActQuant::Fp8Group128, &q8, &sc, 1e-10).unwrap();
+    s.synchronize().unwrap();
+}

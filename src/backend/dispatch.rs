@@ -159,6 +159,127 @@ pub fn add_rms_norm(s: &dyn GpuStream, out: &DeviceTensor, residual: &DeviceTens
     )
 }
 
+/// The quantized operand a fused RMSNorm ([`rms_norm_quant`], [`add_rms_norm_quant`]) writes for
+/// the next linear layer: what [`fp8_quant_group128`] (FP8, per token and 128-channel group) or
+/// `quant_gemm::int8_act_quant` (block INT8: per 128-group; channel INT8: per token) would write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuant {
+    /// e4m3fn / e4m3fnuz codes (the q tensor's dtype), scales [rows, ⌈cols/128⌉].
+    Fp8Group128,
+    /// i8 codes, scales [rows, ⌈cols/128⌉].
+    Int8Group128,
+    /// i8 codes, scales [rows].
+    Int8Token,
+}
+
+impl ActQuant {
+    /// Scale count of `rows` rows of `cols`.
+    pub fn scales_len(self, rows: usize, cols: usize) -> usize {
+        match self {
+            ActQuant::Fp8Group128 | ActQuant::Int8Group128 => rows * cols.div_ceil(128),
+            ActQuant::Int8Token => rows,
+        }
+    }
+
+    /// The kernel-name part after `{rms_norm,add_rms_norm}_quant_` for rows of `t`, codes `q`.
+    fn kernel_tail(self, t: DType, q: DType) -> Result<String> {
+        match (self, q) {
+            (ActQuant::Fp8Group128, DType::E4m3fn | DType::E4m3fnuz) => Ok(format!("fp8_{t}_{q}")),
+            (ActQuant::Int8Group128, DType::I8) => Ok(format!("int8_group128_{t}")),
+            (ActQuant::Int8Token, DType::I8) => Ok(format!("int8_token_{t}")),
+            _ => Err(bad(format!("norm quant {self:?}: codes of {q}"))),
+        }
+    }
+}
+
+/// Checks a fused norm's quantized outputs against `x` [rows, cols] and the optional `out`.
+fn check_norm_quant(what: &str, out: Option<&DeviceTensor>, x: &DeviceTensor, w: &DeviceTensor, kind: ActQuant, q: &DeviceTensor, scales: &DeviceTensor) -> Result<(usize, usize)> {
+    if let Some(o) = out {
+        same_shape(o, x, what)?;
+        o.check_dtype(x.dtype())?;
+    }
+    let (rows, cols) = rows_cols(x);
+    scales.check_dtype(DType::F32)?;
+    if w.numel() != cols || q.numel() != rows * cols || scales.numel() != kind.scales_len(rows, cols) {
+        return Err(bad(format!(
+            "{what} ({kind:?}): weight {:?} q {:?} scales {:?} for x {:?}",
+            w.shape(),
+            q.shape(),
+            scales.shape(),
+            x.shape()
+        )));
+    }
+    Ok((rows, cols))
+}
+
+/// out = rms_norm(x) (f32 or bf16; `None`: not written) and that output quantized for the next
+/// linear layer as `kind`'s standalone kernel would quantize it (epsilon `qeps` on the amax):
+/// `q` [rows, cols] (float8 or i8), `scales` ([`ActQuant::scales_len`]). One launch, one block
+/// per row; codes and scales bit-identical to [`rms_norm`] followed by the quantization.
+#[allow(clippy::too_many_arguments)]
+pub fn rms_norm_quant(s: &dyn GpuStream, out: Option<&DeviceTensor>, x: &DeviceTensor, w: &DeviceTensor, eps: f32, kind: ActQuant, q: &DeviceTensor, scales: &DeviceTensor, qeps: f32) -> Result<()> {
+    let (rows, cols) = check_norm_quant("rms_norm_quant", out, x, w, kind, q, scales)?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    launch_by_name(
+        s,
+        &format!("rms_norm_quant_{}", kind.kernel_tail(x.dtype(), q.dtype())?),
+        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
+        &[
+            out.map_or(KArg::Null, KArg::Out),
+            KArg::In(x),
+            KArg::In(w),
+            KArg::Out(q),
+            KArg::Out(scales),
+            KArg::U32(rows as u32),
+            KArg::U32(u32_of(cols, "cols")?),
+            KArg::F32(eps),
+            KArg::F32(qeps),
+        ],
+    )
+}
+
+/// residual += x; out = rms_norm(residual) (`None`: not written), quantized as in
+/// [`rms_norm_quant`]: bit-identical to [`add_rms_norm`] followed by the quantization.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm_quant(
+    s: &dyn GpuStream,
+    out: Option<&DeviceTensor>,
+    residual: &DeviceTensor,
+    x: &DeviceTensor,
+    w: &DeviceTensor,
+    eps: f32,
+    kind: ActQuant,
+    q: &DeviceTensor,
+    scales: &DeviceTensor,
+    qeps: f32,
+) -> Result<()> {
+    same_shape(residual, x, "add_rms_norm_quant")?;
+    residual.check_dtype(x.dtype())?;
+    let (rows, cols) = check_norm_quant("add_rms_norm_quant", out, x, w, kind, q, scales)?;
+    if rows * cols == 0 {
+        return Ok(());
+    }
+    launch_by_name(
+        s,
+        &format!("add_rms_norm_quant_{}", kind.kernel_tail(x.dtype(), q.dtype())?),
+        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
+        &[
+            out.map_or(KArg::Null, KArg::Out),
+            KArg::Out(residual),
+            KArg::In(x),
+            KArg::In(w),
+            KArg::Out(q),
+            KArg::Out(scales),
+            KArg::U32(rows as u32),
+            KArg::U32(u32_of(cols, "cols")?),
+            KArg::F32(eps),
+            KArg::F32(qeps),
+        ],
+    )
+}
+
 /// Where the rope part of each head sits in a tensor of `tokens` rows.
 #[derive(Clone, Copy, Debug)]
 pub struct RopeLayout {

@@ -1,17 +1,29 @@
 //! MLA in the absorbed form: projections, RoPE, the latent cache write, attention over the
 //! latent cache and the value up-projection, each step in its own method.
 
+use super::norm_quant::QuantAct;
 use super::step::StepTensors;
 use super::weights::{Layer, QProj};
 use super::{GpuModel, KvCacheDtype, PagePool};
-use crate::backend::dispatch::{self, Batched, PagedCache, RopeLayout, Strided};
+use crate::backend::dispatch::{self, ActQuant, Batched, PagedCache, RopeLayout, Strided};
 use crate::backend::mla::{mla_cache_write, mla_decode, MlaCacheDtype};
 use crate::backend::{DType as DevDType, DeviceTensor};
 use crate::error::Result;
 
 impl GpuModel {
-    /// MLA for `x` [T, hidden] of the batch's tokens; writes their latent rows to the pool.
-    pub(super) fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
+    /// The quantized operand the first projections of `layer` (q_a or the direct q, and kv_a)
+    /// share, if any: what the input norm may write for them (`super::norm_quant`).
+    pub(super) fn attn_act_quant(&self, layer: &Layer) -> Option<ActQuant> {
+        let q = match &layer.q {
+            QProj::LowRank { q_a, .. } => q_a,
+            QProj::Direct(w) => w,
+        };
+        self.shared_act_quant(&[q, &layer.kv_a], self.cfg.hidden_size)
+    }
+
+    /// MLA for `x` [T, hidden] of the batch's tokens (`xq`: its quantized form, when the input
+    /// norm wrote it); writes their latent rows to the pool.
+    pub(super) fn attention(&self, layer: &Layer, li: usize, x: &DeviceTensor, xq: Option<&QuantAct>, pool: &PagePool, step: &StepTensors) -> Result<DeviceTensor> {
         let s = self.s();
         let c = &self.cfg;
         let (t, heads) = (x.shape()[0], self.heads);
@@ -20,15 +32,22 @@ impl GpuModel {
         let latent = lora + rope;
         let q = match &layer.q {
             QProj::LowRank { q_a, q_a_norm, q_b } => {
-                let c_q = self.linear(x, q_a)?;
-                let c_q_n = self.empty(c_q.shape())?;
-                dispatch::rms_norm(s, &c_q_n, &c_q, q_a_norm, c.rms_norm_eps)?;
-                self.linear(&c_q_n, q_b)?
+                let c_q = self.linear_q(x, xq, q_a)?;
+                let q_lora = c_q.shape().last().copied().unwrap_or(1);
+                match self.shared_act_quant(&[q_b], q_lora) {
+                    // q_b is the normalized row's only reader: the norm writes just its codes.
+                    Some(kind) => self.linear_quantized(&self.norm_quant(None, None, &c_q, q_a_norm, kind)?, q_b)?,
+                    None => {
+                        let c_q_n = self.empty(c_q.shape())?;
+                        dispatch::rms_norm(s, &c_q_n, &c_q, q_a_norm, c.rms_norm_eps)?;
+                        self.linear(&c_q_n, q_b)?
+                    }
+                }
             }
-            QProj::Direct(w) => self.linear(x, w)?,
+            QProj::Direct(w) => self.linear_q(x, xq, w)?,
         };
         self.mark("attn.q_proj")?;
-        let kv = self.linear(x, &layer.kv_a)?;
+        let kv = self.linear_q(x, xq, &layer.kv_a)?;
         // RMSNorm of the c_kv part: copy it out, normalize, copy back.
         let c_kv = self.empty(&[t, lora])?;
         dispatch::copy_2d(s, Strided::rows(&c_kv), Strided::at(&kv, 0, latent), t, lora)?;

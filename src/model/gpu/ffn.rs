@@ -2,10 +2,13 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use super::norm_quant::QuantAct;
+use super::quant::QuantLinear;
 use super::weights::{Experts, Linear, Mlp, Moe};
 use super::GpuModel;
-use crate::backend::dispatch::{self, Strided};
+use crate::backend::dispatch::{self, ActQuant, Strided};
 use crate::backend::fp8_gemm::{fp8_gemm_ws, fused_moe, MoeFp8Weights};
+use crate::backend::quant_gemm::int8_gemm;
 use crate::backend::{DType as DevDType, DeviceTensor};
 use crate::error::{Error, Result};
 use crate::ops::fp8::ACT_AMAX_EPS;
@@ -16,21 +19,28 @@ impl GpuModel {
     /// weights the vendor BLAS on x in bf16, and INT8 / AWQ weights loaded for their kernels
     /// those (`super::quant`); otherwise the simple GEMM on f32 x.
     pub(super) fn linear(&self, x: &DeviceTensor, w: &Linear) -> Result<DeviceTensor> {
+        self.linear_q(x, None, w)
+    }
+
+    /// [`GpuModel::linear`] of `x`, whose quantized form `xq` a fused norm may have written
+    /// (`super::norm_quant`): read instead of quantizing `x` again when it is the operand `w`'s
+    /// GEMM takes (the same codes and scales, so the same result).
+    pub(super) fn linear_q(&self, x: &DeviceTensor, xq: Option<&QuantAct>, w: &Linear) -> Result<DeviceTensor> {
+        let (rows, k) = (x.numel() / x.shape().last().copied().unwrap_or(1), x.shape().last().copied().unwrap_or(1));
+        if let Some(qa) = xq.filter(|qa| self.act_quant_of(w, k) == Some(qa.kind) && qa.q.numel() == rows * k) {
+            return self.linear_quantized(qa, w);
+        }
         if let Some(y) = self.quant_linear(x, w)? {
             return Ok(y);
         }
         let s = self.s();
-        let (rows, k) = (x.numel() / x.shape().last().copied().unwrap_or(1), x.shape().last().copied().unwrap_or(1));
+        if self.act_quant_of(w, k) == Some(ActQuant::Fp8Group128) {
+            let qa = self.quant_act_empty(ActQuant::Fp8Group128, rows, k)?;
+            dispatch::fp8_quant_group128(s, &qa.q, &qa.scales, x, ACT_AMAX_EPS)?;
+            return self.linear_quantized(&qa, w);
+        }
         let y = self.empty(&[rows, w.n])?;
         match (&w.scale, w.w.dtype()) {
-            (Some(scale), DevDType::E4m3fn) if self.opts.quant_kernels && k % 16 == 0 => {
-                let q = self.empty_as(DevDType::E4m3fn, &[rows, k])?;
-                let q_scales = self.empty(&[rows, k.div_ceil(128)])?;
-                dispatch::fp8_quant_group128(s, &q, &q_scales, x, ACT_AMAX_EPS)?;
-                let yb = self.empty_as(DevDType::Bf16, &[rows, w.n])?;
-                fp8_gemm_ws(s, &mut *lock(&self.fp8_ws)?, &yb, &q, &q_scales, &w.w, scale)?;
-                dispatch::cast(s, &y, &yb)?;
-            }
             (Some(scale), DevDType::E4m3fn) if self.opts.quant_kernels => {
                 // K not a multiple of 16 (rows the FP8 kernels cannot stream): the same activation
                 // rounding, then the simple GEMM on the weight's exact values.
@@ -44,9 +54,31 @@ impl GpuModel {
         Ok(y)
     }
 
+    /// y [rows, N] f32 from the quantized activation `xq` [rows, K] of `w`'s GEMM (FP8, or
+    /// `w`'s INT8 scheme): the GEMM to bf16, then f32.
+    pub(super) fn linear_quantized(&self, xq: &QuantAct, w: &Linear) -> Result<DeviceTensor> {
+        let s = self.s();
+        let rows = xq.q.shape()[0];
+        let scale = w.scale.as_ref().ok_or_else(|| Error::InvalidArgument("a quantized linear without its weight scales".into()))?;
+        let yb = self.empty_as(DevDType::Bf16, &[rows, w.n])?;
+        match (xq.kind, &w.quant) {
+            (ActQuant::Fp8Group128, None) => fp8_gemm_ws(s, &mut *lock(&self.fp8_ws)?, &yb, &xq.q, &xq.scales, &w.w, scale)?,
+            (ActQuant::Int8Group128 | ActQuant::Int8Token, Some(QuantLinear::Int8(scheme))) => {
+                int8_gemm(s, &mut *lock(&self.fp8_ws)?, *scheme, &yb, &xq.q, &xq.scales, &w.w, scale)?
+            }
+            (kind, _) => return Err(Error::InvalidArgument(format!("a {kind:?} activation for a linear that does not take it"))),
+        }
+        self.cast_to(&yb, DevDType::F32)
+    }
+
     pub(super) fn mlp(&self, x: &DeviceTensor, m: &Mlp) -> Result<DeviceTensor> {
-        let gate = self.linear(x, &m.gate)?;
-        let up = self.linear(x, &m.up)?;
+        self.mlp_q(x, None, m)
+    }
+
+    /// The MLP of `x`, whose gate and up read `xq` when it is their operand.
+    pub(super) fn mlp_q(&self, x: &DeviceTensor, xq: Option<&QuantAct>, m: &Mlp) -> Result<DeviceTensor> {
+        let gate = self.linear_q(x, xq, &m.gate)?;
+        let up = self.linear_q(x, xq, &m.up)?;
         let h = self.silu_mul(&gate, &up)?;
         self.linear(&h, &m.down)
     }
@@ -63,6 +95,12 @@ impl GpuModel {
     }
 
     pub(super) fn moe(&self, x: &DeviceTensor, m: &Moe) -> Result<DeviceTensor> {
+        self.moe_q(x, None, m)
+    }
+
+    /// The MoE of `x`; the shared expert's gate and up read `xq` when it is their operand (the
+    /// router and the routed experts read `x`: see `super::norm_quant`).
+    pub(super) fn moe_q(&self, x: &DeviceTensor, xq: Option<&QuantAct>, m: &Moe) -> Result<DeviceTensor> {
         let s = self.s();
         let t = x.shape()[0];
         let k = m.params.top_k;
@@ -75,7 +113,7 @@ impl GpuModel {
         }
         self.mark("moe.router")?;
         let out = match &m.shared {
-            Some(shared) => self.mlp(x, shared)?,
+            Some(shared) => self.mlp_q(x, xq, shared)?,
             None => {
                 let z = self.empty(&[t, self.cfg.hidden_size])?;
                 unsafe { s.memset_u8(z.raw(), 0, z.bytes())? };

@@ -26,7 +26,8 @@ use std::ops::Range;
 use super::step::StepTensors;
 use super::weights::Ffn;
 use super::{GpuModel, PagePool};
-use crate::backend::dispatch::{self, Strided};
+use super::norm_quant::QuantAct;
+use crate::backend::dispatch::{self, ActQuant, Strided};
 use crate::backend::mla::mla_decode_metadata;
 use crate::backend::DeviceTensor;
 use crate::error::{Error, Result};
@@ -75,10 +76,11 @@ impl RankStep<'_> {
     /// Attention of layer `li` over the normalized rows `normed` [T, hidden]: under TP this
     /// rank's partial sum over every token; under DP attention its own rows' output in place,
     /// zeros elsewhere (the reduction that follows gathers them).
-    fn attention(&self, li: usize, normed: &DeviceTensor) -> Result<DeviceTensor> {
+    /// `normed_q`: the quantized rows the input norm wrote for the first projections (TP only).
+    fn attention(&self, li: usize, normed: &DeviceTensor, normed_q: Option<&QuantAct>) -> Result<DeviceTensor> {
         let (m, layer) = (self.model, &self.model.layers[li]);
         let AttnPart::Own { rows, step } = self.attn else {
-            return m.attention(layer, li, normed, self.pool, self.step);
+            return m.attention(layer, li, normed, normed_q, self.pool, self.step);
         };
         let (s, h) = (m.s(), m.cfg.hidden_size);
         let out = m.empty(&[self.step.tokens, h])?;
@@ -87,10 +89,45 @@ impl RankStep<'_> {
         if let (Some(st), false) = (step, rows.is_empty()) {
             let x = m.empty(&[rows.len(), h])?;
             dispatch::copy_2d(s, Strided::rows(&x), Strided::at(normed, rows.start * h, h), rows.len(), h)?;
-            let o = m.attention(layer, li, &x, self.pool, st)?;
+            let o = m.attention(layer, li, &x, None, self.pool, st)?;
             dispatch::copy_2d(s, Strided::at(&out, rows.start * h, h), Strided::rows(&o), rows.len(), h)?;
         }
         Ok(out)
+    }
+}
+
+impl RankStep<'_> {
+    /// What the input norm of layer `li` quantizes its output as (`super::norm_quant`): the
+    /// operand of the first attention projections under TP; nothing under DP attention (its rows
+    /// are copied out of the normalized tensor; the projections quantize their copy).
+    fn attn_quant(&self, li: usize) -> Option<ActQuant> {
+        let layer = self.model.layers.get(li)?;
+        match self.attn {
+            AttnPart::Heads => self.model.attn_act_quant(layer),
+            AttnPart::Own { .. } => None,
+        }
+    }
+
+    /// What the post-attention norm of layer `li` quantizes its output as: the operand of the
+    /// dense MLP's, or the shared expert's, gate and up (the router and the routed experts read
+    /// the f32 rows, which are written as well).
+    fn ffn_quant(&self, li: usize) -> Option<ActQuant> {
+        let m = self.model;
+        match &m.layers[li].ffn {
+            Ffn::Dense(mlp) => m.mlp_act_quant(mlp),
+            Ffn::Moe(moe) => moe.shared.as_ref().and_then(|sh| m.mlp_act_quant(sh)),
+        }
+    }
+}
+
+/// One rank's normalized rows: `out` = RMSNorm(`x`), after `residual` += `x` when given (then
+/// RMSNorm of the residual), and their quantized form when `kind` (one fused launch).
+fn norm_rows(m: &GpuModel, out: &DeviceTensor, residual: Option<&DeviceTensor>, x: &DeviceTensor, w: &DeviceTensor, kind: Option<ActQuant>) -> Result<Option<QuantAct>> {
+    let eps = m.cfg.rms_norm_eps;
+    match (kind, residual) {
+        (Some(k), _) => m.norm_quant(Some(out), residual, x, w, k).map(Some),
+        (None, Some(r)) => dispatch::add_rms_norm(m.s(), out, r, x, w, eps).map(|()| None),
+        (None, None) => dispatch::rms_norm(m.s(), out, x, w, eps).map(|()| None),
     }
 }
 
@@ -102,10 +139,11 @@ pub(super) type Reduce<'r> = dyn FnMut(&[&DeviceTensor]) -> Result<()> + 'r;
 pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Result<Vec<Option<DeviceTensor>>> {
     let first = ranks.first().ok_or_else(|| Error::InvalidArgument("a forward over no rank".into()))?;
     let c = &first.model.cfg;
-    let eps = c.rms_norm_eps;
-    // Per rank: the residual stream x and the next sublayer's normalized input.
+    // Per rank: the residual stream x, the next sublayer's normalized input and, where the fused
+    // norm wrote it, that input quantized for the sublayer's first GEMMs.
     let mut xs = Vec::with_capacity(ranks.len());
     let mut normed = Vec::with_capacity(ranks.len());
+    let mut normed_q: Vec<Option<QuantAct>> = Vec::with_capacity(ranks.len());
     for r in ranks {
         r.check()?;
         let (m, s) = (r.model, r.model.s());
@@ -127,32 +165,35 @@ pub(super) fn run_ranks(ranks: &[RankStep<'_>], reduce: &mut Reduce<'_>) -> Resu
     for (r, x) in ranks.iter().zip(&xs) {
         let m = r.model;
         let n = m.empty(&[r.step.tokens, c.hidden_size])?;
-        dispatch::rms_norm(m.s(), &n, x, &m.layers[0].input_norm, eps)?;
+        normed_q.push(norm_rows(m, &n, None, x, &m.layers[0].input_norm, r.attn_quant(0))?);
         m.mark("embed")?;
         normed.push(n);
     }
     for li in 0..c.num_hidden_layers {
         // TP: sums the heads' partials; DP attention: gathers the ranks' own rows.
-        let attn = ranks.iter().zip(&normed).map(|(r, n)| r.attention(li, n)).collect::<Result<Vec<_>>>()?;
+        let attn = (0..ranks.len()).map(|i| ranks[i].attention(li, &normed[i], normed_q[i].as_ref())).collect::<Result<Vec<_>>>()?;
         reduce(&attn.iter().collect::<Vec<_>>())?;
         for (i, r) in ranks.iter().enumerate() {
-            dispatch::add_rms_norm(r.model.s(), &normed[i], &xs[i], &attn[i], &r.model.layers[li].post_attn_norm, eps)?;
-            r.model.mark("add_norm")?;
+            let m = r.model;
+            normed_q[i] = norm_rows(m, &normed[i], Some(&xs[i]), &attn[i], &m.layers[li].post_attn_norm, r.ffn_quant(li))?;
+            m.mark("add_norm")?;
         }
         drop(attn);
-        let ffn = ranks
-            .iter()
-            .zip(&normed)
-            .map(|(r, n)| match &r.model.layers[li].ffn {
-                Ffn::Dense(m) => r.model.mlp(n, m).and_then(|y| r.model.mark("dense_mlp").map(|()| y)),
-                Ffn::Moe(m) => r.model.moe(n, m),
+        let ffn = (0..ranks.len())
+            .map(|i| {
+                let (m, n, nq) = (ranks[i].model, &normed[i], normed_q[i].as_ref());
+                match &m.layers[li].ffn {
+                    Ffn::Dense(mlp) => m.mlp_q(n, nq, mlp).and_then(|y| m.mark("dense_mlp").map(|()| y)),
+                    Ffn::Moe(moe) => m.moe_q(n, nq, moe),
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         reduce(&ffn.iter().collect::<Vec<_>>())?;
         for (i, r) in ranks.iter().enumerate() {
             let m = r.model;
             let next_norm = m.layers.get(li + 1).map_or(&m.norm, |l| &l.input_norm);
-            dispatch::add_rms_norm(m.s(), &normed[i], &xs[i], &ffn[i], next_norm, eps)?;
+            // The final norm feeds lm_head (not quantized): attn_quant(num_hidden_layers) is None.
+            normed_q[i] = norm_rows(m, &normed[i], Some(&xs[i]), &ffn[i], next_norm, r.attn_quant(li + 1))?;
             m.mark("add_norm")?;
         }
     }

@@ -24,6 +24,7 @@ mod ep;
 mod ffn;
 mod forward;
 mod graph;
+mod norm_quant;
 mod pool;
 mod probe;
 mod quant;
@@ -206,6 +207,9 @@ pub struct GpuModel {
     routing_probe: Mutex<Option<Vec<Vec<i32>>>>,
     /// When set, [`GpuModel::mark`] records a timing event after each step of the forward.
     profile: Mutex<Option<ProfileEvents>>,
+    /// RMSNorm fused with the next GEMMs' activation quantization (`norm_quant`); on by default,
+    /// off only to compare against the two-kernel path ([`GpuModel::set_norm_quant_fusion`]).
+    norm_quant_fusion: std::sync::atomic::AtomicBool,
     embed: DeviceTensor,
     layers: Vec<Layer>,
     norm: DeviceTensor,
@@ -304,6 +308,7 @@ impl GpuModel {
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
             routing_probe: Mutex::new(None),
             profile: Mutex::new(None),
+            norm_quant_fusion: std::sync::atomic::AtomicBool::new(true),
         })
     }
 

@@ -19,7 +19,8 @@ use super::quant_host::{AwqHost, Int8Host};
 use super::ffn::lock;
 use super::weights::Linear;
 use super::GpuModel;
-use crate::backend::quant_gemm::{awq_gemm, int8_act_quant, int8_gemm, AwqWeight, Int8Scheme};
+use crate::backend::dispatch::ActQuant;
+use crate::backend::quant_gemm::{awq_gemm, int8_act_quant, AwqWeight, Int8Scheme};
 use crate::backend::quant_moe::{awq_moe, int8_moe, MoeAwqWeights, MoeInt8Weights};
 use crate::backend::{DType as DevDType, DeviceTensor, GpuStream};
 use crate::error::{Error, Result};
@@ -201,22 +202,25 @@ impl GpuModel {
         let s = self.s();
         let k = x.shape().last().copied().unwrap_or(1);
         let rows = x.numel().checked_div(k).unwrap_or(0);
-        let yb = self.empty_as(DevDType::Bf16, &[rows, w.n])?;
         match (&w.quant, &w.scale) {
-            (Some(QuantLinear::Int8(scheme)), Some(scale)) => {
-                let q = self.empty_as(DevDType::I8, &[rows, k])?;
-                let q_scales = self.empty(&[scheme.a_scales_len(rows, k)])?;
-                int8_act_quant(s, *scheme, &q, &q_scales, x)?;
-                int8_gemm(s, &mut *lock(&self.fp8_ws)?, *scheme, &yb, &q, &q_scales, &w.w, scale)?;
+            (Some(QuantLinear::Int8(scheme)), Some(_)) => {
+                let kind = match scheme {
+                    Int8Scheme::Block => ActQuant::Int8Group128,
+                    Int8Scheme::Channel => ActQuant::Int8Token,
+                };
+                let qa = self.quant_act_empty(kind, rows, k)?;
+                int8_act_quant(s, *scheme, &qa.q, &qa.scales, x)?;
+                self.linear_quantized(&qa, w).map(Some)
             }
             (Some(QuantLinear::Awq(_)), _) => {
                 let aw = w.awq().ok_or_else(|| Error::InvalidArgument("AWQ linear without its operand".into()))?;
+                let yb = self.empty_as(DevDType::Bf16, &[rows, w.n])?;
                 awq_gemm(s, &mut *lock(&self.fp8_ws)?, &yb, &self.cast_to(x, DevDType::Bf16)?, &aw)?;
+                Ok(Some(self.cast_to(&yb, DevDType::F32)?))
             }
-            (Some(QuantLinear::Int8(_)), None) => return Err(Error::InvalidArgument("INT8 linear without its weight scales".into())),
-            (None, _) => return Ok(None),
+            (Some(QuantLinear::Int8(_)), None) => Err(Error::InvalidArgument("INT8 linear without its weight scales".into())),
+            (None, _) => Ok(None),
         }
-        Ok(Some(self.cast_to(&yb, DevDType::F32)?))
     }
 
     /// The routed experts on the quantized MoE (INT8 or AWQ), added to `shared` (the shared
