@@ -105,6 +105,32 @@ const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     ]
 }
 
+/// The fused RMSNorm → quant kernels' arguments (`q`: the codes' element type); `out` may be null.
+const NORM_QUANT_FP8_ARGS: [Arg; 9] = norm_quant_args("{F8}");
+const NORM_QUANT_INT8_ARGS: [Arg; 9] = norm_quant_args("i8");
+const ADD_NORM_QUANT_FP8_ARGS: [Arg; 10] = add_norm_quant_args("{F8}");
+const ADD_NORM_QUANT_INT8_ARGS: [Arg; 10] = add_norm_quant_args("i8");
+
+const fn norm_quant_args(q: &'static str) -> [Arg; 9] {
+    [
+        ptr_mut("out", "{T}"),
+        ptr("x", "{T}"),
+        ptr("weight", "{T}"),
+        ptr_mut("q", q),
+        ptr_mut("scales", "f32"),
+        scalar("rows", "u32"),
+        scalar("cols", "u32"),
+        scalar("eps", "f32"),
+        scalar("qeps", "f32"),
+    ]
+}
+
+/// The same with the residual (updated in place) after `out`.
+const fn add_norm_quant_args(q: &'static str) -> [Arg; 10] {
+    let a = norm_quant_args(q);
+    [a[0], ptr_mut("residual", "{T}"), a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8]]
+}
+
 /// The MLA split kernels' arguments (mla_decode family); `cache` is the cache
 /// row element type (bf16 rows, or the fp8 cache's 656-byte rows as u8).
 const MLA_SPLIT_BF16_ARGS: &[Arg] = &mla_split_args("bf16");
@@ -229,17 +255,7 @@ pub static FAMILIES: &[Family] = &[
                 template: "dsv3::rms_norm_quant<{T}, dsv3::NormQuantFp8<{F8}>, 256>",
                 grid: &[FLOAT, FP8],
                 points: &[],
-                args: &[
-                    ptr_mut("out", "{T}"),
-                    ptr("x", "{T}"),
-                    ptr("weight", "{T}"),
-                    ptr_mut("q", "{F8}"),
-                    ptr_mut("scales", "f32"),
-                    scalar("rows", "u32"),
-                    scalar("cols", "u32"),
-                    scalar("eps", "f32"),
-                    scalar("qeps", "f32"),
-                ],
+                args: &NORM_QUANT_FP8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps): q [rows, cols], scales [rows, ceil(cols/128)]; out may be null. grid (rows), block 256.",
@@ -249,18 +265,7 @@ pub static FAMILIES: &[Family] = &[
                 template: "dsv3::add_rms_norm_quant<{T}, dsv3::NormQuantFp8<{F8}>, 256>",
                 grid: &[FLOAT, FP8],
                 points: &[],
-                args: &[
-                    ptr_mut("out", "{T}"),
-                    ptr_mut("residual", "{T}"),
-                    ptr("x", "{T}"),
-                    ptr("weight", "{T}"),
-                    ptr_mut("q", "{F8}"),
-                    ptr_mut("scales", "f32"),
-                    scalar("rows", "u32"),
-                    scalar("cols", "u32"),
-                    scalar("eps", "f32"),
-                    scalar("qeps", "f32"),
-                ],
+                args: &ADD_NORM_QUANT_FP8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "add_rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps); out may be null. grid (rows), block 256.",
@@ -270,17 +275,7 @@ pub static FAMILIES: &[Family] = &[
                 template: "dsv3::rms_norm_quant<{T}, dsv3::NormQuantInt8<dsv3::i8q_{G}>, 256>",
                 grid: &[Axis { name: "G", values: &["group128", "token"] }, FLOAT],
                 points: &[],
-                args: &[
-                    ptr_mut("out", "{T}"),
-                    ptr("x", "{T}"),
-                    ptr("weight", "{T}"),
-                    ptr_mut("q", "i8"),
-                    ptr_mut("scales", "f32"),
-                    scalar("rows", "u32"),
-                    scalar("cols", "u32"),
-                    scalar("eps", "f32"),
-                    scalar("qeps", "f32"),
-                ],
+                args: &NORM_QUANT_INT8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps): group128 scales [rows, ceil(cols/128)], token scales [rows]; out may be null. grid (rows), block 256.",
@@ -290,18 +285,7 @@ pub static FAMILIES: &[Family] = &[
                 template: "dsv3::add_rms_norm_quant<{T}, dsv3::NormQuantInt8<dsv3::i8q_{G}>, 256>",
                 grid: &[Axis { name: "G", values: &["group128", "token"] }, FLOAT],
                 points: &[],
-                args: &[
-                    ptr_mut("out", "{T}"),
-                    ptr_mut("residual", "{T}"),
-                    ptr("x", "{T}"),
-                    ptr("weight", "{T}"),
-                    ptr_mut("q", "i8"),
-                    ptr_mut("scales", "f32"),
-                    scalar("rows", "u32"),
-                    scalar("cols", "u32"),
-                    scalar("eps", "f32"),
-                    scalar("qeps", "f32"),
-                ],
+                args: &ADD_NORM_QUANT_INT8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "add_rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps); out may be null. grid (rows), block 256.",

@@ -218,26 +218,7 @@ fn check_norm_quant(what: &str, out: Option<&DeviceTensor>, x: &DeviceTensor, w:
 /// per row; codes and scales bit-identical to [`rms_norm`] followed by the quantization.
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm_quant(s: &dyn GpuStream, out: Option<&DeviceTensor>, x: &DeviceTensor, w: &DeviceTensor, eps: f32, kind: ActQuant, q: &DeviceTensor, scales: &DeviceTensor, qeps: f32) -> Result<()> {
-    let (rows, cols) = check_norm_quant("rms_norm_quant", out, x, w, kind, q, scales)?;
-    if rows * cols == 0 {
-        return Ok(());
-    }
-    launch_by_name(
-        s,
-        &format!("rms_norm_quant_{}", kind.kernel_tail(x.dtype(), q.dtype())?),
-        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
-        &[
-            out.map_or(KArg::Null, KArg::Out),
-            KArg::In(x),
-            KArg::In(w),
-            KArg::Out(q),
-            KArg::Out(scales),
-            KArg::U32(rows as u32),
-            KArg::U32(u32_of(cols, "cols")?),
-            KArg::F32(eps),
-            KArg::F32(qeps),
-        ],
-    )
+    launch_norm_quant(s, out, None, x, w, eps, kind, q, scales, qeps)
 }
 
 /// residual += x; out = rms_norm(residual) (`None`: not written), quantized as in
@@ -257,17 +238,32 @@ pub fn add_rms_norm_quant(
 ) -> Result<()> {
     same_shape(residual, x, "add_rms_norm_quant")?;
     residual.check_dtype(x.dtype())?;
-    let (rows, cols) = check_norm_quant("add_rms_norm_quant", out, x, w, kind, q, scales)?;
+    launch_norm_quant(s, out, Some(residual), x, w, eps, kind, q, scales, qeps)
+}
+
+/// The fused norm → quant launch, with the residual add where `residual` is given.
+#[allow(clippy::too_many_arguments)]
+fn launch_norm_quant(
+    s: &dyn GpuStream,
+    out: Option<&DeviceTensor>,
+    residual: Option<&DeviceTensor>,
+    x: &DeviceTensor,
+    w: &DeviceTensor,
+    eps: f32,
+    kind: ActQuant,
+    q: &DeviceTensor,
+    scales: &DeviceTensor,
+    qeps: f32,
+) -> Result<()> {
+    let what = if residual.is_some() { "add_rms_norm_quant" } else { "rms_norm_quant" };
+    let (rows, cols) = check_norm_quant(what, out, x, w, kind, q, scales)?;
     if rows * cols == 0 {
         return Ok(());
     }
-    launch_by_name(
-        s,
-        &format!("add_rms_norm_quant_{}", kind.kernel_tail(x.dtype(), q.dtype())?),
-        LaunchCfg::linear(u32_of(rows, "rows")?, 256),
-        &[
-            out.map_or(KArg::Null, KArg::Out),
-            KArg::Out(residual),
+    let args: Vec<KArg> = [out.map_or(KArg::Null, KArg::Out)]
+        .into_iter()
+        .chain(residual.map(KArg::Out))
+        .chain([
             KArg::In(x),
             KArg::In(w),
             KArg::Out(q),
@@ -276,8 +272,9 @@ pub fn add_rms_norm_quant(
             KArg::U32(u32_of(cols, "cols")?),
             KArg::F32(eps),
             KArg::F32(qeps),
-        ],
-    )
+        ])
+        .collect();
+    launch_by_name(s, &format!("{what}_{}", kind.kernel_tail(x.dtype(), q.dtype())?), LaunchCfg::linear(u32_of(rows, "rows")?, 256), &args)
 }
 
 /// Where the rope part of each head sits in a tensor of `tokens` rows.
