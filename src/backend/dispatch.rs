@@ -243,18 +243,7 @@ pub fn add_rms_norm_quant(
 
 /// The fused norm → quant launch, with the residual add where `residual` is given.
 #[allow(clippy::too_many_arguments)]
-fn launch_norm_quant(
-    s: &dyn GpuStream,
-    out: Option<&DeviceTensor>,
-    residual: Option<&DeviceTensor>,
-    x: &DeviceTensor,
-    w: &DeviceTensor,
-    eps: f32,
-    kind: ActQuant,
-    q: &DeviceTensor,
-    scales: &DeviceTensor,
-    qeps: f32,
-) -> Result<()> {
+fn launch_norm_quant(s: &dyn GpuStream, out: Option<&DeviceTensor>, residual: Option<&DeviceTensor>, x: &DeviceTensor, w: &DeviceTensor, eps: f32, kind: ActQuant, q: &DeviceTensor, scales: &DeviceTensor, qeps: f32) -> Result<()> {
     let what = if residual.is_some() { "add_rms_norm_quant" } else { "rms_norm_quant" };
     let (rows, cols) = check_norm_quant(what, out, x, w, kind, q, scales)?;
     if rows * cols == 0 {
