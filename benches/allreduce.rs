@@ -13,7 +13,7 @@
 
 use cudarc::driver::{result, sys};
 use dsv3::backend::cuda::{device_count, CudaStream};
-use dsv3::backend::{DType, DeviceBuffer, GpuStream};
+use dsv3::backend::{DType, DeviceBuffer};
 use dsv3::dist::allreduce::CustomAllReduce;
 use dsv3::dist::comm::Communicator;
 use dsv3::dist::nccl::Nccl;

@@ -215,3 +215,33 @@ impl MultiGraph {
 
 // The graphs are only used through the driver / runtime, which is thread-safe.
 unsafe impl Sync for MultiGraph {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a communicator refuses before it touches a GPU (runs on the CPU machine).
+    #[test]
+    fn refuses_bad_ordinals_and_another_vendors_variant() {
+        let err = |r: Result<Communicator>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        for v in [Vendor::Cuda, Vendor::Hip] {
+            assert!(err(Communicator::with_vendor(v, &[], CodeVariant::Auto)).contains("at least one GPU"));
+            assert!(err(Communicator::with_vendor(v, &[0, 1, 0], CodeVariant::Auto)).contains("GPU 0 is listed twice"));
+        }
+        let e = err(Communicator::with_vendor(Vendor::Hip, &[0], CodeVariant::Nvrtc));
+        assert!(e.contains("is for cuda GPUs, not hip"), "{e}");
+        let e = err(Communicator::with_vendor(Vendor::Cuda, &[0], CodeVariant::CodeObject("gfx942".into())));
+        assert!(e.contains("is for hip GPUs, not cuda"), "{e}");
+    }
+
+    #[test]
+    fn the_only_backend_built_is_the_local_vendor() {
+        #[cfg(not(feature = "hip"))]
+        assert_eq!(local_vendor().unwrap(), Vendor::Cuda);
+        #[cfg(not(feature = "cuda"))]
+        assert_eq!(local_vendor().unwrap(), Vendor::Hip);
+        assert_eq!(variant_vendor(&CodeVariant::Auto), None);
+        assert_eq!(variant_vendor(&CodeVariant::Ptx("compute_80".into())), Some(Vendor::Cuda));
+        assert_eq!(variant_vendor(&CodeVariant::CodeObject("gfx90a".into())), Some(Vendor::Hip));
+    }
+}

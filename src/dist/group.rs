@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::device::local_vendor;
 use super::rendezvous::{rendezvous, RendezvousConfig};
 use super::{dist_err, nccl, AllReduce, Communicator, Nccl, Policy};
+use crate::backend::{CodeVariant, Vendor};
 use crate::error::Result;
 
 /// This node's view of the group.
@@ -42,13 +43,18 @@ impl GroupConfig {
     }
 }
 
-/// The all-reduce over this node's GPUs of the group (its communicator inside).
+/// The all-reduce over this node's GPUs of the group (its communicator inside), on the GPUs
+/// [`local_vendor`] picks.
 pub fn open_group(cfg: &GroupConfig) -> Result<AllReduce> {
+    open_group_on(local_vendor()?, cfg)
+}
+
+/// [`open_group`] over GPUs of `vendor` (CUDA with NCCL, HIP with RCCL).
+pub fn open_group_on(vendor: Vendor, cfg: &GroupConfig) -> Result<AllReduce> {
     let n = cfg.local_gpus()?;
     let ordinals: Vec<usize> = (cfg.base_gpu_id..cfg.base_gpu_id + n).collect();
-    let vendor = local_vendor()?;
     if cfg.nnodes == 1 {
-        let comm = Arc::new(Communicator::with_vendor(vendor, &ordinals, crate::backend::CodeVariant::Auto)?);
+        let comm = Arc::new(Communicator::with_vendor(vendor, &ordinals, CodeVariant::Auto)?);
         // NCCL serves what the custom kernels do not (messages above their buffer, GPUs without
         // peer access); without it those fail with a clear error.
         let nccl = if n > 1 {

@@ -50,7 +50,7 @@ pub use comm::Communicator;
 #[cfg(any(feature = "cuda", feature = "hip"))]
 pub use device::CommStream;
 #[cfg(any(feature = "cuda", feature = "hip"))]
-pub use group::{open_group, GroupConfig};
+pub use group::{open_group, open_group_on, GroupConfig};
 #[cfg(any(feature = "cuda", feature = "hip"))]
 pub use nccl::Nccl;
 #[cfg(any(feature = "cuda", feature = "hip"))]
