@@ -4,6 +4,9 @@
 //! runtime library installed wherever it runs. hiprtc is not wired yet: without an embedded code
 //! object for the device's gfx target, loading reports which targets this build has.
 //!
+//! Peer GPUs' flags (the custom all-reduce) come from [`HipStream::alloc_signal`]: fine-grained
+//! memory, which stays coherent across GPUs while kernels run (`hipMalloc` memory does not).
+//!
 //! Every runtime call and launch is checked.
 
 use super::memory::{CachingAllocator, RawAllocator};
@@ -69,7 +72,7 @@ const HIP_DEVICE_MALLOC_UNCACHED: u32 = 0x3;
 /// kernel boundary, and a barrier spin would never end. Fine-grained memory
 /// (`hipDeviceMallocFinegrained`) is coherent across GPUs while kernels run: the default.
 /// `DSV3_HIP_SIGNAL_MEM=uncached` asks for `hipDeviceMallocUncached` instead (also bypasses the
-/// caches; what RCCL and vLLM use for their flags on MI300; needs a ROCm that knows the flag).
+/// caches; needs a ROCm that knows the flag).
 struct HipSignalRaw {
     ordinal: i32,
 }
