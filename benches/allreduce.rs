@@ -12,8 +12,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use cudarc::driver::{result, sys};
-use dsv3::backend::cuda::device_count;
-use dsv3::backend::{DType, DeviceBuffer, GpuStream};
+use dsv3::backend::cuda::{device_count, CudaStream};
+use dsv3::backend::{DType, DeviceBuffer};
 use dsv3::dist::allreduce::CustomAllReduce;
 use dsv3::dist::comm::Communicator;
 use dsv3::dist::nccl::Nccl;
@@ -67,13 +67,18 @@ impl Bench {
         }
     }
 
+    /// Rank `r`'s stream as the CUDA stream the events are recorded on.
+    fn cs(&self, r: usize) -> &CudaStream {
+        self.comm.cuda_stream(r).expect("a CUDA communicator")
+    }
+
     /// Microseconds per call: events on every rank around `iters` calls made by `body`, the
     /// slowest rank, median over REPS runs.
     fn time(&self, iters: usize, mut body: impl FnMut() -> dsv3::Result<()>) -> dsv3::Result<f64> {
         let w = self.comm.local_size();
         let mut evs = Vec::new();
         for r in 0..w {
-            self.comm.stream(r).context().bind_to_thread().unwrap();
+            self.cs(r).context().bind_to_thread().unwrap();
             let a = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).unwrap();
             let b = result::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT).unwrap();
             evs.push((a, b));
@@ -81,27 +86,27 @@ impl Bench {
         let mut samples = Vec::new();
         for _ in 0..REPS {
             for r in 0..w {
-                self.comm.stream(r).context().bind_to_thread().unwrap();
-                unsafe { result::event::record(evs[r].0, self.comm.stream(r).cu_stream()) }.unwrap();
+                self.cs(r).context().bind_to_thread().unwrap();
+                unsafe { result::event::record(evs[r].0, self.cs(r).cu_stream()) }.unwrap();
             }
             for _ in 0..iters {
                 body()?;
             }
             for r in 0..w {
-                self.comm.stream(r).context().bind_to_thread().unwrap();
-                unsafe { result::event::record(evs[r].1, self.comm.stream(r).cu_stream()) }.unwrap();
+                self.cs(r).context().bind_to_thread().unwrap();
+                unsafe { result::event::record(evs[r].1, self.cs(r).cu_stream()) }.unwrap();
             }
             self.comm.synchronize()?;
             let mut worst = 0f64;
             for r in 0..w {
-                self.comm.stream(r).context().bind_to_thread().unwrap();
+                self.cs(r).context().bind_to_thread().unwrap();
                 let ms = unsafe { result::event::elapsed(evs[r].0, evs[r].1) }.unwrap() as f64;
                 worst = worst.max(ms);
             }
             samples.push(worst * 1000.0 / iters as f64);
         }
         for (r, (a, b)) in evs.into_iter().enumerate() {
-            self.comm.stream(r).context().bind_to_thread().unwrap();
+            self.cs(r).context().bind_to_thread().unwrap();
             unsafe {
                 let _ = result::event::destroy(a);
                 let _ = result::event::destroy(b);
@@ -202,7 +207,7 @@ fn main() {
     }
     let bench = Bench { comm: comm.clone(), custom, dispatch, ins, outs, _keep: keep };
 
-    let name = comm.stream(0).name();
+    let name = comm.cuda_stream(0).expect("a CUDA communicator").name();
     println!(
         "all-reduce (sum), bf16, {w} x {name}, peer access {}, NCCL {nccl_ver} ({nccl_path}), NCCL_NVLS_ENABLE={}",
         if comm.peer_access() { "yes" } else { "no" },

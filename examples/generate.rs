@@ -141,31 +141,33 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
-/// `--tp N` (and several nodes): one process drives this node's GPUs of the group.
-#[cfg(feature = "cuda")]
+/// `--tp N` (and several nodes): one process drives this node's GPUs of the group (CUDA with
+/// NCCL, or HIP with RCCL, as `--device` says).
+#[cfg(any(feature = "cuda", feature = "hip"))]
 fn generate_tp(args: &Args, dir: &Path, device: Device, opts: GpuOptions, t0: Instant) -> Result<()> {
-    use dsv3::dist::open_group;
+    use dsv3::dist::open_group_on;
     use dsv3::model::gpu::TpModel;
     match device {
-        Device::Cuda(n) if n == 0 || n == args.par.base_gpu_id => {}
-        Device::Cuda(n) => {
-            return Err(Error::InvalidArgument(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp)))
+        Device::Cuda(n) | Device::Hip(n) if n == 0 || n == args.par.base_gpu_id => {}
+        Device::Cuda(n) | Device::Hip(n) => {
+            return Err(Error::InvalidArgument(format!("--device {device} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp)))
         }
-        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on CUDA GPUs (--device cuda), not {device}", args.par.tp))),
+        _ => return Err(Error::InvalidArgument(format!("--tp {}: tensor parallelism runs on GPUs (--device cuda or hip), not {device}", args.par.tp))),
     }
     if args.par.ep_size != 1 && args.par.ep_size != args.par.tp {
         return Err(Error::InvalidArgument(format!("--ep-size {}: expert parallelism spans the whole TP group (--ep-size 1 or {})", args.par.ep_size, args.par.tp)));
     }
-    let ar = std::sync::Arc::new(open_group(&args.par.group_config()?)?);
+    let vendor = device.vendor().ok_or_else(|| Error::InvalidArgument(format!("--tp {}: {device} is not a GPU", args.par.tp)))?;
+    let ar = std::sync::Arc::new(open_group_on(vendor, &args.par.group_config()?)?);
     let (moe, attn) = args.par.splits();
     let model = TpModel::load_with(dir, ar, moe, attn, opts)?;
     tracing::info!("{} ({moe:?} MoE split)", model.describe());
     generate(args, dir, &model, t0)
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "hip")))]
 fn generate_tp(args: &Args, _dir: &Path, _device: Device, _opts: GpuOptions, _t0: Instant) -> Result<()> {
-    Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp, args.par.nnodes)))
+    Err(Error::InvalidArgument(format!("--tp {} / --nnodes {}: this build of dsv3 has no GPU backend (rebuild with --features cuda or hip)", args.par.tp, args.par.nnodes)))
 }
 
 fn generate<M: CausalLm>(args: &Args, dir: &Path, model: &M, t0: Instant) -> Result<()> {

@@ -263,16 +263,24 @@ fn run(args: Args) -> Result<(), String> {
 /// `--nnodes`), one engine over it on node 0 (with `--enable-dp-attention`: a pool, an allocator
 /// and a prefix cache per GPU); `None` on the other nodes, which only run node 0's steps
 /// (engine::multinode) and return when it stops.
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig, server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
-    use dsv3::dist::open_group;
+    use dsv3::backend::Device;
+    use dsv3::dist::open_group_on;
     use dsv3::engine::{multinode, TpStepModel};
     use dsv3::model::gpu::TpModel;
-    if let Ok(dsv3::backend::Device::Cuda(n)) = args.device.parse() {
+    let device: Option<Device> = args.device.replace("rocm", "hip").parse().ok();
+    if let Some(d @ (Device::Cuda(n) | Device::Hip(n))) = device {
         if n != 0 && n != args.par.base_gpu_id {
-            return Err(format!("--device cuda:{n} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
+            return Err(format!("--device {d} with --tp {}: pick the group's first GPU with --base-gpu-id {n}", args.par.tp));
         }
     }
+    // The group runs on the vendor --device names (CUDA + NCCL or HIP + RCCL); with the default
+    // `--device cpu`, on this machine's GPUs (dist::device::local_vendor).
+    let vendor = match device.and_then(|d| d.vendor()) {
+        Some(v) => v,
+        None => dsv3::dist::device::local_vendor().map_err(|e| e.to_string())?,
+    };
     let group = args.par.group_config().map_err(|e| e.to_string())?;
     let timeout = group.timeout;
     // Several nodes: node 0 listens for the others' step channels from the start (they connect
@@ -285,7 +293,7 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
         Some(a) if args.par.node_rank == 0 => Some(multinode::listen(a).map_err(|e| e.to_string())?),
         _ => None,
     };
-    let ar = std::sync::Arc::new(open_group(&group).map_err(|e| e.to_string())?);
+    let ar = std::sync::Arc::new(open_group_on(vendor, &group).map_err(|e| e.to_string())?);
     let (moe, attn) = args.par.splits();
     // Every rank computes as one GPU would (--kv-cache-dtype: the fast kernels, bf16 or fp8 cache).
     let model = TpModel::load_with(dir, ar, moe, attn, engine_cfg.gpu_options).map_err(|e| e.to_string())?;
@@ -311,9 +319,9 @@ fn build_tp_state(args: &Args, dir: &std::path::Path, engine_cfg: &EngineConfig,
     dsv3::server::build_state_for(step, bos, dir, engine_cfg, server_cfg, args.chat_template.as_deref()).map(Some).map_err(|e| e.to_string())
 }
 
-#[cfg(not(feature = "cuda"))]
+#[cfg(not(any(feature = "cuda", feature = "hip")))]
 fn build_tp_state(args: &Args, _dir: &std::path::Path, _engine_cfg: &EngineConfig, _server_cfg: ServerConfig) -> Result<Option<dsv3::server::AppState>, String> {
-    Err(format!("--tp {}: this build of dsv3 has no CUDA backend (rebuild with --features cuda)", args.par.tp))
+    Err(format!("--tp {}: this build of dsv3 has no GPU backend (rebuild with --features cuda or hip)", args.par.tp))
 }
 
 /// Ctrl-C, or SIGTERM on Unix.

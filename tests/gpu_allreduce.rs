@@ -16,7 +16,7 @@ mod common;
 use common::gpu::run_two_nodes;
 
 use dsv3::backend::cuda::device_count;
-use dsv3::backend::{DType, DeviceBuffer, GpuStream};
+use dsv3::backend::{DType, DeviceBuffer};
 use dsv3::dist::allreduce::CustomAllReduce;
 use dsv3::dist::nccl::Nccl;
 use dsv3::dist::{Algo, AllReduce, Communicator, Policy};

@@ -39,7 +39,7 @@ pub struct ParallelArgs {
     pub dp: usize,
 }
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 impl ParallelArgs {
     /// The communicator group these flags describe (`--dist-timeout` parsed).
     pub fn group_config(&self) -> dsv3::Result<dsv3::dist::GroupConfig> {

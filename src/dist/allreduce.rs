@@ -1,10 +1,11 @@
-//! The custom all-reduce over peer memory and the dispatcher that picks it or NCCL.
+//! The custom all-reduce over peer memory and the dispatcher that picks it or NCCL / RCCL.
 //!
-//! [`CustomAllReduce`] launches the generated kernels of `kernels/allreduce.cuh` on every local
-//! rank's stream. Each rank owns three registered (fixed-address, allocated once) buffers:
+//! [`CustomAllReduce`] launches the generated kernels of `kernels/allreduce.cuh` (CUDA and HIP
+//! variants of one source) on every local rank's stream. Each rank owns three registered
+//! (fixed-address, allocated once) buffers:
 //!
 //! - a signal buffer: a 16 KiB header of barrier counters (zeroed once; the kernels only ever
-//!   increment them, so neither many iterations nor CUDA-graph replays see stale flags), the
+//!   increment them, so neither many iterations nor graph replays see stale flags), the
 //!   watchdog timeout and the push kernel's generation counter, followed by the two-shot scratch
 //!   area of `buffer_bytes`;
 //! - a staging buffer of `buffer_bytes`: the registered input. A caller may write its data there
@@ -13,6 +14,10 @@
 //! - a receive buffer for the push kernel: [`PUSH_GENERATIONS`] generations of one slot per rank of
 //!   `push_bytes`, filled with the sentinel (0xff bytes) once here; the kernel restores it after
 //!   each use.
+//!
+//! The signal and receive buffers are what peers poll while the kernels run: they come from
+//! [`CommStream::alloc_signal`](super::device::CommStream::alloc_signal) (on AMD fine-grained
+//! memory, coherent across GPUs during a kernel; on NVIDIA ordinary device memory).
 //!
 //! Inputs are read straight from the peers' memory (peer access is enabled by the
 //! [`Communicator`]), so any device pointer works as an input; every address a launch uses is
@@ -26,7 +31,7 @@ use super::dist_err;
 use super::nccl::Nccl;
 use super::policy::{choose, Algo, Policy};
 use crate::backend::registry::KERNELS;
-use crate::backend::{DType, DeviceBuffer, GpuStream, KernelInfo, LaunchCfg, Launcher};
+use crate::backend::{DType, DeviceBuffer, KernelInfo, LaunchCfg};
 use crate::error::Result;
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -108,7 +113,8 @@ impl CustomAllReduce {
         let mut recv = Vec::new();
         for i in 0..world {
             let s = comm.stream(i);
-            let sig = s.alloc(SIGNAL_BYTES + buffer_bytes)?;
+            // Barrier flags (and the two-shot scratch after them) are polled by peers mid-kernel.
+            let sig = s.alloc_signal(SIGNAL_BYTES + buffer_bytes)?;
             let stg = s.alloc(buffer_bytes)?;
             unsafe {
                 s.memset_u8(sig.ptr(), 0, SIGNAL_BYTES)?;
@@ -116,7 +122,8 @@ impl CustomAllReduce {
             }
             if push_bytes > 0 {
                 let bytes = PUSH_GENERATIONS * world * push_bytes;
-                let r = s.alloc(bytes)?;
+                // The push kernel's pollers spin on these bytes: flag memory too.
+                let r = s.alloc_signal(bytes)?;
                 unsafe { s.memset_u8(r.ptr(), 0xff, bytes)? };
                 recv.push(r);
             }
@@ -276,7 +283,8 @@ fn ptrs(bufs: &[DeviceBuffer]) -> [u64; MAX_RANKS] {
 }
 
 /// All-reduce with dispatch by message size, world size and topology: the custom kernels
-/// where they win (one node, peer access, up to [`Policy::two_shot_max`]), NCCL elsewhere.
+/// where they win (one node, peer access, up to [`Policy::two_shot_max`]), NCCL (RCCL on AMD)
+/// elsewhere.
 pub struct AllReduce {
     custom: Option<CustomAllReduce>,
     nccl: Option<Nccl>,

@@ -1,30 +1,24 @@
 //! [`Communicator`]: the local GPUs of this process as ranks of a (possibly multi-node) world.
 //!
 //! One process per node drives every GPU of that node: local rank `i` is GPU `ordinals[i]`,
-//! global rank `rank_offset + i`. Each rank has its own [`CudaStream`] (a non-blocking stream on
-//! the device's primary context, which the CUDA runtime and NCCL share). Peer access is enabled
-//! between every pair of local GPUs that supports it; [`Communicator::peer_access`] says whether
-//! all pairs do (the custom all-reduce needs it; NCCL does not).
+//! global rank `rank_offset + i`. Each rank has its own stream ([`CommStream`]: a CUDA stream on
+//! the device's primary context, which the CUDA runtime and NCCL share, or a HIP stream). Peer
+//! access is enabled between every pair of local GPUs that supports it;
+//! [`Communicator::peer_access`] says whether all pairs do (the custom all-reduce needs it; NCCL
+//! and RCCL do not). The vendor-specific calls live in [`super::device`].
 
+use super::device::{self, local_vendor, variant_vendor, CommStream};
 use super::dist_err;
 use super::rendezvous::RendezvousInfo;
-use crate::backend::cuda::{device_count, CudaStream};
-use crate::backend::{CodeVariant, GpuStream};
+use crate::backend::stream::StreamGraph;
+use crate::backend::{CodeVariant, Vendor};
 use crate::error::Result;
-use cudarc::driver::{result, sys};
 
 const B: &str = "dist";
 
-fn drv(what: impl std::fmt::Display, r: sys::CUresult) -> Result<()> {
-    if r == sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(dist_err(B, format!("{what}: {r:?}")))
-    }
-}
-
 pub struct Communicator {
-    streams: Vec<CudaStream>,
+    streams: Vec<Box<dyn CommStream>>,
+    vendor: Vendor,
     ordinals: Vec<usize>,
     peer_access: bool,
     rank_offset: usize,
@@ -34,32 +28,49 @@ pub struct Communicator {
 }
 
 impl Communicator {
-    /// The GPUs `ordinals` of this machine as a single-node world (ranks in that order).
+    /// The GPUs `ordinals` of this machine as a single-node world (ranks in that order), of the
+    /// vendor [`local_vendor`] picks.
     pub fn new(ordinals: &[usize]) -> Result<Self> {
-        Self::build(ordinals, CodeVariant::Auto, 0, ordinals.len(), 1)
+        Self::build(local_vendor()?, ordinals, CodeVariant::Auto, 0, ordinals.len(), 1)
     }
 
     /// Every GPU of this machine.
     pub fn all_local() -> Result<Self> {
-        let n = device_count()?;
-        Self::new(&(0..n).collect::<Vec<_>>())
+        let vendor = local_vendor()?;
+        let n = device::device_count(vendor)?;
+        Self::build(vendor, &(0..n).collect::<Vec<_>>(), CodeVariant::Auto, 0, n, 1)
     }
 
-    /// Like [`Communicator::new`], loading kernels in `variant`.
+    /// Like [`Communicator::new`], loading kernels in `variant` (a vendor-specific variant picks
+    /// that vendor's GPUs).
     pub fn with_variant(ordinals: &[usize], variant: CodeVariant) -> Result<Self> {
-        Self::build(ordinals, variant, 0, ordinals.len(), 1)
+        let vendor = match variant_vendor(&variant) {
+            Some(v) => v,
+            None => local_vendor()?,
+        };
+        Self::build(vendor, ordinals, variant, 0, ordinals.len(), 1)
+    }
+
+    /// The GPUs `ordinals` of `vendor` as a single-node world, loading kernels in `variant`.
+    pub fn with_vendor(vendor: Vendor, ordinals: &[usize], variant: CodeVariant) -> Result<Self> {
+        Self::build(vendor, ordinals, variant, 0, ordinals.len(), 1)
     }
 
     /// This node's GPUs as ranks `info.rank_offset..` of the world the rendezvous agreed on.
     pub fn from_rendezvous(ordinals: &[usize], info: &RendezvousInfo) -> Result<Self> {
+        Self::from_rendezvous_on(local_vendor()?, ordinals, info)
+    }
+
+    /// [`Communicator::from_rendezvous`] over GPUs of `vendor`.
+    pub fn from_rendezvous_on(vendor: Vendor, ordinals: &[usize], info: &RendezvousInfo) -> Result<Self> {
         let mine = info.gpus_per_node[info.node_rank];
         if mine != ordinals.len() {
             return Err(dist_err(B, format!("node {} announced {mine} GPU(s) but drives {}", info.node_rank, ordinals.len())));
         }
-        Self::build(ordinals, CodeVariant::Auto, info.rank_offset, info.world_size, info.nnodes)
+        Self::build(vendor, ordinals, CodeVariant::Auto, info.rank_offset, info.world_size, info.nnodes)
     }
 
-    fn build(ordinals: &[usize], variant: CodeVariant, rank_offset: usize, world_size: usize, nnodes: usize) -> Result<Self> {
+    fn build(vendor: Vendor, ordinals: &[usize], variant: CodeVariant, rank_offset: usize, world_size: usize, nnodes: usize) -> Result<Self> {
         if ordinals.is_empty() {
             return Err(dist_err(B, "a communicator needs at least one GPU"));
         }
@@ -68,8 +79,11 @@ impl Communicator {
                 return Err(dist_err(B, format!("GPU {o} is listed twice")));
             }
         }
-        let streams: Vec<CudaStream> =
-            ordinals.iter().map(|&o| CudaStream::with_variant(o, variant.clone())).collect::<Result<_>>()?;
+        if let Some(v) = variant_vendor(&variant).filter(|v| *v != vendor) {
+            return Err(dist_err(B, format!("kernel variant {variant} is for {v} GPUs, not {vendor}")));
+        }
+        let streams: Vec<Box<dyn CommStream>> =
+            ordinals.iter().map(|&o| device::open(vendor, o, variant.clone())).collect::<Result<_>>()?;
         // Peer access between every pair (both directions).
         let mut peer_access = true;
         for (i, si) in streams.iter().enumerate() {
@@ -77,32 +91,24 @@ impl Communicator {
                 if i == j {
                     continue;
                 }
-                let mut can = 0i32;
-                drv(
-                    format!("cuDeviceCanAccessPeer({}, {})", ordinals[i], ordinals[j]),
-                    unsafe { sys::cuDeviceCanAccessPeer(&mut can, si.context().cu_device(), sj.context().cu_device()) },
-                )?;
-                if can == 0 {
+                if !si.can_access_peer(sj.as_ref())? {
                     peer_access = false;
                     continue;
                 }
-                si.context().bind_to_thread().map_err(|e| dist_err(B, format!("bind cuda:{}: {e:?}", ordinals[i])))?;
-                let r = unsafe { sys::cuCtxEnablePeerAccess(sj.context().cu_ctx(), 0) };
-                if r != sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED {
-                    drv(format!("cuCtxEnablePeerAccess(cuda:{} -> cuda:{})", ordinals[i], ordinals[j]), r)?;
-                }
+                si.enable_peer_access(sj.as_ref())?;
             }
         }
-        let sm_count = streams[0]
-            .context()
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| dist_err(B, format!("SM count: {e:?}")))? as usize;
-        Ok(Communicator { streams, ordinals: ordinals.to_vec(), peer_access, rank_offset, world_size, nnodes, sm_count })
+        let sm_count = streams[0].sm_count()?;
+        Ok(Communicator { streams, vendor, ordinals: ordinals.to_vec(), peer_access, rank_offset, world_size, nnodes, sm_count })
     }
 
     /// GPUs driven by this process.
     pub fn local_size(&self) -> usize {
         self.streams.len()
+    }
+    /// The vendor of this communicator's GPUs.
+    pub fn vendor(&self) -> Vendor {
+        self.vendor
     }
     /// GPUs of the whole world (all nodes).
     pub fn world_size(&self) -> usize {
@@ -123,17 +129,29 @@ impl Communicator {
         &self.ordinals
     }
     /// The stream of local rank `i`.
-    pub fn stream(&self, i: usize) -> &CudaStream {
-        &self.streams[i]
+    pub fn stream(&self, i: usize) -> &dyn CommStream {
+        self.streams[i].as_ref()
     }
-    pub fn streams(&self) -> &[CudaStream] {
+    pub fn streams(&self) -> &[Box<dyn CommStream>] {
         &self.streams
+    }
+    /// The stream of local rank `i` as a [`crate::backend::cuda::CudaStream`] (vendor-specific
+    /// calls such as CUDA events); an error on a HIP communicator.
+    #[cfg(feature = "cuda")]
+    pub fn cuda_stream(&self, i: usize) -> Result<&crate::backend::cuda::CudaStream> {
+        self.streams[i].as_any().downcast_ref().ok_or_else(|| dist_err(B, format!("rank {i} is a {} GPU, not CUDA", self.vendor)))
+    }
+    /// The stream of local rank `i` as a [`crate::backend::hip::HipStream`]; an error on a CUDA
+    /// communicator.
+    #[cfg(feature = "hip")]
+    pub fn hip_stream(&self, i: usize) -> Result<&crate::backend::hip::HipStream> {
+        self.streams[i].as_any().downcast_ref().ok_or_else(|| dist_err(B, format!("rank {i} is a {} GPU, not HIP", self.vendor)))
     }
     /// Whether every pair of local GPUs has peer access.
     pub fn peer_access(&self) -> bool {
         self.peer_access || self.streams.len() == 1
     }
-    /// Multiprocessors of the first GPU (bounds the custom kernels' grids).
+    /// Multiprocessors (SMs, AMD CUs) of the first GPU (bounds the custom kernels' grids).
     pub fn sm_count(&self) -> usize {
         self.sm_count
     }
@@ -146,86 +164,84 @@ impl Communicator {
         Ok(())
     }
 
-    /// Captures the work `f` queues on every rank's stream into one CUDA graph per rank.
-    /// `f` must only queue stream-ordered work (launches, async copies) on these streams.
+    /// Captures the work `f` queues on every rank's stream into one graph per rank (CUDA or HIP
+    /// graphs). `f` must only queue stream-ordered work (launches, async copies) on these streams.
     pub fn capture(&self, f: impl FnOnce() -> Result<()>) -> Result<MultiGraph> {
         for (i, s) in self.streams.iter().enumerate() {
-            s.context().bind_to_thread().map_err(|e| dist_err(B, format!("bind: {e:?}")))?;
-            unsafe { result::stream::begin_capture(s.cu_stream(), sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) }
-                .map_err(|e| dist_err(B, format!("cuStreamBeginCapture on rank {i}: {e:?}")))?;
+            if let Err(e) = s.capture_begin() {
+                // End the captures already begun, so that their streams stay usable.
+                for s in &self.streams[..i] {
+                    let _ = s.capture_end();
+                }
+                return Err(e);
+            }
         }
         let body = f();
         let mut graphs = Vec::new();
         let mut first_err = body.err();
-        for (i, s) in self.streams.iter().enumerate() {
-            let _ = s.context().bind_to_thread();
-            match unsafe { result::stream::end_capture(s.cu_stream()) } {
+        for s in &self.streams {
+            match s.capture_end() {
                 Ok(g) => graphs.push(g),
                 Err(e) => {
-                    first_err.get_or_insert(dist_err(B, format!("cuStreamEndCapture on rank {i}: {e:?}")));
+                    first_err.get_or_insert(e);
                 }
             }
         }
         if let Some(e) = first_err {
-            for g in graphs {
-                unsafe {
-                    let _ = result::graph::destroy(g);
-                }
-            }
+            // Dropping the captured graphs destroys them.
             return Err(e);
         }
-        let mut execs = Vec::new();
-        for (i, g) in graphs.iter().enumerate() {
-            let _ = self.streams[i].context().bind_to_thread();
-            let x = unsafe { result::graph::instantiate(*g, sys::CUgraphInstantiate_flags(0)) }
-                .map_err(|e| dist_err(B, format!("cuGraphInstantiate on rank {i}: {e:?}")));
-            match x {
-                Ok(x) => execs.push(x),
-                Err(e) => {
-                    for g in &graphs {
-                        unsafe {
-                            let _ = result::graph::destroy(*g);
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        Ok(MultiGraph { graphs, execs, streams: self.streams.iter().map(|s| (s.context().clone(), s.cu_stream())).collect() })
+        // On an error the graphs instantiated so far are destroyed with the vector.
+        let graphs = graphs.into_iter().map(|g| g.instantiate()).collect::<Result<Vec<_>>>()?;
+        Ok(MultiGraph { graphs })
     }
 }
 
-/// One instantiated CUDA graph per rank (from [`Communicator::capture`]).
+/// One instantiated graph per rank (from [`Communicator::capture`]). Dropping it waits for each
+/// rank's stream, then destroys that rank's graph.
 pub struct MultiGraph {
-    graphs: Vec<sys::CUgraph>,
-    execs: Vec<sys::CUgraphExec>,
-    streams: Vec<(std::sync::Arc<cudarc::driver::CudaContext>, sys::CUstream)>,
+    graphs: Vec<Box<dyn StreamGraph>>,
 }
 
 impl MultiGraph {
     /// Launches every rank's graph on its stream (asynchronously).
     pub fn launch(&self) -> Result<()> {
-        for (i, (x, (ctx, s))) in self.execs.iter().zip(&self.streams).enumerate() {
-            ctx.bind_to_thread().map_err(|e| dist_err(B, format!("bind: {e:?}")))?;
-            unsafe { result::graph::launch(*x, *s) }.map_err(|e| dist_err(B, format!("cuGraphLaunch on rank {i}: {e:?}")))?;
+        for g in &self.graphs {
+            g.replay()?;
         }
         Ok(())
     }
 }
 
-impl Drop for MultiGraph {
-    fn drop(&mut self) {
-        for (i, (ctx, s)) in self.streams.iter().enumerate() {
-            let _ = ctx.bind_to_thread();
-            unsafe {
-                let _ = result::stream::synchronize(*s);
-                let _ = result::graph::exec_destroy(self.execs[i]);
-                let _ = result::graph::destroy(self.graphs[i]);
-            }
+// The graphs are only used through the driver / runtime, which is thread-safe.
+unsafe impl Sync for MultiGraph {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a communicator refuses before it touches a GPU (runs on the CPU machine).
+    #[test]
+    fn refuses_bad_ordinals_and_another_vendors_variant() {
+        let err = |r: Result<Communicator>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        for v in [Vendor::Cuda, Vendor::Hip] {
+            assert!(err(Communicator::with_vendor(v, &[], CodeVariant::Auto)).contains("at least one GPU"));
+            assert!(err(Communicator::with_vendor(v, &[0, 1, 0], CodeVariant::Auto)).contains("GPU 0 is listed twice"));
         }
+        let e = err(Communicator::with_vendor(Vendor::Hip, &[0], CodeVariant::Nvrtc));
+        assert!(e.contains("is for cuda GPUs, not hip"), "{e}");
+        let e = err(Communicator::with_vendor(Vendor::Cuda, &[0], CodeVariant::CodeObject("gfx942".into())));
+        assert!(e.contains("is for hip GPUs, not cuda"), "{e}");
+    }
+
+    #[test]
+    fn the_only_backend_built_is_the_local_vendor() {
+        #[cfg(not(feature = "hip"))]
+        assert_eq!(local_vendor().unwrap(), Vendor::Cuda);
+        #[cfg(not(feature = "cuda"))]
+        assert_eq!(local_vendor().unwrap(), Vendor::Hip);
+        assert_eq!(variant_vendor(&CodeVariant::Auto), None);
+        assert_eq!(variant_vendor(&CodeVariant::Ptx("compute_80".into())), Some(Vendor::Cuda));
+        assert_eq!(variant_vendor(&CodeVariant::CodeObject("gfx90a".into())), Some(Vendor::Hip));
     }
 }
-
-// The raw handles are only used through the driver, which is thread-safe.
-unsafe impl Send for MultiGraph {}
-unsafe impl Sync for MultiGraph {}

@@ -1,36 +1,70 @@
-//! NCCL (or RCCL: the same C API) loaded at run time, one communicator per local GPU.
+//! NCCL (NVIDIA) or RCCL (AMD: the same C API) loaded at run time, one communicator per local
+//! GPU.
 //!
-//! Types come from cudarc's `nccl` module; the library itself is opened here because NCCL's
-//! runtime package installs only its SONAME (`libnccl.so.2`), which cudarc's loader does not
-//! try. Search order: `$DSV3_NCCL_LIB`, `libnccl.so.2`, `libnccl.so`, `librccl.so.1`,
-//! `librccl.so`, then cudarc's candidates. A machine without NCCL gets an error naming them.
+//! The few C types dsv3 needs are declared here, not taken from a vendor's bindings, so that one
+//! loader serves both: `ncclUniqueId` is 128 bytes passed by value, `ncclComm_t` an opaque
+//! pointer, data types and reduction ops are C enums (ints) with the same values in NCCL and
+//! RCCL, and the stream argument of `ncclAllReduce` is the vendor's opaque stream pointer
+//! (`cudaStream_t` / `hipStream_t`, from [`CommStream::raw_stream`](super::device::CommStream::raw_stream)).
+//!
+//! The library is opened here because NCCL's runtime package installs only its SONAME
+//! (`libnccl.so.2`). Search order for a CUDA communicator: `$DSV3_NCCL_LIB`, `libnccl.so.2`,
+//! `libnccl.so`, `librccl.so.1`, `librccl.so`, then cudarc's candidates; for a HIP one:
+//! `$DSV3_NCCL_LIB`, `librccl.so.1`, `librccl.so`, `/opt/rocm/lib/librccl.so.1`. A machine without
+//! the library gets an error naming them.
 //!
 //! One process drives all its local GPUs, so every collective is one NCCL group: the calls of
-//! all local ranks between `ncclGroupStart` / `ncclGroupEnd` (each with its GPU's context
-//! current). NVLink SHARP / multicast stays off: `NCCL_NVLS_ENABLE=0` is set unless the caller
-//! set it (the shared test machines require it).
+//! all local ranks between `ncclGroupStart` / `ncclGroupEnd` (each with its GPU current).
+//! NVLink SHARP / multicast stays off: `NCCL_NVLS_ENABLE=0` is set unless the caller set it (the
+//! shared test machines require it; RCCL ignores it).
 
 use super::comm::Communicator;
+use super::device::local_vendor;
 use super::dist_err;
-use crate::backend::DType;
+use crate::backend::{DType, Vendor};
 use crate::error::Result;
-use cudarc::nccl::sys::{cudaStream_t, ncclComm_t, ncclDataType_t, ncclRedOp_t, ncclUniqueId};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::sync::{Arc, OnceLock};
 
 const B: &str = "nccl";
 
-type FnVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
-type FnUniqueId = unsafe extern "C" fn(*mut ncclUniqueId) -> c_int;
-type FnInitRank = unsafe extern "C" fn(*mut ncclComm_t, c_int, ncclUniqueId, c_int) -> c_int;
-type FnAllReduce =
-    unsafe extern "C" fn(*const c_void, *mut c_void, usize, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t) -> c_int;
-type FnVoid = unsafe extern "C" fn() -> c_int;
-type FnComm = unsafe extern "C" fn(ncclComm_t) -> c_int;
-type FnErrStr = unsafe extern "C" fn(c_int) -> *const c_char;
-type FnAsyncErr = unsafe extern "C" fn(ncclComm_t, *mut c_int) -> c_int;
+/// `ncclUniqueId`: 128 opaque bytes (`NCCL_UNIQUE_ID_BYTES`), passed by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UniqueId {
+    internal: [c_char; UNIQUE_ID_BYTES],
+}
 
-/// The NCCL entry points dsv3 uses.
+const UNIQUE_ID_BYTES: usize = 128;
+
+/// `ncclComm_t`.
+type CommHandle = *mut c_void;
+
+/// `ncclDataType_t` values (NCCL's `nccl.h`; RCCL's `rccl.h` has the same).
+mod data_type {
+    pub const UINT8: i32 = 1;
+    pub const INT32: i32 = 2;
+    pub const UINT32: i32 = 3;
+    pub const UINT64: i32 = 5;
+    pub const FLOAT16: i32 = 6;
+    pub const FLOAT32: i32 = 7;
+    pub const BFLOAT16: i32 = 9;
+}
+
+/// `ncclRedOp_t::ncclSum`.
+const OP_SUM: c_int = 0;
+
+type FnVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
+type FnUniqueId = unsafe extern "C" fn(*mut UniqueId) -> c_int;
+type FnInitRank = unsafe extern "C" fn(*mut CommHandle, c_int, UniqueId, c_int) -> c_int;
+/// The last argument is the vendor's stream (`cudaStream_t` / `hipStream_t`).
+type FnAllReduce = unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, CommHandle, *mut c_void) -> c_int;
+type FnVoid = unsafe extern "C" fn() -> c_int;
+type FnComm = unsafe extern "C" fn(CommHandle) -> c_int;
+type FnErrStr = unsafe extern "C" fn(c_int) -> *const c_char;
+type FnAsyncErr = unsafe extern "C" fn(CommHandle, *mut c_int) -> c_int;
+
+/// The NCCL / RCCL entry points dsv3 uses.
 pub struct NcclLib {
     pub path: String,
     pub version: i32,
@@ -45,21 +79,34 @@ pub struct NcclLib {
     comm_get_async_error: FnAsyncErr,
 }
 
-fn candidates() -> Vec<String> {
-    let mut v: Vec<String> = std::env::var("DSV3_NCCL_LIB").ok().into_iter().collect();
-    for n in ["libnccl.so.2", "libnccl.so", "librccl.so.1", "librccl.so"] {
-        v.push(n.to_string());
+/// The library's name in messages.
+fn lib_name(vendor: Vendor) -> &'static str {
+    match vendor {
+        Vendor::Hip => "RCCL",
+        _ => "NCCL",
     }
-    for n in cudarc::get_lib_name_candidates("nccl") {
-        if !v.contains(&n) {
-            v.push(n);
+}
+
+fn candidates(vendor: Vendor) -> Vec<String> {
+    let mut v: Vec<String> = std::env::var("DSV3_NCCL_LIB").ok().into_iter().collect();
+    let names: &[&str] = match vendor {
+        Vendor::Hip => &["librccl.so.1", "librccl.so", "/opt/rocm/lib/librccl.so.1"],
+        _ => &["libnccl.so.2", "libnccl.so", "librccl.so.1", "librccl.so"],
+    };
+    v.extend(names.iter().map(|n| n.to_string()));
+    #[cfg(feature = "cuda")]
+    if vendor == Vendor::Cuda {
+        for n in cudarc::get_lib_name_candidates("nccl") {
+            if !v.contains(&n) {
+                v.push(n);
+            }
         }
     }
     v
 }
 
-fn load() -> std::result::Result<NcclLib, String> {
-    let names = candidates();
+fn load(vendor: Vendor) -> std::result::Result<NcclLib, String> {
+    let names = candidates(vendor);
     let mut tried = Vec::new();
     for name in &names {
         let lib = match unsafe { libloading::Library::new(name) } {
@@ -93,16 +140,23 @@ fn load() -> std::result::Result<NcclLib, String> {
             });
         }
     }
-    Err(format!("NCCL library not found (tried {}); set DSV3_NCCL_LIB to its path", tried.join(", ")))
+    Err(format!("{} library not found (tried {}); set DSV3_NCCL_LIB to its path", lib_name(vendor), tried.join(", ")))
 }
 
-/// The process-wide NCCL library, loaded on first use.
+/// The process-wide NCCL (or, for [`Vendor::Hip`], RCCL) library, loaded on first use.
+pub fn library_for(vendor: Vendor) -> Result<&'static NcclLib> {
+    static NCCL: OnceLock<std::result::Result<NcclLib, String>> = OnceLock::new();
+    static RCCL: OnceLock<std::result::Result<NcclLib, String>> = OnceLock::new();
+    let cell = if vendor == Vendor::Hip { &RCCL } else { &NCCL };
+    cell.get_or_init(|| load(vendor)).as_ref().map_err(|e| dist_err(B, e.clone()))
+}
+
+/// The library for this machine's GPUs ([`local_vendor`]).
 pub fn library() -> Result<&'static NcclLib> {
-    static LIB: OnceLock<std::result::Result<NcclLib, String>> = OnceLock::new();
-    LIB.get_or_init(load).as_ref().map_err(|e| dist_err(B, e.clone()))
+    library_for(local_vendor()?)
 }
 
-/// Whether an NCCL library can be loaded here.
+/// Whether an NCCL (or RCCL) library for this machine's GPUs can be loaded here.
 pub fn available() -> bool {
     library().is_ok()
 }
@@ -118,23 +172,30 @@ impl NcclLib {
     }
 }
 
-/// A fresh NCCL unique id (node 0 makes it and hands it out through the rendezvous).
+/// A fresh NCCL unique id for this machine's GPUs (node 0 makes it and hands it out through the
+/// rendezvous).
 pub fn unique_id() -> Result<Vec<u8>> {
-    let lib = library()?;
-    let mut id = ncclUniqueId { internal: [0; 128] };
+    unique_id_for(local_vendor()?)
+}
+
+/// A fresh unique id of `vendor`'s library (NCCL or RCCL).
+pub fn unique_id_for(vendor: Vendor) -> Result<Vec<u8>> {
+    let lib = library_for(vendor)?;
+    let mut id = UniqueId { internal: [0; UNIQUE_ID_BYTES] };
     lib.check("ncclGetUniqueId", unsafe { (lib.get_unique_id)(&mut id) })?;
     Ok(id.internal.iter().map(|c| *c as u8).collect())
 }
 
-fn nccl_dtype(d: DType) -> Result<ncclDataType_t> {
+fn nccl_dtype(d: DType) -> Result<c_int> {
+    use data_type::*;
     Ok(match d {
-        DType::F32 => ncclDataType_t::ncclFloat32,
-        DType::Bf16 => ncclDataType_t::ncclBfloat16,
-        DType::F16 => ncclDataType_t::ncclFloat16,
-        DType::I32 => ncclDataType_t::ncclInt32,
-        DType::U32 => ncclDataType_t::ncclUint32,
-        DType::U64 => ncclDataType_t::ncclUint64,
-        DType::U8 => ncclDataType_t::ncclUint8,
+        DType::F32 => FLOAT32,
+        DType::Bf16 => BFLOAT16,
+        DType::F16 => FLOAT16,
+        DType::I32 => INT32,
+        DType::U32 => UINT32,
+        DType::U64 => UINT64,
+        DType::U8 => UINT8,
         other => return Err(dist_err(B, format!("no NCCL type for {other}"))),
     })
 }
@@ -147,10 +208,10 @@ fn set_default_env() {
     }
 }
 
-/// One NCCL communicator per local rank of a [`Communicator`].
+/// One NCCL (RCCL) communicator per local rank of a [`Communicator`].
 pub struct Nccl {
     comm: Arc<Communicator>,
-    comms: Vec<ncclComm_t>,
+    comms: Vec<CommHandle>,
     lib: &'static NcclLib,
 }
 
@@ -164,21 +225,21 @@ impl Nccl {
     /// [`unique_id`], the same bytes on every node).
     pub fn new(comm: Arc<Communicator>, id: &[u8]) -> Result<Self> {
         set_default_env();
-        let lib = library()?;
-        if id.len() != 128 {
-            return Err(dist_err(B, format!("an NCCL unique id has 128 bytes, got {}", id.len())));
+        let lib = library_for(comm.vendor())?;
+        if id.len() != UNIQUE_ID_BYTES {
+            return Err(dist_err(B, format!("an NCCL unique id has {UNIQUE_ID_BYTES} bytes, got {}", id.len())));
         }
-        let mut uid = ncclUniqueId { internal: [0; 128] };
+        let mut uid = UniqueId { internal: [0; UNIQUE_ID_BYTES] };
         for (d, s) in uid.internal.iter_mut().zip(id) {
             *d = *s as c_char;
         }
         let n = comm.local_size();
-        let mut comms: Vec<ncclComm_t> = vec![std::ptr::null_mut(); n];
+        let mut comms: Vec<CommHandle> = vec![std::ptr::null_mut(); n];
         lib.check("ncclGroupStart", unsafe { (lib.group_start)() })?;
         let mut first_err = None;
         for (i, c) in comms.iter_mut().enumerate() {
-            if let Err(e) = comm.stream(i).context().bind_to_thread() {
-                first_err.get_or_insert(dist_err(B, format!("bind rank {i}: {e:?}")));
+            if let Err(e) = comm.stream(i).make_current() {
+                first_err.get_or_insert(e);
                 continue;
             }
             let r = unsafe { (lib.comm_init_rank)(c, comm.world_size() as c_int, uid, comm.global_rank(i) as c_int) };
@@ -199,7 +260,7 @@ impl Nccl {
         if comm.nnodes() != 1 {
             return Err(dist_err(B, "single_node needs a one-node communicator; pass the rendezvous' unique id to Nccl::new"));
         }
-        let id = unique_id()?;
+        let id = unique_id_for(comm.vendor())?;
         Self::new(comm, &id)
     }
 
@@ -230,19 +291,11 @@ impl Nccl {
         let mut first_err = None;
         for i in 0..n {
             let s = self.comm.stream(i);
-            if let Err(e) = s.context().bind_to_thread() {
-                first_err.get_or_insert(dist_err(B, format!("bind rank {i}: {e:?}")));
+            if let Err(e) = s.make_current() {
+                first_err.get_or_insert(e);
                 continue;
             }
-            let r = (lib.all_reduce)(
-                inputs[i] as *const c_void,
-                outputs[i] as *mut c_void,
-                count,
-                dt,
-                ncclRedOp_t::ncclSum,
-                self.comms[i],
-                s.cu_stream() as cudaStream_t,
-            );
+            let r = (lib.all_reduce)(inputs[i] as *const c_void, outputs[i] as *mut c_void, count, dt, OP_SUM, self.comms[i], s.raw_stream());
             if let Err(e) = lib.check(format!("ncclAllReduce({count} x {dtype}) on rank {}", self.comm.global_rank(i)), r) {
                 first_err.get_or_insert(e);
             }
@@ -270,7 +323,7 @@ impl Nccl {
     /// Tears the communicators down without waiting for peers (after a peer died).
     pub fn abort(mut self) {
         for (i, c) in self.comms.drain(..).enumerate() {
-            let _ = self.comm.stream(i).context().bind_to_thread();
+            let _ = self.comm.stream(i).make_current();
             unsafe {
                 (self.lib.comm_abort)(c);
             }
@@ -282,10 +335,47 @@ impl Drop for Nccl {
     fn drop(&mut self) {
         let _ = self.comm.synchronize();
         for (i, c) in self.comms.drain(..).enumerate() {
-            let _ = self.comm.stream(i).context().bind_to_thread();
+            let _ = self.comm.stream(i).make_current();
             unsafe {
                 (self.lib.comm_destroy)(c);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The values declared here are NCCL's (cudarc's bindings of `nccl.h`).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn c_types_match_ncclh() {
+        use cudarc::nccl::sys::{ncclDataType_t as T, ncclRedOp_t, ncclUniqueId};
+        assert_eq!(std::mem::size_of::<UniqueId>(), std::mem::size_of::<ncclUniqueId>());
+        assert_eq!(std::mem::align_of::<UniqueId>(), std::mem::align_of::<ncclUniqueId>());
+        use data_type::*;
+        for (ours, theirs) in [
+            (UINT8, T::ncclUint8),
+            (INT32, T::ncclInt32),
+            (UINT32, T::ncclUint32),
+            (UINT64, T::ncclUint64),
+            (FLOAT16, T::ncclFloat16),
+            (FLOAT32, T::ncclFloat32),
+            (BFLOAT16, T::ncclBfloat16),
+        ] {
+            assert_eq!(ours, theirs as i32, "{theirs:?}");
+        }
+        assert_eq!(OP_SUM, ncclRedOp_t::ncclSum as i32);
+    }
+
+    #[test]
+    fn library_candidates_per_vendor() {
+        let hip = candidates(Vendor::Hip);
+        assert!(hip.iter().any(|n| n.starts_with("librccl")) && !hip.iter().any(|n| n.contains("libnccl")), "{hip:?}");
+        let cuda = candidates(Vendor::Cuda);
+        assert!(cuda.iter().position(|n| n == "libnccl.so.2") < cuda.iter().position(|n| n == "librccl.so.1"), "{cuda:?}");
+        assert_eq!(nccl_dtype(DType::Bf16).unwrap(), 9);
+        assert!(nccl_dtype(DType::I8).is_err());
     }
 }

@@ -1,10 +1,11 @@
 //! [`RankStream`]: local rank `i`'s stream of a [`Communicator`] as a [`GpuStream`], so that a
 //! model shard ([`crate::model::gpu::GpuModel::load_shard`]) queues its kernels on the very
 //! stream that the all-reduce of that rank runs on (stream order is what makes the collective
-//! read finished partial sums). It delegates every call; the communicator lives as long as the
-//! shards that use it.
+//! read finished partial sums). It delegates every call to that stream (CUDA or HIP); the
+//! communicator lives as long as the shards that use it.
 
 use super::comm::Communicator;
+use super::device::CommStream;
 use crate::backend::stream::{BlasBatched, StreamEvent, StreamGraph};
 use crate::backend::{CachingAllocator, CodeVariant, Device, GpuStream, KernelInfo, LaunchCfg, Launcher, TensorMap, TmaTiled, Vendor};
 use crate::error::Result;
@@ -25,7 +26,7 @@ impl RankStream {
         Ok(RankStream { comm, rank })
     }
 
-    fn s(&self) -> &crate::backend::cuda::CudaStream {
+    fn s(&self) -> &dyn CommStream {
         self.comm.stream(self.rank)
     }
 }

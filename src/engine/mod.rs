@@ -34,12 +34,12 @@ pub mod request;
 pub mod sampling;
 pub mod scheduler;
 pub mod sequence;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 pub mod tp;
 
 pub use config::{EngineConfig, KvCacheSize};
 pub use gpu::GpuStepModel;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 pub use tp::TpStepModel;
 pub use core::{Engine, EngineInfo, StepStats, SubmitError};
 pub use handle::{EngineHandle, RequestStream};

@@ -4,6 +4,9 @@
 //! runtime library installed wherever it runs. hiprtc is not wired yet: without an embedded code
 //! object for the device's gfx target, loading reports which targets this build has.
 //!
+//! Peer GPUs' flags (the custom all-reduce) come from [`HipStream::alloc_signal`]: fine-grained
+//! memory, which stays coherent across GPUs while kernels run (`hipMalloc` memory does not).
+//!
 //! Every runtime call and launch is checked.
 
 use super::memory::{CachingAllocator, RawAllocator};
@@ -19,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 const B: &str = "hip";
 
-fn check(what: impl std::fmt::Display, e: h::hipError_t) -> Result<()> {
+pub(crate) fn check(what: impl std::fmt::Display, e: h::hipError_t) -> Result<()> {
     if e == h::hipError_t::hipSuccess {
         return Ok(());
     }
@@ -59,6 +62,53 @@ impl RawAllocator for HipRaw {
     }
 }
 
+/// `hipDeviceMallocUncached` of newer ROCm headers (hip-sys binds ROCm 5.2's, which lack it). Not a
+/// bit flag: in 5.2, 0x3 would read as fine-grained | `hipMallocSignalMemory`, hence opt-in only.
+const HIP_DEVICE_MALLOC_UNCACHED: u32 = 0x3;
+
+/// Device memory that peer GPUs poll while kernels run (the all-reduce's barrier flags and push
+/// receive buffers). Plain `hipMalloc` memory is coarse-grained on AMD: a GPU may keep its lines in
+/// its L2, so a peer's system-scope atomics and polls are not guaranteed to see its stores before a
+/// kernel boundary, and a barrier spin would never end. Fine-grained memory
+/// (`hipDeviceMallocFinegrained`) is coherent across GPUs while kernels run: the default.
+/// `DSV3_HIP_SIGNAL_MEM=uncached` asks for `hipDeviceMallocUncached` instead (also bypasses the
+/// caches; needs a ROCm that knows the flag).
+struct HipSignalRaw {
+    ordinal: i32,
+}
+
+impl HipSignalRaw {
+    fn flags_from_env() -> Result<u32> {
+        match std::env::var("DSV3_HIP_SIGNAL_MEM").as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("finegrained") => Ok(h::hipDeviceMallocFinegrained),
+            Ok("uncached") => Ok(HIP_DEVICE_MALLOC_UNCACHED),
+            Ok(v) => Err(backend_err(B, format!("DSV3_HIP_SIGNAL_MEM=`{v}`: expected `finegrained` (default) or `uncached`"))),
+        }
+    }
+}
+
+impl RawAllocator for HipSignalRaw {
+    fn backend(&self) -> &'static str {
+        B
+    }
+    fn raw_alloc(&self, bytes: usize) -> Result<u64> {
+        let flags = Self::flags_from_env()?;
+        let mut p: *mut c_void = std::ptr::null_mut();
+        unsafe {
+            check("hipSetDevice", h::hipSetDevice(self.ordinal))?;
+            check(
+                format!("hipExtMallocWithFlags({bytes} bytes, flags {flags:#x}) on hip:{}", self.ordinal),
+                h::hipExtMallocWithFlags(&mut p, bytes, flags),
+            )?;
+        }
+        Ok(p as u64)
+    }
+    unsafe fn raw_free(&self, ptr: u64) -> Result<()> {
+        check("hipSetDevice", h::hipSetDevice(self.ordinal))?;
+        check("hipFree", h::hipFree(ptr as *mut c_void))
+    }
+}
+
 struct Loaded {
     modules: HashMap<usize, h::hipModule_t>,
     functions: HashMap<usize, h::hipFunction_t>,
@@ -71,6 +121,8 @@ pub struct HipStream {
     variant: CodeVariant,
     loaded: Mutex<Loaded>,
     alloc: Arc<CachingAllocator>,
+    /// Fine-grained / uncached memory for cross-GPU flags ([`HipStream::alloc_signal`]).
+    signal: Arc<CachingAllocator>,
 }
 
 unsafe impl Send for HipStream {}
@@ -109,11 +161,31 @@ impl HipStream {
             variant,
             loaded: Mutex::new(Loaded { modules: HashMap::new(), functions: HashMap::new() }),
             alloc: CachingAllocator::new(Box::new(HipRaw { ordinal: o })),
+            signal: CachingAllocator::new(Box::new(HipSignalRaw { ordinal: o })),
         })
     }
 
     fn set(&self) -> Result<()> {
         unsafe { check("hipSetDevice", h::hipSetDevice(self.ordinal)) }
+    }
+
+    /// The device's ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal as usize
+    }
+    /// The raw HIP stream (what RCCL and graph capture take).
+    pub fn hip_stream(&self) -> h::hipStream_t {
+        self.stream
+    }
+    /// Makes this stream's device current on the calling thread (`hipSetDevice`).
+    pub fn make_current(&self) -> Result<()> {
+        self.set()
+    }
+    /// `bytes` of device memory that peer GPUs may poll and update with system-scope atomics while
+    /// kernels run: uncached or fine-grained, never the coarse-grained memory of
+    /// [`GpuStream::alloc`] (see `HipSignalRaw`).
+    pub fn alloc_signal(&self, bytes: usize) -> Result<super::memory::DeviceBuffer> {
+        self.signal.alloc(bytes)
     }
 
     fn function(&self, kernel: &'static KernelInfo) -> Result<h::hipFunction_t> {
@@ -161,6 +233,7 @@ impl Drop for HipStream {
                 let _ = h::hipModuleUnload(m);
             }
             let _ = self.alloc.empty_cache();
+            let _ = self.signal.empty_cache();
             let _ = h::hipStreamDestroy(self.stream);
         }
     }
@@ -236,5 +309,15 @@ impl GpuStream for HipStream {
         let (mut free, mut total) = (0usize, 0usize);
         unsafe { check("hipMemGetInfo", h::hipMemGetInfo(&mut free, &mut total))? };
         Ok((free, total))
+    }
+    fn sm_count(&self) -> Result<usize> {
+        let mut n = 0;
+        unsafe {
+            check(
+                format!("hipDeviceGetAttribute(MultiprocessorCount) on hip:{}", self.ordinal),
+                h::hipDeviceGetAttribute(&mut n, h::hipDeviceAttribute_t::hipDeviceAttributeMultiprocessorCount, self.ordinal),
+            )?
+        };
+        Ok(n as usize)
     }
 }

@@ -31,7 +31,7 @@ mod quant;
 mod quant_host;
 mod random;
 mod step;
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 mod tp;
 mod weights;
 
@@ -40,7 +40,7 @@ pub use random::{deepseek_v3_slice, RoutingBalance};
 pub use pool::{GpuCache, PagePool};
 pub use quant::QuantKernelLayers;
 pub use step::{BatchOutput, BatchSeq, LogitRows, Readout};
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "hip"))]
 pub use tp::{TpCache, TpDecodeGraph, TpModel};
 
 use crate::backend::dispatch;

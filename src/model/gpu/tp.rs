@@ -12,7 +12,7 @@
 //! slices. Across nodes a node lacks the other nodes' slices, so each rank writes its slice into
 //! a zeroed [R, vocab] buffer and one more all-reduce assembles them (adding zeros is exact).
 //!
-//! Decode steps can be captured as one CUDA graph per rank ([`Communicator::capture`]); under DP
+//! Decode steps can be captured as one CUDA (HIP) graph per rank ([`Communicator::capture`]); under DP
 //! attention every rank's own attention rows are padded to the graph's per-rank batch size.
 //!
 //! DP attention ([`TpModel::load_with`] with [`AttnSplit::Data`]): every rank holds every head and
