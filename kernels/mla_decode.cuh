@@ -246,7 +246,9 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
   unsigned char* sp = sraw + RAW;
   float* red = reinterpret_cast<float*>(sp + BM * TN * 2);
 
-  const u32 rb = blockIdx.y;
+  // Row blocks in reverse order: under the causal mask later query rows see more keys, so the
+  // longest blocks start first (no long tail at prefill sizes).
+  const u32 rb = gridDim.y - 1 - blockIdx.y;
   const u32 rows_total = s_q * heads;
   if (rb * BM >= rows_total) return;
   const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
@@ -333,7 +335,11 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
       }
     };
     const u32 u_begin = t_begin * SUB;
-    const u32 u_end = min(t_end * SUB, ((u32)len + TN - 1) / TN);
+    // Tiles past the block's causal frontier (the keys its last row sees) hold no visible key for
+    // any of its rows: skipped, keeping the segment's first tile (the prologue loads it).
+    const i32 frontier = visible_keys(len, s_q, heads, min(rb * BM + BM - 1, rows_total - 1));
+    const u32 u_causal = max((u32)(max(frontier, 0) + (i32)TN - 1) / TN, u_begin + 1);
+    const u32 u_end = min(min(t_end * SUB, ((u32)len + TN - 1) / TN), u_causal);
     load_k(u_begin, 0);
     cp_async_commit();
     if constexpr (RAWBUF == 2) {
