@@ -16,25 +16,19 @@ DSV3_DEV u32 smem_u32(const void* p) {
   return a;
 }
 
-// 16-byte global -> shared copy, bypassing L1; `valid` false fills the 16 bytes with zeros
-// (the source is not read).
-DSV3_DEV void cp_async_16(u32 dst, const void* src, bool valid) {
-  const u32 n = valid ? 16u : 0u;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-// The same with the byte count given (16: a copy, 0: zero fill; the source is read only when 16).
+// 16-byte global -> shared copy, bypassing L1, of `bytes` (16: a copy; 0: 16 zero bytes, the
+// source is not read).
 DSV3_DEV void cp_async_16_n(u32 dst, const void* src, u32 bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
-// 4-byte global -> shared copy (through L1), zero fill as cp_async_16.
-DSV3_DEV void cp_async_4(u32 dst, const void* src, bool valid) {
-  const u32 n = valid ? 4u : 0u;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-// The same with the byte count given (4 or 0).
+// The same, `valid` false filling the 16 bytes with zeros.
+DSV3_DEV void cp_async_16(u32 dst, const void* src, bool valid) { cp_async_16_n(dst, src, valid ? 16u : 0u); }
+// 4-byte global -> shared copy (through L1) of `bytes` (4 or 0), zero fill as cp_async_16_n.
 DSV3_DEV void cp_async_4_n(u32 dst, const void* src, u32 bytes) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
 }
+// The same, `valid` false filling the 4 bytes with zeros.
+DSV3_DEV void cp_async_4(u32 dst, const void* src, bool valid) { cp_async_4_n(dst, src, valid ? 4u : 0u); }
 DSV3_DEV void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 // Waits until at most N committed groups are still in flight.
 template <int N> DSV3_DEV void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }

@@ -108,15 +108,10 @@ impl RankStep<'_> {
         }
     }
 
-    /// What the post-attention norm of layer `li` quantizes its output as: the operand of the
-    /// dense MLP's, or the shared expert's, gate and up (the router and the routed experts read
-    /// the f32 rows, which are written as well).
+    /// What the post-attention norm of layer `li` quantizes its output as
+    /// ([`GpuModel::ffn_act_quant`]; the f32 rows are written as well).
     fn ffn_quant(&self, li: usize) -> Option<ActQuant> {
-        let m = self.model;
-        match &m.layers[li].ffn {
-            Ffn::Dense(mlp) => m.mlp_act_quant(mlp),
-            Ffn::Moe(moe) => moe.shared.as_ref().and_then(|sh| m.mlp_act_quant(sh)),
-        }
+        self.model.ffn_act_quant(&self.model.layers[li])
     }
 }
 

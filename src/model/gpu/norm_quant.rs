@@ -21,7 +21,7 @@
 #![allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
 
 use super::quant::QuantLinear;
-use super::weights::{Linear, Mlp};
+use super::weights::{Ffn, Layer, Linear, Mlp, QProj};
 use super::GpuModel;
 use crate::backend::dispatch::{self, ActQuant};
 use crate::backend::quant_gemm::Int8Scheme;
@@ -82,7 +82,6 @@ impl GpuModel {
     /// per layer the input norm (q_a / q and kv_a), q_a_layernorm (q_b) and the post-attention
     /// norm (dense MLP or shared expert). Zero with the fusion off or without FP8 / INT8 GEMMs.
     pub fn norm_quant_sites(&self) -> usize {
-        use super::weights::{Ffn, QProj};
         let q_lora = self.cfg.q_lora_rank.unwrap_or(0);
         self.layers
             .iter()
@@ -91,11 +90,7 @@ impl GpuModel {
                     QProj::LowRank { q_b, .. } => self.shared_act_quant(&[q_b], q_lora).is_some(),
                     QProj::Direct(_) => false,
                 };
-                let ffn = match &l.ffn {
-                    Ffn::Dense(m) => self.mlp_act_quant(m),
-                    Ffn::Moe(m) => m.shared.as_ref().and_then(|sh| self.mlp_act_quant(sh)),
-                };
-                usize::from(self.attn_act_quant(l).is_some()) + usize::from(q_b) + usize::from(ffn.is_some())
+                usize::from(self.attn_act_quant(l).is_some()) + usize::from(q_b) + usize::from(self.ffn_act_quant(l).is_some())
             })
             .sum()
     }
@@ -103,6 +98,15 @@ impl GpuModel {
     /// The operand the gate and up projections of `m` share, if any.
     pub(super) fn mlp_act_quant(&self, m: &Mlp) -> Option<ActQuant> {
         self.shared_act_quant(&[&m.gate, &m.up], self.cfg.hidden_size)
+    }
+
+    /// The operand the post-attention norm of `layer` may write: the dense MLP's, or the shared
+    /// expert's, gate and up operand (the router and the routed experts read the f32 rows).
+    pub(super) fn ffn_act_quant(&self, layer: &Layer) -> Option<ActQuant> {
+        match &layer.ffn {
+            Ffn::Dense(m) => self.mlp_act_quant(m),
+            Ffn::Moe(m) => m.shared.as_ref().and_then(|sh| self.mlp_act_quant(sh)),
+        }
     }
 
     /// Empty codes and scales of `kind` for `rows` rows of `k`.
