@@ -118,6 +118,18 @@ DSV3_DEV u32 find_batch(const i32* cum, u32 batch, u32 g) {
 // inside the query block of s_q tokens).
 DSV3_DEV i32 visible_keys(i32 len, u32 s_q, u32 heads, u32 gr) { return len - (i32)s_q + (i32)(gr / heads) + 1; }
 
+// Tiles of `tn` keys holding a key that some row of row block rb (`bm` of the rows_total rows)
+// sees: past the block's causal frontier (the keys its last row sees) no row sees any (at
+// prefill, half of all tiles).
+DSV3_DEV u32 causal_tiles(i32 len, u32 s_q, u32 heads, u32 rb, u32 bm, u32 rows_total, u32 tn) {
+  const i32 frontier = visible_keys(len, s_q, heads, min(rb * bm + bm - 1, rows_total - 1));
+  return (u32)(max(frontier, 0) + (i32)tn - 1) / tn;
+}
+
+// This CTA's row block (grid.y) in reverse order: under the causal mask later query rows see
+// more keys, so the longest blocks start first (no long tail at prefill sizes).
+DSV3_DEV u32 row_block_longest_first() { return gridDim.y - 1 - blockIdx.y; }
+
 // One piece of a part's tile range that belongs to one sequence: tiles [t_begin, t_end) of
 // sequence b (counted from its first page). `full`: the whole sequence (written straight to out
 // / lse); else workspace slot `slot` (2·part for the range's first segment, 2·part + 1 for its last).
@@ -246,9 +258,7 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
   unsigned char* sp = sraw + RAW;
   float* red = reinterpret_cast<float*>(sp + BM * TN * 2);
 
-  // Row blocks in reverse order: under the causal mask later query rows see more keys, so the
-  // longest blocks start first (no long tail at prefill sizes).
-  const u32 rb = gridDim.y - 1 - blockIdx.y;
+  const u32 rb = row_block_longest_first();
   const u32 rows_total = s_q * heads;
   if (rb * BM >= rows_total) return;
   const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
@@ -335,10 +345,8 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
       }
     };
     const u32 u_begin = t_begin * SUB;
-    // Tiles past the block's causal frontier (the keys its last row sees) hold no visible key for
-    // any of its rows: skipped, keeping the segment's first tile (the prologue loads it).
-    const i32 frontier = visible_keys(len, s_q, heads, min(rb * BM + BM - 1, rows_total - 1));
-    const u32 u_causal = max((u32)(max(frontier, 0) + (i32)TN - 1) / TN, u_begin + 1);
+    // Tiles past the causal frontier are skipped, keeping the segment's first (the prologue loads it).
+    const u32 u_causal = max(causal_tiles(len, s_q, heads, rb, BM, rows_total, TN), u_begin + 1);
     const u32 u_end = min(min(t_end * SUB, ((u32)len + TN - 1) / TN), u_causal);
     load_k(u_begin, 0);
     cp_async_commit();

@@ -150,9 +150,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
   float* red = reinterpret_cast<float*>(sbase + 3 * TILE + P_TILE);  // [2][64]: m(i), c(i); the row sums at the end
   const u32 full0 = base + 3 * TILE + P_TILE + ROWBUF;               // mbarrier of K buffer b: full0 + 8b
 
-  // Row blocks in reverse order: under the causal mask later query rows see more keys, so the
-  // longest blocks start first (no long tail at prefill sizes).
-  const u32 rb = gridDim.y - 1 - blockIdx.y;
+  const u32 rb = row_block_longest_first();
   const u32 rows_total = s_q * heads;
   if (rb * BM >= rows_total) return;
   const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
@@ -190,10 +188,8 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     const i32 len = seq_lens[sg.b];
     const i32 vis0 = visible_keys(len, s_q, heads, gr0), vis1 = visible_keys(len, s_q, heads, gr1);
     const i32* bt = block_table + (u64)sg.b * max_pages;
-    // Tiles past the block's causal frontier (the keys its last row sees) hold no visible key
-    // for any of its rows: skipped (at prefill, half of all tiles).
-    const i32 frontier = visible_keys(len, s_q, heads, min(rb * BM + BM - 1, rows_total - 1));
-    const u32 u_begin = sg.t_begin, u_end = min(sg.t_end, (u32)(max(frontier, 0) + (i32)NT - 1) / NT);
+    // Tiles past the causal frontier are skipped.
+    const u32 u_begin = sg.t_begin, u_end = min(sg.t_end, causal_tiles(len, s_q, heads, rb, BM, rows_total, NT));
     const u32 n = u_end > u_begin ? u_end - u_begin : 0u;  // tiles of this segment
 
     // A K tile (page `page`) into K buffer wg: one thread of this warpgroup issues the 9 TMA
