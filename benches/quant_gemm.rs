@@ -39,7 +39,7 @@
 
 #[path = "common/gpu.rs"]
 mod common;
-use common::{copy_gbs, listed, moe_ids, stream, time_us, Rng};
+use common::{copy_gbs, listed, moe_ids, shape_listed, stream, time_us, Rng};
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
@@ -237,7 +237,7 @@ const SHARDS: [(&str, usize, usize); 2] = [("TP8 E256 I256", 256, 256), ("EP8 E3
 /// Dense INT8 rows of `scheme` on the six shapes at each of `ms`, with the plans `plans(m, n, k)`
 /// gives (kind, plan).
 fn dense_int8(s: &CudaStream, ws: &mut SplitKWorkspace, copy: f64, scheme: Int8Scheme, ms: &[usize], plans: &dyn Fn(usize, usize, usize) -> Vec<(String, QuantPlan)>) {
-    for (n, k) in SHAPES {
+    for (n, k) in SHAPES.into_iter().filter(|(n, k)| shape_listed(&format!("{n}x{k}"))) {
         let nc = copies_for(n * k);
         let w: Vec<(DeviceTensor, DeviceTensor)> = (0..nc)
             .map(|c| (random_bytes(s, DType::I8, &[n, k], 100 + c as u64), random_f(s, DType::F32, &[scheme.w_scales_len(n, k)], 1e-4, 3e-4, 200 + c as u64)))
@@ -278,7 +278,7 @@ fn main() {
     }
 
     // AWQ decode (group 128).
-    for (n, k) in SHAPES {
+    for (n, k) in SHAPES.into_iter().filter(|(n, k)| shape_listed(&format!("{n}x{k}"))) {
         let nc = copies_for(awq_bytes(n, k));
         let layers: Vec<_> = (0..nc).map(|c| awq_layer(&s, 1, n, k, 300 + 3 * c as u64)).collect();
         for m in listed(&[1, 16, 32, 64]) {
@@ -296,7 +296,7 @@ fn main() {
     }
 
     // MoE, TP-8 and EP-8 shards: block INT8 and AWQ.
-    for (label, e, inter) in SHARDS {
+    for (label, e, inter) in SHARDS.into_iter().filter(|(label, ..)| shape_listed(label)) {
         let w8 = int8_experts(&s, Int8Scheme::Block, e, inter, 31);
         let (a13q, a13z, a13s) = awq_layer(&s, e, 2 * inter, HIDDEN, 35);
         let (a2q, a2z, a2s) = awq_layer(&s, e, HIDDEN, inter, 38);

@@ -52,6 +52,16 @@ pub fn listed(counts: &[usize]) -> Vec<usize> {
     }
 }
 
+/// Whether the GEMM / MoE shape `label` ("7168x16384", "EP8", ...) is one that `DSV3_BENCH_SHAPES`
+/// lists (comma-separated prefixes of the table's shape column), every shape when it is unset:
+/// keeps a profiler's (ncu's) launch filter on the rows it is after.
+pub fn shape_listed(label: &str) -> bool {
+    match std::env::var("DSV3_BENCH_SHAPES") {
+        Ok(only) => only.split(',').any(|w| !w.trim().is_empty() && label.starts_with(w.trim())),
+        Err(_) => true,
+    }
+}
+
 /// Median over 7 batches of the per-launch mean of 20 back-to-back launches, in µs.
 pub fn time_us(s: &CudaStream, mut launch: impl FnMut(usize)) -> f64 {
     for i in 0..5 {
