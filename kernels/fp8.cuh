@@ -1,7 +1,7 @@
 // FP8 (e4m3fn / e4m3fnuz) quantization and dequantization.
 //   per_token_group_quant: q[r, c] = sat(x[r, c] / s[r, g]), s[r, g] = max(amax(group), eps) / QMAX,
 //     groups of GROUP consecutive channels (the last one may be partial); scales [rows, ceil(cols/GROUP)].
-//     One block of GROUP threads per (group, row).
+//     16 lanes per (row, group) (act_quant.cuh quant_groups128).
 //   per_token_group_fake_quant: x → dequant(quant(x)) with those scales, in x's type.
 //   block_dequant: out[n, k] = q[n, k] * scale_inv[n / B, k / B], scale_inv [ceil(N/B), ceil(K/B)].
 #pragma once
@@ -20,18 +20,12 @@ DSV3_DEV float group_value_and_scale(const T* DSV3_RESTRICT x, u32 r, u32 c, u32
   return v;
 }
 
+// grid: quant_groups128's (16 groups per 256-thread block; act_quant.cuh).
 template <class T, class F8, int GROUP>
 DSV3_DEV void per_token_group_quant(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const T* DSV3_RESTRICT x,
                                     u32 rows, u32 cols, float eps) {
-  const u32 g = blockIdx.x, r = blockIdx.y;
-  const u32 ngroups = ceil_div(cols, GROUP);
-  if (r >= rows || g >= ngroups) return;
-  const u32 c = g * GROUP + tid();
-  const bool in = tid() < GROUP && c < cols;
-  float s;
-  const float v = group_value_and_scale<T, F8, GROUP>(x, r, c, cols, in, eps, s);
-  if (in) q[(u64)r * cols + c] = fp8_act_code<F8>(v, s);
-  if (tid() == 0) scales[(u64)r * ngroups + g] = s;
+  static_assert(GROUP == 128, "the vectorized quantizer takes groups of 128");
+  quant_groups128<QgFp8<F8>, T, 0>(q, scales, x, rows, cols, cols, eps);
 }
 
 // out = dequant(quant(x)) with the scales of per_token_group_quant: the activation rounding of

@@ -8,113 +8,136 @@
 //   act_quant_group   per-token-group (128) FP8 quantization of bf16 rows, MODE 0: x; MODE 1:
 //                     silu(gate) · up from a gate_up [rows, 2I] row (the fused SiLU·mul + quant
 //                     between the two grouped GEMMs). Rows past *num_tiles · bm (when num_tiles is
-//                     non-null) are skipped. One warp per 128-group.
+//                     non-null) are skipped. 16 lanes per 128-group (act_quant.cuh).
 //   moe_combine_rows  out[t, :] = beta · out[t, :] + Σ_k w[t, k] · y[pair_to_row[t·topk + k], :].
 #pragma once
 #include "dsv3/dsv3.h"
+#include "act_quant.cuh"
 
 namespace dsv3 {
 
-// Dynamic smem: 2 · num_experts · 4 bytes. Block: up to 1024 threads.
+// Pairs per thread per pass of moe_align_tiles: its ids are loaded together, so a pass costs one
+// memory latency per 8 · blockDim pairs instead of one per blockDim.
+constexpr u32 MOE_ALIGN_BATCH = 8;
+
+// Dynamic smem: 2 · num_experts · 4 bytes. Block: up to 1024 threads (a power of two).
 DSV3_DEV void moe_align_tiles(i32* DSV3_RESTRICT sorted_ids, i32* DSV3_RESTRICT tile_expert, i32* DSV3_RESTRICT num_tiles,
                               i32* DSV3_RESTRICT pair_to_row, const i32* DSV3_RESTRICT topk_ids, u32 num_pairs,
                               u32 num_experts, u32 bm) {
   extern __shared__ i32 moe_align_smem[];
+  __shared__ i32 part[1024];
   i32* cnt = moe_align_smem;
   i32* cur = moe_align_smem + num_experts;
   const u32 t = tid(), nt = nthreads();
+  // This thread's ids of the pass starting at `base` (−1 past the end).
+  auto load_ids = [&](u32 base, i32 (&ids)[MOE_ALIGN_BATCH]) {
+#pragma unroll
+    for (u32 j = 0; j < MOE_ALIGN_BATCH; ++j) {
+      const u32 p = base + j * nt + t;
+      ids[j] = p < num_pairs ? topk_ids[p] : -1;
+    }
+  };
   for (u32 e = t; e < num_experts; e += nt) cnt[e] = 0;
   __syncthreads();
-  for (u32 p = t; p < num_pairs; p += nt) {
-    const i32 id = topk_ids[p];
-    if (id >= 0 && (u32)id < num_experts) atomicAdd(&cnt[id], 1);
+  for (u32 base = 0; base < num_pairs; base += MOE_ALIGN_BATCH * nt) {
+    i32 ids[MOE_ALIGN_BATCH];
+    load_ids(base, ids);
+#pragma unroll
+    for (u32 j = 0; j < MOE_ALIGN_BATCH; ++j)
+      if (ids[j] >= 0 && (u32)ids[j] < num_experts) atomicAdd(&cnt[ids[j]], 1);
   }
   __syncthreads();
-  __shared__ i32 total_rows;
-  if (t == 0) {
-    i32 run = 0;
-    for (u32 e = 0; e < num_experts; ++e) {
-      cur[e] = run;
-      run += (i32)(((u32)cnt[e] + bm - 1) / bm * bm);
-    }
-    total_rows = run;
-    *num_tiles = run / (i32)bm;
-  }
+  // Exclusive scan of the padded counts: each thread sums a run of experts, a Hillis-Steele scan
+  // over the threads' sums gives each run its start.
+  const u32 per = (num_experts + nt - 1) / nt, e0 = min(num_experts, t * per), e1 = min(num_experts, e0 + per);
+  auto padded = [&](u32 e) { return (i32)(((u32)cnt[e] + bm - 1) / bm * bm); };
+  i32 local = 0;
+  for (u32 e = e0; e < e1; ++e) local += padded(e);
+  part[t] = local;
   __syncthreads();
-  for (u32 e = t; e < num_experts; e += nt) {
-    const u32 tiles = ((u32)cnt[e] + bm - 1) / bm, first = (u32)cur[e] / bm;
+  for (u32 off = 1; off < nt; off <<= 1) {
+    const i32 y = t >= off ? part[t - off] : 0;
+    __syncthreads();
+    part[t] += y;
+    __syncthreads();
+  }
+  const i32 total_rows = part[nt - 1];
+  i32 run = part[t] - local;
+  for (u32 e = e0; e < e1; ++e) {
+    cur[e] = run;
+    const u32 first = (u32)run / bm, tiles = (u32)padded(e) / bm;
     for (u32 i = 0; i < tiles; ++i) tile_expert[first + i] = (i32)e;
+    run += padded(e);
   }
+  if (t == 0) *num_tiles = total_rows / (i32)bm;
   for (u32 r = t; r < (u32)total_rows; r += nt) sorted_ids[r] = -1;
   __syncthreads();
-  for (u32 p = t; p < num_pairs; p += nt) {
-    const i32 id = topk_ids[p];
-    if (id >= 0 && (u32)id < num_experts) {
-      const i32 pos = atomicAdd(&cur[id], 1);
-      sorted_ids[pos] = (i32)p;
-      pair_to_row[p] = pos;
-    } else {
-      pair_to_row[p] = -1;
+  for (u32 base = 0; base < num_pairs; base += MOE_ALIGN_BATCH * nt) {
+    i32 ids[MOE_ALIGN_BATCH];
+    load_ids(base, ids);
+#pragma unroll
+    for (u32 j = 0; j < MOE_ALIGN_BATCH; ++j) {
+      const u32 p = base + j * nt + t;
+      if (p >= num_pairs) continue;
+      const i32 id = ids[j];
+      if (id >= 0 && (u32)id < num_experts) {
+        const i32 pos = atomicAdd(&cur[id], 1);
+        sorted_ids[pos] = (i32)p;
+        pair_to_row[p] = pos;
+      } else {
+        pair_to_row[p] = -1;
+      }
     }
   }
 }
 
-DSV3_DEV float silu_f(float g) { return g / (1.0f + fexp(-g)); }
-
-// grid (rows), block 256 (8 warps loop over the row's groups). in_stride: elements between rows
-// of x (MODE 0) or gate_up (MODE 1, up at + cols).
+// grid: quant_groups128's (16 groups per 256-thread block); in_stride: elements between rows of
+// x (MODE 0) or gate_up (MODE 1, up at + cols).
 template <class F8, int MODE>
 DSV3_DEV void act_quant_group(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const bf16* DSV3_RESTRICT x, u32 rows,
                               u32 cols, u32 in_stride, const i32* DSV3_RESTRICT num_tiles, u32 bm, float eps) {
-  constexpr int G = 128;
-  const u32 r = blockIdx.x;
-  if (r >= rows) return;
-  if (num_tiles != nullptr && r >= (u32)(*num_tiles) * bm) return;
-  const u32 groups = (cols + G - 1) / G;
-  const u32 w = warp_id(), ln = lane(), nw = nwarps();
-  const bf16* xr = x + (u64)r * in_stride;
-  for (u32 grp = w; grp < groups; grp += nw) {
-    float v[G / WARP_SIZE];
-    float amax = 0.0f;
-#pragma unroll
-    for (int j = 0; j < G / WARP_SIZE; ++j) {
-      const u32 c = grp * G + ln + j * WARP_SIZE;
-      float val = 0.0f;
-      if (c < cols) {
-        if (MODE == 0) {
-          val = to_float(xr[c]);
-        } else {
-          val = silu_f(to_float(xr[c])) * to_float(xr[c + cols]);
-        }
-      }
-      v[j] = val;
-      amax = fmaxf(amax, fabsf(val));
-    }
-    amax = warp_max(amax);
-    const float s = fmaxf(amax, eps) / Fp8Traits<F8>::QMAX;
-#pragma unroll
-    for (int j = 0; j < G / WARP_SIZE; ++j) {
-      const u32 c = grp * G + ln + j * WARP_SIZE;
-      if (c < cols) q[(u64)r * cols + c] = from_float<F8>(v[j] / s);
-    }
-    if (ln == 0) scales[(u64)r * groups + grp] = s;
-  }
+  quant_groups128<QgFp8<F8>, bf16, MODE>(q, scales, x, rows_of_tiles(rows, num_tiles, bm), cols, in_stride, eps);
 }
 
-// grid (tokens), block up to 1024.
+// grid (tokens), block up to 1024: 8 consecutive columns per thread (16-byte loads and stores)
+// when hidden % 8 == 0 and the rows are 16-byte aligned, else one.
 DSV3_DEV void moe_combine_rows(bf16* out, const bf16* DSV3_RESTRICT y, const float* DSV3_RESTRICT topk_weights,
                                const i32* DSV3_RESTRICT pair_to_row, u32 tokens, u32 topk, u32 hidden, float beta) {
   const u32 t = blockIdx.x;
   if (t >= tokens) return;
-  for (u32 i = tid(); i < hidden; i += nthreads()) {
-    float acc = 0.0f;
+  const i32* rows = pair_to_row + (u64)t * topk;
+  const float* wt = topk_weights + (u64)t * topk;
+  bf16* orow = out + (u64)t * hidden;
+  const u32 width = hidden % 8 == 0 && is_aligned<bf16, 8>(y) && is_aligned<bf16, 8>(orow) ? 8u : 1u;
+  for (u32 c = tid() * width; c < hidden; c += nthreads() * width) {
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 4
     for (u32 k = 0; k < topk; ++k) {
-      const i32 r = pair_to_row[t * topk + k];
-      if (r >= 0) acc += topk_weights[t * topk + k] * to_float(y[(u64)r * hidden + i]);
+      const i32 r = rows[k];
+      if (r < 0) continue;
+      const bf16* yr = y + (u64)r * hidden + c;
+      const float w = wt[k];
+      if (width == 8) {
+        float v[8];
+        load_f32<bf16, 8>(yr, v);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] += w * v[j];
+      } else {
+        acc[0] += w * to_float(*yr);
+      }
     }
-    bf16* o = out + (u64)t * hidden + i;
-    if (beta != 0.0f) acc += beta * to_float(*o);
-    *o = f32_to_bf16(acc);
+    if (width == 8) {
+      if (beta != 0.0f) {
+        float o[8];
+        load_f32<bf16, 8>(orow + c, o);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[j] += beta * o[j];
+      }
+      store_f32<bf16, 8>(orow + c, acc);
+    } else {
+      if (beta != 0.0f) acc[0] += beta * to_float(orow[c]);
+      orow[c] = f32_to_bf16(acc[0]);
+    }
   }
 }
 

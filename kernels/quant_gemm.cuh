@@ -15,7 +15,8 @@
 //   group, scales [rows, ceil(cols/128)]) or 0 (per token, scales [rows]); MODE 0: x, MODE 1:
 //   silu(gate)·up of a gate_up [rows, 2·cols] row. s = max(amax, eps) / 127 and
 //   q = clamp(rint(x / s), −127, 127): an IEEE f32 division and round-half-to-even, bit-identical
-//   to the CPU reference (src/ops/int8.rs). grid (rows), block 256.
+//   to the CPU reference (src/ops/int8.rs). GROUP 128: grid of quant_groups128 (act_quant.cuh);
+//   per token: grid (rows), block 256.
 //
 // awq_gemm<BM>: out[m, n] (bf16) = Σ_k a[m, k] · (q[k, n] − z[k/G, n]) · s[k/G, n], a bf16 [M, K],
 //   zeros / scales in the checkpoint's layout (qzeros i32 [E][K/G, N/8], nibble order
@@ -71,39 +72,20 @@ DSV3_DEV float i8q_value(const T* xr, u32 c, u32 cols) {
 
 // i8q_code, i8_act_scale, i8q_group128 / i8q_token: act_quant.cuh (shared with norm.cuh).
 
-// grid (rows), block 256. Rows past *num_tiles · bm (num_tiles non-null: padded MoE rows) are
-// skipped. in_stride: elements between rows of x (MODE 0) or gate_up (MODE 1, up at + cols).
+// Grid: GROUP 128, quant_groups128's (16 groups per 256-thread block); per token, (rows), block
+// 256. Rows past *num_tiles · bm (num_tiles non-null: padded MoE rows) are skipped. in_stride: elements between rows of x (MODE 0) or gate_up (MODE 1, up at + cols).
 template <class T, int GROUP, int MODE>
 DSV3_DEV void int8_act_quant(i8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const T* DSV3_RESTRICT x, u32 rows,
                              u32 cols, u32 in_stride, const i32* DSV3_RESTRICT num_tiles, u32 bm, float eps) {
-  const u32 r = blockIdx.x;
-  if (r >= rows) return;
-  if (num_tiles != nullptr && r >= (u32)(*num_tiles) * bm) return;
-  const T* xr = x + (u64)r * in_stride;
-  i8* qr = q + (u64)r * cols;
+  rows = rows_of_tiles(rows, num_tiles, bm);
   if constexpr (GROUP > 0) {
-    static_assert(GROUP % WARP_SIZE == 0, "group / warp");
-    const u32 groups = (cols + GROUP - 1) / GROUP;
-    const u32 w = warp_id(), ln = lane(), nw = nwarps();
-    for (u32 grp = w; grp < groups; grp += nw) {
-      float v[GROUP / WARP_SIZE];
-      float amax = 0.0f;
-#pragma unroll
-      for (int j = 0; j < GROUP / WARP_SIZE; ++j) {
-        const u32 c = grp * GROUP + ln + j * WARP_SIZE;
-        v[j] = c < cols ? i8q_value<T, MODE>(xr, c, cols) : 0.0f;
-        amax = fmaxf(amax, fabsf(v[j]));
-      }
-      amax = warp_max(amax);
-      const float s = i8_act_scale(amax, eps);
-#pragma unroll
-      for (int j = 0; j < GROUP / WARP_SIZE; ++j) {
-        const u32 c = grp * GROUP + ln + j * WARP_SIZE;
-        if (c < cols) qr[c] = i8q_code(v[j], s);
-      }
-      if (ln == 0) scales[(u64)r * groups + grp] = s;
-    }
+    static_assert(GROUP == 128, "the vectorized quantizer takes groups of 128");
+    quant_groups128<QgInt8, T, MODE>(q, scales, x, rows, cols, in_stride, eps);
   } else {
+    const u32 r = blockIdx.x;
+    if (r >= rows) return;
+    const T* xr = x + (u64)r * in_stride;
+    i8* qr = q + (u64)r * cols;
     __shared__ float scratch[32];
     float amax = 0.0f;
     for (u32 c = tid(); c < cols; c += nthreads()) amax = fmaxf(amax, fabsf(i8q_value<T, MODE>(xr, c, cols)));

@@ -390,9 +390,9 @@ pub static FAMILIES: &[Family] = &[
                     scalar("cols", "u32"),
                     scalar("eps", "f32"),
                 ],
-                max_threads: 128,
+                max_threads: 256,
                 archs: Archs::ALL,
-                doc: "grid (ceil(cols/128), rows), block 128; scales [rows, ceil(cols/128)].",
+                doc: "grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); scales [rows, ceil(cols/128)].",
             },
             KernelSpec {
                 name: "fp8_fake_quant_group128_{T}_{F8}",
@@ -812,7 +812,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "bf16 rows -> FP8 + per-128-group scales; grid (rows), block 256.",
+                doc: "bf16 rows -> FP8 + per-128-group scales; grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride).",
             },
             KernelSpec {
                 name: "silu_mul_quant_group128_{F8}",
@@ -832,7 +832,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "silu(gate) * up of gate_up [rows, 2I] -> FP8 [rows, I] + scales; grid (rows), block 256.",
+                doc: "silu(gate) * up of gate_up [rows, 2I] -> FP8 [rows, I] + scales; grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride).",
             },
             KernelSpec {
                 name: "moe_combine_rows_bf16",
@@ -1069,7 +1069,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "x -> int8 + scales (group128: [rows, ceil(cols/128)]; token: [rows]), s = max(amax, eps)/127, q = rint(x/s); grid (rows), block 256.",
+                doc: "x -> int8 + scales (group128: [rows, ceil(cols/128)]; token: [rows]), s = max(amax, eps)/127, q = rint(x/s); group128: grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); token: grid (rows), block 256.",
             },
             KernelSpec {
                 name: "int8_silu_mul_quant_{G}",
@@ -1089,7 +1089,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
-                doc: "silu(gate) * up of gate_up [rows, 2I] -> int8 [rows, I] + scales; grid (rows), block 256.",
+                doc: "silu(gate) * up of gate_up [rows, 2I] -> int8 [rows, I] + scales; group128: grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); token: grid (rows), block 256.",
             },
             KernelSpec {
                 name: "awq_gemm_bm{BM}",

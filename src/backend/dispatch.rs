@@ -403,7 +403,7 @@ pub fn fp8_quant_group128(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTe
     launch_by_name(
         s,
         &format!("fp8_quant_group128_{}_{}", x.dtype(), q.dtype()),
-        LaunchCfg::new((u32_of(g.max(1), "groups")?, u32_of(rows.max(1), "rows")?, 1), (128, 1, 1), 0),
+        LaunchCfg::quant_groups128(rows, cols)?,
         &[KArg::Out(q), KArg::Out(scales), KArg::In(x), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
     )
 }

@@ -603,7 +603,7 @@ pub fn act_quant(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor, x: 
         return Ok(());
     }
     let mut vals = [q.raw(), scales.raw(), x.raw(), rows as u64, u32_of(cols, "cols")? as u64, cols as u64, 0, 1, 1e-10f32.to_bits() as u64];
-    launch_raw(s, &format!("act_quant_group128_{}", q.dtype()), LaunchCfg::linear(u32_of(rows, "rows")?, 256), &mut vals)
+    launch_raw(s, &format!("act_quant_group128_{}", q.dtype()), LaunchCfg::quant_groups128(rows, cols)?, &mut vals)
 }
 
 /// Fused SiLU·mul + per-token-group quant: gate_up bf16 [rows, 2I] → q [rows, I], scales [rows, ⌈I/128⌉].
@@ -618,7 +618,7 @@ pub fn silu_mul_quant(s: &dyn GpuStream, q: &DeviceTensor, scales: &DeviceTensor
         return Ok(());
     }
     let mut vals = [q.raw(), scales.raw(), gate_up.raw(), rows as u64, u32_of(i, "cols")? as u64, c2 as u64, 0, 1, 1e-10f32.to_bits() as u64];
-    launch_raw(s, &format!("silu_mul_quant_group128_{}", q.dtype()), LaunchCfg::linear(u32_of(rows, "rows")?, 256), &mut vals)
+    launch_raw(s, &format!("silu_mul_quant_group128_{}", q.dtype()), LaunchCfg::quant_groups128(rows, i)?, &mut vals)
 }
 
 /// FP8 expert weights of one MoE layer (all local experts stacked): `w13` = per expert
@@ -756,7 +756,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let xq = wsp.buf(s, slot::X, f8, t * h)?;
         let xs = wsp.buf(s, slot::X_SCALES, DType::F32, t * h.div_ceil(128))?;
         let mut v = [xq, xs, x.raw(), t as u64, h as u64, h as u64, 0, 1, 1e-10f32.to_bits() as u64];
-        launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)?;
+        launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::quant_groups128(t, h)?, &mut v)?;
         Ok(Operand { data: xq, scales: xs })
     }
 
@@ -771,7 +771,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let hq = wsp.buf(s, slot::H, f8, m * inter)?;
         let hs = wsp.buf(s, slot::H_SCALES, DType::F32, m * inter.div_ceil(128))?;
         let mut v = [hq, hs, gate_up, m as u64, inter as u64, (2 * inter) as u64, rows.num_tiles, rows.bm as u64, 1e-10f32.to_bits() as u64];
-        launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::linear(u32_of(m, "rows")?, 256), &mut v)?;
+        launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::quant_groups128(m, inter)?, &mut v)?;
         Ok(Operand { data: hq, scales: hs })
     }
 

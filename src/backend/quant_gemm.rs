@@ -372,7 +372,7 @@ pub fn int8_act_quant(
         return Ok(());
     }
     let name = format!("int8_quant_{}_{}", scheme.quant_tag(), x.dtype());
-    launch_int8_quant(s, &name, [q.raw(), scales.raw(), x.raw()], rows, cols, cols, (0, 1))
+    launch_int8_quant(s, scheme, &name, [q.raw(), scales.raw(), x.raw()], rows, cols, cols, (0, 1))
 }
 
 /// Fused SiLU·mul + INT8 quantization: `gate_up` bf16 `[rows, 2I]` → `q` i8 `[rows, I]` and scales
@@ -401,16 +401,20 @@ pub fn int8_silu_mul_quant(
         return Ok(());
     }
     let name = format!("int8_silu_mul_quant_{}", scheme.quant_tag());
-    launch_int8_quant(s, &name, [q.raw(), scales.raw(), gate_up.raw()], rows, i, c2, (0, 1))
+    launch_int8_quant(s, scheme, &name, [q.raw(), scales.raw(), gate_up.raw()], rows, i, c2, (0, 1))
 }
 
-/// Launches INT8 activation-quantization kernel `name` (`int8_quant_*`, `int8_silu_mul_quant_*`)
+/// Launches INT8 activation-quantization kernel `name` (`int8_quant_*`, `int8_silu_mul_quant_*`) of `scheme`
 /// on `io` = (codes, scales, input) raw: `rows` rows of `cols` values, input rows `stride` apart;
 /// `tiles` = (num_tiles address, bm): rows of tiles past `*num_tiles` are skipped ((0, 1): none).
-pub(super) fn launch_int8_quant(s: &dyn GpuStream, name: &str, io: [u64; 3], rows: usize, cols: usize, stride: usize, tiles: (u64, usize)) -> Result<()> {
+pub(super) fn launch_int8_quant(s: &dyn GpuStream, scheme: Int8Scheme, name: &str, io: [u64; 3], rows: usize, cols: usize, stride: usize, tiles: (u64, usize)) -> Result<()> {
     let r = u32_of(rows, "rows")?;
     let mut vals = [io[0], io[1], io[2], r as u64, u32_of(cols, "cols")? as u64, u32_of(stride, "stride")? as u64, tiles.0, tiles.1 as u64, EPS.to_bits() as u64];
-    launch_raw(s, name, LaunchCfg::linear(r, 256), &mut vals)
+    let cfg = match scheme {
+        Int8Scheme::Block => LaunchCfg::quant_groups128(rows, cols)?,
+        Int8Scheme::Channel => LaunchCfg::linear(r, 256),
+    };
+    launch_raw(s, name, cfg, &mut vals)
 }
 
 fn check_int8_operands(

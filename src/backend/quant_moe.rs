@@ -89,7 +89,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let t = x.numel().checked_div(h).unwrap_or(0);
         let q = wsp.buf(s, slot::X, DType::I8, t * h)?;
         let sc = wsp.buf(s, slot::X_SCALES, DType::F32, self.scheme.a_scales_len(t, h))?;
-        launch_int8_quant(s, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), [q, sc, x.raw()], t, h, h, (0, 1))?;
+        launch_int8_quant(s, self.scheme, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), [q, sc, x.raw()], t, h, h, (0, 1))?;
         Ok(Operand { data: q, scales: sc })
     }
 
@@ -102,7 +102,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let m = rows.rows();
         let q = wsp.buf(s, slot::H, DType::I8, m * i)?;
         let sc = wsp.buf(s, slot::H_SCALES, DType::F32, self.scheme.a_scales_len(m, i))?;
-        launch_int8_quant(s, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), [q, sc, gate_up], m, i, 2 * i, (rows.num_tiles, rows.bm))?;
+        launch_int8_quant(s, self.scheme, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), [q, sc, gate_up], m, i, 2 * i, (rows.num_tiles, rows.bm))?;
         Ok(Operand { data: q, scales: sc })
     }
 

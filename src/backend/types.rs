@@ -212,6 +212,13 @@ impl LaunchCfg {
     pub fn linear(blocks: u32, threads: u32) -> Self {
         LaunchCfg::new((blocks, 1, 1), (threads, 1, 1), 0)
     }
+    /// The group-128 quantizers' launch (kernels/act_quant.cuh `quant_groups128`): 16 lanes per
+    /// (row, 128-group) item, 16 items per 256-thread block (at least one block).
+    pub fn quant_groups128(rows: usize, cols: usize) -> Result<Self> {
+        let items = rows.checked_mul(cols.div_ceil(128)).filter(|&i| i <= u32::MAX as usize);
+        let items = items.ok_or_else(|| crate::error::Error::InvalidArgument(format!("quantizer: {rows} rows of {cols} values exceed the u32 item index")))?;
+        Ok(LaunchCfg::linear(items.div_ceil(16).max(1) as u32, 256))
+    }
     pub fn with_shared(mut self, bytes: u32) -> Self {
         self.shared_mem = bytes;
         self
