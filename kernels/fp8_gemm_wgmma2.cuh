@@ -25,7 +25,9 @@
 //   into f32, or s8 into s32) into a fresh partial; the consumer waits for it (wait_group 0),
 //   releases its stage and promotes it (total += partial · the stage's row scale), then issues
 //   the next block: while one warpgroup promotes, the tensor cores run the other's MMAs
-//   (DeepGEMM's scheme). Keeping a second partial set in flight behind the promotion instead
+//   (DeepGEMM's scheme). A named barrier orders the issue (warpgroup 0's group of a block
+//   before 1's, as cuBLASLt's kernel does), so the two groups do not interleave and finish
+//   one after the other instead of together. Keeping a second partial set in flight behind the promotion instead
 //   (wait_group 1, two sets alternating) measured 3–8% slower (docs/perf/fp8_gemm.md, session 5).
 //   Policies whose scale does not change along K (Op::WHOLE_K: channel INT8) skip the promotion:
 //   the partial keeps summing the tile's blocks (scale-d 1 after its first block; block kb − 1's
@@ -64,6 +66,7 @@ namespace dsv3 {
 constexpr int WG2_STAGES = 5;
 constexpr u32 WG2_GROUP_M = 8;      // M tiles per rasterization band
 constexpr u32 WG2_EPI_PITCH = 272;  // bytes per staged output row: 256 + 16
+constexpr u32 WG2_ORDER_BAR = 4;     // named barrier of the consumers' issue order (1: gathers, 2, 3: epilogues)
 
 // Shared memory of one CTA, offsets from its 1024-aligned base (the Rust side mirrors BYTES).
 struct Wg2Smem {
@@ -276,28 +279,42 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
 
   // Waits for the current stage and issues its 4 k32 steps into `acc` (one wgmma group): a fresh
   // partial, or (Op::WHOLE_K, `fresh` false) on top of the tile's earlier blocks.
+  // Issue order: warpgroup 0 issues each block before warpgroup 1 (named barrier WG2_ORDER_BAR,
+  // synced after 0's issue and before 1's), so the tensor cores run 0's group, then 1's, and each
+  // warpgroup promotes while the other's group runs. Unordered, the two groups of a block
+  // interleave, finish together and both promote with the tensor cores idle (what cuBLASLt's
+  // kernel does, read off its SASS: tensor pipe 84% busy against v2's 62% without the order).
+  // Both warpgroups issue the same blocks in the same order, so every sync pairs up.
   auto issue = [&](bool fresh) {
     mbar_wait(c.full(stage), phase);
     if (gathered) fence_proxy_async();  // the A rows were written by cp.async (generic proxy)
     const u32 a = c.base + stage * Wg2Smem::STAGE + w * 64 * 128, b = c.base + stage * Wg2Smem::STAGE + Wg2Smem::TILE;
+    // A k32 step advances both tiles by 32 bytes: 2 in the descriptors' address field (addr >> 4).
+    const u64 da = wgmma_desc_sw128(a), db = wgmma_desc_sw128(b);
+    if (w == 1) named_bar_sync(WG2_ORDER_BAR, 256);
     wgmma_fence();
     if constexpr (Op::WHOLE_K) {
-      Op::mma_first(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b), fresh);
+      Op::mma_first(acc, da, db, fresh);
     } else {
-      Op::template mma<false>(acc, wgmma_desc_sw128(a), wgmma_desc_sw128(b));
+      Op::template mma<false>(acc, da, db);
     }
 #pragma unroll
-    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, wgmma_desc_sw128(a + ks * 32), wgmma_desc_sw128(b + ks * 32));
+    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, da + 2 * ks, db + 2 * ks);
     wgmma_commit();
     wgmma_pin(acc);
+    if (w == 0) named_bar_sync(WG2_ORDER_BAR, 256);
   };
-  // The group of stage `s` has completed: read its row scales, free the stage, and (block scales)
-  // promote the partial into the total.
+  // Row scales of stage `s`: written by the producer before the stage's `full` barrier, read before
+  // waiting for its group, so the load's latency hides behind the MMAs.
   float row_s0 = 0.0f, row_s1 = 0.0f;
-  auto retire = [&](u32 s) {
-    wgmma_pin(acc);
+  auto scales_of = [&](u32 s) {
     row_s0 = c.scales(s)[r0];
     row_s1 = c.scales(s)[r0 + 8];
+  };
+  // The group of stage `s` has completed (its row scales loaded): free the stage, and (block
+  // scales) promote the partial into the total.
+  auto retire = [&](u32 s) {
+    wgmma_pin(acc);
     __syncwarp();
     if (ln == 0) {
       mbar_arrive(c.empty(s));
@@ -334,12 +351,14 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
       if constexpr (Op::WHOLE_K) {
         // One sum over K: block kb queues behind kb − 1, whose stage is freed once it completed.
         issue(false);
+        scales_of(prev);
         wgmma_wait<1>();
         retire(prev);
       } else {
         // Promote block kb − 1, then issue kb: the tensor cores run the other warpgroup's MMAs
         // meanwhile (measured 3–8% faster than keeping a second partial set in flight behind the
         // promotion, docs/perf/fp8_gemm.md).
+        scales_of(prev);
         wgmma_wait<0>();
         retire(prev);
         issue(true);
@@ -347,6 +366,7 @@ DSV3_DEV void wg2_consume(const Wg2Ctx& c) {
       prev = stage;
       wg2_advance(stage, phase);
     }
+    scales_of(prev);
     wgmma_wait<0>();
     retire(prev);
     finish();
