@@ -30,7 +30,8 @@
 // 16-byte chunks: conflict-free ldmatrix), P [BM][64], reductions: 16·MW·1152 + 147456 +
 // 16·MW·128 + 512 bytes (MW = 4: 229888, fits the H200's 227 KiB; sm_80 / sm_89 PTX runs on it).
 //
-// HIP: the same contract and scheduling with a plain per-row path (no matrix cores yet).
+// HIP (gfx90a, gfx942): the same contract and scheduling on the matrix cores (bf16 MFMA 16x16x16,
+// 32-key tiles, 64 KiB of LDS; mla_decode_split_mfma below). Compiled, not run on AMD hardware.
 //
 // FP8 latent cache (`--kv-cache-dtype fp8_e4m3`, FlashMLA's layout): cache [pages, 64, 656] u8,
 // each token row 656 bytes:
@@ -62,7 +63,7 @@ constexpr u32 META_HDR = 4;
 // takes a second raw tile buffer where it fits (the host's MlaDecodePlan::smem_bytes mirrors it).
 constexpr u32 SMEM_PAGE_TILES = 227 * 1024, SMEM_HALF_TILES = 113 * 1024;
 
-// FP8 cache rows: F8_* and key_at(const u8*, d) come from mla_fp8_row.cuh (see the top of this file).
+// FP8 cache rows: the F8_* layout constants come from mla_fp8_row.cuh (see the top of this file).
 static_assert(F8_LATENT == DV && F8_LATENT + F8_ROPE_DIM == DK, "fp8 row widths");
 
 // The cache row formats: TC = bf16 (576 bf16 values) or e4m3fn (the 656-byte fp8 row). `elem` is
@@ -77,9 +78,7 @@ template <> struct CacheRow<e4m3fn> {
   static constexpr bool FP8 = true;
 };
 
-// Element d (0 .. 575) of a cache row as f32 (the plain path's loads; the fp8 row's overload is
-// in mla_fp8_row.cuh).
-DSV3_DEV float key_at(const bf16* row, u32 d) { return to_float(row[d]); }
+// Elements (of the cache's pointer type) per token row.
 DSV3_DEV u64 row_elems(const bf16*) { return DK; }
 DSV3_DEV u64 row_elems(const u8*) { return F8_ROW; }
 
@@ -827,7 +826,8 @@ DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, 
 }
 
 // The same with 32-key tiles and 4 warps (MW = 1, 2): about half the shared memory, so two
-// blocks run per SM (four half-page tiles in flight, their barriers interleaved).
+// blocks run per SM (four half-page tiles in flight, their barriers interleaved). HIP: the MFMA
+// kernel with 2 waves (its LDS, 36–40 KiB, still allows one block per CU).
 template <class TO, int MW, class TC = bf16>
 DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
