@@ -30,7 +30,8 @@
 // 16-byte chunks: conflict-free ldmatrix), P [BM][64], reductions: 16·MW·1152 + 147456 +
 // 16·MW·128 + 512 bytes (MW = 4: 229888, fits the H200's 227 KiB; sm_80 / sm_89 PTX runs on it).
 //
-// HIP: the same contract and scheduling with a plain per-row path (no matrix cores yet).
+// HIP (gfx90a, gfx942): the same contract and scheduling on the matrix cores (bf16 MFMA 16x16x16,
+// 32-key tiles, 64 KiB of LDS; mla_decode_split_mfma below). Compiled, not run on AMD hardware.
 //
 // FP8 latent cache (`--kv-cache-dtype fp8_e4m3`, FlashMLA's layout): cache [pages, 64, 656] u8,
 // each token row 656 bytes:
@@ -48,6 +49,7 @@
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
+#include "dsv3/mfma_bf16.h"
 #include "mla_fp8_row.cuh"
 
 namespace dsv3 {
@@ -61,7 +63,7 @@ constexpr u32 META_HDR = 4;
 // takes a second raw tile buffer where it fits (the host's MlaDecodePlan::smem_bytes mirrors it).
 constexpr u32 SMEM_PAGE_TILES = 227 * 1024, SMEM_HALF_TILES = 113 * 1024;
 
-// FP8 cache rows: F8_* and key_at(const u8*, d) come from mla_fp8_row.cuh (see the top of this file).
+// FP8 cache rows: the F8_* layout constants come from mla_fp8_row.cuh (see the top of this file).
 static_assert(F8_LATENT == DV && F8_LATENT + F8_ROPE_DIM == DK, "fp8 row widths");
 
 // The cache row formats: TC = bf16 (576 bf16 values) or e4m3fn (the 656-byte fp8 row). `elem` is
@@ -76,9 +78,7 @@ template <> struct CacheRow<e4m3fn> {
   static constexpr bool FP8 = true;
 };
 
-// Element d (0 .. 575) of a cache row as f32 (the plain path's loads; the fp8 row's overload is
-// in mla_fp8_row.cuh).
-DSV3_DEV float key_at(const bf16* row, u32 d) { return to_float(row[d]); }
+// Elements (of the cache's pointer type) per token row.
 DSV3_DEV u64 row_elems(const bf16*) { return DK; }
 DSV3_DEV u64 row_elems(const u8*) { return F8_ROW; }
 
@@ -519,53 +519,294 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
 }
 #endif
 
-#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
-// Plain path (HIP, and a reference inside CUDA builds when DSV3_MLA_SIMPLE is defined): same
-// scheduling and outputs; one wave per query row, online softmax in f32.
-template <class TO, int MW, class TC>
-DSV3_DEV void mla_decode_split_simple(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
-                                      float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
-                                      const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
-                                      const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                                      const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
-                                      float scale) {
+#if defined(DSV3_HIP)
+// HIP (gfx90a, gfx942): the same contract and scheduling on the matrix cores, bf16 MFMA
+// 16x16x16 (lane layouts: dsv3/mfma_bf16.h). Compiled, not run on AMD hardware.
+//
+// Block: NW waves (4 for mla_decode_*, 2 for mla_decode_t32_*: the host's 256 / 128 threads),
+// BM = 16·MW rows, 32-key tiles (a 64-key bf16 tile alone is 72 KiB, over the 64 KiB of LDS).
+// Wave w owns m-tile mt = w % MW and group g = w / MW of NG = NW / MW:
+//  - S transposed, Sᵀ = K·Qᵀ (A = K from LDS, B = Q held in registers), 32 keys × the wave's 16
+//    rows over the group's share of the 576 columns; with NG > 1 the NG partial Sᵀ of an m-tile
+//    are summed through LDS in group order, so its waves hold the same S and run the same softmax.
+//  - Sᵀ's accumulator holds, in lane i + 16q, row i and keys 4q .. 4q + 3: the B operand (Pᵀ) of
+//    Oᵀ += Vᵀ·Pᵀ as it stands, so P never goes through LDS, and Oᵀ's accumulator holds row i
+//    (columns 4q .. 4q + 3) in the lane that has row i's softmax statistics.
+//  - O: the wave's 16 rows × the group's 512 / NG columns. V = the first 512 columns of the K
+//    tile, read 4 keys × 1 column per lane (2-byte LDS reads; the tile is stored row-major).
+// The K tile goes global -> registers (issued before the previous tile's math) -> LDS: bf16 rows
+// as they are, fp8 rows dequantized on the way (bf16(e4m3 · s), as the CUDA path). Keys past the
+// sequence end are written as zeros, never loaded (unused slots may hold NaN, and 0 · NaN = NaN
+// in P·V even where P = 0); the causal / length mask sets their S to -inf.
+// LDS: the K tile, 32 × 1152 bytes (rows XOR-swizzled in 16-byte chunks, swz), plus NW · 2 KiB
+// of Sᵀ partials when NG > 1: at most 45056 bytes, static (the host launches 0 dynamic bytes).
+namespace mla {
+
+constexpr u32 HTN = 32, HSUB = NT / HTN;  // keys per HIP tile, tiles per page
+// K steps of Sᵀ between scheduling barriers: bounds the LDS reads
+// in flight ahead of the MFMAs (registers) while keeping a few to hide their latency.
+constexpr u32 SCHED_KS = 4;
+
+// Byte offset of value d of row `row` in a swizzled [rows][576] bf16 tile.
+DSV3_DEV u32 swz_at(u32 row, u32 d) { return swz(row, d / 8) + (d % 8) * 2; }
+
+// The K tile's staging (global -> registers -> LDS) by cache row type, THR threads, N chunks per
+// thread: load_chunk(j, src, k0, len) reads chunk j of the tile whose first row is src (key k0),
+// store_chunk(j, sk) writes it to the bf16 LDS tile.
+template <class TC, u32 THR> struct KStage;
+
+template <u32 THR> struct KStage<bf16, THR> {
+  static constexpr u32 N = HTN * CHUNKS / THR;  // 16-byte chunks per thread
+  static_assert(HTN * CHUNKS % THR == 0, "K tile split");
+  Vec<u32, 4> v[N];
+  DSV3_DEV void load_chunk(u32 j, const bf16* src, i32 k0, i32 len) {
+    const u32 idx = tid() + j * THR, row = idx / CHUNKS, c = idx % CHUNKS;
+    v[j] = k0 + (i32)row < len ? load_vec<u32, 4>(reinterpret_cast<const u32*>(src + row * DK + c * 8)) : Vec<u32, 4>{};
+  }
+  DSV3_DEV void store_chunk(u32 j, unsigned char* sk) const {
+    const u32 idx = tid() + j * THR;
+    *reinterpret_cast<Vec<u32, 4>*>(sk + swz(idx / CHUNKS, idx % CHUNKS)) = v[j];
+  }
+};
+
+// fp8 rows: 40 items per row, 32 latent chunks of 16 e4m3 (group c / 8, its scale loaded with it)
+// and 8 rope chunks of 8 bf16.
+template <u32 THR> struct KStage<e4m3fn, THR> {
+  static constexpr u32 LAT = F8_LATENT / 16, ITEMS = LAT + F8_ROPE_DIM / 8, N = HTN * ITEMS / THR;
+  static_assert(HTN * ITEMS % THR == 0, "fp8 K tile split");
+  Vec<u32, 4> v[N];
+  float sc[N];
+  DSV3_DEV void load_chunk(u32 j, const u8* src, i32 k0, i32 len) {
+    const u32 idx = tid() + j * THR, row = idx / ITEMS, c = idx % ITEMS;
+    const u8* r = src + row * F8_ROW;
+    const bool ok = k0 + (i32)row < len;
+    v[j] = ok ? load_vec<u32, 4>(reinterpret_cast<const u32*>(r + (c < LAT ? c * 16 : F8_ROPE + (c - LAT) * 16))) : Vec<u32, 4>{};
+    sc[j] = ok && c < LAT ? reinterpret_cast<const float*>(r + F8_SCALES)[c / (F8_GROUP / 16)] : 0.0f;
+  }
+  // Eight e4m3 (two words) times their scale -> eight bf16 (one 16-byte chunk).
+  static DSV3_DEV Vec<u32, 4> dequant8(u32 lo, u32 hi, float s) {
+    float f[4], g[4];
+    e4m3fn_x4_to_f32(lo, f);
+    e4m3fn_x4_to_f32(hi, g);
+    return Vec<u32, 4>{{pack_bf16x2(f[0] * s, f[1] * s), pack_bf16x2(f[2] * s, f[3] * s), pack_bf16x2(g[0] * s, g[1] * s),
+                        pack_bf16x2(g[2] * s, g[3] * s)}};
+  }
+  DSV3_DEV void store_chunk(u32 j, unsigned char* sk) const {
+    const u32 idx = tid() + j * THR, row = idx / ITEMS, c = idx % ITEMS;
+    if (c < LAT) {
+      *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, 2 * c)) = dequant8(v[j].v[0], v[j].v[1], sc[j]);
+      *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, 2 * c + 1)) = dequant8(v[j].v[2], v[j].v[3], sc[j]);
+    } else {
+      *reinterpret_cast<Vec<u32, 4>*>(sk + swz(row, DV / 8 + c - LAT)) = v[j];
+    }
+  }
+};
+
+// The staging loops over a KStage's N chunks: the whole tile into registers and out to LDS
+// (prefetch), or copied a few chunks at a time.
+template <class S, class E> DSV3_DEV void stage_load(S& st, const E* src, i32 k0, i32 len) {
+#pragma unroll
+  for (u32 j = 0; j < S::N; ++j) st.load_chunk(j, src, k0, len);
+}
+template <class S> DSV3_DEV void stage_store(const S& st, unsigned char* sk) {
+#pragma unroll
+  for (u32 j = 0; j < S::N; ++j) st.store_chunk(j, sk);
+}
+template <class S, class E> DSV3_DEV void stage_copy(S& st, const E* src, i32 k0, i32 len, unsigned char* sk) {
+  constexpr u32 STEP = 3;
+#pragma unroll
+  for (u32 j0 = 0; j0 < S::N; j0 += STEP) {
+    sched_barrier();
+#pragma unroll
+    for (u32 j = j0; j < j0 + STEP && j < S::N; ++j) st.load_chunk(j, src, k0, len);
+#pragma unroll
+    for (u32 j = j0; j < j0 + STEP && j < S::N; ++j) st.store_chunk(j, sk);
+  }
+}
+
+// Q fragments (B operands of Sᵀ) of one lane: row `qrow` (null: a padding row, zeros), columns
+// d0 + 16·ks .. + 3 (d0 = the group's first column + 4q).
+template <u32 KSG> DSV3_DEV void load_q_frags(mfma_bf16x4 (&qf)[KSG], const bf16* qrow, u32 d0) {
+#pragma unroll
+  for (u32 ks = 0; ks < KSG; ++ks)
+    qf[ks] = qrow ? bit_cast<mfma_bf16x4>(load_vec<u32, 2>(reinterpret_cast<const u32*>(qrow + d0 + 16 * ks))) : mfma_bf16x4{};
+}
+
+// Sᵀ of the tile's keys 16·kt + (0..15) × the wave's rows over its columns: A = K rows (lane i:
+// key 16·kt + i, columns d0 + 16·ks .. + 3), B = the Q fragments.
+template <u32 KSG>
+DSV3_DEV void scores_t(mfma_f32x4 (&st)[HTN / 16], const unsigned char* sk, const mfma_bf16x4 (&qf)[KSG], u32 d0, u32 i) {
+#pragma unroll
+  for (u32 kt = 0; kt < HTN / 16; ++kt) st[kt] = mfma_f32x4{};
+#pragma unroll
+  for (u32 ks = 0; ks < KSG; ++ks) {
+    if (ks % SCHED_KS == 0) sched_barrier();
+#pragma unroll
+    for (u32 kt = 0; kt < HTN / 16; ++kt)
+      st[kt] = mfma_16x16x16_bf16(*reinterpret_cast<const mfma_bf16x4*>(sk + swz_at(16 * kt + i, d0 + 16 * ks)), qf[ks], st[kt]);
+  }
+}
+
+// NG > 1: the m-tile's NG partial Sᵀ summed through `red` ([NW][8][64] f32), in group order.
+template <u32 NG, u32 MW>
+DSV3_DEV void sum_partials(mfma_f32x4 (&st)[HTN / 16], float* red, u32 w, u32 mt, u32 ln) {
+  if constexpr (NG > 1) {
+#pragma unroll
+    for (u32 e = 0; e < 4 * (HTN / 16); ++e) red[(w * 8 + e) * 64 + ln] = st[e / 4][e % 4];
+    __syncthreads();
+#pragma unroll
+    for (u32 e = 0; e < 4 * (HTN / 16); ++e) {
+      float x = 0.0f;
+#pragma unroll
+      for (u32 gg = 0; gg < NG; ++gg) x += red[((gg * MW + mt) * 8 + e) * 64 + ln];
+      st[e / 4][e % 4] = x;
+    }
+  }
+}
+
+// Online softmax of one tile (log2 domain; key0 = the lane's first key, 16·kt + e after it; keys
+// at or past vis masked): P as the Pᵀ operands pf, m and the lane's partial sum l updated;
+// returns the factor the accumulated O is scaled by. The row's 4 lanes (xor 16, 32) agree on m.
+DSV3_DEV float softmax_tile(mfma_f32x4 (&st)[HTN / 16], mfma_bf16x4 (&pf)[HTN / 16], float& m, float& l, i32 key0, i32 vis, float sl2) {
+  float mx = -f32_inf();
+#pragma unroll
+  for (u32 kt = 0; kt < HTN / 16; ++kt)
+#pragma unroll
+    for (u32 e = 0; e < 4; ++e) {
+      st[kt][e] = key0 + (i32)(16 * kt + e) < vis ? st[kt][e] * sl2 : -f32_inf();
+      mx = fmaxf(mx, st[kt][e]);
+    }
+  mx = fmaxf(mx, shfl_xor(mx, 16));
+  mx = fmaxf(mx, shfl_xor(mx, 32));
+  const float mn = fmaxf(m, mx), ms = mn == -f32_inf() ? 0.0f : mn, c = fexp2(m - ms);
+  m = mn;
+  float ps = 0.0f;
+#pragma unroll
+  for (u32 kt = 0; kt < HTN / 16; ++kt) {
+    float p[4];
+#pragma unroll
+    for (u32 e = 0; e < 4; ++e) {
+      p[e] = fexp2(st[kt][e] - ms);
+      ps += p[e];
+    }
+    pf[kt] = pack_bf16x4(p[0], p[1], p[2], p[3]);
+  }
+  l = l * c + ps;
+  return c;
+}
+
+// O = c·O + P·V, as Oᵀ += Vᵀ·Pᵀ over the wave's NO column tiles. Column tile n = 4p + r, row m
+// (0..15) of Oᵀ is column c0 + 64p + 4m + r: lane i + 16q reads its A operands (V: columns
+// c0 + 64p + 4i .. + 3, keys 16·kt + 4q .. + 3) as four 8-byte LDS reads that serve the four
+// tiles 4p .. 4p + 3. One quad at a time (scheduling barrier): the rescale of O (held in AGPRs,
+// scaled in VGPRs) and the V reads of all quads would otherwise be hoisted together and spill.
+template <u32 NO>
+DSV3_DEV void pv_t(mfma_f32x4 (&o)[NO], float c, const unsigned char* sk, const mfma_bf16x4 (&pf)[HTN / 16], u32 c0, u32 i, u32 q) {
+  static_assert(NO % 4 == 0, "column tiles in fours");
+#pragma unroll
+  for (u32 p = 0; p < NO / 4; ++p) {
+    sched_barrier();
+#pragma unroll
+    for (u32 r = 0; r < 4; ++r) o[4 * p + r] *= c;
+#pragma unroll
+    for (u32 kt = 0; kt < HTN / 16; ++kt) {
+      Vec<u32, 2> x[4];  // key 16·kt + 4q + e: columns (r = 0, 1 | r = 2, 3)
+#pragma unroll
+      for (u32 e = 0; e < 4; ++e) x[e] = *reinterpret_cast<const Vec<u32, 2>*>(sk + swz_at(16 * kt + 4 * q + e, c0 + 64 * p + 4 * i));
+#pragma unroll
+      for (u32 r = 0; r < 4; ++r) {
+        const u32 h = r % 2 ? 16 : 0, wd = r / 2;
+        typedef u32 u32x2 __attribute__((ext_vector_type(2)));
+        const u32x2 v = {((x[0].v[wd] >> h) & 0xffffu) | ((x[1].v[wd] >> h) << 16), ((x[2].v[wd] >> h) & 0xffffu) | ((x[3].v[wd] >> h) << 16)};
+        o[4 * p + r] = mfma_16x16x16_bf16(__builtin_bit_cast(mfma_bf16x4, v), pf[kt], o[4 * p + r]);
+      }
+    }
+  }
+}
+
+}  // namespace mla
+
+// NW waves per block (see above); TC: the cache row type (bf16 or e4m3fn).
+template <class TO, int MW, int NW, class TC>
+DSV3_DEV void mla_decode_split_mfma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
+                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                                    const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
+                                    const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
+                                    const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                    float scale) {
   using namespace mla;
-  constexpr u32 BM = 16 * MW, PER = DV / WARP_SIZE;
-  const u32 rb = blockIdx.y;
+  constexpr u32 THR = 64 * NW, BM = 16 * MW, NG = NW / MW, KSG = DK / 16 / NG, CG = DV / NG, NO = CG / 16;
+  // The next tile is loaded into registers during this tile's math, except where one wave holds
+  // a whole m-tile's Q and O (NG = 1: 72 + 128 registers per lane): with a tile in flight too,
+  // LLVM 19 (gfx942) spills.
+  constexpr bool PREFETCH = NG > 1;
+  static_assert(WARP_SIZE == 64 && NW % MW == 0 && (DK / 16) % NG == 0 && CG % 64 == 0, "wave split");
+  __shared__ __attribute__((aligned(16))) unsigned char sk[HTN * ROW_BYTES];
+  __shared__ float red[NG > 1 ? NW * 8 * 64 : 1];
+
+  const u32 rb = row_block_longest_first();
   const u32 rows_total = s_q * heads;
   if (rb * BM >= rows_total) return;
   const SplitOut<TO> dst{out, lse, o_ws, lse_ws, rows_total};
+  const u32 w = warp_id(), ln = lane(), i = ln % 16, qd = ln / 16, mt = w % MW, g = w / MW;
+  const u32 gr = rb * BM + mt * 16 + i;               // this lane's query row
+  const u32 d0 = g * KSG * 16 + 4 * qd, c0 = g * CG;  // its first S column, the group's first O column
+  const float sl2 = scale * 1.4426950408889634f;
+  KStage<TC, THR> stage;
+
   for (PartWalk walk(meta, batch, blockIdx.x); !walk.done(); walk.next()) {
     const Segment sg = walk.segment();
-    const u32 b = sg.b;
-    const i32 len = seq_lens[b];
-    const i32* bt = block_table + (u64)b * max_pages;
-    for (u32 r = warp_id(); r < BM; r += nwarps()) {
-      const u32 gr = rb * BM + r;
-      if (gr >= rows_total) continue;
-      const i32 vis = visible_keys(len, s_q, heads, gr);
-      const bf16* qr = q + ((u64)b * rows_total + gr) * DK;
-      i32 k_end = (i32)(sg.t_end * NT);
-      if (k_end > vis) k_end = vis;
-      float m = -f32_inf(), l = 0.0f, acc[PER];
-      for (u32 i = 0; i < PER; ++i) acc[i] = 0.0f;
-      for (i32 k = (i32)(sg.t_begin * NT); k < k_end; ++k) {
-        const auto* kr = cache + ((u64)bt[k / (i32)NT] * NT + (u32)k % NT) * row_elems(cache);
-        float d = 0.0f;
-        for (u32 c = lane(); c < DK; c += WARP_SIZE) d += to_float(qr[c]) * key_at(kr, c);
-        d = warp_sum(d) * scale;
-        const float mn = fmaxf(m, d), corr = fexp(m - mn), p = fexp(d - mn);
-        l = l * corr + p;
-        for (u32 i = 0; i < PER; ++i) acc[i] = acc[i] * corr + p * key_at(kr, lane() + i * WARP_SIZE);
-        m = mn;
+    const i32 len = seq_lens[sg.b];
+    const i32 vis = visible_keys(len, s_q, heads, gr);
+    const i32* bt = block_table + (u64)sg.b * max_pages;
+    mfma_bf16x4 qf[KSG];
+    load_q_frags(qf, gr < rows_total ? q + ((u64)sg.b * rows_total + gr) * DK : nullptr, d0);
+    const u32 u_begin = sg.t_begin * HSUB;
+    // Tiles past the causal frontier are skipped, keeping the segment's first.
+    const u32 u_causal = max(causal_tiles(len, s_q, heads, rb, BM, rows_total, HTN), u_begin + 1);
+    const u32 u_end = min(min(sg.t_end * HSUB, ((u32)len + HTN - 1) / HTN), u_causal);
+    auto load_tile = [&](u32 u) {
+      stage_load(stage, cache + ((u64)bt[u / HSUB] * NT + (u % HSUB) * HTN) * row_elems(cache), (i32)(u * HTN), len);
+    };
+    // Without the prefetch a tile is copied a few chunks at a time (few registers in flight).
+    auto copy_tile = [&](u32 u) {
+      stage_copy(stage, cache + ((u64)bt[u / HSUB] * NT + (u % HSUB) * HTN) * row_elems(cache), (i32)(u * HTN), len, sk);
+    };
+    if constexpr (PREFETCH) load_tile(u_begin);
+    mfma_f32x4 o[NO];
+#pragma unroll
+    for (u32 n = 0; n < NO; ++n) o[n] = mfma_f32x4{};
+    float m = -f32_inf(), l = 0.0f;
+
+    for (u32 u = u_begin; u < u_end; ++u) {
+      __syncthreads();  // every wave is past its reads of the tile before (and of red)
+      if constexpr (PREFETCH) stage_store(stage, sk);
+      else copy_tile(u);
+      __syncthreads();
+      if constexpr (PREFETCH) {
+        if (u + 1 < u_end) load_tile(u + 1);  // in flight during this tile's math
       }
-      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-      const float ls = l > 0.0f ? m + flog(l) : -f32_inf();
-      dst.rows(sg, [&](auto* o, float* l) {
-        for (u32 i = 0; i < PER; ++i) store1(o + (u64)gr * DV + lane() + i * WARP_SIZE, acc[i] * inv);
-        if (lane() == 0) l[gr] = ls;
-      });
+      mfma_f32x4 st[HTN / 16];
+      scores_t(st, sk, qf, d0, i);
+      sum_partials<NG, MW>(st, red, w, mt, ln);
+      mfma_bf16x4 pf[HTN / 16];
+      const float c = softmax_tile(st, pf, m, l, (i32)(u * HTN + 4 * qd), vis, sl2);
+      pv_t(o, c, sk, pf, c0, i, qd);
     }
+
+    l += shfl_xor(l, 16);
+    l += shfl_xor(l, 32);
+    const float inv = row_inv(l);
+    dst.rows(sg, [&](auto* ob, float* lb) {
+      if (gr >= rows_total) return;
+#pragma unroll
+      for (u32 n = 0; n < NO; ++n) {  // o[4p + r][e]: column c0 + 64p + 16q + 4e + r (pv_t)
+        sched_barrier();  // one tile at a time out of the AGPRs
+#pragma unroll
+        for (u32 e = 0; e < 4; ++e) store1(ob + (u64)gr * DV + c0 + 64 * (n / 4) + 16 * qd + 4 * e + n % 4, o[n][e] * inv);
+      }
+      if (g == 0 && qd == 0) lb[gr] = row_lse2(m, l);
+    });
   }
 }
 #endif
@@ -577,15 +818,16 @@ DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, 
                                const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
                                const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale) {
-#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
-  mla_decode_split_simple<TO, MW, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#if defined(DSV3_HIP)
+  mla_decode_split_mfma<TO, MW, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
   mla_decode_split_mma<TO, MW, 64, 8, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
 }
 
 // The same with 32-key tiles and 4 warps (MW = 1, 2): about half the shared memory, so two
-// blocks run per SM (four half-page tiles in flight, their barriers interleaved).
+// blocks run per SM (four half-page tiles in flight, their barriers interleaved). HIP: the MFMA
+// kernel with 2 waves (its LDS, 36–40 KiB, still allows one block per CU).
 template <class TO, int MW, class TC = bf16>
 DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
@@ -593,8 +835,8 @@ DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
                                    const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
                                    const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
                                    float scale) {
-#if defined(DSV3_HIP) || defined(DSV3_MLA_SIMPLE)
-  mla_decode_split_simple<TO, MW, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
+#if defined(DSV3_HIP)
+  mla_decode_split_mfma<TO, MW, 2, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
   mla_decode_split_mma<TO, MW, 32, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif

@@ -294,6 +294,15 @@ impl MlaDecodePlan {
         };
         (rest + k_tiles) as u32
     }
+    /// Dynamic shared memory to launch the split kernel with on `vendor`: [`Self::smem_bytes`] on
+    /// CUDA; 0 on HIP, whose MFMA kernel declares its LDS statically (32-key K tile + S partials,
+    /// at most 45056 bytes of the 64 KiB; kernels/mla_decode.cuh).
+    pub fn launch_smem_bytes(&self, vendor: Vendor) -> u32 {
+        match vendor {
+            Vendor::Cuda => self.smem_bytes(),
+            Vendor::Hip => 0,
+        }
+    }
     /// Keys per tile of the split kernel.
     pub fn tile_keys(&self) -> usize {
         if self.small_tiles && !self.wgmma {
@@ -302,7 +311,7 @@ impl MlaDecodePlan {
             PAGE
         }
     }
-    /// Threads per block of the split kernel.
+    /// Threads per block of the split kernel (on HIP: 4 or 2 waves of 64, the MFMA kernel's NW).
     pub fn threads(&self) -> usize {
         if self.small_tiles {
             128
@@ -478,7 +487,7 @@ pub fn mla_decode(
     launch_by_name(
         s,
         &p.kernel_name(to),
-        LaunchCfg::new((p.num_parts as u32, p.row_blocks as u32, 1), (p.threads() as u32, 1, 1), p.smem_bytes()),
+        LaunchCfg::new((p.num_parts as u32, p.row_blocks as u32, 1), (p.threads() as u32, 1, 1), p.launch_smem_bytes(s.vendor())),
         &args,
     )?;
     if p.rows() > 65535 {
@@ -694,6 +703,7 @@ mod tests {
         assert_eq!((p.mw, p.row_blocks), (1, 1));
         let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(false);
         assert_eq!(p.smem_bytes(), 168_448);
+        assert_eq!((p.launch_smem_bytes(Vendor::Cuda), p.launch_smem_bytes(Vendor::Hip)), (168_448, 0));
         let p = MlaDecodePlan::new(128, 1, 128, 132).unwrap().with_small_tiles(false);
         assert_eq!(p.smem_bytes(), 229_888);
         let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(true);
