@@ -412,7 +412,7 @@ constexpr int int8_block = 0, int8_channel = 1;
 // n = 4·(l / 16) + v of the tile: one activation scale per lane and MFMA tile, 4 consecutive bf16
 // per store.
 //
-// Op (like Fp8MmaOp / Int8MmaOp): Acc / AccV (f32 or i32, ×4); PER_TILE; FIX (folded into the
+// Op (like Fp8MmaOp / Int8MmaOp): AccV (4 × f32 or i32); PER_TILE; FIX (folded into the
 // weight scale); lds(u32) (4 operand bytes as stored in shared memory); Frag frag(u64) (8 bytes of
 // a lane → its MFMA operand); AccV mma(Frag w, Frag a, AccV c) (c += one k32 step).
 
@@ -426,7 +426,6 @@ template <int BM> struct MfmaCfg {
 
 // e4m3 × e4m3 → f32. FN: the operands are e4m3fn (the checkpoint's format), else e4m3fnuz.
 template <bool FN> struct Fp8MfmaOp {
-  using Acc = float;
   using AccV = f32x4;
   static constexpr bool PER_TILE = true;
 #if defined(DSV3_CDNA3)
@@ -470,7 +469,6 @@ template <bool FN> struct Fp8MfmaOp {
 
 // s8 × s8 → s32 (exact), block (PER_TILE) or per-channel scales.
 template <bool PER_TILE_> struct Int8MfmaOp {
-  using Acc = i32;
   using AccV = i32x4;
   using Frag = u64;
   static constexpr bool PER_TILE = PER_TILE_;
