@@ -12,9 +12,13 @@
 //   - ldsm_rows: ldmatrix.x4 fragments of such a tile (the m16n8k32 8-bit A fragment and the
 //     m16n8k16 16-bit A fragment have the same byte layout, so both GEMMs share it);
 //   - bg_epilogue: the m16n8 accumulator fragments → bf16 out (or the split-K workspace);
-//   - block_gemm_mma / block_gemm_generic: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8
-//     MMAs, chosen by an Op policy: Fp8MmaOp, Int8MmaOp) and its portable shared-memory fallback
-//     (HIP; operand bytes decoded by Fp8Dec / Int8Dec).
+//   - block_gemm_mma: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8 MMAs, chosen by an Op
+//     policy: Fp8MmaOp, Int8MmaOp);
+//   - block_gemm_mfma (HIP, gfx90a / gfx942: dsv3/mfma.h): the same loop on AMD matrix cores
+//     (policies Fp8MfmaOp, Int8MfmaOp), with its own loader, fragments and epilogue
+//     (bg_epilogue_mfma);
+//   - block_gemm_generic: the portable shared-memory fallback (operand bytes decoded by Fp8Dec /
+//     Int8Dec): e4m3fnuz on NVIDIA, and HIP targets without MFMA.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
@@ -390,7 +394,269 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 // per-channel ones.
 constexpr int int8_block = 0, int8_channel = 1;
 
-// ---- generic path (HIP; also any element type) -------------------------------------------------
+#if defined(DSV3_MFMA)
+// ---- 8-bit block-scaled main loop (AMD matrix cores: gfx90a, gfx942) ---------------------------
+//
+// Same contract as block_gemm_mma (Op::PER_TILE: per-128-K-block promotion with s_a[row, kb] ·
+// s_b[n/128, kb], or per-channel s_a[row] · s_b[n] once), the same grid / split-K / grouping, 256
+// threads = 4 wavefronts of 64, dynamic shared memory one stage of (BM + 128) · 128 bytes.
+//
+// Per K tile (128 bytes of every row): each thread loads its 16-byte chunks of the A (BM rows) and
+// B (128 weight rows) tiles into registers one tile ahead, and after a barrier stores them into
+// shared memory, 8-byte slot c (0..15) of tile row r at slot c ^ (r & 15): the fragment reads below
+// (16 lanes = 16 consecutive rows, one slot each) then touch 16 distinct slots = all 32 banks.
+// Wave (wm, wn) owns rows wm·WM .. +WM and columns wn·WN .. +WN of the output tile, in 16 × 16
+// MFMA tiles. The MFMA computes D = W · Aᵀ (the weight rows as its A operand, the activation rows
+// as its B operand: both read as "8 bytes of row l % 16 at K byte 8·(l / 16)" per k32 step, see
+// dsv3/mfma.h), so lane l's 4 accumulator registers v hold output row m = l % 16, columns
+// n = 4·(l / 16) + v of the tile: one activation scale per lane and MFMA tile, 4 consecutive bf16
+// per store.
+//
+// Op (like Fp8MmaOp / Int8MmaOp): AccV (4 × f32 or i32); PER_TILE; FIX (folded into the
+// weight scale); lds(u32) (4 operand bytes as stored in shared memory); Frag frag(u64) (8 bytes of
+// a lane → its MFMA operand); AccV mma(Frag w, Frag a, AccV c) (c += one k32 step).
+
+// Waves along M and N; BM 8 (the streaming entries' tile) uses one 16-row MFMA tile whose rows
+// 8..15 are zeros, never stored.
+template <int BM> struct MfmaCfg {
+  static constexpr int WARPS_M = BM >= 64 ? 2 : 1, WARPS_N = 4 / WARPS_M;
+  static constexpr int WM = BM / WARPS_M < 16 ? 16 : BM / WARPS_M, WN = BG_BN / WARPS_N;
+  static constexpr int MT = WM / 16, NT = WN / 16;
+};
+
+// e4m3 × e4m3 → f32. FN: the operands are e4m3fn (the checkpoint's format), else e4m3fnuz.
+template <bool FN> struct Fp8MfmaOp {
+  using AccV = f32x4;
+  static constexpr bool PER_TILE = true;
+#if defined(DSV3_CDNA3)
+  // gfx942 multiplies e4m3fnuz. e4m3fn bits read as fnuz are half the value (bias 8, not 7), so
+  // the product is a quarter: ×4 in FIX. fn's 0x80 (−0) is fnuz's NaN: made +0 when stored.
+  using Frag = u64;
+  static constexpr float FIX = FN ? 4.0f : 1.0f;
+  DSV3_DEV static u32 lds(u32 w) {
+    if (!FN) return w;
+    const u32 nz = (w & 0x7f7f7f7fu) + 0x7f7f7f7fu;  // bit 7 of a byte: its low 7 bits are non-zero
+    return w ^ (w & ~nz & 0x80808080u);             // 0x80 → 0x00
+  }
+  DSV3_DEV static Frag frag(u64 x) { return x; }
+  DSV3_DEV static AccV mma(Frag w, Frag a, AccV c) { return mfma_fp8_k32(w, a, c); }
+#else
+  // gfx90a has no FP8 MFMA: the codes are widened to f16, exactly (as sm_80's mma_e4m3_16832): the
+  // 7 magnitude bits shifted into an f16 give value · 2^-8 (fn; fnuz: 2^-7), subnormals included,
+  // and a packed f16 multiply by 2^8 (2^7) makes every value a normal f16 (e4m3's smallest,
+  // 2^-9 / 2^-10, is one): CDNA2's f16 MFMA flushes denormal inputs, so the 2^-8 cannot stay in
+  // the operands. Two k16 MFMAs per k32 step. (A fnuz NaN, 0x80, reads as −0.)
+  struct Frag {
+    f16x4 lo, hi;
+  };
+  static constexpr float FIX = 1.0f;
+  DSV3_DEV static u32 lds(u32 w) { return w; }
+  DSV3_DEV static f16x4 widen(u32 w) {
+    typedef _Float16 f16x2 __attribute__((ext_vector_type(2)));
+    const f16x2 k = (_Float16)(FN ? 256.0f : 128.0f);
+    const u32 b01 = (w & 0xffu) | ((w & 0xff00u) << 8), b23 = ((w >> 16) & 0xffu) | ((w >> 8) & 0xff0000u);
+    const u32 h01 = ((b01 & 0x007f007fu) << 7) | ((b01 & 0x00800080u) << 8);
+    const u32 h23 = ((b23 & 0x007f007fu) << 7) | ((b23 & 0x00800080u) << 8);
+    const f16x2 lo = __builtin_bit_cast(f16x2, h01) * k, hi = __builtin_bit_cast(f16x2, h23) * k;
+    return f16x4{lo.x, lo.y, hi.x, hi.y};
+  }
+  DSV3_DEV static Frag frag(u64 x) { return Frag{widen((u32)x), widen((u32)(x >> 32))}; }
+  DSV3_DEV static AccV mma(const Frag& w, const Frag& a, AccV c) {
+    return mfma_f16_k16(w.hi, a.hi, mfma_f16_k16(w.lo, a.lo, c));
+  }
+#endif
+};
+
+// s8 × s8 → s32 (exact), block (PER_TILE) or per-channel scales.
+template <bool PER_TILE_> struct Int8MfmaOp {
+  using AccV = i32x4;
+  using Frag = u64;
+  static constexpr bool PER_TILE = PER_TILE_;
+  static constexpr float FIX = 1.0f;
+  DSV3_DEV static u32 lds(u32 w) { return w; }
+  DSV3_DEV static Frag frag(u64 x) { return x; }
+  DSV3_DEV static AccV mma(Frag w, Frag a, AccV c) { return mfma_i8_k32(w, a, c); }
+};
+
+template <class V> DSV3_DEV f32x4 to_f32x4(V v) { return __builtin_convertvector(v, f32x4); }
+
+// Writes the MFMA accumulators (lane: row row0 + i·16 + l % 16, columns col0 + j·16 + 4·(l / 16)
+// + v) as bf16, or adds them into the split-K workspace and lets the last split finish.
+template <int BM, int MT, int NT>
+DSV3_DEV void bg_epilogue_mfma(const BlockGemmArgs& g, const f32x4 (&acc)[MT][NT], u32 m0, u32 m_end, u32 n0,
+                               u32 row0, u32 col0, u32 mt_idx, u32 nt_idx) {
+  const u32 ln = lane(), N = g.N;
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const u32 rl = row0 + i * 16 + ln % 16, r = m0 + rl;
+    if (rl >= (u32)BM || r >= m_end) continue;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const u32 n = n0 + col0 + j * 16 + 4 * (ln / 16);
+      const f32x4 v = acc[i][j];
+      if (g.splits > 1) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (n + e < N) atomic_add(g.ws + (u64)r * N + n + e, v[e]);
+      } else if (N % 4 == 0 && n + 3 < N) {
+        Vec<bf16, 4> o = {{f32_to_bf16(v[0]), f32_to_bf16(v[1]), f32_to_bf16(v[2]), f32_to_bf16(v[3])}};
+        store_vec<bf16, 4>(g.out + (u64)r * N + n, o);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (n + e < N) g.out[(u64)r * N + n + e] = f32_to_bf16(v[e]);
+      }
+    }
+  }
+  if (g.splits == 1) return;
+  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+}
+
+template <int BM, class Op>
+DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
+  using C = MfmaCfg<BM>;
+  using AccV = typename Op::AccV;
+  using Frag = typename Op::Frag;
+  constexpr int BN = BG_BN, BK = BG_BK, THREADS = 256, MT = C::MT, NT = C::NT;
+  constexpr int CHUNKS = (BM + BN) * 8, PER = (CHUNKS + THREADS - 1) / THREADS;  // 16-byte chunks
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
+
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
+  u32 expert, m_end;
+  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
+  const u32 N = g.N, K = g.K;
+  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
+  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
+  const u8* B = g.b + (u64)expert * N * K;
+  const float* b_scale = Op::PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+
+  const u32 t = tid(), ln = t % 64, wave = t / 64;
+  const u32 row0 = (wave / C::WARPS_N) * C::WM, col0 = (wave % C::WARPS_N) * C::WN;
+
+  // Activation row of this lane's accumulators in each MFMA tile (−1: none).
+  i32 srow[MT];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    const u32 rl = row0 + i * 16 + ln % 16;
+    srow[i] = rl < (u32)BM ? (i32)bg_a_row(g, m0 + rl, m_end) : -1;
+  }
+
+  // This thread's chunks: K bytes 16·h .. +16 of tile rows t / 8 + 32·i (A rows, then the B rows
+  // from BM on); !ok: a padding row or one past N (zeros). (A null pointer for those would hide
+  // the global address space from the compiler: flat loads, counted with the LDS reads.)
+  const u32 h = t % 8;
+  const u8* src[PER];
+  bool ok[PER];
+  Vec<u32, 4> stage[PER];
+#pragma unroll
+  for (int i = 0; i < PER; ++i) {
+    const u32 r = t / 8 + i * (THREADS / 8);
+    i64 gr = -1;
+    if (r < (u32)(BM + BN)) gr = r < (u32)BM ? bg_a_row(g, m0 + r, m_end) : (n0 + r - BM < N ? (i64)(n0 + r - BM) : -1);
+    ok[i] = gr >= 0;
+    src[i] = (r < (u32)BM ? g.a : B) + (u64)(ok[i] ? gr : 0) * K + h * 16;
+  }
+  // The loads of K tile kt: its chunks, and (PER_TILE) its scales s_a of this lane's rows and s_b.
+  // They are in flight during the previous tile's MFMAs and waited for where the chunks are stored.
+  // (The compiler puts the zero chunks' loads under branches, after which it cannot count the
+  // loads; so nothing else waits for a load in the loop.)
+  float sa[MT], sb = 0.0f;
+  auto load = [&](u32 kt) {
+    const bool kin = kt * BK + h * 16 < K;  // K % 16 == 0: a chunk is all in or all out
+#pragma unroll
+    for (int i = 0; i < PER; ++i)
+      stage[i] = ok[i] && kin ? load_vec<u32, 4>(reinterpret_cast<const u32*>(src[i] + kt * BK))
+                              : Vec<u32, 4>{{0u, 0u, 0u, 0u}};
+    if constexpr (Op::PER_TILE) {
+#pragma unroll
+      for (int i = 0; i < MT; ++i) sa[i] = srow[i] >= 0 ? g.a_scales[(u64)srow[i] * sk + kt] : 0.0f;
+      sb = b_scale[kt];
+    }
+  };
+  auto store = [&]() {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const u32 r = t / 8 + i * (THREADS / 8);
+      if (CHUNKS % THREADS != 0 && r >= (u32)(BM + BN)) continue;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const Vec<u32, 2> w = {{Op::lds(stage[i].v[2 * e]), Op::lds(stage[i].v[2 * e + 1])}};
+        store_vec<u32, 2>(reinterpret_cast<u32*>(bg_smem + r * BK + (((2 * h + e) ^ (r & 15)) << 3)), w);
+      }
+    }
+  };
+  // 8 bytes of tile row r at K slot s (a lane's fragment).
+  auto frag = [&](u32 r, u32 s) -> Frag {
+    return Op::frag(*reinterpret_cast<const u64*>(bg_smem + r * BK + ((s ^ (r & 15)) << 3)));
+  };
+
+  f32x4 acc[MT][NT];
+  AccV part[MT][NT];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      acc[i][j] = f32x4{0.0f, 0.0f, 0.0f, 0.0f};
+      part[i][j] = AccV{0, 0, 0, 0};
+    }
+
+  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+  if (nk > 0) load(kt0);
+  for (u32 it = 0; it < nk; ++it) {
+    __syncthreads();  // every wave is done reading the previous tile
+    store();
+    __syncthreads();
+    float ps[MT];  // this K block's promotion scales s_a · s_b, before load() replaces them
+#pragma unroll
+    for (int i = 0; i < MT; ++i) ps[i] = sa[i] * (sb * Op::FIX);
+    if (it + 1 < nk) load(kt0 + it + 1);
+#pragma unroll
+    for (int ks = 0; ks < BK / 32; ++ks) {
+      const u32 slot = 4 * ks + ln / 16;
+      Frag af[MT], wf[NT];
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        const u32 rl = row0 + i * 16 + ln % 16;
+        af[i] = (BM % 16 == 0 || rl < (u32)BM) ? frag(rl, slot) : Op::frag(0);
+      }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) wf[j] = frag(BM + col0 + j * 16 + ln % 16, slot);
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) part[i][j] = Op::mma(wf[j], af[i], part[i][j]);
+    }
+    if constexpr (Op::PER_TILE) {
+      // Promotion: acc += part · s_a · s_b, and a fresh part for the next K block.
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          acc[i][j] += to_f32x4(part[i][j]) * ps[i];
+          part[i][j] = AccV{0, 0, 0, 0};
+        }
+    }
+  }
+  if constexpr (!Op::PER_TILE) {
+    // One scale per row and per column, applied once.
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const u32 n = n0 + col0 + j * 16 + 4 * (ln / 16);
+      f32x4 sbn;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) sbn[e] = n + e < N ? b_scale[n + e] * Op::FIX : 0.0f;
+#pragma unroll
+      for (int i = 0; i < MT; ++i) acc[i][j] = to_f32x4(part[i][j]) * sbn * (srow[i] >= 0 ? g.a_scales[srow[i]] : 0.0f);
+    }
+  }
+  bg_epilogue_mfma<BM, MT, NT>(g, acc, m0, m_end, n0, row0, col0, mt_idx, nt_idx);
+}
+#endif  // DSV3_MFMA
+
+// ---- generic path (e4m3fnuz on NVIDIA, HIP targets without MFMA) --------------------------------
 // Decoders of an operand byte: a float8 code, an int8.
 template <class F8> struct Fp8Dec {
   DSV3_DEV static float f(u8 b) {
@@ -404,7 +670,7 @@ struct Int8Dec {
 };
 
 // Dec::f(u8) decodes one operand byte to f32; PER_TILE as for block_gemm_mma. 256 threads,
-// dynamic smem (BM + 128) · 128 bytes. Correct, not fast (MFMA is future work).
+// dynamic smem (BM + 128) · 128 bytes. Correct, not fast.
 template <class Dec, bool PER_TILE, int BM>
 DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
   constexpr int BN = BG_BN, BK = BG_BK;

@@ -16,8 +16,12 @@
 //   sm_80 (compute_80 PTX): the same e4m3 fragments widened in registers to f16 (exact: an e4m3
 //     code shifted into an f16 is the value · 2^-8, subnormals included) and two mma.sync.m16n8k16
 //     f16 per k32 step; the 2^16 is folded into the promotion scale. (A100 serves FP8 weights.)
-//   HIP (gfx90a / gfx942, e4m3fn or e4m3fnuz): a generic shared-memory tile loop in f32 (compiles
-//     from the same source; correct, not fast: MFMA is future work).
+//   HIP gfx942 / gfx90a (e4m3fn or e4m3fnuz): block_gemm_mfma (kernels/block_gemm.cuh), the same
+//     block-scaled contract on matrix cores: gfx942 v_mfma_f32_16x16x32_fp8_fp8 on e4m3fnuz (e4m3fn
+//     operands made fnuz bits when stored in shared memory: 0x80 → 0, ×4 folded into the weight
+//     scale); gfx90a (no FP8 MFMA) widens the codes exactly to f16 and runs
+//     v_mfma_f32_16x16x16f16. Compiled, not run on AMD hardware (docs/perf/fp8_gemm.md, "HIP MFMA").
+//   Other HIP targets, and e4m3fnuz on NVIDIA: a generic shared-memory tile loop in f32.
 //
 // Split-K (small M: weights stream from many SMs at once): blockIdx.z takes a contiguous range of
 // K tiles; partial tiles are added into an f32 workspace `ws` [rows, N] with atomics, and the last
@@ -58,7 +62,7 @@ template <class F8> struct Fp8IsFn { static constexpr bool value = false; };
 template <> struct Fp8IsFn<e4m3fn> { static constexpr bool value = true; };
 
 // Entry: grid (ceil(N/128), M tiles, splits), block 32·WARPS_M·WARPS_N (CUDA, e4m3fn) or 256
-// (generic), dynamic smem Fp8GemmSmem<BM>::BYTES (generic: (BM + 128) · 128).
+// (HIP, generic), dynamic smem Fp8GemmSmem<BM>::BYTES (HIP, generic: one stage, (BM + 128) · 128).
 template <class F8, int BM>
 DSV3_DEV void fp8_gemm(bf16* out, const F8* a, const float* a_scales, const F8* b, const float* b_scale, float* ws,
                        u32* counters, const i32* row_ids, const i32* tile_expert, const i32* num_tiles, u32 M, u32 N,
@@ -71,6 +75,8 @@ DSV3_DEV void fp8_gemm(bf16* out, const F8* a, const float* a_scales, const F8* 
   } else {
     block_gemm_generic<Fp8Dec<F8>, true, BM>(g);
   }
+#elif defined(DSV3_MFMA)
+  block_gemm_mfma<BM, Fp8MfmaOp<Fp8IsFn<F8>::value>>(g);
 #else
   block_gemm_generic<Fp8Dec<F8>, true, BM>(g);
 #endif

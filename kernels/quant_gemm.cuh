@@ -9,7 +9,9 @@
 //   MODE 1 (channel INT8, w8a8_int8): a_scales [M] (dynamic per token), b_scale [E][N]
 //     (weight_scale); s32 over the whole K range of the split, scaled once by s_a[m]·s_w[n].
 //   K % 16 == 0 (16-byte rows); N, K need not be multiples of 128. sm_80 / sm_89 / sm_90 all run
-//   the s8 mma. HIP: block_gemm_generic (f32; each 128-block's integer sum is exact in f32).
+//   the s8 mma. HIP gfx942 / gfx90a: block_gemm_mfma (kernels/block_gemm.cuh) with
+//   v_mfma_i32_16x16x32_i8 / v_mfma_i32_16x16x16i8, s32 exact as on NVIDIA (compiled, not run on
+//   AMD hardware); other HIP targets: block_gemm_generic.
 //
 // int8_act_quant<T, GROUP, MODE>: dynamic symmetric activation quantization, GROUP 128 (per token
 //   group, scales [rows, ceil(cols/128)]) or 0 (per token, scales [rows]); MODE 0: x, MODE 1:
@@ -58,6 +60,8 @@ DSV3_DEV void int8_gemm(bf16* out, const i8* a, const float* a_scales, const i8*
       bg_args(out, a, a_scales, b, b_scale, ws, counters, row_ids, tile_expert, num_tiles, M, N, K, a_row_div, splits);
 #if defined(DSV3_CUDA)
   block_gemm_mma<BM, Int8MmaOp<MODE == 0>>(g);
+#elif defined(DSV3_MFMA)
+  block_gemm_mfma<BM, Int8MfmaOp<MODE == 0>>(g);
 #else
   block_gemm_generic<Int8Dec, MODE == 0, BM>(g);
 #endif

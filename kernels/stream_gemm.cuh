@@ -28,9 +28,9 @@
 // the same for row g + 8 (lane: g = lane / 4, t = lane % 4): out is written transposed,
 // out[token][row].
 //
-// HIP, and any other target without the NVIDIA MMAs: the entries run the tiled GEMMs' portable
-// paths (block_gemm_generic, awq_gemm_generic) with BM-row tiles, so every variant computes the
-// same function.
+// HIP, and any other target without the NVIDIA MMAs: the entries run the tiled GEMMs' HIP paths
+// with BM-row tiles (8-bit: block_gemm_mfma on gfx90a / gfx942, else block_gemm_generic; AWQ:
+// awq_gemm_generic), so every variant computes the same function.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
@@ -541,7 +541,7 @@ DSV3_DEV void stream_gemm_awq_mma(const BlockGemmArgs& g, const u32* qzeros, con
 #endif  // DSV3_CUDA
 
 // Entries: grid (ceil(N/128), M tiles of BM rows, splits), block 256, dynamic shared memory
-// StreamCfg<BM, W>::SMEM (CUDA) or the portable path's (HIP: (BM + 128) · 128 for the 8-bit
+// StreamCfg<BM, W>::SMEM (CUDA) or the tiled paths' (HIP: (BM + 128) · 128 for the 8-bit
 // GEMMs, none for AWQ). 8-bit: K % 16 == 0; AWQ: as awq_gemm (G ∈ {64, 128}, K % G == 0, N % 8 == 0).
 template <int BM>
 DSV3_DEV void stream_gemm_fp8(bf16* out, const e4m3fn* a, const float* a_scales, const e4m3fn* b, const float* b_scale,
@@ -551,6 +551,8 @@ DSV3_DEV void stream_gemm_fp8(bf16* out, const e4m3fn* a, const float* a_scales,
       bg_args(out, a, a_scales, b, b_scale, ws, counters, row_ids, tile_expert, num_tiles, M, N, K, a_row_div, splits);
 #if defined(DSV3_CUDA)
   stream_gemm_8bit<BM, Fp8MmaOp>(g);
+#elif defined(DSV3_MFMA)
+  block_gemm_mfma<BM, Fp8MfmaOp<true>>(g);
 #else
   block_gemm_generic<Fp8Dec<e4m3fn>, true, BM>(g);
 #endif
@@ -564,6 +566,8 @@ DSV3_DEV void stream_gemm_int8(bf16* out, const i8* a, const float* a_scales, co
       bg_args(out, a, a_scales, b, b_scale, ws, counters, row_ids, tile_expert, num_tiles, M, N, K, a_row_div, splits);
 #if defined(DSV3_CUDA)
   stream_gemm_8bit<BM, Int8MmaOp<MODE == int8_block>>(g);
+#elif defined(DSV3_MFMA)
+  block_gemm_mfma<BM, Int8MfmaOp<MODE == int8_block>>(g);
 #else
   block_gemm_generic<Int8Dec, MODE == int8_block, BM>(g);
 #endif

@@ -64,7 +64,8 @@ impl StreamTile {
 
     /// Dynamic shared memory of one 8-bit (FP8 / INT8) CTA on `vendor` (mirrors
     /// `StreamCfg<BM, Stream8>::SMEM`: two buffers of BM staged activation rows of 4 K tiles + 64
-    /// bytes and their 4 × BM f32 scales; HIP runs block_gemm_generic: (BM + 128) · 128).
+    /// bytes and their 4 × BM f32 scales; HIP runs the tiled 8-bit loop, block_gemm_mfma or
+    /// block_gemm_generic: one stage, (BM + 128) · 128).
     pub fn smem_bytes(self, vendor: Vendor) -> u32 {
         let bm = self.bm();
         let bytes = match vendor {

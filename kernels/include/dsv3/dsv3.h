@@ -5,3 +5,4 @@
 #include "warp.h"
 #include "memory.h"
 #include "sm90.h"
+#include "mfma.h"
