@@ -9,6 +9,8 @@
 //                     silu(gate) · up from a gate_up [rows, 2I] row (the fused SiLU·mul + quant
 //                     between the two grouped GEMMs). Rows past *num_tiles · bm (when num_tiles is
 //                     non-null) are skipped. 16 lanes per 128-group (act_quant.cuh).
+//   moe_gather_rows   the quantized x rows in sorted order (for the v2 GEMM, whose A tiles are TMA
+//                     boxes): row r = row sorted_ids[r] / topk, zeros for padding.
 //   moe_combine_rows  out[t, :] = beta · out[t, :] + Σ_k w[t, k] · y[pair_to_row[t·topk + k], :].
 #pragma once
 #include "dsv3/dsv3.h"
@@ -97,6 +99,31 @@ template <class F8, int MODE>
 DSV3_DEV void act_quant_group(F8* DSV3_RESTRICT q, float* DSV3_RESTRICT scales, const bf16* DSV3_RESTRICT x, u32 rows,
                               u32 cols, u32 in_stride, const i32* DSV3_RESTRICT num_tiles, u32 bm, float eps) {
   quant_groups128<QgFp8<F8>, bf16, MODE>(q, scales, x, rows_of_tiles(rows, num_tiles, bm), cols, in_stride, eps);
+}
+
+// Sorted copy of a quantized operand for a grouped GEMM that reads whole tiles (the sm_90a v2
+// kernel loads A by TMA, so its rows must be contiguous): dst row r = src row sorted_ids[r] / topk,
+// `row_bytes` bytes and `row_scales` f32 scales each; padding rows (−1) become zeros. Only rows of
+// the *num_tiles tiles of bm are written. grid (rows), block 256.
+DSV3_DEV void moe_gather_rows(u8* DSV3_RESTRICT dst, float* DSV3_RESTRICT dst_scales, const u8* DSV3_RESTRICT src,
+                              const float* DSV3_RESTRICT src_scales, const i32* DSV3_RESTRICT sorted_ids,
+                              const i32* DSV3_RESTRICT num_tiles, u32 rows, u32 bm, u32 topk, u32 row_bytes,
+                              u32 row_scales) {
+  const u32 r = blockIdx.x;
+  if (r >= rows_of_tiles(rows, num_tiles, bm)) return;
+  const i32 p = sorted_ids[r];
+  const u64 sr = p >= 0 ? (u64)((u32)p / topk) : 0;
+  u8* d = dst + (u64)r * row_bytes;
+  const u8* sp = src + sr * row_bytes;
+  if (row_bytes % 16 == 0 && is_aligned<u32, 4>(reinterpret_cast<const u32*>(d)) && is_aligned<u32, 4>(reinterpret_cast<const u32*>(sp))) {
+    const Vec<u32, 4> zero = {{0u, 0u, 0u, 0u}};
+    for (u32 c = tid() * 16; c < row_bytes; c += nthreads() * 16)
+      store_vec<u32, 4>(reinterpret_cast<u32*>(d + c), p >= 0 ? load_vec<u32, 4>(reinterpret_cast<const u32*>(sp + c)) : zero);
+  } else {
+    for (u32 c = tid(); c < row_bytes; c += nthreads()) d[c] = p >= 0 ? sp[c] : (u8)0;
+  }
+  for (u32 j = tid(); j < row_scales; j += nthreads())
+    dst_scales[(u64)r * row_scales + j] = p >= 0 ? src_scales[sr * row_scales + j] : 0.0f;
 }
 
 // grid (tokens), block up to 1024: 8 consecutive columns per thread (16-byte loads and stores)

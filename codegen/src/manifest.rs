@@ -773,7 +773,7 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "fused_moe",
         source: "fused_moe.cuh",
-        doc: "Fused MoE helpers around the FP8 grouped GEMM: tile-aligned expert sort, SiLU-mul + FP8 quant, combine.",
+        doc: "Fused MoE helpers around the FP8 grouped GEMM: tile-aligned expert sort, SiLU-mul + FP8 quant, row gather, combine.",
         kernels: &[
             KernelSpec {
                 name: "moe_align_tiles",
@@ -833,6 +833,28 @@ pub static FAMILIES: &[Family] = &[
                 max_threads: 256,
                 archs: Archs::ALL,
                 doc: "silu(gate) * up of gate_up [rows, 2I] -> FP8 [rows, I] + scales; grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride).",
+            },
+            KernelSpec {
+                name: "moe_gather_rows",
+                template: "dsv3::moe_gather_rows",
+                grid: &[],
+                points: &[],
+                args: &[
+                    ptr_mut("dst", "u8"),
+                    ptr_mut("dst_scales", "f32"),
+                    ptr("src", "u8"),
+                    ptr("src_scales", "f32"),
+                    ptr("sorted_ids", "i32"),
+                    ptr("num_tiles", "i32"),
+                    scalar("rows", "u32"),
+                    scalar("bm", "u32"),
+                    scalar("topk", "u32"),
+                    scalar("row_bytes", "u32"),
+                    scalar("row_scales", "u32"),
+                ],
+                max_threads: 256,
+                archs: Archs::ALL,
+                doc: "dst row r = src row sorted_ids[r] / topk (bytes and f32 scales; zeros for padding rows), rows of the *num_tiles tiles of bm; grid (rows), block 256.",
             },
             KernelSpec {
                 name: "moe_combine_rows_bf16",

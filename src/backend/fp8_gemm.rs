@@ -22,7 +22,7 @@
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of, clippy::manual_checked_ops)]
 
 use super::memory::DeviceTensor;
-use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
+use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
 use super::stream_gemm::StreamTile;
@@ -757,11 +757,19 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let xs = wsp.buf(s, slot::X_SCALES, DType::F32, t * h.div_ceil(128))?;
         let mut v = [xq, xs, x.raw(), t as u64, h as u64, h as u64, 0, 1, 1e-10f32.to_bits() as u64];
         launch_raw(s, &format!("act_quant_group128_{f8}"), LaunchCfg::quant_groups128(t, h)?, &mut v)?;
-        Ok(Operand { data: xq, scales: xs })
+        Ok(Operand::new(xq, xs))
+    }
+
+    fn sort_operand(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, plan: Fp8Plan) -> Result<Operand> {
+        if !plan.tile.is_wgmma2() {
+            return Ok(a);
+        }
+        let (_, h, _) = MoeFp8Weights::dims(self)?;
+        gather_sorted(s, wsp, a, rows, self.w13.dtype(), h, h.div_ceil(128))
     }
 
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
-        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, true)
+        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, !a.sorted)
     }
 
     fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
@@ -772,7 +780,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
         let hs = wsp.buf(s, slot::H_SCALES, DType::F32, m * inter.div_ceil(128))?;
         let mut v = [hq, hs, gate_up, m as u64, inter as u64, (2 * inter) as u64, rows.num_tiles, rows.bm as u64, 1e-10f32.to_bits() as u64];
         launch_raw(s, &format!("silu_mul_quant_group128_{f8}"), LaunchCfg::quant_groups128(m, inter)?, &mut v)?;
-        Ok(Operand { data: hq, scales: hs })
+        Ok(Operand::new(hq, hs))
     }
 
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, out: u64, h_act: Operand, rows: &SortedRows) -> Result<()> {

@@ -10,7 +10,7 @@
 
 use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
 use super::memory::DeviceTensor;
-use super::moe_driver::{run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
+use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::fp8_gemm::Operands;
 use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantKernel, QuantPlan};
 use super::stream::GpuStream;
@@ -90,11 +90,19 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let q = wsp.buf(s, slot::X, DType::I8, t * h)?;
         let sc = wsp.buf(s, slot::X_SCALES, DType::F32, self.scheme.a_scales_len(t, h))?;
         launch_int8_quant(s, self.scheme, &format!("int8_quant_{}_{}", self.scheme.quant_tag(), x.dtype()), [q, sc, x.raw()], t, h, h, (0, 1))?;
-        Ok(Operand { data: q, scales: sc })
+        Ok(Operand::new(q, sc))
+    }
+
+    fn sort_operand(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, plan: QuantPlan) -> Result<Operand> {
+        if !plan.tile.is_wgmma2() {
+            return Ok(a);
+        }
+        let (_, h, _) = MoeInt8Weights::dims(self)?;
+        gather_sorted(s, wsp, a, rows, DType::I8, h, self.scheme.a_scales_len(1, h))
     }
 
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
-        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, true)
+        self.gemm(s, ws, plan, out, a, (self.w13, self.w13_scale), rows, !a.sorted)
     }
 
     fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
@@ -103,7 +111,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         let q = wsp.buf(s, slot::H, DType::I8, m * i)?;
         let sc = wsp.buf(s, slot::H_SCALES, DType::F32, self.scheme.a_scales_len(m, i))?;
         launch_int8_quant(s, self.scheme, &format!("int8_silu_mul_quant_{}", self.scheme.quant_tag()), [q, sc, gate_up], m, i, 2 * i, (rows.num_tiles, rows.bm))?;
-        Ok(Operand { data: q, scales: sc })
+        Ok(Operand::new(q, sc))
     }
 
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, h: Operand, rows: &SortedRows) -> Result<()> {
@@ -157,7 +165,7 @@ impl ExpertGemms for MoeAwqWeights<'_> {
     }
 
     fn input(&self, _s: &dyn GpuStream, _wsp: &mut FusedMoeWorkspace, x: &DeviceTensor) -> Result<Operand> {
-        Ok(Operand { data: x.raw(), scales: 0 })
+        Ok(Operand::new(x.raw(), 0))
     }
 
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
@@ -172,7 +180,7 @@ impl ExpertGemms for MoeAwqWeights<'_> {
         let mut v = [h, gate_up, gate_up + (i * DType::Bf16.size()) as u64, u32_of(m, "rows")? as u64, u32_of(i, "cols")? as u64, u32_of(2 * i, "stride")? as u64];
         let blocks = u32_of((m * i).div_ceil(256).clamp(1, 65535), "blocks")?;
         launch_raw(s, "silu_mul_bf16", LaunchCfg::linear(blocks, 256), &mut v)?;
-        Ok(Operand { data: h, scales: 0 })
+        Ok(Operand::new(h, 0))
     }
 
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, h: Operand, rows: &SortedRows) -> Result<()> {
