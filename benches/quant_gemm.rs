@@ -11,8 +11,8 @@
 //!   M = 128, for the comparison;
 //! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
 //!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming up to 8 rows) and
-//!   `awq-mma` the tiled kernel; `awq-st` the 64-row streaming tile at M = 16 / 32 / 64, and
-//!   `awq-st-o4` the 8-row one at M = 1 with split-K sized for 4 CTAs per SM (the plans: 2);
+//!   `awq-mma` the tiled kernel (the 64-row streaming tile at 16–64 rows and the 8-row one at
+//!   4 CTAs per SM were measured no faster in session 5, docs/perf/quant_gemm.md, and dropped);
 //! - `moe-i8` / `moe-awq` rows: one MoE layer of the TP-8 shard (256 experts, inter 256) and of
 //!   the EP-8 shard (32 experts, inter 2048), hidden 7168, top-8 (ids uniform and distinct per
 //!   token among the shard's experts), at 1, 16, 64, 128, 4096 tokens: align, (INT8: quant of x,)
@@ -141,21 +141,6 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: 
         _ => None,
     };
     v.extend(other.map(|(tag, p)| (format!("{kind}-{tag}"), p)));
-    if kernel == QuantKernel::Awq {
-        // AWQ's streaming kernel past the plans' 8 rows (the 64-row tile), and its 8-row tile
-        // with split-K sized for 4 CTAs per SM (63 registers, 52 KB: 4 fit on an H200) instead
-        // of the plans' 2: the data for moving the AWQ threshold and occupancy.
-        match m {
-            9..=64 => v.push((format!("{kind}-st"), plan(QuantTile::Stream(StreamTile::T64)))),
-            1..=8 => {
-                let ctas = m.div_ceil(8) * n.div_ceil(128);
-                let (slots, kt) = (4 * qg::DEFAULT_SMS, k.div_ceil(64));
-                let splits = if ctas >= slots { 1 } else { (slots / ctas).min((kt / 2).max(1)).max(1) };
-                v.push((format!("{kind}-st-o4"), QuantPlan { tile: QuantTile::Stream(StreamTile::T8), splits }));
-            }
-            _ => {}
-        }
-    }
     if default != raw {
         v.push((format!("{kind}-mma"), raw));
     }
