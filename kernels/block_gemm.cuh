@@ -69,6 +69,31 @@ DSV3_DEV i64 bg_a_row(const BlockGemmArgs& g, u32 r, u32 m_end) {
   return id < 0 ? -1 : (i64)((u32)id / g.a_row_div);
 }
 
+// The CTA's tile of a block-GEMM launch, grid (N tiles, M tiles, splits): bg_tile's expert and
+// row bound, the tile origin, the 128-K tiles and this split's range of them, the expert's weight
+// and its scales (block scales: this N tile's row of [sn, sk]; per channel: the expert's [N]).
+struct BgCta {
+  u32 nt_idx, mt_idx, expert, m_end, m0, n0, sk, kt0, kt1;
+  const u8* b;
+  const float* b_scale;
+};
+// false: the CTA's M tile does not run.
+DSV3_DEV bool bg_cta(const BlockGemmArgs& g, u32 bm, bool per_tile, BgCta& c) {
+  c.nt_idx = blockIdx.x;
+  c.mt_idx = blockIdx.y;
+  if (!bg_tile(g, c.mt_idx, (int)bm, c.expert, c.m_end)) return false;
+  const u32 sn = (g.N + BG_BN - 1) / BG_BN;
+  c.m0 = c.mt_idx * bm;
+  c.n0 = c.nt_idx * BG_BN;
+  c.sk = (g.K + BG_BK - 1) / BG_BK;
+  c.b = g.b + (u64)c.expert * g.N * g.K;
+  c.b_scale = per_tile ? g.b_scale + ((u64)c.expert * sn + c.nt_idx) * c.sk : g.b_scale + (u64)c.expert * g.N;
+  const u32 per = (c.sk + g.splits - 1) / g.splits;
+  c.kt0 = blockIdx.z * per;
+  c.kt1 = min(c.sk, c.kt0 + per);
+  return true;
+}
+
 #if defined(DSV3_CUDA)
 DSV3_DEV float ld_cg_f32(const float* p) {
   float v;
@@ -261,18 +286,12 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
   constexpr int A_BYTES = BM * BK, STAGE = (BM + BN) * BK;
   extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
-  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
-  const u32 N = g.N, K = g.K;
-  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
-  const u8* B = g.b + (u64)expert * N * K;
-  const float* b_scale = Op::PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
-
-  // K tiles of this split.
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  BgCta c;
+  if (!bg_cta(g, BM, Op::PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
+  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  const u8* B = c.b;
+  const float* b_scale = c.b_scale;
 
   const u32 t = tid(), warp = t / 32, ln = t % 32;
   const u32 wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
@@ -522,16 +541,12 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
   constexpr int CHUNKS = (BM + BN) * 8, PER = (CHUNKS + THREADS - 1) / THREADS;  // 16-byte chunks
   extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
-  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
-  const u32 N = g.N, K = g.K;
-  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
-  const u8* B = g.b + (u64)expert * N * K;
-  const float* b_scale = Op::PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  BgCta c;
+  if (!bg_cta(g, BM, Op::PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
+  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  const u8* B = c.b;
+  const float* b_scale = c.b_scale;
 
   const u32 t = tid(), ln = t % 64, wave = t / 64;
   const u32 row0 = (wave / C::WARPS_N) * C::WM, col0 = (wave % C::WARPS_N) * C::WN;
@@ -681,16 +696,12 @@ DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
   u8* As = bg_smem;
   u8* Bs = bg_smem + BM * BK;
 
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
-  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
-  const u32 N = g.N, K = g.K;
-  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
-  const u8* B = g.b + (u64)expert * N * K;
-  const float* b_scale = PER_TILE ? g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk : g.b_scale + (u64)expert * N;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  BgCta c;
+  if (!bg_cta(g, BM, PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
+  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  const u8* B = c.b;
+  const float* b_scale = c.b_scale;
   const u32 t = tid();
 
   float acc[PER];

@@ -27,16 +27,12 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   constexpr int A_BYTES = BM * BK, STAGE = (BM + BN) * BK;
   extern __shared__ __attribute__((aligned(1024))) u8 fp8g_smem[];
 
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
-  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
-  const u32 N = g.N, K = g.K;
-  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = (K + BK - 1) / BK, sn = (N + BN - 1) / BN;
-  const u8* B = g.b + (u64)expert * N * K;
-  const float* b_scale = g.b_scale + (u64)expert * sn * sk + (u64)nt_idx * sk;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  BgCta c;
+  if (!bg_cta(g, BM, true, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
+  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  const u8* B = c.b;
+  const float* b_scale = c.b_scale;
   const u32 t = tid();
 
   constexpr int A_PER = BM * 8 / THREADS, B_PER = BN * 8 / THREADS;
