@@ -78,16 +78,16 @@ struct BgCta {
   const float* b_scale;
 };
 // false: the CTA's M tile does not run.
-DSV3_DEV bool bg_cta(const BlockGemmArgs& g, u32 bm, bool per_tile, BgCta& c) {
+template <int BM> DSV3_DEV bool bg_cta(const BlockGemmArgs& g, bool per_tile, BgCta& c) {
   c.nt_idx = blockIdx.x;
   c.mt_idx = blockIdx.y;
-  if (!bg_tile(g, c.mt_idx, (int)bm, c.expert, c.m_end)) return false;
+  if (!bg_tile(g, c.mt_idx, BM, c.expert, c.m_end)) return false;
   const u32 sn = (g.N + BG_BN - 1) / BG_BN;
-  c.m0 = c.mt_idx * bm;
+  c.m0 = c.mt_idx * BM;
   c.n0 = c.nt_idx * BG_BN;
   c.sk = (g.K + BG_BK - 1) / BG_BK;
   c.b = g.b + (u64)c.expert * g.N * g.K;
-  c.b_scale = per_tile ? g.b_scale + ((u64)c.expert * sn + c.nt_idx) * c.sk : g.b_scale + (u64)c.expert * g.N;
+  c.b_scale = per_tile ? g.b_scale + (u64)c.expert * sn * c.sk + (u64)c.nt_idx * c.sk : g.b_scale + (u64)c.expert * g.N;
   const u32 per = (c.sk + g.splits - 1) / g.splits;
   c.kt0 = blockIdx.z * per;
   c.kt1 = min(c.sk, c.kt0 + per);
@@ -287,9 +287,9 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
   extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
   BgCta c;
-  if (!bg_cta(g, BM, Op::PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
-  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  if (!bg_cta<BM>(g, Op::PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
+  const u32 kt0 = c.kt0, kt1 = c.kt1;
   const u8* B = c.b;
   const float* b_scale = c.b_scale;
 
@@ -539,14 +539,14 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
   using Frag = typename Op::Frag;
   constexpr int BN = BG_BN, BK = BG_BK, THREADS = 256, MT = C::MT, NT = C::NT;
   constexpr int CHUNKS = (BM + BN) * 8, PER = (CHUNKS + THREADS - 1) / THREADS;  // 16-byte chunks
-  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
   BgCta c;
-  if (!bg_cta(g, BM, Op::PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
-  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  if (!bg_cta<BM>(g, Op::PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
+  const u32 kt0 = c.kt0, kt1 = c.kt1;
   const u8* B = c.b;
   const float* b_scale = c.b_scale;
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
   const u32 t = tid(), ln = t % 64, wave = t / 64;
   const u32 row0 = (wave / C::WARPS_N) * C::WM, col0 = (wave % C::WARPS_N) * C::WN;
@@ -697,9 +697,9 @@ DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
   u8* Bs = bg_smem + BM * BK;
 
   BgCta c;
-  if (!bg_cta(g, BM, PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
-  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  if (!bg_cta<BM>(g, PER_TILE, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
+  const u32 kt0 = c.kt0, kt1 = c.kt1;
   const u8* B = c.b;
   const float* b_scale = c.b_scale;
   const u32 t = tid();

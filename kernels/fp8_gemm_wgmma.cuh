@@ -28,9 +28,9 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   extern __shared__ __attribute__((aligned(1024))) u8 fp8g_smem[];
 
   BgCta c;
-  if (!bg_cta(g, BM, true, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0;
-  const u32 sk = c.sk, kt0 = c.kt0, kt1 = c.kt1;
+  if (!bg_cta<BM>(g, true, c)) return;
+  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
+  const u32 kt0 = c.kt0, kt1 = c.kt1;
   const u8* B = c.b;
   const float* b_scale = c.b_scale;
   const u32 t = tid();
