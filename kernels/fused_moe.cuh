@@ -22,7 +22,7 @@ namespace dsv3 {
 // memory latency per 8 · blockDim pairs instead of one per blockDim.
 constexpr u32 MOE_ALIGN_BATCH = 8;
 
-// Dynamic smem: 2 · num_experts · 4 bytes. Block: up to 1024 threads (a power of two).
+// Dynamic smem: 2 · num_experts · 4 bytes. Block: up to 1024 threads.
 DSV3_DEV void moe_align_tiles(i32* DSV3_RESTRICT sorted_ids, i32* DSV3_RESTRICT tile_expert, i32* DSV3_RESTRICT num_tiles,
                               i32* DSV3_RESTRICT pair_to_row, const i32* DSV3_RESTRICT topk_ids, u32 num_pairs,
                               u32 num_experts, u32 bm) {
@@ -126,45 +126,47 @@ DSV3_DEV void moe_gather_rows(u8* DSV3_RESTRICT dst, float* DSV3_RESTRICT dst_sc
     dst_scales[(u64)r * row_scales + j] = p >= 0 ? src_scales[sr * row_scales + j] : 0.0f;
 }
 
-// grid (tokens), block up to 1024: 8 consecutive columns per thread (16-byte loads and stores)
-// when hidden % 8 == 0 and the rows are 16-byte aligned, else one.
+// grid (ceil(hidden / (8 · blockDim)), tokens): thread i of block (x, t) takes columns 8·(x·blockDim
+// + i) .. + 7 of token t (16-byte loads and stores) when hidden % 8 == 0 and the rows are 16-byte
+// aligned, else column x·blockDim + i; its topk rows are loaded together (one memory latency per
+// chunk, not one per expert: a decode step's few tokens otherwise leave the GPU idle).
 DSV3_DEV void moe_combine_rows(bf16* out, const bf16* DSV3_RESTRICT y, const float* DSV3_RESTRICT topk_weights,
                                const i32* DSV3_RESTRICT pair_to_row, u32 tokens, u32 topk, u32 hidden, float beta) {
-  const u32 t = blockIdx.x;
+  const u32 t = blockIdx.y;
   if (t >= tokens) return;
   const i32* rows = pair_to_row + (u64)t * topk;
   const float* wt = topk_weights + (u64)t * topk;
   bf16* orow = out + (u64)t * hidden;
   const u32 width = hidden % 8 == 0 && is_aligned<bf16, 8>(y) && is_aligned<bf16, 8>(orow) ? 8u : 1u;
-  for (u32 c = tid() * width; c < hidden; c += nthreads() * width) {
-    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 4
-    for (u32 k = 0; k < topk; ++k) {
-      const i32 r = rows[k];
-      if (r < 0) continue;
-      const bf16* yr = y + (u64)r * hidden + c;
-      const float w = wt[k];
-      if (width == 8) {
-        float v[8];
-        load_f32<bf16, 8>(yr, v);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j] += w * v[j];
-      } else {
-        acc[0] += w * to_float(*yr);
-      }
-    }
+  const u32 c = (blockIdx.x * nthreads() + tid()) * width;
+  if (c >= hidden) return;
+  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 8
+  for (u32 k = 0; k < topk; ++k) {
+    const i32 r = rows[k];
+    if (r < 0) continue;
+    const bf16* yr = y + (u64)r * hidden + c;
+    const float w = wt[k];
     if (width == 8) {
-      if (beta != 0.0f) {
-        float o[8];
-        load_f32<bf16, 8>(orow + c, o);
+      float v[8];
+      load_f32<bf16, 8>(yr, v);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) acc[j] += beta * o[j];
-      }
-      store_f32<bf16, 8>(orow + c, acc);
+      for (int j = 0; j < 8; ++j) acc[j] += w * v[j];
     } else {
-      if (beta != 0.0f) acc[0] += beta * to_float(orow[c]);
-      orow[c] = f32_to_bf16(acc[0]);
+      acc[0] += w * to_float(*yr);
     }
+  }
+  if (width == 8) {
+    if (beta != 0.0f) {
+      float o[8];
+      load_f32<bf16, 8>(orow + c, o);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[j] += beta * o[j];
+    }
+    store_f32<bf16, 8>(orow + c, acc);
+  } else {
+    if (beta != 0.0f) acc[0] += beta * to_float(orow[c]);
+    orow[c] = f32_to_bf16(acc[0]);
   }
 }
 

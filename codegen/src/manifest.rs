@@ -792,7 +792,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
-                doc: "grid (1), block 1024, dynamic smem 2 * num_experts * 4 bytes.",
+                doc: "grid (1), block up to 1024, dynamic smem 2 * num_experts * 4 bytes.",
             },
             KernelSpec {
                 name: "act_quant_group128_{F8}",
@@ -873,7 +873,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
-                doc: "out = beta * out + sum_k w * y[pair_to_row]; grid (tokens).",
+                doc: "out = beta * out + sum_k w * y[pair_to_row]; grid (ceil(hidden / (8 * block)), tokens), block up to 1024 (8 columns per thread when hidden % 8 == 0).",
             },
         ],
     },

@@ -175,7 +175,7 @@ pub(crate) fn run_experts<F: ExpertGemms + ?Sized>(s: &dyn GpuStream, wsp: &mut 
     let p2r = wsp.buf(s, slot::PAIR_TO_ROW, DType::I32, p)?;
     // 1. sort pairs by expert, padded to the tile.
     let mut v = [rows.sorted, rows.tile_expert, rows.num_tiles, p2r, topk_ids.raw(), u32_of(p, "pairs")? as u64, u32_of(e, "experts")? as u64, plan.bm as u64];
-    launch_raw(s, "moe_align_tiles", LaunchCfg::linear(1, 1024).with_shared(u32_of(2 * e * 4, "align smem")?), &mut v)?;
+    launch_raw(s, "moe_align_tiles", align_cfg(p, e)?, &mut v)?;
     // 2. the gate_up operand.
     let a = f.input(s, wsp, x)?;
     let a = f.sort_operand(s, wsp, a, &rows, plan.gate_up)?;
@@ -188,6 +188,17 @@ pub(crate) fn run_experts<F: ExpertGemms + ?Sized>(s: &dyn GpuStream, wsp: &mut 
     let y = wsp.buf(s, slot::Y, DType::Bf16, rows.rows() * h)?;
     f.down(s, &mut wsp.gemm, plan.down, y, hq, &rows)?;
     // 6. out = beta · out + Σ_k w · y[pair_to_row].
+    // 8 columns per thread where the kernel takes 16-byte rows (the same test as its own).
+    let width = if h % 8 == 0 && out.raw() % 16 == 0 && y % 16 == 0 { 8 } else { 1 };
+    let grid = (u32_of(h.div_ceil(256 * width), "combine blocks")?, u32_of(t, "tokens")?, 1);
     let mut v = [out.raw(), y, topk_weights.raw(), p2r, t as u64, topk as u64, h as u64, beta.to_bits() as u64];
-    launch_raw(s, "moe_combine_rows_bf16", LaunchCfg::linear(u32_of(t, "tokens")?, 256), &mut v)
+    launch_raw(s, "moe_combine_rows_bf16", LaunchCfg::new(grid, (256, 1, 1), 0), &mut v)
+}
+
+/// `moe_align_tiles`' launch: one block with enough threads for its passes over the pairs (8 ids
+/// a thread each) and its scan over the experts — from 128 (a decode step's few pairs: fewer scan
+/// steps and barriers) to 1024 — and 2 · experts i32 of shared memory.
+pub(crate) fn align_cfg(pairs: usize, experts: usize) -> Result<LaunchCfg> {
+    let threads = pairs.div_ceil(8).max(experts).next_power_of_two().clamp(128, 1024);
+    Ok(LaunchCfg::linear(1, threads as u32).with_shared(u32_of(2 * experts * 4, "align smem")?))
 }

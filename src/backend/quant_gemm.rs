@@ -870,13 +870,7 @@ pub fn moe_align_tiles(
         u32_of(num_experts, "experts")? as u64,
         bm as u64,
     ];
-    let smem = u32_of(2 * num_experts * 4, "align smem")?;
-    launch_raw(
-        s,
-        "moe_align_tiles",
-        LaunchCfg::linear(1, 1024).with_shared(smem),
-        &mut v,
-    )?;
+    launch_raw(s, "moe_align_tiles", super::moe_driver::align_cfg(p, num_experts)?, &mut v)?;
     Ok(al)
 }
 
