@@ -262,6 +262,27 @@ impl MlaDecodePlan {
         self.num_parts = (per_sm * self.sm_count / self.row_blocks).max(1);
         self
     }
+    /// The plan for a device whose blocks may use at most `limit` bytes of dynamic shared memory
+    /// (an A100: 163 KiB, Ada: 99 KiB; the page-tile kernel takes 168–230 KB): the 32-key-tile
+    /// kernel (93–113 KB), with fewer query rows per block (more row blocks) where that is what
+    /// fits; `None` when no split kernel fits (the caller takes the paged attention kernel).
+    pub fn fit_shared_memory(self, limit: usize) -> Option<Self> {
+        if self.smem_bytes() as usize <= limit {
+            return Some(self);
+        }
+        if self.wgmma {
+            return None;
+        }
+        (1..=self.mw.min(2)).rev().map(|mw| MlaDecodePlan { mw, ..self }.with_small_tiles(true)).find(|p| p.smem_bytes() as usize <= limit)
+    }
+    /// [`Self::fit_shared_memory`] for the device of `s` (CUDA: its opt-in limit; HIP launches
+    /// declare their LDS statically and take the plan as it is).
+    pub fn fit_device(self, s: &dyn GpuStream) -> Option<Self> {
+        match s.vendor() {
+            Vendor::Hip => Some(self),
+            Vendor::Cuda => self.fit_shared_memory(s.max_shared_per_block().ok()?),
+        }
+    }
     /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change;
     /// the wgmma kernel reads bf16 caches only).
     pub fn with_cache_dtype(mut self, cache: MlaCacheDtype) -> Self {
@@ -713,6 +734,32 @@ mod tests {
         assert_eq!(p.kernel_name(DType::Bf16), "mla_decode_t32_bf16_bf16_m2");
         let p = MlaDecodePlan::new(128, 1, 128, 132).unwrap().with_small_tiles(true);
         assert!(!p.small_tiles, "mw = 4 has no small-tile kernel");
+    }
+
+    #[test]
+    fn plans_fit_the_devices_shared_memory() {
+        let (hopper, a100, ada) = (227 * 1024, 163 * 1024, 99 * 1024);
+        // h = 16 (a TP-8 shard): page tiles (168 KB) on Hopper, 32-key tiles (93 KB) elsewhere.
+        let p = MlaDecodePlan::new(128, 1, 16, 108).unwrap();
+        assert_eq!(p.fit_shared_memory(hopper).map(|p| (p.small_tiles, p.smem_bytes())), Some((false, 168_448)));
+        for limit in [a100, ada] {
+            let f = p.fit_shared_memory(limit).unwrap();
+            assert_eq!((f.small_tiles, f.mw, f.smem_bytes(), f.num_parts), (true, 1, 93_440, 216));
+        }
+        // h = 128: mw 4 on page tiles (230 KB); an A100 takes mw 2 on 32-key tiles (4 row blocks),
+        // Ada mw 1 (8 row blocks).
+        let p = MlaDecodePlan::new(8, 1, 128, 108).unwrap();
+        let f = p.fit_shared_memory(a100).unwrap();
+        assert_eq!((f.mw, f.small_tiles, f.row_blocks, f.smem_bytes()), (2, true, 4, 112_896));
+        assert_eq!(f.kernel_name(DType::Bf16), "mla_decode_t32_bf16_bf16_m2");
+        let f = p.fit_shared_memory(ada).unwrap();
+        assert_eq!((f.mw, f.small_tiles, f.row_blocks, f.smem_bytes()), (1, true, 8, 93_440));
+        // The fp8 cache's 32-key tiles fit Ada too.
+        let f = MlaDecodePlan::new(8, 1, 16, 58).unwrap().with_cache_dtype(MlaCacheDtype::Fp8E4m3).fit_shared_memory(ada).unwrap();
+        assert_eq!((f.small_tiles, f.smem_bytes()), (true, 98_560));
+        // Nothing fits 48 KB, and the wgmma kernel is never shrunk.
+        assert!(MlaDecodePlan::new(8, 1, 16, 58).unwrap().fit_shared_memory(48 * 1024).is_none());
+        assert!(MlaDecodePlan::new(8, 1, 128, 132).unwrap().with_wgmma(true).fit_shared_memory(a100).is_none());
     }
 
     #[test]

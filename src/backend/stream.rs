@@ -71,6 +71,11 @@ pub trait GpuStream: Launcher {
     fn sm_count(&self) -> Result<usize> {
         Err(super::backend_err("gpu", "this stream cannot report its multiprocessor count"))
     }
+    /// Largest dynamic shared memory one block may request (bytes; NVIDIA: the opt-in limit, 227
+    /// KiB on Hopper, 163 KiB on an A100, 99 KiB on Ada): sizes the kernels that adapt to it.
+    fn max_shared_per_block(&self) -> Result<usize> {
+        Err(super::backend_err("gpu", "this stream cannot report its shared memory per block"))
+    }
     /// The TMA descriptor of `t` (NVIDIA sm_90+: cuTensorMapEncodeTiled).
     fn tensor_map(&self, _t: &TmaTiled) -> Result<TensorMap> {
         Err(super::backend_err("gpu", "this stream cannot encode TMA descriptors (NVIDIA sm_90 and later)"))

@@ -455,6 +455,12 @@ impl GpuStream for CudaStream {
             .map(|n| n as usize)
             .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT): {e:?}")))
     }
+    fn max_shared_per_block(&self) -> Result<usize> {
+        self.ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .map(|n| n as usize)
+            .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MAX_SHARED_MEMORY_PER_BLOCK_OPTIN): {e:?}")))
+    }
     fn tensor_map(&self, t: &TmaTiled) -> Result<TensorMap> {
         let rank = t.dims.len();
         if !(1..=5).contains(&rank) || t.strides.len() + 1 != rank || t.box_dims.len() != rank {

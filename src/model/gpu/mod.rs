@@ -500,7 +500,9 @@ impl GpuModel {
         }
         let sms = self.sm_count?;
         // The sm_90a wgmma kernel where it runs and pays (bf16 cache, s_q·H ≥ 32; DSV3_MLA_WGMMA=0: off).
-        MlaDecodePlan::new(batch, s_q, self.heads, sms).ok().map(|p| p.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref()))
+        // Sized to the device's shared memory (A100 / Ada: the 32-key-tile kernel), else none.
+        let plan = MlaDecodePlan::new(batch, s_q, self.heads, sms).ok()?;
+        plan.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref()).fit_device(self.stream.as_ref())
     }
 
     /// Prefill and mixed steps: one split-KV MLA launch per sequence (its new tokens as the query
