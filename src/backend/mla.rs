@@ -275,12 +275,13 @@ impl MlaDecodePlan {
         }
         (1..=self.mw.min(2)).rev().map(|mw| MlaDecodePlan { mw, ..self }.with_small_tiles(true)).find(|p| p.smem_bytes() as usize <= limit)
     }
-    /// [`Self::fit_shared_memory`] for the device of `s` (CUDA: its opt-in limit; HIP launches
-    /// declare their LDS statically and take the plan as it is).
+    /// [`Self::fit_shared_memory`] for the device of `s` (CUDA: its opt-in limit; a stream that
+    /// cannot report it keeps the plan, as before this check; HIP launches declare their LDS
+    /// statically and take the plan as it is).
     pub fn fit_device(self, s: &dyn GpuStream) -> Option<Self> {
-        match s.vendor() {
-            Vendor::Hip => Some(self),
-            Vendor::Cuda => self.fit_shared_memory(s.max_shared_per_block().ok()?),
+        match (s.vendor(), s.max_shared_per_block()) {
+            (Vendor::Cuda, Ok(limit)) => self.fit_shared_memory(limit),
+            _ => Some(self),
         }
     }
     /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change;
