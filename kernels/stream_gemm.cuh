@@ -582,6 +582,8 @@ DSV3_DEV void stream_gemm_awq(bf16* out, const bf16* a, const i32* qweight, cons
   const u32* qz = reinterpret_cast<const u32*>(qzeros);
 #if defined(DSV3_CUDA)
   stream_gemm_awq_mma<BM>(g, qz, scales, group);
+#elif defined(DSV3_MFMA)
+  awq_gemm_mfma<BM>(g, qz, scales, group);
 #else
   awq_gemm_generic<BM>(g, qz, scales, group);
 #endif
