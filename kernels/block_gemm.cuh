@@ -15,8 +15,8 @@
 //   - block_gemm_mma: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8 MMAs, chosen by an Op
 //     policy: Fp8MmaOp, Int8MmaOp);
 //   - block_gemm_mfma (HIP, gfx90a / gfx942: dsv3/mfma.h): the same loop on AMD matrix cores
-//     (policies Fp8MfmaOp, Int8MfmaOp), with its own loader, fragments and epilogue
-//     (bg_epilogue_mfma);
+//     (policies Fp8MfmaOp, Int8MfmaOp), with its own loader / LDS tile / fragments (MfmaStager,
+//     shared with quant_gemm.cuh's awq_gemm_mfma) and epilogue (bg_epilogue_mfma);
 //   - block_gemm_generic: the portable shared-memory fallback (operand bytes decoded by Fp8Dec /
 //     Int8Dec): e4m3fnuz on NVIDIA, and HIP targets without MFMA.
 #pragma once

@@ -32,7 +32,11 @@
 //   128 + z: the integer q − z is exact in bf16. The f16 scale is applied to each 64-wide K tile's
 //   f32 partial (one group, or half of one), so the weights are never rounded: the only rounding is
 //   f32 accumulation and the bf16 output. CTA tile BM × 128, K tile 64, 4-stage cp.async pipeline;
-//   BM 16 (decode: split-K over many CTAs), 64, 128 (prefill). HIP: a generic per-output loop.
+//   BM 16 (decode: split-K over many CTAs), 64, 128 (prefill). HIP gfx90a / gfx942: awq_gemm_mfma,
+//   block_gemm_mfma's tile loop (MfmaStager, waves, bg_epilogue_mfma) reading the same repacked
+//   words from LDS (one stage, (BM + 32) · 128 bytes), dequantized in registers to exact bf16
+//   q − z for v_mfma_f32_16x16x16bf16_1k, the same per-64-K-tile f16 scaling (compiled, not run on
+//   AMD hardware); other HIP targets: awq_gemm_generic, a per-output loop.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "block_gemm.cuh"
