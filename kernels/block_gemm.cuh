@@ -15,8 +15,8 @@
 //   - block_gemm_mma: the 8-bit × 8-bit block-scaled main loop (e4m3 or s8 MMAs, chosen by an Op
 //     policy: Fp8MmaOp, Int8MmaOp);
 //   - block_gemm_mfma (HIP, gfx90a / gfx942: dsv3/mfma.h): the same loop on AMD matrix cores
-//     (policies Fp8MfmaOp, Int8MfmaOp), with its own loader, fragments and epilogue
-//     (bg_epilogue_mfma);
+//     (policies Fp8MfmaOp, Int8MfmaOp), with its own loader / LDS tile / fragments (MfmaStager,
+//     shared with quant_gemm.cuh's awq_gemm_mfma) and epilogue (bg_epilogue_mfma);
 //   - block_gemm_generic: the portable shared-memory fallback (operand bytes decoded by Fp8Dec /
 //     Int8Dec): e4m3fnuz on NVIDIA, and HIP targets without MFMA.
 #pragma once
@@ -532,13 +532,74 @@ DSV3_DEV void bg_epilogue_mfma(const BlockGemmArgs& g, const f32x4 (&acc)[MT][NT
   if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
 }
 
+// The LDS tile of the MFMA loops: ROWS rows of 128 bytes (BM activation rows, then the weight's
+// rows), one stage, staged through registers one K tile ahead. Thread t owns the 16-byte chunks
+// h = t % 8 of rows t / 8 + 32·i. Row r's chunk of K tile kt is read at src + kt · step, step =
+// 128 bytes for rows < ROWS_A and B_STEP for the others (AWQ's weight rows hold two K tiles'
+// k32 blocks interleaved); !ok rows are zeros. (A null pointer for those would hide the global
+// address space from the compiler: flat loads, counted with the LDS reads.)
+template <int ROWS, int ROWS_A, int B_STEP> struct MfmaStager {
+  static constexpr int THREADS = 256, CHUNKS = ROWS * 8, PER = (CHUNKS + THREADS - 1) / THREADS;
+  const u8* src[PER];
+  bool ok[PER];
+  Vec<u32, 4> stage[PER];
+
+  DSV3_DEV static u32 row(int i) { return tid() / 8 + i * (THREADS / 8); }
+  DSV3_DEV static u32 chunk() { return tid() % 8; }
+  // row_src(r, p): false for a zero row, else p = the row's chunk-0 address of K tile 0.
+  template <class RowSrc> DSV3_DEV void init(const u8* any, RowSrc row_src) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const u8* p = any;
+      ok[i] = row(i) < (u32)ROWS && row_src(row(i), p);
+      src[i] = (ok[i] ? p : any) + chunk() * 16;
+    }
+  }
+  // Issues K tile kt's loads (kin false: this thread's chunk is past the K end, zeros).
+  DSV3_DEV void load(u32 kt, bool kin) {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const u32 step = row(i) < (u32)ROWS_A ? BG_BK : B_STEP;
+      stage[i] = ok[i] && kin ? load_vec<u32, 4>(reinterpret_cast<const u32*>(src[i] + kt * step))
+                              : Vec<u32, 4>{{0u, 0u, 0u, 0u}};
+    }
+  }
+  // Stores the staged chunks (each word through lds(u32)), 8-byte slot c of row r at c ^ (r & 15):
+  // 16 lanes reading one slot of 16 consecutive rows touch all 32 banks once.
+  template <class Lds> DSV3_DEV void store(u8* smem, Lds lds) const {
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const u32 r = row(i);
+      if (CHUNKS % THREADS != 0 && r >= (u32)ROWS) continue;
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const Vec<u32, 2> w = {{lds(stage[i].v[2 * e]), lds(stage[i].v[2 * e + 1])}};
+        store_vec<u32, 2>(reinterpret_cast<u32*>(smem + r * BG_BK + (((2 * chunk() + e) ^ (r & 15)) << 3)), w);
+      }
+    }
+  }
+  // 8 bytes of tile row r at K slot s (a lane's fragment).
+  DSV3_DEV static u64 frag(const u8* smem, u32 r, u32 s) {
+    return *reinterpret_cast<const u64*>(smem + r * BG_BK + ((s ^ (r & 15)) << 3));
+  }
+  // The activation fragments of MT 16-row MFMA tiles from row0 (lane: row l % 16, slot s); rows
+  // past ROWS_A (BM 8: rows 8..15) are zeros.
+  template <int MT> DSV3_DEV static void row_frags(u64 (&f)[MT], const u8* smem, u32 row0, u32 s) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const u32 rl = row0 + i * 16 + lane() % 16;
+      f[i] = (ROWS_A % 16 == 0 || rl < (u32)ROWS_A) ? frag(smem, rl, s) : 0ull;
+    }
+  }
+};
+
 template <int BM, class Op>
 DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
   using C = MfmaCfg<BM>;
   using AccV = typename Op::AccV;
   using Frag = typename Op::Frag;
-  constexpr int BN = BG_BN, BK = BG_BK, THREADS = 256, MT = C::MT, NT = C::NT;
-  constexpr int CHUNKS = (BM + BN) * 8, PER = (CHUNKS + THREADS - 1) / THREADS;  // 16-byte chunks
+  using Stager = MfmaStager<BM + BG_BN, BM, BG_BK>;
+  constexpr int BN = BG_BN, BK = BG_BK, MT = C::MT, NT = C::NT;
 
   BgCta c;
   if (!bg_cta<BM>(g, Op::PER_TILE, c)) return;
@@ -559,54 +620,28 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
     srow[i] = rl < (u32)BM ? (i32)bg_a_row(g, m0 + rl, m_end) : -1;
   }
 
-  // This thread's chunks: K bytes 16·h .. +16 of tile rows t / 8 + 32·i (A rows, then the B rows
-  // from BM on); !ok: a padding row or one past N (zeros). (A null pointer for those would hide
-  // the global address space from the compiler: flat loads, counted with the LDS reads.)
-  const u32 h = t % 8;
-  const u8* src[PER];
-  bool ok[PER];
-  Vec<u32, 4> stage[PER];
-#pragma unroll
-  for (int i = 0; i < PER; ++i) {
-    const u32 r = t / 8 + i * (THREADS / 8);
-    i64 gr = -1;
-    if (r < (u32)(BM + BN)) gr = r < (u32)BM ? bg_a_row(g, m0 + r, m_end) : (n0 + r - BM < N ? (i64)(n0 + r - BM) : -1);
-    ok[i] = gr >= 0;
-    src[i] = (r < (u32)BM ? g.a : B) + (u64)(ok[i] ? gr : 0) * K + h * 16;
-  }
+  // Tile rows: the BM activation rows, then the weight rows n0 .. n0 + 127 (zeros past N).
+  Stager st;
+  st.init(g.a, [&](u32 r, const u8*& p) {
+    const i64 gr = r < (u32)BM ? bg_a_row(g, m0 + r, m_end) : (n0 + r - BM < N ? (i64)(n0 + r - BM) : -1);
+    p = (r < (u32)BM ? g.a : B) + (u64)(gr >= 0 ? gr : 0) * K;
+    return gr >= 0;
+  });
   // The loads of K tile kt: its chunks, and (PER_TILE) its scales s_a of this lane's rows and s_b.
   // They are in flight during the previous tile's MFMAs and waited for where the chunks are stored.
   // (The compiler puts the zero chunks' loads under branches, after which it cannot count the
   // loads; so nothing else waits for a load in the loop.)
   float sa[MT], sb = 0.0f;
   auto load = [&](u32 kt) {
-    const bool kin = kt * BK + h * 16 < K;  // K % 16 == 0: a chunk is all in or all out
-#pragma unroll
-    for (int i = 0; i < PER; ++i)
-      stage[i] = ok[i] && kin ? load_vec<u32, 4>(reinterpret_cast<const u32*>(src[i] + kt * BK))
-                              : Vec<u32, 4>{{0u, 0u, 0u, 0u}};
+    st.load(kt, kt * BK + Stager::chunk() * 16 < K);  // K % 16 == 0: a chunk is all in or all out
     if constexpr (Op::PER_TILE) {
 #pragma unroll
       for (int i = 0; i < MT; ++i) sa[i] = srow[i] >= 0 ? g.a_scales[(u64)srow[i] * sk + kt] : 0.0f;
       sb = b_scale[kt];
     }
   };
-  auto store = [&]() {
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const u32 r = t / 8 + i * (THREADS / 8);
-      if (CHUNKS % THREADS != 0 && r >= (u32)(BM + BN)) continue;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const Vec<u32, 2> w = {{Op::lds(stage[i].v[2 * e]), Op::lds(stage[i].v[2 * e + 1])}};
-        store_vec<u32, 2>(reinterpret_cast<u32*>(bg_smem + r * BK + (((2 * h + e) ^ (r & 15)) << 3)), w);
-      }
-    }
-  };
-  // 8 bytes of tile row r at K slot s (a lane's fragment).
-  auto frag = [&](u32 r, u32 s) -> Frag {
-    return Op::frag(*reinterpret_cast<const u64*>(bg_smem + r * BK + ((s ^ (r & 15)) << 3)));
-  };
+  auto store = [&]() { st.store(bg_smem, [](u32 w) { return Op::lds(w); }); };
+  auto frag = [&](u32 r, u32 s) -> Frag { return Op::frag(Stager::frag(bg_smem, r, s)); };
 
   f32x4 acc[MT][NT];
   AccV part[MT][NT];
@@ -631,12 +666,11 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
 #pragma unroll
     for (int ks = 0; ks < BK / 32; ++ks) {
       const u32 slot = 4 * ks + ln / 16;
+      u64 ar[MT];
+      Stager::row_frags(ar, bg_smem, row0, slot);
       Frag af[MT], wf[NT];
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        const u32 rl = row0 + i * 16 + ln % 16;
-        af[i] = (BM % 16 == 0 || rl < (u32)BM) ? frag(rl, slot) : Op::frag(0);
-      }
+      for (int i = 0; i < MT; ++i) af[i] = Op::frag(ar[i]);
 #pragma unroll
       for (int j = 0; j < NT; ++j) wf[j] = frag(BM + col0 + j * 16 + ln % 16, slot);
 #pragma unroll

@@ -32,7 +32,11 @@
 //   128 + z: the integer q − z is exact in bf16. The f16 scale is applied to each 64-wide K tile's
 //   f32 partial (one group, or half of one), so the weights are never rounded: the only rounding is
 //   f32 accumulation and the bf16 output. CTA tile BM × 128, K tile 64, 4-stage cp.async pipeline;
-//   BM 16 (decode: split-K over many CTAs), 64, 128 (prefill). HIP: a generic per-output loop.
+//   BM 16 (decode: split-K over many CTAs), 64, 128 (prefill). HIP gfx90a / gfx942: awq_gemm_mfma,
+//   block_gemm_mfma's tile loop (MfmaStager, waves, bg_epilogue_mfma) reading the same repacked
+//   words from LDS (one stage, (BM + 32) · 128 bytes), dequantized in registers to exact bf16
+//   q − z for v_mfma_f32_16x16x16bf16_1k, the same per-64-K-tile f16 scaling (compiled, not run on
+//   AMD hardware); other HIP targets: awq_gemm_generic, a per-output loop.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "block_gemm.cuh"
@@ -105,9 +109,11 @@ constexpr int AWQ_BK = 64;      // K elements per stage (128 bytes of bf16 per A
 constexpr int AWQ_STAGES = 4;
 constexpr int AWQ_B_BYTES = (BG_BN / 8) * 2 * 128;  // 16 column groups × 2 k32 blocks × 32 words
 
+// HIP: awq_gemm_mfma's one stage of BM activation rows + 32 rows of weight words (the generic
+// loop, on HIP targets without MFMA, needs none).
 template <int BM> struct AwqSmem {
 #if defined(DSV3_HIP)
-  static constexpr int BYTES = 0;
+  static constexpr int BYTES = (BM + 32) * 128;
 #else
   static constexpr int BYTES = (BM * 128 + AWQ_B_BYTES) * AWQ_STAGES;
 #endif
@@ -274,23 +280,165 @@ DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16*
 }
 #endif  // DSV3_CUDA
 
-// Portable path: one output element per thread and pass, f32 (HIP; correct, not fast).
+// The CTA's AWQ tile (grid (ceil(N/128), M tiles, splits)): bg_tile's expert and row bound, the
+// tile origin, this split's range of 64-wide K tiles, the expert's weights, zeros and scales.
+struct AwqCta {
+  u32 expert, m_end, m0, n0, kt0, kt1;
+  const u32* qw;
+  const u32* qz;
+  const f16* sc;
+};
+// false: the CTA's M tile does not run.
+template <int BM>
+DSV3_DEV bool awq_cta(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G, AwqCta& c) {
+  if (!bg_tile(g, blockIdx.y, BM, c.expert, c.m_end)) return false;
+  const u32 N8 = g.N / 8, sk = g.K / AWQ_BK;
+  c.m0 = blockIdx.y * BM;
+  c.n0 = blockIdx.x * BG_BN;
+  c.qw = reinterpret_cast<const u32*>(g.b) + (u64)c.expert * N8 * (g.K / 32) * 32;
+  c.qz = qzeros + (u64)c.expert * (g.K / G) * N8;
+  c.sc = scales + (u64)c.expert * (g.K / G) * g.N;
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  c.kt0 = blockIdx.z * per;
+  c.kt1 = min(sk, c.kt0 + per);
+  return true;
+}
+
+#if defined(DSV3_MFMA)
+// AMD matrix cores (gfx90a, gfx942): block_gemm_mfma's loop — MfmaStager's register-staged,
+// swizzled one-stage LDS tile, MfmaCfg's waves, D = W · Aᵀ, bg_epilogue_mfma — with
+// v_mfma_f32_16x16x16bf16_1k on weights dequantized in registers. LDS rows: the BM activation
+// rows (128 bytes = one 64-wide K tile), then 32 rows of awq_repack words: row 16·kb + c of K tile
+// kt = the 32 words (128 bytes) of column group n0/8 + c, k32 block 2·kt + kb.
+// Lane l (n = l % 16, q = l / 16) of the MFMA tile of weight columns nb .. nb + 15 needs, in k16
+// step ks = 2·kb + s, W[k][nb + n] at k = 32·kb + 16·s + 4·q + e (the activation fragment's k).
+// In the repacked word of lane (g, t) = (n % 8, t) that is word t = 2·(q % 2) + e / 2, nibble
+// 2·s + q / 2 + 4·(e % 2) (awq_repacked_pos): one 8-byte read (words 2·(q % 2), +1 = slot
+// 2·(n % 8) + q % 2) serves both steps of the k32 block. Shifted right by 4·(q / 2) and masked to
+// 0x0f0f0f0f, byte b of a word is nibble 2·b + q / 2, so step s takes bytes s and s + 2 of each:
+// v_cvt_f32_ubyte, − z in f32 (exact), and the f32's high half is the bf16 (|q − z| ≤ 15 needs 4
+// mantissa bits). The f16 group scale multiplies each K tile's f32 partial, as on CUDA.
+DSV3_DEV bf16x4 awq_mfma_deq(u32 x0, u32 x1, int s, float z) {
+  const float w0 = (float)((x0 >> (8 * s)) & 0xffu) - z, w1 = (float)((x0 >> (8 * s + 16)) & 0xffu) - z;
+  const float w2 = (float)((x1 >> (8 * s)) & 0xffu) - z, w3 = (float)((x1 >> (8 * s + 16)) & 0xffu) - z;
+  typedef u32 u32x2 __attribute__((ext_vector_type(2)));
+  const u32x2 v = {(__builtin_bit_cast(u32, w0) >> 16) | (__builtin_bit_cast(u32, w1) & 0xffff0000u),
+                   (__builtin_bit_cast(u32, w2) >> 16) | (__builtin_bit_cast(u32, w3) & 0xffff0000u)};
+  return __builtin_bit_cast(bf16x4, v);
+}
+
+template <int BM>
+DSV3_DEV void awq_gemm_mfma(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
+  using C = MfmaCfg<BM>;
+  using Stager = MfmaStager<BM + 32, BM, 2 * 128>;  // weight rows: 2 k32 blocks (256 bytes) per K tile
+  constexpr int MT = C::MT, NT = C::NT;
+  extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
+
+  AwqCta c;
+  if (!awq_cta<BM>(g, qzeros, scales, G, c)) return;
+  const u32 N = g.N, K = g.K, N8 = N / 8, K32 = K / 32, m0 = c.m0, n0 = c.n0, m_end = c.m_end;
+  const u32 t = tid(), ln = t % 64, wave = t / 64, q = ln / 16;
+  const u32 row0 = (wave / C::WARPS_N) * C::WM, col0 = (wave % C::WARPS_N) * C::WN;
+
+  Stager st;
+  st.init(g.a, [&](u32 r, const u8*& p) {
+    if (r < (u32)BM) {
+      const i64 ar = bg_a_row(g, m0 + r, m_end);
+      p = g.a + (u64)(ar >= 0 ? ar : 0) * 2 * K;
+      return ar >= 0;
+    }
+    const u32 n8 = n0 / 8 + (r - BM) % 16, kb = (r - BM) / 16;
+    p = reinterpret_cast<const u8*>(c.qw + ((u64)n8 * K32 + kb) * 32);
+    return n8 < N8;
+  });
+  // Per K tile, loaded with its chunks (one tile ahead): the zero point of this lane's B-operand
+  // column n0 + col0 + 16·j + l % 16, and the scales of its 4 accumulator
+  // columns n0 + col0 + 16·j + 4·q .. +3 (N % 8 == 0: all in or all out).
+  const u32 zshift = 4 * awq_nib(ln % 8);
+  u32 zw[NT];
+  Vec<u32, 2> sw[NT];
+  auto load = [&](u32 kt) {
+    st.load(kt, true);  // K % 64 == 0
+    const u32 gi = kt * AWQ_BK / G;
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const u32 nz = n0 + col0 + 16 * j + ln % 16, ns = n0 + col0 + 16 * j + 4 * q;
+      zw[j] = nz < N ? c.qz[(u64)gi * N8 + nz / 8] : 0u;
+      sw[j] = ns < N ? load_vec<u32, 2>(reinterpret_cast<const u32*>(c.sc + (u64)gi * N + ns)) : Vec<u32, 2>{{0u, 0u}};
+    }
+  };
+
+  f32x4 acc[MT][NT];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[i][j] = f32x4{0.0f, 0.0f, 0.0f, 0.0f};
+
+  const u32 nk = c.kt1 > c.kt0 ? c.kt1 - c.kt0 : 0;
+  if (nk > 0) load(c.kt0);
+  for (u32 it = 0; it < nk; ++it) {
+    __syncthreads();  // every wave is done reading the previous tile
+    st.store(bg_smem, [](u32 w) { return w; });
+    __syncthreads();
+    // This tile's zeros and scales, before load() replaces them.
+    float z[NT];
+    f32x4 sv[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      z[j] = (float)((zw[j] >> zshift) & 15u);
+      typedef _Float16 f16x2 __attribute__((ext_vector_type(2)));
+      const f16x2 lo = __builtin_bit_cast(f16x2, sw[j].v[0]), hi = __builtin_bit_cast(f16x2, sw[j].v[1]);
+      sv[j] = f32x4{(float)lo.x, (float)lo.y, (float)hi.x, (float)hi.y};
+    }
+    if (it + 1 < nk) load(c.kt0 + it + 1);
+    f32x4 part[MT][NT];
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) part[i][j] = f32x4{0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int kb = 0; kb < 2; ++kb) {
+      u32 x[NT][2];
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        const u32 cn = col0 + 16 * j + ln % 16;
+        const u64 w = Stager::frag(bg_smem, BM + 16 * kb + cn / 8, 2 * (cn % 8) + q % 2);
+        x[j][0] = ((u32)w >> (4 * (q / 2))) & 0x0f0f0f0fu;
+        x[j][1] = ((u32)(w >> 32) >> (4 * (q / 2))) & 0x0f0f0f0fu;
+      }
+#pragma unroll
+      for (int s = 0; s < 2; ++s) {
+        u64 ar[MT];
+        Stager::row_frags(ar, bg_smem, row0, 4 * (2 * kb + s) + q);
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const bf16x4 wf = awq_mfma_deq(x[j][0], x[j][1], s, z[j]);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) part[i][j] = mfma_bf16_k16(wf, __builtin_bit_cast(bf16x4, ar[i]), part[i][j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) acc[i][j] += part[i][j] * sv[j];
+  }
+  bg_epilogue_mfma<BM, MT, NT>(g, acc, m0, m_end, n0, row0, col0, blockIdx.y, blockIdx.x);
+}
+#else
+// Portable path (HIP targets without MFMA): one output element per thread and pass, f32 (correct,
+// not fast).
 template <int BM>
 DSV3_DEV void awq_gemm_generic(const BlockGemmArgs& g, const u32* qzeros, const f16* scales, u32 G) {
   constexpr int BN = BG_BN, THREADS = 256, PER = BM * BN / THREADS;
   static_assert(PER * THREADS == BM * BN, "tile / threads");
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
-  if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
-  const u32 N = g.N, K = g.K, N8 = N / 8;
-  const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = K / AWQ_BK;
-  const u32* qw = reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * (K / 32) * 32;
-  const u32* qz = qzeros + (u64)expert * (K / G) * N8;
-  const f16* sc = scales + (u64)expert * (K / G) * N;
+  AwqCta c;
+  if (!awq_cta<BM>(g, qzeros, scales, G, c)) return;
+  const u32 N = g.N, K = g.K, m0 = c.m0, n0 = c.n0, m_end = c.m_end;
+  const u32* qw = c.qw;
+  const u32* qz = c.qz;
+  const f16* sc = c.sc;
   const bf16* A = reinterpret_cast<const bf16*>(g.a);
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
   for (int o = 0; o < PER; ++o) {
     const u32 idx = tid() + o * THREADS;
     const u32 r = m0 + idx / BN, n = n0 + idx % BN;
@@ -298,7 +446,7 @@ DSV3_DEV void awq_gemm_generic(const BlockGemmArgs& g, const u32* qzeros, const 
     const i64 ar = bg_a_row(g, r, m_end);
     float acc = 0.0f;
     if (ar >= 0) {
-      for (u32 kt = kt0; kt < kt1; ++kt) {
+      for (u32 kt = c.kt0; kt < c.kt1; ++kt) {
         const u32 gi = kt * AWQ_BK / G;
         const float z = (float)awq_zero(qz, gi, n, N), s = to_float(sc[(u64)gi * N + n]);
         float part = 0.0f;
@@ -315,9 +463,11 @@ DSV3_DEV void awq_gemm_generic(const BlockGemmArgs& g, const u32* qzeros, const 
     else atomic_add(g.ws + (u64)r * N + n, acc);
   }
   if (g.splits == 1) return;
-  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
+  const u32 tile_id = blockIdx.y * gridDim.x + blockIdx.x;
   if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
 }
+#endif  // DSV3_MFMA
+
 
 // Entry: grid (ceil(N/128), M tiles, splits), block 256, dynamic smem AwqSmem<BM>::BYTES.
 template <int BM>
@@ -329,6 +479,8 @@ DSV3_DEV void awq_gemm(bf16* out, const bf16* a, const i32* qweight, const i32* 
   const u32* qz = reinterpret_cast<const u32*>(qzeros);
 #if defined(DSV3_CUDA)
   awq_gemm_mma<BM>(g, qz, scales, group);
+#elif defined(DSV3_MFMA)
+  awq_gemm_mfma<BM>(g, qz, scales, group);
 #else
   awq_gemm_generic<BM>(g, qz, scales, group);
 #endif

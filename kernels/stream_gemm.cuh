@@ -30,7 +30,8 @@
 //
 // HIP, and any other target without the NVIDIA MMAs: the entries run the tiled GEMMs' HIP paths
 // with BM-row tiles (8-bit: block_gemm_mfma on gfx90a / gfx942, else block_gemm_generic; AWQ:
-// awq_gemm_generic), so every variant computes the same function.
+// awq_gemm_mfma on gfx90a / gfx942, else awq_gemm_generic), so every variant computes the same
+// function.
 #pragma once
 #include "dsv3/dsv3.h"
 #include "dsv3/mma_sm80.h"
@@ -542,7 +543,7 @@ DSV3_DEV void stream_gemm_awq_mma(const BlockGemmArgs& g, const u32* qzeros, con
 
 // Entries: grid (ceil(N/128), M tiles of BM rows, splits), block 256, dynamic shared memory
 // StreamCfg<BM, W>::SMEM (CUDA) or the tiled paths' (HIP: (BM + 128) · 128 for the 8-bit
-// GEMMs, none for AWQ). 8-bit: K % 16 == 0; AWQ: as awq_gemm (G ∈ {64, 128}, K % G == 0, N % 8 == 0).
+// GEMMs, AwqSmem's (BM + 32) · 128 for AWQ). 8-bit: K % 16 == 0; AWQ: as awq_gemm (G ∈ {64, 128}, K % G == 0, N % 8 == 0).
 template <int BM>
 DSV3_DEV void stream_gemm_fp8(bf16* out, const e4m3fn* a, const float* a_scales, const e4m3fn* b, const float* b_scale,
                               float* ws, u32* counters, const i32* row_ids, const i32* tile_expert, const i32* num_tiles,
@@ -582,6 +583,8 @@ DSV3_DEV void stream_gemm_awq(bf16* out, const bf16* a, const i32* qweight, cons
   const u32* qz = reinterpret_cast<const u32*>(qzeros);
 #if defined(DSV3_CUDA)
   stream_gemm_awq_mma<BM>(g, qz, scales, group);
+#elif defined(DSV3_MFMA)
+  awq_gemm_mfma<BM>(g, qz, scales, group);
 #else
   awq_gemm_generic<BM>(g, qz, scales, group);
 #endif

@@ -169,12 +169,13 @@ impl QuantTile {
         (stage * stages) as u32
     }
     /// Dynamic shared memory of the AWQ kernel (mirrors `AwqSmem` / `AwqStreamCfg`): 4 stages of BM ×
-    /// 128 bytes of activations + 4 KB of packed weights on CUDA; none on HIP (generic path).
+    /// 128 bytes of activations + 4 KB of packed weights on CUDA; on HIP one stage of BM × 128 + 4 KB
+    /// (awq_gemm_mfma; the generic loop of HIP targets without MFMA uses none of it).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
         match (vendor, self) {
             (_, QuantTile::Stream(t)) => t.awq_smem_bytes(vendor),
             (Vendor::Cuda, _) => ((self.bm() * 128 + 4096) * 4) as u32,
-            (Vendor::Hip, _) => 0,
+            (Vendor::Hip, _) => ((self.bm() + 32) * 128) as u32,
         }
     }
 }
@@ -897,6 +898,7 @@ mod tests {
         assert_eq!(plan_awq(64, 4096, 7168, 132).tile, QuantTile::Bm64);
         assert_eq!(QuantTile::Bm128.int8_smem_bytes(Vendor::Cuda), 98304);
         assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Cuda), 81920);
+        assert_eq!(QuantTile::Bm128.awq_smem_bytes(Vendor::Hip), 20480);
         let (p, max_tiles) = plan_grouped(QuantKernel::Int8, 8, 32, 512, 7168, 132);
         assert_eq!((p.tile, max_tiles), (QuantTile::Bm16, 9));
         assert!(p.splits > 1);

@@ -78,8 +78,8 @@ impl StreamTile {
     /// The same for AWQ (mirrors `AwqStreamCfg<BM>::SMEM` in kernels/stream_gemm.cuh): NA
     /// buffers of the BM token rows of CH K tiles (rows CH · 128 + 16 bytes apart) and, per warp,
     /// NS = PF + 1 weight stages of 560 bytes (a K tile's 512 bytes of words, its zero points and
-    /// scales): BM 8: PF 7, CH 8, NA 2; BM 64: PF 5, CH 1, NA 6. HIP runs awq_gemm_generic,
-    /// which has none.
+    /// scales): BM 8: PF 7, CH 8, NA 2; BM 64: PF 5, CH 1, NA 6. HIP runs awq_gemm_mfma (`AwqSmem`:
+    /// one stage of BM × 128 + 4 KB; the generic loop of HIP targets without MFMA uses none).
     pub fn awq_smem_bytes(self, vendor: Vendor) -> u32 {
         let (pf, ch): (usize, usize) = match self {
             StreamTile::T8 => (7, 8),
@@ -88,7 +88,7 @@ impl StreamTile {
         let na = 1 + pf.div_ceil(ch);
         match vendor {
             Vendor::Cuda => (na * self.bm() * (ch * 128 + 16) + 8 * (pf + 1) * 560) as u32,
-            Vendor::Hip => 0,
+            Vendor::Hip => ((self.bm() + 32) * 128) as u32,
         }
     }
 }
@@ -109,6 +109,6 @@ mod tests {
         // AWQ: 2 × 8 × 1040 + 8 × 8 × 560; 6 × 64 × 144 + 8 × 6 × 560.
         assert_eq!(StreamTile::T8.awq_smem_bytes(Vendor::Cuda), 52_480);
         assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Cuda), 82_176);
-        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Hip), 0);
+        assert_eq!(StreamTile::T64.awq_smem_bytes(Vendor::Hip), 12_288);
     }
 }

@@ -27,6 +27,7 @@ namespace dsv3 {
 typedef float f32x4 __attribute__((ext_vector_type(4)));
 typedef i32 i32x4 __attribute__((ext_vector_type(4)));
 typedef _Float16 f16x4 __attribute__((ext_vector_type(4)));
+typedef short bf16x4 __attribute__((ext_vector_type(4)));  // 4 bf16 bit patterns
 
 // c += a · b over k32 with 8-bit operands: 8 bytes (k = 8·(l / 16) .. +7) of A row / B column
 // l % 16 per lane. CDNA3: one v_mfma_i32_16x16x32_i8; CDNA2: two v_mfma_i32_16x16x16i8, on the
@@ -51,6 +52,11 @@ DSV3_DEV f32x4 mfma_fp8_k32(u64 a, u64 b, f32x4 c) {
 // CDNA2's f16 / bf16 MFMAs flush denormal inputs and outputs to zero.
 DSV3_DEV f32x4 mfma_f16_k16(f16x4 a, f16x4 b, f32x4 c) {
   return __builtin_amdgcn_mfma_f32_16x16x16f16(a, b, c, 0, 0, 0);
+}
+
+// c += a · b over k16, bf16 operands (layout as mfma_f16_k16; the _1k form, both archs).
+DSV3_DEV f32x4 mfma_bf16_k16(bf16x4 a, bf16x4 b, f32x4 c) {
+  return __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(a, b, c, 0, 0, 0);
 }
 
 }  // namespace dsv3

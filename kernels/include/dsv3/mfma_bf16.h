@@ -1,5 +1,6 @@
 // bf16 matrix-core (MFMA) primitives of AMD CDNA2 / CDNA3 (gfx90a, gfx942; wave64), used by the
-// HIP MLA decode kernel. HIP only. (May be merged into mfma.h, the GEMMs' FP8 / INT8 MFMA layer.)
+// HIP MLA decode kernel. HIP only. The MFMA itself is mfma.h's mfma_bf16_k16 (shared with the AWQ
+// GEMM); the names below are the MLA kernel's.
 //
 // v_mfma_f32_16x16x16bf16_1k: D[16][16] = A[16][16]·B[16][16] + C, bf16 in, f32 out, one wave.
 // Each lane holds 4 bf16 of A and of B (2 VGPRs each) and 4 f32 of C / D. With lane = 16·q + i
@@ -13,6 +14,7 @@
 // gfx90a and gfx942 both have the instruction (gfx950 adds a K = 32 form; not used here).
 #pragma once
 #include "types.h"
+#include "mfma.h"
 
 #if defined(DSV3_HIP)
 #if defined(__HIP_DEVICE_COMPILE__) && !(defined(__gfx90a__) || defined(__gfx940__) || defined(__gfx941__) || defined(__gfx942__))
@@ -20,13 +22,11 @@
 #endif
 namespace dsv3 {
 
-typedef short mfma_bf16x4 __attribute__((ext_vector_type(4)));
-typedef float mfma_f32x4 __attribute__((ext_vector_type(4)));
+typedef bf16x4 mfma_bf16x4;
+typedef f32x4 mfma_f32x4;
 
 // d = a·b + c on 16×16×16 tiles (layouts above).
-DSV3_DEV mfma_f32x4 mfma_16x16x16_bf16(mfma_bf16x4 a, mfma_bf16x4 b, mfma_f32x4 c) {
-  return __builtin_amdgcn_mfma_f32_16x16x16bf16_1k(a, b, c, 0, 0, 0);
-}
+DSV3_DEV mfma_f32x4 mfma_16x16x16_bf16(mfma_bf16x4 a, mfma_bf16x4 b, mfma_f32x4 c) { return mfma_bf16_k16(a, b, c); }
 
 // Two f32 -> a packed bf16x2 (round to nearest even; lo in the low half): the HIP counterpart of
 // mma_sm80.h's pack_bf16x2 (same bits, NaN payloads aside).
