@@ -254,6 +254,11 @@ def run(kind, arch, bm, M, N, K, splits, row_ids, rng):
                                     else:
                                         ws[r, n + v] += val
                                         written[r, n + v] += 1
+    return finish(out, ws, written, splits, ref, worst_bank)
+
+
+def finish(out, ws, written, splits, ref, worst_bank):
+    """The split-K sum (or the direct output) checked for coverage, and its error against ref."""
     if splits > 1:
         out = ws
         assert (written == splits).all(), "split-K coverage"
