@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hip_mfma_emulate import BN, BK, THREADS, cfg, finish, mfma  # noqa: E402
+from hip_mfma_emulate import BN, BK, THREADS, ZERO_FRAG, cfg, epilogue, finish, mfma  # noqa: E402
 
 AWQ_BK = 64  # K elements per tile (BK = 128 bytes of bf16)
 ORDER = [0, 4, 1, 5, 2, 6, 3, 7]  # checkpoint: column j of a word at nibble position ORDER.index(j)
@@ -200,25 +200,13 @@ def run(bm, M, N, K, G, E, splits, row_ids, tile_expert, rng):
                                     for v in range(4):
                                         sv = float(sc[e, gi, ns + v]) if ns < N else 0.0
                                         a_[ln][v] += part[i, j][ln][v] * sv
-                for wave in range(4):  # bg_epilogue_mfma
-                    row0, col0 = (wave // WN_) * WMR, (wave % WN_) * WNC
-                    for i in range(MT):
-                        for j in range(NT):
-                            a_ = acc.get((wave, i, j), [[0.0] * 4 for _ in range(64)])
-                            for ln in range(64):
-                                rl = row0 + i * 16 + ln % 16
-                                r = m0 + rl
-                                if rl >= bm or r >= m_end:
-                                    continue
-                                n = n0 + col0 + j * 16 + 4 * (ln // 16)
-                                for v in range(4):
-                                    if n + v >= N:
-                                        continue
-                                    if splits == 1:
-                                        out[r, n + v] = a_[ln][v]
-                                    else:
-                                        ws[r, n + v] += a_[ln][v]
-                                    written[r, n + v] += 1
+                for wave, i, j, ln, v, r, n in epilogue(bm, m0, m_end, n0, N, cfg(bm)):  # bg_epilogue_mfma
+                    val = acc.get((wave, i, j), ZERO_FRAG)[ln][v]
+                    if splits == 1:
+                        out[r, n] = val
+                    else:
+                        ws[r, n] += val
+                    written[r, n] += 1
     return finish(out, ws, written, splits, ref, worst_bank)
 
 

@@ -226,35 +226,38 @@ def run(kind, arch, bm, M, N, K, splits, row_ids, rng):
                                         for v in range(4):
                                             a_[ln][v] += c[ln][v] * s_
                 # (channel) scaling, epilogue
-                for wave in range(4):
-                    row0, col0 = (wave // WN_) * WMR, (wave % WN_) * WNC
-                    for i in range(MT):
-                        for j in range(NT):
-                            if per_tile:
-                                a_ = acc.get((wave, i, j), [[0.0] * 4 for _ in range(64)])
-                            else:
-                                c = part.get((wave, i, j), [[0.0] * 4 for _ in range(64)])
-                            for ln in range(64):
-                                rl = row0 + i * 16 + ln % 16
-                                r = m0 + rl
-                                if rl >= bm or r >= m_end:
-                                    continue
-                                n = n0 + col0 + j * 16 + 4 * (ln // 16)
-                                for v in range(4):
-                                    if n + v >= N:
-                                        continue
-                                    if per_tile:
-                                        val = a_[ln][v]
-                                    else:
-                                        ar = a_row(r)
-                                        val = c[ln][v] * (sb[n + v] * fix) * (sa[ar] if ar >= 0 else 0.0)
-                                    if splits == 1:
-                                        out[r, n + v] = val
-                                        written[r, n + v] += 1
-                                    else:
-                                        ws[r, n + v] += val
-                                        written[r, n + v] += 1
+                for wave, i, j, ln, v, r, n in epilogue(bm, m0, m_end, n0, N, cfg(bm)):
+                    if per_tile:
+                        val = acc.get((wave, i, j), ZERO_FRAG)[ln][v]
+                    else:
+                        ar = a_row(r)
+                        val = part.get((wave, i, j), ZERO_FRAG)[ln][v] * (sb[n] * fix) * (sa[ar] if ar >= 0 else 0.0)
+                    if splits == 1:
+                        out[r, n] = val
+                    else:
+                        ws[r, n] += val
+                    written[r, n] += 1
     return finish(out, ws, written, splits, ref, worst_bank)
+
+
+ZERO_FRAG = [[0.0] * 4 for _ in range(64)]
+
+
+def epilogue(bm, m0, m_end, n0, N, c):
+    """bg_epilogue_mfma's walk: (wave, i, j, lane, v, row, column) of every element it stores."""
+    _, WN_, WMR, WNC, MT, NT = c
+    for wave in range(4):
+        row0, col0 = (wave // WN_) * WMR, (wave % WN_) * WNC
+        for i in range(MT):
+            for j in range(NT):
+                for ln in range(64):
+                    rl = row0 + i * 16 + ln % 16
+                    if rl >= bm or m0 + rl >= m_end:
+                        continue
+                    n = n0 + col0 + j * 16 + 4 * (ln // 16)
+                    for v in range(4):
+                        if n + v < N:
+                            yield wave, i, j, ln, v, m0 + rl, n + v
 
 
 def finish(out, ws, written, splits, ref, worst_bank):
