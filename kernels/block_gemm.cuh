@@ -69,6 +69,14 @@ DSV3_DEV i64 bg_a_row(const BlockGemmArgs& g, u32 r, u32 m_end) {
   return id < 0 ? -1 : (i64)((u32)id / g.a_row_div);
 }
 
+// K tiles [kt0, kt1) of split `split` when the sk tiles are cut into g.splits equal ranges (the
+// last may be short or empty).
+DSV3_DEV void bg_split_range(const BlockGemmArgs& g, u32 sk, u32 split, u32& kt0, u32& kt1) {
+  const u32 per = (sk + g.splits - 1) / g.splits;
+  kt0 = split * per;
+  kt1 = min(sk, kt0 + per);
+}
+
 // The CTA's tile of a block-GEMM launch, grid (N tiles, M tiles, splits): bg_tile's expert and
 // row bound, the tile origin, the 128-K tiles and this split's range of them, the expert's weight
 // and its scales (block scales: this N tile's row of [sn, sk]; per channel: the expert's [N]).
@@ -88,9 +96,7 @@ template <int BM> DSV3_DEV bool bg_cta(const BlockGemmArgs& g, bool per_tile, Bg
   c.sk = (g.K + BG_BK - 1) / BG_BK;
   c.b = g.b + (u64)c.expert * g.N * g.K;
   c.b_scale = per_tile ? g.b_scale + (u64)c.expert * sn * c.sk + (u64)c.nt_idx * c.sk : g.b_scale + (u64)c.expert * g.N;
-  const u32 per = (c.sk + g.splits - 1) / g.splits;
-  c.kt0 = blockIdx.z * per;
-  c.kt1 = min(c.sk, c.kt0 + per);
+  bg_split_range(g, c.sk, blockIdx.z, c.kt0, c.kt1);
   return true;
 }
 

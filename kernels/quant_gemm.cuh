@@ -166,18 +166,15 @@ DSV3_DEV void awq_gemm_mma(const BlockGemmArgs& g, const u32* qzeros, const f16*
   constexpr int A_BYTES = BM * 128, STAGE = A_BYTES + AWQ_B_BYTES;
   extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
-  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y, split = blockIdx.z;
-  u32 expert, m_end;
+  const u32 nt_idx = blockIdx.x, mt_idx = blockIdx.y;
+  u32 expert, m_end, kt0, kt1;
   if (!bg_tile(g, mt_idx, BM, expert, m_end)) return;
   const u32 N = g.N, K = g.K, N8 = N / 8, K32 = K / 32;
   const u32 m0 = mt_idx * BM, n0 = nt_idx * BN;
-  const u32 sk = K / AWQ_BK;
   const u32* qw = reinterpret_cast<const u32*>(g.b) + (u64)expert * N8 * K32 * 32;
   const u32* qz = qzeros + (u64)expert * (K / G) * N8;
   const f16* sc = scales + (u64)expert * (K / G) * N;
-
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  bg_split_range(g, K / AWQ_BK, blockIdx.z, kt0, kt1);
 
   const u32 t = tid(), warp = t / 32, ln = t % 32;
   const u32 wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
@@ -298,9 +295,7 @@ DSV3_DEV bool awq_cta(const BlockGemmArgs& g, const u32* qzeros, const f16* scal
   c.qw = reinterpret_cast<const u32*>(g.b) + (u64)c.expert * N8 * (g.K / 32) * 32;
   c.qz = qzeros + (u64)c.expert * (g.K / G) * N8;
   c.sc = scales + (u64)c.expert * (g.K / G) * g.N;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  c.kt0 = blockIdx.z * per;
-  c.kt1 = min(sk, c.kt0 + per);
+  bg_split_range(g, sk, blockIdx.z, c.kt0, c.kt1);
   return true;
 }
 

@@ -219,8 +219,8 @@ DSV3_DEV void stream_gemm_run(const BlockGemmArgs& g, u32 sk, u32 a_row_bytes, u
 
   const u32 N = g.N;
   const u32 m0 = mt_idx * BM, n0 = nt_idx * BG_BN;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  u32 kt0, kt1;
+  bg_split_range(g, sk, split, kt0, kt1);
   const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
   const u32 kend = min(a_row_bytes, kt1 * SG_TILE);  // activation bytes past it are zero-filled
 
@@ -399,8 +399,8 @@ DSV3_DEV void stream_gemm_awq_mma(const BlockGemmArgs& g, const u32* qzeros, con
   if (!sg_tile(g, BM, mt_idx, nt_idx, split, expert, m_end)) return;
   const u32 N = g.N, K = g.K, N8 = N / 8, K32 = K / 32, sk = K / AWQ_BK;
   const u32 m0 = mt_idx * BM, n0 = nt_idx * BG_BN;
-  const u32 per = (sk + g.splits - 1) / g.splits;
-  const u32 kt0 = split * per, kt1 = min(sk, kt0 + per);
+  u32 kt0, kt1;
+  bg_split_range(g, sk, split, kt0, kt1);
   const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
   const u32 a_row_bytes = 2 * K, kend = kt1 * SG_TILE;  // K % 64 == 0: kend ≤ a_row_bytes
 
