@@ -146,6 +146,17 @@ pub fn mla_wgmma_available(s: &dyn GpuStream) -> bool {
     registry::KERNELS.iter().find(|k| k.family == WGMMA_FAMILY).is_some_and(|k| registry::runs_on(s, k))
 }
 
+/// The shared memory per block that MLA plans are fitted to on `s`
+/// ([`MlaDecodePlan::fit_shared_memory`]; read once per model): CUDA's opt-in limit; none on HIP,
+/// whose launches declare their LDS statically, or where the stream cannot report it (plans stay
+/// as they are).
+pub fn plan_smem_limit(s: &dyn GpuStream) -> Option<usize> {
+    match s.vendor() {
+        Vendor::Cuda => s.max_shared_per_block().ok(),
+        Vendor::Hip => None,
+    }
+}
+
 /// Whether the default plans may use the wgmma kernel on this stream: [`mla_wgmma_available`],
 /// unless `DSV3_MLA_WGMMA=0`.
 pub fn mla_wgmma_enabled(s: &dyn GpuStream) -> bool {
@@ -274,15 +285,6 @@ impl MlaDecodePlan {
             return None;
         }
         (1..=self.mw.min(2)).rev().map(|mw| MlaDecodePlan { mw, ..self }.with_small_tiles(true)).find(|p| p.smem_bytes() as usize <= limit)
-    }
-    /// [`Self::fit_shared_memory`] for the device of `s` (CUDA: its opt-in limit; a stream that
-    /// cannot report it keeps the plan, as before this check; HIP launches declare their LDS
-    /// statically and take the plan as it is).
-    pub fn fit_device(self, s: &dyn GpuStream) -> Option<Self> {
-        match (s.vendor(), s.max_shared_per_block()) {
-            (Vendor::Cuda, Ok(limit)) => self.fit_shared_memory(limit),
-            _ => Some(self),
-        }
     }
     /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change;
     /// the wgmma kernel reads bf16 caches only).

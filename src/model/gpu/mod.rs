@@ -224,6 +224,8 @@ pub struct GpuModel {
     plan: ShardPlan,
     /// Multiprocessors of the device (sizes the MLA kernel's split), when the stream reports it.
     sm_count: Option<usize>,
+    /// Shared memory per block the MLA plans are fitted to ([`mla::plan_smem_limit`]).
+    mla_smem_limit: Option<usize>,
 }
 
 // SAFETY: every GpuStream implementation (CudaStream, HipStream) is Send + Sync (their raw
@@ -276,6 +278,7 @@ impl GpuModel {
         // Steps return their logits to the host: keep that memory mapped between steps.
         crate::host_alloc::keep_freed_memory();
         let sm_count = stream.sm_count().ok();
+        let mla_smem_limit = mla::plan_smem_limit(stream.as_ref());
         let s = stream.as_ref();
         // cos/sin tables for every position the cache can hold.
         let max_positions = cfg.max_position_embeddings.min(32768).div_ceil(PAGE_SIZE) * PAGE_SIZE;
@@ -304,6 +307,7 @@ impl GpuModel {
             heads: plan.heads.len(),
             plan,
             sm_count,
+            mla_smem_limit,
             fp8_ws: Mutex::new(Fp8Workspace::new()),
             moe_ws: Mutex::new(FusedMoeWorkspace::new()),
             routing_probe: Mutex::new(None),
@@ -501,8 +505,11 @@ impl GpuModel {
         let sms = self.sm_count?;
         // The sm_90a wgmma kernel where it runs and pays (bf16 cache, s_q·H ≥ 32; DSV3_MLA_WGMMA=0: off).
         // Sized to the device's shared memory (A100 / Ada: the 32-key-tile kernel), else none.
-        let plan = MlaDecodePlan::new(batch, s_q, self.heads, sms).ok()?;
-        plan.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref()).fit_device(self.stream.as_ref())
+        let plan = MlaDecodePlan::new(batch, s_q, self.heads, sms).ok()?.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref());
+        match self.mla_smem_limit {
+            Some(limit) => plan.fit_shared_memory(limit),
+            None => Some(plan),
+        }
     }
 
     /// Prefill and mixed steps: one split-KV MLA launch per sequence (its new tokens as the query
