@@ -2,9 +2,10 @@
 //!
 //! Default (the device runner): prints ONE table.
 //! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
-//!   4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096}: `dense` the default plan (the
-//!   weight-streaming kernel `st8` / `st64` for M ≤ 64, BM 128 above); `dense-alt` the same with
-//!   half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
+//!   4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096}: `dense` the default plan (on sm_90a
+//!   the small-M wgmma entry `wgs16` / `wgs64` / `wgs128` for M ≤ 128, v2 above); `dense-old` the
+//!   plan the default took before the wgs entry (the streaming kernel `st8` up to 8 rows, BM 16 /
+//!   64, v2), for the comparison; `dense-alt` the same with half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
 //!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the
 //!   comparison; `dense-wg` the sm_90a wgmma kernel v1 and `dense-wg2p` v2 in 2-CTA clusters
 //!   sharing the weight tile (the default there is v2 one CTA per tile, `wg2`) where the mma.sync plan
@@ -15,7 +16,8 @@
 //!   shard (256 experts, inter 256) and the EP-8 shard (32 experts, inter 2048); topk ids drawn
 //!   uniformly (distinct per token) among the shard's experts; µs of the whole fused_moe (6
 //!   launches), TFLOPS (2·T·8·3·I·H), expert GB/s = bytes of the experts hit / time, ratio to copy.
-//!   `moe` is the default plan (the streaming kernel up to 64 rows per active expert), `moe-mma`
+//!   `moe` is the default plan (on sm_90a the wgs entry up to 64 rows per active expert), `moe-old`
+//!   the plan before it (the tiled kernels, v2 from 65 rows per expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
 //!   `moe-wg`, `moe-wg2p` the grouped GEMMs on wgmma v1 / v2 in pairs where the plan has BM 128.
 //!
@@ -98,13 +100,17 @@ fn dense_setup(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> Dense {
     }
 }
 
-/// The first pass's rows of one dense shape: the default plan, half / no split-K for tuning, and
-/// the kernel the other side of the streaming threshold for the comparison.
-fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan) -> Vec<(&'static str, Fp8Plan)> {
+/// The first pass's rows of one dense shape: the default plan, the plan before the wgs entry
+/// (`old`, with half / no split-K for tuning), and the kernel the other side of the streaming
+/// threshold for the comparison.
+fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan) -> Vec<(&'static str, Fp8Plan)> {
     let mut v = vec![("dense", base)];
-    for sp in [base.splits / 2, 1] {
-        if base.splits > 1 && sp >= 1 && !v.iter().any(|(_, p)| p.splits == sp) {
-            v.push(("dense-alt", Fp8Plan { splits: sp, ..base }));
+    if old != base {
+        v.push(("dense-old", old));
+    }
+    for sp in [old.splits / 2, 1] {
+        if old.splits > 1 && sp >= 1 && !v.iter().any(|(_, p)| p.tile == old.tile && p.splits == sp) {
+            v.push(("dense-alt", Fp8Plan { splits: sp, ..old }));
         }
     }
     let other = match m {
@@ -116,10 +122,12 @@ fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan) -> Vec<(&'static str
     v
 }
 
-/// The first pass's MoE runs at `per_expert` rows per active expert: the default plan, and the
-/// kernel the other side of the streaming threshold.
-fn moe_runs(per_expert: usize) -> Vec<(&'static str, Option<Fp8Tile>)> {
+/// The first pass's MoE runs at `per_expert` rows per active expert: the default plan, the plan
+/// before the wgs entry (`old`, when the default takes it), and the kernel the other side of the
+/// streaming threshold.
+fn moe_runs(per_expert: usize, old: Option<Fp8Tile>) -> Vec<(&'static str, Option<Fp8Tile>)> {
     let mut v = vec![("moe", None)];
+    v.extend(old.map(|t| ("moe-old", Some(t))));
     match per_expert {
         0..=64 => v.push(("moe-mma", Some(Fp8Tile::tiled_for_rows(per_expert)))),
         65..=128 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T64)))),
@@ -163,12 +171,13 @@ fn main() {
                 if pass > 0 && raw.tile != Fp8Tile::Bm128 {
                     continue;
                 }
-                let base = fg::plan_for_stream(&s, DType::E4m3fn, raw);
+                let old = fg::plan_for_stream(&s, DType::E4m3fn, raw);
+                let base = fg::plan_dense_for_stream(&s, DType::E4m3fn, m, n, k);
                 let d = dense_setup(&s, m, n, k);
                 let nc = d.copies.len();
                 let plans = match pass {
-                    0 => dense_plans(m, n, k, base),
-                    1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..base })],
+                    0 => dense_plans(m, n, k, base, old),
+                    1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..old })],
                     _ => vec![("dense-wg2p", Fp8Plan { tile: Fp8Tile::Wg2Pair, splits: 1 })],
                 };
                 for (kind, plan) in plans {
@@ -210,17 +219,20 @@ fn main() {
                 let out = random_bf16(&s, &[t, HIDDEN], 43);
                 let p = t * TOPK;
                 let (tile, ..) = fg::plan_moe(p, e, HIDDEN, inter, fg::DEFAULT_SMS);
+                let wgs = fg::moe_wgs_tile(&s, DType::E4m3fn, p, e);
+                let old = wgs.map(|_| fg::with_wgmma(&s, Fp8Plan { tile, splits: 1 }).tile);
                 let runs = match pass {
-                    0 => moe_runs(p.div_ceil(e.min(p))),
+                    0 => moe_runs(p.div_ceil(e.min(p)), old),
                     _ if tile != Fp8Tile::Bm128 => vec![],
                     1 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
                     _ => vec![("moe-wg2p", Some(Fp8Tile::Wg2Pair))],
                 };
                 for (kind, force) in runs {
                     wsp.force_tile = force;
-                    let (_, gu, dn) = fg::plan_moe_tile(force.unwrap_or(tile), p, e, HIDDEN, inter, fg::DEFAULT_SMS);
-                    // v2 runs without split-K whatever the plan says.
-                    let (gs, ds) = if force.is_some_and(Fp8Tile::is_wgmma2) { (1, 1) } else { (gu.splits, dn.splits) };
+                    let used = force.or(wgs).unwrap_or(tile);
+                    let (_, gu, dn) = fg::plan_moe_tile(used, p, e, HIDDEN, inter, fg::DEFAULT_SMS);
+                    // v2 runs without split-K whatever the plan says, wgs splits by stream-K.
+                    let (gs, ds) = if used.reads_sorted_rows() { (1, 1) } else { (gu.splits, dn.splits) };
                     let us = time_us(&s, |_| fg::fused_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
                     let flops = 2.0 * (t * TOPK * 3 * inter * HIDDEN) as f64;
                     let bytes = (hit * 3 * inter * HIDDEN) as f64;

@@ -3,8 +3,9 @@
 //! Prints ONE table (same columns and timing as benches/fp8_gemm.rs):
 //! - `i8blk` / `i8ch` rows: dense INT8 on the DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536,
 //!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096} with the
-//!   default plan (the weight-streaming kernel `st8` / `st64` for M ≤ 64; above, BM 128, which an
-//!   sm_90a stream runs on the wgmma v2 tile `wg2`): plan (tile/split), µs, TOPS (2·M·N·K), weight
+//!   default plan (on sm_90a the small-M wgmma entry `wgs*` up to 128 rows, v2 `wg2` above;
+//!   elsewhere the weight-streaming kernel `st8` for M ≤ 8, the tiled ones above; `-old`: the plan
+//!   before the wgs entry): plan (tile/split), µs, TOPS (2·M·N·K), weight
 //!   GB/s (N·K bytes / time) and its ratio to the device copy measured in the same process; `-mma`
 //!   rows: the tiled mma.sync kernel the plan took before (BM 16 / 64 at M ≤ 64, BM 128 with its
 //!   split where the default is `wg2`), `-st` rows: the streaming kernel (two 64-row tiles) at
@@ -22,6 +23,9 @@
 //!   streaming kernel up to 8 rows per expert; BM 128 above, `wg2` on sm_90a), `-mma` the tiled
 //!   mma.sync kernel where the default is another, `moe-awq-st` AWQ on the 64-row streaming tile
 //!   at 9–64 rows per expert;
+//!   `moe-i8-fused`: the whole fused `int8_moe` (block INT8, combine included) on its default plan,
+//!   which on sm_90a takes the small-M wgmma entry (`wgs16` / `wgs64` / `wgs128`) up to 64 rows per
+//!   active expert;
 //! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
 //!   them): the v2 tile in 2-CTA clusters, `i8blk-wg2p` / `i8ch-wg2p` dense at M = 4096 on the six
 //!   shapes, `moe-i8-wg2p` / `moe-i8ch-wg2p` (block / channel INT8) on both shards at 4096 tokens.
@@ -43,6 +47,8 @@ use common::{copy_gbs, listed, moe_ids, shape_listed, stream, time_us, Rng};
 use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
+use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
+use dsv3::backend::quant_moe::{int8_moe, MoeInt8Weights};
 use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile, SplitKWorkspace, TileAlignment};
 use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
@@ -133,8 +139,16 @@ fn for_stream(s: &dyn GpuStream, kernel: QuantKernel, plan: QuantPlan) -> QuantP
 fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
     let plan = |tile| qg::plan_quant_tile(kernel, tile, m, n, k, qg::DEFAULT_SMS);
     let raw = plan(QuantTile::for_rows(m));
-    let default = for_stream(s, kernel, raw);
+    let old = for_stream(s, kernel, raw);
+    let default = match kernel {
+        QuantKernel::Int8 => qg::int8_plan_dense_for_stream(s, m, n, k),
+        QuantKernel::Awq => old,
+    };
     let mut v = vec![(kind.to_string(), default)];
+    if default != old {
+        v.push((format!("{kind}-old"), old));
+    }
+    let default = old;
     let other = match m {
         0..=64 => Some(("mma", plan(QuantTile::tiled_for_rows(m)))),
         65..=128 => Some(("st", plan(QuantTile::Stream(StreamTile::T64)))),
@@ -329,6 +343,13 @@ fn main() {
                 };
                 row(&kind, label, t, format!("{}/s{}/{}", gu.tile.label(), gu.splits, dn.splits), us, flops, bytes as f64, copy);
             }
+            // The whole fused pipeline on the default plan (the wgs entry on sm_90a at decode sizes).
+            let w = MoeInt8Weights { scheme: w8.scheme, w13: &w8.w13, w13_scale: &w8.w13s, w2: &w8.w2, w2_scale: &w8.w2s };
+            let tw = random_f(&s, DType::F32, &[t, TOPK], 0.05, 0.3, 41);
+            let out = DeviceTensor::empty(&s, DType::Bf16, &[t, HIDDEN]).unwrap();
+            let mut wsp = FusedMoeWorkspace::new();
+            let us = time_us(&s, |_| int8_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
+            row("moe-i8-fused", label, t, "default".into(), us, flops, (hit * 3 * inter * HIDDEN) as f64, copy);
         }
     }
 

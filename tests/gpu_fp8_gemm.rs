@@ -13,12 +13,14 @@
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. `DSV3_TEST_NVRTC=0`
 //! skips the NVRTC variant. Three processes, so that a fault (a sticky CUDA error poisons the
 //! context) in one kernel generation cannot hide the others' results:
-//!   `--skip wgmma --skip wg2` (mma.sync / generic), `wgmma` (sm_90a v1), `wg2` (sm_90a v2).
+//!   `--skip wgmma --skip wg2` (mma.sync / generic), `wgmma` (sm_90a v1), `wg2` (sm_90a v2 and the
+//!   small-M `wgs` entries, whose tests are named `wg2_*` for that reason).
 
 mod common;
 
 use common::gpu::*;
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
+use dsv3::backend::gemm_wgs::{wgs_available, WgsTile};
 use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, Fp8E4m3fnuz, GpuStream};
 use dsv3::ops::fp8::{dequant_block_weight, e4m3fn_to_f32, quantize_act_per_token_group, quantize_block_weight};
@@ -80,14 +82,23 @@ const MMA_TILES: [Fp8Tile; 5] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, S
 const STREAM_TILES: [Fp8Tile; 2] = [Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
 const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
 const WG2_TILES: [Fp8Tile; 2] = [Fp8Tile::Wg2, Fp8Tile::Wg2Pair];
+const WGS_TILES: [Fp8Tile; 3] = [Fp8Tile::Wgs(WgsTile::N16), Fp8Tile::Wgs(WgsTile::N64), Fp8Tile::Wgs(WgsTile::N128)];
 
-/// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
-/// build lacks sm_90a or the GPU is not an sm_90), and checks that the other variants refuse it
-/// with an error instead of launching a kernel that would trap.
-fn wg2_streams_present() {
+/// Whether every one of `tiles` (forced plans) can run on `s`: the sm_90a-only entries where its
+/// cubin is loaded ([`sm90a_streams_present`] checks that the others refuse them).
+fn runs_on(s: &dyn GpuStream, tiles: &[Fp8Tile]) -> bool {
+    let wg2 = tiles.iter().any(|t| t.is_wgmma2());
+    let wgs = tiles.iter().any(|t| matches!(t, Fp8Tile::Wgs(_)));
+    (!wg2 || fg::wgmma2_available(s)) && (!wgs || wgs_available(s))
+}
+
+/// `tile` (v2 or wgs) runs only on streams that load its sm_90a cubin: fails loudly when none does
+/// (the build lacks sm_90a or the GPU is not an sm_90), and checks that the other variants refuse
+/// it with an error instead of launching a kernel that would trap.
+fn sm90a_streams_present(tile: Fp8Tile) {
     let mut ok = 0;
     for (v, s) in all_streams() {
-        if fg::wgmma2_available(s) {
+        if runs_on(s, &[tile]) {
             ok += 1;
             continue;
         }
@@ -97,11 +108,15 @@ fn wg2_streams_present() {
         let b = DeviceTensor::from_slice(s, &[n, k], &vec![Fp8E4m3fn(0); n * k]).unwrap();
         let bsc = up_f32(s, &[1, 1], &[1.0], 1.0);
         let out = DeviceTensor::poisoned(s, DType::Bf16, &[m, n]).unwrap();
-        let e = fg::fp8_gemm_with(s, &mut Fp8Workspace::new(), Fp8Plan { tile: Fp8Tile::Wg2, splits: 1 }, &out, &a, &asc, &b, &bsc);
-        let msg = e.expect_err("wgmma2 must be refused where its cubin is not loaded").to_string();
-        assert!(msg.contains("sm_90a"), "{v}: {msg}");
+        let e = fg::fp8_gemm_with(s, &mut Fp8Workspace::new(), Fp8Plan { tile, splits: 1 }, &out, &a, &asc, &b, &bsc);
+        let msg = e.expect_err("an sm_90a-only tile must be refused where its cubin is not loaded").to_string();
+        assert!(msg.contains("sm_90a"), "{v} {}: {msg}", tile.label());
     }
-    assert!(ok > 0, "no stream loads the sm_90a cubin of fp8_gemm_wgmma2: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200");
+    assert!(ok > 0, "no stream loads the sm_90a cubin of {}: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200", tile.kernel_name(DType::E4m3fn));
+}
+
+fn wg2_streams_present() {
+    sm90a_streams_present(Fp8Tile::Wg2);
 }
 
 /// Runs each of `tiles` × {no split, split} of one dense shape on every variant; with the mma
@@ -116,8 +131,8 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
     let kt = k.div_ceil(128);
     for (v, s) in all_streams() {
         let s: &dyn GpuStream = s;
-        if tiles.contains(&Fp8Tile::Wg2) && !fg::wgmma2_available(s) {
-            continue; // refused there (wg2_streams_present checks it)
+        if !runs_on(s, tiles) {
+            continue; // refused there (sm90a_streams_present checks it)
         }
         let mut ws = Fp8Workspace::new();
         for f8 in [DType::E4m3fn, DType::E4m3fnuz] {
@@ -134,8 +149,8 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
                 if f8 == DType::E4m3fnuz && tile != Fp8Tile::Bm64 {
                     continue;
                 }
-                // v2 has no split-K.
-                let splits_list = if tile.is_wgmma2() { vec![1] } else { vec![1, 3.min(kt).max(1)] };
+                // v2 has no split-K; wgs splits by stream-K whatever the plan says.
+                let splits_list = if tile.reads_sorted_rows() { vec![1] } else { vec![1, 3.min(kt).max(1)] };
                 for splits in splits_list {
                     // Twice with the same workspace: the kernel must leave it zeroed.
                     for rep in 0..2 {
@@ -144,7 +159,7 @@ fn check_dense(seed: u64, m: usize, n: usize, k: usize, tiles: &[Fp8Tile]) {
                         let what = format!("{v} {f8} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
                         let got = down(s, &out);
                         assert_close(&what, &got, &want, 1e-2);
-                        if tile.is_wgmma2() {
+                        if tile.reads_sorted_rows() {
                             let worst = max_tile_error(&got, &want, m, n);
                             assert!(worst <= 2e-2, "{what}: a 128 × 128 tile has relative error {worst:e}");
                         }
@@ -229,6 +244,34 @@ fn wg2_dense_v3_shapes_m256() {
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_wgs_dense_edges() {
+    for t in WGS_TILES {
+        sm90a_streams_present(t);
+    }
+    // Token counts around the 16 / 64 / 128 tiles (several M tiles where M > NT), N and K partial
+    // blocks, K < 128; few blocks (fewer than SMs: one or two per CTA) and many (every tile split
+    // over several CTAs, their partial sums meeting in the workspace).
+    for (i, m) in [1usize, 15, 16, 17, 63, 64, 65, 127, 128, 200].into_iter().enumerate() {
+        check_dense(90 + i as u64, m, 200, 400, &WGS_TILES);
+    }
+    check_dense(101, 5, 136, 16, &WGS_TILES);
+    check_dense(102, 33, 1000, 1040, &WGS_TILES);
+    check_dense(103, 1, 576, 7168, &WGS_TILES);
+    check_dense(104, 128, 2112, 7168, &WGS_TILES);
+    check_dense(105, 3, 7168, 16384, &WGS_TILES);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_wgs_dense_v3_shapes() {
+    sm90a_streams_present(WGS_TILES[0]);
+    for (i, (n, k)) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)].into_iter().enumerate() {
+        check_dense(110 + i as u64, 64, n, k, &WGS_TILES[1..]);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn dense_prefill_shape() {
     check_dense(4, 300, 256, 512, &MMA_TILES);
 }
@@ -253,6 +296,13 @@ proptest! {
     fn wg2_dense_random_shapes(seed: u64, m in prop::sample::select(vec![1usize, 63, 64, 65, 127, 128, 129, 200, 4096]), n in 1usize..400, k16 in 1usize..48) {
         wg2_streams_present();
         check_dense(seed, m, n, k16 * 16, &WG2_TILES);
+    }
+
+    #[test]
+    #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+    fn wg2_wgs_dense_random_shapes(seed: u64, m in 1usize..=160, n in 1usize..400, k16 in 1usize..80) {
+        sm90a_streams_present(WGS_TILES[0]);
+        check_dense(seed, m, n, k16 * 16, &WGS_TILES);
     }
 
     #[test]
@@ -310,6 +360,8 @@ const MOE_MMA_RUNS: [Option<Fp8Tile>; 7] = [
 const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile::Wg128)];
 // v2 alone and in pairs (the latter twice: the workspace is reused).
 const MOE_WG2_RUNS: [Option<Fp8Tile>; 3] = [Some(Fp8Tile::Wg2), Some(Fp8Tile::Wg2Pair), Some(Fp8Tile::Wg2Pair)];
+// The small-M entries, the 16-token tile twice (the workspace is reused).
+const MOE_WGS_RUNS: [Option<Fp8Tile>; 4] = [Some(WGS_TILES[0]), Some(WGS_TILES[0]), Some(WGS_TILES[1]), Some(WGS_TILES[2])];
 
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
     check_moe_runs(seed, t, e, topk, h, inter, ids, &MOE_MMA_RUNS)
@@ -348,8 +400,9 @@ fn check_moe_runs(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: u
     let cats = |ws: &[QW]| ws.iter().flat_map(|q| q.scales.iter().copied()).collect::<Vec<f32>>();
     for (v, s) in all_streams() {
         let s: &dyn GpuStream = s;
-        if runs.contains(&Some(Fp8Tile::Wg2)) && !fg::wgmma2_available(s) {
-            continue; // refused there (wg2_streams_present checks it)
+        let forced: Vec<Fp8Tile> = runs.iter().flatten().copied().collect();
+        if !runs_on(s, &forced) {
+            continue; // refused there (sm90a_streams_present checks it)
         }
         let d13 = up_fp8(s, &[e, 2 * inter, h], &cat(&w13, |q| &q.codes), DType::E4m3fn);
         let d13s = up_f32(s, &[e, 2 * inter / 128, h.div_ceil(128)], &cats(&w13), 1.0);
@@ -445,4 +498,25 @@ fn wg2_moe() {
     // Several M tiles per expert; hidden 400: partial K block in gate_up, partial N in down.
     let ids = distinct_ids(&mut r, 600, 4, 2);
     check_moe_runs(64, 600, 4, 2, 400, 256, &ids, &MOE_WG2_RUNS);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_wgs_moe() {
+    sm90a_streams_present(WGS_TILES[0]);
+    let mut r = rng(71);
+    // Experts 5..7 get no token; one pair on another rank's expert; 20 rows per active expert on
+    // average (two 16-token tiles for most of them).
+    let mut ids = distinct_ids(&mut r, 40, 5, 4);
+    ids[3] = -1;
+    check_moe_runs(71, 40, 8, 4, 512, 256, &ids, &MOE_WGS_RUNS);
+    // Every token on one expert: 10 / 3 / 2 M tiles of it, the others empty.
+    check_moe_runs(72, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WGS_RUNS);
+    // One token, 8 of 64 experts; hidden 1040: a partial K block in gate_up, partial N in down.
+    let ids = distinct_ids(&mut r, 1, 64, 8);
+    check_moe_runs(73, 1, 64, 8, 1040, 128, &ids, &MOE_WGS_RUNS);
+    // A decode batch at V3's hidden size (inter 256: the TP-8 shard's), the default plan (the
+    // small-M entry on sm_90a).
+    let ids = distinct_ids(&mut r, 16, 32, 8);
+    check_moe_runs(74, 16, 32, 8, 7168, 256, &ids, &[None, None]);
 }

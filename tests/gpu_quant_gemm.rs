@@ -34,6 +34,7 @@ use common::gpu::*;
 use dsv3::backend::quant_gemm::{
     self as qg, AwqWeight, Int8Scheme, QuantPlan, QuantTile, SplitKWorkspace,
 };
+use dsv3::backend::gemm_wgs::{wgs_available, WgsTile};
 use dsv3::error::Error;
 use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
 use dsv3::backend::quant_moe::{awq_moe, int8_moe, MoeAwqWeights, MoeInt8Weights};
@@ -105,9 +106,10 @@ fn up_f32(s: &dyn GpuStream, shape: &[usize], v: &[f32]) -> DeviceTensor {
     DeviceTensor::from_slice(s, shape, v).unwrap()
 }
 
-/// The split-K factors tried with `tile`: none and 3 (v2 has no split-K).
+/// The split-K factors tried with `tile`: none and 3 (v2 has no split-K, wgs splits by stream-K
+/// whatever the plan says).
 fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
-    if tile.is_wgmma2() {
+    if tile.reads_sorted_rows() {
         vec![1]
     } else {
         vec![1, 3.min(k_tiles).max(1)]
@@ -117,11 +119,15 @@ fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
 /// Every tile of the mma.sync / streaming kernels (the `wg2` tests run the v2 tile).
 const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
 const WG2: [QuantTile; 2] = [QuantTile::Wg2, QuantTile::Wg2Pair];
+/// The small-M sm_90a entries (run by the `wg2` process too).
+const WGS: [QuantTile; 3] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N64), QuantTile::Wgs(WgsTile::N128)];
 
-/// Whether `tiles` can run on `s`: the v2 tile only where the stream loads its sm_90a cubin
-/// (elsewhere it is refused: [`int8_wg2_streams_present`] checks that).
+/// Whether `tiles` can run on `s`: the v2 and wgs tiles only where the stream loads their sm_90a
+/// cubin (elsewhere they are refused: [`int8_wg2_streams_present`] checks that).
 fn tiles_run_on(s: &dyn GpuStream, tiles: &[QuantTile]) -> bool {
-    !tiles.iter().any(|t| t.is_wgmma2()) || qg::int8_wgmma2_available(s)
+    let wg2 = tiles.iter().any(|t| t.is_wgmma2());
+    let wgs = tiles.iter().any(|t| matches!(t, QuantTile::Wgs(_)));
+    (!wg2 || qg::int8_wgmma2_available(s)) && (!wgs || wgs_available(s))
 }
 
 /// The v2 tile runs only on streams that load its sm_90a cubin: fails loudly when none does (the
@@ -146,10 +152,12 @@ fn int8_wg2_streams_present() {
             let asc = up_f32(s, &[scheme.a_scales_len(m, k)], &[1.0]);
             let bsc = up_f32(s, &[scheme.w_scales_len(n, k)], &vec![1.0; scheme.w_scales_len(n, k)]);
             let out = poisoned(s, DType::Bf16, &[m, n]);
-            let plan = QuantPlan { tile: QuantTile::Wg2, splits: 1 };
-            match qg::int8_gemm_with(s, &mut SplitKWorkspace::new(), scheme, plan, &out, &a, &asc, &b, &bsc) {
-                Err(e @ Error::KernelUnavailable { .. }) => assert!(e.to_string().contains("sm_90a"), "{v}: {e}"),
-                r => panic!("{v} {scheme:?}: the v2 tile must be refused where its cubin is not loaded, got {r:?}"),
+            for tile in [QuantTile::Wg2, WGS[0]] {
+                let plan = QuantPlan { tile, splits: 1 };
+                match qg::int8_gemm_with(s, &mut SplitKWorkspace::new(), scheme, plan, &out, &a, &asc, &b, &bsc) {
+                    Err(e @ Error::KernelUnavailable { .. }) => assert!(e.to_string().contains("sm_90a"), "{v}: {e}"),
+                    r => panic!("{v} {scheme:?}: the {} tile must be refused where its cubin is not loaded, got {r:?}", tile.label()),
+                }
             }
         }
     }
@@ -200,7 +208,7 @@ fn check_int8_dense_tiles(seed: u64, m: usize, n: usize, k: usize, tiles: &[Quan
                         let what = format!("{v} int8 {scheme:?} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
                         let got = down(s, &out);
                         assert_close(&what, &got, &want, GEMM_TOL);
-                        if tile.is_wgmma2() {
+                        if tile.reads_sorted_rows() {
                             // A wrong 128 × 128 tile (a scale, a row of the schedule) cannot hide.
                             let worst = max_tile_error(&got, &want, m, n);
                             assert!(worst <= 2.0 * GEMM_TOL, "{what}: a 128 × 128 tile has relative error {worst:e}");
@@ -259,6 +267,20 @@ fn wg2_int8_dense_edges() {
         .enumerate()
     {
         check_int8_dense_tiles(110 + i as u64, m, n, k, &WG2);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_wgs_dense() {
+    int8_wg2_streams_present();
+    // Token counts around the 16 / 64 / 128 tiles, partial N and K blocks, K < 128; few blocks per
+    // CTA and many (tiles split over CTAs, meeting in the workspace); V3 shapes at M = 1, 64, 128.
+    for (i, m) in [1usize, 15, 17, 64, 65, 128, 200].into_iter().enumerate() {
+        check_int8_dense_tiles(130 + i as u64, m, 200, 400, &WGS);
+    }
+    for (i, (m, n, k)) in [(5, 136, 16), (1, 2112, 7168), (64, 576, 1536), (128, 7168, 2048), (3, 4096, 16384)].into_iter().enumerate() {
+        check_int8_dense_tiles(140 + i as u64, m, n, k, &WGS);
     }
 }
 
@@ -536,6 +558,22 @@ proptest! {
         let ids = distinct_ids(&mut r, t, e, topk);
         let scheme = if block { Int8Scheme::Block } else { Int8Scheme::Channel };
         check_int8_grouped(seed, scheme, &TILES, true, t, e, topk, n, k16 * 16, &ids);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_int8_wgs_grouped_cases() {
+    int8_wg2_streams_present();
+    let mut r = rng(91);
+    for scheme in Int8Scheme::ALL {
+        // One row per sorted row (the fused MoE gathers them first: the wgs tiles take no row ids).
+        let ids = distinct_ids(&mut r, 1, 64, 8);
+        check_int8_grouped(91, scheme, &WGS, false, 1, 64, 8, 200, 1040, &ids);
+        let mut ids = distinct_ids(&mut r, 40, 5, 4);
+        ids[3] = -1;
+        check_int8_grouped(92, scheme, &WGS, false, 40, 8, 4, 256, 512, &ids);
+        check_int8_grouped(93, scheme, &WGS, false, 150, 6, 1, 136, 256, &[2i32; 150]);
     }
 }
 

@@ -85,6 +85,27 @@ const fn wg2_gemm_args(operand: &'static str) -> [Arg; 13] {
     ]
 }
 
+/// Token tiles (N of the wgmma) of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh).
+const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64", "128"] };
+
+/// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh; FP8 and INT8): out, the TMA maps
+/// of the (pre-sorted) rows and of the weights, the scales, the split-K workspace and counters,
+/// the grouped tiles and the sizes.
+const WGS_GEMM_ARGS: [Arg; 12] = [
+    ptr_mut("out", "bf16"),
+    tensor_map("tmap_a"),
+    tensor_map("tmap_b"),
+    ptr("a_scales", "f32"),
+    ptr("b_scale", "f32"),
+    ptr_mut("ws", "f32"),
+    ptr_mut("counters", "u32"),
+    ptr("tile_expert", "i32"),
+    ptr("num_tiles", "i32"),
+    scalar("m", "u32"),
+    scalar("n", "u32"),
+    scalar("k", "u32"),
+];
+
 const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     [
         ptr_mut("out", "bf16"),
@@ -769,6 +790,34 @@ pub static FAMILIES: &[Family] = &[
             archs: Archs::SM90A,
             doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block, smem and `_pair` as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
         }],
+    },
+    Family {
+        name: "gemm_wgs",
+        source: "gemm_wgs.cuh",
+        doc: "Small-M (decode) 8-bit GEMMs for sm_90a: weights as the wgmma's 64-row operand, NT tokens as its N, TMA-streamed, stream-K split; FP8 and INT8, dense and grouped by expert over pre-sorted rows.",
+        kernels: &[
+            KernelSpec {
+                name: "fp8_gemm_wgs_e4m3fn_n{NT}",
+                template: "dsv3::fp8_gemm_wgs<{NT}>",
+                grid: &[WGS_NT],
+                points: &[],
+                args: &WGS_GEMM_ARGS,
+                max_threads: 384,
+                // The sm_90a cubin only (TMA, setmaxnreg, wgmma): the entry traps elsewhere.
+                archs: Archs::SM90A,
+                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 186160, 64: 199824, 128: 200816). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/gemm_wgs.cuh.",
+            },
+            KernelSpec {
+                name: "int8_gemm_wgs_{Q}_n{NT}",
+                template: "dsv3::int8_gemm_wgs<dsv3::int8_{Q}, {NT}>",
+                grid: &[Axis { name: "Q", values: &["block", "channel"] }, WGS_NT],
+                points: &[],
+                args: &WGS_GEMM_ARGS,
+                max_threads: 384,
+                archs: Archs::SM90A,
+                doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block and smem as fp8_gemm_wgs; see kernels/gemm_wgs.cuh.",
+            },
+        ],
     },
     Family {
         name: "fused_moe",

@@ -25,6 +25,7 @@ use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
+use super::gemm_wgs::{launch_wgs, wgs_enabled, WgsTile};
 use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::{Error, Result};
@@ -75,10 +76,14 @@ pub enum Fp8Tile {
     /// tiles (`fp8_gemm_wgmma2_pair_e4m3fn`); a launch with a single M tile runs as `Wg2`. Not a
     /// default: measured 3–8% slower than `Wg2` at M = 4096 (L2 traffic is not v2's limit).
     Wg2Pair,
+    /// The small-M sm_90a entry (`fp8_gemm_wgs_e4m3fn_n*`, [`super::gemm_wgs`]): wgmma with the
+    /// weights as the 64-row operand and the M tile's tokens as N, stream-K over the SMs (the
+    /// plan's splits are ignored). e4m3fn; launched only where [`super::gemm_wgs::wgs_available`].
+    Wgs(WgsTile),
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 8] = [
+    pub const ALL: [Fp8Tile; 11] = [
         Fp8Tile::Bm16,
         Fp8Tile::Bm64,
         Fp8Tile::Bm128,
@@ -87,10 +92,17 @@ impl Fp8Tile {
         Fp8Tile::Wg2Pair,
         Fp8Tile::Stream(StreamTile::T8),
         Fp8Tile::Stream(StreamTile::T64),
+        Fp8Tile::Wgs(WgsTile::N16),
+        Fp8Tile::Wgs(WgsTile::N64),
+        Fp8Tile::Wgs(WgsTile::N128),
     ];
     /// The v2 entries (TMA + warp-specialized wgmma, sm_90a, no split-K).
     pub fn is_wgmma2(self) -> bool {
         matches!(self, Fp8Tile::Wg2 | Fp8Tile::Wg2Pair)
+    }
+    /// Tiles whose grouped launches read pre-sorted rows by TMA (the MoE gathers them first).
+    pub fn reads_sorted_rows(self) -> bool {
+        self.is_wgmma2() || matches!(self, Fp8Tile::Wgs(_))
     }
     pub fn bm(self) -> usize {
         match self {
@@ -98,6 +110,7 @@ impl Fp8Tile {
             Fp8Tile::Bm64 => 64,
             Fp8Tile::Bm128 | Fp8Tile::Wg128 | Fp8Tile::Wg2 | Fp8Tile::Wg2Pair => 128,
             Fp8Tile::Stream(t) => t.bm(),
+            Fp8Tile::Wgs(t) => t.nt(),
         }
     }
     /// The registry kernel of this tile for float8 type `f8`.
@@ -107,6 +120,7 @@ impl Fp8Tile {
             Fp8Tile::Stream(t) => format!("stream_gemm_{f8}_t{}", t.bm()),
             Fp8Tile::Wg2 => format!("fp8_gemm_wgmma2_{f8}"),
             Fp8Tile::Wg2Pair => format!("fp8_gemm_wgmma2_pair_{f8}"),
+            Fp8Tile::Wgs(t) => format!("fp8_gemm_wgs_{f8}_n{}", t.nt()),
             t => format!("fp8_gemm_{f8}_bm{}", t.bm()),
         }
     }
@@ -120,6 +134,7 @@ impl Fp8Tile {
             Fp8Tile::Stream(t) => t.label(),
             Fp8Tile::Wg2 => "wg2",
             Fp8Tile::Wg2Pair => "wg2p",
+            Fp8Tile::Wgs(t) => t.label(),
         }
     }
     /// CTAs of this tile resident per SM on a Hopper (registers / shared memory; ptxas -v).
@@ -150,6 +165,9 @@ impl Fp8Tile {
         }
         if self.is_wgmma2() {
             return WG2_SMEM;
+        }
+        if let Fp8Tile::Wgs(t) = self {
+            return t.smem_bytes();
         }
         if self == Fp8Tile::Wg128 && vendor == Vendor::Cuda {
             // FP8G_WG_SMEM: 4 stages + 1 KB to align the stages to 1024 bytes.
@@ -233,6 +251,15 @@ pub fn plan_for_stream(s: &dyn GpuStream, f8: DType, plan: Fp8Plan) -> Fp8Plan {
     }
 }
 
+/// The plan of a dense FP8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 128
+/// where [`wgs_enabled`] (e4m3fn), else [`plan_dense`] adapted by [`plan_for_stream`].
+pub fn plan_dense_for_stream(s: &dyn GpuStream, f8: DType, m: usize, n: usize, k: usize) -> Fp8Plan {
+    match WgsTile::for_rows(m) {
+        Some(t) if f8 == DType::E4m3fn && wgs_enabled(s) => Fp8Plan { tile: Fp8Tile::Wgs(t), splits: 1 },
+        _ => plan_for_stream(s, f8, plan_dense(m, n, k, DEFAULT_SMS)),
+    }
+}
+
 /// The tile and split for a dense `[m, k] · [n, k]ᵀ` on a GPU of `sms` SMs: the streaming kernel
 /// for M ≤ 64 ([`super::stream_gemm::STREAM_MAX_ROWS`]), BM 128 above.
 pub fn plan_dense(m: usize, n: usize, k: usize, sms: usize) -> Fp8Plan {
@@ -279,14 +306,14 @@ impl Fp8Workspace {
 
 /// A raw kernel argument: a pointer or scalar widened to u64 (little-endian, so a 4-byte scalar
 /// sits in the low half), or a TMA descriptor.
-enum RawArg {
+pub(super) enum RawArg {
     Word(u64),
     Map(TensorMap),
 }
 
 /// Launch with raw arguments, checked against the registry's argument list (count, and
 /// descriptors exactly where the kernel takes them).
-fn launch_args(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, args: &mut [RawArg]) -> Result<()> {
+pub(super) fn launch_args(s: &dyn GpuStream, name: &str, cfg: LaunchCfg, args: &mut [RawArg]) -> Result<()> {
     let k = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if k.args.len() != args.len() {
         return Err(bad(format!("{name}: {} arguments given, {} expected", args.len(), k.args.len())));
@@ -438,6 +465,12 @@ fn launch_gemm(s: &dyn GpuStream, ws: &mut Fp8Workspace, f8: DType, plan: Fp8Pla
         let pair = (plan.tile == Fp8Tile::Wg2Pair).then(|| Fp8Tile::Wg2Pair.kernel_name(f8));
         return launch_wg2(s, &Fp8Tile::Wg2.kernel_name(f8), pair.as_deref(), plan.splits, &o);
     }
+    if let Fp8Tile::Wgs(t) = plan.tile {
+        if f8 != DType::E4m3fn {
+            return Err(bad(format!("fp8_gemm: the wgs tiles take e4m3fn ({f8} given)")));
+        }
+        return launch_wgs(s, ws, &plan.tile.kernel_name(f8), t, &o);
+    }
     let k_tiles = o.k.div_ceil(128);
     let splits = plan.splits.clamp(1, k_tiles);
     // Every split must own at least one K tile: ceil-divided ranges may leave the last ones empty.
@@ -580,7 +613,7 @@ pub fn fp8_gemm_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Fp8Plan, ou
 /// Dense FP8 GEMM, plan chosen by shape, split-K workspace from `ws`.
 pub fn fp8_gemm_ws(s: &dyn GpuStream, ws: &mut Fp8Workspace, out: &DeviceTensor, a: &DeviceTensor, a_scales: &DeviceTensor, b: &DeviceTensor, b_scale_inv: &DeviceTensor) -> Result<()> {
     let (m, n, k) = check_dense(out, a, a_scales, b, b_scale_inv)?;
-    fp8_gemm_with(s, ws, plan_for_stream(s, a.dtype(), plan_dense(m, n, k, DEFAULT_SMS)), out, a, a_scales, b, b_scale_inv)
+    fp8_gemm_with(s, ws, plan_dense_for_stream(s, a.dtype(), m, n, k), out, a, a_scales, b, b_scale_inv)
 }
 
 /// Dense FP8 GEMM `out_bf16 [M, N] = a_fp8 [M, K] (scales [M, ⌈K/128⌉]) · b_fp8 [N, K]ᵀ (block
@@ -707,6 +740,14 @@ pub fn plan_moe_tile(tile: Fp8Tile, pairs: usize, experts: usize, hidden: usize,
     (max_tiles, gu, dn)
 }
 
+/// The small-M entry's tile for a fused MoE of `pairs` (token, expert) pairs over `experts` on this
+/// stream, where it takes them (e4m3fn, [`wgs_enabled`], few rows per active expert:
+/// [`WgsTile::for_expert_rows`]); `None`: [`plan_moe`]'s tiles.
+pub fn moe_wgs_tile(s: &dyn GpuStream, f8: DType, pairs: usize, experts: usize) -> Option<Fp8Tile> {
+    let t = WgsTile::for_expert_rows(pairs.div_ceil(experts.min(pairs).max(1)))?;
+    (f8 == DType::E4m3fn && wgs_enabled(s)).then_some(Fp8Tile::Wgs(t))
+}
+
 /// Routed experts of one MoE layer, FP8: `out [T, H] bf16 = beta·out + Σ_k topk_weights[t, k] ·
 /// E_{topk_ids[t, k]}(x[t])`. `x` bf16 [T, H]; `topk_ids` i32 [T, topk] (ids outside [0, E) are
 /// skipped); `topk_weights` f32 [T, topk]. `beta = 1` adds into `out` (the residual, or the
@@ -735,9 +776,9 @@ impl ExpertGemms for MoeFp8Weights<'_> {
     fn plan(&self, s: &dyn GpuStream, wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<Fp8Plan>> {
         let (e, h, inter) = MoeFp8Weights::dims(self)?;
         let force = wsp.force_tile.or_else(|| generic_only(s, self.w13.dtype()).then_some(Fp8Tile::Bm64));
-        let (max_tiles, gate_up, down) = match force {
-            // v2 has no split-K.
-            Some(ft) if ft.is_wgmma2() => {
+        let (max_tiles, gate_up, down) = match force.or_else(|| moe_wgs_tile(s, self.w13.dtype(), pairs, e)) {
+            // v2 has no split-K; the wgs tiles split by stream-K.
+            Some(ft) if ft.reads_sorted_rows() => {
                 let (max_tiles, gu, dn) = plan_moe_tile(ft, pairs, e, h, inter, DEFAULT_SMS);
                 (max_tiles, Fp8Plan { splits: 1, ..gu }, Fp8Plan { splits: 1, ..dn })
             }
@@ -761,7 +802,7 @@ impl ExpertGemms for MoeFp8Weights<'_> {
     }
 
     fn sort_operand(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, plan: Fp8Plan) -> Result<Operand> {
-        if !plan.tile.is_wgmma2() {
+        if !plan.tile.reads_sorted_rows() {
             return Ok(a);
         }
         let (_, h, _) = MoeFp8Weights::dims(self)?;

@@ -14,6 +14,7 @@
 
 pub mod dispatch;
 pub mod fp8_gemm;
+pub mod gemm_wgs;
 pub mod memory;
 pub mod mla;
 pub(crate) mod moe_driver;

@@ -34,6 +34,7 @@ use super::fp8_gemm::{bad, launch_raw, launch_wg2, rows_cols, splits_for, u32_of
 use super::memory::DeviceTensor;
 use super::registry;
 use super::stream::GpuStream;
+use super::gemm_wgs::{launch_wgs, wgs_enabled, WgsTile};
 use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::Result;
@@ -103,6 +104,9 @@ pub enum QuantTile {
     /// (`int8_gemm_wgmma2_pair_*`; a launch with one M tile runs as `Wg2`). Not a default:
     /// measured 2–6% slower than `Wg2` at M = 4096 (docs/perf/quant_gemm.md).
     Wg2Pair,
+    /// INT8 only: the small-M sm_90a entry (`int8_gemm_wgs_*_n*`, [`super::gemm_wgs`]: weights as
+    /// the wgmma's 64-row operand, tokens as N, stream-K; the plan's splits are ignored).
+    Wgs(WgsTile),
 }
 
 impl QuantTile {
@@ -114,12 +118,17 @@ impl QuantTile {
     pub fn is_wgmma2(self) -> bool {
         matches!(self, QuantTile::Wg2 | QuantTile::Wg2Pair)
     }
+    /// Tiles whose grouped launches read pre-sorted rows by TMA (the MoE gathers them first).
+    pub fn reads_sorted_rows(self) -> bool {
+        self.is_wgmma2() || matches!(self, QuantTile::Wgs(_))
+    }
     pub fn bm(self) -> usize {
         match self {
             QuantTile::Bm16 => 16,
             QuantTile::Bm64 => 64,
             QuantTile::Bm128 | QuantTile::Wg2 | QuantTile::Wg2Pair => 128,
             QuantTile::Stream(t) => t.bm(),
+            QuantTile::Wgs(t) => t.nt(),
         }
     }
     pub fn label(self) -> &'static str {
@@ -130,6 +139,7 @@ impl QuantTile {
             QuantTile::Stream(t) => t.label(),
             QuantTile::Wg2 => "wg2",
             QuantTile::Wg2Pair => "wg2p",
+            QuantTile::Wgs(t) => t.label(),
         }
     }
     /// The tile the plans pick for `rows` rows per M tile: the streaming kernel up to
@@ -162,6 +172,7 @@ impl QuantTile {
         let stages = match (vendor, self) {
             (_, QuantTile::Stream(t)) => return t.smem_bytes(vendor),
             (_, QuantTile::Wg2 | QuantTile::Wg2Pair) => return WG2_SMEM,
+            (_, QuantTile::Wgs(t)) => return t.smem_bytes(),
             (Vendor::Hip, _) => 1,
             (Vendor::Cuda, QuantTile::Bm128) => 3,
             (Vendor::Cuda, _) => 4,
@@ -241,6 +252,15 @@ pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
         QuantPlan { tile: QuantTile::Wg2, splits: 1 }
     } else {
         plan
+    }
+}
+
+/// The plan of a dense INT8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 128
+/// where [`wgs_enabled`], else [`plan_int8`] adapted by [`int8_plan_for_stream`].
+pub fn int8_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
+    match WgsTile::for_rows(m) {
+        Some(t) if wgs_enabled(s) => QuantPlan { tile: QuantTile::Wgs(t), splits: 1 },
+        _ => int8_plan_for_stream(s, plan_int8(m, n, k, DEFAULT_SMS)),
     }
 }
 
@@ -467,6 +487,7 @@ pub(super) fn launch_int8(s: &dyn GpuStream, ws: &mut SplitKWorkspace, scheme: I
             let pair = (plan.tile == QuantTile::Wg2Pair).then(|| format!("int8_gemm_wgmma2_pair_{}", scheme.tag()));
             return launch_wg2(s, &format!("int8_gemm_wgmma2_{}", scheme.tag()), pair.as_deref(), plan.splits, &o);
         }
+        QuantTile::Wgs(t) => return launch_wgs(s, ws, &format!("int8_gemm_wgs_{}_n{}", scheme.tag(), t.nt()), t, &o),
         QuantTile::Stream(t) => format!("stream_gemm_int8_{}_t{}", scheme.tag(), t.bm()),
         tile => format!("int8_gemm_{}_{}", scheme.tag(), tile.label()),
     };
@@ -532,7 +553,7 @@ pub fn int8_gemm(
         s,
         ws,
         scheme,
-        int8_plan_for_stream(s, plan_int8(m, n, k, DEFAULT_SMS)),
+        int8_plan_dense_for_stream(s, m, n, k),
         out,
         a,
         a_scales,
@@ -705,7 +726,7 @@ pub(super) fn awq_tiled(
     a_row_div: usize,
 ) -> Result<Tiled> {
     let name = match plan.tile {
-        QuantTile::Wg2 | QuantTile::Wg2Pair => return Err(bad("awq_gemm: the wg2 tiles are INT8 only".into())),
+        QuantTile::Wg2 | QuantTile::Wg2Pair | QuantTile::Wgs(_) => return Err(bad("awq_gemm: the wg2 / wgs tiles are INT8 only".into())),
         QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
         tile => format!("awq_gemm_{}", tile.label()),
     };

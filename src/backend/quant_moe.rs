@@ -12,7 +12,8 @@ use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, 
 use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::fp8_gemm::Operands;
-use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, AwqWeight, Int8Scheme, QuantKernel, QuantPlan};
+use super::gemm_wgs::{wgs_enabled, WgsTile};
+use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, plan_grouped_tile, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile};
 use super::stream::GpuStream;
 use super::types::*;
 use crate::error::Result;
@@ -77,9 +78,16 @@ impl ExpertGemms for MoeInt8Weights<'_> {
         MoeInt8Weights::dims(self)
     }
 
-    /// The grouped plans of [`plan_grouped`], BM 128 on the v2 entry where the stream runs it.
+    /// The small-M wgmma entry where the experts hold few rows and the stream runs it
+    /// ([`WgsTile::for_expert_rows`]), else the grouped plans of [`plan_grouped`], BM 128 on the v2
+    /// entry where the stream runs it.
     fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeInt8Weights::dims(self)?;
+        if let Some(t) = WgsTile::for_expert_rows(pairs.div_ceil(e.min(pairs).max(1))).filter(|_| wgs_enabled(s)) {
+            let plan = QuantPlan { tile: QuantTile::Wgs(t), splits: 1 };
+            let (_, max_tiles) = plan_grouped_tile(QuantKernel::Int8, plan.tile, pairs, e, 2 * i, h, DEFAULT_SMS);
+            return Ok(MoePlan { bm: t.nt(), max_tiles, gate_up: plan, down: plan });
+        }
         let p = plans(QuantKernel::Int8, pairs, e, h, i);
         Ok(MoePlan { gate_up: int8_plan_for_stream(s, p.gate_up), down: int8_plan_for_stream(s, p.down), ..p })
     }
@@ -94,7 +102,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
     }
 
     fn sort_operand(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, plan: QuantPlan) -> Result<Operand> {
-        if !plan.tile.is_wgmma2() {
+        if !plan.tile.reads_sorted_rows() {
             return Ok(a);
         }
         let (_, h, _) = MoeInt8Weights::dims(self)?;

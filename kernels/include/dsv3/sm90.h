@@ -250,50 +250,72 @@ template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n256k16_bf16(float (&d)
       : "l"(da), "l"(db), "n"(ACC ? 1 : 0), "n"(TRANS_B ? 1 : 0));
 }
 
-// d = a · b (ACC false) or d += a · b (ACC true): a 64×32 e4m3 (K-major, descriptor da), b
-// 128×32 e4m3 (K-major, db), d 64×128 f32 (the warpgroup's fragments).
-template <bool ACC> DSV3_DEV void wgmma_m64n128k32_e4m3(float (&d)[64], u64 da, u64 db) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(da), "l"(db), "n"(ACC ? 1 : 0));
-}
+// The 8-bit wgmma steps m64nNk32 (N = 16, 64, 128: the v2 GEMM's 128, the small-M kernel's
+// token tiles of kernels/gemm_wgs.cuh) as one macro over N's accumulator count: an operand list
+// of R registers is DSV3_WG_OP<R>, its placeholders %0 .. %R-1 DSV3_WG_PH<R>.
+#define DSV3_WG_OP4(c, d, i) c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3])
+#define DSV3_WG_OP8(c, d, i) DSV3_WG_OP4(c, d, i), DSV3_WG_OP4(c, d, i + 4)
+#define DSV3_WG_OP32(c, d, i) DSV3_WG_OP8(c, d, i), DSV3_WG_OP8(c, d, i + 8), DSV3_WG_OP8(c, d, i + 16), DSV3_WG_OP8(c, d, i + 24)
+#define DSV3_WG_OP64(c, d, i) DSV3_WG_OP32(c, d, i), DSV3_WG_OP32(c, d, i + 32)
+#define DSV3_WG_PH8 "%0, %1, %2, %3, %4, %5, %6, %7"
+#define DSV3_WG_PH32                                                                                           \
+  DSV3_WG_PH8 ", %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, " \
+              "%27, %28, %29, %30, %31"
+#define DSV3_WG_PH64                                                                                         \
+  DSV3_WG_PH32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, " \
+               "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define DSV3_WG_F(x) "+f"(x)
+#define DSV3_WG_R(x) "+r"(x)
 
-// d = a · b (ACC false) or d += a · b (ACC true): a 64×32 s8 (K-major, descriptor da), b 128×32
-// s8 (K-major, db), d 64×128 s32 (exact; same fragment layout as the f32 form). The integer form
-// takes only scale-d: no negation or transpose immediates.
-// The s8 step with scale-d as a run-time value: d = a · b (`accumulate` 0) or d += a · b.
-DSV3_DEV void wgmma_m64n128k32_s8(i32 (&d)[64], u64 da, u64 db, u32 accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p;\n}\n"
-      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
-        "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15]),
-        "+r"(d[16]), "+r"(d[17]), "+r"(d[18]), "+r"(d[19]), "+r"(d[20]), "+r"(d[21]), "+r"(d[22]), "+r"(d[23]),
-        "+r"(d[24]), "+r"(d[25]), "+r"(d[26]), "+r"(d[27]), "+r"(d[28]), "+r"(d[29]), "+r"(d[30]), "+r"(d[31]),
-        "+r"(d[32]), "+r"(d[33]), "+r"(d[34]), "+r"(d[35]), "+r"(d[36]), "+r"(d[37]), "+r"(d[38]), "+r"(d[39]),
-        "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
-        "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
-        "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-      : "l"(da), "l"(db), "r"(accumulate));
+// d = a · b (ACC false) or d += a · b (ACC true): a 64×32 e4m3 (K-major, descriptor da), b N×32
+// e4m3 (K-major, db), d 64×N f32 (the warpgroup's fragments, R = N / 2 per thread).
+// R1, R2 = R + 1, R + 2 (the descriptors' and the flag's placeholders, spelled out: the
+// preprocessor cannot add).
+#define DSV3_WGMMA_E4M3(N, R, R1, R2)                                                                  \
+  template <bool ACC> DSV3_DEV void wgmma_m64n##N##k32_e4m3(float (&d)[R], u64 da, u64 db) {         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R2 ", 0;\n"                                      \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.f32.e4m3.e4m3 {" DSV3_WG_PH##R "}, %" #R ", %" #R1 \
+                 ", p, 1, 1;\n}\n"                                                                        \
+                 : DSV3_WG_OP##R(DSV3_WG_F, d, 0)                                                      \
+                 : "l"(da), "l"(db), "n"(ACC ? 1 : 0));                                                \
+  }
+// The same with s8 operands into exact s32 (same fragment layout; scale-d as a run-time value:
+// d = a · b when `accumulate` is 0). The integer form takes no negation or transpose immediates.
+#define DSV3_WGMMA_S8(N, R, R1, R2)                                                                          \
+  DSV3_DEV void wgmma_m64n##N##k32_s8(i32(&d)[R], u64 da, u64 db, u32 accumulate) {                         \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R2 ", 0;\n"                                          \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k32.s32.s8.s8 {" DSV3_WG_PH##R "}, %" #R ", %" #R1     \
+                 ", p;\n}\n"                                                                                 \
+                 : DSV3_WG_OP##R(DSV3_WG_R, d, 0)                                                            \
+                 : "l"(da), "l"(db), "r"(accumulate));                                                       \
+  }
+DSV3_WGMMA_E4M3(16, 8, 9, 10)
+DSV3_WGMMA_E4M3(64, 32, 33, 34)
+DSV3_WGMMA_E4M3(128, 64, 65, 66)
+DSV3_WGMMA_S8(16, 8, 9, 10)
+DSV3_WGMMA_S8(64, 32, 33, 34)
+DSV3_WGMMA_S8(128, 64, 65, 66)
+
+// The steps above by token count N (16, 64 or 128) as a template parameter.
+template <int N, bool ACC> DSV3_DEV void wgmma_e4m3_n(float (&d)[N / 2], u64 da, u64 db) {
+  static_assert(N == 16 || N == 64 || N == 128, "wgmma_e4m3_n: N is 16, 64 or 128");
+  if constexpr (N == 16) {
+    wgmma_m64n16k32_e4m3<ACC>(d, da, db);
+  } else if constexpr (N == 64) {
+    wgmma_m64n64k32_e4m3<ACC>(d, da, db);
+  } else {
+    wgmma_m64n128k32_e4m3<ACC>(d, da, db);
+  }
+}
+template <int N> DSV3_DEV void wgmma_s8_n(i32 (&d)[N / 2], u64 da, u64 db, u32 accumulate) {
+  static_assert(N == 16 || N == 64 || N == 128, "wgmma_s8_n: N is 16, 64 or 128");
+  if constexpr (N == 16) {
+    wgmma_m64n16k32_s8(d, da, db, accumulate);
+  } else if constexpr (N == 64) {
+    wgmma_m64n64k32_s8(d, da, db, accumulate);
+  } else {
+    wgmma_m64n128k32_s8(d, da, db, accumulate);
+  }
 }
 
 }  // namespace dsv3

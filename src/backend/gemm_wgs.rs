@@ -1,0 +1,142 @@
+//! The small-M sm_90a 8-bit GEMM (kernels/gemm_wgs.cuh): FP8 block-scaled and INT8 block /
+//! channel weights as the wgmma's 64-row operand, up to 128 tokens as its N, streamed by TMA and
+//! split over K by stream-K (each CTA one equal, contiguous range of the launch's 128-K blocks).
+//! It computes the block GEMMs' function with their scales, split-K workspace and grouped tiles, so
+//! it is one more tile of them: [`super::fp8_gemm::Fp8Tile::Wgs`], [`super::quant_gemm::QuantTile::Wgs`].
+//! Grouped launches need pre-sorted rows (the fused MoE gathers them first, as for v2).
+
+use super::fp8_gemm::{bad, launch_args, u32_of, Fp8Workspace, Operands, RawArg, DEFAULT_SMS};
+use super::registry;
+use super::stream::GpuStream;
+use super::types::*;
+use crate::error::{Error, Result};
+
+/// Tokens per M tile (the wgmma's N).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WgsTile {
+    N16,
+    N64,
+    N128,
+}
+
+impl WgsTile {
+    pub const ALL: [WgsTile; 3] = [WgsTile::N16, WgsTile::N64, WgsTile::N128];
+
+    pub fn nt(self) -> usize {
+        match self {
+            WgsTile::N16 => 16,
+            WgsTile::N64 => 64,
+            WgsTile::N128 => 128,
+        }
+    }
+
+    /// Short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            WgsTile::N16 => "wgs16",
+            WgsTile::N64 => "wgs64",
+            WgsTile::N128 => "wgs128",
+        }
+    }
+
+    /// The smallest tile holding `rows` tokens; `None` above 128 (v2's territory).
+    pub fn for_rows(rows: usize) -> Option<WgsTile> {
+        WgsTile::ALL.into_iter().find(|t| rows <= t.nt())
+    }
+
+    /// The tile of a grouped (MoE) GEMM whose active experts hold `mean_rows` rows on average:
+    /// room for twice the mean, so that most experts fit one tile (a second tile of an expert
+    /// streams its weights again); `None` above 64 rows (v2's 128-row tiles).
+    pub fn for_expert_rows(mean_rows: usize) -> Option<WgsTile> {
+        (mean_rows <= 64).then(|| WgsTile::for_rows(2 * mean_rows.max(1))).flatten()
+    }
+
+    /// Dynamic shared memory of one CTA (mirrors `WgsSmem<NT>::BYTES`): as many stages of the
+    /// weight box (16 KB) and the token box (NT × 128 bytes) as fit 192 KB (at most 10), their
+    /// NT f32 scales, 2 mbarriers per stage, a 16-byte flag, 1 KB to align the base.
+    pub fn smem_bytes(self) -> u32 {
+        let nt = self.nt();
+        let stage = 128 * 128 + nt * 128;
+        let stages = (196_608 / stage).min(10);
+        (stages * stage + stages * nt * 4 + 2 * stages * 8 + 16 + 1024) as u32
+    }
+}
+
+/// Whether the small-M entries can run on this stream: it loads the sm_90a cubin and this build
+/// compiled one (elsewhere the entries only trap).
+pub fn wgs_available(s: &dyn GpuStream) -> bool {
+    registry::kernel("fp8_gemm_wgs_e4m3fn_n16").is_some_and(|k| registry::runs_on(s, k))
+}
+
+/// Whether the default plans take the small-M entries: [`wgs_available`], unless
+/// `DSV3_GEMM_WGS=0`.
+pub fn wgs_enabled(s: &dyn GpuStream) -> bool {
+    std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && wgs_available(s)
+}
+
+/// Launches the small-M entry `name` (FP8 or INT8: 1-byte operands) of tile `tile` on `o`: TMA
+/// maps of the rows ([rows, K], boxes of NT rows × 128 bytes) and of the weights ([E, N, K], 128 ×
+/// 128), the split-K workspace from `ws`, one CTA per SM (at most one per 128-K block). Refused
+/// with [`Error::KernelUnavailable`] where the stream does not load the sm_90a cubin, and for
+/// gathered rows (the caller sorts them first).
+pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, o: &Operands) -> Result<()> {
+    let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
+    if !registry::runs_on(s, kernel) {
+        let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
+        return Err(Error::KernelUnavailable { kernel: kernel.name, targets: kernel.cuda_archs.join(" / "), stream });
+    }
+    if o.row_ids != 0 {
+        return Err(bad(format!("{name}: rows must be pre-sorted (no row_ids; gather them first)")));
+    }
+    let n_tiles = o.n.div_ceil(128);
+    let blocks = o.m_tiles * n_tiles * o.k.div_ceil(128);
+    if blocks == 0 {
+        return Ok(());
+    }
+    let (wsp, cnt) = ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)?;
+    let (k, n) = (o.k as u64, o.n as u64);
+    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
+    let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
+    let grid = blocks.min(s.sm_count().unwrap_or(DEFAULT_SMS));
+    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), tile.smem_bytes());
+    let mut args = [
+        RawArg::Word(o.out),
+        RawArg::Map(map_a),
+        RawArg::Map(map_b),
+        RawArg::Word(o.a_scales),
+        RawArg::Word(o.b_scale),
+        RawArg::Word(wsp),
+        RawArg::Word(cnt),
+        RawArg::Word(o.tile_expert),
+        RawArg::Word(o.num_tiles),
+        RawArg::Word(u32_of(o.m, "m")? as u64),
+        RawArg::Word(u32_of(o.n, "n")? as u64),
+        RawArg::Word(u32_of(o.k, "k")? as u64),
+    ];
+    launch_args(s, name, cfg, &mut args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles() {
+        assert_eq!(WgsTile::for_rows(1), Some(WgsTile::N16));
+        assert_eq!(WgsTile::for_rows(17), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_rows(128), Some(WgsTile::N128));
+        assert_eq!(WgsTile::for_rows(129), None);
+        assert_eq!(WgsTile::for_expert_rows(4), Some(WgsTile::N16));
+        assert_eq!(WgsTile::for_expert_rows(16), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_expert_rows(64), Some(WgsTile::N128));
+        assert_eq!(WgsTile::for_expert_rows(65), None);
+        // 10 stages of 16 + 2 KB; 8 of 16 + 8 KB; 6 of 32 KB: within the 227 KB a Hopper block may
+        // opt into, one CTA per SM.
+        assert_eq!(WgsTile::N16.smem_bytes(), 186_160);
+        assert_eq!(WgsTile::N64.smem_bytes(), 199_824);
+        assert_eq!(WgsTile::N128.smem_bytes(), 200_816);
+        assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() <= 227 * 1024));
+        assert!(registry::kernel("fp8_gemm_wgs_e4m3fn_n64").is_some());
+        assert!(registry::kernel("int8_gemm_wgs_channel_n128").is_some());
+    }
+}
