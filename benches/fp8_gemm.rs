@@ -3,7 +3,7 @@
 //! Default (the device runner): prints ONE table.
 //! - dense rows: DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536, 32768×512, 7168×16384,
 //!   4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096}: `dense` the default plan (on sm_90a
-//!   the small-M wgmma entry `wgs16` / `wgs64` / `wgs128` for M ≤ 128, v2 above); `dense-old` the
+//!   the small-M wgmma entry `wgs16` / `wgs64` for M ≤ 64, v2 above); `dense-old` the
 //!   plan the default took before the wgs entry (the streaming kernel `st8` up to 8 rows, BM 16 /
 //!   64, v2), for the comparison; `dense-alt` the same with half / no split-K, for tuning; `dense-mma` the tiled mma.sync kernel the plan took before
 //!   (BM 16 / 64) at M ≤ 64 and `dense-st` the streaming one (two 64-row tiles) at M = 128, for the

@@ -1,38 +1,48 @@
 // sm_90a 8-bit GEMM for small M (decode): the function of the block GEMMs (FP8 block scales,
 // INT8 block or channel scales; dense, or grouped by expert over pre-sorted rows) with the weights
-// as the wgmma's 64-row A operand and the tokens as its N = NT (16, 64 or 128) columns ("swap
-// AB"), streamed by TMA through a deep pipeline and split over K by stream-K.
+// as the wgmma's 64-row A operand and the tokens as its N = NT (16 or 64) columns ("swap AB"),
+// streamed by TMA through a deep pipeline and split over K by stream-K.
 //
-// Why. At M ≤ 128 a weight byte carries ≤ 256 FLOPs: the GEMM is a stream of the weights. The
+// Why. At M ≤ 64 a weight byte carries ≤ 128 FLOPs: the GEMM is a stream of the weights. The
 // mma.sync streaming kernel (kernels/stream_gemm.cuh) is issue-bound from M = 16 on (e4m3
 // mma.sync is f16 HMMAs plus conversions on sm_90a), and v2 pads M to 128 rows with no split-K
 // (one wave of N / 128 CTAs). Here an m64nNTk32 wgmma consumes a 128-K block of 128 weight rows
-// and NT tokens natively, so the tensor work per byte is what the tokens need, and every SM keeps
-// up to 10 blocks (~180 KB) of loads in flight.
+// and NT tokens natively, and every SM keeps ~180 KB of loads in flight. (At 65–128 rows v2 is
+// faster: an NT = 128 tile measured 1.2–3.5× slower, bound by its split-K atomics.)
 //
 // Work: output tile (mt, nt) = NT tokens × 128 weight rows (one weight scale block), its K in
 // sk = ⌈K / 128⌉ blocks. The launch's m_tiles · n_tiles · sk blocks, tile-major (n tiles fastest
 // inside an M tile), are cut into gridDim.x equal contiguous ranges, one per CTA (stream-K: no
-// ragged wave whatever the shape). A CTA walks its range as segments, one per tile it touches.
-// A segment covering its whole tile stores bf16; otherwise it adds its partial sums into the f32
-// workspace (atomics) and bumps the tile's counter by its block count; the CTA whose addition
-// completes sk converts the tile to bf16 and leaves the workspace and counter zero for the next
-// launch. Grouped launches read *num_tiles on the device; every CTA derives the same ranges.
+// ragged wave whatever the shape). A CTA walks its range as segments, one per tile it touches;
+// only the first and the last can be partial. A whole segment stores bf16. A partial one adds its
+// sums into the f32 workspace (relaxed atomics), and consumer thread 0 bumps the tile's counter by
+// the segment's block count (after a CTA barrier and an acq_rel fence: the release of every
+// consumer's atomics, CUTLASS's split-K semaphore pattern) without waiting for the result; after
+// its range, the CTA converts each tile whose count it completed to bf16 and leaves the workspace
+// and the counter zero for the next launch. Grouped launches read *num_tiles on the device; every
+// CTA derives the same ranges.
 //
-// CTA: 384 threads = a producer warpgroup (40 registers) and two consumer warpgroups (232).
+// CTA: 384 threads = a producer warpgroup and two consumer warpgroups.
 // - Producer, per block: waits the stage's `empty` barrier; thread 0 issues the weight box (3-D map
 //   [E, N, K], box 128 × 128 at (kb·128, n0, expert)) and the token box (2-D map [rows, K], box
 //   NT × 128 at (kb·128, m0)), both SWIZZLE_128B (what the wgmma descriptors read); thread p < NT
 //   writes token p's scale of the block into the stage (FP8 / block INT8 s_a[row, kb]·s_w[nb, kb],
 //   channel INT8 s_a[row]). Tokens past the rows (and K past the end) arrive as zeros.
 // - Consumer warpgroup w owns weight rows [64 w, 64 w + 64) of the tile: per block 4 ×
-//   wgmma.m64nNTk32 into a fresh partial, promoted by the column (token) scales into the total
-//   (channel INT8: the s32 partial sums the segment's blocks, scaled once at the end, then by
-//   the row's s_w[n]). As in v2 (kernels/fp8_gemm_wgmma2.cuh) warpgroup 0 issues each block
-//   before warpgroup 1 (named barrier), so one promotes while the other's MMAs run.
-// - Flush: thread (row n, token t) fragments go straight to out[t, n] (2-byte stores: the output
-//   is small next to the weights) or to the workspace.
+//   wgmma.m64nNTk32 into one of two partial sets (block i into set i % 2: block i + 1's MMAs are
+//   issued before waiting for block i's), promoted by the column (token) scales into the total.
+//   Channel INT8 does the same with its constant per-token scale (a block's s32 sum is exact in
+//   f32) and multiplies the row's s_w[n] in at the flush.
+// - Flush: fragment (row n, token t) goes straight to out[t, n] (2-byte stores: the output is
+//   small next to the weights) or to the workspace.
 //
+// PDL (the manifest's `Pdl::InKernel`): the weights are constants, so before waiting for the
+// previous grid thread 0 issues the weight boxes of the range's first STAGES blocks (their stage
+// barriers expect the whole stage); the tokens, scales, workspace and output are touched only after
+// every thread's griddepcontrol.wait.
+//
+// NT = 16: 5 stages (93.6 KB) and ~40 registers per thread, two CTAs per SM (the host's grid);
+// NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.
 #pragma once
@@ -41,27 +51,27 @@
 
 namespace dsv3 {
 
-constexpr u32 WGS_ORDER_BAR = 4;  // named barrier of the consumers' issue order
-constexpr u32 WGS_FLUSH_BAR = 5;  // named barrier of the consumers' split-K hand-off
+constexpr u32 WGS_FLUSH_BAR = 4;  // named barrier of the consumers' split-K hand-off
 
 // Shared memory of one CTA, offsets from its 1024-aligned base (src/backend/gemm_wgs.rs mirrors
-// BYTES): STAGES × (weight box, token box), their token scales, the mbarriers and the flag that
-// tells the consumers their CTA finishes the tile.
+// BYTES): STAGES × (weight box, token box), their token scales, the mbarriers and the flags that
+// tell the consumers which of their partial tiles they complete.
 template <int NT> struct WgsSmem {
+  static constexpr u32 CTAS_PER_SM = NT == 16 ? 2 : 1;
   static constexpr u32 W_TILE = 128 * 128;
   static constexpr u32 A_TILE = NT * 128;  // a multiple of 1024: each box starts on a swizzle atom
   static constexpr u32 STAGE = W_TILE + A_TILE;
-  static constexpr u32 STAGES = 196608 / STAGE < 10 ? 196608 / STAGE : 10;  // NT 16: 10, 64: 8, 128: 6
+  static constexpr u32 STAGES = (CTAS_PER_SM == 2 ? 98304 : 196608) / STAGE;  // NT 16: 5, 64: 8
   static constexpr u32 SCALES = STAGES * STAGE;
   static constexpr u32 BARS = SCALES + STAGES * NT * 4;
-  static constexpr u32 FLAG = BARS + 2 * STAGES * 8;
-  static constexpr u32 END = FLAG + 16;
+  static constexpr u32 FLAGS = BARS + 2 * STAGES * 8;
+  static constexpr u32 END = FLAGS + 16;
   static constexpr u32 BYTES = END + 1024;
 };
 
 #if defined(DSV3_SM90A)
-// Policies: v2's (scales, promotion, conversions) with the m64nNTk32 step, and whether the weight
-// scale is per output row (channel INT8: applied at the flush).
+// Policies: v2's scales and conversions with the m64nNTk32 step, and whether the weight scale is
+// per output row (channel INT8: applied at the flush).
 template <int NT> struct WgsE4m3 : Wg2E4m3 {
   static constexpr bool ROW_SCALED = false;
   template <bool ACC> DSV3_DEV static void mma(float (&d)[NT / 2], u64 da, u64 db) { wgmma_e4m3_n<NT, ACC>(d, da, db); }
@@ -69,7 +79,11 @@ template <int NT> struct WgsE4m3 : Wg2E4m3 {
 template <int NT, int MODE> struct WgsS8 : Wg2S8<MODE> {
   static constexpr bool ROW_SCALED = MODE == int8_channel;
   template <bool ACC> DSV3_DEV static void mma(i32 (&d)[NT / 2], u64 da, u64 db) { wgmma_s8_n<NT>(d, da, db, ACC); }
-  DSV3_DEV static void mma_first(i32 (&d)[NT / 2], u64 da, u64 db, bool fresh) { wgmma_s8_n<NT>(d, da, db, !fresh); }
+};
+
+// Partial set B of the consumers' two (a compile-time index: the sets live in registers).
+template <int B> struct WgsSet {
+  static constexpr int value = B;
 };
 
 // One segment of a CTA's range: blocks [kb0, kb1) of tile `tile` = (mt, nt).
@@ -86,6 +100,7 @@ template <int NT> struct WgsCtx {
   DSV3_DEV u32 full(u32 s) const { return base + S::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + S::BARS + (S::STAGES + s) * 8; }
   DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + S::SCALES) + s * NT; }
+  DSV3_DEV u32* flags() const { return reinterpret_cast<u32*>(smem + S::FLAGS); }
   DSV3_DEV u32 expert(u32 mt) const { return g.tile_expert != nullptr ? (u32)g.tile_expert[mt] : 0u; }
   // The segment starting at block u of the range.
   DSV3_DEV WgsSeg seg(u32 u) const {
@@ -97,7 +112,7 @@ template <int NT> struct WgsCtx {
     s.nt = s.tile % sn;
     return s;
   }
-  DSV3_DEV void advance(u32& stage, u32& phase) const {
+  DSV3_DEV static void advance(u32& stage, u32& phase) {
     if (++stage == S::STAGES) {
       stage = 0;
       phase ^= 1;
@@ -105,16 +120,31 @@ template <int NT> struct WgsCtx {
   }
 };
 
-// Producer warpgroup: thread p < NT writes token p's scales, thread 0 issues the TMA boxes.
+// Thread 0, before the grid dependency wait: the weight boxes of the range's first STAGES blocks
+// (each stage's `full` barrier expects the whole stage; this is thread 0's arrival). Returns how
+// many it issued.
+template <int NT>
+DSV3_DEV u32 wgs_prefetch_weights(const WgsCtx<NT>& c, const TmaMap& mb) {
+  using S = WgsSmem<NT>;
+  u32 n = 0;
+  for (u32 u = c.begin; u < c.end && n < S::STAGES;) {
+    const WgsSeg sg = c.seg(u);
+    for (u32 kb = sg.kb0; kb < sg.kb1 && n < S::STAGES; ++kb, ++n) {
+      mbar_arrive_expect_tx(c.full(n), S::STAGE);
+      tma_load_3d(c.base + n * S::STAGE, mb, c.full(n), (i32)(kb * 128), (i32)(sg.nt * 128), (i32)c.expert(sg.mt));
+    }
+    u += sg.kb1 - sg.kb0;
+  }
+  return n;
+}
+
+// Producer warpgroup: thread p < NT writes token p's scales, thread 0 issues the TMA boxes (the
+// weights of the first `pre` blocks are already on their way).
 template <class Op, int NT>
-DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& mb) {
+DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& mb, u32 pre) {
   using S = WgsSmem<NT>;
   const u32 p = tid();
-  if (p == 0) {
-    tma_prefetch(ma);
-    tma_prefetch(mb);
-  }
-  u32 stage = 0, phase = 0;
+  u32 stage = 0, phase = 0, i = 0;
   for (u32 u = c.begin; u < c.end;) {
     const WgsSeg sg = c.seg(u);
     const u32 expert = c.expert(sg.mt), m0 = sg.mt * NT, n0 = sg.nt * 128;
@@ -122,15 +152,17 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
     // Block kb + 1's scales load during block kb (their latency must not pace the producer).
     float a_next, b_next;
     sc.load(sg.kb0, a_next, b_next);
-    for (u32 kb = sg.kb0; kb < sg.kb1; ++kb) {
+    for (u32 kb = sg.kb0; kb < sg.kb1; ++kb, ++i) {
       const float s = a_next * b_next;
       if (kb + 1 < sg.kb1) sc.load(kb + 1, a_next, b_next);
       mbar_wait(c.empty(stage), phase ^ 1);
       if (p < (u32)NT) c.scales(stage)[p] = s;
       if (p == 0) {
         const u32 w_dst = c.base + stage * S::STAGE;
-        mbar_arrive_expect_tx(c.full(stage), S::STAGE);
-        tma_load_3d(w_dst, mb, c.full(stage), (i32)(kb * 128), (i32)n0, (i32)expert);
+        if (i >= pre) {
+          mbar_arrive_expect_tx(c.full(stage), S::STAGE);
+          tma_load_3d(w_dst, mb, c.full(stage), (i32)(kb * 128), (i32)n0, (i32)expert);
+        }
         tma_load_2d(w_dst + S::W_TILE, ma, c.full(stage), (i32)(kb * 128), (i32)m0);
       } else {
         mbar_arrive(c.full(stage));
@@ -141,11 +173,10 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
   }
 }
 
-// A finished segment's totals (rows n of the consumer's fragments, columns = tokens) → bf16 out
-// (whole tile) or the workspace, the tile's counter, and the conversion by the CTA that completes
-// it. `t` is the consumer thread (0..255), w its warpgroup.
-template <class Op, int NT>
-DSV3_DEV void wgs_flush(const WgsCtx<NT>& c, const float (&tot)[NT / 2], const WgsSeg& sg, u32 t) {
+// Fragment i = 4j + 2h + e of consumer thread t (0..255) in tile (mt, nt): weight row n_row + 8h,
+// token m0 + 8j + 2q + e. `f(i, out index, row scale)` runs for those inside the output.
+template <class Op, int NT, class F>
+DSV3_DEV void wgs_each(const WgsCtx<NT>& c, const WgsSeg& sg, u32 t, F&& f) {
   const BlockGemmArgs& g = c.g;
   const u32 w = t / 128, warp = (t % 128) / 32, ln = t % 32, q = ln % 4, N = g.N;
   const u32 m0 = sg.mt * NT, n_row = sg.nt * 128 + w * 64 + warp * 16 + ln / 4;
@@ -155,38 +186,15 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT>& c, const float (&tot)[NT / 2], const W
 #pragma unroll
     for (int h = 0; h < 2; ++h) rs[h] = n_row + 8 * h < N ? sw[n_row + 8 * h] : 0.0f;
   }
-  // Fragment i = 4j + 2h + e: weight row n_row + 8h, token m0 + 8j + 2q + e.
-  auto each = [&](auto&& f) {
 #pragma unroll
-    for (int j = 0; j < NT / 8; ++j)
+  for (int j = 0; j < NT / 8; ++j)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < 2; ++h)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const u32 n = n_row + 8 * h, tok = m0 + 8 * j + 2 * q + e;
-          if (n < N && tok < c.m_end) f(4 * j + 2 * h + e, (u64)tok * N + n, rs[h]);
-        }
-  };
-  if (sg.kb0 == 0 && sg.kb1 == c.sk) {
-    each([&](int i, u64 idx, float r) { g.out[idx] = f32_to_bf16(tot[i] * r); });
-    return;
-  }
-  each([&](int i, u64 idx, float r) { atomic_add(g.ws + idx, tot[i] * r); });
-  fence_device();
-  named_bar_sync(WGS_FLUSH_BAR, 256);
-  u32* last = reinterpret_cast<u32*>(c.smem + WgsSmem<NT>::FLAG);
-  if (t == 0) {
-    const u32 done = sg.kb1 - sg.kb0;
-    *last = atomic_add(&g.counters[sg.tile], done) + done == c.sk ? 1u : 0u;
-  }
-  named_bar_sync(WGS_FLUSH_BAR, 256);
-  if (*last == 0) return;
-  fence_device();
-  each([&](int, u64 idx, float) {
-    g.out[idx] = f32_to_bf16(ld_cg_f32(g.ws + idx));
-    g.ws[idx] = 0.0f;
-  });
-  if (t == 0) g.counters[sg.tile] = 0u;
+      for (int e = 0; e < 2; ++e) {
+        const u32 n = n_row + 8 * h, tok = m0 + 8 * j + 2 * q + e;
+        if (n < N && tok < c.m_end) f(4 * j + 2 * h + e, (u64)tok * N + n, rs[h]);
+      }
 }
 
 // Consumer warpgroups (threads 128..383).
@@ -195,94 +203,115 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   using S = WgsSmem<NT>;
   using Acc = typename Op::Acc;
   constexpr int R = NT / 2;
+  const BlockGemmArgs& g = c.g;
   const u32 t = tid() - 128, w = t / 128, ln = t % 32, q = ln % 4;
-  u32 stage = 0, phase = 0;
-  Acc acc[R];
+  const u32 blocks = c.end - c.begin;
+  if (blocks == 0) return;
+  u32 is = 0, ip = 0, rs = 0, rp = 0;  // stage / phase of the next block to issue, to retire
+  Acc acc[2][R];
   float tot[R];
-  // The stage's scale of this thread's token column 8j + 2q + e (read where it is used: holding
-  // all NT / 4 in registers next to the partial and the total makes ptxas serialize the wgmma at
-  // NT = 128).
-  auto scale = [&](u32 s, int j) { return *reinterpret_cast<const float2*>(c.scales(s) + 8 * j + 2 * q); };
 
-  // Waits for the current stage and issues its 4 k32 steps (v2's issue order, see the header).
-  auto issue = [&](bool fresh) {
-    mbar_wait(c.full(stage), phase);
-    const u32 wt = c.base + stage * S::STAGE;
-    const u64 da = wgmma_desc_sw128(wt + w * 64 * 128), db = wgmma_desc_sw128(wt + S::W_TILE);
-    if (w == 1) named_bar_sync(WGS_ORDER_BAR, 256);
+  // Waits for the next block's stage and issues its 4 k32 steps into partial set B.
+  auto issue = [&](auto set) {
+    constexpr int B = decltype(set)::value;
+    mbar_wait(c.full(is), ip);
+    const u32 st = c.base + is * S::STAGE;
+    const u64 da = wgmma_desc_sw128(st + w * 64 * 128), db = wgmma_desc_sw128(st + S::W_TILE);
     wgmma_fence();
-    if constexpr (Op::WHOLE_K) {
-      Op::mma_first(acc, da, db, fresh);
-    } else {
-      Op::template mma<false>(acc, da, db);
-    }
+    Op::template mma<false>(acc[B], da, db);
 #pragma unroll
-    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, da + 2 * ks, db + 2 * ks);
+    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc[B], da + 2 * ks, db + 2 * ks);
     wgmma_commit();
-    wgmma_pin(acc);
-    if (w == 0) named_bar_sync(WGS_ORDER_BAR, 256);
+    wgmma_pin(acc[B]);
+    c.advance(is, ip);
   };
-  // Stage `s`'s group has completed: promote the partial (block scales; the scales are read
-  // before the stage is handed back), then free the stage.
-  auto retire = [&](u32 s) {
-    wgmma_pin(acc);
-    if constexpr (!Op::WHOLE_K) {
+  // Partial set B (the block in stage rs) has completed: promote it by the stage's scales of this
+  // thread's token columns 8j + 2q + {0, 1}, then hand the stage back.
+  auto retire = [&](auto set) {
+    constexpr int B = decltype(set)::value;
+    wgmma_pin(acc[B]);
+    const float* sp = c.scales(rs);
 #pragma unroll
-      for (int j = 0; j < NT / 8; ++j) {
-        const float2 v = scale(s, j);
+    for (int j = 0; j < NT / 8; ++j) {
+      const float2 v = *reinterpret_cast<const float2*>(sp + 8 * j + 2 * q);
 #pragma unroll
-        for (int i = 4 * j; i < 4 * j + 4; ++i) tot[i] = fmaf(Op::to_f32(acc[i]), i % 2 ? v.y : v.x, tot[i]);
-      }
+      for (int i = 4 * j; i < 4 * j + 4; ++i) tot[i] = fmaf(Op::to_f32(acc[B][i]), i % 2 ? v.y : v.x, tot[i]);
     }
     __syncwarp();
-    if (ln == 0) mbar_arrive(c.empty(s));
+    if (ln == 0) mbar_arrive(c.empty(rs));
+    c.advance(rs, rp);
   };
+  using Set0 = WgsSet<0>;
+  using Set1 = WgsSet<1>;
 
-  if (c.begin >= c.end) return;
-  issue(true);
-  for (u32 u = c.begin;;) {
-    const WgsSeg sg = c.seg(u);
-    if constexpr (!Op::WHOLE_K) {
-#pragma unroll
-      for (int i = 0; i < R; ++i) tot[i] = 0.0f;
+  // Partial segments (at most the range's first and last) and, in thread 0, the tile's count
+  // after its addition (read after the range: the atomic's latency is not waited for).
+  WgsSeg pend0, pend1;
+  u32 npend = 0, count0 = 0, count1 = 0;
+
+  // Block i runs in set i % 2; the loop is unrolled by two so that each set's registers are
+  // named statically (with a run-time set ptxas waits for every wgmma before touching either).
+  WgsSeg sg = c.seg(c.begin);
+  u32 u = c.begin;  // first block of `sg`
+  auto step = [&](auto set, u32 i) {
+    constexpr int B = decltype(set)::value;
+    if (i + 1 < blocks) {
+      issue(WgsSet<1 - B>{});  // block i + 1's MMAs are queued before block i's are waited for
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
     }
-    u32 prev = stage;
-    c.advance(stage, phase);
-    for (u32 kb = sg.kb0 + 1; kb < sg.kb1; ++kb) {
-      if constexpr (Op::WHOLE_K) {
-        issue(false);
-        wgmma_wait<1>();
-        retire(prev);
+    retire(set);
+    if (c.begin + i + 1 < u + (sg.kb1 - sg.kb0)) return;
+    // The segment's last block: flush it, move to the next.
+    if (sg.kb0 == 0 && sg.kb1 == c.sk) {
+      wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { g.out[idx] = f32_to_bf16(tot[f] * r); });
+    } else {
+      wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { atomic_add(g.ws + idx, tot[f] * r); });
+      named_bar_sync(WGS_FLUSH_BAR, 256);
+      u32 count = 0;
+      if (t == 0) {
+        fence_acq_rel_gpu();
+        count = atomic_add(&g.counters[sg.tile], sg.kb1 - sg.kb0) + (sg.kb1 - sg.kb0);
+      }
+      if (npend++ == 0) {
+        pend0 = sg;
+        count0 = count;
       } else {
-        wgmma_wait<0>();
-        retire(prev);
-        issue(true);
-      }
-      prev = stage;
-      c.advance(stage, phase);
-    }
-    wgmma_wait<0>();
-    if constexpr (Op::WHOLE_K) {
-      // The per-token scale is the same in every stage (s_a[row]): the last one's.
-#pragma unroll
-      for (int j = 0; j < NT / 8; ++j) {
-        const float2 v = scale(prev, j);
-#pragma unroll
-        for (int i = 4 * j; i < 4 * j + 4; ++i) tot[i] = Op::sum_to_f32(acc[i]) * (i % 2 ? v.y : v.x);
+        pend1 = sg;
+        count1 = count;
       }
     }
-    retire(prev);
     u += sg.kb1 - sg.kb0;
-    const bool more = u < c.end;
-    // The next segment's first block runs during this flush, except at NT = 128: there the
-    // flush's registers next to the 2 × 64 of the partial and the total make ptxas wait for the
-    // wgmma anyway.
-    constexpr bool EARLY = NT < 128;
-    if (EARLY && more) issue(true);
-    wgs_flush<Op, NT>(c, tot, sg, t);
-    if (!more) return;
-    if (!EARLY) issue(true);
+    if (u < c.end) sg = c.seg(u);
+#pragma unroll
+    for (int r = 0; r < R; ++r) tot[r] = 0.0f;
+  };
+#pragma unroll
+  for (int r = 0; r < R; ++r) tot[r] = 0.0f;
+  issue(Set0{});
+  for (u32 i = 0; i < blocks; i += 2) {
+    step(Set0{}, i);
+    if (i + 1 < blocks) step(Set1{}, i + 1);
   }
+  if (npend == 0) return;
+  // The tiles this CTA completed: convert them (acquire: thread 0's fence after seeing the count,
+  // then the barrier) and leave the workspace and counters zero.
+  if (t == 0) {
+    c.flags()[0] = count0 == c.sk ? 1u : 0u;
+    c.flags()[1] = count1 == c.sk ? 1u : 0u;
+    fence_acq_rel_gpu();
+  }
+  named_bar_sync(WGS_FLUSH_BAR, 256);
+  auto finish = [&](const WgsSeg& sg) {
+    wgs_each<Op, NT>(c, sg, t, [&](int, u64 idx, float) {
+      g.out[idx] = f32_to_bf16(ld_cg_f32(g.ws + idx));
+      g.ws[idx] = 0.0f;
+    });
+    if (t == 0) g.counters[sg.tile] = 0u;
+  };
+  if (c.flags()[0] != 0) finish(pend0);
+  if (npend > 1 && c.flags()[1] != 0) finish(pend1);
 }
 
 template <class Op, int NT>
@@ -296,9 +325,15 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
   c.smem = wgs_smem + (c.base - raw);
   c.sk = ceil_div(g.K, 128);
   c.sn = ceil_div(g.N, 128);
+  grid_dependency_launch();  // the next grid's CTAs may take SMs this one leaves
+  const bool grouped = g.tile_expert != nullptr;
+  u32 pre = 0;
+  if (grouped) {
+    grid_dependency_wait();  // *num_tiles and the tiles' experts come from the previous grids
+  }
   // Grouped: *num_tiles (on the device), never more than the rows the host sized `out` for.
-  const u32 m_tiles = g.tile_expert != nullptr ? min((u32)*g.num_tiles, ceil_div(g.M, NT)) : ceil_div(g.M, NT);
-  c.m_end = g.tile_expert != nullptr ? m_tiles * NT : g.M;
+  const u32 m_tiles = grouped ? min((u32)*g.num_tiles, ceil_div(g.M, NT)) : ceil_div(g.M, NT);
+  c.m_end = grouped ? m_tiles * NT : g.M;
   const u64 total = (u64)m_tiles * c.sn * c.sk;
   c.begin = (u32)(total * blockIdx.x / gridDim.x);
   c.end = (u32)(total * (blockIdx.x + 1) / gridDim.x);
@@ -308,19 +343,21 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
       mbar_init(c.empty(s), 8);   // one arrival per consumer warp
     }
     mbar_init_fence();
+    tma_prefetch(ma);
+    tma_prefetch(mb);
+    pre = wgs_prefetch_weights(c, mb);
   }
   __syncthreads();
+  grid_dependency_wait();
   if (tid() < 128) {
-    regs_dec<40>();
-    wgs_produce<Op, NT>(c, ma, mb);
+    wgs_produce<Op, NT>(c, ma, mb, pre);  // only thread 0 reads `pre`
   } else {
-    regs_inc<232>();
     wgs_consume<Op, NT>(c);
   }
 }
 #endif  // DSV3_SM90A
 
-// Entries: grid (at most one CTA per SM, at most the launch's blocks), block 384, dynamic smem
+// Entries: grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
 // WgsSmem<NT>::BYTES. tmap_a: 2-D map of the (pre-sorted) rows [rows, K], box NT × 128; tmap_b:
 // 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws / counters: the split-K workspace
 // [rows, N] and counters [m tiles · n tiles], zero on entry and left zero.
@@ -333,6 +370,7 @@ DSV3_DEV void fp8_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b
                                     nullptr, tile_expert, num_tiles, M, N, K, 1, 1),
                             tmap_a, tmap_b);
 #else
+  grid_dependency_sync();
   trap();
 #endif
 }
@@ -346,6 +384,7 @@ DSV3_DEV void int8_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_
                                         nullptr, tile_expert, num_tiles, M, N, K, 1, 1),
                                 tmap_a, tmap_b);
 #else
+  grid_dependency_sync();
   trap();
 #endif
 }

@@ -1,7 +1,7 @@
 //! C++ emission: one translation unit per family and vendor. Shared emission lives in the
 //! `Dialect` trait's default methods; each vendor overrides only what differs (cubecl style).
 
-use crate::model::{Family, Instance, Vendor};
+use crate::model::{Family, Instance, Pdl, Vendor};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -35,8 +35,12 @@ pub trait Dialect {
     fn entry_point(&self, inst: &Instance) -> String {
         let params: Vec<String> = inst.args.iter().map(|(n, t)| format!("{} {}", t.cpp(), n)).collect();
         let names: Vec<&str> = inst.args.iter().map(|(n, _)| *n).collect();
+        let sync = match inst.spec.pdl {
+            Pdl::AtEntry => "  dsv3::grid_dependency_sync();\n",
+            Pdl::InKernel => "",
+        };
         format!(
-            "// {}: {}\nextern \"C\" __global__ void {} {}({}) {{\n  dsv3::grid_dependency_sync();\n  {}({});\n}}\n",
+            "// {}: {}\nextern \"C\" __global__ void {} {}({}) {{\n{sync}  {}({});\n}}\n",
             inst.name,
             inst.spec.doc,
             self.launch_bounds(inst.spec.max_threads),

@@ -16,7 +16,7 @@ pub mod model;
 pub mod rust;
 
 pub use manifest::FAMILIES;
-pub use model::{Elem, Family, Instance, KernelSpec, ManifestError, Vendor};
+pub use model::{Elem, Family, Instance, KernelSpec, ManifestError, Pdl, Vendor};
 
 use std::path::{Path, PathBuf};
 

@@ -86,7 +86,7 @@ const fn wg2_gemm_args(operand: &'static str) -> [Arg; 13] {
 }
 
 /// Token tiles (N of the wgmma) of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh).
-const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64", "128"] };
+const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
 
 /// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh; FP8 and INT8): out, the TMA maps
 /// of the (pre-sorted) rows and of the weights, the scales, the split-K workspace and counters,
@@ -227,6 +227,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "out[t, :] = table[ids[t] - first, :] for ids of the table's rows, zeros for other ids < total (vocab-parallel), NaN row for an id >= total; grid (tokens).",
         }],
     },
@@ -250,6 +251,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (rows), block 256.",
             },
             KernelSpec {
@@ -268,6 +270,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "residual += x; out = rms_norm(residual). grid (rows), block 256.",
             },
             // ---- issue 5: RMSNorm → activation quantization (the next linear's input) ----------
@@ -279,6 +282,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &NORM_QUANT_FP8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps): q [rows, cols], scales [rows, ceil(cols/128)]; out may be null. grid (rows), block 256.",
             },
             KernelSpec {
@@ -289,6 +293,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &ADD_NORM_QUANT_FP8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "add_rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps); out may be null. grid (rows), block 256.",
             },
             KernelSpec {
@@ -299,6 +304,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &NORM_QUANT_INT8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps): group128 scales [rows, ceil(cols/128)], token scales [rows]; out may be null. grid (rows), block 256.",
             },
             KernelSpec {
@@ -309,6 +315,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &ADD_NORM_QUANT_INT8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "add_rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps); out may be null. grid (rows), block 256.",
             },
         ],
@@ -336,6 +343,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "In place; grid (tokens).",
         }],
     },
@@ -358,6 +366,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "Grid-stride over rows * cols.",
         }],
     },
@@ -373,6 +382,7 @@ pub static FAMILIES: &[Family] = &[
             args: &[ptr_mut("out", "{TO}"), ptr("x", "{TI}"), scalar("n", "u32")],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "Grid-stride over n.",
         },
         KernelSpec {
@@ -390,6 +400,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "Strided 2-D copy (slices of rows: heads, the c_kv / k_pe parts); grid-stride over rows * cols.",
         }],
     },
@@ -413,6 +424,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); scales [rows, ceil(cols/128)].",
             },
             KernelSpec {
@@ -423,6 +435,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &[ptr_mut("out", "{T}"), ptr("x", "{T}"), scalar("rows", "u32"), scalar("cols", "u32"), scalar("eps", "f32")],
                 max_threads: 128,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "out = dequant(quant(x)) per token and 128-channel group; grid (ceil(cols/128), rows), block 128.",
             },
             KernelSpec {
@@ -439,6 +452,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "Grid-stride over n * k.",
             },
         ],
@@ -483,6 +497,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 256,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "grid (ceil(n/64), ceil(m/64), batch), block 256; b_scale: float8 block scales or null; batch z at z·stride_{a,b,c}.",
         }],
     },
@@ -510,6 +525,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 256,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "grid (tokens), block 256, dynamic smem (2E + n_group) * 4 bytes.",
         }],
     },
@@ -533,6 +549,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (1), block up to 1024.",
             },
             KernelSpec {
@@ -543,6 +560,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &[ptr_mut("local", "i32"), ptr("ids", "i32"), scalar("n", "u32"), scalar("first", "u32"), scalar("count", "u32")],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid-stride over n.",
             },
             KernelSpec {
@@ -562,6 +580,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (num_pairs).",
             },
             KernelSpec {
@@ -593,6 +612,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (ceil(n/64), ceil(num_pairs/64), num_experts), block 256.",
             },
             KernelSpec {
@@ -612,6 +632,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (tokens).",
             },
         ],
@@ -644,6 +665,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (tokens, heads), block 256 exactly, dynamic smem (dk + 64) * 4 bytes; dv <= 1024.",
             },
             // The same kernel over the fp8 e4m3 latent cache (FlashMLA's 656-byte rows, see
@@ -671,6 +693,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "fp8 cache [pages, page_size, 656] u8 (dk = 576, dv <= 512): grid (tokens, heads), block 256 exactly, dynamic smem (dk + 64) * 4 bytes.",
             },
             KernelSpec {
@@ -692,6 +715,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (tokens).",
             },
         ],
@@ -709,6 +733,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &[ptr_mut("out", "i32"), ptr_mut("values", "f32"), ptr("x", "{T}"), scalar("rows", "u32"), scalar("cols", "u32")],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (rows), block 256; `values` may be null.",
             },
             KernelSpec {
@@ -728,6 +753,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (rows), block 256.",
             },
         ],
@@ -746,6 +772,7 @@ pub static FAMILIES: &[Family] = &[
             args: BLOCK_GEMM_F8_ARGS,
             max_threads: 256,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "grid (ceil(n/128), m tiles, splits), block 256, dynamic smem (BM+128)*128*stages; see kernels/fp8_gemm.cuh.",
         },
         KernelSpec {
@@ -756,6 +783,7 @@ pub static FAMILIES: &[Family] = &[
             args: BLOCK_GEMM_F8_ARGS,
             max_threads: 256,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "sm_90a: wgmma m64n128k32 e4m3, BM 128; elsewhere the BM-128 kernel. Block 256, dynamic smem 4*256*128+1024.",
         }],
     },
@@ -773,6 +801,7 @@ pub static FAMILIES: &[Family] = &[
             // The sm_90a cubin only (TMA, setmaxnreg, wgmma); the entry traps in the other CUDA
             // variants, which the host never launches it in.
             archs: Archs::SM90A,
+            pdl: Pdl::AtEntry,
             doc: "sm_90a only. Block 384, dynamic smem 5*32768+2*64*272+5*512+512+80+1024. Grid min(SMs, tiles); `_pair`: clusters of 2 CTAs along x (launch attribute) multicasting B halves, grid 2 × min(active clusters, pair tiles). See kernels/fp8_gemm_wgmma2.cuh.",
         }],
     },
@@ -788,6 +817,7 @@ pub static FAMILIES: &[Family] = &[
             args: &wg2_gemm_args("i8"),
             max_threads: 384,
             archs: Archs::SM90A,
+            pdl: Pdl::AtEntry,
             doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block, smem and `_pair` as fp8_gemm_wgmma2; see kernels/int8_gemm_wgmma2.cuh.",
         }],
     },
@@ -805,7 +835,8 @@ pub static FAMILIES: &[Family] = &[
                 max_threads: 384,
                 // The sm_90a cubin only (TMA, setmaxnreg, wgmma): the entry traps elsewhere.
                 archs: Archs::SM90A,
-                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 186160, 64: 199824, 128: 200816). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/gemm_wgs.cuh.",
+                pdl: Pdl::InKernel,
+                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 93600, two CTAs per SM; 64: 199824). Grid min(CTAs per SM * SMs, m tiles * n tiles * k blocks). Waits for the previous grid itself (PDL) after issuing its first weight loads. See kernels/gemm_wgs.cuh.",
             },
             KernelSpec {
                 name: "int8_gemm_wgs_{Q}_n{NT}",
@@ -815,6 +846,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &WGS_GEMM_ARGS,
                 max_threads: 384,
                 archs: Archs::SM90A,
+                pdl: Pdl::InKernel,
                 doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block and smem as fp8_gemm_wgs; see kernels/gemm_wgs.cuh.",
             },
         ],
@@ -841,6 +873,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (1), block up to 1024, dynamic smem 2 * num_experts * 4 bytes.",
             },
             KernelSpec {
@@ -861,6 +894,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "bf16 rows -> FP8 + per-128-group scales; grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride).",
             },
             KernelSpec {
@@ -881,6 +915,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "silu(gate) * up of gate_up [rows, 2I] -> FP8 [rows, I] + scales; grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride).",
             },
             KernelSpec {
@@ -903,6 +938,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "dst row r = src row sorted_ids[r] / topk (bytes and f32 scales; zeros for padding rows), rows of the *num_tiles tiles of bm; grid (rows), block 256.",
             },
             KernelSpec {
@@ -922,6 +958,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "out = beta * out + sum_k w * y[pair_to_row]; grid (ceil(hidden / (8 * block)), tokens), block up to 1024 (8 columns per thread when hidden % 8 == 0).",
             },
         ],
@@ -939,6 +976,7 @@ pub static FAMILIES: &[Family] = &[
                 args: &[ptr_mut("meta", "i32"), ptr("seq_lens", "i32"), scalar("batch", "u32"), scalar("num_parts", "u32")],
                 max_threads: 1024,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "Split-KV schedule from seq_lens: meta [4 + B + 1] i32 (total tiles, tiles per part, parts, B, cum tiles). grid (1), block <= 1024.",
             },
             KernelSpec {
@@ -949,6 +987,7 @@ pub static FAMILIES: &[Family] = &[
                 args: MLA_SPLIT_BF16_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "grid (num_parts, ceil(s_q*H / (16*MW))), block 256, dynamic smem 16*MW*1152 + 147456 + 16*MW*128 + 512 bytes; page size 64, dk 576, dv 512.",
             },
             KernelSpec {
@@ -959,6 +998,7 @@ pub static FAMILIES: &[Family] = &[
                 args: MLA_SPLIT_BF16_ARGS,
                 max_threads: 128,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "32-key tiles, 4 warps (two blocks per SM): grid (num_parts, ceil(s_q*H / (16*MW))), block 128, dynamic smem 16*MW*1152 + 73728 + 16*MW*64 + 256 bytes.",
             },
             KernelSpec {
@@ -977,6 +1017,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "Merges split partials; grid (B, s_q*H, 4 if G = 8 else 1: column blocks), block 32*G (G groups of 32 threads over the parts).",
             },
             // FP8 e4m3 latent cache (FlashMLA layout: 656-byte rows = 512 e4m3fn | 4 f32 group
@@ -990,6 +1031,7 @@ pub static FAMILIES: &[Family] = &[
                 args: MLA_SPLIT_FP8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "fp8 cache [pages, 64, 656] u8: grid (num_parts, ceil(s_q*H / (16*MW))), block 256, dynamic smem 16*MW*1152 + 73728 + 41984 + 16*MW*128 + 512 bytes.",
             },
             KernelSpec {
@@ -1000,6 +1042,7 @@ pub static FAMILIES: &[Family] = &[
                 args: MLA_SPLIT_FP8_ARGS,
                 max_threads: 128,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "fp8 cache, 32-key tiles, 4 warps (two blocks per SM): grid (num_parts, ceil(s_q*H / (16*MW))), block 128, dynamic smem 16*MW*1152 + 36864 + 20992 + 16*MW*64 + 256 bytes.",
             },
             KernelSpec {
@@ -1019,6 +1062,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 128,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "Quantize kv [tokens, kv_stride] rows (first 576 values) into the fp8 cache [pages, 64, 656] u8 at (token_seq, token_pos); grid (tokens), block 128 exactly.",
             },
         ],
@@ -1037,6 +1081,7 @@ pub static FAMILIES: &[Family] = &[
             // The sm_90a cubin only (wgmma); the entry traps in the other CUDA variants, which
             // the host never launches it in.
             archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+            pdl: Pdl::AtEntry,
             doc: "sm_90a only. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 3*73728 + 8192 + 512 + 64 + 1024 = 230976 bytes; see kernels/mla_decode_wgmma.cuh.",
         }],
     },
@@ -1053,6 +1098,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AR_ARGS,
                 max_threads: 512,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "out = sum over ranks of in_r (f32, rank order); in0..in7 / sig0..sig7: every rank's input and signal buffer (same list on every rank); grid <= 128 blocks of 512, the same on every rank; out must not alias an input.",
             },
             KernelSpec {
@@ -1063,6 +1109,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AR_ARGS,
                 max_threads: 512,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "reduce-scatter into each rank's scratch (after its signal header) + all-gather; in place allowed; grid <= 128 blocks of 512, the same on every rank.",
             },
             KernelSpec {
@@ -1073,6 +1120,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AR_PUSH_ARGS,
                 max_threads: 512,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "out = sum over ranks of in_r (f32, rank order) without barriers: every rank pushes its input into every rank's receive buffer (3 generations x world slots of slot_cap bytes, sentinel 0xff bytes) and polls its own; out may equal inp; any grid.",
             },
         ],
@@ -1103,6 +1151,7 @@ pub static FAMILIES: &[Family] = &[
             ],
             max_threads: 1024,
             archs: Archs::ALL,
+            pdl: Pdl::AtEntry,
             doc: "Grid-stride over the window [a, r, c] at (a0, r0, c0) of a random [.., n, k] tensor: lo + (hi - lo) * uniform01(seed, index in the whole tensor).",
         }],
     },
@@ -1120,6 +1169,7 @@ pub static FAMILIES: &[Family] = &[
                 args: BLOCK_GEMM_I8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. grid (ceil(n/128), m tiles, splits), block 256, dynamic smem (BM+128)*128*stages (HIP: one stage); see kernels/quant_gemm.cuh.",
             },
             KernelSpec {
@@ -1140,6 +1190,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "x -> int8 + scales (group128: [rows, ceil(cols/128)]; token: [rows]), s = max(amax, eps)/127, q = rint(x/s); group128: grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); token: grid (rows), block 256.",
             },
             KernelSpec {
@@ -1160,6 +1211,7 @@ pub static FAMILIES: &[Family] = &[
                 ],
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "silu(gate) * up of gate_up [rows, 2I] -> int8 [rows, I] + scales; group128: grid ceil(rows * ceil(cols/128) / 16), block 256 (16 lanes per 128-group, grid-stride); token: grid (rows), block 256.",
             },
             KernelSpec {
@@ -1170,6 +1222,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AWQ_GEMM_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "qweight repacked by awq_repack ([E, N/8, K/32, 32] u32), qzeros [E, K/G, N/8], scales f16 [E, K/G, N]; G in {64, 128}, K % G == 0, N % 8 == 0. grid (ceil(n/128), m tiles, splits), block 256, dynamic smem (BM*128 + 4096)*4 (HIP: (BM + 32)*128).",
             },
         ],
@@ -1188,6 +1241,7 @@ pub static FAMILIES: &[Family] = &[
                 args: BLOCK_GEMM_F8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "as fp8_gemm_e4m3fn_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*(BM*576 + 16*BM) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
             },
             KernelSpec {
@@ -1198,6 +1252,7 @@ pub static FAMILIES: &[Family] = &[
                 args: BLOCK_GEMM_I8_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "as int8_gemm_{Q}_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem 2*(BM*576 + 16*BM) (channel: the same) (HIP: (BM+128)*128); see kernels/stream_gemm.cuh.",
             },
             KernelSpec {
@@ -1208,6 +1263,7 @@ pub static FAMILIES: &[Family] = &[
                 args: AWQ_GEMM_ARGS,
                 max_threads: 256,
                 archs: Archs::ALL,
+                pdl: Pdl::AtEntry,
                 doc: "as awq_gemm_*, BM token rows per M tile: grid (ceil(n/128), m tiles, splits), block 256, dynamic smem AwqStreamCfg<BM>::SMEM (BM 8: 52480, BM 64: 82176; HIP: (BM + 32)*128); see kernels/stream_gemm.cuh.",
             },
         ],

@@ -222,7 +222,20 @@ pub struct KernelSpec {
     /// Upper bound of threads per block (emitted as launch bounds, checked at launch).
     pub max_threads: u32,
     pub archs: Archs,
+    /// Where the entry waits for the previous kernel of its stream (programmatic dependent launch).
+    pub pdl: Pdl,
     pub doc: &'static str,
+}
+
+/// Where a kernel synchronizes with the grid before it on its stream (PDL, sm_90+; see
+/// `grid_dependency_sync` in kernels/include/dsv3/platform.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pdl {
+    /// The generated entry waits (and lets the next grid launch) before calling the kernel.
+    AtEntry,
+    /// The kernel calls `grid_dependency_wait` / `grid_dependency_launch` itself: it may do work
+    /// that reads nothing the previous grid writes (e.g. stream constant weights) before waiting.
+    InKernel,
 }
 
 /// A kernel family: one template source, one translation unit (one fatbin / code object) per

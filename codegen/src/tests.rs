@@ -56,6 +56,17 @@ fn golden_rms_norm_bf16_cuda() {
 }
 
 #[test]
+fn golden_in_kernel_pdl_entry() {
+    // `Pdl::InKernel`: the entry calls the kernel directly (it waits for the previous grid itself).
+    let all = model::expand(FAMILIES).unwrap();
+    let wgs = FAMILIES.iter().find(|f| f.name == "gemm_wgs").unwrap();
+    let tu = dialect(Vendor::Cuda).translation_unit(wgs, &all);
+    let expected = "dsv3_fp8_gemm_wgs_e4m3fn_n16(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const float* a_scales, const float* b_scale, float* ws, dsv3::u32* counters, const dsv3::i32* tile_expert, const dsv3::i32* num_tiles, dsv3::u32 m, dsv3::u32 n, dsv3::u32 k) {\n  dsv3::fp8_gemm_wgs<16>(";
+    assert!(tu.contains(expected), "got:\n{tu}");
+    assert!(!tu.contains("grid_dependency_sync"));
+}
+
+#[test]
 fn golden_hip_prelude_and_fp8_entry() {
     let all = model::expand(FAMILIES).unwrap();
     let fp8 = FAMILIES.iter().find(|f| f.name == "fp8").unwrap();
@@ -122,6 +133,7 @@ fn manifest_errors_are_caught() {
         args: &[],
         max_threads: 32,
         archs: Archs::ALL,
+        pdl: Pdl::AtEntry,
         doc: "",
     };
     assert!(BAD.instances("bad").is_err());
@@ -133,6 +145,7 @@ fn manifest_errors_are_caught() {
         args: &[scalar("x", "bf16")],
         max_threads: 32,
         archs: Archs::ALL,
+        pdl: Pdl::AtEntry,
         doc: "",
     };
     assert!(BAD_SCALAR.instances("bad").is_err());

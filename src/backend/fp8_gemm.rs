@@ -83,7 +83,7 @@ pub enum Fp8Tile {
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 11] = [
+    pub const ALL: [Fp8Tile; 10] = [
         Fp8Tile::Bm16,
         Fp8Tile::Bm64,
         Fp8Tile::Bm128,
@@ -94,7 +94,6 @@ impl Fp8Tile {
         Fp8Tile::Stream(StreamTile::T64),
         Fp8Tile::Wgs(WgsTile::N16),
         Fp8Tile::Wgs(WgsTile::N64),
-        Fp8Tile::Wgs(WgsTile::N128),
     ];
     /// The v2 entries (TMA + warp-specialized wgmma, sm_90a, no split-K).
     pub fn is_wgmma2(self) -> bool {
@@ -251,7 +250,7 @@ pub fn plan_for_stream(s: &dyn GpuStream, f8: DType, plan: Fp8Plan) -> Fp8Plan {
     }
 }
 
-/// The plan of a dense FP8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 128
+/// The plan of a dense FP8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
 /// where [`wgs_enabled`] (e4m3fn), else [`plan_dense`] adapted by [`plan_for_stream`].
 pub fn plan_dense_for_stream(s: &dyn GpuStream, f8: DType, m: usize, n: usize, k: usize) -> Fp8Plan {
     match WgsTile::for_rows(m) {

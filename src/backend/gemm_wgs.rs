@@ -1,6 +1,8 @@
 //! The small-M sm_90a 8-bit GEMM (kernels/gemm_wgs.cuh): FP8 block-scaled and INT8 block /
-//! channel weights as the wgmma's 64-row operand, up to 128 tokens as its N, streamed by TMA and
+//! channel weights as the wgmma's 64-row operand, up to 64 tokens as its N, streamed by TMA and
 //! split over K by stream-K (each CTA one equal, contiguous range of the launch's 128-K blocks).
+//! Measured on the H200 (docs/perf/fp8_gemm.md): a 128-token tile was 1.2–3.5× slower than v2 at
+//! M = 128 (its split-K atomics), so 65–128 rows stay on v2.
 //! It computes the block GEMMs' function with their scales, split-K workspace and grouped tiles, so
 //! it is one more tile of them: [`super::fp8_gemm::Fp8Tile::Wgs`], [`super::quant_gemm::QuantTile::Wgs`].
 //! Grouped launches need pre-sorted rows (the fused MoE gathers them first, as for v2).
@@ -16,17 +18,15 @@ use crate::error::{Error, Result};
 pub enum WgsTile {
     N16,
     N64,
-    N128,
 }
 
 impl WgsTile {
-    pub const ALL: [WgsTile; 3] = [WgsTile::N16, WgsTile::N64, WgsTile::N128];
+    pub const ALL: [WgsTile; 2] = [WgsTile::N16, WgsTile::N64];
 
     pub fn nt(self) -> usize {
         match self {
             WgsTile::N16 => 16,
             WgsTile::N64 => 64,
-            WgsTile::N128 => 128,
         }
     }
 
@@ -35,29 +35,38 @@ impl WgsTile {
         match self {
             WgsTile::N16 => "wgs16",
             WgsTile::N64 => "wgs64",
-            WgsTile::N128 => "wgs128",
         }
     }
 
-    /// The smallest tile holding `rows` tokens; `None` above 128 (v2's territory).
+    /// The smallest tile holding `rows` tokens; `None` above 64 (v2's territory).
     pub fn for_rows(rows: usize) -> Option<WgsTile> {
         WgsTile::ALL.into_iter().find(|t| rows <= t.nt())
     }
 
     /// The tile of a grouped (MoE) GEMM whose active experts hold `mean_rows` rows on average:
     /// room for twice the mean, so that most experts fit one tile (a second tile of an expert
-    /// streams its weights again); `None` above 64 rows (v2's 128-row tiles).
+    /// streams its weights again); `None` above 32 rows (v2's 128-row tiles, or the tiled kernels).
     pub fn for_expert_rows(mean_rows: usize) -> Option<WgsTile> {
-        (mean_rows <= 64).then(|| WgsTile::for_rows(2 * mean_rows.max(1))).flatten()
+        WgsTile::for_rows(2 * mean_rows.max(1))
+    }
+
+    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 66–71
+    /// registers and 93.6 KB, so two fit; the 64-token one ~148 registers × 384 threads.
+    pub fn ctas_per_sm(self) -> usize {
+        match self {
+            WgsTile::N16 => 2,
+            WgsTile::N64 => 1,
+        }
     }
 
     /// Dynamic shared memory of one CTA (mirrors `WgsSmem<NT>::BYTES`): as many stages of the
-    /// weight box (16 KB) and the token box (NT × 128 bytes) as fit 192 KB (at most 10), their
-    /// NT f32 scales, 2 mbarriers per stage, a 16-byte flag, 1 KB to align the base.
+    /// weight box (16 KB) and the token box (NT × 128 bytes) as fit 96 KB per CTA (two per SM) or
+    /// 192 KB (one), their NT f32 scales, 2 mbarriers per stage, two 8-byte flags, 1 KB to align
+    /// the base.
     pub fn smem_bytes(self) -> u32 {
         let nt = self.nt();
         let stage = 128 * 128 + nt * 128;
-        let stages = (196_608 / stage).min(10);
+        let stages = 196_608 / self.ctas_per_sm() / stage;
         (stages * stage + stages * nt * 4 + 2 * stages * 8 + 16 + 1024) as u32
     }
 }
@@ -76,7 +85,8 @@ pub fn wgs_enabled(s: &dyn GpuStream) -> bool {
 
 /// Launches the small-M entry `name` (FP8 or INT8: 1-byte operands) of tile `tile` on `o`: TMA
 /// maps of the rows ([rows, K], boxes of NT rows × 128 bytes) and of the weights ([E, N, K], 128 ×
-/// 128), the split-K workspace from `ws`, one CTA per SM (at most one per 128-K block). Refused
+/// 128), the split-K workspace from `ws`, [`WgsTile::ctas_per_sm`] CTAs per SM (at most one per
+/// 128-K block). Refused
 /// with [`Error::KernelUnavailable`] where the stream does not load the sm_90a cubin, and for
 /// gathered rows (the caller sorts them first).
 pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, o: &Operands) -> Result<()> {
@@ -97,7 +107,7 @@ pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, t
     let (k, n) = (o.k as u64, o.n as u64);
     let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
     let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
-    let grid = blocks.min(s.sm_count().unwrap_or(DEFAULT_SMS));
+    let grid = blocks.min(tile.ctas_per_sm() * s.sm_count().unwrap_or(DEFAULT_SMS));
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), tile.smem_bytes());
     let mut args = [
         RawArg::Word(o.out),
@@ -124,19 +134,18 @@ mod tests {
     fn tiles() {
         assert_eq!(WgsTile::for_rows(1), Some(WgsTile::N16));
         assert_eq!(WgsTile::for_rows(17), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_rows(128), Some(WgsTile::N128));
-        assert_eq!(WgsTile::for_rows(129), None);
+        assert_eq!(WgsTile::for_rows(64), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_rows(65), None);
         assert_eq!(WgsTile::for_expert_rows(4), Some(WgsTile::N16));
         assert_eq!(WgsTile::for_expert_rows(16), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_expert_rows(64), Some(WgsTile::N128));
-        assert_eq!(WgsTile::for_expert_rows(65), None);
-        // 10 stages of 16 + 2 KB; 8 of 16 + 8 KB; 6 of 32 KB: within the 227 KB a Hopper block may
-        // opt into, one CTA per SM.
-        assert_eq!(WgsTile::N16.smem_bytes(), 186_160);
+        assert_eq!(WgsTile::for_expert_rows(32), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_expert_rows(33), None);
+        // 5 stages of 16 + 2 KB (two CTAs per SM: 2 × 93.6 KB of the 228 KB); 8 of 16 + 8 KB
+        // (one): within the 227 KB a Hopper block may opt into.
+        assert_eq!(WgsTile::N16.smem_bytes(), 93_600);
         assert_eq!(WgsTile::N64.smem_bytes(), 199_824);
-        assert_eq!(WgsTile::N128.smem_bytes(), 200_816);
-        assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() <= 227 * 1024));
+        assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() as usize * t.ctas_per_sm() <= 228 * 1024 - t.ctas_per_sm() * 1024));
         assert!(registry::kernel("fp8_gemm_wgs_e4m3fn_n64").is_some());
-        assert!(registry::kernel("int8_gemm_wgs_channel_n128").is_some());
+        assert!(registry::kernel("int8_gemm_wgs_channel_n16").is_some());
     }
 }

@@ -255,7 +255,7 @@ pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
     }
 }
 
-/// The plan of a dense INT8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 128
+/// The plan of a dense INT8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
 /// where [`wgs_enabled`], else [`plan_int8`] adapted by [`int8_plan_for_stream`].
 pub fn int8_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
     match WgsTile::for_rows(m) {

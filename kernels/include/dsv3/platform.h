@@ -53,16 +53,28 @@ DSV3_DEV float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 DSV3_DEV u32 ceil_div(u32 a, u32 b) { return (a + b - 1) / b; }
 
-// Programmatic dependent launch (sm_90+; every generated entry point calls this first). A kernel
+// Programmatic dependent launch (sm_90+; generated entry points call this first unless their
+// kernel does: `Pdl::InKernel` in the manifest). A kernel
 // the host launched with the PDL attribute may start while the previous kernel of its stream is
 // still running: `griddepcontrol.wait` holds it until that kernel has completed and its memory is
 // visible (so no read or write of this kernel can race with it), then `launch_dependents` lets
 // the next kernel's blocks be scheduled during this one. Launched without the attribute both are
 // no-ops; before sm_90 and on HIP the function is empty.
-DSV3_DEV void grid_dependency_sync() {
+// Kernels whose manifest entry says `Pdl::InKernel` call the two halves themselves (each thread
+// that touches memory the previous grid may access must wait first).
+DSV3_DEV void grid_dependency_wait() {
 #if defined(DSV3_CUDA) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
-  asm volatile("griddepcontrol.wait;\ngriddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+DSV3_DEV void grid_dependency_launch() {
+#if defined(DSV3_CUDA) && defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900)
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+DSV3_DEV void grid_dependency_sync() {
+  grid_dependency_wait();
+  grid_dependency_launch();
 }
 
 // Flat thread index helpers (1-D blocks unless said otherwise).
