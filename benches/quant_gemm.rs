@@ -3,7 +3,7 @@
 //! Prints ONE table (same columns and timing as benches/fp8_gemm.rs):
 //! - `i8blk` / `i8ch` rows: dense INT8 on the DeepSeek-V3 shapes N×K ∈ {2112×7168, 24576×1536,
 //!   32768×512, 7168×16384, 4096×7168, 7168×2048} at M ∈ {1, 16, 32, 64, 128, 4096} with the
-//!   default plan (on sm_90a the small-M wgmma entry `wgs*` up to 128 rows, v2 `wg2` above;
+//!   default plan (on sm_90a the small-M wgmma entry `wgs*` up to 64 rows, v2 `wg2` above;
 //!   elsewhere the weight-streaming kernel `st8` for M ≤ 8, the tiled ones above; `-old`: the plan
 //!   before the wgs entry): plan (tile/split), µs, TOPS (2·M·N·K), weight
 //!   GB/s (N·K bytes / time) and its ratio to the device copy measured in the same process; `-mma`
@@ -24,7 +24,7 @@
 //!   mma.sync kernel where the default is another, `moe-awq-st` AWQ on the 64-row streaming tile
 //!   at 9–64 rows per expert;
 //!   `moe-i8-fused`: the whole fused `int8_moe` (block INT8, combine included) on its default plan,
-//!   which on sm_90a takes the small-M wgmma entry (`wgs16` / `wgs64` / `wgs128`) up to 64 rows per
+//!   which on sm_90a takes the small-M wgmma entry (`wgs16` / `wgs64`) up to 32 rows per
 //!   active expert;
 //! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
 //!   them): the v2 tile in 2-CTA clusters, `i8blk-wg2p` / `i8ch-wg2p` dense at M = 4096 on the six
