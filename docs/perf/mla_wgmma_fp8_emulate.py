@@ -9,16 +9,17 @@ What is emulated, byte for byte:
      viewed as [pages*64, 656] u8, 128-byte swizzle: 16-byte piece c of box row r lands at
      r*128 + ((c ^ (r & 7)) * 16)) for the latent bands g (bytes 128g..) into chunk 2g + 1, one
      box for the rope (bytes 528..655) into chunk 8, and 64 bulk copies of 16 bytes (the scales,
-     bytes 512..527 of each row) densely into the first KiB of chunk 6. The buffer starts with
-     garbage (a previous tile).
-  2. F8Dequant::run by the 128 threads of the warpgroup (4 warps), in one legal interleaving
-     (every warp's step k before any warp's step k + 1), with rows >= valid written as zeros and
-     the partial tile's rope rows zeroed.
-  3. Race check over all interleavings the kernel allows: warps of the warpgroup only synchronize
-     at the band-3 barrier (after the band-3 scale reads) and at the end; inside a warp, program
-     order plus __syncwarp. Two accesses to one byte by different warps in the same barrier epoch,
-     one of them a write, are a race; a read of raw data (band bytes or scales) after a write to
-     that byte by the same warp (earlier step) reads clobbered data.
+     bytes 512..527 of each row) into chunk 6: rows 0..31 at its bf16 rows 0..3, rows 32..63 at
+     its bf16 rows 32..35 (f8_scale_at). The buffer starts with garbage (a previous tile).
+  2. F8Dequant::run of both halves: the other warpgroup (warps 0..3) rows 0..31, the owner
+     (warps 4..7) rows 32..63, in one legal interleaving (every warp's step k before any warp's
+     step k + 1), with rows >= valid written as zeros and the partial tile's rope rows zeroed.
+  3. Race check over all interleavings the kernel allows: the warps of a warpgroup synchronize
+     only at its band-3 barrier (after the band-3 scale reads); the two warpgroups only at BAR_DQ
+     after both halves; inside a warp, program order plus __syncwarp. Two accesses to one byte by
+     different warps, one of them a write, race unless the same warpgroup's band-3 barrier
+     separates them; a read of raw data (band bytes or scales) after a write to that byte by the
+     same warp (earlier step) reads clobbered data.
   4. Shared-memory bank conflicts of the 16-byte loads and stores (per quarter warp: 8 lanes must
      hit 8 distinct 16-byte bank groups).
 Then the buffer is compared with the bf16 [64][576] tile in the layout the wgmma descriptors read
@@ -35,7 +36,18 @@ NT, ROW, CHUNK = 64, 656, 8192
 TILE = 9 * CHUNK
 BANDS, SCALES_AT, ROPE_AT = 4, 512, 528
 SCALE_OFF = 2 * (BANDS - 1) * CHUNK  # chunk 6
+HALF = 32
 WG = 128
+
+
+DENSE_SCALES = False  # the variant with all 64 rows' scales in chunk 6's first KiB (rows 0..7)
+
+
+def scale_at(r):
+    """f8_scale_at: [32][4] f32 per half, in that half's first rows of chunk 6."""
+    if DENSE_SCALES:
+        return SCALE_OFF + r * 16
+    return SCALE_OFF + (r // HALF) * HALF * 128 + (r % HALF) * 16
 
 
 def e4m3fn_table():
@@ -123,7 +135,7 @@ class Smem:
         for x, ws in self.writes.items():
             for (w, e, s) in ws:
                 for (w2, e2, s2) in self.reads.get(x, []) + ws:
-                    if w2 != w and e2 == e:
+                    if w2 != w and (w2 // 4 != w // 4 or e2 == e):
                         bad.append((x, (w, e, s), (w2, e2, s2)))
         return bad
 
@@ -139,7 +151,7 @@ def load(sm, page):
         tma_box(sm, page, 128 * g, (2 * g + 1) * CHUNK)
     tma_box(sm, page, ROPE_AT, 2 * BANDS * CHUNK)
     for r in range(NT):
-        sm.b[SCALE_OFF + r * 16:][:16] = page[r, SCALES_AT:SCALES_AT + 16]
+        sm.b[scale_at(r):][:16] = page[r, SCALES_AT:SCALES_AT + 16]
 
 
 def dq8(w_lo, w_hi, sc, keep):
@@ -157,48 +169,52 @@ def bank_check(addrs, what):
 
 
 def dequant(sm, valid, barrier=True, swap=True):
-    """F8Dequant::run, every warp's step k before step k + 1 (steps: band reads, band writes).
-    barrier / swap False: the variants without the band-3 barrier or the store-order swap."""
+    """F8Dequant::run of both halves, every warp's step k before step k + 1 (steps: band reads,
+    band writes). barrier / swap False: the variants without the band-3 barrier or the
+    store-order swap."""
     thr = []
-    for t in range(WG):
-        row, p = t // 8, t % 8
+    for t in range(2 * WG):
+        half, tw = t // WG, t % WG
+        row, p = HALF * half + tw // 8, tw % 8
         x, hi = row & 7, (p // 4 if swap else 0)
         q = 2 * (p % 4)
         thr.append(dict(
-            t=t, warp=t // 32, hi=hi,
+            t=t, row=row, warp=t // 32, hi=hi,
             raw=CHUNK + row * 128 + ((p ^ x) << 4),
             first=(p // 4) * CHUNK + row * 128 + (((q + hi) ^ x) << 4),
             second=(p // 4) * CHUNK + row * 128 + (((q + 1 - hi) ^ x) << 4),
-            scale=SCALE_OFF + row * 16))
+            scale=scale_at(row)))
     step = 0
     for g in range(BANDS):
         epoch_r = 0
         regs = {}
-        for h in range(4):  # the loads, all threads (one legal order)
+        for h in range(2):  # the loads, all threads (one legal order)
             for th in thr:
                 sc = sm.read(th["scale"] + h * 256 + g * 4, 4, th["warp"], epoch_r, step).view(np.float32)[0]
                 raw = sm.read(th["raw"] + 2 * g * CHUNK + h * 2048, 16, th["warp"], epoch_r, step).view(np.uint32)
                 regs[(th["t"], h)] = (sc, raw)
-            for w in range(4):
+            for w in range(8):
                 bank_check([th["raw"] + 2 * g * CHUNK + h * 2048 for th in thr[32 * w:32 * w + 32]], f"band {g} load h {h}")
         step += 1  # __syncwarp
         epoch_w = 1 if g == BANDS - 1 and barrier else 0  # the band-3 warpgroup barrier
-        for h in range(4):
+        for h in range(2):
             for th in thr:
                 sc, r = regs[(th["t"], h)]
-                keep = th["t"] // 8 + 16 * h < valid
+                keep = th["row"] + 16 * h < valid
                 w = [r[2], r[3], r[0], r[1]] if th["hi"] else list(r)
                 sm.write(th["first"] + 2 * g * CHUNK + h * 2048, dq8(w[0], w[1], sc, keep), th["warp"], epoch_w, step)
                 sm.write(th["second"] + 2 * g * CHUNK + h * 2048, dq8(w[2], w[3], sc, keep), th["warp"], epoch_w, step)
-            for w in range(4):
+            for w in range(8):
                 for key in ("first", "second"):
                     bank_check([th[key] + 2 * g * CHUNK + h * 2048 for th in thr[32 * w:32 * w + 32]], f"band {g} store {key} h {h}")
         step += 1
-    if valid < NT:  # the partial tile's rope rows
-        first_row = max(valid, 0)
-        for t in range(WG):
-            for xx in range(t, (NT - first_row) * 8, WG):
-                sm.write(2 * BANDS * CHUNK + (first_row + xx // 8) * 128 + (xx % 8) * 16, np.zeros(16, np.uint8), t // 32, 1 if barrier else 0, step)
+    for half in range(2):  # each half's rope rows past the end
+        lo = HALF * half
+        if valid < lo + HALF:
+            first_row = max(valid, lo)
+            for t in range(WG):
+                for xx in range(t, (lo + HALF - first_row) * 8, WG):
+                    sm.write(2 * BANDS * CHUNK + (first_row + xx // 8) * 128 + (xx % 8) * 16, np.zeros(16, np.uint8), 4 * half + t // 32, 1 if barrier else 0, step)
     # The rope chunk was written by TMA: mark it covered.
     sm.written[2 * BANDS * CHUNK:] = True
 
@@ -231,15 +247,22 @@ def main():
         print(f"valid {valid:3d}: tile matches the bf16(e4m3 * s) reference in the wgmma layout; no race, no bank conflict")
     print(f"{len(cases)} tiles OK")
     # The checks catch what they should: without the band-3 barrier band 3's stores race with the
-    # other warps' scale reads; without the store-order swap lanes p and p + 4 share bank groups.
-    for variant, want in [(dict(barrier=False), "races"), (dict(swap=False), "bank groups")]:
+    # other warps' scale reads; without the store-order swap lanes p and p + 4 share bank groups;
+    # with every row's scales in the first rows of chunk 6 the owner's half reads scales that the
+    # other warpgroup overwrites (no barrier between the two warpgroups before BAR_DQ).
+    global DENSE_SCALES
+    for variant, want in [(dict(barrier=False), "races"), (dict(swap=False), "bank groups"), (dict(dense=True), "races")]:
+        label = dict(variant)
+        DENSE_SCALES = variant.pop("dense", False)
         try:
             check(rng, 40, **variant)
         except AssertionError as e:
             assert want in str(e), str(e)
-            print(f"variant {variant}: caught ({str(e)[:90]})")
+            print(f"variant {label}: caught ({str(e)[:90]})")
         else:
-            raise SystemExit(f"variant {variant}: not caught")
+            raise SystemExit(f"variant {label}: not caught")
+        finally:
+            DENSE_SCALES = False
 
 
 if __name__ == "__main__":
