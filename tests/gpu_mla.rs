@@ -16,8 +16,9 @@
 //! the bf16 cache's. The quantize-on-write kernel (`mla_cache_write_fp8_*`) is checked bit for
 //! bit against the CPU quantizer, and a cache written by it is decoded.
 //!
-//! The sm_90a wgmma kernel (`mla_decode_wgmma_bf16_*`) runs through the same bf16-cache cases
-//! (proptests, edges, graph replay) on the streams that load its sm_90a cubin;
+//! The sm_90a wgmma kernel (`mla_decode_wgmma_{bf16,fp8}_*`) runs through the same cases, bf16
+//! and fp8 caches (proptests, edges, graph replay, the GPU-written fp8 cache) on the streams that
+//! load its sm_90a cubin; `mla_decode_wgmma_fp8_heads` adds fp8 cases at h = 16 / 32 / 64 / 128;
 //! `mla_decode_wgmma_streams_present` fails where no stream can run it.
 //!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. Without a CUDA
