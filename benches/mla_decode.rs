@@ -10,7 +10,9 @@
 //! cache's µs (graph), GB/s with bytes = q + s_k·656 + out, its ratio to the copy and its speedup
 //! over the bf16 cache (page tiles; and the 32-key-tile fp8 kernel where it applies); the sm_90a
 //! wgmma kernel's µs (graph), TFLOPS, ratio to the copy and speedup over the mma.sync page-tile
-//! kernel (bf16 cache; "-" where the stream cannot load its sm_90a cubin). Caches
+//! kernel (bf16 cache; "-" where the stream cannot load its sm_90a cubin); the fp8-cache wgmma
+//! kernel's µs (graph), its GB/s and ratio to the copy counted with 656-byte rows, and its speedup
+//! over the bf16 wgmma kernel and over the mma.sync fp8 kernel. Caches
 //! smaller than 256 MiB are replicated and the launches rotate among the copies (no L2 replay).
 //! `DSV3_MLA_CRITERION=1` also runs criterion on a few shapes; `DSV3_MLA_BENCH_SHAPES=BxHxSKxSQ,..`
 //! restricts the table to those rows (e.g. for a profiler run).
@@ -130,8 +132,9 @@ struct Shape {
     /// The fp8-cache plans: page tiles, and 32-key tiles where they apply.
     meta_fp8: MlaDecodeMeta,
     meta_fp8_small: Option<MlaDecodeMeta>,
-    /// The sm_90a wgmma kernel's plan (bf16 cache) where the stream runs it.
+    /// The sm_90a wgmma kernel's plans (bf16 cache, fp8 cache) where the stream runs it.
     meta_wgmma: Option<MlaDecodeMeta>,
+    meta_wgmma_fp8: Option<MlaDecodeMeta>,
 }
 
 impl Shape {
@@ -166,10 +169,11 @@ impl Shape {
         let meta_fp8 = MlaDecodeMeta::new(s, meta.plan.with_cache_dtype(fp8)).unwrap();
         let meta_fp8_small = meta_small.as_ref().map(|m| MlaDecodeMeta::new(s, m.plan.with_cache_dtype(fp8)).unwrap());
         let meta_wgmma = mla::mla_wgmma_available(s).then(|| MlaDecodeMeta::new(s, meta.plan.with_wgmma(true)).unwrap());
-        for m in [Some(&meta), meta_small.as_ref(), Some(&meta_fp8), meta_fp8_small.as_ref(), meta_wgmma.as_ref()].into_iter().flatten() {
+        let meta_wgmma_fp8 = meta_wgmma.as_ref().map(|m| MlaDecodeMeta::new(s, m.plan.with_cache_dtype(fp8)).unwrap());
+        for m in [Some(&meta), meta_small.as_ref(), Some(&meta_fp8), meta_fp8_small.as_ref(), meta_wgmma.as_ref(), meta_wgmma_fp8.as_ref()].into_iter().flatten() {
             mla::mla_decode_metadata(s, m, &lens).unwrap();
         }
-        Shape { b, h, s_k, s_q, copies, cache, cache_fp8, tables, q, lens, out, lse, meta, meta_small, meta_fp8, meta_fp8_small, meta_wgmma }
+        Shape { b, h, s_k, s_q, copies, cache, cache_fp8, tables, q, lens, out, lse, meta, meta_small, meta_fp8, meta_fp8_small, meta_wgmma, meta_wgmma_fp8 }
     }
     fn launch(&self, s: &CudaStream, i: usize) {
         let c = i % self.copies;
@@ -295,6 +299,8 @@ impl CloneShape for DeviceTensor {
 struct Fp8Cols {
     us: Option<f32>,
     small_us: Option<f32>,
+    /// The sm_90a wgmma kernel over the fp8 cache.
+    wgmma_us: Option<f32>,
     /// q + s_k·656 + out.
     bytes: f64,
 }
@@ -335,6 +341,7 @@ fn table(s: &CudaStream) {
         let fp8_small_us = sh.meta_fp8_small.as_ref().and_then(|m| sh.time_graph_us(s, m));
         let fp8_bytes = sh.bytes_with(FP8_ROW_BYTES);
         let wg_us = sh.meta_wgmma.as_ref().and_then(|m| sh.time_graph_us(s, m));
+        let wg_fp8_us = sh.meta_wgmma_fp8.as_ref().and_then(|m| sh.time_graph_us(s, m));
         let us = graph_us.unwrap_or(stream_us);
         let meta_us = sh.meta_us(s);
         let simple = if (s_k <= 4096 && h <= 32) || b <= 8 { sh.simple_us(s) } else { None };
@@ -347,7 +354,10 @@ fn table(s: &CudaStream) {
         if let Some(w) = wg_us {
             eprintln!("  wgmma: {w:.1} us, {:.1} TFLOPS, {:.2}x the mma.sync kernel", sh.flops() / (w as f64 * 1e-6) / 1e12, us / w);
         }
-        let fp8 = Fp8Cols { us: fp8_us, small_us: fp8_small_us, bytes: fp8_bytes };
+        if let Some(w) = wg_fp8_us {
+            eprintln!("  wgmma fp8 cache: {w:.1} us, {:.0} GB/s (656-byte rows), {:.1}% of copy", fp8_bytes / (w as f64 * 1e-6) / 1e9, fp8_bytes / (w as f64 * 1e-6) / copy * 100.0);
+        }
+        let fp8 = Fp8Cols { us: fp8_us, small_us: fp8_small_us, wgmma_us: wg_fp8_us, bytes: fp8_bytes };
         let wg = wg_us.map(|w| (w, sh.flops() / (w as f64 * 1e-6) / 1e12));
         rows.push((b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, gbs * 1e9 / copy, meta_us, simple, sh.meta.plan, fp8, wg));
         drop(sh);
@@ -362,9 +372,10 @@ fn table(s: &CudaStream) {
     println!(
         "| B | h | s_k | s_q | µs (graph) | µs (stream) | GB/s | TFLOPS | BW / copy | 32-key tiles: µs (graph), BW / copy | metadata µs | simple µs | plan (mw, row blocks, parts) \
          | fp8 cache: µs (graph) | fp8 GB/s (656-B rows) | fp8 BW / copy | fp8 speedup vs bf16 | fp8 32-key tiles: µs, BW / copy \
-         | wgmma: µs (graph) | wgmma TFLOPS | wgmma BW / copy | wgmma speedup vs mma.sync |"
+         | wgmma: µs (graph) | wgmma TFLOPS | wgmma BW / copy | wgmma speedup vs mma.sync \
+         | fp8 wgmma: µs (graph) | fp8 wgmma BW / copy (656-B rows) | fp8 wgmma speedup vs bf16 wgmma, vs fp8 mma.sync |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (b, h, s_k, s_q, us, stream_us, small_us, gbs, tf, ratio, meta_us, simple, p, fp8, wg) in rows {
         let simple = simple.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let small = small_us.map(|v| format!("{v:.1}, {:.1}%", ratio * us as f64 / v as f64 * 100.0)).unwrap_or_else(|| "-".into());
@@ -378,8 +389,15 @@ fn table(s: &CudaStream) {
             Some((w, wtf)) => (format!("{w:.1}"), format!("{wtf:.1}"), format!("{:.1}%", ratio * us as f64 / w as f64 * 100.0), format!("{:.2}x", us / w)),
             None => ("-".into(), "-".into(), "-".into(), "-".into()),
         };
+        let (fw_us, fw_ratio, fw_x) = match fp8.wgmma_us {
+            Some(v) => {
+                let vs = |base: Option<f32>| base.map(|b| format!("{:.2}x", b / v)).unwrap_or_else(|| "-".into());
+                (format!("{v:.1}"), format!("{:.1}%", bw(fp8.bytes, v) / copy * 100.0), format!("{}, {}", vs(wg.map(|w| w.0)), vs(fp8.us)))
+            }
+            None => ("-".into(), "-".into(), "-".into()),
+        };
         println!(
-            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} | {f_us} | {f_gbs} | {f_ratio} | {f_x} | {f_small} | {w_us} | {w_tf} | {w_ratio} | {w_x} |",
+            "| {b} | {h} | {s_k} | {s_q} | {us:.1} | {stream_us:.1} | {gbs:.0} | {tf:.1} | {:.1}% | {small} | {meta_us:.1} | {simple} | {}, {}, {} | {f_us} | {f_gbs} | {f_ratio} | {f_x} | {f_small} | {w_us} | {w_tf} | {w_ratio} | {w_x} | {fw_us} | {fw_ratio} | {fw_x} |",
             ratio * 100.0,
             p.mw,
             p.row_blocks,

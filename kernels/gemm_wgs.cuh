@@ -25,8 +25,8 @@
 // CTA: 384 threads = a producer warpgroup and two consumer warpgroups.
 // - Producer, per block: waits the stage's `empty` barrier; thread 0 issues the weight box (3-D map
 //   [E, N, K], box 128 × 128 at (kb·128, n0, expert)) and the token box (2-D map [rows, K], box
-//   NT × 128 at (kb·128, m0)), both SWIZZLE_128B (what the wgmma descriptors read); thread p < NT
-//   writes token p's scale of the block into the stage (FP8 / block INT8 s_a[row, kb]·s_w[nb, kb],
+//   NT × 128 at (kb·128, m0)), both SWIZZLE_128B (what the wgmma descriptors read); thread 32 + p
+//   (p < NT) writes token p's scale of the block into the stage (FP8 / block INT8 s_a[row, kb]·s_w[nb, kb],
 //   channel INT8 s_a[row]). Tokens past the rows (and K past the end) arrive as zeros.
 // - Consumer warpgroup w owns weight rows [64 w, 64 w + 64) of the tile: per block 4 ×
 //   wgmma.m64nNTk32 into one of two partial sets (block i into set i % 2: block i + 1's MMAs are
@@ -138,12 +138,15 @@ DSV3_DEV u32 wgs_prefetch_weights(const WgsCtx<NT>& c, const TmaMap& mb) {
   return n;
 }
 
-// Producer warpgroup: thread p < NT writes token p's scales, thread 0 issues the TMA boxes (the
-// weights of the first `pre` blocks are already on their way).
+// Producer warpgroup: thread 32 + r (r < NT) writes token r's scales, thread 0 issues the TMA
+// boxes (the weights of the first `pre` blocks are already on their way). Thread 0 writes no
+// scale: its TMA issue must not wait for a scale load (at a segment's first block that is a
+// global-memory round trip, measured as the kernel's top stall at M = 1).
 template <class Op, int NT>
 DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& mb, u32 pre) {
   using S = WgsSmem<NT>;
-  const u32 p = tid();
+  static_assert(NT <= 96, "scale writers are threads 32 .. 32 + NT - 1 of the producer warpgroup");
+  const u32 p = tid() - 32;  // the scale writer's token (wraps for warp 0: no token)
   u32 stage = 0, phase = 0, i = 0;
   for (u32 u = c.begin; u < c.end;) {
     const WgsSeg sg = c.seg(u);
@@ -157,7 +160,7 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
       if (kb + 1 < sg.kb1) sc.load(kb + 1, a_next, b_next);
       mbar_wait(c.empty(stage), phase ^ 1);
       if (p < (u32)NT) c.scales(stage)[p] = s;
-      if (p == 0) {
+      if (tid() == 0) {
         const u32 w_dst = c.base + stage * S::STAGE;
         if (i >= pre) {
           mbar_arrive_expect_tx(c.full(stage), S::STAGE);
@@ -298,9 +301,10 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   // The tiles this CTA completed: convert them (acquire: thread 0's fence after seeing the count,
   // then the barrier) and leave the workspace and counters zero.
   if (t == 0) {
-    c.flags()[0] = count0 == c.sk ? 1u : 0u;
-    c.flags()[1] = count1 == c.sk ? 1u : 0u;
-    fence_acq_rel_gpu();
+    const bool last0 = count0 == c.sk, last1 = npend > 1 && count1 == c.sk;
+    c.flags()[0] = last0 ? 1u : 0u;
+    c.flags()[1] = last1 ? 1u : 0u;
+    if (last0 || last1) fence_acq_rel_gpu();  // acquire: only a CTA that completes a tile reads ws
   }
   named_bar_sync(WGS_FLUSH_BAR, 256);
   auto finish = [&](const WgsSeg& sg) {

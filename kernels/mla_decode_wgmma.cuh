@@ -78,6 +78,12 @@
 // row r sits at (c ^ (r & 7))·16 (what wgmma's 128-byte swizzle reads; 8-row atoms 1,024 bytes
 // apart).
 //
+// FP8 e4m3 cache (TC = e4m3fn, `mla_decode_wgmma_fp8_*`): the same kernel, shared memory and
+// schedule; the K buffers double as the raw tiles' staging area (TMA boxes of the 656-byte rows,
+// the scales by bulk copies) and both warpgroups dequantize half of each tile in place right
+// behind their PV of the previous tile, joined by one more named barrier (BAR_DQ) before S. See
+// "fp8 e4m3 cache" below (mla_wg::F8Dequant).
+//
 // Off sm_90a (other CUDA archs, NVRTC for compute_90, HIP) the entry traps: the host launches it
 // only where the sm_90a cubin of this family was built and loads (src/backend/mla.rs).
 #pragma once
@@ -129,18 +135,126 @@ struct TilePieces {
   }
 };
 
+// ---- fp8 e4m3 cache (TC = e4m3fn, the 656-byte rows of mla_fp8_row.cuh) ---------------------
+// No staging buffer fits next to Q and the two bf16 K tiles (225 of the 227 KiB), so a K buffer
+// is its own tile's staging area. The raw page lands by TMA (the same 128-byte-swizzled boxes of
+// 64 rows × 128 bytes, from the cache viewed as [pages·64 rows, 656 bytes]) plus 64 bulk copies:
+//   - latent band g (bytes 128g .. 128g + 127 of every row: the 128 e4m3 of scale group g) into
+//     chunk 2g + 1 (the odd chunks), 8 KiB each;
+//   - the rope (bytes 528 .. 655: 64 bf16) into chunk 8, already in the bf16 tile's layout;
+//   - the scales (bytes 512 .. 527 of a row, 16 bytes, cp.async.bulk) as [32 rows][4] f32 per
+//     half of the tile into chunk 6 (an even chunk, free until band 3): rows 0..31 in its bf16
+//     rows 0..3, rows 32..63 in its bf16 rows 32..35 (each half's scales sit in rows that only
+//     that half overwrites);
+// 4·8 + 8 KiB + 1 KiB = 41,984 bytes = one page: the same mbarrier expect_tx protocol as bf16.
+// Both warpgroups wait for the tile's mbarrier and dequantize half of it in place (F8Dequant):
+// the owner (loader) rows 32..63, the other warpgroup rows 0..31, each right behind its own PV
+// of the previous tile (the tensor cores run PV(i) meanwhile); the other warpgroup fences and
+// arrives on BAR_DQ, the owner waits on BAR_DQ before S. Band g → bf16 chunks 2g (written over the
+// free even chunk) and 2g + 1 (written over the band itself). A thread takes 16-byte piece
+// p = t % 8 of rows 32·half + t / 8 + 16h: the 8 lanes of a row read the whole 128-byte band row
+// before any of them writes it (__syncwarp: a row's lanes are one warp's), and only that row's
+// lanes write that row of chunk 2g + 1, so no other thread's raw bytes are overwritten. A half's
+// scales are read by all of its warps: one barrier of the warpgroup after the band-3 scale reads,
+// before band 3's writes. Values are bf16(e4m3 · s_g) with the conversion of the mma.sync fp8
+// kernels (e4m3fn_x4_to_f32, f32 product, round to nearest even); rows past the sequence end are
+// written as zeros (their bytes and scales may be NaN; the rope rows too). Checked without a
+// GPU by docs/perf/mla_wgmma_fp8_emulate.py (layout, in-place ordering, zero rows, bank groups)
+// and docs/perf/mla_wgmma_protocol_sim.py --fp8 (barriers and mbarrier parities).
+constexpr u32 F8_BANDS = mla::F8_LATENT / mla::F8_GROUP;             // latent bands = scale groups
+constexpr u32 F8_SCALE_OFF = 2 * (F8_BANDS - 1) * CHUNK;             // chunk 6: the scales until band 3
+constexpr u32 F8_HALF = mla::NT / 2;                                 // rows per dequantizing warpgroup
+constexpr u32 F8_TILE_BYTES = (F8_BANDS + 1) * CHUNK + mla::NT * 16;  // 4 bands + rope + scales
+static_assert(F8_TILE_BYTES == mla::NT * mla::F8_ROW, "the boxes and scale copies cover the page");
+static_assert(mla::F8_GROUP == 128 && mla::F8_ROPE_DIM == 64 && mla::F8_ROPE + 128 == mla::F8_ROW,
+              "a band is one 128-byte box row; the rope one bf16 chunk, the last 128 bytes of a row");
+static_assert(F8_HALF * 16 <= 8 * 128 && F8_HALF == 2 * (WG_THREADS / 8), "a half's scales fit 8 of its rows; 2 passes");
+constexpr u32 BAR_DQ = 6;  // fp8: the non-owner's half of tile i is dequantized (it arrives; the owner waits before S(i))
+
+// Where the scales of tile row r land: [32][4] f32 per half, in that half's first rows of chunk 6.
+DSV3_DEV constexpr u32 f8_scale_at(u32 r) { return F8_SCALE_OFF + (r / F8_HALF) * F8_HALF * 128 + (r % F8_HALF) * 16; }
+
+#if defined(DSV3_SM90A)
+// One warpgroup's thread in the in-place dequantization of half an fp8 K tile (see above).
+struct F8Dequant {
+  u32 t, lo;                      // thread in the warpgroup; first row of the half
+  u32 raw, first, second, scale;  // offsets of row lo + t / 8: its band piece, its two output pieces, its scales
+  DSV3_DEV F8Dequant(u32 t_, u32 half) : t(t_), lo(half * F8_HALF) {
+    const u32 row = lo + t / 8, p = t % 8, x = row & 7, hi = p / 4;
+    raw = CHUNK + row * 128 + ((p ^ x) << 4);
+    // Piece p holds values 16p .. 16p + 15 of the band: bf16 chunk 2g + p / 4, pieces q, q + 1
+    // (q = 2(p % 4)). Lanes p >= 4 store the second piece first so that the 8 lanes of a row hit
+    // 8 distinct bank groups per store (else lanes p and p + 4 would collide).
+    const u32 q = 2 * (p % 4);
+    first = hi * CHUNK + row * 128 + (((q + hi) ^ x) << 4);
+    second = hi * CHUNK + row * 128 + (((q + 1 - hi) ^ x) << 4);
+    scale = f8_scale_at(row);
+  }
+  // Eight e4m3 (two words) times `sc` → eight bf16 (one 16-byte piece); `keep` = 0 zeroes them.
+  static DSV3_DEV Vec<u32, 4> dq8(u32 w0, u32 w1, float sc, u32 keep) {
+    float f[4], g[4];
+    e4m3fn_x4_to_f32(w0, f);
+    e4m3fn_x4_to_f32(w1, g);
+    Vec<u32, 4> v;
+    v.v[0] = pack_bf16x2(f[0] * sc, f[1] * sc) & keep;
+    v.v[1] = pack_bf16x2(f[2] * sc, f[3] * sc) & keep;
+    v.v[2] = pack_bf16x2(g[0] * sc, g[1] * sc) & keep;
+    v.v[3] = pack_bf16x2(g[2] * sc, g[3] * sc) & keep;
+    return v;
+  }
+  // This half of the raw tile in K buffer `kt` (landed: its mbarrier waited) → the bf16 [64][576]
+  // tile's rows lo .. lo + 31 in the same buffer; rows >= `valid` zeroed. `bar`: a named barrier
+  // of this warpgroup's 128 threads. Ends with the proxy fence (generic stores before the tensor
+  // cores read them); the caller joins the other half (BAR_DQ). Branch-free but for the partial
+  // last tile's rope rows: it runs while this warpgroup's PV wgmma is in flight.
+  DSV3_DEV void run(unsigned char* kt, i32 valid, u32 bar) const {
+    const u32 hi = (t % 8) / 4;
+#pragma unroll
+    for (u32 g = 0; g < F8_BANDS; ++g) {
+      float sc[2];
+      Vec<u32, 4> r[2];
+#pragma unroll
+      for (u32 h = 0; h < 2; ++h) {
+        sc[h] = *reinterpret_cast<const float*>(kt + scale + h * 16 * 16 + g * 4);
+        r[h] = *reinterpret_cast<const Vec<u32, 4>*>(kt + raw + 2 * g * CHUNK + h * 16 * 128);
+      }
+      __syncwarp();  // the row's 8 lanes have read its band row before any of them overwrites it
+      if (g == F8_BANDS - 1) named_bar_sync(bar, WG_THREADS);  // every scale read before chunk 6 is written
+#pragma unroll
+      for (u32 h = 0; h < 2; ++h) {
+        const u32 keep = (i32)(lo + t / 8 + 16 * h) < valid ? 0xffffffffu : 0u;
+        const u32 w0 = hi ? r[h].v[2] : r[h].v[0], w1 = hi ? r[h].v[3] : r[h].v[1];
+        const u32 w2 = hi ? r[h].v[0] : r[h].v[2], w3 = hi ? r[h].v[1] : r[h].v[3];
+        *reinterpret_cast<Vec<u32, 4>*>(kt + first + 2 * g * CHUNK + h * 16 * 128) = dq8(w0, w1, sc[h], keep);
+        *reinterpret_cast<Vec<u32, 4>*>(kt + second + 2 * g * CHUNK + h * 16 * 128) = dq8(w2, w3, sc[h], keep);
+      }
+    }
+    // This half's rope rows past the sequence end (TMA copied them as they are: possibly NaN).
+    if (valid < (i32)(lo + F8_HALF)) {
+      const u32 first_row = (u32)max(valid, (i32)lo);
+      for (u32 x = t; x < (lo + F8_HALF - first_row) * 8; x += WG_THREADS)
+        *reinterpret_cast<Vec<u32, 4>*>(kt + 2 * F8_BANDS * CHUNK + (first_row + x / 8) * 128 + (x % 8) * 16) = Vec<u32, 4>{};
+    }
+    fence_proxy_async();
+  }
+};
+#endif  // DSV3_SM90A
+
 }  // namespace mla_wg
 
 #if defined(DSV3_SM90A)
-template <class TO>
+// TC: the cache row type, bf16 ([pages, 64, 576] bf16) or e4m3fn ([pages, 64, 656] u8: the K
+// buffers double as raw staging, dequantized in place by F8Dequant; everything else is shared).
+template <class TO, class TC>
 DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                     float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
-                                    const bf16* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
+                                    const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
                                     const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
                                     u32 s_q, u32 heads, u32 max_pages, float scale, const TmaMap& tmap_cache) {
   using namespace mla;
   using namespace mla_wg;
-  static_assert(CTA_THREADS == 2 * WG_THREADS && WG_THREADS == 8 * 16, "TilePieces: 8 threads per row, 16 rows per pass");
+  constexpr bool F8 = CacheRow<TC>::FP8;
+  static_assert(CTA_THREADS == 2 * WG_THREADS && WG_THREADS == 8 * 16, "TilePieces, F8Dequant: 8 threads per row, 16 rows per pass");
   extern __shared__ unsigned char smem_raw[];
   const u32 raw = smem_u32(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
@@ -182,6 +296,9 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     mbar_wait(full, phase);
     phase ^= 1u;
   };
+  // fp8: each warpgroup also waits for every tile of the other buffer (it dequantizes half of
+  // it), with its own parity of that mbarrier.
+  u32 phase_o = 0;
 
   for (PartWalk walk(meta, batch, blockIdx.x); !walk.done(); walk.next()) {
     const Segment sg = walk.segment();
@@ -195,26 +312,62 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     // A K tile (page `page`) into K buffer wg: one thread of this warpgroup issues the 9 TMA
     // boxes (64 rows × 128 bytes, 128-byte swizzle: the chunk layout) on the buffer's mbarrier.
     // The whole page lands, slots past the sequence end included (see fix_tail).
+    // fp8: the page's raw rows instead (4 latent bands, the rope, the scales: see F8Dequant),
+    // issued by the warpgroup's first warp.
     auto load_k = [&](i32 page) {
-      if (t_id % WG_THREADS == 0) {
-        mbar_arrive_expect_tx(full, TILE);
+      if constexpr (F8) {
+        if (t_id % WG_THREADS < 32) {
+          const u32 kb = sk0 + wg * TILE;
+          if (ln == 0) {
+            mbar_arrive_expect_tx(full, F8_TILE_BYTES);
 #pragma unroll
-        for (u32 k = 0; k < DK / 64; ++k) tma_load_2d(sk0 + wg * TILE + k * CHUNK, tmap_cache, full, (i32)(k * 128), page * (i32)NT);
+            for (u32 g = 0; g < F8_BANDS; ++g) tma_load_2d(kb + (2 * g + 1) * CHUNK, tmap_cache, full, (i32)(g * F8_GROUP), page * (i32)NT);
+            tma_load_2d(kb + 2 * F8_BANDS * CHUNK, tmap_cache, full, (i32)F8_ROPE, page * (i32)NT);
+          }
+          __syncwarp();
+          const u8* rows = cache + (u64)page * NT * F8_ROW + F8_SCALES;
+#pragma unroll
+          for (u32 r = ln; r < NT; r += 32) bulk_load(kb + f8_scale_at(r), rows + (u64)r * F8_ROW, 16, full);
+        }
+      } else {
+        if (t_id % WG_THREADS == 0) {
+          mbar_arrive_expect_tx(full, TILE);
+#pragma unroll
+          for (u32 k = 0; k < DK / 64; ++k) tma_load_2d(sk0 + wg * TILE + k * CHUNK, tmap_cache, full, (i32)(k * 128), page * (i32)NT);
+        }
       }
     };
     // After tile i landed in this warpgroup's buffer: zero its rows past the sequence end (the
     // unused slots of the last page may hold anything, NaN included, and P = 0 does not cancel a
     // NaN of V in PV), fence those generic writes for the tensor cores, join the warpgroup.
+    // fp8: dequantize the owner's half of the landed raw tile in place instead (zero rows
+    // included), and wait for the other warpgroup's half (help_dequant).
     auto fix_tail = [&](u32 i) {
       const i32 valid = len - (i32)((u_begin + i) * NT);
-      if (valid >= (i32)NT) return;
-      const u32 first = (u32)max(valid, 0), rows = NT - first, pieces16 = rows * (DK / 64) * 8;
-      for (u32 x = t_id % WG_THREADS; x < pieces16; x += WG_THREADS) {
-        const u32 piece = x % 8, row = first + x / 8 % rows, k = x / 8 / rows;
-        *reinterpret_cast<Vec<u32, 4>*>(sbase + (1 + wg) * TILE + k * CHUNK + row * 128 + piece * 16) = Vec<u32, 4>{};
+      if constexpr (F8) {
+        F8Dequant(t_id % WG_THREADS, 1).run(sbase + (1 + wg) * TILE, valid, 4 + wg);
+        named_bar_sync(BAR_DQ, CTA_THREADS);
+      } else {
+        if (valid >= (i32)NT) return;
+        const u32 first = (u32)max(valid, 0), rows = NT - first, pieces16 = rows * (DK / 64) * 8;
+        for (u32 x = t_id % WG_THREADS; x < pieces16; x += WG_THREADS) {
+          const u32 piece = x % 8, row = first + x / 8 % rows, k = x / 8 / rows;
+          *reinterpret_cast<Vec<u32, 4>*>(sbase + (1 + wg) * TILE + k * CHUNK + row * 128 + piece * 16) = Vec<u32, 4>{};
+        }
+        fence_proxy_async();
+        named_bar_sync(4 + wg, WG_THREADS);
       }
-      fence_proxy_async();
-      named_bar_sync(4 + wg, WG_THREADS);
+    };
+
+    // fp8: the other warpgroup's half (rows 0..31) of tile j, in the other K buffer, once it
+    // landed; then the fence (in run) and the arrival the owner's fix_tail waits for.
+    auto help_dequant = [&](u32 j) {
+      if constexpr (F8) {
+        mbar_wait(full0 + 8 * (wg ^ 1u), phase_o);
+        phase_o ^= 1u;
+        F8Dequant(t_id % WG_THREADS, 0).run(sbase + (2 - wg) * TILE, len - (i32)((u_begin + j) * NT), 4 + wg);
+        named_bar_arrive(BAR_DQ, CTA_THREADS);
+      }
     };
 
     float s[32], o[128];
@@ -249,7 +402,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
 
     if (n > 0) {
       // Prologue: warpgroup 0 loads Q and tile 0 (buffer 0), warpgroup 1 tile 1 (buffer 1);
-      // warpgroup 0 computes S(0).
+      // warpgroup 0 computes S(0) (fp8: once warpgroup 1 dequantized its half of tile 0 too).
       const i32 page0 = bt[u_begin];
       if (wg == 0) {
         load_k(page0);
@@ -261,6 +414,7 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
       } else if (n > 1) {
         load_k(bt[u_begin + 1]);
       }
+      if (F8 && wg == 1) help_dequant(0);
       if (wg == 0) {
         wait_full();
         fix_tail(0);
@@ -334,6 +488,8 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
           wgmma_fence();
           issue_pv(buf);
           wgmma_commit();
+          // fp8: half of tile i + 1 (the other buffer) while PV(i) runs.
+          if (F8 && i + 1 < n) help_dequant(i + 1);
           wgmma_wait<0>();
           wgmma_pin(o);
           // Buffer `buf` is free once the other warpgroup's PV(i) also completed: reload it
@@ -411,14 +567,17 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
 #endif  // DSV3_SM90A
 
 // Entry: grid (num_parts, ceil(s_q·H / 64)), block 256, dynamic smem mla_wg::SMEM.
-template <class TO>
+// TC: the cache row type, bf16 (default) or e4m3fn (the fp8 cache's 656-byte rows, u8 pointer;
+// tmap_cache then views it as [pages·64 rows, 656 bytes], same boxes).
+template <class TO, class TC = bf16>
 DSV3_DEV void mla_decode_wgmma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
-                               float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q, const bf16* DSV3_RESTRICT cache,
+                               float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
+                               const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
                                const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale,
                                const TmaMap& tmap_cache) {
 #if defined(DSV3_SM90A)
-  mla_decode_wgmma_sm90<TO>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale,
+  mla_decode_wgmma_sm90<TO, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale,
                             tmap_cache);
 #else
   trap();

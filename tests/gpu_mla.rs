@@ -16,8 +16,9 @@
 //! the bf16 cache's. The quantize-on-write kernel (`mla_cache_write_fp8_*`) is checked bit for
 //! bit against the CPU quantizer, and a cache written by it is decoded.
 //!
-//! The sm_90a wgmma kernel (`mla_decode_wgmma_bf16_*`) runs through the same bf16-cache cases
-//! (proptests, edges, graph replay) on the streams that load its sm_90a cubin;
+//! The sm_90a wgmma kernel (`mla_decode_wgmma_{bf16,fp8}_*`) runs through the same cases, bf16
+//! and fp8 caches (proptests, edges, graph replay, the GPU-written fp8 cache) on the streams that
+//! load its sm_90a cubin; `mla_decode_wgmma_fp8_heads` adds fp8 cases at h = 16 / 32 / 64 / 128;
 //! `mla_decode_wgmma_streams_present` fails where no stream can run it.
 //!
 //! Ignored in the CPU suite; run on the GPU machine with `--include-ignored`. Without a CUDA
@@ -192,7 +193,7 @@ enum Kernel {
     Page,
     /// mma.sync, 32-key tiles (two blocks per SM; plans with mw <= 2).
     Small,
-    /// The sm_90a wgmma kernel (bf16 cache, streams that load its sm_90a cubin).
+    /// The sm_90a wgmma kernel (bf16 or fp8 cache, streams that load its sm_90a cubin).
     Wgmma,
 }
 
@@ -207,7 +208,7 @@ impl Kernel {
         match self {
             Kernel::Page => true,
             Kernel::Small => p.small_tiles,
-            Kernel::Wgmma => p.cache == MlaCacheDtype::Bf16 && mla::mla_wgmma_available(s),
+            Kernel::Wgmma => mla::mla_wgmma_available(s),
         }
     }
 }
@@ -442,30 +443,60 @@ fn mla_decode_wgmma_streams_present() {
     let all: Vec<&str> = streams.iter().map(|(n, _)| n.as_str()).collect();
     assert!(!able.is_empty(), "no stream runs the sm_90a wgmma MLA kernel (streams: {all:?}): needs an H100 / H200 and a build with sm_90a in DSV3_CUDA_ARCHS");
     eprintln!("wgmma MLA kernel runs on: {able:?} (of {all:?})");
-    // A forced wgmma plan is refused (typed error, no launch) where the kernel cannot run, and
-    // with an fp8 cache anywhere.
-    let c = make_case_kind(5, vec![70, 3], 1, 16, MlaCacheDtype::Bf16);
-    for (name, s) in streams {
-        let plan = plan_for(s, &c, Kernel::Wgmma, None);
-        let meta = MlaDecodeMeta::new(s, plan).unwrap();
-        let q = up(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16);
-        let cache = upload_cache(s, &c);
-        let bt = up_i32(s, &[c.b, c.max_pages], &c.block_table);
-        let sl = up_i32(s, &[c.b], &c.lens);
-        let out = poisoned(s, DType::F32, &[c.b, c.s_q, c.h, DV]);
-        let lse = poisoned(s, DType::F32, &[c.b, c.s_q, c.h]);
-        mla::mla_decode_metadata(s, &meta, &sl).unwrap();
-        let r = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale);
-        if mla::mla_wgmma_available(s) {
-            r.unwrap_or_else(|e| panic!("{name}: {e}"));
-            let fp8 = MlaDecodeMeta::new(s, plan.with_cache_dtype(MlaCacheDtype::Fp8E4m3)).unwrap();
-            let cache8 = DeviceTensor::empty(s, DType::U8, &[c.total_pages, PAGE, FP8_ROW_BYTES]).unwrap();
-            let e = mla::mla_decode(s, &out, &lse, &q, &cache8, &bt, &sl, &fp8, c.scale).unwrap_err().to_string();
-            assert!(e.contains("bf16 cache only"), "{name}: {e}");
-        } else {
-            let e = r.unwrap_err().to_string();
-            assert!(e.contains("cannot run on this stream"), "{name}: {e}");
+    // A forced wgmma plan is refused (typed error, no launch) where the kernel cannot run; where
+    // it can, it serves both cache types.
+    for kind in [MlaCacheDtype::Bf16, MlaCacheDtype::Fp8E4m3] {
+        let c = make_case_kind(5, vec![70, 3], 1, 16, kind);
+        let (want_o, want_lse) = reference(&c);
+        for (name, s) in streams {
+            let plan = plan_for(s, &c, Kernel::Wgmma, None);
+            assert_eq!(plan.kernel_name(DType::F32), format!("mla_decode_wgmma_{}_f32", kind.kernel_tag()));
+            let meta = MlaDecodeMeta::new(s, plan).unwrap();
+            let q = up(s, &[c.b, c.s_q, c.h, DK], &c.q, DType::Bf16);
+            let cache = upload_cache(s, &c);
+            let bt = up_i32(s, &[c.b, c.max_pages], &c.block_table);
+            let sl = up_i32(s, &[c.b], &c.lens);
+            let out = poisoned(s, DType::F32, &[c.b, c.s_q, c.h, DV]);
+            let lse = poisoned(s, DType::F32, &[c.b, c.s_q, c.h]);
+            mla::mla_decode_metadata(s, &meta, &sl).unwrap();
+            let r = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale);
+            if mla::mla_wgmma_available(s) {
+                r.unwrap_or_else(|e| panic!("{name} {kind}: {e}"));
+                let g = run_gpu(s, &c, DType::F32, None, Kernel::Wgmma);
+                check(&format!("{name} {} (forced)", plan.kernel_name(DType::F32)), &c, &g, &want_o, &want_lse, plan.num_parts);
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("cannot run on this stream"), "{name} {kind}: {e}");
+            }
         }
+    }
+}
+
+/// The fp8-cache wgmma kernel alone (its in-place dequantization: the latent bands, the scales
+/// in chunk 6, the rope box, zeroed rows past the end) at every head count of the model's TP
+/// shards (16 .. 128) and s_q 1 / 2, including one-tile and odd-tile segments (parts 1 / 3 / 7 /
+/// auto, via run_all_kind). The mma.sync kernels run too: the same references.
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn mla_decode_wgmma_fp8_heads() {
+    if !mla_streams().iter().any(|(_, s)| mla::mla_wgmma_available(s)) {
+        eprintln!("no stream runs the sm_90a wgmma kernel: mla_decode_wgmma_streams_present reports it");
+        return;
+    }
+    for (i, (lens, s_q, h)) in [
+        (vec![64, 1, 700, 129], 1usize, 16usize),
+        (vec![65, 3000, 2], 2, 16),
+        (vec![300, 63, 128], 1, 32),
+        (vec![500, 5], 2, 32),
+        (vec![190, 64, 1], 1, 64),
+        (vec![257, 40], 2, 64),
+        (vec![400, 3], 1, 128),
+        (vec![130, 66], 2, 128),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        run_all_kind(3000 + i as u64, lens, s_q, h, 2, MlaCacheDtype::Fp8E4m3);
     }
 }
 
@@ -812,7 +843,7 @@ fn mla_decode_fp8_over_gpu_written_cache() {
                 &toks.iter().map(|x| x.1 as i32).collect::<Vec<_>>(),
             );
             mla::mla_cache_write(s, MlaCacheDtype::Fp8E4m3, &cache, &dkv, &bt, &seq, &pos).unwrap();
-            for k in [Kernel::Page, Kernel::Small] {
+            for k in KERNELS {
                 let plan = plan_for(s, &c, k, None);
                 if !k.runs(s, &plan) {
                     continue;

@@ -158,10 +158,13 @@ const MLA_SPLIT_BF16_ARGS: &[Arg] = &mla_split_args("bf16");
 const MLA_SPLIT_FP8_ARGS: &[Arg] = &mla_split_args("u8");
 /// The wgmma kernel's: the bf16 split arguments, then the TMA descriptor of the cache viewed as
 /// [pages·64 rows, 1152 bytes] (box 64 rows × 128 bytes, 128-byte swizzle).
-const MLA_WGMMA_ARGS: &[Arg] = &mla_wgmma_args();
+const MLA_WGMMA_ARGS: &[Arg] = &mla_wgmma_args("bf16");
+/// The fp8-cache wgmma kernel's: the fp8 split arguments (cache as u8), then the TMA descriptor
+/// of the cache viewed as [pages·64 rows, 656 bytes] (the same boxes).
+const MLA_WGMMA_FP8_ARGS: &[Arg] = &mla_wgmma_args("u8");
 
-const fn mla_wgmma_args() -> [Arg; 15] {
-    let a = mla_split_args("bf16");
+const fn mla_wgmma_args(cache: &'static str) -> [Arg; 15] {
+    let a = mla_split_args(cache);
     [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], tensor_map("tmap_cache")]
 }
 
@@ -1070,20 +1073,35 @@ pub static FAMILIES: &[Family] = &[
     Family {
         name: "mla_decode_wgmma",
         source: "mla_decode_wgmma.cuh",
-        doc: "MLA decode split-KV kernel for sm_90a (wgmma, two math warpgroups alternating the S tiles, 64 query rows per CTA); bf16 cache. Metadata and combine: family mla_decode.",
-        kernels: &[KernelSpec {
-            name: "mla_decode_wgmma_bf16_{TO}",
-            template: "dsv3::mla_decode_wgmma<{TO}>",
-            grid: &[Axis { name: "TO", values: &["bf16", "f32"] }],
-            points: &[],
-            args: MLA_WGMMA_ARGS,
-            max_threads: 256,
-            // The sm_90a cubin only (wgmma); the entry traps in the other CUDA variants, which
-            // the host never launches it in.
-            archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
-            pdl: Pdl::AtEntry,
-            doc: "sm_90a only. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 3*73728 + 8192 + 512 + 64 + 1024 = 230976 bytes; see kernels/mla_decode_wgmma.cuh.",
-        }],
+        doc: "MLA decode split-KV kernel for sm_90a (wgmma, two math warpgroups alternating the S tiles, 64 query rows per CTA); bf16 or fp8 e4m3 cache. Metadata and combine: family mla_decode.",
+        kernels: &[
+            KernelSpec {
+                name: "mla_decode_wgmma_bf16_{TO}",
+                template: "dsv3::mla_decode_wgmma<{TO}>",
+                grid: &[Axis { name: "TO", values: &["bf16", "f32"] }],
+                points: &[],
+                args: MLA_WGMMA_ARGS,
+                max_threads: 256,
+                // The sm_90a cubin only (wgmma); the entry traps in the other CUDA variants, which
+                // the host never launches it in.
+                archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+                pdl: Pdl::AtEntry,
+                doc: "sm_90a only. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 3*73728 + 8192 + 512 + 64 + 1024 = 230976 bytes; see kernels/mla_decode_wgmma.cuh.",
+            },
+            // The fp8 e4m3 cache (656-byte rows): the same kernel with the cache row type e4m3fn;
+            // each K buffer is its tile's raw staging area, dequantized in place.
+            KernelSpec {
+                name: "mla_decode_wgmma_fp8_{TO}",
+                template: "dsv3::mla_decode_wgmma<{TO}, dsv3::e4m3fn>",
+                grid: &[Axis { name: "TO", values: &["bf16", "f32"] }],
+                points: &[],
+                args: MLA_WGMMA_FP8_ARGS,
+                max_threads: 256,
+                archs: Archs { cuda: Some(&["sm_90a"]), hip: None },
+                pdl: Pdl::AtEntry,
+                doc: "sm_90a only; fp8 cache [pages, 64, 656] u8, tmap_cache over [pages*64, 656] bytes. Grid (num_parts, ceil(s_q*H / 64)), block 256, dynamic smem 230976 bytes (as the bf16 cache); see kernels/mla_decode_wgmma.cuh.",
+            },
+        ],
     },
     Family {
         name: "allreduce",

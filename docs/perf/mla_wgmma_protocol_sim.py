@@ -2,14 +2,17 @@
 (v2 schedule): the two warpgroups' control flow (mirrored by `program`), named barriers with the
 hardware's generation semantics (two warpgroup units per generation, bar.arrive / bar.sync), the
 per-buffer mbarriers (cp.async.mbarrier.arrive.noinc), asynchronous wgmma groups (wait_group N)
-and cp.async copies landing at random times. Checks: no hang, S / P / K buffer / Q / row
+and cp.async copies landing at random times. `--fp8` runs the fp8-cache variant: both warpgroups
+wait for every tile's mbarrier (each with its own parity per buffer) and dequantize half of it in
+place (the tile's owner rows 32..63, the other warpgroup rows 0..31 behind its own PV), the other
+warpgroup arrives on BAR_DQ, the owner waits on it before S. Checks: no hang, S / P / K buffer / Q / row
 statistics always hold the tile their reader expects, no copy lands in a buffer an in-flight
 wgmma reads. Usage: python3 docs/perf/mla_wgmma_protocol_sim.py [runs]  (prints "failures 0").
 Keep `program` in step with the kernel when the schedule changes.
 """
 import random, sys
 
-def program(w, segs):
+def program(w, segs, fp8=False):
     """Yields ops of warpgroup w (mirrors the kernel's control flow)."""
     for seg, n in enumerate(segs):
         if n > 0:
@@ -20,7 +23,11 @@ def program(w, segs):
                 yield ('load', 1, (seg, 1)); yield ('arrive_mb', 1)
             if w == 0:
                 yield ('wait_mb', 0)
+                if fp8:
+                    yield ('dq', (seg, 0)); yield ('sync', 'DQ')
                 yield ('issue', 'qk', (seg, 0)); yield ('wait', 0)
+            elif fp8:
+                yield ('wait_mb', 0); yield ('dq', (seg, 0)); yield ('arrive', 'DQ')
             for i in range(n):
                 buf = i & 1
                 if buf == w:
@@ -29,7 +36,10 @@ def program(w, segs):
                     yield ('writeP', (seg, i)); yield ('writeRed', (seg, i))
                     yield ('arrive', 'PFULL')
                     yield ('readRedSelf', (seg, i))
-                    yield ('issue', 'pv', (seg, i)); yield ('wait', 0)
+                    yield ('issue', 'pv', (seg, i))
+                    if fp8 and i + 1 < n:  # half of the next tile (the other buffer), behind PV
+                        yield ('wait_mb', 1 - w); yield ('dq', (seg, i + 1)); yield ('arrive', 'DQ')
+                    yield ('wait', 0)
                     yield ('sync', 'VFREE')
                     if i + 1 < n: yield ('arrive', 'PFREE')
                     if i + 2 < n:
@@ -39,6 +49,8 @@ def program(w, segs):
                     yield ('issue', 'pv', (seg, i))
                     if i + 1 < n:
                         yield ('wait_mb', w)
+                        if fp8:
+                            yield ('dq', (seg, i + 1)); yield ('sync', 'DQ')
                         yield ('issue', 'qk', (seg, i + 1))
                         yield ('wait', 1)
                         yield ('arrive', 'VFREE')
@@ -50,15 +62,17 @@ def program(w, segs):
         yield ('syncthreads',)  # end of segment
 
 class Sim:
-    def __init__(s, segs, seed):
+    def __init__(s, segs, seed, fp8=False):
         s.r = random.Random(seed)
-        s.progs = [program(0, segs), program(1, segs)]
+        s.fp8 = fp8
+        s.progs = [program(0, segs, fp8), program(1, segs, fp8)]
         s.cur = [None, None]; s.done = [False, False]
-        s.nb = {k: [0, 0] for k in ('PFULL', 'VFREE', 'PFREE')}  # [count, gen]
+        s.nb = {k: [0, 0] for k in ('PFULL', 'VFREE', 'PFREE', 'DQ')}  # [count, gen]
         s.nb_wait = [None, None]
         s.cta = [0, 0]; s.cta_gen = 0; s.cta_wait = [None, None]
         s.mb = [{'pending': 0, 'phase': 0} for _ in range(2)]  # completions so far
-        s.mb_par = [0, 0]  # per-WG parity (each waits only its own buffer)
+        s.mb_cnt = [[0, 0], [0, 0]]  # per WG and buffer: phases waited for so far (parity = count & 1)
+        s.dq = {}  # tile -> warpgroups whose half is dequantized (fp8)
         s.inflight = []  # (wg, kind, tile, buf)
         s.loads = []  # (buf, tile, arrived?) pending copies
         s.kbuf = [None, None]; s.qtile = None
@@ -108,12 +122,21 @@ class Sim:
         if k == 'arrive_mb':
             s.mb[op[1]]['armed'] = True; return True
         if k == 'wait_mb':
-            b = op[1]; need = s.mb_par[w] + 1
+            b = op[1]; need = s.mb_cnt[w][b] + 1
+            # A parity wait cannot tell phase `need` from `need + 2`: the barrier must not run ahead.
+            if s.mb[b]['phase'] > need: raise Exception(f"wg{w} waits phase {need} of mbarrier {b}, which is at {s.mb[b]['phase']} (parity aliasing)")
             if s.mb[b]['phase'] < need: return False
-            s.mb_par[w] += 1; return True
+            s.mb_cnt[w][b] += 1; return True
+        if k == 'dq':
+            tile = op[1]; buf = tile[1] & 1
+            if s.kbuf[buf] != tile: raise Exception(f"dq{tile} wg{w}: buffer holds {s.kbuf[buf]}")
+            for (wg, kind, t, b) in s.inflight:
+                if b == buf and t != tile: raise Exception(f"dq{tile} wg{w} writes buffer {buf} while {kind}{t} of wg{wg} reads it")
+            s.dq.setdefault(tile, set()).add(w); return True
         if k == 'issue':
             kind, tile = op[1], op[2]
             buf = tile[1] & 1
+            if s.fp8 and s.dq.get(tile) != {0, 1}: raise Exception(f"{kind}{tile} wg{w}: dequantized halves {s.dq.get(tile)}")
             if kind == 'qk':
                 assert buf == w
                 if s.kbuf[buf] != tile: raise Exception(f"QK{tile} wg{w}: buffer holds {s.kbuf[buf]}")
@@ -170,10 +193,12 @@ class Sim:
         raise Exception(op)
 
 bad = 0
-for seed in range(int(sys.argv[1]) if len(sys.argv) > 1 else 4000):
+fp8 = '--fp8' in sys.argv
+args = [a for a in sys.argv[1:] if a != '--fp8']
+for seed in range(int(args[0]) if args else 4000):
     r = random.Random(seed)
     segs = [r.choice([0, 1, 2, 3, 4, 5, 7, 8]) for _ in range(r.randint(1, 4))]
-    try: Sim(segs, seed).run()
+    try: Sim(segs, seed, fp8).run()
     except Exception as e:
         bad += 1
         if bad < 5: print("seed", seed, segs, e)

@@ -107,7 +107,9 @@ pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, t
     let (k, n) = (o.k as u64, o.n as u64);
     let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
     let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
-    let grid = blocks.min(tile.ctas_per_sm() * s.sm_count().unwrap_or(DEFAULT_SMS));
+    let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
+    let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
+    let grid = grid_for(blocks, tiles, sms, tile.ctas_per_sm());
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), tile.smem_bytes());
     let mut args = [
         RawArg::Word(o.out),
@@ -124,6 +126,23 @@ pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, t
         RawArg::Word(u32_of(o.k, "k")? as u64),
     ];
     launch_args(s, name, cfg, &mut args)
+}
+
+/// CTAs of a launch of `blocks` 128-K blocks (`tiles` output tiles when known on the host: dense)
+/// on `sms` SMs of `per_sm` CTAs each. The kernel cuts the blocks into one equal range per CTA;
+/// with a CTA per tile no range splits a tile (no split-K atomics, no hand-off), which pays where
+/// every SM gets a tile and the waves are full: H200 at M = 1, 24576×1536 and 32768×512 (192 and
+/// 256 tiles) ran 1.2× faster unsplit (the tiled kernels) than stream-K. Otherwise stream-K over
+/// every CTA slot.
+pub fn grid_for(blocks: usize, tiles: Option<usize>, sms: usize, per_sm: usize) -> usize {
+    let slots = sms * per_sm;
+    if let Some(t) = tiles {
+        let full_waves = t >= sms && (t <= slots || t * 10 >= t.div_ceil(slots) * slots * 8);
+        if full_waves {
+            return t;
+        }
+    }
+    blocks.min(slots)
 }
 
 #[cfg(test)]
@@ -146,6 +165,14 @@ mod tests {
         assert_eq!(WgsTile::N64.smem_bytes(), 199_824);
         assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() as usize * t.ctas_per_sm() <= 228 * 1024 - t.ctas_per_sm() * 1024));
         assert!(registry::kernel("fp8_gemm_wgs_e4m3fn_n64").is_some());
+        // One CTA per tile where every SM gets one and the waves are ≥ 80% full; stream-K else.
+        assert_eq!(grid_for(256 * 4, Some(256), 132, 2), 256);
+        assert_eq!(grid_for(192 * 12, Some(192), 132, 2), 192);
+        assert_eq!(grid_for(192 * 12, Some(192), 132, 1), 132);
+        assert_eq!(grid_for(256 * 4, Some(256), 132, 1), 256);
+        assert_eq!(grid_for(17 * 56, Some(17), 132, 2), 264);
+        assert_eq!(grid_for(10, Some(10), 132, 2), 10);
+        assert_eq!(grid_for(5000, None, 132, 2), 264);
         assert!(registry::kernel("int8_gemm_wgs_channel_n16").is_some());
     }
 }

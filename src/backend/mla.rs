@@ -40,11 +40,14 @@
 //!
 //! # sm_90a wgmma kernel
 //!
-//! `mla_decode_wgmma_bf16_*` (family `mla_decode_wgmma`, `kernels/mla_decode_wgmma.cuh`): the same
-//! contract with 64 query rows per CTA and warpgroup MMAs, for the bf16 cache. Built only as the
-//! sm_90a cubin; [`MlaDecodePlan::with_wgmma`] forces it on or off, [`MlaDecodePlan::with_default_kernel`]
-//! applies the default choice for a stream ([`mla_wgmma_enabled`]; `DSV3_MLA_WGMMA=0` turns it off).
-//! [`mla_decode`] refuses a wgmma plan where the kernel cannot run.
+//! `mla_decode_wgmma_{bf16,fp8}_*` (family `mla_decode_wgmma`, `kernels/mla_decode_wgmma.cuh`): the
+//! same contract with 64 query rows per CTA and warpgroup MMAs, for the bf16 cache and the fp8
+//! cache (its K buffers double as the raw tiles' staging area and are dequantized in place; same
+//! shared memory). Built only as the sm_90a cubin; [`MlaDecodePlan::with_wgmma`] forces it on or
+//! off, [`MlaDecodePlan::with_default_kernel`] applies the default choice for a stream
+//! ([`mla_wgmma_enabled`]; `DSV3_MLA_WGMMA=0` turns it off; the fp8 cache takes it only with
+//! `DSV3_MLA_WGMMA_FP8=1` until measured, [`mla_wgmma_fp8_opted_in`]). [`mla_decode`] refuses a
+//! wgmma plan where the kernel cannot run.
 
 use super::dispatch::{launch_by_name, KArg};
 use super::registry;
@@ -67,7 +70,8 @@ const WGMMA_FAMILY: &str = "mla_decode_wgmma";
 pub const WGMMA_ROWS: usize = 64;
 /// Its dynamic shared memory (the kernel's mla_wg::SMEM): Q and two K tiles (64 × 576 bf16 each),
 /// P [64 × 64] bf16, the row statistics / sums [2][64] f32, the two K-tile mbarriers (64 bytes),
-/// and 1 KiB to align the base to 1024.
+/// and 1 KiB to align the base to 1024. The same for the fp8 cache: a raw tile (41,984 bytes)
+/// lands inside the K buffer it is dequantized into (mla_wg::F8Dequant), no staging buffer.
 const WGMMA_SMEM: usize = 3 * PAGE * DK * 2 + WGMMA_ROWS * PAGE * 2 + 2 * WGMMA_ROWS * 4 + 64 + 1024;
 /// Bytes of one token row of the fp8 cache (512 e4m3 + 4 f32 scales + 64 bf16).
 pub const FP8_ROW_BYTES: usize = crate::ops::mla_fp8::ROW_BYTES;
@@ -163,6 +167,27 @@ pub fn mla_wgmma_enabled(s: &dyn GpuStream) -> bool {
     std::env::var("DSV3_MLA_WGMMA").map(|v| v != "0").unwrap_or(true) && mla_wgmma_available(s)
 }
 
+/// Whether default plans over the fp8 cache may take the wgmma kernel (`DSV3_MLA_WGMMA_FP8=1`;
+/// off by default: its in-place dequantization has not run on a GPU yet). Where on, it still
+/// needs [`mla_wgmma_enabled`].
+pub fn mla_wgmma_fp8_opted_in() -> bool {
+    std::env::var("DSV3_MLA_WGMMA_FP8").map(|v| v == "1").unwrap_or(false)
+}
+
+/// The default kernel choice ([`MlaDecodePlan::with_default_kernel`]) as a pure rule: `wgmma`
+/// whether the kernel may run ([`mla_wgmma_enabled`]), `fp8` whether fp8 plans may take it
+/// ([`mla_wgmma_fp8_opted_in`]). bf16 cache: from 32 query rows per sequence (there the mma.sync
+/// kernel is bound by its ldmatrix / mma.sync rate; measured level at 16 rows). fp8 cache, opted
+/// in: every row count, since the mma.sync fp8 kernels do not overlap their dequantization
+/// (41.5% of copy at h = 16 vs 97.8% for the bf16 wgmma kernel) and the wgmma kernel does.
+fn default_wgmma(rows: usize, cache: MlaCacheDtype, wgmma: bool, fp8: bool) -> bool {
+    wgmma
+        && match cache {
+            MlaCacheDtype::Bf16 => rows >= 32,
+            MlaCacheDtype::Fp8E4m3 => fp8,
+        }
+}
+
 /// Part groups of `mla_decode_combine` (32 threads each, group g summing parts g, g + G, ...):
 /// 8 where the plan cuts a sequence into at least 8 parts on average (small batches: the parts
 /// are read in parallel), else 1 (a few parts per sequence; many small blocks). Measured on the
@@ -205,8 +230,8 @@ pub struct MlaDecodePlan {
     pub sm_count: usize,
     /// The latent cache's element type (bf16 by default; [`Self::with_cache_dtype`]).
     pub cache: MlaCacheDtype,
-    /// The sm_90a wgmma kernel (`mla_decode_wgmma_bf16_*`: 64 rows per CTA, bf16 cache) instead of
-    /// the mma.sync kernels ([`Self::with_wgmma`], [`Self::with_default_kernel`]).
+    /// The sm_90a wgmma kernel (`mla_decode_wgmma_{bf16,fp8}_*`: 64 rows per CTA) instead of the
+    /// mma.sync kernels ([`Self::with_wgmma`], [`Self::with_default_kernel`]).
     pub wgmma: bool,
 }
 
@@ -248,7 +273,7 @@ impl MlaDecodePlan {
     }
     /// Forces the sm_90a wgmma kernel on or off (tests, benchmarks). On, it replaces the
     /// mma.sync kernels whatever the row count (64-row blocks; the 32-key-tile choice is dropped).
-    /// [`mla_decode`] refuses it with an fp8 cache or where [`mla_wgmma_available`] is false.
+    /// Both cache types; [`mla_decode`] refuses it where [`mla_wgmma_available`] is false.
     pub fn with_wgmma(mut self, on: bool) -> Self {
         self.wgmma = on;
         if on {
@@ -259,11 +284,13 @@ impl MlaDecodePlan {
     /// The default kernel for stream `s`: the wgmma kernel where [`mla_wgmma_enabled`], for the bf16
     /// cache, with at least 32 query rows per sequence (s_q·H ≥ 32: there the mma.sync kernel is
     /// bound by its ldmatrix / mma.sync rate, 45–75% of the copy bandwidth at 32–64 rows and
-    /// 243 TFLOPS at 128). Whether it also pays at s_q·H ≤ 16 (memory-bound; it pads 16 rows to
-    /// 64) must come from measurement; until then those keep the mma.sync kernel.
+    /// 243 TFLOPS at 128; at s_q·H ≤ 16 the two were measured level). For the fp8 cache at every
+    /// row count, but only with `DSV3_MLA_WGMMA_FP8=1` until its first GPU run
+    /// ([`mla_wgmma_fp8_opted_in`]); otherwise the mma.sync fp8 kernels.
     pub fn with_default_kernel(self, s: &dyn GpuStream) -> Self {
-        let pays = self.rows() >= 32 && self.cache == MlaCacheDtype::Bf16;
-        self.with_wgmma(pays && mla_wgmma_enabled(s))
+        let fp8 = self.cache == MlaCacheDtype::Fp8E4m3 && mla_wgmma_fp8_opted_in();
+        let on = default_wgmma(self.rows(), self.cache, mla_wgmma_enabled(s), fp8);
+        self.with_wgmma(on)
     }
     /// Row blocks and parts for the chosen kernel: one block per SM (two for 32-key tiles).
     fn layout(mut self) -> Self {
@@ -286,8 +313,8 @@ impl MlaDecodePlan {
         }
         (1..=self.mw.min(2)).rev().map(|mw| MlaDecodePlan { mw, ..self }.with_small_tiles(true)).find(|p| p.smem_bytes() as usize <= limit)
     }
-    /// The same plan for a cache of type `cache` (the parts, tiles and workspaces do not change;
-    /// the wgmma kernel reads bf16 caches only).
+    /// The same plan for a cache of type `cache` (the parts, tiles, workspaces and the wgmma
+    /// choice do not change: the wgmma kernel reads both).
     pub fn with_cache_dtype(mut self, cache: MlaCacheDtype) -> Self {
         self.cache = cache;
         self
@@ -301,7 +328,9 @@ impl MlaDecodePlan {
         self.s_q * self.heads
     }
     /// Dynamic shared memory of the split kernel (bytes): Q, the K tiles (bf16 cache: two bf16
-    /// tiles; fp8 cache: one bf16 tile and one raw 656-byte-row tile), P and the reductions.
+    /// tiles; fp8 cache: one bf16 tile and one or two raw 656-byte-row tiles), P and the
+    /// reductions. The wgmma kernel: the same for both caches (its fp8 tiles are dequantized in
+    /// place).
     pub fn smem_bytes(&self) -> u32 {
         if self.wgmma {
             return WGMMA_SMEM as u32;
@@ -475,17 +504,15 @@ pub fn mla_decode(
     if to != DType::Bf16 && to != DType::F32 {
         return Err(err("out must be bf16 or f32"));
     }
-    if p.wgmma && p.cache != MlaCacheDtype::Bf16 {
-        return Err(err("the wgmma kernel reads the bf16 cache only (use a plan without with_wgmma for fp8_e4m3)"));
-    }
     if p.wgmma && !mla_wgmma_available(s) {
         return Err(err("the sm_90a wgmma kernel cannot run on this stream (it needs an sm_90 GPU loading this build's sm_90a cubin of mla_decode_wgmma)"));
     }
     let max_pages = bts[1];
-    // The wgmma kernel loads K tiles with TMA: the cache as [pages·64 rows, 1152 bytes], one box
-    // = 64 rows × 128 bytes (a 64-column chunk of a page).
+    // The wgmma kernel loads K tiles with TMA: the cache as [pages·64 rows, row bytes], one box
+    // = 64 rows × 128 bytes (bf16: a 64-column chunk of a page; fp8: a 128-value latent band, or
+    // the rope as its last 128 bytes).
     let cache_map = if p.wgmma {
-        let row_bytes = (DK * 2) as u64;
+        let row_bytes = p.cache.row_bytes() as u64;
         let map = s.tensor_map(&TmaTiled { addr: cache.raw(), dims: vec![row_bytes, (cs[0] * PAGE) as u64], strides: vec![row_bytes], box_dims: vec![128, PAGE as u32] })?;
         Some(KArg::Map(map))
     } else {
@@ -808,6 +835,44 @@ mod tests {
         let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(true).with_wgmma(true);
         assert!(p.wgmma && !p.small_tiles);
         assert!(!p.with_small_tiles(true).small_tiles);
+    }
+
+    #[test]
+    fn fp8_wgmma_plans_match_the_bf16_ones() {
+        let fp8 = MlaCacheDtype::Fp8E4m3;
+        for (h, s_q) in [(16, 1), (16, 2), (32, 1), (64, 1), (128, 1), (128, 2), (20, 2)] {
+            let b = MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_wgmma(true);
+            // Either order of the two builders gives the same plan.
+            let p = b.with_cache_dtype(fp8);
+            assert_eq!(p, MlaDecodePlan::new(128, s_q, h, 132).unwrap().with_cache_dtype(fp8).with_wgmma(true));
+            assert_eq!((p.row_blocks, p.num_parts, p.threads(), p.tile_keys()), (b.row_blocks, b.num_parts, 256, 64), "h {h} s_q {s_q}");
+            // The raw tile lands inside its K buffer: the bf16 kernel's shared memory.
+            assert_eq!((p.smem_bytes(), p.launch_smem_bytes(Vendor::Cuda)), (230_976, 230_976));
+            assert_eq!(p.kernel_name(DType::F32), "mla_decode_wgmma_fp8_f32");
+            assert_eq!(p.kernel_name(DType::Bf16), "mla_decode_wgmma_fp8_bf16");
+            assert_eq!(p.cache_row_bytes(), 656);
+            // Fits Hopper as it is; never shrunk for smaller devices.
+            assert_eq!(p.fit_shared_memory(227 * 1024), Some(p));
+            assert!(p.fit_shared_memory(163 * 1024).is_none());
+        }
+        // The raw page (4 latent bands + rope + scales) is one page of 656-byte rows, and fits a
+        // K buffer (64 × 576 bf16).
+        assert_eq!(4 * 8192 + 8192 + PAGE * 16, PAGE * FP8_ROW_BYTES);
+        assert!(PAGE * FP8_ROW_BYTES <= PAGE * DK * 2);
+    }
+
+    #[test]
+    fn default_kernel_rule() {
+        let (bf16, fp8) = (MlaCacheDtype::Bf16, MlaCacheDtype::Fp8E4m3);
+        // bf16: wgmma from 32 rows, where it can run.
+        assert!(!default_wgmma(16, bf16, true, false) && default_wgmma(32, bf16, true, false) && default_wgmma(128, bf16, true, true));
+        assert!(!default_wgmma(128, bf16, false, true));
+        // fp8: only opted in (DSV3_MLA_WGMMA_FP8=1), then at every row count.
+        for rows in [16, 32, 128, 4096] {
+            assert!(!default_wgmma(rows, fp8, true, false));
+            assert!(default_wgmma(rows, fp8, true, true));
+            assert!(!default_wgmma(rows, fp8, false, true));
+        }
     }
 
     #[test]

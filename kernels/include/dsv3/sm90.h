@@ -123,6 +123,14 @@ DSV3_DEV void tma_load_3d(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1, i32
       : "memory");
 }
 
+// `bytes` contiguous bytes (a multiple of 16; both addresses 16-byte aligned) from global `src`
+// to shared `dst` by the copy engine (a non-tensor bulk copy); completes `bytes` on barrier `bar`.
+DSV3_DEV void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+               "l"(src), "r"(bytes), "r"(bar)
+               : "memory");
+}
+
 // tma_load_3d into every CTA of the cluster whose bit is set in `mask`: the box lands at offset
 // `dst` of each of their shared memories and completes its bytes on the mbarrier at offset `bar`
 // of each.

@@ -503,7 +503,8 @@ impl GpuModel {
             return None;
         }
         let sms = self.sm_count?;
-        // The sm_90a wgmma kernel where it runs and pays (bf16 cache, s_q·H ≥ 32; DSV3_MLA_WGMMA=0: off).
+        // The sm_90a wgmma kernel where it runs and pays (bf16 cache, s_q·H ≥ 32; fp8 cache with
+        // DSV3_MLA_WGMMA_FP8=1; DSV3_MLA_WGMMA=0: off).
         // Sized to the device's shared memory (A100 / Ada: the 32-key-tile kernel), else none.
         let plan = MlaDecodePlan::new(batch, s_q, self.heads, sms).ok()?.with_cache_dtype(cache).with_default_kernel(self.stream.as_ref());
         match self.mla_smem_limit {
