@@ -11,9 +11,11 @@
 //!   split where the default is `wg2`), `-st` rows: the streaming kernel (two 64-row tiles) at
 //!   M = 128, for the comparison;
 //! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
-//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (streaming up to 8 rows) and
-//!   `awq-mma` the tiled kernel (the 64-row streaming tile at 16–64 rows and the 8-row one at
-//!   4 CTAs per SM were measured no faster in session 5, docs/perf/quant_gemm.md, and dropped);
+//!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (on sm_90a the small-M wgmma entry
+//!   `wgs16` / `wgs64`, kernels/awq_gemm_wgs.cuh; elsewhere streaming up to 8 rows), `awq-old` the
+//!   plan before the wgs entry, and `awq-mma` the tiled kernel (the 64-row streaming tile at 16–64
+//!   rows and the 8-row one at 4 CTAs per SM were measured no faster in session 5,
+//!   docs/perf/quant_gemm.md, and dropped);
 //! - `moe-i8` / `moe-awq` rows: one MoE layer of the TP-8 shard (256 experts, inter 256) and of
 //!   the EP-8 shard (32 experts, inter 2048), hidden 7168, top-8 (ids uniform and distinct per
 //!   token among the shard's experts), at 1, 16, 64, 128, 4096 tokens: align, (INT8: quant of x,)
@@ -25,7 +27,10 @@
 //!   at 9–64 rows per expert;
 //!   `moe-i8-fused`: the whole fused `int8_moe` (block INT8, combine included) on its default plan,
 //!   which on sm_90a takes the small-M wgmma entry (`wgs16` / `wgs64`) up to 32 rows per
-//!   active expert;
+//!   active expert; `moe-awq-fused`: the whole `awq_moe` (group 128, combine included) on its
+//!   default plan, which on sm_90a takes the AWQ wgs entry (`wgs16` / `wgs64`, after a bf16 row
+//!   gather) up to 32 rows per active expert, and `moe-awq-fused-old` the same call with
+//!   `DSV3_GEMM_WGS=0` (the plan before it) where the default is the wgs entry;
 //! - last, the INT8 wgmma v2 tile forced (sm_90a streams only; `DSV3_INT8_BENCH_WGMMA2=0` skips
 //!   them): the v2 tile in 2-CTA clusters, `i8blk-wg2p` / `i8ch-wg2p` dense at M = 4096 on the six
 //!   shapes, `moe-i8-wg2p` / `moe-i8ch-wg2p` (block / channel INT8) on both shards at 4096 tokens.
@@ -48,7 +53,7 @@ use dsv3::backend::cuda::CudaStream;
 use dsv3::backend::dispatch;
 use dsv3::backend::mla::cuda_util;
 use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
-use dsv3::backend::quant_moe::{int8_moe, MoeInt8Weights};
+use dsv3::backend::quant_moe::{awq_moe, awq_moe_wgs_tile, int8_moe, MoeAwqWeights, MoeInt8Weights};
 use dsv3::backend::quant_gemm::{self as qg, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile, SplitKWorkspace, TileAlignment};
 use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
@@ -142,7 +147,7 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: 
     let old = for_stream(s, kernel, raw);
     let default = match kernel {
         QuantKernel::Int8 => qg::int8_plan_dense_for_stream(s, m, n, k),
-        QuantKernel::Awq => old,
+        QuantKernel::Awq => qg::awq_plan_dense_for_stream(s, m, n, k),
     };
     let mut v = vec![(kind.to_string(), default)];
     if default != old {
@@ -350,6 +355,29 @@ fn main() {
             let mut wsp = FusedMoeWorkspace::new();
             let us = time_us(&s, |_| int8_moe(&s, &mut wsp, &out, &x, &dids, &tw, &w, 0.0).unwrap());
             row("moe-i8-fused", label, t, "default".into(), us, flops, (hit * 3 * inter * HIDDEN) as f64, copy);
+            // AWQ likewise; `-old`: the plan before the wgs entry (DSV3_GEMM_WGS=0 for that row).
+            let wa = MoeAwqWeights {
+                w13: AwqWeight { qweight: &a13q, qzeros: &a13z, scales: &a13s, experts: e, n: 2 * inter, k: HIDDEN, group: 128 },
+                w2: AwqWeight { qweight: &a2q, qzeros: &a2z, scales: &a2s, experts: e, n: HIDDEN, k: inter, group: 128 },
+            };
+            let wgs = awq_moe_wgs_tile(&s, p, e);
+            let abytes = (hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter))) as f64;
+            let mut awq_rows = vec![("moe-awq-fused", wgs.map(|t| t.label()).unwrap_or("grouped"), false)];
+            if wgs.is_some() {
+                awq_rows.push(("moe-awq-fused-old", "grouped", true));
+            }
+            for (kind, plan, old) in awq_rows {
+                let prev = std::env::var_os("DSV3_GEMM_WGS");
+                if old {
+                    std::env::set_var("DSV3_GEMM_WGS", "0");
+                }
+                let us = time_us(&s, |_| awq_moe(&s, &mut wsp, &out, &x, &dids, &tw, &wa, 0.0).unwrap());
+                match prev {
+                    Some(v) => std::env::set_var("DSV3_GEMM_WGS", v),
+                    None => std::env::remove_var("DSV3_GEMM_WGS"),
+                }
+                row(kind, label, t, plan.into(), us, flops, abytes, copy);
+            }
         }
     }
 

@@ -53,20 +53,30 @@ namespace dsv3 {
 
 constexpr u32 WGS_FLUSH_BAR = 4;  // named barrier of the consumers' split-K hand-off
 
-// Shared memory of one CTA, offsets from its 1024-aligned base (src/backend/gemm_wgs.rs mirrors
-// BYTES): STAGES × (weight box, token box), their token scales, the mbarriers and the flags that
-// tell the consumers which of their partial tiles they complete.
-template <int NT> struct WgsSmem {
-  static constexpr u32 CTAS_PER_SM = NT == 16 ? 2 : 1;
-  static constexpr u32 W_TILE = 128 * 128;
-  static constexpr u32 A_TILE = NT * 128;  // a multiple of 1024: each box starts on a swizzle atom
+// Shared memory of one CTA, offsets from its 1024-aligned base: STAGES × (a weight box of W
+// bytes, a token box of A bytes), STAGES per-stage areas of SC bytes written by the producer
+// threads (token scales here; zero points and group scales for AWQ, kernels/awq_gemm_wgs.cuh),
+// the mbarriers and the flags that tell the consumers which of their partial tiles they complete.
+// Each kernel picks its stage count (src/backend/gemm_wgs.rs mirrors BYTES).
+template <u32 W, u32 A, u32 SC, u32 N_STAGES> struct WgsLayout {
+  static constexpr u32 W_TILE = W;
+  static constexpr u32 A_TILE = A;  // a multiple of 1024: each box starts on a swizzle atom
   static constexpr u32 STAGE = W_TILE + A_TILE;
-  static constexpr u32 STAGES = (CTAS_PER_SM == 2 ? 98304 : 196608) / STAGE;  // NT 16: 5, 64: 8
+  static constexpr u32 SC_STAGE = SC;
+  static constexpr u32 STAGES = N_STAGES;
   static constexpr u32 SCALES = STAGES * STAGE;
-  static constexpr u32 BARS = SCALES + STAGES * NT * 4;
+  static constexpr u32 BARS = SCALES + STAGES * SC_STAGE;
   static constexpr u32 FLAGS = BARS + 2 * STAGES * 8;
   static constexpr u32 END = FLAGS + 16;
   static constexpr u32 BYTES = END + 1024;
+};
+
+// The 8-bit kernels: a 128 × 128-byte weight box, an NT × 128-byte token box and NT f32 token
+// scales per stage, as many stages as fit 96 KB (NT 16: two CTAs per SM, 5 stages) or 192 KB (NT
+// 64: 8).
+template <int NT> struct WgsSmem
+    : WgsLayout<128 * 128, NT * 128, NT * 4, (NT == 16 ? 98304 : 196608) / (128 * 128 + NT * 128)> {
+  static constexpr u32 CTAS_PER_SM = NT == 16 ? 2 : 1;
 };
 
 #if defined(DSV3_SM90A)
@@ -91,8 +101,8 @@ struct WgsSeg {
   u32 tile, mt, nt, kb0, kb1;
 };
 
-template <int NT> struct WgsCtx {
-  using S = WgsSmem<NT>;
+template <int NT, class L = WgsSmem<NT>> struct WgsCtx {
+  using S = L;
   BlockGemmArgs g;
   u32 sk, sn, m_end, begin, end;
   u32 base;  // shared address of the aligned base
@@ -101,6 +111,8 @@ template <int NT> struct WgsCtx {
   DSV3_DEV u32 empty(u32 s) const { return base + S::BARS + (S::STAGES + s) * 8; }
   DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + S::SCALES) + s * NT; }
   DSV3_DEV u32* flags() const { return reinterpret_cast<u32*>(smem + S::FLAGS); }
+  // Stage s's area of S::SC_STAGE bytes (written by the producer threads, read by the consumers).
+  DSV3_DEV u8* aux(u32 s) const { return smem + S::SCALES + s * S::SC_STAGE; }
   DSV3_DEV u32 expert(u32 mt) const { return g.tile_expert != nullptr ? (u32)g.tile_expert[mt] : 0u; }
   // The segment starting at block u of the range.
   DSV3_DEV WgsSeg seg(u32 u) const {
@@ -178,8 +190,8 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
 
 // Fragment i = 4j + 2h + e of consumer thread t (0..255) in tile (mt, nt): weight row n_row + 8h,
 // token m0 + 8j + 2q + e. `f(i, out index, row scale)` runs for those inside the output.
-template <class Op, int NT, class F>
-DSV3_DEV void wgs_each(const WgsCtx<NT>& c, const WgsSeg& sg, u32 t, F&& f) {
+template <class Op, int NT, class L, class F>
+DSV3_DEV void wgs_each(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, F&& f) {
   const BlockGemmArgs& g = c.g;
   const u32 w = t / 128, warp = (t % 128) / 32, ln = t % 32, q = ln % 4, N = g.N;
   const u32 m0 = sg.mt * NT, n_row = sg.nt * 128 + w * 64 + warp * 16 + ln / 4;
@@ -200,13 +212,69 @@ DSV3_DEV void wgs_each(const WgsCtx<NT>& c, const WgsSeg& sg, u32 t, F&& f) {
       }
 }
 
+// A consumer thread's split-K state is its partial segments pend0 / pend1 (at most the range's
+// first and last; npend of them) and, in thread 0, each one's tile count after its addition
+// (count0 / count1, read after the range: the atomic's latency is not waited for). They are
+// separate variables, passed by reference: a struct of them changes the 8-bit entries' SASS.
+
+// Segment sg's last block is in `tot` (consumer thread t): a whole segment stores bf16; a partial
+// one adds into the workspace (relaxed atomics), thread 0 bumps the tile's counter after the
+// consumers' barrier and an acq_rel fence, and the segment is remembered for wgs_finish.
+template <class Op, int NT, class L>
+DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const float (&tot)[NT / 2], WgsSeg& pend0,
+                        WgsSeg& pend1, u32& npend, u32& count0, u32& count1) {
+  const BlockGemmArgs& g = c.g;
+  if (sg.kb0 == 0 && sg.kb1 == c.sk) {
+    wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { g.out[idx] = f32_to_bf16(tot[f] * r); });
+  } else {
+    wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { atomic_add(g.ws + idx, tot[f] * r); });
+    named_bar_sync(WGS_FLUSH_BAR, 256);
+    u32 count = 0;
+    if (t == 0) {
+      fence_acq_rel_gpu();
+      count = atomic_add(&g.counters[sg.tile], sg.kb1 - sg.kb0) + (sg.kb1 - sg.kb0);
+    }
+    if (npend++ == 0) {
+      pend0 = sg;
+      count0 = count;
+    } else {
+      pend1 = sg;
+      count1 = count;
+    }
+  }
+}
+
+// After the range: the tiles this CTA completed are converted (acquire: thread 0's fence after
+// seeing the count, then the barrier), the workspace and counters left zero.
+template <class Op, int NT, class L>
+DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, const WgsSeg& pend1, const u32& npend,
+                         const u32& count0, const u32& count1) {
+  const BlockGemmArgs& g = c.g;
+  if (npend == 0) return;
+  if (t == 0) {
+    const bool last0 = count0 == c.sk, last1 = npend > 1 && count1 == c.sk;
+    c.flags()[0] = last0 ? 1u : 0u;
+    c.flags()[1] = last1 ? 1u : 0u;
+    if (last0 || last1) fence_acq_rel_gpu();  // acquire: only a CTA that completes a tile reads ws
+  }
+  named_bar_sync(WGS_FLUSH_BAR, 256);
+  auto finish = [&](const WgsSeg& sg) {
+    wgs_each<Op, NT>(c, sg, t, [&](int, u64 idx, float) {
+      g.out[idx] = f32_to_bf16(ld_cg_f32(g.ws + idx));
+      g.ws[idx] = 0.0f;
+    });
+    if (t == 0) g.counters[sg.tile] = 0u;
+  };
+  if (c.flags()[0] != 0) finish(pend0);
+  if (npend > 1 && c.flags()[1] != 0) finish(pend1);
+}
+
 // Consumer warpgroups (threads 128..383).
 template <class Op, int NT>
 DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   using S = WgsSmem<NT>;
   using Acc = typename Op::Acc;
   constexpr int R = NT / 2;
-  const BlockGemmArgs& g = c.g;
   const u32 t = tid() - 128, w = t / 128, ln = t % 32, q = ln % 4;
   const u32 blocks = c.end - c.begin;
   if (blocks == 0) return;
@@ -247,8 +315,6 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   using Set0 = WgsSet<0>;
   using Set1 = WgsSet<1>;
 
-  // Partial segments (at most the range's first and last) and, in thread 0, the tile's count
-  // after its addition (read after the range: the atomic's latency is not waited for).
   WgsSeg pend0, pend1;
   u32 npend = 0, count0 = 0, count1 = 0;
 
@@ -267,24 +333,7 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
     retire(set);
     if (c.begin + i + 1 < u + (sg.kb1 - sg.kb0)) return;
     // The segment's last block: flush it, move to the next.
-    if (sg.kb0 == 0 && sg.kb1 == c.sk) {
-      wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { g.out[idx] = f32_to_bf16(tot[f] * r); });
-    } else {
-      wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { atomic_add(g.ws + idx, tot[f] * r); });
-      named_bar_sync(WGS_FLUSH_BAR, 256);
-      u32 count = 0;
-      if (t == 0) {
-        fence_acq_rel_gpu();
-        count = atomic_add(&g.counters[sg.tile], sg.kb1 - sg.kb0) + (sg.kb1 - sg.kb0);
-      }
-      if (npend++ == 0) {
-        pend0 = sg;
-        count0 = count;
-      } else {
-        pend1 = sg;
-        count1 = count;
-      }
-    }
+    wgs_flush<Op, NT>(c, sg, t, tot, pend0, pend1, npend, count0, count1);
     u += sg.kb1 - sg.kb0;
     if (u < c.end) sg = c.seg(u);
 #pragma unroll
@@ -297,32 +346,18 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
     step(Set0{}, i);
     if (i + 1 < blocks) step(Set1{}, i + 1);
   }
-  if (npend == 0) return;
-  // The tiles this CTA completed: convert them (acquire: thread 0's fence after seeing the count,
-  // then the barrier) and leave the workspace and counters zero.
-  if (t == 0) {
-    const bool last0 = count0 == c.sk, last1 = npend > 1 && count1 == c.sk;
-    c.flags()[0] = last0 ? 1u : 0u;
-    c.flags()[1] = last1 ? 1u : 0u;
-    if (last0 || last1) fence_acq_rel_gpu();  // acquire: only a CTA that completes a tile reads ws
-  }
-  named_bar_sync(WGS_FLUSH_BAR, 256);
-  auto finish = [&](const WgsSeg& sg) {
-    wgs_each<Op, NT>(c, sg, t, [&](int, u64 idx, float) {
-      g.out[idx] = f32_to_bf16(ld_cg_f32(g.ws + idx));
-      g.ws[idx] = 0.0f;
-    });
-    if (t == 0) g.counters[sg.tile] = 0u;
-  };
-  if (c.flags()[0] != 0) finish(pend0);
-  if (npend > 1 && c.flags()[1] != 0) finish(pend1);
+  wgs_finish<Op, NT>(c, t, pend0, pend1, npend, count0, count1);
 }
 
-template <class Op, int NT>
-DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
-  using S = WgsSmem<NT>;
+// The CTA's setup, shared by the small-M kernels (the 8-bit ones here, AWQ in
+// kernels/awq_gemm_wgs.cuh): the aligned shared base, the launch's blocks cut into gridDim.x equal
+// ranges (this CTA's [begin, end)), the pipeline's barriers, the PDL protocol (see the header):
+// thread 0 runs `prefetch_weights(c)` (the range's first weight boxes; returns how many) before
+// the grid dependency wait. Returns that count (thread 0; 0 elsewhere).
+template <int NT, class L, class F>
+DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb, F&& prefetch_weights) {
+  using S = L;
   extern __shared__ __attribute__((aligned(1024))) u8 wgs_smem[];
-  WgsCtx<NT> c;
   c.g = g;
   const u32 raw = smem_u32(wgs_smem);
   c.base = (raw + 1023u) & ~1023u;
@@ -349,10 +384,17 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
     mbar_init_fence();
     tma_prefetch(ma);
     tma_prefetch(mb);
-    pre = wgs_prefetch_weights(c, mb);
+    pre = prefetch_weights(c);
   }
   __syncthreads();
   grid_dependency_wait();
+  return pre;
+}
+
+template <class Op, int NT>
+DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
+  WgsCtx<NT> c;
+  const u32 pre = wgs_init(c, g, ma, mb, [&](const WgsCtx<NT>& cc) { return wgs_prefetch_weights(cc, mb); });
   if (tid() < 128) {
     wgs_produce<Op, NT>(c, ma, mb, pre);  // only thread 0 reads `pre`
   } else {

@@ -2,8 +2,9 @@
 //! activation quantization (src/backend/quant_gemm.rs, kernels/quant_gemm.cuh) against the CPU
 //! reference, on every NVIDIA code variant this build embedded for the `quant_gemm` module (sm_90a
 //! cubin, compute_80 / compute_89 PTX JIT-compiled by the driver, the fatbin, NVRTC), every tile
-//! (BM 16 / 64 / 128, the weight-streaming kernel's 8- and 64-row tiles, and INT8's sm_90a wgmma
-//! v2 tile `wg2` where a stream loads its cubin) and split-K on and off.
+//! (BM 16 / 64 / 128, the weight-streaming kernel's 8- and 64-row tiles, INT8's sm_90a wgmma
+//! v2 tile `wg2` and the small-M sm_90a `wgs` tiles (INT8 and AWQ) where a stream loads their
+//! cubin) and split-K on and off.
 //!
 //! Reference: activations quantized with `ops::int8` (the same rule as the GPU, so the codes are
 //! shared) and dequantized; INT8 weights dequantized with the checkpoint loader's
@@ -34,10 +35,10 @@ use common::gpu::*;
 use dsv3::backend::quant_gemm::{
     self as qg, AwqWeight, Int8Scheme, QuantPlan, QuantTile, SplitKWorkspace,
 };
-use dsv3::backend::gemm_wgs::{wgs_available, WgsTile};
+use dsv3::backend::gemm_wgs::{awq_wgs_available, awq_wgs_enabled, wgs_available, WgsTile};
 use dsv3::error::Error;
 use dsv3::backend::fp8_gemm::FusedMoeWorkspace;
-use dsv3::backend::quant_moe::{awq_moe, int8_moe, MoeAwqWeights, MoeInt8Weights};
+use dsv3::backend::quant_moe::{awq_moe, awq_moe_wgs_tile, int8_moe, MoeAwqWeights, MoeInt8Weights};
 use dsv3::backend::{DType, DeviceTensor, GpuStream};
 use dsv3::model::checkpoint::{dequant_awq, dequant_int8_block, dequant_int8_channel};
 use dsv3::ops::int8::{
@@ -122,6 +123,9 @@ const WG2: [QuantTile; 2] = [QuantTile::Wg2, QuantTile::Wg2Pair];
 /// The small-M sm_90a entries (run by the `wg2` process too).
 const WGS: [QuantTile; 2] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N64)];
 
+/// The AWQ small-M sm_90a entries (`awq_gemm_wgs_g*_n*`; run by the `wg2` process).
+const AWQ_WGS: [QuantTile; 2] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N64)];
+
 /// Whether `tiles` can run on `s`: the v2 and wgs tiles only where the stream loads their sm_90a
 /// cubin (elsewhere they are refused: [`int8_wg2_streams_present`] checks that).
 fn tiles_run_on(s: &dyn GpuStream, tiles: &[QuantTile]) -> bool {
@@ -162,6 +166,42 @@ fn int8_wg2_streams_present() {
         }
     }
     assert!(ok > 0, "no stream loads the sm_90a cubin of int8_gemm_wgmma2: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200");
+}
+
+/// The AWQ wgs entries run only on streams that load their sm_90a cubin: fails loudly when none
+/// does, checks that the default plans take them there (dense M ≤ 64, MoE ≤ 32 rows per active
+/// expert) and that the other variants refuse them with a typed error.
+fn awq_wgs_streams_present() {
+    let mut ok = 0;
+    for (v, s) in streams() {
+        let s: &dyn GpuStream = s;
+        if awq_wgs_available(s) {
+            assert!(awq_wgs_enabled(s), "{v}: DSV3_GEMM_WGS=0 keeps the default plans off the wgs tiles");
+            for (m, tile) in [(1, WgsTile::N16), (16, WgsTile::N16), (17, WgsTile::N64), (64, WgsTile::N64)] {
+                assert_eq!(qg::awq_plan_dense_for_stream(s, m, 2112, 7168).tile, QuantTile::Wgs(tile), "{v} m{m}");
+            }
+            assert_eq!(qg::awq_plan_dense_for_stream(s, 65, 2112, 7168).tile, QuantTile::Bm128, "{v}");
+            assert_eq!(awq_moe_wgs_tile(s, 8, 32), Some(WgsTile::N16), "{v}: 1 token, top-8 of 32");
+            assert_eq!(awq_moe_wgs_tile(s, 160, 8), Some(WgsTile::N64), "{v}: 20 rows per expert");
+            assert_eq!(awq_moe_wgs_tile(s, 400, 8), None, "{v}: 50 rows per expert");
+            ok += 1;
+            continue;
+        }
+        let (m, n, k, g) = (1, 8, 64, 64);
+        let mut r = rng(5);
+        let w = awq_weights(&mut r, 1, n, k, g);
+        let d = up_awq(s, &w, 1, n, k, g);
+        let a = up(s, &[m, k], &vec![1.0; k], DType::Bf16);
+        let out = poisoned(s, DType::Bf16, &[m, n]);
+        for tile in AWQ_WGS {
+            let plan = QuantPlan { tile, splits: 1 };
+            match qg::awq_gemm_with(s, &mut SplitKWorkspace::new(), plan, &out, &a, &awq_operand(&d, 1, n, k, g)) {
+                Err(e @ Error::KernelUnavailable { .. }) => assert!(e.to_string().contains("sm_90a"), "{v}: {e}"),
+                r => panic!("{v}: the AWQ {} tile must be refused where its cubin is not loaded, got {r:?}", tile.label()),
+            }
+        }
+    }
+    assert!(ok > 0, "no stream loads the sm_90a cubin of awq_gemm_wgs: build with sm_90a in DSV3_CUDA_ARCHS and run on an H100 / H200");
 }
 
 // ---- INT8 dense ----------------------------------------------------------------------------------
@@ -657,6 +697,12 @@ fn up_awq(s: &dyn GpuStream, w: &Awq, e: usize, n: usize, k: usize, g: usize) ->
     }
 }
 
+/// Whether the AWQ `tiles` can run on `s` (the wgs ones need the sm_90a cubin:
+/// [`awq_wgs_streams_present`] checks the refusal elsewhere).
+fn awq_tiles_run_on(s: &dyn GpuStream, tiles: &[QuantTile]) -> bool {
+    !tiles.iter().any(|t| matches!(t, QuantTile::Wgs(_))) || awq_wgs_available(s)
+}
+
 fn check_awq_dense(seed: u64, m: usize, n: usize, k: usize, g: usize) {
     check_awq_dense_tiles(seed, m, n, k, g, &TILES)
 }
@@ -671,6 +717,9 @@ fn check_awq_dense_tiles(seed: u64, m: usize, n: usize, k: usize, g: usize, tile
     let want = matmul_nt(&x, &w.deq[0], m, n, k);
     for (v, s) in streams() {
         let s: &dyn GpuStream = s;
+        if !awq_tiles_run_on(s, tiles) {
+            continue;
+        }
         let d = up_awq(s, &w, 1, n, k, g);
         let aw = AwqWeight {
             qweight: &d.qweight,
@@ -689,15 +738,15 @@ fn check_awq_dense_tiles(seed: u64, m: usize, n: usize, k: usize, g: usize, tile
                     let out = poisoned(s, DType::Bf16, &[m, n]);
                     qg::awq_gemm_with(s, &mut ws, QuantPlan { tile, splits }, &out, &a, &aw)
                         .unwrap();
-                    assert_close(
-                        &format!(
-                            "{v} awq g{g} m{m} n{n} k{k} {} split{splits} rep{rep}",
-                            tile.label()
-                        ),
-                        &down(s, &out),
-                        &want,
-                        GEMM_TOL,
-                    );
+                    let what = format!("{v} awq g{g} m{m} n{n} k{k} {} split{splits} rep{rep}", tile.label());
+                    let got = down(s, &out);
+                    assert_close(&what, &got, &want, GEMM_TOL);
+                    if tile.reads_sorted_rows() {
+                        // A wrong 128 × 128 tile (a group's zero or scale, a row of the schedule)
+                        // cannot hide in the whole output's error.
+                        let worst = max_tile_error(&got, &want, m, n);
+                        assert!(worst <= 2.0 * GEMM_TOL, "{what}: a 128 × 128 tile has relative error {worst:e}");
+                    }
                 }
             }
         }
@@ -754,8 +803,13 @@ proptest! {
     }
 }
 
+/// One grouped AWQ GEMM of `tiles` against the reference. `gather`: rows read the token's
+/// activation through the sorted ids (gate_up); otherwise `a` holds one bf16 row per sorted row
+/// (sorted x or h: built here from the alignment, zeros for padding) read row by row.
 fn check_awq_grouped(
     seed: u64,
+    tiles: &[QuantTile],
+    gather: bool,
     t: usize,
     e: usize,
     topk: usize,
@@ -777,21 +831,26 @@ fn check_awq_grouped(
                   out: &DeviceTensor,
                   al: &qg::TileAlignment| {
         let d = up_awq(s, &w, e, n, k, g);
-        let aw = AwqWeight {
-            qweight: &d.qweight,
-            qzeros: &d.qzeros,
-            scales: &d.scales,
-            experts: e,
-            n,
-            k,
-            group: g,
-        };
-        let a = up(s, &[t, k], &x, DType::Bf16);
-        qg::awq_grouped_gemm(s, wsp, plan, out, &a, &aw, &al.rows(true, topk)).unwrap();
+        let aw = awq_operand(&d, e, n, k, g);
+        if gather {
+            let a = up(s, &[t, k], &x, DType::Bf16);
+            qg::awq_grouped_gemm(s, wsp, plan, out, &a, &aw, &al.rows(true, topk)).unwrap();
+        } else {
+            let sorted = al.sorted_ids.to_vec::<i32>(s).unwrap();
+            // Only the first num_tiles · bm sorted ids are written (the rest of the buffer is stale).
+            let used = al.num_tiles.to_vec::<i32>(s).unwrap()[0] as usize * plan.tile.bm();
+            let mut rows = vec![0f32; sorted.len() * k];
+            for (row, &id) in sorted.iter().enumerate().take(used).filter(|(_, &id)| id >= 0) {
+                let tok = id as usize / topk;
+                rows[row * k..(row + 1) * k].copy_from_slice(&x[tok * k..(tok + 1) * k]);
+            }
+            let a = up(s, &[sorted.len(), k], &rows, DType::Bf16);
+            qg::awq_grouped_gemm(s, wsp, plan, out, &a, &aw, &al.rows(false, 1)).unwrap();
+        }
     };
     check_grouped(
-        &format!("awq g{g} grouped"),
-        &TILES,
+        &format!("awq g{g} grouped gather {gather}"),
+        tiles,
         t,
         e,
         topk,
@@ -809,12 +868,12 @@ fn awq_grouped_cases() {
     let mut r = rng(31);
     for g in [64, 128] {
         let ids = distinct_ids(&mut r, 1, 64, 8);
-        check_awq_grouped(31, 1, 64, 8, 200, 1024, g, &ids);
+        check_awq_grouped(31, &TILES, true, 1, 64, 8, 200, 1024, g, &ids);
         let mut ids = distinct_ids(&mut r, 5, 16, 4);
         ids[1] = -1;
         ids[6] = 99;
-        check_awq_grouped(32, 5, 16, 4, 256, 512, g, &ids);
-        check_awq_grouped(33, 150, 6, 1, 136, 256, g, &[2i32; 150]);
+        check_awq_grouped(32, &TILES, true, 5, 16, 4, 256, 512, g, &ids);
+        check_awq_grouped(33, &TILES, true, 150, 6, 1, 136, 256, g, &[2i32; 150]);
     }
 }
 
@@ -828,7 +887,7 @@ proptest! {
         let g = if g128 { 128 } else { 64 };
         let mut r = rng(seed ^ 0xa3c);
         let ids = distinct_ids(&mut r, t, e, topk);
-        check_awq_grouped(seed, t, e, topk, n8 * 8, kg * g, g, &ids);
+        check_awq_grouped(seed, &TILES, true, t, e, topk, n8 * 8, kg * g, g, &ids);
     }
 }
 
@@ -976,4 +1035,74 @@ fn awq_moe_matches_the_reference() {
     check_awq_moe(52, 300, 8, 2, 128, 64, 64, &ids);
     let ids: Vec<i32> = distinct_ids(&mut r, 20, 6, 3).into_iter().map(|id| if id >= 4 { -1 } else { id }).collect();
     check_awq_moe(53, 20, 4, 3, 192, 64, 64, &ids);
+}
+
+// ---- AWQ on the small-M sm_90a entry (`awq_gemm_wgs_*`; the `wg2` process) -----------------------
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_awq_wgs_dense() {
+    awq_wgs_streams_present();
+    for g in [64, 128] {
+        // Token counts around the 16 / 64 tiles (65: the tiled plan, the wgs tiles forced: two M
+        // tiles); N = 200: a partial second 128-row tile (column groups 16..24 in, 25.. out);
+        // K = 1024: 8 blocks, split over CTAs (tiles meeting in the workspace).
+        for (i, m) in [1usize, 2, 15, 16, 17, 33, 63, 64, 65].into_iter().enumerate() {
+            check_awq_dense_tiles(150 + i as u64, m, 200, 1024, g, &AWQ_WGS);
+        }
+        // N % 16 == 8 (a warp's second column group past N).
+        check_awq_dense_tiles(160, 5, 136, 8 * g, g, &AWQ_WGS);
+    }
+    // G = 64 with K % 128 == 64 (the last block half past K: zero-filled words, activations, no
+    // zeros or scales read past K / G), K < 128, and a long K (112 blocks).
+    check_awq_dense_tiles(161, 3, 264, 448, 64, &AWQ_WGS);
+    check_awq_dense_tiles(162, 17, 128, 64, 64, &AWQ_WGS);
+    check_awq_dense_tiles(163, 9, 256, 14336, 128, &AWQ_WGS);
+    // V3 shapes at M = 1 and 64 (fused q_a + kv_a, expert down, kv_a's N = 576).
+    for (i, (m, n, k)) in [(1, 2112, 7168), (64, 2112, 7168), (1, 7168, 2048), (64, 7168, 2048), (16, 576, 7168)].into_iter().enumerate() {
+        for g in [64, 128] {
+            check_awq_dense_tiles(170 + i as u64, m, n, k, g, &AWQ_WGS);
+        }
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_awq_wgs_grouped_cases() {
+    awq_wgs_streams_present();
+    let mut r = rng(191);
+    for g in [64, 128] {
+        // One row per sorted row (the fused MoE gathers x first: the wgs tiles take no row ids).
+        // One token on 8 of 64 experts (most without a tile), partial N.
+        let ids = distinct_ids(&mut r, 1, 64, 8);
+        check_awq_grouped(191, &AWQ_WGS, false, 1, 64, 8, 200, 1024, g, &ids);
+        // 40 tokens on experts 0..5 of 8 (≈ 32 rows each: two 16-row tiles or one 64-row one),
+        // one pair on another rank's expert.
+        let mut ids = distinct_ids(&mut r, 40, 5, 4);
+        ids[3] = -1;
+        check_awq_grouped(192, &AWQ_WGS, false, 40, 8, 4, 256, 512, g, &ids);
+        // Every token on expert 2: several M tiles of one expert (the last partial), the others empty.
+        check_awq_grouped(193, &AWQ_WGS, false, 150, 6, 1, 136, 256, g, &[2i32; 150]);
+    }
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_awq_moe_default_plan() {
+    // awq_wgs_streams_present checks that the AWQ MoE plan takes the wgs tiles at ≤ 32 rows per
+    // active expert on the sm_90a streams; these layers run there on them (gather of the bf16 x
+    // rows, gate_up, SiLU·mul, down) and on the other variants' plans.
+    awq_wgs_streams_present();
+    let mut r = rng(251);
+    // 1 token, top-8 of 32 (wgs16); hidden 448 at G 64: a half block in gate_up's K.
+    let ids = distinct_ids(&mut r, 1, 32, 8);
+    check_awq_moe(251, 1, 32, 8, 448, 128, 64, &ids);
+    check_awq_moe(252, 1, 32, 8, 256, 128, 128, &ids);
+    // 20 tokens, top-3 of 4 (15 rows each: wgs64), some pairs on other ranks' experts.
+    let ids: Vec<i32> = distinct_ids(&mut r, 20, 6, 3).into_iter().map(|id| if id >= 4 { -1 } else { id }).collect();
+    check_awq_moe(253, 20, 4, 3, 256, 128, 128, &ids);
+    // 40 tokens, top-4 of 8 (20 rows each: wgs64), G 64 with hidden 448: a half block in gate_up's
+    // K and a partial 128-row tile in down's N.
+    let ids = distinct_ids(&mut r, 40, 8, 4);
+    check_awq_moe(254, 40, 8, 4, 448, 256, 64, &ids);
 }

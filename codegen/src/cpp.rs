@@ -13,9 +13,14 @@ pub trait Dialect {
         String::new()
     }
 
-    /// Attributes of an entry point that may run with up to `max_threads` threads.
-    fn launch_bounds(&self, max_threads: u32) -> String {
-        format!("__launch_bounds__({max_threads})")
+    /// Attributes of an entry point that may run with up to `max_threads` threads and wants at
+    /// least `min_blocks` of its blocks per SM (0: no such bound).
+    fn launch_bounds(&self, max_threads: u32, min_blocks: u32) -> String {
+        if min_blocks > 0 {
+            format!("__launch_bounds__({max_threads}, {min_blocks})")
+        } else {
+            format!("__launch_bounds__({max_threads})")
+        }
     }
 
     fn header(&self, family: &Family) -> String {
@@ -43,7 +48,7 @@ pub trait Dialect {
             "// {}: {}\nextern \"C\" __global__ void {} {}({}) {{\n{sync}  {}({});\n}}\n",
             inst.name,
             inst.spec.doc,
-            self.launch_bounds(inst.spec.max_threads),
+            self.launch_bounds(inst.spec.max_threads, inst.spec.min_blocks),
             inst.symbol,
             params.join(", "),
             inst.call,
@@ -82,9 +87,9 @@ impl Dialect for HipDialect {
         // hipcc/clang need the runtime header for __global__ & co.; hiprtc provides them built in.
         "#if !defined(__HIPCC_RTC__)\n#include <hip/hip_runtime.h>\n#endif\n".to_string()
     }
-    fn launch_bounds(&self, max_threads: u32) -> String {
+    fn launch_bounds(&self, max_threads: u32, _min_blocks: u32) -> String {
         // AMD: without it, the compiler assumes 1024 threads and may spill; with it, it may use
-        // more registers per thread.
+        // more registers per thread. (Its second bound is waves per EU, not CUDA's blocks per SM.)
         format!("__launch_bounds__({max_threads})")
     }
 }

@@ -221,6 +221,12 @@ pub struct KernelSpec {
     pub args: &'static [Arg],
     /// Upper bound of threads per block (emitted as launch bounds, checked at launch).
     pub max_threads: u32,
+    /// CUDA: minimum resident blocks per SM in the launch bounds (0: not emitted). The
+    /// warp-specialized sm_90a entries that move registers between warpgroups (setmaxnreg) need 1:
+    /// ptxas honours setmaxnreg only when the entry's register count is pinned (65536 /
+    /// max_threads) and otherwise warns C7508 ("setmaxnreg ignored") and may serialize the wgmma
+    /// (C7518). Not emitted for HIP (its second bound means waves per EU).
+    pub min_blocks: u32,
     pub archs: Archs,
     /// Where the entry waits for the previous kernel of its stream (programmatic dependent launch).
     pub pdl: Pdl,

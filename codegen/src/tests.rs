@@ -30,7 +30,12 @@ fn every_entry_emits_for_both_vendors() {
         for f in FAMILIES {
             let tu = d.translation_unit(f, &all);
             for i in all.iter().filter(|i| i.family == f.name) {
-                let entry = format!("void __launch_bounds__({}) {}(", i.spec.max_threads, i.symbol);
+                // CUDA adds the blocks-per-SM bound where the spec asks for one.
+                let bounds = match (vendor, i.spec.min_blocks) {
+                    (Vendor::Cuda, b) if b > 0 => format!("{}, {b}", i.spec.max_threads),
+                    _ => i.spec.max_threads.to_string(),
+                };
+                let entry = format!("void __launch_bounds__({bounds}) {}(", i.symbol);
                 // A kernel built only for the other vendor has no entry point here.
                 assert_eq!(tu.contains(&entry), i.spec.archs.has_vendor(vendor), "{vendor}: {} in {}", i.symbol, f.name);
                 assert_eq!(tu.contains(&format!("  {}(", i.call)), i.spec.archs.has_vendor(vendor));
@@ -132,6 +137,7 @@ fn manifest_errors_are_caught() {
         points: &[],
         args: &[],
         max_threads: 32,
+        min_blocks: 0,
         archs: Archs::ALL,
         pdl: Pdl::AtEntry,
         doc: "",
@@ -144,6 +150,7 @@ fn manifest_errors_are_caught() {
         points: &[],
         args: &[scalar("x", "bf16")],
         max_threads: 32,
+        min_blocks: 0,
         archs: Archs::ALL,
         pdl: Pdl::AtEntry,
         doc: "",

@@ -6,6 +6,10 @@
 //! It computes the block GEMMs' function with their scales, split-K workspace and grouped tiles, so
 //! it is one more tile of them: [`super::fp8_gemm::Fp8Tile::Wgs`], [`super::quant_gemm::QuantTile::Wgs`].
 //! Grouped launches need pre-sorted rows (the fused MoE gathers them first, as for v2).
+//!
+//! AWQ W4A16 runs on the same pipeline (kernels/awq_gemm_wgs.cuh, [`launch_awq_wgs`]): the
+//! `awq_repack`ed words dequantized in registers as the wgmma's A operand, 16 or 64 tokens as N;
+//! [`super::quant_gemm::QuantTile::Wgs`] for AWQ plans too.
 
 use super::fp8_gemm::{bad, launch_args, u32_of, Fp8Workspace, Operands, RawArg, DEFAULT_SMS};
 use super::registry;
@@ -59,6 +63,18 @@ impl WgsTile {
         }
     }
 
+    /// Dynamic shared memory of one AWQ CTA of group size `group` (mirrors `AwqWgsSmem<NT,
+    /// G>::BYTES`; one CTA per SM): per stage the 8 KB weight box, two token boxes of NT × 128
+    /// bytes and 128/G KB of {zero point, scale} per tile row and group; as many stages as fit
+    /// 192 KB (at most 16), 16 bytes of mbarriers per stage, two 8-byte flags, 1 KB to align the
+    /// base.
+    pub fn awq_smem_bytes(self, group: usize) -> u32 {
+        let stage = 8192 + self.nt() * 256;
+        let aux = (128 / group.max(1)) * 1024;
+        let stages = (196_608 / (stage + aux)).min(16);
+        (stages * (stage + aux) + 16 * stages + 16 + 1024) as u32
+    }
+
     /// Dynamic shared memory of one CTA (mirrors `WgsSmem<NT>::BYTES`): as many stages of the
     /// weight box (16 KB) and the token box (NT × 128 bytes) as fit 96 KB per CTA (two per SM) or
     /// 192 KB (one), their NT f32 scales, 2 mbarriers per stage, two 8-byte flags, 1 KB to align
@@ -83,6 +99,17 @@ pub fn wgs_enabled(s: &dyn GpuStream) -> bool {
     std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && wgs_available(s)
 }
 
+/// Whether the AWQ small-M entries can run on this stream (as [`wgs_available`]).
+pub fn awq_wgs_available(s: &dyn GpuStream) -> bool {
+    registry::kernel("awq_gemm_wgs_g128_n16").is_some_and(|k| registry::runs_on(s, k))
+}
+
+/// Whether the default AWQ plans take the small-M entries: [`awq_wgs_available`], unless
+/// `DSV3_GEMM_WGS=0` (the switch of the 8-bit ones).
+pub fn awq_wgs_enabled(s: &dyn GpuStream) -> bool {
+    std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && awq_wgs_available(s)
+}
+
 /// Launches the small-M entry `name` (FP8 or INT8: 1-byte operands) of tile `tile` on `o`: TMA
 /// maps of the rows ([rows, K], boxes of NT rows × 128 bytes) and of the weights ([E, N, K], 128 ×
 /// 128), the split-K workspace from `ws`, [`WgsTile::ctas_per_sm`] CTAs per SM (at most one per
@@ -90,6 +117,39 @@ pub fn wgs_enabled(s: &dyn GpuStream) -> bool {
 /// with [`Error::KernelUnavailable`] where the stream does not load the sm_90a cubin, and for
 /// gathered rows (the caller sorts them first).
 pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, o: &Operands) -> Result<()> {
+    let (k, n) = (o.k as u64, o.n as u64);
+    launch_wgs_with(s, ws, name, (tile.ctas_per_sm(), tile.smem_bytes()), o, || {
+        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
+        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
+        Ok((map_a, map_b))
+    })
+}
+
+/// Launches the AWQ small-M entry (`awq_gemm_wgs_g{G}_n{NT}`) of tile `tile` on `o`, whose `b` is
+/// the `awq_repack`ed qweight `[E, N/8, K/32, 32]` words, `a_scales` the qzeros and `b_scale` the
+/// f16 scales, `a` the bf16 rows: TMA maps of the words as bytes `[E, N/8, K/32, 128]` (box 128 ×
+/// 4 × 16: one 128-K block of a 128-row tile) and of the rows as bytes `[rows, 2K]` (box 128 ×
+/// NT), one CTA per SM, otherwise as [`launch_wgs`]. `group` ∈ {64, 128}, K % group == 0, N % 8
+/// == 0 (checked by the caller's `AwqWeight`).
+pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: WgsTile, group: usize, o: &Operands) -> Result<()> {
+    if !matches!(group, 64 | 128) {
+        return Err(bad(format!("awq_gemm: no small-M entry for group {group} (64 or 128)")));
+    }
+    let name = format!("awq_gemm_wgs_g{group}_n{}", tile.nt());
+    let (k, n) = (o.k as u64, o.n as u64);
+    launch_wgs_with(s, ws, &name, (1, tile.awq_smem_bytes(group)), o, || {
+        let dims = vec![128, k / 32, n / 8, o.experts as u64];
+        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims, strides: vec![128, 4 * k, n / 8 * 4 * k], box_dims: vec![128, 4, 16, 1] })?;
+        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![2 * k, o.a_rows as u64], strides: vec![2 * k], box_dims: vec![128, tile.nt() as u32] })?;
+        Ok((map_a, map_b))
+    })
+}
+
+/// The launch both kinds share: the kernel check, the split-K workspace, the grid (`per_sm.0`
+/// CTAs per SM of `per_sm.1` bytes of shared memory, at most one per 128-K block), the maps `maps`
+/// builds and the arguments (`o.a_scales` / `o.b_scale` are the AWQ zeros / scales for the AWQ
+/// entries).
+fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, per_sm: (usize, u32), o: &Operands, maps: impl FnOnce() -> Result<(TensorMap, TensorMap)>) -> Result<()> {
     let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if !registry::runs_on(s, kernel) {
         let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
@@ -104,13 +164,11 @@ pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, t
         return Ok(());
     }
     let (wsp, cnt) = ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)?;
-    let (k, n) = (o.k as u64, o.n as u64);
-    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
-    let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
+    let (map_a, map_b) = maps()?;
     let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
-    let grid = grid_for(blocks, tiles, sms, tile.ctas_per_sm());
-    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), tile.smem_bytes());
+    let grid = grid_for(blocks, tiles, sms, per_sm.0);
+    let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), per_sm.1);
     let mut args = [
         RawArg::Word(o.out),
         RawArg::Map(map_a),
@@ -174,5 +232,20 @@ mod tests {
         assert_eq!(grid_for(10, Some(10), 132, 2), 10);
         assert_eq!(grid_for(5000, None, 132, 2), 264);
         assert!(registry::kernel("int8_gemm_wgs_channel_n16").is_some());
+    }
+
+    #[test]
+    fn awq_tiles() {
+        // AwqWgsSmem<NT, G>::BYTES: NT 16: 14 / 13 stages of 12 KB + 1 / 2 KB; NT 64: 7 of 24 KB + 1 / 2 KB.
+        assert_eq!(WgsTile::N16.awq_smem_bytes(128), 187_632);
+        assert_eq!(WgsTile::N16.awq_smem_bytes(64), 187_616);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(128), 180_352);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(64), 187_520);
+        for g in [64, 128] {
+            for t in WgsTile::ALL {
+                assert!(t.awq_smem_bytes(g) <= 227 * 1024);
+                assert!(registry::kernel(&format!("awq_gemm_wgs_g{g}_n{}", t.nt())).is_some(), "{t:?} g{g}");
+            }
+        }
     }
 }

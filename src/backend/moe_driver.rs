@@ -104,14 +104,15 @@ pub(crate) trait ExpertGemms {
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: Self::Plan, out: u64, h: Operand, rows: &SortedRows) -> Result<()>;
 }
 
-/// `a` — quantized rows of `row_bytes` bytes (`dtype`) and `row_scales` f32 scales each — copied
-/// into the call's sorted row order (`moe_gather_rows`: row r = row `sorted[r] / topk`, zeros for
-/// padding), for grouped GEMMs that load whole A tiles by TMA (the sm_90a v2 kernels) instead of
-/// gathering rows: on the EP-8 shard at 4096 tokens the gathered gate_up ran at 625 TFLOPS against
-/// 910 for the down GEMM that reads its rows in place.
+/// `a` — rows of `row_bytes` bytes (elements of `dtype`: quantized codes, or AWQ's bf16) and
+/// `row_scales` f32 scales each (0: none) — copied into the call's sorted row order
+/// (`moe_gather_rows`: row r = row `sorted[r] / topk`, zeros for padding), for grouped GEMMs that
+/// load whole A tiles by TMA (the sm_90a v2 and small-M kernels) instead of gathering rows: on the
+/// EP-8 shard at 4096 tokens the gathered gate_up ran at 625 TFLOPS against 910 for the down GEMM
+/// that reads its rows in place.
 pub(crate) fn gather_sorted(s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, dtype: DType, row_bytes: usize, row_scales: usize) -> Result<Operand> {
     let m = rows.rows();
-    let data = wsp.buf(s, slot::X_SORTED, dtype, m * row_bytes)?;
+    let data = wsp.buf(s, slot::X_SORTED, dtype, (m * row_bytes).div_ceil(dtype.size()))?;
     let scales = wsp.buf(s, slot::X_SORTED_SCALES, DType::F32, m * row_scales)?;
     let mut v = [
         data,

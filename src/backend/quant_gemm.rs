@@ -23,6 +23,10 @@
 //! (see kernels/quant_gemm.cuh): one coalesced 128-byte read per warp, n tile and 32 K, and no
 //! shuffling in the kernel. The repack is a permutation of nibbles (same size); qzeros / scales stay
 //! as the checkpoint has them. K % G == 0 and N % 8 == 0.
+//! On an H100 / H200 stream that loads the sm_90a cubin, [`awq_plan_dense_for_stream`] (the plan
+//! of [`awq_gemm`]) takes the small-M wgmma entry for M ≤ 64 ([`QuantTile::Wgs`],
+//! kernels/awq_gemm_wgs.cuh: the same repacked words dequantized in registers as the wgmma's A
+//! operand, stream-K; GPU-unverified); `DSV3_GEMM_WGS=0` turns it off.
 //!
 //! Split-K (small M) adds partial tiles into an f32 workspace the kernels leave zeroed: hold one
 //! [`SplitKWorkspace`] (the FP8 GEMM's [`Fp8Workspace`]) per stream. Grouped (MoE) launches take
@@ -34,7 +38,7 @@ use super::fp8_gemm::{bad, launch_raw, launch_wg2, rows_cols, splits_for, u32_of
 use super::memory::DeviceTensor;
 use super::registry;
 use super::stream::GpuStream;
-use super::gemm_wgs::{launch_wgs, wgs_enabled, WgsTile};
+use super::gemm_wgs::{awq_wgs_enabled, launch_awq_wgs, launch_wgs, wgs_enabled, WgsTile};
 use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::Result;
@@ -104,8 +108,9 @@ pub enum QuantTile {
     /// (`int8_gemm_wgmma2_pair_*`; a launch with one M tile runs as `Wg2`). Not a default:
     /// measured 2–6% slower than `Wg2` at M = 4096 (docs/perf/quant_gemm.md).
     Wg2Pair,
-    /// INT8 only: the small-M sm_90a entry (`int8_gemm_wgs_*_n*`, [`super::gemm_wgs`]: weights as
-    /// the wgmma's 64-row operand, tokens as N, stream-K; the plan's splits are ignored).
+    /// The small-M sm_90a entries (`int8_gemm_wgs_*_n*`, `awq_gemm_wgs_g*_n*`,
+    /// [`super::gemm_wgs`]: weights as the wgmma's 64-row operand, tokens as N,
+    /// stream-K; the plan's splits are ignored).
     Wgs(WgsTile),
 }
 
@@ -267,6 +272,15 @@ pub fn int8_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usiz
 /// Tile and split for a dense AWQ GEMM (K tiles of 64).
 pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
     plan_quant_tile(QuantKernel::Awq, QuantTile::for_rows(m), m, n, k, sms)
+}
+
+/// The plan of a dense AWQ GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
+/// where [`awq_wgs_enabled`], else [`plan_awq`].
+pub fn awq_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
+    match WgsTile::for_rows(m) {
+        Some(t) if awq_wgs_enabled(s) => QuantPlan { tile: QuantTile::Wgs(t), splits: 1 },
+        _ => plan_awq(m, n, k, DEFAULT_SMS),
+    }
 }
 
 /// Plan of a grouped GEMM of `kernel` over `pairs` expert-sorted rows among `experts`: the tile
@@ -726,7 +740,8 @@ pub(super) fn awq_tiled(
     a_row_div: usize,
 ) -> Result<Tiled> {
     let name = match plan.tile {
-        QuantTile::Wg2 | QuantTile::Wg2Pair | QuantTile::Wgs(_) => return Err(bad("awq_gemm: the wg2 / wgs tiles are INT8 only".into())),
+        QuantTile::Wg2 | QuantTile::Wg2Pair => return Err(bad("awq_gemm: the wg2 tiles are INT8 only".into())),
+        QuantTile::Wgs(_) => return Err(bad("awq_gemm: the wgs tiles launch through launch_awq_wgs_rows".into())),
         QuantTile::Stream(t) => format!("stream_gemm_awq_t{}", t.bm()),
         tile => format!("awq_gemm_{}", tile.label()),
     };
@@ -784,11 +799,39 @@ pub fn awq_gemm_with(
             w.experts
         )));
     }
+    if let QuantTile::Wgs(t) = plan.tile {
+        return launch_awq_wgs_rows(s, ws, t, out.raw(), a.raw(), m, w, m, m.div_ceil(t.nt()), [0, 0]);
+    }
     let t = awq_tiled(s, plan, out.raw(), a.raw(), w, m.div_ceil(plan.tile.bm()), m, [0, 0, 0], 1)?;
     launch_tiled(s, ws, plan, t)
 }
 
-/// Dense AWQ GEMM, plan from the shape ([`plan_awq`]).
+/// An AWQ GEMM on the small-M wgmma entry of tile `t`: `out` [m, N] (bf16) from the `a_rows` bf16
+/// rows at `a` (row r read in place: dense, or already in sorted order), `m_tiles` M tiles;
+/// `tiles` = (tile_expert, num_tiles) of a grouped launch ((0, 0): dense).
+pub(super) fn launch_awq_wgs_rows(s: &dyn GpuStream, ws: &mut SplitKWorkspace, t: WgsTile, out: u64, a: u64, a_rows: usize, w: &AwqWeight, m: usize, m_tiles: usize, tiles: [u64; 2]) -> Result<()> {
+    let o = Operands {
+        out,
+        a,
+        a_scales: w.qzeros.raw(),
+        b: w.qweight.raw(),
+        b_scale: w.scales.raw(),
+        row_ids: 0,
+        tile_expert: tiles[0],
+        num_tiles: tiles[1],
+        m,
+        n: w.n,
+        k: w.k,
+        a_row_div: 1,
+        m_tiles,
+        ws_rows: m,
+        a_rows,
+        experts: w.experts,
+    };
+    launch_awq_wgs(s, ws, t, w.group, &o)
+}
+
+/// Dense AWQ GEMM, plan from the shape and the stream ([`awq_plan_dense_for_stream`]).
 pub fn awq_gemm(
     s: &dyn GpuStream,
     ws: &mut SplitKWorkspace,
@@ -797,11 +840,11 @@ pub fn awq_gemm(
     w: &AwqWeight,
 ) -> Result<()> {
     let (m, _) = rows_cols(a);
-    awq_gemm_with(s, ws, plan_awq(m, w.n, w.k, DEFAULT_SMS), out, a, w)
+    awq_gemm_with(s, ws, awq_plan_dense_for_stream(s, m, w.n, w.k), out, a, w)
 }
 
 /// Grouped AWQ GEMM over expert-sorted rows (`w.experts` stacked layers), rows as in
-/// [`int8_grouped_gemm`].
+/// [`int8_grouped_gemm`]; the wgs tiles read `a` row by row (no `row_ids`: sort the rows first).
 pub fn awq_grouped_gemm(
     s: &dyn GpuStream,
     ws: &mut SplitKWorkspace,
@@ -821,6 +864,13 @@ pub fn awq_grouped_gemm(
     }
     let max_rows = rows.max_tiles * plan.tile.bm();
     check_rows(rows, out, max_rows, w.n, "awq_grouped_gemm")?;
+    if let QuantTile::Wgs(t) = plan.tile {
+        if rows.row_ids.is_some() {
+            return Err(bad("awq_grouped_gemm: the wgs tiles read pre-sorted rows (no row_ids; gather them first)".into()));
+        }
+        let [_, te, nt] = rows.raw();
+        return launch_awq_wgs_rows(s, ws, t, out.raw(), a.raw(), rows_cols(a).0, w, max_rows, rows.max_tiles, [te, nt]);
+    }
     let t = awq_tiled(s, plan, out.raw(), a.raw(), w, rows.max_tiles, max_rows, rows.raw(), rows.a_row_div)?;
     launch_tiled(s, ws, plan, t)
 }

@@ -5,15 +5,16 @@
 //!   by `int8_act_quant`; grouped `int8_gemm` gate_up; `int8_silu_mul_quant` (SiLU·mul fused with
 //!   the down GEMM's quantization); grouped `int8_gemm` down.
 //! - AWQ (W4A16): x as is (bf16); grouped `awq_gemm` gate_up; `silu_mul` to bf16; grouped
-//!   `awq_gemm` down.
+//!   `awq_gemm` down. On sm_90a at ≤ 32 rows per active expert both GEMMs take the small-M wgmma
+//!   entry (`awq_gemm_wgs_*`), whose gate_up reads x's rows copied into sorted order first.
 #![allow(clippy::too_many_arguments, clippy::manual_is_multiple_of)]
 
 use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, DEFAULT_SMS};
 use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::fp8_gemm::Operands;
-use super::gemm_wgs::{wgs_enabled, WgsTile};
-use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, plan_grouped_tile, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile};
+use super::gemm_wgs::{awq_wgs_enabled, wgs_enabled, WgsTile};
+use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_awq_wgs_rows, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, plan_grouped_tile, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile};
 use super::stream::GpuStream;
 use super::types::*;
 use crate::error::Result;
@@ -149,7 +150,15 @@ impl MoeAwqWeights<'_> {
         Ok((e, h, i))
     }
 
+    /// `out` [rows, n] = a · W[e] over the sorted rows; row r reads activation row `sorted[r] /
+    /// topk` when `gather` (x), row r otherwise (sorted x, or h). The wgs tiles take no gather.
     fn gemm(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, w: &AwqWeight, rows: &SortedRows, gather: bool) -> Result<()> {
+        if let QuantTile::Wgs(t) = plan.tile {
+            if gather {
+                return Err(bad("awq_moe: the wgs tiles read pre-sorted rows (sort_operand first)".into()));
+            }
+            return launch_awq_wgs_rows(s, ws, t, out, a.data, rows.rows(), w, rows.rows(), rows.max_tiles, [rows.tile_expert, rows.num_tiles]);
+        }
         let r = [if gather { rows.sorted } else { 0 }, rows.tile_expert, rows.num_tiles];
         let t = awq_tiled(s, plan, out, a.data, w, rows.max_tiles, rows.rows(), r, if gather { rows.topk } else { 1 })?;
         launch_tiled(s, ws, plan, t)
@@ -167,8 +176,14 @@ impl ExpertGemms for MoeAwqWeights<'_> {
         MoeAwqWeights::dims(self)
     }
 
-    fn plan(&self, _s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
+    /// The small-M wgmma entry where [`awq_moe_wgs_tile`] takes it, else [`plan_grouped`].
+    fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeAwqWeights::dims(self)?;
+        if let Some(t) = awq_moe_wgs_tile(s, pairs, e) {
+            let plan = QuantPlan { tile: QuantTile::Wgs(t), splits: 1 };
+            let (_, max_tiles) = plan_grouped_tile(QuantKernel::Awq, plan.tile, pairs, e, 2 * i, h, DEFAULT_SMS);
+            return Ok(MoePlan { bm: t.nt(), max_tiles, gate_up: plan, down: plan });
+        }
         Ok(plans(QuantKernel::Awq, pairs, e, h, i))
     }
 
@@ -176,8 +191,17 @@ impl ExpertGemms for MoeAwqWeights<'_> {
         Ok(Operand::new(x.raw(), 0))
     }
 
+    /// The wgs tiles read whole row tiles by TMA: x's bf16 rows copied into sorted order.
+    fn sort_operand(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, a: Operand, rows: &SortedRows, plan: QuantPlan) -> Result<Operand> {
+        if !plan.tile.reads_sorted_rows() {
+            return Ok(a);
+        }
+        let (_, h, _) = MoeAwqWeights::dims(self)?;
+        gather_sorted(s, wsp, a, rows, DType::Bf16, h * DType::Bf16.size(), 0)
+    }
+
     fn gate_up(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, a: Operand, rows: &SortedRows) -> Result<()> {
-        self.gemm(s, ws, plan, out, a, &self.w13, rows, true)
+        self.gemm(s, ws, plan, out, a, &self.w13, rows, !a.sorted)
     }
 
     fn silu_mul(&self, s: &dyn GpuStream, wsp: &mut FusedMoeWorkspace, gate_up: u64, rows: &SortedRows) -> Result<Operand> {
@@ -194,6 +218,14 @@ impl ExpertGemms for MoeAwqWeights<'_> {
     fn down(&self, s: &dyn GpuStream, ws: &mut Fp8Workspace, plan: QuantPlan, out: u64, h: Operand, rows: &SortedRows) -> Result<()> {
         self.gemm(s, ws, plan, out, h, &self.w2, rows, false)
     }
+}
+
+/// The small-M wgmma tile of [`awq_moe`]'s plan for `pairs` (token, expert) pairs over `experts`
+/// on this stream: [`WgsTile::for_expert_rows`] of the mean rows per active expert (≤ 32 rows:
+/// room for twice the mean in 64) where [`awq_wgs_enabled`]; `None`: the grouped plans of
+/// [`plan_grouped`].
+pub fn awq_moe_wgs_tile(s: &dyn GpuStream, pairs: usize, experts: usize) -> Option<WgsTile> {
+    WgsTile::for_expert_rows(pairs.div_ceil(experts.min(pairs).max(1))).filter(|_| awq_wgs_enabled(s))
 }
 
 /// Routed experts of one MoE layer on the INT8 grouped GEMMs: as [`super::fp8_gemm::fused_moe`]

@@ -131,6 +131,14 @@ DSV3_DEV void bulk_load(u32 dst, const void* src, u32 bytes, u32 bar) {
                : "memory");
 }
 
+DSV3_DEV void tma_load_4d(u32 dst, const TmaMap& m, u32 bar, i32 c0, i32 c1, i32 c2, i32 c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, "
+      "%6}], [%2];" ::"r"(dst),
+      "l"(&m), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+
 // tma_load_3d into every CTA of the cluster whose bit is set in `mask`: the box lands at offset
 // `dst` of each of their shared memories and completes its bytes on the mbarrier at offset `bar`
 // of each.
@@ -304,6 +312,22 @@ DSV3_WGMMA_S8(16, 8, 9, 10)
 DSV3_WGMMA_S8(64, 32, 33, 34)
 DSV3_WGMMA_S8(128, 64, 65, 66)
 
+// d = a · b (ACC false) or d += a · b (ACC true) with A from registers: a 64×16 bf16 tile whose
+// warp w's 16 rows are the mma.sync m16n8k16 A fragment in `a` (rows 16w + lane/4 and + 8, k
+// 2(lane%4) + {0, 1} and + 8), b N×16 bf16 K-major (descriptor db), d 64×N f32 (R = N / 2 per
+// thread). The registers of `a` must not change until the group retires (wgmma_wait). R4, R5 =
+// R + 4, R + 5 (the descriptor's and the flag's placeholders).
+#define DSV3_WGMMA_BF16_RS(N, R, R1, R2, R3, R4, R5)                                                              \
+  template <bool ACC> DSV3_DEV void wgmma_m64n##N##k16_bf16_rs(float (&d)[R], const u32 (&a)[4], u64 db) {        \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #R5 ", 0;\n"                                                  \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" DSV3_WG_PH##R "}, {%" #R ", %" #R1 \
+                 ", %" #R2 ", %" #R3 "}, %" #R4 ", p, 1, 1, 0;\n}\n"                                                 \
+                 : DSV3_WG_OP##R(DSV3_WG_F, d, 0)                                                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(ACC ? 1 : 0));                       \
+  }
+DSV3_WGMMA_BF16_RS(16, 8, 9, 10, 11, 12, 13)
+DSV3_WGMMA_BF16_RS(64, 32, 33, 34, 35, 36, 37)
+
 // The steps above by token count N (16, 64 or 128) as a template parameter.
 template <int N, bool ACC> DSV3_DEV void wgmma_e4m3_n(float (&d)[N / 2], u64 da, u64 db) {
   static_assert(N == 16 || N == 64 || N == 128, "wgmma_e4m3_n: N is 16, 64 or 128");
@@ -323,6 +347,15 @@ template <int N> DSV3_DEV void wgmma_s8_n(i32 (&d)[N / 2], u64 da, u64 db, u32 a
     wgmma_m64n64k32_s8(d, da, db, accumulate);
   } else {
     wgmma_m64n128k32_s8(d, da, db, accumulate);
+  }
+}
+
+template <int N, bool ACC> DSV3_DEV void wgmma_bf16_rs_n(float (&d)[N / 2], const u32 (&a)[4], u64 db) {
+  static_assert(N == 16 || N == 64, "wgmma_bf16_rs_n: N is 16 or 64");
+  if constexpr (N == 16) {
+    wgmma_m64n16k16_bf16_rs<ACC>(d, a, db);
+  } else {
+    wgmma_m64n64k16_bf16_rs<ACC>(d, a, db);
   }
 }
 
