@@ -63,7 +63,7 @@
 
 namespace dsv3 {
 
-// Shared memory (src/backend/gemm_wgs.rs `awq_wgs_smem_bytes` mirrors BYTES): per stage an 8 KB
+// Shared memory (src/backend/gemm_wgs.rs `WgsTile::awq_smem_bytes` mirrors BYTES): per stage an 8 KB
 // weight box, 2 · NT · 128 bytes of tokens and 128/G KB of {zneg, scale}; as many stages as fit
 // 192 KB, at most 16 (NT 16: 14 / 13 at G 128 / 64; NT 64: 7).
 template <int NT, int G> struct AwqWgsSmem
