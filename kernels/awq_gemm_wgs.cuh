@@ -26,9 +26,10 @@
 // - Per group g of the block (128 / G of them) and tile row p: {zneg, scale} (8 bytes) written by
 //   producer thread p: zneg = bf16x2 of −(128 + z) (awq_zneg), scale = f32 of the f16 s (0 past
 //   N or K). Loaded one block ahead, so their latency does not pace the producer.
-// Producer warpgroup (40 registers): per block, waits `empty`, writes its row's {zneg, scale},
-// thread 0 issues the three boxes (8 KB + 2 · NT · 128 bytes on `full`; as in gemm_wgs, the
-// weights of the range's first STAGES blocks before the grid dependency wait), the others arrive.
+// Producer warpgroup (40 registers): per block, waits `empty`, thread 0 issues the three boxes
+// (8 KB + 2 · NT · 128 bytes expected on `full`; as in gemm_wgs, the weights of the range's first
+// STAGES blocks before the grid dependency wait), then every thread writes its row's {zneg,
+// scale} and arrives.
 //
 // Consumer warpgroup w (232 registers: setmaxnreg, one CTA per SM) owns tile rows [64w, 64w +
 // 64); its warp wi rows 16wi + {lane/4, + 8} =
@@ -86,8 +87,9 @@ DSV3_DEV void awq_wgs_load_weights(const AwqWgsCtx<NT, G>& c, const TmaMap& mb, 
 }
 
 // Thread 0, before the grid dependency wait (as wgs_prefetch_weights): the weight boxes of the
-// range's first STAGES blocks, each stage's `full` barrier expecting the whole stage. Returns how
-// many it issued.
+// range's first STAGES blocks, each stage's `full` barrier expecting the whole stage's bytes.
+// Unlike wgs_prefetch_weights it does not arrive: thread 0 also writes a row of zeros / scales
+// into the stage, and arrives after that (awq_wgs_produce). Returns how many it issued.
 template <int NT, int G>
 DSV3_DEV u32 awq_wgs_prefetch_weights(const AwqWgsCtx<NT, G>& c, const TmaMap& mb) {
   using S = AwqWgsSmem<NT, G>;
@@ -95,7 +97,7 @@ DSV3_DEV u32 awq_wgs_prefetch_weights(const AwqWgsCtx<NT, G>& c, const TmaMap& m
   for (u32 u = c.begin; u < c.end && n < S::STAGES;) {
     const WgsSeg sg = c.seg(u);
     for (u32 kb = sg.kb0; kb < sg.kb1 && n < S::STAGES; ++kb, ++n) {
-      mbar_arrive_expect_tx(c.full(n), S::STAGE);
+      mbar_expect_tx(c.full(n), S::STAGE);
       awq_wgs_load_weights(c, mb, n, kb, sg.nt, c.expert(sg.mt));
     }
     u += sg.kb1 - sg.kb0;
@@ -103,8 +105,11 @@ DSV3_DEV u32 awq_wgs_prefetch_weights(const AwqWgsCtx<NT, G>& c, const TmaMap& m
   return n;
 }
 
-// Producer warpgroup: thread p writes tile row p's {zneg, scale} per group of each block, thread
-// 0 issues the TMA boxes (the weights of the first `pre` blocks are already on their way).
+// Producer warpgroup: thread p writes tile row p's {zneg, scale} per group of each block and then
+// arrives on the stage's `full` barrier; thread 0 first issues the TMA boxes (the weights of the
+// first `pre` blocks are already on their way), so that the copies do not wait for its row's
+// zero / scale loads (at a segment's first block a global round trip; gemm_wgs measured that
+// stall on its scale writer, hence its writers are off thread 0).
 template <int NT, int G>
 DSV3_DEV void awq_wgs_produce(const AwqWgsCtx<NT, G>& c, const TmaMap& ma, const TmaMap& mb, const u32* qzeros,
                               const f16* scales, u32 pre) {
@@ -143,21 +148,20 @@ DSV3_DEV void awq_wgs_produce(const AwqWgsCtx<NT, G>& c, const TmaMap& ma, const
       }
       if (kb + 1 < sg.kb1) load(kb + 1);
       mbar_wait(c.empty(stage), phase ^ 1);
-      u32* aux = reinterpret_cast<u32*>(c.aux(stage));
-#pragma unroll
-      for (u32 h = 0; h < GB; ++h)
-        *reinterpret_cast<uint2*>(aux + 2 * (h * 128 + p)) = make_uint2(zn[h], __float_as_uint(sv[h]));
       if (p == 0) {
         const u32 t_dst = c.base + stage * S::STAGE + S::W_TILE;
         if (i >= pre) {
-          mbar_arrive_expect_tx(c.full(stage), S::STAGE);
+          mbar_expect_tx(c.full(stage), S::STAGE);
           awq_wgs_load_weights(c, mb, stage, kb, sg.nt, expert);
         }
         tma_load_2d(t_dst, ma, c.full(stage), (i32)(kb * 256), (i32)m0);
         tma_load_2d(t_dst + NT * 128, ma, c.full(stage), (i32)(kb * 256 + 128), (i32)m0);
-      } else {
-        mbar_arrive(c.full(stage));
       }
+      u32* aux = reinterpret_cast<u32*>(c.aux(stage));
+#pragma unroll
+      for (u32 h = 0; h < GB; ++h)
+        *reinterpret_cast<uint2*>(aux + 2 * (h * 128 + p)) = make_uint2(zn[h], __float_as_uint(sv[h]));
+      mbar_arrive(c.full(stage));  // after this thread's row: the consumers read it once the phase completes
       c.advance(stage, phase);
     }
     u += sg.kb1 - sg.kb0;

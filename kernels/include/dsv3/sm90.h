@@ -51,6 +51,11 @@ DSV3_DEV void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
   asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}" ::"r"(bar), "r"(bytes)
                : "memory");
 }
+// Adds `bytes` to the transaction count the current phase waits for, without arriving (the
+// thread arrives later, e.g. after its own shared-memory writes of the stage).
+DSV3_DEV void mbar_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
 // One arrival on `bar` once this thread's cp.async copies issued so far have landed (.noinc: the
 // barrier's expected count must include these arrivals).
 DSV3_DEV void mbar_arrive_cp_async(u32 bar) {
