@@ -29,8 +29,8 @@
 //   (p < NT) writes token p's scale of the block into the stage (FP8 / block INT8 s_a[row, kb]·s_w[nb, kb],
 //   channel INT8 s_a[row]). Tokens past the rows (and K past the end) arrive as zeros.
 // - Consumer warpgroup w owns weight rows [64 w, 64 w + 64) of the tile: per block 4 ×
-//   wgmma.m64nNTk32 into one of two partial sets (block i into set i % 2: block i + 1's MMAs are
-//   issued before waiting for block i's), promoted by the column (token) scales into the total.
+//   wgmma.m64nNTk32 into a fresh partial, waited for, promoted by the column (token) scales into
+//   the total (the other warpgroup's and, at 16 tokens, the SM's second CTA's MMAs overlap it).
 //   Channel INT8 does the same with its constant per-token scale (a block's s32 sum is exact in
 //   f32) and multiplies the row's s_w[n] in at the flush.
 // - Flush: fragment (row n, token t) goes straight to out[t, n] (2-byte stores: the output is
@@ -41,7 +41,7 @@
 // barriers expect the whole stage); the tokens, scales, workspace and output are touched only after
 // every thread's griddepcontrol.wait.
 //
-// NT = 16: 5 stages (93.6 KB) and ~40 registers per thread, two CTAs per SM (the host's grid);
+// NT = 16: 5 stages (93.6 KB) and ~51 registers per thread, two CTAs per SM (the host's grid);
 // NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.
@@ -89,11 +89,6 @@ template <int NT> struct WgsE4m3 : Wg2E4m3 {
 template <int NT, int MODE> struct WgsS8 : Wg2S8<MODE> {
   static constexpr bool ROW_SCALED = MODE == int8_channel;
   template <bool ACC> DSV3_DEV static void mma(i32 (&d)[NT / 2], u64 da, u64 db) { wgmma_s8_n<NT>(d, da, db, ACC); }
-};
-
-// Partial set B of the consumers' two (a compile-time index: the sets live in registers).
-template <int B> struct WgsSet {
-  static constexpr int value = B;
 };
 
 // One segment of a CTA's range: blocks [kb0, kb1) of tile `tile` = (mt, nt).
@@ -269,82 +264,53 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
   if (npend > 1 && c.flags()[1] != 0) finish(pend1);
 }
 
-// Consumer warpgroups (threads 128..383).
+// Consumer warpgroups (threads 128..383): per block, wait for its stage, 4 k32 steps, wait for
+// them, promote by the stage's scales of this thread's token columns 8j + 2q + {0, 1}, hand the
+// stage back; flush at a segment's end. Nothing is in flight across a branch: at a control-flow
+// join with a wgmma in flight ptxas serializes every wgmma of the kernel (C7518; a second partial
+// set issued ahead came out serialized, docs/perf/fp8_gemm.md). The tensor pipe is kept busy by
+// the other warpgroup and, at 16 tokens, the SM's second CTA.
 template <class Op, int NT>
 DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   using S = WgsSmem<NT>;
   using Acc = typename Op::Acc;
   constexpr int R = NT / 2;
   const u32 t = tid() - 128, w = t / 128, ln = t % 32, q = ln % 4;
-  const u32 blocks = c.end - c.begin;
-  if (blocks == 0) return;
-  u32 is = 0, ip = 0, rs = 0, rp = 0;  // stage / phase of the next block to issue, to retire
-  Acc acc[2][R];
+  if (c.begin >= c.end) return;
+  u32 stage = 0, phase = 0;
+  Acc acc[R];
   float tot[R];
-
-  // Waits for the next block's stage and issues its 4 k32 steps into partial set B.
-  auto issue = [&](auto set) {
-    constexpr int B = decltype(set)::value;
-    mbar_wait(c.full(is), ip);
-    const u32 st = c.base + is * S::STAGE;
-    const u64 da = wgmma_desc_sw128(st + w * 64 * 128), db = wgmma_desc_sw128(st + S::W_TILE);
-    wgmma_fence();
-    Op::template mma<false>(acc[B], da, db);
-#pragma unroll
-    for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc[B], da + 2 * ks, db + 2 * ks);
-    wgmma_commit();
-    wgmma_pin(acc[B]);
-    c.advance(is, ip);
-  };
-  // Partial set B (the block in stage rs) has completed: promote it by the stage's scales of this
-  // thread's token columns 8j + 2q + {0, 1}, then hand the stage back.
-  auto retire = [&](auto set) {
-    constexpr int B = decltype(set)::value;
-    wgmma_pin(acc[B]);
-    const float* sp = c.scales(rs);
-#pragma unroll
-    for (int j = 0; j < NT / 8; ++j) {
-      const float2 v = *reinterpret_cast<const float2*>(sp + 8 * j + 2 * q);
-#pragma unroll
-      for (int i = 4 * j; i < 4 * j + 4; ++i) tot[i] = fmaf(Op::to_f32(acc[B][i]), i % 2 ? v.y : v.x, tot[i]);
-    }
-    __syncwarp();
-    if (ln == 0) mbar_arrive(c.empty(rs));
-    c.advance(rs, rp);
-  };
-  using Set0 = WgsSet<0>;
-  using Set1 = WgsSet<1>;
-
-  WgsSeg pend0, pend1;
+  WgsSeg pend0, pend1;  // split-K state (wgs_flush / wgs_finish)
   u32 npend = 0, count0 = 0, count1 = 0;
-
-  // Block i runs in set i % 2; the loop is unrolled by two so that each set's registers are
-  // named statically (with a run-time set ptxas waits for every wgmma before touching either).
-  WgsSeg sg = c.seg(c.begin);
-  u32 u = c.begin;  // first block of `sg`
-  auto step = [&](auto set, u32 i) {
-    constexpr int B = decltype(set)::value;
-    if (i + 1 < blocks) {
-      issue(WgsSet<1 - B>{});  // block i + 1's MMAs are queued before block i's are waited for
-      wgmma_wait<1>();
-    } else {
-      wgmma_wait<0>();
-    }
-    retire(set);
-    if (c.begin + i + 1 < u + (sg.kb1 - sg.kb0)) return;
-    // The segment's last block: flush it, move to the next.
-    wgs_flush<Op, NT>(c, sg, t, tot, pend0, pend1, npend, count0, count1);
-    u += sg.kb1 - sg.kb0;
-    if (u < c.end) sg = c.seg(u);
+  for (u32 u = c.begin; u < c.end;) {
+    const WgsSeg sg = c.seg(u);
 #pragma unroll
     for (int r = 0; r < R; ++r) tot[r] = 0.0f;
-  };
+    for (u32 kb = sg.kb0; kb < sg.kb1; ++kb) {
+      mbar_wait(c.full(stage), phase);
+      const u32 st = c.base + stage * S::STAGE;
+      const u64 da = wgmma_desc_sw128(st + w * 64 * 128), db = wgmma_desc_sw128(st + S::W_TILE);
+      wgmma_fence();
+      Op::template mma<false>(acc, da, db);
 #pragma unroll
-  for (int r = 0; r < R; ++r) tot[r] = 0.0f;
-  issue(Set0{});
-  for (u32 i = 0; i < blocks; i += 2) {
-    step(Set0{}, i);
-    if (i + 1 < blocks) step(Set1{}, i + 1);
+      for (int ks = 1; ks < 4; ++ks) Op::template mma<true>(acc, da + 2 * ks, db + 2 * ks);
+      wgmma_commit();
+      wgmma_pin(acc);
+      wgmma_wait<0>();
+      wgmma_pin(acc);
+      const float* sp = c.scales(stage);
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) {
+        const float2 v = *reinterpret_cast<const float2*>(sp + 8 * j + 2 * q);
+#pragma unroll
+        for (int i = 4 * j; i < 4 * j + 4; ++i) tot[i] = fmaf(Op::to_f32(acc[i]), i % 2 ? v.y : v.x, tot[i]);
+      }
+      __syncwarp();
+      mbar_arrive_if(c.empty(stage), ln == 0);
+      c.advance(stage, phase);
+    }
+    wgs_flush<Op, NT>(c, sg, t, tot, pend0, pend1, npend, count0, count1);
+    u += sg.kb1 - sg.kb0;
   }
   wgs_finish<Op, NT>(c, t, pend0, pend1, npend, count0, count1);
 }

@@ -54,7 +54,7 @@ impl WgsTile {
         WgsTile::for_rows(2 * mean_rows.max(1))
     }
 
-    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 66–71
+    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes ~51
     /// registers and 93.6 KB, so two fit; the 64-token one ~148 registers × 384 threads.
     pub fn ctas_per_sm(self) -> usize {
         match self {

@@ -45,6 +45,13 @@ DSV3_DEV void mbar_init_fence() {
 DSV3_DEV void mbar_arrive(u32 bar) {
   asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar) : "memory");
 }
+// One arrival on `bar` by the threads where `pred` holds, as a predicated instruction: no branch,
+// so a warpgroup with a wgmma in flight does not diverge (ptxas then serializes the wgmma, C7518).
+DSV3_DEV void mbar_arrive_if(u32 bar, bool pred) {
+  asm volatile("{\n.reg .pred p;\n.reg .b64 st;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 st, [%0];\n}" ::"r"(bar),
+               "r"((u32)pred)
+               : "memory");
+}
 // Arrives and adds `bytes` to the transaction count the phase waits for (the TMA copies that
 // signal this barrier complete them).
 DSV3_DEV void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
