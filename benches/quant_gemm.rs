@@ -138,16 +138,17 @@ fn for_stream(s: &dyn GpuStream, kernel: QuantKernel, plan: QuantPlan) -> QuantP
     }
 }
 
-/// The dense rows of one shape: the default plan (`kind`), and for the comparison the kernel the
-/// other side of the streaming threshold (`{kind}-mma` / `{kind}-st`) or the mma.sync kernel where
-/// the default is the v2 tile (`{kind}-mma`).
-fn dense_plans(s: &dyn GpuStream, kind: &str, kernel: QuantKernel, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
+/// The dense rows of one shape (INT8 of `scheme`, AWQ for `None`): the default plan (`kind`), and
+/// for the comparison the kernel the other side of the streaming threshold (`{kind}-mma` /
+/// `{kind}-st`) or the mma.sync kernel where the default is the v2 tile (`{kind}-mma`).
+fn dense_plans(s: &dyn GpuStream, kind: &str, scheme: Option<Int8Scheme>, m: usize, n: usize, k: usize) -> Vec<(String, QuantPlan)> {
+    let kernel = if scheme.is_some() { QuantKernel::Int8 } else { QuantKernel::Awq };
     let plan = |tile| qg::plan_quant_tile(kernel, tile, m, n, k, qg::DEFAULT_SMS);
     let raw = plan(QuantTile::for_rows(m));
     let old = for_stream(s, kernel, raw);
-    let default = match kernel {
-        QuantKernel::Int8 => qg::int8_plan_dense_for_stream(s, m, n, k),
-        QuantKernel::Awq => qg::awq_plan_dense_for_stream(s, m, n, k),
+    let default = match scheme {
+        Some(scheme) => qg::int8_plan_dense_for_stream(s, scheme, m, n, k),
+        None => qg::awq_plan_dense_for_stream(s, m, n, k),
     };
     let mut v = vec![(kind.to_string(), default)];
     if default != old {
@@ -278,7 +279,7 @@ fn main() {
 
     // INT8 dense.
     for scheme in Int8Scheme::ALL {
-        dense_int8(&s, &mut ws, copy, scheme, &[1, 16, 32, 64, 128, 4096], &|m, n, k| dense_plans(&s, scheme_kind(scheme), QuantKernel::Int8, m, n, k));
+        dense_int8(&s, &mut ws, copy, scheme, &[1, 16, 32, 64, 128, 4096], &|m, n, k| dense_plans(&s, scheme_kind(scheme), Some(scheme), m, n, k));
     }
 
     // AWQ decode (group 128).
@@ -288,7 +289,7 @@ fn main() {
         for m in listed(&[1, 16, 32, 64]) {
             let a = random_f(&s, DType::Bf16, &[m, k], -1.0, 1.0, 9);
             let out = DeviceTensor::empty(&s, DType::Bf16, &[m, n]).unwrap();
-            for (kind, plan) in dense_plans(&s, "awq", QuantKernel::Awq, m, n, k) {
+            for (kind, plan) in dense_plans(&s, "awq", None, m, n, k) {
                 let us = time_us(&s, |i| {
                     let (qw, qz, sc) = &layers[i % nc];
                     let w = AwqWeight { qweight: qw, qzeros: qz, scales: sc, experts: 1, n, k, group: 128 };

@@ -169,19 +169,21 @@ fn int8_wg2_streams_present() {
 }
 
 /// The AWQ wgs entries run only on streams that load their sm_90a cubin: fails loudly when none
-/// does, checks that the default plans take them there (dense M ≤ 64, MoE ≤ 32 rows per active
-/// expert) and that the other variants refuse them with a typed error.
+/// does, checks that the default plans take them there (dense 9–64 rows, MoE 16–32 rows per active
+/// expert: `gemm_wgs::dense_tile` / `moe_tile`) and that the other variants refuse them with a
+/// typed error.
 fn awq_wgs_streams_present() {
     let mut ok = 0;
     for (v, s) in streams() {
         let s: &dyn GpuStream = s;
         if awq_wgs_available(s) {
             assert!(awq_wgs_enabled(s), "{v}: DSV3_GEMM_WGS=0 keeps the default plans off the wgs tiles");
-            for (m, tile) in [(1, WgsTile::N16), (16, WgsTile::N16), (17, WgsTile::N64), (64, WgsTile::N64)] {
+            for (m, tile) in [(9, WgsTile::N16), (16, WgsTile::N16), (17, WgsTile::N64), (64, WgsTile::N64)] {
                 assert_eq!(qg::awq_plan_dense_for_stream(s, m, 2112, 7168).tile, QuantTile::Wgs(tile), "{v} m{m}");
             }
+            assert_eq!(qg::awq_plan_dense_for_stream(s, 1, 2112, 7168).tile, QuantTile::STREAM[0], "{v}");
             assert_eq!(qg::awq_plan_dense_for_stream(s, 65, 2112, 7168).tile, QuantTile::Bm128, "{v}");
-            assert_eq!(awq_moe_wgs_tile(s, 8, 32), Some(WgsTile::N16), "{v}: 1 token, top-8 of 32");
+            assert_eq!(awq_moe_wgs_tile(s, 8, 32), None, "{v}: 1 token, top-8 of 32");
             assert_eq!(awq_moe_wgs_tile(s, 160, 8), Some(WgsTile::N64), "{v}: 20 rows per expert");
             assert_eq!(awq_moe_wgs_tile(s, 400, 8), None, "{v}: 50 rows per expert");
             ok += 1;

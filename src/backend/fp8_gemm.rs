@@ -25,7 +25,7 @@ use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::registry;
 use super::stream::GpuStream;
-use super::gemm_wgs::{launch_wgs, wgs_enabled, WgsTile};
+use super::gemm_wgs::{self, launch_wgs, wgs_enabled, WgsFormat, WgsTile};
 use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::{Error, Result};
@@ -250,10 +250,11 @@ pub fn plan_for_stream(s: &dyn GpuStream, f8: DType, plan: Fp8Plan) -> Fp8Plan {
     }
 }
 
-/// The plan of a dense FP8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
-/// where [`wgs_enabled`] (e4m3fn), else [`plan_dense`] adapted by [`plan_for_stream`].
+/// The plan of a dense FP8 GEMM of `m` rows on this stream: the small-M wgmma entry where
+/// [`gemm_wgs::dense_tile`] takes it and [`wgs_enabled`] (e4m3fn), else [`plan_dense`] adapted by
+/// [`plan_for_stream`].
 pub fn plan_dense_for_stream(s: &dyn GpuStream, f8: DType, m: usize, n: usize, k: usize) -> Fp8Plan {
-    match WgsTile::for_rows(m) {
+    match gemm_wgs::dense_tile(WgsFormat::Fp8, m, n, k, s.sm_count().unwrap_or(DEFAULT_SMS)) {
         Some(t) if f8 == DType::E4m3fn && wgs_enabled(s) => Fp8Plan { tile: Fp8Tile::Wgs(t), splits: 1 },
         _ => plan_for_stream(s, f8, plan_dense(m, n, k, DEFAULT_SMS)),
     }
@@ -740,10 +741,10 @@ pub fn plan_moe_tile(tile: Fp8Tile, pairs: usize, experts: usize, hidden: usize,
 }
 
 /// The small-M entry's tile for a fused MoE of `pairs` (token, expert) pairs over `experts` on this
-/// stream, where it takes them (e4m3fn, [`wgs_enabled`], few rows per active expert:
-/// [`WgsTile::for_expert_rows`]); `None`: [`plan_moe`]'s tiles.
+/// stream, where it takes them (e4m3fn, [`wgs_enabled`], [`gemm_wgs::moe_tile`]); `None`:
+/// [`plan_moe`]'s tiles.
 pub fn moe_wgs_tile(s: &dyn GpuStream, f8: DType, pairs: usize, experts: usize) -> Option<Fp8Tile> {
-    let t = WgsTile::for_expert_rows(pairs.div_ceil(experts.min(pairs).max(1)))?;
+    let t = gemm_wgs::moe_tile(WgsFormat::Fp8, pairs, experts)?;
     (f8 == DType::E4m3fn && wgs_enabled(s)).then_some(Fp8Tile::Wgs(t))
 }
 

@@ -110,6 +110,55 @@ pub fn awq_wgs_enabled(s: &dyn GpuStream) -> bool {
     std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && awq_wgs_available(s)
 }
 
+/// The weight formats of the small-M entries (their measured crossovers with the older kernels
+/// differ).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WgsFormat {
+    Fp8,
+    Int8Block,
+    Int8Channel,
+    Awq,
+}
+
+/// The small-M tile the default plans take for a dense `[m, k] · [n, k]ᵀ` of `format` on `sms` SMs
+/// (`None`: the older plans), from the H200 rows of 2026-11-29 (docs/perf/fp8_gemm.md, "The
+/// small-M wgmma GEMM"): it won from 9 to 64 rows on every FP8 shape (1.1–2.3×), on 4 of 6 block
+/// INT8 shapes at 64 rows, and on AWQ from 16 rows; channel INT8 at 17–64 rows ran 1.2–2.5× slower
+/// than the tiled kernel (not understood yet), so it stops at 16. Up to 8 rows the mma.sync
+/// streaming kernel stays where the launch is short: the entry won there only with a tile per CTA
+/// (24576×1536, 32768×512: 1.1–1.3×) or long ranges (7168×16384: 1.2×), and lost 0.2–1 µs on
+/// the ~15 MB shapes; AWQ's st8 won at 1 row on 4 of 6 shapes.
+pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -> Option<WgsTile> {
+    let max_rows = if format == WgsFormat::Int8Channel { 16 } else { 64 };
+    let t = WgsTile::for_rows(m).filter(|_| m <= max_rows)?;
+    if m > 8 {
+        return Some(t);
+    }
+    if format == WgsFormat::Awq {
+        return None;
+    }
+    let (tiles, per_sm) = (n.div_ceil(128), t.ctas_per_sm());
+    let blocks = tiles * k.div_ceil(128);
+    let tile_per_cta = grid_for(blocks, Some(tiles), sms, per_sm) == tiles;
+    (tile_per_cta || blocks >= 16 * sms * per_sm).then_some(t)
+}
+
+/// The small-M tile the default plans take for a fused MoE of `pairs` (token, expert) pairs over
+/// `experts` (`None`: the older plans), from the same rows: FP8 / INT8 from 64 pairs (8 tokens at
+/// top-8; at one token the entry lost 3–9 µs to the older kernels' shorter launches) with
+/// [`WgsTile::for_expert_rows`] (channel INT8 at 16 rows only, as dense); AWQ only at 16–32 rows
+/// per active expert (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard and at 16).
+pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTile> {
+    let mean = pairs.div_ceil(experts.min(pairs).max(1));
+    let t = WgsTile::for_expert_rows(mean)?;
+    match format {
+        WgsFormat::Awq => (mean >= 16).then_some(t),
+        _ if pairs < 64 => None,
+        WgsFormat::Int8Channel => (t == WgsTile::N16).then_some(t),
+        _ => Some(t),
+    }
+}
+
 /// Launches the small-M entry `name` (FP8 or INT8: 1-byte operands) of tile `tile` on `o`: TMA
 /// maps of the rows ([rows, K], boxes of NT rows × 128 bytes) and of the weights ([E, N, K], 128 ×
 /// 128), the split-K workspace from `ws`, [`WgsTile::ctas_per_sm`] CTAs per SM (at most one per
@@ -206,6 +255,30 @@ pub fn grid_for(blocks: usize, tiles: Option<usize>, sms: usize, per_sm: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_plan_rules() {
+        use WgsFormat::*;
+        // Dense, up to 8 rows: a tile per CTA or long ranges only.
+        assert_eq!(dense_tile(Fp8, 1, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Fp8, 1, 24576, 1536, 132), Some(WgsTile::N16));
+        assert_eq!(dense_tile(Fp8, 1, 7168, 16384, 132), Some(WgsTile::N16));
+        assert_eq!(dense_tile(Fp8, 9, 2112, 7168, 132), Some(WgsTile::N16));
+        assert_eq!(dense_tile(Fp8, 64, 2112, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Fp8, 65, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Int8Block, 64, 2112, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Awq, 1, 24576, 1536, 132), None);
+        assert_eq!(dense_tile(Awq, 16, 24576, 1536, 132), Some(WgsTile::N16));
+        // MoE: 8 tokens at top-8 and up; AWQ at 16–32 rows per expert.
+        assert_eq!(moe_tile(Fp8, 8, 256), None);
+        assert_eq!(moe_tile(Fp8, 128, 32), Some(WgsTile::N16));
+        assert_eq!(moe_tile(Fp8, 1024, 32), Some(WgsTile::N64));
+        assert_eq!(moe_tile(Fp8, 4096, 32), None);
+        assert_eq!(moe_tile(Int8Channel, 512, 32), None);
+        assert_eq!(moe_tile(Awq, 128, 32), None);
+        assert_eq!(moe_tile(Awq, 512, 32), Some(WgsTile::N64));
+    }
 
     #[test]
     fn tiles() {

@@ -38,7 +38,7 @@ use super::fp8_gemm::{bad, launch_raw, launch_wg2, rows_cols, splits_for, u32_of
 use super::memory::DeviceTensor;
 use super::registry;
 use super::stream::GpuStream;
-use super::gemm_wgs::{awq_wgs_enabled, launch_awq_wgs, launch_wgs, wgs_enabled, WgsTile};
+use super::gemm_wgs::{self, awq_wgs_enabled, launch_awq_wgs, launch_wgs, wgs_enabled, WgsFormat, WgsTile};
 use super::stream_gemm::StreamTile;
 use super::types::*;
 use crate::error::Result;
@@ -62,6 +62,13 @@ pub enum Int8Scheme {
 
 impl Int8Scheme {
     pub const ALL: [Int8Scheme; 2] = [Int8Scheme::Block, Int8Scheme::Channel];
+    /// The small-M entry's format of this scheme ([`gemm_wgs::dense_tile`], [`gemm_wgs::moe_tile`]).
+    pub fn wgs_format(self) -> WgsFormat {
+        match self {
+            Int8Scheme::Block => WgsFormat::Int8Block,
+            Int8Scheme::Channel => WgsFormat::Int8Channel,
+        }
+    }
     /// Kernel name part (`int8_gemm_{tag}_bm*`).
     pub fn tag(self) -> &'static str {
         match self {
@@ -260,10 +267,11 @@ pub fn int8_plan_for_stream(s: &dyn GpuStream, plan: QuantPlan) -> QuantPlan {
     }
 }
 
-/// The plan of a dense INT8 GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
-/// where [`wgs_enabled`], else [`plan_int8`] adapted by [`int8_plan_for_stream`].
-pub fn int8_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
-    match WgsTile::for_rows(m) {
+/// The plan of a dense INT8 GEMM of `m` rows on this stream: the small-M wgmma entry where
+/// [`gemm_wgs::dense_tile`] takes it and [`wgs_enabled`], else [`plan_int8`] adapted by
+/// [`int8_plan_for_stream`].
+pub fn int8_plan_dense_for_stream(s: &dyn GpuStream, scheme: Int8Scheme, m: usize, n: usize, k: usize) -> QuantPlan {
+    match gemm_wgs::dense_tile(scheme.wgs_format(), m, n, k, s.sm_count().unwrap_or(DEFAULT_SMS)) {
         Some(t) if wgs_enabled(s) => QuantPlan { tile: QuantTile::Wgs(t), splits: 1 },
         _ => int8_plan_for_stream(s, plan_int8(m, n, k, DEFAULT_SMS)),
     }
@@ -274,10 +282,10 @@ pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
     plan_quant_tile(QuantKernel::Awq, QuantTile::for_rows(m), m, n, k, sms)
 }
 
-/// The plan of a dense AWQ GEMM of `m` rows on this stream: the small-M wgmma entry for M ≤ 64
-/// where [`awq_wgs_enabled`], else [`plan_awq`].
+/// The plan of a dense AWQ GEMM of `m` rows on this stream: the small-M wgmma entry where
+/// [`gemm_wgs::dense_tile`] takes it and [`awq_wgs_enabled`], else [`plan_awq`].
 pub fn awq_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
-    match WgsTile::for_rows(m) {
+    match gemm_wgs::dense_tile(WgsFormat::Awq, m, n, k, s.sm_count().unwrap_or(DEFAULT_SMS)) {
         Some(t) if awq_wgs_enabled(s) => QuantPlan { tile: QuantTile::Wgs(t), splits: 1 },
         _ => plan_awq(m, n, k, DEFAULT_SMS),
     }
@@ -567,7 +575,7 @@ pub fn int8_gemm(
         s,
         ws,
         scheme,
-        int8_plan_dense_for_stream(s, m, n, k),
+        int8_plan_dense_for_stream(s, scheme, m, n, k),
         out,
         a,
         a_scales,

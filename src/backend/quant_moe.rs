@@ -13,7 +13,7 @@ use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, 
 use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::fp8_gemm::Operands;
-use super::gemm_wgs::{awq_wgs_enabled, wgs_enabled, WgsTile};
+use super::gemm_wgs::{self, awq_wgs_enabled, wgs_enabled, WgsFormat, WgsTile};
 use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_awq_wgs_rows, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, plan_grouped_tile, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile};
 use super::stream::GpuStream;
 use super::types::*;
@@ -84,7 +84,7 @@ impl ExpertGemms for MoeInt8Weights<'_> {
     /// entry where the stream runs it.
     fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeInt8Weights::dims(self)?;
-        if let Some(t) = WgsTile::for_expert_rows(pairs.div_ceil(e.min(pairs).max(1))).filter(|_| wgs_enabled(s)) {
+        if let Some(t) = gemm_wgs::moe_tile(self.scheme.wgs_format(), pairs, e).filter(|_| wgs_enabled(s)) {
             let plan = QuantPlan { tile: QuantTile::Wgs(t), splits: 1 };
             let (_, max_tiles) = plan_grouped_tile(QuantKernel::Int8, plan.tile, pairs, e, 2 * i, h, DEFAULT_SMS);
             return Ok(MoePlan { bm: t.nt(), max_tiles, gate_up: plan, down: plan });
@@ -221,11 +221,10 @@ impl ExpertGemms for MoeAwqWeights<'_> {
 }
 
 /// The small-M wgmma tile of [`awq_moe`]'s plan for `pairs` (token, expert) pairs over `experts`
-/// on this stream: [`WgsTile::for_expert_rows`] of the mean rows per active expert (≤ 32 rows:
-/// room for twice the mean in 64) where [`awq_wgs_enabled`]; `None`: the grouped plans of
-/// [`plan_grouped`].
+/// on this stream: [`gemm_wgs::moe_tile`] (16–32 rows per active expert) where
+/// [`awq_wgs_enabled`]; `None`: the grouped plans of [`plan_grouped`].
 pub fn awq_moe_wgs_tile(s: &dyn GpuStream, pairs: usize, experts: usize) -> Option<WgsTile> {
-    WgsTile::for_expert_rows(pairs.div_ceil(experts.min(pairs).max(1))).filter(|_| awq_wgs_enabled(s))
+    gemm_wgs::moe_tile(WgsFormat::Awq, pairs, experts).filter(|_| awq_wgs_enabled(s))
 }
 
 /// Routed experts of one MoE layer on the INT8 grouped GEMMs: as [`super::fp8_gemm::fused_moe`]
