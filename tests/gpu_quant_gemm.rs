@@ -991,6 +991,12 @@ fn wg2_int8_moe_default_plan() {
     // Every token on expert 2 (two M tiles, the second partial), the other experts without a token.
     check_int8_moe(83, Int8Scheme::Block, true, 150, 6, 1, 256, 128, &[2i32; 150]);
     check_int8_moe(84, Int8Scheme::Channel, false, 150, 6, 1, 256, 128, &[2i32; 150]);
+    // A decode batch (16 tokens, top-8 of 32: 4 rows per expert), which the default plan runs on
+    // the small-M wgmma entry (16-token tiles over the gathered rows) on sm_90a streams.
+    let ids = distinct_ids(&mut r, 16, 32, 8);
+    assert_eq!(dsv3::backend::gemm_wgs::moe_tile(Int8Scheme::Block.wgs_format(), 128, 32), Some(WgsTile::N16));
+    check_int8_moe(85, Int8Scheme::Block, true, 16, 32, 8, 512, 128, &ids);
+    check_int8_moe(86, Int8Scheme::Channel, false, 16, 32, 8, 512, 128, &ids);
 }
 
 /// One routed-expert layer on `awq_moe`: bf16 x, gate_up (bf16), SiLU·mul (bf16), down (bf16).

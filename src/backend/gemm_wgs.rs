@@ -144,16 +144,19 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
 }
 
 /// The small-M tile the default plans take for a fused MoE of `pairs` (token, expert) pairs over
-/// `experts` (`None`: the older plans), from the same rows: FP8 / INT8 from 64 pairs (8 tokens at
-/// top-8; at one token the entry lost 3–9 µs to the older kernels' shorter launches) with
-/// [`WgsTile::for_expert_rows`] (channel INT8 at 16 rows only, as dense); AWQ only at 16–32 rows
-/// per active expert (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard and at 16).
+/// `experts` (`None`: the older plans), from the same rows: FP8 / block INT8 from 64 pairs (8
+/// tokens at top-8; at one token the entry lost 3–9 µs to the older kernels' shorter launches) with
+/// [`WgsTile::for_expert_rows`], except 9–16 mean rows per active expert, where the tiled BM 16
+/// kernel was faster (EP-8 shard, 64 tokens: FP8 491 vs 511 µs, INT8 415 vs 511; at 32 rows the
+/// 64-token tile won 1.1–1.9×); channel INT8 at ≤ 8 rows only (its 64-token tile is slow, as
+/// dense); AWQ only at 16–32 rows (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard
+/// and at 16).
 pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTile> {
     let mean = pairs.div_ceil(experts.min(pairs).max(1));
     let t = WgsTile::for_expert_rows(mean)?;
     match format {
         WgsFormat::Awq => (mean >= 16).then_some(t),
-        _ if pairs < 64 => None,
+        _ if pairs < 64 || (t == WgsTile::N64 && mean <= 16) => None,
         WgsFormat::Int8Channel => (t == WgsTile::N16).then_some(t),
         _ => Some(t),
     }
@@ -273,6 +276,7 @@ mod tests {
         // MoE: 8 tokens at top-8 and up; AWQ at 16–32 rows per expert.
         assert_eq!(moe_tile(Fp8, 8, 256), None);
         assert_eq!(moe_tile(Fp8, 128, 32), Some(WgsTile::N16));
+        assert_eq!(moe_tile(Fp8, 512, 32), None);
         assert_eq!(moe_tile(Fp8, 1024, 32), Some(WgsTile::N64));
         assert_eq!(moe_tile(Fp8, 4096, 32), None);
         assert_eq!(moe_tile(Int8Channel, 512, 32), None);
