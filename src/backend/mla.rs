@@ -168,8 +168,9 @@ pub fn mla_wgmma_enabled(s: &dyn GpuStream) -> bool {
 }
 
 /// Whether default plans over the fp8 cache may take the wgmma kernel (`DSV3_MLA_WGMMA_FP8=1`;
-/// off by default: its in-place dequantization has not run on a GPU yet). Where on, it still
-/// needs [`mla_wgmma_enabled`].
+/// off by default: correct on the H200, but its in-place dequantization measured 0.55–0.62× the
+/// bf16 wgmma kernel and slower than the fp8 mma.sync kernels below h = 64, docs/perf/mla.md).
+/// Where on, it still needs [`mla_wgmma_enabled`].
 pub fn mla_wgmma_fp8_opted_in() -> bool {
     std::env::var("DSV3_MLA_WGMMA_FP8").map(|v| v == "1").unwrap_or(false)
 }

@@ -24,9 +24,10 @@
 //! shuffling in the kernel. The repack is a permutation of nibbles (same size); qzeros / scales stay
 //! as the checkpoint has them. K % G == 0 and N % 8 == 0.
 //! On an H100 / H200 stream that loads the sm_90a cubin, [`awq_plan_dense_for_stream`] (the plan
-//! of [`awq_gemm`]) takes the small-M wgmma entry for M ≤ 64 ([`QuantTile::Wgs`],
+//! of [`awq_gemm`]) takes the small-M wgmma entry for 9–64 rows ([`QuantTile::Wgs`],
 //! kernels/awq_gemm_wgs.cuh: the same repacked words dequantized in registers as the wgmma's A
-//! operand, stream-K; GPU-unverified); `DSV3_GEMM_WGS=0` turns it off.
+//! operand, stream-K; 1.1–2.6× the mma.sync kernels there on the H200); `DSV3_GEMM_WGS=0` turns
+//! it off.
 //!
 //! Split-K (small M) adds partial tiles into an f32 workspace the kernels leave zeroed: hold one
 //! [`SplitKWorkspace`] (the FP8 GEMM's [`Fp8Workspace`]) per stream. Grouped (MoE) launches take
