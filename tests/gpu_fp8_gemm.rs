@@ -482,20 +482,27 @@ fn wgmma_moe() {
     check_moe_runs(33, 1, 64, 8, 1024, 128, &ids, &MOE_WGMMA_RUNS);
 }
 
+/// The MoE edge cases of the sm_90a tiles (seeds from `seed`): experts 5..7 without a token and
+/// one pair on another rank's expert (40 tokens: ≈ 20 rows per active expert); every token on one
+/// expert (150 rows: two 128-row tiles, ten 16-row ones), the others empty; one token on 8 of 64
+/// experts with hidden 1040 (a partial K block in gate_up, a partial N block in down). Returns the
+/// generator for the caller's own cases.
+fn moe_edge_cases(seed: u64, runs: &[Option<Fp8Tile>]) -> StdRng {
+    let mut r = rng(seed);
+    let mut ids = distinct_ids(&mut r, 40, 5, 4);
+    ids[3] = -1;
+    check_moe_runs(seed, 40, 8, 4, 512, 256, &ids, runs);
+    check_moe_runs(seed + 1, 150, 6, 1, 256, 128, &[2i32; 150], runs);
+    let ids = distinct_ids(&mut r, 1, 64, 8);
+    check_moe_runs(seed + 2, 1, 64, 8, 1040, 128, &ids, runs);
+    r
+}
+
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wg2_moe() {
     wg2_streams_present();
-    let mut r = rng(61);
-    // Experts 5..7 get no token; one pair on another rank's expert.
-    let mut ids = distinct_ids(&mut r, 40, 5, 4);
-    ids[3] = -1;
-    check_moe_runs(61, 40, 8, 4, 512, 256, &ids, &MOE_WG2_RUNS);
-    // Every token on one expert: two M tiles of it (the second partial), the others empty.
-    check_moe_runs(62, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WG2_RUNS);
-    // One token, 8 of 64 experts.
-    let ids = distinct_ids(&mut r, 1, 64, 8);
-    check_moe_runs(63, 1, 64, 8, 1024, 128, &ids, &MOE_WG2_RUNS);
+    let mut r = moe_edge_cases(61, &MOE_WG2_RUNS);
     // Several M tiles per expert; hidden 400: partial K block in gate_up, partial N in down.
     let ids = distinct_ids(&mut r, 600, 4, 2);
     check_moe_runs(64, 600, 4, 2, 400, 256, &ids, &MOE_WG2_RUNS);
@@ -505,17 +512,7 @@ fn wg2_moe() {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wg2_wgs_moe() {
     sm90a_streams_present(WGS_TILES[0]);
-    let mut r = rng(71);
-    // Experts 5..7 get no token; one pair on another rank's expert; 20 rows per active expert on
-    // average (two 16-token tiles for most of them).
-    let mut ids = distinct_ids(&mut r, 40, 5, 4);
-    ids[3] = -1;
-    check_moe_runs(71, 40, 8, 4, 512, 256, &ids, &MOE_WGS_RUNS);
-    // Every token on one expert: 10 / 3 M tiles of it, the others empty.
-    check_moe_runs(72, 150, 6, 1, 256, 128, &[2i32; 150], &MOE_WGS_RUNS);
-    // One token, 8 of 64 experts; hidden 1040: a partial K block in gate_up, partial N in down.
-    let ids = distinct_ids(&mut r, 1, 64, 8);
-    check_moe_runs(73, 1, 64, 8, 1040, 128, &ids, &MOE_WGS_RUNS);
+    let mut r = moe_edge_cases(71, &MOE_WGS_RUNS);
     // A decode batch at V3's hidden size (inter 256: the TP-8 shard's), the default plan (the
     // small-M entry on sm_90a).
     let ids = distinct_ids(&mut r, 16, 32, 8);

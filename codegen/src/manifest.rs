@@ -88,47 +88,35 @@ const fn wg2_gemm_args(operand: &'static str) -> [Arg; 13] {
 /// Token tiles (N of the wgmma) of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh).
 const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
 
-/// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh; FP8 and INT8): out, the TMA maps
-/// of the (pre-sorted) rows and of the weights, the scales, the split-K workspace and counters,
-/// the grouped tiles and the sizes.
-const WGS_GEMM_ARGS: [Arg; 12] = [
-    ptr_mut("out", "bf16"),
-    tensor_map("tmap_a"),
-    tensor_map("tmap_b"),
-    ptr("a_scales", "f32"),
-    ptr("b_scale", "f32"),
-    ptr_mut("ws", "f32"),
-    ptr_mut("counters", "u32"),
-    ptr("tile_expert", "i32"),
-    ptr("num_tiles", "i32"),
-    scalar("m", "u32"),
-    scalar("n", "u32"),
-    scalar("k", "u32"),
-];
+/// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh, kernels/awq_gemm_wgs.cuh): out,
+/// the TMA maps of the (pre-sorted) rows and of the weights, the format's two scale operands
+/// (`q0`, `q1`), the split-K workspace and counters, the grouped tiles and the sizes.
+const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 12] {
+    [
+        ptr_mut("out", "bf16"),
+        tensor_map("tmap_a"),
+        tensor_map("tmap_b"),
+        q0,
+        q1,
+        ptr_mut("ws", "f32"),
+        ptr_mut("counters", "u32"),
+        ptr("tile_expert", "i32"),
+        ptr("num_tiles", "i32"),
+        scalar("m", "u32"),
+        scalar("n", "u32"),
+        scalar("k", "u32"),
+    ]
+}
 
-/// Token tiles (N of the wgmma) and AWQ group sizes of the small-M sm_90a AWQ GEMM
-/// (kernels/awq_gemm_wgs.cuh).
-const AWQ_WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
+/// FP8 and INT8: the activation and weight scales.
+const WGS_GEMM_ARGS: [Arg; 12] = wgs_gemm_args(ptr("a_scales", "f32"), ptr("b_scale", "f32"));
+
+/// AWQ group sizes of the small-M sm_90a AWQ GEMM (kernels/awq_gemm_wgs.cuh; its token tiles are
+/// WGS_NT).
 const AWQ_WGS_G: Axis = Axis { name: "G", values: &["64", "128"] };
 
-/// Arguments of the small-M sm_90a AWQ GEMM: out, the TMA maps of the (pre-sorted) bf16 rows and
-/// of the repacked qweight, the checkpoint's qzeros and f16 scales, the split-K workspace and
-/// counters, the grouped tiles and the sizes (the 8-bit entries' list with the AWQ zeros / scales
-/// in place of the scale pointers).
-const AWQ_WGS_ARGS: [Arg; 12] = [
-    ptr_mut("out", "bf16"),
-    tensor_map("tmap_a"),
-    tensor_map("tmap_b"),
-    ptr("qzeros", "i32"),
-    ptr("scales", "f16"),
-    ptr_mut("ws", "f32"),
-    ptr_mut("counters", "u32"),
-    ptr("tile_expert", "i32"),
-    ptr("num_tiles", "i32"),
-    scalar("m", "u32"),
-    scalar("n", "u32"),
-    scalar("k", "u32"),
-];
+/// AWQ: the checkpoint's qzeros and f16 scales in place of the scale pointers.
+const AWQ_WGS_ARGS: [Arg; 12] = wgs_gemm_args(ptr("qzeros", "i32"), ptr("scales", "f16"));
 
 const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     [
@@ -917,7 +905,7 @@ pub static FAMILIES: &[Family] = &[
         kernels: &[KernelSpec {
             name: "awq_gemm_wgs_g{G}_n{NT}",
             template: "dsv3::awq_gemm_wgs<{G}, {NT}>",
-            grid: &[AWQ_WGS_G, AWQ_WGS_NT],
+            grid: &[AWQ_WGS_G, WGS_NT],
             points: &[],
             args: &AWQ_WGS_ARGS,
             max_threads: 384,
