@@ -51,7 +51,8 @@
 
 namespace dsv3 {
 
-constexpr u32 WGS_FLUSH_BAR = 4;  // named barrier of the consumers' split-K hand-off
+constexpr u32 WGS_FLUSH_BAR = 4;    // named barrier of the consumers' split-K hand-off
+constexpr u32 WGS_SCALE_AHEAD = 4;  // blocks of scale loads in flight per scale writer
 
 // Shared memory of one CTA, offsets from its 1024-aligned base: STAGES × (a weight box of W
 // bytes, a token box of A bytes), STAGES per-stage areas of SC bytes written by the producer
@@ -158,26 +159,37 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
   for (u32 u = c.begin; u < c.end;) {
     const WgsSeg sg = c.seg(u);
     const u32 expert = c.expert(sg.mt), m0 = sg.mt * NT, n0 = sg.nt * 128;
-    const typename Op::Scales sc(c.g, p < (u32)NT ? bg_a_row(c.g, m0 + p, c.m_end) : -1, expert, sg.nt, c.sk, c.sn);
-    // Block kb + 1's scales load during block kb (their latency must not pace the producer).
-    float a_next, b_next;
-    sc.load(sg.kb0, a_next, b_next);
-    for (u32 kb = sg.kb0; kb < sg.kb1; ++kb, ++i) {
-      const float s = a_next * b_next;
-      if (kb + 1 < sg.kb1) sc.load(kb + 1, a_next, b_next);
-      mbar_wait(c.empty(stage), phase ^ 1);
-      if (p < (u32)NT) c.scales(stage)[p] = s;
-      if (tid() == 0) {
-        const u32 w_dst = c.base + stage * S::STAGE;
-        if (i >= pre) {
-          mbar_arrive_expect_tx(c.full(stage), S::STAGE);
-          tma_load_3d(w_dst, mb, c.full(stage), (i32)(kb * 128), (i32)n0, (i32)expert);
+    const bool writer = p < (u32)NT;
+    const typename Op::Scales sc(c.g, writer ? bg_a_row(c.g, m0 + p, c.m_end) : -1, expert, sg.nt, c.sk, c.sn);
+    // Each writer keeps WGS_SCALE_AHEAD blocks of scale loads in flight (slot j holds block
+    // kb + j's): with one, a stage waited a global round trip per block for its writers' arrivals
+    // (ncu, docs/perf/fp8_gemm.md). Only writers load: thread 0's TMA issue waits for nothing.
+    float sa[WGS_SCALE_AHEAD], sb[WGS_SCALE_AHEAD];
+#pragma unroll
+    for (u32 j = 0; j < WGS_SCALE_AHEAD; ++j)
+      if (writer && sg.kb0 + j < sg.kb1) sc.load(sg.kb0 + j, sa[j], sb[j]);
+    for (u32 kb = sg.kb0; kb < sg.kb1; kb += WGS_SCALE_AHEAD) {
+#pragma unroll
+      for (u32 j = 0; j < WGS_SCALE_AHEAD; ++j, ++i) {
+        const u32 k = kb + j;
+        if (k >= sg.kb1) break;
+        mbar_wait(c.empty(stage), phase ^ 1);
+        if (writer) {
+          c.scales(stage)[p] = sa[j] * sb[j];
+          if (k + WGS_SCALE_AHEAD < sg.kb1) sc.load(k + WGS_SCALE_AHEAD, sa[j], sb[j]);
         }
-        tma_load_2d(w_dst + S::W_TILE, ma, c.full(stage), (i32)(kb * 128), (i32)m0);
-      } else {
-        mbar_arrive(c.full(stage));
+        if (tid() == 0) {
+          const u32 w_dst = c.base + stage * S::STAGE;
+          if (i >= pre) {
+            mbar_arrive_expect_tx(c.full(stage), S::STAGE);
+            tma_load_3d(w_dst, mb, c.full(stage), (i32)(k * 128), (i32)n0, (i32)expert);
+          }
+          tma_load_2d(w_dst + S::W_TILE, ma, c.full(stage), (i32)(k * 128), (i32)m0);
+        } else {
+          mbar_arrive(c.full(stage));
+        }
+        c.advance(stage, phase);
       }
-      c.advance(stage, phase);
     }
     u += sg.kb1 - sg.kb0;
   }
