@@ -526,9 +526,11 @@ fn greedy_decode_graph_returns_the_argmax_of_the_logits() {
 /// Issue 5: the forward with RMSNorm fused with the FP8 / INT8 activation quantization (the
 /// default) against the same model with the fusion off (each GEMM quantizes its input with the
 /// standalone kernel): the fused kernels write bit-identical codes and scales, so the logits
-/// (prefill and token-by-token decode) must be bit-identical — checked as such when two runs of
+/// (prefill and token-by-token decode) must be bit-identical — checked as such when three runs of
 /// the fused forward are themselves bit-identical (the GEMMs' split-K reductions could make
-/// them differ from run to run: then within 4× that run-to-run difference). On the FP8 fixture,
+/// them differ from run to run: then within 4× the largest run-to-run difference of the three
+/// pairs — one pair is not an estimate of the spread: on the real-MLA-width FP8 model the pairs
+/// measured 5.5e-3 to 9e-2 apart, with and without the small-M wgmma GEMMs). On the FP8 fixture,
 /// both INT8 fixtures and the real-MLA-width FP8 model, each with at least one fused norm.
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
@@ -547,13 +549,15 @@ fn fused_norm_quant_leaves_the_logits_unchanged() {
             let (p, d) = prefill_and_decode(gpu, prompt);
             [p, d].concat()
         };
-        let (fused, again) = (run(), run());
+        let (fused, again, third) = (run(), run(), run());
         gpu.set_norm_quant_fusion(false);
         assert_eq!(gpu.norm_quant_sites(), 0, "{name}: fusion off");
         let unfused = run();
         gpu.set_norm_quant_fusion(true);
         let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-        let (deterministic, err, noise) = (same(&fused, &again), rel_error(&unfused, &fused), rel_error(&again, &fused));
+        let deterministic = same(&fused, &again) && same(&fused, &third);
+        let err = rel_error(&unfused, &fused);
+        let noise = rel_error(&again, &fused).max(rel_error(&third, &fused)).max(rel_error(&third, &again));
         println!("{name}: {sites} fused norms per forward; fused vs unfused {err:.2e} (bit-identical: {}); fused run to run {noise:.2e}", same(&fused, &unfused));
         assert!(fused.iter().all(|x| x.is_finite()), "{name}: non-finite logits");
         if deterministic {
