@@ -54,8 +54,8 @@ impl WgsTile {
         WgsTile::for_rows(2 * mean_rows.max(1))
     }
 
-    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes ~51
-    /// registers and 93.6 KB, so two fit; the 64-token one ~148 registers × 384 threads.
+    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 51–56
+    /// registers and 93.6 KB, so two fit; the 64-token one 109–113 registers and 195 KB.
     pub fn ctas_per_sm(self) -> usize {
         match self {
             WgsTile::N16 => 2,
@@ -71,8 +71,7 @@ impl WgsTile {
     pub fn awq_smem_bytes(self, group: usize) -> u32 {
         let stage = 8192 + self.nt() * 256;
         let aux = (128 / group.max(1)) * 1024;
-        let stages = (196_608 / (stage + aux)).min(16);
-        (stages * (stage + aux) + 16 * stages + 16 + 1024) as u32
+        layout_bytes(stage, aux, (196_608 / (stage + aux)).min(16))
     }
 
     /// Dynamic shared memory of one CTA (mirrors `WgsSmem<NT>::BYTES`): as many stages of the
@@ -82,9 +81,20 @@ impl WgsTile {
     pub fn smem_bytes(self) -> u32 {
         let nt = self.nt();
         let stage = 128 * 128 + nt * 128;
-        let stages = 196_608 / self.ctas_per_sm() / stage;
-        (stages * stage + stages * nt * 4 + 2 * stages * 8 + 16 + 1024) as u32
+        layout_bytes(stage, nt * 4, 196_608 / self.ctas_per_sm() / stage)
     }
+}
+
+/// Bytes of a `WgsLayout` (kernels/gemm_wgs.cuh): `stages` × (a `stage` of weight and token boxes,
+/// an `aux` area of the producer threads), two mbarriers per stage, two 8-byte flags, 1 KB to
+/// align the base.
+fn layout_bytes(stage: usize, aux: usize, stages: usize) -> u32 {
+    (stages * (stage + aux) + 2 * stages * 8 + 16 + 1024) as u32
+}
+
+/// `DSV3_GEMM_WGS=0` keeps the default plans off every small-M entry.
+fn switched_on() -> bool {
+    std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true)
 }
 
 /// Whether the small-M entries can run on this stream: it loads the sm_90a cubin and this build
@@ -96,7 +106,7 @@ pub fn wgs_available(s: &dyn GpuStream) -> bool {
 /// Whether the default plans take the small-M entries: [`wgs_available`], unless
 /// `DSV3_GEMM_WGS=0`.
 pub fn wgs_enabled(s: &dyn GpuStream) -> bool {
-    std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && wgs_available(s)
+    switched_on() && wgs_available(s)
 }
 
 /// Whether the AWQ small-M entries can run on this stream (as [`wgs_available`]).
@@ -107,7 +117,7 @@ pub fn awq_wgs_available(s: &dyn GpuStream) -> bool {
 /// Whether the default AWQ plans take the small-M entries: [`awq_wgs_available`], unless
 /// `DSV3_GEMM_WGS=0` (the switch of the 8-bit ones).
 pub fn awq_wgs_enabled(s: &dyn GpuStream) -> bool {
-    std::env::var("DSV3_GEMM_WGS").map(|v| v != "0").unwrap_or(true) && awq_wgs_available(s)
+    switched_on() && awq_wgs_available(s)
 }
 
 /// The weight formats of the small-M entries (their measured crossovers with the older kernels
