@@ -57,7 +57,7 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
     b_src[i] = B + (b_ok[i] ? (u64)(n0 + r) * K : 0) + ch * 16;
     b_dst[i] = A_BYTES + r * BK + ((ch ^ (r & 7)) << 4);
   }
-  const u32 smem0 = (smem_u32(fp8g_smem) + 1023u) & ~1023u;
+  const u32 smem0 = smem_base_1024(fp8g_smem).addr;
   auto load_stage = [&](u32 kt, u32 stage) {
     const u32 kbase = kt * BK, sbase = smem0 + stage * STAGE;
 #pragma unroll

@@ -131,13 +131,28 @@ struct Wg2E4m3 {
   DSV3_DEV static float to_f32(float x) { return x; }
 };
 
-struct Wg2Ctx {
+// What a CTA of the TMA-fed block GEMMs (v2 here, the small-M kernels of gemm_wgs.cuh) starts
+// from: the arguments, the launch's 128-K blocks (sk) and 128-row N tiles (sn), and its dynamic
+// shared memory from the 1024-aligned base.
+struct TmaGemmCta {
   BlockGemmArgs g;
-  Wg2Sched sched;  // over pair tiles (CL M tiles each)
-  u32 m_tiles, m_end, sk, sn;
-  u32 rank, cluster, clusters;  // this CTA's rank in its cluster, the cluster's index, their count
+  u32 sk, sn;
   u32 base;  // shared address of the aligned base
   u8* smem;  // the same, generic
+  DSV3_DEV void init(const BlockGemmArgs& args, u8* dyn_smem) {
+    g = args;
+    const SmemBase b = smem_base_1024(dyn_smem);
+    base = b.addr;
+    smem = b.ptr;
+    sk = ceil_div(args.K, 128);
+    sn = ceil_div(args.N, 128);
+  }
+};
+
+struct Wg2Ctx : TmaGemmCta {
+  Wg2Sched sched;  // over pair tiles (CL M tiles each)
+  u32 m_tiles, m_end;
+  u32 rank, cluster, clusters;  // this CTA's rank in its cluster, the cluster's index, their count
   DSV3_DEV u32 full(u32 s) const { return base + Wg2Smem::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + Wg2Smem::BARS + (WG2_STAGES + s) * 8; }
   DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + Wg2Smem::SCALES) + s * 128; }
@@ -384,12 +399,7 @@ template <class Op, int CL>
 DSV3_DEV void wg2_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
   extern __shared__ __attribute__((aligned(1024))) u8 wg2_smem[];
   Wg2Ctx c;
-  c.g = g;
-  const u32 raw = smem_u32(wg2_smem);
-  c.base = (raw + 1023u) & ~1023u;
-  c.smem = wg2_smem + (c.base - raw);
-  c.sk = ceil_div(g.K, 128);
-  c.sn = ceil_div(g.N, 128);
+  c.init(g, wg2_smem);
   // Grouped: *num_tiles (on the device), never more than the M rows the host sized `out` for.
   const u32 m_tiles = g.tile_expert != nullptr ? min((u32)*g.num_tiles, ceil_div(g.M, 128)) : ceil_div(g.M, 128);
   c.m_tiles = m_tiles;

@@ -15,7 +15,8 @@
 // inside an M tile), are cut into gridDim.x equal contiguous ranges, one per CTA (stream-K: no
 // ragged wave whatever the shape). A CTA walks its range as segments, one per tile it touches;
 // only the first and the last can be partial. A whole segment stores bf16. A partial one adds its
-// sums into the f32 workspace (relaxed atomics), and consumer thread 0 bumps the tile's counter by
+// sums into its tile's f32 workspace (relaxed 16-byte reductions, see wgs_ws_tile), and consumer
+// thread 0 bumps the tile's counter by
 // the segment's block count (after a CTA barrier and an acq_rel fence: the release of every
 // consumer's atomics, CUTLASS's split-K semaphore pattern) without waiting for the result; after
 // its range, the CTA converts each tile whose count it completed to bf16 and leaves the workspace
@@ -33,8 +34,7 @@
 //   the total (the other warpgroup's and, at 16 tokens, the SM's second CTA's MMAs overlap it).
 //   Channel INT8 does the same with its constant per-token scale (a block's s32 sum is exact in
 //   f32) and multiplies the row's s_w[n] in at the flush.
-// - Flush: fragment (row n, token t) goes straight to out[t, n] (2-byte stores: the output is
-//   small next to the weights) or to the workspace.
+// - Flush: fragment (row n, token t) goes straight to out[t, n] or to the workspace (wgs_flush).
 //
 // PDL (the manifest's `Pdl::InKernel`): the weights are constants, so before waiting for the
 // previous grid thread 0 issues the weight boxes of the range's first STAGES blocks (their stage
@@ -53,6 +53,9 @@ namespace dsv3 {
 
 constexpr u32 WGS_FLUSH_BAR = 4;    // named barrier of the consumers' split-K hand-off
 constexpr u32 WGS_SCALE_AHEAD = 4;  // blocks of scale loads in flight per scale writer
+// The 8-bit entries' weight format Q (gemm8_wgs): int8_block, int8_channel (kernels/block_gemm.cuh)
+// or this.
+constexpr int wgs_e4m3 = 2;
 
 // Shared memory of one CTA, offsets from its 1024-aligned base: STAGES × (a weight box of W
 // bytes, a token box of A bytes), STAGES per-stage areas of SC bytes written by the producer
@@ -92,23 +95,29 @@ template <int NT, int MODE> struct WgsS8 : Wg2S8<MODE> {
   template <bool ACC> DSV3_DEV static void mma(i32 (&d)[NT / 2], u64 da, u64 db) { wgmma_s8_n<NT>(d, da, db, ACC); }
 };
 
+// The policy of an entry's format Q (gemm8_wgs).
+template <int Q, int NT> struct WgsOp {
+  using T = WgsS8<NT, Q>;
+};
+template <int NT> struct WgsOp<wgs_e4m3, NT> {
+  using T = WgsE4m3<NT>;
+};
+
 // One segment of a CTA's range: blocks [kb0, kb1) of tile `tile` = (mt, nt).
 struct WgsSeg {
   u32 tile, mt, nt, kb0, kb1;
 };
 
-template <int NT, class L = WgsSmem<NT>> struct WgsCtx {
+template <int NT, class L = WgsSmem<NT>> struct WgsCtx : TmaGemmCta {
   using S = L;
-  BlockGemmArgs g;
-  u32 sk, sn, m_end, begin, end;
-  u32 base;  // shared address of the aligned base
-  u8* smem;  // the same, generic
+  u32 m_end, begin, end;
   DSV3_DEV u32 full(u32 s) const { return base + S::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + S::BARS + (S::STAGES + s) * 8; }
-  DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(smem + S::SCALES) + s * NT; }
   DSV3_DEV u32* flags() const { return reinterpret_cast<u32*>(smem + S::FLAGS); }
-  // Stage s's area of S::SC_STAGE bytes (written by the producer threads, read by the consumers).
+  // Stage s's area of S::SC_STAGE bytes (written by the producer threads, read by the consumers;
+  // the 8-bit kernels' NT f32 token scales).
   DSV3_DEV u8* aux(u32 s) const { return smem + S::SCALES + s * S::SC_STAGE; }
+  DSV3_DEV float* scales(u32 s) const { return reinterpret_cast<float*>(aux(s)); }
   DSV3_DEV u32 expert(u32 mt) const { return g.tile_expert != nullptr ? (u32)g.tile_expert[mt] : 0u; }
   // The segment starting at block u of the range.
   DSV3_DEV WgsSeg seg(u32 u) const {
@@ -195,28 +204,31 @@ DSV3_DEV void wgs_produce(const WgsCtx<NT>& c, const TmaMap& ma, const TmaMap& m
   }
 }
 
-// Fragment i = 4j + 2h + e of consumer thread t (0..255) in tile (mt, nt): weight row n_row + 8h,
-// token m0 + 8j + 2q + e. `f(i, out index, row scale)` runs for those inside the output.
-template <class Op, int NT, class L, class F>
-DSV3_DEV void wgs_each(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, F&& f) {
-  const BlockGemmArgs& g = c.g;
-  const u32 w = t / 128, warp = (t % 128) / 32, ln = t % 32, q = ln % 4, N = g.N;
-  const u32 m0 = sg.mt * NT, n_row = sg.nt * 128 + w * 64 + warp * 16 + ln / 4;
-  float rs[2] = {1.0f, 1.0f};
-  if constexpr (Op::ROW_SCALED) {
-    const float* sw = g.b_scale + (u64)c.expert(sg.mt) * N;
+// Consumer thread t (0..255)'s fragment i = 4j + 2h + e in a tile is tile row r0 + 8h (weight row
+// nt·128 + r0 + 8h), token column 8j + 2q + e.
+struct WgsFrag {
+  u32 r0, q;
+};
+DSV3_DEV WgsFrag wgs_frag(u32 t) { return {(t / 128) * 64 + ((t % 128) / 32) * 16 + (t % 32) / 4, t % 4}; }
+
+// The weight-row scales of fragment rows r0 and r0 + 8 (channel INT8; 1 otherwise, 0 past N).
+template <class Op, int NT, class L>
+DSV3_DEV void wgs_row_scales(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 r0, float (&rs)[2]) {
 #pragma unroll
-    for (int h = 0; h < 2; ++h) rs[h] = n_row + 8 * h < N ? sw[n_row + 8 * h] : 0.0f;
+  for (int h = 0; h < 2; ++h) {
+    const u32 n = sg.nt * 128 + r0 + 8 * h;
+    rs[h] = 1.0f;
+    if constexpr (Op::ROW_SCALED) rs[h] = n < c.g.N ? c.g.b_scale[(u64)c.expert(sg.mt) * c.g.N + n] : 0.0f;
   }
-#pragma unroll
-  for (int j = 0; j < NT / 8; ++j)
-#pragma unroll
-    for (int h = 0; h < 2; ++h)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const u32 n = n_row + 8 * h, tok = m0 + 8 * j + 2 * q + e;
-        if (n < N && tok < c.m_end) f(4 * j + 2 * h + e, (u64)tok * N + n, rs[h]);
-      }
+}
+
+// The split-K workspace of tile `tile`: NT × 128 f32, by tile row with the NT tokens contiguous
+// (ws[r · NT + token]), so that a thread's token pairs are adjacent and one exchange with the
+// neighbour lane makes 4 tokens of one row: a 16-byte reduction. (Scalar reductions into [rows,
+// N] measured ~64 × 128 L2 atomics per partial segment as the cost of the 64-row tiles.) Tokens
+// and rows past the output are padding (zeros added, zeroed again).
+template <int NT, class L> DSV3_DEV float* wgs_ws_tile(const WgsCtx<NT, L>& c, u32 tile) {
+  return c.g.ws + (u64)tile * (NT * 128);
 }
 
 // A consumer thread's split-K state is its partial segments pend0 / pend1 (at most the range's
@@ -224,17 +236,40 @@ DSV3_DEV void wgs_each(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, F&& f) {
 // (count0 / count1, read after the range: the atomic's latency is not waited for). They are
 // separate variables, passed by reference: a struct of them changes the 8-bit entries' SASS.
 
-// Segment sg's last block is in `tot` (consumer thread t): a whole segment stores bf16; a partial
-// one adds into the workspace (relaxed atomics), thread 0 bumps the tile's counter after the
-// consumers' barrier and an acq_rel fence, and the segment is remembered for wgs_finish.
+// Segment sg's last block is in `tot` (consumer thread t): a whole segment stores bf16 (2-byte
+// stores: the output is small next to the weights); a partial one adds into its tile's workspace
+// (relaxed v4 reductions), thread 0 bumps the tile's counter after the consumers' barrier and an
+// acq_rel fence, and the segment is remembered for wgs_finish.
 template <class Op, int NT, class L>
 DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const float (&tot)[NT / 2], WgsSeg& pend0,
                         WgsSeg& pend1, u32& npend, u32& count0, u32& count1) {
   const BlockGemmArgs& g = c.g;
+  const WgsFrag fr = wgs_frag(t);
+  float rs[2];
+  wgs_row_scales<Op>(c, sg, fr.r0, rs);
   if (sg.kb0 == 0 && sg.kb1 == c.sk) {
-    wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { g.out[idx] = f32_to_bf16(tot[f] * r); });
+    const u32 m0 = sg.mt * NT;
+#pragma unroll
+    for (int i = 0; i < NT / 2; ++i) {
+      const u32 n = sg.nt * 128 + fr.r0 + 8 * ((i / 2) % 2), tok = m0 + 8 * (i / 4) + 2 * fr.q + i % 2;
+      if (n < g.N && tok < c.m_end) g.out[(u64)tok * g.N + n] = f32_to_bf16(tot[i] * rs[(i / 2) % 2]);
+    }
   } else {
-    wgs_each<Op, NT>(c, sg, t, [&](int f, u64 idx, float r) { atomic_add(g.ws + idx, tot[f] * r); });
+    // Lanes q and q ^ 1 swap halves: the even one gathers row r0's tokens 8j + 2q .. + 3, the odd
+    // one row r0 + 8's tokens 8j + 2q − 2 .. + 1.
+    const bool odd = fr.q % 2;
+    float* row = wgs_ws_tile(c, sg.tile) + (fr.r0 + (odd ? 8 : 0)) * NT + 2 * (fr.q & ~1u);
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j) {
+      const float a0 = tot[4 * j] * rs[0], a1 = tot[4 * j + 1] * rs[0];
+      const float b0 = tot[4 * j + 2] * rs[1], b1 = tot[4 * j + 3] * rs[1];
+      const float s0 = shfl_xor(odd ? a0 : b0, 1), s1 = shfl_xor(odd ? a1 : b1, 1);
+      if (odd) {
+        red_add_v4_f32(row + 8 * j, s0, s1, b0, b1);
+      } else {
+        red_add_v4_f32(row + 8 * j, a0, a1, s0, s1);
+      }
+    }
     named_bar_sync(WGS_FLUSH_BAR, 256);
     u32 count = 0;
     if (t == 0) {
@@ -252,7 +287,7 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
 }
 
 // After the range: the tiles this CTA completed are converted (acquire: thread 0's fence after
-// seeing the count, then the barrier), the workspace and counters left zero.
+// seeing the count, then the barrier), their workspace and counters left zero.
 template <class Op, int NT, class L>
 DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, const WgsSeg& pend1, const u32& npend,
                          const u32& count0, const u32& count1) {
@@ -265,11 +300,20 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
     if (last0 || last1) fence_acq_rel_gpu();  // acquire: only a CTA that completes a tile reads ws
   }
   named_bar_sync(WGS_FLUSH_BAR, 256);
+  const WgsFrag fr = wgs_frag(t);
   auto finish = [&](const WgsSeg& sg) {
-    wgs_each<Op, NT>(c, sg, t, [&](int, u64 idx, float) {
-      g.out[idx] = f32_to_bf16(ld_cg_f32(g.ws + idx));
-      g.ws[idx] = 0.0f;
-    });
+    float* wt = wgs_ws_tile(c, sg.tile);
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const u32 r = fr.r0 + 8 * h, n = sg.nt * 128 + r, tok = sg.mt * NT + 8 * j + 2 * fr.q;
+        float* p = wt + r * NT + 8 * j + 2 * fr.q;
+        const float2 v = ld_cg_f32x2(p);
+        *reinterpret_cast<float2*>(p) = make_float2(0.0f, 0.0f);
+        if (n < g.N && tok < c.m_end) g.out[(u64)tok * g.N + n] = f32_to_bf16(v.x);
+        if (n < g.N && tok + 1 < c.m_end) g.out[(u64)(tok + 1) * g.N + n] = f32_to_bf16(v.y);
+      }
     if (t == 0) g.counters[sg.tile] = 0u;
   };
   if (c.flags()[0] != 0) finish(pend0);
@@ -336,12 +380,7 @@ template <int NT, class L, class F>
 DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb, F&& prefetch_weights) {
   using S = L;
   extern __shared__ __attribute__((aligned(1024))) u8 wgs_smem[];
-  c.g = g;
-  const u32 raw = smem_u32(wgs_smem);
-  c.base = (raw + 1023u) & ~1023u;
-  c.smem = wgs_smem + (c.base - raw);
-  c.sk = ceil_div(g.K, 128);
-  c.sn = ceil_div(g.N, 128);
+  c.init(g, wgs_smem);
   grid_dependency_launch();  // the next grid's CTAs may take SMs this one leaves
   const bool grouped = g.tile_expert != nullptr;
   u32 pre = 0;
@@ -381,32 +420,19 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
 }
 #endif  // DSV3_SM90A
 
-// Entries: grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
+// Entries (format Q): grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
 // WgsSmem<NT>::BYTES. tmap_a: 2-D map of the (pre-sorted) rows [rows, K], box NT × 128; tmap_b:
 // 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws / counters: the split-K workspace
-// [rows, N] and counters [m tiles · n tiles], zero on entry and left zero.
-template <int NT>
-DSV3_DEV void fp8_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
-                           const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,
-                           u32 M, u32 N, u32 K) {
+// [m tiles · n tiles, 128, NT] (wgs_ws_tile) and counters [m tiles · n tiles], zero on entry and
+// left zero.
+template <int Q, int NT>
+DSV3_DEV void gemm8_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
+                        const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,
+                        u32 M, u32 N, u32 K) {
 #if defined(DSV3_SM90A)
-  wgs_gemm<WgsE4m3<NT>, NT>(bg_args(out, nullptr, a_scales, nullptr, b_scale, ws, counters,
-                                    nullptr, tile_expert, num_tiles, M, N, K, 1, 1),
-                            tmap_a, tmap_b);
-#else
-  grid_dependency_sync();
-  trap();
-#endif
-}
-
-template <int MODE, int NT>
-DSV3_DEV void int8_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
-                            const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,
-                            u32 M, u32 N, u32 K) {
-#if defined(DSV3_SM90A)
-  wgs_gemm<WgsS8<NT, MODE>, NT>(bg_args(out, nullptr, a_scales, nullptr, b_scale, ws, counters,
-                                        nullptr, tile_expert, num_tiles, M, N, K, 1, 1),
-                                tmap_a, tmap_b);
+  wgs_gemm<typename WgsOp<Q, NT>::T, NT>(bg_args(out, nullptr, a_scales, nullptr, b_scale, ws, counters, nullptr,
+                                                 tile_expert, num_tiles, M, N, K, 1, 1),
+                                         tmap_a, tmap_b);
 #else
   grid_dependency_sync();
   trap();

@@ -256,9 +256,9 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
   constexpr bool F8 = CacheRow<TC>::FP8;
   static_assert(CTA_THREADS == 2 * WG_THREADS && WG_THREADS == 8 * 16, "TilePieces, F8Dequant: 8 threads per row, 16 rows per pass");
   extern __shared__ unsigned char smem_raw[];
-  const u32 raw = smem_u32(smem_raw);
-  const u32 base = (raw + 1023u) & ~1023u;
-  unsigned char* sbase = smem_raw + (base - raw);
+  const SmemBase aligned = smem_base_1024(smem_raw);
+  const u32 base = aligned.addr;
+  unsigned char* sbase = aligned.ptr;
   const u32 sq = base, sk0 = base + TILE, sp = base + 3 * TILE;
   unsigned char* p_tile = sbase + 3 * TILE;
   float* red = reinterpret_cast<float*>(sbase + 3 * TILE + P_TILE);  // [2][64]: m(i), c(i); the row sums at the end

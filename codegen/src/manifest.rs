@@ -873,7 +873,7 @@ pub static FAMILIES: &[Family] = &[
         kernels: &[
             KernelSpec {
                 name: "fp8_gemm_wgs_e4m3fn_n{NT}",
-                template: "dsv3::fp8_gemm_wgs<{NT}>",
+                template: "dsv3::gemm8_wgs<dsv3::wgs_e4m3, {NT}>",
                 grid: &[WGS_NT],
                 points: &[],
                 args: &WGS_GEMM_ARGS,
@@ -886,7 +886,7 @@ pub static FAMILIES: &[Family] = &[
             },
             KernelSpec {
                 name: "int8_gemm_wgs_{Q}_n{NT}",
-                template: "dsv3::int8_gemm_wgs<dsv3::int8_{Q}, {NT}>",
+                template: "dsv3::gemm8_wgs<dsv3::int8_{Q}, {NT}>",
                 grid: &[Axis { name: "Q", values: &["block", "channel"] }, WGS_NT],
                 points: &[],
                 args: &WGS_GEMM_ARGS,

@@ -66,7 +66,7 @@ fn golden_in_kernel_pdl_entry() {
     let all = model::expand(FAMILIES).unwrap();
     let wgs = FAMILIES.iter().find(|f| f.name == "gemm_wgs").unwrap();
     let tu = dialect(Vendor::Cuda).translation_unit(wgs, &all);
-    let expected = "dsv3_fp8_gemm_wgs_e4m3fn_n16(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const float* a_scales, const float* b_scale, float* ws, dsv3::u32* counters, const dsv3::i32* tile_expert, const dsv3::i32* num_tiles, dsv3::u32 m, dsv3::u32 n, dsv3::u32 k) {\n  dsv3::fp8_gemm_wgs<16>(";
+    let expected = "dsv3_fp8_gemm_wgs_e4m3fn_n16(dsv3::bf16* out, const DSV3_GRID_CONST dsv3::TmaMap tmap_a, const DSV3_GRID_CONST dsv3::TmaMap tmap_b, const float* a_scales, const float* b_scale, float* ws, dsv3::u32* counters, const dsv3::i32* tile_expert, const dsv3::i32* num_tiles, dsv3::u32 m, dsv3::u32 n, dsv3::u32 k) {\n  dsv3::gemm8_wgs<dsv3::wgs_e4m3, 16>(";
     assert!(tu.contains(expected), "got:\n{tu}");
     assert!(!tu.contains("grid_dependency_sync"));
 }

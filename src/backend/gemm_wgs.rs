@@ -180,7 +180,7 @@ pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTi
 /// gathered rows (the caller sorts them first).
 pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, o: &Operands) -> Result<()> {
     let (k, n) = (o.k as u64, o.n as u64);
-    launch_wgs_with(s, ws, name, (tile.ctas_per_sm(), tile.smem_bytes()), o, || {
+    launch_wgs_with(s, ws, name, tile, (tile.ctas_per_sm(), tile.smem_bytes()), o, || {
         let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
         let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
         Ok((map_a, map_b))
@@ -199,7 +199,7 @@ pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: Wgs
     }
     let name = format!("awq_gemm_wgs_g{group}_n{}", tile.nt());
     let (k, n) = (o.k as u64, o.n as u64);
-    launch_wgs_with(s, ws, &name, (1, tile.awq_smem_bytes(group)), o, || {
+    launch_wgs_with(s, ws, &name, tile, (1, tile.awq_smem_bytes(group)), o, || {
         let dims = vec![128, k / 32, n / 8, o.experts as u64];
         let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims, strides: vec![128, 4 * k, n / 8 * 4 * k], box_dims: vec![128, 4, 16, 1] })?;
         let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![2 * k, o.a_rows as u64], strides: vec![2 * k], box_dims: vec![128, tile.nt() as u32] })?;
@@ -207,11 +207,11 @@ pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: Wgs
     })
 }
 
-/// The launch both kinds share: the kernel check, the split-K workspace, the grid (`per_sm.0`
-/// CTAs per SM of `per_sm.1` bytes of shared memory, at most one per 128-K block), the maps `maps`
-/// builds and the arguments (`o.a_scales` / `o.b_scale` are the AWQ zeros / scales for the AWQ
-/// entries).
-fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, per_sm: (usize, u32), o: &Operands, maps: impl FnOnce() -> Result<(TensorMap, TensorMap)>) -> Result<()> {
+/// The launch both kinds share: the kernel check, the split-K workspace (128 × NT f32 per output
+/// tile of `tile`: `wgs_ws_tile`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared
+/// memory, at most one per 128-K block), the maps `maps` builds and the arguments (`o.a_scales` /
+/// `o.b_scale` are the AWQ zeros / scales for the AWQ entries).
+fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, per_sm: (usize, u32), o: &Operands, maps: impl FnOnce() -> Result<(TensorMap, TensorMap)>) -> Result<()> {
     let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if !registry::runs_on(s, kernel) {
         let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
@@ -225,7 +225,7 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, per_sm:
     if blocks == 0 {
         return Ok(());
     }
-    let (wsp, cnt) = ws.ensure(s, o.ws_rows * o.n, o.m_tiles * n_tiles)?;
+    let (wsp, cnt) = ws.ensure(s, o.m_tiles * n_tiles * 128 * tile.nt(), o.m_tiles * n_tiles)?;
     let (map_a, map_b) = maps()?;
     let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };

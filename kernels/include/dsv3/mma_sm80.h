@@ -16,6 +16,18 @@ DSV3_DEV u32 smem_u32(const void* p) {
   return a;
 }
 
+// The first 1024-byte boundary at or after `p` in shared memory, as a shared address and a generic
+// pointer: 128-byte-swizzled TMA boxes and wgmma descriptors need their 1024-byte swizzle atom
+// aligned, and dynamic shared memory is only guaranteed 16.
+struct SmemBase {
+  u32 addr;
+  u8* ptr;
+};
+DSV3_DEV SmemBase smem_base_1024(u8* p) {
+  const u32 raw = smem_u32(p), addr = (raw + 1023u) & ~1023u;
+  return {addr, p + (addr - raw)};
+}
+
 // 16-byte global -> shared copy, bypassing L1, of `bytes` (16: a copy; 0: 16 zero bytes, the
 // source is not read).
 DSV3_DEV void cp_async_16_n(u32 dst, const void* src, u32 bytes) {
