@@ -25,7 +25,8 @@
 //   K-major B; a k16 step is +32 bytes inside a box.
 // - Per group g of the block (128 / G of them) and tile row p: {zneg, scale} (8 bytes) written by
 //   producer thread p: zneg = bf16x2 of −(128 + z) (awq_zneg), scale = f32 of the f16 s (0 past
-//   N or K). Loaded one block ahead, so their latency does not pace the producer.
+//   N or K). Loaded WGS_SCALE_AHEAD blocks ahead (as gemm_wgs's scale writers), so their latency
+//   does not pace the producer.
 // Producer warpgroup (40 registers): per block, waits `empty`, thread 0 issues the three boxes
 // (8 KB + 2 · NT · 128 bytes expected on `full`; as in gemm_wgs, the weights of the range's first
 // STAGES blocks before the grid dependency wait), then every thread writes its row's {zneg,
@@ -125,44 +126,50 @@ DSV3_DEV void awq_wgs_produce(const AwqWgsCtx<NT, G>& c, const TmaMap& ma, const
     const bool in = n < N;
     const u32* qz = qzeros + (u64)expert * KG * N8 + (in ? n / 8 : 0);
     const f16* sc = scales + (u64)expert * KG * N + (in ? n : 0);
-    // Block kb's zero words and scales (group kb · GB + h), loaded during the block before.
-    u32 z_next[GB];
-    float s_next[GB];
-    auto load = [&](u32 kb) {
+    // Block kb's zero words and scales (group kb · GB + h) into slot (zj, sj). The f16 is
+    // converted at its use: converting here would wait for the load.
+    auto load = [&](u32 kb, u32 (&zj)[GB], f16 (&sj)[GB]) {
 #pragma unroll
       for (u32 h = 0; h < GB; ++h) {
         const u32 gi = kb * GB + h;
         const bool ok = in && gi < KG;
-        z_next[h] = ok ? qz[(u64)gi * N8] : 0u;
-        s_next[h] = ok ? to_float(sc[(u64)gi * N]) : 0.0f;
+        zj[h] = ok ? qz[(u64)gi * N8] : 0u;
+        sj[h] = ok ? sc[(u64)gi * N] : f16{0};
       }
     };
-    load(sg.kb0);
-    for (u32 kb = sg.kb0; kb < sg.kb1; ++kb, ++i) {
-      u32 zn[GB];
-      float sv[GB];
+    // Each thread keeps WGS_SCALE_AHEAD blocks of loads in flight (slot j holds block kb + j's,
+    // refilled with block k + WGS_SCALE_AHEAD once written; j unrolled so the slots stay in
+    // registers: 38 of the 40 at G 64), as gemm_wgs's writers: with one block ahead, each stage
+    // waited about a global round trip for its rows (ncu). Read only after thread 0's TMA issue.
+    u32 z[WGS_SCALE_AHEAD][GB];
+    f16 s[WGS_SCALE_AHEAD][GB];
 #pragma unroll
-      for (u32 h = 0; h < GB; ++h) {
-        zn[h] = awq_zneg(z_next[h] >> zshift);
-        sv[h] = s_next[h];
-      }
-      if (kb + 1 < sg.kb1) load(kb + 1);
-      mbar_wait(c.empty(stage), phase ^ 1);
-      if (p == 0) {
-        const u32 t_dst = c.base + stage * S::STAGE + S::W_TILE;
-        if (i >= pre) {
-          mbar_expect_tx(c.full(stage), S::STAGE);
-          awq_wgs_load_weights(c, mb, stage, kb, sg.nt, expert);
+    for (u32 j = 0; j < WGS_SCALE_AHEAD; ++j)
+      if (sg.kb0 + j < sg.kb1) load(sg.kb0 + j, z[j], s[j]);
+    for (u32 kb = sg.kb0; kb < sg.kb1; kb += WGS_SCALE_AHEAD) {
+#pragma unroll
+      for (u32 j = 0; j < WGS_SCALE_AHEAD; ++j, ++i) {
+        const u32 k = kb + j;
+        if (k >= sg.kb1) break;
+        mbar_wait(c.empty(stage), phase ^ 1);
+        if (p == 0) {
+          const u32 t_dst = c.base + stage * S::STAGE + S::W_TILE;
+          if (i >= pre) {
+            mbar_expect_tx(c.full(stage), S::STAGE);
+            awq_wgs_load_weights(c, mb, stage, k, sg.nt, expert);
+          }
+          tma_load_2d(t_dst, ma, c.full(stage), (i32)(k * 256), (i32)m0);
+          tma_load_2d(t_dst + NT * 128, ma, c.full(stage), (i32)(k * 256 + 128), (i32)m0);
         }
-        tma_load_2d(t_dst, ma, c.full(stage), (i32)(kb * 256), (i32)m0);
-        tma_load_2d(t_dst + NT * 128, ma, c.full(stage), (i32)(kb * 256 + 128), (i32)m0);
-      }
-      u32* aux = reinterpret_cast<u32*>(c.aux(stage));
+        u32* aux = reinterpret_cast<u32*>(c.aux(stage));
 #pragma unroll
-      for (u32 h = 0; h < GB; ++h)
-        *reinterpret_cast<uint2*>(aux + 2 * (h * 128 + p)) = make_uint2(zn[h], __float_as_uint(sv[h]));
-      mbar_arrive(c.full(stage));  // after this thread's row: the consumers read it once the phase completes
-      c.advance(stage, phase);
+        for (u32 h = 0; h < GB; ++h)
+          *reinterpret_cast<uint2*>(aux + 2 * (h * 128 + p)) =
+              make_uint2(awq_zneg(z[j][h] >> zshift), __float_as_uint(to_float(s[j][h])));
+        if (k + WGS_SCALE_AHEAD < sg.kb1) load(k + WGS_SCALE_AHEAD, z[j], s[j]);
+        mbar_arrive(c.full(stage));  // after this thread's row: the consumers read it once the phase completes
+        c.advance(stage, phase);
+      }
     }
     u += sg.kb1 - sg.kb0;
   }
