@@ -2,7 +2,7 @@
 // out[m, n] = Σ_k a[m, k] · (q[k, n] − z[k/G, n]) · s[k/G, n]; dense, or grouped by expert over
 // pre-sorted rows) on the pipeline of the 8-bit small-M kernels (kernels/gemm_wgs.cuh: its CTA
 // setup wgs_init with the PDL protocol, WgsCtx's stream-K ranges and segments, WgsLayout, the
-// split-K hand-off wgs_flush / wgs_finish and the fragment → output map wgs_each), with the
+// split-K hand-off wgs_flush / wgs_finish and the fragment map wgs_frag), with the
 // weights dequantized in registers as the wgmma's A operand.
 //
 // Why. The mma.sync AWQ kernels (stream_gemm_awq_t*, awq_gemm_bm*) reach 0.15–0.40 of the copy
@@ -335,8 +335,8 @@ DSV3_DEV void awq_wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMa
 // smem AwqWgsSmem<NT, G>::BYTES. tmap_a: 2-D byte map of the (pre-sorted) bf16 rows [rows, 2K],
 // box NT × 128 bytes; tmap_b: 4-D byte map of the repacked qweight [E, N/8, K/32, 128 bytes], box
 // (128, 4, 16, 1). qzeros [E, K/G, N/8] and scales f16 [E, K/G, N] as the checkpoint has them.
-// ws / counters: the split-K workspace [rows, N] and counters [m tiles · n tiles], zero on entry
-// and left zero. G ∈ {64, 128}, K % G == 0, N % 8 == 0.
+// ws / counters: the split-K workspace [m tiles · n tiles, 128, NT] (wgs_ws_tile) and counters
+// [m tiles · n tiles], zero on entry and left zero. G ∈ {64, 128}, K % G == 0, N % 8 == 0.
 template <int G, int NT>
 DSV3_DEV void awq_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const i32* qzeros,
                            const f16* scales, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,
