@@ -187,6 +187,9 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
     // Routing of one step (experts hit per MoE layer), then the per-kernel-group profile.
     let hit = model.experts_hit(&mut pool, &seqs(0)).map_err(e)?;
     let profile = model.profile_batch(&mut pool, &seqs(0)).map_err(e)?;
+    if std::env::var("DSV3_PROFILE_STEP").is_ok_and(|v| v == "1") {
+        profiled_step(&mut || model.forward_batch(&mut pool, &seqs(0)).map(drop)).map_err(e)?;
+    }
     let time = |f: &mut dyn FnMut(usize) -> dsv3::Result<()>| -> dsv3::Result<f64> {
         for w in 0..2 {
             f(w)?;
@@ -234,6 +237,20 @@ fn decode_point(model: &mut GpuModel, a: &OfflineArgs, b: usize, context: usize,
 
 /// FLOPs of a prefill of `l` tokens: 2 · (weights each token meets) · l, plus the absorbed
 /// attention's 2 · H · (l²/2) · (576 + 512) per layer (causal: half the square).
+/// `DSV3_PROFILE_STEP=1`: one eager decode step between `cuProfilerStart` / `cuProfilerStop`, for
+/// `ncu --profile-from-start off` (every kernel of one step with its device time; the GPU
+/// machine has no Nsight Systems).
+fn profiled_step(step: &mut dyn FnMut() -> dsv3::Result<()>) -> dsv3::Result<()> {
+    let check = |r: cudarc::driver::sys::CUresult, what: &str| match r {
+        cudarc::driver::sys::CUresult::CUDA_SUCCESS => Ok(()),
+        r => Err(dsv3::Error::Backend { backend: "cuda", msg: format!("{what}: {r:?}") }),
+    };
+    check(unsafe { cudarc::driver::sys::cuProfilerStart() }, "cuProfilerStart")?;
+    let r = step();
+    check(unsafe { cudarc::driver::sys::cuProfilerStop() }, "cuProfilerStop")?;
+    r
+}
+
 pub(crate) fn prefill_flops(c: &ModelConfig, l: usize) -> f64 {
     let (h, heads) = (c.hidden_size, c.num_attention_heads);
     let (nope, rope, v, lora) = (c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim, c.kv_lora_rank);
