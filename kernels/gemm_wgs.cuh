@@ -14,13 +14,12 @@
 // sk = ⌈K / 128⌉ blocks. The launch's m_tiles · n_tiles · sk blocks, tile-major (n tiles fastest
 // inside an M tile), are cut into gridDim.x equal contiguous ranges, one per CTA (stream-K: no
 // ragged wave whatever the shape). A CTA walks its range as segments, one per tile it touches;
-// only the first and the last can be partial. A whole segment stores bf16. A partial one adds its
-// sums into its tile's f32 workspace (relaxed 16-byte reductions, see wgs_ws_tile), and consumer
-// thread 0 bumps the tile's counter by
+// only the first and the last can be partial. A whole segment stores bf16. A partial one stores its
+// sums into the CTA's f32 workspace slot (wgs_slot), and consumer thread 0 bumps the tile's counter by
 // the segment's block count (after a CTA barrier and an acq_rel fence: the release of every
 // consumer's atomics, CUTLASS's split-K semaphore pattern) without waiting for the result; after
-// its range, the CTA converts each tile whose count it completed to bf16 and leaves the workspace
-// and the counter zero for the next launch. Grouped launches read *num_tiles on the device; every
+// its range, the CTA sums the slots of each tile whose count it completed into bf16 and leaves the
+// counter zero for the next launch. Grouped launches read *num_tiles on the device; every
 // CTA derives the same ranges.
 //
 // CTA: 384 threads = a producer warpgroup and two consumer warpgroups.
@@ -110,7 +109,11 @@ struct WgsSeg {
 
 template <int NT, class L = WgsSmem<NT>> struct WgsCtx : TmaGemmCta {
   using S = L;
-  u32 m_end, begin, end;
+  u32 m_end, total, begin, end;  // total: the launch's blocks; [begin, end): this CTA's range
+  // The first block of CTA b's range, and the CTA whose range holds block u (the largest b with
+  // begin_of(b) ≤ u).
+  DSV3_DEV u32 begin_of(u32 b) const { return (u32)((u64)total * b / gridDim.x); }
+  DSV3_DEV u32 cta_of(u32 u) const { return (u32)(((u64)(u + 1) * gridDim.x + total - 1) / total) - 1; }
   DSV3_DEV u32 full(u32 s) const { return base + S::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + S::BARS + (S::STAGES + s) * 8; }
   DSV3_DEV u32* flags() const { return reinterpret_cast<u32*>(smem + S::FLAGS); }
@@ -222,13 +225,32 @@ DSV3_DEV void wgs_row_scales(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 r0, f
   }
 }
 
-// The split-K workspace of tile `tile`: NT × 128 f32, by tile row with the NT tokens contiguous
-// (ws[r · NT + token]), so that a thread's token pairs are adjacent and one exchange with the
-// neighbour lane makes 4 tokens of one row: a 16-byte reduction. (Scalar reductions into [rows,
-// N] measured ~64 × 128 L2 atomics per partial segment as the cost of the 64-row tiles.) Tokens
-// and rows past the output are padding (zeros added, zeroed again).
-template <int NT, class L> DSV3_DEV float* wgs_ws_tile(const WgsCtx<NT, L>& c, u32 tile) {
-  return c.g.ws + (u64)tile * (NT * 128);
+// The split-K workspace: two slots of NT × 128 f32 per CTA, 2b for CTA b's first segment and 2b + 1
+// for its last (only those can be partial), in fragment order (thread t's fragments 4j .. 4j + 3 at
+// float (256 j + t) · 4: a warp's 16-byte stores cover 512 contiguous bytes). A partial segment is
+// stored, not added: the CTA that completes a tile sums its contributors' slots in CTA order, so
+// the result does not depend on timing, and L2 does no read-modify-write (scalar f32 atomics into
+// [rows, N] cost ~64 × 128 L2 operations per partial 64-token segment, the 64-token tiles' limit).
+// Fragments of tokens past the output (4j group past m_end) are neither stored nor read.
+template <int NT, class L> DSV3_DEV float* wgs_slot(const WgsCtx<NT, L>& c, u32 slot) {
+  return c.g.ws + (u64)slot * (NT * 128);
+}
+
+// Whether thread t's fragments 4j .. 4j + 3 (tokens 8j + 2q, + 1) of M tile mt hold an output token.
+template <int NT, class L> DSV3_DEV bool wgs_live(const WgsCtx<NT, L>& c, u32 mt, const WgsFrag& fr, int j) {
+  return mt * NT + 8 * j + 2 * fr.q < c.m_end;
+}
+
+// Thread t's fragments of tile sg in v (times the rows' scales rs) to bf16 out, those inside it.
+template <int NT, class L>
+DSV3_DEV void wgs_store(const WgsCtx<NT, L>& c, const WgsSeg& sg, const WgsFrag& fr, const float (&v)[NT / 2],
+                        const float (&rs)[2]) {
+  const BlockGemmArgs& g = c.g;
+#pragma unroll
+  for (int i = 0; i < NT / 2; ++i) {
+    const u32 n = sg.nt * 128 + fr.r0 + 8 * ((i / 2) % 2), tok = sg.mt * NT + 8 * (i / 4) + 2 * fr.q + i % 2;
+    if (n < g.N && tok < c.m_end) g.out[(u64)tok * g.N + n] = f32_to_bf16(v[i] * rs[(i / 2) % 2]);
+  }
 }
 
 // A consumer thread's split-K state is its partial segments pend0 / pend1 (at most the range's
@@ -237,9 +259,9 @@ template <int NT, class L> DSV3_DEV float* wgs_ws_tile(const WgsCtx<NT, L>& c, u
 // separate variables, passed by reference: a struct of them changes the 8-bit entries' SASS.
 
 // Segment sg's last block is in `tot` (consumer thread t): a whole segment stores bf16 (2-byte
-// stores: the output is small next to the weights); a partial one adds into its tile's workspace
-// (relaxed v4 reductions), thread 0 bumps the tile's counter after the consumers' barrier and an
-// acq_rel fence, and the segment is remembered for wgs_finish.
+// stores: the output is small next to the weights); a partial one goes to this CTA's slot, thread
+// 0 bumps the tile's counter by the segment's blocks after the consumers' barrier and an acq_rel
+// fence (the release of every consumer's stores), and the segment is remembered for wgs_finish.
 template <class Op, int NT, class L>
 DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const float (&tot)[NT / 2], WgsSeg& pend0,
                         WgsSeg& pend1, u32& npend, u32& count0, u32& count1) {
@@ -248,28 +270,15 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
   float rs[2];
   wgs_row_scales<Op>(c, sg, fr.r0, rs);
   if (sg.kb0 == 0 && sg.kb1 == c.sk) {
-    const u32 m0 = sg.mt * NT;
-#pragma unroll
-    for (int i = 0; i < NT / 2; ++i) {
-      const u32 n = sg.nt * 128 + fr.r0 + 8 * ((i / 2) % 2), tok = m0 + 8 * (i / 4) + 2 * fr.q + i % 2;
-      if (n < g.N && tok < c.m_end) g.out[(u64)tok * g.N + n] = f32_to_bf16(tot[i] * rs[(i / 2) % 2]);
-    }
+    wgs_store(c, sg, fr, tot, rs);
   } else {
-    // Lanes q and q ^ 1 swap halves: the even one gathers row r0's tokens 8j + 2q .. + 3, the odd
-    // one row r0 + 8's tokens 8j + 2q − 2 .. + 1.
-    const bool odd = fr.q % 2;
-    float* row = wgs_ws_tile(c, sg.tile) + (fr.r0 + (odd ? 8 : 0)) * NT + 2 * (fr.q & ~1u);
+    const bool first = sg.tile == c.begin / c.sk;
+    float* slot = wgs_slot(c, 2 * blockIdx.x + (first ? 0 : 1));
 #pragma unroll
-    for (int j = 0; j < NT / 8; ++j) {
-      const float a0 = tot[4 * j] * rs[0], a1 = tot[4 * j + 1] * rs[0];
-      const float b0 = tot[4 * j + 2] * rs[1], b1 = tot[4 * j + 3] * rs[1];
-      const float s0 = shfl_xor(odd ? a0 : b0, 1), s1 = shfl_xor(odd ? a1 : b1, 1);
-      if (odd) {
-        red_add_v4_f32(row + 8 * j, s0, s1, b0, b1);
-      } else {
-        red_add_v4_f32(row + 8 * j, a0, a1, s0, s1);
-      }
-    }
+    for (int j = 0; j < NT / 8; ++j)
+      if (wgs_live(c, sg.mt, fr, j))
+        *reinterpret_cast<float4*>(slot + (256 * j + t) * 4) =
+            make_float4(tot[4 * j] * rs[0], tot[4 * j + 1] * rs[0], tot[4 * j + 2] * rs[1], tot[4 * j + 3] * rs[1]);
     named_bar_sync(WGS_FLUSH_BAR, 256);
     u32 count = 0;
     if (t == 0) {
@@ -286,12 +295,13 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
   }
 }
 
-// After the range: the tiles this CTA completed are converted (acquire: thread 0's fence after
-// seeing the count, then the barrier), their workspace and counters left zero.
+// After the range: each tile this CTA completed (acquire: thread 0's fence after seeing the count,
+// then the barrier) is the sum of its contributors' slots — CTAs cta_of(first block) ..
+// cta_of(last block), each through the slot of the segment it had there — stored as bf16; its
+// counter is left zero.
 template <class Op, int NT, class L>
 DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, const WgsSeg& pend1, const u32& npend,
                          const u32& count0, const u32& count1) {
-  const BlockGemmArgs& g = c.g;
   if (npend == 0) return;
   if (t == 0) {
     const bool last0 = count0 == c.sk, last1 = npend > 1 && count1 == c.sk;
@@ -302,19 +312,24 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
   named_bar_sync(WGS_FLUSH_BAR, 256);
   const WgsFrag fr = wgs_frag(t);
   auto finish = [&](const WgsSeg& sg) {
-    float* wt = wgs_ws_tile(c, sg.tile);
+    float sum[NT / 2];
 #pragma unroll
-    for (int j = 0; j < NT / 8; ++j)
+    for (int i = 0; i < NT / 2; ++i) sum[i] = 0.0f;
+    const u32 u0 = sg.tile * c.sk, b1 = c.cta_of(u0 + c.sk - 1);
+    for (u32 b = c.cta_of(u0); b <= b1; ++b) {
+      const float* slot = wgs_slot(c, 2 * b + (c.begin_of(b) / c.sk == sg.tile ? 0 : 1));
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const u32 r = fr.r0 + 8 * h, n = sg.nt * 128 + r, tok = sg.mt * NT + 8 * j + 2 * fr.q;
-        float* p = wt + r * NT + 8 * j + 2 * fr.q;
-        const float2 v = ld_cg_f32x2(p);
-        *reinterpret_cast<float2*>(p) = make_float2(0.0f, 0.0f);
-        if (n < g.N && tok < c.m_end) g.out[(u64)tok * g.N + n] = f32_to_bf16(v.x);
-        if (n < g.N && tok + 1 < c.m_end) g.out[(u64)(tok + 1) * g.N + n] = f32_to_bf16(v.y);
-      }
-    if (t == 0) g.counters[sg.tile] = 0u;
+      for (int j = 0; j < NT / 8; ++j)
+        if (wgs_live(c, sg.mt, fr, j)) {
+          const float4 v = ld_cg_f32x4(slot + (256 * j + t) * 4);
+          sum[4 * j] += v.x;
+          sum[4 * j + 1] += v.y;
+          sum[4 * j + 2] += v.z;
+          sum[4 * j + 3] += v.w;
+        }
+    }
+    wgs_store(c, sg, fr, sum, {1.0f, 1.0f});
+    if (t == 0) c.g.counters[sg.tile] = 0u;
   };
   if (c.flags()[0] != 0) finish(pend0);
   if (npend > 1 && c.flags()[1] != 0) finish(pend1);
@@ -390,9 +405,9 @@ DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma
   // Grouped: *num_tiles (on the device), never more than the rows the host sized `out` for.
   const u32 m_tiles = grouped ? min((u32)*g.num_tiles, ceil_div(g.M, NT)) : ceil_div(g.M, NT);
   c.m_end = grouped ? m_tiles * NT : g.M;
-  const u64 total = (u64)m_tiles * c.sn * c.sk;
-  c.begin = (u32)(total * blockIdx.x / gridDim.x);
-  c.end = (u32)(total * (blockIdx.x + 1) / gridDim.x);
+  c.total = m_tiles * c.sn * c.sk;
+  c.begin = c.begin_of(blockIdx.x);
+  c.end = c.begin_of(blockIdx.x + 1);
   if (tid() == 0) {
     for (u32 s = 0; s < S::STAGES; ++s) {
       mbar_init(c.full(s), 128);  // every producer thread arrives once per use
@@ -423,8 +438,7 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
 // Entries (format Q): grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
 // WgsSmem<NT>::BYTES. tmap_a: 2-D map of the (pre-sorted) rows [rows, K], box NT × 128; tmap_b:
 // 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws / counters: the split-K workspace
-// [m tiles · n tiles, 128, NT] (wgs_ws_tile) and counters [m tiles · n tiles], zero on entry and
-// left zero.
+// [2 · grid, NT · 128] (wgs_slot) and counters [m tiles · n tiles], zero on entry and left zero.
 template <int Q, int NT>
 DSV3_DEV void gemm8_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
                         const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,

@@ -207,8 +207,8 @@ pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: Wgs
     })
 }
 
-/// The launch both kinds share: the kernel check, the split-K workspace (128 × NT f32 per output
-/// tile of `tile`: `wgs_ws_tile`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared
+/// The launch both kinds share: the kernel check, the split-K workspace (two slots of 128 × NT f32
+/// per CTA: `wgs_slot`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared
 /// memory, at most one per 128-K block), the maps `maps` builds and the arguments (`o.a_scales` /
 /// `o.b_scale` are the AWQ zeros / scales for the AWQ entries).
 fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, per_sm: (usize, u32), o: &Operands, maps: impl FnOnce() -> Result<(TensorMap, TensorMap)>) -> Result<()> {
@@ -225,11 +225,11 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
     if blocks == 0 {
         return Ok(());
     }
-    let (wsp, cnt) = ws.ensure(s, o.m_tiles * n_tiles * 128 * tile.nt(), o.m_tiles * n_tiles)?;
-    let (map_a, map_b) = maps()?;
     let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
     let grid = grid_for(blocks, tiles, sms, per_sm.0);
+    let (wsp, cnt) = ws.ensure(s, 2 * grid * 128 * tile.nt(), o.m_tiles * n_tiles)?;
+    let (map_a, map_b) = maps()?;
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), per_sm.1);
     let mut args = [
         RawArg::Word(o.out),

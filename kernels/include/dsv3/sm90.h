@@ -166,15 +166,10 @@ DSV3_DEV void tma_load_3d_multicast(u32 dst, const TmaMap& m, u32 bar, i32 c0, i
 // after writing a tile with ordinary stores / cp.async and before the tensor cores read it.
 DSV3_DEV void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 
-// Relaxed gpu-scope f32 reduction of 4 consecutive floats (16-byte aligned) in global memory: one
-// L2 atomic operation instead of four (sm_90).
-DSV3_DEV void red_add_v4_f32(float* p, float a, float b, float c, float d) {
-  asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
-}
-// Two consecutive floats (8-byte aligned), read at L2 (past this SM's L1: written by other CTAs).
-DSV3_DEV float2 ld_cg_f32x2(const float* p) {
-  float2 v;
-  asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "l"(p) : "memory");
+// Four consecutive floats (16-byte aligned), read at L2 (past this SM's L1: written by other CTAs).
+DSV3_DEV float4 ld_cg_f32x4(const float* p) {
+  float4 v;
+  asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
   return v;
 }
 
