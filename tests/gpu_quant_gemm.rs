@@ -170,12 +170,18 @@ fn int8_wg2_streams_present() {
 
 /// The AWQ wgs entries run only on streams that load their sm_90a cubin: fails loudly when none
 /// does, checks that the default plans take them there (dense 9–64 rows, MoE 16–32 rows per active
-/// expert: `gemm_wgs::dense_tile` / `moe_tile`) and that the other variants refuse them with a
-/// typed error.
+/// expert: `gemm_wgs::dense_tile` / `moe_tile`; N % 32 == 0, as the zeros are TMA-copied) and
+/// that the other variants refuse them with a typed error, as the sm_90a streams refuse an N of 8.
 fn awq_wgs_streams_present() {
     let mut ok = 0;
     for (v, s) in streams() {
         let s: &dyn GpuStream = s;
+        let (m, n, k, g) = (1, 8, 64, 64);
+        let mut r = rng(5);
+        let w = awq_weights(&mut r, 1, n, k, g);
+        let d = up_awq(s, &w, 1, n, k, g);
+        let a = up(s, &[m, k], &vec![1.0; k], DType::Bf16);
+        let out = poisoned(s, DType::Bf16, &[m, n]);
         if awq_wgs_available(s) {
             assert!(awq_wgs_enabled(s), "{v}: DSV3_GEMM_WGS=0 keeps the default plans off the wgs tiles");
             for (m, tile) in [(9, WgsTile::N16), (16, WgsTile::N16), (17, WgsTile::N64), (64, WgsTile::N64)] {
@@ -186,15 +192,19 @@ fn awq_wgs_streams_present() {
             assert_eq!(awq_moe_wgs_tile(s, 8, 32), None, "{v}: 1 token, top-8 of 32");
             assert_eq!(awq_moe_wgs_tile(s, 160, 8), Some(WgsTile::N64), "{v}: 20 rows per expert");
             assert_eq!(awq_moe_wgs_tile(s, 400, 8), None, "{v}: 50 rows per expert");
+            for (m, n) in [(16, 200), (64, 136), (16, 8)] {
+                assert!(!matches!(qg::awq_plan_dense_for_stream(s, m, n, 1024).tile, QuantTile::Wgs(_)), "{v} m{m} n{n}: N % 32 != 0");
+            }
+            for tile in AWQ_WGS {
+                let plan = QuantPlan { tile, splits: 1 };
+                match qg::awq_gemm_with(s, &mut SplitKWorkspace::new(), plan, &out, &a, &awq_operand(&d, 1, n, k, g)) {
+                    Err(e @ Error::InvalidArgument(_)) => assert!(e.to_string().contains("multiple of 32"), "{v}: {e}"),
+                    r => panic!("{v}: the AWQ {} tile must refuse N = {n}, got {r:?}", tile.label()),
+                }
+            }
             ok += 1;
             continue;
         }
-        let (m, n, k, g) = (1, 8, 64, 64);
-        let mut r = rng(5);
-        let w = awq_weights(&mut r, 1, n, k, g);
-        let d = up_awq(s, &w, 1, n, k, g);
-        let a = up(s, &[m, k], &vec![1.0; k], DType::Bf16);
-        let out = poisoned(s, DType::Bf16, &[m, n]);
         for tile in AWQ_WGS {
             let plan = QuantPlan { tile, splits: 1 };
             match qg::awq_gemm_with(s, &mut SplitKWorkspace::new(), plan, &out, &a, &awq_operand(&d, 1, n, k, g)) {
@@ -1053,17 +1063,19 @@ fn wg2_awq_wgs_dense() {
     awq_wgs_streams_present();
     for g in [64, 128] {
         // Token counts around the 16 / 64 tiles (65: the tiled plan, the wgs tiles forced: two M
-        // tiles); N = 200: a partial second 128-row tile (column groups 16..24 in, 25.. out);
-        // K = 1024: 8 blocks, split over CTAs (tiles meeting in the workspace).
+        // tiles); N = 224: a partial second 128-row tile (column groups 16..27 in, 28.. out, their
+        // scale and zero columns zero-filled by TMA); K = 1024: 8 blocks, split over CTAs (tiles
+        // meeting in the workspace). (The entry takes N % 32 == 0 only: its zeros' TMA rows.)
         for (i, m) in [1usize, 2, 15, 16, 17, 33, 63, 64, 65].into_iter().enumerate() {
-            check_awq_dense_tiles(150 + i as u64, m, 200, 1024, g, &AWQ_WGS);
+            check_awq_dense_tiles(150 + i as u64, m, 224, 1024, g, &AWQ_WGS);
         }
-        // N % 16 == 8 (a warp's second column group past N).
-        check_awq_dense_tiles(160, 5, 136, 8 * g, g, &AWQ_WGS);
+        // N % 128 == 32: the second tile's rows of consumer warpgroup 1 all past N.
+        check_awq_dense_tiles(160, 5, 160, 8 * g, g, &AWQ_WGS);
     }
-    // G = 64 with K % 128 == 64 (the last block half past K: zero-filled words, activations, no
-    // zeros or scales read past K / G), K < 128, and a long K (112 blocks).
-    check_awq_dense_tiles(161, 3, 264, 448, 64, &AWQ_WGS);
+    // G = 64 with K % 128 == 64 (the last block half past K: zero-filled words and activations,
+    // the zeros' and scales' second group row zero-filled past K / G), K < 128, and a long K (112
+    // blocks).
+    check_awq_dense_tiles(161, 3, 288, 448, 64, &AWQ_WGS);
     check_awq_dense_tiles(162, 17, 128, 64, 64, &AWQ_WGS);
     check_awq_dense_tiles(163, 9, 256, 14336, 128, &AWQ_WGS);
     // V3 shapes at M = 1 and 64 (fused q_a + kv_a, expert down, kv_a's N = 576).
@@ -1083,14 +1095,14 @@ fn wg2_awq_wgs_grouped_cases() {
         // One row per sorted row (the fused MoE gathers x first: the wgs tiles take no row ids).
         // One token on 8 of 64 experts (most without a tile), partial N.
         let ids = distinct_ids(&mut r, 1, 64, 8);
-        check_awq_grouped(191, &AWQ_WGS, false, 1, 64, 8, 200, 1024, g, &ids);
+        check_awq_grouped(191, &AWQ_WGS, false, 1, 64, 8, 224, 1024, g, &ids);
         // 40 tokens on experts 0..5 of 8 (≈ 32 rows each: two 16-row tiles or one 64-row one),
         // one pair on another rank's expert.
         let mut ids = distinct_ids(&mut r, 40, 5, 4);
         ids[3] = -1;
         check_awq_grouped(192, &AWQ_WGS, false, 40, 8, 4, 256, 512, g, &ids);
         // Every token on expert 2: several M tiles of one expert (the last partial), the others empty.
-        check_awq_grouped(193, &AWQ_WGS, false, 150, 6, 1, 136, 256, g, &[2i32; 150]);
+        check_awq_grouped(193, &AWQ_WGS, false, 150, 6, 1, 160, 256, g, &[2i32; 150]);
     }
 }
 

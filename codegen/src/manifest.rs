@@ -115,8 +115,9 @@ const WGS_GEMM_ARGS: [Arg; 12] = wgs_gemm_args(ptr("a_scales", "f32"), ptr("b_sc
 /// WGS_NT).
 const AWQ_WGS_G: Axis = Axis { name: "G", values: &["64", "128"] };
 
-/// AWQ: the checkpoint's qzeros and f16 scales in place of the scale pointers.
-const AWQ_WGS_ARGS: [Arg; 12] = wgs_gemm_args(ptr("qzeros", "i32"), ptr("scales", "f16"));
+/// AWQ: TMA maps of the checkpoint's f16 scales and qzeros (unswizzled byte maps) in place of the
+/// scale pointers.
+const AWQ_WGS_ARGS: [Arg; 12] = wgs_gemm_args(tensor_map("tmap_scales"), tensor_map("tmap_zeros"));
 
 const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     [
@@ -913,10 +914,10 @@ pub static FAMILIES: &[Family] = &[
             min_blocks: 1,
             // The sm_90a cubin only (TMA, setmaxnreg, wgmma): the entry traps elsewhere.
             archs: Archs::SM90A,
-            // The weight boxes of the range's first blocks are issued before the grid dependency
-            // wait (as gemm_wgs).
+            // The weight, scale and zero boxes of the range's first blocks are issued before the
+            // grid dependency wait (as gemm_wgs).
             pdl: Pdl::InKernel,
-            doc: "sm_90a only. qweight repacked by awq_repack (tmap_b: bytes [E, N/8, K/32, 128], box 128 x 4 x 16 x 1), tmap_a: bf16 rows as bytes [rows, 2K] (box 128 x NT); qzeros [E, K/G, N/8], scales f16 [E, K/G, N]; K % G == 0, N % 8 == 0. Block 384, dynamic smem AwqWgsSmem<NT, G>::BYTES (NT 16: 187632 (G 128, 14 stages) / 187616 (G 64, 13); NT 64: 180352 / 187520 (7)). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/awq_gemm_wgs.cuh.",
+            doc: "sm_90a only. qweight repacked by awq_repack (tmap_b: bytes [E, N/8, K/32, 128], box 128 x 4 x 16 x 1), tmap_a: bf16 rows as bytes [rows, 2K] (box 128 x NT); tmap_scales: scales f16 [E, K/G, N] as bytes [E, K/G, 2N] (box 256 x 128/G x 1), tmap_zeros: qzeros [E, K/G, N/8] as bytes [E, K/G, N/2] (box 64 x 128/G x 1), both unswizzled; K % G == 0, N % 32 == 0. Block 384, dynamic smem AwqWgsSmem<NT, G>::BYTES (NT 16: 191360 (G 128) / 195200 (G 64), 15 stages; NT 64: 175872 / 177664, 7). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/awq_gemm_wgs.cuh.",
         }],
     },
     Family {

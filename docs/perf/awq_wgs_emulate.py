@@ -8,7 +8,11 @@ float64 reference on random data. Modelled, in the kernel's terms:
   [E, N/8, K/32, 128] with box (128, 4, 16, 1) at (0, 4·kb, 16·nt, e), the bf16 rows as bytes
   [rows, 2K] with two boxes (128, NT) at (256·kb + 128·b, m0); box rows in order (dim 1 fastest),
   out-of-range elements zero, the 128-byte swizzle (16-byte chunk c of row r at c ^ (r % 8));
-- the producer's {zneg, scale} per group and tile row (zero past N or K / G);
+- the scales and zeros by TMA (launch_awq_wgs's unswizzled maps: the f16 scales as bytes
+  [E, K/G, 2N], box (256, 128/G, 1) at (256·nt, GB·kb, e); qzeros as bytes [E, K/G, N/2], box (64,
+  128/G, 1) at (64·nt, GB·kb, e); zero past N or K / G; N % 32 == 0) and the consumer's reads
+  (words cg, cg + 1 of row h at byte 64·h + 4·cg, nibble awq_nib(g); scales at 256·h + 2·row)
+  and conversions (awq_zneg, f16 → f32);
 - the consumer's word addresses ((w_lo + 128 j) ^ 16 j, (w_hi + 128 j) ^ 16 (4 + j)), asserted to
   hit word `lane` of rows 4·cg + j / 4·cg + 4 + j, and the warp's bank pattern;
 - awq_deq2 bit by bit (mask | 0x4300, bf16 add of the zneg bits; exactness asserted);
@@ -46,9 +50,9 @@ def swizzle(off):
     return off ^ (((off >> 7) & 7) << 4)
 
 
-def tma_box(tensor, coords, box):
+def tma_box(tensor, coords, box, swz=True):
     """A TMA box of a byte tensor (numpy array, dims outermost first) at `coords` (innermost
-    first) into a flat swizzled byte buffer; out-of-range bytes are zero."""
+    first) into a flat byte buffer, 128B-swizzled (swz) or not; out-of-range bytes are zero."""
     dims = tensor.shape[::-1]  # innermost first
     out = np.zeros(int(np.prod(box)), dtype=np.uint8)
     row = 0
@@ -59,7 +63,8 @@ def tma_box(tensor, coords, box):
             c0 = coords[0] + b
             inside = c0 < dims[0] and all(0 <= full[i] < dims[i + 1] for i in range(len(full)))
             if inside:
-                out[swizzle(row * box[0] + b)] = tensor[tuple(full[::-1]) + (c0,)]
+                off = row * box[0] + b
+                out[swizzle(off) if swz else off] = tensor[tuple(full[::-1]) + (c0,)]
         row += 1
     return out
 
@@ -92,7 +97,10 @@ def run(NT, G, M, N, K, E, grid, tile_expert, num_tiles, rng):
     rows = m_tiles * NT if grouped else M
     a = np.array([bf16_bits_to_f(f_to_bf16_bits(v))[0] for v in rng.uniform(-2, 2, size=rows * K)]).reshape(rows, K)
     words = np.stack([repack(pack_awq(qv[e]), K, N) for e in range(E)])  # [E, N/8·K/32·32]
+    assert N % 32 == 0, "launch_awq_wgs takes N % 32 == 0 only (the zeros' TMA row stride N/2)"
     zwords = np.stack([pack_awq(zv[e]) for e in range(E)])  # [E, K/G, N/8]
+    zbytes = np.ascontiguousarray(zwords).astype(np.uint32).view(np.uint8).reshape(E, K // G, N // 2)
+    sbytes = sc.astype(np.float16).view(np.uint8).reshape(E, K // G, 2 * N)
     wbytes = words.view(np.uint8).reshape(E, N // 8, K // 32, 128)
     abits = np.array([f_to_bf16_bits(v) for v in a.ravel()], dtype=np.uint16).reshape(rows, K)
     abytes = abits.view(np.uint8).reshape(rows, 2 * K)
@@ -123,15 +131,10 @@ def run(NT, G, M, N, K, E, grid, tile_expert, num_tiles, rng):
             for kb in range(kb0, kb1):
                 wbox = tma_box(wbytes, (0, 4 * kb, n0 // 8, e), (128, 4, 16, 1))
                 tbox = [tma_box(abytes, (256 * kb + 128 * b, m0), (128, NT)) for b in range(2)]
-                # Producer: {zneg, scale} per group h and tile row p.
-                aux = {}
-                for h in range(GB):
-                    for p in range(128):
-                        n, gi = n0 + p, kb * GB + h
-                        ok = n < N and gi < K // G
-                        zw = int(zwords[e, gi, n // 8]) if ok else 0
-                        z = (zw >> (4 * awq_nib(p % 8))) & 15
-                        aux[h, p] = (((0xC300 | z) * 0x10001) & 0xFFFFFFFF, float(sc[e, gi, n]) if ok else 0.0)
+                # The stage's aux area: the scale box, then the zero box (Z_OFF = 256·GB).
+                aux = np.concatenate([tma_box(sbytes, (256 * nt, GB * kb, e), (256, GB, 1), swz=False),
+                                      tma_box(zbytes, (64 * nt, GB * kb, e), (64, GB, 1), swz=False)])
+                z_off = 256 * GB
                 # Consumers: A fragments per warpgroup, D = A · Bᵀ per group, promotion.
                 for w in range(2):
                     A = np.zeros((8, 64, 16))  # [k16 step][row in the warpgroup][k]
@@ -149,12 +152,20 @@ def run(NT, G, M, N, K, E, grid, tile_expert, num_tiles, rng):
                                 assert (w_lo + 128 * j) ^ (16 * j) == swizzle((4 * cg + j) * 128 + 4 * ln)
                                 assert (w_hi + 128 * j) ^ (16 * (4 + j)) == swizzle((4 * cg + 4 + j) * 128 + 4 * ln)
                                 banks.setdefault(j, []).append(((w_lo + 128 * j) ^ (16 * j)) // 4 % 32)
+                            zneg_lo, zneg_hi = [], []
                             for h in range(GB):
-                                scale[h, 16 * wi + g] = aux[h, row_lo][1]
-                                scale[h, 16 * wi + g + 8] = aux[h, row_lo + 8][1]
+                                # One 8-byte read: zero words cg (row_lo) and cg + 1 (row_lo + 8), nibble awq_nib(g).
+                                zw = (u32_at(aux, z_off + 64 * h + 4 * cg), u32_at(aux, z_off + 64 * h + 4 * cg + 4))
+                                zneg_lo.append((((0xC300 | ((zw[0] >> (4 * awq_nib(g))) & 15)) * 0x10001) & 0xFFFFFFFF))
+                                zneg_hi.append((((0xC300 | ((zw[1] >> (4 * awq_nib(g))) & 15)) * 0x10001) & 0xFFFFFFFF))
+                                for rr, r in ((row_lo, 16 * wi + g), (row_lo + 8, 16 * wi + g + 8)):
+                                    scale[h, r] = float(aux[256 * h + 2 * rr:256 * h + 2 * rr + 2].view(np.float16)[0])
+                                    n, gi = n0 + rr, kb * GB + h
+                                    want_s = sc[e, gi, n] if n < N and gi < K // G else 0.0
+                                    assert scale[h, r] == want_s, (h, rr, scale[h, r], want_s)
                             for j in range(4):
                                 h = j * 32 // G
-                                zl, zh = aux[h, row_lo][0], aux[h, row_lo + 8][0]
+                                zl, zh = zneg_lo[h], zneg_hi[h]
                                 for kk in range(2):
                                     a0 = deq2(lo[j], 2 * kk, zl)
                                     a1 = deq2(hi[j], 2 * kk, zh)
@@ -232,12 +243,13 @@ def main():
     bad = 0
     cases = [
         # NT, G, M, N, K, experts, grid (CTAs), tile_expert, num_tiles
-        (16, 128, 1, 136, 256, 1, 1, None, None),
-        (16, 64, 5, 200, 448, 1, 3, None, None),   # K % 128 == 64: a half block; N partial; stream-K
+        # (N % 32 == 0: the entry's zeros arrive by TMA.)
+        (16, 128, 1, 160, 256, 1, 1, None, None),
+        (16, 64, 5, 224, 448, 1, 3, None, None),   # K % 128 == 64: a half block; N partial; stream-K
         (64, 128, 20, 128, 384, 1, 2, None, None),
-        (64, 64, 64, 264, 192, 1, 4, None, None),
-        (16, 64, 17, 72, 64, 1, 2, None, None),    # K < 128, two M tiles, more CTAs than blocks per tile
-        (16, 128, 48, 136, 256, 3, 5, [2, 0, 2], 3),  # grouped: three M tiles of two experts
+        (64, 64, 64, 288, 192, 1, 4, None, None),
+        (16, 64, 17, 96, 64, 1, 2, None, None),    # K < 128, two M tiles, more CTAs than blocks per tile
+        (16, 128, 48, 160, 256, 3, 5, [2, 0, 2], 3),  # grouped: three M tiles of two experts
     ]
     for NT, G, M, N, K, E, grid, te, nt in cases:
         err, bank = run(NT, G, M, N, K, E, grid, te, nt, rng)

@@ -551,9 +551,9 @@ pub(super) fn launch_wg2(s: &dyn GpuStream, name: &str, pair: Option<&str>, spli
         return Ok(());
     }
     let (k, n) = (o.k as u64, o.n as u64);
-    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128 / cluster, 1] })?;
+    let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128 / cluster, 1], swizzle: TmaSwizzle::B128 })?;
     let map_a = if o.row_ids == 0 {
-        s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, 128] })?
+        s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, 128], swizzle: TmaSwizzle::B128 })?
     } else {
         TensorMap::UNUSED
     };

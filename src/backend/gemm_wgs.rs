@@ -8,7 +8,8 @@
 //! Grouped launches need pre-sorted rows (the fused MoE gathers them first, as for v2).
 //!
 //! AWQ W4A16 runs on the same pipeline (kernels/awq_gemm_wgs.cuh, [`launch_awq_wgs`]): the
-//! `awq_repack`ed words dequantized in registers as the wgmma's A operand, 16 or 64 tokens as N;
+//! `awq_repack`ed words dequantized in registers as the wgmma's A operand, 16 or 64 tokens as N,
+//! the group scales and zero points TMA-copied with them (so N % 32 == 0: [`awq_wgs_fits`]);
 //! [`super::quant_gemm::QuantTile::Wgs`] for AWQ plans too.
 
 use super::fp8_gemm::{bad, launch_args, u32_of, Fp8Workspace, Operands, RawArg, DEFAULT_SMS};
@@ -65,12 +66,12 @@ impl WgsTile {
 
     /// Dynamic shared memory of one AWQ CTA of group size `group` (mirrors `AwqWgsSmem<NT,
     /// G>::BYTES`; one CTA per SM): per stage the 8 KB weight box, two token boxes of NT × 128
-    /// bytes and 128/G KB of {zero point, scale} per tile row and group; as many stages as fit
-    /// 192 KB (at most 16), 16 bytes of mbarriers per stage, two 8-byte flags, 1 KB to align the
-    /// base.
+    /// bytes and the block's 128/G group rows of scales (256 bytes each) and zero words (64),
+    /// rounded up to 128 bytes (TMA destinations); as many stages as fit 192 KB (at most 16), 16
+    /// bytes of mbarriers per stage, two 8-byte flags, 1 KB to align the base.
     pub fn awq_smem_bytes(self, group: usize) -> u32 {
         let stage = 8192 + self.nt() * 256;
-        let aux = (128 / group.max(1)) * 1024;
+        let aux = ((128 / group.max(1)) * (256 + 64)).next_multiple_of(128);
         layout_bytes(stage, aux, (196_608 / (stage + aux)).min(16))
     }
 
@@ -120,6 +121,15 @@ pub fn awq_wgs_enabled(s: &dyn GpuStream) -> bool {
     switched_on() && awq_wgs_available(s)
 }
 
+/// Whether the AWQ small-M entry takes an `n`-wide output: its zero points reach shared memory by
+/// TMA as rows of N/8 words, and the copy engine needs their N/2-byte row stride to be a multiple
+/// of 16 bytes, so N % 32 == 0 (the scales' 2N-byte rows follow). Elsewhere the default plans keep
+/// the older kernels and [`launch_awq_wgs`] refuses with [`Error::InvalidArgument`].
+#[allow(clippy::manual_is_multiple_of)] // is_multiple_of needs Rust 1.87; MSRV is 1.80
+pub fn awq_wgs_fits(n: usize) -> bool {
+    n % 32 == 0
+}
+
 /// The weight formats of the small-M entries (their measured crossovers with the older kernels
 /// differ).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,8 +147,11 @@ pub enum WgsFormat {
 /// than the tiled kernel (not understood yet), so it stops at 16. Up to 8 rows the mma.sync
 /// streaming kernel stays where the launch is short: the entry won there only with a tile per CTA
 /// (24576×1536, 32768×512: 1.1–1.3×) or long ranges (7168×16384: 1.2×), and lost 0.2–1 µs on
-/// the ~15 MB shapes; AWQ's st8 won at 1 row on 4 of 6 shapes.
+/// the ~15 MB shapes; AWQ's st8 won at 1 row on 4 of 6 shapes. AWQ needs [`awq_wgs_fits`]`(n)`.
 pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -> Option<WgsTile> {
+    if format == WgsFormat::Awq && !awq_wgs_fits(n) {
+        return None;
+    }
     let max_rows = if format == WgsFormat::Int8Channel { 16 } else { 64 };
     let t = WgsTile::for_rows(m).filter(|_| m <= max_rows)?;
     if m > 8 {
@@ -160,7 +173,7 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
 /// kernel was faster (EP-8 shard, 64 tokens: FP8 491 vs 511 µs, INT8 415 vs 511; at 32 rows the
 /// 64-token tile won 1.1–1.9×); channel INT8 at ≤ 8 rows only (its 64-token tile is slow, as
 /// dense); AWQ only at 16–32 rows (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard
-/// and at 16).
+/// and at 16). The AWQ MoE plan also needs [`awq_wgs_fits`] for both GEMMs' N (its caller checks).
 pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTile> {
     let mean = pairs.div_ceil(experts.min(pairs).max(1));
     let t = WgsTile::for_expert_rows(mean)?;
@@ -181,37 +194,47 @@ pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTi
 pub(super) fn launch_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, o: &Operands) -> Result<()> {
     let (k, n) = (o.k as u64, o.n as u64);
     launch_wgs_with(s, ws, name, tile, (tile.ctas_per_sm(), tile.smem_bytes()), o, || {
-        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1] })?;
-        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32] })?;
-        Ok((map_a, map_b))
+        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims: vec![k, n, o.experts as u64], strides: vec![k, n * k], box_dims: vec![128, 128, 1], swizzle: TmaSwizzle::B128 })?;
+        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![k, o.a_rows as u64], strides: vec![k], box_dims: vec![128, tile.nt() as u32], swizzle: TmaSwizzle::B128 })?;
+        Ok([RawArg::Map(map_a), RawArg::Map(map_b), RawArg::Word(o.a_scales), RawArg::Word(o.b_scale)])
     })
 }
 
 /// Launches the AWQ small-M entry (`awq_gemm_wgs_g{G}_n{NT}`) of tile `tile` on `o`, whose `b` is
-/// the `awq_repack`ed qweight `[E, N/8, K/32, 32]` words, `a_scales` the qzeros and `b_scale` the
-/// f16 scales, `a` the bf16 rows: TMA maps of the words as bytes `[E, N/8, K/32, 128]` (box 128 ×
-/// 4 × 16: one 128-K block of a 128-row tile) and of the rows as bytes `[rows, 2K]` (box 128 ×
-/// NT), one CTA per SM, otherwise as [`launch_wgs`]. `group` ∈ {64, 128}, K % group == 0, N % 8
-/// == 0 (checked by the caller's `AwqWeight`).
+/// the `awq_repack`ed qweight `[E, N/8, K/32, 32]` words, `a_scales` the qzeros `[E, K/G, N/8]`
+/// and `b_scale` the f16 scales `[E, K/G, N]`, `a` the bf16 rows: TMA maps of the words as bytes
+/// `[E, N/8, K/32, 128]` (box 128 × 4 × 16: one 128-K block of a 128-row tile), of the rows as
+/// bytes `[rows, 2K]` (box 128 × NT), and, unswizzled, of the scales as bytes `[E, K/G, 2N]` (box
+/// 256 × 128/G: a block's group rows of a tile) and of the zeros as bytes `[E, K/G, N/2]` (box 64
+/// × 128/G); one CTA per SM, otherwise as [`launch_wgs`]. `group` ∈ {64, 128}, K % group == 0
+/// (checked by the caller's `AwqWeight`), N % 32 == 0 ([`awq_wgs_fits`]; else
+/// [`Error::InvalidArgument`], after the kernel check).
 pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: WgsTile, group: usize, o: &Operands) -> Result<()> {
     if !matches!(group, 64 | 128) {
         return Err(bad(format!("awq_gemm: no small-M entry for group {group} (64 or 128)")));
     }
     let name = format!("awq_gemm_wgs_g{group}_n{}", tile.nt());
-    let (k, n) = (o.k as u64, o.n as u64);
+    let (k, n, e) = (o.k as u64, o.n as u64, o.experts as u64);
     launch_wgs_with(s, ws, &name, tile, (1, tile.awq_smem_bytes(group)), o, || {
-        let dims = vec![128, k / 32, n / 8, o.experts as u64];
-        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims, strides: vec![128, 4 * k, n / 8 * 4 * k], box_dims: vec![128, 4, 16, 1] })?;
-        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![2 * k, o.a_rows as u64], strides: vec![2 * k], box_dims: vec![128, tile.nt() as u32] })?;
-        Ok((map_a, map_b))
+        if !awq_wgs_fits(o.n) {
+            return Err(bad(format!("{name}: N = {} is not a multiple of 32 (the qzeros rows, N/2 bytes, are TMA-copied: 16-byte strides); take the tiled or streaming AWQ plans", o.n)));
+        }
+        let (kg, gb) = (k / group as u64, (128 / group) as u32);
+        let dims = vec![128, k / 32, n / 8, e];
+        let map_b = s.tensor_map(&TmaTiled { addr: o.b, dims, strides: vec![128, 4 * k, n / 8 * 4 * k], box_dims: vec![128, 4, 16, 1], swizzle: TmaSwizzle::B128 })?;
+        let map_a = s.tensor_map(&TmaTiled { addr: o.a, dims: vec![2 * k, o.a_rows as u64], strides: vec![2 * k], box_dims: vec![128, tile.nt() as u32], swizzle: TmaSwizzle::B128 })?;
+        let map_s = s.tensor_map(&TmaTiled { addr: o.b_scale, dims: vec![2 * n, kg, e], strides: vec![2 * n, kg * 2 * n], box_dims: vec![256, gb, 1], swizzle: TmaSwizzle::None })?;
+        let map_z = s.tensor_map(&TmaTiled { addr: o.a_scales, dims: vec![n / 2, kg, e], strides: vec![n / 2, kg * n / 2], box_dims: vec![64, gb, 1], swizzle: TmaSwizzle::None })?;
+        Ok([RawArg::Map(map_a), RawArg::Map(map_b), RawArg::Map(map_s), RawArg::Map(map_z)])
     })
 }
 
 /// The launch both kinds share: the kernel check, the split-K workspace (two slots of 128 × NT f32
-/// per CTA: `wgs_slot`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared
-/// memory, at most one per 128-K block), the maps `maps` builds and the arguments (`o.a_scales` /
-/// `o.b_scale` are the AWQ zeros / scales for the AWQ entries).
-fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, per_sm: (usize, u32), o: &Operands, maps: impl FnOnce() -> Result<(TensorMap, TensorMap)>) -> Result<()> {
+/// per CTA: `wgs_slot`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared memory,
+/// at most one per 128-K block) and the arguments, of which `operands` builds the four after `out`
+/// (tmap_a, tmap_b and the format's two scale operands: pointers for the 8-bit entries, the
+/// scales' and zeros' maps for AWQ) once the launch is known to be non-empty.
+fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, per_sm: (usize, u32), o: &Operands, operands: impl FnOnce() -> Result<[RawArg; 4]>) -> Result<()> {
     let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if !registry::runs_on(s, kernel) {
         let stream = format!("{} {}, {}", s.vendor(), s.arch(), s.variant());
@@ -229,14 +252,14 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
     let grid = grid_for(blocks, tiles, sms, per_sm.0);
     let (wsp, cnt) = ws.ensure(s, 2 * grid * 128 * tile.nt(), o.m_tiles * n_tiles)?;
-    let (map_a, map_b) = maps()?;
+    let [op_a, op_b, op_q0, op_q1] = operands()?;
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), per_sm.1);
     let mut args = [
         RawArg::Word(o.out),
-        RawArg::Map(map_a),
-        RawArg::Map(map_b),
-        RawArg::Word(o.a_scales),
-        RawArg::Word(o.b_scale),
+        op_a,
+        op_b,
+        op_q0,
+        op_q1,
         RawArg::Word(wsp),
         RawArg::Word(cnt),
         RawArg::Word(o.tile_expert),
@@ -283,6 +306,12 @@ mod tests {
         assert_eq!(dense_tile(Int8Block, 64, 2112, 7168, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Awq, 1, 24576, 1536, 132), None);
         assert_eq!(dense_tile(Awq, 16, 24576, 1536, 132), Some(WgsTile::N16));
+        // AWQ's zeros are TMA-copied: N % 32 == 0 only (kv_a's 576 fits; 200 does not).
+        assert_eq!(dense_tile(Awq, 16, 576, 7168, 132), Some(WgsTile::N16));
+        assert_eq!(dense_tile(Awq, 16, 200, 1024, 132), None);
+        assert_eq!(dense_tile(Awq, 64, 136, 1024, 132), None);
+        assert_eq!(dense_tile(Fp8, 16, 200, 1024, 132), Some(WgsTile::N16));
+        assert!(awq_wgs_fits(2112) && awq_wgs_fits(7168) && !awq_wgs_fits(8) && !awq_wgs_fits(264));
         // MoE: 8 tokens at top-8 and up; AWQ at 16–32 rows per expert.
         assert_eq!(moe_tile(Fp8, 8, 256), None);
         assert_eq!(moe_tile(Fp8, 128, 32), Some(WgsTile::N16));
@@ -323,11 +352,12 @@ mod tests {
 
     #[test]
     fn awq_tiles() {
-        // AwqWgsSmem<NT, G>::BYTES: NT 16: 14 / 13 stages of 12 KB + 1 / 2 KB; NT 64: 7 of 24 KB + 1 / 2 KB.
-        assert_eq!(WgsTile::N16.awq_smem_bytes(128), 187_632);
-        assert_eq!(WgsTile::N16.awq_smem_bytes(64), 187_616);
-        assert_eq!(WgsTile::N64.awq_smem_bytes(128), 180_352);
-        assert_eq!(WgsTile::N64.awq_smem_bytes(64), 187_520);
+        // AwqWgsSmem<NT, G>::BYTES: NT 16: 15 stages of 12 KB + 384 / 640 bytes of scales and
+        // zeros (G 128 / 64); NT 64: 7 of 24 KB + the same.
+        assert_eq!(WgsTile::N16.awq_smem_bytes(128), 191_360);
+        assert_eq!(WgsTile::N16.awq_smem_bytes(64), 195_200);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(128), 175_872);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(64), 177_664);
         for g in [64, 128] {
             for t in WgsTile::ALL {
                 assert!(t.awq_smem_bytes(g) <= 227 * 1024);

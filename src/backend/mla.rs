@@ -514,7 +514,7 @@ pub fn mla_decode(
     // the rope as its last 128 bytes).
     let cache_map = if p.wgmma {
         let row_bytes = p.cache.row_bytes() as u64;
-        let map = s.tensor_map(&TmaTiled { addr: cache.raw(), dims: vec![row_bytes, (cs[0] * PAGE) as u64], strides: vec![row_bytes], box_dims: vec![128, PAGE as u32] })?;
+        let map = s.tensor_map(&TmaTiled { addr: cache.raw(), dims: vec![row_bytes, (cs[0] * PAGE) as u64], strides: vec![row_bytes], box_dims: vec![128, PAGE as u32], swizzle: TmaSwizzle::B128 })?;
         Some(KArg::Map(map))
     } else {
         None

@@ -26,8 +26,8 @@
 //! On an H100 / H200 stream that loads the sm_90a cubin, [`awq_plan_dense_for_stream`] (the plan
 //! of [`awq_gemm`]) takes the small-M wgmma entry for 9–64 rows ([`QuantTile::Wgs`],
 //! kernels/awq_gemm_wgs.cuh: the same repacked words dequantized in registers as the wgmma's A
-//! operand, stream-K; 1.1–2.6× the mma.sync kernels there on the H200); `DSV3_GEMM_WGS=0` turns
-//! it off.
+//! operand, stream-K; 1.1–2.6× the mma.sync kernels there on the H200; N % 32 == 0, as its
+//! zeros are TMA-copied); `DSV3_GEMM_WGS=0` turns it off.
 //!
 //! Split-K (small M) adds partial tiles into an f32 workspace the kernels leave zeroed: hold one
 //! [`SplitKWorkspace`] (the FP8 GEMM's [`Fp8Workspace`]) per stream. Grouped (MoE) launches take
@@ -284,7 +284,8 @@ pub fn plan_awq(m: usize, n: usize, k: usize, sms: usize) -> QuantPlan {
 }
 
 /// The plan of a dense AWQ GEMM of `m` rows on this stream: the small-M wgmma entry where
-/// [`gemm_wgs::dense_tile`] takes it and [`awq_wgs_enabled`], else [`plan_awq`].
+/// [`gemm_wgs::dense_tile`] takes it (9–64 rows, N % 32 == 0: [`gemm_wgs::awq_wgs_fits`]) and
+/// [`awq_wgs_enabled`], else [`plan_awq`].
 pub fn awq_plan_dense_for_stream(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> QuantPlan {
     match gemm_wgs::dense_tile(WgsFormat::Awq, m, n, k, s.sm_count().unwrap_or(DEFAULT_SMS)) {
         Some(t) if awq_wgs_enabled(s) => QuantPlan { tile: QuantTile::Wgs(t), splits: 1 },

@@ -13,7 +13,7 @@ use super::fp8_gemm::{bad, launch_raw, u32_of, Fp8Workspace, FusedMoeWorkspace, 
 use super::memory::DeviceTensor;
 use super::moe_driver::{gather_sorted, run_experts, slot, stacked_dims, ExpertGemms, MoePlan, Operand, SortedRows};
 use super::fp8_gemm::Operands;
-use super::gemm_wgs::{self, awq_wgs_enabled, wgs_enabled, WgsFormat, WgsTile};
+use super::gemm_wgs::{self, awq_wgs_enabled, awq_wgs_fits, wgs_enabled, WgsFormat, WgsTile};
 use super::quant_gemm::{awq_tiled, int8_plan_for_stream, launch_awq_wgs_rows, launch_int8, launch_int8_quant, launch_tiled, plan_grouped, plan_grouped_tile, AwqWeight, Int8Scheme, QuantKernel, QuantPlan, QuantTile};
 use super::stream::GpuStream;
 use super::types::*;
@@ -176,10 +176,11 @@ impl ExpertGemms for MoeAwqWeights<'_> {
         MoeAwqWeights::dims(self)
     }
 
-    /// The small-M wgmma entry where [`awq_moe_wgs_tile`] takes it, else [`plan_grouped`].
+    /// The small-M wgmma entry where [`awq_moe_wgs_tile`] takes it and both GEMMs' N (2I, H)
+    /// [`awq_wgs_fits`] (its zeros are TMA-copied), else [`plan_grouped`].
     fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeAwqWeights::dims(self)?;
-        if let Some(t) = awq_moe_wgs_tile(s, pairs, e) {
+        if let Some(t) = awq_moe_wgs_tile(s, pairs, e).filter(|_| awq_wgs_fits(2 * i) && awq_wgs_fits(h)) {
             let plan = QuantPlan { tile: QuantTile::Wgs(t), splits: 1 };
             let (_, max_tiles) = plan_grouped_tile(QuantKernel::Awq, plan.tile, pairs, e, 2 * i, h, DEFAULT_SMS);
             return Ok(MoePlan { bm: t.nt(), max_tiles, gate_up: plan, down: plan });
@@ -222,7 +223,8 @@ impl ExpertGemms for MoeAwqWeights<'_> {
 
 /// The small-M wgmma tile of [`awq_moe`]'s plan for `pairs` (token, expert) pairs over `experts`
 /// on this stream: [`gemm_wgs::moe_tile`] (16–32 rows per active expert) where
-/// [`awq_wgs_enabled`]; `None`: the grouped plans of [`plan_grouped`].
+/// [`awq_wgs_enabled`]; `None`: the grouped plans of [`plan_grouped`]. The layer's plan takes it
+/// only where both GEMMs' N fit the entry ([`awq_wgs_fits`]: N % 32 == 0).
 pub fn awq_moe_wgs_tile(s: &dyn GpuStream, pairs: usize, experts: usize) -> Option<WgsTile> {
     gemm_wgs::moe_tile(WgsFormat::Awq, pairs, experts).filter(|_| awq_wgs_enabled(s))
 }

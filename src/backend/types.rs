@@ -182,15 +182,28 @@ impl TensorMap {
 }
 
 /// A byte tensor to describe as a [`TensorMap`]: `dims` elements per dimension, innermost first
-/// (dimension 0 contiguous), `strides[i]` bytes between consecutive indices of dimension i + 1,
-/// copied in boxes of `box_dims` into shared memory with the 128-byte swizzle (chunk c of box row
-/// r at chunk c ^ (r % 8)); elements outside the tensor read as zeros.
+/// (dimension 0 contiguous), `strides[i]` bytes between consecutive indices of dimension i + 1
+/// (multiples of 16), copied in boxes of `box_dims` into shared memory laid out as `swizzle`
+/// says; elements outside the tensor read as zeros (and still count as the box's bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TmaTiled {
     pub addr: u64,
     pub dims: Vec<u64>,
     pub strides: Vec<u64>,
     pub box_dims: Vec<u32>,
+    pub swizzle: TmaSwizzle,
+}
+
+/// How a [`TmaTiled`] box lands in shared memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum TmaSwizzle {
+    /// The 128-byte swizzle (chunk c of box row r at chunk c ^ (r % 8)): what the wgmma
+    /// descriptors read. Box rows of at most 128 bytes.
+    #[default]
+    B128,
+    /// None: the box's rows packed one after the other as in memory (rows of up to 256 bytes, a
+    /// multiple of 16), for operands read by ordinary shared-memory loads.
+    None,
 }
 
 /// Grid, block and dynamic shared memory of one launch.
