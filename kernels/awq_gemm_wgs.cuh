@@ -352,7 +352,7 @@ DSV3_DEV void awq_wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMa
 // box NT × 128 bytes; tmap_b: 4-D byte map of the repacked qweight [E, N/8, K/32, 128 bytes], box
 // (128, 4, 16, 1); tmap_scales: 3-D byte map of the f16 scales [E, K/G, 2N bytes], box (256, 128/G,
 // 1); tmap_zeros: 3-D byte map of qzeros [E, K/G, N/2 bytes], box (64, 128/G, 1); both unswizzled.
-// ws / counters: the split-K workspace [2 · grid, NT · 128] (wgs_slot) and counters
+// ws / counters: the split-K workspace [2 · grid, NT · 128] (wgs_slot; any contents) and counters
 // [m tiles · n tiles], zero on entry and left zero. G ∈ {64, 128}, K % G == 0, N % 32 == 0.
 template <int G, int NT>
 DSV3_DEV void awq_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const TmaMap& tmap_scales,

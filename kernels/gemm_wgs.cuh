@@ -40,7 +40,7 @@
 // barriers expect the whole stage); the tokens, scales, workspace and output are touched only after
 // every thread's griddepcontrol.wait.
 //
-// NT = 16: 5 stages (93.6 KB) and ~51 registers per thread, two CTAs per SM (the host's grid);
+// NT = 16: 5 stages (93.6 KB) and 66–72 registers per thread (≤ 85), two CTAs per SM (the host's grid);
 // NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.
@@ -315,17 +315,29 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
     float sum[NT / 2];
 #pragma unroll
     for (int i = 0; i < NT / 2; ++i) sum[i] = 0.0f;
+    // U contributors' loads in flight at once (32 / 64 registers of them; NT 16 must stay within
+    // the 85 registers of two CTAs per SM): one after another, each an L2 round trip, the sum of a
+    // tile cut over ~15 short ranges took ~5 µs (run 2).
+    constexpr u32 U = NT == 16 ? 4 : 2;
     const u32 u0 = sg.tile * c.sk, b1 = c.cta_of(u0 + c.sk - 1);
-    for (u32 b = c.cta_of(u0); b <= b1; ++b) {
-      const float* slot = wgs_slot(c, 2 * b + (c.begin_of(b) / c.sk == sg.tile ? 0 : 1));
+    for (u32 b0 = c.cta_of(u0); b0 <= b1; b0 += U) {
+      float4 v[U][NT / 8];
 #pragma unroll
-      for (int j = 0; j < NT / 8; ++j)
-        if (wgs_live(c, sg.mt, fr, j)) {
-          const float4 v = ld_cg_f32x4(slot + (256 * j + t) * 4);
-          sum[4 * j] += v.x;
-          sum[4 * j + 1] += v.y;
-          sum[4 * j + 2] += v.z;
-          sum[4 * j + 3] += v.w;
+      for (u32 i = 0; i < U; ++i) {
+        const u32 b = b0 + i;
+        const float* slot = wgs_slot(c, 2 * b + (c.begin_of(b) / c.sk == sg.tile ? 0 : 1));
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j)
+          v[i][j] = b <= b1 && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (u32 i = 0; i < U; ++i)
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j) {
+          sum[4 * j] += v[i][j].x;
+          sum[4 * j + 1] += v[i][j].y;
+          sum[4 * j + 2] += v[i][j].z;
+          sum[4 * j + 3] += v[i][j].w;
         }
     }
     wgs_store(c, sg, fr, sum, {1.0f, 1.0f});
@@ -438,7 +450,8 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
 // Entries (format Q): grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
 // WgsSmem<NT>::BYTES. tmap_a: 2-D map of the (pre-sorted) rows [rows, K], box NT × 128; tmap_b:
 // 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws / counters: the split-K workspace
-// [2 · grid, NT · 128] (wgs_slot) and counters [m tiles · n tiles], zero on entry and left zero.
+// [2 · grid, NT · 128] (wgs_slot; any contents) and counters [m tiles · n tiles], zero on entry
+// and left zero.
 template <int Q, int NT>
 DSV3_DEV void gemm8_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
                         const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,

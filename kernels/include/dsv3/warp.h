@@ -27,6 +27,18 @@ DSV3_DEV float shfl(float v, int src) {
 #endif
 }
 
+// Orders the warp's shared-memory accesses before this point with those after it (lanes of one
+// warp exchanging through shared memory).
+DSV3_DEV void warp_sync() {
+#if defined(DSV3_HIP)
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+#else
+  __syncwarp();
+#endif
+}
+
 struct SumOp { DSV3_DEV float operator()(float a, float b) const { return a + b; } };
 struct MaxOp { DSV3_DEV float operator()(float a, float b) const { return fmaxf(a, b); } };
 struct MinOp { DSV3_DEV float operator()(float a, float b) const { return fminf(a, b); } };
