@@ -280,6 +280,9 @@ pub fn plan_dense_tile(tile: Fp8Tile, m: usize, n: usize, k: usize, sms: usize) 
 pub struct Fp8Workspace {
     ws: Option<DeviceTensor>,
     counters: Option<DeviceTensor>,
+    /// The small-M kernels' per-CTA partial-tile slots (kernels/gemm_wgs.cuh `wgs_slot`): left
+    /// holding partial sums, so never shared with `ws`, which the other kernels need zero.
+    slots: Option<DeviceTensor>,
     /// Buffers replaced by bigger ones: kept, because a captured graph may still address them.
     retired: Vec<DeviceTensor>,
 }
@@ -301,6 +304,16 @@ impl Fp8Workspace {
             self.retired.extend(self.counters.replace(t));
         }
         Ok((self.ws.as_ref().unwrap().raw(), self.counters.as_ref().unwrap().raw()))
+    }
+
+    /// The small-M kernels' slots (any contents) and the counters (zero), at least these sizes.
+    pub(crate) fn ensure_slots(&mut self, s: &dyn GpuStream, slot_elems: usize, counter_elems: usize) -> Result<(u64, u64)> {
+        if self.slots.as_ref().map(|t| t.numel() < slot_elems).unwrap_or(true) {
+            let t = DeviceTensor::empty(s, DType::F32, &[slot_elems.max(1)])?;
+            self.retired.extend(self.slots.replace(t));
+        }
+        let (_, counters) = self.ensure(s, 1, counter_elems)?;
+        Ok((self.slots.as_ref().unwrap().raw(), counters))
     }
 }
 

@@ -251,7 +251,7 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
     let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
     let grid = grid_for(blocks, tiles, sms, per_sm.0);
-    let (wsp, cnt) = ws.ensure(s, 2 * grid * 128 * tile.nt(), o.m_tiles * n_tiles)?;
+    let (wsp, cnt) = ws.ensure_slots(s, 2 * grid * 128 * tile.nt(), o.m_tiles * n_tiles)?;
     let [op_a, op_b, op_q0, op_q1] = operands()?;
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), per_sm.1);
     let mut args = [
