@@ -296,9 +296,9 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
 }
 
 // After the range: each tile this CTA completed (acquire: thread 0's fence after seeing the count,
-// then the barrier) is the sum of its contributors' slots — CTAs cta_of(first block) ..
-// cta_of(last block), each through the slot of the segment it had there — stored as bf16; its
-// counter is left zero.
+// then the barrier) is the sum of its contributors' slots — the CTAs with a non-empty range from
+// cta_of(first block) to cta_of(last block), each through the slot of the segment it had there —
+// stored as bf16; its counter is left zero.
 template <class Op, int NT, class L>
 DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, const WgsSeg& pend1, const u32& npend,
                          const u32& count0, const u32& count1) {
@@ -324,11 +324,14 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
       float4 v[U][NT / 8];
 #pragma unroll
       for (u32 i = 0; i < U; ++i) {
-        const u32 b = b0 + i;
-        const float* slot = wgs_slot(c, 2 * b + (c.begin_of(b) / c.sk == sg.tile ? 0 : 1));
+        // A grouped launch's device-side tile count can leave CTAs with empty ranges between the
+        // contributors: they wrote no slot.
+        const u32 b = b0 + i, first = c.begin_of(b);
+        const bool wrote = b <= b1 && first < c.begin_of(b + 1);
+        const float* slot = wgs_slot(c, 2 * b + (first / c.sk == sg.tile ? 0 : 1));
 #pragma unroll
         for (int j = 0; j < NT / 8; ++j)
-          v[i][j] = b <= b1 && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          v[i][j] = wrote && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
 #pragma unroll
       for (u32 i = 0; i < U; ++i)
