@@ -276,7 +276,7 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
 /// with a CTA per tile no range splits a tile (no split-K atomics, no hand-off), which pays where
 /// every SM gets a tile and the waves are full: H200 at M = 1, 24576×1536 and 32768×512 (192 and
 /// 256 tiles) ran 1.2× faster unsplit (the tiled kernels) than stream-K. Otherwise stream-K over
-/// every CTA slot.
+/// every CTA slot, with ranges of at least [`min_range`] blocks.
 pub fn grid_for(blocks: usize, tiles: Option<usize>, sms: usize, per_sm: usize) -> usize {
     let slots = sms * per_sm;
     if let Some(t) = tiles {
@@ -285,7 +285,15 @@ pub fn grid_for(blocks: usize, tiles: Option<usize>, sms: usize, per_sm: usize) 
             return t;
         }
     }
-    blocks.min(slots)
+    blocks.div_ceil(min_range()).min(slots)
+}
+
+/// The shortest stream-K range, in 128-K blocks (`DSV3_WGS_MIN_RANGE`, default 1, for tuning):
+/// the CTA completing a split tile reads one slot per CTA that shares it, so short ranges (2112 ×
+/// 7168 at M = 16: 3.6 blocks per CTA, a tile over ~15 CTAs) pay that read at the kernel's tail.
+fn min_range() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| std::env::var("DSV3_WGS_MIN_RANGE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1))
 }
 
 #[cfg(test)]
