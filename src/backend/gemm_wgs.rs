@@ -288,12 +288,14 @@ pub fn grid_for(blocks: usize, tiles: Option<usize>, sms: usize, per_sm: usize) 
     blocks.div_ceil(min_range()).min(slots)
 }
 
-/// The shortest stream-K range, in 128-K blocks (`DSV3_WGS_MIN_RANGE`, default 1, for tuning):
-/// the CTA completing a split tile reads one slot per CTA that shares it, so short ranges (2112 ×
-/// 7168 at M = 16: 3.6 blocks per CTA, a tile over ~15 CTAs) pay that read at the kernel's tail.
+/// The shortest stream-K range, in 128-K blocks (`DSV3_WGS_MIN_RANGE`, default 8, for tuning):
+/// the CTA completing a split tile reads one slot per CTA that shares it, so short ranges pay that
+/// read at the kernel's tail. H200, M = 16 (docs/perf/fp8_gemm.md, session 8): 2112×7168 16.8 →
+/// 11.2 µs and 4096×7168 17.0 → 13.9 µs from 1 to 8 (3.6 / 6.8 blocks per CTA before), 4 in
+/// between; the shapes with long ranges unchanged.
 fn min_range() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| std::env::var("DSV3_WGS_MIN_RANGE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1))
+    *MIN.get_or_init(|| std::env::var("DSV3_WGS_MIN_RANGE").ok().and_then(|v| v.parse().ok()).unwrap_or(8).max(1))
 }
 
 #[cfg(test)]
@@ -352,8 +354,9 @@ mod tests {
         assert_eq!(grid_for(192 * 12, Some(192), 132, 2), 192);
         assert_eq!(grid_for(192 * 12, Some(192), 132, 1), 132);
         assert_eq!(grid_for(256 * 4, Some(256), 132, 1), 256);
-        assert_eq!(grid_for(17 * 56, Some(17), 132, 2), 264);
-        assert_eq!(grid_for(10, Some(10), 132, 2), 10);
+        // Stream-K ranges of at least 8 blocks (min_range's default).
+        assert_eq!(grid_for(17 * 56, Some(17), 132, 2), 119);
+        assert_eq!(grid_for(10, Some(10), 132, 2), 2);
         assert_eq!(grid_for(5000, None, 132, 2), 264);
         assert!(registry::kernel("int8_gemm_wgs_channel_n16").is_some());
     }
