@@ -19,10 +19,10 @@
 
 namespace dsv3 {
 
-// A thread reads its strided columns ROW_CHUNK at a time, the loads issued before the arithmetic:
-// one at a time, a 7168-wide row (28 columns per thread) took 28 dependent round trips, ~20 µs per
-// decode-step norm on the H200. Each thread still adds its columns in ascending order (the sums,
-// hence the fused and unfused kernels' results, are unchanged).
+// A decode step's row is one block, latency-bound (H200 ncu, 256 threads, a 7168-wide row: 21.9
+// µs, no eligible warp 87% of cycles): the manifest's BLOCK is 1024, and a thread reads its strided
+// columns ROW_CHUNK at a time, the loads issued before the arithmetic. Each thread still adds its
+// columns in ascending order (the fused and unfused kernels' sums stay identical).
 constexpr u32 ROW_CHUNK = 8;
 
 // 1 / rms of row xr (every kernel here: BLOCK threads, strided sum, block_sum).

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Session 8, run 6 (one H200, final): the shortest stream-K range 8 by default — every GEMM test,
+# gpu_model, the MoE and dense decode rows, the 4-layer slice.
+export CARGO_MANIFEST_DIR=$PWD
+mkdir -p /tmp/g && tar -C /tmp/g -xJf .devrun/r6.tar.xz  # the gpu-bundle executables (bin/, kinds/), xz
+B=/tmp/g/bin; L=/tmp/logs; mkdir -p $L
+F='^test |test result|panicked|error'
+t() { local n=$1 to=$2; shift 2
+  echo "=== $n $*"; timeout $to $B/$n-* --include-ignored --test-threads 1 "$@" 2>&1 | grep -E "$F" | grep -v " ok$" | head -30; }
+{ t gpu_fp8_gemm 150; t gpu_quant_gemm 150; t gpu_model 100; } > $L/tests.log 2>&1
+cat $L/tests.log
+export DSV3_FP8_BENCH_WGMMA=0 DSV3_FP8_BENCH_WGMMA2=0 DSV3_INT8_BENCH_WGMMA2=0
+DSV3_BENCH_TOKENS=1,16,64,128 timeout 100 $B/fp8_gemm-* --bench > $L/fp8.log 2>&1
+DSV3_BENCH_TOKENS=1,16,64 timeout 120 $B/quant_gemm-* --bench > $L/quant.log 2>&1
+grep -E "^(dense|moe) " $L/fp8.log
+grep -E "^(i8blk|i8ch|awq|moe-i8-fused|moe-awq-fused) " $L/quant.log | awk '{print $1, $2, $3, $4, $5, $6, $7, $8}'
+timeout 90 $B/bench_one_batch --offline --num-layers 4 --dense-layers 1 --steps 10 --batch-sizes 1,32,256 --contexts 4096 --prefill-lens 4096 > $L/e2e.log 2>&1; echo "e2e rc=$?"
+grep -E "^\| (1|32|256|4096) \||breakdown" $L/e2e.log
+tar -C $L -czf $OUT/logs.tar.gz .
