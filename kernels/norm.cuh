@@ -20,9 +20,10 @@
 namespace dsv3 {
 
 // A decode step's row is one block, latency-bound (H200 ncu, 256 threads, a 7168-wide row: 21.9
-// µs, no eligible warp 87% of cycles): the manifest's BLOCK is 1024, and a thread reads its strided
-// columns ROW_CHUNK at a time, the loads issued before the arithmetic. Each thread still adds its
-// columns in ascending order (the fused and unfused kernels' sums stay identical).
+// µs, no eligible warp 87% of cycles): the manifest allows 1024 threads (the host launches that
+// many for fewer rows than SMs, src/backend/dispatch.rs `norm_threads`), and a thread reads its
+// strided columns ROW_CHUNK at a time, the loads issued before the arithmetic. Each thread still
+// adds its columns in ascending order (the fused and unfused kernels' sums stay identical).
 constexpr u32 ROW_CHUNK = 8;
 
 // 1 / rms of row xr (every kernel here: BLOCK threads, strided sum, block_sum).

@@ -270,7 +270,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "grid (rows), block 1024.",
+                doc: "grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
             KernelSpec {
                 name: "add_rms_norm_{T}",
@@ -290,7 +290,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "residual += x; out = rms_norm(residual). grid (rows), block 1024.",
+                doc: "residual += x; out = rms_norm(residual). grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
             // ---- issue 5: RMSNorm → activation quantization (the next linear's input) ----------
             KernelSpec {
@@ -303,7 +303,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps): q [rows, cols], scales [rows, ceil(cols/128)]; out may be null. grid (rows), block 1024.",
+                doc: "rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps): q [rows, cols], scales [rows, ceil(cols/128)]; out may be null. grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
             KernelSpec {
                 name: "add_rms_norm_quant_fp8_{T}_{F8}",
@@ -315,7 +315,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "add_rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps); out may be null. grid (rows), block 1024.",
+                doc: "add_rms_norm, and its T-rounded output quantized as fp8_quant_group128 (eps qeps); out may be null. grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
             KernelSpec {
                 name: "rms_norm_quant_int8_{G}_{T}",
@@ -327,7 +327,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps): group128 scales [rows, ceil(cols/128)], token scales [rows]; out may be null. grid (rows), block 1024.",
+                doc: "rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps): group128 scales [rows, ceil(cols/128)], token scales [rows]; out may be null. grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
             KernelSpec {
                 name: "add_rms_norm_quant_int8_{G}_{T}",
@@ -339,7 +339,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "add_rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps); out may be null. grid (rows), block 1024.",
+                doc: "add_rms_norm, and its T-rounded output quantized as int8_quant_{G}_{T} (eps qeps); out may be null. grid (rows), block 256 or 1024 (norm_threads in src/backend/dispatch.rs).",
             },
         ],
     },

@@ -128,10 +128,18 @@ pub fn embedding_slice(s: &dyn GpuStream, out: &DeviceTensor, table: &DeviceTens
     )
 }
 
-/// Threads of a norm kernel's block (one block per row; the manifest's `norm` family): a decode
-/// step's single 7168-wide row is one block, latency-bound at 256 threads (H200 ncu: 21.9 µs, 87%
-/// of cycles with no eligible warp).
-const NORM_THREADS: u32 = 1024;
+/// Threads of a norm kernel's block (one block per row; the manifest's `norm` family allows 1024)
+/// for `rows` rows. A decode step's few rows are latency-bound at 256 threads (H200 ncu, one
+/// 7168-wide row: 21.9 µs, no eligible warp 87% of cycles; 7.9 µs at 1024); with a row per SM or
+/// more, 256 (a 4096-token prefill's norms took 1.32 ms at 256, 1.60 at 1024). The fused and
+/// unfused norms of the same rows take the same block, so their sums stay identical.
+fn norm_threads(s: &dyn GpuStream, rows: usize) -> u32 {
+    if rows < s.sm_count().unwrap_or(132) {
+        1024
+    } else {
+        256
+    }
+}
 
 /// Row-wise RMSNorm over the last dimension.
 pub fn rms_norm(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor, w: &DeviceTensor, eps: f32) -> Result<()> {
@@ -143,7 +151,7 @@ pub fn rms_norm(s: &dyn GpuStream, out: &DeviceTensor, x: &DeviceTensor, w: &Dev
     launch_by_name(
         s,
         &format!("rms_norm_{}", x.dtype()),
-        LaunchCfg::linear(u32_of(rows, "rows")?, NORM_THREADS),
+        LaunchCfg::linear(u32_of(rows, "rows")?, norm_threads(s, rows)),
         &[KArg::Out(out), KArg::In(x), KArg::In(w), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
     )
 }
@@ -159,7 +167,7 @@ pub fn add_rms_norm(s: &dyn GpuStream, out: &DeviceTensor, residual: &DeviceTens
     launch_by_name(
         s,
         &format!("add_rms_norm_{}", x.dtype()),
-        LaunchCfg::linear(u32_of(rows, "rows")?, NORM_THREADS),
+        LaunchCfg::linear(u32_of(rows, "rows")?, norm_threads(s, rows)),
         &[KArg::Out(out), KArg::Out(residual), KArg::In(x), KArg::In(w), KArg::U32(rows as u32), KArg::U32(cols as u32), KArg::F32(eps)],
     )
 }
@@ -268,7 +276,7 @@ fn launch_norm_quant(s: &dyn GpuStream, out: Option<&DeviceTensor>, residual: Op
             KArg::F32(qeps),
         ])
         .collect();
-    launch_by_name(s, &format!("{what}_{}", kind.kernel_tail(x.dtype(), q.dtype())?), LaunchCfg::linear(u32_of(rows, "rows")?, NORM_THREADS), &args)
+    launch_by_name(s, &format!("{what}_{}", kind.kernel_tail(x.dtype(), q.dtype())?), LaunchCfg::linear(u32_of(rows, "rows")?, norm_threads(s, rows)), &args)
 }
 
 /// Where the rope part of each head sits in a tensor of `tokens` rows.
