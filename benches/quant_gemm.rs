@@ -367,7 +367,7 @@ fn main() {
                 w13: AwqWeight { qweight: &a13q, qzeros: &a13z, scales: &a13s, experts: e, n: 2 * inter, k: HIDDEN, group: 128 },
                 w2: AwqWeight { qweight: &a2q, qzeros: &a2z, scales: &a2s, experts: e, n: HIDDEN, k: inter, group: 128 },
             };
-            let wgs = awq_moe_wgs_tile(&s, p, e);
+            let wgs = awq_moe_wgs_tile(&s, p, e, HIDDEN, inter);
             let abytes = (hit * (awq_bytes(2 * inter, HIDDEN) + awq_bytes(HIDDEN, inter))) as f64;
             let mut awq_rows = vec![("moe-awq-fused", wgs.map(|t| t.label()).unwrap_or("grouped"), false)];
             if wgs.is_some() {

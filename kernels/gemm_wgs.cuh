@@ -17,7 +17,7 @@
 // only the first and the last can be partial. A whole segment stores bf16. A partial one stores its
 // sums into the CTA's f32 workspace slot (wgs_slot), and consumer thread 0 bumps the tile's counter by
 // the segment's block count (after a CTA barrier and an acq_rel fence: the release of every
-// consumer's atomics, CUTLASS's split-K semaphore pattern) without waiting for the result; after
+// consumer's stores, CUTLASS's split-K semaphore pattern) without waiting for the result; after
 // its range, the CTA sums the slots of each tile whose count it completed into bf16 and leaves the
 // counter zero for the next launch. Grouped launches read *num_tiles on the device; every
 // CTA derives the same ranges.

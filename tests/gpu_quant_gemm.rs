@@ -189,9 +189,10 @@ fn awq_wgs_streams_present() {
             }
             assert_eq!(qg::awq_plan_dense_for_stream(s, 1, 2112, 7168).tile, QuantTile::STREAM[0], "{v}");
             assert_eq!(qg::awq_plan_dense_for_stream(s, 65, 2112, 7168).tile, QuantTile::Bm128, "{v}");
-            assert_eq!(awq_moe_wgs_tile(s, 8, 32), None, "{v}: 1 token, top-8 of 32");
-            assert_eq!(awq_moe_wgs_tile(s, 160, 8), Some(WgsTile::N64), "{v}: 20 rows per expert");
-            assert_eq!(awq_moe_wgs_tile(s, 400, 8), None, "{v}: 50 rows per expert");
+            assert_eq!(awq_moe_wgs_tile(s, 8, 32, 7168, 2048), None, "{v}: 1 token, top-8 of 32");
+            assert_eq!(awq_moe_wgs_tile(s, 160, 8, 7168, 2048), Some(WgsTile::N64), "{v}: 20 rows per expert");
+            assert_eq!(awq_moe_wgs_tile(s, 400, 8, 7168, 2048), None, "{v}: 50 rows per expert");
+            assert_eq!(awq_moe_wgs_tile(s, 160, 8, 7168, 100), None, "{v}: gate_up N 200 % 32 != 0");
             for (m, n) in [(16, 200), (64, 136), (16, 8)] {
                 assert!(!matches!(qg::awq_plan_dense_for_stream(s, m, n, 1024).tile, QuantTile::Wgs(_)), "{v} m{m} n{n}: N % 32 != 0");
             }

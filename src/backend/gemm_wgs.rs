@@ -173,7 +173,8 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
 /// kernel was faster (EP-8 shard, 64 tokens: FP8 491 vs 511 µs, INT8 415 vs 511; at 32 rows the
 /// 64-token tile won 1.1–1.9×); channel INT8 at ≤ 8 rows only (its 64-token tile is slow, as
 /// dense); AWQ only at 16–32 rows (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard
-/// and at 16). The AWQ MoE plan also needs [`awq_wgs_fits`] for both GEMMs' N (its caller checks).
+/// and at 16). The AWQ MoE plan also needs [`awq_wgs_fits`] for both GEMMs' N
+/// (`quant_moe::awq_moe_wgs_tile`).
 pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTile> {
     let mean = pairs.div_ceil(experts.min(pairs).max(1));
     let t = WgsTile::for_expert_rows(mean)?;

@@ -176,11 +176,10 @@ impl ExpertGemms for MoeAwqWeights<'_> {
         MoeAwqWeights::dims(self)
     }
 
-    /// The small-M wgmma entry where [`awq_moe_wgs_tile`] takes it and both GEMMs' N (2I, H)
-    /// [`awq_wgs_fits`] (its zeros are TMA-copied), else [`plan_grouped`].
+    /// The small-M wgmma entry where [`awq_moe_wgs_tile`] takes it, else [`plan_grouped`].
     fn plan(&self, s: &dyn GpuStream, _wsp: &FusedMoeWorkspace, pairs: usize) -> Result<MoePlan<QuantPlan>> {
         let (e, h, i) = MoeAwqWeights::dims(self)?;
-        if let Some(t) = awq_moe_wgs_tile(s, pairs, e).filter(|_| awq_wgs_fits(2 * i) && awq_wgs_fits(h)) {
+        if let Some(t) = awq_moe_wgs_tile(s, pairs, e, h, i) {
             let plan = QuantPlan { tile: QuantTile::Wgs(t), splits: 1 };
             let (_, max_tiles) = plan_grouped_tile(QuantKernel::Awq, plan.tile, pairs, e, 2 * i, h, DEFAULT_SMS);
             return Ok(MoePlan { bm: t.nt(), max_tiles, gate_up: plan, down: plan });
@@ -222,11 +221,13 @@ impl ExpertGemms for MoeAwqWeights<'_> {
 }
 
 /// The small-M wgmma tile of [`awq_moe`]'s plan for `pairs` (token, expert) pairs over `experts`
-/// on this stream: [`gemm_wgs::moe_tile`] (16–32 rows per active expert) where
-/// [`awq_wgs_enabled`]; `None`: the grouped plans of [`plan_grouped`]. The layer's plan takes it
-/// only where both GEMMs' N fit the entry ([`awq_wgs_fits`]: N % 32 == 0).
-pub fn awq_moe_wgs_tile(s: &dyn GpuStream, pairs: usize, experts: usize) -> Option<WgsTile> {
-    gemm_wgs::moe_tile(WgsFormat::Awq, pairs, experts).filter(|_| awq_wgs_enabled(s))
+/// of hidden size `hidden` and intermediate size `inter` on this stream: [`gemm_wgs::moe_tile`]
+/// (16–32 rows per active expert) where [`awq_wgs_enabled`] and both GEMMs' N (2·inter, hidden)
+/// fit the entry ([`awq_wgs_fits`]: N % 32 == 0, its zeros are TMA-copied); `None`: the grouped
+/// plans of [`plan_grouped`].
+pub fn awq_moe_wgs_tile(s: &dyn GpuStream, pairs: usize, experts: usize, hidden: usize, inter: usize) -> Option<WgsTile> {
+    let fits = awq_wgs_fits(2 * inter) && awq_wgs_fits(hidden);
+    gemm_wgs::moe_tile(WgsFormat::Awq, pairs, experts).filter(|_| fits && awq_wgs_enabled(s))
 }
 
 /// Routed experts of one MoE layer on the INT8 grouped GEMMs: as [`super::fp8_gemm::fused_moe`]

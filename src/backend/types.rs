@@ -195,11 +195,10 @@ pub struct TmaTiled {
 }
 
 /// How a [`TmaTiled`] box lands in shared memory.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TmaSwizzle {
     /// The 128-byte swizzle (chunk c of box row r at chunk c ^ (r % 8)): what the wgmma
     /// descriptors read. Box rows of at most 128 bytes.
-    #[default]
     B128,
     /// None: the box's rows packed one after the other as in memory (rows of up to 256 bytes, a
     /// multiple of 16), for operands read by ordinary shared-memory loads.
