@@ -38,12 +38,12 @@
 // consumers convert them (a few integer ops and two f16 → f32 per group and thread).
 // The global row strides must be multiples of 16 bytes: N/2 for the zeros, so N % 32 == 0 (the
 // host keeps other N off this entry).
-// Producer: thread 0 alone (the other 127 producer threads return after setmaxnreg). wgs_init
-// inits each `full` barrier for 128 arrivals (the 8-bit kernels' writers); thread 0 waits the
-// stage's `empty`, adds the stage's bytes (weights + tokens + scales + zeros; TMA counts a box's
-// zero-filled bytes too) to `full`'s transaction count, issues the copies and arrives for all
-// 128 at once (mbar_arrive_n). One thread makes every arrival, each after its wait for the
-// stage's previous use, so no arrival can land in a later phase than its own. As in gemm_wgs,
+// Producer: thread 0 alone (the other 127 producer threads return after setmaxnreg), so each
+// `full` barrier expects one arrival per phase (wgs_init's count); thread 0 waits the stage's
+// `empty`, adds the stage's bytes (weights + tokens + scales + zeros; TMA counts a box's
+// zero-filled bytes too) to `full`'s transaction count, issues the copies and arrives. One thread
+// makes every arrival, each after its wait for the stage's previous use, so no arrival can land
+// in a later phase than its own. As in gemm_wgs,
 // the weights, scales and zeros of the range's first STAGES blocks (constants) are issued before
 // the grid dependency wait (their bytes expected there, the arrival in the loop).
 //
@@ -112,10 +112,6 @@ struct WgsAwq {
   static constexpr bool ROW_SCALED = false;
 };
 
-// Arrivals each `full` barrier expects per phase (wgs_init's mbar_init: one per producer thread of
-// the 8-bit kernels); here producer thread 0 makes them all at once.
-constexpr u32 AWQ_WGS_FULL_ARRIVALS = 128;
-
 template <int NT, int G> using AwqWgsCtx = WgsCtx<NT, AwqWgsSmem<NT, G>>;
 
 // Block kb's constant copies of tile column nt (expert e) into stage `stage`: the weight box and
@@ -174,7 +170,7 @@ DSV3_DEV void awq_wgs_produce(const AwqWgsCtx<NT, G>& c, const TmaMap& ma, const
       const u32 t_dst = c.base + stage * S::STAGE + S::W_TILE;
       tma_load_2d(t_dst, ma, c.full(stage), (i32)(k * 256), (i32)m0);
       tma_load_2d(t_dst + NT * 128, ma, c.full(stage), (i32)(k * 256 + 128), (i32)m0);
-      mbar_arrive_n(c.full(stage), AWQ_WGS_FULL_ARRIVALS);
+      mbar_arrive(c.full(stage));
       c.advance(stage, phase);
     }
     u += sg.kb1 - sg.kb0;
@@ -334,7 +330,7 @@ DSV3_DEV void awq_wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMa
                            const TmaMap& mz) {
   AwqWgsCtx<NT, G> c;
   const u32 pre =
-      wgs_init(c, g, ma, mb, [&](const AwqWgsCtx<NT, G>& cc) { return awq_wgs_prefetch_weights(cc, mb, ms, mz); });
+      wgs_init(c, g, ma, mb, 1, [&](const AwqWgsCtx<NT, G>& cc) { return awq_wgs_prefetch_weights(cc, mb, ms, mz); });
   // One CTA per SM (the entries' launch bounds pin 168 registers, which setmaxnreg needs): the
   // consumers' two partial sets (G 64, NT 64), total, A operand and words need more than 168.
   if (tid() < 128) {

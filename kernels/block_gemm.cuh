@@ -294,18 +294,15 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 
   BgCta c;
   if (!bg_cta<BM>(g, Op::PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
-  const u32 kt0 = c.kt0, kt1 = c.kt1;
-  const u8* B = c.b;
-  const float* b_scale = c.b_scale;
+  const u32 N = g.N, K = g.K;
 
   const u32 t = tid(), warp = t / 32, ln = t % 32;
   const u32 wm = warp / C::WARPS_N, wn = warp % C::WARPS_N;
 
   SwzLoader<BM, THREADS> la;
-  la.init(t, g.a, K, 0, [&](u32 r) { return bg_a_row(g, m0 + r, m_end); });
+  la.init(t, g.a, K, 0, [&](u32 r) { return bg_a_row(g, c.m0 + r, c.m_end); });
   SwzLoader<BN, THREADS> lb;
-  lb.init(t, B, K, A_BYTES, [&](u32 r) { return n0 + r < N ? (i64)(n0 + r) : (i64)-1; });
+  lb.init(t, c.b, K, A_BYTES, [&](u32 r) { return c.n0 + r < N ? (i64)(c.n0 + r) : (i64)-1; });
   const u32 smem0 = smem_u32(bg_smem);
 
   // PER_TILE: a fresh `part` per K tile, promoted into `acc`; otherwise `whole` sums every K tile.
@@ -327,14 +324,14 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int h = 0; h < 2; ++h) srow[i][h] = (i32)bg_a_row(g, m0 + wm * WM + i * 16 + grp + h * 8, m_end);
+    for (int h = 0; h < 2; ++h) srow[i][h] = (i32)bg_a_row(g, c.m0 + wm * WM + i * 16 + grp + h * 8, c.m_end);
 
-  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+  const u32 nk = c.kt1 > c.kt0 ? c.kt1 - c.kt0 : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if ((u32)s < nk) {
-      la.issue(t, smem0 + s * STAGE, (kt0 + s) * BK, K, g.a);
-      lb.issue(t, smem0 + s * STAGE, (kt0 + s) * BK, K, g.b);
+      la.issue(t, smem0 + s * STAGE, (c.kt0 + s) * BK, K, g.a);
+      lb.issue(t, smem0 + s * STAGE, (c.kt0 + s) * BK, K, g.b);
     }
     cp_async_commit();
   }
@@ -345,12 +342,12 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
     {
       const u32 nx = it + STAGES - 1;
       if (nx < nk) {
-        la.issue(t, smem0 + (nx % STAGES) * STAGE, (kt0 + nx) * BK, K, g.a);
-        lb.issue(t, smem0 + (nx % STAGES) * STAGE, (kt0 + nx) * BK, K, g.b);
+        la.issue(t, smem0 + (nx % STAGES) * STAGE, (c.kt0 + nx) * BK, K, g.a);
+        lb.issue(t, smem0 + (nx % STAGES) * STAGE, (c.kt0 + nx) * BK, K, g.b);
       }
       cp_async_commit();
     }
-    const u32 kt = kt0 + it;
+    const u32 kt = c.kt0 + it;
     // Scales of this K block (issued early; used after the MMAs).
     float sa[MT][2];
     float sb = 0.0f;
@@ -359,8 +356,8 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) sa[i][h] = srow[i][h] >= 0 ? g.a_scales[(u64)srow[i][h] * sk + kt] : 0.0f;
-      sb = b_scale[kt] * Op::FIX;
+        for (int h = 0; h < 2; ++h) sa[i][h] = srow[i][h] >= 0 ? g.a_scales[(u64)srow[i][h] * c.sk + kt] : 0.0f;
+      sb = c.b_scale[kt] * Op::FIX;
     }
     Acc tile_part[MT][NT][4];
 #pragma unroll
@@ -399,8 +396,8 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
     // One scale per row and per column, applied once.
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const u32 n = n0 + wn * WN + j * 8 + 2 * tig;
-      const float sb0 = n < N ? b_scale[n] * Op::FIX : 0.0f, sb1 = n + 1 < N ? b_scale[n + 1] * Op::FIX : 0.0f;
+      const u32 n = c.n0 + wn * WN + j * 8 + 2 * tig;
+      const float sb0 = n < N ? c.b_scale[n] * Op::FIX : 0.0f, sb1 = n + 1 < N ? c.b_scale[n + 1] * Op::FIX : 0.0f;
 #pragma unroll
       for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -411,7 +408,7 @@ DSV3_DEV void block_gemm_mma(const BlockGemmArgs& g) {
         }
     }
   }
-  bg_epilogue<BM, MT, NT>(g, acc, m0, m_end, n0, wm * WM, wn * WN, mt_idx, nt_idx);
+  bg_epilogue<BM, MT, NT>(g, acc, c.m0, c.m_end, c.n0, wm * WM, wn * WN, c.mt_idx, c.nt_idx);
 }
 #endif  // DSV3_CUDA
 
@@ -609,10 +606,7 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
 
   BgCta c;
   if (!bg_cta<BM>(g, Op::PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
-  const u32 kt0 = c.kt0, kt1 = c.kt1;
-  const u8* B = c.b;
-  const float* b_scale = c.b_scale;
+  const u32 N = g.N, K = g.K;
   extern __shared__ __attribute__((aligned(1024))) u8 bg_smem[];
 
   const u32 t = tid(), ln = t % 64, wave = t / 64;
@@ -623,14 +617,14 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
     const u32 rl = row0 + i * 16 + ln % 16;
-    srow[i] = rl < (u32)BM ? (i32)bg_a_row(g, m0 + rl, m_end) : -1;
+    srow[i] = rl < (u32)BM ? (i32)bg_a_row(g, c.m0 + rl, c.m_end) : -1;
   }
 
   // Tile rows: the BM activation rows, then the weight rows n0 .. n0 + 127 (zeros past N).
   Stager st;
   st.init(g.a, [&](u32 r, const u8*& p) {
-    const i64 gr = r < (u32)BM ? bg_a_row(g, m0 + r, m_end) : (n0 + r - BM < N ? (i64)(n0 + r - BM) : -1);
-    p = (r < (u32)BM ? g.a : B) + (u64)(gr >= 0 ? gr : 0) * K;
+    const i64 gr = r < (u32)BM ? bg_a_row(g, c.m0 + r, c.m_end) : (c.n0 + r - BM < N ? (i64)(c.n0 + r - BM) : -1);
+    p = (r < (u32)BM ? g.a : c.b) + (u64)(gr >= 0 ? gr : 0) * K;
     return gr >= 0;
   });
   // The loads of K tile kt: its chunks, and (PER_TILE) its scales s_a of this lane's rows and s_b.
@@ -642,8 +636,8 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
     st.load(kt, kt * BK + Stager::chunk() * 16 < K);  // K % 16 == 0: a chunk is all in or all out
     if constexpr (Op::PER_TILE) {
 #pragma unroll
-      for (int i = 0; i < MT; ++i) sa[i] = srow[i] >= 0 ? g.a_scales[(u64)srow[i] * sk + kt] : 0.0f;
-      sb = b_scale[kt];
+      for (int i = 0; i < MT; ++i) sa[i] = srow[i] >= 0 ? g.a_scales[(u64)srow[i] * c.sk + kt] : 0.0f;
+      sb = c.b_scale[kt];
     }
   };
   auto store = [&]() { st.store(bg_smem, [](u32 w) { return Op::lds(w); }); };
@@ -659,8 +653,8 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
       part[i][j] = AccV{0, 0, 0, 0};
     }
 
-  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
-  if (nk > 0) load(kt0);
+  const u32 nk = c.kt1 > c.kt0 ? c.kt1 - c.kt0 : 0;
+  if (nk > 0) load(c.kt0);
   for (u32 it = 0; it < nk; ++it) {
     __syncthreads();  // every wave is done reading the previous tile
     store();
@@ -668,7 +662,7 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
     float ps[MT];  // this K block's promotion scales s_a · s_b, before load() replaces them
 #pragma unroll
     for (int i = 0; i < MT; ++i) ps[i] = sa[i] * (sb * Op::FIX);
-    if (it + 1 < nk) load(kt0 + it + 1);
+    if (it + 1 < nk) load(c.kt0 + it + 1);
 #pragma unroll
     for (int ks = 0; ks < BK / 32; ++ks) {
       const u32 slot = 4 * ks + ln / 16;
@@ -699,15 +693,15 @@ DSV3_DEV void block_gemm_mfma(const BlockGemmArgs& g) {
     // One scale per row and per column, applied once.
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      const u32 n = n0 + col0 + j * 16 + 4 * (ln / 16);
+      const u32 n = c.n0 + col0 + j * 16 + 4 * (ln / 16);
       f32x4 sbn;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sbn[e] = n + e < N ? b_scale[n + e] * Op::FIX : 0.0f;
+      for (int e = 0; e < 4; ++e) sbn[e] = n + e < N ? c.b_scale[n + e] * Op::FIX : 0.0f;
 #pragma unroll
       for (int i = 0; i < MT; ++i) acc[i][j] = to_f32x4(part[i][j]) * sbn * (srow[i] >= 0 ? g.a_scales[srow[i]] : 0.0f);
     }
   }
-  bg_epilogue_mfma<BM, MT, NT>(g, acc, m0, m_end, n0, row0, col0, mt_idx, nt_idx);
+  bg_epilogue_mfma<BM, MT, NT>(g, acc, c.m0, c.m_end, c.n0, row0, col0, c.mt_idx, c.nt_idx);
 }
 #endif  // DSV3_MFMA
 
@@ -738,42 +732,39 @@ DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
 
   BgCta c;
   if (!bg_cta<BM>(g, PER_TILE, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
-  const u32 kt0 = c.kt0, kt1 = c.kt1;
-  const u8* B = c.b;
-  const float* b_scale = c.b_scale;
+  const u32 N = g.N, K = g.K;
   const u32 t = tid();
 
   float acc[PER];
 #pragma unroll
   for (int i = 0; i < PER; ++i) acc[i] = 0.0f;
-  for (u32 kt = kt0; kt < kt1; ++kt) {
+  for (u32 kt = c.kt0; kt < c.kt1; ++kt) {
     const u32 kbase = kt * BK;
     for (u32 i = t; i < (u32)BM * BK; i += THREADS) {
       const u32 r = i / BK, k = kbase + i % BK;
-      const i64 ar = bg_a_row(g, m0 + r, m_end);
+      const i64 ar = bg_a_row(g, c.m0 + r, c.m_end);
       As[i] = (ar >= 0 && k < K) ? g.a[(u64)ar * K + k] : (u8)0;
     }
     for (u32 i = t; i < (u32)BN * BK; i += THREADS) {
       const u32 r = i / BK, k = kbase + i % BK;
-      Bs[i] = (n0 + r < N && k < K) ? B[(u64)(n0 + r) * K + k] : (u8)0;
+      Bs[i] = (c.n0 + r < N && k < K) ? c.b[(u64)(c.n0 + r) * K + k] : (u8)0;
     }
     __syncthreads();
 #pragma unroll
     for (int o = 0; o < PER; ++o) {
       const u32 idx = t + o * THREADS;
-      const u32 r = idx / BN, c = idx % BN;
+      const u32 r = idx / BN, col = idx % BN;
       float s = 0.0f;
 #pragma unroll 4
-      for (int k = 0; k < BK; ++k) s += Dec::f(As[r * BK + k]) * Dec::f(Bs[c * BK + k]);
-      const i64 ar = bg_a_row(g, m0 + r, m_end);
+      for (int k = 0; k < BK; ++k) s += Dec::f(As[r * BK + k]) * Dec::f(Bs[col * BK + k]);
+      const i64 ar = bg_a_row(g, c.m0 + r, c.m_end);
       float sa = 0.0f, sb = 0.0f;
       if (PER_TILE) {
-        sa = ar >= 0 ? g.a_scales[(u64)ar * sk + kt] : 0.0f;
-        sb = b_scale[kt];
+        sa = ar >= 0 ? g.a_scales[(u64)ar * c.sk + kt] : 0.0f;
+        sb = c.b_scale[kt];
       } else {
         sa = ar >= 0 ? g.a_scales[ar] : 0.0f;
-        sb = n0 + c < N ? b_scale[n0 + c] : 0.0f;
+        sb = c.n0 + col < N ? c.b_scale[c.n0 + col] : 0.0f;
       }
       acc[o] += s * sa * sb;
     }
@@ -782,14 +773,14 @@ DSV3_DEV void block_gemm_generic(const BlockGemmArgs& g) {
 #pragma unroll
   for (int o = 0; o < PER; ++o) {
     const u32 idx = t + o * THREADS;
-    const u32 r = m0 + idx / BN, n = n0 + idx % BN;
-    if (r >= m_end || n >= N) continue;
+    const u32 r = c.m0 + idx / BN, n = c.n0 + idx % BN;
+    if (r >= c.m_end || n >= N) continue;
     if (g.splits == 1) g.out[(u64)r * N + n] = f32_to_bf16(acc[o]);
     else atomic_add(g.ws + (u64)r * N + n, acc[o]);
   }
   if (g.splits == 1) return;
-  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
-  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+  const u32 tile_id = c.mt_idx * gridDim.x + c.nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, c.m0, c.m_end, c.n0);
 }
 
 // Fills BlockGemmArgs from an entry point's arguments.

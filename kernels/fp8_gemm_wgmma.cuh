@@ -29,10 +29,7 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 
   BgCta c;
   if (!bg_cta<BM>(g, true, c)) return;
-  const u32 N = g.N, K = g.K, nt_idx = c.nt_idx, mt_idx = c.mt_idx, m_end = c.m_end, m0 = c.m0, n0 = c.n0, sk = c.sk;
-  const u32 kt0 = c.kt0, kt1 = c.kt1;
-  const u8* B = c.b;
-  const float* b_scale = c.b_scale;
+  const u32 N = g.N, K = g.K;
   const u32 t = tid();
 
   constexpr int A_PER = BM * 8 / THREADS, B_PER = BN * 8 / THREADS;
@@ -41,8 +38,8 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   bool a_ok[A_PER];
 #pragma unroll
   for (int i = 0; i < A_PER; ++i) {
-    const u32 c = t + i * THREADS, r = c / 8, ch = c % 8;
-    const i64 ar = bg_a_row(g, m0 + r, m_end);
+    const u32 e = t + i * THREADS, r = e / 8, ch = e % 8;
+    const i64 ar = bg_a_row(g, c.m0 + r, c.m_end);
     a_ok[i] = ar >= 0;
     a_src[i] = g.a + (ar >= 0 ? (u64)ar * K : 0) + ch * 16;
     a_dst[i] = r * BK + ((ch ^ (r & 7)) << 4);
@@ -52,9 +49,9 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
   bool b_ok[B_PER];
 #pragma unroll
   for (int i = 0; i < B_PER; ++i) {
-    const u32 c = t + i * THREADS, r = c / 8, ch = c % 8;
-    b_ok[i] = n0 + r < N;
-    b_src[i] = B + (b_ok[i] ? (u64)(n0 + r) * K : 0) + ch * 16;
+    const u32 e = t + i * THREADS, r = e / 8, ch = e % 8;
+    b_ok[i] = c.n0 + r < N;
+    b_src[i] = c.b + (b_ok[i] ? (u64)(c.n0 + r) * K : 0) + ch * 16;
     b_dst[i] = A_BYTES + r * BK + ((ch ^ (r & 7)) << 4);
   }
   const u32 smem0 = smem_base_1024(fp8g_smem).addr;
@@ -76,17 +73,17 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 
   // Warpgroup wg owns rows [64 wg, 64 wg + 64); thread rows 16 w + grp and + 8 of it.
   const u32 wg = t / 128, w = (t % 128) / 32, ln = t % 32, grp = ln / 4, tig = ln % 4;
-  const u32 rbase = m0 + wg * 64 + w * 16 + grp;
-  const i32 srow0 = (i32)bg_a_row(g, rbase, m_end), srow1 = (i32)bg_a_row(g, rbase + 8, m_end);
+  const u32 rbase = c.m0 + wg * 64 + w * 16 + grp;
+  const i32 srow0 = (i32)bg_a_row(g, rbase, c.m_end), srow1 = (i32)bg_a_row(g, rbase + 8, c.m_end);
 
   float acc[64], part[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
 
-  const u32 nk = kt1 > kt0 ? kt1 - kt0 : 0;
+  const u32 nk = c.kt1 > c.kt0 ? c.kt1 - c.kt0 : 0;
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
-    if ((u32)s < nk) load_stage(kt0 + s, s);
+    if ((u32)s < nk) load_stage(c.kt0 + s, s);
     cp_async_commit();
   }
   for (u32 it = 0; it < nk; ++it) {
@@ -95,13 +92,13 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
     __syncthreads();
     {
       const u32 nx = it + STAGES - 1;
-      if (nx < nk) load_stage(kt0 + nx, nx % STAGES);
+      if (nx < nk) load_stage(c.kt0 + nx, nx % STAGES);
       cp_async_commit();
     }
-    const u32 kt = kt0 + it;
-    const float sb = b_scale[kt];
-    const float s0 = (srow0 >= 0 ? g.a_scales[(u64)srow0 * sk + kt] : 0.0f) * sb;
-    const float s1 = (srow1 >= 0 ? g.a_scales[(u64)srow1 * sk + kt] : 0.0f) * sb;
+    const u32 kt = c.kt0 + it;
+    const float sb = c.b_scale[kt];
+    const float s0 = (srow0 >= 0 ? g.a_scales[(u64)srow0 * c.sk + kt] : 0.0f) * sb;
+    const float s1 = (srow1 >= 0 ? g.a_scales[(u64)srow1 * c.sk + kt] : 0.0f) * sb;
     const u32 sbase = smem0 + (it % STAGES) * STAGE;
     wgmma_fence();
     wgmma_m64n128k32_e4m3<false>(part, wgmma_desc_sw128(sbase + wg * 64 * BK), wgmma_desc_sw128(sbase + A_BYTES));
@@ -128,11 +125,11 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const u32 r = rbase + h * 8;
-      if (r >= m_end) continue;
+      if (r >= c.m_end) continue;
       bf16* orow = g.out + (u64)r * N;
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
-        const u32 n = n0 + j * 8 + 2 * tig;
+        const u32 n = c.n0 + j * 8 + 2 * tig;
         const float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
         if (n + 1 < N && (N % 2 == 0)) {
           *reinterpret_cast<u32*>(orow + n) = (u32)f32_to_bf16(v0).bits | ((u32)f32_to_bf16(v1).bits << 16);
@@ -147,16 +144,16 @@ DSV3_DEV void fp8_gemm_wg(const Fp8GemmArgs& g) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const u32 r = rbase + h * 8;
-    if (r >= m_end) continue;
+    if (r >= c.m_end) continue;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const u32 n = n0 + j * 8 + 2 * tig;
+      const u32 n = c.n0 + j * 8 + 2 * tig;
       if (n < N) atomicAdd(g.ws + (u64)r * N + n, acc[4 * j + 2 * h]);
       if (n + 1 < N) atomicAdd(g.ws + (u64)r * N + n + 1, acc[4 * j + 2 * h + 1]);
     }
   }
-  const u32 tile_id = mt_idx * gridDim.x + nt_idx;
-  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, m0, m_end, n0);
+  const u32 tile_id = c.mt_idx * gridDim.x + c.nt_idx;
+  if (bg_last_split(g, tile_id)) bg_finish_split<BM>(g, tile_id, c.m0, c.m_end, c.n0);
 }
 #endif  // DSV3_SM90A
 

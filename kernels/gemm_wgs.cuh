@@ -232,8 +232,10 @@ DSV3_DEV void wgs_row_scales(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 r0, f
 // the result does not depend on timing, and L2 does no read-modify-write (scalar f32 atomics into
 // [rows, N] cost ~64 × 128 L2 operations per partial 64-token segment, the 64-token tiles' limit).
 // Fragments of tokens past the output (4j group past m_end) are neither stored nor read.
-template <int NT, class L> DSV3_DEV float* wgs_slot(const WgsCtx<NT, L>& c, u32 slot) {
-  return c.g.ws + (u64)slot * (NT * 128);
+// wgs_slot(c, b, first, tile): the slot of CTA b (whose range begins at block `first`) for its
+// segment in `tile`.
+template <int NT, class L> DSV3_DEV float* wgs_slot(const WgsCtx<NT, L>& c, u32 b, u32 first, u32 tile) {
+  return c.g.ws + (u64)(2 * b + (first / c.sk == tile ? 0 : 1)) * (NT * 128);
 }
 
 // Whether thread t's fragments 4j .. 4j + 3 (tokens 8j + 2q, + 1) of M tile mt hold an output token.
@@ -272,8 +274,7 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
   if (sg.kb0 == 0 && sg.kb1 == c.sk) {
     wgs_store(c, sg, fr, tot, rs);
   } else {
-    const bool first = sg.tile == c.begin / c.sk;
-    float* slot = wgs_slot(c, 2 * blockIdx.x + (first ? 0 : 1));
+    float* slot = wgs_slot(c, blockIdx.x, c.begin, sg.tile);
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j)
       if (wgs_live(c, sg.mt, fr, j))
@@ -320,15 +321,17 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
     // tile cut over ~15 short ranges took ~5 µs (run 2).
     constexpr u32 U = NT == 16 ? 4 : 2;
     const u32 u0 = sg.tile * c.sk, b1 = c.cta_of(u0 + c.sk - 1);
-    for (u32 b0 = c.cta_of(u0); b0 <= b1; b0 += U) {
+    u32 b0 = c.cta_of(u0), first = c.begin_of(b0);  // first: the range start of contributor b
+    for (; b0 <= b1; b0 += U) {
       float4 v[U][NT / 8];
 #pragma unroll
       for (u32 i = 0; i < U; ++i) {
         // A grouped launch's device-side tile count can leave CTAs with empty ranges between the
         // contributors: they wrote no slot.
-        const u32 b = b0 + i, first = c.begin_of(b);
-        const bool wrote = b <= b1 && first < c.begin_of(b + 1);
-        const float* slot = wgs_slot(c, 2 * b + (first / c.sk == sg.tile ? 0 : 1));
+        const u32 b = b0 + i, next = c.begin_of(b + 1);
+        const bool wrote = b <= b1 && first < next;
+        const float* slot = wgs_slot(c, b, first, sg.tile);
+        first = next;
 #pragma unroll
         for (int j = 0; j < NT / 8; ++j)
           v[i][j] = wrote && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -403,11 +406,13 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
 
 // The CTA's setup, shared by the small-M kernels (the 8-bit ones here, AWQ in
 // kernels/awq_gemm_wgs.cuh): the aligned shared base, the launch's blocks cut into gridDim.x equal
-// ranges (this CTA's [begin, end)), the pipeline's barriers, the PDL protocol (see the header):
-// thread 0 runs `prefetch_weights(c)` (the range's first weight boxes; returns how many) before
-// the grid dependency wait. Returns that count (thread 0; 0 elsewhere).
+// ranges (this CTA's [begin, end)), the pipeline's barriers (each `full` expecting
+// `full_arrivals` per phase: one per producer thread that arrives), the PDL protocol (see the
+// header): thread 0 runs `prefetch_weights(c)` (the range's first weight boxes; returns how many)
+// before the grid dependency wait. Returns that count (thread 0; 0 elsewhere).
 template <int NT, class L, class F>
-DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb, F&& prefetch_weights) {
+DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb, u32 full_arrivals,
+                      F&& prefetch_weights) {
   using S = L;
   extern __shared__ __attribute__((aligned(1024))) u8 wgs_smem[];
   c.init(g, wgs_smem);
@@ -425,7 +430,7 @@ DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma
   c.end = c.begin_of(blockIdx.x + 1);
   if (tid() == 0) {
     for (u32 s = 0; s < S::STAGES; ++s) {
-      mbar_init(c.full(s), 128);  // every producer thread arrives once per use
+      mbar_init(c.full(s), full_arrivals);
       mbar_init(c.empty(s), 8);   // one arrival per consumer warp
     }
     mbar_init_fence();
@@ -441,7 +446,8 @@ DSV3_DEV u32 wgs_init(WgsCtx<NT, L>& c, const BlockGemmArgs& g, const TmaMap& ma
 template <class Op, int NT>
 DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& mb) {
   WgsCtx<NT> c;
-  const u32 pre = wgs_init(c, g, ma, mb, [&](const WgsCtx<NT>& cc) { return wgs_prefetch_weights(cc, mb); });
+  // Every producer thread arrives once per use of a stage.
+  const u32 pre = wgs_init(c, g, ma, mb, 128, [&](const WgsCtx<NT>& cc) { return wgs_prefetch_weights(cc, mb); });
   if (tid() < 128) {
     wgs_produce<Op, NT>(c, ma, mb, pre);  // only thread 0 reads `pre`
   } else {

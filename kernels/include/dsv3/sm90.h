@@ -52,11 +52,6 @@ DSV3_DEV void mbar_arrive_if(u32 bar, bool pred) {
                "r"((u32)pred)
                : "memory");
 }
-// `count` arrivals on `bar` at once: one thread standing for several of the barrier's expected
-// arrivals (at most the phase's pending count).
-DSV3_DEV void mbar_arrive_n(u32 bar, u32 count) {
-  asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0], %1;\n}" ::"r"(bar), "r"(count) : "memory");
-}
 // Arrives and adds `bytes` to the transaction count the phase waits for (the TMA copies that
 // signal this barrier complete them).
 DSV3_DEV void mbar_arrive_expect_tx(u32 bar, u32 bytes) {
