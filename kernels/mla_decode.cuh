@@ -92,14 +92,6 @@ template <u32 TN> DSV3_DEV u32 pswz(u32 row, u32 chunk) {
   else return row * (TN * 2) + ((chunk ^ ((row >> 1) & 3u)) << 4);
 }
 
-DSV3_DEV void store2(float* p, float a, float b) {
-  p[0] = a;
-  p[1] = b;
-}
-DSV3_DEV void store2(bf16* p, float a, float b) {
-  p[0] = f32_to_bf16(a);
-  p[1] = f32_to_bf16(b);
-}
 DSV3_DEV void store1(float* p, float a) { *p = a; }
 DSV3_DEV void store1(bf16* p, float a) { *p = f32_to_bf16(a); }
 
@@ -181,6 +173,45 @@ template <class TO> struct SplitOut {
     else f(o_ws + (u64)sg.slot * rows_total * DV, lse_ws + (u64)sg.slot * rows_total);
   }
 };
+
+// Row pitch (floats) of the staging tile of store_rows: a warp's 8-byte stores of 8 rows × 4 lanes
+// fall on every bank, in the two wavefronts 256 bytes need.
+constexpr u32 STAGE_LD = DV + 8;
+template <u32 BM> constexpr u32 STAGE_BYTES = BM * STAGE_LD * 4;
+
+// A segment's normalized rows [rb·BM, rb·BM + BM) ∩ [0, rows_total) to o (the sequence's row 0,
+// row pitch DV, TO = bf16 or f32). frags(put) calls put(r, c, a, b) for each pair of the thread's
+// values (block row r, columns c and c + 1). STAGED (the kernel's free shared memory at `stage`
+// holds STAGE_BYTES<BM>, and every thread is past its reads of it: a CTA barrier before): the
+// pairs go to a [BM][STAGE_LD] f32 tile, then after a CTA barrier THR threads write whole rows,
+// 16-byte shared reads and 16-byte (f32) / 8-byte (bf16) global stores, a warp covering 512 (256)
+// contiguous bytes of a row. The fragments' own stores (8 rows × 32 bytes per warp instruction)
+// were the split kernels' top stall at small batches, whose CTAs write a partial per tile or two
+// (ncu, LSU throttle: 58% of the samples at B = 1, h = 128; 24% at h = 16).
+template <u32 BM, u32 THR, bool STAGED, class TO, class F>
+DSV3_DEV void store_rows(TO* o, u32 rb, u32 rows_total, float* stage, u32 t, F&& frags) {
+  const u32 row0 = rb * BM;
+  if constexpr (STAGED) {
+    const u32 rows = min(BM, rows_total - row0);
+    TO* ob = o + (u64)row0 * DV;
+    frags([&](u32 r, u32 c, float a, float b) { store_vec<float, 2>(stage + r * STAGE_LD + c, Vec<float, 2>{{a, b}}); });
+    __syncthreads();
+    for (u32 i = t; i < rows * (DV / 4); i += THR) {
+      const u32 r = i / (DV / 4), c = i % (DV / 4) * 4;
+      float v[4];
+      load_f32<float, 4>(stage + r * STAGE_LD + c, v);
+      store_f32<TO, 4>(ob + (u64)r * DV + c, v);
+    }
+  } else {
+    frags([&](u32 r, u32 c, float a, float b) {
+      const u32 gr = row0 + r;
+      if (gr < rows_total) {
+        o[(u64)gr * DV + c] = from_float<TO>(a);
+        o[(u64)gr * DV + c + 1] = from_float<TO>(b);
+      }
+    });
+  }
+}
 
 // Final statistics of a row from its max m (log2 domain, scaled) and sum L: 1 / L and the natural
 // log-sum-exp (0 and -inf for a row that saw no key).
@@ -503,12 +534,18 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     }
     const float inv0 = row_inv(L0), inv1 = row_inv(L1);
     const u32 col0 = grp * CW + (ln & 3) * 2;
+    // Q, K, the raw tiles and P are free (the barriers above); red lies past them. Not the fp8
+    // kernel at 64 rows: at its register limit, staging made it spill (24–28 bytes on sm_90a,
+    // 116–156 on sm_80).
+    constexpr bool STAGED = STAGE_BYTES<BM> <= BM * ROW_BYTES + KBUF * TN * ROW_BYTES + RAW + BM * TN * 2 && !(F8 && MW == 4);
     dst.rows(sg, [&](auto* ob, float* lb) {
+      store_rows<BM, THR, STAGED>(ob, rb, rows_total, reinterpret_cast<float*>(smem), t_id, [&](auto&& put) {
 #pragma unroll
-      for (u32 j = 0; j < NO; ++j) {
-        if (gr0 < rows_total) store2(ob + (u64)gr0 * DV + col0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
-        if (gr1 < rows_total) store2(ob + (u64)gr1 * DV + col0 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
-      }
+        for (u32 j = 0; j < NO; ++j) {
+          put(r0, col0 + j * 8, o[j][0] * inv0, o[j][1] * inv0);
+          put(r1, col0 + j * 8, o[j][2] * inv1, o[j][3] * inv1);
+        }
+      });
       if (grp == 0 && (ln & 3) == 0) {
         if (gr0 < rows_total) lb[gr0] = row_lse2(m0, L0);
         if (gr1 < rows_total) lb[gr1] = row_lse2(m1, L1);

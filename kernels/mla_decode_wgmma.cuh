@@ -550,17 +550,23 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     const float L0 = red[r0] + red[BM + r0], L1 = red[r1] + red[BM + r1];
     const float inv0 = row_inv(L0), inv1 = row_inv(L1);
     const u32 col0 = wg * 256 + (ln & 3) * 2;
+    // Q, K and P are free: no MMA or TMA copy is in flight, and every thread is past the barriers
+    // above. The row buffer lies past them.
+    static_assert(STAGE_BYTES<BM> <= 3 * TILE + P_TILE, "staging tile over the Q / K / P buffers");
     dst.rows(sg, [&](auto* ob, float* lb) {
+      store_rows<BM, CTA_THREADS, true>(ob, rb, rows_total, reinterpret_cast<float*>(sbase), t_id, [&](auto&& put) {
 #pragma unroll
-      for (u32 j = 0; j < 32; ++j) {
-        if (gr0 < rows_total) store2(ob + (u64)gr0 * DV + col0 + j * 8, o[4 * j] * inv0, o[4 * j + 1] * inv0);
-        if (gr1 < rows_total) store2(ob + (u64)gr1 * DV + col0 + j * 8, o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
-      }
+        for (u32 j = 0; j < 32; ++j) {
+          put(r0, col0 + j * 8, o[4 * j] * inv0, o[4 * j + 1] * inv0);
+          put(r1, col0 + j * 8, o[4 * j + 2] * inv1, o[4 * j + 3] * inv1);
+        }
+      });
       if (wg == 0 && (ln & 3) == 0) {
         if (gr0 < rows_total) lb[gr0] = row_lse2(m0, L0);
         if (gr1 < rows_total) lb[gr1] = row_lse2(m1, L1);
       }
     });
+    fence_proxy_async();  // the staging tile's generic accesses before the next segment's TMA writes
     __syncthreads();  // Q, K, P and the row buffer are reused by the next segment
   }
 }
