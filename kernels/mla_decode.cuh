@@ -922,13 +922,16 @@ DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRIC
 // Merges the split partials of each (sequence, row); grid (B, s_q·H, 512 / COLS), block 32·G
 // threads. Sequences written directly by the split kernel are left alone; empty ones get zeros
 // and lse = -inf. Block z owns output columns [z·COLS, (z + 1)·COLS); thread t owns columns
-// 4·(t % 32) + 128·i (i < NI) of them for part group g = t / 32, which sums parts pf + g,
-// pf + g + G, ... (independent loads in flight, the loop unrolled); the G group sums are then
-// added in group order through shared memory (deterministic). G = 8 for small batches, whose
-// sequences are cut into many parts (the host picks it when there are ≥ 8 parts per sequence):
-// there the row is also cut into 4 column blocks (COLS = 128), so that a batch of one sequence
-// still spreads its partials' reads over 64+ blocks. G = 1 otherwise (a few parts per sequence,
-// many (sequence, row) blocks, whole rows).
+// 4·(t % 32) + 128·i (i < NI) of them for part group g = t / 32, which merges parts pf + g,
+// pf + g + G, ... online (a running maximum of their lse, the sum and the columns rescaled when
+// it grows), so the part loads need no maximum first: they are the kernel's one round of global
+// loads (the loop unrolled, independent loads in flight; a separate maximum pass over the lse
+// was a second round trip and a block barrier, the top stall in ncu at B = 1). The G groups are
+// then merged in group order through shared memory (deterministic). G = 8 for small batches,
+// whose sequences are cut into many parts (the host picks it when there are ≥ 8 parts per
+// sequence): there the row is also cut into 4 column blocks (COLS = 128), so that a batch of one
+// sequence still spreads its partials' reads over 64+ blocks. G = 1 otherwise (a few parts per
+// sequence, many (sequence, row) blocks, whole rows).
 template <class TO, u32 G>
 DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
                                  const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
@@ -938,8 +941,7 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   constexpr u32 NI = G == 1 ? 4 : 1;  // 128-column slices per thread
   constexpr u32 COLS = 128 * NI;
   __shared__ float group_acc[G][COLS];
-  __shared__ float group_sum[G];
-  __shared__ float scratch[32];
+  __shared__ float group_m[G], group_sum[G];
   const u32 b = blockIdx.x, row = blockIdx.y, cbase = blockIdx.z * COLS;
   if (b >= batch || row >= rows_total || cbase >= DV || nthreads() != THREADS) return;
   const bool lse_writer = blockIdx.z == 0 && tid() == 0;
@@ -955,42 +957,61 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   if (pf == pl) return;
   // Slot of part p: its first segment (2p) unless the sequence starts inside p (its last, 2p + 1).
   const u32 first_slot = 2 * pf + (pf * T < cb0 ? 1u : 0u);
-  auto slot_of = [&](u32 p) { return p == pf ? first_slot : 2 * p; };
-  float m = -f32_inf();
-  for (u32 p = pf + tid(); p <= pl; p += THREADS) m = fmaxf(m, lse_ws[(u64)slot_of(p) * rows_total + row]);
-  const float M = block_max(m, scratch);
   const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
-  float sum = 0.0f, acc[NI][4] = {};
-#pragma unroll 4
-  for (u32 p = pf + g; p <= pl; p += G) {
-    const u64 slot = slot_of(p);
-    const float li = lse_ws[slot * rows_total + row];
-    const float* src = o_ws + (slot * rows_total + row) * DV + cbase + c0;
-    float x[NI][4];
+  // U parts per round, their loads issued together (predicated, so none waits for the previous
+  // part's arithmetic).
+  constexpr u32 U = G == 1 ? 4 : 8;
+  float m = -f32_inf(), sum = 0.0f, acc[NI][4] = {};
+  for (u32 p0 = pf + g; p0 <= pl; p0 += U * G) {
+    float li[U], x[U][NI][4];
 #pragma unroll
-    for (u32 i = 0; i < NI; ++i) load_f32<float, 4>(src + 128 * i, x[i]);
-    const float w = M == -f32_inf() ? 0.0f : fexp(li - M);
-    sum += w;
-    // A part that saw no key (w = 0) may hold 0/0: select, never multiply it in.
+    for (u32 u = 0; u < U; ++u) {
+      const u32 p = p0 + u * G;
+      const u64 slot = p == pf ? first_slot : 2 * p;
+      li[u] = p <= pl ? lse_ws[slot * rows_total + row] : -f32_inf();
+      const float* src = o_ws + (slot * rows_total + row) * DV + cbase + c0;
 #pragma unroll
-    for (u32 i = 0; i < NI; ++i)
+      for (u32 i = 0; i < NI; ++i) {
+        if (p <= pl) load_f32<float, 4>(src + 128 * i, x[u][i]);
+        else x[u][i][0] = x[u][i][1] = x[u][i][2] = x[u][i][3] = 0.0f;
+      }
+    }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) acc[i][j] += w > 0.0f ? w * x[i][j] : 0.0f;
+    for (u32 u = 0; u < U; ++u) {
+      const float mn = fmaxf(m, li[u]);
+      const float keep = m == -f32_inf() ? 0.0f : fexp(m - mn), w = li[u] == -f32_inf() ? 0.0f : fexp(li[u] - mn);
+      m = mn;
+      sum = sum * keep + w;
+      // A part that saw no key (w = 0) may hold 0/0: select, never multiply it in.
+#pragma unroll
+      for (u32 i = 0; i < NI; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = acc[i][j] * keep + (w > 0.0f ? w * x[u][i][j] : 0.0f);
+    }
   }
 #pragma unroll
   for (u32 i = 0; i < NI; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) group_acc[g][c0 + 128 * i + j] = acc[i][j];
-  if (tid() % 32 == 0) group_sum[g] = sum;
+  if (tid() % 32 == 0) {
+    group_m[g] = m;
+    group_sum[g] = sum;
+  }
   __syncthreads();
-  float total = 0.0f;
+  float M = -f32_inf();
 #pragma unroll
-  for (u32 k = 0; k < G; ++k) total += group_sum[k];
+  for (u32 k = 0; k < G; ++k) M = fmaxf(M, group_m[k]);
+  float scale[G], total = 0.0f;
+#pragma unroll
+  for (u32 k = 0; k < G; ++k) {
+    scale[k] = group_m[k] == -f32_inf() ? 0.0f : fexp(group_m[k] - M);
+    total += group_sum[k] * scale[k];
+  }
   const float inv = total > 0.0f ? 1.0f / total : 0.0f;
   for (u32 c = tid(); c < COLS; c += THREADS) {
     float v = 0.0f;
 #pragma unroll
-    for (u32 k = 0; k < G; ++k) v += group_acc[k][c];
+    for (u32 k = 0; k < G; ++k) v += group_acc[k][c] * scale[k];
     o[c] = from_float<TO>(v * inv);
   }
   if (lse_writer) lse[(u64)b * rows_total + row] = M == -f32_inf() ? -f32_inf() : M + flog(total);
