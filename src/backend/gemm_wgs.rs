@@ -143,8 +143,10 @@ pub enum WgsFormat {
 /// The small-M tile the default plans take for a dense `[m, k] · [n, k]ᵀ` of `format` on `sms` SMs
 /// (`None`: the older plans), from the H200 rows of 2026-11-29 (docs/perf/fp8_gemm.md, "The
 /// small-M wgmma GEMM"): it won from 9 to 64 rows on every FP8 shape (1.1–2.3×), on 4 of 6 block
-/// INT8 shapes at 64 rows, and on AWQ from 16 rows; channel INT8 at 17–64 rows ran 1.2–2.5× slower
-/// than the tiled kernel (not understood yet), so it stops at 16. Up to 8 rows the mma.sync
+/// INT8 shapes at 64 rows, and on AWQ from 16 rows. Channel INT8 at 17–64 rows takes it from K =
+/// 2048 (session 9, run 1, 64 rows, on the slot split-K: 1.46–1.82× the tiled kernel on the four
+/// shapes with K ≥ 2048; 0.83–0.84× on 24576×1536 and 32768×512, which keep the tiled kernel; in
+/// session 7, before the slots, it lost on every shape). Up to 8 rows the mma.sync
 /// streaming kernel stays where the launch is short: the entry won there only with a tile per CTA
 /// (24576×1536, 32768×512: 1.1–1.3×) or long ranges (7168×16384: 1.2×), and lost 0.2–1 µs on
 /// the ~15 MB shapes; AWQ's st8 won at 1 row on 4 of 6 shapes. AWQ needs [`awq_wgs_fits`]`(n)`.
@@ -152,7 +154,7 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
     if format == WgsFormat::Awq && !awq_wgs_fits(n) {
         return None;
     }
-    let max_rows = if format == WgsFormat::Int8Channel { 16 } else { 64 };
+    let max_rows = if format == WgsFormat::Int8Channel && k < 2048 { 16 } else { 64 };
     let t = WgsTile::for_rows(m).filter(|_| m <= max_rows)?;
     if m > 8 {
         return Some(t);
@@ -313,7 +315,10 @@ mod tests {
         assert_eq!(dense_tile(Fp8, 9, 2112, 7168, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Fp8, 64, 2112, 7168, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Fp8, 65, 2112, 7168, 132), None);
-        assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Int8Channel, 64, 7168, 2048, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Int8Channel, 64, 24576, 1536, 132), None);
+        assert_eq!(dense_tile(Int8Channel, 16, 24576, 1536, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Int8Block, 64, 2112, 7168, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Awq, 1, 24576, 1536, 132), None);
         assert_eq!(dense_tile(Awq, 16, 24576, 1536, 132), Some(WgsTile::N16));
