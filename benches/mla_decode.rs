@@ -313,14 +313,15 @@ fn table(s: &CudaStream) {
         eprintln!("the sm_90a wgmma kernel cannot run on this stream (not an sm_90 GPU, or no sm_90a cubin in this build): its columns stay empty");
     }
     let mut shapes = Vec::new();
+    // The table: B = 128 over s_k 1K..32K, and B = 1..64 at 4K.
     for h in [16usize, 32, 64, 128] {
-        for s_k in [1024usize, 4096, 16384] {
+        for s_k in [1024usize, 4096, 8192, 16384, 32768] {
             for s_q in [1usize, 2] {
                 shapes.push((128usize, h, s_k, s_q));
             }
         }
     }
-    for b in [1usize, 8] {
+    for b in [1usize, 8, 32, 64] {
         for h in [16usize, 128] {
             for s_q in [1usize, 2] {
                 shapes.push((b, h, 4096, s_q));

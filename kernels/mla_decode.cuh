@@ -932,8 +932,11 @@ DSV3_DEV void mla_cache_write_fp8(u8* DSV3_RESTRICT cache, const T* DSV3_RESTRIC
 // whose sequences are cut into many parts (the host picks it when there are ≥ 8 parts per
 // sequence): there the row is also cut into 4 column blocks (COLS = 128), so that a batch of one
 // sequence still spreads its partials' reads over 64+ blocks. G = 1 otherwise (a few parts per
-// sequence, many (sequence, row) blocks, whole rows).
-template <class TO, u32 G>
+// sequence, many (sequence, row) blocks, whole rows). P: parts per group whose loads are issued
+// together (their registers cost occupancy: at B = 8, h = 128 the 4,096 blocks of 8 parts in
+// flight per group at 64 registers ran 2.5× slower than at 32; the host takes 8 only where each
+// group has ≥ 8 parts).
+template <class TO, u32 G, u32 P>
 DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, const float* DSV3_RESTRICT o_ws,
                                  const float* DSV3_RESTRICT lse_ws, const i32* DSV3_RESTRICT meta, u32 batch,
                                  u32 rows_total) {
@@ -959,9 +962,9 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   // Slot of part p: its first segment (2p) unless the sequence starts inside p (its last, 2p + 1).
   const u32 first_slot = 2 * pf + (pf * T < cb0 ? 1u : 0u);
   const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
-  // U parts per round, their loads issued together (predicated, so none waits for the previous
+  // P parts per round, their loads issued together (predicated, so none waits for the previous
   // part's arithmetic).
-  constexpr u32 U = G == 1 ? 4 : 8;
+  constexpr u32 U = P;
   float m = -f32_inf(), sum = 0.0f, acc[NI][4] = {};
   for (u32 p0 = pf + g; p0 <= pl; p0 += U * G) {
     float li[U], x[U][NI][4];
@@ -979,9 +982,7 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
     }
 #pragma unroll
     for (u32 u = 0; u < U; ++u) {
-      // The group's parts end here (warp-uniform): a merge of a missing part costs as much as a
-      // real one (two exponentials; at B = 8, h = 128 the 4,096 blocks' empty merges took ~7 µs).
-      if (p0 + u * G > pl) break;
+      if (p0 + u * G > pl) break;  // the group's parts end here (warp-uniform)
       const float mn = fmaxf(m, li[u]);
       const float keep = m == -f32_inf() ? 0.0f : fexp(m - mn), w = li[u] == -f32_inf() ? 0.0f : fexp(li[u] - mn);
       m = mn;

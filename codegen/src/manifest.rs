@@ -1079,10 +1079,21 @@ pub static FAMILIES: &[Family] = &[
                 doc: "32-key tiles, 4 warps (two blocks per SM): grid (num_parts, ceil(s_q*H / (16*MW))), block 128, dynamic smem 16*MW*1152 + 73728 + 16*MW*64 + 256 bytes.",
             },
             KernelSpec {
-                name: "mla_decode_combine_{TO}_g{G}",
-                template: "dsv3::mla_decode_combine<{TO}, {G}>",
-                grid: &[Axis { name: "TO", values: &["bf16", "f32"] }, Axis { name: "G", values: &["1", "8"] }],
-                points: &[],
+                name: "mla_decode_combine_{TO}_g{G}_p{P}",
+                template: "dsv3::mla_decode_combine<{TO}, {G}, {P}>",
+                grid: &[
+                    Axis { name: "TO", values: &["bf16", "f32"] },
+                    Axis { name: "G", values: &["1", "8"] },
+                    Axis { name: "P", values: &["1", "4", "8"] },
+                ],
+                points: &[
+                    &["bf16", "1", "4"],
+                    &["f32", "1", "4"],
+                    &["bf16", "8", "1"],
+                    &["f32", "8", "1"],
+                    &["bf16", "8", "8"],
+                    &["f32", "8", "8"],
+                ],
                 args: &[
                     ptr_mut("out", "{TO}"),
                     ptr_mut("lse", "f32"),
@@ -1096,7 +1107,7 @@ pub static FAMILIES: &[Family] = &[
                 min_blocks: 0,
                 archs: Archs::ALL,
                 pdl: Pdl::AtEntry,
-                doc: "Merges split partials; grid (B, s_q*H, 4 if G = 8 else 1: column blocks), block 32*G (G groups of 32 threads over the parts).",
+                doc: "Merges split partials; grid (B, s_q*H, 4 if G = 8 else 1: column blocks), block 32*G (G groups of 32 threads over the parts, P parts' loads in flight per group).",
             },
             // FP8 e4m3 latent cache (FlashMLA layout: 656-byte rows = 512 e4m3fn | 4 f32 group
             // scales | 64 bf16 rope): the same split kernels with the cache row type e4m3fn, and

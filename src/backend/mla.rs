@@ -197,6 +197,18 @@ fn combine_groups(num_parts: usize, batch: usize) -> u32 {
     if num_parts >= 8 * batch { 8 } else { 1 }
 }
 
+/// Parts whose loads a part group of `mla_decode_combine` issues together: 4 for whole rows (G =
+/// 1); with 8 groups, 8 where each group has ≥ 8 parts (B = 1–2 at 132 parts), else 1 (their
+/// registers halve the blocks per SM, which the many (sequence, row) blocks of B = 8, h = 128
+/// need: 16.6 vs 6.7 µs, session 9 run 4).
+fn combine_parts_in_flight(num_parts: usize, batch: usize) -> u32 {
+    match combine_groups(num_parts, batch) {
+        1 => 4,
+        _ if num_parts >= 64 * batch => 8,
+        _ => 1,
+    }
+}
+
 /// Column blocks (grid.z) of `mla_decode_combine`: the 8-group kernel takes 128 of the 512 output
 /// columns per block (4 blocks per row), the 1-group kernel whole rows (kernels/mla_decode.cuh).
 fn combine_column_blocks(num_parts: usize, batch: usize) -> u32 {
@@ -555,7 +567,7 @@ pub fn mla_decode(
     }
     launch_by_name(
         s,
-        &format!("mla_decode_combine_{to}_g{}", combine_groups(p.num_parts, b)),
+        &format!("mla_decode_combine_{to}_g{}_p{}", combine_groups(p.num_parts, b), combine_parts_in_flight(p.num_parts, b)),
         LaunchCfg::new((b as u32, p.rows() as u32, combine_column_blocks(p.num_parts, b)), (32 * combine_groups(p.num_parts, b), 1, 1), 0),
         &[
             KArg::Out(out),
@@ -742,6 +754,16 @@ pub mod cuda_util {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combine_shapes_follow_parts_per_sequence() {
+        // 132 parts: one sequence -> 8 groups, 8 parts in flight each; 8 sequences -> 8 groups of
+        // about one part, none in flight ahead; 32 sequences -> whole rows.
+        assert_eq!((combine_groups(132, 1), combine_parts_in_flight(132, 1), combine_column_blocks(132, 1)), (8, 8, 4));
+        assert_eq!((combine_groups(66, 1), combine_parts_in_flight(66, 1)), (8, 8));
+        assert_eq!((combine_groups(66, 8), combine_parts_in_flight(66, 8), combine_column_blocks(66, 8)), (8, 1, 4));
+        assert_eq!((combine_groups(132, 32), combine_parts_in_flight(132, 32), combine_column_blocks(132, 32)), (1, 4, 1));
+    }
 
     #[test]
     fn plans_pack_rows_into_m_tiles() {
