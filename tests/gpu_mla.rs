@@ -241,7 +241,7 @@ fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, k: 
     mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale).unwrap();
     s.synchronize().unwrap();
     // The fused combine leaves its counters zero (the next launch, or a graph replay, needs it).
-    assert!(meta.counters.to_vec::<i32>(s).unwrap().iter().all(|&x| x == 0), "fused combine counters not reset");
+    assert!(meta.counters.to_vec::<u32>(s).unwrap().iter().all(|&x| x == 0), "fused combine counters not reset");
     let m = meta.meta.to_vec::<i32>(s).unwrap();
     Got { o: out.to_f32(s).unwrap(), lse: lse.to_f32(s).unwrap(), meta: m[..4 + c.b + 1].to_vec() }
 }

@@ -442,7 +442,7 @@ pub struct MlaDecodeMeta {
     pub o_ws: DeviceTensor,
     /// [2·num_parts, s_q·H] f32: their log-sum-exps.
     pub lse_ws: DeviceTensor,
-    /// [max_batch, row_blocks] u32 (as i32), zero: the fused combine's arrival counters (each
+    /// [max_batch, row_blocks] u32, zero: the fused combine's arrival counters (each
     /// launch leaves them zero, so a CUDA graph replays).
     pub counters: DeviceTensor,
 }
@@ -457,7 +457,7 @@ impl MlaDecodeMeta {
             meta: DeviceTensor::empty(s, DType::I32, &[plan.meta_len()])?,
             o_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows(), DV])?,
             lse_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows()])?,
-            counters: DeviceTensor::from_slice(s, &[plan.max_batch, plan.row_blocks], &vec![0i32; plan.max_batch * plan.row_blocks])?,
+            counters: DeviceTensor::from_slice(s, &[plan.max_batch, plan.row_blocks], &vec![0u32; plan.max_batch * plan.row_blocks])?,
         })
     }
 }
