@@ -260,120 +260,6 @@ DSV3_DEV void mla_decode_metadata(i32* DSV3_RESTRICT meta, const i32* DSV3_RESTR
 }
 
 #if defined(DSV3_CUDA)
-namespace mla {
-constexpr u64 MERGE_TIMEOUT_NS = 4000000000ull;  // a part that never arrives traps (a launch error)
-
-// (m, sum, acc) of a run of parts merged with another run's (online softmax over their lse).
-DSV3_DEV void merge_stats(float& m, float& sum, float (&acc)[4], float m2, float sum2, const float (&acc2)[4]) {
-  const float mn = fmaxf(m, m2);
-  const float k1 = m == -f32_inf() ? 0.0f : fexp(m - mn), k2 = m2 == -f32_inf() ? 0.0f : fexp(m2 - mn);
-  sum = sum * k1 + sum2 * k2;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) acc[j] = acc[j] * k1 + acc2[j] * k2;
-  m = mn;
-}
-
-// The combine inside the split kernel (a plan's fused combine; `counters` [B, row blocks] u32,
-// zero on entry and left zero): after its segments a CTA arrives on the counter of each sequence
-// it wrote a partial of; every part of such a sequence then waits until all its n parts arrived
-// and merges its 1/n share of the row block's rows × 512 columns (G = 8 threads per 4 columns,
-// each over every 8th part, P = 4 parts' loads at once, then a butterfly over the 8 lanes: fixed
-// order, deterministic). The n-th part to finish its share resets the counter. The waits need
-// every CTA of the launch resident at once: the host fuses only plans whose grid is at most one
-// wave (num_parts · row blocks ≤ SMs · blocks per SM). Sequences with no key get zeros and lse =
-// -inf (the combine kernel's job otherwise). Saves the combine launch and its round trips at
-// small batches, where the split sequences have many parts.
-template <u32 BM, u32 THR, class TO>
-DSV3_DEV void merge_split_parts(const SplitOut<TO>& dst, const i32* meta, u32 batch, u32 rb, u32* counters, u32 t) {
-  constexpr u32 G = 8, P = 4;
-  const i32* cum = meta + META_HDR;
-  const u32 T = (u32)meta[1], part = blockIdx.x, rows_total = dst.rows_total;
-  const u32 row0 = rb * BM, rows = min(BM, rows_total - row0);
-  __syncthreads();  // every thread's partial rows are written
-  if (t == 0) {
-    fence_acq_rel_gpu();  // released with the arrivals
-    for (PartWalk w(meta, batch, part); !w.done(); w.next()) {
-      const Segment sg = w.segment();
-      if (!sg.full) atomic_add(&counters[sg.b * gridDim.y + rb], 1u);
-    }
-  }
-  for (PartWalk w(meta, batch, part); !w.done(); w.next()) {
-    const Segment sg = w.segment();
-    if (sg.full) continue;
-    const u32 b = sg.b, cb0 = (u32)cum[b], cb1 = (u32)cum[b + 1];
-    const u32 pf = cb0 / T, pl = (cb1 - 1) / T, n = pl - pf + 1;
-    u32* ctr = counters + b * gridDim.y + rb;
-    if (t == 0) {
-      const u64 t0 = timer_ns();
-      while (load_acquire_gpu(ctr) < n)
-        if (timer_ns() - t0 > MERGE_TIMEOUT_NS) trap();
-    }
-    __syncthreads();  // acquire for the CTA: thread 0's load, then the barrier
-    const u32 first_slot = 2 * pf + (pf * T < cb0 ? 1u : 0u);
-    const u32 quads = rows * (DV / 4), share = part - pf;
-    const u32 q0 = (u32)((u64)quads * share / n), q1 = (u32)((u64)quads * (share + 1) / n);
-    const u32 g = t % G;
-    for (u32 base = q0; base < q1; base += THR / G) {  // uniform trip count: the shuffles below
-      const u32 q = base + t / G;
-      const bool mine = q < q1;
-      const u32 r = mine ? q / (DV / 4) : 0u, col = mine ? q % (DV / 4) * 4 : 0u;
-      const u32 grow = row0 + r;
-      float m = -f32_inf(), sum = 0.0f, acc[4] = {};
-      for (u32 p0 = pf + g; mine && p0 <= pl; p0 += P * G) {
-        float li[P], x[P][4];
-#pragma unroll
-        for (u32 u = 0; u < P; ++u) {
-          const u32 p = p0 + u * G;
-          const u64 slot = p == pf ? first_slot : 2 * p;
-          const bool ok = p <= pl;
-          li[u] = ok ? __ldcg(dst.lse_ws + slot * rows_total + grow) : -f32_inf();
-          const float4 v = ok ? __ldcg(reinterpret_cast<const float4*>(dst.o_ws + (slot * rows_total + grow) * DV + col))
-                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          x[u][0] = v.x;
-          x[u][1] = v.y;
-          x[u][2] = v.z;
-          x[u][3] = v.w;
-        }
-#pragma unroll
-        for (u32 u = 0; u < P; ++u) {
-          if (p0 + u * G > pl) break;
-          // A part that saw no key (lse = -inf) may hold 0/0: it is merged with weight 0, selected out.
-          const float w1[4] = {x[u][0], x[u][1], x[u][2], x[u][3]};
-          float one[4];
-#pragma unroll
-          for (int j = 0; j < 4; ++j) one[j] = li[u] == -f32_inf() ? 0.0f : w1[j];
-          merge_stats(m, sum, acc, li[u], li[u] == -f32_inf() ? 0.0f : 1.0f, one);
-        }
-      }
-#pragma unroll
-      for (u32 off = G / 2; off >= 1; off /= 2) {
-        const float m2 = shfl_xor(m, off), s2 = shfl_xor(sum, off);
-        float a2[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) a2[j] = shfl_xor(acc[j], off);
-        merge_stats(m, sum, acc, m2, s2, a2);
-      }
-      if (mine && g == 0) {
-        const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
-        float v[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = acc[j] * inv;
-        store_f32<TO, 4>(dst.out + ((u64)b * rows_total + grow) * DV + col, v);
-        if (col == 0) dst.lse[(u64)b * rows_total + grow] = m == -f32_inf() ? -f32_inf() : m + flog(sum);
-      }
-    }
-    __syncthreads();  // every thread is past its reads of the partials
-    if (t == 0 && atomic_add(ctr, 1u) == 2 * n - 1) *ctr = 0u;
-  }
-  for (u32 b = part; b < batch; b += gridDim.x) {
-    if (cum[b] != cum[b + 1]) continue;
-    TO* o = dst.out + ((u64)b * rows_total + row0) * DV;
-    for (u32 i = t; i < rows * DV; i += THR) o[i] = from_float<TO>(0.0f);
-    for (u32 i = t; i < rows; i += THR) dst.lse[(u64)b * rows_total + row0 + i] = -f32_inf();
-  }
-}
-}  // namespace mla
-
 // TN keys per tile (64: one page; 32: half a page, for blocks small enough to run two per SM),
 // NWARPS warps per block.
 // TC: the cache row type (bf16, or e4m3fn for the 656-byte fp8 rows); only the K-tile loads
@@ -383,8 +269,8 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                    const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                    const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                                   const i32* DSV3_RESTRICT meta, u32* DSV3_RESTRICT counters, u32 batch, u32 s_q,
-                                   u32 heads, u32 max_pages, float scale) {
+                                   const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                   float scale) {
   using namespace mla;
   constexpr u32 THR = 32 * NWARPS, BM = 16 * MW, NG = NWARPS / MW, KW = TN / NG, NK = KW / 8, CW = DV / NG, NO = CW / 8;
   constexpr u32 SUB = NT / TN;  // tiles per page
@@ -668,7 +554,6 @@ DSV3_DEV void mla_decode_split_mma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
     });
     __syncthreads();  // red, Q and K buffers are reused by the next segment
   }
-  if (counters != nullptr) merge_split_parts<BM, THR>(dst, meta, batch, rb, counters, t_id);
 }
 #endif
 
@@ -970,14 +855,11 @@ DSV3_DEV void mla_decode_split(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, 
                                float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                               const i32* DSV3_RESTRICT meta, u32* DSV3_RESTRICT counters, u32 batch, u32 s_q, u32 heads,
-                               u32 max_pages, float scale) {
+                               const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale) {
 #if defined(DSV3_HIP)
-  (void)counters;  // the host merges in the split kernel on CUDA streams only
   mla_decode_split_mfma<TO, MW, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
-  mla_decode_split_mma<TO, MW, 64, 8, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, counters, batch, s_q, heads,
-                                          max_pages, scale);
+  mla_decode_split_mma<TO, MW, 64, 8, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
 }
 
@@ -989,14 +871,12 @@ DSV3_DEV void mla_decode_split_t32(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT l
                                    float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                    const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                    const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                                   const i32* DSV3_RESTRICT meta, u32* DSV3_RESTRICT counters, u32 batch, u32 s_q,
-                                   u32 heads, u32 max_pages, float scale) {
+                                   const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages,
+                                   float scale) {
 #if defined(DSV3_HIP)
-  (void)counters;
   mla_decode_split_mfma<TO, MW, 2, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #else
-  mla_decode_split_mma<TO, MW, 32, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, counters, batch, s_q, heads,
-                                          max_pages, scale);
+  mla_decode_split_mma<TO, MW, 32, 4, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale);
 #endif
 }
 

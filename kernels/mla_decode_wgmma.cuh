@@ -249,8 +249,7 @@ template <class TO, class TC>
 DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, float* DSV3_RESTRICT o_ws,
                                     float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                     const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache, const i32* DSV3_RESTRICT block_table,
-                                    const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta,
-                                    u32* DSV3_RESTRICT counters, u32 batch,
+                                    const i32* DSV3_RESTRICT seq_lens, const i32* DSV3_RESTRICT meta, u32 batch,
                                     u32 s_q, u32 heads, u32 max_pages, float scale, const TmaMap& tmap_cache) {
   using namespace mla;
   using namespace mla_wg;
@@ -570,7 +569,6 @@ DSV3_DEV void mla_decode_wgmma_sm90(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT 
     fence_proxy_async();  // the staging tile's generic accesses before the next segment's TMA writes
     __syncthreads();  // Q, K, P and the row buffer are reused by the next segment
   }
-  if (counters != nullptr) merge_split_parts<BM, CTA_THREADS>(dst, meta, batch, rb, counters, t_id);
 }
 #endif  // DSV3_SM90A
 
@@ -582,11 +580,11 @@ DSV3_DEV void mla_decode_wgmma(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse, 
                                float* DSV3_RESTRICT lse_ws, const bf16* DSV3_RESTRICT q,
                                const typename mla::CacheRow<TC>::elem* DSV3_RESTRICT cache,
                                const i32* DSV3_RESTRICT block_table, const i32* DSV3_RESTRICT seq_lens,
-                               const i32* DSV3_RESTRICT meta, u32* DSV3_RESTRICT counters, u32 batch, u32 s_q, u32 heads,
-                               u32 max_pages, float scale, const TmaMap& tmap_cache) {
+                               const i32* DSV3_RESTRICT meta, u32 batch, u32 s_q, u32 heads, u32 max_pages, float scale,
+                               const TmaMap& tmap_cache) {
 #if defined(DSV3_SM90A)
-  mla_decode_wgmma_sm90<TO, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, counters, batch, s_q, heads,
-                                max_pages, scale, tmap_cache);
+  mla_decode_wgmma_sm90<TO, TC>(out, lse, o_ws, lse_ws, q, cache, block_table, seq_lens, meta, batch, s_q, heads, max_pages, scale,
+                            tmap_cache);
 #else
   trap();
 #endif

@@ -223,9 +223,8 @@ fn plan_for(s: &CudaStream, c: &Case, k: Kernel, parts: Option<usize>) -> MlaDec
     }
 }
 
-/// `fused`: the plan's fused combine (taken where [`MlaDecodePlan::fuses_combine`] allows).
-fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, k: Kernel, fused: bool) -> Got {
-    let plan = plan_for(s, c, k, parts).with_fused_combine(fused);
+fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, k: Kernel) -> Got {
+    let plan = plan_for(s, c, k, parts);
     let meta = MlaDecodeMeta::new(s, plan).unwrap();
     // Poison the metadata and workspaces too: everything the kernels read must be written first.
     meta.meta.poison(s).unwrap();
@@ -240,8 +239,6 @@ fn run_gpu(s: &CudaStream, c: &Case, out_dtype: DType, parts: Option<usize>, k: 
     mla::mla_decode_metadata(s, &meta, &sl).unwrap();
     mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale).unwrap();
     s.synchronize().unwrap();
-    // The fused combine leaves its counters zero (the next launch, or a graph replay, needs it).
-    assert!(meta.counters.to_vec::<u32>(s).unwrap().iter().all(|&x| x == 0), "fused combine counters not reset");
     let m = meta.meta.to_vec::<i32>(s).unwrap();
     Got { o: out.to_f32(s).unwrap(), lse: lse.to_f32(s).unwrap(), meta: m[..4 + c.b + 1].to_vec() }
 }
@@ -300,15 +297,9 @@ fn run_all_kind(seed: u64, lens: Vec<i32>, s_q: usize, h: usize, f64_rows: usize
                 continue;
             }
             let auto = p0.num_parts;
-            for (parts, tag, fused) in [
-                (None, "auto", false),
-                (None, "auto, fused combine", true),
-                (Some(1), "1 part", false),
-                (Some(3), "3 parts", false),
-                (Some(7), "7 parts", false),
-            ] {
+            for (parts, tag) in [(None, "auto"), (Some(1), "1 part"), (Some(3), "3 parts"), (Some(7), "7 parts")] {
                 for od in [DType::Bf16, DType::F32] {
-                    let g = run_gpu(s, &c, od, parts, k, fused);
+                    let g = run_gpu(s, &c, od, parts, k);
                     let what = format!("{name} {} B={} s_q={s_q} H={h} lens={:?} {tag} out {od}", p0.kernel_name(od), c.b, c.lens);
                     check(&what, &c, &g, &want_o, &want_lse, parts.unwrap_or(auto));
                     // And against float64 directly on a few rows.
@@ -381,15 +372,13 @@ fn edges(kind: MlaCacheDtype) {
     let c = make_case_kind(7, vec![100, 0, 70], 1, 16, kind);
     let (want_o, want_lse) = reference(&c);
     for (name, s) in mla_streams() {
-        for k in KERNELS {
-            let auto = plan_for(s, &c, k, None);
-            if !k.runs(s, &auto) {
-                continue;
-            }
-            for (parts, fused) in [(1usize, false), (2, false), (5, false), (auto.num_parts, true)] {
-                let g = run_gpu(s, &c, DType::F32, Some(parts), k, fused);
-                let what = format!("{name} {kind} cache: empty sequence, {parts} parts (fused combine {fused}), {k:?} kernel");
-                check(&what, &c, &g, &want_o, &want_lse, parts);
+        for parts in [1usize, 2, 5] {
+            for k in KERNELS {
+                if !k.runs(s, &plan_for(s, &c, k, None)) {
+                    continue;
+                }
+                let g = run_gpu(s, &c, DType::F32, Some(parts), k);
+                check(&format!("{name} {kind} cache: empty sequence, {parts} parts, {k:?} kernel"), &c, &g, &want_o, &want_lse, parts);
             }
         }
     }
@@ -473,7 +462,7 @@ fn mla_decode_wgmma_streams_present() {
             let r = mla::mla_decode(s, &out, &lse, &q, &cache, &bt, &sl, &meta, c.scale);
             if mla::mla_wgmma_available(s) {
                 r.unwrap_or_else(|e| panic!("{name} {kind}: {e}"));
-                let g = run_gpu(s, &c, DType::F32, None, Kernel::Wgmma, true);
+                let g = run_gpu(s, &c, DType::F32, None, Kernel::Wgmma);
                 check(&format!("{name} {} (forced)", plan.kernel_name(DType::F32)), &c, &g, &want_o, &want_lse, plan.num_parts);
             } else {
                 let e = r.unwrap_err().to_string();

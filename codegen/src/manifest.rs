@@ -176,13 +176,12 @@ const MLA_WGMMA_ARGS: &[Arg] = &mla_wgmma_args("bf16");
 /// of the cache viewed as [pages·64 rows, 656 bytes] (the same boxes).
 const MLA_WGMMA_FP8_ARGS: &[Arg] = &mla_wgmma_args("u8");
 
-const fn mla_wgmma_args(cache: &'static str) -> [Arg; 16] {
+const fn mla_wgmma_args(cache: &'static str) -> [Arg; 15] {
     let a = mla_split_args(cache);
-    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], a[14], tensor_map("tmap_cache")]
+    [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13], tensor_map("tmap_cache")]
 }
 
-/// `counters`: null, or the fused combine's per-(sequence, row block) counters (zero on entry).
-const fn mla_split_args(cache: &'static str) -> [Arg; 15] {
+const fn mla_split_args(cache: &'static str) -> [Arg; 14] {
     [
         ptr_mut("out", "{TO}"),
         ptr_mut("lse", "f32"),
@@ -193,7 +192,6 @@ const fn mla_split_args(cache: &'static str) -> [Arg; 15] {
         ptr("block_table", "i32"),
         ptr("seq_lens", "i32"),
         ptr("meta", "i32"),
-        ptr_mut("counters", "u32"),
         scalar("batch", "u32"),
         scalar("s_q", "u32"),
         scalar("heads", "u32"),

@@ -246,9 +246,6 @@ pub struct MlaDecodePlan {
     /// The sm_90a wgmma kernel (`mla_decode_wgmma_{bf16,fp8}_*`: 64 rows per CTA) instead of the
     /// mma.sync kernels ([`Self::with_wgmma`], [`Self::with_default_kernel`]).
     pub wgmma: bool,
-    /// Merge split sequences inside the split kernel where [`Self::fuses_combine`] allows (default
-    /// on; `DSV3_MLA_FUSED_COMBINE=0` turns it off) instead of the separate combine kernel.
-    pub fused_combine: bool,
 }
 
 impl MlaDecodePlan {
@@ -275,7 +272,6 @@ impl MlaDecodePlan {
             sm_count,
             cache: MlaCacheDtype::Bf16,
             wgmma: false,
-            fused_combine: std::env::var("DSV3_MLA_FUSED_COMBINE").map(|v| v != "0").unwrap_or(true),
         };
         // Until measured, the page-tile kernel is the default; DSV3_MLA_SMALL_TILES=1 selects the
         // 32-key-tile kernel where it applies.
@@ -287,25 +283,6 @@ impl MlaDecodePlan {
     pub fn with_small_tiles(mut self, on: bool) -> Self {
         self.small_tiles = on && self.mw <= 2 && !self.wgmma;
         self.layout()
-    }
-    /// The fused combine on or off (tests, benchmarks); see [`Self::fuses_combine`].
-    pub fn with_fused_combine(mut self, on: bool) -> Self {
-        self.fused_combine = on;
-        self
-    }
-    /// Whether a launch for `batch` sequences on a `vendor` stream merges the split sequences in
-    /// the split kernel (`mla::merge_split_parts`): the plan asks for it, sequences are split (more
-    /// than one part) and into many parts (≥ 8 per sequence on average, where the separate combine
-    /// costs most: 3–5 µs at B = 1), CUDA, and the grid is one wave — each part waits for its
-    /// sequence's other parts, so every CTA must be resident at once (one per SM; two for 32-key
-    /// tiles).
-    pub fn fuses_combine(&self, batch: usize, vendor: Vendor) -> bool {
-        let per_sm = if self.small_tiles { 2 } else { 1 };
-        self.fused_combine
-            && vendor == Vendor::Cuda
-            && self.num_parts > 1
-            && self.num_parts >= 8 * batch
-            && self.num_parts * self.row_blocks <= per_sm * self.sm_count
     }
     /// Forces the sm_90a wgmma kernel on or off (tests, benchmarks). On, it replaces the
     /// mma.sync kernels whatever the row count (64-row blocks; the 32-key-tile choice is dropped).
@@ -442,9 +419,6 @@ pub struct MlaDecodeMeta {
     pub o_ws: DeviceTensor,
     /// [2·num_parts, s_q·H] f32: their log-sum-exps.
     pub lse_ws: DeviceTensor,
-    /// [max_batch, row_blocks] u32, zero: the fused combine's arrival counters (each
-    /// launch leaves them zero, so a CUDA graph replays).
-    pub counters: DeviceTensor,
 }
 
 impl MlaDecodeMeta {
@@ -457,7 +431,6 @@ impl MlaDecodeMeta {
             meta: DeviceTensor::empty(s, DType::I32, &[plan.meta_len()])?,
             o_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows(), DV])?,
             lse_ws: DeviceTensor::empty(s, DType::F32, &[slots, plan.rows()])?,
-            counters: DeviceTensor::from_slice(s, &[plan.max_batch, plan.row_blocks], &vec![0u32; plan.max_batch * plan.row_blocks])?,
         })
     }
 }
@@ -484,9 +457,8 @@ pub fn mla_decode_metadata(s: &dyn GpuStream, meta: &MlaDecodeMeta, seq_lens: &D
 /// [B, s_q, H, 576] bf16 over the paged cache of the plan's type: [pages, 64, 576] bf16, or
 /// [pages, 64, 656] u8 for [`MlaCacheDtype::Fp8E4m3`] (a cache that does not match the plan is an
 /// `InvalidArgument` error). `meta` must have been computed by [`mla_decode_metadata`] from the
-/// same `seq_lens` (same step). Two launches, the split kernel and the combine (which returns at
-/// once for sequences that were not split), or one where the plan fuses the combine
-/// ([`MlaDecodePlan::fuses_combine`]).
+/// same `seq_lens` (same step). Two launches: the split kernel and the combine (which returns at
+/// once for sequences that were not split).
 #[allow(clippy::too_many_arguments)]
 pub fn mla_decode(
     s: &dyn GpuStream,
@@ -562,7 +534,6 @@ pub fn mla_decode(
     } else {
         None
     };
-    let fused = p.fuses_combine(b, s.vendor());
     let split_args = [
         KArg::Out(out),
         KArg::Out(lse),
@@ -573,7 +544,6 @@ pub fn mla_decode(
         KArg::In(block_table),
         KArg::In(seq_lens),
         KArg::In(&meta.meta),
-        if fused { KArg::Out(&meta.counters) } else { KArg::Null },
         KArg::U32(b as u32),
         KArg::U32(p.s_q as u32),
         KArg::U32(p.heads as u32),
@@ -593,9 +563,6 @@ pub fn mla_decode(
         if p.num_parts != 1 {
             return Err(err("more than 65535 rows need a plan of one part"));
         }
-        return Ok(());
-    }
-    if fused {
         return Ok(());
     }
     launch_by_name(
@@ -787,21 +754,6 @@ pub mod cuda_util {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fused_combine_rule() {
-        let p = MlaDecodePlan::new(64, 1, 16, 132).unwrap().with_small_tiles(false).with_fused_combine(true);
-        assert_eq!(p.num_parts, 132);
-        assert!(p.fuses_combine(1, Vendor::Cuda) && p.fuses_combine(16, Vendor::Cuda));
-        assert!(!p.fuses_combine(17, Vendor::Cuda), "fewer than 8 parts per sequence: the combine kernel");
-        assert!(!p.fuses_combine(1, Vendor::Hip));
-        assert!(!p.with_fused_combine(false).fuses_combine(1, Vendor::Cuda));
-        assert!(!p.with_parts(1).fuses_combine(1, Vendor::Cuda), "one part: nothing to merge");
-        assert!(!p.with_parts(264).fuses_combine(1, Vendor::Cuda), "two waves: the parts cannot all wait");
-        let t32 = MlaDecodePlan::new(1, 1, 16, 132).unwrap().with_small_tiles(true).with_fused_combine(true);
-        assert_eq!(t32.num_parts, 264);
-        assert!(t32.fuses_combine(1, Vendor::Cuda), "32-key tiles: two CTAs per SM");
-    }
 
     #[test]
     fn combine_shapes_follow_parts_per_sequence() {
