@@ -189,6 +189,15 @@ fn default_wgmma(rows: usize, cache: MlaCacheDtype, wgmma: bool, fp8: bool) -> b
         }
 }
 
+/// Whether a plan of `max_batch` sequences takes the 32-key-tile kernel (two blocks per SM) by
+/// default: bf16 cache, mma.sync (≤ 16 query rows), from 64 sequences. Session 9, run 5 (h = 16,
+/// s_q = 1): B = 128 at s_k 4K–32K 1.02–1.10× the page tiles (101.6% / 102.9% of the copy rate
+/// at 16K / 32K), B = 64 1.04×; B = 32 and below, and s_k = 1K, 0.93–0.98×.
+/// `DSV3_MLA_SMALL_TILES=1` takes it at every batch.
+fn default_small_tiles(max_batch: usize, cache: MlaCacheDtype, wgmma: bool) -> bool {
+    !wgmma && cache == MlaCacheDtype::Bf16 && max_batch >= 64
+}
+
 /// Part groups of `mla_decode_combine` (32 threads each, group g summing parts g, g + G, ...):
 /// 8 where the plan cuts a sequence into at least 8 parts on average (small batches: the parts
 /// are read in parallel), else 1 (a few parts per sequence; many small blocks). Measured on the
@@ -273,8 +282,8 @@ impl MlaDecodePlan {
             cache: MlaCacheDtype::Bf16,
             wgmma: false,
         };
-        // Until measured, the page-tile kernel is the default; DSV3_MLA_SMALL_TILES=1 selects the
-        // 32-key-tile kernel where it applies.
+        // The page-tile kernel unless DSV3_MLA_SMALL_TILES=1 (the 32-key tiles where they apply);
+        // with_default_kernel takes the 32-key tiles for large batches (default_small_tiles).
         let small = std::env::var("DSV3_MLA_SMALL_TILES").map(|v| v == "1").unwrap_or(false);
         Ok(plan.with_small_tiles(small))
     }
@@ -299,11 +308,13 @@ impl MlaDecodePlan {
     /// bound by its ldmatrix / mma.sync rate, 45–75% of the copy bandwidth at 32–64 rows and
     /// 243 TFLOPS at 128; at s_q·H ≤ 16 the two were measured level). For the fp8 cache at every
     /// row count, but only with `DSV3_MLA_WGMMA_FP8=1` until its first GPU run
-    /// ([`mla_wgmma_fp8_opted_in`]); otherwise the mma.sync fp8 kernels.
+    /// ([`mla_wgmma_fp8_opted_in`]); otherwise the mma.sync fp8 kernels. The mma.sync bf16 plans
+    /// of at least 64 sequences take the 32-key tiles ([`default_small_tiles`]).
     pub fn with_default_kernel(self, s: &dyn GpuStream) -> Self {
         let fp8 = self.cache == MlaCacheDtype::Fp8E4m3 && mla_wgmma_fp8_opted_in();
         let on = default_wgmma(self.rows(), self.cache, mla_wgmma_enabled(s), fp8);
-        self.with_wgmma(on)
+        let small = self.small_tiles || default_small_tiles(self.max_batch, self.cache, on);
+        self.with_wgmma(on).with_small_tiles(small)
     }
     /// Row blocks and parts for the chosen kernel: one block per SM (two for 32-key tiles).
     fn layout(mut self) -> Self {
@@ -899,6 +910,19 @@ mod tests {
             assert!(default_wgmma(rows, fp8, true, true));
             assert!(!default_wgmma(rows, fp8, false, true));
         }
+    }
+
+    #[test]
+    fn small_tiles_rule() {
+        let bf16 = MlaCacheDtype::Bf16;
+        assert!(default_small_tiles(64, bf16, false) && default_small_tiles(256, bf16, false));
+        assert!(!default_small_tiles(32, bf16, false), "small batches: the page tiles");
+        assert!(!default_small_tiles(128, bf16, true), "the wgmma kernel has no 32-key tiles");
+        assert!(!default_small_tiles(128, MlaCacheDtype::Fp8E4m3, false), "fp8 cache: not measured");
+        // A 16-row plan (h = 16, s_q = 1) of 128 sequences: 32-key tiles, twice the parts.
+        let p = MlaDecodePlan::new(128, 1, 16, 132).unwrap().with_small_tiles(false);
+        let q = p.with_small_tiles(default_small_tiles(128, bf16, false));
+        assert!(q.small_tiles && q.num_parts == 264);
     }
 
     #[test]
