@@ -40,7 +40,7 @@
 // barriers expect the whole stage); the tokens, scales, workspace and output are touched only after
 // every thread's griddepcontrol.wait.
 //
-// NT = 16: 5 stages (93.6 KB) and 66–72 registers per thread (≤ 85), two CTAs per SM (the host's grid);
+// NT = 16: 5 stages (93.6 KB) and 68–74 registers per thread (≤ 85), two CTAs per SM (the host's grid);
 // NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.

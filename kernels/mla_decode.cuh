@@ -964,12 +964,11 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
   const u32 g = tid() / 32, c0 = 4 * (tid() % 32);
   // P parts per round, their loads issued together (predicated, so none waits for the previous
   // part's arithmetic).
-  constexpr u32 U = P;
   float m = -f32_inf(), sum = 0.0f, acc[NI][4] = {};
-  for (u32 p0 = pf + g; p0 <= pl; p0 += U * G) {
-    float li[U], x[U][NI][4];
+  for (u32 p0 = pf + g; p0 <= pl; p0 += P * G) {
+    float li[P], x[P][NI][4];
 #pragma unroll
-    for (u32 u = 0; u < U; ++u) {
+    for (u32 u = 0; u < P; ++u) {
       const u32 p = p0 + u * G;
       const u64 slot = p == pf ? first_slot : 2 * p;
       li[u] = p <= pl ? lse_ws[slot * rows_total + row] : -f32_inf();
@@ -981,7 +980,7 @@ DSV3_DEV void mla_decode_combine(TO* DSV3_RESTRICT out, float* DSV3_RESTRICT lse
       }
     }
 #pragma unroll
-    for (u32 u = 0; u < U; ++u) {
+    for (u32 u = 0; u < P; ++u) {
       if (p0 + u * G > pl) break;  // the group's parts end here (warp-uniform)
       const float mn = fmaxf(m, li[u]);
       const float keep = m == -f32_inf() ? 0.0f : fexp(m - mn), w = li[u] == -f32_inf() ? 0.0f : fexp(li[u] - mn);

@@ -55,8 +55,8 @@ impl WgsTile {
         WgsTile::for_rows(2 * mean_rows.max(1))
     }
 
-    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 66–72
-    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 64-token one 130 and 195 KB.
+    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 68–74
+    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 64-token one 132 and 195 KB.
     pub fn ctas_per_sm(self) -> usize {
         match self {
             WgsTile::N16 => 2,

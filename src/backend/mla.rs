@@ -576,10 +576,11 @@ pub fn mla_decode(
         }
         return Ok(());
     }
+    let groups = combine_groups(p.num_parts, b);
     launch_by_name(
         s,
-        &format!("mla_decode_combine_{to}_g{}_p{}", combine_groups(p.num_parts, b), combine_parts_in_flight(p.num_parts, b)),
-        LaunchCfg::new((b as u32, p.rows() as u32, combine_column_blocks(p.num_parts, b)), (32 * combine_groups(p.num_parts, b), 1, 1), 0),
+        &format!("mla_decode_combine_{to}_g{groups}_p{}", combine_parts_in_flight(p.num_parts, b)),
+        LaunchCfg::new((b as u32, p.rows() as u32, combine_column_blocks(p.num_parts, b)), (32 * groups, 1, 1), 0),
         &[
             KArg::Out(out),
             KArg::Out(lse),
