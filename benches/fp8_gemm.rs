@@ -19,7 +19,9 @@
 //!   `moe` is the default plan (on sm_90a the wgs entry up to 64 rows per active expert), `moe-old`
 //!   the plan before it (the tiled kernels, v2 from 65 rows per expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
-//!   `moe-wg`, `moe-wg2p` the grouped GEMMs on wgmma v1 / v2 in pairs where the plan has BM 128.
+//!   `moe-wg`, `moe-wg2p` the grouped GEMMs on wgmma v1 / v2 in pairs where the plan has BM 128;
+//!   `moe-wgs16` / `moe-wgs64` each small-M wgmma tile up to 128 rows per active expert where the
+//!   default takes another. `dense-wgs`: the 64-token wgs tile at 65–128 rows (two M tiles).
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -37,6 +39,7 @@ use common::{copy_gbs, listed, moe_ids, shape_listed, stream, time_us, Rng};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dsv3::backend::fp8_gemm::{self as fg, Fp8Plan, Fp8Tile, Fp8Workspace, FusedMoeWorkspace, MoeFp8Weights};
 use dsv3::backend::mla::cuda_util;
+use dsv3::backend::gemm_wgs::{self, WgsTile};
 use dsv3::backend::stream_gemm::StreamTile;
 use dsv3::backend::{DType, DeviceTensor, Fp8E4m3fn, GpuStream};
 
@@ -103,7 +106,7 @@ fn dense_setup(s: &dyn GpuStream, m: usize, n: usize, k: usize) -> Dense {
 /// The first pass's rows of one dense shape: the default plan, the plan before the wgs entry
 /// (`old`, with half / no split-K for tuning), and the kernel the other side of the streaming
 /// threshold for the comparison.
-fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan) -> Vec<(&'static str, Fp8Plan)> {
+fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan, wgs_ok: bool) -> Vec<(&'static str, Fp8Plan)> {
     let mut v = vec![("dense", base)];
     if old != base {
         v.push(("dense-old", old));
@@ -119,19 +122,31 @@ fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan) -> Vec
         _ => None,
     };
     v.extend(other.map(|(kind, tile)| (kind, fg::plan_dense_tile(tile, m, n, k, fg::DEFAULT_SMS))));
+    // The small-M wgmma entry at 65–128 rows (two 64-token M tiles) where the default is v2.
+    if wgs_ok && (65..=128).contains(&m) && !matches!(base.tile, Fp8Tile::Wgs(_)) {
+        v.push(("dense-wgs", Fp8Plan { tile: Fp8Tile::Wgs(WgsTile::N64), splits: 1 }));
+    }
     v
 }
 
 /// The first pass's MoE runs at `per_expert` rows per active expert: the default plan, the plan
 /// before the wgs entry (`old`, when the default takes it), and the kernel the other side of the
 /// streaming threshold.
-fn moe_runs(per_expert: usize, old: Option<Fp8Tile>) -> Vec<(&'static str, Option<Fp8Tile>)> {
+fn moe_runs(per_expert: usize, old: Option<Fp8Tile>, wgs: Option<Fp8Tile>, wgs_ok: bool) -> Vec<(&'static str, Option<Fp8Tile>)> {
     let mut v = vec![("moe", None)];
     v.extend(old.map(|t| ("moe-old", Some(t))));
     match per_expert {
         0..=64 => v.push(("moe-mma", Some(Fp8Tile::tiled_for_rows(per_expert)))),
         65..=128 => v.push(("moe-st", Some(Fp8Tile::Stream(StreamTile::T64)))),
         _ => {}
+    }
+    // Each small-M wgmma tile up to 128 rows per expert where the default plan takes another.
+    if wgs_ok && per_expert <= 128 {
+        for (kind, t) in [("moe-wgs16", WgsTile::N16), ("moe-wgs64", WgsTile::N64)] {
+            if wgs != Some(Fp8Tile::Wgs(t)) {
+                v.push((kind, Some(Fp8Tile::Wgs(t))));
+            }
+        }
     }
     v
 }
@@ -151,6 +166,7 @@ fn main() {
     // cost the earlier rows. DSV3_FP8_BENCH_WGMMA=0 / DSV3_FP8_BENCH_WGMMA2=0 skip pass 1 / 2.
     let on = |var: &str| std::env::var(var).map(|v| v != "0").unwrap_or(true);
     let wg2_ok = fg::wgmma2_available(&s);
+    let wgs_ok = gemm_wgs::wgs_available(&s);
     if !wg2_ok {
         println!("wgmma2: not available on this stream (needs the sm_90a cubin on an sm_90 GPU): no wg2 rows");
     } else {
@@ -176,7 +192,7 @@ fn main() {
                 let d = dense_setup(&s, m, n, k);
                 let nc = d.copies.len();
                 let plans = match pass {
-                    0 => dense_plans(m, n, k, base, old),
+                    0 => dense_plans(m, n, k, base, old, wgs_ok),
                     1 => vec![("dense-wg", Fp8Plan { tile: Fp8Tile::Wg128, ..old })],
                     _ => vec![("dense-wg2p", Fp8Plan { tile: Fp8Tile::Wg2Pair, splits: 1 })],
                 };
@@ -222,7 +238,7 @@ fn main() {
                 let wgs = fg::moe_wgs_tile(&s, DType::E4m3fn, p, e);
                 let old = wgs.map(|_| fg::with_wgmma(&s, Fp8Plan { tile, splits: 1 }).tile);
                 let runs = match pass {
-                    0 => moe_runs(p.div_ceil(e.min(p)), old),
+                    0 => moe_runs(p.div_ceil(e.min(p)), old, wgs, wgs_ok),
                     _ if tile != Fp8Tile::Bm128 => vec![],
                     1 => vec![("moe-wg", Some(Fp8Tile::Wg128))],
                     _ => vec![("moe-wg2p", Some(Fp8Tile::Wg2Pair))],
