@@ -7,8 +7,9 @@
 // mma.sync streaming kernel (kernels/stream_gemm.cuh) is issue-bound from M = 16 on (e4m3
 // mma.sync is f16 HMMAs plus conversions on sm_90a), and v2 pads M to 128 rows with no split-K
 // (one wave of N / 128 CTAs). Here an m64nNTk32 wgmma consumes a 128-K block of 128 weight rows
-// and NT tokens natively, and every SM keeps ~180 KB of loads in flight. (At 65–128 rows v2 is
-// faster: an NT = 128 tile measured 1.2–3.5× slower, bound by its split-K atomics.)
+// and NT tokens natively, and every SM keeps ~180 KB of loads in flight. (At 65–128 rows an NT =
+// 128 tile measured 1.2–3.5× slower than v2, bound by its split-K atomics; two NT = 64 M tiles beat
+// v2 where its one CTA per tile leaves SMs idle: the host's dense_tile.)
 //
 // Work: output tile (mt, nt) = NT tokens × 128 weight rows (one weight scale block), its K in
 // sk = ⌈K / 128⌉ blocks. The launch's m_tiles · n_tiles · sk blocks, tile-major (n tiles fastest

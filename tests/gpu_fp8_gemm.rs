@@ -264,6 +264,20 @@ fn wg2_wgs_dense_edges() {
 
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
+fn wg2_wgs_default_plan_two_m_tiles() {
+    // 65–128 rows with K ≥ 4096 and fewer 128-row tiles than SMs: the default plan takes the
+    // 64-token wgs tile (two M tiles) on sm_90a streams; its result through the convenience entry.
+    sm90a_streams_present(WGS_TILES[1]);
+    for (v, s) in all_streams() {
+        if wgs_available(s) {
+            assert_eq!(fg::plan_dense_for_stream(s, DType::E4m3fn, 100, 300, 4096).tile, Fp8Tile::Wgs(WgsTile::N64), "{v}");
+        }
+    }
+    check_dense(118, 100, 300, 4096, &[Fp8Tile::Bm64]);
+}
+
+#[test]
+#[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wg2_wgs_dense_v3_shapes() {
     sm90a_streams_present(WGS_TILES[0]);
     for (i, (n, k)) in [(2112usize, 7168usize), (24576, 1536), (32768, 512), (7168, 16384), (4096, 7168), (7168, 2048)].into_iter().enumerate() {

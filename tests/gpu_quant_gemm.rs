@@ -335,6 +335,15 @@ fn wg2_int8_wgs_dense() {
     for (i, (m, n, k)) in [(5, 136, 16), (1, 2112, 7168), (64, 576, 1536), (128, 7168, 2048), (3, 4096, 16384)].into_iter().enumerate() {
         check_int8_dense_tiles(140 + i as u64, m, n, k, &WGS);
     }
+    // 65–128 rows, K ≥ 4096, fewer 128-row tiles than SMs: block INT8's default plan takes the
+    // 64-token tile (two M tiles; its auto-plan result is checked above), channel INT8 keeps v2.
+    for (v, s) in streams() {
+        if wgs_available(s) {
+            assert_eq!(qg::int8_plan_dense_for_stream(s, Int8Scheme::Block, 100, 300, 4096).tile, QuantTile::Wgs(WgsTile::N64), "{v}");
+            assert!(!matches!(qg::int8_plan_dense_for_stream(s, Int8Scheme::Channel, 100, 300, 4096).tile, QuantTile::Wgs(_)), "{v}");
+        }
+    }
+    check_int8_dense_tiles(146, 100, 300, 4096, &WGS);
 }
 
 #[test]

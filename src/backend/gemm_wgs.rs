@@ -2,7 +2,8 @@
 //! channel weights as the wgmma's 64-row operand, up to 64 tokens as its N, streamed by TMA and
 //! split over K by stream-K (each CTA one equal, contiguous range of the launch's 128-K blocks).
 //! Measured on the H200 (docs/perf/fp8_gemm.md): a 128-token tile was 1.2–3.5× slower than v2 at
-//! M = 128 (its split-K atomics), so 65–128 rows stay on v2.
+//! M = 128 (its split-K atomics); two 64-token M tiles beat v2 at 65–128 rows on the shapes where
+//! v2 leaves SMs idle ([`dense_tile`]).
 //! It computes the block GEMMs' function with their scales, split-K workspace and grouped tiles, so
 //! it is one more tile of them: [`super::fp8_gemm::Fp8Tile::Wgs`], [`super::quant_gemm::QuantTile::Wgs`].
 //! Grouped launches need pre-sorted rows (the fused MoE gathers them first, as for v2).
@@ -43,7 +44,7 @@ impl WgsTile {
         }
     }
 
-    /// The smallest tile holding `rows` tokens; `None` above 64 (v2's territory).
+    /// The smallest tile holding `rows` tokens; `None` above 64 (several M tiles: `dense_tile`).
     pub fn for_rows(rows: usize) -> Option<WgsTile> {
         WgsTile::ALL.into_iter().find(|t| rows <= t.nt())
     }
@@ -150,9 +151,20 @@ pub enum WgsFormat {
 /// streaming kernel stays where the launch is short: the entry won there only with a tile per CTA
 /// (24576×1536, 32768×512: 1.1–1.3×) or long ranges (7168×16384: 1.2×), and lost 0.2–1 µs on
 /// the ~15 MB shapes; AWQ's st8 won at 1 row on 4 of 6 shapes. AWQ needs [`awq_wgs_fits`]`(n)`.
+///
+/// At 65–128 rows FP8 and block INT8 take the 64-token tile (two M tiles, whose ranges stream the
+/// same weight blocks at the same time: the second read is an L2 hit) where v2's grid of one CTA
+/// per 128 × 128 tile leaves SMs idle (N / 128 < SMs) and K ≥ 4096 (session 10, run 1, 128 rows:
+/// FP8 1.06–1.52×, block INT8 1.39–2.0× v2 on 2112×7168, 4096×7168, 7168×16384; v2 won on
+/// 7168×2048 and on the shapes of ≥ 192 tiles; channel INT8, whose v2 is faster, won only on
+/// 2112×7168 and keeps v2).
 pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -> Option<WgsTile> {
     if format == WgsFormat::Awq && !awq_wgs_fits(n) {
         return None;
+    }
+    if m > 64 {
+        let two_tiles = matches!(format, WgsFormat::Fp8 | WgsFormat::Int8Block) && m <= 128 && k >= 4096 && n.div_ceil(128) < sms;
+        return two_tiles.then_some(WgsTile::N64);
     }
     let max_rows = if format == WgsFormat::Int8Channel && k < 2048 { 16 } else { 64 };
     let t = WgsTile::for_rows(m).filter(|_| m <= max_rows)?;
@@ -314,7 +326,16 @@ mod tests {
         assert_eq!(dense_tile(Fp8, 1, 7168, 16384, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Fp8, 9, 2112, 7168, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Fp8, 64, 2112, 7168, 132), Some(WgsTile::N64));
-        assert_eq!(dense_tile(Fp8, 65, 2112, 7168, 132), None);
+        // 65–128 rows: two 64-token tiles where v2 leaves SMs idle and K ≥ 4096.
+        assert_eq!(dense_tile(Fp8, 65, 2112, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Fp8, 128, 7168, 16384, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Int8Block, 128, 4096, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Fp8, 129, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Fp8, 128, 7168, 2048, 132), None);
+        assert_eq!(dense_tile(Fp8, 128, 24576, 1536, 132), None);
+        assert_eq!(dense_tile(Fp8, 128, 32768, 4096, 132), None);
+        assert_eq!(dense_tile(Int8Channel, 128, 2112, 7168, 132), None);
+        assert_eq!(dense_tile(Awq, 128, 2112, 7168, 132), None);
         assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Int8Channel, 64, 7168, 2048, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Int8Channel, 64, 24576, 1536, 132), None);

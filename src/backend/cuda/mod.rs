@@ -78,6 +78,8 @@ pub struct CudaStream {
     pinned: Mutex<(usize, usize)>,
     /// Launch with programmatic dependent launch ([`pdl_enabled`]).
     pdl: bool,
+    /// Multiprocessors, queried once: every stream-K / persistent launch sizes its grid by it.
+    sms: usize,
 }
 
 /// Whether launches on a device of compute capability `cc` carry the programmatic-dependent-launch
@@ -122,6 +124,9 @@ impl CudaStream {
         let ctx = CudaContext::new(ordinal).map_err(|e| derr(format!("context on device {ordinal}"), e))?;
         ctx.bind_to_thread().map_err(|e| derr("bind context", e))?;
         let cc = ctx.compute_capability().map_err(|e| derr("compute capability", e))?;
+        let sms = ctx
+            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT): {e:?}")))? as usize;
         let stream = result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| derr("cuStreamCreate", e))?;
         let alloc = CachingAllocator::new(Box::new(CudaRaw { ctx: ctx.clone() }));
         Ok(CudaStream {
@@ -135,6 +140,7 @@ impl CudaStream {
             blas: Mutex::new(None),
             pinned: Mutex::new((0, 0)),
             pdl: pdl_enabled(cc),
+            sms,
         })
     }
 
@@ -450,10 +456,7 @@ impl GpuStream for CudaStream {
         Ok(Box::new(event))
     }
     fn sm_count(&self) -> Result<usize> {
-        self.ctx
-            .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map(|n| n as usize)
-            .map_err(|e| backend_err(B, format!("cuDeviceGetAttribute(MULTIPROCESSOR_COUNT): {e:?}")))
+        Ok(self.sms)
     }
     fn max_shared_per_block(&self) -> Result<usize> {
         self.ctx
