@@ -2,7 +2,7 @@
 // out[m, n] = Σ_k a[m, k] · (q[k, n] − z[k/G, n]) · s[k/G, n]; dense, or grouped by expert over
 // pre-sorted rows) on the pipeline of the 8-bit small-M kernels (kernels/gemm_wgs.cuh: its CTA
 // setup wgs_init with the PDL protocol, WgsCtx's stream-K ranges and segments, WgsLayout, the
-// split-K flush wgs_flush into slots that wgs_reduce sums, and the fragment map wgs_frag), with the
+// split-K hand-off wgs_flush / wgs_finish and the fragment map wgs_frag), with the
 // weights dequantized in registers as the wgmma's A operand.
 //
 // Why. The mma.sync AWQ kernels (stream_gemm_awq_t*, awq_gemm_bm*) reach 0.15–0.40 of the copy
@@ -69,7 +69,7 @@
 // convert the latter (ptxas puts part of that after the wait), wait, promote the partials, free
 // the stage, dequantize the next block (ptxas gives it the A registers in flight, so this runs
 // after the wait; the other warpgroup's MMAs run meanwhile), and at a segment's end flush
-// (wgs_flush). One block in flight per warpgroup, unlike gemm_wgs's
+// (wgs_flush; wgs_finish after the range). One block in flight per warpgroup, unlike gemm_wgs's
 // two partial sets: a second block would need a second A operand, which ptxas folds onto the
 // first (see the loop).
 //
@@ -282,6 +282,8 @@ DSV3_DEV void awq_wgs_consume(const AwqWgsCtx<NT, G>& c) {
   if (c.begin >= c.end) return;
   AwqWgsA<G> x;
   AwqWgsWords<G> v;
+  WgsSeg pend0, pend1;  // split-K state (wgs_flush / wgs_finish)
+  u32 npend = 0, count0 = 0, count1 = 0;
   u32 stage = 0, phase = 0;
   WgsSeg sg = c.seg(c.begin);
   u32 kb = sg.kb0;
@@ -309,7 +311,7 @@ DSV3_DEV void awq_wgs_consume(const AwqWgsCtx<NT, G>& c) {
     if (ln == 0) mbar_arrive(c.empty(stage));
     expand(v, x);
     if (kb + 1 == sg.kb1) {
-      wgs_flush<WgsAwq, NT>(c, sg, t, tot);
+      wgs_flush<WgsAwq, NT>(c, sg, t, tot, pend0, pend1, npend, count0, count1);
       zero_tot();
       if (!more) break;
       sg = c.seg(u + 1);
@@ -320,6 +322,7 @@ DSV3_DEV void awq_wgs_consume(const AwqWgsCtx<NT, G>& c) {
     stage = ns;
     phase = nph;
   }
+  wgs_finish<WgsAwq, NT>(c, t, pend0, pend1, npend, count0, count1);
 }
 
 template <int G, int NT>
@@ -345,14 +348,14 @@ DSV3_DEV void awq_wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMa
 // box NT × 128 bytes; tmap_b: 4-D byte map of the repacked qweight [E, N/8, K/32, 128 bytes], box
 // (128, 4, 16, 1); tmap_scales: 3-D byte map of the f16 scales [E, K/G, 2N bytes], box (256, 128/G,
 // 1); tmap_zeros: 3-D byte map of qzeros [E, K/G, N/2 bytes], box (64, 128/G, 1); both unswizzled.
-// ws: the split-K slots [2 · grid, NT · 128] (wgs_slot; any contents), summed by wgs_reduce after
-// the launch where a tile is split over CTAs. G ∈ {64, 128}, K % G == 0, N % 32 == 0.
+// ws / counters: the split-K workspace [2 · grid, NT · 128] (wgs_slot; any contents) and counters
+// [m tiles · n tiles], zero on entry and left zero. G ∈ {64, 128}, K % G == 0, N % 32 == 0.
 template <int G, int NT>
 DSV3_DEV void awq_gemm_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const TmaMap& tmap_scales,
-                           const TmaMap& tmap_zeros, float* ws, const i32* tile_expert, const i32* num_tiles, u32 M,
-                           u32 N, u32 K) {
+                           const TmaMap& tmap_zeros, float* ws, u32* counters, const i32* tile_expert,
+                           const i32* num_tiles, u32 M, u32 N, u32 K) {
 #if defined(DSV3_SM90A)
-  awq_wgs_gemm<G, NT>(bg_args(out, nullptr, nullptr, nullptr, nullptr, ws, nullptr, nullptr, tile_expert, num_tiles,
+  awq_wgs_gemm<G, NT>(bg_args(out, nullptr, nullptr, nullptr, nullptr, ws, counters, nullptr, tile_expert, num_tiles,
                               M, N, K, 1, 1),
                       tmap_a, tmap_b, tmap_scales, tmap_zeros);
 #else

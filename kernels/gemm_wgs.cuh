@@ -16,12 +16,12 @@
 // inside an M tile), are cut into gridDim.x equal contiguous ranges, one per CTA (stream-K: no
 // ragged wave whatever the shape). A CTA walks its range as segments, one per tile it touches;
 // only the first and the last can be partial. A whole segment stores bf16. A partial one stores its
-// sums into the CTA's f32 workspace slot (wgs_slot) and the CTA goes on: no fence, no counter.
-// The split tiles are summed by the next launch, wgs_reduce (PDL: its CTAs are resident and
-// waiting when this grid ends), one CTA per tile. The last-arriving CTA used to do it after a
-// fence and a counter round trip; those chains cost 1–9 µs per launch (variant timings, session
-// 10: docs/perf/fp8_gemm.md). Grouped launches read *num_tiles on the device; every CTA (and the
-// reduction) derives the same ranges.
+// sums into the CTA's f32 workspace slot (wgs_slot), and consumer thread 0 bumps the tile's counter by
+// the segment's block count (after a CTA barrier and an acq_rel fence: the release of every
+// consumer's stores, CUTLASS's split-K semaphore pattern) without waiting for the result; after
+// its range, the CTA sums the slots of each tile whose count it completed into bf16 and leaves the
+// counter zero for the next launch. Grouped launches read *num_tiles on the device; every
+// CTA derives the same ranges.
 //
 // CTA: 384 threads = a producer warpgroup and two consumer warpgroups.
 // - Producer, per block: waits the stage's `empty` barrier; thread 0 issues the weight box (3-D map
@@ -41,8 +41,8 @@
 // barriers expect the whole stage); the tokens, scales, workspace and output are touched only after
 // every thread's griddepcontrol.wait.
 //
-// NT = 16: 5 stages (93.6 KB) and 46–56 registers per thread (≤ 85), two CTAs per SM (the host's grid);
-// NT = 64: 8 stages (195 KB) and 90–94 registers, one CTA per SM.
+// NT = 16: 5 stages (93.6 KB) and 68–74 registers per thread (≤ 85), two CTAs per SM (the host's grid);
+// NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.
 #pragma once
@@ -51,6 +51,7 @@
 
 namespace dsv3 {
 
+constexpr u32 WGS_FLUSH_BAR = 4;    // named barrier of the consumers' split-K hand-off
 constexpr u32 WGS_SCALE_AHEAD = 4;  // blocks of scale loads in flight per scale writer
 // The 8-bit entries' weight format Q (gemm8_wgs): int8_block, int8_channel (kernels/block_gemm.cuh)
 // or this.
@@ -58,8 +59,8 @@ constexpr int wgs_e4m3 = 2;
 
 // Shared memory of one CTA, offsets from its 1024-aligned base: STAGES × (a weight box of W
 // bytes, a token box of A bytes), STAGES per-stage areas of SC bytes written by the producer
-// threads (token scales here; zero points and group scales for AWQ, kernels/awq_gemm_wgs.cuh) and
-// the mbarriers.
+// threads (token scales here; zero points and group scales for AWQ, kernels/awq_gemm_wgs.cuh),
+// the mbarriers and the flags that tell the consumers which of their partial tiles they complete.
 // Each kernel picks its stage count (src/backend/gemm_wgs.rs mirrors BYTES).
 template <u32 W, u32 A, u32 SC, u32 N_STAGES> struct WgsLayout {
   static constexpr u32 W_TILE = W;
@@ -69,7 +70,8 @@ template <u32 W, u32 A, u32 SC, u32 N_STAGES> struct WgsLayout {
   static constexpr u32 STAGES = N_STAGES;
   static constexpr u32 SCALES = STAGES * STAGE;
   static constexpr u32 BARS = SCALES + STAGES * SC_STAGE;
-  static constexpr u32 END = BARS + 2 * STAGES * 8;
+  static constexpr u32 FLAGS = BARS + 2 * STAGES * 8;
+  static constexpr u32 END = FLAGS + 16;
   static constexpr u32 BYTES = END + 1024;
 };
 
@@ -106,17 +108,16 @@ struct WgsSeg {
   u32 tile, mt, nt, kb0, kb1;
 };
 
-// The launch's `total` blocks cut into `ctas` equal ranges: the first block of CTA b's range, and
-// the CTA whose range holds block u (the largest b with wgs_begin_of(b) ≤ u).
-DSV3_DEV u32 wgs_begin_of(u32 total, u32 ctas, u32 b) { return (u32)((u64)total * b / ctas); }
-DSV3_DEV u32 wgs_cta_of(u32 total, u32 ctas, u32 u) { return (u32)(((u64)(u + 1) * ctas + total - 1) / total) - 1; }
-
 template <int NT, class L = WgsSmem<NT>> struct WgsCtx : TmaGemmCta {
   using S = L;
   u32 m_end, total, begin, end;  // total: the launch's blocks; [begin, end): this CTA's range
-  DSV3_DEV u32 begin_of(u32 b) const { return wgs_begin_of(total, gridDim.x, b); }
+  // The first block of CTA b's range, and the CTA whose range holds block u (the largest b with
+  // begin_of(b) ≤ u).
+  DSV3_DEV u32 begin_of(u32 b) const { return (u32)((u64)total * b / gridDim.x); }
+  DSV3_DEV u32 cta_of(u32 u) const { return (u32)(((u64)(u + 1) * gridDim.x + total - 1) / total) - 1; }
   DSV3_DEV u32 full(u32 s) const { return base + S::BARS + s * 8; }
   DSV3_DEV u32 empty(u32 s) const { return base + S::BARS + (S::STAGES + s) * 8; }
+  DSV3_DEV u32* flags() const { return reinterpret_cast<u32*>(smem + S::FLAGS); }
   // Stage s's area of S::SC_STAGE bytes (written by the producer threads, read by the consumers;
   // the 8-bit kernels' NT f32 token scales).
   DSV3_DEV u8* aux(u32 s) const { return smem + S::SCALES + s * S::SC_STAGE; }
@@ -228,9 +229,9 @@ DSV3_DEV void wgs_row_scales(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 r0, f
 // The split-K workspace: two slots of NT × 128 f32 per CTA, 2b for CTA b's first segment and 2b + 1
 // for its last (only those can be partial), in fragment order (thread t's fragments 4j .. 4j + 3 at
 // float (256 j + t) · 4: a warp's 16-byte stores cover 512 contiguous bytes). A partial segment is
-// stored, not added: wgs_reduce sums a tile's contributors' slots in CTA order, so the result does
-// not depend on timing, and L2 does no read-modify-write (scalar f32 atomics into [rows, N] cost
-// ~64 × 128 L2 operations per partial 64-token segment, the 64-token tiles' limit).
+// stored, not added: the CTA that completes a tile sums its contributors' slots in CTA order, so
+// the result does not depend on timing, and L2 does no read-modify-write (scalar f32 atomics into
+// [rows, N] cost ~64 × 128 L2 operations per partial 64-token segment, the 64-token tiles' limit).
 // Fragments of tokens past the output (4j group past m_end) are neither stored nor read.
 // wgs_slot(c, b, first, tile): the slot of CTA b (whose range begins at block `first`) for its
 // segment in `tile`.
@@ -255,11 +256,19 @@ DSV3_DEV void wgs_store(const WgsCtx<NT, L>& c, const WgsSeg& sg, const WgsFrag&
   }
 }
 
+// A consumer thread's split-K state is its partial segments pend0 / pend1 (at most the range's
+// first and last; npend of them) and, in thread 0, each one's tile count after its addition
+// (count0 / count1, read after the range: the atomic's latency is not waited for). They are
+// separate variables, passed by reference: a struct of them changes the 8-bit entries' SASS.
+
 // Segment sg's last block is in `tot` (consumer thread t): a whole segment stores bf16 (2-byte
-// stores: the output is small next to the weights); a partial one goes to this CTA's slot, for
-// wgs_reduce after the launch.
+// stores: the output is small next to the weights); a partial one goes to this CTA's slot, thread
+// 0 bumps the tile's counter by the segment's blocks after the consumers' barrier and an acq_rel
+// fence (the release of every consumer's stores), and the segment is remembered for wgs_finish.
 template <class Op, int NT, class L>
-DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const float (&tot)[NT / 2]) {
+DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const float (&tot)[NT / 2], WgsSeg& pend0,
+                        WgsSeg& pend1, u32& npend, u32& count0, u32& count1) {
+  const BlockGemmArgs& g = c.g;
   const WgsFrag fr = wgs_frag(t);
   float rs[2];
   wgs_row_scales<Op>(c, sg, fr.r0, rs);
@@ -272,7 +281,77 @@ DSV3_DEV void wgs_flush(const WgsCtx<NT, L>& c, const WgsSeg& sg, u32 t, const f
       if (wgs_live(c, sg.mt, fr, j))
         *reinterpret_cast<float4*>(slot + (256 * j + t) * 4) =
             make_float4(tot[4 * j] * rs[0], tot[4 * j + 1] * rs[0], tot[4 * j + 2] * rs[1], tot[4 * j + 3] * rs[1]);
+    named_bar_sync(WGS_FLUSH_BAR, 256);
+    u32 count = 0;
+    if (t == 0) {
+      fence_acq_rel_gpu();
+      count = atomic_add(&g.counters[sg.tile], sg.kb1 - sg.kb0) + (sg.kb1 - sg.kb0);
+    }
+    if (npend++ == 0) {
+      pend0 = sg;
+      count0 = count;
+    } else {
+      pend1 = sg;
+      count1 = count;
+    }
   }
+}
+
+// After the range: each tile this CTA completed (acquire: thread 0's fence after seeing the count,
+// then the barrier) is the sum of its contributors' slots — the CTAs with a non-empty range from
+// cta_of(first block) to cta_of(last block), each through the slot of the segment it had there —
+// stored as bf16; its counter is left zero.
+template <class Op, int NT, class L>
+DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, const WgsSeg& pend1, const u32& npend,
+                         const u32& count0, const u32& count1) {
+  if (npend == 0) return;
+  if (t == 0) {
+    const bool last0 = count0 == c.sk, last1 = npend > 1 && count1 == c.sk;
+    c.flags()[0] = last0 ? 1u : 0u;
+    c.flags()[1] = last1 ? 1u : 0u;
+    if (last0 || last1) fence_acq_rel_gpu();  // acquire: only a CTA that completes a tile reads ws
+  }
+  named_bar_sync(WGS_FLUSH_BAR, 256);
+  const WgsFrag fr = wgs_frag(t);
+  auto finish = [&](const WgsSeg& sg) {
+    float sum[NT / 2];
+#pragma unroll
+    for (int i = 0; i < NT / 2; ++i) sum[i] = 0.0f;
+    // U contributors' loads in flight at once (32 / 64 registers of them; NT 16 must stay within
+    // the 85 registers of two CTAs per SM): one after another, each an L2 round trip, the sum of a
+    // tile cut over ~15 short ranges took ~5 µs (run 2).
+    constexpr u32 U = NT == 16 ? 4 : 2;
+    const u32 u0 = sg.tile * c.sk, b1 = c.cta_of(u0 + c.sk - 1);
+    u32 b0 = c.cta_of(u0), first = c.begin_of(b0);  // first: the range start of contributor b
+    for (; b0 <= b1; b0 += U) {
+      float4 v[U][NT / 8];
+#pragma unroll
+      for (u32 i = 0; i < U; ++i) {
+        // A grouped launch's device-side tile count can leave CTAs with empty ranges between the
+        // contributors: they wrote no slot.
+        const u32 b = b0 + i, next = c.begin_of(b + 1);
+        const bool wrote = b <= b1 && first < next;
+        const float* slot = wgs_slot(c, b, first, sg.tile);
+        first = next;
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j)
+          v[i][j] = wrote && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (u32 i = 0; i < U; ++i)
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j) {
+          sum[4 * j] += v[i][j].x;
+          sum[4 * j + 1] += v[i][j].y;
+          sum[4 * j + 2] += v[i][j].z;
+          sum[4 * j + 3] += v[i][j].w;
+        }
+    }
+    wgs_store(c, sg, fr, sum, {1.0f, 1.0f});
+    if (t == 0) c.g.counters[sg.tile] = 0u;
+  };
+  if (c.flags()[0] != 0) finish(pend0);
+  if (npend > 1 && c.flags()[1] != 0) finish(pend1);
 }
 
 // Consumer warpgroups (threads 128..383): per block, wait for its stage, 4 k32 steps, wait for
@@ -291,6 +370,8 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
   u32 stage = 0, phase = 0;
   Acc acc[R];
   float tot[R];
+  WgsSeg pend0, pend1;  // split-K state (wgs_flush / wgs_finish)
+  u32 npend = 0, count0 = 0, count1 = 0;
   for (u32 u = c.begin; u < c.end;) {
     const WgsSeg sg = c.seg(u);
 #pragma unroll
@@ -318,9 +399,10 @@ DSV3_DEV void wgs_consume(const WgsCtx<NT>& c) {
       mbar_arrive_if(c.empty(stage), ln == 0);
       c.advance(stage, phase);
     }
-    wgs_flush<Op, NT>(c, sg, t, tot);
+    wgs_flush<Op, NT>(c, sg, t, tot, pend0, pend1, npend, count0, count1);
     u += sg.kb1 - sg.kb0;
   }
+  wgs_finish<Op, NT>(c, t, pend0, pend1, npend, count0, count1);
 }
 
 // The CTA's setup, shared by the small-M kernels (the 8-bit ones here, AWQ in
@@ -373,89 +455,23 @@ DSV3_DEV void wgs_gemm(const BlockGemmArgs& g, const TmaMap& ma, const TmaMap& m
     wgs_consume<Op, NT>(c);
   }
 }
-
-// The split tiles of a wgs launch of `ctas` CTAs (kernels above, and AWQ's): output tile x (NT
-// tokens × 128 weight rows; grid-stride over the launch's tiles) whose blocks span more than one
-// CTA's range is the sum of its contributors' slots — the CTAs with a non-empty range from
-// wgs_cta_of(first block) to wgs_cta_of(last block), each through the slot of the segment it had
-// there — in CTA order, stored as bf16. Thread t (of 256) sums what consumer thread t stored.
-template <int NT>
-DSV3_DEV void wgs_reduce_tiles(bf16* out, const float* ws, const i32* num_tiles, u32 M, u32 N, u32 K, u32 ctas) {
-  WgsCtx<NT> c;
-  c.g.out = out;
-  c.g.ws = const_cast<float*>(ws);
-  c.g.N = N;
-  c.sk = ceil_div(K, 128);
-  c.sn = ceil_div(N, 128);
-  const u32 m_tiles = num_tiles != nullptr ? min((u32)*num_tiles, ceil_div(M, NT)) : ceil_div(M, NT);
-  c.m_end = num_tiles != nullptr ? m_tiles * NT : M;
-  c.total = m_tiles * c.sn * c.sk;
-  const u32 t = threadIdx.x;
-  const WgsFrag fr = wgs_frag(t);
-  constexpr u32 U = NT == 16 ? 8 : 4;  // contributors' loads in flight at once (64 registers)
-  for (u32 tile = blockIdx.x; tile < m_tiles * c.sn; tile += gridDim.x) {
-    const u32 u0 = tile * c.sk, b1 = wgs_cta_of(c.total, ctas, u0 + c.sk - 1);
-    u32 b0 = wgs_cta_of(c.total, ctas, u0);
-    if (b0 == b1) continue;  // one range: the GEMM stored it
-    const WgsSeg sg{tile, tile / c.sn, tile % c.sn, 0, c.sk};
-    float sum[NT / 2] = {};
-    u32 first = wgs_begin_of(c.total, ctas, b0);  // the range start of contributor b
-    for (; b0 <= b1; b0 += U) {
-      float4 v[U][NT / 8];
-#pragma unroll
-      for (u32 i = 0; i < U; ++i) {
-        // A grouped launch's device-side tile count can leave CTAs with empty ranges between the
-        // contributors: they wrote no slot.
-        const u32 b = b0 + i, next = wgs_begin_of(c.total, ctas, b + 1);
-        const bool wrote = b <= b1 && first < next;
-        const float* slot = wgs_slot(c, b, first, tile);
-        first = next;
-#pragma unroll
-        for (int j = 0; j < NT / 8; ++j)
-          v[i][j] = wrote && wgs_live(c, sg.mt, fr, j) ? ld_cg_f32x4(slot + (256 * j + t) * 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      }
-#pragma unroll
-      for (u32 i = 0; i < U; ++i)
-#pragma unroll
-        for (int j = 0; j < NT / 8; ++j) {
-          sum[4 * j] += v[i][j].x;
-          sum[4 * j + 1] += v[i][j].y;
-          sum[4 * j + 2] += v[i][j].z;
-          sum[4 * j + 3] += v[i][j].w;
-        }
-    }
-    wgs_store(c, sg, fr, sum, {1.0f, 1.0f});
-  }
-}
 #endif  // DSV3_SM90A
 
 // Entries (format Q): grid (at most CTAS_PER_SM per SM, at most the launch's blocks), block 384, dynamic smem
 // WgsSmem<NT>::BYTES. tmap_a: 2-D map of the (pre-sorted) rows [rows, K], box NT × 128; tmap_b:
-// 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws: the split-K slots [2 · grid, NT · 128]
-// (wgs_slot; any contents), which wgs_reduce sums into `out` after the launch where a tile is
-// split over CTAs.
+// 3-D map of b [E, N, K] (E = 1 dense), box 128 × 128. ws / counters: the split-K workspace
+// [2 · grid, NT · 128] (wgs_slot; any contents) and counters [m tiles · n tiles], zero on entry
+// and left zero.
 template <int Q, int NT>
 DSV3_DEV void gemm8_wgs(bf16* out, const TmaMap& tmap_a, const TmaMap& tmap_b, const float* a_scales,
-                        const float* b_scale, float* ws, const i32* tile_expert, const i32* num_tiles, u32 M, u32 N,
-                        u32 K) {
+                        const float* b_scale, float* ws, u32* counters, const i32* tile_expert, const i32* num_tiles,
+                        u32 M, u32 N, u32 K) {
 #if defined(DSV3_SM90A)
-  wgs_gemm<typename WgsOp<Q, NT>::T, NT>(bg_args(out, nullptr, a_scales, nullptr, b_scale, ws, nullptr, nullptr,
+  wgs_gemm<typename WgsOp<Q, NT>::T, NT>(bg_args(out, nullptr, a_scales, nullptr, b_scale, ws, counters, nullptr,
                                                  tile_expert, num_tiles, M, N, K, 1, 1),
                                          tmap_a, tmap_b);
 #else
   grid_dependency_sync();
-  trap();
-#endif
-}
-
-// Entry: the split-K reduction of the wgs launch (8-bit or AWQ, token tile NT) of `ctas` CTAs
-// just before it on the stream, with the same out, ws, num_tiles (grouped; nullptr dense), M, N,
-// K. Block 256, any grid (at most the launch's output tiles are worked on); PDL at entry.
-template <int NT>
-DSV3_DEV void wgs_reduce(bf16* out, const float* ws, const i32* num_tiles, u32 M, u32 N, u32 K, u32 ctas) {
-#if defined(DSV3_SM90A)
-  wgs_reduce_tiles<NT>(out, ws, num_tiles, M, N, K, ctas);
-#else
   trap();
 #endif
 }

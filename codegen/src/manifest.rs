@@ -90,8 +90,8 @@ const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
 
 /// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh, kernels/awq_gemm_wgs.cuh): out,
 /// the TMA maps of the (pre-sorted) rows and of the weights, the format's two scale operands
-/// (`q0`, `q1`), the split-K slots, the grouped tiles and the sizes.
-const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 11] {
+/// (`q0`, `q1`), the split-K workspace and counters, the grouped tiles and the sizes.
+const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 12] {
     [
         ptr_mut("out", "bf16"),
         tensor_map("tmap_a"),
@@ -99,6 +99,7 @@ const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 11] {
         q0,
         q1,
         ptr_mut("ws", "f32"),
+        ptr_mut("counters", "u32"),
         ptr("tile_expert", "i32"),
         ptr("num_tiles", "i32"),
         scalar("m", "u32"),
@@ -108,7 +109,7 @@ const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 11] {
 }
 
 /// FP8 and INT8: the activation and weight scales.
-const WGS_GEMM_ARGS: [Arg; 11] = wgs_gemm_args(ptr("a_scales", "f32"), ptr("b_scale", "f32"));
+const WGS_GEMM_ARGS: [Arg; 12] = wgs_gemm_args(ptr("a_scales", "f32"), ptr("b_scale", "f32"));
 
 /// AWQ group sizes of the small-M sm_90a AWQ GEMM (kernels/awq_gemm_wgs.cuh; its token tiles are
 /// WGS_NT).
@@ -116,7 +117,7 @@ const AWQ_WGS_G: Axis = Axis { name: "G", values: &["64", "128"] };
 
 /// AWQ: TMA maps of the checkpoint's f16 scales and qzeros (unswizzled byte maps) in place of the
 /// scale pointers.
-const AWQ_WGS_ARGS: [Arg; 11] = wgs_gemm_args(tensor_map("tmap_scales"), tensor_map("tmap_zeros"));
+const AWQ_WGS_ARGS: [Arg; 12] = wgs_gemm_args(tensor_map("tmap_scales"), tensor_map("tmap_zeros"));
 
 const fn block_gemm_args(operand: &'static str) -> [Arg; 15] {
     [
@@ -882,7 +883,7 @@ pub static FAMILIES: &[Family] = &[
                 // The sm_90a cubin only (TMA, setmaxnreg, wgmma): the entry traps elsewhere.
                 archs: Archs::SM90A,
                 pdl: Pdl::InKernel,
-                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 93584, two CTAs per SM; 64: 199808). Grid min(CTAs per SM * SMs, m tiles * n tiles * k blocks). Waits for the previous grid itself (PDL) after issuing its first weight loads. See kernels/gemm_wgs.cuh.",
+                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 93600, two CTAs per SM; 64: 199824). Grid min(CTAs per SM * SMs, m tiles * n tiles * k blocks). Waits for the previous grid itself (PDL) after issuing its first weight loads. See kernels/gemm_wgs.cuh.",
             },
             KernelSpec {
                 name: "int8_gemm_wgs_{Q}_n{NT}",
@@ -895,26 +896,6 @@ pub static FAMILIES: &[Family] = &[
                 archs: Archs::SM90A,
                 pdl: Pdl::InKernel,
                 doc: "sm_90a only. block: a_scales [M, ceil(K/128)], b_scale [E, ceil(N/128), ceil(K/128)]; channel: a_scales [M], b_scale [E, N]. Grid, block and smem as fp8_gemm_wgs; see kernels/gemm_wgs.cuh.",
-            },
-            KernelSpec {
-                name: "wgs_reduce_n{NT}",
-                template: "dsv3::wgs_reduce<{NT}>",
-                grid: &[WGS_NT],
-                points: &[],
-                args: &[
-                    ptr_mut("out", "bf16"),
-                    ptr("ws", "f32"),
-                    ptr("num_tiles", "i32"),
-                    scalar("m", "u32"),
-                    scalar("n", "u32"),
-                    scalar("k", "u32"),
-                    scalar("ctas", "u32"),
-                ],
-                max_threads: 256,
-                min_blocks: 0,
-                archs: Archs::SM90A,
-                pdl: Pdl::AtEntry,
-                doc: "sm_90a only. The split-K sum of the wgs launch (8-bit or AWQ, same NT) of `ctas` CTAs just before it: its tiles split over CTAs, from the slots in ws into out (bf16). Block 256, any grid (grid-stride over the tiles). See kernels/gemm_wgs.cuh.",
             },
         ],
     },
@@ -936,7 +917,7 @@ pub static FAMILIES: &[Family] = &[
             // The weight, scale and zero boxes of the range's first blocks are issued before the
             // grid dependency wait (as gemm_wgs).
             pdl: Pdl::InKernel,
-            doc: "sm_90a only. qweight repacked by awq_repack (tmap_b: bytes [E, N/8, K/32, 128], box 128 x 4 x 16 x 1), tmap_a: bf16 rows as bytes [rows, 2K] (box 128 x NT); tmap_scales: scales f16 [E, K/G, N] as bytes [E, K/G, 2N] (box 256 x 128/G x 1), tmap_zeros: qzeros [E, K/G, N/8] as bytes [E, K/G, N/2] (box 64 x 128/G x 1), both unswizzled; K % G == 0, N % 32 == 0. Block 384, dynamic smem AwqWgsSmem<NT, G>::BYTES (NT 16: 191344 (G 128) / 195184 (G 64), 15 stages; NT 64: 175856 / 177648, 7). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/awq_gemm_wgs.cuh.",
+            doc: "sm_90a only. qweight repacked by awq_repack (tmap_b: bytes [E, N/8, K/32, 128], box 128 x 4 x 16 x 1), tmap_a: bf16 rows as bytes [rows, 2K] (box 128 x NT); tmap_scales: scales f16 [E, K/G, N] as bytes [E, K/G, 2N] (box 256 x 128/G x 1), tmap_zeros: qzeros [E, K/G, N/8] as bytes [E, K/G, N/2] (box 64 x 128/G x 1), both unswizzled; K % G == 0, N % 32 == 0. Block 384, dynamic smem AwqWgsSmem<NT, G>::BYTES (NT 16: 191360 (G 128) / 195200 (G 64), 15 stages; NT 64: 175872 / 177664, 7). Grid min(SMs, m tiles * n tiles * k blocks). See kernels/awq_gemm_wgs.cuh.",
         }],
     },
     Family {

@@ -306,17 +306,14 @@ impl Fp8Workspace {
         Ok((self.ws.as_ref().unwrap().raw(), self.counters.as_ref().unwrap().raw()))
     }
 
-    /// The small-M kernels' split-K slots (any contents), at least `slot_elems` f32.
-    pub(crate) fn ensure_slots(&mut self, s: &dyn GpuStream, slot_elems: usize) -> Result<u64> {
-        match &self.slots {
-            Some(t) if t.numel() >= slot_elems => Ok(t.raw()),
-            _ => {
-                let t = DeviceTensor::empty(s, DType::F32, &[slot_elems.max(1)])?;
-                let raw = t.raw();
-                self.retired.extend(self.slots.replace(t));
-                Ok(raw)
-            }
+    /// The small-M kernels' slots (any contents) and the counters (zero), at least these sizes.
+    pub(crate) fn ensure_slots(&mut self, s: &dyn GpuStream, slot_elems: usize, counter_elems: usize) -> Result<(u64, u64)> {
+        if self.slots.as_ref().map(|t| t.numel() < slot_elems).unwrap_or(true) {
+            let t = DeviceTensor::empty(s, DType::F32, &[slot_elems.max(1)])?;
+            self.retired.extend(self.slots.replace(t));
         }
+        let (_, counters) = self.ensure(s, 1, counter_elems)?;
+        Ok((self.slots.as_ref().unwrap().raw(), counters))
     }
 }
 

@@ -56,8 +56,8 @@ impl WgsTile {
         WgsTile::for_rows(2 * mean_rows.max(1))
     }
 
-    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 46–56
-    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 64-token one 90–94 and 195 KB.
+    /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 68–74
+    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 64-token one 132 and 195 KB.
     pub fn ctas_per_sm(self) -> usize {
         match self {
             WgsTile::N16 => 2,
@@ -69,7 +69,7 @@ impl WgsTile {
     /// G>::BYTES`; one CTA per SM): per stage the 8 KB weight box, two token boxes of NT × 128
     /// bytes and the block's 128/G group rows of scales (256 bytes each) and zero words (64),
     /// rounded up to 128 bytes (TMA destinations); as many stages as fit 192 KB (at most 16), 16
-    /// bytes of mbarriers per stage, 1 KB to align the base.
+    /// bytes of mbarriers per stage, two 8-byte flags, 1 KB to align the base.
     pub fn awq_smem_bytes(self, group: usize) -> u32 {
         let stage = 8192 + self.nt() * 256;
         let aux = ((128 / group.max(1)) * (256 + 64)).next_multiple_of(128);
@@ -78,7 +78,8 @@ impl WgsTile {
 
     /// Dynamic shared memory of one CTA (mirrors `WgsSmem<NT>::BYTES`): as many stages of the
     /// weight box (16 KB) and the token box (NT × 128 bytes) as fit 96 KB per CTA (two per SM) or
-    /// 192 KB (one), their NT f32 scales, 2 mbarriers per stage, 1 KB to align the base.
+    /// 192 KB (one), their NT f32 scales, 2 mbarriers per stage, two 8-byte flags, 1 KB to align
+    /// the base.
     pub fn smem_bytes(self) -> u32 {
         let nt = self.nt();
         let stage = 128 * 128 + nt * 128;
@@ -87,9 +88,10 @@ impl WgsTile {
 }
 
 /// Bytes of a `WgsLayout` (kernels/gemm_wgs.cuh): `stages` × (a `stage` of weight and token boxes,
-/// an `aux` area of the producer threads), two mbarriers per stage, 1 KB to align the base.
+/// an `aux` area of the producer threads), two mbarriers per stage, two 8-byte flags, 1 KB to
+/// align the base.
 fn layout_bytes(stage: usize, aux: usize, stages: usize) -> u32 {
-    (stages * (stage + aux) + 2 * stages * 8 + 1024) as u32
+    (stages * (stage + aux) + 2 * stages * 8 + 16 + 1024) as u32
 }
 
 /// `DSV3_GEMM_WGS=0` keeps the default plans off every small-M entry.
@@ -246,9 +248,7 @@ pub(super) fn launch_awq_wgs(s: &dyn GpuStream, ws: &mut Fp8Workspace, tile: Wgs
 /// per CTA: `wgs_slot`), the grid (`per_sm.0` CTAs per SM of `per_sm.1` bytes of shared memory,
 /// at most one per 128-K block) and the arguments, of which `operands` builds the four after `out`
 /// (tmap_a, tmap_b and the format's two scale operands: pointers for the 8-bit entries, the
-/// scales' and zeros' maps for AWQ) once the launch is known to be non-empty. Where the ranges
-/// can split a tile (stream-K, or a grouped launch, whose tiles are counted on the device),
-/// `wgs_reduce_n{NT}` follows and sums the split tiles' slots (kernels/gemm_wgs.cuh).
+/// scales' and zeros' maps for AWQ) once the launch is known to be non-empty.
 fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: WgsTile, per_sm: (usize, u32), o: &Operands, operands: impl FnOnce() -> Result<[RawArg; 4]>) -> Result<()> {
     let kernel = registry::kernel(name).ok_or_else(|| bad(format!("no kernel `{name}` in the registry")))?;
     if !registry::runs_on(s, kernel) {
@@ -266,7 +266,7 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
     let sms = s.sm_count().unwrap_or(DEFAULT_SMS);
     let tiles = if o.tile_expert == 0 { Some(o.m_tiles * n_tiles) } else { None };
     let grid = grid_for(blocks, tiles, sms, per_sm.0);
-    let wsp = ws.ensure_slots(s, 2 * grid * 128 * tile.nt())?;
+    let (wsp, cnt) = ws.ensure_slots(s, 2 * grid * 128 * tile.nt(), o.m_tiles * n_tiles)?;
     let [op_a, op_b, op_q0, op_q1] = operands()?;
     let cfg = LaunchCfg::new((u32_of(grid, "CTAs")?, 1, 1), (384, 1, 1), per_sm.1);
     let mut args = [
@@ -276,30 +276,14 @@ fn launch_wgs_with(s: &dyn GpuStream, ws: &mut Fp8Workspace, name: &str, tile: W
         op_q0,
         op_q1,
         RawArg::Word(wsp),
+        RawArg::Word(cnt),
         RawArg::Word(o.tile_expert),
         RawArg::Word(o.num_tiles),
         RawArg::Word(u32_of(o.m, "m")? as u64),
         RawArg::Word(u32_of(o.n, "n")? as u64),
         RawArg::Word(u32_of(o.k, "k")? as u64),
     ];
-    launch_args(s, name, cfg, &mut args)?;
-    // A CTA per tile (the dense `grid_for` case) splits none.
-    if tiles == Some(grid) {
-        return Ok(());
-    }
-    let reduce = format!("wgs_reduce_n{}", tile.nt());
-    // Grid-stride over the tiles: most CTAs of a grouped launch's upper bound find no split tile.
-    let cfg = LaunchCfg::new((u32_of((o.m_tiles * n_tiles).min(8 * sms), "reduce CTAs")?, 1, 1), (256, 1, 1), 0);
-    let mut args = [
-        RawArg::Word(o.out),
-        RawArg::Word(wsp),
-        RawArg::Word(o.num_tiles),
-        RawArg::Word(u32_of(o.m, "m")? as u64),
-        RawArg::Word(u32_of(o.n, "n")? as u64),
-        RawArg::Word(u32_of(o.k, "k")? as u64),
-        RawArg::Word(grid as u64),
-    ];
-    launch_args(s, &reduce, cfg, &mut args)
+    launch_args(s, name, cfg, &mut args)
 }
 
 /// CTAs of a launch of `blocks` 128-K blocks (`tiles` output tiles when known on the host: dense)
@@ -388,8 +372,8 @@ mod tests {
         assert_eq!(WgsTile::for_expert_rows(33), None);
         // 5 stages of 16 + 2 KB (two CTAs per SM: 2 × 93.6 KB of the 228 KB); 8 of 16 + 8 KB
         // (one): within the 227 KB a Hopper block may opt into.
-        assert_eq!(WgsTile::N16.smem_bytes(), 93_584);
-        assert_eq!(WgsTile::N64.smem_bytes(), 199_808);
+        assert_eq!(WgsTile::N16.smem_bytes(), 93_600);
+        assert_eq!(WgsTile::N64.smem_bytes(), 199_824);
         assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() as usize * t.ctas_per_sm() <= 228 * 1024 - t.ctas_per_sm() * 1024));
         assert!(registry::kernel("fp8_gemm_wgs_e4m3fn_n64").is_some());
         // One CTA per tile where every SM gets one and the waves are ≥ 80% full; stream-K else.
@@ -408,10 +392,10 @@ mod tests {
     fn awq_tiles() {
         // AwqWgsSmem<NT, G>::BYTES: NT 16: 15 stages of 12 KB + 384 / 640 bytes of scales and
         // zeros (G 128 / 64); NT 64: 7 of 24 KB + the same.
-        assert_eq!(WgsTile::N16.awq_smem_bytes(128), 191_344);
-        assert_eq!(WgsTile::N16.awq_smem_bytes(64), 195_184);
-        assert_eq!(WgsTile::N64.awq_smem_bytes(128), 175_856);
-        assert_eq!(WgsTile::N64.awq_smem_bytes(64), 177_648);
+        assert_eq!(WgsTile::N16.awq_smem_bytes(128), 191_360);
+        assert_eq!(WgsTile::N16.awq_smem_bytes(64), 195_200);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(128), 175_872);
+        assert_eq!(WgsTile::N64.awq_smem_bytes(64), 177_664);
         for g in [64, 128] {
             for t in WgsTile::ALL {
                 assert!(t.awq_smem_bytes(g) <= 227 * 1024);
