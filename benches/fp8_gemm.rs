@@ -20,8 +20,9 @@
 //!   the plan before it (the tiled kernels, v2 from 65 rows per expert), `moe-mma`
 //!   the tiled kernel the plan took before, `moe-st` the streaming one at 65–128 rows per expert,
 //!   `moe-wg`, `moe-wg2p` the grouped GEMMs on wgmma v1 / v2 in pairs where the plan has BM 128;
-//!   `moe-wgs16` / `moe-wgs64` each small-M wgmma tile up to 128 rows per active expert where the
-//!   default takes another. `dense-wgs`: the 64-token wgs tile at 65–128 rows (two M tiles).
+//!   `moe-wgs16` / `moe-wgs32` / `moe-wgs64` each small-M wgmma tile up to 128 rows per active
+//!   expert where the default takes another. `dense-wgs`: the 64-token wgs tile at 65–128 rows
+//!   (two M tiles); `dense-wgs32`: the 32-token one at 17–64 rows.
 //!
 //! Timing: CUDA events around 20 back-to-back launches (no sync in between), per-launch mean;
 //! median of 7 such batches after 5 warm-up launches. Weights smaller than 256 MiB are replicated
@@ -122,9 +123,14 @@ fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan, wgs_ok
         _ => None,
     };
     v.extend(other.map(|(kind, tile)| (kind, fg::plan_dense_tile(tile, m, n, k, fg::DEFAULT_SMS))));
-    // The small-M wgmma entry at 65–128 rows (two 64-token M tiles) where the default is v2.
+    // The small-M wgmma entry at 65–128 rows (two 64-token M tiles) where the default is v2, and
+    // its 32-token tile at 17–64 rows where the default takes another.
     if wgs_ok && (65..=128).contains(&m) && !matches!(base.tile, Fp8Tile::Wgs(_)) {
         v.push(("dense-wgs", Fp8Plan { tile: Fp8Tile::Wgs(WgsTile::N64), splits: 1 }));
+    }
+    let n32 = Fp8Tile::Wgs(WgsTile::N32);
+    if wgs_ok && (17..=64).contains(&m) && base.tile != n32 {
+        v.push(("dense-wgs32", Fp8Plan { tile: n32, splits: 1 }));
     }
     v
 }
@@ -142,7 +148,7 @@ fn moe_runs(per_expert: usize, old: Option<Fp8Tile>, wgs: Option<Fp8Tile>, wgs_o
     }
     // Each small-M wgmma tile up to 128 rows per expert where the default plan takes another.
     if wgs_ok && per_expert <= 128 {
-        for (kind, t) in [("moe-wgs16", WgsTile::N16), ("moe-wgs64", WgsTile::N64)] {
+        for (kind, t) in [("moe-wgs16", WgsTile::N16), ("moe-wgs32", WgsTile::N32), ("moe-wgs64", WgsTile::N64)] {
             if wgs != Some(Fp8Tile::Wgs(t)) {
                 v.push((kind, Some(Fp8Tile::Wgs(t))));
             }

@@ -10,7 +10,8 @@
 //!   rows: the tiled mma.sync kernel the plan took before (BM 16 / 64 at M ≤ 64, BM 128 with its
 //!   split where the default is `wg2`), `-st` rows: the streaming kernel (two 64-row tiles) at
 //!   M = 128, for the comparison; `-wgs` rows: the small-M wgmma entry at M ≤ 128 (two 64-token M
-//!   tiles above 64) where the default plan does not take it (sm_90a);
+//!   tiles above 64) where the default plan does not take it (sm_90a); `-wgs32` rows (INT8): its
+//!   32-token tile at 17–64 rows;
 //! - `awq` rows: AWQ (group 128) decode at M ∈ {1, 16, 32, 64} on the same shapes (weight bytes =
 //!   N·K/2 + scales N·K/64 + zeros N·K/256), the default plan (on sm_90a the small-M wgmma entry
 //!   `wgs16` / `wgs64`, kernels/awq_gemm_wgs.cuh; elsewhere streaming up to 8 rows), `awq-old` the
@@ -170,6 +171,11 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, scheme: Option<Int8Scheme>, m: usi
     // rows, ≤ 8 rows on some shapes), for tuning its crossover.
     let wgs = (m <= 128).then(|| WgsTile::for_rows(m).unwrap_or(WgsTile::N64)).filter(|_| gemm_wgs::wgs_available(s) && !matches!(v[0].1.tile, QuantTile::Wgs(_)));
     v.extend(wgs.map(|t| (format!("{kind}-wgs"), plan(QuantTile::Wgs(t)))));
+    // The 8-bit formats' 32-token tile at 17–64 rows where the default takes another.
+    let n32 = QuantTile::Wgs(WgsTile::N32);
+    if scheme.is_some() && gemm_wgs::wgs_available(s) && (17..=64).contains(&m) && v[0].1.tile != n32 {
+        v.push((format!("{kind}-wgs32"), plan(n32)));
+    }
     v
 }
 

@@ -1,6 +1,6 @@
 // sm_90a 8-bit GEMM for small M (decode): the function of the block GEMMs (FP8 block scales,
 // INT8 block or channel scales; dense, or grouped by expert over pre-sorted rows) with the weights
-// as the wgmma's 64-row A operand and the tokens as its N = NT (16 or 64) columns ("swap AB"),
+// as the wgmma's 64-row A operand and the tokens as its N = NT (16, 32 or 64) columns ("swap AB"),
 // streamed by TMA through a deep pipeline and split over K by stream-K.
 //
 // Why. At M ≤ 64 a weight byte carries ≤ 128 FLOPs: the GEMM is a stream of the weights. The
@@ -42,7 +42,7 @@
 // every thread's griddepcontrol.wait.
 //
 // NT = 16: 5 stages (93.6 KB) and 68–74 registers per thread (≤ 85), two CTAs per SM (the host's grid);
-// NT = 64: 8 stages (195 KB), one CTA per SM.
+// NT = 32: 9 stages (187 KB), one CTA per SM; NT = 64: 8 stages (195 KB), one CTA per SM.
 // Rows must be pre-gathered (no row_ids): the fused MoE sorts the quantized activations first
 // (moe_gather_rows), as for v2. Every mbarrier wait has v2's watchdog.
 #pragma once
@@ -77,7 +77,7 @@ template <u32 W, u32 A, u32 SC, u32 N_STAGES> struct WgsLayout {
 
 // The 8-bit kernels: a 128 × 128-byte weight box, an NT × 128-byte token box and NT f32 token
 // scales per stage, as many stages as fit 96 KB (NT 16: two CTAs per SM, 5 stages) or 192 KB (NT
-// 64: 8).
+// 32: 9, NT 64: 8).
 template <int NT> struct WgsSmem
     : WgsLayout<128 * 128, NT * 128, NT * 4, (NT == 16 ? 98304 : 196608) / (128 * 128 + NT * 128)> {
   static constexpr u32 CTAS_PER_SM = NT == 16 ? 2 : 1;
@@ -317,10 +317,11 @@ DSV3_DEV void wgs_finish(const WgsCtx<NT, L>& c, u32 t, const WgsSeg& pend0, con
     float sum[NT / 2];
 #pragma unroll
     for (int i = 0; i < NT / 2; ++i) sum[i] = 0.0f;
-    // U contributors' loads in flight at once (32 / 64 registers of them; NT 16 must stay within
-    // the 85 registers of two CTAs per SM): one after another, each an L2 round trip, the sum of a
+    // U contributors' loads in flight at once (32 / 64 / 64 registers of them at NT 16 / 32 / 64;
+    // NT 16 must stay within the 85 registers of two CTAs per SM): one after another, each an L2
+    // round trip, the sum of a
     // tile cut over ~15 short ranges took ~5 µs (run 2).
-    constexpr u32 U = NT == 16 ? 4 : 2;
+    constexpr u32 U = NT == 64 ? 2 : 4;
     const u32 u0 = sg.tile * c.sk, b1 = c.cta_of(u0 + c.sk - 1);
     u32 b0 = c.cta_of(u0), first = c.begin_of(b0);  // first: the range start of contributor b
     for (; b0 <= b1; b0 += U) {

@@ -82,7 +82,7 @@ const MMA_TILES: [Fp8Tile; 5] = [Fp8Tile::Bm16, Fp8Tile::Bm64, Fp8Tile::Bm128, S
 const STREAM_TILES: [Fp8Tile; 2] = [Fp8Tile::Stream(StreamTile::T8), Fp8Tile::Stream(StreamTile::T64)];
 const WGMMA_TILES: [Fp8Tile; 1] = [Fp8Tile::Wg128];
 const WG2_TILES: [Fp8Tile; 2] = [Fp8Tile::Wg2, Fp8Tile::Wg2Pair];
-const WGS_TILES: [Fp8Tile; 2] = [Fp8Tile::Wgs(WgsTile::N16), Fp8Tile::Wgs(WgsTile::N64)];
+const WGS_TILES: [Fp8Tile; 3] = [Fp8Tile::Wgs(WgsTile::N16), Fp8Tile::Wgs(WgsTile::N32), Fp8Tile::Wgs(WgsTile::N64)];
 
 /// Whether every one of `tiles` (forced plans) can run on `s`: the sm_90a-only entries where its
 /// cubin is loaded ([`sm90a_streams_present`] checks that the others refuse them).
@@ -267,7 +267,7 @@ fn wg2_wgs_dense_edges() {
 fn wg2_wgs_default_plan_two_m_tiles() {
     // 65–128 rows with K ≥ 4096 and fewer 128-row tiles than SMs: the default plan takes the
     // 64-token wgs tile (two M tiles) on sm_90a streams; its result through the convenience entry.
-    sm90a_streams_present(WGS_TILES[1]);
+    sm90a_streams_present(WGS_TILES[2]);
     for (v, s) in all_streams() {
         if wgs_available(s) {
             assert_eq!(fg::plan_dense_for_stream(s, DType::E4m3fn, 100, 300, 4096).tile, Fp8Tile::Wgs(WgsTile::N64), "{v}");
@@ -376,7 +376,7 @@ const MOE_WGMMA_RUNS: [Option<Fp8Tile>; 2] = [Some(Fp8Tile::Wg128), Some(Fp8Tile
 // v2 alone and in pairs (the latter twice: the workspace is reused).
 const MOE_WG2_RUNS: [Option<Fp8Tile>; 3] = [Some(Fp8Tile::Wg2), Some(Fp8Tile::Wg2Pair), Some(Fp8Tile::Wg2Pair)];
 // The small-M entries, the 16-token tile twice (the workspace is reused).
-const MOE_WGS_RUNS: [Option<Fp8Tile>; 3] = [Some(WGS_TILES[0]), Some(WGS_TILES[0]), Some(WGS_TILES[1])];
+const MOE_WGS_RUNS: [Option<Fp8Tile>; 4] = [Some(WGS_TILES[0]), Some(WGS_TILES[0]), Some(WGS_TILES[1]), Some(WGS_TILES[2])];
 
 fn check_moe(seed: u64, t: usize, e: usize, topk: usize, h: usize, inter: usize, ids: &[i32]) {
     check_moe_runs(seed, t, e, topk, h, inter, ids, &MOE_MMA_RUNS)

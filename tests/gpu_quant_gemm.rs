@@ -121,7 +121,7 @@ fn splits_of(tile: QuantTile, k_tiles: usize) -> Vec<usize> {
 const TILES: [QuantTile; 5] = [QuantTile::ALL[0], QuantTile::ALL[1], QuantTile::ALL[2], QuantTile::STREAM[0], QuantTile::STREAM[1]];
 const WG2: [QuantTile; 2] = [QuantTile::Wg2, QuantTile::Wg2Pair];
 /// The small-M sm_90a entries (run by the `wg2` process too).
-const WGS: [QuantTile; 2] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N64)];
+const WGS: [QuantTile; 3] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N32), QuantTile::Wgs(WgsTile::N64)];
 
 /// The AWQ small-M sm_90a entries (`awq_gemm_wgs_g*_n*`; run by the `wg2` process).
 const AWQ_WGS: [QuantTile; 2] = [QuantTile::Wgs(WgsTile::N16), QuantTile::Wgs(WgsTile::N64)];

@@ -85,8 +85,8 @@ const fn wg2_gemm_args(operand: &'static str) -> [Arg; 13] {
     ]
 }
 
-/// Token tiles (N of the wgmma) of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh).
-const WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
+/// Token tiles (N of the wgmma) of the small-M sm_90a 8-bit GEMMs (kernels/gemm_wgs.cuh).
+const WGS_NT: Axis = Axis { name: "NT", values: &["16", "32", "64"] };
 
 /// Arguments of the small-M sm_90a GEMMs (kernels/gemm_wgs.cuh, kernels/awq_gemm_wgs.cuh): out,
 /// the TMA maps of the (pre-sorted) rows and of the weights, the format's two scale operands
@@ -111,9 +111,11 @@ const fn wgs_gemm_args(q0: Arg, q1: Arg) -> [Arg; 12] {
 /// FP8 and INT8: the activation and weight scales.
 const WGS_GEMM_ARGS: [Arg; 12] = wgs_gemm_args(ptr("a_scales", "f32"), ptr("b_scale", "f32"));
 
-/// AWQ group sizes of the small-M sm_90a AWQ GEMM (kernels/awq_gemm_wgs.cuh; its token tiles are
-/// WGS_NT).
+/// AWQ group sizes of the small-M sm_90a AWQ GEMM (kernels/awq_gemm_wgs.cuh).
 const AWQ_WGS_G: Axis = Axis { name: "G", values: &["64", "128"] };
+
+/// Token tiles of the AWQ one (no 32-token tile: its bf16 register-A wgmma has N 16 and 64).
+const AWQ_WGS_NT: Axis = Axis { name: "NT", values: &["16", "64"] };
 
 /// AWQ: TMA maps of the checkpoint's f16 scales and qzeros (unswizzled byte maps) in place of the
 /// scale pointers.
@@ -883,7 +885,7 @@ pub static FAMILIES: &[Family] = &[
                 // The sm_90a cubin only (TMA, setmaxnreg, wgmma): the entry traps elsewhere.
                 archs: Archs::SM90A,
                 pdl: Pdl::InKernel,
-                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 93600, two CTAs per SM; 64: 199824). Grid min(CTAs per SM * SMs, m tiles * n tiles * k blocks). Waits for the previous grid itself (PDL) after issuing its first weight loads. See kernels/gemm_wgs.cuh.",
+                doc: "sm_90a only. Block 384, dynamic smem WgsSmem<NT>::BYTES (NT 16: 93600, two CTAs per SM; 32: 186656; 64: 199824). Grid min(CTAs per SM * SMs, m tiles * n tiles * k blocks). Waits for the previous grid itself (PDL) after issuing its first weight loads. See kernels/gemm_wgs.cuh.",
             },
             KernelSpec {
                 name: "int8_gemm_wgs_{Q}_n{NT}",
@@ -906,7 +908,7 @@ pub static FAMILIES: &[Family] = &[
         kernels: &[KernelSpec {
             name: "awq_gemm_wgs_g{G}_n{NT}",
             template: "dsv3::awq_gemm_wgs<{G}, {NT}>",
-            grid: &[AWQ_WGS_G, WGS_NT],
+            grid: &[AWQ_WGS_G, AWQ_WGS_NT],
             points: &[],
             args: &AWQ_WGS_ARGS,
             max_threads: 384,

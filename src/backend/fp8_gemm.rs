@@ -83,7 +83,7 @@ pub enum Fp8Tile {
 }
 
 impl Fp8Tile {
-    pub const ALL: [Fp8Tile; 10] = [
+    pub const ALL: [Fp8Tile; 11] = [
         Fp8Tile::Bm16,
         Fp8Tile::Bm64,
         Fp8Tile::Bm128,
@@ -93,6 +93,7 @@ impl Fp8Tile {
         Fp8Tile::Stream(StreamTile::T8),
         Fp8Tile::Stream(StreamTile::T64),
         Fp8Tile::Wgs(WgsTile::N16),
+        Fp8Tile::Wgs(WgsTile::N32),
         Fp8Tile::Wgs(WgsTile::N64),
     ];
     /// The v2 entries (TMA + warp-specialized wgmma, sm_90a, no split-K).

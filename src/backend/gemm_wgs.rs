@@ -23,15 +23,18 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WgsTile {
     N16,
+    /// 8-bit formats only (AWQ's register-A bf16 wgmma has entries for 16 and 64 tokens).
+    N32,
     N64,
 }
 
 impl WgsTile {
-    pub const ALL: [WgsTile; 2] = [WgsTile::N16, WgsTile::N64];
+    pub const ALL: [WgsTile; 3] = [WgsTile::N16, WgsTile::N32, WgsTile::N64];
 
     pub fn nt(self) -> usize {
         match self {
             WgsTile::N16 => 16,
+            WgsTile::N32 => 32,
             WgsTile::N64 => 64,
         }
     }
@@ -40,13 +43,15 @@ impl WgsTile {
     pub fn label(self) -> &'static str {
         match self {
             WgsTile::N16 => "wgs16",
+            WgsTile::N32 => "wgs32",
             WgsTile::N64 => "wgs64",
         }
     }
 
-    /// The smallest tile holding `rows` tokens; `None` above 64 (several M tiles: `dense_tile`).
+    /// The smallest of the 16- and 64-token tiles holding `rows` tokens; `None` above 64 (several
+    /// M tiles: `dense_tile`). The 32-token tile is measured as a forced plan only.
     pub fn for_rows(rows: usize) -> Option<WgsTile> {
-        WgsTile::ALL.into_iter().find(|t| rows <= t.nt())
+        [WgsTile::N16, WgsTile::N64].into_iter().find(|t| rows <= t.nt())
     }
 
     /// The tile of a grouped (MoE) GEMM whose active experts hold `mean_rows` rows on average:
@@ -57,11 +62,12 @@ impl WgsTile {
     }
 
     /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 68–74
-    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 64-token one 132 and 195 KB.
+    /// registers (at most 85 for two) and 93.6 KB, so two fit; the 32-token one 104 and 187 KB,
+    /// the 64-token one 132 and 195 KB.
     pub fn ctas_per_sm(self) -> usize {
         match self {
             WgsTile::N16 => 2,
-            WgsTile::N64 => 1,
+            WgsTile::N32 | WgsTile::N64 => 1,
         }
     }
 
@@ -373,9 +379,11 @@ mod tests {
         // 5 stages of 16 + 2 KB (two CTAs per SM: 2 × 93.6 KB of the 228 KB); 8 of 16 + 8 KB
         // (one): within the 227 KB a Hopper block may opt into.
         assert_eq!(WgsTile::N16.smem_bytes(), 93_600);
+        assert_eq!(WgsTile::N32.smem_bytes(), 186_656);
         assert_eq!(WgsTile::N64.smem_bytes(), 199_824);
         assert!(WgsTile::ALL.iter().all(|t| t.smem_bytes() as usize * t.ctas_per_sm() <= 228 * 1024 - t.ctas_per_sm() * 1024));
         assert!(registry::kernel("fp8_gemm_wgs_e4m3fn_n64").is_some());
+        assert!(registry::kernel("int8_gemm_wgs_block_n32").is_some());
         // One CTA per tile where every SM gets one and the waves are ≥ 80% full; stream-K else.
         assert_eq!(grid_for(256 * 4, Some(256), 132, 2), 256);
         assert_eq!(grid_for(192 * 12, Some(192), 132, 2), 192);
@@ -397,10 +405,11 @@ mod tests {
         assert_eq!(WgsTile::N64.awq_smem_bytes(128), 175_872);
         assert_eq!(WgsTile::N64.awq_smem_bytes(64), 177_664);
         for g in [64, 128] {
-            for t in WgsTile::ALL {
+            for t in [WgsTile::N16, WgsTile::N64] {
                 assert!(t.awq_smem_bytes(g) <= 227 * 1024);
                 assert!(registry::kernel(&format!("awq_gemm_wgs_g{g}_n{}", t.nt())).is_some(), "{t:?} g{g}");
             }
+            assert!(registry::kernel(&format!("awq_gemm_wgs_g{g}_n32")).is_none());
         }
     }
 }

@@ -290,12 +290,13 @@ template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n256k16_bf16(float (&d)
 // of R registers is DSV3_WG_OP<R>, its placeholders %0 .. %R-1 DSV3_WG_PH<R>.
 #define DSV3_WG_OP4(c, d, i) c(d[i]), c(d[i + 1]), c(d[i + 2]), c(d[i + 3])
 #define DSV3_WG_OP8(c, d, i) DSV3_WG_OP4(c, d, i), DSV3_WG_OP4(c, d, i + 4)
-#define DSV3_WG_OP32(c, d, i) DSV3_WG_OP8(c, d, i), DSV3_WG_OP8(c, d, i + 8), DSV3_WG_OP8(c, d, i + 16), DSV3_WG_OP8(c, d, i + 24)
+#define DSV3_WG_OP16(c, d, i) DSV3_WG_OP8(c, d, i), DSV3_WG_OP8(c, d, i + 8)
+#define DSV3_WG_OP32(c, d, i) DSV3_WG_OP16(c, d, i), DSV3_WG_OP16(c, d, i + 16)
 #define DSV3_WG_OP64(c, d, i) DSV3_WG_OP32(c, d, i), DSV3_WG_OP32(c, d, i + 32)
 #define DSV3_WG_PH8 "%0, %1, %2, %3, %4, %5, %6, %7"
-#define DSV3_WG_PH32                                                                                           \
-  DSV3_WG_PH8 ", %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, " \
-              "%27, %28, %29, %30, %31"
+#define DSV3_WG_PH16 DSV3_WG_PH8 ", %8, %9, %10, %11, %12, %13, %14, %15"
+#define DSV3_WG_PH32                                                                                    \
+  DSV3_WG_PH16 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
 #define DSV3_WG_PH64                                                                                         \
   DSV3_WG_PH32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, " \
                "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
@@ -325,9 +326,11 @@ template <bool ACC, bool TRANS_B> DSV3_DEV void wgmma_m64n256k16_bf16(float (&d)
                  : "l"(da), "l"(db), "r"(accumulate));                                                       \
   }
 DSV3_WGMMA_E4M3(16, 8, 9, 10)
+DSV3_WGMMA_E4M3(32, 16, 17, 18)
 DSV3_WGMMA_E4M3(64, 32, 33, 34)
 DSV3_WGMMA_E4M3(128, 64, 65, 66)
 DSV3_WGMMA_S8(16, 8, 9, 10)
+DSV3_WGMMA_S8(32, 16, 17, 18)
 DSV3_WGMMA_S8(64, 32, 33, 34)
 DSV3_WGMMA_S8(128, 64, 65, 66)
 
@@ -347,11 +350,13 @@ DSV3_WGMMA_S8(128, 64, 65, 66)
 DSV3_WGMMA_BF16_RS(16, 8, 9, 10, 11, 12, 13)
 DSV3_WGMMA_BF16_RS(64, 32, 33, 34, 35, 36, 37)
 
-// The steps above by token count N (16, 64 or 128) as a template parameter.
+// The steps above by token count N (16, 32, 64 or 128) as a template parameter.
 template <int N, bool ACC> DSV3_DEV void wgmma_e4m3_n(float (&d)[N / 2], u64 da, u64 db) {
-  static_assert(N == 16 || N == 64 || N == 128, "wgmma_e4m3_n: N is 16, 64 or 128");
+  static_assert(N == 16 || N == 32 || N == 64 || N == 128, "wgmma_e4m3_n: N is 16, 32, 64 or 128");
   if constexpr (N == 16) {
     wgmma_m64n16k32_e4m3<ACC>(d, da, db);
+  } else if constexpr (N == 32) {
+    wgmma_m64n32k32_e4m3<ACC>(d, da, db);
   } else if constexpr (N == 64) {
     wgmma_m64n64k32_e4m3<ACC>(d, da, db);
   } else {
@@ -359,9 +364,11 @@ template <int N, bool ACC> DSV3_DEV void wgmma_e4m3_n(float (&d)[N / 2], u64 da,
   }
 }
 template <int N> DSV3_DEV void wgmma_s8_n(i32 (&d)[N / 2], u64 da, u64 db, u32 accumulate) {
-  static_assert(N == 16 || N == 64 || N == 128, "wgmma_s8_n: N is 16, 64 or 128");
+  static_assert(N == 16 || N == 32 || N == 64 || N == 128, "wgmma_s8_n: N is 16, 32, 64 or 128");
   if constexpr (N == 16) {
     wgmma_m64n16k32_s8(d, da, db, accumulate);
+  } else if constexpr (N == 32) {
+    wgmma_m64n32k32_s8(d, da, db, accumulate);
   } else if constexpr (N == 64) {
     wgmma_m64n64k32_s8(d, da, db, accumulate);
   } else {
