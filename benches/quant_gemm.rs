@@ -169,7 +169,8 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, scheme: Option<Int8Scheme>, m: usi
     }
     // The small-M wgmma entry where the default plan does not take it (channel INT8 above 16
     // rows, ≤ 8 rows on some shapes), for tuning its crossover.
-    let wgs = (m <= 128).then(|| WgsTile::for_rows(m).unwrap_or(WgsTile::N64)).filter(|_| gemm_wgs::wgs_available(s) && !matches!(v[0].1.tile, QuantTile::Wgs(_)));
+    let format = scheme.map(|sc| sc.wgs_format()).unwrap_or(gemm_wgs::WgsFormat::Awq);
+    let wgs = (m <= 128).then(|| WgsTile::for_rows(format, m).unwrap_or(WgsTile::N64)).filter(|_| gemm_wgs::wgs_available(s) && !matches!(v[0].1.tile, QuantTile::Wgs(_)));
     v.extend(wgs.map(|t| (format!("{kind}-wgs"), plan(QuantTile::Wgs(t)))));
     // The 8-bit formats' 32-token tile at 17–64 rows where the default takes another.
     let n32 = QuantTile::Wgs(WgsTile::N32);

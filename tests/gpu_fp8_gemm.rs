@@ -266,14 +266,18 @@ fn wg2_wgs_dense_edges() {
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn wg2_wgs_default_plan_two_m_tiles() {
     // 65–128 rows with K ≥ 4096 and fewer 128-row tiles than SMs: the default plan takes the
-    // 64-token wgs tile (two M tiles) on sm_90a streams; its result through the convenience entry.
+    // 64-token wgs tile (two M tiles) on sm_90a streams (17–32 rows: the 32-token one; a MoE of
+    // 9–16 rows per expert too); its result through the convenience entry.
     sm90a_streams_present(WGS_TILES[2]);
     for (v, s) in all_streams() {
         if wgs_available(s) {
             assert_eq!(fg::plan_dense_for_stream(s, DType::E4m3fn, 100, 300, 4096).tile, Fp8Tile::Wgs(WgsTile::N64), "{v}");
+            assert_eq!(fg::plan_dense_for_stream(s, DType::E4m3fn, 24, 300, 4096).tile, Fp8Tile::Wgs(WgsTile::N32), "{v}");
+            assert_eq!(fg::moe_wgs_tile(s, DType::E4m3fn, 96, 8), Some(Fp8Tile::Wgs(WgsTile::N32)), "{v}: 12 rows per expert");
         }
     }
     check_dense(118, 100, 300, 4096, &[Fp8Tile::Bm64]);
+    check_dense(119, 24, 300, 4096, &[Fp8Tile::Bm64]);
 }
 
 #[test]
@@ -462,14 +466,17 @@ fn moe_all_tokens_on_one_expert() {
 #[test]
 #[ignore = "GPU test: run on the GPU machine with --include-ignored"]
 fn moe_decode_batches_on_the_default_plan() {
-    // Decode-sized batches: 16 and 40 tokens over 64 / 8 experts (1–20 rows per expert, some
-    // experts without a token), hidden with a partial K tile (1040); every tile, the streaming
-    // ones included, and the default plan.
+    // Decode-sized batches: 16, 40 and 24 tokens over 64 / 8 / 8 experts (1–20 rows per expert,
+    // some experts without a token; on sm_90a the default plan takes the 16-, 64- and 32-token wgs
+    // tiles), hidden with a partial K tile (1040); every tile, the streaming ones included, and the
+    // default plan.
     let mut r = rng(14);
     let ids = distinct_ids(&mut r, 16, 64, 8);
     check_moe(14, 16, 64, 8, 1040, 128, &ids);
     let ids = distinct_ids(&mut r, 40, 8, 4);
     check_moe(15, 40, 8, 4, 512, 256, &ids);
+    let ids = distinct_ids(&mut r, 24, 8, 4);
+    check_moe(16, 24, 8, 4, 512, 256, &ids);
 }
 
 proptest! {

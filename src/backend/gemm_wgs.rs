@@ -48,17 +48,26 @@ impl WgsTile {
         }
     }
 
-    /// The smallest of the 16- and 64-token tiles holding `rows` tokens; `None` above 64 (several
-    /// M tiles: `dense_tile`). The 32-token tile is measured as a forced plan only.
-    pub fn for_rows(rows: usize) -> Option<WgsTile> {
-        [WgsTile::N16, WgsTile::N64].into_iter().find(|t| rows <= t.nt())
+    /// The tiles `format` has entries for (AWQ: no 32-token tile).
+    pub fn of(format: WgsFormat) -> &'static [WgsTile] {
+        match format {
+            WgsFormat::Awq => &[WgsTile::N16, WgsTile::N64],
+            _ => &WgsTile::ALL,
+        }
+    }
+
+    /// The smallest tile of `format` holding `rows` tokens; `None` above 64 (several M tiles:
+    /// `dense_tile`). At 17–32 rows the 32-token tile beat the 64-token one on every FP8 and
+    /// block INT8 shape (session 10, run 4: 1.04–1.16×; at 33–64 rows, as two M tiles, it lost).
+    pub fn for_rows(format: WgsFormat, rows: usize) -> Option<WgsTile> {
+        WgsTile::of(format).iter().copied().find(|t| rows <= t.nt())
     }
 
     /// The tile of a grouped (MoE) GEMM whose active experts hold `mean_rows` rows on average:
     /// room for twice the mean, so that most experts fit one tile (a second tile of an expert
     /// streams its weights again); `None` above 32 rows (v2's 128-row tiles, or the tiled kernels).
-    pub fn for_expert_rows(mean_rows: usize) -> Option<WgsTile> {
-        WgsTile::for_rows(2 * mean_rows.max(1))
+    pub fn for_expert_rows(format: WgsFormat, mean_rows: usize) -> Option<WgsTile> {
+        WgsTile::for_rows(format, 2 * mean_rows.max(1))
     }
 
     /// CTAs resident per SM (mirrors `WgsSmem<NT>::CTAS_PER_SM`): the 16-token kernel takes 68–74
@@ -173,7 +182,7 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
         return two_tiles.then_some(WgsTile::N64);
     }
     let max_rows = if format == WgsFormat::Int8Channel && k < 2048 { 16 } else { 64 };
-    let t = WgsTile::for_rows(m).filter(|_| m <= max_rows)?;
+    let t = WgsTile::for_rows(format, m).filter(|_| m <= max_rows)?;
     if m > 8 {
         return Some(t);
     }
@@ -189,19 +198,21 @@ pub fn dense_tile(format: WgsFormat, m: usize, n: usize, k: usize, sms: usize) -
 /// The small-M tile the default plans take for a fused MoE of `pairs` (token, expert) pairs over
 /// `experts` (`None`: the older plans), from the same rows: FP8 / block INT8 from 64 pairs (8
 /// tokens at top-8; at one token the entry lost 3–9 µs to the older kernels' shorter launches) with
-/// [`WgsTile::for_expert_rows`], except 9–16 mean rows per active expert, where the tiled BM 16
-/// kernel was faster (EP-8 shard, 64 tokens: FP8 491 vs 511 µs, INT8 415 vs 511; at 32 rows the
-/// 64-token tile won 1.1–1.9×); channel INT8 at ≤ 8 rows only (its 64-token tile is slow, as
+/// [`WgsTile::for_expert_rows`]. At 9–16 mean rows per active expert FP8 takes the 32-token tile
+/// (session 10, run 4: EP-8 shard at 64 tokens 418 µs against the tiled BM 16's 490–519, TP-8 at
+/// 512 tokens 542 against 609), block INT8 the tiled kernel (415 µs there, native s8 mma.sync; its
+/// 32-token MoE was not measured). Channel INT8 at ≤ 8 rows only (its 64-token tile is slow, as
 /// dense); AWQ only at 16–32 rows (it won on the EP-8 shard at 64 tokens, lost on the TP-8 shard
 /// and at 16). The AWQ MoE plan also needs [`awq_wgs_fits`] for both GEMMs' N
 /// (`quant_moe::awq_moe_wgs_tile`).
 pub fn moe_tile(format: WgsFormat, pairs: usize, experts: usize) -> Option<WgsTile> {
     let mean = pairs.div_ceil(experts.min(pairs).max(1));
-    let t = WgsTile::for_expert_rows(mean)?;
+    let t = WgsTile::for_expert_rows(format, mean)?;
     match format {
         WgsFormat::Awq => (mean >= 16).then_some(t),
-        _ if pairs < 64 || (t == WgsTile::N64 && mean <= 16) => None,
+        _ if pairs < 64 => None,
         WgsFormat::Int8Channel => (t == WgsTile::N16).then_some(t),
+        WgsFormat::Int8Block if t == WgsTile::N32 => None,
         _ => Some(t),
     }
 }
@@ -331,6 +342,7 @@ mod tests {
         assert_eq!(dense_tile(Fp8, 1, 24576, 1536, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Fp8, 1, 7168, 16384, 132), Some(WgsTile::N16));
         assert_eq!(dense_tile(Fp8, 9, 2112, 7168, 132), Some(WgsTile::N16));
+        assert_eq!(dense_tile(Fp8, 32, 2112, 7168, 132), Some(WgsTile::N32));
         assert_eq!(dense_tile(Fp8, 64, 2112, 7168, 132), Some(WgsTile::N64));
         // 65–128 rows: two 64-token tiles where v2 leaves SMs idle and K ≥ 4096.
         assert_eq!(dense_tile(Fp8, 65, 2112, 7168, 132), Some(WgsTile::N64));
@@ -342,7 +354,8 @@ mod tests {
         assert_eq!(dense_tile(Fp8, 128, 32768, 4096, 132), None);
         assert_eq!(dense_tile(Int8Channel, 128, 2112, 7168, 132), None);
         assert_eq!(dense_tile(Awq, 128, 2112, 7168, 132), None);
-        assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), Some(WgsTile::N64));
+        assert_eq!(dense_tile(Int8Channel, 17, 2112, 7168, 132), Some(WgsTile::N32));
+        assert_eq!(dense_tile(Awq, 17, 2112, 7168, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Int8Channel, 64, 7168, 2048, 132), Some(WgsTile::N64));
         assert_eq!(dense_tile(Int8Channel, 64, 24576, 1536, 132), None);
         assert_eq!(dense_tile(Int8Channel, 16, 24576, 1536, 132), Some(WgsTile::N16));
@@ -358,7 +371,9 @@ mod tests {
         // MoE: 8 tokens at top-8 and up; AWQ at 16–32 rows per expert.
         assert_eq!(moe_tile(Fp8, 8, 256), None);
         assert_eq!(moe_tile(Fp8, 128, 32), Some(WgsTile::N16));
-        assert_eq!(moe_tile(Fp8, 512, 32), None);
+        assert_eq!(moe_tile(Fp8, 512, 32), Some(WgsTile::N32));
+        assert_eq!(moe_tile(Fp8, 4096, 256), Some(WgsTile::N32));
+        assert_eq!(moe_tile(Int8Block, 512, 32), None);
         assert_eq!(moe_tile(Fp8, 1024, 32), Some(WgsTile::N64));
         assert_eq!(moe_tile(Fp8, 4096, 32), None);
         assert_eq!(moe_tile(Int8Channel, 512, 32), None);
@@ -368,14 +383,19 @@ mod tests {
 
     #[test]
     fn tiles() {
-        assert_eq!(WgsTile::for_rows(1), Some(WgsTile::N16));
-        assert_eq!(WgsTile::for_rows(17), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_rows(64), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_rows(65), None);
-        assert_eq!(WgsTile::for_expert_rows(4), Some(WgsTile::N16));
-        assert_eq!(WgsTile::for_expert_rows(16), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_expert_rows(32), Some(WgsTile::N64));
-        assert_eq!(WgsTile::for_expert_rows(33), None);
+        use WgsFormat::*;
+        assert_eq!(WgsTile::for_rows(Fp8, 1), Some(WgsTile::N16));
+        assert_eq!(WgsTile::for_rows(Fp8, 17), Some(WgsTile::N32));
+        assert_eq!(WgsTile::for_rows(Int8Channel, 32), Some(WgsTile::N32));
+        assert_eq!(WgsTile::for_rows(Awq, 17), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_rows(Fp8, 33), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_rows(Fp8, 64), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_rows(Fp8, 65), None);
+        assert_eq!(WgsTile::for_expert_rows(Fp8, 4), Some(WgsTile::N16));
+        assert_eq!(WgsTile::for_expert_rows(Fp8, 16), Some(WgsTile::N32));
+        assert_eq!(WgsTile::for_expert_rows(Awq, 16), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_expert_rows(Fp8, 32), Some(WgsTile::N64));
+        assert_eq!(WgsTile::for_expert_rows(Fp8, 33), None);
         // 5 stages of 16 + 2 KB (two CTAs per SM: 2 × 93.6 KB of the 228 KB); 8 of 16 + 8 KB
         // (one): within the 227 KB a Hopper block may opt into.
         assert_eq!(WgsTile::N16.smem_bytes(), 93_600);

@@ -924,9 +924,9 @@ pub fn moe_align_tiles(
 ) -> Result<TileAlignment> {
     topk_ids.check_dtype(DType::I32)?;
     let p = topk_ids.numel();
-    if num_experts == 0 || !matches!(bm, 8 | 16 | 64 | 128) {
+    if num_experts == 0 || !matches!(bm, 8 | 16 | 32 | 64 | 128) {
         return Err(bad(format!(
-            "moe_align_tiles: {num_experts} experts, bm {bm} (8, 16, 64 or 128)"
+            "moe_align_tiles: {num_experts} experts, bm {bm} (8, 16, 32, 64 or 128)"
         )));
     }
     let max_tiles = p.div_ceil(bm) + num_experts.min(p);
