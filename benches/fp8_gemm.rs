@@ -129,7 +129,7 @@ fn dense_plans(m: usize, n: usize, k: usize, base: Fp8Plan, old: Fp8Plan, wgs_ok
         v.push(("dense-wgs", Fp8Plan { tile: Fp8Tile::Wgs(WgsTile::N64), splits: 1 }));
     }
     let n32 = Fp8Tile::Wgs(WgsTile::N32);
-    if wgs_ok && (17..=64).contains(&m) && base.tile != n32 {
+    if wgs_ok && (17..=64).contains(&m) && !v.iter().any(|(_, p)| p.tile == n32) {
         v.push(("dense-wgs32", Fp8Plan { tile: n32, splits: 1 }));
     }
     v

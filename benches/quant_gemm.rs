@@ -174,7 +174,7 @@ fn dense_plans(s: &dyn GpuStream, kind: &str, scheme: Option<Int8Scheme>, m: usi
     v.extend(wgs.map(|t| (format!("{kind}-wgs"), plan(QuantTile::Wgs(t)))));
     // The 8-bit formats' 32-token tile at 17–64 rows where the default takes another.
     let n32 = QuantTile::Wgs(WgsTile::N32);
-    if scheme.is_some() && gemm_wgs::wgs_available(s) && (17..=64).contains(&m) && v[0].1.tile != n32 {
+    if scheme.is_some() && gemm_wgs::wgs_available(s) && (17..=64).contains(&m) && !v.iter().any(|(_, p)| p.tile == n32) {
         v.push((format!("{kind}-wgs32"), plan(n32)));
     }
     v

@@ -896,7 +896,7 @@ mod tests {
         // The raw page (4 latent bands + rope + scales) is one page of 656-byte rows, and fits a
         // K buffer (64 × 576 bf16).
         assert_eq!(4 * 8192 + 8192 + PAGE * 16, PAGE * FP8_ROW_BYTES);
-        assert!(PAGE * FP8_ROW_BYTES <= PAGE * DK * 2);
+        const { assert!(PAGE * FP8_ROW_BYTES <= PAGE * DK * 2) };
     }
 
     #[test]

@@ -190,7 +190,7 @@ pub(crate) fn run_experts<F: ExpertGemms + ?Sized>(s: &dyn GpuStream, wsp: &mut 
     f.down(s, &mut wsp.gemm, plan.down, y, hq, &rows)?;
     // 6. out = beta · out + Σ_k w · y[pair_to_row].
     // 8 columns per thread where the kernel takes 16-byte rows (the same test as its own).
-    let width = if h % 8 == 0 && out.raw() % 16 == 0 && y % 16 == 0 { 8 } else { 1 };
+    let width = if h % 8 == 0 && out.raw().is_multiple_of(16) && y % 16 == 0 { 8 } else { 1 };
     let grid = (u32_of(h.div_ceil(256 * width), "combine blocks")?, u32_of(t, "tokens")?, 1);
     let mut v = [out.raw(), y, topk_weights.raw(), p2r, t as u64, topk as u64, h as u64, beta.to_bits() as u64];
     launch_raw(s, "moe_combine_rows_bf16", LaunchCfg::new(grid, (256, 1, 1), 0), &mut v)

@@ -389,7 +389,7 @@ pub fn check_launch(kernel: &KernelInfo, cfg: &LaunchCfg, nparams: usize) -> Res
     if cfg.grid.1 > 65535 || cfg.grid.2 > 65535 {
         return Err(err(format!("grid {:?}: y and z must be <= 65535", cfg.grid)));
     }
-    if cfg.cluster == 0 || cfg.grid.0 % cfg.cluster != 0 {
+    if cfg.cluster == 0 || !cfg.grid.0.is_multiple_of(cfg.cluster) {
         return Err(err(format!("grid {:?} is not made of clusters of {} along x", cfg.grid, cfg.cluster)));
     }
     Ok(())

@@ -99,7 +99,7 @@ pub fn check(f: &LaunchFlags) -> Result<(), String> {
         if f.dist_init_addr.is_none() {
             return Err(format!("--nnodes {}: --dist-init-addr host:port (node 0's address) is required", f.nnodes));
         }
-        if f.tp % f.nnodes != 0 || f.tp < f.nnodes {
+        if !f.tp.is_multiple_of(f.nnodes) || f.tp < f.nnodes {
             return Err(format!("--tp {} over --nnodes {}: every node drives --tp / --nnodes GPUs", f.tp, f.nnodes));
         }
         if f.enable_dp_attention {

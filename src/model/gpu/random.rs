@@ -73,7 +73,10 @@ impl Part<'_> {
         Part { lead: None, n, k, rows: &[], cols: 0..k }
     }
     fn row_ranges(&self) -> Vec<Range<usize>> {
-        if self.rows.is_empty() { vec![0..self.n] } else { self.rows.to_vec() }
+        // No row selection: one range, the whole dimension.
+        #[allow(clippy::single_range_in_vec_init)]
+        let all = vec![0..self.n];
+        if self.rows.is_empty() { all } else { self.rows.to_vec() }
     }
     fn shape(&self) -> Vec<usize> {
         let rows = self.row_ranges().iter().map(|r| r.len()).sum();
@@ -112,7 +115,7 @@ impl Filler<'_> {
     /// A float8 linear [N, K] with 128×128 block scales (or a stack of them, [E, N, K]): the part
     /// this rank keeps, which must cut the scale blocks only at their edges.
     fn fp8_linear(&mut self, part: &Part<'_>) -> Result<Linear> {
-        let aligned = |r: &Range<usize>, len: usize| r.start % 128 == 0 && (r.len() % 128 == 0 || r.end == len);
+        let aligned = |r: &Range<usize>, len: usize| r.start.is_multiple_of(128) && (r.len().is_multiple_of(128) || r.end == len);
         if !part.row_ranges().iter().all(|r| aligned(r, part.n)) || !aligned(&part.cols, part.k) {
             return Err(Error::InvalidArgument(format!(
                 "random float8 weight [{}, {}]: rows {:?} / columns {:?} of this shard cut its 128×128 scale blocks",
