@@ -425,7 +425,7 @@ mod tests {
         assert_eq!(WgsTile::N64.awq_smem_bytes(128), 175_872);
         assert_eq!(WgsTile::N64.awq_smem_bytes(64), 177_664);
         for g in [64, 128] {
-            for t in [WgsTile::N16, WgsTile::N64] {
+            for &t in WgsTile::of(WgsFormat::Awq) {
                 assert!(t.awq_smem_bytes(g) <= 227 * 1024);
                 assert!(registry::kernel(&format!("awq_gemm_wgs_g{g}_n{}", t.nt())).is_some(), "{t:?} g{g}");
             }

@@ -72,11 +72,10 @@ impl Part<'_> {
     fn whole(n: usize, k: usize) -> Part<'static> {
         Part { lead: None, n, k, rows: &[], cols: 0..k }
     }
+    // No row selection: one range, the whole dimension (a one-range Vec on purpose).
+    #[allow(clippy::single_range_in_vec_init)]
     fn row_ranges(&self) -> Vec<Range<usize>> {
-        // No row selection: one range, the whole dimension.
-        #[allow(clippy::single_range_in_vec_init)]
-        let all = vec![0..self.n];
-        if self.rows.is_empty() { all } else { self.rows.to_vec() }
+        if self.rows.is_empty() { vec![0..self.n] } else { self.rows.to_vec() }
     }
     fn shape(&self) -> Vec<usize> {
         let rows = self.row_ranges().iter().map(|r| r.len()).sum();
